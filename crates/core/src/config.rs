@@ -1,0 +1,542 @@
+//! The filter's plugin configuration: parsed and compiled once, refused whole when any field
+//! is wrong, with an error that names the field.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::cache::CachePolicy;
+use crate::credential::CredentialSources;
+use crate::key::{GatewayKey, KeyConfigError, KeyPrefix};
+use crate::route::{RouteError, RouteSpec, RouteTable};
+
+/// Where the key service is and how the filter talks to it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyService {
+    /// The Envoy cluster of the key service (the "revocation cluster").
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// `:authority` sent on lookups.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// Timeout of one lookup.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Lookups in flight per worker; past it, uncached keys get 503 at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+impl Default for KeyService {
+    fn default() -> Self {
+        Self {
+            cluster: default_cluster(),
+            authority: default_authority(),
+            timeout_ms: default_timeout_ms(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheSpec {
+    #[serde(default = "default_ttl")]
+    ttl_seconds: u64,
+    #[serde(default = "default_negative_ttl")]
+    negative_ttl_seconds: u64,
+    #[serde(default = "default_max_stale")]
+    max_stale_seconds: u64,
+    #[serde(default = "default_max_entries")]
+    max_entries: u32,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: default_ttl(),
+            negative_ttl_seconds: default_negative_ttl(),
+            max_stale_seconds: default_max_stale(),
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+/// Names of the identity headers added upstream.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeaders {
+    #[serde(default = "default_subject_header")]
+    pub subject: String,
+    #[serde(default = "default_key_id_header")]
+    pub key_id: String,
+    #[serde(default = "default_scopes_header")]
+    pub scopes: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            subject: default_subject_header(),
+            key_id: default_key_id_header(),
+            scopes: default_scopes_header(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsSpec {
+    #[serde(default = "default_gateway_key_env")]
+    gateway_key_env: String,
+    #[serde(default = "default_service_token_env")]
+    service_token_env: String,
+}
+
+impl Default for SecretsSpec {
+    fn default() -> Self {
+        Self {
+            gateway_key_env: default_gateway_key_env(),
+            service_token_env: default_service_token_env(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_prefixes")]
+    key_prefixes: Vec<String>,
+    #[serde(default)]
+    credential_sources: CredentialSources,
+    #[serde(default)]
+    key_service: KeyService,
+    #[serde(default)]
+    cache: CacheSpec,
+    routes: Vec<RouteSpec>,
+    #[serde(default)]
+    identity_headers: IdentityHeaders,
+    #[serde(default = "default_max_credential_bytes")]
+    max_credential_bytes: usize,
+    #[serde(default = "default_retry_after")]
+    retry_after_seconds: u32,
+    #[serde(default)]
+    secrets: SecretsSpec,
+}
+
+fn default_prefixes() -> Vec<String> {
+    vec!["kg_live_".to_owned(), "kg_test_".to_owned()]
+}
+fn default_cluster() -> String {
+    "keygate_service".to_owned()
+}
+fn default_authority() -> String {
+    "keygate".to_owned()
+}
+fn default_timeout_ms() -> u64 {
+    1_000
+}
+fn default_max_in_flight() -> usize {
+    64
+}
+fn default_ttl() -> u64 {
+    30
+}
+fn default_negative_ttl() -> u64 {
+    5
+}
+fn default_max_stale() -> u64 {
+    300
+}
+fn default_max_entries() -> u32 {
+    10_000
+}
+fn default_subject_header() -> String {
+    "x-keygate-subject".to_owned()
+}
+fn default_key_id_header() -> String {
+    "x-keygate-key-id".to_owned()
+}
+fn default_scopes_header() -> String {
+    "x-keygate-scopes".to_owned()
+}
+fn default_max_credential_bytes() -> usize {
+    512
+}
+fn default_retry_after() -> u32 {
+    5
+}
+fn default_gateway_key_env() -> String {
+    "KEYGATE_GATEWAY_KEY".to_owned()
+}
+fn default_service_token_env() -> String {
+    "KEYGATE_SERVICE_TOKEN".to_owned()
+}
+
+/// What is wrong with a field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigProblem {
+    /// The JSON does not parse or has unknown or mistyped fields (serde's message).
+    Syntax(String),
+    OutOfRange {
+        min: u64,
+        max: u64,
+    },
+    Empty,
+    BadHeaderName,
+    Key(KeyConfigError),
+    Route(RouteError),
+    /// A secret's environment variable is missing from the VM's environment.
+    MissingEnv(String),
+    /// A secret's environment variable is set but unusable.
+    BadEnv(String),
+}
+
+/// A configuration error naming the field (`routes[3].scopes`, `cache.ttl_seconds`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: ConfigProblem,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let field = &self.field;
+        match &self.problem {
+            ConfigProblem::Syntax(msg) => write!(f, "invalid configuration: {msg}"),
+            ConfigProblem::OutOfRange { min, max } => {
+                write!(f, "`{field}` must be between {min} and {max}")
+            }
+            ConfigProblem::Empty => write!(f, "`{field}` must not be empty"),
+            ConfigProblem::BadHeaderName => {
+                write!(
+                    f,
+                    "`{field}` must be a lower-case header name (a-z, 0-9, '-')"
+                )
+            }
+            ConfigProblem::Key(err) => write!(f, "`{field}`: {err}"),
+            ConfigProblem::Route(err) => write!(f, "`{field}`: {err}"),
+            ConfigProblem::MissingEnv(var) => write!(
+                f,
+                "`{field}`: environment variable {var} is not set in the Wasm VM \
+                 (list it in vm_config.environment_variables)"
+            ),
+            ConfigProblem::BadEnv(var) => {
+                write!(f, "`{field}`: environment variable {var} is not usable")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(field: impl Into<String>, problem: ConfigProblem) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        problem,
+    }
+}
+
+fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(error(field, ConfigProblem::OutOfRange { min, max }))
+    }
+}
+
+fn header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(error(field, ConfigProblem::BadHeaderName))
+    }
+}
+
+/// The compiled configuration one root context owns.
+#[derive(Clone, Debug)]
+pub struct FilterConfig {
+    pub key_prefixes: Vec<String>,
+    pub credential_sources: CredentialSources,
+    pub key_service: KeyService,
+    pub cache: CachePolicy,
+    pub routes: RouteTable,
+    pub identity_headers: IdentityHeaders,
+    pub max_credential_bytes: usize,
+    pub retry_after_seconds: u32,
+    pub gateway_key_env: String,
+    pub service_token_env: String,
+}
+
+impl FilterConfig {
+    /// Parses and checks the plugin configuration JSON.
+    pub fn parse(json: &[u8]) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(json)
+            .map_err(|e| error("", ConfigProblem::Syntax(e.to_string())))?;
+
+        if raw.key_prefixes.is_empty() {
+            return Err(error("key_prefixes", ConfigProblem::Empty));
+        }
+        for (i, prefix) in raw.key_prefixes.iter().enumerate() {
+            KeyPrefix::parse(prefix)
+                .map_err(|e| error(format!("key_prefixes[{i}]"), ConfigProblem::Key(e)))?;
+        }
+        let sources = &raw.credential_sources;
+        if let Some(header) = &sources.header {
+            header_name("credential_sources.header", header)?;
+        }
+        if let Some(param) = &sources.query_param {
+            let ok = (1..=64).contains(&param.len())
+                && param
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(error(
+                    "credential_sources.query_param",
+                    ConfigProblem::BadHeaderName,
+                ));
+            }
+        }
+        if !sources.bearer && sources.header.is_none() && sources.query_param.is_none() {
+            return Err(error("credential_sources", ConfigProblem::Empty));
+        }
+        let ks = &raw.key_service;
+        if ks.cluster.is_empty() {
+            return Err(error("key_service.cluster", ConfigProblem::Empty));
+        }
+        if ks.authority.is_empty() {
+            return Err(error("key_service.authority", ConfigProblem::Empty));
+        }
+        in_range("key_service.timeout_ms", ks.timeout_ms, 10, 60_000)?;
+        in_range(
+            "key_service.max_in_flight",
+            ks.max_in_flight as u64,
+            1,
+            10_000,
+        )?;
+        let c = &raw.cache;
+        in_range("cache.ttl_seconds", c.ttl_seconds, 1, 86_400)?;
+        in_range(
+            "cache.negative_ttl_seconds",
+            c.negative_ttl_seconds,
+            1,
+            86_400,
+        )?;
+        in_range(
+            "cache.max_stale_seconds",
+            c.max_stale_seconds,
+            0,
+            7 * 86_400,
+        )?;
+        in_range("cache.max_entries", u64::from(c.max_entries), 1, 1_000_000)?;
+        let routes = RouteTable::compile(&raw.routes)
+            .map_err(|(i, e)| error(format!("routes[{i}]"), ConfigProblem::Route(e)))?;
+        let ih = &raw.identity_headers;
+        header_name("identity_headers.subject", &ih.subject)?;
+        header_name("identity_headers.key_id", &ih.key_id)?;
+        header_name("identity_headers.scopes", &ih.scopes)?;
+        in_range(
+            "max_credential_bytes",
+            raw.max_credential_bytes as u64,
+            64,
+            16_384,
+        )?;
+        in_range(
+            "retry_after_seconds",
+            u64::from(raw.retry_after_seconds),
+            1,
+            3_600,
+        )?;
+
+        Ok(Self {
+            key_prefixes: raw.key_prefixes,
+            credential_sources: raw.credential_sources,
+            key_service: raw.key_service,
+            cache: CachePolicy {
+                ttl_ms: c.ttl_seconds * 1000,
+                negative_ttl_ms: c.negative_ttl_seconds * 1000,
+                max_stale_ms: c.max_stale_seconds * 1000,
+                max_entries: c.max_entries,
+            },
+            routes,
+            identity_headers: raw.identity_headers,
+            max_credential_bytes: raw.max_credential_bytes,
+            retry_after_seconds: raw.retry_after_seconds,
+            gateway_key_env: raw.secrets.gateway_key_env,
+            service_token_env: raw.secrets.service_token_env,
+        })
+    }
+
+    /// Reads the secrets from the VM's environment through `env`.
+    pub fn load_secrets(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Secrets, ConfigError> {
+        let gw_var = &self.gateway_key_env;
+        let gateway_hex = env(gw_var).ok_or_else(|| {
+            error(
+                "secrets.gateway_key_env",
+                ConfigProblem::MissingEnv(gw_var.clone()),
+            )
+        })?;
+        let gateway_key = GatewayKey::from_hex(&gateway_hex).map_err(|_| {
+            error(
+                "secrets.gateway_key_env",
+                ConfigProblem::BadEnv(gw_var.clone()),
+            )
+        })?;
+        let token_var = &self.service_token_env;
+        let service_token = env(token_var).map(|t| t.trim().to_owned()).ok_or_else(|| {
+            error(
+                "secrets.service_token_env",
+                ConfigProblem::MissingEnv(token_var.clone()),
+            )
+        })?;
+        let token_ok = (32..=512).contains(&service_token.len())
+            && service_token.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if !token_ok {
+            return Err(error(
+                "secrets.service_token_env",
+                ConfigProblem::BadEnv(token_var.clone()),
+            ));
+        }
+        Ok(Secrets {
+            gateway_key,
+            service_token,
+        })
+    }
+}
+
+/// Secrets the filter takes from its VM environment, never from the plugin configuration.
+#[derive(Clone)]
+pub struct Secrets {
+    pub gateway_key: GatewayKey,
+    pub service_token: String,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = r#"{
+        "key_prefixes": ["kg_live_", "kg_test_"],
+        "credential_sources": {"bearer": true, "header": "x-api-key", "query_param": null},
+        "key_service": {"cluster": "keygate_service", "authority": "keygate", "timeout_ms": 1000, "max_in_flight": 64},
+        "cache": {"ttl_seconds": 30, "negative_ttl_seconds": 5, "max_stale_seconds": 300, "max_entries": 10000},
+        "routes": [
+            {"prefix": "/public/", "public": true},
+            {"methods": ["GET", "HEAD"], "prefix": "/v1/", "scopes": ["demo:read"]},
+            {"prefix": "/v1/", "scopes": ["demo:write"]}
+        ],
+        "identity_headers": {"subject": "x-keygate-subject", "key_id": "x-keygate-key-id", "scopes": "x-keygate-scopes"},
+        "max_credential_bytes": 512,
+        "retry_after_seconds": 5
+    }"#;
+
+    fn with(field_json: &str) -> Result<FilterConfig, ConfigError> {
+        let mut value: serde_json::Value = serde_json::from_str(DEMO).unwrap();
+        let patch: serde_json::Value = serde_json::from_str(field_json).unwrap();
+        for (k, v) in patch.as_object().unwrap() {
+            value[k] = v.clone();
+        }
+        FilterConfig::parse(value.to_string().as_bytes())
+    }
+
+    #[test]
+    fn parses_the_demo_config() {
+        let config = FilterConfig::parse(DEMO.as_bytes()).unwrap();
+        assert_eq!(config.routes.len(), 3);
+        assert_eq!(config.cache.ttl_ms, 30_000);
+        assert_eq!(config.identity_headers.scopes, "x-keygate-scopes");
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config =
+            FilterConfig::parse(br#"{"routes": [{"prefix": "/", "scopes": ["a"]}]}"#).unwrap();
+        assert_eq!(config.key_service.cluster, "keygate_service");
+        assert_eq!(
+            config.credential_sources.header.as_deref(),
+            Some("x-api-key")
+        );
+        assert_eq!(config.credential_sources.query_param, None);
+        assert_eq!(config.max_credential_bytes, 512);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"key_prefixes": ["KG_"]}"#, "key_prefixes[0]"),
+            (r#"{"key_prefixes": []}"#, "key_prefixes"),
+            (r#"{"cache": {"ttl_seconds": 0}}"#, "cache.ttl_seconds"),
+            (
+                r#"{"key_service": {"timeout_ms": 5}}"#,
+                "key_service.timeout_ms",
+            ),
+            (r#"{"routes": [{"prefix": "/"}]}"#, "routes[0]"),
+            (
+                r#"{"identity_headers": {"subject": "X-Bad"}}"#,
+                "identity_headers.subject",
+            ),
+            (
+                r#"{"credential_sources": {"bearer": false, "header": null}}"#,
+                "credential_sources",
+            ),
+            (r#"{"max_credential_bytes": 10}"#, "max_credential_bytes"),
+        ];
+        for (patch, field) in cases {
+            let err = with(patch).unwrap_err();
+            assert_eq!(err.field, field, "{patch}: {err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_json_are_refused() {
+        let err = with(r#"{"cache": {"ttl": 3}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `ttl`"), "{err}");
+        assert!(FilterConfig::parse(b"{not json").is_err());
+        assert!(FilterConfig::parse(b"{}")
+            .unwrap_err()
+            .to_string()
+            .contains("routes"));
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_and_are_checked() {
+        let config = FilterConfig::parse(DEMO.as_bytes()).unwrap();
+        let good = |var: &str| match var {
+            "KEYGATE_GATEWAY_KEY" => Some("ab".repeat(32)),
+            "KEYGATE_SERVICE_TOKEN" => Some("t".repeat(32)),
+            _ => None,
+        };
+        assert!(config.load_secrets(good).is_ok());
+        let err = config.load_secrets(|_| None).unwrap_err();
+        assert_eq!(
+            err.problem,
+            ConfigProblem::MissingEnv("KEYGATE_GATEWAY_KEY".into())
+        );
+        let short = |var: &str| match var {
+            "KEYGATE_GATEWAY_KEY" => Some("ab".repeat(32)),
+            _ => Some("short".into()),
+        };
+        let err = config.load_secrets(short).unwrap_err();
+        assert_eq!(
+            err.problem,
+            ConfigProblem::BadEnv("KEYGATE_SERVICE_TOKEN".into())
+        );
+        assert!(!format!("{:?}", config.load_secrets(good).unwrap()).contains("tttt"));
+    }
+}

@@ -1,0 +1,359 @@
+//! Decisions: from a key record and a route to allow (with an identity) or deny (with a reason
+//! that knows its status code, `WWW-Authenticate` header, problem body and metric name).
+
+use crate::credential::CredentialError;
+use crate::key::KeyDigest;
+use crate::scope::{missing_scopes, Scope};
+use crate::wire::{KeyLookup, KeyStatus};
+
+/// The realm named in `WWW-Authenticate`.
+pub const REALM: &str = "keygate";
+
+/// Why a request is refused. The detail shown to clients never contains the credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DenyReason {
+    /// No credential in the request.
+    MissingCredential,
+    /// The credential could not be read (too long, not ASCII, two different ones, ...).
+    BadRequest(CredentialError),
+    /// Not a key of ours: unknown prefix, wrong length or alphabet, bad checksum or tag.
+    MalformedKey,
+    /// The key's tag is not authentic under the gateway key.
+    ForgedKey,
+    /// The key service does not know the key id.
+    UnknownKey,
+    /// The key id is known but the secret does not match.
+    DigestMismatch,
+    Revoked,
+    Expired,
+    InsufficientScope(Vec<String>),
+    /// No route in the table matches the request.
+    NoRoute,
+    /// The key service could not be asked and nothing usable is cached.
+    ServiceUnavailable,
+    /// Too many lookups are already in flight.
+    Overloaded,
+}
+
+impl DenyReason {
+    pub fn status(&self) -> u32 {
+        match self {
+            Self::MissingCredential
+            | Self::MalformedKey
+            | Self::ForgedKey
+            | Self::UnknownKey
+            | Self::DigestMismatch
+            | Self::Revoked
+            | Self::Expired => 401,
+            Self::BadRequest(_) => 400,
+            Self::InsufficientScope(_) | Self::NoRoute => 403,
+            Self::ServiceUnavailable | Self::Overloaded => 503,
+        }
+    }
+
+    /// The name used in metrics and logs.
+    pub fn metric_name(&self) -> &'static str {
+        match self {
+            Self::MissingCredential => "missing_credential",
+            Self::BadRequest(CredentialError::Conflicting) => "conflicting_credentials",
+            Self::BadRequest(_) => "malformed_credential",
+            Self::MalformedKey => "malformed_key",
+            Self::ForgedKey => "forged_key",
+            Self::UnknownKey => "unknown_key",
+            Self::DigestMismatch => "digest_mismatch",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::InsufficientScope(_) => "insufficient_scope",
+            Self::NoRoute => "no_route",
+            Self::ServiceUnavailable => "service_unavailable",
+            Self::Overloaded => "overloaded",
+        }
+    }
+
+    /// Every metric name, so a filter can define them all at start.
+    pub const METRIC_NAMES: [&'static str; 13] = [
+        "missing_credential",
+        "conflicting_credentials",
+        "malformed_credential",
+        "malformed_key",
+        "forged_key",
+        "unknown_key",
+        "digest_mismatch",
+        "revoked",
+        "expired",
+        "insufficient_scope",
+        "no_route",
+        "service_unavailable",
+        "overloaded",
+    ];
+
+    fn problem(&self) -> (&'static str, &'static str, String) {
+        match self {
+            Self::MissingCredential => (
+                "missing-credential",
+                "API key required",
+                "Send an API key in the Authorization header as 'Bearer <key>'.".to_owned(),
+            ),
+            Self::BadRequest(err) => ("invalid-request", "Malformed credential", format!("{err}.")),
+            Self::MalformedKey | Self::ForgedKey | Self::UnknownKey | Self::DigestMismatch => (
+                "invalid-key",
+                "Invalid API key",
+                "The API key is not valid. Check that it was copied completely.".to_owned(),
+            ),
+            Self::Revoked => (
+                "revoked-key",
+                "Revoked API key",
+                "The API key has been revoked.".to_owned(),
+            ),
+            Self::Expired => (
+                "expired-key",
+                "Expired API key",
+                "The API key has expired.".to_owned(),
+            ),
+            Self::InsufficientScope(missing) => (
+                "insufficient-scope",
+                "Insufficient scope",
+                format!(
+                    "The API key lacks the scope(s) this route requires: {}.",
+                    missing.join(" ")
+                ),
+            ),
+            Self::NoRoute => (
+                "no-route",
+                "Forbidden",
+                "No access policy allows this method and path.".to_owned(),
+            ),
+            Self::ServiceUnavailable => (
+                "service-unavailable",
+                "Authorization temporarily unavailable",
+                "The API key could not be checked right now. Retry later.".to_owned(),
+            ),
+            Self::Overloaded => (
+                "overloaded",
+                "Authorization temporarily unavailable",
+                "Too many API keys are being checked right now. Retry later.".to_owned(),
+            ),
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750 §3), if this status carries one.
+    pub fn www_authenticate(&self) -> Option<String> {
+        let (_, _, detail) = self.problem();
+        match self {
+            Self::MissingCredential => Some(format!("Bearer realm=\"{REALM}\"")),
+            Self::BadRequest(_) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{}\"",
+                quoted_safe(&detail)
+            )),
+            Self::MalformedKey
+            | Self::ForgedKey
+            | Self::UnknownKey
+            | Self::DigestMismatch
+            | Self::Revoked
+            | Self::Expired => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted_safe(&detail)
+            )),
+            Self::InsufficientScope(missing) => Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
+                quoted_safe(&missing.join(" "))
+            )),
+            Self::NoRoute | Self::ServiceUnavailable | Self::Overloaded => None,
+        }
+    }
+
+    /// An RFC 9457 `application/problem+json` body.
+    pub fn problem_json(&self) -> String {
+        let (code, title, detail) = self.problem();
+        serde_json::json!({
+            "type": format!("urn:keygate:problem:{code}"),
+            "title": title,
+            "status": self.status(),
+            "detail": detail,
+        })
+        .to_string()
+    }
+}
+
+fn quoted_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c == '"' || c == '\\' || !(' '..='~').contains(&c) {
+                '\''
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Who a request runs as, once allowed: forwarded upstream in the identity headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub key_id: String,
+    pub scopes: Vec<String>,
+}
+
+impl Identity {
+    /// Scopes as one header value, space-separated (as the OAuth `scope` claim).
+    pub fn scopes_header(&self) -> String {
+        self.scopes.join(" ")
+    }
+}
+
+/// Replaces anything that is not printable ASCII, so a value is always a safe header value.
+pub fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '_' })
+        .collect()
+}
+
+/// Decides a request for an opaque key whose record is known.
+///
+/// The presented secret is compared first, in constant time, so nothing about the record
+/// (status, scopes) is revealed to someone who only knows a key id.
+pub fn authorize_record(
+    record: &KeyLookup,
+    presented: &KeyDigest,
+    required: &[Scope],
+    now_s: u64,
+) -> Result<Identity, DenyReason> {
+    let stored = KeyDigest::from_hex(&record.digest).ok_or(DenyReason::DigestMismatch)?;
+    if !stored.ct_eq(presented) {
+        return Err(DenyReason::DigestMismatch);
+    }
+    match record.status {
+        KeyStatus::Active => {}
+        KeyStatus::Revoked => return Err(DenyReason::Revoked),
+        KeyStatus::Expired => return Err(DenyReason::Expired),
+    }
+    if record.expires_at.is_some_and(|at| at <= now_s) {
+        return Err(DenyReason::Expired);
+    }
+    let missing = missing_scopes(required, &record.scopes);
+    if !missing.is_empty() {
+        return Err(DenyReason::InsufficientScope(
+            missing.iter().map(|s| s.as_str().to_owned()).collect(),
+        ));
+    }
+    Ok(Identity {
+        subject: header_safe(&record.subject),
+        key_id: record.id.clone(),
+        scopes: record.scopes.iter().map(|s| header_safe(s)).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::parse_scopes;
+
+    fn record(status: KeyStatus, expires_at: Option<u64>) -> (KeyLookup, KeyDigest) {
+        let digest = KeyDigest::of(b"kg_test_secret");
+        let record = KeyLookup {
+            id: "aaaaaaaaaaaaaaaa".into(),
+            digest: digest.to_hex(),
+            subject: "team-a".into(),
+            scopes: vec!["demo:read".into()],
+            status,
+            expires_at,
+        };
+        (record, digest)
+    }
+
+    #[test]
+    fn allows_an_active_key_with_the_scope() {
+        let (rec, digest) = record(KeyStatus::Active, Some(2000));
+        let id =
+            authorize_record(&rec, &digest, &parse_scopes(&["demo:read"]).unwrap(), 1000).unwrap();
+        assert_eq!(id.subject, "team-a");
+        assert_eq!(id.scopes_header(), "demo:read");
+    }
+
+    #[test]
+    fn checks_the_secret_before_anything_else() {
+        let (rec, _) = record(KeyStatus::Revoked, None);
+        let other = KeyDigest::of(b"kg_test_other");
+        assert_eq!(
+            authorize_record(&rec, &other, &[], 0),
+            Err(DenyReason::DigestMismatch)
+        );
+    }
+
+    #[test]
+    fn refuses_revoked_expired_and_missing_scope() {
+        let (rec, d) = record(KeyStatus::Revoked, None);
+        assert_eq!(authorize_record(&rec, &d, &[], 0), Err(DenyReason::Revoked));
+        let (rec, d) = record(KeyStatus::Expired, None);
+        assert_eq!(authorize_record(&rec, &d, &[], 0), Err(DenyReason::Expired));
+        let (rec, d) = record(KeyStatus::Active, Some(1000));
+        assert_eq!(
+            authorize_record(&rec, &d, &[], 1000),
+            Err(DenyReason::Expired)
+        );
+        let (rec, d) = record(KeyStatus::Active, None);
+        let need = parse_scopes(&["demo:write", "demo:read"]).unwrap();
+        assert_eq!(
+            authorize_record(&rec, &d, &need, 0),
+            Err(DenyReason::InsufficientScope(vec!["demo:write".into()]))
+        );
+    }
+
+    #[test]
+    fn responses_follow_rfc6750_and_rfc9457() {
+        let deny = DenyReason::InsufficientScope(vec!["demo:write".into()]);
+        assert_eq!(deny.status(), 403);
+        assert_eq!(
+            deny.www_authenticate().unwrap(),
+            "Bearer realm=\"keygate\", error=\"insufficient_scope\", scope=\"demo:write\""
+        );
+        let body: serde_json::Value = serde_json::from_str(&deny.problem_json()).unwrap();
+        assert_eq!(body["status"], 403);
+        assert_eq!(body["type"], "urn:keygate:problem:insufficient-scope");
+        assert_eq!(
+            DenyReason::MissingCredential.www_authenticate().unwrap(),
+            "Bearer realm=\"keygate\""
+        );
+        assert!(DenyReason::Revoked
+            .www_authenticate()
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+        assert!(DenyReason::BadRequest(CredentialError::TooLong)
+            .www_authenticate()
+            .unwrap()
+            .contains("error=\"invalid_request\""));
+        assert_eq!(DenyReason::ServiceUnavailable.status(), 503);
+    }
+
+    #[test]
+    fn every_reason_has_a_listed_metric() {
+        let all = [
+            DenyReason::MissingCredential,
+            DenyReason::BadRequest(CredentialError::Conflicting),
+            DenyReason::BadRequest(CredentialError::TooLong),
+            DenyReason::MalformedKey,
+            DenyReason::ForgedKey,
+            DenyReason::UnknownKey,
+            DenyReason::DigestMismatch,
+            DenyReason::Revoked,
+            DenyReason::Expired,
+            DenyReason::InsufficientScope(vec![]),
+            DenyReason::NoRoute,
+            DenyReason::ServiceUnavailable,
+            DenyReason::Overloaded,
+        ];
+        for reason in all {
+            assert!(
+                DenyReason::METRIC_NAMES.contains(&reason.metric_name()),
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_values_are_made_safe() {
+        assert_eq!(header_safe("a\r\nb\u{e9}"), "a__b_");
+    }
+}

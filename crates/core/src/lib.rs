@@ -1,0 +1,14 @@
+//! Keygate's pure logic, shared by the filter (wasm32-wasip1) and the key service (native).
+//!
+//! No proxy-wasm, no tokio, no I/O and no clock: time and randomness come in as arguments,
+//! so every decision is unit-tested natively and behaves the same inside Envoy.
+
+pub mod base32;
+pub mod cache;
+pub mod config;
+pub mod credential;
+pub mod decision;
+pub mod key;
+pub mod route;
+pub mod scope;
+pub mod wire;

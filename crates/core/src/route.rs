@@ -1,0 +1,357 @@
+//! The route table: method + path (prefix or template) → the scopes a request needs.
+//!
+//! Routes are tried in order; the first match wins; a request that matches no route is
+//! denied. Paths are matched after the query string is cut off, and a path with `.` or `..`
+//! segments never matches (Envoy should normalise paths first; this is the second lock).
+
+use serde::Deserialize;
+
+use crate::scope::{parse_scopes, Scope, ScopeError};
+
+/// Most routes a table may hold.
+pub const MAX_ROUTES: usize = 10_000;
+const MAX_PATTERN_LEN: usize = 1024;
+
+/// A route as written in the plugin configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Optional label, used in logs.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// HTTP methods this route covers; absent means all.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// A plain string prefix of the path (`/v1/`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// A path template: literal segments, `{name}` or `*` for one segment, a final `**` for the rest.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// No key needed.
+    #[serde(default)]
+    pub public: bool,
+    /// Scopes required, all of them.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    #[error("give exactly one of `prefix` or `path`")]
+    NeedsOnePathMatcher,
+    #[error("a path pattern must start with '/' and be at most 1024 characters")]
+    BadPattern,
+    #[error("`**` may only be the last segment of a path template")]
+    RestNotLast,
+    #[error("a method is an upper-case token such as GET")]
+    BadMethod,
+    #[error("a public route cannot require scopes")]
+    PublicWithScopes,
+    #[error("a route needs `scopes` or `public: true` (use a scope list to protect it)")]
+    NoPolicy,
+    #[error("{0}")]
+    Scope(#[from] ScopeError),
+    #[error("at most 10000 routes are allowed")]
+    TooMany,
+}
+
+/// What a matched route demands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Public,
+    Scopes(Vec<Scope>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    One,
+    Rest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PathMatcher {
+    Prefix(String),
+    Template(Vec<Segment>),
+}
+
+/// One compiled route.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub name: String,
+    methods: Option<Vec<String>>,
+    matcher: PathMatcher,
+    pub policy: Policy,
+}
+
+impl Route {
+    fn compile(index: usize, spec: &RouteSpec) -> Result<Self, RouteError> {
+        let matcher = match (&spec.prefix, &spec.path) {
+            (Some(prefix), None) => {
+                check_pattern(prefix)?;
+                PathMatcher::Prefix(prefix.clone())
+            }
+            (None, Some(template)) => PathMatcher::Template(compile_template(template)?),
+            _ => return Err(RouteError::NeedsOnePathMatcher),
+        };
+        let methods = match &spec.methods {
+            None => None,
+            Some(list) => {
+                let ok = !list.is_empty()
+                    && list.iter().all(|m| {
+                        (1..=16).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_uppercase())
+                    });
+                if !ok {
+                    return Err(RouteError::BadMethod);
+                }
+                Some(list.clone())
+            }
+        };
+        let policy = match (spec.public, spec.scopes.is_empty()) {
+            (true, true) => Policy::Public,
+            (true, false) => return Err(RouteError::PublicWithScopes),
+            (false, true) => return Err(RouteError::NoPolicy),
+            (false, false) => Policy::Scopes(parse_scopes(&spec.scopes)?),
+        };
+        Ok(Self {
+            name: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("route[{index}]")),
+            methods,
+            matcher,
+            policy,
+        })
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        if let Some(methods) = &self.methods {
+            if !methods.iter().any(|m| m == method) {
+                return false;
+            }
+        }
+        match &self.matcher {
+            PathMatcher::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatcher::Template(segments) => template_matches(segments, path),
+        }
+    }
+}
+
+fn check_pattern(pattern: &str) -> Result<(), RouteError> {
+    if pattern.starts_with('/') && pattern.len() <= MAX_PATTERN_LEN {
+        Ok(())
+    } else {
+        Err(RouteError::BadPattern)
+    }
+}
+
+fn compile_template(template: &str) -> Result<Vec<Segment>, RouteError> {
+    check_pattern(template)?;
+    let parts: Vec<&str> = template[1..].split('/').collect();
+    let last = parts.len() - 1;
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| match *part {
+            "**" if i == last => Ok(Segment::Rest),
+            "**" => Err(RouteError::RestNotLast),
+            "*" => Ok(Segment::One),
+            p if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => Ok(Segment::One),
+            p if p.contains(['{', '}', '*']) => Err(RouteError::BadPattern),
+            p => Ok(Segment::Literal(p.to_owned())),
+        })
+        .collect()
+}
+
+fn template_matches(segments: &[Segment], path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    for segment in segments {
+        match segment {
+            Segment::Rest => return true,
+            Segment::One => match parts.next() {
+                Some(part) if !part.is_empty() => {}
+                _ => return false,
+            },
+            Segment::Literal(literal) => {
+                if parts.next() != Some(literal.as_str()) {
+                    return false;
+                }
+            }
+        }
+    }
+    parts.next().is_none()
+}
+
+/// True when a path has `.` or `..` segments (raw or percent-encoded) or an encoded slash:
+/// shapes that can make one route look like another.
+fn is_ambiguous(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%2e")
+        || path.contains('\\')
+        || path.split('/').any(|s| s == "." || s == "..")
+}
+
+/// The compiled, ordered route table.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Compiles specs; an error names the index of the offending route.
+    pub fn compile(specs: &[RouteSpec]) -> Result<Self, (usize, RouteError)> {
+        if specs.len() > MAX_ROUTES {
+            return Err((MAX_ROUTES, RouteError::TooMany));
+        }
+        let routes = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Route::compile(i, spec).map_err(|e| (i, e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { routes })
+    }
+
+    /// The first route matching `method` and `path` (query string ignored).
+    pub fn find(&self, method: &str, path: &str) -> Option<&Route> {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        if is_ambiguous(path) {
+            return None;
+        }
+        self.routes.iter().find(|r| r.matches(method, path))
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> RouteSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn demo() -> RouteTable {
+        RouteTable::compile(&[
+            spec(r#"{"prefix": "/public/", "public": true}"#),
+            spec(
+                r#"{"path": "/v1/models/{id}", "methods": ["DELETE"], "scopes": ["models:admin"]}"#,
+            ),
+            spec(r#"{"methods": ["GET", "HEAD"], "prefix": "/v1/", "scopes": ["demo:read"]}"#),
+            spec(r#"{"prefix": "/v1/", "scopes": ["demo:write"]}"#),
+            spec(r#"{"path": "/files/**", "scopes": ["files"]}"#),
+        ])
+        .unwrap()
+    }
+
+    fn scopes_for(table: &RouteTable, method: &str, path: &str) -> Option<Vec<String>> {
+        table.find(method, path).map(|r| match &r.policy {
+            Policy::Public => vec!["<public>".to_owned()],
+            Policy::Scopes(s) => s.iter().map(|s| s.as_str().to_owned()).collect(),
+        })
+    }
+
+    #[test]
+    fn first_match_wins_by_method_and_path() {
+        let t = demo();
+        assert_eq!(
+            scopes_for(&t, "GET", "/public/x"),
+            Some(vec!["<public>".into()])
+        );
+        assert_eq!(
+            scopes_for(&t, "GET", "/v1/hello?x=1"),
+            Some(vec!["demo:read".into()])
+        );
+        assert_eq!(
+            scopes_for(&t, "POST", "/v1/hello"),
+            Some(vec!["demo:write".into()])
+        );
+        assert_eq!(
+            scopes_for(&t, "DELETE", "/v1/models/7"),
+            Some(vec!["models:admin".into()])
+        );
+        assert_eq!(
+            scopes_for(&t, "DELETE", "/v1/models/7/x"),
+            Some(vec!["demo:write".into()])
+        );
+        assert_eq!(scopes_for(&t, "GET", "/files"), Some(vec!["files".into()]));
+        assert_eq!(
+            scopes_for(&t, "GET", "/files/a/b/c"),
+            Some(vec!["files".into()])
+        );
+        assert_eq!(scopes_for(&t, "GET", "/admin"), None);
+        assert_eq!(scopes_for(&t, "GET", "/"), None);
+    }
+
+    #[test]
+    fn template_segment_must_be_non_empty() {
+        let t = RouteTable::compile(&[spec(r#"{"path": "/m/{id}", "scopes": ["a"]}"#)]).unwrap();
+        assert!(t.find("GET", "/m/1").is_some());
+        assert!(t.find("GET", "/m/").is_none());
+        assert!(t.find("GET", "/m").is_none());
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_slashes_never_match() {
+        let t = demo();
+        for path in [
+            "/public/../v1/x",
+            "/public/./x",
+            "/public/%2e%2e/v1",
+            "/public/a%2Fb",
+            "/public\\x",
+        ] {
+            assert!(t.find("GET", path).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn compile_errors_name_the_route() {
+        let cases = [
+            (r#"{"scopes": ["a"]}"#, RouteError::NeedsOnePathMatcher),
+            (
+                r#"{"prefix": "v1", "scopes": ["a"]}"#,
+                RouteError::BadPattern,
+            ),
+            (
+                r#"{"path": "/a/**/b", "scopes": ["a"]}"#,
+                RouteError::RestNotLast,
+            ),
+            (
+                r#"{"path": "/a/{x", "scopes": ["a"]}"#,
+                RouteError::BadPattern,
+            ),
+            (
+                r#"{"prefix": "/", "methods": ["get"], "scopes": ["a"]}"#,
+                RouteError::BadMethod,
+            ),
+            (
+                r#"{"prefix": "/", "public": true, "scopes": ["a"]}"#,
+                RouteError::PublicWithScopes,
+            ),
+            (r#"{"prefix": "/"}"#, RouteError::NoPolicy),
+            (
+                r#"{"prefix": "/", "scopes": ["bad scope"]}"#,
+                RouteError::Scope(ScopeError::BadSyntax),
+            ),
+        ];
+        for (json, expected) in cases {
+            let err =
+                RouteTable::compile(&[spec(r#"{"prefix": "/ok", "public": true}"#), spec(json)]);
+            assert_eq!(err.err(), Some((1, expected)), "{json}");
+        }
+    }
+}

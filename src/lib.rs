@@ -1,0 +1,16 @@
+//! `keygate.wasm`: the proxy-wasm HTTP filter. Glue only — every decision is made by
+//! `keygate-core`; this crate reads the request, talks to the host through [`host`], and
+//! applies what the core decided.
+
+mod filter;
+mod host;
+mod lookup;
+mod metrics;
+
+use proxy_wasm::traits::RootContext;
+use proxy_wasm::types::LogLevel;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(filter::KeygateRoot::default()) });
+}}

@@ -1,0 +1,366 @@
+//! Key records: the shared-data cache, one lookup in flight per key id, and the callouts to
+//! the key service.
+//!
+//! Within a worker, requests for a key id that is being fetched wait on that one callout.
+//! Across workers, a lease in shared data (set with compare-and-swap) marks the fetch; other
+//! workers wait for the cache slot to fill, polling on the root context's tick, and take over
+//! if the lease lapses. Waiting requests are answered in their own context once the record
+//! arrives, so no request waits on more than one callout.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use keygate_core::cache::{lease_key, record_key, slot_of, CacheEntry, Freshness, Lease};
+use keygate_core::decision::{authorize_record, DenyReason, Identity};
+use keygate_core::key::KeyId;
+use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
+use proxy_wasm::types::LogLevel;
+
+use crate::filter::{complete, lookup_timeout, Presented, Shared};
+use crate::host;
+use crate::metrics::Event;
+
+/// Largest lookup answer read from the key service.
+const MAX_LOOKUP_BODY: usize = 64 * 1024;
+/// How often a worker waiting on another worker's lookup looks at the cache.
+const REMOTE_POLL: Duration = Duration::from_millis(10);
+
+/// A request answered now, or paused until its record arrives.
+pub enum Outcome {
+    Now(Presented, Result<Identity, DenyReason>),
+    Wait,
+}
+
+struct Waiter {
+    context_id: u32,
+    presented: Presented,
+}
+
+struct Pending {
+    waiters: Vec<Waiter>,
+    /// `Some` when this worker's callout is in flight; `None` while another worker holds the lease.
+    token: Option<u32>,
+    since_ms: u64,
+    stale: Option<CacheEntry>,
+}
+
+/// Per-worker state of lookups in flight.
+#[derive(Default)]
+pub struct Lookups {
+    pending: HashMap<KeyId, Pending>,
+    tokens: HashMap<u32, KeyId>,
+    in_flight: usize,
+}
+
+impl Lookups {
+    /// Drops a request that ended while it waited.
+    pub fn forget(&mut self, context_id: u32) {
+        if self.pending.is_empty() {
+            return;
+        }
+        for pending in self.pending.values_mut() {
+            pending.waiters.retain(|w| w.context_id != context_id);
+        }
+    }
+
+    fn has_remote_waits(&self) -> bool {
+        self.pending.values().any(|p| p.token.is_none())
+    }
+}
+
+fn decide(entry: &CacheEntry, presented: &Presented, now_ms: u64) -> Result<Identity, DenyReason> {
+    match &entry.record {
+        None => Err(DenyReason::UnknownKey),
+        Some(record) => authorize_record(
+            record,
+            &presented.digest,
+            &presented.required,
+            now_ms / 1000,
+        ),
+    }
+}
+
+fn read_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
+    let slot = slot_of(id, &shared.config.cache);
+    let (bytes, _) = host::get_shared(&record_key(slot));
+    CacheEntry::decode_for(&bytes?, id)
+}
+
+/// Decides from the cache when it can; otherwise starts or joins a lookup.
+pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcome {
+    let now = host::now_ms();
+    let id = presented.key_id;
+    let cached = read_entry(shared, &id);
+    let stale = match cached
+        .as_ref()
+        .map(|e| (e, e.freshness(now, &shared.config.cache)))
+    {
+        Some((entry, Freshness::Fresh)) => {
+            shared.metrics.count(Event::CacheHit);
+            let result = decide(entry, &presented, now);
+            return Outcome::Now(presented, result);
+        }
+        Some((_, Freshness::Stale)) => cached,
+        _ => None,
+    };
+    shared.metrics.count(Event::CacheMiss);
+
+    let waiter = Waiter {
+        context_id,
+        presented,
+    };
+    let mut lookups = shared.lookups.borrow_mut();
+    if let Some(pending) = lookups.pending.get_mut(&id) {
+        pending.waiters.push(waiter);
+        return Outcome::Wait;
+    }
+    let mut pending = Pending {
+        waiters: vec![waiter],
+        token: None,
+        since_ms: now,
+        stale,
+    };
+    match start_lookup(shared, &mut lookups, &id, &mut pending, now) {
+        Ok(()) => {
+            lookups.pending.insert(id, pending);
+            Outcome::Wait
+        }
+        Err(reason) => {
+            drop(lookups);
+            let Some(waiter) = pending.waiters.pop() else {
+                return Outcome::Wait;
+            };
+            let result = fallback(
+                shared,
+                pending.stale.as_ref(),
+                &waiter.presented,
+                now,
+                reason,
+            );
+            Outcome::Now(waiter.presented, result)
+        }
+    }
+}
+
+/// Takes the lease and dispatches the callout, or arranges to wait for another worker's.
+/// On `Err`, nothing is registered and the caller answers from `fallback`.
+fn start_lookup(
+    shared: &Shared,
+    lookups: &mut Lookups,
+    id: &KeyId,
+    pending: &mut Pending,
+    now: u64,
+) -> Result<(), DenyReason> {
+    let config = &shared.config;
+    let slot = slot_of(id, &config.cache);
+    let lease_name = lease_key(slot);
+    let (current, cas) = host::get_shared(&lease_name);
+    if current
+        .as_deref()
+        .and_then(Lease::decode)
+        .is_some_and(|lease| lease.is_held_for(id, now))
+    {
+        return wait_for_other_worker(pending);
+    }
+    if lookups.in_flight >= config.key_service.max_in_flight {
+        return Err(DenyReason::Overloaded);
+    }
+    let timeout = lookup_timeout(config);
+    let lease = Lease {
+        id: id.to_string(),
+        until_ms: now + timeout.as_millis() as u64 + 100,
+    };
+    if host::set_shared(&lease_name, &lease.encode(), cas).is_err() {
+        // Another worker took the lease between our read and write.
+        return wait_for_other_worker(pending);
+    }
+    let path = format!("{LOOKUP_PATH_PREFIX}{id}");
+    let authorization = format!("Bearer {}", shared.secrets.service_token);
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path.as_str()),
+        (":authority", config.key_service.authority.as_str()),
+        ("authorization", authorization.as_str()),
+        ("accept", "application/json"),
+    ];
+    match host::dispatch_http_call(&config.key_service.cluster, headers, timeout) {
+        Ok(token) => {
+            lookups.tokens.insert(token, *id);
+            lookups.in_flight += 1;
+            pending.token = Some(token);
+            Ok(())
+        }
+        Err(err) => {
+            release_lease(&lease_name);
+            shared.metrics.count(Event::CalloutFailure);
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "keygate: cannot call key service cluster '{}': {err:?}",
+                    config.key_service.cluster
+                ),
+            );
+            Err(DenyReason::ServiceUnavailable)
+        }
+    }
+}
+
+fn wait_for_other_worker(pending: &mut Pending) -> Result<(), DenyReason> {
+    pending.token = None;
+    host::set_tick_period(REMOTE_POLL);
+    Ok(())
+}
+
+fn release_lease(lease_name: &str) {
+    let released = Lease {
+        id: String::new(),
+        until_ms: 0,
+    };
+    let _ = host::set_shared(lease_name, &released.encode(), None);
+}
+
+/// When the key service cannot answer: a stale record within the staleness bound still
+/// decides; otherwise the request fails closed with `reason` (503).
+fn fallback(
+    shared: &Shared,
+    stale: Option<&CacheEntry>,
+    presented: &Presented,
+    now: u64,
+    reason: DenyReason,
+) -> Result<Identity, DenyReason> {
+    match stale {
+        Some(entry) if entry.freshness(now, &shared.config.cache) != Freshness::Dead => {
+            shared.metrics.count(Event::StaleUsed);
+            decide(entry, presented, now)
+        }
+        _ => Err(reason),
+    }
+}
+
+/// A lookup answered: cache it and answer everyone who waited for it.
+pub fn on_response(shared: &Shared, token: u32, body_size: usize) {
+    let now = host::now_ms();
+    let pending = {
+        let mut lookups = shared.lookups.borrow_mut();
+        let Some(id) = lookups.tokens.remove(&token) else {
+            return;
+        };
+        lookups.in_flight = lookups.in_flight.saturating_sub(1);
+        lookups.pending.remove(&id).map(|p| (id, p))
+    };
+    let Some((id, pending)) = pending else {
+        return;
+    };
+    let slot = slot_of(&id, &shared.config.cache);
+    release_lease(&lease_key(slot));
+
+    let status = host::call_response_status();
+    let record = match status {
+        Some(200) => host::call_response_body(body_size, MAX_LOOKUP_BODY)
+            .and_then(|body| serde_json::from_slice::<KeyLookup>(&body).ok())
+            .filter(|record| record.id == id.as_str())
+            .map(Some),
+        Some(404) => Some(None),
+        _ => None,
+    };
+    match record {
+        Some(record) => {
+            let entry = CacheEntry {
+                id: id.to_string(),
+                fetched_at_ms: now,
+                record,
+            };
+            let _ = host::set_shared(&record_key(slot), &entry.encode(), None);
+            for waiter in pending.waiters {
+                let result = decide(&entry, &waiter.presented, now);
+                complete(shared, waiter.context_id, &waiter.presented, result);
+            }
+        }
+        None => {
+            shared.metrics.count(Event::CalloutFailure);
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "keygate: key service lookup failed for key_id={id}: status {}",
+                    status.map_or_else(
+                        || "none (unreachable or timed out)".to_owned(),
+                        |s| s.to_string()
+                    )
+                ),
+            );
+            for waiter in pending.waiters {
+                let result = fallback(
+                    shared,
+                    pending.stale.as_ref(),
+                    &waiter.presented,
+                    now,
+                    DenyReason::ServiceUnavailable,
+                );
+                complete(shared, waiter.context_id, &waiter.presented, result);
+            }
+        }
+    }
+}
+
+/// Polls lookups another worker is doing: answer from the cache once it fills, take over
+/// when the lease lapses, give up after twice the lookup timeout.
+pub fn on_tick(shared: &Shared) {
+    let now = host::now_ms();
+    let remote: Vec<KeyId> = {
+        let lookups = shared.lookups.borrow();
+        lookups
+            .pending
+            .iter()
+            .filter(|(_, p)| p.token.is_none())
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    for id in remote {
+        let filled = read_entry(shared, &id).filter(|e| {
+            e.fetched_at_ms + 1
+                >= shared
+                    .lookups
+                    .borrow()
+                    .pending
+                    .get(&id)
+                    .map_or(u64::MAX, |p| p.since_ms)
+        });
+        let Some(mut pending) = shared.lookups.borrow_mut().pending.remove(&id) else {
+            continue;
+        };
+        if let Some(entry) = filled {
+            for waiter in pending.waiters {
+                let result = decide(&entry, &waiter.presented, now);
+                complete(shared, waiter.context_id, &waiter.presented, result);
+            }
+            continue;
+        }
+        let give_up_at = pending.since_ms + 2 * shared.config.key_service.timeout_ms + 200;
+        let outcome = if now >= give_up_at {
+            Err(DenyReason::ServiceUnavailable)
+        } else {
+            let mut lookups = shared.lookups.borrow_mut();
+            start_lookup(shared, &mut lookups, &id, &mut pending, now)
+        };
+        match outcome {
+            Ok(()) => {
+                shared.lookups.borrow_mut().pending.insert(id, pending);
+            }
+            Err(reason) => {
+                for waiter in pending.waiters {
+                    let result = fallback(
+                        shared,
+                        pending.stale.as_ref(),
+                        &waiter.presented,
+                        now,
+                        reason.clone(),
+                    );
+                    complete(shared, waiter.context_id, &waiter.presented, result);
+                }
+            }
+        }
+    }
+    if !shared.lookups.borrow().has_remote_waits() {
+        host::set_tick_period(Duration::ZERO);
+    }
+}

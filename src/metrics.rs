@@ -1,0 +1,67 @@
+//! Counters, visible on Envoy's `/stats` as `wasmcustom.keygate.*`.
+
+use std::collections::HashMap;
+
+use keygate_core::decision::DenyReason;
+
+use crate::host;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    allowed: Option<u32>,
+    allowed_public: Option<u32>,
+    cache_hit: Option<u32>,
+    cache_miss: Option<u32>,
+    stale_used: Option<u32>,
+    callout_failure: Option<u32>,
+    denied: HashMap<&'static str, Option<u32>>,
+}
+
+/// Something worth counting.
+#[derive(Clone, Copy, Debug)]
+pub enum Event {
+    Allowed,
+    AllowedPublic,
+    CacheHit,
+    CacheMiss,
+    /// A stale record was used because the key service could not be asked.
+    StaleUsed,
+    CalloutFailure,
+}
+
+impl Metrics {
+    pub fn define() -> Self {
+        Self {
+            allowed: host::define_counter("keygate.allowed"),
+            allowed_public: host::define_counter("keygate.allowed_public"),
+            cache_hit: host::define_counter("keygate.cache_hit"),
+            cache_miss: host::define_counter("keygate.cache_miss"),
+            stale_used: host::define_counter("keygate.stale_used"),
+            callout_failure: host::define_counter("keygate.callout_failure"),
+            denied: DenyReason::METRIC_NAMES
+                .iter()
+                .map(|name| {
+                    (
+                        *name,
+                        host::define_counter(&format!("keygate.denied.{name}")),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn count(&self, event: Event) {
+        host::increment(match event {
+            Event::Allowed => self.allowed,
+            Event::AllowedPublic => self.allowed_public,
+            Event::CacheHit => self.cache_hit,
+            Event::CacheMiss => self.cache_miss,
+            Event::StaleUsed => self.stale_used,
+            Event::CalloutFailure => self.callout_failure,
+        });
+    }
+
+    pub fn count_denial(&self, reason: &DenyReason) {
+        host::increment(self.denied.get(reason.metric_name()).copied().flatten());
+    }
+}
