@@ -54,7 +54,7 @@ impl RootContext for KeygateRoot {
         let Some(raw) = host::plugin_configuration() else {
             host::log(
                 LogLevel::Critical,
-                "keygate: refusing configuration: the plugin configuration is empty",
+                "refusing configuration: the plugin configuration is empty",
             );
             return false;
         };
@@ -67,12 +67,13 @@ impl RootContext for KeygateRoot {
                 host::log(
                     LogLevel::Info,
                     &format!(
-                        "keygate: configured: {} routes, key service cluster '{}', cache ttl {} s",
+                        "configured: {} routes, key service cluster '{}', cache ttl {} s",
                         config.routes.len(),
                         config.key_service.cluster,
                         config.cache.ttl_ms / 1000
                     ),
                 );
+                crate::lookup::create_leases();
                 self.shared = Some(Rc::new(Shared {
                     config,
                     secrets,
@@ -84,7 +85,7 @@ impl RootContext for KeygateRoot {
             Err(err) => {
                 host::log(
                     LogLevel::Critical,
-                    &format!("keygate: refusing configuration: {err}"),
+                    &format!("refusing configuration: {err}"),
                 );
                 false
             }
@@ -263,7 +264,7 @@ pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&KeyId>) {
     host::log(
         LogLevel::Info,
         &format!(
-            "keygate: denied status={} reason={} key_id={}",
+            "denied status={} reason={} key_id={}",
             reason.status(),
             reason.metric_name(),
             key_id.map_or("-", KeyId::as_str)

@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use keygate_core::cache::{lease_key, record_key, slot_of, CacheEntry, Freshness, Lease};
+use keygate_core::cache::{
+    lease_key, record_key, slot_of, CacheEntry, Freshness, Lease, LEASE_STRIPES,
+};
 use keygate_core::decision::{authorize_record, DenyReason, Identity};
 use keygate_core::key::KeyId;
 use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
@@ -121,9 +123,17 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
         stale,
     };
     match start_lookup(shared, &mut lookups, &id, &mut pending, now) {
-        Ok(()) => {
+        Ok(Started::Dispatched | Started::Waiting) => {
             lookups.pending.insert(id, pending);
             Outcome::Wait
+        }
+        Ok(Started::Filled(entry)) => {
+            drop(lookups);
+            let Some(waiter) = pending.waiters.pop() else {
+                return Outcome::Wait;
+            };
+            let result = decide(&entry, &waiter.presented, now);
+            Outcome::Now(waiter.presented, result)
         }
         Err(reason) => {
             drop(lookups);
@@ -142,6 +152,16 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
     }
 }
 
+/// What `start_lookup` did.
+enum Started {
+    /// Our callout is in flight.
+    Dispatched,
+    /// Another worker's callout is; we poll the cache.
+    Waiting,
+    /// The record arrived meanwhile: decide now.
+    Filled(CacheEntry),
+}
+
 /// Takes the lease and dispatches the callout, or arranges to wait for another worker's.
 /// On `Err`, nothing is registered and the caller answers from `fallback`.
 fn start_lookup(
@@ -150,29 +170,41 @@ fn start_lookup(
     id: &KeyId,
     pending: &mut Pending,
     now: u64,
-) -> Result<(), DenyReason> {
+) -> Result<Started, DenyReason> {
     let config = &shared.config;
     let slot = slot_of(id, &config.cache);
     let lease_name = lease_key(slot);
     let (current, cas) = host::get_shared(&lease_name);
-    if current
-        .as_deref()
-        .and_then(Lease::decode)
-        .is_some_and(|lease| lease.is_held_for(id, now))
-    {
+    let lease = current.as_deref().and_then(Lease::decode);
+    if lease.as_ref().is_some_and(|l| l.is_held_for(id, now)) {
         return wait_for_other_worker(pending);
     }
     if lookups.in_flight >= config.key_service.max_in_flight {
         return Err(DenyReason::Overloaded);
     }
     let timeout = lookup_timeout(config);
-    let lease = Lease {
-        id: id.to_string(),
-        until_ms: now + timeout.as_millis() as u64 + 100,
+    // A stripe busy with another key id: look up without a lease rather than wait on a
+    // stranger (a duplicate lookup at worst).
+    let stripe_busy = lease.is_some_and(|l| l.is_held(now));
+    let leased = !stripe_busy && {
+        let mine = Lease {
+            id: id.to_string(),
+            until_ms: now + timeout.as_millis() as u64 + 100,
+        };
+        if host::set_shared(&lease_name, &mine.encode(), cas).is_err() {
+            // Another worker took the lease between our read and write.
+            return wait_for_other_worker(pending);
+        }
+        true
     };
-    if host::set_shared(&lease_name, &lease.encode(), cas).is_err() {
-        // Another worker took the lease between our read and write.
-        return wait_for_other_worker(pending);
+    // The worker that held the lease may have filled the slot just before we took it.
+    if let Some(entry) =
+        read_entry(shared, id).filter(|e| e.freshness(now, &config.cache) == Freshness::Fresh)
+    {
+        if leased {
+            release_lease(&lease_name);
+        }
+        return Ok(Started::Filled(entry));
     }
     let path = format!("{LOOKUP_PATH_PREFIX}{id}");
     let authorization = format!("Bearer {}", shared.secrets.service_token);
@@ -188,7 +220,7 @@ fn start_lookup(
             lookups.tokens.insert(token, *id);
             lookups.in_flight += 1;
             pending.token = Some(token);
-            Ok(())
+            Ok(Started::Dispatched)
         }
         Err(err) => {
             release_lease(&lease_name);
@@ -196,7 +228,7 @@ fn start_lookup(
             host::log(
                 LogLevel::Warn,
                 &format!(
-                    "keygate: cannot call key service cluster '{}': {err:?}",
+                    "cannot call key service cluster '{}': {err:?}",
                     config.key_service.cluster
                 ),
             );
@@ -205,18 +237,24 @@ fn start_lookup(
     }
 }
 
-fn wait_for_other_worker(pending: &mut Pending) -> Result<(), DenyReason> {
+fn wait_for_other_worker(pending: &mut Pending) -> Result<Started, DenyReason> {
     pending.token = None;
     host::set_tick_period(REMOTE_POLL);
-    Ok(())
+    Ok(Started::Waiting)
 }
 
 fn release_lease(lease_name: &str) {
-    let released = Lease {
-        id: String::new(),
-        until_ms: 0,
-    };
-    let _ = host::set_shared(lease_name, &released.encode(), None);
+    let _ = host::set_shared(lease_name, &Lease::released().encode(), None);
+}
+
+/// Creates every lease key, so that taking a lease is always a compare-and-swap.
+pub fn create_leases() {
+    for stripe in 0..LEASE_STRIPES {
+        let name = lease_key(stripe);
+        if host::get_shared(&name).1.is_none() {
+            let _ = host::set_shared(&name, &Lease::released().encode(), None);
+        }
+    }
 }
 
 /// When the key service cannot answer: a stale record within the staleness bound still
@@ -281,7 +319,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) {
             host::log(
                 LogLevel::Warn,
                 &format!(
-                    "keygate: key service lookup failed for key_id={id}: status {}",
+                    "key service lookup failed for key_id={id}: status {}",
                     status.map_or_else(
                         || "none (unreachable or timed out)".to_owned(),
                         |s| s.to_string()
@@ -343,8 +381,14 @@ pub fn on_tick(shared: &Shared) {
             start_lookup(shared, &mut lookups, &id, &mut pending, now)
         };
         match outcome {
-            Ok(()) => {
+            Ok(Started::Dispatched | Started::Waiting) => {
                 shared.lookups.borrow_mut().pending.insert(id, pending);
+            }
+            Ok(Started::Filled(entry)) => {
+                for waiter in pending.waiters {
+                    let result = decide(&entry, &waiter.presented, now);
+                    complete(shared, waiter.context_id, &waiter.presented, result);
+                }
             }
             Err(reason) => {
                 for waiter in pending.waiters {

@@ -84,9 +84,13 @@ pub fn record_key(slot: u32) -> String {
     format!("keygate.rec.{slot}")
 }
 
-/// Shared-data key of the lease that marks a lookup in flight for a slot.
+/// Number of lease keys. Shared data can only compare-and-swap a key that exists, so the
+/// filter creates all of them at start; a fixed count keeps that cheap.
+pub const LEASE_STRIPES: u32 = 1024;
+
+/// Shared-data key of the lease that marks a lookup in flight for a slot's stripe.
 pub fn lease_key(slot: u32) -> String {
-    format!("keygate.lease.{slot}")
+    format!("keygate.lease.{}", slot % LEASE_STRIPES)
 }
 
 /// A lease: which key id is being fetched, and until when the lease holds.
@@ -113,6 +117,19 @@ impl Lease {
     /// True when someone else holds this lease for `id` right now.
     pub fn is_held_for(&self, id: &KeyId, now_ms: u64) -> bool {
         self.id == id.as_str() && now_ms < self.until_ms
+    }
+
+    /// True when the lease is held right now, for any key id.
+    pub fn is_held(&self, now_ms: u64) -> bool {
+        !self.id.is_empty() && now_ms < self.until_ms
+    }
+
+    /// The value of a free lease.
+    pub fn released() -> Self {
+        Self {
+            id: String::new(),
+            until_ms: 0,
+        }
     }
 }
 
@@ -194,5 +211,9 @@ mod tests {
         assert!(!back.is_held_for(&id(1), 500));
         assert!(!back.is_held_for(&id(2), 0));
         assert_eq!(Lease::decode(b"nonsense"), None);
+        assert!(back.is_held(499));
+        let free = Lease::decode(&Lease::released().encode()).unwrap();
+        assert!(!free.is_held(0));
+        assert!(lease_key(LEASE_STRIPES + 3) == lease_key(3));
     }
 }
