@@ -1,0 +1,682 @@
+//! The HTTP API: the management API (admin key), the filter's lookup (service token), health.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keygate_core::key::{
+    mint_opaque_key, GatewayKey, KeyDigest, KeyId, KeyPrefix, MintedKey, ID_LEN, SECRET_LEN,
+};
+use keygate_core::scope::{parse_scopes, Scope, MAX_SCOPES};
+use keygate_core::wire::{KeyLookup, KeyStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::clock::Clock;
+use crate::error::{ApiError, Realm};
+use crate::store::{KeyRecord, KeyStore, PageAfter};
+use crate::timestamp::{format_rfc3339, parse_rfc3339};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest `expires_in`: ten years.
+pub const MAX_EXPIRES_IN: i64 = 10 * 365 * 86_400;
+/// Default rotation grace period: one day.
+pub const DEFAULT_GRACE: i64 = 86_400;
+/// Longest rotation grace period: thirty days.
+pub const MAX_GRACE: i64 = 30 * 86_400;
+const MAX_NAME_CHARS: usize = 128;
+const MAX_OWNER_CHARS: usize = 128;
+const MAX_METADATA_BYTES: usize = 4096;
+const MAX_METADATA_KEYS: usize = 32;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 500;
+
+/// Everything a request handler needs. Cloning is cheap.
+#[derive(Clone)]
+pub struct AppState {
+    store: KeyStore,
+    clock: Arc<dyn Clock>,
+    gateway_key: GatewayKey,
+    prefix: KeyPrefix,
+    service_token: KeyDigest,
+    lookups: Arc<AtomicU64>,
+}
+
+impl AppState {
+    /// `service_token` is the shared secret the filter presents on lookups.
+    pub fn new(
+        store: KeyStore,
+        clock: Arc<dyn Clock>,
+        gateway_key: GatewayKey,
+        prefix: KeyPrefix,
+        service_token: &str,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            gateway_key,
+            prefix,
+            service_token: KeyDigest::of(service_token.as_bytes()),
+            lookups: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn store(&self) -> &KeyStore {
+        &self.store
+    }
+
+    /// Lookup requests received so far (`GET /v1/keys/{id}`, whatever their outcome).
+    pub fn lookups_served(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+}
+
+/// The whole HTTP API, ready to serve or to test with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    let management = Router::new()
+        .route("/api/v1/auth/keys", post(create_key).get(list_keys))
+        .route("/api/v1/auth/keys/{id}", get(show_key).delete(revoke_key))
+        .route("/api/v1/auth/keys/{id}/rotate", post(rotate_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let service = Router::new()
+        .route("/v1/keys/{id}", get(lookup_key))
+        .route("/v1/stats", get(stats));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(management)
+        .merge(service)
+        .fallback(|| async { ApiError::RouteNotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = bearer_token(request.headers())
+        .map(|token| KeyDigest::of(token.as_bytes()))
+        .ok_or(ApiError::MissingCredential(Realm::Admin))?;
+    let admins = state.store.active_admin_digests().await?;
+    // Compare against every admin digest so the time taken does not depend on which matched.
+    let matched = admins
+        .iter()
+        .fold(false, |found, digest| digest.ct_eq(&presented) | found);
+    if !matched {
+        tracing::info!("management request with an invalid admin key refused");
+        return Err(ApiError::InvalidCredential(Realm::Admin));
+    }
+    Ok(next.run(request).await)
+}
+
+fn require_service_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = bearer_token(headers).ok_or(ApiError::MissingCredential(Realm::Service))?;
+    if KeyDigest::of(presented.as_bytes()).ct_eq(&state.service_token) {
+        Ok(())
+    } else {
+        tracing::info!("lookup with an invalid service token refused");
+        Err(ApiError::InvalidCredential(Realm::Service))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The key object
+
+/// A key as the management API shows it. `key` (the plaintext) is present only in the answer
+/// that mints it.
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub prefix: String,
+    pub format: String,
+    pub scopes: Vec<String>,
+    pub metadata: Map<String, Value>,
+    pub status: KeyStatus,
+    pub created_at: Option<String>,
+    /// The effective expiry: the own expiry or the end of the rotation grace, whichever first.
+    pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl KeyView {
+    fn of(record: KeyRecord, now: i64) -> Self {
+        Self {
+            status: record.status(now),
+            expires_at: record.effective_expiry().and_then(format_rfc3339),
+            created_at: format_rfc3339(record.created_at),
+            last_used_at: record.last_used_at.and_then(format_rfc3339),
+            revoked_at: record.revoked_at.and_then(format_rfc3339),
+            id: record.id,
+            name: record.name,
+            owner: record.owner,
+            prefix: record.prefix,
+            format: record.format,
+            scopes: record.scopes,
+            metadata: record.metadata,
+            rotated_from: record.rotated_from,
+            rotated_to: record.rotated_to,
+            key: None,
+        }
+    }
+
+    fn with_plaintext(mut self, minted: MintedKey) -> Self {
+        self.key = Some(minted.plaintext);
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create
+
+/// The body of `POST /api/v1/auth/keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    pub name: String,
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub expires_in: Option<i64>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// A create request that passed every check.
+#[derive(Debug, PartialEq)]
+pub struct ValidCreate {
+    pub name: String,
+    pub owner: String,
+    pub scopes: Vec<Scope>,
+    pub expires_at: Option<i64>,
+    pub metadata: Map<String, Value>,
+}
+
+fn valid_text(text: &str, max_chars: usize) -> bool {
+    text.chars().count() <= max_chars && !text.chars().any(char::is_control)
+}
+
+/// Checks a create request at time `now`.
+pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreate, ApiError> {
+    match request.format.as_deref() {
+        None | Some("opaque") => {}
+        Some("jwt") => return Err(ApiError::JwtNotSupported),
+        Some(_) => return Err(ApiError::UnknownFormat),
+    }
+    if request.name.is_empty() || !valid_text(&request.name, MAX_NAME_CHARS) {
+        return Err(ApiError::BadName);
+    }
+    let owner = request.owner.unwrap_or_default();
+    if !valid_text(&owner, MAX_OWNER_CHARS) {
+        return Err(ApiError::BadOwner);
+    }
+    let scopes = validate_scopes(&request.scopes)?;
+    let expires_at = match (request.expires_in, request.expires_at) {
+        (Some(_), Some(_)) => return Err(ApiError::ExpiryConflict),
+        (Some(seconds), None) => {
+            if !(1..=MAX_EXPIRES_IN).contains(&seconds) {
+                return Err(ApiError::BadExpiresIn);
+            }
+            Some(now.saturating_add(seconds))
+        }
+        (None, Some(text)) => {
+            let at = parse_rfc3339(&text).ok_or(ApiError::UnparsableExpiresAt)?;
+            if at <= now {
+                return Err(ApiError::ExpiresAtInPast);
+            }
+            Some(at)
+        }
+        (None, None) => None,
+    };
+    let metadata = validate_metadata(request.metadata)?;
+    Ok(ValidCreate {
+        name: request.name,
+        owner,
+        scopes,
+        expires_at,
+        metadata,
+    })
+}
+
+fn validate_scopes(items: &[String]) -> Result<Vec<Scope>, ApiError> {
+    if items.len() > MAX_SCOPES {
+        return Err(ApiError::TooManyScopes);
+    }
+    for (index, item) in items.iter().enumerate() {
+        Scope::parse(item).map_err(|reason| ApiError::BadScope { index, reason })?;
+    }
+    parse_scopes(items).map_err(|_| ApiError::TooManyScopes)
+}
+
+fn validate_metadata(metadata: Option<Value>) -> Result<Map<String, Value>, ApiError> {
+    let map = match metadata {
+        None | Some(Value::Null) => return Ok(Map::new()),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(ApiError::MetadataNotObject),
+    };
+    if map.len() > MAX_METADATA_KEYS {
+        return Err(ApiError::MetadataTooManyKeys);
+    }
+    let size = serde_json::to_vec(&map)
+        .map(|bytes| bytes.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_METADATA_BYTES {
+        return Err(ApiError::MetadataTooLarge);
+    }
+    Ok(map)
+}
+
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::UnreadableBody
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => ApiError::InvalidBody(error.to_string()),
+        _ => ApiError::MalformedJson(error.to_string()),
+    })
+}
+
+fn mint(state: &AppState) -> Result<MintedKey, ApiError> {
+    let mut id = [0u8; ID_LEN];
+    let mut secret = [0u8; SECRET_LEN];
+    getrandom::getrandom(&mut id)
+        .and_then(|()| getrandom::getrandom(&mut secret))
+        .map_err(|error| ApiError::Internal(format!("OS random number generator: {error}")))?;
+    Ok(mint_opaque_key(
+        &state.prefix,
+        &state.gateway_key,
+        id,
+        secret,
+    ))
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    let body = read_body(body)?;
+    let request: CreateKeyRequest = parse_json(&body)?;
+    let now = state.clock.now();
+    let valid = validate_create(request, now)?;
+    let minted = mint(&state)?;
+    let record = KeyRecord {
+        id: minted.id.to_string(),
+        prefix: state.prefix.to_string(),
+        name: valid.name,
+        owner: valid.owner,
+        scopes: valid.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        metadata: valid.metadata,
+        digest: minted.digest.to_hex(),
+        format: "opaque".into(),
+        created_at: now,
+        expires_at: valid.expires_at,
+        grace_until: None,
+        revoked_at: None,
+        last_used_at: None,
+        rotated_from: None,
+        rotated_to: None,
+    };
+    state.store.insert_key(&record).await?;
+    tracing::info!(key_id = %record.id, name = %record.name, "key created");
+    let view = KeyView::of(record, now).with_plaintext(minted);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// List, show, revoke
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+    status: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct KeyPage {
+    keys: Vec<KeyView>,
+    next_cursor: Option<String>,
+}
+
+fn encode_cursor(record: &KeyRecord) -> String {
+    format!("{}.{}", record.created_at, record.id)
+}
+
+fn decode_cursor(text: &str) -> Result<PageAfter, ApiError> {
+    let (created_at, id) = text.split_once('.').ok_or(ApiError::BadCursor)?;
+    let created_at = created_at.parse().map_err(|_| ApiError::BadCursor)?;
+    let id = KeyId::parse(id).map_err(|_| ApiError::BadCursor)?;
+    Ok(PageAfter {
+        created_at,
+        id: id.to_string(),
+    })
+}
+
+fn parse_status(text: &str) -> Result<KeyStatus, ApiError> {
+    match text {
+        "active" => Ok(KeyStatus::Active),
+        "revoked" => Ok(KeyStatus::Revoked),
+        "expired" => Ok(KeyStatus::Expired),
+        _ => Err(ApiError::BadStatusFilter),
+    }
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<KeyPage>, ApiError> {
+    let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or(ApiError::BadLimit)?,
+    };
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let status = params.status.as_deref().map(parse_status).transpose()?;
+    let now = state.clock.now();
+    let mut records = state
+        .store
+        .list_keys(after.as_ref(), limit + 1, status, now)
+        .await?;
+    let more = records.len() > limit as usize;
+    records.truncate(limit as usize);
+    let next_cursor = if more {
+        records.last().map(encode_cursor)
+    } else {
+        None
+    };
+    let keys = records
+        .into_iter()
+        .map(|record| KeyView::of(record, now))
+        .collect();
+    Ok(Json(KeyPage { keys, next_cursor }))
+}
+
+fn parse_key_id(text: &str) -> Result<KeyId, ApiError> {
+    KeyId::parse(text).map_err(|_| ApiError::BadKeyId)
+}
+
+async fn show_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let id = parse_key_id(&id)?;
+    let record = state
+        .store
+        .get_key(id.as_str())
+        .await?
+        .ok_or(ApiError::KeyNotFound)?;
+    Ok(Json(KeyView::of(record, state.clock.now())))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let id = parse_key_id(&id)?;
+    let now = state.clock.now();
+    let record = state.store.revoke_key(id.as_str(), now).await?;
+    tracing::info!(key_id = %record.id, "key revoked");
+    Ok(Json(KeyView::of(record, now)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotate
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    #[serde(default)]
+    grace: Option<i64>,
+}
+
+async fn rotate_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    let id = parse_key_id(&id)?;
+    let body = read_body(body)?;
+    let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let grace = request.grace.unwrap_or(DEFAULT_GRACE);
+    if !(0..=MAX_GRACE).contains(&grace) {
+        return Err(ApiError::BadGrace);
+    }
+    let now = state.clock.now();
+    let old = state
+        .store
+        .get_key(id.as_str())
+        .await?
+        .ok_or(ApiError::KeyNotFound)?;
+    let minted = mint(&state)?;
+    let successor = KeyRecord {
+        id: minted.id.to_string(),
+        prefix: state.prefix.to_string(),
+        name: old.name,
+        owner: old.owner,
+        scopes: old.scopes,
+        metadata: old.metadata,
+        digest: minted.digest.to_hex(),
+        format: "opaque".into(),
+        created_at: now,
+        expires_at: old.expires_at,
+        grace_until: None,
+        revoked_at: None,
+        last_used_at: None,
+        rotated_from: Some(old.id),
+        rotated_to: None,
+    };
+    let (old, new) = state
+        .store
+        .rotate_key(id.as_str(), &successor, now.saturating_add(grace), now)
+        .await?;
+    tracing::info!(key_id = %old.id, successor = %new.id, grace, "key rotated");
+    let view = KeyView::of(new, now).with_plaintext(minted);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The filter's endpoints
+
+fn lookup_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"error": "not_found"})),
+    )
+        .into_response()
+}
+
+async fn lookup_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    state.lookups.fetch_add(1, Ordering::Relaxed);
+    if let Err(error) = require_service_token(&state, &headers) {
+        return error.into_response();
+    }
+    let Ok(id) = KeyId::parse(&id) else {
+        tracing::debug!("lookup of a malformed key id");
+        return lookup_not_found();
+    };
+    let record = match state.store.get_key(id.as_str()).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            tracing::debug!(key_id = %id, found = false, "lookup");
+            return lookup_not_found();
+        }
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    let now = state.clock.now();
+    let status = record.status(now);
+    tracing::debug!(key_id = %id, found = true, status = status.as_str(), "lookup");
+    let answer = KeyLookup {
+        subject: if record.owner.is_empty() {
+            record.id.clone()
+        } else {
+            record.owner.clone()
+        },
+        expires_at: record
+            .effective_expiry()
+            .map(|end| u64::try_from(end).unwrap_or(0)),
+        id: record.id,
+        digest: record.digest,
+        scopes: record.scopes,
+        status,
+    };
+    Json(answer).into_response()
+}
+
+async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_service_token(&state, &headers)?;
+    Ok(Json(serde_json::json!({"lookups": state.lookups_served()})).into_response())
+}
+
+async fn healthz() -> Json<Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> CreateKeyRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_minimal_request() {
+        let valid = validate_create(
+            request(serde_json::json!({"name": "ci", "scopes": ["b", "a", "a"]})),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(valid.owner, "");
+        assert_eq!(valid.expires_at, None);
+        let scopes: Vec<_> = valid.scopes.iter().map(Scope::as_str).collect();
+        assert_eq!(scopes, ["a", "b"]);
+    }
+
+    #[test]
+    fn expiry_comes_from_either_field_not_both() {
+        let now = 1000;
+        let valid = validate_create(
+            request(serde_json::json!({"name": "x", "scopes": [], "expires_in": 60})),
+            now,
+        )
+        .unwrap();
+        assert_eq!(valid.expires_at, Some(1060));
+        let both = request(serde_json::json!({
+            "name": "x", "scopes": [], "expires_in": 60, "expires_at": "2030-01-01T00:00:00Z"
+        }));
+        assert!(matches!(
+            validate_create(both, now),
+            Err(ApiError::ExpiryConflict)
+        ));
+        for bad in [0, -5, MAX_EXPIRES_IN + 1] {
+            let r = request(serde_json::json!({"name": "x", "scopes": [], "expires_in": bad}));
+            assert!(matches!(
+                validate_create(r, now),
+                Err(ApiError::BadExpiresIn)
+            ));
+        }
+        let past = request(serde_json::json!({
+            "name": "x", "scopes": [], "expires_at": "1970-01-01T00:00:01Z"
+        }));
+        assert!(matches!(
+            validate_create(past, now),
+            Err(ApiError::ExpiresAtInPast)
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_names_scopes_metadata_and_formats() {
+        let cases = [
+            serde_json::json!({"name": "", "scopes": []}),
+            serde_json::json!({"name": "a".repeat(129), "scopes": []}),
+            serde_json::json!({"name": "x", "scopes": ["has space"]}),
+            serde_json::json!({"name": "x", "scopes": [], "metadata": [1]}),
+            serde_json::json!({"name": "x", "scopes": [], "metadata": {"k": "v".repeat(5000)}}),
+            serde_json::json!({"name": "x", "scopes": [], "format": "jwt"}),
+            serde_json::json!({"name": "x", "scopes": [], "format": "pgp"}),
+            serde_json::json!({"name": "x", "scopes": [], "owner": "o".repeat(129)}),
+        ];
+        for case in cases {
+            assert!(validate_create(request(case.clone()), 0).is_err(), "{case}");
+        }
+        let many: Map<String, Value> = (0..33).map(|i| (format!("k{i}"), Value::Null)).collect();
+        let r = request(serde_json::json!({"name": "x", "scopes": [], "metadata": many}));
+        assert!(matches!(
+            validate_create(r, 0),
+            Err(ApiError::MetadataTooManyKeys)
+        ));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_junk() {
+        let after = decode_cursor("1700000000.aaaaaaaaaaaaaaaa").unwrap();
+        assert_eq!(after.created_at, 1_700_000_000);
+        assert_eq!(after.id, "aaaaaaaaaaaaaaaa");
+        for junk in ["", "x", "1.x", "a.aaaaaaaaaaaaaaaa"] {
+            assert!(decode_cursor(junk).is_err(), "{junk}");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_extracted_strictly() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_token(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&headers), None);
+    }
+}

@@ -1,0 +1,573 @@
+//! The command line: `keygate serve` and `keygate keys create|list|show|revoke|rotate`.
+//!
+//! The `keys` commands are a thin client of the REST API; they never touch the database.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use keygate_core::key::KeyId;
+use serde_json::{json, Map, Value};
+
+use crate::config::{ServeArgs, ADMIN_KEY_ENV};
+
+/// Where the demo stack writes its admin key; the CLI's last resort.
+pub const DEFAULT_ADMIN_KEY_FILE: &str = ".keygate/admin.key";
+const ADMIN_KEY_FILE_ENV: &str = "KEYGATE_ADMIN_KEY_FILE";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "Keygate: API keys for Envoy — key service and CLI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the key service (REST API and the filter's lookup endpoint).
+    Serve(ServeArgs),
+    /// Manage API keys through a running key service.
+    Keys(KeysArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// Base URL of the key service.
+    #[arg(
+        long,
+        env = "KEYGATE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// File holding the admin key. Without it: $KEYGATE_ADMIN_KEY, then the file named by
+    /// $KEYGATE_ADMIN_KEY_FILE, then .keygate/admin.key.
+    #[arg(long, global = true)]
+    pub admin_key_file: Option<PathBuf>,
+    /// Print the raw JSON answer instead of a human summary.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Mint a new key; its plaintext is printed once.
+    Create(CreateArgs),
+    /// List keys.
+    List(ListArgs),
+    /// Show one key.
+    Show { id: String },
+    /// Revoke a key (idempotent).
+    Revoke { id: String },
+    /// Replace a key with a new one; the old one keeps working for the grace period.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A name for people (1-128 characters).
+    #[arg(long)]
+    pub name: String,
+    /// A scope the key grants, such as demo:read (repeat for several).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Who the key belongs to; becomes the subject upstream (default: the key id).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Lifetime: 3600, 3600s, 90m, 12h or 30d.
+    #[arg(long, conflicts_with = "expires_at")]
+    pub expires_in: Option<String>,
+    /// Expiry as RFC 3339, such as 2030-01-01T00:00:00Z.
+    #[arg(long)]
+    pub expires_at: Option<String>,
+    /// A JSON object stored with the key.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    /// Key format: opaque (default) or jwt (not supported yet).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Keys per page (1-500, server default 100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Only keys with this status: active, revoked or expired.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Continue from a previous page's next_cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    pub id: String,
+    /// How long the old key keeps working: 0, 3600s, 90m, 24h, 7d (default 24h, max 30d).
+    #[arg(long)]
+    pub grace: Option<String>,
+}
+
+/// Why a `keys` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{detail} (HTTP {status})")]
+    Api {
+        status: u16,
+        detail: String,
+        body: Option<Value>,
+    },
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Usage(_) => ExitCode::from(2),
+            Self::Api { .. } | Self::Transport(_) => ExitCode::from(1),
+        }
+    }
+}
+
+/// Parses a duration such as `3600`, `3600s`, `90m`, `12h` or `30d` into seconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(split) => text.split_at(split),
+        None => (text, "s"),
+    };
+    let multiplier = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    if number.is_empty() {
+        return None;
+    }
+    number.parse::<i64>().ok()?.checked_mul(multiplier)
+}
+
+/// Runs a `keys` command and reports failures on stderr.
+pub fn run_keys(args: KeysArgs) -> ExitCode {
+    let json_output = args.json;
+    match execute(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if let (
+                true,
+                CliError::Api {
+                    body: Some(body), ..
+                },
+            ) = (json_output, &error)
+            {
+                println!("{body}");
+            }
+            eprintln!("error: {error}");
+            error.exit_code()
+        }
+    }
+}
+
+fn execute(args: KeysArgs) -> Result<(), CliError> {
+    let admin_key = read_admin_key(args.admin_key_file.as_deref())?;
+    let client = Client::new(&args.server, admin_key)?;
+    let json_output = args.json;
+    match args.command {
+        KeysCommand::Create(create) => {
+            let body = create_body(create)?;
+            let answer = client.call("POST", "/api/v1/auth/keys", Some(body))?;
+            print_minted(&answer, json_output);
+        }
+        KeysCommand::List(list) => {
+            let mut query = Vec::new();
+            if let Some(limit) = list.limit {
+                query.push(format!("limit={limit}"));
+            }
+            if let Some(status) = list.status {
+                query.push(format!("status={}", query_escape(&status)));
+            }
+            if let Some(cursor) = list.cursor {
+                query.push(format!("cursor={}", query_escape(&cursor)));
+            }
+            let path = if query.is_empty() {
+                "/api/v1/auth/keys".to_owned()
+            } else {
+                format!("/api/v1/auth/keys?{}", query.join("&"))
+            };
+            let answer = client.call("GET", &path, None)?;
+            if json_output {
+                println!("{answer}");
+            } else {
+                print_table(&answer);
+            }
+        }
+        KeysCommand::Show { id } => {
+            let id = parse_id(&id)?;
+            let answer = client.call("GET", &format!("/api/v1/auth/keys/{id}"), None)?;
+            print_key(&answer, json_output);
+        }
+        KeysCommand::Revoke { id } => {
+            let id = parse_id(&id)?;
+            let answer = client.call("DELETE", &format!("/api/v1/auth/keys/{id}"), None)?;
+            print_key(&answer, json_output);
+        }
+        KeysCommand::Rotate(rotate) => {
+            let id = parse_id(&rotate.id)?;
+            let mut body = Map::new();
+            if let Some(grace) = rotate.grace {
+                let seconds = parse_duration(&grace).ok_or_else(|| {
+                    CliError::Usage(format!(
+                        "--grace {grace:?} is not a duration such as 0, 3600s, 90m, 24h or 7d"
+                    ))
+                })?;
+                body.insert("grace".into(), json!(seconds));
+            }
+            let answer = client.call(
+                "POST",
+                &format!("/api/v1/auth/keys/{id}/rotate"),
+                Some(Value::Object(body)),
+            )?;
+            print_minted(&answer, json_output);
+        }
+    }
+    Ok(())
+}
+
+fn parse_id(text: &str) -> Result<KeyId, CliError> {
+    KeyId::parse(text).map_err(|_| {
+        CliError::Usage(format!(
+            "{text:?} is not a key id (16 characters of a-z and 2-7)"
+        ))
+    })
+}
+
+fn create_body(create: CreateArgs) -> Result<Value, CliError> {
+    let mut body = Map::new();
+    body.insert("name".into(), json!(create.name));
+    body.insert("scopes".into(), json!(create.scopes));
+    if let Some(owner) = create.owner {
+        body.insert("owner".into(), json!(owner));
+    }
+    if let Some(text) = create.expires_in {
+        let seconds = parse_duration(&text).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--expires-in {text:?} is not a duration such as 3600s, 90m, 12h or 30d"
+            ))
+        })?;
+        body.insert("expires_in".into(), json!(seconds));
+    }
+    if let Some(at) = create.expires_at {
+        body.insert("expires_at".into(), json!(at));
+    }
+    if let Some(text) = create.metadata {
+        let metadata: Value = serde_json::from_str(&text)
+            .map_err(|e| CliError::Usage(format!("--metadata is not valid JSON: {e}")))?;
+        body.insert("metadata".into(), metadata);
+    }
+    if let Some(format) = create.format {
+        body.insert("format".into(), json!(format));
+    }
+    Ok(Value::Object(body))
+}
+
+fn read_admin_key(flag_file: Option<&Path>) -> Result<String, CliError> {
+    let from_file = |path: &Path| -> Result<String, CliError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::Usage(format!(
+                "cannot read the admin key file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let key = text.trim().to_owned();
+        if key.is_empty() {
+            return Err(CliError::Usage(format!(
+                "the admin key file {} is empty",
+                path.display()
+            )));
+        }
+        Ok(key)
+    };
+    if let Some(path) = flag_file {
+        return from_file(path);
+    }
+    if let Some(key) = std::env::var(ADMIN_KEY_ENV)
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+    {
+        return Ok(key.trim().to_owned());
+    }
+    if let Some(path) = std::env::var_os(ADMIN_KEY_FILE_ENV).filter(|p| !p.is_empty()) {
+        return from_file(Path::new(&path));
+    }
+    let fallback = Path::new(DEFAULT_ADMIN_KEY_FILE);
+    if fallback.exists() {
+        return from_file(fallback);
+    }
+    Err(CliError::Usage(format!(
+        "no admin key: set {ADMIN_KEY_ENV}, or pass --admin-key-file / set {ADMIN_KEY_FILE_ENV}"
+    )))
+}
+
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+    authorization: String,
+}
+
+impl Client {
+    fn new(server: &str, admin_key: String) -> Result<Self, CliError> {
+        let base = server.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            return Err(CliError::Usage(format!(
+                "--server {server:?} must be an http:// URL (this build has no TLS client)"
+            )));
+        }
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .build();
+        Ok(Self {
+            agent,
+            base,
+            authorization: format!("Bearer {admin_key}"),
+        })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+        let request = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &self.authorization)
+            .set("Accept", "application/json");
+        let result = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => response.into_json::<Value>().map_err(|e| {
+                CliError::Transport(format!("the key service sent an unreadable answer: {e}"))
+            }),
+            Err(ureq::Error::Status(status, response)) => {
+                let body = response.into_json::<Value>().ok();
+                let detail = body
+                    .as_ref()
+                    .and_then(|b| b.get("detail"))
+                    .and_then(Value::as_str)
+                    .map_or_else(
+                        || format!("the key service answered {status}"),
+                        str::to_owned,
+                    );
+                Err(CliError::Api {
+                    status,
+                    detail,
+                    body,
+                })
+            }
+            Err(ureq::Error::Transport(error)) => Err(CliError::Transport(format!(
+                "cannot reach the key service at {}: {error}",
+                self.base
+            ))),
+        }
+    }
+}
+
+fn query_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn text<'a>(value: &'a Value, field: &str) -> &'a str {
+    value.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+fn scopes_text(key: &Value) -> String {
+    key.get("scopes")
+        .and_then(Value::as_array)
+        .map(|scopes| {
+            scopes
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn print_minted(answer: &Value, json_output: bool) {
+    if json_output {
+        println!("{answer}");
+        return;
+    }
+    let key = text(answer, "key");
+    let title = "API key (shown once, store it now):";
+    let width = key.len().max(title.len()) + 2;
+    let rule = format!("+{}+", "-".repeat(width + 2));
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{rule}");
+    let _ = writeln!(out, "|  {title:<width$}|");
+    let _ = writeln!(out, "|  {:<width$}|", "");
+    let _ = writeln!(out, "|  {key:<width$}|");
+    let _ = writeln!(out, "{rule}");
+    drop(out);
+    print_fields(answer);
+}
+
+fn print_key(answer: &Value, json_output: bool) {
+    if json_output {
+        println!("{answer}");
+    } else {
+        print_fields(answer);
+    }
+}
+
+fn print_fields(key: &Value) {
+    let or_dash = |field: &str| match text(key, field) {
+        "" => "-".to_owned(),
+        value => value.to_owned(),
+    };
+    println!("id:           {}", or_dash("id"));
+    println!("name:         {}", or_dash("name"));
+    println!("owner:        {}", or_dash("owner"));
+    println!("status:       {}", or_dash("status"));
+    println!("scopes:       {}", scopes_text(key));
+    println!("created_at:   {}", or_dash("created_at"));
+    println!(
+        "expires_at:   {}",
+        match text(key, "expires_at") {
+            "" => "never".to_owned(),
+            at => at.to_owned(),
+        }
+    );
+    println!("revoked_at:   {}", or_dash("revoked_at"));
+    println!("rotated_from: {}", or_dash("rotated_from"));
+    println!("rotated_to:   {}", or_dash("rotated_to"));
+    if let Some(metadata) = key
+        .get("metadata")
+        .filter(|m| m.as_object().is_some_and(|o| !o.is_empty()))
+    {
+        println!("metadata:     {metadata}");
+    }
+}
+
+fn print_table(page: &Value) {
+    let headers = ["ID", "NAME", "OWNER", "STATUS", "SCOPES", "EXPIRES_AT"];
+    let rows: Vec<[String; 6]> = page
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|keys| {
+            keys.iter()
+                .map(|key| {
+                    [
+                        text(key, "id").to_owned(),
+                        text(key, "name").to_owned(),
+                        text(key, "owner").to_owned(),
+                        text(key, "status").to_owned(),
+                        scopes_text(key),
+                        match text(key, "expires_at") {
+                            "" => "never".to_owned(),
+                            at => at.to_owned(),
+                        },
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(&headers.map(str::to_owned)));
+    for row in &rows {
+        println!("{}", line(row));
+    }
+    if rows.is_empty() {
+        println!("(no keys)");
+    }
+    if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
+        println!("more: keygate keys list --cursor {cursor}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("3600"), Some(3600));
+        assert_eq!(parse_duration("3600s"), Some(3600));
+        assert_eq!(parse_duration("90m"), Some(5400));
+        assert_eq!(parse_duration("12h"), Some(43_200));
+        assert_eq!(parse_duration("30d"), Some(2_592_000));
+        assert_eq!(parse_duration("0"), Some(0));
+        for bad in [
+            "",
+            "h",
+            "12x",
+            "-5s",
+            "1.5h",
+            "12hh",
+            "99999999999999999999d",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn escapes_query_values() {
+        assert_eq!(query_escape("a b&c=d"), "a%20b%26c%3Dd");
+        assert_eq!(query_escape("123.abc"), "123.abc");
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_flag_works_before_and_after_the_subcommand() {
+        for argv in [
+            ["keygate", "keys", "--json", "show", "aaaaaaaaaaaaaaaa"],
+            ["keygate", "keys", "show", "aaaaaaaaaaaaaaaa", "--json"],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Keys(keys) = cli.command else {
+                panic!("not keys")
+            };
+            assert!(keys.json);
+        }
+    }
+}

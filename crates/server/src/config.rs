@@ -1,0 +1,203 @@
+//! `keygate serve` configuration: flags and environment variables, parsed once at start.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::Args;
+use keygate_core::key::{GatewayKey, KeyPrefix};
+
+/// Environment variable holding the gateway key (hex, at least 64 digits). Required.
+pub const GATEWAY_KEY_ENV: &str = "KEYGATE_GATEWAY_KEY";
+/// Environment variable holding the filter's service token (at least 32 characters). Required.
+pub const SERVICE_TOKEN_ENV: &str = "KEYGATE_SERVICE_TOKEN";
+/// Environment variable holding an admin key to install on first start (at least 32 characters).
+pub const ADMIN_KEY_ENV: &str = "KEYGATE_ADMIN_KEY";
+/// The shortest service token and admin key accepted.
+pub const MIN_SECRET_CHARS: usize = 32;
+/// Default database.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://.keygate/keygate.db";
+
+/// Flags of `keygate serve`. Secrets are read from the environment only, never from flags.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Database URL (SQLite: sqlite://PATH; the file and its directory are created if missing).
+    #[arg(long, env = "KEYGATE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database: String,
+    /// Prefix of minted keys: 3-24 characters of a-z 0-9 _, starting with a letter, ending in _.
+    #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value = "kg_live_")]
+    pub key_prefix: String,
+    /// Where to write the admin key minted on first start (mode 0600).
+    #[arg(long, env = "KEYGATE_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+}
+
+/// A validated serve configuration.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub database: String,
+    pub prefix: KeyPrefix,
+    pub admin_key_file: Option<PathBuf>,
+    pub gateway_key: GatewayKey,
+    pub service_token: String,
+    pub admin_key: Option<String>,
+}
+
+/// Why the service refuses to start. Messages name the setting, never its value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{GATEWAY_KEY_ENV} is not set: set it to at least 64 hex digits (for example the output of `openssl rand -hex 32`), the same value the filter uses")]
+    MissingGatewayKey,
+    #[error("{GATEWAY_KEY_ENV} is not valid: it must be at least 64 hex digits (32 bytes)")]
+    BadGatewayKey,
+    #[error("{SERVICE_TOKEN_ENV} is not set: set it to a random string of at least 32 characters, the same value the filter presents")]
+    MissingServiceToken,
+    #[error("{SERVICE_TOKEN_ENV} is too short: it must be at least 32 characters")]
+    ShortServiceToken,
+    #[error("{ADMIN_KEY_ENV} is too short: it must be at least 32 characters")]
+    ShortAdminKey,
+    #[error("--key-prefix / KEYGATE_KEY_PREFIX is not valid: 3 to 24 characters of a-z, 0-9 and '_', starting with a letter and ending with '_'")]
+    BadPrefix,
+    #[error("--listen / KEYGATE_LISTEN is not an address such as 127.0.0.1:8080")]
+    BadListen,
+}
+
+impl ServeConfig {
+    /// Builds the configuration from the flags and an environment lookup (`std::env::var` in
+    /// production, a map in tests).
+    pub fn from_args(
+        args: ServeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let listen = args
+            .listen
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or(ConfigError::BadListen)?;
+        let prefix = KeyPrefix::parse(&args.key_prefix).map_err(|_| ConfigError::BadPrefix)?;
+        let gateway_key = env(GATEWAY_KEY_ENV)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or(ConfigError::MissingGatewayKey)?;
+        let gateway_key =
+            GatewayKey::from_hex(&gateway_key).map_err(|_| ConfigError::BadGatewayKey)?;
+        let service_token = env(SERVICE_TOKEN_ENV)
+            .filter(|v| !v.is_empty())
+            .ok_or(ConfigError::MissingServiceToken)?;
+        if service_token.chars().count() < MIN_SECRET_CHARS {
+            return Err(ConfigError::ShortServiceToken);
+        }
+        let admin_key = env(ADMIN_KEY_ENV).filter(|v| !v.is_empty());
+        if admin_key
+            .as_ref()
+            .is_some_and(|key| key.chars().count() < MIN_SECRET_CHARS)
+        {
+            return Err(ConfigError::ShortAdminKey);
+        }
+        Ok(Self {
+            listen,
+            database: args.database,
+            prefix,
+            admin_key_file: args.admin_key_file,
+            gateway_key,
+            service_token,
+            admin_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            listen: "127.0.0.1:8080".into(),
+            database: DEFAULT_DATABASE_URL.into(),
+            key_prefix: "kg_live_".into(),
+            admin_key_file: None,
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    const GATEWAY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const TOKEN: &str = "a-service-token-of-at-least-32-chars";
+
+    #[test]
+    fn accepts_a_complete_environment() {
+        let config = ServeConfig::from_args(
+            args(),
+            env(&[(GATEWAY_KEY_ENV, GATEWAY), (SERVICE_TOKEN_ENV, TOKEN)]),
+        )
+        .unwrap();
+        assert_eq!(config.prefix.as_str(), "kg_live_");
+        assert_eq!(config.admin_key, None);
+    }
+
+    #[test]
+    fn refuses_missing_or_bad_secrets_naming_the_variable() {
+        let cases = [
+            (
+                env(&[(SERVICE_TOKEN_ENV, TOKEN)]),
+                ConfigError::MissingGatewayKey,
+            ),
+            (
+                env(&[(GATEWAY_KEY_ENV, "abcd"), (SERVICE_TOKEN_ENV, TOKEN)]),
+                ConfigError::BadGatewayKey,
+            ),
+            (
+                env(&[(GATEWAY_KEY_ENV, GATEWAY)]),
+                ConfigError::MissingServiceToken,
+            ),
+            (
+                env(&[(GATEWAY_KEY_ENV, GATEWAY), (SERVICE_TOKEN_ENV, "short")]),
+                ConfigError::ShortServiceToken,
+            ),
+            (
+                env(&[
+                    (GATEWAY_KEY_ENV, GATEWAY),
+                    (SERVICE_TOKEN_ENV, TOKEN),
+                    (ADMIN_KEY_ENV, "short"),
+                ]),
+                ConfigError::ShortAdminKey,
+            ),
+        ];
+        for (env, expected) in cases {
+            let error = ServeConfig::from_args(args(), env).unwrap_err();
+            assert_eq!(error, expected);
+            let message = error.to_string();
+            assert!(message.contains("KEYGATE_"), "{message}");
+            assert!(!message.contains(TOKEN) && !message.contains(GATEWAY));
+        }
+    }
+
+    #[test]
+    fn refuses_a_bad_prefix_and_listen_address() {
+        let good = env(&[(GATEWAY_KEY_ENV, GATEWAY), (SERVICE_TOKEN_ENV, TOKEN)]);
+        let mut bad_prefix = args();
+        bad_prefix.key_prefix = "KG-".into();
+        assert_eq!(
+            ServeConfig::from_args(bad_prefix, &good).unwrap_err(),
+            ConfigError::BadPrefix
+        );
+        let mut bad_listen = args();
+        bad_listen.listen = "localhost".into();
+        assert_eq!(
+            ServeConfig::from_args(bad_listen, &good).unwrap_err(),
+            ConfigError::BadListen
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! One error type for the HTTP API, answered as RFC 9457 `application/problem+json`.
+//!
+//! Details are written for the client: they say what to fix, never echo a credential, and
+//! never expose internals. Internal causes go to the log only.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keygate_core::scope::ScopeError;
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+/// Which credential an endpoint wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Realm {
+    /// The management API: an admin key.
+    Admin,
+    /// The filter's lookup and stats endpoints: the service token.
+    Service,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("missing credential")]
+    MissingCredential(Realm),
+    #[error("invalid credential")]
+    InvalidCredential(Realm),
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body does not match the expected fields: {0}")]
+    InvalidBody(String),
+    #[error("the request body is larger than 64 KiB")]
+    PayloadTooLarge,
+    #[error("the request body could not be read")]
+    UnreadableBody,
+    #[error("name must be 1 to 128 characters with no control characters")]
+    BadName,
+    #[error("owner must be at most 128 characters with no control characters")]
+    BadOwner,
+    #[error("scopes[{index}] is invalid: {reason}")]
+    BadScope { index: usize, reason: ScopeError },
+    #[error("at most 32 scopes are allowed")]
+    TooManyScopes,
+    #[error("give either expires_in or expires_at, not both")]
+    ExpiryConflict,
+    #[error("expires_in must be a whole number of seconds greater than 0 and at most 10 years (315360000)")]
+    BadExpiresIn,
+    #[error("expires_at must be an RFC 3339 timestamp such as 2030-01-01T00:00:00Z")]
+    UnparsableExpiresAt,
+    #[error("expires_at must be in the future")]
+    ExpiresAtInPast,
+    #[error("metadata must be a JSON object")]
+    MetadataNotObject,
+    #[error("metadata must have at most 32 keys")]
+    MetadataTooManyKeys,
+    #[error("metadata must be at most 4096 bytes once serialized")]
+    MetadataTooLarge,
+    #[error("format must be \"opaque\" or \"jwt\"")]
+    UnknownFormat,
+    #[error("format jwt is not supported yet")]
+    JwtNotSupported,
+    #[error("grace must be a whole number of seconds from 0 to 2592000 (30 days)")]
+    BadGrace,
+    #[error("the query string is malformed")]
+    MalformedQuery,
+    #[error("limit must be an integer from 1 to 500")]
+    BadLimit,
+    #[error("cursor is not one this server issued; pass next_cursor from a previous page")]
+    BadCursor,
+    #[error("status must be one of active, revoked, expired")]
+    BadStatusFilter,
+    #[error("a key id is 16 characters of a-z and 2-7")]
+    BadKeyId,
+    #[error("no key with this id")]
+    KeyNotFound,
+    #[error("no such resource")]
+    RouteNotFound,
+    #[error("a revoked key cannot be rotated")]
+    RotateRevoked,
+    #[error("an expired key cannot be rotated")]
+    RotateExpired,
+    #[error("this key was already rotated; rotate its successor (rotated_to) instead")]
+    RotateAlreadyRotated,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingCredential(_) | Self::InvalidCredential(_) => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::JwtNotSupported => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
+                StatusCode::CONFLICT
+            }
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The short problem type slug (the `type` is `urn:keygate:problem:<slug>`).
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::MissingCredential(_) | Self::InvalidCredential(_) => "unauthorized",
+            Self::MalformedJson(_) => "malformed-json",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::JwtNotSupported => "unsupported-format",
+            Self::KeyNotFound | Self::RouteNotFound => "not-found",
+            Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
+                "key-not-rotatable"
+            }
+            Self::Internal(_) => "internal",
+            _ => "invalid-request",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
+            StatusCode::UNPROCESSABLE_ENTITY => "Unsupported key format",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::CONFLICT => "Conflict",
+            StatusCode::INTERNAL_SERVER_ERROR => "Internal server error",
+            _ => "Invalid request",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::MissingCredential(Realm::Admin) => {
+                "this endpoint needs an admin key: send Authorization: Bearer <admin key>".into()
+            }
+            Self::MissingCredential(Realm::Service) => {
+                "this endpoint needs the service token: send Authorization: Bearer <service token>"
+                    .into()
+            }
+            Self::InvalidCredential(Realm::Admin) => "the admin key is not valid".into(),
+            Self::InvalidCredential(Realm::Service) => "the service token is not valid".into(),
+            Self::Internal(_) => "the key service failed to handle the request; see its log".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(cause) => tracing::error!(cause = %cause, "request failed"),
+            other => tracing::debug!(status = status.as_u16(), problem = %other, "request refused"),
+        }
+        let problem = Problem {
+            kind: format!("urn:keygate:problem:{}", self.slug()),
+            title: self.title(),
+            status: status.as_u16(),
+            detail: self.detail(),
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match self {
+            Self::MissingCredential(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keygate\""),
+                );
+            }
+            Self::InvalidCredential(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keygate\", error=\"invalid_token\""),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::KeyNotFound => Self::KeyNotFound,
+            StoreError::KeyRevoked => Self::RotateRevoked,
+            StoreError::KeyExpired => Self::RotateExpired,
+            StoreError::KeyAlreadyRotated => Self::RotateAlreadyRotated,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_details_stay_out_of_the_response() {
+        let error = ApiError::Internal("disk on fire at /secret/path".into());
+        assert!(!error.detail().contains("/secret/path"));
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn unauthorized_carries_www_authenticate() {
+        let response = ApiError::MissingCredential(Realm::Admin).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+}

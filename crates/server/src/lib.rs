@@ -1,0 +1,17 @@
+//! The `keygate` binary's library: the key service (REST API over a key store) and the CLI.
+//!
+//! `main.rs` only parses the command line and calls in here, so tests drive [`api::app`]
+//! without a socket.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod serve;
+pub mod store;
+pub mod timestamp;
+
+pub use api::{app, AppState};

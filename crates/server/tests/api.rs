@@ -1,0 +1,692 @@
+//! The key service's HTTP API, driven through `app(state)` without a socket, on a temporary
+//! SQLite file and a manual clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use keygate_core::key::{parse_opaque_key, GatewayKey, KeyPrefix};
+use keygate_server::clock::ManualClock;
+use keygate_server::serve::{bootstrap_admin, AdminBootstrap};
+use keygate_server::store::KeyStore;
+use keygate_server::{app, AppState};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+const NOW: i64 = 1_800_000_000; // 2027-01-15T08:00:00Z
+const ADMIN: &str = "kga_test_admin_key_of_at_least_32_characters";
+const SERVICE: &str = "service-token-of-at-least-32-characters";
+const GATEWAY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const KEYS: &str = "/api/v1/auth/keys";
+
+struct Harness {
+    state: AppState,
+    clock: Arc<ManualClock>,
+    db_path: PathBuf,
+    _dir: TempDir,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn content_type(&self) -> &str {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn detail(&self) -> &str {
+        self.body["detail"].as_str().unwrap_or("")
+    }
+
+    fn assert_problem(&self, status: StatusCode) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.content_type(), "application/problem+json");
+        assert_eq!(self.body["status"], status.as_u16());
+        assert!(self.body["type"].is_string());
+        assert!(self.body["title"].is_string());
+        assert!(!self.detail().is_empty());
+    }
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("nested").join("keygate.db");
+    let store = KeyStore::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    let installed = bootstrap_admin(&store, Some(ADMIN), None, NOW)
+        .await
+        .unwrap();
+    assert_eq!(installed, AdminBootstrap::InstalledFromEnv);
+    let clock = Arc::new(ManualClock::new(NOW));
+    let state = AppState::new(
+        store,
+        clock.clone(),
+        GatewayKey::from_hex(GATEWAY_HEX).unwrap(),
+        KeyPrefix::parse("kg_test_").unwrap(),
+        SERVICE,
+    );
+    Harness {
+        state,
+        clock,
+        db_path,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+            .unwrap();
+        let response = app(self.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn admin(&self, method: &str, uri: &str, body: Option<Value>) -> Answer {
+        let body = body.map(|b| b.to_string());
+        self.send(method, uri, Some(ADMIN), body.as_deref()).await
+    }
+
+    async fn create(&self, body: Value) -> Value {
+        let answer = self.admin("POST", KEYS, Some(body)).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        answer.body
+    }
+
+    async fn lookup(&self, id: &str) -> Answer {
+        self.send("GET", &format!("/v1/keys/{id}"), Some(SERVICE), None)
+            .await
+    }
+
+    async fn show(&self, id: &str) -> Value {
+        let answer = self.admin("GET", &format!("{KEYS}/{id}"), None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.body
+    }
+
+    /// Every byte the database holds on disk (main file and write-ahead log).
+    fn database_bytes(&self) -> Vec<u8> {
+        let mut bytes = std::fs::read(&self.db_path).unwrap();
+        let wal = self.db_path.with_extension("db-wal");
+        if let Ok(more) = std::fs::read(wal) {
+            bytes.extend(more);
+        }
+        bytes
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+fn rfc3339(unix: i64) -> String {
+    keygate_server::timestamp::format_rfc3339(unix).unwrap()
+}
+
+#[tokio::test]
+async fn create_returns_the_key_once_and_stores_only_its_digest() {
+    let h = harness().await;
+    let created = h
+        .create(json!({
+            "name": "billing ci",
+            "scopes": ["demo:write", "demo:read"],
+            "owner": "team-billing",
+            "metadata": {"ticket": "OPS-1"}
+        }))
+        .await;
+    let key = created["key"].as_str().unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert!(key.starts_with("kg_test_"));
+    assert_eq!(id.len(), 16);
+    assert_eq!(&key[8..24], id);
+    let parsed = parse_opaque_key(key, &["kg_test_"]).unwrap();
+    assert!(parsed.tag_is_authentic(&GatewayKey::from_hex(GATEWAY_HEX).unwrap()));
+    assert_eq!(created["scopes"], json!(["demo:read", "demo:write"]));
+    assert_eq!(created["status"], "active");
+    assert_eq!(created["format"], "opaque");
+    assert_eq!(created["prefix"], "kg_test_");
+    assert_eq!(created["owner"], "team-billing");
+    assert_eq!(created["metadata"], json!({"ticket": "OPS-1"}));
+    assert_eq!(created["created_at"], rfc3339(NOW));
+    assert_eq!(created["expires_at"], Value::Null);
+    assert_eq!(created["revoked_at"], Value::Null);
+    assert_eq!(created["last_used_at"], Value::Null);
+
+    // Shown once: reading it back never includes the plaintext.
+    let shown = h.show(id).await;
+    assert!(shown.get("key").is_none());
+    assert_eq!(shown["name"], "billing ci");
+
+    // On disk: the digest, never the key, never its secret part.
+    let lookup = h.lookup(id).await;
+    let digest = lookup.body["digest"].as_str().unwrap();
+    assert_eq!(digest, parsed.digest().to_hex());
+    let bytes = h.database_bytes();
+    assert!(contains(&bytes, digest), "digest should be stored");
+    assert!(
+        !contains(&bytes, key),
+        "plaintext key found in the database"
+    );
+    assert!(
+        !contains(&bytes, &key[24..]),
+        "key secret found in the database"
+    );
+    assert!(!contains(&bytes, ADMIN), "admin key found in the database");
+}
+
+#[tokio::test]
+async fn expiry_comes_from_expires_in_or_expires_at_and_the_clock_ends_it() {
+    let h = harness().await;
+    let by_seconds = h
+        .create(json!({"name": "a", "scopes": [], "expires_in": 60}))
+        .await;
+    assert_eq!(by_seconds["expires_at"], rfc3339(NOW + 60));
+    let by_date = h
+        .create(json!({"name": "b", "scopes": [], "expires_at": rfc3339(NOW + 3600)}))
+        .await;
+    assert_eq!(by_date["expires_at"], rfc3339(NOW + 3600));
+
+    let id = by_seconds["id"].as_str().unwrap();
+    let lookup = h.lookup(id).await;
+    assert_eq!(lookup.body["status"], "active");
+    assert_eq!(lookup.body["expires_at"], NOW + 60);
+    h.clock.advance(59);
+    assert_eq!(h.show(id).await["status"], "active");
+    h.clock.advance(1);
+    assert_eq!(h.show(id).await["status"], "expired");
+    assert_eq!(h.lookup(id).await.body["status"], "expired");
+    assert_eq!(
+        h.show(by_date["id"].as_str().unwrap()).await["status"],
+        "active"
+    );
+}
+
+#[tokio::test]
+async fn list_pages_with_a_cursor_and_filters_by_status() {
+    let h = harness().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let created = h
+            .create(json!({"name": format!("k{i}"), "scopes": []}))
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+        h.clock.advance(1);
+    }
+    let first = h.admin("GET", &format!("{KEYS}?limit=2"), None).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let keys = first.body["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0]["id"], ids[0].as_str());
+    assert_eq!(keys[1]["id"], ids[1].as_str());
+    assert!(keys.iter().all(|k| k.get("key").is_none()));
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    let second = h
+        .admin("GET", &format!("{KEYS}?limit=2&cursor={cursor}"), None)
+        .await;
+    let keys = second.body["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["id"], ids[2].as_str());
+    assert_eq!(second.body["next_cursor"], Value::Null);
+
+    let all = h.admin("GET", KEYS, None).await;
+    assert_eq!(all.body["keys"].as_array().unwrap().len(), 3);
+
+    h.admin("DELETE", &format!("{KEYS}/{}", ids[1]), None).await;
+    let revoked = h
+        .admin("GET", &format!("{KEYS}?status=revoked"), None)
+        .await;
+    let keys = revoked.body["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["id"], ids[1].as_str());
+    let active = h.admin("GET", &format!("{KEYS}?status=active"), None).await;
+    assert_eq!(active.body["keys"].as_array().unwrap().len(), 2);
+
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "status=gone",
+        "cursor=junk",
+    ] {
+        let answer = h.admin("GET", &format!("{KEYS}?{bad}"), None).await;
+        answer.assert_problem(StatusCode::BAD_REQUEST);
+    }
+}
+
+#[tokio::test]
+async fn revoke_is_idempotent_and_the_lookup_reports_it() {
+    let h = harness().await;
+    let created = h
+        .create(json!({"name": "x", "scopes": ["demo:read"]}))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let revoked = h.admin("DELETE", &format!("{KEYS}/{id}"), None).await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert_eq!(revoked.body["status"], "revoked");
+    assert_eq!(revoked.body["revoked_at"], rfc3339(NOW));
+
+    h.clock.advance(100);
+    let again = h.admin("DELETE", &format!("{KEYS}/{id}"), None).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["revoked_at"], rfc3339(NOW));
+
+    let lookup = h.lookup(id).await;
+    assert_eq!(lookup.status, StatusCode::OK);
+    assert_eq!(lookup.body["status"], "revoked");
+    assert_eq!(lookup.body["scopes"], json!(["demo:read"]));
+}
+
+#[tokio::test]
+async fn rotate_starts_a_grace_period_and_copies_the_key() {
+    let h = harness().await;
+    let old = h
+        .create(json!({
+            "name": "svc", "scopes": ["demo:read", "demo:write"], "owner": "svc-a",
+            "expires_in": 30 * 86_400, "metadata": {"env": "prod"}
+        }))
+        .await;
+    let old_id = old["id"].as_str().unwrap();
+    h.clock.advance(10);
+    let rotated = h
+        .admin(
+            "POST",
+            &format!("{KEYS}/{old_id}/rotate"),
+            Some(json!({"grace": 3600})),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+    let new = rotated.body;
+    let new_id = new["id"].as_str().unwrap();
+    assert_ne!(new_id, old_id);
+    assert!(new["key"].as_str().unwrap().starts_with("kg_test_"));
+    assert_ne!(new["key"], old["key"]);
+    assert_eq!(new["scopes"], old["scopes"]);
+    assert_eq!(new["name"], "svc");
+    assert_eq!(new["owner"], "svc-a");
+    assert_eq!(new["metadata"], json!({"env": "prod"}));
+    assert_eq!(new["rotated_from"], old_id);
+    assert_eq!(new["status"], "active");
+    // The new key keeps the old key's own expiry.
+    assert_eq!(new["expires_at"], rfc3339(NOW + 30 * 86_400));
+
+    let old_now = h.show(old_id).await;
+    assert_eq!(old_now["rotated_to"], new_id);
+    assert_eq!(old_now["status"], "active");
+    assert_eq!(old_now["expires_at"], rfc3339(NOW + 10 + 3600));
+    let old_lookup = h.lookup(old_id).await;
+    assert_eq!(old_lookup.body["expires_at"], NOW + 10 + 3600);
+    assert_eq!(old_lookup.body["subject"], "svc-a");
+
+    // A key already rotated is not rotated twice.
+    let twice = h
+        .admin("POST", &format!("{KEYS}/{old_id}/rotate"), None)
+        .await;
+    twice.assert_problem(StatusCode::CONFLICT);
+
+    h.clock.advance(3600);
+    assert_eq!(h.lookup(old_id).await.body["status"], "expired");
+    assert_eq!(h.lookup(new_id).await.body["status"], "active");
+}
+
+#[tokio::test]
+async fn grace_never_extends_past_the_old_keys_own_expiry() {
+    let h = harness().await;
+    let old = h
+        .create(json!({"name": "short", "scopes": [], "expires_in": 600}))
+        .await;
+    let old_id = old["id"].as_str().unwrap();
+    // No body: the default grace (one day) applies, but the key ends in 600 s anyway.
+    let rotated = h
+        .admin("POST", &format!("{KEYS}/{old_id}/rotate"), None)
+        .await;
+    assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+    assert_eq!(h.show(old_id).await["expires_at"], rfc3339(NOW + 600));
+    assert_eq!(h.lookup(old_id).await.body["expires_at"], NOW + 600);
+    assert_eq!(rotated.body["expires_at"], rfc3339(NOW + 600));
+}
+
+#[tokio::test]
+async fn zero_grace_ends_the_old_key_at_once() {
+    let h = harness().await;
+    let old = h.create(json!({"name": "x", "scopes": []})).await;
+    let old_id = old["id"].as_str().unwrap();
+    let rotated = h
+        .admin(
+            "POST",
+            &format!("{KEYS}/{old_id}/rotate"),
+            Some(json!({"grace": 0})),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::CREATED);
+    assert_eq!(h.show(old_id).await["status"], "expired");
+    assert_eq!(rotated.body["expires_at"], Value::Null);
+}
+
+#[tokio::test]
+async fn revoked_and_expired_keys_cannot_be_rotated() {
+    let h = harness().await;
+    let revoked = h.create(json!({"name": "r", "scopes": []})).await;
+    let revoked_id = revoked["id"].as_str().unwrap();
+    h.admin("DELETE", &format!("{KEYS}/{revoked_id}"), None)
+        .await;
+    let answer = h
+        .admin("POST", &format!("{KEYS}/{revoked_id}/rotate"), None)
+        .await;
+    answer.assert_problem(StatusCode::CONFLICT);
+    assert!(answer.detail().contains("revoked"));
+
+    let expiring = h
+        .create(json!({"name": "e", "scopes": [], "expires_in": 5}))
+        .await;
+    let expiring_id = expiring["id"].as_str().unwrap();
+    h.clock.advance(5);
+    let answer = h
+        .admin("POST", &format!("{KEYS}/{expiring_id}/rotate"), None)
+        .await;
+    answer.assert_problem(StatusCode::CONFLICT);
+    assert!(answer.detail().contains("expired"));
+
+    for bad in [
+        json!({"grace": -1}),
+        json!({"grace": 31 * 86_400}),
+        json!({"nope": 1}),
+    ] {
+        let fresh = h.create(json!({"name": "f", "scopes": []})).await;
+        let id = fresh["id"].as_str().unwrap();
+        let answer = h
+            .admin("POST", &format!("{KEYS}/{id}/rotate"), Some(bad))
+            .await;
+        answer.assert_problem(StatusCode::BAD_REQUEST);
+    }
+    let unknown = h
+        .admin("POST", &format!("{KEYS}/aaaaaaaaaaaaaaaa/rotate"), None)
+        .await;
+    unknown.assert_problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_lookup_needs_the_service_token_and_counts_calls() {
+    let h = harness().await;
+    let created = h.create(json!({"name": "x", "scopes": ["a"]})).await;
+    let id = created["id"].as_str().unwrap();
+    let uri = format!("/v1/keys/{id}");
+
+    let missing = h.send("GET", &uri, None, None).await;
+    missing.assert_problem(StatusCode::UNAUTHORIZED);
+    assert!(missing.headers.contains_key(header::WWW_AUTHENTICATE));
+    let wrong = h.send("GET", &uri, Some("not-the-token"), None).await;
+    wrong.assert_problem(StatusCode::UNAUTHORIZED);
+    assert!(wrong.headers.contains_key(header::WWW_AUTHENTICATE));
+    let admin_is_not_enough = h.send("GET", &uri, Some(ADMIN), None).await;
+    assert_eq!(admin_is_not_enough.status, StatusCode::UNAUTHORIZED);
+
+    let ok = h.lookup(id).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.body["id"], id);
+    assert_eq!(
+        ok.body["subject"], id,
+        "no owner: the subject is the key id"
+    );
+    assert_eq!(ok.body["scopes"], json!(["a"]));
+    assert_eq!(ok.body["status"], "active");
+    assert_eq!(ok.body["expires_at"], Value::Null);
+    let wire: keygate_core::wire::KeyLookup = serde_json::from_value(ok.body).unwrap();
+    assert_eq!(wire.digest.len(), 64);
+
+    let unknown = h.lookup("aaaaaaaaaaaaaaaa").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body, json!({"error": "not_found"}));
+    let malformed = h.lookup("not-an-id").await;
+    assert_eq!(malformed.status, StatusCode::NOT_FOUND);
+    assert_eq!(malformed.body, json!({"error": "not_found"}));
+
+    let stats = h.send("GET", "/v1/stats", Some(SERVICE), None).await;
+    assert_eq!(stats.status, StatusCode::OK);
+    assert_eq!(stats.body, json!({"lookups": 6}));
+    assert_eq!(h.state.lookups_served(), 6);
+    let stats = h.send("GET", "/v1/stats", None, None).await;
+    stats.assert_problem(StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_management_api_needs_an_admin_key() {
+    let h = harness().await;
+    let body = json!({"name": "x", "scopes": []}).to_string();
+    for (method, uri, body) in [
+        ("POST", KEYS.to_owned(), Some(body.as_str())),
+        ("GET", KEYS.to_owned(), None),
+        ("GET", format!("{KEYS}/aaaaaaaaaaaaaaaa"), None),
+        ("DELETE", format!("{KEYS}/aaaaaaaaaaaaaaaa"), None),
+        ("POST", format!("{KEYS}/aaaaaaaaaaaaaaaa/rotate"), None),
+    ] {
+        let missing = h.send(method, &uri, None, body).await;
+        missing.assert_problem(StatusCode::UNAUTHORIZED);
+        let challenge = missing.headers[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer"), "{challenge}");
+        let wrong = h.send(method, &uri, Some(SERVICE), body).await;
+        wrong.assert_problem(StatusCode::UNAUTHORIZED);
+        assert!(!wrong.body.to_string().contains(SERVICE));
+    }
+}
+
+#[tokio::test]
+async fn bad_create_requests_get_a_clear_problem() {
+    let h = harness().await;
+    let cases: Vec<(String, &str)> = vec![
+        (
+            json!({"name": "x", "scopes": ["has space"]}).to_string(),
+            "scopes[0]",
+        ),
+        (
+            json!({"name": "x", "scopes": ["ok", "bad;"]}).to_string(),
+            "a scope is 1 to 64 characters",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "expires_in": 60, "expires_at": rfc3339(NOW + 60)})
+                .to_string(),
+            "not both",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "expires_in": -5}).to_string(),
+            "expires_in",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "expires_in": 0}).to_string(),
+            "expires_in",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "expires_in": 400_000_000}).to_string(),
+            "10 years",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "expires_at": rfc3339(NOW - 1)}).to_string(),
+            "in the future",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "expires_at": "next week"}).to_string(),
+            "RFC 3339",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "colour": "red"}).to_string(),
+            "unknown field `colour`",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "metadata": "text"}).to_string(),
+            "metadata must be a JSON object",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "metadata": [1, 2]}).to_string(),
+            "metadata must be a JSON object",
+        ),
+        (json!({"name": "", "scopes": []}).to_string(), "name"),
+        (json!({"scopes": []}).to_string(), "missing field `name`"),
+        (
+            json!({"name": "x", "scopes": "demo:read"}).to_string(),
+            "sequence",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "format": "pgp"}).to_string(),
+            "format",
+        ),
+        ("{\"name\": \"x\", ".to_owned(), "not valid JSON"),
+        ("not json".to_owned(), "not valid JSON"),
+        (String::new(), "not valid JSON"),
+    ];
+    for (body, expected) in cases {
+        let answer = h.send("POST", KEYS, Some(ADMIN), Some(&body)).await;
+        answer.assert_problem(StatusCode::BAD_REQUEST);
+        assert!(
+            answer.detail().contains(expected),
+            "body {body}: detail {:?} lacks {expected:?}",
+            answer.detail()
+        );
+    }
+    let listed = h.admin("GET", KEYS, None).await;
+    assert_eq!(
+        listed.body["keys"],
+        json!([]),
+        "no bad request created a key"
+    );
+}
+
+#[tokio::test]
+async fn jwt_format_is_refused_for_now() {
+    let h = harness().await;
+    let answer = h
+        .admin(
+            "POST",
+            KEYS,
+            Some(json!({"name": "x", "scopes": [], "format": "jwt"})),
+        )
+        .await;
+    answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.detail(), "format jwt is not supported yet");
+    let opaque = h
+        .admin(
+            "POST",
+            KEYS,
+            Some(json!({"name": "x", "scopes": [], "format": "opaque"})),
+        )
+        .await;
+    assert_eq!(opaque.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn bodies_over_64_kib_are_refused_with_413() {
+    let h = harness().await;
+    let body = json!({"name": "x", "scopes": [], "metadata": {"pad": "p".repeat(70 * 1024)}});
+    let answer = h.admin("POST", KEYS, Some(body)).await;
+    answer.assert_problem(StatusCode::PAYLOAD_TOO_LARGE);
+    // Just under the limit, the metadata rule (4 KiB) answers instead.
+    let body = json!({"name": "x", "scopes": [], "metadata": {"pad": "p".repeat(60 * 1024)}});
+    let answer = h.admin("POST", KEYS, Some(body)).await;
+    answer.assert_problem(StatusCode::BAD_REQUEST);
+    assert!(answer.detail().contains("4096"));
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404_and_malformed_ids_are_400() {
+    let h = harness().await;
+    for method in ["GET", "DELETE"] {
+        let unknown = h
+            .admin(method, &format!("{KEYS}/aaaaaaaaaaaaaaaa"), None)
+            .await;
+        unknown.assert_problem(StatusCode::NOT_FOUND);
+        let malformed = h.admin(method, &format!("{KEYS}/NOT-AN-ID"), None).await;
+        malformed.assert_problem(StatusCode::BAD_REQUEST);
+        assert!(malformed.detail().contains("key id"));
+    }
+    let nowhere = h.send("GET", "/nowhere", None, None).await;
+    nowhere.assert_problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn health_needs_no_credential() {
+    let h = harness().await;
+    let answer = h.send("GET", "/healthz", None, None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn the_first_start_mints_an_admin_key_and_writes_it_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyStore::connect(&format!("sqlite://{}/k.db", dir.path().display()))
+        .await
+        .unwrap();
+    let file = dir.path().join("secrets").join("admin.key");
+    let AdminBootstrap::Minted(key) = bootstrap_admin(&store, None, Some(&file), NOW)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a minted admin key");
+    };
+    assert!(key.starts_with("kga_"));
+    assert_eq!(key.len(), 4 + 52);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), key);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Later starts leave it alone and notice an unknown KEYGATE_ADMIN_KEY.
+    assert_eq!(
+        bootstrap_admin(&store, Some(ADMIN), Some(&file), NOW)
+            .await
+            .unwrap(),
+        AdminBootstrap::AlreadyPresent {
+            env_key_known: Some(false)
+        }
+    );
+    assert_eq!(
+        bootstrap_admin(&store, Some(&key), None, NOW)
+            .await
+            .unwrap(),
+        AdminBootstrap::AlreadyPresent {
+            env_key_known: Some(true)
+        }
+    );
+    assert_eq!(store.count_admin_keys().await.unwrap(), 1);
+}
