@@ -205,7 +205,9 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let field = &self.field;
         match &self.problem {
-            ConfigProblem::Syntax(msg) if field.is_empty() => write!(f, "invalid configuration: {msg}"),
+            ConfigProblem::Syntax(msg) if field.is_empty() => {
+                write!(f, "invalid configuration: {msg}")
+            }
             ConfigProblem::Syntax(msg) => write!(f, "`{field}`: {msg}"),
             ConfigProblem::OutOfRange { min, max } => {
                 write!(f, "`{field}` must be between {min} and {max}")
@@ -278,14 +280,15 @@ pub struct FilterConfig {
 impl FilterConfig {
     /// Parses and checks the plugin configuration JSON.
     pub fn parse(json: &[u8]) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(json))
-            .map_err(|e| {
-                let field = match e.path().to_string() {
-                    path if path == "." => String::new(),
-                    path => path,
-                };
-                error(field, ConfigProblem::Syntax(e.into_inner().to_string()))
-            })?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(json))
+                .map_err(|e| {
+                    let field = match e.path().to_string() {
+                        path if path == "." => String::new(),
+                        path => path,
+                    };
+                    error(field, ConfigProblem::Syntax(e.into_inner().to_string()))
+                })?;
 
         if raw.key_prefixes.is_empty() {
             return Err(error("key_prefixes", ConfigProblem::Empty));
@@ -516,7 +519,10 @@ mod tests {
         assert!(err.to_string().contains("unknown field `ttl`"), "{err}");
         let err = with(r#"{"routes": "not a list"}"#).unwrap_err();
         assert_eq!(err.field, "routes");
-        assert!(err.to_string().starts_with("`routes`: invalid type"), "{err}");
+        assert!(
+            err.to_string().starts_with("`routes`: invalid type"),
+            "{err}"
+        );
         let err = with(r#"{"routes": [{"prefix": "/", "scopes": "a"}]}"#).unwrap_err();
         assert_eq!(err.field, "routes[0].scopes", "{err}");
         assert!(FilterConfig::parse(b"{not json").is_err());

@@ -1,4 +1,5 @@
-//! The HTTP API: the management API (admin key), the filter's lookup (service token), health.
+//! The HTTP API: the management API (admin key), the filter's lookup (service token), the
+//! public JWKS, health.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,8 +12,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use keygate_core::jwt::Algorithm;
 use keygate_core::key::{
-    mint_opaque_key, GatewayKey, KeyDigest, KeyId, KeyPrefix, MintedKey, ID_LEN, SECRET_LEN,
+    mint_opaque_key, GatewayKey, KeyDigest, KeyId, KeyPrefix, ID_LEN, SECRET_LEN,
 };
 use keygate_core::scope::{parse_scopes, Scope, MAX_SCOPES};
 use keygate_core::wire::{KeyLookup, KeyStatus};
@@ -21,7 +23,10 @@ use serde_json::{Map, Value};
 
 use crate::clock::Clock;
 use crate::error::{ApiError, Realm};
-use crate::store::{KeyRecord, KeyStore, PageAfter};
+use crate::signing::{
+    published_jwks, JwtIssuer, JwtSettings, DEFAULT_ALGORITHM, JWKS_CACHE_CONTROL, JWKS_LEEWAY_S,
+};
+use crate::store::{KeyRecord, KeyStore, PageAfter, SigningKeyRow, FORMAT_JWT, FORMAT_OPAQUE};
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
 
 /// Largest request body accepted.
@@ -48,6 +53,7 @@ pub struct AppState {
     prefix: KeyPrefix,
     service_token: KeyDigest,
     lookups: Arc<AtomicU64>,
+    jwt: JwtIssuer,
 }
 
 impl AppState {
@@ -66,11 +72,30 @@ impl AppState {
             prefix,
             service_token: KeyDigest::of(service_token.as_bytes()),
             lookups: Arc::new(AtomicU64::new(0)),
+            jwt: JwtIssuer::new(JwtSettings::default()),
         }
+    }
+
+    /// Sets how JWT API keys are minted (without this: default issuer and audience, and no
+    /// signing secret, so JWT keys are refused).
+    #[must_use]
+    pub fn with_jwt(self, settings: JwtSettings) -> Self {
+        self.with_jwt_issuer(JwtIssuer::new(settings))
+    }
+
+    /// Like [`with_jwt`](Self::with_jwt), with an issuer already prepared.
+    #[must_use]
+    pub fn with_jwt_issuer(mut self, issuer: JwtIssuer) -> Self {
+        self.jwt = issuer;
+        self
     }
 
     pub fn store(&self) -> &KeyStore {
         &self.store
+    }
+
+    pub fn jwt(&self) -> &JwtIssuer {
+        &self.jwt
     }
 
     /// Lookup requests received so far (`GET /v1/keys/{id}`, whatever their outcome).
@@ -85,12 +110,15 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/auth/keys", post(create_key).get(list_keys))
         .route("/api/v1/auth/keys/{id}", get(show_key).delete(revoke_key))
         .route("/api/v1/auth/keys/{id}/rotate", post(rotate_key))
+        .route("/api/v1/signing-keys", get(list_signing_keys))
+        .route("/api/v1/signing-keys/rotate", post(rotate_signing_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let service = Router::new()
         .route("/v1/keys/{id}", get(lookup_key))
         .route("/v1/stats", get(stats));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/.well-known/jwks.json", get(jwks))
         .merge(management)
         .merge(service)
         .fallback(|| async { ApiError::RouteNotFound })
@@ -160,6 +188,12 @@ pub struct KeyView {
     pub revoked_at: Option<String>,
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
+    /// JWT keys: the signature algorithm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// JWT keys: the `kid` of the signing key that signed the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
@@ -181,12 +215,14 @@ impl KeyView {
             metadata: record.metadata,
             rotated_from: record.rotated_from,
             rotated_to: record.rotated_to,
+            algorithm: record.algorithm,
+            kid: record.signing_kid,
             key: None,
         }
     }
 
-    fn with_plaintext(mut self, minted: MintedKey) -> Self {
-        self.key = Some(minted.plaintext);
+    fn with_plaintext(mut self, plaintext: String) -> Self {
+        self.key = Some(plaintext);
         self
     }
 }
@@ -210,6 +246,17 @@ pub struct CreateKeyRequest {
     pub metadata: Option<Value>,
     #[serde(default)]
     pub format: Option<String>,
+    /// JWT keys only: `ES256` (default), `EdDSA` or `RS256`.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+}
+
+/// What kind of key to mint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFormat {
+    Opaque,
+    /// A JWT signed by the service with this algorithm.
+    Jwt(Algorithm),
 }
 
 /// A create request that passed every check.
@@ -220,6 +267,11 @@ pub struct ValidCreate {
     pub scopes: Vec<Scope>,
     pub expires_at: Option<i64>,
     pub metadata: Map<String, Value>,
+    pub format: KeyFormat,
+}
+
+fn parse_algorithm(text: &str) -> Result<Algorithm, ApiError> {
+    Algorithm::parse(text).ok_or(ApiError::UnknownAlgorithm)
 }
 
 fn valid_text(text: &str, max_chars: usize) -> bool {
@@ -228,11 +280,13 @@ fn valid_text(text: &str, max_chars: usize) -> bool {
 
 /// Checks a create request at time `now`.
 pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreate, ApiError> {
-    match request.format.as_deref() {
-        None | Some("opaque") => {}
-        Some("jwt") => return Err(ApiError::JwtNotSupported),
-        Some(_) => return Err(ApiError::UnknownFormat),
-    }
+    let format = match (request.format.as_deref(), request.algorithm.as_deref()) {
+        (None | Some(FORMAT_OPAQUE), None) => KeyFormat::Opaque,
+        (None | Some(FORMAT_OPAQUE), Some(_)) => return Err(ApiError::AlgorithmWithoutJwt),
+        (Some(FORMAT_JWT), None) => KeyFormat::Jwt(DEFAULT_ALGORITHM),
+        (Some(FORMAT_JWT), Some(text)) => KeyFormat::Jwt(parse_algorithm(text)?),
+        (Some(_), _) => return Err(ApiError::UnknownFormat),
+    };
     if request.name.is_empty() || !valid_text(&request.name, MAX_NAME_CHARS) {
         return Err(ApiError::BadName);
     }
@@ -265,6 +319,7 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         scopes,
         expires_at,
         metadata,
+        format,
     })
 }
 
@@ -313,18 +368,111 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     })
 }
 
-fn mint(state: &AppState) -> Result<MintedKey, ApiError> {
+/// What a new key record copies from its request (create) or its predecessor (rotate).
+struct KeyFields {
+    name: String,
+    owner: String,
+    scopes: Vec<String>,
+    metadata: Map<String, Value>,
+    expires_at: Option<i64>,
+}
+
+fn random_key_id() -> Result<KeyId, ApiError> {
     let mut id = [0u8; ID_LEN];
-    let mut secret = [0u8; SECRET_LEN];
     getrandom::getrandom(&mut id)
-        .and_then(|()| getrandom::getrandom(&mut secret))
         .map_err(|error| ApiError::Internal(format!("OS random number generator: {error}")))?;
-    Ok(mint_opaque_key(
-        &state.prefix,
-        &state.gateway_key,
-        id,
-        secret,
-    ))
+    Ok(KeyId::from_bytes(id))
+}
+
+/// Mints a key of `format` and builds its record (not yet stored). Answers the record and
+/// the plaintext, which is shown once.
+async fn mint(
+    state: &AppState,
+    format: KeyFormat,
+    fields: KeyFields,
+    now: i64,
+) -> Result<(KeyRecord, String), ApiError> {
+    let mut record = KeyRecord {
+        id: String::new(),
+        prefix: String::new(),
+        name: fields.name,
+        owner: fields.owner,
+        scopes: fields.scopes,
+        metadata: fields.metadata,
+        digest: String::new(),
+        format: String::new(),
+        created_at: now,
+        expires_at: fields.expires_at,
+        grace_until: None,
+        revoked_at: None,
+        last_used_at: None,
+        rotated_from: None,
+        rotated_to: None,
+        algorithm: None,
+        signing_kid: None,
+    };
+    let plaintext = match format {
+        KeyFormat::Opaque => {
+            let mut id = [0u8; ID_LEN];
+            let mut secret = [0u8; SECRET_LEN];
+            getrandom::getrandom(&mut id)
+                .and_then(|()| getrandom::getrandom(&mut secret))
+                .map_err(|error| {
+                    ApiError::Internal(format!("OS random number generator: {error}"))
+                })?;
+            let minted = mint_opaque_key(&state.prefix, &state.gateway_key, id, secret);
+            record.id = minted.id.to_string();
+            record.prefix = state.prefix.to_string();
+            record.digest = minted.digest.to_hex();
+            record.format = FORMAT_OPAQUE.into();
+            minted.plaintext
+        }
+        KeyFormat::Jwt(algorithm) => {
+            let settings = state.jwt.settings();
+            if record.expires_at.is_none() && !settings.allow_without_expiry {
+                return Err(ApiError::JwtExpiryRequired);
+            }
+            if !state.jwt.is_configured() {
+                return Err(ApiError::JwtSigningNotConfigured);
+            }
+            record.id = random_key_id()?.to_string();
+            let claims = jwt_claims(&record, settings);
+            let (token, kid) = state
+                .jwt
+                .sign(&state.store, algorithm, &claims, now)
+                .await?;
+            record.digest = KeyDigest::of(token.as_bytes()).to_hex();
+            record.format = FORMAT_JWT.into();
+            record.algorithm = Some(algorithm.as_str().into());
+            record.signing_kid = Some(kid);
+            token
+        }
+    };
+    Ok((record, plaintext))
+}
+
+/// The claims of a JWT API key (RFC 9068 access-token profile): `jti` and `client_id` are the
+/// key id, so revocation and lookups work as for opaque keys.
+fn jwt_claims(record: &KeyRecord, settings: &JwtSettings) -> Value {
+    let mut claims = Map::new();
+    claims.insert("iss".into(), settings.issuer.clone().into());
+    let subject = if record.owner.is_empty() {
+        &record.id
+    } else {
+        &record.owner
+    };
+    claims.insert("sub".into(), subject.clone().into());
+    claims.insert("aud".into(), settings.audience.clone().into());
+    claims.insert("jti".into(), record.id.clone().into());
+    claims.insert("client_id".into(), record.id.clone().into());
+    claims.insert("iat".into(), record.created_at.into());
+    if let Some(exp) = record.expires_at {
+        claims.insert("exp".into(), exp.into());
+    }
+    if !record.scopes.is_empty() {
+        claims.insert("scope".into(), record.scopes.join(" ").into());
+    }
+    Value::Object(claims)
 }
 
 async fn create_key(
@@ -335,27 +483,17 @@ async fn create_key(
     let request: CreateKeyRequest = parse_json(&body)?;
     let now = state.clock.now();
     let valid = validate_create(request, now)?;
-    let minted = mint(&state)?;
-    let record = KeyRecord {
-        id: minted.id.to_string(),
-        prefix: state.prefix.to_string(),
+    let fields = KeyFields {
         name: valid.name,
         owner: valid.owner,
         scopes: valid.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
         metadata: valid.metadata,
-        digest: minted.digest.to_hex(),
-        format: "opaque".into(),
-        created_at: now,
         expires_at: valid.expires_at,
-        grace_until: None,
-        revoked_at: None,
-        last_used_at: None,
-        rotated_from: None,
-        rotated_to: None,
     };
+    let (record, plaintext) = mint(&state, valid.format, fields, now).await?;
     state.store.insert_key(&record).await?;
-    tracing::info!(key_id = %record.id, name = %record.name, "key created");
-    let view = KeyView::of(record, now).with_plaintext(minted);
+    tracing::info!(key_id = %record.id, name = %record.name, format = %record.format, "key created");
+    let view = KeyView::of(record, now).with_plaintext(plaintext);
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -492,31 +630,151 @@ async fn rotate_key(
         .get_key(id.as_str())
         .await?
         .ok_or(ApiError::KeyNotFound)?;
-    let minted = mint(&state)?;
-    let successor = KeyRecord {
-        id: minted.id.to_string(),
-        prefix: state.prefix.to_string(),
+    // Refuse early what the store would refuse, before signing a token for nothing.
+    match old.status(now) {
+        KeyStatus::Revoked => return Err(ApiError::RotateRevoked),
+        KeyStatus::Expired => return Err(ApiError::RotateExpired),
+        KeyStatus::Active if old.rotated_to.is_some() => {
+            return Err(ApiError::RotateAlreadyRotated)
+        }
+        KeyStatus::Active => {}
+    }
+    let format = if old.format == FORMAT_JWT {
+        let algorithm = old
+            .algorithm
+            .as_deref()
+            .and_then(Algorithm::parse)
+            .ok_or_else(|| ApiError::Internal(format!("key {} has no valid algorithm", old.id)))?;
+        KeyFormat::Jwt(algorithm)
+    } else {
+        KeyFormat::Opaque
+    };
+    let fields = KeyFields {
         name: old.name,
         owner: old.owner,
         scopes: old.scopes,
         metadata: old.metadata,
-        digest: minted.digest.to_hex(),
-        format: "opaque".into(),
-        created_at: now,
         expires_at: old.expires_at,
-        grace_until: None,
-        revoked_at: None,
-        last_used_at: None,
-        rotated_from: Some(old.id),
-        rotated_to: None,
     };
+    let (mut successor, plaintext) = mint(&state, format, fields, now).await?;
+    successor.rotated_from = Some(old.id);
     let (old, new) = state
         .store
         .rotate_key(id.as_str(), &successor, now.saturating_add(grace), now)
         .await?;
     tracing::info!(key_id = %old.id, successor = %new.id, grace, "key rotated");
-    let view = KeyView::of(new, now).with_plaintext(minted);
+    let view = KeyView::of(new, now).with_plaintext(plaintext);
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signing keys and the JWKS
+
+/// A signing key as the management API shows it: never private material.
+#[derive(Debug, Serialize)]
+pub struct SigningKeyView {
+    pub kid: String,
+    pub algorithm: String,
+    pub created_at: Option<String>,
+    pub retired_at: Option<String>,
+    /// The latest expiry of a token it signed; `null` if none (or see `signs_forever`).
+    pub not_after: Option<String>,
+    /// It signed a token without expiry, so it stays published for good.
+    pub signs_forever: bool,
+    /// Whether `GET /.well-known/jwks.json` lists it now.
+    pub published: bool,
+}
+
+impl SigningKeyView {
+    fn of(row: SigningKeyRow, now: i64) -> Self {
+        Self {
+            published: row.is_published(now, JWKS_LEEWAY_S),
+            created_at: format_rfc3339(row.created_at),
+            retired_at: row.retired_at.and_then(format_rfc3339),
+            not_after: row.not_after.and_then(format_rfc3339),
+            signs_forever: row.signs_forever,
+            kid: row.kid,
+            algorithm: row.algorithm,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SigningKeyList {
+    /// Whether KEYGATE_SIGNING_KEY_SECRET is set (JWT keys can be minted).
+    configured: bool,
+    signing_keys: Vec<SigningKeyView>,
+}
+
+async fn list_signing_keys(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let now = state.clock.now();
+    let rows = state.store.list_signing_keys().await?;
+    let list = SigningKeyList {
+        configured: state.jwt.is_configured(),
+        signing_keys: rows
+            .into_iter()
+            .map(|row| SigningKeyView::of(row, now))
+            .collect(),
+    };
+    serde_json::to_value(list)
+        .map(Json)
+        .map_err(|error| ApiError::Internal(error.to_string()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateSigningKeyRequest {
+    #[serde(default)]
+    algorithm: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RotatedSigningKey {
+    #[serde(flatten)]
+    key: SigningKeyView,
+    /// The kid it replaced, if there was an active key of this algorithm.
+    retired_kid: Option<String>,
+}
+
+async fn rotate_signing_key(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = read_body(body)?;
+    let request: RotateSigningKeyRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateSigningKeyRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let algorithm = request
+        .algorithm
+        .as_deref()
+        .map(parse_algorithm)
+        .transpose()?
+        .unwrap_or(DEFAULT_ALGORITHM);
+    let now = state.clock.now();
+    let (row, retired_kid) = state.jwt.rotate(&state.store, algorithm, now).await?;
+    let answer = RotatedSigningKey {
+        key: SigningKeyView::of(row, now),
+        retired_kid,
+    };
+    let answer =
+        serde_json::to_value(answer).map_err(|error| ApiError::Internal(error.to_string()))?;
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// `GET /.well-known/jwks.json`: the public keys of every signing key that is active or still
+/// needed to verify a live token. Public keys need no secret, so this answers even when
+/// KEYGATE_SIGNING_KEY_SECRET is not set (then only keys stored earlier are listed).
+async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let rows = state.store.list_signing_keys().await?;
+    let body = published_jwks(&rows, state.clock.now());
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static(JWKS_CACHE_CONTROL),
+    );
+    Ok(response)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -641,7 +899,9 @@ mod tests {
             serde_json::json!({"name": "x", "scopes": ["has space"]}),
             serde_json::json!({"name": "x", "scopes": [], "metadata": [1]}),
             serde_json::json!({"name": "x", "scopes": [], "metadata": {"k": "v".repeat(5000)}}),
-            serde_json::json!({"name": "x", "scopes": [], "format": "jwt"}),
+            serde_json::json!({"name": "x", "scopes": [], "format": "jwt", "algorithm": "HS256"}),
+            serde_json::json!({"name": "x", "scopes": [], "format": "jwt", "algorithm": "none"}),
+            serde_json::json!({"name": "x", "scopes": [], "algorithm": "ES256"}),
             serde_json::json!({"name": "x", "scopes": [], "format": "pgp"}),
             serde_json::json!({"name": "x", "scopes": [], "owner": "o".repeat(129)}),
         ];
@@ -654,6 +914,79 @@ mod tests {
             validate_create(r, 0),
             Err(ApiError::MetadataTooManyKeys)
         ));
+    }
+
+    #[test]
+    fn jwt_format_defaults_to_es256_and_names_the_algorithm() {
+        let jwt = |extra: Value| {
+            let mut body = serde_json::json!({"name": "x", "scopes": [], "format": "jwt"});
+            if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+                body.extend(extra.clone());
+            }
+            validate_create(request(body), 0).map(|valid| valid.format)
+        };
+        assert_eq!(jwt(Value::Null).unwrap(), KeyFormat::Jwt(Algorithm::ES256));
+        for (name, algorithm) in [
+            ("ES256", Algorithm::ES256),
+            ("EdDSA", Algorithm::EdDSA),
+            ("RS256", Algorithm::RS256),
+        ] {
+            assert_eq!(
+                jwt(serde_json::json!({"algorithm": name})).unwrap(),
+                KeyFormat::Jwt(algorithm)
+            );
+        }
+        assert!(matches!(
+            jwt(serde_json::json!({"algorithm": "HS256"})),
+            Err(ApiError::UnknownAlgorithm)
+        ));
+        let opaque = validate_create(request(serde_json::json!({"name": "x", "scopes": []})), 0);
+        assert_eq!(opaque.unwrap().format, KeyFormat::Opaque);
+    }
+
+    #[test]
+    fn jwt_claims_follow_rfc_9068() {
+        let record = KeyRecord {
+            id: "aaaaaaaaaaaaaaaa".into(),
+            prefix: String::new(),
+            name: "n".into(),
+            owner: String::new(),
+            scopes: vec!["demo:read".into(), "demo:write".into()],
+            metadata: Map::new(),
+            digest: String::new(),
+            format: FORMAT_JWT.into(),
+            created_at: 1000,
+            expires_at: Some(2000),
+            grace_until: None,
+            revoked_at: None,
+            last_used_at: None,
+            rotated_from: None,
+            rotated_to: None,
+            algorithm: None,
+            signing_kid: None,
+        };
+        let settings = JwtSettings {
+            issuer: "https://keys.example".into(),
+            audience: "api".into(),
+            ..JwtSettings::default()
+        };
+        assert_eq!(
+            jwt_claims(&record, &settings),
+            serde_json::json!({
+                "iss": "https://keys.example", "sub": "aaaaaaaaaaaaaaaa", "aud": "api",
+                "jti": "aaaaaaaaaaaaaaaa", "client_id": "aaaaaaaaaaaaaaaa",
+                "iat": 1000, "exp": 2000, "scope": "demo:read demo:write"
+            })
+        );
+        let owned = KeyRecord {
+            owner: "team-a".into(),
+            scopes: vec![],
+            expires_at: None,
+            ..record
+        };
+        let claims = jwt_claims(&owned, &settings);
+        assert_eq!(claims["sub"], "team-a");
+        assert!(claims.get("exp").is_none() && claims.get("scope").is_none());
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The command line: `keygate serve` and `keygate keys create|list|show|revoke|rotate`.
+//! The command line: `keygate serve`, `keygate keys create|list|show|revoke|rotate` and
+//! `keygate signing-keys list|rotate`.
 //!
-//! The `keys` commands are a thin client of the REST API; they never touch the database.
+//! The `keys` and `signing-keys` commands are a thin client of the REST API; they never touch
+//! the database.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,10 +36,13 @@ pub enum Command {
     Serve(ServeArgs),
     /// Manage API keys through a running key service.
     Keys(KeysArgs),
+    /// Manage the keys the service signs JWT API keys with.
+    SigningKeys(SigningKeysArgs),
 }
 
+/// How the CLI reaches the key service; shared by every client command.
 #[derive(Debug, Args)]
-pub struct KeysArgs {
+pub struct ClientArgs {
     /// Base URL of the key service.
     #[arg(
         long,
@@ -53,8 +58,35 @@ pub struct KeysArgs {
     /// Print the raw JSON answer instead of a human summary.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(subcommand)]
     pub command: KeysCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct SigningKeysArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: SigningKeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeysCommand {
+    /// List signing keys (kid, algorithm, dates, whether the JWKS publishes it).
+    List,
+    /// Add a new signing key for an algorithm and retire the previous one; it stays in the
+    /// JWKS until the last token it signed has expired.
+    Rotate {
+        /// ES256 (default), EdDSA or RS256.
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,9 +123,13 @@ pub struct CreateArgs {
     /// A JSON object stored with the key.
     #[arg(long)]
     pub metadata: Option<String>,
-    /// Key format: opaque (default) or jwt (not supported yet).
+    /// Key format: opaque (default) or jwt (a JWT signed by the service; needs an expiry
+    /// unless the service allows JWT keys without one).
     #[arg(long)]
     pub format: Option<String>,
+    /// JWT keys: signature algorithm ES256 (default), EdDSA or RS256.
+    #[arg(long, requires = "format")]
+    pub algorithm: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -163,8 +199,18 @@ pub fn parse_duration(text: &str) -> Option<i64> {
 
 /// Runs a `keys` command and reports failures on stderr.
 pub fn run_keys(args: KeysArgs) -> ExitCode {
-    let json_output = args.json;
-    match execute(args) {
+    let json_output = args.client.json;
+    report(json_output, execute(args))
+}
+
+/// Runs a `signing-keys` command and reports failures on stderr.
+pub fn run_signing_keys(args: SigningKeysArgs) -> ExitCode {
+    let json_output = args.client.json;
+    report(json_output, execute_signing_keys(args))
+}
+
+fn report(json_output: bool, result: Result<(), CliError>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if let (
@@ -182,10 +228,56 @@ pub fn run_keys(args: KeysArgs) -> ExitCode {
     }
 }
 
-fn execute(args: KeysArgs) -> Result<(), CliError> {
+fn connect(args: &ClientArgs) -> Result<Client, CliError> {
     let admin_key = read_admin_key(args.admin_key_file.as_deref())?;
-    let client = Client::new(&args.server, admin_key)?;
-    let json_output = args.json;
+    Client::new(&args.server, admin_key)
+}
+
+fn execute_signing_keys(args: SigningKeysArgs) -> Result<(), CliError> {
+    let client = connect(&args.client)?;
+    let json_output = args.client.json;
+    match args.command {
+        SigningKeysCommand::List => {
+            let answer = client.call("GET", "/api/v1/signing-keys", None)?;
+            if json_output {
+                println!("{answer}");
+            } else {
+                print_signing_keys(&answer);
+            }
+        }
+        SigningKeysCommand::Rotate { algorithm } => {
+            let mut body = Map::new();
+            if let Some(algorithm) = algorithm {
+                body.insert("algorithm".into(), json!(algorithm));
+            }
+            let answer = client.call(
+                "POST",
+                "/api/v1/signing-keys/rotate",
+                Some(Value::Object(body)),
+            )?;
+            if json_output {
+                println!("{answer}");
+            } else {
+                println!(
+                    "new signing key: {} ({})",
+                    text(&answer, "kid"),
+                    text(&answer, "algorithm")
+                );
+                match text(&answer, "retired_kid") {
+                    "" => println!("retired:         - (it is the first key of its algorithm)"),
+                    kid => {
+                        println!("retired:         {kid} (published until its last token expires)")
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn execute(args: KeysArgs) -> Result<(), CliError> {
+    let client = connect(&args.client)?;
+    let json_output = args.client.json;
     match args.command {
         KeysCommand::Create(create) => {
             let body = create_body(create)?;
@@ -280,6 +372,9 @@ fn create_body(create: CreateArgs) -> Result<Value, CliError> {
     }
     if let Some(format) = create.format {
         body.insert("format".into(), json!(format));
+    }
+    if let Some(algorithm) = create.algorithm {
+        body.insert("algorithm".into(), json!(algorithm));
     }
     Ok(Value::Object(body))
 }
@@ -420,6 +515,12 @@ fn print_minted(answer: &Value, json_output: bool) {
     }
     let key = text(answer, "key");
     let title = "API key (shown once, store it now):";
+    if key.len() > 160 {
+        // A JWT: too long for a box; print it alone on its line so it copies cleanly.
+        println!("{title}\n\n{key}\n");
+        print_fields(answer);
+        return;
+    }
     let width = key.len().max(title.len()) + 2;
     let rule = format!("+{}+", "-".repeat(width + 2));
     let mut out = std::io::stdout().lock();
@@ -461,11 +562,49 @@ fn print_fields(key: &Value) {
     println!("revoked_at:   {}", or_dash("revoked_at"));
     println!("rotated_from: {}", or_dash("rotated_from"));
     println!("rotated_to:   {}", or_dash("rotated_to"));
+    if key.get("algorithm").is_some() {
+        println!("algorithm:    {}", or_dash("algorithm"));
+        println!("kid:          {}", or_dash("kid"));
+    }
     if let Some(metadata) = key
         .get("metadata")
         .filter(|m| m.as_object().is_some_and(|o| !o.is_empty()))
     {
         println!("metadata:     {metadata}");
+    }
+}
+
+fn print_signing_keys(answer: &Value) {
+    if answer.get("configured") == Some(&Value::Bool(false)) {
+        println!("JWT signing is not configured on the key service (KEYGATE_SIGNING_KEY_SECRET)");
+    }
+    let keys = answer
+        .get("signing_keys")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if keys.is_empty() {
+        println!("(no signing keys)");
+        return;
+    }
+    println!(
+        "{:<20}  {:<9}  {:<20}  {:<20}  PUBLISHED",
+        "KID", "ALGORITHM", "CREATED_AT", "RETIRED_AT"
+    );
+    for key in &keys {
+        let retired = match text(key, "retired_at") {
+            "" => "-",
+            at => at,
+        };
+        let published = key.get("published").and_then(Value::as_bool) == Some(true);
+        println!(
+            "{:<20}  {:<9}  {:<20}  {:<20}  {}",
+            text(key, "kid"),
+            text(key, "algorithm"),
+            text(key, "created_at"),
+            retired,
+            if published { "yes" } else { "no" }
+        );
     }
 }
 
@@ -567,7 +706,53 @@ mod tests {
             let Command::Keys(keys) = cli.command else {
                 panic!("not keys")
             };
-            assert!(keys.json);
+            assert!(keys.client.json);
         }
+    }
+
+    #[test]
+    fn parses_jwt_and_signing_key_commands() {
+        let cli = Cli::try_parse_from([
+            "keygate",
+            "keys",
+            "create",
+            "--name",
+            "n",
+            "--format",
+            "jwt",
+            "--algorithm",
+            "EdDSA",
+            "--expires-in",
+            "30d",
+        ])
+        .unwrap();
+        let Command::Keys(KeysArgs {
+            command: KeysCommand::Create(create),
+            ..
+        }) = cli.command
+        else {
+            panic!("not keys create")
+        };
+        let body = create_body(create).unwrap();
+        assert_eq!(body["format"], "jwt");
+        assert_eq!(body["algorithm"], "EdDSA");
+        assert_eq!(body["expires_in"], 2_592_000);
+        let cli = Cli::try_parse_from([
+            "keygate",
+            "signing-keys",
+            "rotate",
+            "--algorithm",
+            "RS256",
+            "--json",
+        ])
+        .unwrap();
+        let Command::SigningKeys(args) = cli.command else {
+            panic!("not signing-keys")
+        };
+        assert!(args.client.json);
+        assert!(matches!(
+            args.command,
+            SigningKeysCommand::Rotate { algorithm: Some(ref a) } if a == "RS256"
+        ));
     }
 }

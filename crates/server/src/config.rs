@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use clap::Args;
 use keygate_core::key::{GatewayKey, KeyPrefix};
 
+use crate::signing::{
+    JwtSettings, SigningSecret, DEFAULT_AUDIENCE, DEFAULT_ISSUER, SIGNING_SECRET_ENV,
+};
+
 /// Environment variable holding the gateway key (hex, at least 64 digits). Required.
 pub const GATEWAY_KEY_ENV: &str = "KEYGATE_GATEWAY_KEY";
 /// Environment variable holding the filter's service token (at least 32 characters). Required.
@@ -32,6 +36,21 @@ pub struct ServeArgs {
     /// Where to write the admin key minted on first start (mode 0600).
     #[arg(long, env = "KEYGATE_ADMIN_KEY_FILE")]
     pub admin_key_file: Option<PathBuf>,
+    /// The `iss` claim of JWT API keys (1-256 characters).
+    #[arg(long, env = "KEYGATE_ISSUER", default_value = DEFAULT_ISSUER)]
+    pub issuer: String,
+    /// The `aud` claim of JWT API keys (1-256 characters).
+    #[arg(long, env = "KEYGATE_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub audience: String,
+    /// Allow JWT API keys without expiry (such a token is valid until revoked, and only a
+    /// filter that checks revocation with the key service can refuse it).
+    #[arg(
+        long,
+        env = "KEYGATE_ALLOW_JWT_WITHOUT_EXPIRY",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
+    pub allow_jwt_without_expiry: bool,
 }
 
 /// A validated serve configuration.
@@ -44,6 +63,7 @@ pub struct ServeConfig {
     pub gateway_key: GatewayKey,
     pub service_token: String,
     pub admin_key: Option<String>,
+    pub jwt: JwtSettings,
 }
 
 /// Why the service refuses to start. Messages name the setting, never its value.
@@ -64,6 +84,22 @@ pub enum ConfigError {
     BadPrefix,
     #[error("--listen / KEYGATE_LISTEN is not an address such as 127.0.0.1:8080")]
     BadListen,
+    #[error("{SIGNING_SECRET_ENV} is not valid: it must be exactly 64 hex digits (for example the output of `openssl rand -hex 32`)")]
+    BadSigningSecret,
+    #[error("--issuer / KEYGATE_ISSUER must be 1 to 256 characters with no control characters")]
+    BadIssuer,
+    #[error(
+        "--audience / KEYGATE_AUDIENCE must be 1 to 256 characters with no control characters"
+    )]
+    BadAudience,
+}
+
+const MAX_CLAIM_CHARS: usize = 256;
+
+fn valid_claim(text: &str) -> bool {
+    !text.is_empty()
+        && text.chars().count() <= MAX_CLAIM_CHARS
+        && !text.chars().any(char::is_control)
 }
 
 impl ServeConfig {
@@ -98,6 +134,16 @@ impl ServeConfig {
         {
             return Err(ConfigError::ShortAdminKey);
         }
+        if !valid_claim(&args.issuer) {
+            return Err(ConfigError::BadIssuer);
+        }
+        if !valid_claim(&args.audience) {
+            return Err(ConfigError::BadAudience);
+        }
+        let secret = env(SIGNING_SECRET_ENV)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| SigningSecret::from_hex(&v).ok_or(ConfigError::BadSigningSecret))
+            .transpose()?;
         Ok(Self {
             listen,
             database: args.database,
@@ -106,6 +152,12 @@ impl ServeConfig {
             gateway_key,
             service_token,
             admin_key,
+            jwt: JwtSettings {
+                issuer: args.issuer,
+                audience: args.audience,
+                allow_without_expiry: args.allow_jwt_without_expiry,
+                secret,
+            },
         })
     }
 }
@@ -122,6 +174,9 @@ mod tests {
             database: DEFAULT_DATABASE_URL.into(),
             key_prefix: "kg_live_".into(),
             admin_key_file: None,
+            issuer: DEFAULT_ISSUER.into(),
+            audience: DEFAULT_AUDIENCE.into(),
+            allow_jwt_without_expiry: false,
         }
     }
 
@@ -145,6 +200,57 @@ mod tests {
         .unwrap();
         assert_eq!(config.prefix.as_str(), "kg_live_");
         assert_eq!(config.admin_key, None);
+        assert_eq!(config.jwt.issuer, "keygate");
+        assert_eq!(config.jwt.audience, "keygate");
+        assert!(!config.jwt.allow_without_expiry);
+        assert!(
+            config.jwt.secret.is_none(),
+            "JWT signing is off without the secret"
+        );
+    }
+
+    #[test]
+    fn reads_the_signing_secret_and_refuses_a_bad_one() {
+        let secret = "ab".repeat(32);
+        let config = ServeConfig::from_args(
+            args(),
+            env(&[
+                (GATEWAY_KEY_ENV, GATEWAY),
+                (SERVICE_TOKEN_ENV, TOKEN),
+                (SIGNING_SECRET_ENV, &secret),
+            ]),
+        )
+        .unwrap();
+        assert!(config.jwt.secret.is_some());
+        assert!(!format!("{config:?}").contains(&secret));
+        let error = ServeConfig::from_args(
+            args(),
+            env(&[
+                (GATEWAY_KEY_ENV, GATEWAY),
+                (SERVICE_TOKEN_ENV, TOKEN),
+                (SIGNING_SECRET_ENV, "abcd"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(error, ConfigError::BadSigningSecret);
+        assert!(error.to_string().contains(SIGNING_SECRET_ENV));
+    }
+
+    #[test]
+    fn refuses_an_empty_issuer_or_audience() {
+        let good = env(&[(GATEWAY_KEY_ENV, GATEWAY), (SERVICE_TOKEN_ENV, TOKEN)]);
+        let mut no_issuer = args();
+        no_issuer.issuer = String::new();
+        assert_eq!(
+            ServeConfig::from_args(no_issuer, &good).unwrap_err(),
+            ConfigError::BadIssuer
+        );
+        let mut bad_audience = args();
+        bad_audience.audience = "a\nb".into();
+        assert_eq!(
+            ServeConfig::from_args(bad_audience, &good).unwrap_err(),
+            ConfigError::BadAudience
+        );
     }
 
     #[test]

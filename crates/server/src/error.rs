@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use keygate_core::scope::ScopeError;
 use serde::Serialize;
 
+use crate::signing::SigningError;
 use crate::store::StoreError;
 
 /// Which credential an endpoint wants.
@@ -58,8 +59,16 @@ pub enum ApiError {
     MetadataTooLarge,
     #[error("format must be \"opaque\" or \"jwt\"")]
     UnknownFormat,
-    #[error("format jwt is not supported yet")]
-    JwtNotSupported,
+    #[error("algorithm must be one of ES256, EdDSA, RS256")]
+    UnknownAlgorithm,
+    #[error("algorithm applies only to format jwt")]
+    AlgorithmWithoutJwt,
+    #[error("a JWT key needs an expiry: give expires_in or expires_at (the operator can allow JWT keys without expiry with --allow-jwt-without-expiry / KEYGATE_ALLOW_JWT_WITHOUT_EXPIRY=true)")]
+    JwtExpiryRequired,
+    #[error("JWT signing is not configured: set KEYGATE_SIGNING_KEY_SECRET (64 hex digits) and restart the key service")]
+    JwtSigningNotConfigured,
+    #[error("a signing key cannot be decrypted with KEYGATE_SIGNING_KEY_SECRET (wrong secret?); see the key service log")]
+    SigningKeyUnreadable(String),
     #[error("grace must be a whole number of seconds from 0 to 2592000 (30 days)")]
     BadGrace,
     #[error("the query string is malformed")]
@@ -91,7 +100,8 @@ impl ApiError {
         match self {
             Self::MissingCredential(_) | Self::InvalidCredential(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::JwtNotSupported => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::JwtSigningNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SigningKeyUnreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
                 StatusCode::CONFLICT
@@ -107,7 +117,8 @@ impl ApiError {
             Self::MissingCredential(_) | Self::InvalidCredential(_) => "unauthorized",
             Self::MalformedJson(_) => "malformed-json",
             Self::PayloadTooLarge => "payload-too-large",
-            Self::JwtNotSupported => "unsupported-format",
+            Self::JwtSigningNotConfigured => "jwt-signing-not-configured",
+            Self::SigningKeyUnreadable(_) => "signing-key-unreadable",
             Self::KeyNotFound | Self::RouteNotFound => "not-found",
             Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
                 "key-not-rotatable"
@@ -121,7 +132,7 @@ impl ApiError {
         match self.status() {
             StatusCode::UNAUTHORIZED => "Unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
-            StatusCode::UNPROCESSABLE_ENTITY => "Unsupported key format",
+            StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::CONFLICT => "Conflict",
             StatusCode::INTERNAL_SERVER_ERROR => "Internal server error",
@@ -159,7 +170,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            Self::Internal(cause) => tracing::error!(cause = %cause, "request failed"),
+            Self::Internal(cause) | Self::SigningKeyUnreadable(cause) => {
+                tracing::error!(cause = %cause, "request failed");
+            }
             other => tracing::debug!(status = status.as_u16(), problem = %other, "request refused"),
         }
         let problem = Problem {
@@ -201,6 +214,19 @@ impl From<StoreError> for ApiError {
             StoreError::KeyRevoked => Self::RotateRevoked,
             StoreError::KeyExpired => Self::RotateExpired,
             StoreError::KeyAlreadyRotated => Self::RotateAlreadyRotated,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<SigningError> for ApiError {
+    fn from(error: SigningError) -> Self {
+        match error {
+            SigningError::NotConfigured => Self::JwtSigningNotConfigured,
+            SigningError::Store(error) => error.into(),
+            error @ (SigningError::Undecryptable { .. } | SigningError::Corrupt { .. }) => {
+                Self::SigningKeyUnreadable(error.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod serve;
+pub mod signing;
 pub mod store;
 pub mod timestamp;
 

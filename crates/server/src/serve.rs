@@ -10,6 +10,7 @@ use keygate_core::key::KeyDigest;
 use crate::api::{app, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
+use crate::signing::{JwtIssuer, SigningError, SIGNING_SECRET_ENV};
 use crate::store::{KeyStore, StoreError};
 
 /// Why the service stopped or could not start.
@@ -32,6 +33,8 @@ pub enum ServeError {
     },
     #[error("the OS random number generator failed: {0}")]
     Random(getrandom::Error),
+    #[error("JWT signing cannot start: {0}")]
+    Signing(#[from] SigningError),
 }
 
 /// What the admin bootstrap did.
@@ -144,13 +147,26 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         }
         AdminBootstrap::AlreadyPresent { .. } => {}
     }
+    let jwt = JwtIssuer::new(config.jwt);
+    jwt.prepare(&store, clock.now()).await?;
+    if jwt.is_configured() {
+        tracing::info!(
+            issuer = %jwt.settings().issuer,
+            audience = %jwt.settings().audience,
+            allow_without_expiry = jwt.settings().allow_without_expiry,
+            "JWT API keys enabled"
+        );
+    } else {
+        tracing::info!("JWT API keys disabled: {SIGNING_SECRET_ENV} is not set");
+    }
     let state = AppState::new(
         store,
         clock,
         config.gateway_key,
         config.prefix.clone(),
         &config.service_token,
-    );
+    )
+    .with_jwt_issuer(jwt);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {

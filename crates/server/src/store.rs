@@ -41,7 +41,14 @@ pub enum StoreError {
     KeyExpired,
     #[error("the key was already rotated")]
     KeyAlreadyRotated,
+    #[error("the signing key of a JWT key record does not exist")]
+    SigningKeyNotFound,
 }
+
+/// Format of a key record whose plaintext is a JWT signed by the service.
+pub const FORMAT_JWT: &str = "jwt";
+/// Format of a key record whose plaintext is an opaque key.
+pub const FORMAT_OPAQUE: &str = "opaque";
 
 /// One issued key as stored: the digest, never the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +71,12 @@ pub struct KeyRecord {
     pub last_used_at: Option<i64>,
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
+    /// JWT keys: the signature algorithm (`ES256`, `EdDSA`, `RS256`). `None` for opaque keys.
+    pub algorithm: Option<String>,
+    /// JWT keys: the `kid` of the signing key that signed the token. `None` for opaque keys.
+    /// Storing a record with a `signing_kid` also extends that signing key's publication
+    /// (see [`SigningKeyRow::is_published`]) to the record's `expires_at`.
+    pub signing_kid: Option<String>,
 }
 
 impl KeyRecord {
@@ -83,6 +96,48 @@ impl KeyRecord {
         } else {
             KeyStatus::Active
         }
+    }
+}
+
+/// A key the service signs JWT API keys with, as stored: the private key only encrypted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub algorithm: String,
+    /// The public JWK (RFC 7517) as JSON text.
+    pub public_jwk: String,
+    /// `nonce (12 bytes) || AES-256-GCM ciphertext` of the PKCS#8 DER private key.
+    pub private_key_enc: Vec<u8>,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+    /// The latest `exp` of a token this key signed (`None`: it signed no expiring token).
+    pub not_after: Option<i64>,
+    /// True once this key signed a token without `exp`: it stays published for good.
+    pub signs_forever: bool,
+}
+
+impl SigningKeyRow {
+    /// Whether the JWKS publishes this key at `now`: while it is active, and after it is retired
+    /// until the last token it signed has expired (plus `leeway` seconds of clock skew).
+    pub fn is_published(&self, now: i64, leeway: i64) -> bool {
+        self.retired_at.is_none()
+            || self.signs_forever
+            || self
+                .not_after
+                .is_some_and(|end| now <= end.saturating_add(leeway))
+    }
+}
+
+impl std::fmt::Debug for SigningKeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRow")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .field("not_after", &self.not_after)
+            .field("signs_forever", &self.signs_forever)
+            .finish_non_exhaustive()
     }
 }
 
@@ -156,6 +211,49 @@ impl KeyStore {
         }
     }
 
+    /// The active (not retired) signing key of `algorithm`, if any.
+    pub async fn active_signing_key(
+        &self,
+        algorithm: &str,
+    ) -> Result<Option<SigningKeyRow>, StoreError> {
+        match self {
+            Self::Sqlite(store) => store.active_signing_key(algorithm).await,
+        }
+    }
+
+    pub async fn get_signing_key(&self, kid: &str) -> Result<Option<SigningKeyRow>, StoreError> {
+        match self {
+            Self::Sqlite(store) => store.get_signing_key(kid).await,
+        }
+    }
+
+    /// Every signing key, oldest first.
+    pub async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
+        match self {
+            Self::Sqlite(store) => store.list_signing_keys().await,
+        }
+    }
+
+    /// Stores `key` as the active key of its algorithm unless one exists already (another
+    /// writer won the race); answers whether it was stored.
+    pub async fn insert_first_signing_key(&self, key: &SigningKeyRow) -> Result<bool, StoreError> {
+        match self {
+            Self::Sqlite(store) => store.insert_first_signing_key(key).await,
+        }
+    }
+
+    /// Atomically retires the active key of `key.algorithm` (if any) at `now` and stores `key`
+    /// as the new active one. Answers the retired kid.
+    pub async fn rotate_signing_key(
+        &self,
+        key: &SigningKeyRow,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            Self::Sqlite(store) => store.rotate_signing_key(key, now).await,
+        }
+    }
+
     pub async fn count_admin_keys(&self) -> Result<i64, StoreError> {
         match self {
             Self::Sqlite(store) => store.count_admin_keys().await,
@@ -188,7 +286,11 @@ pub struct SqliteStore {
 }
 
 const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata, digest, format, created_at, \
-     expires_at, grace_until, revoked_at, last_used_at, rotated_from, rotated_to";
+     expires_at, grace_until, revoked_at, last_used_at, rotated_from, rotated_to, algorithm, \
+     signing_kid";
+
+const SIGNING_KEY_COLUMNS: &str =
+    "kid, algorithm, public_jwk, private_key_enc, created_at, retired_at, not_after, signs_forever";
 
 /// SQL for the effective expiry (scalar MIN is NULL if either side is NULL).
 const EFFECTIVE_EXPIRY: &str = "COALESCE(MIN(expires_at, grace_until), expires_at, grace_until)";
@@ -210,7 +312,10 @@ impl SqliteStore {
     }
 
     async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        insert_key_with(&self.pool, key).await
+        let mut tx = self.pool.begin().await?;
+        insert_key_with(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -306,9 +411,69 @@ impl SqliteStore {
         }
         let mut successor = new_key.clone();
         successor.rotated_from = Some(old.id.clone());
-        insert_key_with(&mut *tx, &successor).await?;
+        insert_key_with(&mut tx, &successor).await?;
         tx.commit().await?;
         Ok((old, successor))
+    }
+
+    async fn active_signing_key(
+        &self,
+        algorithm: &str,
+    ) -> Result<Option<SigningKeyRow>, StoreError> {
+        let sql = format!(
+            "SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys \
+             WHERE algorithm = ? AND retired_at IS NULL"
+        );
+        let row = sqlx::query(&sql)
+            .bind(algorithm)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(signing_key_from_row).transpose()
+    }
+
+    async fn get_signing_key(&self, kid: &str) -> Result<Option<SigningKeyRow>, StoreError> {
+        let sql = format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys WHERE kid = ?");
+        let row = sqlx::query(&sql)
+            .bind(kid)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(signing_key_from_row).transpose()
+    }
+
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
+        let sql =
+            format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(signing_key_from_row).collect()
+    }
+
+    async fn insert_first_signing_key(&self, key: &SigningKeyRow) -> Result<bool, StoreError> {
+        // The partial unique index allows one active key per algorithm; a loser is ignored.
+        let inserted = insert_signing_key_with(&self.pool, key, "INSERT OR IGNORE")
+            .await?
+            .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: &SigningKeyRow,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let retired = sqlx::query(
+            "UPDATE signing_keys SET retired_at = ? \
+             WHERE algorithm = ? AND retired_at IS NULL RETURNING kid",
+        )
+        .bind(now)
+        .bind(key.algorithm.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.try_get::<String, _>("kid"))
+        .transpose()?;
+        insert_signing_key_with(&mut *tx, key, "INSERT").await?;
+        tx.commit().await?;
+        Ok(retired)
     }
 
     async fn count_admin_keys(&self) -> Result<i64, StoreError> {
@@ -347,15 +512,42 @@ impl SqliteStore {
     }
 }
 
-async fn insert_key_with<'e, E>(executor: E, key: &KeyRecord) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
+/// Stores a key record; for a JWT key, also extends the publication of the signing key that
+/// signed it to the token's expiry. Runs inside the caller's transaction.
+async fn insert_key_with(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    key: &KeyRecord,
+) -> Result<(), StoreError> {
+    if let Some(kid) = key.signing_kid.as_deref() {
+        let extended = match key.expires_at {
+            Some(exp) => {
+                sqlx::query(
+                    "UPDATE signing_keys SET not_after = MAX(COALESCE(not_after, ?), ?) \
+                     WHERE kid = ?",
+                )
+                .bind(exp)
+                .bind(exp)
+                .bind(kid)
+                .execute(&mut **tx)
+                .await?
+            }
+            None => {
+                sqlx::query("UPDATE signing_keys SET signs_forever = 1 WHERE kid = ?")
+                    .bind(kid)
+                    .execute(&mut **tx)
+                    .await?
+            }
+        };
+        if extended.rows_affected() != 1 {
+            return Err(StoreError::SigningKeyNotFound);
+        }
+    }
     let scopes = serde_json::to_string(&key.scopes).map_err(|_| StoreError::Corrupt("scopes"))?;
     let metadata =
         serde_json::to_string(&key.metadata).map_err(|_| StoreError::Corrupt("metadata"))?;
     sqlx::query(&format!(
-        "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO keys ({KEY_COLUMNS}) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(key.id.as_str())
     .bind(key.prefix.as_str())
@@ -372,9 +564,48 @@ where
     .bind(key.last_used_at)
     .bind(key.rotated_from.as_deref())
     .bind(key.rotated_to.as_deref())
-    .execute(executor)
+    .bind(key.algorithm.as_deref())
+    .bind(key.signing_kid.as_deref())
+    .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+async fn insert_signing_key_with<'e, E>(
+    executor: E,
+    key: &SigningKeyRow,
+    verb: &str,
+) -> Result<sqlx::sqlite::SqliteQueryResult, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let result = sqlx::query(&format!(
+        "{verb} INTO signing_keys ({SIGNING_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(key.kid.as_str())
+    .bind(key.algorithm.as_str())
+    .bind(key.public_jwk.as_str())
+    .bind(key.private_key_enc.as_slice())
+    .bind(key.created_at)
+    .bind(key.retired_at)
+    .bind(key.not_after)
+    .bind(key.signs_forever)
+    .execute(executor)
+    .await?;
+    Ok(result)
+}
+
+fn signing_key_from_row(row: &SqliteRow) -> Result<SigningKeyRow, StoreError> {
+    Ok(SigningKeyRow {
+        kid: row.try_get("kid")?,
+        algorithm: row.try_get("algorithm")?,
+        public_jwk: row.try_get("public_jwk")?,
+        private_key_enc: row.try_get("private_key_enc")?,
+        created_at: row.try_get("created_at")?,
+        retired_at: row.try_get("retired_at")?,
+        not_after: row.try_get("not_after")?,
+        signs_forever: row.try_get("signs_forever")?,
+    })
 }
 
 fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
@@ -397,6 +628,8 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         last_used_at: row.try_get("last_used_at")?,
         rotated_from: row.try_get("rotated_from")?,
         rotated_to: row.try_get("rotated_to")?,
+        algorithm: row.try_get("algorithm")?,
+        signing_kid: row.try_get("signing_kid")?,
     })
 }
 
@@ -434,6 +667,8 @@ mod tests {
             last_used_at: None,
             rotated_from: None,
             rotated_to: None,
+            algorithm: None,
+            signing_kid: None,
         }
     }
 

@@ -11,6 +11,7 @@ use axum::http::{header, Request, StatusCode};
 use keygate_core::key::{parse_opaque_key, GatewayKey, KeyPrefix};
 use keygate_server::clock::ManualClock;
 use keygate_server::serve::{bootstrap_admin, AdminBootstrap};
+use keygate_server::signing::{JwtIssuer, JwtSettings, SigningError, SigningSecret, JWT_TYP};
 use keygate_server::store::KeyStore;
 use keygate_server::{app, AppState};
 use serde_json::{json, Value};
@@ -22,6 +23,9 @@ const ADMIN: &str = "kga_test_admin_key_of_at_least_32_characters";
 const SERVICE: &str = "service-token-of-at-least-32-characters";
 const GATEWAY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const KEYS: &str = "/api/v1/auth/keys";
+const SIGNING_SECRET_HEX: &str = "8f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const JWKS: &str = "/.well-known/jwks.json";
+const SIGNING_KEYS: &str = "/api/v1/signing-keys";
 
 struct Harness {
     state: AppState,
@@ -58,7 +62,19 @@ impl Answer {
     }
 }
 
+/// JWT signing on, with the default issuer and audience.
+fn jwt_settings() -> JwtSettings {
+    JwtSettings {
+        secret: SigningSecret::from_hex(SIGNING_SECRET_HEX),
+        ..JwtSettings::default()
+    }
+}
+
 async fn harness() -> Harness {
+    harness_with(jwt_settings()).await
+}
+
+async fn harness_with(jwt: JwtSettings) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("nested").join("keygate.db");
     let store = KeyStore::connect(&format!("sqlite://{}", db_path.display()))
@@ -75,7 +91,8 @@ async fn harness() -> Harness {
         GatewayKey::from_hex(GATEWAY_HEX).unwrap(),
         KeyPrefix::parse("kg_test_").unwrap(),
         SERVICE,
-    );
+    )
+    .with_jwt(jwt);
     Harness {
         state,
         clock,
@@ -591,28 +608,6 @@ async fn bad_create_requests_get_a_clear_problem() {
 }
 
 #[tokio::test]
-async fn jwt_format_is_refused_for_now() {
-    let h = harness().await;
-    let answer = h
-        .admin(
-            "POST",
-            KEYS,
-            Some(json!({"name": "x", "scopes": [], "format": "jwt"})),
-        )
-        .await;
-    answer.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(answer.detail(), "format jwt is not supported yet");
-    let opaque = h
-        .admin(
-            "POST",
-            KEYS,
-            Some(json!({"name": "x", "scopes": [], "format": "opaque"})),
-        )
-        .await;
-    assert_eq!(opaque.status, StatusCode::CREATED);
-}
-
-#[tokio::test]
 async fn bodies_over_64_kib_are_refused_with_413() {
     let h = harness().await;
     let body = json!({"name": "x", "scopes": [], "metadata": {"pad": "p".repeat(70 * 1024)}});
@@ -689,4 +684,502 @@ async fn the_first_start_mints_an_admin_key_and_writes_it_0600() {
         }
     );
     assert_eq!(store.count_admin_keys().await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// JWT API keys
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use keygate_core::jwt::{verify_jwt, Algorithm, KeySet, SigningKey, Validation, VerifiedToken};
+use keygate_core::key::KeyDigest;
+use keygate_server::clock::Clock;
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// The JOSE header of a compact JWS, decoded (no verification).
+fn jose_header(token: &str) -> Value {
+    let segment = token.split('.').next().unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(segment).unwrap()).unwrap()
+}
+
+/// The claims of a compact JWS, decoded (no verification).
+fn claims(token: &str) -> Value {
+    let segment = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(segment).unwrap()).unwrap()
+}
+
+impl Harness {
+    async fn jwks(&self) -> (Value, KeySet) {
+        let answer = self.send("GET", JWKS, None, None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.content_type(), "application/json");
+        let cache = answer.headers[header::CACHE_CONTROL].to_str().unwrap();
+        assert!(cache.contains("max-age=60"), "{cache}");
+        let bytes = serde_json::to_vec(&answer.body).unwrap();
+        let (keys, skipped) = KeySet::from_jwks_json(&bytes).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        (answer.body, keys)
+    }
+
+    async fn jwks_kids(&self) -> Vec<String> {
+        let (body, _) = self.jwks().await;
+        body["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn verify(&self, token: &str) -> Result<VerifiedToken, keygate_core::jwt::JwtError> {
+        let (_, keys) = self.jwks().await;
+        let mut validation = Validation::new("keygate");
+        validation.audiences = vec!["keygate".into()];
+        validation.typ = Some(JWT_TYP.into());
+        verify_jwt(token, &keys, &validation, self.clock.now() as u64)
+    }
+
+    async fn create_jwt(&self, algorithm: &str, expires_in: i64) -> Value {
+        self.create(json!({
+            "name": format!("{algorithm} key"), "scopes": ["demo:read"],
+            "format": "jwt", "algorithm": algorithm, "expires_in": expires_in
+        }))
+        .await
+    }
+
+    async fn rotate_signing_key(&self, algorithm: &str) -> Value {
+        let answer = self
+            .admin(
+                "POST",
+                &format!("{SIGNING_KEYS}/rotate"),
+                Some(json!({"algorithm": algorithm})),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        answer.body
+    }
+}
+
+#[tokio::test]
+async fn jwt_keys_of_every_algorithm_verify_against_the_published_jwks() {
+    let h = harness().await;
+    for algorithm in ["ES256", "EdDSA", "RS256"] {
+        let created = h
+            .create(json!({
+                "name": "partner", "scopes": ["demo:write", "demo:read"], "owner": "team-a",
+                "format": "jwt", "algorithm": algorithm, "expires_in": 3600,
+                "metadata": {"ticket": "OPS-2"}
+            }))
+            .await;
+        let id = created["id"].as_str().unwrap();
+        let token = created["key"].as_str().unwrap();
+        let kid = created["kid"].as_str().unwrap();
+        assert_eq!(id.len(), 16);
+        assert_eq!(created["format"], "jwt");
+        assert_eq!(created["algorithm"], algorithm);
+        assert_eq!(created["status"], "active");
+        assert_eq!(created["expires_at"], rfc3339(NOW + 3600));
+        assert_eq!(created["scopes"], json!(["demo:read", "demo:write"]));
+        assert!(
+            kid.starts_with(&format!("kg-{}-", algorithm.to_lowercase())),
+            "{kid}"
+        );
+
+        let header = jose_header(token);
+        assert_eq!(header["typ"], JWT_TYP);
+        assert_eq!(header["typ"], "at+jwt");
+        assert_eq!(header["alg"], algorithm);
+        assert_eq!(header["kid"], kid);
+        assert_eq!(
+            claims(token),
+            json!({
+                "iss": "keygate", "sub": "team-a", "aud": "keygate", "jti": id,
+                "client_id": id, "iat": NOW, "exp": NOW + 3600,
+                "scope": "demo:read demo:write"
+            })
+        );
+
+        let verified = h.verify(token).await.unwrap();
+        assert_eq!(verified.jti.as_deref(), Some(id));
+        assert_eq!(verified.subject, "team-a");
+        assert_eq!(verified.expires_at, Some((NOW + 3600) as u64));
+        assert_eq!(verified.scopes, ["demo:read", "demo:write"]);
+
+        // The filter checks a jti with the same lookup as an opaque key id.
+        let lookup = h.lookup(id).await;
+        assert_eq!(lookup.status, StatusCode::OK);
+        assert_eq!(lookup.body["status"], "active");
+        assert_eq!(lookup.body["subject"], "team-a");
+        assert_eq!(
+            lookup.body["digest"],
+            KeyDigest::of(token.as_bytes()).to_hex()
+        );
+        assert!(h.show(id).await.get("key").is_none());
+    }
+    // One active signing key per algorithm, all published.
+    assert_eq!(h.jwks_kids().await.len(), 3);
+
+    // Without an owner the subject is the key id.
+    let anonymous = h.create_jwt("ES256", 60).await;
+    let verified = h.verify(anonymous["key"].as_str().unwrap()).await.unwrap();
+    assert_eq!(verified.subject, anonymous["id"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn the_issuer_and_audience_are_configurable() {
+    let h = harness_with(JwtSettings {
+        issuer: "https://keys.example.com".into(),
+        audience: "orders-api".into(),
+        ..jwt_settings()
+    })
+    .await;
+    let created = h.create_jwt("EdDSA", 600).await;
+    let token = created["key"].as_str().unwrap();
+    let (_, keys) = h.jwks().await;
+    let mut validation = Validation::new("https://keys.example.com");
+    validation.audiences = vec!["orders-api".into()];
+    verify_jwt(token, &keys, &validation, NOW as u64).unwrap();
+    let mut wrong = Validation::new("keygate");
+    wrong.audiences = vec!["orders-api".into()];
+    assert!(verify_jwt(token, &keys, &wrong, NOW as u64).is_err());
+}
+
+#[tokio::test]
+async fn neither_tokens_nor_private_keys_are_stored_in_clear() {
+    let h = harness().await;
+    let mut tokens = Vec::new();
+    for algorithm in ["ES256", "EdDSA", "RS256"] {
+        let created = h.create_jwt(algorithm, 3600).await;
+        tokens.push((
+            created["key"].as_str().unwrap().to_owned(),
+            created["kid"].as_str().unwrap().to_owned(),
+            algorithm,
+        ));
+    }
+    let bytes = h.database_bytes();
+    let secret = SigningSecret::from_hex(SIGNING_SECRET_HEX).unwrap();
+    for (token, kid, algorithm) in &tokens {
+        assert!(!contains(&bytes, token), "token found in the database");
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!contains(&bytes, signature), "token signature found");
+        assert!(contains(&bytes, &KeyDigest::of(token.as_bytes()).to_hex()));
+
+        let row = h.state.store().get_signing_key(kid).await.unwrap().unwrap();
+        let der = secret.open(kid, &row.private_key_enc).unwrap();
+        assert_ne!(row.private_key_enc, *der);
+        assert!(!contains_bytes(&row.private_key_enc, &der));
+        assert!(
+            !contains_bytes(&bytes, &der),
+            "{algorithm} private key found in clear in the database"
+        );
+        // The decrypted key is the one whose public half is published.
+        let key = SigningKey::from_pkcs8_der(Algorithm::parse(algorithm).unwrap(), &der).unwrap();
+        let public: Value = serde_json::from_str(&row.public_jwk).unwrap();
+        assert_eq!(serde_json::to_value(key.public_jwk(kid)).unwrap(), public);
+        for private_member in ["d", "p", "q", "dp", "dq", "qi"] {
+            assert!(public.get(private_member).is_none(), "{private_member}");
+        }
+    }
+    // The management API never shows private material either.
+    let list = h.admin("GET", SIGNING_KEYS, None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let text = list.body.to_string();
+    assert!(
+        !text.contains("private") && !text.contains("\"d\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn without_the_signing_secret_jwt_keys_are_refused_and_opaque_keys_work() {
+    let h = harness_with(JwtSettings::default()).await;
+    let answer = h
+        .admin(
+            "POST",
+            KEYS,
+            Some(json!({"name": "x", "scopes": [], "format": "jwt", "expires_in": 60})),
+        )
+        .await;
+    answer.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        answer
+            .detail()
+            .contains("JWT signing is not configured: set KEYGATE_SIGNING_KEY_SECRET"),
+        "{}",
+        answer.detail()
+    );
+    let rotate = h
+        .admin("POST", &format!("{SIGNING_KEYS}/rotate"), None)
+        .await;
+    rotate.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    let list = h.admin("GET", SIGNING_KEYS, None).await;
+    assert_eq!(list.body, json!({"configured": false, "signing_keys": []}));
+    assert_eq!(h.jwks().await.0, json!({"keys": []}));
+
+    let opaque = h.create(json!({"name": "x", "scopes": []})).await;
+    assert_eq!(opaque["format"], "opaque");
+}
+
+#[tokio::test]
+async fn a_wrong_signing_secret_is_a_clear_error_not_a_panic() {
+    let h = harness().await;
+    h.create_jwt("ES256", 60).await;
+    let wrong = JwtSettings {
+        secret: Some(SigningSecret::from_bytes([9; 32])),
+        ..JwtSettings::default()
+    };
+    // At start.
+    let error = JwtIssuer::new(wrong.clone())
+        .prepare(h.state.store(), NOW)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, SigningError::Undecryptable { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("KEYGATE_SIGNING_KEY_SECRET"));
+    // At use.
+    let state = h.state.clone().with_jwt(wrong);
+    let request = Request::builder()
+        .method("POST")
+        .uri(KEYS)
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::from(
+            json!({"name": "x", "scopes": [], "format": "jwt", "expires_in": 60}).to_string(),
+        ))
+        .unwrap();
+    let response = app(state).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["type"], "urn:keygate:problem:signing-key-unreadable");
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("KEYGATE_SIGNING_KEY_SECRET"));
+}
+
+#[tokio::test]
+async fn the_first_start_with_a_secret_creates_an_es256_key() {
+    let h = harness().await;
+    assert!(h.jwks_kids().await.is_empty());
+    h.state.jwt().prepare(h.state.store(), NOW).await.unwrap();
+    let kids = h.jwks_kids().await;
+    assert_eq!(kids.len(), 1);
+    assert!(kids[0].starts_with("kg-es256-"));
+    // Preparing again keeps the key.
+    h.state.jwt().prepare(h.state.store(), NOW).await.unwrap();
+    assert_eq!(h.jwks_kids().await, kids);
+    // And it signs the next ES256 key.
+    let created = h.create_jwt("ES256", 60).await;
+    assert_eq!(created["kid"], kids[0].as_str());
+}
+
+#[tokio::test]
+async fn jwt_keys_need_an_expiry_unless_the_operator_allows_none() {
+    let h = harness().await;
+    let answer = h
+        .admin(
+            "POST",
+            KEYS,
+            Some(json!({"name": "x", "scopes": [], "format": "jwt"})),
+        )
+        .await;
+    answer.assert_problem(StatusCode::BAD_REQUEST);
+    assert!(
+        answer.detail().contains("expires_in"),
+        "{}",
+        answer.detail()
+    );
+    assert!(answer.detail().contains("--allow-jwt-without-expiry"));
+
+    let h = harness_with(JwtSettings {
+        allow_without_expiry: true,
+        ..jwt_settings()
+    })
+    .await;
+    let created = h
+        .create(json!({"name": "forever", "scopes": ["demo:read"], "format": "jwt"}))
+        .await;
+    let token = created["key"].as_str().unwrap();
+    assert_eq!(created["expires_at"], Value::Null);
+    assert!(claims(token).get("exp").is_none());
+    let kid = created["kid"].as_str().unwrap().to_owned();
+    // The key that signed a token without expiry stays published for good, even retired.
+    h.rotate_signing_key("ES256").await;
+    h.clock.advance(100 * 365 * 86_400);
+    assert!(h.jwks_kids().await.contains(&kid));
+    let list = h.admin("GET", SIGNING_KEYS, None).await;
+    let old = list.body["signing_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(old["signs_forever"], true);
+    assert_eq!(old["published"], true);
+}
+
+#[tokio::test]
+async fn bad_jwt_requests_get_a_clear_problem() {
+    let h = harness().await;
+    for (body, detail) in [
+        (
+            json!({"name": "x", "scopes": [], "format": "jwt", "algorithm": "HS256", "expires_in": 60}),
+            "algorithm must be one of ES256, EdDSA, RS256",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "format": "jwt", "algorithm": "none", "expires_in": 60}),
+            "algorithm must be one of ES256, EdDSA, RS256",
+        ),
+        (
+            json!({"name": "x", "scopes": [], "algorithm": "ES256"}),
+            "algorithm applies only to format jwt",
+        ),
+    ] {
+        let answer = h.admin("POST", KEYS, Some(body)).await;
+        answer.assert_problem(StatusCode::BAD_REQUEST);
+        assert_eq!(answer.detail(), detail);
+    }
+    let answer = h
+        .admin(
+            "POST",
+            &format!("{SIGNING_KEYS}/rotate"),
+            Some(json!({"algorithm": "PS256"})),
+        )
+        .await;
+    answer.assert_problem(StatusCode::BAD_REQUEST);
+    // Signing keys are managed with the admin key; the JWKS is public.
+    let anonymous = h
+        .send("POST", &format!("{SIGNING_KEYS}/rotate"), None, None)
+        .await;
+    anonymous.assert_problem(StatusCode::UNAUTHORIZED);
+    let anonymous = h.send("GET", SIGNING_KEYS, None, None).await;
+    anonymous.assert_problem(StatusCode::UNAUTHORIZED);
+    assert_eq!(h.send("GET", JWKS, None, None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn signing_key_rotation_keeps_old_tokens_valid_until_they_expire() {
+    let h = harness().await;
+    let first = h.create_jwt("ES256", 3600).await;
+    let old_token = first["key"].as_str().unwrap().to_owned();
+    let old_kid = first["kid"].as_str().unwrap().to_owned();
+
+    h.clock.advance(60);
+    let rotated = h.rotate_signing_key("ES256").await;
+    let new_kid = rotated["kid"].as_str().unwrap().to_owned();
+    assert_ne!(new_kid, old_kid);
+    assert!(new_kid.starts_with("kg-es256-"));
+    assert_eq!(rotated["retired_kid"], old_kid.as_str());
+    assert_eq!(rotated["algorithm"], "ES256");
+    assert_eq!(rotated["published"], true);
+
+    // Both are published; the old token still verifies; new tokens use the new kid.
+    let kids = h.jwks_kids().await;
+    assert!(
+        kids.contains(&old_kid) && kids.contains(&new_kid),
+        "{kids:?}"
+    );
+    h.verify(&old_token).await.unwrap();
+    let second = h.create_jwt("ES256", 7200).await;
+    let new_token = second["key"].as_str().unwrap().to_owned();
+    assert_eq!(second["kid"], new_kid.as_str());
+    assert_eq!(jose_header(&new_token)["kid"], new_kid.as_str());
+    h.verify(&new_token).await.unwrap();
+
+    let list = h.admin("GET", SIGNING_KEYS, None).await;
+    assert_eq!(list.body["configured"], true);
+    let listed = list.body["signing_keys"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["kid"], old_kid.as_str());
+    assert_eq!(listed[0]["retired_at"], rfc3339(NOW + 60));
+    assert_eq!(listed[0]["not_after"], rfc3339(NOW + 3600));
+    assert_eq!(listed[0]["published"], true);
+    assert_eq!(listed[1]["retired_at"], Value::Null);
+
+    // The old kid stays until its last token has expired, plus 60 s of leeway.
+    h.clock.set(NOW + 3600 + 60);
+    assert!(h.jwks_kids().await.contains(&old_kid));
+    h.clock.set(NOW + 3600 + 61);
+    assert_eq!(h.jwks_kids().await, std::slice::from_ref(&new_kid));
+    h.verify(&new_token).await.unwrap();
+    assert!(h.verify(&old_token).await.is_err());
+    let list = h.admin("GET", SIGNING_KEYS, None).await;
+    assert_eq!(list.body["signing_keys"][0]["published"], false);
+
+    // Rotating an algorithm that has no key yet just creates one.
+    let first_rsa = h.rotate_signing_key("EdDSA").await;
+    assert_eq!(first_rsa["retired_kid"], Value::Null);
+    // No body: ES256.
+    let default = h
+        .admin("POST", &format!("{SIGNING_KEYS}/rotate"), None)
+        .await;
+    assert_eq!(default.status, StatusCode::CREATED, "{}", default.body);
+    assert_eq!(default.body["algorithm"], "ES256");
+    assert_eq!(default.body["retired_kid"], new_kid.as_str());
+}
+
+#[tokio::test]
+async fn jwt_keys_revoke_and_rotate_like_opaque_keys() {
+    let h = harness().await;
+    let created = h
+        .create(json!({
+            "name": "svc", "scopes": ["demo:read"], "owner": "svc-a", "format": "jwt",
+            "algorithm": "EdDSA", "expires_in": 86_400, "metadata": {"env": "prod"}
+        }))
+        .await;
+    let id = created["id"].as_str().unwrap();
+
+    let rotated = h
+        .admin(
+            "POST",
+            &format!("{KEYS}/{id}/rotate"),
+            Some(json!({"grace": 600})),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+    let new = rotated.body;
+    let new_id = new["id"].as_str().unwrap();
+    let new_token = new["key"].as_str().unwrap();
+    assert_ne!(new_id, id);
+    assert_eq!(new["format"], "jwt");
+    assert_eq!(new["algorithm"], "EdDSA");
+    assert_eq!(new["name"], "svc");
+    assert_eq!(new["owner"], "svc-a");
+    assert_eq!(new["metadata"], json!({"env": "prod"}));
+    assert_eq!(new["rotated_from"], id);
+    assert_eq!(new["expires_at"], rfc3339(NOW + 86_400));
+    assert_eq!(jose_header(new_token)["alg"], "EdDSA");
+    let verified = h.verify(new_token).await.unwrap();
+    assert_eq!(verified.jti.as_deref(), Some(new_id));
+    assert_eq!(claims(new_token)["exp"], NOW + 86_400);
+    // The old token's record ends with the grace period.
+    assert_eq!(h.lookup(id).await.body["expires_at"], NOW + 600);
+
+    let revoked = h.admin("DELETE", &format!("{KEYS}/{new_id}"), None).await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let lookup = h.lookup(new_id).await;
+    assert_eq!(lookup.body["status"], "revoked");
+    assert_eq!(lookup.body["subject"], "svc-a");
+    let again = h
+        .admin("POST", &format!("{KEYS}/{new_id}/rotate"), None)
+        .await;
+    again.assert_problem(StatusCode::CONFLICT);
+
+    let listed = h
+        .admin("GET", &format!("{KEYS}?status=revoked"), None)
+        .await;
+    assert_eq!(listed.body["keys"][0]["id"], new_id);
+    assert_eq!(listed.body["keys"][0]["format"], "jwt");
 }
