@@ -1,12 +1,13 @@
 //! The root and HTTP contexts: read the request, ask the core, apply its answer.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
 use keygate_core::config::{FilterConfig, Secrets};
 use keygate_core::credential::{extract_credential, strip_query_param, CredentialError, Source};
 use keygate_core::decision::{DenyReason, Identity};
+use keygate_core::jwt::looks_like_jwt;
 use keygate_core::key::{looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
 use keygate_core::route::Policy;
 use keygate_core::scope::Scope;
@@ -14,8 +15,14 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::host;
+use crate::jwt::{JwtState, TokenRequest};
 use crate::lookup::{Lookups, Outcome};
 use crate::metrics::{Event, Metrics};
+
+/// How often a worker looks at shared data while a request waits on another worker.
+const FAST_TICK: Duration = Duration::from_millis(10);
+/// How often a worker does its periodic work (JWKS refresh) otherwise.
+const SLOW_TICK: Duration = Duration::from_millis(1000);
 
 /// What every context of one VM (one Envoy worker) shares.
 pub struct Shared {
@@ -23,17 +30,44 @@ pub struct Shared {
     pub secrets: Secrets,
     pub metrics: Metrics,
     pub lookups: RefCell<Lookups>,
+    pub jwt: RefCell<JwtState>,
+    tick: Cell<Duration>,
 }
 
-/// A request with an authentic key, waiting for (or decided from) the key's record.
+/// How an allowed request is forwarded: which credential sources to strip.
 #[derive(Debug)]
-pub struct Presented {
-    pub key_id: KeyId,
-    pub digest: KeyDigest,
-    pub required: Vec<Scope>,
+pub struct Forwarding {
     pub sources: Vec<Source>,
     /// The path to forward when the credential came in the query string.
     pub stripped_path: Option<String>,
+}
+
+/// What proves the presented credential, once its key record is known.
+#[derive(Debug)]
+pub enum Proof {
+    /// An opaque key: its digest must match the record's.
+    Opaque(KeyDigest),
+    /// A verified JWT whose `jti` names the record: only the record's status matters.
+    Token(Identity),
+}
+
+/// A request with an authentic credential, waiting for (or decided from) its key record.
+#[derive(Debug)]
+pub struct Presented {
+    pub key_id: KeyId,
+    pub proof: Proof,
+    pub required: Vec<Scope>,
+    pub forwarding: Forwarding,
+}
+
+/// Where a request stands after its credential was examined.
+pub enum Step {
+    /// A public route: forward as is.
+    Continue,
+    /// Paused until a key record or a JWKS arrives.
+    Wait,
+    Decided(Forwarding, Result<Identity, DenyReason>),
+    Deny(DenyReason, Option<String>),
 }
 
 #[derive(Default)]
@@ -44,7 +78,7 @@ pub struct KeygateRoot {
 impl Context for KeygateRoot {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
         if let Some(shared) = &self.shared {
-            crate::lookup::on_response(shared, token_id, body_size);
+            on_call_response(shared, token_id, body_size);
         }
     }
 }
@@ -67,19 +101,26 @@ impl RootContext for KeygateRoot {
                 host::log(
                     LogLevel::Info,
                     &format!(
-                        "configured: {} routes, key service cluster '{}', cache ttl {} s",
+                        "configured: {} routes, key service cluster '{}', cache ttl {} s, {} JWT issuer(s)",
                         config.routes.len(),
                         config.key_service.cluster,
-                        config.cache.ttl_ms / 1000
+                        config.cache.ttl_ms / 1000,
+                        config.jwt.issuers.len(),
                     ),
                 );
                 crate::lookup::create_leases();
-                self.shared = Some(Rc::new(Shared {
+                let jwt = JwtState::new(&config.jwt);
+                let shared = Rc::new(Shared {
                     config,
                     secrets,
                     metrics: Metrics::define(),
                     lookups: RefCell::new(Lookups::default()),
-                }));
+                    jwt: RefCell::new(jwt),
+                    tick: Cell::new(Duration::ZERO),
+                });
+                crate::jwt::on_start(&shared);
+                reschedule(&shared);
+                self.shared = Some(shared);
                 true
             }
             Err(err) => {
@@ -95,6 +136,8 @@ impl RootContext for KeygateRoot {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             crate::lookup::on_tick(shared);
+            crate::jwt::on_tick(shared);
+            reschedule(shared);
         }
     }
 
@@ -108,6 +151,29 @@ impl RootContext for KeygateRoot {
     }
 }
 
+/// Sets the tick period the current state needs: fast while requests wait on another
+/// worker, slow when only periodic work is due, off otherwise.
+pub fn reschedule(shared: &Shared) {
+    let waiting = shared.lookups.borrow().has_remote_waits() || shared.jwt.borrow().has_waiters();
+    let wanted = if waiting {
+        FAST_TICK
+    } else if shared.jwt.borrow().has_remote_issuers() {
+        SLOW_TICK
+    } else {
+        Duration::ZERO
+    };
+    if shared.tick.replace(wanted) != wanted {
+        host::set_tick_period(wanted);
+    }
+}
+
+fn on_call_response(shared: &Shared, token_id: u32, body_size: usize) {
+    if !crate::lookup::on_response(shared, token_id, body_size) {
+        crate::jwt::on_response(shared, token_id, body_size);
+    }
+    reschedule(shared);
+}
+
 pub struct KeygateHttp {
     context_id: u32,
     shared: Rc<Shared>,
@@ -115,41 +181,36 @@ pub struct KeygateHttp {
 
 impl Context for KeygateHttp {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        crate::lookup::on_response(&self.shared, token_id, body_size);
+        on_call_response(&self.shared, token_id, body_size);
     }
 }
 
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match evaluate(&self.shared, self.context_id) {
+        let step = evaluate(&self.shared, self.context_id);
+        let action = match step {
             Step::Continue => Action::Continue,
             Step::Wait => Action::Pause,
-            Step::Decided(presented, result) => {
-                if apply(&self.shared, &presented, result) {
+            Step::Decided(forwarding, result) => {
+                if apply(&self.shared, &forwarding, result) {
                     Action::Continue
                 } else {
                     Action::Pause
                 }
             }
-            Step::Deny(reason, key_id) => {
-                deny(&self.shared, &reason, key_id.as_ref());
+            Step::Deny(reason, label) => {
+                deny(&self.shared, &reason, label.as_deref());
                 Action::Pause
             }
-        }
+        };
+        reschedule(&self.shared);
+        action
     }
 
     fn on_log(&mut self) {
         self.shared.lookups.borrow_mut().forget(self.context_id);
+        self.shared.jwt.borrow_mut().forget(self.context_id);
     }
-}
-
-enum Step {
-    /// A public route: forward as is.
-    Continue,
-    /// Paused until the key's record arrives.
-    Wait,
-    Decided(Presented, Result<Identity, DenyReason>),
-    Deny(DenyReason, Option<KeyId>),
 }
 
 fn evaluate(shared: &Shared, context_id: u32) -> Step {
@@ -178,27 +239,18 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
     };
 
     let pairs = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
-    let extracted = match extract_credential(
-        &config.credential_sources,
-        pairs,
-        path,
-        config.max_credential_bytes,
-    ) {
+    let max_len = config
+        .max_credential_bytes
+        .max(if config.jwt.issuers.is_empty() {
+            0
+        } else {
+            config.jwt.max_token_bytes
+        });
+    let extracted = match extract_credential(&config.credential_sources, pairs, path, max_len) {
         Ok(extracted) => extracted,
         Err(CredentialError::Missing) => return Step::Deny(DenyReason::MissingCredential, None),
         Err(err) => return Step::Deny(DenyReason::BadRequest(err), None),
     };
-    if !looks_like_opaque_key(extracted.credential, &config.key_prefixes) {
-        return Step::Deny(DenyReason::MalformedKey, None);
-    }
-    let parsed = match parse_opaque_key(extracted.credential, &config.key_prefixes) {
-        Ok(parsed) => parsed,
-        Err(_) => return Step::Deny(DenyReason::MalformedKey, None),
-    };
-    if !parsed.tag_is_authentic(&shared.secrets.gateway_key) {
-        return Step::Deny(DenyReason::ForgedKey, Some(parsed.id()));
-    }
-
     let stripped_path = match (
         &config.credential_sources.query_param,
         extracted.sources.contains(&Source::QueryParam),
@@ -206,16 +258,47 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         (Some(param), true) => Some(strip_query_param(path, param)),
         _ => None,
     };
-    let presented = Presented {
-        key_id: parsed.id(),
-        digest: parsed.digest(),
-        required: required.clone(),
+    let forwarding = Forwarding {
         sources: extracted.sources,
         stripped_path,
     };
+    let credential = extracted.credential;
+
+    if looks_like_opaque_key(credential, &config.key_prefixes) {
+        if credential.len() > config.max_credential_bytes {
+            return Step::Deny(DenyReason::BadRequest(CredentialError::TooLong), None);
+        }
+        let parsed = match parse_opaque_key(credential, &config.key_prefixes) {
+            Ok(parsed) => parsed,
+            Err(_) => return Step::Deny(DenyReason::MalformedKey, None),
+        };
+        if !parsed.tag_is_authentic(&shared.secrets.gateway_key) {
+            return Step::Deny(DenyReason::ForgedKey, Some(parsed.id().to_string()));
+        }
+        let presented = Presented {
+            key_id: parsed.id(),
+            proof: Proof::Opaque(parsed.digest()),
+            required: required.clone(),
+            forwarding,
+        };
+        return resolve_record(shared, context_id, presented);
+    }
+    if !config.jwt.issuers.is_empty() && looks_like_jwt(credential) {
+        let request = TokenRequest {
+            token: credential.to_owned(),
+            required: required.clone(),
+            forwarding,
+        };
+        return crate::jwt::evaluate_token(shared, context_id, request);
+    }
+    Step::Deny(DenyReason::MalformedKey, None)
+}
+
+/// Looks the key record up (cache or callout) and decides from it.
+pub fn resolve_record(shared: &Shared, context_id: u32, presented: Presented) -> Step {
     match crate::lookup::resolve(shared, context_id, presented) {
         Outcome::Wait => Step::Wait,
-        Outcome::Now(presented, result) => Step::Decided(presented, result),
+        Outcome::Now(presented, result) => Step::Decided(presented.forwarding, result),
     }
 }
 
@@ -226,11 +309,15 @@ fn is_identity_header(config: &FilterConfig, name: &str) -> bool {
 
 /// Applies a decision in the current effective context. Returns true when the request
 /// goes on upstream.
-pub fn apply(shared: &Shared, presented: &Presented, result: Result<Identity, DenyReason>) -> bool {
+pub fn apply(
+    shared: &Shared,
+    forwarding: &Forwarding,
+    result: Result<Identity, DenyReason>,
+) -> bool {
     match result {
         Ok(identity) => {
             let config = &shared.config;
-            for source in &presented.sources {
+            for source in &forwarding.sources {
                 match source {
                     Source::Bearer => host::remove_request_header("authorization"),
                     Source::Header => {
@@ -241,25 +328,27 @@ pub fn apply(shared: &Shared, presented: &Presented, result: Result<Identity, De
                     Source::QueryParam => {}
                 }
             }
-            if let Some(path) = &presented.stripped_path {
+            if let Some(path) = &forwarding.stripped_path {
                 host::set_request_header(":path", path);
             }
             let ih = &config.identity_headers;
             host::set_request_header(&ih.subject, &identity.subject);
-            host::set_request_header(&ih.key_id, &identity.key_id);
+            if !identity.key_id.is_empty() {
+                host::set_request_header(&ih.key_id, &identity.key_id);
+            }
             host::set_request_header(&ih.scopes, &identity.scopes_header());
             shared.metrics.count(Event::Allowed);
             true
         }
         Err(reason) => {
-            deny(shared, &reason, Some(&presented.key_id));
+            deny(shared, &reason, None);
             false
         }
     }
 }
 
 /// Sends the deny response in the current effective context.
-pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&KeyId>) {
+pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&str>) {
     shared.metrics.count_denial(reason);
     host::log(
         LogLevel::Info,
@@ -267,7 +356,7 @@ pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&KeyId>) {
             "denied status={} reason={} key_id={}",
             reason.status(),
             reason.metric_name(),
-            key_id.map_or("-", KeyId::as_str)
+            key_id.unwrap_or("-")
         ),
     );
     let challenge = reason.www_authenticate();
@@ -285,19 +374,25 @@ pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&KeyId>) {
     host::send_local_reply(reason.status(), headers, reason.problem_json().as_bytes());
 }
 
-/// Resumes a paused request after applying its decision in its own context.
-pub fn complete(
-    shared: &Shared,
-    context_id: u32,
-    presented: &Presented,
-    result: Result<Identity, DenyReason>,
-) {
+/// Finishes a paused request in its own context: applies a decision and resumes it, or
+/// answers it, or (for [`Step::Wait`]) leaves it paused on the next thing it waits for.
+pub fn complete(shared: &Shared, context_id: u32, step: Step) {
+    if matches!(step, Step::Wait) {
+        return;
+    }
     if host::set_effective_context(context_id).is_err() {
         // The request is gone (client hung up); nothing to answer.
         return;
     }
-    if apply(shared, presented, result) {
-        host::resume_request();
+    match step {
+        Step::Continue => host::resume_request(),
+        Step::Wait => {}
+        Step::Decided(forwarding, result) => {
+            if apply(shared, &forwarding, result) {
+                host::resume_request();
+            }
+        }
+        Step::Deny(reason, label) => deny(shared, &reason, label.as_deref()),
     }
 }
 

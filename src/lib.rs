@@ -4,6 +4,7 @@
 
 mod filter;
 mod host;
+mod jwt;
 mod lookup;
 mod metrics;
 

@@ -8,24 +8,21 @@
 //! arrives, so no request waits on more than one callout.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use keygate_core::cache::{
     lease_key, record_key, slot_of, CacheEntry, Freshness, Lease, LEASE_STRIPES,
 };
-use keygate_core::decision::{authorize_record, DenyReason, Identity};
+use keygate_core::decision::{authorize_record, authorize_token_record, DenyReason, Identity};
 use keygate_core::key::KeyId;
 use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
 use proxy_wasm::types::LogLevel;
 
-use crate::filter::{complete, lookup_timeout, Presented, Shared};
+use crate::filter::{complete, lookup_timeout, Presented, Proof, Shared, Step};
 use crate::host;
 use crate::metrics::Event;
 
 /// Largest lookup answer read from the key service.
 const MAX_LOOKUP_BODY: usize = 64 * 1024;
-/// How often a worker waiting on another worker's lookup looks at the cache.
-const REMOTE_POLL: Duration = Duration::from_millis(10);
 
 /// A request answered now, or paused until its record arrives.
 pub enum Outcome {
@@ -65,21 +62,35 @@ impl Lookups {
         }
     }
 
-    fn has_remote_waits(&self) -> bool {
+    /// Are requests waiting on another worker's lookup (so the tick must poll)?
+    pub fn has_remote_waits(&self) -> bool {
         self.pending.values().any(|p| p.token.is_none())
     }
 }
 
 fn decide(entry: &CacheEntry, presented: &Presented, now_ms: u64) -> Result<Identity, DenyReason> {
-    match &entry.record {
-        None => Err(DenyReason::UnknownKey),
-        Some(record) => authorize_record(
-            record,
-            &presented.digest,
+    let now_s = now_ms / 1000;
+    match (&presented.proof, &entry.record) {
+        (Proof::Opaque(_), None) => Err(DenyReason::UnknownKey),
+        (Proof::Opaque(digest), Some(record)) => {
+            authorize_record(record, digest, &presented.required, now_s)
+        }
+        (Proof::Token(identity), record) => authorize_token_record(
+            record.as_ref(),
+            identity.clone(),
             &presented.required,
-            now_ms / 1000,
+            now_s,
         ),
     }
+}
+
+/// Answers a paused request with a decision.
+fn finish(shared: &Shared, waiter: Waiter, result: Result<Identity, DenyReason>) {
+    complete(
+        shared,
+        waiter.context_id,
+        Step::Decided(waiter.presented.forwarding, result),
+    );
 }
 
 fn read_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
@@ -239,7 +250,6 @@ fn start_lookup(
 
 fn wait_for_other_worker(pending: &mut Pending) -> Result<Started, DenyReason> {
     pending.token = None;
-    host::set_tick_period(REMOTE_POLL);
     Ok(Started::Waiting)
 }
 
@@ -275,19 +285,20 @@ fn fallback(
     }
 }
 
-/// A lookup answered: cache it and answer everyone who waited for it.
-pub fn on_response(shared: &Shared, token: u32, body_size: usize) {
+/// A lookup answered: cache it and answer everyone who waited for it. Returns false when
+/// `token` is not a lookup of ours.
+pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
     let now = host::now_ms();
     let pending = {
         let mut lookups = shared.lookups.borrow_mut();
         let Some(id) = lookups.tokens.remove(&token) else {
-            return;
+            return false;
         };
         lookups.in_flight = lookups.in_flight.saturating_sub(1);
         lookups.pending.remove(&id).map(|p| (id, p))
     };
     let Some((id, pending)) = pending else {
-        return;
+        return true;
     };
     let slot = slot_of(&id, &shared.config.cache);
     release_lease(&lease_key(slot));
@@ -311,7 +322,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) {
             let _ = host::set_shared(&record_key(slot), &entry.encode(), None);
             for waiter in pending.waiters {
                 let result = decide(&entry, &waiter.presented, now);
-                complete(shared, waiter.context_id, &waiter.presented, result);
+                finish(shared, waiter, result);
             }
         }
         None => {
@@ -334,10 +345,11 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) {
                     now,
                     DenyReason::ServiceUnavailable,
                 );
-                complete(shared, waiter.context_id, &waiter.presented, result);
+                finish(shared, waiter, result);
             }
         }
     }
+    true
 }
 
 /// Polls lookups another worker is doing: answer from the cache once it fills, take over
@@ -369,7 +381,7 @@ pub fn on_tick(shared: &Shared) {
         if let Some(entry) = filled {
             for waiter in pending.waiters {
                 let result = decide(&entry, &waiter.presented, now);
-                complete(shared, waiter.context_id, &waiter.presented, result);
+                finish(shared, waiter, result);
             }
             continue;
         }
@@ -387,7 +399,7 @@ pub fn on_tick(shared: &Shared) {
             Ok(Started::Filled(entry)) => {
                 for waiter in pending.waiters {
                     let result = decide(&entry, &waiter.presented, now);
-                    complete(shared, waiter.context_id, &waiter.presented, result);
+                    finish(shared, waiter, result);
                 }
             }
             Err(reason) => {
@@ -399,12 +411,9 @@ pub fn on_tick(shared: &Shared) {
                         now,
                         reason.clone(),
                     );
-                    complete(shared, waiter.context_id, &waiter.presented, result);
+                    finish(shared, waiter, result);
                 }
             }
         }
-    }
-    if !shared.lookups.borrow().has_remote_waits() {
-        host::set_tick_period(Duration::ZERO);
     }
 }

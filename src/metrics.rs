@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use keygate_core::decision::DenyReason;
+use keygate_core::jwt::JwtError;
 
 use crate::host;
 
@@ -14,6 +15,9 @@ pub struct Metrics {
     cache_miss: Option<u32>,
     stale_used: Option<u32>,
     callout_failure: Option<u32>,
+    token_cache_hit: Option<u32>,
+    jwks_refreshed: Option<u32>,
+    jwks_fetch_failure: Option<u32>,
     denied: HashMap<&'static str, Option<u32>>,
 }
 
@@ -27,6 +31,10 @@ pub enum Event {
     /// A stale record was used because the key service could not be asked.
     StaleUsed,
     CalloutFailure,
+    /// A JWT found in the verified-token cache.
+    TokenCacheHit,
+    JwksRefreshed,
+    JwksFetchFailure,
 }
 
 impl Metrics {
@@ -38,8 +46,12 @@ impl Metrics {
             cache_miss: host::define_counter("keygate.cache_miss"),
             stale_used: host::define_counter("keygate.stale_used"),
             callout_failure: host::define_counter("keygate.callout_failure"),
+            token_cache_hit: host::define_counter("keygate.token_cache_hit"),
+            jwks_refreshed: host::define_counter("keygate.jwks_refreshed"),
+            jwks_fetch_failure: host::define_counter("keygate.jwks_fetch_failure"),
             denied: DenyReason::METRIC_NAMES
                 .iter()
+                .chain(JwtError::METRIC_NAMES.iter())
                 .map(|name| {
                     (
                         *name,
@@ -58,6 +70,9 @@ impl Metrics {
             Event::CacheMiss => self.cache_miss,
             Event::StaleUsed => self.stale_used,
             Event::CalloutFailure => self.callout_failure,
+            Event::TokenCacheHit => self.token_cache_hit,
+            Event::JwksRefreshed => self.jwks_refreshed,
+            Event::JwksFetchFailure => self.jwks_fetch_failure,
         });
     }
 

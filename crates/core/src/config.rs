@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::cache::CachePolicy;
 use crate::credential::CredentialSources;
+use crate::jwt::{Algorithm, KeySet, Validation};
 use crate::key::{GatewayKey, KeyConfigError, KeyPrefix};
 use crate::route::{RouteError, RouteSpec, RouteTable};
 
@@ -103,6 +104,117 @@ impl Default for SecretsSpec {
     }
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtSpec {
+    #[serde(default = "default_max_token_bytes")]
+    max_token_bytes: usize,
+    #[serde(default = "default_token_cache_entries")]
+    cache_max_entries: usize,
+    #[serde(default)]
+    issuers: Vec<IssuerSpec>,
+}
+
+impl Default for JwtSpec {
+    fn default() -> Self {
+        Self {
+            max_token_bytes: default_max_token_bytes(),
+            cache_max_entries: default_token_cache_entries(),
+            issuers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerSpec {
+    issuer: String,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    algorithms: Vec<String>,
+    jwks: JwksSpec,
+    #[serde(default = "default_leeway")]
+    leeway_seconds: u64,
+    #[serde(default = "default_true")]
+    require_exp: bool,
+    #[serde(default)]
+    max_lifetime_seconds: Option<u64>,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    revocation: Revocation,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum JwksSpec {
+    /// A JWKS document, inline.
+    Inline(serde_json::Value),
+    /// Fetched from a cluster and refreshed.
+    Remote(RemoteJwksSpec),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoteJwksSpec {
+    cluster: String,
+    #[serde(default = "default_authority")]
+    authority: String,
+    path: String,
+    #[serde(default = "default_jwks_refresh")]
+    refresh_seconds: u64,
+    #[serde(default = "default_jwks_min_refetch")]
+    min_refetch_seconds: u64,
+    #[serde(default = "default_jwks_timeout")]
+    timeout_ms: u64,
+}
+
+/// How a verified token's `jti` is checked for revocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Revocation {
+    /// Not checked (typical for an external IdP).
+    #[default]
+    None,
+    /// The `jti` is a Keygate key id: looked up (and cached) like an opaque key's record.
+    KeyService,
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Clone, Debug)]
+pub enum JwksSource {
+    Inline(KeySet),
+    Remote(RemoteJwks),
+}
+
+/// A JWKS fetched over an Envoy cluster by one worker per Envoy and shared with the others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub refresh_ms: u64,
+    pub min_refetch_ms: u64,
+    pub timeout_ms: u64,
+}
+
+/// One trusted token issuer.
+#[derive(Clone, Debug)]
+pub struct JwtIssuer {
+    pub validation: Validation,
+    pub jwks: JwksSource,
+    pub revocation: Revocation,
+}
+
+/// Everything about JWT credentials; no issuers means JWTs are refused.
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    pub issuers: Vec<JwtIssuer>,
+    pub cache_max_entries: usize,
+    pub max_token_bytes: usize,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -123,6 +235,8 @@ struct RawConfig {
     retry_after_seconds: u32,
     #[serde(default)]
     secrets: SecretsSpec,
+    #[serde(default)]
+    jwt: JwtSpec,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -167,6 +281,33 @@ fn default_max_credential_bytes() -> usize {
 fn default_retry_after() -> u32 {
     5
 }
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_token_cache_entries() -> usize {
+    10_000
+}
+fn default_algorithms() -> Vec<String> {
+    Algorithm::ALL
+        .iter()
+        .map(|a| a.as_str().to_owned())
+        .collect()
+}
+fn default_leeway() -> u64 {
+    60
+}
+fn default_true() -> bool {
+    true
+}
+fn default_jwks_refresh() -> u64 {
+    300
+}
+fn default_jwks_min_refetch() -> u64 {
+    30
+}
+fn default_jwks_timeout() -> u64 {
+    2_000
+}
 fn default_gateway_key_env() -> String {
     "KEYGATE_GATEWAY_KEY".to_owned()
 }
@@ -188,6 +329,10 @@ pub enum ConfigProblem {
     BadHeaderName,
     Key(KeyConfigError),
     Route(RouteError),
+    Duplicate,
+    UnknownAlgorithm,
+    BadJwks,
+    BadPath,
     /// A secret's environment variable is missing from the VM's environment.
     MissingEnv(String),
     /// A secret's environment variable is set but unusable.
@@ -219,6 +364,15 @@ impl fmt::Display for ConfigError {
                     "`{field}` must be a lower-case header name (a-z, 0-9, '-')"
                 )
             }
+            ConfigProblem::Duplicate => write!(f, "`{field}` appears twice"),
+            ConfigProblem::UnknownAlgorithm => {
+                write!(f, "`{field}` must be one of ES256, EdDSA, RS256 (HS*, none and others are refused)")
+            }
+            ConfigProblem::BadJwks => write!(
+                f,
+                "`{field}` must be a JWKS with at least one usable signing key"
+            ),
+            ConfigProblem::BadPath => write!(f, "`{field}` must be a path starting with '/'"),
             ConfigProblem::Key(err) => write!(f, "`{field}`: {err}"),
             ConfigProblem::Route(err) => write!(f, "`{field}`: {err}"),
             ConfigProblem::MissingEnv(var) => write!(
@@ -262,6 +416,115 @@ fn header_name(field: &str, name: &str) -> Result<(), ConfigError> {
     }
 }
 
+fn compile_jwt(spec: &JwtSpec) -> Result<JwtSettings, ConfigError> {
+    in_range(
+        "jwt.max_token_bytes",
+        spec.max_token_bytes as u64,
+        256,
+        65_536,
+    )?;
+    in_range(
+        "jwt.cache_max_entries",
+        spec.cache_max_entries as u64,
+        1,
+        1_000_000,
+    )?;
+    in_range("jwt.issuers", spec.issuers.len() as u64, 0, 16)?;
+    let mut issuers = Vec::with_capacity(spec.issuers.len());
+    for (i, raw) in spec.issuers.iter().enumerate() {
+        let field = |name: &str| format!("jwt.issuers[{i}].{name}");
+        if raw.issuer.is_empty() {
+            return Err(error(field("issuer"), ConfigProblem::Empty));
+        }
+        if spec.issuers[..i]
+            .iter()
+            .any(|other| other.issuer == raw.issuer)
+        {
+            return Err(error(field("issuer"), ConfigProblem::Duplicate));
+        }
+        let mut algorithms = Vec::with_capacity(raw.algorithms.len());
+        for (j, name) in raw.algorithms.iter().enumerate() {
+            let alg = Algorithm::parse(name).ok_or_else(|| {
+                error(
+                    format!("jwt.issuers[{i}].algorithms[{j}]"),
+                    ConfigProblem::UnknownAlgorithm,
+                )
+            })?;
+            algorithms.push(alg);
+        }
+        if algorithms.is_empty() {
+            return Err(error(field("algorithms"), ConfigProblem::Empty));
+        }
+        in_range(&field("leeway_seconds"), raw.leeway_seconds, 0, 600)?;
+        if let Some(max) = raw.max_lifetime_seconds {
+            in_range(&field("max_lifetime_seconds"), max, 1, 10 * 365 * 86_400)?;
+        }
+        let jwks = match &raw.jwks {
+            JwksSpec::Inline(document) => {
+                let json = serde_json::to_vec(document).unwrap_or_default();
+                let (keys, _skipped) = KeySet::from_jwks_json(&json)
+                    .map_err(|_| error(field("jwks.inline"), ConfigProblem::BadJwks))?;
+                if keys.is_empty() {
+                    return Err(error(field("jwks.inline"), ConfigProblem::BadJwks));
+                }
+                JwksSource::Inline(keys)
+            }
+            JwksSpec::Remote(remote) => {
+                if remote.cluster.is_empty() {
+                    return Err(error(field("jwks.remote.cluster"), ConfigProblem::Empty));
+                }
+                if !remote.path.starts_with('/') {
+                    return Err(error(field("jwks.remote.path"), ConfigProblem::BadPath));
+                }
+                in_range(
+                    &field("jwks.remote.refresh_seconds"),
+                    remote.refresh_seconds,
+                    10,
+                    86_400,
+                )?;
+                in_range(
+                    &field("jwks.remote.min_refetch_seconds"),
+                    remote.min_refetch_seconds,
+                    1,
+                    3_600,
+                )?;
+                in_range(
+                    &field("jwks.remote.timeout_ms"),
+                    remote.timeout_ms,
+                    10,
+                    60_000,
+                )?;
+                JwksSource::Remote(RemoteJwks {
+                    cluster: remote.cluster.clone(),
+                    authority: remote.authority.clone(),
+                    path: remote.path.clone(),
+                    refresh_ms: remote.refresh_seconds * 1000,
+                    min_refetch_ms: remote.min_refetch_seconds * 1000,
+                    timeout_ms: remote.timeout_ms,
+                })
+            }
+        };
+        let mut validation = Validation::new(raw.issuer.clone());
+        validation.audiences = raw.audiences.clone();
+        validation.algorithms = algorithms;
+        validation.leeway_s = raw.leeway_seconds;
+        validation.require_exp = raw.require_exp;
+        validation.max_lifetime_s = raw.max_lifetime_seconds;
+        validation.typ = raw.typ.clone();
+        validation.max_token_bytes = spec.max_token_bytes;
+        issuers.push(JwtIssuer {
+            validation,
+            jwks,
+            revocation: raw.revocation,
+        });
+    }
+    Ok(JwtSettings {
+        issuers,
+        cache_max_entries: spec.cache_max_entries,
+        max_token_bytes: spec.max_token_bytes,
+    })
+}
+
 /// The compiled configuration one root context owns.
 #[derive(Clone, Debug)]
 pub struct FilterConfig {
@@ -275,6 +538,7 @@ pub struct FilterConfig {
     pub retry_after_seconds: u32,
     pub gateway_key_env: String,
     pub service_token_env: String,
+    pub jwt: JwtSettings,
 }
 
 impl FilterConfig {
@@ -363,6 +627,7 @@ impl FilterConfig {
             1,
             3_600,
         )?;
+        let jwt = compile_jwt(&raw.jwt)?;
 
         Ok(Self {
             key_prefixes: raw.key_prefixes,
@@ -380,6 +645,7 @@ impl FilterConfig {
             retry_after_seconds: raw.retry_after_seconds,
             gateway_key_env: raw.secrets.gateway_key_env,
             service_token_env: raw.secrets.service_token_env,
+            jwt,
         })
     }
 
@@ -510,6 +776,55 @@ mod tests {
             let err = with(patch).unwrap_err();
             assert_eq!(err.field, field, "{patch}: {err}");
             assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn jwt_issuers_compile_and_errors_name_the_field() {
+        let key = crate::jwt::SigningKey::generate(
+            crate::jwt::Algorithm::ES256,
+            &mut crate::jwt::testing::rng(1),
+        )
+        .unwrap();
+        let jwks = serde_json::json!({"keys": [key.public_jwk("k1")]});
+        let ok = with(&serde_json::json!({"jwt": {"issuers": [
+            {"issuer": "keygate", "audiences": ["api"], "algorithms": ["ES256"], "jwks": {"inline": jwks}, "revocation": "key_service"},
+            {"issuer": "https://idp.example", "jwks": {"remote": {"cluster": "idp", "path": "/jwks.json"}}}
+        ]}}).to_string())
+        .unwrap();
+        assert_eq!(ok.jwt.issuers.len(), 2);
+        assert_eq!(ok.jwt.issuers[0].revocation, Revocation::KeyService);
+        assert!(
+            matches!(&ok.jwt.issuers[1].jwks, JwksSource::Remote(r) if r.refresh_ms == 300_000)
+        );
+        assert_eq!(ok.jwt.issuers[1].validation.leeway_s, 60);
+
+        let cases = [
+            (
+                r#"{"jwt": {"issuers": [{"issuer": "a", "algorithms": ["HS256"], "jwks": {"inline": {"keys": []}}}]}}"#,
+                "jwt.issuers[0].algorithms[0]",
+            ),
+            (
+                r#"{"jwt": {"issuers": [{"issuer": "a", "algorithms": ["none"], "jwks": {"inline": {"keys": []}}}]}}"#,
+                "jwt.issuers[0].algorithms[0]",
+            ),
+            (
+                r#"{"jwt": {"issuers": [{"issuer": "a", "jwks": {"inline": {"keys": []}}}]}}"#,
+                "jwt.issuers[0].jwks.inline",
+            ),
+            (
+                r#"{"jwt": {"issuers": [{"issuer": "a", "jwks": {"remote": {"cluster": "c", "path": "x"}}}]}}"#,
+                "jwt.issuers[0].jwks.remote.path",
+            ),
+            (
+                r#"{"jwt": {"issuers": [{"issuer": "", "jwks": {"remote": {"cluster": "c", "path": "/x"}}}]}}"#,
+                "jwt.issuers[0].issuer",
+            ),
+            (r#"{"jwt": {"max_token_bytes": 10}}"#, "jwt.max_token_bytes"),
+        ];
+        for (patch, field) in cases {
+            let err = with(patch).unwrap_err();
+            assert_eq!(err.field, field, "{patch}: {err}");
         }
     }
 

@@ -2,6 +2,7 @@
 //! that knows its status code, `WWW-Authenticate` header, problem body and metric name).
 
 use crate::credential::CredentialError;
+use crate::jwt::JwtError;
 use crate::key::KeyDigest;
 use crate::scope::{missing_scopes, Scope};
 use crate::wire::{KeyLookup, KeyStatus};
@@ -25,6 +26,8 @@ pub enum DenyReason {
     UnknownKey,
     /// The key id is known but the secret does not match.
     DigestMismatch,
+    /// A JWT that does not verify (signature, algorithm, claims, ...).
+    InvalidToken(JwtError),
     Revoked,
     Expired,
     InsufficientScope(Vec<String>),
@@ -44,6 +47,7 @@ impl DenyReason {
             | Self::ForgedKey
             | Self::UnknownKey
             | Self::DigestMismatch
+            | Self::InvalidToken(_)
             | Self::Revoked
             | Self::Expired => 401,
             Self::BadRequest(_) => 400,
@@ -62,6 +66,7 @@ impl DenyReason {
             Self::ForgedKey => "forged_key",
             Self::UnknownKey => "unknown_key",
             Self::DigestMismatch => "digest_mismatch",
+            Self::InvalidToken(err) => err.metric_name(),
             Self::Revoked => "revoked",
             Self::Expired => "expired",
             Self::InsufficientScope(_) => "insufficient_scope",
@@ -100,6 +105,16 @@ impl DenyReason {
                 "invalid-key",
                 "Invalid API key",
                 "The API key is not valid. Check that it was copied completely.".to_owned(),
+            ),
+            Self::InvalidToken(JwtError::Expired) => (
+                "expired-key",
+                "Expired API key",
+                "The token has expired.".to_owned(),
+            ),
+            Self::InvalidToken(err) => (
+                "invalid-token",
+                "Invalid token",
+                format!("{}.", capitalized(&err.to_string())),
             ),
             Self::Revoked => (
                 "revoked-key",
@@ -150,6 +165,7 @@ impl DenyReason {
             | Self::ForgedKey
             | Self::UnknownKey
             | Self::DigestMismatch
+            | Self::InvalidToken(_)
             | Self::Revoked
             | Self::Expired => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
@@ -174,6 +190,14 @@ impl DenyReason {
         })
         .to_string()
     }
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 fn quoted_safe(text: &str) -> String {
@@ -400,6 +424,7 @@ mod tests {
             DenyReason::ForgedKey,
             DenyReason::UnknownKey,
             DenyReason::DigestMismatch,
+            DenyReason::InvalidToken(JwtError::BadSignature),
             DenyReason::Revoked,
             DenyReason::Expired,
             DenyReason::InsufficientScope(vec![]),
@@ -408,11 +433,21 @@ mod tests {
             DenyReason::Overloaded,
         ];
         for reason in all {
+            let name = reason.metric_name();
             assert!(
-                DenyReason::METRIC_NAMES.contains(&reason.metric_name()),
+                DenyReason::METRIC_NAMES.contains(&name) || JwtError::METRIC_NAMES.contains(&name),
                 "{reason:?}"
             );
         }
+        let jwt = DenyReason::InvalidToken(JwtError::UnknownKeyId);
+        assert_eq!(jwt.status(), 401);
+        assert!(jwt
+            .www_authenticate()
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+        assert!(jwt
+            .problem_json()
+            .contains("No key with the token's key id."));
     }
 
     #[test]

@@ -27,6 +27,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+pub mod cache;
+
 pub use jwk::{Jwk, Jwks, KeySet, SkippedKey, VerifyingKey, MAX_KEYS};
 pub use sign::SigningKey;
 pub use verify::{verify_jwt, Validation, VerifiedToken, MAX_SCOPES};
@@ -143,6 +145,27 @@ pub enum JwtError {
 }
 
 impl JwtError {
+    /// Every name [`JwtError::metric_name`] can return.
+    pub const METRIC_NAMES: [&'static str; 17] = [
+        "jwt_too_large",
+        "jwt_malformed",
+        "jwt_algorithm_not_allowed",
+        "jwt_unknown_kid",
+        "jwt_missing_kid",
+        "jwt_algorithm_mismatch",
+        "jwt_bad_signature",
+        "jwt_expired",
+        "jwt_not_yet_valid",
+        "jwt_issued_in_future",
+        "jwt_missing_exp",
+        "jwt_lifetime_too_long",
+        "jwt_wrong_issuer",
+        "jwt_wrong_audience",
+        "jwt_wrong_type",
+        "jwt_missing_subject",
+        "jwt_bad_claim",
+    ];
+
     /// A short stable name for metrics and logs.
     pub fn metric_name(&self) -> &'static str {
         match self {
@@ -200,6 +223,23 @@ pub fn looks_like_jwt(token: &str) -> bool {
         }
     }
     segments == 3
+}
+
+/// The `iss` claim of a token, read WITHOUT verifying anything: only to choose which issuer's
+/// keys and rules verify it. `None` when the token is not even well-formed enough to say.
+pub fn peek_issuer(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: String,
+    }
+    let claims_b64 = token.split('.').nth(1)?;
+    if !is_strict_base64url(claims_b64.as_bytes()) {
+        return None;
+    }
+    let claims = b64_decode(claims_b64.as_bytes())?;
+    serde_json::from_slice::<Claims>(&claims)
+        .ok()
+        .map(|c| c.iss)
 }
 
 fn is_base64url_byte(byte: u8) -> bool {

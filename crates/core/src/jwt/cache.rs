@@ -1,0 +1,118 @@
+//! Verified tokens, remembered by the SHA-256 of the token text until they expire.
+//!
+//! One cache per Envoy worker (no shared data: a hit must cost a hash lookup, not a copy and
+//! a decode). Bounded: past `capacity`, the oldest entry is evicted first.
+
+use std::collections::{HashMap, VecDeque};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::decision::Identity;
+
+/// SHA-256 of a token's text.
+pub type TokenHash = [u8; 32];
+
+pub fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// What a verified token proved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedToken {
+    pub identity: Identity,
+    /// Index of the issuer (in configuration order) that verified it.
+    pub issuer: usize,
+    /// The token is used until this time (Unix seconds, exclusive).
+    pub valid_until_s: u64,
+}
+
+#[derive(Debug)]
+pub struct TokenCache {
+    entries: HashMap<TokenHash, CachedToken>,
+    order: VecDeque<TokenHash>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The cached verdict for `hash`, if it is still valid at `now_s`.
+    pub fn get(&mut self, hash: &TokenHash, now_s: u64) -> Option<&CachedToken> {
+        let expired = self.entries.get(hash)?.valid_until_s <= now_s;
+        if expired {
+            self.entries.remove(hash);
+            return None;
+        }
+        self.entries.get(hash)
+    }
+
+    pub fn insert(&mut self, hash: TokenHash, token: CachedToken) {
+        if self.entries.insert(hash, token).is_some() {
+            return;
+        }
+        self.order.push_back(hash);
+        while self.entries.len() > self.capacity || self.order.len() > 2 * self.capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            // `order` may name entries already dropped on expiry; skip those.
+            if self.entries.len() > self.capacity {
+                self.entries.remove(&oldest);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(until: u64) -> CachedToken {
+        CachedToken {
+            identity: Identity {
+                subject: "s".into(),
+                key_id: "k".into(),
+                scopes: vec![],
+            },
+            issuer: 0,
+            valid_until_s: until,
+        }
+    }
+
+    #[test]
+    fn hits_until_expiry() {
+        let mut cache = TokenCache::new(4);
+        let h = token_hash("a.b.c");
+        cache.insert(h, cached(100));
+        assert!(cache.get(&h, 99).is_some());
+        assert!(cache.get(&h, 100).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn stays_bounded_evicting_the_oldest() {
+        let mut cache = TokenCache::new(3);
+        let hashes: Vec<_> = (0..10).map(|i| token_hash(&format!("t{i}"))).collect();
+        for h in &hashes {
+            cache.insert(*h, cached(1000));
+            assert!(cache.len() <= 3);
+            assert!(cache.order.len() <= 6);
+        }
+        assert!(cache.get(&hashes[9], 0).is_some());
+        assert!(cache.get(&hashes[0], 0).is_none());
+    }
+}
