@@ -298,7 +298,7 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
 pub fn resolve_record(shared: &Shared, context_id: u32, presented: Presented) -> Step {
     match crate::lookup::resolve(shared, context_id, presented) {
         Outcome::Wait => Step::Wait,
-        Outcome::Now(presented, result) => Step::Decided(presented.forwarding, result),
+        Outcome::Now(forwarding, result) => Step::Decided(forwarding, result),
     }
 }
 

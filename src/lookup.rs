@@ -17,7 +17,7 @@ use keygate_core::key::KeyId;
 use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
 use proxy_wasm::types::LogLevel;
 
-use crate::filter::{complete, lookup_timeout, Presented, Proof, Shared, Step};
+use crate::filter::{complete, lookup_timeout, Forwarding, Presented, Proof, Shared, Step};
 use crate::host;
 use crate::metrics::Event;
 
@@ -26,7 +26,7 @@ const MAX_LOOKUP_BODY: usize = 64 * 1024;
 
 /// A request answered now, or paused until its record arrives.
 pub enum Outcome {
-    Now(Presented, Result<Identity, DenyReason>),
+    Now(Forwarding, Result<Identity, DenyReason>),
     Wait,
 }
 
@@ -111,7 +111,7 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
         Some((entry, Freshness::Fresh)) => {
             shared.metrics.count(Event::CacheHit);
             let result = decide(entry, &presented, now);
-            return Outcome::Now(presented, result);
+            return Outcome::Now(presented.forwarding, result);
         }
         Some((_, Freshness::Stale)) => cached,
         _ => None,
@@ -144,7 +144,7 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
                 return Outcome::Wait;
             };
             let result = decide(&entry, &waiter.presented, now);
-            Outcome::Now(waiter.presented, result)
+            Outcome::Now(waiter.presented.forwarding, result)
         }
         Err(reason) => {
             drop(lookups);
@@ -158,7 +158,7 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
                 now,
                 reason,
             );
-            Outcome::Now(waiter.presented, result)
+            Outcome::Now(waiter.presented.forwarding, result)
         }
     }
 }
