@@ -14,6 +14,7 @@ use keygate_core::scope::Scope;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
+use crate::feed::FeedView;
 use crate::host;
 use crate::jwt::{JwtState, TokenRequest};
 use crate::lookup::{Lookups, Outcome};
@@ -31,6 +32,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub lookups: RefCell<Lookups>,
     pub jwt: RefCell<JwtState>,
+    pub feed: RefCell<FeedView>,
     tick: Cell<Duration>,
 }
 
@@ -116,9 +118,11 @@ impl RootContext for KeygateRoot {
                     metrics: Metrics::define(),
                     lookups: RefCell::new(Lookups::default()),
                     jwt: RefCell::new(jwt),
+                    feed: RefCell::new(FeedView::default()),
                     tick: Cell::new(Duration::ZERO),
                 });
                 crate::jwt::on_start(&shared);
+                crate::feed::on_start(&shared);
                 reschedule(&shared);
                 self.shared = Some(shared);
                 true
@@ -135,6 +139,7 @@ impl RootContext for KeygateRoot {
 
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
+            crate::feed::on_tick(shared);
             crate::lookup::on_tick(shared);
             crate::jwt::on_tick(shared);
             reschedule(shared);
@@ -152,9 +157,12 @@ impl RootContext for KeygateRoot {
 }
 
 /// Sets the tick period the current state needs: fast while requests wait on another
-/// worker, slow when only periodic work is due, off otherwise.
+/// worker or while following the revocation feed (the tick is how a revocation reaches
+/// this worker), slow when only periodic work is due, off otherwise.
 pub fn reschedule(shared: &Shared) {
-    let waiting = shared.lookups.borrow().has_remote_waits() || shared.jwt.borrow().has_waiters();
+    let waiting = shared.config.revocation_feed.enabled
+        || shared.lookups.borrow().has_remote_waits()
+        || shared.jwt.borrow().has_waiters();
     let wanted = if waiting {
         FAST_TICK
     } else if shared.jwt.borrow().has_remote_issuers() {
@@ -168,7 +176,9 @@ pub fn reschedule(shared: &Shared) {
 }
 
 fn on_call_response(shared: &Shared, token_id: u32, body_size: usize) {
-    if !crate::lookup::on_response(shared, token_id, body_size) {
+    if !crate::lookup::on_response(shared, token_id, body_size)
+        && !crate::feed::on_response(shared, token_id, body_size)
+    {
         crate::jwt::on_response(shared, token_id, body_size);
     }
     reschedule(shared);
@@ -274,6 +284,9 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         };
         if !parsed.tag_is_authentic(&shared.secrets.gateway_key) {
             return Step::Deny(DenyReason::ForgedKey, Some(parsed.id().to_string()));
+        }
+        if crate::feed::is_revoked(shared, parsed.id().as_str(), host::now_ms()) {
+            return Step::Deny(DenyReason::Revoked, Some(parsed.id().to_string()));
         }
         let presented = Presented {
             key_id: parsed.id(),

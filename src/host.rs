@@ -50,9 +50,23 @@ pub fn define_counter(name: &str) -> Option<u32> {
     hostcalls::define_metric(MetricType::Counter, name).ok()
 }
 
+pub fn define_gauge(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Gauge, name).ok()
+}
+
 pub fn increment(metric: Option<u32>) {
+    increment_by(metric, 1);
+}
+
+pub fn increment_by(metric: Option<u32>, by: u64) {
     if let Some(id) = metric {
-        let _ = hostcalls::increment_metric(id, 1);
+        let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+    }
+}
+
+pub fn record(metric: Option<u32>, value: u64) {
+    if let Some(id) = metric {
+        let _ = hostcalls::record_metric(id, value);
     }
 }
 

@@ -52,6 +52,8 @@ pub struct JwtState {
     cache: TokenCache,
     /// Callout token → issuer index, for JWKS fetches in flight.
     fetches: HashMap<u32, usize>,
+    /// When the periodic JWKS work last ran.
+    last_tick_ms: u64,
 }
 
 impl JwtState {
@@ -78,6 +80,7 @@ impl JwtState {
             issuers,
             cache: TokenCache::new(settings.cache_max_entries),
             fetches: HashMap::new(),
+            last_tick_ms: 0,
         }
     }
 
@@ -173,6 +176,11 @@ fn decide_token(
         .issuers
         .get(cached.issuer)
         .map_or(Revocation::None, |i| i.revocation);
+    if !cached.identity.key_id.is_empty()
+        && crate::feed::is_revoked(shared, &cached.identity.key_id, host::now_ms())
+    {
+        return Step::Deny(DenyReason::Revoked, Some(cached.identity.key_id));
+    }
     match revocation {
         Revocation::None => Step::Decided(
             request.forwarding,
@@ -476,6 +484,15 @@ fn retry_waiters(shared: &Shared, index: usize) {
 /// give up on waiters whose fetch never came.
 pub fn on_tick(shared: &Shared) {
     let now_ms = host::now_ms();
+    {
+        // Ticks come fast while the feed is followed; JWKS work needs them once a second
+        // unless requests wait for keys.
+        let mut state = shared.jwt.borrow_mut();
+        if !state.has_waiters() && now_ms.saturating_sub(state.last_tick_ms) < 1_000 {
+            return;
+        }
+        state.last_tick_ms = now_ms;
+    }
     let count = shared.jwt.borrow().issuers.len();
     for index in 0..count {
         let (remote, waiting_since) = {

@@ -13,6 +13,7 @@ use keygate_core::cache::{
     lease_key, record_key, slot_of, CacheEntry, Freshness, Lease, LEASE_STRIPES,
 };
 use keygate_core::decision::{authorize_record, authorize_token_record, DenyReason, Identity};
+use keygate_core::feed::FeedPolicy;
 use keygate_core::key::KeyId;
 use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
 use proxy_wasm::types::LogLevel;
@@ -93,6 +94,17 @@ fn finish(shared: &Shared, waiter: Waiter, result: Result<Identity, DenyReason>)
     );
 }
 
+/// While the revocation feed is not live, the default policy only trusts records fetched
+/// recently (a revocation may have been missed since).
+fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
+    match crate::feed::degraded_policy(shared) {
+        Some(FeedPolicy::FailClosedUnlessRecent) => {
+            now.saturating_sub(entry.fetched_at_ms) <= shared.config.revocation_feed.recent_ms
+        }
+        _ => true,
+    }
+}
+
 fn read_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
     let slot = slot_of(id, &shared.config.cache);
     let (bytes, _) = host::get_shared(&record_key(slot));
@@ -103,7 +115,11 @@ fn read_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
 pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcome {
     let now = host::now_ms();
     let id = presented.key_id;
-    let cached = read_entry(shared, &id);
+    let policy = crate::feed::degraded_policy(shared);
+    if policy == Some(FeedPolicy::FailClosed) {
+        return Outcome::Now(presented.forwarding, Err(DenyReason::ServiceUnavailable));
+    }
+    let cached = read_entry(shared, &id).filter(|e| is_recent_enough(shared, e, now));
     let stale = match cached
         .as_ref()
         .map(|e| (e, e.freshness(now, &shared.config.cache)))
@@ -276,7 +292,7 @@ fn fallback(
     now: u64,
     reason: DenyReason,
 ) -> Result<Identity, DenyReason> {
-    match stale {
+    match stale.filter(|e| is_recent_enough(shared, e, now)) {
         Some(entry) if entry.freshness(now, &shared.config.cache) != Freshness::Dead => {
             shared.metrics.count(Event::StaleUsed);
             decide(entry, presented, now)

@@ -18,6 +18,11 @@ pub struct Metrics {
     token_cache_hit: Option<u32>,
     jwks_refreshed: Option<u32>,
     jwks_fetch_failure: Option<u32>,
+    feed_events: Option<u32>,
+    feed_failure: Option<u32>,
+    feed_state_change: Option<u32>,
+    feed_live: Option<u32>,
+    revoked_ids: Option<u32>,
     denied: HashMap<&'static str, Option<u32>>,
 }
 
@@ -35,6 +40,14 @@ pub enum Event {
     TokenCacheHit,
     JwksRefreshed,
     JwksFetchFailure,
+    /// Revocation events applied from the feed (counted by the follower).
+    FeedEvents,
+    FeedFailure,
+    FeedStateChange,
+    /// Gauge: 1 while the feed is live.
+    FeedLive,
+    /// Gauge: ids on the revoked list.
+    RevokedIds,
 }
 
 impl Metrics {
@@ -49,6 +62,11 @@ impl Metrics {
             token_cache_hit: host::define_counter("keygate.token_cache_hit"),
             jwks_refreshed: host::define_counter("keygate.jwks_refreshed"),
             jwks_fetch_failure: host::define_counter("keygate.jwks_fetch_failure"),
+            feed_events: host::define_counter("keygate.feed.events"),
+            feed_failure: host::define_counter("keygate.feed.failure"),
+            feed_state_change: host::define_counter("keygate.feed.state_change"),
+            feed_live: host::define_gauge("keygate.feed.live"),
+            revoked_ids: host::define_gauge("keygate.feed.revoked_ids"),
             denied: DenyReason::METRIC_NAMES
                 .iter()
                 .chain(JwtError::METRIC_NAMES.iter())
@@ -63,7 +81,19 @@ impl Metrics {
     }
 
     pub fn count(&self, event: Event) {
-        host::increment(match event {
+        self.count_by(event, 1);
+    }
+
+    pub fn gauge(&self, event: Event, value: u64) {
+        host::record(self.id(event), value);
+    }
+
+    pub fn count_by(&self, event: Event, by: u64) {
+        host::increment_by(self.id(event), by);
+    }
+
+    fn id(&self, event: Event) -> Option<u32> {
+        match event {
             Event::Allowed => self.allowed,
             Event::AllowedPublic => self.allowed_public,
             Event::CacheHit => self.cache_hit,
@@ -73,7 +103,12 @@ impl Metrics {
             Event::TokenCacheHit => self.token_cache_hit,
             Event::JwksRefreshed => self.jwks_refreshed,
             Event::JwksFetchFailure => self.jwks_fetch_failure,
-        });
+            Event::FeedEvents => self.feed_events,
+            Event::FeedFailure => self.feed_failure,
+            Event::FeedStateChange => self.feed_state_change,
+            Event::FeedLive => self.feed_live,
+            Event::RevokedIds => self.revoked_ids,
+        }
     }
 
     pub fn count_denial(&self, reason: &DenyReason) {

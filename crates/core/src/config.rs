@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::cache::CachePolicy;
 use crate::credential::CredentialSources;
+use crate::feed::{FeedPolicy, FEED_PATH};
 use crate::jwt::{Algorithm, KeySet, Validation};
 use crate::key::{GatewayKey, KeyConfigError, KeyPrefix};
 use crate::route::{RouteError, RouteSpec, RouteTable};
@@ -215,6 +216,51 @@ pub struct JwtSettings {
     pub max_token_bytes: usize,
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedSpec {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_feed_path")]
+    path: String,
+    #[serde(default = "default_feed_wait")]
+    wait_seconds: u64,
+    #[serde(default = "default_feed_unreachable")]
+    max_unreachable_seconds: u64,
+    #[serde(default)]
+    policy: FeedPolicy,
+    #[serde(default = "default_feed_recent")]
+    recent_seconds: u64,
+    #[serde(default = "default_feed_max_revoked")]
+    max_revoked: usize,
+}
+
+impl Default for FeedSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: default_feed_path(),
+            wait_seconds: default_feed_wait(),
+            max_unreachable_seconds: default_feed_unreachable(),
+            policy: FeedPolicy::default(),
+            recent_seconds: default_feed_recent(),
+            max_revoked: default_feed_max_revoked(),
+        }
+    }
+}
+
+/// The revocation feed the filter follows (one follower per Envoy process).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedSettings {
+    pub enabled: bool,
+    pub path: String,
+    pub wait_s: u64,
+    pub max_unreachable_ms: u64,
+    pub policy: FeedPolicy,
+    pub recent_ms: u64,
+    pub max_revoked: usize,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -237,6 +283,8 @@ struct RawConfig {
     secrets: SecretsSpec,
     #[serde(default)]
     jwt: JwtSpec,
+    #[serde(default)]
+    revocation_feed: FeedSpec,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -307,6 +355,21 @@ fn default_jwks_min_refetch() -> u64 {
 }
 fn default_jwks_timeout() -> u64 {
     2_000
+}
+fn default_feed_path() -> String {
+    FEED_PATH.to_owned()
+}
+fn default_feed_wait() -> u64 {
+    20
+}
+fn default_feed_unreachable() -> u64 {
+    30
+}
+fn default_feed_recent() -> u64 {
+    60
+}
+fn default_feed_max_revoked() -> usize {
+    100_000
 }
 fn default_gateway_key_env() -> String {
     "KEYGATE_GATEWAY_KEY".to_owned()
@@ -525,6 +588,40 @@ fn compile_jwt(spec: &JwtSpec) -> Result<JwtSettings, ConfigError> {
     })
 }
 
+fn compile_feed(spec: &FeedSpec) -> Result<FeedSettings, ConfigError> {
+    if !spec.path.starts_with('/') {
+        return Err(error("revocation_feed.path", ConfigProblem::BadPath));
+    }
+    in_range("revocation_feed.wait_seconds", spec.wait_seconds, 1, 55)?;
+    in_range(
+        "revocation_feed.max_unreachable_seconds",
+        spec.max_unreachable_seconds,
+        spec.wait_seconds + 1,
+        86_400,
+    )?;
+    in_range(
+        "revocation_feed.recent_seconds",
+        spec.recent_seconds,
+        1,
+        86_400,
+    )?;
+    in_range(
+        "revocation_feed.max_revoked",
+        spec.max_revoked as u64,
+        1,
+        1_000_000,
+    )?;
+    Ok(FeedSettings {
+        enabled: spec.enabled,
+        path: spec.path.clone(),
+        wait_s: spec.wait_seconds,
+        max_unreachable_ms: spec.max_unreachable_seconds * 1000,
+        policy: spec.policy,
+        recent_ms: spec.recent_seconds * 1000,
+        max_revoked: spec.max_revoked,
+    })
+}
+
 /// The compiled configuration one root context owns.
 #[derive(Clone, Debug)]
 pub struct FilterConfig {
@@ -539,6 +636,7 @@ pub struct FilterConfig {
     pub gateway_key_env: String,
     pub service_token_env: String,
     pub jwt: JwtSettings,
+    pub revocation_feed: FeedSettings,
 }
 
 impl FilterConfig {
@@ -628,6 +726,7 @@ impl FilterConfig {
             3_600,
         )?;
         let jwt = compile_jwt(&raw.jwt)?;
+        let revocation_feed = compile_feed(&raw.revocation_feed)?;
 
         Ok(Self {
             key_prefixes: raw.key_prefixes,
@@ -646,6 +745,7 @@ impl FilterConfig {
             gateway_key_env: raw.secrets.gateway_key_env,
             service_token_env: raw.secrets.service_token_env,
             jwt,
+            revocation_feed,
         })
     }
 
@@ -771,6 +871,14 @@ mod tests {
                 "credential_sources",
             ),
             (r#"{"max_credential_bytes": 10}"#, "max_credential_bytes"),
+            (
+                r#"{"revocation_feed": {"wait_seconds": 20, "max_unreachable_seconds": 10}}"#,
+                "revocation_feed.max_unreachable_seconds",
+            ),
+            (
+                r#"{"revocation_feed": {"policy": "maybe"}}"#,
+                "revocation_feed.policy",
+            ),
         ];
         for (patch, field) in cases {
             let err = with(patch).unwrap_err();

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod credential;
 pub mod decision;
+pub mod feed;
 pub mod jwt;
 pub mod key;
 pub mod route;

@@ -1,0 +1,300 @@
+//! Following the revocation feed: exactly one follower per Envoy process (a lease in shared
+//! data, taken over when it lapses) long-polls the key service and writes the revoked set
+//! into shared data; every worker keeps a copy, refreshed on its tick when the shared
+//! version moves, and checks each request's key id against it.
+
+use std::time::Duration;
+
+use keygate_core::cache::Lease;
+use keygate_core::feed::{parse_feed_response, FeedPolicy, FeedState, FollowerStatus, RevokedSet};
+use proxy_wasm::types::LogLevel;
+
+use crate::filter::Shared;
+use crate::host;
+use crate::metrics::Event;
+
+const SET_KEY: &str = "keygate.feed.set";
+const STATUS_KEY: &str = "keygate.feed.status";
+const LEASE_KEY: &str = "keygate.feed.lease";
+const WORKER_COUNTER_KEY: &str = "keygate.worker.counter";
+/// Largest feed answer read.
+const MAX_FEED_BODY: usize = 8 * 1024 * 1024;
+/// Longest pause between attempts after failures.
+const MAX_BACKOFF_MS: u64 = 5_000;
+
+/// What one worker knows of the feed.
+#[derive(Default)]
+pub struct FeedView {
+    set: RevokedSet,
+    /// Generation of the set this worker loaded (see [`FollowerStatus::generation`]).
+    generation: Option<u64>,
+    status: FollowerStatus,
+    state: Option<FeedState>,
+    /// This worker's identity in leases.
+    worker_id: String,
+    /// The poll in flight when this worker is the follower.
+    polling: Option<u32>,
+    next_poll_ms: u64,
+    failures: u32,
+}
+
+/// At configure: a unique worker id, the lease key, and whatever set the follower has shared.
+pub fn on_start(shared: &Shared) {
+    if !shared.config.revocation_feed.enabled {
+        return;
+    }
+    if host::get_shared(LEASE_KEY).1.is_none() {
+        let _ = host::set_shared(LEASE_KEY, &Lease::released().encode(), None);
+    }
+    let worker_id = next_worker_id();
+    let mut view = shared.feed.borrow_mut();
+    view.worker_id = worker_id;
+    drop(view);
+    refresh(shared, host::now_ms());
+}
+
+fn next_worker_id() -> String {
+    for _ in 0..16 {
+        let (value, cas) = host::get_shared(WORKER_COUNTER_KEY);
+        let current: u64 = value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let next = current + 1;
+        if host::set_shared(WORKER_COUNTER_KEY, next.to_string().as_bytes(), cas).is_ok() {
+            return format!("w{next}");
+        }
+    }
+    format!("w{}", host::now_ms())
+}
+
+/// True when `id` is on the revoked list now.
+pub fn is_revoked(shared: &Shared, id: &str, now_ms: u64) -> bool {
+    shared.config.revocation_feed.enabled && shared.feed.borrow().set.is_revoked(id, now_ms / 1000)
+}
+
+/// The policy in force for key records: `None` while the feed is live (or not used).
+pub fn degraded_policy(shared: &Shared) -> Option<FeedPolicy> {
+    let settings = &shared.config.revocation_feed;
+    if !settings.enabled {
+        return None;
+    }
+    match shared.feed.borrow().state {
+        Some(FeedState::Live) => None,
+        _ => Some(settings.policy),
+    }
+}
+
+/// Every tick: pick up the follower's latest set, notice state changes, and follow the feed
+/// if this worker holds (or can take) the lease.
+pub fn on_tick(shared: &Shared) {
+    if !shared.config.revocation_feed.enabled {
+        return;
+    }
+    let now = host::now_ms();
+    refresh(shared, now);
+    let (idle, due) = {
+        let view = shared.feed.borrow();
+        (view.polling.is_none(), now >= view.next_poll_ms)
+    };
+    if idle && due {
+        poll(shared, now);
+    }
+}
+
+/// Reloads the shared set when its version moved, and logs a change of state.
+fn refresh(shared: &Shared, now: u64) {
+    let settings = &shared.config.revocation_feed;
+    let status = host::get_shared(STATUS_KEY)
+        .0
+        .as_deref()
+        .and_then(FollowerStatus::decode)
+        .unwrap_or_default();
+    let mut view = shared.feed.borrow_mut();
+    if view.generation != Some(status.generation) {
+        if let Some(set) = host::get_shared(SET_KEY)
+            .0
+            .as_deref()
+            .and_then(RevokedSet::decode)
+        {
+            view.set = set;
+            view.generation = Some(status.generation);
+            shared
+                .metrics
+                .gauge(Event::RevokedIds, view.set.len() as u64);
+        }
+    }
+    view.status = status;
+    let state = status.state(now, settings.max_unreachable_ms);
+    if view.state != Some(state) {
+        let previous = view.state.map_or("start", FeedState::as_str);
+        view.state = Some(state);
+        drop(view);
+        shared.metrics.count(Event::FeedStateChange);
+        shared
+            .metrics
+            .gauge(Event::FeedLive, u64::from(state == FeedState::Live));
+        let level = if state == FeedState::Unreachable {
+            LogLevel::Warn
+        } else {
+            LogLevel::Info
+        };
+        host::log(
+            level,
+            &format!(
+                "revocation feed: {previous} -> {} (policy while not live: {:?})",
+                state.as_str(),
+                settings.policy
+            ),
+        );
+    }
+}
+
+/// Takes or renews the follower lease and sends the next long-poll.
+fn poll(shared: &Shared, now: u64) {
+    let settings = &shared.config.revocation_feed;
+    let (worker_id, since) = {
+        let view = shared.feed.borrow();
+        (view.worker_id.clone(), view.set.seq())
+    };
+    let (current, cas) = host::get_shared(LEASE_KEY);
+    let lease = current.as_deref().and_then(Lease::decode);
+    if lease
+        .as_ref()
+        .is_some_and(|l| l.id != worker_id && l.is_held(now))
+    {
+        // Another worker follows; look again in a while in case it dies.
+        shared.feed.borrow_mut().next_poll_ms = now + 1_000;
+        return;
+    }
+    let timeout_ms = settings.wait_s * 1000 + 5_000;
+    let mine = Lease {
+        id: worker_id,
+        until_ms: now + timeout_ms + 5_000,
+    };
+    if host::set_shared(LEASE_KEY, &mine.encode(), cas).is_err() {
+        shared.feed.borrow_mut().next_poll_ms = now + 1_000;
+        return;
+    }
+    // Wait only when up to date: a cold follower wants its snapshot now.
+    let wait = if since == 0 { 0 } else { settings.wait_s };
+    dispatch(shared, since, wait, timeout_ms, now);
+}
+
+fn dispatch(shared: &Shared, since: u64, wait: u64, timeout_ms: u64, now: u64) {
+    let config = &shared.config;
+    let path = format!("{}?since={since}&wait={wait}", config.revocation_feed.path);
+    let authorization = format!("Bearer {}", shared.secrets.service_token);
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path.as_str()),
+        (":authority", config.key_service.authority.as_str()),
+        ("authorization", authorization.as_str()),
+        ("accept", "application/json"),
+    ];
+    match host::dispatch_http_call(
+        &config.key_service.cluster,
+        headers,
+        Duration::from_millis(timeout_ms),
+    ) {
+        Ok(token) => shared.feed.borrow_mut().polling = Some(token),
+        Err(err) => {
+            failed(
+                shared,
+                now,
+                &format!(
+                    "cannot call cluster '{}': {err:?}",
+                    config.key_service.cluster
+                ),
+            );
+        }
+    }
+}
+
+fn failed(shared: &Shared, now: u64, why: &str) {
+    shared.metrics.count(Event::FeedFailure);
+    let mut view = shared.feed.borrow_mut();
+    view.failures = view.failures.saturating_add(1);
+    let backoff = (250u64 << view.failures.min(8)).min(MAX_BACKOFF_MS);
+    view.next_poll_ms = now + backoff;
+    let failures = view.failures;
+    drop(view);
+    host::log(
+        LogLevel::Warn,
+        &format!("revocation feed: {why}; keeping the last good set, retrying in {backoff} ms (failure {failures})"),
+    );
+}
+
+/// A feed answer arrived: apply it, share it, and ask again at once. Returns false when
+/// `token` is not the feed's.
+pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
+    {
+        let mut view = shared.feed.borrow_mut();
+        if view.polling != Some(token) {
+            return false;
+        }
+        view.polling = None;
+    }
+    let now = host::now_ms();
+    let settings = &shared.config.revocation_feed;
+    let status = host::call_response_status();
+    if status != Some(200) {
+        let shown = status.map_or_else(
+            || "no answer (unreachable or timed out)".to_owned(),
+            |s| format!("status {s}"),
+        );
+        failed(shared, now, &shown);
+        return true;
+    }
+    let answer = match host::call_response_body(body_size, MAX_FEED_BODY)
+        .as_deref()
+        .map(parse_feed_response)
+    {
+        Some(Ok(answer)) => answer,
+        _ => {
+            failed(shared, now, "the answer is not a feed document");
+            return true;
+        }
+    };
+    refresh(shared, now);
+    let mut set = shared.feed.borrow().set.clone();
+    if let Err(err) = set.apply(&answer, now / 1000, settings.max_revoked) {
+        if matches!(err, keygate_core::feed::FeedError::Backwards) {
+            // The service's sequence went backwards (its database was replaced): start over.
+            shared.feed.borrow_mut().set = RevokedSet::default();
+        }
+        failed(shared, now, &err.to_string());
+        return true;
+    }
+    if !answer.events.is_empty() || answer.reset {
+        shared
+            .metrics
+            .count_by(Event::FeedEvents, answer.events.len() as u64);
+    }
+    let _ = host::set_shared(SET_KEY, &set.encode(), None);
+    let mut status = shared.feed.borrow().status;
+    status.generation += 1;
+    status.last_ok_ms = now;
+    if status.loaded_ms == 0 {
+        status.loaded_ms = now;
+    }
+    let _ = host::set_shared(STATUS_KEY, &status.encode(), None);
+    let since = set.seq();
+    {
+        let mut view = shared.feed.borrow_mut();
+        view.set = set;
+        view.generation = Some(status.generation);
+        view.failures = 0;
+    }
+    refresh(shared, now);
+    let wait = if answer.more { 0 } else { settings.wait_s };
+    let timeout_ms = settings.wait_s * 1000 + 5_000;
+    let renewed = Lease {
+        id: shared.feed.borrow().worker_id.clone(),
+        until_ms: now + timeout_ms + 5_000,
+    };
+    let _ = host::set_shared(LEASE_KEY, &renewed.encode(), None);
+    dispatch(shared, since, wait, timeout_ms, now);
+    true
+}
