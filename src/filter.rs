@@ -9,7 +9,7 @@ use keygate_core::credential::{extract_credential, strip_query_param, Credential
 use keygate_core::decision::{DenyReason, Identity};
 use keygate_core::jwt::looks_like_jwt;
 use keygate_core::key::{looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
-use keygate_core::route::Policy;
+use keygate_core::route::{policy_from_metadata, Mode, Policy};
 use keygate_core::scope::Scope;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -36,9 +36,11 @@ pub struct Shared {
     tick: Cell<Duration>,
 }
 
-/// How an allowed request is forwarded: which credential sources to strip.
+/// How a decided request is forwarded: which credential sources to strip, and whether the
+/// decision is enforced.
 #[derive(Debug)]
 pub struct Forwarding {
+    pub mode: Mode,
     pub sources: Vec<Source>,
     /// The path to forward when the credential came in the query string.
     pub stripped_path: Option<String>,
@@ -56,10 +58,13 @@ pub enum Proof {
 /// A request with an authentic credential, waiting for (or decided from) its key record.
 #[derive(Debug)]
 pub struct Presented {
+    /// The key id; for a legacy key, an id derived from its digest (the cache slot's name).
     pub key_id: KeyId,
     pub proof: Proof,
     pub required: Vec<Scope>,
     pub forwarding: Forwarding,
+    /// A legacy key: looked up by digest, not by id.
+    pub legacy: bool,
 }
 
 /// Where a request stands after its credential was examined.
@@ -69,7 +74,7 @@ pub enum Step {
     /// Paused until a key record or a JWKS arrives.
     Wait,
     Decided(Forwarding, Result<Identity, DenyReason>),
-    Deny(DenyReason, Option<String>),
+    Deny(DenyReason, Option<String>, Mode),
 }
 
 #[derive(Default)]
@@ -208,9 +213,12 @@ impl HttpContext for KeygateHttp {
                     Action::Pause
                 }
             }
-            Step::Deny(reason, label) => {
-                deny(&self.shared, &reason, label.as_deref());
-                Action::Pause
+            Step::Deny(reason, label, mode) => {
+                if deny(&self.shared, &reason, label.as_deref(), mode) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
             }
         };
         reschedule(&self.shared);
@@ -237,12 +245,16 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         }
     }
 
-    let Some(route) = config.routes.find(method, path) else {
-        return Step::Deny(DenyReason::NoRoute, None);
+    let (policy, mode) = match route_policy(shared, method, path) {
+        Ok(found) => found,
+        Err(reason) => return Step::Deny(reason, None, config.mode),
     };
-    let required = match &route.policy {
+    let required = match policy {
         Policy::Public => {
             shared.metrics.count(Event::AllowedPublic);
+            if mode == Mode::Shadow {
+                host::set_request_header(&config.decision_header, "allow; public");
+            }
             return Step::Continue;
         }
         Policy::Scopes(scopes) => scopes,
@@ -258,8 +270,10 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         });
     let extracted = match extract_credential(&config.credential_sources, pairs, path, max_len) {
         Ok(extracted) => extracted,
-        Err(CredentialError::Missing) => return Step::Deny(DenyReason::MissingCredential, None),
-        Err(err) => return Step::Deny(DenyReason::BadRequest(err), None),
+        Err(CredentialError::Missing) => {
+            return Step::Deny(DenyReason::MissingCredential, None, mode)
+        }
+        Err(err) => return Step::Deny(DenyReason::BadRequest(err), None, mode),
     };
     let stripped_path = match (
         &config.credential_sources.query_param,
@@ -268,43 +282,121 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         (Some(param), true) => Some(strip_query_param(path, param)),
         _ => None,
     };
+    let legacy = is_legacy(
+        config,
+        credential_source_is_legacy(&extracted.sources),
+        extracted.credential,
+    );
     let forwarding = Forwarding {
+        mode,
         sources: extracted.sources,
         stripped_path,
     };
     let credential = extracted.credential;
 
+    if legacy {
+        let digest = KeyDigest::of(credential.as_bytes());
+        let presented = Presented {
+            key_id: legacy_slot_id(&digest),
+            proof: Proof::Opaque(digest),
+            required,
+            forwarding,
+            legacy: true,
+        };
+        return resolve_record(shared, context_id, presented);
+    }
+
     if looks_like_opaque_key(credential, &config.key_prefixes) {
         if credential.len() > config.max_credential_bytes {
-            return Step::Deny(DenyReason::BadRequest(CredentialError::TooLong), None);
+            return Step::Deny(DenyReason::BadRequest(CredentialError::TooLong), None, mode);
         }
         let parsed = match parse_opaque_key(credential, &config.key_prefixes) {
             Ok(parsed) => parsed,
-            Err(_) => return Step::Deny(DenyReason::MalformedKey, None),
+            Err(_) => return Step::Deny(DenyReason::MalformedKey, None, mode),
         };
         if !parsed.tag_is_authentic(&shared.secrets.gateway_key) {
-            return Step::Deny(DenyReason::ForgedKey, Some(parsed.id().to_string()));
+            return Step::Deny(DenyReason::ForgedKey, Some(parsed.id().to_string()), mode);
         }
         if crate::feed::is_revoked(shared, parsed.id().as_str(), host::now_ms()) {
-            return Step::Deny(DenyReason::Revoked, Some(parsed.id().to_string()));
+            return Step::Deny(DenyReason::Revoked, Some(parsed.id().to_string()), mode);
         }
         let presented = Presented {
             key_id: parsed.id(),
             proof: Proof::Opaque(parsed.digest()),
-            required: required.clone(),
+            required,
             forwarding,
+            legacy: false,
         };
         return resolve_record(shared, context_id, presented);
     }
     if !config.jwt.issuers.is_empty() && looks_like_jwt(credential) {
         let request = TokenRequest {
             token: credential.to_owned(),
-            required: required.clone(),
+            required,
             forwarding,
         };
         return crate::jwt::evaluate_token(shared, context_id, request);
     }
-    Step::Deny(DenyReason::MalformedKey, None)
+    Step::Deny(DenyReason::MalformedKey, None, mode)
+}
+
+/// The policy for this request and the mode it runs in. Route metadata on the Envoy route
+/// wins; otherwise the filter's route table (entries by Envoy route name or by method and
+/// path, first match). No policy anywhere: denied.
+fn route_policy(shared: &Shared, method: &str, path: &str) -> Result<(Policy, Mode), DenyReason> {
+    let config = &shared.config;
+    if config.route_metadata {
+        let leaf = |name: &str| {
+            host::property(&["xds", "route_metadata", "filter_metadata", "keygate", name])
+        };
+        match policy_from_metadata(
+            leaf("scopes").as_deref(),
+            leaf("public").as_deref(),
+            leaf("mode").as_deref(),
+        ) {
+            Ok(Some((policy, mode))) => return Ok((policy, mode.unwrap_or(config.mode))),
+            Ok(None) => {}
+            Err(err) => {
+                host::log(
+                    LogLevel::Warn,
+                    &format!("route metadata filter_metadata.keygate is invalid, denying: {err}"),
+                );
+                return Err(DenyReason::NoRoute);
+            }
+        }
+    }
+    let route_name = if config.routes.uses_route_names() {
+        host::property(&["xds", "route_name"]).and_then(|name| String::from_utf8(name).ok())
+    } else {
+        None
+    };
+    let route = config
+        .routes
+        .find(method, path, route_name.as_deref())
+        .ok_or(DenyReason::NoRoute)?;
+    Ok((route.policy.clone(), route.mode.unwrap_or(config.mode)))
+}
+
+fn credential_source_is_legacy(sources: &[Source]) -> bool {
+    sources.contains(&Source::LegacyHeader)
+}
+
+/// A legacy key: sent in the legacy header, or starting with a legacy prefix.
+fn is_legacy(config: &FilterConfig, from_legacy_header: bool, credential: &str) -> bool {
+    config.legacy_keys.as_ref().is_some_and(|legacy| {
+        from_legacy_header
+            || legacy
+                .prefixes
+                .iter()
+                .any(|p| credential.starts_with(p.as_str()))
+    })
+}
+
+/// The cache-slot name of a legacy key: derived from its digest (it carries no id).
+fn legacy_slot_id(digest: &KeyDigest) -> KeyId {
+    let mut bytes = [0u8; keygate_core::key::ID_LEN];
+    bytes.copy_from_slice(&digest.as_bytes()[..keygate_core::key::ID_LEN]);
+    KeyId::from_bytes(bytes)
 }
 
 /// Looks the key record up (cache or callout) and decides from it.
@@ -327,51 +419,71 @@ pub fn apply(
     forwarding: &Forwarding,
     result: Result<Identity, DenyReason>,
 ) -> bool {
-    match result {
-        Ok(identity) => {
-            let config = &shared.config;
-            for source in &forwarding.sources {
-                match source {
-                    Source::Bearer => host::remove_request_header("authorization"),
-                    Source::Header => {
-                        if let Some(header) = &config.credential_sources.header {
-                            host::remove_request_header(header);
-                        }
+    let identity = match result {
+        Ok(identity) => identity,
+        Err(reason) => return deny(shared, &reason, None, forwarding.mode),
+    };
+    let config = &shared.config;
+    let shadow = forwarding.mode == Mode::Shadow;
+    if shadow {
+        // The upstream still authenticates as before: keep the credential.
+        host::set_request_header(&config.decision_header, "allow");
+        shared.metrics.count(Event::ShadowAllowed);
+    } else {
+        for source in &forwarding.sources {
+            match source {
+                Source::Bearer => host::remove_request_header("authorization"),
+                Source::Header => {
+                    if let Some(header) = &config.credential_sources.header {
+                        host::remove_request_header(header);
                     }
-                    Source::QueryParam => {}
+                }
+                Source::LegacyHeader => {
+                    if let Some(header) = &config.credential_sources.legacy_header {
+                        host::remove_request_header(header);
+                    }
+                }
+                Source::QueryParam => {
+                    if let Some(path) = &forwarding.stripped_path {
+                        host::set_request_header(":path", path);
+                    }
                 }
             }
-            if let Some(path) = &forwarding.stripped_path {
-                host::set_request_header(":path", path);
-            }
-            let ih = &config.identity_headers;
-            host::set_request_header(&ih.subject, &identity.subject);
-            if !identity.key_id.is_empty() {
-                host::set_request_header(&ih.key_id, &identity.key_id);
-            }
-            host::set_request_header(&ih.scopes, &identity.scopes_header());
-            shared.metrics.count(Event::Allowed);
-            true
         }
-        Err(reason) => {
-            deny(shared, &reason, None);
-            false
-        }
+        shared.metrics.count(Event::Allowed);
     }
+    let ih = &config.identity_headers;
+    host::set_request_header(&ih.subject, &identity.subject);
+    if !identity.key_id.is_empty() {
+        host::set_request_header(&ih.key_id, &identity.key_id);
+    }
+    host::set_request_header(&ih.scopes, &identity.scopes_header());
+    true
 }
 
-/// Sends the deny response in the current effective context.
-pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&str>) {
-    shared.metrics.count_denial(reason);
-    host::log(
-        LogLevel::Info,
-        &format!(
-            "denied status={} reason={} key_id={}",
-            reason.status(),
-            reason.metric_name(),
-            key_id.unwrap_or("-")
-        ),
+/// Denies the request in the current effective context: in enforce mode sends the deny
+/// response (returns false); in shadow mode only reports the decision upstream and lets the
+/// request through (returns true).
+pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&str>, mode: Mode) -> bool {
+    let verdict = format!(
+        "status={} reason={} key_id={}",
+        reason.status(),
+        reason.metric_name(),
+        key_id.unwrap_or("-")
     );
+    if mode == Mode::Shadow {
+        shared.metrics.count_shadow_denial(reason);
+        host::log(LogLevel::Info, &format!("shadow: would deny {verdict}"));
+        let decision = format!(
+            "deny; status={}; reason={}",
+            reason.status(),
+            reason.metric_name()
+        );
+        host::set_request_header(&shared.config.decision_header, &decision);
+        return true;
+    }
+    shared.metrics.count_denial(reason);
+    host::log(LogLevel::Info, &format!("denied {verdict}"));
     let challenge = reason.www_authenticate();
     let retry_after = shared.config.retry_after_seconds.to_string();
     let mut headers = vec![
@@ -385,6 +497,7 @@ pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&str>) {
         headers.push(("retry-after", retry_after.as_str()));
     }
     host::send_local_reply(reason.status(), headers, reason.problem_json().as_bytes());
+    false
 }
 
 /// Finishes a paused request in its own context: applies a decision and resumes it, or
@@ -405,7 +518,11 @@ pub fn complete(shared: &Shared, context_id: u32, step: Step) {
                 host::resume_request();
             }
         }
-        Step::Deny(reason, label) => deny(shared, &reason, label.as_deref()),
+        Step::Deny(reason, label, mode) => {
+            if deny(shared, &reason, label.as_deref(), mode) {
+                host::resume_request();
+            }
+        }
     }
 }
 

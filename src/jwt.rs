@@ -153,12 +153,16 @@ pub fn evaluate_token(shared: &Shared, context_id: u32, request: TokenRequest) -
                 cached
             }
             Verified::UnknownKid(issuer) => {
+                let mode = request.forwarding.mode;
                 if wait_for_keys(shared, issuer, context_id, request, now_ms) {
                     return Step::Wait;
                 }
-                return Step::Deny(DenyReason::InvalidToken(JwtError::UnknownKeyId), None);
+                return Step::Deny(DenyReason::InvalidToken(JwtError::UnknownKeyId), None, mode);
             }
-            Verified::Refused(err) => return Step::Deny(DenyReason::InvalidToken(err), None),
+            Verified::Refused(err) => {
+                let mode = request.forwarding.mode;
+                return Step::Deny(DenyReason::InvalidToken(err), None, mode);
+            }
         },
     };
     decide_token(shared, context_id, cached, request)
@@ -179,7 +183,8 @@ fn decide_token(
     if !cached.identity.key_id.is_empty()
         && crate::feed::is_revoked(shared, &cached.identity.key_id, host::now_ms())
     {
-        return Step::Deny(DenyReason::Revoked, Some(cached.identity.key_id));
+        let mode = request.forwarding.mode;
+        return Step::Deny(DenyReason::Revoked, Some(cached.identity.key_id), mode);
     }
     match revocation {
         Revocation::None => Step::Decided(
@@ -195,10 +200,11 @@ fn decide_token(
                     proof: Proof::Token(cached.identity),
                     required: request.required,
                     forwarding: request.forwarding,
+                    legacy: false,
                 },
             ),
             // This issuer's tokens name a key record in `jti`; one without is not ours.
-            Err(_) => Step::Deny(DenyReason::UnknownKey, None),
+            Err(_) => Step::Deny(DenyReason::UnknownKey, None, request.forwarding.mode),
         },
     }
 }
@@ -219,7 +225,18 @@ fn select_issuer(shared: &Shared, token: &str) -> Option<usize> {
     issuers.iter().position(|i| i.validation.issuer == iss)
 }
 
+/// Verifies a token; on an unknown `kid`, first picks up a JWKS that another worker may
+/// have fetched since this one last looked, and tries once more.
 fn verify(shared: &Shared, token: &str, now_ms: u64) -> Verified {
+    match verify_once(shared, token, now_ms) {
+        Verified::UnknownKid(index) if load_shared_jwks(shared, index) => {
+            verify_once(shared, token, now_ms)
+        }
+        other => other,
+    }
+}
+
+fn verify_once(shared: &Shared, token: &str, now_ms: u64) -> Verified {
     let Some(index) = select_issuer(shared, token) else {
         return Verified::Refused(JwtError::WrongIssuer);
     };
@@ -465,6 +482,7 @@ fn retry_waiters(shared: &Shared, index: usize) {
     };
     let now_ms = host::now_ms();
     for waiter in waiters {
+        let mode = waiter.request.forwarding.mode;
         let step = match verify(shared, &waiter.request.token, now_ms) {
             Verified::Token(cached) => {
                 let hash = token_hash(&waiter.request.token);
@@ -472,9 +490,9 @@ fn retry_waiters(shared: &Shared, index: usize) {
                 decide_token(shared, waiter.context_id, cached, waiter.request)
             }
             Verified::UnknownKid(_) => {
-                Step::Deny(DenyReason::InvalidToken(JwtError::UnknownKeyId), None)
+                Step::Deny(DenyReason::InvalidToken(JwtError::UnknownKeyId), None, mode)
             }
-            Verified::Refused(err) => Step::Deny(DenyReason::InvalidToken(err), None),
+            Verified::Refused(err) => Step::Deny(DenyReason::InvalidToken(err), None, mode),
         };
         complete(shared, waiter.context_id, step);
     }

@@ -36,7 +36,40 @@ struct Waiter {
     presented: Presented,
 }
 
+/// What a lookup asks the key service for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    /// `GET /v1/keys/{id}`: an answer must carry that id.
+    Id,
+    /// A legacy key, `GET {legacy lookup path}{digest}`: an answer must carry that digest.
+    LegacyDigest(String),
+}
+
+impl Target {
+    fn of(presented: &Presented) -> Self {
+        match (&presented.proof, presented.legacy) {
+            (Proof::Opaque(digest), true) => Self::LegacyDigest(digest.to_hex()),
+            _ => Self::Id,
+        }
+    }
+
+    fn path(&self, shared: &Shared, id: &KeyId) -> String {
+        match (self, &shared.config.legacy_keys) {
+            (Self::LegacyDigest(digest), Some(legacy)) => format!("{}{digest}", legacy.lookup_path),
+            _ => format!("{LOOKUP_PATH_PREFIX}{id}"),
+        }
+    }
+
+    fn answers(&self, record: &KeyLookup, id: &KeyId) -> bool {
+        match self {
+            Self::Id => record.id == id.as_str(),
+            Self::LegacyDigest(digest) => record.digest.eq_ignore_ascii_case(digest),
+        }
+    }
+}
+
 struct Pending {
+    target: Target,
     waiters: Vec<Waiter>,
     /// `Some` when this worker's callout is in flight; `None` while another worker holds the lease.
     token: Option<u32>,
@@ -69,10 +102,18 @@ impl Lookups {
     }
 }
 
-fn decide(entry: &CacheEntry, presented: &Presented, now_ms: u64) -> Result<Identity, DenyReason> {
+fn decide(
+    shared: &Shared,
+    entry: &CacheEntry,
+    presented: &Presented,
+    now_ms: u64,
+) -> Result<Identity, DenyReason> {
     let now_s = now_ms / 1000;
     match (&presented.proof, &entry.record) {
         (Proof::Opaque(_), None) => Err(DenyReason::UnknownKey),
+        (Proof::Opaque(_), Some(record)) if crate::feed::is_revoked(shared, &record.id, now_ms) => {
+            Err(DenyReason::Revoked)
+        }
         (Proof::Opaque(digest), Some(record)) => {
             authorize_record(record, digest, &presented.required, now_s)
         }
@@ -126,7 +167,7 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
     {
         Some((entry, Freshness::Fresh)) => {
             shared.metrics.count(Event::CacheHit);
-            let result = decide(entry, &presented, now);
+            let result = decide(shared, entry, &presented, now);
             return Outcome::Now(presented.forwarding, result);
         }
         Some((_, Freshness::Stale)) => cached,
@@ -144,6 +185,7 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
         return Outcome::Wait;
     }
     let mut pending = Pending {
+        target: Target::of(&waiter.presented),
         waiters: vec![waiter],
         token: None,
         since_ms: now,
@@ -159,7 +201,7 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
             let Some(waiter) = pending.waiters.pop() else {
                 return Outcome::Wait;
             };
-            let result = decide(&entry, &waiter.presented, now);
+            let result = decide(shared, &entry, &waiter.presented, now);
             Outcome::Now(waiter.presented.forwarding, result)
         }
         Err(reason) => {
@@ -233,7 +275,7 @@ fn start_lookup(
         }
         return Ok(Started::Filled(entry));
     }
-    let path = format!("{LOOKUP_PATH_PREFIX}{id}");
+    let path = pending.target.path(shared, id);
     let authorization = format!("Bearer {}", shared.secrets.service_token);
     let headers = vec![
         (":method", "GET"),
@@ -295,7 +337,7 @@ fn fallback(
     match stale.filter(|e| is_recent_enough(shared, e, now)) {
         Some(entry) if entry.freshness(now, &shared.config.cache) != Freshness::Dead => {
             shared.metrics.count(Event::StaleUsed);
-            decide(entry, presented, now)
+            decide(shared, entry, presented, now)
         }
         _ => Err(reason),
     }
@@ -323,7 +365,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
     let record = match status {
         Some(200) => host::call_response_body(body_size, MAX_LOOKUP_BODY)
             .and_then(|body| serde_json::from_slice::<KeyLookup>(&body).ok())
-            .filter(|record| record.id == id.as_str())
+            .filter(|record| pending.target.answers(record, &id))
             .map(Some),
         Some(404) => Some(None),
         _ => None,
@@ -337,7 +379,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
             };
             let _ = host::set_shared(&record_key(slot), &entry.encode(), None);
             for waiter in pending.waiters {
-                let result = decide(&entry, &waiter.presented, now);
+                let result = decide(shared, &entry, &waiter.presented, now);
                 finish(shared, waiter, result);
             }
         }
@@ -396,7 +438,7 @@ pub fn on_tick(shared: &Shared) {
         };
         if let Some(entry) = filled {
             for waiter in pending.waiters {
-                let result = decide(&entry, &waiter.presented, now);
+                let result = decide(shared, &entry, &waiter.presented, now);
                 finish(shared, waiter, result);
             }
             continue;
@@ -414,7 +456,7 @@ pub fn on_tick(shared: &Shared) {
             }
             Ok(Started::Filled(entry)) => {
                 for waiter in pending.waiters {
-                    let result = decide(&entry, &waiter.presented, now);
+                    let result = decide(shared, &entry, &waiter.presented, now);
                     finish(shared, waiter, result);
                 }
             }

@@ -1,4 +1,4 @@
-//! Counters, visible on Envoy's `/stats` as `wasmcustom.keygate.*`.
+//! Counters and gauges, visible on Envoy's `/stats` as `wasmcustom.keygate.*`.
 
 use std::collections::HashMap;
 
@@ -7,27 +7,8 @@ use keygate_core::jwt::JwtError;
 
 use crate::host;
 
-#[derive(Debug, Default)]
-pub struct Metrics {
-    allowed: Option<u32>,
-    allowed_public: Option<u32>,
-    cache_hit: Option<u32>,
-    cache_miss: Option<u32>,
-    stale_used: Option<u32>,
-    callout_failure: Option<u32>,
-    token_cache_hit: Option<u32>,
-    jwks_refreshed: Option<u32>,
-    jwks_fetch_failure: Option<u32>,
-    feed_events: Option<u32>,
-    feed_failure: Option<u32>,
-    feed_state_change: Option<u32>,
-    feed_live: Option<u32>,
-    revoked_ids: Option<u32>,
-    denied: HashMap<&'static str, Option<u32>>,
-}
-
-/// Something worth counting.
-#[derive(Clone, Copy, Debug)]
+/// Something worth counting (or, for gauges, reporting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     Allowed,
     AllowedPublic,
@@ -48,70 +29,113 @@ pub enum Event {
     FeedLive,
     /// Gauge: ids on the revoked list.
     RevokedIds,
+    /// Shadow mode: a request that would have been allowed.
+    ShadowAllowed,
+}
+
+impl Event {
+    const ALL: [Event; 15] = [
+        Event::Allowed,
+        Event::AllowedPublic,
+        Event::CacheHit,
+        Event::CacheMiss,
+        Event::StaleUsed,
+        Event::CalloutFailure,
+        Event::TokenCacheHit,
+        Event::JwksRefreshed,
+        Event::JwksFetchFailure,
+        Event::FeedEvents,
+        Event::FeedFailure,
+        Event::FeedStateChange,
+        Event::FeedLive,
+        Event::RevokedIds,
+        Event::ShadowAllowed,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Event::Allowed => "keygate.allowed",
+            Event::AllowedPublic => "keygate.allowed_public",
+            Event::CacheHit => "keygate.cache_hit",
+            Event::CacheMiss => "keygate.cache_miss",
+            Event::StaleUsed => "keygate.stale_used",
+            Event::CalloutFailure => "keygate.callout_failure",
+            Event::TokenCacheHit => "keygate.token_cache_hit",
+            Event::JwksRefreshed => "keygate.jwks_refreshed",
+            Event::JwksFetchFailure => "keygate.jwks_fetch_failure",
+            Event::FeedEvents => "keygate.feed.events",
+            Event::FeedFailure => "keygate.feed.failure",
+            Event::FeedStateChange => "keygate.feed.state_change",
+            Event::FeedLive => "keygate.feed.live",
+            Event::RevokedIds => "keygate.feed.revoked_ids",
+            Event::ShadowAllowed => "keygate.shadow.allowed",
+        }
+    }
+
+    fn is_gauge(self) -> bool {
+        matches!(self, Event::FeedLive | Event::RevokedIds)
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    /// Indexed by `Event as usize` (the order of [`Event::ALL`]).
+    events: [Option<u32>; Event::ALL.len()],
+    denied: HashMap<&'static str, Option<u32>>,
+    shadow_denied: HashMap<&'static str, Option<u32>>,
 }
 
 impl Metrics {
     pub fn define() -> Self {
+        let events = Event::ALL.map(|event| {
+            if event.is_gauge() {
+                host::define_gauge(event.name())
+            } else {
+                host::define_counter(event.name())
+            }
+        });
         Self {
-            allowed: host::define_counter("keygate.allowed"),
-            allowed_public: host::define_counter("keygate.allowed_public"),
-            cache_hit: host::define_counter("keygate.cache_hit"),
-            cache_miss: host::define_counter("keygate.cache_miss"),
-            stale_used: host::define_counter("keygate.stale_used"),
-            callout_failure: host::define_counter("keygate.callout_failure"),
-            token_cache_hit: host::define_counter("keygate.token_cache_hit"),
-            jwks_refreshed: host::define_counter("keygate.jwks_refreshed"),
-            jwks_fetch_failure: host::define_counter("keygate.jwks_fetch_failure"),
-            feed_events: host::define_counter("keygate.feed.events"),
-            feed_failure: host::define_counter("keygate.feed.failure"),
-            feed_state_change: host::define_counter("keygate.feed.state_change"),
-            feed_live: host::define_gauge("keygate.feed.live"),
-            revoked_ids: host::define_gauge("keygate.feed.revoked_ids"),
-            denied: DenyReason::METRIC_NAMES
-                .iter()
-                .chain(JwtError::METRIC_NAMES.iter())
-                .map(|name| {
-                    (
-                        *name,
-                        host::define_counter(&format!("keygate.denied.{name}")),
-                    )
-                })
-                .collect(),
+            events,
+            denied: reason_counters("keygate.denied"),
+            shadow_denied: reason_counters("keygate.shadow.denied"),
         }
+    }
+
+    fn id(&self, event: Event) -> Option<u32> {
+        self.events.get(event as usize).copied().flatten()
     }
 
     pub fn count(&self, event: Event) {
         self.count_by(event, 1);
     }
 
-    pub fn gauge(&self, event: Event, value: u64) {
-        host::record(self.id(event), value);
-    }
-
     pub fn count_by(&self, event: Event, by: u64) {
         host::increment_by(self.id(event), by);
     }
 
-    fn id(&self, event: Event) -> Option<u32> {
-        match event {
-            Event::Allowed => self.allowed,
-            Event::AllowedPublic => self.allowed_public,
-            Event::CacheHit => self.cache_hit,
-            Event::CacheMiss => self.cache_miss,
-            Event::StaleUsed => self.stale_used,
-            Event::CalloutFailure => self.callout_failure,
-            Event::TokenCacheHit => self.token_cache_hit,
-            Event::JwksRefreshed => self.jwks_refreshed,
-            Event::JwksFetchFailure => self.jwks_fetch_failure,
-            Event::FeedEvents => self.feed_events,
-            Event::FeedFailure => self.feed_failure,
-            Event::FeedStateChange => self.feed_state_change,
-            Event::FeedLive => self.feed_live,
-            Event::RevokedIds => self.revoked_ids,
-        }
+    pub fn gauge(&self, event: Event, value: u64) {
+        host::record(self.id(event), value);
     }
 
     pub fn count_denial(&self, reason: &DenyReason) {
         host::increment(self.denied.get(reason.metric_name()).copied().flatten());
     }
+
+    pub fn count_shadow_denial(&self, reason: &DenyReason) {
+        host::increment(
+            self.shadow_denied
+                .get(reason.metric_name())
+                .copied()
+                .flatten(),
+        );
+    }
+}
+
+/// One counter per deny reason (opaque keys and JWTs) under `prefix`.
+fn reason_counters(prefix: &str) -> HashMap<&'static str, Option<u32>> {
+    DenyReason::METRIC_NAMES
+        .iter()
+        .chain(JwtError::METRIC_NAMES.iter())
+        .map(|name| (*name, host::define_counter(&format!("{prefix}.{name}"))))
+        .collect()
 }

@@ -10,7 +10,7 @@ use crate::credential::CredentialSources;
 use crate::feed::{FeedPolicy, FEED_PATH};
 use crate::jwt::{Algorithm, KeySet, Validation};
 use crate::key::{GatewayKey, KeyConfigError, KeyPrefix};
-use crate::route::{RouteError, RouteSpec, RouteTable};
+use crate::route::{Mode, RouteError, RouteSpec, RouteTable};
 
 /// Where the key service is and how the filter talks to it.
 #[derive(Clone, Debug, Deserialize)]
@@ -261,6 +261,51 @@ pub struct FeedSettings {
     pub max_revoked: usize,
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShadowSpec {
+    #[serde(default = "default_decision_header")]
+    decision_header: String,
+}
+
+impl Default for ShadowSpec {
+    fn default() -> Self {
+        Self {
+            decision_header: default_decision_header(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegacySpec {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    prefixes: Vec<String>,
+    #[serde(default = "default_legacy_path")]
+    lookup_path: String,
+}
+
+impl Default for LegacySpec {
+    fn default() -> Self {
+        Self {
+            header: None,
+            prefixes: Vec::new(),
+            lookup_path: default_legacy_path(),
+        }
+    }
+}
+
+/// Keys an older system issued, accepted by their digest during a migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyKeys {
+    /// A credential that starts with one of these is treated as a legacy key.
+    pub prefixes: Vec<String>,
+    /// `GET {lookup_path}{sha256 hex}` on the key service.
+    pub lookup_path: String,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -285,6 +330,14 @@ struct RawConfig {
     jwt: JwtSpec,
     #[serde(default)]
     revocation_feed: FeedSpec,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    shadow: ShadowSpec,
+    #[serde(default)]
+    route_metadata: bool,
+    #[serde(default)]
+    legacy_keys: LegacySpec,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -356,6 +409,12 @@ fn default_jwks_min_refetch() -> u64 {
 fn default_jwks_timeout() -> u64 {
     2_000
 }
+fn default_decision_header() -> String {
+    "x-keygate-decision".to_owned()
+}
+fn default_legacy_path() -> String {
+    "/v1/legacy-keys/".to_owned()
+}
 fn default_feed_path() -> String {
     FEED_PATH.to_owned()
 }
@@ -396,6 +455,7 @@ pub enum ConfigProblem {
     UnknownAlgorithm,
     BadJwks,
     BadPath,
+    BadLegacyPrefix,
     /// A secret's environment variable is missing from the VM's environment.
     MissingEnv(String),
     /// A secret's environment variable is set but unusable.
@@ -436,6 +496,10 @@ impl fmt::Display for ConfigError {
                 "`{field}` must be a JWKS with at least one usable signing key"
             ),
             ConfigProblem::BadPath => write!(f, "`{field}` must be a path starting with '/'"),
+            ConfigProblem::BadLegacyPrefix => write!(
+                f,
+                "`{field}` must be 1 to 64 printable characters and must not overlap a key prefix"
+            ),
             ConfigProblem::Key(err) => write!(f, "`{field}`: {err}"),
             ConfigProblem::Route(err) => write!(f, "`{field}`: {err}"),
             ConfigProblem::MissingEnv(var) => write!(
@@ -637,6 +701,14 @@ pub struct FilterConfig {
     pub service_token_env: String,
     pub jwt: JwtSettings,
     pub revocation_feed: FeedSettings,
+    /// Global mode; a route may override it.
+    pub mode: Mode,
+    /// Header carrying the decision upstream in shadow mode.
+    pub decision_header: String,
+    /// Read route policy from Envoy route metadata (`filter_metadata.keygate`).
+    pub route_metadata: bool,
+    /// `None` when legacy keys are not accepted.
+    pub legacy_keys: Option<LegacyKeys>,
 }
 
 impl FilterConfig {
@@ -727,10 +799,39 @@ impl FilterConfig {
         )?;
         let jwt = compile_jwt(&raw.jwt)?;
         let revocation_feed = compile_feed(&raw.revocation_feed)?;
+        header_name("shadow.decision_header", &raw.shadow.decision_header)?;
+        let legacy = &raw.legacy_keys;
+        if let Some(header) = &legacy.header {
+            header_name("legacy_keys.header", header)?;
+        }
+        for (i, prefix) in legacy.prefixes.iter().enumerate() {
+            let ok = (1..=64).contains(&prefix.len())
+                && prefix.bytes().all(|b| (0x21..=0x7e).contains(&b))
+                && !raw
+                    .key_prefixes
+                    .iter()
+                    .any(|p| p.starts_with(prefix.as_str()) || prefix.starts_with(p.as_str()));
+            if !ok {
+                return Err(error(
+                    format!("legacy_keys.prefixes[{i}]"),
+                    ConfigProblem::BadLegacyPrefix,
+                ));
+            }
+        }
+        if !legacy.lookup_path.starts_with('/') || !legacy.lookup_path.ends_with('/') {
+            return Err(error("legacy_keys.lookup_path", ConfigProblem::BadPath));
+        }
+        let legacy_keys =
+            (legacy.header.is_some() || !legacy.prefixes.is_empty()).then(|| LegacyKeys {
+                prefixes: legacy.prefixes.clone(),
+                lookup_path: legacy.lookup_path.clone(),
+            });
+        let mut credential_sources = raw.credential_sources;
+        credential_sources.legacy_header = legacy.header.clone();
 
         Ok(Self {
             key_prefixes: raw.key_prefixes,
-            credential_sources: raw.credential_sources,
+            credential_sources,
             key_service: raw.key_service,
             cache: CachePolicy {
                 ttl_ms: c.ttl_seconds * 1000,
@@ -746,6 +847,10 @@ impl FilterConfig {
             service_token_env: raw.secrets.service_token_env,
             jwt,
             revocation_feed,
+            mode: raw.mode,
+            decision_header: raw.shadow.decision_header,
+            route_metadata: raw.route_metadata,
+            legacy_keys,
         })
     }
 
@@ -878,6 +983,19 @@ mod tests {
             (
                 r#"{"revocation_feed": {"policy": "maybe"}}"#,
                 "revocation_feed.policy",
+            ),
+            (r#"{"mode": "loud"}"#, "mode"),
+            (
+                r#"{"shadow": {"decision_header": "X Bad"}}"#,
+                "shadow.decision_header",
+            ),
+            (
+                r#"{"legacy_keys": {"prefixes": ["kg_"]}}"#,
+                "legacy_keys.prefixes[0]",
+            ),
+            (
+                r#"{"legacy_keys": {"header": "x-old", "lookup_path": "/v1/legacy"}}"#,
+                "legacy_keys.lookup_path",
             ),
         ];
         for (patch, field) in cases {

@@ -16,6 +16,9 @@ pub struct CredentialSources {
     /// A query parameter that carries the credential; off unless named (URLs end up in logs).
     #[serde(default)]
     pub query_param: Option<String>,
+    /// The header of legacy keys (set from `legacy_keys.header`).
+    #[serde(skip)]
+    pub legacy_header: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -32,6 +35,7 @@ impl Default for CredentialSources {
             bearer: true,
             header: default_header(),
             query_param: None,
+            legacy_header: None,
         }
     }
 }
@@ -58,6 +62,8 @@ pub enum Source {
     Bearer,
     Header,
     QueryParam,
+    /// The legacy-key header.
+    LegacyHeader,
 }
 
 /// A credential taken from a request.
@@ -102,6 +108,8 @@ where
             }
         } else if sources.header.as_deref() == Some(name) {
             offer(value, Source::Header)?;
+        } else if sources.legacy_header.as_deref() == Some(name) {
+            offer(value, Source::LegacyHeader)?;
         }
     }
     if let Some(param) = &sources.query_param {
@@ -238,6 +246,18 @@ mod tests {
         );
         assert_eq!(err, Err(CredentialError::Conflicting));
         let err = run(&s, &[("x-api-key", b"abc"), ("x-api-key", b"xyz")], "/");
+        assert_eq!(err, Err(CredentialError::Conflicting));
+    }
+
+    #[test]
+    fn legacy_header_is_a_source_of_its_own() {
+        let s = CredentialSources {
+            legacy_header: Some("x-legacy-key".into()),
+            ..Default::default()
+        };
+        let got = run(&s, &[("x-legacy-key", b"old-secret")], "/").unwrap();
+        assert_eq!(got.sources, vec![Source::LegacyHeader]);
+        let err = run(&s, &[("x-legacy-key", b"old"), ("x-api-key", b"new")], "/");
         assert_eq!(err, Err(CredentialError::Conflicting));
     }
 

@@ -1,4 +1,5 @@
-//! The route table: method + path (prefix or template) → the scopes a request needs.
+//! The route table: method + path (prefix or template) or Envoy route name → the scopes a
+//! request needs; and the same policy read from Envoy route metadata.
 //!
 //! Routes are tried in order; the first match wins; a request that matches no route is
 //! denied. Paths are matched after the query string is cut off, and a path with `.` or `..`
@@ -28,6 +29,12 @@ pub struct RouteSpec {
     /// A path template: literal segments, `{name}` or `*` for one segment, a final `**` for the rest.
     #[serde(default)]
     pub path: Option<String>,
+    /// The name of the Envoy route (`xds.route_name`) this entry applies to.
+    #[serde(default)]
+    pub route_name: Option<String>,
+    /// `enforce` or `shadow` for this route; absent: the filter's global mode.
+    #[serde(default)]
+    pub mode: Option<Mode>,
     /// No key needed.
     #[serde(default)]
     pub public: bool,
@@ -39,7 +46,7 @@ pub struct RouteSpec {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RouteError {
-    #[error("give exactly one of `prefix` or `path`")]
+    #[error("give exactly one of `prefix`, `path` or `route_name`")]
     NeedsOnePathMatcher,
     #[error("a path pattern must start with '/' and be at most 1024 characters")]
     BadPattern,
@@ -55,6 +62,28 @@ pub enum RouteError {
     Scope(#[from] ScopeError),
     #[error("at most 10000 routes are allowed")]
     TooMany,
+}
+
+/// Whether decisions are enforced or only reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denied requests are refused.
+    #[default]
+    Enforce,
+    /// Every request is evaluated as in enforce mode but forwarded, with the decision in a
+    /// header: for switching Keygate on over live traffic.
+    Shadow,
+}
+
+impl Mode {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "enforce" => Some(Self::Enforce),
+            "shadow" => Some(Self::Shadow),
+            _ => None,
+        }
+    }
 }
 
 /// What a matched route demands.
@@ -75,6 +104,7 @@ enum Segment {
 enum PathMatcher {
     Prefix(String),
     Template(Vec<Segment>),
+    RouteName(String),
 }
 
 /// One compiled route.
@@ -84,16 +114,21 @@ pub struct Route {
     methods: Option<Vec<String>>,
     matcher: PathMatcher,
     pub policy: Policy,
+    pub mode: Option<Mode>,
 }
 
 impl Route {
     fn compile(index: usize, spec: &RouteSpec) -> Result<Self, RouteError> {
-        let matcher = match (&spec.prefix, &spec.path) {
-            (Some(prefix), None) => {
+        let matcher = match (&spec.prefix, &spec.path, &spec.route_name) {
+            (Some(prefix), None, None) => {
                 check_pattern(prefix)?;
                 PathMatcher::Prefix(prefix.clone())
             }
-            (None, Some(template)) => PathMatcher::Template(compile_template(template)?),
+            (None, Some(template), None) => PathMatcher::Template(compile_template(template)?),
+            (None, None, Some(name)) if !name.is_empty() && name.len() <= MAX_PATTERN_LEN => {
+                PathMatcher::RouteName(name.clone())
+            }
+            (None, None, Some(_)) => return Err(RouteError::BadPattern),
             _ => return Err(RouteError::NeedsOnePathMatcher),
         };
         let methods = match &spec.methods {
@@ -123,10 +158,11 @@ impl Route {
             methods,
             matcher,
             policy,
+            mode: spec.mode,
         })
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    fn matches(&self, method: &str, path: &str, route_name: Option<&str>) -> bool {
         if let Some(methods) = &self.methods {
             if !methods.iter().any(|m| m == method) {
                 return false;
@@ -135,6 +171,7 @@ impl Route {
         match &self.matcher {
             PathMatcher::Prefix(prefix) => path.starts_with(prefix.as_str()),
             PathMatcher::Template(segments) => template_matches(segments, path),
+            PathMatcher::RouteName(name) => route_name == Some(name.as_str()),
         }
     }
 }
@@ -198,6 +235,97 @@ fn is_ambiguous(path: &str) -> bool {
         || path.split('/').any(|s| s == "." || s == "..")
 }
 
+/// Why route metadata could not be read as a policy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataError {
+    #[error("`scopes` must be a string of space-separated scopes or a list of strings")]
+    BadScopes,
+    #[error("`public` must be a boolean")]
+    BadPublic,
+    #[error("`mode` must be \"enforce\" or \"shadow\"")]
+    BadMode,
+    #[error("{0}")]
+    Route(#[from] RouteError),
+}
+
+/// A policy read from Envoy route metadata (`filter_metadata.keygate`), as the host returns
+/// its leaves: strings as bytes, booleans as one byte, lists in the proxy-wasm pairs format.
+/// `Ok(None)` when the route carries neither `scopes` nor `public`.
+pub fn policy_from_metadata(
+    scopes: Option<&[u8]>,
+    public: Option<&[u8]>,
+    mode: Option<&[u8]>,
+) -> Result<Option<(Policy, Option<Mode>)>, MetadataError> {
+    let mode = match mode {
+        None => None,
+        Some(bytes) => Some(
+            std::str::from_utf8(bytes)
+                .ok()
+                .and_then(Mode::parse)
+                .ok_or(MetadataError::BadMode)?,
+        ),
+    };
+    let public = match public {
+        None => false,
+        Some([0]) | Some(b"false") => false,
+        Some([1]) | Some(b"true") => true,
+        Some(_) => return Err(MetadataError::BadPublic),
+    };
+    let scopes = match scopes {
+        None => Vec::new(),
+        Some(bytes) => metadata_strings(bytes).ok_or(MetadataError::BadScopes)?,
+    };
+    let policy = match (public, scopes.is_empty()) {
+        (false, true) => return Ok(None),
+        (true, true) => Policy::Public,
+        (true, false) => return Err(RouteError::PublicWithScopes.into()),
+        (false, false) => Policy::Scopes(parse_scopes(&scopes).map_err(RouteError::from)?),
+    };
+    Ok(Some((policy, mode)))
+}
+
+/// A list in the proxy-wasm pairs format (elements are the keys), or a plain string split
+/// on spaces and commas.
+fn metadata_strings(bytes: &[u8]) -> Option<Vec<String>> {
+    if let Some(list) = decode_pairs_keys(bytes) {
+        return Some(list);
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    Some(
+        text.split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+fn decode_pairs_keys(bytes: &[u8]) -> Option<Vec<String>> {
+    let read_u32 = |at: usize| -> Option<usize> {
+        let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(raw) as usize)
+    };
+    let count = read_u32(0)?;
+    if count == 0 || count > crate::scope::MAX_SCOPES {
+        return None;
+    }
+    let mut sizes = Vec::with_capacity(count);
+    for i in 0..count {
+        sizes.push((read_u32(4 + i * 8)?, read_u32(8 + i * 8)?));
+    }
+    let mut at = 4 + count * 8;
+    let mut keys = Vec::with_capacity(count);
+    for (key_len, value_len) in sizes {
+        let key = bytes.get(at..at + key_len)?;
+        if bytes.get(at + key_len) != Some(&0) {
+            return None;
+        }
+        at += key_len + 1 + value_len + 1;
+        keys.push(std::str::from_utf8(key).ok()?.to_owned());
+    }
+    (at == bytes.len()).then_some(keys)
+}
+
 /// The compiled, ordered route table.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
@@ -218,13 +346,23 @@ impl RouteTable {
         Ok(Self { routes })
     }
 
-    /// The first route matching `method` and `path` (query string ignored).
-    pub fn find(&self, method: &str, path: &str) -> Option<&Route> {
+    /// The first route matching `method`, `path` (query string ignored) and, for entries
+    /// that name one, the Envoy route name.
+    pub fn find(&self, method: &str, path: &str, route_name: Option<&str>) -> Option<&Route> {
         let path = path.split(['?', '#']).next().unwrap_or_default();
         if is_ambiguous(path) {
             return None;
         }
-        self.routes.iter().find(|r| r.matches(method, path))
+        self.routes
+            .iter()
+            .find(|r| r.matches(method, path, route_name))
+    }
+
+    /// True when some entry matches by Envoy route name (so the filter must read it).
+    pub fn uses_route_names(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| matches!(r.matcher, PathMatcher::RouteName(_)))
     }
 
     pub fn len(&self) -> usize {
@@ -258,7 +396,7 @@ mod tests {
     }
 
     fn scopes_for(table: &RouteTable, method: &str, path: &str) -> Option<Vec<String>> {
-        table.find(method, path).map(|r| match &r.policy {
+        table.find(method, path, None).map(|r| match &r.policy {
             Policy::Public => vec!["<public>".to_owned()],
             Policy::Scopes(s) => s.iter().map(|s| s.as_str().to_owned()).collect(),
         })
@@ -299,9 +437,9 @@ mod tests {
     #[test]
     fn template_segment_must_be_non_empty() {
         let t = RouteTable::compile(&[spec(r#"{"path": "/m/{id}", "scopes": ["a"]}"#)]).unwrap();
-        assert!(t.find("GET", "/m/1").is_some());
-        assert!(t.find("GET", "/m/").is_none());
-        assert!(t.find("GET", "/m").is_none());
+        assert!(t.find("GET", "/m/1", None).is_some());
+        assert!(t.find("GET", "/m/", None).is_none());
+        assert!(t.find("GET", "/m", None).is_none());
     }
 
     #[test]
@@ -314,8 +452,66 @@ mod tests {
             "/public/a%2Fb",
             "/public\\x",
         ] {
-            assert!(t.find("GET", path).is_none(), "{path}");
+            assert!(t.find("GET", path, None).is_none(), "{path}");
         }
+    }
+
+    #[test]
+    fn route_names_match_only_their_envoy_route() {
+        let t = RouteTable::compile(&[
+            spec(r#"{"route_name": "orders", "methods": ["GET"], "scopes": ["orders:read"], "mode": "shadow"}"#),
+            spec(r#"{"prefix": "/", "scopes": ["any"]}"#),
+        ])
+        .unwrap();
+        assert!(t.uses_route_names());
+        let hit = t.find("GET", "/x", Some("orders")).unwrap();
+        assert_eq!(hit.mode, Some(Mode::Shadow));
+        assert_eq!(t.find("GET", "/x", Some("other")).unwrap().mode, None);
+        assert_eq!(t.find("POST", "/x", Some("orders")).unwrap().mode, None);
+        assert!(!demo().uses_route_names());
+    }
+
+    #[test]
+    fn metadata_gives_a_policy_in_every_encoding() {
+        let list = [
+            2u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'a', 0, 0, b'b', 0, 0,
+        ];
+        let (policy, mode) = policy_from_metadata(Some(&list), None, Some(b"shadow"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(policy, Policy::Scopes(parse_scopes(&["a", "b"]).unwrap()));
+        assert_eq!(mode, Some(Mode::Shadow));
+        let (policy, _) = policy_from_metadata(Some(b"demo:read demo:write"), None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            policy,
+            Policy::Scopes(parse_scopes(&["demo:read", "demo:write"]).unwrap())
+        );
+        assert_eq!(
+            policy_from_metadata(None, Some(&[1]), None)
+                .unwrap()
+                .unwrap()
+                .0,
+            Policy::Public
+        );
+        assert_eq!(policy_from_metadata(None, Some(&[0]), None), Ok(None));
+        assert_eq!(policy_from_metadata(None, None, None), Ok(None));
+        assert_eq!(
+            policy_from_metadata(Some(b"a"), Some(&[1]), None),
+            Err(MetadataError::Route(RouteError::PublicWithScopes))
+        );
+        assert!(policy_from_metadata(Some(b"bad scope!"), None, None).is_err());
+        assert_eq!(
+            policy_from_metadata(None, Some(b"yes"), None),
+            Err(MetadataError::BadPublic)
+        );
+        assert_eq!(
+            policy_from_metadata(Some(b"a"), None, Some(b"loud")),
+            Err(MetadataError::BadMode)
+        );
+        // Truncated pairs fall back to the string reading, which then fails the scope syntax.
+        assert!(policy_from_metadata(Some(&list[..10]), None, None).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use keygate_core::cache::{CacheEntry, Lease};
 use keygate_core::config::FilterConfig;
 use keygate_core::credential::{extract_credential, strip_query_param, CredentialSources};
 use keygate_core::key::{mint_opaque_key, parse_opaque_key, GatewayKey, KeyId, KeyPrefix};
-use keygate_core::route::{RouteSpec, RouteTable};
+use keygate_core::route::{policy_from_metadata, RouteSpec, RouteTable};
 
 struct XorShift(u64);
 
@@ -135,7 +135,7 @@ fn route_compiler_and_matcher_survive_random_patterns() {
         if let Ok(table) = RouteTable::compile(&specs) {
             for _ in 0..10 {
                 let path = String::from_utf8_lossy(&rng.interesting(30)).into_owned();
-                let _ = table.find("GET", &path);
+                let _ = table.find("GET", &path, Some("r"));
             }
         }
     }
@@ -154,5 +154,24 @@ fn config_cache_and_lease_decoders_survive_random_input() {
         assert!(FilterConfig::parse(&bytes).is_err());
         let _ = CacheEntry::decode_for(&bytes, &id);
         let _ = Lease::decode(&bytes);
+    }
+}
+
+#[test]
+fn route_metadata_reader_survives_random_bytes() {
+    let mut rng = XorShift(555);
+    for _ in 0..ROUNDS {
+        let scopes = if rng.below(2) == 0 {
+            rng.bytes(48)
+        } else {
+            rng.interesting(48)
+        };
+        let public = rng.bytes(2);
+        let mode = rng.interesting(8);
+        let _ = policy_from_metadata(Some(&scopes), Some(&public), Some(&mode));
+        // A well-formed pairs header with lying sizes must not read out of bounds.
+        let mut lying = vec![1, 0, 0, 0, 200, 0, 0, 0, 200, 0, 0, 0];
+        lying.extend(rng.bytes(20));
+        let _ = policy_from_metadata(Some(&lying), None, None);
     }
 }
