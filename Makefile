@@ -42,9 +42,17 @@ server:
 
 build: wasm server
 
+# The key service's PostgreSQL tests need a real server: a throwaway cluster in PG_DIR
+# (scripts/postgres.sh), started before the tests and stopped and removed after them, even
+# when they fail.
+PG_DIR := $(ROOT)/target/keygate-pg
+
 test: envoy build
+	scripts/postgres.sh start $(PG_DIR) >/dev/null
+	KEYGATE_TEST_POSTGRES_URL=$$(cat $(PG_DIR)/url) \
 	KEYGATE_WASM=$(WASM) KEYGATE_BIN=$(KEYGATE_BIN) ENVOY_BIN=$(ENVOY_BIN) \
-		$(CARGO) test --workspace --no-fail-fast
+		$(CARGO) test --workspace --no-fail-fast; \
+	status=$$?; scripts/postgres.sh stop $(PG_DIR) && rm -rf $(PG_DIR); exit $$status
 
 lint: wasm-target
 	$(CARGO) fmt --all --check

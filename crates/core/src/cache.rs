@@ -160,6 +160,10 @@ mod tests {
                 scopes: vec![],
                 status: KeyStatus::Active,
                 expires_at: None,
+                rate_limit: None,
+                allowed_cidrs: Vec::new(),
+                not_before: None,
+                not_after: None,
             }),
         }
     }

@@ -346,6 +346,10 @@ mod tests {
             scopes: vec!["demo:read".into()],
             status,
             expires_at,
+            rate_limit: None,
+            allowed_cidrs: Vec::new(),
+            not_before: None,
+            not_after: None,
         };
         (record, digest)
     }

@@ -38,4 +38,87 @@ pub struct KeyLookup {
     pub status: KeyStatus,
     #[serde(default)]
     pub expires_at: Option<u64>,
+    /// Per-key rate limit; absent: the route's default, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// CIDRs the client address must fall in; empty: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
+    /// Validity window beside expiry (Unix seconds): refused before `not_before` ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<u64>,
+    /// ... and from `not_after` on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<u64>,
+}
+
+/// A token bucket: `requests_per_second` refill, up to `burst` requests at once.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+impl Eq for RateLimit {}
+
+impl RateLimit {
+    /// Valid when both are positive and finite (at most 1,000,000 per second).
+    pub fn is_valid(&self) -> bool {
+        self.requests_per_second.is_finite()
+            && self.requests_per_second > 0.0
+            && self.requests_per_second <= 1_000_000.0
+            && self.burst >= 1
+            && self.burst <= 1_000_000
+    }
+}
+
+/// Path of the usage endpoint on the key service: `POST /v1/usage`.
+pub const USAGE_PATH: &str = "/v1/usage";
+
+/// Counts for one key in one minute, as the filter reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCounts {
+    /// Requests that presented this key and were allowed.
+    pub allowed: u64,
+    /// Requests refused, by reason (metric names: `revoked`, `rate_limited`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub denied: std::collections::BTreeMap<String, u64>,
+    /// Upstream responses by class: `2xx`, `3xx`, `4xx`, `5xx`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub status: std::collections::BTreeMap<String, u64>,
+}
+
+impl UsageCounts {
+    pub fn merge(&mut self, other: &UsageCounts) {
+        self.allowed += other.allowed;
+        for (k, v) in &other.denied {
+            *self.denied.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.status {
+            *self.status.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.allowed + self.denied.values().sum::<u64>()
+    }
+}
+
+/// One row of a usage batch: a key, a minute (Unix seconds, a multiple of 60), its counts,
+/// and when it was last used in that minute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub key_id: String,
+    pub minute: u64,
+    #[serde(flatten)]
+    pub counts: UsageCounts,
+    pub last_used_at: u64,
+}
+
+/// `POST /v1/usage` body. `batch_id` makes retries idempotent: the service applies a batch
+/// id once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageBatch {
+    pub batch_id: String,
+    pub rows: Vec<UsageRow>,
 }

@@ -1,8 +1,9 @@
-//! The HTTP API: the management API (admin key), the filter's lookup (service token), the
-//! public JWKS, health.
+//! The HTTP API: the management API (admin key), the filter's lookup and revocation feed
+//! (service token), the public JWKS, health.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -23,6 +24,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::Clock;
 use crate::error::{ApiError, Realm};
+use crate::feed::{long_poll, FeedCounters, MAX_WAIT_S};
 use crate::signing::{
     published_jwks, JwtIssuer, JwtSettings, DEFAULT_ALGORITHM, JWKS_CACHE_CONTROL, JWKS_LEEWAY_S,
 };
@@ -53,6 +55,9 @@ pub struct AppState {
     prefix: KeyPrefix,
     service_token: KeyDigest,
     lookups: Arc<AtomicU64>,
+    feed: Arc<FeedCounters>,
+    /// Turns true when the service shuts down: held long-polls answer at once.
+    shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     jwt: JwtIssuer,
 }
 
@@ -72,6 +77,8 @@ impl AppState {
             prefix,
             service_token: KeyDigest::of(service_token.as_bytes()),
             lookups: Arc::new(AtomicU64::new(0)),
+            feed: Arc::default(),
+            shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
             jwt: JwtIssuer::new(JwtSettings::default()),
         }
     }
@@ -102,6 +109,17 @@ impl AppState {
     pub fn lookups_served(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
     }
+
+    /// Revocation feed requests received so far, and long-polls held right now.
+    pub fn feed_counters(&self) -> &FeedCounters {
+        &self.feed
+    }
+
+    /// Answers every held long-poll now, and later ones without waiting: call it when the
+    /// service starts to shut down so it is not held up by followers.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
 }
 
 /// The whole HTTP API, ready to serve or to test with `oneshot`.
@@ -110,11 +128,13 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/auth/keys", post(create_key).get(list_keys))
         .route("/api/v1/auth/keys/{id}", get(show_key).delete(revoke_key))
         .route("/api/v1/auth/keys/{id}/rotate", post(rotate_key))
+        .route("/api/v1/auth/keys/{id}/expire", post(expire_key))
         .route("/api/v1/signing-keys", get(list_signing_keys))
         .route("/api/v1/signing-keys/rotate", post(rotate_signing_key))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let service = Router::new()
         .route("/v1/keys/{id}", get(lookup_key))
+        .route("/v1/revocations", get(revocations))
         .route("/v1/stats", get(stats));
     Router::new()
         .route("/healthz", get(healthz))
@@ -598,6 +618,18 @@ async fn revoke_key(
     Ok(Json(KeyView::of(record, now)))
 }
 
+/// `POST /api/v1/auth/keys/{id}/expire`: the key's own expiry becomes now (idempotent).
+async fn expire_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let id = parse_key_id(&id)?;
+    let now = state.clock.now();
+    let record = state.store.expire_key(id.as_str(), now).await?;
+    tracing::info!(key_id = %record.id, "key expired now");
+    Ok(Json(KeyView::of(record, now)))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rotate
 
@@ -825,13 +857,67 @@ async fn lookup_key(
         digest: record.digest,
         scopes: record.scopes,
         status,
+        rate_limit: None,
+        allowed_cidrs: Vec::new(),
+        not_before: None,
+        not_after: None,
     };
     Json(answer).into_response()
 }
 
+#[derive(Debug, Deserialize)]
+struct FeedParams {
+    since: Option<String>,
+    wait: Option<String>,
+}
+
+/// `GET /v1/revocations?since=N&wait=S`: the revocation feed (see [`crate::feed`]).
+async fn revocations(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<FeedParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    state.feed.count_request();
+    require_service_token(&state, &headers)?;
+    let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
+    let since = match params.since.as_deref() {
+        None => 0,
+        Some(text) => parse_decimal(text).ok_or(ApiError::BadSince)?,
+    };
+    let wait = match params.wait.as_deref() {
+        None => 0,
+        Some(text) => parse_decimal(text)
+            .filter(|wait| *wait <= MAX_WAIT_S)
+            .ok_or(ApiError::BadWait)?,
+    };
+    let feed = long_poll(
+        &state.store,
+        &state.clock,
+        &state.feed,
+        state.shutdown.subscribe(),
+        since,
+        Duration::from_secs(wait),
+    )
+    .await?;
+    Ok(Json(feed).into_response())
+}
+
+/// A non-negative decimal integer: digits only (no sign, no spaces), fitting in u64.
+fn parse_decimal(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 async fn stats(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     require_service_token(&state, &headers)?;
-    Ok(Json(serde_json::json!({"lookups": state.lookups_served()})).into_response())
+    Ok(Json(serde_json::json!({
+        "lookups": state.lookups_served(),
+        "feed_requests": state.feed.requests(),
+        "feed_waiting": state.feed.waiting(),
+    }))
+    .into_response())
 }
 
 async fn healthz() -> Json<Value> {

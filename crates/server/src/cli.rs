@@ -1,4 +1,4 @@
-//! The command line: `keygate serve`, `keygate keys create|list|show|revoke|rotate` and
+//! The command line: `keygate serve`, `keygate keys create|list|show|revoke|rotate|expire` and
 //! `keygate signing-keys list|rotate`.
 //!
 //! The `keys` and `signing-keys` commands are a thin client of the REST API; they never touch
@@ -101,6 +101,8 @@ pub enum KeysCommand {
     Revoke { id: String },
     /// Replace a key with a new one; the old one keeps working for the grace period.
     Rotate(RotateArgs),
+    /// End a key now: its expiry becomes the current time (idempotent).
+    Expire { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -315,6 +317,11 @@ fn execute(args: KeysArgs) -> Result<(), CliError> {
         KeysCommand::Revoke { id } => {
             let id = parse_id(&id)?;
             let answer = client.call("DELETE", &format!("/api/v1/auth/keys/{id}"), None)?;
+            print_key(&answer, json_output);
+        }
+        KeysCommand::Expire { id } => {
+            let id = parse_id(&id)?;
+            let answer = client.call("POST", &format!("/api/v1/auth/keys/{id}/expire"), None)?;
             print_key(&answer, json_output);
         }
         KeysCommand::Rotate(rotate) => {
@@ -694,6 +701,19 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_expire_command() {
+        let cli = Cli::try_parse_from(["keygate", "keys", "expire", "aaaaaaaaaaaaaaaa"]).unwrap();
+        let Command::Keys(KeysArgs {
+            command: KeysCommand::Expire { id },
+            ..
+        }) = cli.command
+        else {
+            panic!("not keys expire")
+        };
+        assert_eq!(id, "aaaaaaaaaaaaaaaa");
     }
 
     #[test]

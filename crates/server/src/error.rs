@@ -16,7 +16,7 @@ use crate::store::StoreError;
 pub enum Realm {
     /// The management API: an admin key.
     Admin,
-    /// The filter's lookup and stats endpoints: the service token.
+    /// The filter's lookup, revocation feed and stats endpoints: the service token.
     Service,
 }
 
@@ -79,6 +79,10 @@ pub enum ApiError {
     BadCursor,
     #[error("status must be one of active, revoked, expired")]
     BadStatusFilter,
+    #[error("since must be a non-negative integer (the seq of the previous answer, or 0)")]
+    BadSince,
+    #[error("wait must be an integer number of seconds from 0 to 60")]
+    BadWait,
     #[error("a key id is 16 characters of a-z and 2-7")]
     BadKeyId,
     #[error("no key with this id")]

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod feed;
 pub mod serve;
 pub mod signing;
 pub mod store;

@@ -10,6 +10,7 @@ use keygate_core::key::KeyDigest;
 use crate::api::{app, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
+use crate::feed::{compact_periodically, COMPACTION_PERIOD};
 use crate::signing::{JwtIssuer, SigningError, SIGNING_SECRET_ENV};
 use crate::store::{KeyStore, StoreError};
 
@@ -159,6 +160,12 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     } else {
         tracing::info!("JWT API keys disabled: {SIGNING_SECRET_ENV} is not set");
     }
+    // Compacts now and every minute; dropped with the runtime when the service stops.
+    let compaction = tokio::spawn(compact_periodically(
+        store.clone(),
+        clock.clone(),
+        COMPACTION_PERIOD,
+    ));
     let state = AppState::new(
         store,
         clock,
@@ -174,11 +181,22 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
             source,
         })?;
     let local = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(listen = %local, prefix = %config.prefix, "keygate key service ready");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServeError::Serve)?;
+    tracing::info!(
+        listen = %local,
+        prefix = %config.prefix,
+        database = state.store().backend(),
+        "keygate key service ready"
+    );
+    let feed = state.clone();
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Held long-polls answer now, so they do not delay the shutdown.
+            feed.begin_shutdown();
+        })
+        .await;
+    compaction.abort();
+    result.map_err(ServeError::Serve)?;
     tracing::info!("keygate key service stopped");
     Ok(())
 }

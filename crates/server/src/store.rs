@@ -1,26 +1,31 @@
 //! Persistent storage of key records and admin credentials.
 //!
-//! [`KeyStore`] is the one interface the API uses. SQLite is the embedded default; another
-//! backend (PostgreSQL, for several replicas) is one more variant behind the same methods.
+//! [`KeyStore`] is the one interface the API uses. SQLite is the embedded default (one
+//! replica); PostgreSQL serves several replicas sharing one database. The URL picks the
+//! backend: `sqlite:` or `postgres://` / `postgresql://`.
+//!
+//! Revoking, rotating and expiring a key also add a revocation-feed event in the same
+//! transaction (see [`crate::feed`]), and publish its sequence number after the commit.
 
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+mod postgres;
+mod sqlite;
 
 use keygate_core::key::KeyDigest;
 use keygate_core::wire::KeyStatus;
 use serde_json::{Map, Value};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::Row;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+use tokio::sync::watch;
+
+use crate::feed::{EventKind, RevocationEvent, RevocationFeed};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
 
 /// What can go wrong talking to the store. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("unsupported database URL scheme (expected sqlite:)")]
+    #[error("unsupported database URL scheme (expected sqlite:, postgres:// or postgresql://)")]
     UnsupportedUrl,
     #[error("cannot create the database directory {path}: {source}")]
     CreateDir {
@@ -43,6 +48,8 @@ pub enum StoreError {
     KeyAlreadyRotated,
     #[error("the signing key of a JWT key record does not exist")]
     SigningKeyNotFound,
+    #[error("the revocation feed state row is missing (migrations not applied?)")]
+    FeedStateMissing,
 }
 
 /// Format of a key record whose plaintext is a JWT signed by the service.
@@ -153,28 +160,46 @@ pub struct PageAfter {
 #[non_exhaustive]
 pub enum KeyStore {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Self::Sqlite($store) => $call,
+            Self::Postgres($store) => $call,
+        }
+    };
 }
 
 impl KeyStore {
-    /// Opens (creating if needed) the database at `url` and applies migrations.
+    /// Opens the database at `url` (creating an SQLite file if needed) and applies migrations.
+    /// On PostgreSQL this also starts the task that listens for other replicas' events.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite(SqliteStore::connect(url).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(PostgresStore::connect(url).await?))
         } else {
             Err(StoreError::UnsupportedUrl)
         }
     }
 
-    pub async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+    /// `sqlite` or `postgres`, for logs.
+    pub fn backend(&self) -> &'static str {
         match self {
-            Self::Sqlite(store) => store.insert_key(key).await,
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
         }
     }
 
+    pub async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        dispatch!(self, store => store.insert_key(key).await)
+    }
+
     pub async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.get_key(id).await,
-        }
+        dispatch!(self, store => store.get_key(id).await)
     }
 
     /// Keys in creation order after `after`, at most `limit`, optionally of one status at `now`.
@@ -185,20 +210,19 @@ impl KeyStore {
         status: Option<KeyStatus>,
         now: i64,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.list_keys(after, limit, status, now).await,
-        }
+        dispatch!(self, store => store.list_keys(after, limit, status, now).await)
     }
 
-    /// Revokes a key (idempotent: a second revocation keeps the first time).
+    /// Revokes a key (idempotent: a second revocation keeps the first time). The first
+    /// revocation of a key that has not ended yet adds a `revoked` event.
     pub async fn revoke_key(&self, id: &str, now: i64) -> Result<KeyRecord, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.revoke_key(id, now).await,
-        }
+        let (record, seq) = dispatch!(self, store => store.revoke_key(id, now).await)?;
+        self.published(seq);
+        Ok(record)
     }
 
-    /// Atomically ends `old_id` at `grace_until` and stores `new_key` as its successor.
-    /// Refuses keys that are revoked, expired or already rotated.
+    /// Atomically ends `old_id` at `grace_until` and stores `new_key` as its successor, with a
+    /// `rotated` event for `old_id`. Refuses keys that are revoked, expired or already rotated.
     pub async fn rotate_key(
         &self,
         old_id: &str,
@@ -206,8 +230,60 @@ impl KeyStore {
         grace_until: i64,
         now: i64,
     ) -> Result<(KeyRecord, KeyRecord), StoreError> {
+        let (old, new, seq) = dispatch!(self, store => {
+            store.rotate_key(old_id, new_key, grace_until, now).await
+        })?;
+        self.published(Some(seq));
+        Ok((old, new))
+    }
+
+    /// "Expire now": sets the key's own expiry to `now`, with an `expired` event. A key that is
+    /// already revoked or expired is answered unchanged (idempotent, no event).
+    pub async fn expire_key(&self, id: &str, now: i64) -> Result<KeyRecord, StoreError> {
+        let (record, seq) = dispatch!(self, store => store.expire_key(id, now).await)?;
+        self.published(seq);
+        Ok(record)
+    }
+
+    /// One answer of the revocation feed for a follower at `since` (see [`crate::feed`]).
+    pub async fn read_feed(
+        &self,
+        since: u64,
+        limit: usize,
+        now: i64,
+    ) -> Result<RevocationFeed, StoreError> {
+        dispatch!(self, store => store.read_feed(since, limit, now).await)
+    }
+
+    /// Deletes the events of keys whose own expiry is before `before`, and raises the
+    /// compaction watermark accordingly. Answers how many were deleted.
+    pub async fn compact_feed(&self, before: i64) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.compact_feed(before).await)
+    }
+
+    /// The highest committed sequence number, as read from the database.
+    pub async fn feed_seq(&self) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.feed_seq().await)
+    }
+
+    /// A receiver of the latest committed sequence number: it changes after each commit of an
+    /// event through this store and, on PostgreSQL, through any replica.
+    pub fn subscribe_feed(&self) -> watch::Receiver<u64> {
+        dispatch!(self, store => store.signal().subscribe())
+    }
+
+    /// PostgreSQL: whether the task that hears other replicas' events is connected now
+    /// (it reconnects by itself). `None` on SQLite, which has no other replicas.
+    pub fn feed_listener_connected(&self) -> Option<bool> {
         match self {
-            Self::Sqlite(store) => store.rotate_key(old_id, new_key, grace_until, now).await,
+            Self::Sqlite(_) => None,
+            Self::Postgres(store) => Some(store.listening()),
+        }
+    }
+
+    fn published(&self, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            dispatch!(self, store => store.signal().publish(seq));
         }
     }
 
@@ -216,30 +292,22 @@ impl KeyStore {
         &self,
         algorithm: &str,
     ) -> Result<Option<SigningKeyRow>, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.active_signing_key(algorithm).await,
-        }
+        dispatch!(self, store => store.active_signing_key(algorithm).await)
     }
 
     pub async fn get_signing_key(&self, kid: &str) -> Result<Option<SigningKeyRow>, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.get_signing_key(kid).await,
-        }
+        dispatch!(self, store => store.get_signing_key(kid).await)
     }
 
     /// Every signing key, oldest first.
     pub async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.list_signing_keys().await,
-        }
+        dispatch!(self, store => store.list_signing_keys().await)
     }
 
     /// Stores `key` as the active key of its algorithm unless one exists already (another
     /// writer won the race); answers whether it was stored.
     pub async fn insert_first_signing_key(&self, key: &SigningKeyRow) -> Result<bool, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.insert_first_signing_key(key).await,
-        }
+        dispatch!(self, store => store.insert_first_signing_key(key).await)
     }
 
     /// Atomically retires the active key of `key.algorithm` (if any) at `now` and stores `key`
@@ -249,15 +317,11 @@ impl KeyStore {
         key: &SigningKeyRow,
         now: i64,
     ) -> Result<Option<String>, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.rotate_signing_key(key, now).await,
-        }
+        dispatch!(self, store => store.rotate_signing_key(key, now).await)
     }
 
     pub async fn count_admin_keys(&self) -> Result<i64, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.count_admin_keys().await,
-        }
+        dispatch!(self, store => store.count_admin_keys().await)
     }
 
     pub async fn insert_admin_key(
@@ -266,24 +330,17 @@ impl KeyStore {
         digest: &KeyDigest,
         now: i64,
     ) -> Result<(), StoreError> {
-        match self {
-            Self::Sqlite(store) => store.insert_admin_key(id, digest, now).await,
-        }
+        dispatch!(self, store => store.insert_admin_key(id, digest, now).await)
     }
 
     /// Digests of the admin keys that are not revoked.
     pub async fn active_admin_digests(&self) -> Result<Vec<KeyDigest>, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.active_admin_digests().await,
-        }
+        dispatch!(self, store => store.active_admin_digests().await)
     }
 }
 
-/// The embedded SQLite backend.
-#[derive(Clone, Debug)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-}
+// ---------------------------------------------------------------------------------------------
+// Shared by both backends
 
 const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata, digest, format, created_at, \
      expires_at, grace_until, revoked_at, last_used_at, rotated_from, rotated_to, algorithm, \
@@ -292,310 +349,62 @@ const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata, digest, fo
 const SIGNING_KEY_COLUMNS: &str =
     "kid, algorithm, public_jwk, private_key_enc, created_at, retired_at, not_after, signs_forever";
 
-/// SQL for the effective expiry (scalar MIN is NULL if either side is NULL).
-const EFFECTIVE_EXPIRY: &str = "COALESCE(MIN(expires_at, grace_until), expires_at, grace_until)";
+const EVENT_COLUMNS: &str = "seq, key_id, kind, effective_at, key_expires_at";
 
-impl SqliteStore {
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        create_parent_dir(options.get_filename())?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
-    }
-
-    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_key_with(&mut tx, key).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(key_from_row).transpose()
-    }
-
-    async fn list_keys(
-        &self,
-        after: Option<&PageAfter>,
-        limit: u32,
-        status: Option<KeyStatus>,
-        now: i64,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE 1 = 1");
-        if after.is_some() {
-            sql.push_str(" AND (created_at > ? OR (created_at = ? AND id > ?))");
-        }
-        match status {
-            None => {}
-            Some(KeyStatus::Revoked) => sql.push_str(" AND revoked_at IS NOT NULL"),
-            Some(KeyStatus::Expired) => sql.push_str(&format!(
-                " AND revoked_at IS NULL AND {EFFECTIVE_EXPIRY} IS NOT NULL AND {EFFECTIVE_EXPIRY} <= ?"
-            )),
-            Some(KeyStatus::Active) => sql.push_str(&format!(
-                " AND revoked_at IS NULL AND ({EFFECTIVE_EXPIRY} IS NULL OR {EFFECTIVE_EXPIRY} > ?)"
-            )),
-        }
-        sql.push_str(" ORDER BY created_at, id LIMIT ?");
-        let mut query = sqlx::query(&sql);
-        if let Some(after) = after {
-            query = query
-                .bind(after.created_at)
-                .bind(after.created_at)
-                .bind(after.id.as_str());
-        }
-        if matches!(status, Some(KeyStatus::Expired | KeyStatus::Active)) {
-            query = query.bind(now);
-        }
-        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        rows.iter().map(key_from_row).collect()
-    }
-
-    async fn revoke_key(&self, id: &str, now: i64) -> Result<KeyRecord, StoreError> {
-        sqlx::query("UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        self.get_key(id).await?.ok_or(StoreError::KeyNotFound)
-    }
-
-    async fn rotate_key(
-        &self,
-        old_id: &str,
-        new_key: &KeyRecord,
-        grace_until: i64,
-        now: i64,
-    ) -> Result<(KeyRecord, KeyRecord), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Write first, so the transaction holds the write lock before it reads.
-        let sql = format!(
-            "UPDATE keys SET grace_until = ?, rotated_to = ? \
-             WHERE id = ? AND revoked_at IS NULL AND rotated_to IS NULL \
-             AND ({EFFECTIVE_EXPIRY} IS NULL OR {EFFECTIVE_EXPIRY} > ?)"
-        );
-        let updated = sqlx::query(&sql)
-            .bind(grace_until)
-            .bind(new_key.id.as_str())
-            .bind(old_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let select = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?");
-        let old_row = sqlx::query(&select)
-            .bind(old_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(old) = old_row.as_ref().map(key_from_row).transpose()? else {
-            return Err(StoreError::KeyNotFound);
-        };
-        if updated == 0 {
-            return Err(match old.status(now) {
-                KeyStatus::Revoked => StoreError::KeyRevoked,
-                KeyStatus::Expired => StoreError::KeyExpired,
-                KeyStatus::Active => StoreError::KeyAlreadyRotated,
-            });
-        }
-        let mut successor = new_key.clone();
-        successor.rotated_from = Some(old.id.clone());
-        insert_key_with(&mut tx, &successor).await?;
-        tx.commit().await?;
-        Ok((old, successor))
-    }
-
-    async fn active_signing_key(
-        &self,
-        algorithm: &str,
-    ) -> Result<Option<SigningKeyRow>, StoreError> {
-        let sql = format!(
-            "SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys \
-             WHERE algorithm = ? AND retired_at IS NULL"
-        );
-        let row = sqlx::query(&sql)
-            .bind(algorithm)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(signing_key_from_row).transpose()
-    }
-
-    async fn get_signing_key(&self, kid: &str) -> Result<Option<SigningKeyRow>, StoreError> {
-        let sql = format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys WHERE kid = ?");
-        let row = sqlx::query(&sql)
-            .bind(kid)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(signing_key_from_row).transpose()
-    }
-
-    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
-        let sql =
-            format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid");
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
-        rows.iter().map(signing_key_from_row).collect()
-    }
-
-    async fn insert_first_signing_key(&self, key: &SigningKeyRow) -> Result<bool, StoreError> {
-        // The partial unique index allows one active key per algorithm; a loser is ignored.
-        let inserted = insert_signing_key_with(&self.pool, key, "INSERT OR IGNORE")
-            .await?
-            .rows_affected();
-        Ok(inserted == 1)
-    }
-
-    async fn rotate_signing_key(
-        &self,
-        key: &SigningKeyRow,
-        now: i64,
-    ) -> Result<Option<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let retired = sqlx::query(
-            "UPDATE signing_keys SET retired_at = ? \
-             WHERE algorithm = ? AND retired_at IS NULL RETURNING kid",
-        )
-        .bind(now)
-        .bind(key.algorithm.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|row| row.try_get::<String, _>("kid"))
-        .transpose()?;
-        insert_signing_key_with(&mut *tx, key, "INSERT").await?;
-        tx.commit().await?;
-        Ok(retired)
-    }
-
-    async fn count_admin_keys(&self) -> Result<i64, StoreError> {
-        let count = sqlx::query("SELECT COUNT(*) FROM admin_keys")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get::<i64, _>(0)?;
-        Ok(count)
-    }
-
-    async fn insert_admin_key(
-        &self,
-        id: &str,
-        digest: &KeyDigest,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO admin_keys (id, digest, created_at) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(digest.to_hex())
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn active_admin_digests(&self) -> Result<Vec<KeyDigest>, StoreError> {
-        let rows = sqlx::query("SELECT digest FROM admin_keys WHERE revoked_at IS NULL")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let hex: String = row.try_get("digest")?;
-                KeyDigest::from_hex(&hex).ok_or(StoreError::Corrupt("admin_keys.digest"))
-            })
-            .collect()
+/// Why a rotation is refused, from the old key's state at `now`.
+fn rotation_refusal(old: &KeyRecord, now: i64) -> Option<StoreError> {
+    match old.status(now) {
+        KeyStatus::Revoked => Some(StoreError::KeyRevoked),
+        KeyStatus::Expired => Some(StoreError::KeyExpired),
+        KeyStatus::Active if old.rotated_to.is_some() => Some(StoreError::KeyAlreadyRotated),
+        KeyStatus::Active => None,
     }
 }
 
-/// Stores a key record; for a JWT key, also extends the publication of the signing key that
-/// signed it to the token's expiry. Runs inside the caller's transaction.
-async fn insert_key_with(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    key: &KeyRecord,
-) -> Result<(), StoreError> {
-    if let Some(kid) = key.signing_kid.as_deref() {
-        let extended = match key.expires_at {
-            Some(exp) => {
-                sqlx::query(
-                    "UPDATE signing_keys SET not_after = MAX(COALESCE(not_after, ?), ?) \
-                     WHERE kid = ?",
-                )
-                .bind(exp)
-                .bind(exp)
-                .bind(kid)
-                .execute(&mut **tx)
-                .await?
-            }
-            None => {
-                sqlx::query("UPDATE signing_keys SET signs_forever = 1 WHERE kid = ?")
-                    .bind(kid)
-                    .execute(&mut **tx)
-                    .await?
-            }
-        };
-        if extended.rows_affected() != 1 {
-            return Err(StoreError::SigningKeyNotFound);
-        }
-    }
-    let scopes = serde_json::to_string(&key.scopes).map_err(|_| StoreError::Corrupt("scopes"))?;
-    let metadata =
-        serde_json::to_string(&key.metadata).map_err(|_| StoreError::Corrupt("metadata"))?;
-    sqlx::query(&format!(
-        "INSERT INTO keys ({KEY_COLUMNS}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    ))
-    .bind(key.id.as_str())
-    .bind(key.prefix.as_str())
-    .bind(key.name.as_str())
-    .bind(key.owner.as_str())
-    .bind(scopes)
-    .bind(metadata)
-    .bind(key.digest.as_str())
-    .bind(key.format.as_str())
-    .bind(key.created_at)
-    .bind(key.expires_at)
-    .bind(key.grace_until)
-    .bind(key.revoked_at)
-    .bind(key.last_used_at)
-    .bind(key.rotated_from.as_deref())
-    .bind(key.rotated_to.as_deref())
-    .bind(key.algorithm.as_deref())
-    .bind(key.signing_kid.as_deref())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// The event a change adds, if any. `until` is always the key's own expiry *before* the
+/// change: a JWT key stays verifiable offline until its `exp`, so the entry must live as long.
+/// A key that has already ended (revoked, expired, or past its grace period) adds nothing:
+/// its earlier event, if any, still covers it.
+struct NewEvent {
+    kind: EventKind,
+    effective_at: i64,
+    until: Option<i64>,
 }
 
-async fn insert_signing_key_with<'e, E>(
-    executor: E,
-    key: &SigningKeyRow,
-    verb: &str,
-) -> Result<sqlx::sqlite::SqliteQueryResult, StoreError>
+fn u64_of(value: i64, column: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(column))
+}
+
+fn i64_of(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn event_from_row<'r, R>(row: &'r R) -> Result<RevocationEvent, StoreError>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let result = sqlx::query(&format!(
-        "{verb} INTO signing_keys ({SIGNING_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-    ))
-    .bind(key.kid.as_str())
-    .bind(key.algorithm.as_str())
-    .bind(key.public_jwk.as_str())
-    .bind(key.private_key_enc.as_slice())
-    .bind(key.created_at)
-    .bind(key.retired_at)
-    .bind(key.not_after)
-    .bind(key.signs_forever)
-    .execute(executor)
-    .await?;
-    Ok(result)
+    let kind: String = row.try_get("kind")?;
+    Ok(RevocationEvent {
+        seq: u64_of(row.try_get("seq")?, "revocation_events.seq")?,
+        id: row.try_get("key_id")?,
+        kind: EventKind::parse(&kind).ok_or(StoreError::Corrupt("revocation_events.kind"))?,
+        effective_at: row.try_get("effective_at")?,
+        until: row.try_get("key_expires_at")?,
+    })
 }
 
-fn signing_key_from_row(row: &SqliteRow) -> Result<SigningKeyRow, StoreError> {
+fn signing_key_from_row<'r, R>(row: &'r R) -> Result<SigningKeyRow, StoreError>
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+{
     Ok(SigningKeyRow {
         kid: row.try_get("kid")?,
         algorithm: row.try_get("algorithm")?,
@@ -608,7 +417,13 @@ fn signing_key_from_row(row: &SqliteRow) -> Result<SigningKeyRow, StoreError> {
     })
 }
 
-fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+fn key_from_row<'r, R>(row: &'r R) -> Result<KeyRecord, StoreError>
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
     let scopes: String = row.try_get("scopes")?;
     let metadata: String = row.try_get("metadata")?;
     Ok(KeyRecord {
@@ -633,17 +448,11 @@ fn key_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     })
 }
 
-fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
-    let in_memory = file.as_os_str().is_empty() || file.as_os_str() == ":memory:";
-    match file.parent() {
-        Some(parent) if !in_memory && !parent.as_os_str().is_empty() => {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
-                path: parent.display().to_string(),
-                source,
-            })
-        }
-        _ => Ok(()),
-    }
+fn encode_json_fields(key: &KeyRecord) -> Result<(String, String), StoreError> {
+    let scopes = serde_json::to_string(&key.scopes).map_err(|_| StoreError::Corrupt("scopes"))?;
+    let metadata =
+        serde_json::to_string(&key.metadata).map_err(|_| StoreError::Corrupt("metadata"))?;
+    Ok((scopes, metadata))
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! The key service's HTTP API, driven through `app(state)` without a socket, on a temporary
-//! SQLite file and a manual clock.
+//! SQLite file and a manual clock; the storage suite and the revocation feed on both SQLite
+//! and PostgreSQL (see `backends`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+mod backends;
+mod feed;
+mod storage;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -15,8 +19,9 @@ use keygate_server::signing::{JwtIssuer, JwtSettings, SigningError, SigningSecre
 use keygate_server::store::KeyStore;
 use keygate_server::{app, AppState};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 use tower::ServiceExt;
+
+use crate::backends::{Backend, TestDb};
 
 const NOW: i64 = 1_800_000_000; // 2027-01-15T08:00:00Z
 const ADMIN: &str = "kga_test_admin_key_of_at_least_32_characters";
@@ -30,8 +35,8 @@ const SIGNING_KEYS: &str = "/api/v1/signing-keys";
 struct Harness {
     state: AppState,
     clock: Arc<ManualClock>,
-    db_path: PathBuf,
-    _dir: TempDir,
+    /// Last, so the store is dropped before its database.
+    db: Arc<TestDb>,
 }
 
 struct Answer {
@@ -75,15 +80,27 @@ async fn harness() -> Harness {
 }
 
 async fn harness_with(jwt: JwtSettings) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("nested").join("keygate.db");
-    let store = KeyStore::connect(&format!("sqlite://{}", db_path.display()))
-        .await
-        .unwrap();
+    harness_on(Backend::Sqlite, jwt).await
+}
+
+async fn harness_on(backend: Backend, jwt: JwtSettings) -> Harness {
+    let db = Arc::new(TestDb::new(backend).await);
+    let store = db.connect().await;
+    harness_for(db, store, jwt).await
+}
+
+/// A harness on `store` (which lives in `db`); installs the admin key unless one exists.
+async fn harness_for(db: Arc<TestDb>, store: KeyStore, jwt: JwtSettings) -> Harness {
     let installed = bootstrap_admin(&store, Some(ADMIN), None, NOW)
         .await
         .unwrap();
-    assert_eq!(installed, AdminBootstrap::InstalledFromEnv);
+    assert!(matches!(
+        installed,
+        AdminBootstrap::InstalledFromEnv
+            | AdminBootstrap::AlreadyPresent {
+                env_key_known: Some(true)
+            }
+    ));
     let clock = Arc::new(ManualClock::new(NOW));
     let state = AppState::new(
         store,
@@ -93,12 +110,7 @@ async fn harness_with(jwt: JwtSettings) -> Harness {
         SERVICE,
     )
     .with_jwt(jwt);
-    Harness {
-        state,
-        clock,
-        db_path,
-        _dir: dir,
-    }
+    Harness { state, clock, db }
 }
 
 impl Harness {
@@ -162,8 +174,9 @@ impl Harness {
 
     /// Every byte the database holds on disk (main file and write-ahead log).
     fn database_bytes(&self) -> Vec<u8> {
-        let mut bytes = std::fs::read(&self.db_path).unwrap();
-        let wal = self.db_path.with_extension("db-wal");
+        let path = self.db.path.as_ref().expect("an SQLite harness");
+        let mut bytes = std::fs::read(path).unwrap();
+        let wal = path.with_extension("db-wal");
         if let Ok(more) = std::fs::read(wal) {
             bytes.extend(more);
         }
@@ -500,7 +513,10 @@ async fn the_lookup_needs_the_service_token_and_counts_calls() {
 
     let stats = h.send("GET", "/v1/stats", Some(SERVICE), None).await;
     assert_eq!(stats.status, StatusCode::OK);
-    assert_eq!(stats.body, json!({"lookups": 6}));
+    assert_eq!(
+        stats.body,
+        json!({"lookups": 6, "feed_requests": 0, "feed_waiting": 0})
+    );
     assert_eq!(h.state.lookups_served(), 6);
     let stats = h.send("GET", "/v1/stats", None, None).await;
     stats.assert_problem(StatusCode::UNAUTHORIZED);
