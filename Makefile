@@ -16,10 +16,10 @@ WASM        := $(ROOT)/target/$(WASM_TARGET)/release/keygate.wasm
 KEYGATE_BIN := $(ROOT)/target/release/keygate
 ENVOY_BIN   ?= $(ROOT)/.venv/bin/envoy
 
-.PHONY: help run test lint build wasm server envoy wasm-target clean
+.PHONY: help run test lint build wasm server envoy wasm-target clean bench validate-manifests wasm-test
 
 help:
-	@echo "make run | test | lint | build | wasm | envoy | clean"
+	@echo "make run | test | lint | bench | build | wasm | envoy | validate-manifests | clean"
 
 run:
 	scripts/run.sh
@@ -47,7 +47,9 @@ build: wasm server
 # when they fail.
 PG_DIR := $(ROOT)/target/keygate-pg
 
-test: envoy build
+## Everything: manifests, the core's tests compiled to wasm (run under Node's WASI), then unit,
+## key-service (SQLite and PostgreSQL) and end-to-end tests through a real Envoy.
+test: envoy build validate-manifests wasm-test
 	scripts/postgres.sh start $(PG_DIR) >/dev/null
 	KEYGATE_TEST_POSTGRES_URL=$$(cat $(PG_DIR)/url) \
 	KEYGATE_WASM=$(WASM) KEYGATE_BIN=$(KEYGATE_BIN) ENVOY_BIN=$(ENVOY_BIN) \
@@ -62,3 +64,16 @@ lint: wasm-target
 clean:
 	$(CARGO) clean
 	rm -rf .keygate
+
+## The core's tests on wasm32-wasip1 (the crypto proven on the target, not only natively).
+wasm-test: wasm-target
+	scripts/wasm-test.sh
+
+## Benchmarks: Envoy configs A-H side by side, key service throughput, criterion micro-benchmarks
+## -> bench/results/<timestamp>.md (+ .json). Installs wrk if missing.
+bench:
+	scripts/bench.sh
+
+## Istio / Kubernetes manifests under deploy/ against their schemas (offline after first install).
+validate-manifests:
+	scripts/validate-manifests.sh

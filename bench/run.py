@@ -1,0 +1,790 @@
+#!/usr/bin/env python3
+"""Keygate benchmark runner (called by scripts/bench.sh, which builds everything first).
+
+Starts, on free loopback ports: the key service (SQLite), a minimal ext_authz server, and one
+Envoy per configuration (A-H, --concurrency 1, a direct_response route, no upstream). Each
+configuration is checked first (a bad credential is refused with 401/403, a good one gets 200;
+any surprise aborts the run). Then wrk (1 thread, 32 connections) warms every configuration
+up and measures it --reps times, in alternating order (A..H, H..A, A..H, ...). Envoy is
+pinned to one CPU and wrk to the other when there are two or more. Afterwards the key service
+is measured on its own (lookups/s, creations/s), and the criterion micro-benchmarks run.
+
+Writes bench/results/<timestamp>.md (printed too) and <timestamp>.json (raw numbers).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+WRK_SCRIPT = BENCH / "wrk" / "bench.lua"
+PATH = "/v1/bench"
+ADMIN_KEY = "kg-bench-admin-key-" + secrets.token_hex(16)
+KEY_PREFIX = "kg_test_"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+CONFIGS = {
+    "A": "no auth filter (the limit of this setup)",
+    "B": "Keygate, opaque key, record cached",
+    "C": "Keygate, one JWT ({alg}), verified-token cache hit",
+    "D": "Keygate, 10k distinct JWTs ({alg}): the verify path",
+    "E": "Envoy jwt_authn ({alg}, jwt_cache_config) + RBAC on scope",
+    "F": "Envoy jwt_authn without cache + RBAC, same tokens as D",
+    "G": "ext_authz (HTTP) to a local authz server",
+    "H": "empty proxy-wasm filter (Action::Continue)",
+}
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Abort(Exception):
+    pass
+
+
+# ── processes ─────────────────────────────────────────────────────────────────────────────────
+
+PROCS: list[subprocess.Popen] = []
+
+
+def spawn(cmd: list[str], logfile: Path, cpu: int | None = None, env: dict | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    out = open(logfile, "wb")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, cwd=cwd)
+    proc.logfile = logfile  # type: ignore[attr-defined]
+    PROCS.append(proc)
+    return proc
+
+
+def stop_all() -> None:
+    for proc in PROCS:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.time() + 5
+    for proc in PROCS:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    PROCS.clear()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])
+
+
+# ── HTTP ──────────────────────────────────────────────────────────────────────────────────────
+
+def request(port: int, method: str, path: str, headers: dict | None = None,
+            body: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        hdrs = dict(headers or {})
+        if body is not None:
+            hdrs.setdefault("content-type", "application/json")
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_ready(port: int, path: str, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise Abort(f"{what} exited during startup (status {proc.returncode}):\n"
+                        f"{tail(proc.logfile)}")
+        try:
+            if request(port, "GET", path, timeout=1)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise Abort(f"{what} not ready on port {port}{path}:\n{tail(proc.logfile)}")
+
+
+# ── Envoy configurations ──────────────────────────────────────────────────────────────────────
+
+def reference_plugin_config() -> dict:
+    """The Keygate plugin JSON of envoy/envoy.yaml (as tests/support does)."""
+    lines = (ROOT / "envoy" / "envoy.yaml").read_text().splitlines()
+    marker = next(i for i, l in enumerate(lines) if l.strip().startswith("# KEYGATE-PLUGIN-CONFIG"))
+    value = lines[marker + 1]
+    if value.strip() != "value: |":
+        raise Abort("envoy/envoy.yaml: the line after KEYGATE-PLUGIN-CONFIG is not `value: |`")
+    indent = len(value) - len(value.lstrip())
+    end = marker + 2
+    while end < len(lines) and (not lines[end].strip()
+                                or len(lines[end]) - len(lines[end].lstrip()) > indent):
+        end += 1
+    return json.loads("\n".join(lines[marker + 2:end]))
+
+
+def cluster(name: str, port: int) -> dict:
+    return {
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+
+
+def envoy_config(listen: int, admin: int, filters: list[dict], clusters: list[dict]) -> dict:
+    router = {"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench",
+        "codec_type": "AUTO",
+        # As envoy/envoy.yaml: path normalisation on for every configuration.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "route_config": {"name": "bench", "virtual_hosts": [{
+            "name": "bench", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"},
+                        "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}]}]},
+        "http_filters": filters + [router],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm}]}],
+            }],
+            "clusters": clusters,
+        },
+    }
+
+
+def wasm_filter(name: str, wasm: Path, configuration: str | None, env_keys: list[str]) -> dict:
+    config: dict = {
+        "name": name,
+        "root_id": name,
+        "failure_policy": "FAIL_CLOSED",
+        "vm_config": {
+            "vm_id": name,
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": str(wasm)}},
+        },
+    }
+    if env_keys:
+        config["vm_config"]["environment_variables"] = {"host_env_keys": env_keys}
+    if configuration is not None:
+        config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                   "value": configuration}
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": config}}
+
+
+def keygate_plugin(jwks: dict, claims: dict) -> dict:
+    plugin = reference_plugin_config()
+    # Records are fetched once and then cached for the whole run: no callouts while measuring.
+    plugin.setdefault("cache", {})["ttl_seconds"] = 86400
+    # One inline issuer, no key service involved in JWT checks. The verified-token cache holds
+    # 1,000 entries, fewer than the 10,000 tokens D cycles through in order, so D never hits
+    # it (checked with the token_cache_hit counter) while C always does.
+    plugin["jwt"] = {
+        "max_token_bytes": 8192,
+        "cache_max_entries": 1000,
+        "issuers": [{
+            "issuer": claims["issuer"],
+            "audiences": [claims["audience"]],
+            "algorithms": [claims.get("algorithm", "ES256")],
+            "jwks": {"inline": jwks},
+            "revocation": "none",
+        }],
+    }
+    return plugin
+
+
+def jwt_authn_filters(jwks_text: str, claims: dict, cache: bool) -> list[dict]:
+    provider: dict = {
+        "issuer": claims["issuer"],
+        "audiences": [claims["audience"]],
+        "local_jwks": {"inline_string": jwks_text},
+        "forward": False,  # remove the token before forwarding, as Keygate does
+        "payload_in_metadata": "jwt_payload",
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 100}
+    jwt_authn = {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"bench": provider},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+    }}
+    # The same policy as Keygate's route table: GET /v1/... needs demo:read in the
+    # space-delimited `scope` claim (RE2 full match).
+    rbac = {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": {"demo-read": {
+            "permissions": [{"and_rules": {"rules": [
+                {"header": {"name": ":method", "string_match": {"exact": "GET"}}},
+                {"url_path": {"path": {"prefix": "/v1/"}}},
+            ]}}],
+            "principals": [{"metadata": {
+                "filter": "envoy.filters.http.jwt_authn",
+                "path": [{"key": "jwt_payload"}, {"key": "scope"}],
+                "value": {"string_match": {"safe_regex": {"regex": "(.* )?demo:read( .*)?"}}},
+            }}],
+        }}},
+    }}
+    return [jwt_authn, rbac]
+
+
+def ext_authz_filter(authz_port: int) -> dict:
+    return {"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "failure_mode_allow": False,
+        # `authorization` is among the headers ext_authz forwards by default.
+        "http_service": {"server_uri": {"uri": f"http://127.0.0.1:{authz_port}",
+                                        "cluster": "authz", "timeout": "1s"}},
+    }}
+
+
+# ── wrk ───────────────────────────────────────────────────────────────────────────────────────
+
+def run_wrk(args, port: int, path: str, seconds: float, load: dict, method: str = "GET") -> dict:
+    env = dict(os.environ)
+    env["BENCH_METHOD"] = method
+    env["BENCH_HEADER"] = load.get("header", "")
+    env["BENCH_TOKENS_FILE"] = load.get("tokens_file", "")
+    env["BENCH_BODY"] = load.get("body", "")
+    # Continue the token cycle where this configuration's previous run stopped (plus a margin
+    # for requests wrk sent but did not count), so no run starts on freshly cached tokens.
+    env["BENCH_TOKENS_OFFSET"] = str(load.get("sent", 0))
+    cmd = ["wrk", "-t1", f"-c{args.connections}", f"-d{seconds:g}s", "--timeout", "5s",
+           "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}{path}"]
+    if args.load_cpu is not None:
+        cmd = ["taskset", "-c", str(args.load_cpu)] + cmd
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise Abort(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    result = json.loads(line[len("BENCH_JSON "):])
+    load["sent"] = load.get("sent", 0) + 2 * args.connections + result["requests"]
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def check_wrk(name: str, result: dict) -> None:
+    errors = result["errors"]
+    if any(errors.values()):
+        raise Abort(f"{name}: wrk saw errors {errors} in {result['requests']} requests "
+                    "(non-2xx responses or socket errors): the numbers would not be honest")
+
+
+# ── the run ───────────────────────────────────────────────────────────────────────────────────
+
+def machine_info(args) -> dict:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    envoy_version = subprocess.run([args.envoy, "--version"], capture_output=True,
+                                   text=True).stdout.strip().split("version:")[-1].strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    wrk_version = wrk_version.splitlines()[0] if wrk_version else "wrk"
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
+                           capture_output=True, text=True).stdout.strip()
+    wasm_sha = hashlib.sha256(Path(args.wasm).read_bytes()).hexdigest()[:12]
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "envoy": envoy_version,
+        "wrk": wrk_version,
+        "git": git + (" (+ uncommitted changes)" if dirty else ""),
+        "keygate_wasm_sha256": wasm_sha,
+        "keygate_wasm_bytes": Path(args.wasm).stat().st_size,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--wasm", required=True)
+    p.add_argument("--keygate-bin", required=True)
+    p.add_argument("--envoy", required=True)
+    p.add_argument("--tools-dir", required=True, help="dir with the gen-tokens and authz binaries")
+    p.add_argument("--empty-wasm", required=True)
+    p.add_argument("--configs", default="ABCDEFGH")
+    p.add_argument("--warmup", type=float, default=3)
+    p.add_argument("--duration", type=float, default=8)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=10000)
+    p.add_argument("--jwt-alg", default="ES256", choices=["ES256", "EdDSA", "RS256"])
+    p.add_argument("--ks-warmup", type=float, default=2)
+    p.add_argument("--ks-duration", type=float, default=5)
+    p.add_argument("--skip-key-service", action="store_true")
+    p.add_argument("--criterion", action="store_true", help="run the criterion micro-benchmarks")
+    p.add_argument("--criterion-args", default="--warm-up-time 1 --measurement-time 3")
+    p.add_argument("--out", default=str(BENCH / "results"))
+    p.add_argument("--label", default="", help="a note printed in the report header")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
+    args = p.parse_args()
+
+    for tool in ("wrk", args.envoy):
+        if not shutil.which(tool):
+            raise Abort(f"{tool} not found")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2 and shutil.which("taskset"):
+        args.envoy_cpu, args.load_cpu = cpus[0], cpus[1]
+    else:
+        args.envoy_cpu = args.load_cpu = None
+    configs = [c for c in args.configs.upper() if c in CONFIGS]
+    for name in CONFIGS:
+        CONFIGS[name] = CONFIGS[name].replace("{alg}", args.jwt_alg)
+
+    started = time.time()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    log(f"work dir {work}")
+    info = machine_info(args)
+    report: dict = {"timestamp": stamp, "machine": info, "label": args.label,
+                    "settings": {"warmup_s": args.warmup, "duration_s": args.duration,
+                                 "reps": args.reps, "wrk_threads": 1,
+                                 "connections": args.connections, "envoy_concurrency": 1,
+                                 "envoy_cpu": args.envoy_cpu, "load_cpu": args.load_cpu,
+                                 "tokens": args.tokens, "jwt_alg": args.jwt_alg, "path": PATH},
+                    "configs": {}, "key_service": {}, "criterion": [], "counters": {}}
+
+    # Tokens and secrets.
+    jwt_dir = work / "jwt"
+    subprocess.run([str(Path(args.tools_dir) / "gen-tokens"), str(jwt_dir), str(args.tokens),
+                    args.jwt_alg],
+                   check=True)
+    jwks_text = (jwt_dir / "jwks.json").read_text()
+    jwks = json.loads(jwks_text)
+    claims = json.loads((jwt_dir / "claims.json").read_text())
+    tokens = (jwt_dir / "tokens.txt").read_text().split()
+    good_jwt = (jwt_dir / "good.jwt").read_text().strip()
+    noscope_jwt = (jwt_dir / "noscope.jwt").read_text().strip()
+    forged_jwt = (jwt_dir / "forged.jwt").read_text().strip()
+    gateway_key = secrets.token_hex(32)
+    service_token = secrets.token_hex(32)
+
+    # Key service (pinned with Envoy: it is idle while Envoy is measured).
+    ks_port = free_port()
+    ks_dir = work / "service"
+    ks_dir.mkdir()
+    ks_env = dict(os.environ, KEYGATE_GATEWAY_KEY=gateway_key, KEYGATE_SERVICE_TOKEN=service_token,
+                  KEYGATE_ADMIN_KEY=ADMIN_KEY, RUST_LOG="warn")
+    ks = spawn([args.keygate_bin, "serve", "--listen", f"127.0.0.1:{ks_port}",
+                "--database", f"sqlite://{ks_dir / 'keygate.db'}", "--key-prefix", KEY_PREFIX,
+                "--admin-key-file", str(ks_dir / "admin.key")],
+               work / "keygate.log", cpu=args.envoy_cpu, env=ks_env, cwd=ks_dir)
+    wait_ready(ks_port, "/healthz", ks, "key service")
+    admin_auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+    def create_key(name: str, scopes: list[str]) -> dict:
+        status, body = request(ks_port, "POST", "/api/v1/auth/keys", admin_auth,
+                               json.dumps({"name": name, "scopes": scopes}))
+        if status != 201:
+            raise Abort(f"creating key {name}: {status} {body[:300]!r}")
+        return json.loads(body)
+
+    good_key = create_key("bench-good", ["demo:read"])
+    other_key = create_key("bench-noscope", ["other:write"])
+    key = good_key["key"]
+    # A typo (one character changed): refused inline by the checksum.
+    mistyped = key[:-1] + ("a" if key[-1] != "a" else "b")
+    (work / "good.key").write_text(key)
+
+    # ext_authz server (on the load CPU: Envoy's CPU is what the table reports).
+    authz_port = free_port()
+    authz = spawn([str(Path(args.tools_dir) / "authz"), str(authz_port), str(work / "good.key")],
+                  work / "authz.log", cpu=args.load_cpu)
+
+    # One Envoy per configuration.
+    envoy_env = dict(os.environ, KEYGATE_GATEWAY_KEY=gateway_key,
+                     KEYGATE_SERVICE_TOKEN=service_token)
+    keygate_json = json.dumps(keygate_plugin(jwks, claims), indent=2)
+    kg_clusters = [dict(cluster("keygate_service", ks_port), connect_timeout="0.25s")]
+    secrets_env = ["KEYGATE_GATEWAY_KEY", "KEYGATE_SERVICE_TOKEN"]
+    filters = {
+        "A": ([], []),
+        "B": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
+        "C": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
+        "D": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
+        "E": (jwt_authn_filters(jwks_text, claims, cache=True), []),
+        "F": (jwt_authn_filters(jwks_text, claims, cache=False), []),
+        "G": ([ext_authz_filter(authz_port)], [cluster("authz", authz_port)]),
+        "H": ([wasm_filter("empty", Path(args.empty_wasm), None, [])], []),
+    }
+    bearer = lambda t: {"authorization": f"Bearer {t}"}  # noqa: E731
+    # (label, headers, expected statuses)
+    checks = {
+        "A": [("no credential", {}, {200})],
+        "B": [("no credential", {}, {401}), ("mistyped key", bearer(mistyped), {401}),
+              ("key without demo:read", bearer(other_key["key"]), {403}),
+              ("good key", bearer(key), {200}), ("good key in x-api-key", {"x-api-key": key}, {200})],
+        "C": [("no credential", {}, {401}), ("token signed by another key", bearer(forged_jwt), {401}),
+              ("token without demo:read", bearer(noscope_jwt), {403}),
+              ("good token", bearer(good_jwt), {200})],
+        "E": [("no credential", {}, {401}), ("token signed by another key", bearer(forged_jwt), {401}),
+              ("token without demo:read", bearer(noscope_jwt), {403}),
+              ("good token", bearer(good_jwt), {200})],
+        "G": [("no credential", {}, {401, 403}), ("wrong key", bearer(mistyped), {401, 403}),
+              ("good key", bearer(key), {200})],
+        "H": [("no credential", {}, {200})],
+    }
+    sample = [tokens[i] for i in sorted({1, len(tokens) // 2, len(tokens) - 1})]
+    checks["D"] = checks["C"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
+    checks["F"] = checks["E"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
+    loads = {
+        "A": {}, "H": {},
+        "B": {"header": f"Authorization: Bearer {key}"},
+        "C": {"header": f"Authorization: Bearer {good_jwt}"},
+        "D": {"tokens_file": str(jwt_dir / "tokens.txt")},
+        "E": {"header": f"Authorization: Bearer {good_jwt}"},
+        "F": {"tokens_file": str(jwt_dir / "tokens.txt")},
+        "G": {"header": f"Authorization: Bearer {key}"},
+    }
+
+    envoys: dict[str, dict] = {}
+    for name in configs:
+        listen, admin = free_port(), free_port()
+        config_path = work / f"envoy-{name}.json"
+        config_path.write_text(json.dumps(envoy_config(listen, admin, *filters[name]), indent=2))
+        proc = spawn([args.envoy, "-c", str(config_path), "--concurrency", "1",
+                      "--disable-hot-restart", "-l", "warn"],
+                     work / f"envoy-{name}.log", cpu=args.envoy_cpu, env=envoy_env, cwd=ROOT)
+        envoys[name] = {"proc": proc, "listen": listen, "admin": admin}
+    for name in configs:
+        e = envoys[name]
+        wait_ready(e["admin"], "/ready", e["proc"], f"Envoy {name}")
+    deadline = time.time() + 10
+    while True:  # the authz server answers 401 to a request without credentials
+        try:
+            if request(authz_port, "GET", "/", timeout=1)[0] == 401:
+                break
+        except OSError:
+            if time.time() > deadline or authz.poll() is not None:
+                raise Abort(f"authz server not up:\n{tail(authz.logfile)}")
+            time.sleep(0.1)
+
+    # Checks: a bad credential is refused, a good one accepted.
+    for name in configs:
+        port = envoys[name]["listen"]
+        for label, headers, expected in checks[name]:
+            status, body = request(port, "GET", PATH, headers)
+            ok = status in expected
+            report["configs"].setdefault(name, {"description": CONFIGS[name], "checks": [], "reps": []})
+            report["configs"][name]["checks"].append({"check": label, "status": status,
+                                                      "expected": sorted(expected), "ok": ok})
+            if not ok:
+                raise Abort(f"check failed for {name} ({CONFIGS[name]}): {label}: got {status}, "
+                            f"expected {sorted(expected)}; body {body[:300]!r}\n"
+                            f"Envoy log:\n{tail(envoys[name]['proc'].logfile)}")
+        log(f"{name}: checks passed ({len(checks[name])})")
+    lookups_before = service_lookups(ks_port, service_token)
+
+    # Warm-up.
+    for name in configs:
+        log(f"{name}: warm-up {args.warmup:g} s")
+        check_wrk(f"{name} warm-up", run_wrk(args, envoys[name]["listen"], PATH, args.warmup, loads[name]))
+    counters_before = {n: envoy_counters(envoys[n]["admin"]) for n in configs}
+
+    # Measured repetitions, alternating order.
+    for rep in range(args.reps):
+        order = configs if rep % 2 == 0 else list(reversed(configs))
+        for name in order:
+            e = envoys[name]
+            pid = e["proc"].pid
+            authz_ticks = cpu_ticks(authz.pid)
+            t0, ticks0 = time.time(), cpu_ticks(pid)
+            result = run_wrk(args, e["listen"], PATH, args.duration, loads[name])
+            t1, ticks1 = time.time(), cpu_ticks(pid)
+            check_wrk(name, result)
+            cpu_s = (ticks1 - ticks0) / CLK_TCK
+            result["envoy_cpu_us_per_req"] = cpu_s * 1e6 / max(1, result["requests"])
+            result["envoy_cpu_busy"] = cpu_s / (t1 - t0)
+            if name == "G":
+                a_s = (cpu_ticks(authz.pid) - authz_ticks) / CLK_TCK
+                result["authz_cpu_us_per_req"] = a_s * 1e6 / max(1, result["requests"])
+            report["configs"][name]["reps"].append(result)
+            log(f"rep {rep + 1}/{args.reps} {name}: {result['rps']:.0f} rps, p50 "
+                f"{result['latency_us']['p50']} us, p99 {result['latency_us']['p99']} us, "
+                f"{result['envoy_cpu_us_per_req']:.1f} Envoy CPU us/req")
+
+    # Sanity counters: no callouts while measuring; C hits the token cache, D does not.
+    for name in configs:
+        after = envoy_counters(envoys[name]["admin"])
+        before = counters_before[name]
+        report["counters"][name] = {k: after[k] - before.get(k, 0) for k in after
+                                    if after[k] - before.get(k, 0)}
+    report["key_service_lookups_during_measurement"] = service_lookups(ks_port, service_token) - lookups_before
+
+    for name in configs:
+        e = envoys[name]
+        e["proc"].terminate()
+        e["proc"].wait(timeout=10)
+    authz.terminate()
+
+    # Key service throughput (alone now; pinned to the Envoy CPU, wrk on the other).
+    if not args.skip_key_service:
+        ks_auth = f"Authorization: Bearer {service_token}"
+        status, body = request(ks_port, "GET", f"/v1/keys/{good_key['id']}",
+                               {"authorization": f"Bearer {service_token}"})
+        if status != 200:
+            raise Abort(f"key service lookup check: {status} {body[:200]!r}")
+        status, _ = request(ks_port, "GET", f"/v1/keys/{good_key['id']}",
+                            {"authorization": "Bearer wrong-token-0123456789abcdef0123456789"})
+        if status not in (401, 403):
+            raise Abort(f"key service lookup with a wrong service token: {status}, expected 401/403")
+        create_body = json.dumps({"name": "bench-created", "scopes": ["demo:read"]})
+        tests = [
+            ("lookup", "GET", f"/v1/keys/{good_key['id']}", {"header": ks_auth}),
+            ("create", "POST", "/api/v1/auth/keys",
+             {"header": f"Authorization: Bearer {ADMIN_KEY}", "body": create_body}),
+        ]
+        for label, method, path, load in tests:
+            log(f"key service {label}: warm-up {args.ks_warmup:g} s, measure {args.ks_duration:g} s")
+            check_wrk(f"key service {label} warm-up",
+                      run_wrk(args, ks_port, path, args.ks_warmup, load, method))
+            ticks0, t0 = cpu_ticks(ks.pid), time.time()
+            result = run_wrk(args, ks_port, path, args.ks_duration, load, method)
+            ticks1, t1 = cpu_ticks(ks.pid), time.time()
+            check_wrk(f"key service {label}", result)
+            cpu_s = (ticks1 - ticks0) / CLK_TCK
+            result["service_cpu_us_per_req"] = cpu_s * 1e6 / max(1, result["requests"])
+            result["service_cpu_busy"] = cpu_s / (t1 - t0)
+            report["key_service"][label] = result
+            log(f"key service {label}: {result['rps']:.0f} /s")
+    stop_all()
+
+    if args.criterion:
+        report["criterion"] = run_criterion(args)
+
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    report["elapsed_s"] = round(time.time() - started, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = render(report, configs)
+    (out / f"{stamp}.md").write_text(md)
+    (out / f"{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(md)
+    log(f"wrote {out / (stamp + '.md')} and {stamp}.json")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def envoy_counters(admin: int) -> dict:
+    status, body = request(admin, "GET", "/stats?filter=" +
+                           "(keygate|jwt_authn|rbac|ext_authz|downstream_rq_(2|4|5)xx)")
+    counters = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            counters[name.strip()] = int(value)
+    return counters
+
+
+def service_lookups(port: int, token: str) -> int:
+    status, body = request(port, "GET", "/v1/stats", {"authorization": f"Bearer {token}"})
+    if status != 200:
+        return -1
+    return int(json.loads(body).get("lookups", -1))
+
+
+def run_criterion(args) -> list[dict]:
+    since = time.time()
+    cmd = ["cargo", "bench", "-p", "keygate-core", "--bench", "hot_path", "--"] + args.criterion_args.split()
+    if args.load_cpu is not None:
+        cmd = ["taskset", "-c", str(args.envoy_cpu)] + cmd
+    log("criterion: " + " ".join(cmd))
+    done = subprocess.run(cmd, cwd=ROOT, text=True, capture_output=True)
+    if done.returncode != 0:
+        raise Abort(f"cargo bench failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    results = []
+    for bench_json in sorted((target / "criterion").glob("**/new/benchmark.json")):
+        if bench_json.stat().st_mtime < since:
+            continue
+        meta = json.loads(bench_json.read_text())
+        est = json.loads((bench_json.parent / "estimates.json").read_text())
+        results.append({
+            "id": meta.get("full_id") or meta.get("title"),
+            "median_ns": est["median"]["point_estimate"],
+            "median_ci_ns": [est["median"]["confidence_interval"]["lower_bound"],
+                             est["median"]["confidence_interval"]["upper_bound"]],
+            "mean_ns": est["mean"]["point_estimate"],
+        })
+    return results
+
+
+# ── report ────────────────────────────────────────────────────────────────────────────────────
+
+def fmt_us(us: float) -> str:
+    return f"{us / 1000:.2f} ms" if us >= 10000 else f"{us:.0f} µs"
+
+
+def fmt_ns(ns: float) -> str:
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns:.0f} ns"
+
+
+def summarize(reps: list[dict]) -> dict:
+    rps = [r["rps"] for r in reps]
+    return {
+        "rps_median": statistics.median(rps),
+        "rps_min": min(rps),
+        "rps_max": max(rps),
+        "p50_us": statistics.median(r["latency_us"]["p50"] for r in reps),
+        "p99_us": statistics.median(r["latency_us"]["p99"] for r in reps),
+        "cpu_us_per_req": statistics.median(r["envoy_cpu_us_per_req"] for r in reps),
+        "cpu_busy": statistics.median(r["envoy_cpu_busy"] for r in reps),
+    }
+
+
+def render(report: dict, configs: list[str]) -> str:
+    m, s = report["machine"], report["settings"]
+    pin = (f"Envoy pinned to CPU {s['envoy_cpu']}, wrk (and the ext_authz server) to CPU "
+           f"{s['load_cpu']} with taskset" if s["envoy_cpu"] is not None
+           else "no CPU pinning (fewer than 2 CPUs or no taskset)")
+    lines = [
+        f"# Keygate benchmark {report['timestamp']}",
+        "",
+        *( [f"> {report['label']}", ""] if report["label"] else [] ),
+        f"- Machine: {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}; load average at "
+        f"start {m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}",
+        f"- Envoy {m['envoy']}, `--concurrency 1`, `direct_response` route (no upstream); {pin}",
+        f"- {m['wrk']}: 1 thread, {s['connections']} connections, GET {s['path']}; warm-up "
+        f"{s['warmup_s']:g} s, then {s['reps']} × {s['duration_s']:g} s per configuration in "
+        "alternating order; every configuration first checked to refuse bad credentials "
+        "(401/403) and accept good ones (200), and every measured response was 2xx",
+        f"- Keygate {m['git']}, keygate.wasm sha256 {m['keygate_wasm_sha256']} "
+        f"({m['keygate_wasm_bytes'] // 1024} KiB); total run {report['elapsed_s']:g} s",
+        "",
+        "| config | rps (median) | rps min–max | p50 | p99 | rps / A | Envoy CPU µs/req | "
+        "+CPU vs A µs/req | Envoy CPU busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    sums = {n: summarize(report["configs"][n]["reps"]) for n in configs if report["configs"][n]["reps"]}
+    for name, sm in sums.items():
+        report["configs"][name]["summary"] = sm
+    base = sums.get("A")
+    for name, sm in sums.items():
+        ratio = f"{sm['rps_median'] / base['rps_median']:.2f}" if base else "—"
+        extra = f"{sm['cpu_us_per_req'] - base['cpu_us_per_req']:+.1f}" if base else "—"
+        lines.append(
+            f"| {name}. {CONFIGS[name]} | {sm['rps_median']:,.0f} | {sm['rps_min']:,.0f}–"
+            f"{sm['rps_max']:,.0f} | {fmt_us(sm['p50_us'])} | {fmt_us(sm['p99_us'])} | {ratio} | "
+            f"{sm['cpu_us_per_req']:.1f} | {extra} | {sm['cpu_busy'] * 100:.0f}% |")
+    lines += ["", "Envoy CPU µs/req: the Envoy process's utime+stime (/proc/<pid>/stat) over each "
+              "measured window divided by the requests served (median of the repetitions); "
+              "\"busy\" near 100% means Envoy's one CPU was the bottleneck."]
+    if "G" in sums:
+        g = [r.get("authz_cpu_us_per_req") for r in report["configs"]["G"]["reps"]]
+        g = [x for x in g if x is not None]
+        if g:
+            lines.append(f"G's authz server used another {statistics.median(g):.1f} CPU µs/req "
+                         "(on the load CPU, not included above).")
+    lines.append("")
+    cnt = report["counters"]
+    notes = []
+    if "B" in cnt:
+        notes.append(f"B: keygate.cache_hit +{cnt['B'].get('wasmcustom.keygate.cache_hit', 0):,}, "
+                     f"cache_miss +{cnt['B'].get('wasmcustom.keygate.cache_miss', 0)}")
+    for n in ("C", "D"):
+        if n in cnt:
+            notes.append(f"{n}: keygate.allowed +{cnt[n].get('wasmcustom.keygate.allowed', 0):,}, "
+                         f"token_cache_hit +{cnt[n].get('wasmcustom.keygate.token_cache_hit', 0):,}")
+    notes.append("key service lookups while measuring: "
+                 f"{report.get('key_service_lookups_during_measurement', '?')}")
+    lines += ["Sanity counters (warm-up excluded): " + "; ".join(notes) + ".", ""]
+
+    ks = report["key_service"]
+    if ks:
+        lines += ["## Key service (SQLite)", "",
+                  "| operation | per second | p50 | p99 | service CPU µs/op | service CPU busy |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        names = {"lookup": "lookup `GET /v1/keys/{id}` (service token)",
+                 "create": "create `POST /api/v1/auth/keys` (admin key)"}
+        for label, r in ks.items():
+            lines.append(f"| {names.get(label, label)} | {r['rps']:,.0f} | "
+                         f"{fmt_us(r['latency_us']['p50'])} | {fmt_us(r['latency_us']['p99'])} | "
+                         f"{r['service_cpu_us_per_req']:.1f} | {r['service_cpu_busy'] * 100:.0f}% |")
+        lines += ["", f"wrk 1 thread / {s['connections']} connections, one run of "
+                  "the measured duration after a warm-up; key service pinned like Envoy.", ""]
+    crit = report["criterion"]
+    if crit:
+        lines += ["## Criterion micro-benchmarks (native, `crates/core/benches/hot_path.rs`)", "",
+                  "| benchmark | median | 95% CI of the median | per second |", "|---|---:|---:|---:|"]
+        for c in crit:
+            lo, hi = c["median_ci_ns"]
+            lines.append(f"| {c['id']} | {fmt_ns(c['median_ns'])} | {fmt_ns(lo)}–{fmt_ns(hi)} | "
+                         f"{1e9 / c['median_ns']:,.0f} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        sys.exit(main())
+    except Abort as err:
+        log(f"ABORTED: {err}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        stop_all()

@@ -1,0 +1,62 @@
+-- The one wrk script of the benchmark (bench/run.py sets the environment):
+--   BENCH_METHOD       GET (default) or POST
+--   BENCH_HEADER       optional "name: value" sent on every request (e.g. an Authorization)
+--   BENCH_TOKENS_FILE  optional file of credentials, one a line, cycled in order and sent as
+--                      "Authorization: Bearer <line>" (every request a different one until
+--                      the file wraps around)
+--   BENCH_TOKENS_OFFSET  where in that file to start (the runner continues where the previous
+--                      run of the same configuration stopped, so a repetition does not start
+--                      with tokens the filter verified and cached moments ago)
+--   BENCH_BODY         optional request body (POST), with content-type application/json
+-- done() prints one line "BENCH_JSON {...}" with requests, errors and latency percentiles (us).
+
+local method = os.getenv("BENCH_METHOD") or "GET"
+local header = os.getenv("BENCH_HEADER")
+local tokens_file = os.getenv("BENCH_TOKENS_FILE")
+local body = os.getenv("BENCH_BODY")
+
+wrk.method = method
+if header and header ~= "" then
+  local name, value = header:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
+if body and body ~= "" then
+  wrk.body = body
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+local tokens = nil
+if tokens_file and tokens_file ~= "" then
+  tokens = {}
+  for line in io.lines(tokens_file) do
+    if line ~= "" then tokens[#tokens + 1] = line end
+  end
+end
+
+if tokens then
+  local requests = {}
+  local index = tonumber(os.getenv("BENCH_TOKENS_OFFSET") or "0") or 0
+  init = function(args)
+    -- Pre-format every request once, so the hot loop only picks the next one.
+    for i, token in ipairs(tokens) do
+      requests[i] = wrk.format(nil, nil, {["Authorization"] = "Bearer " .. token})
+    end
+    index = index % #requests
+  end
+  request = function()
+    index = index % #requests + 1
+    return requests[index]
+  end
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, ' ..
+    '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
+    '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "p999": %d, "max": %d, "mean": %.1f}}\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean))
+end
