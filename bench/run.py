@@ -46,7 +46,8 @@ CONFIGS = {
     "A": "no auth filter (the limit of this setup)",
     "B": "Keygate, opaque key, record cached",
     "C": "Keygate, one JWT ({alg}), verified-token cache hit",
-    "D": "Keygate, 10k distinct JWTs ({alg}): the verify path",
+    "D": "Keygate, 10k distinct JWTs ({alg}): the verify path (host crypto)",
+    "R": "Keygate, same tokens as D, signatures verified in Wasm (Rust, host_crypto off)",
     "E": "Envoy jwt_authn ({alg}, jwt_cache_config) + RBAC on scope",
     "F": "Envoy jwt_authn without cache + RBAC, same tokens as D",
     "G": "ext_authz (HTTP) to a local authz server",
@@ -360,7 +361,7 @@ def main() -> int:
     p.add_argument("--envoy", required=True)
     p.add_argument("--tools-dir", required=True, help="dir with the gen-tokens and authz binaries")
     p.add_argument("--empty-wasm", required=True)
-    p.add_argument("--configs", default="ABCDEFGH")
+    p.add_argument("--configs", default="ABCDREFGH")
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--duration", type=float, default=8)
     p.add_argument("--reps", type=int, default=3)
@@ -453,6 +454,9 @@ def main() -> int:
     envoy_env = dict(os.environ, KEYGATE_GATEWAY_KEY=gateway_key,
                      KEYGATE_SERVICE_TOKEN=service_token)
     keygate_json = json.dumps(keygate_plugin(jwks, claims), indent=2)
+    rust_plugin = keygate_plugin(jwks, claims)
+    rust_plugin["jwt"]["host_crypto"] = False
+    keygate_rust_json = json.dumps(rust_plugin, indent=2)
     kg_clusters = [dict(cluster("keygate_service", ks_port), connect_timeout="0.25s")]
     secrets_env = ["KEYGATE_GATEWAY_KEY", "KEYGATE_SERVICE_TOKEN"]
     filters = {
@@ -460,6 +464,7 @@ def main() -> int:
         "B": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
         "C": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
         "D": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
+        "R": ([wasm_filter("keygate", Path(args.wasm), keygate_rust_json, secrets_env)], kg_clusters),
         "E": (jwt_authn_filters(jwks_text, claims, cache=True), []),
         "F": (jwt_authn_filters(jwks_text, claims, cache=False), []),
         "G": ([ext_authz_filter(authz_port)], [cluster("authz", authz_port)]),
@@ -484,12 +489,14 @@ def main() -> int:
     }
     sample = [tokens[i] for i in sorted({1, len(tokens) // 2, len(tokens) - 1})]
     checks["D"] = checks["C"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
+    checks["R"] = checks["D"]
     checks["F"] = checks["E"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
     loads = {
         "A": {}, "H": {},
         "B": {"header": f"Authorization: Bearer {key}"},
         "C": {"header": f"Authorization: Bearer {good_jwt}"},
         "D": {"tokens_file": str(jwt_dir / "tokens.txt")},
+        "R": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "E": {"header": f"Authorization: Bearer {good_jwt}"},
         "F": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "G": {"header": f"Authorization: Bearer {key}"},
@@ -744,7 +751,7 @@ def render(report: dict, configs: list[str]) -> str:
     if "B" in cnt:
         notes.append(f"B: keygate.cache_hit +{cnt['B'].get('wasmcustom.keygate.cache_hit', 0):,}, "
                      f"cache_miss +{cnt['B'].get('wasmcustom.keygate.cache_miss', 0)}")
-    for n in ("C", "D"):
+    for n in ("C", "D", "R"):
         if n in cnt:
             notes.append(f"{n}: keygate.allowed +{cnt[n].get('wasmcustom.keygate.allowed', 0):,}, "
                          f"token_cache_hit +{cnt[n].get('wasmcustom.keygate.token_cache_hit', 0):,}")

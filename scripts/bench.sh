@@ -11,7 +11,7 @@
 # Results: bench/results/<timestamp>.md (also printed) and <timestamp>.json (raw numbers).
 # Run it on an idle machine: other load skews every number.
 #
-# Env: BENCH_DURATION (8), BENCH_REPS (3), BENCH_WARMUP (3), BENCH_CONFIGS (ABCDEFGH),
+# Env: BENCH_DURATION (8), BENCH_REPS (3), BENCH_WARMUP (3), BENCH_CONFIGS (ABCDREFGH),
 #      BENCH_KS_DURATION (5), BENCH_CRITERION (1; 0 skips the micro-benchmarks),
 #      BENCH_SKIP_BUILD=1 (reuse binaries), BENCH_LABEL (a note for the report header),
 #      BENCH_KEEP=1 (keep the work dir: Envoy configs and logs),
@@ -68,7 +68,7 @@ log "load average now: $load (the numbers are only comparable on an otherwise id
 args=(
   --wasm "$WASM" --empty-wasm "$EMPTY_WASM" --keygate-bin "$KEYGATE_BIN" --envoy "$ENVOY_BIN"
   --tools-dir "$TOOLS"
-  --configs "${BENCH_CONFIGS:-ABCDEFGH}"
+  --configs "${BENCH_CONFIGS:-ABCDREFGH}"
   --warmup "${BENCH_WARMUP:-3}" --duration "${BENCH_DURATION:-8}" --reps "${BENCH_REPS:-3}"
   --ks-duration "${BENCH_KS_DURATION:-5}"
   --label "${BENCH_LABEL:-}"

@@ -36,6 +36,13 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Calls a host foreign function (such as Envoy's `verify_signature`).
+pub fn call_foreign_function(name: &str, arguments: &[u8]) -> Result<Bytes, HostError> {
+    hostcalls::call_foreign_function(name, Some(arguments))
+        .map(Option::unwrap_or_default)
+        .map_err(refused)
+}
+
 /// A host property such as `["xds", "route_name"]`; `None` when absent.
 pub fn property(path: &[&str]) -> Option<Bytes> {
     hostcalls::get_property(path.to_vec()).ok().flatten()

@@ -9,11 +9,12 @@ use keygate_core::cache::Lease;
 use keygate_core::config::{JwksSource, JwtSettings, RemoteJwks, Revocation};
 use keygate_core::decision::{authorize_scopes, header_safe, DenyReason, Identity};
 use keygate_core::jwt::cache::{token_hash, CachedToken, TokenCache};
-use keygate_core::jwt::{peek_issuer, verify_jwt, JwtError, KeySet};
+use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, KeySet, NativeVerifier};
 use keygate_core::key::KeyId;
 use keygate_core::scope::Scope;
 use proxy_wasm::types::LogLevel;
 
+use crate::crypto::HostVerifier;
 use crate::filter::{complete, resolve_record, Forwarding, Presented, Proof, Shared, Step};
 use crate::host;
 use crate::metrics::Event;
@@ -54,6 +55,8 @@ pub struct JwtState {
     fetches: HashMap<u32, usize>,
     /// When the periodic JWKS work last ran.
     last_tick_ms: u64,
+    /// The host's native signature check, when configured.
+    host_crypto: Option<HostVerifier>,
 }
 
 impl JwtState {
@@ -81,6 +84,7 @@ impl JwtState {
             cache: TokenCache::new(settings.cache_max_entries),
             fetches: HashMap::new(),
             last_tick_ms: 0,
+            host_crypto: settings.host_crypto.then(HostVerifier::default),
         }
     }
 
@@ -247,7 +251,8 @@ fn verify_once(shared: &Shared, token: &str, now_ms: u64) -> Verified {
     let Some(keys) = state.issuers.get(index).map(|i| &i.keys) else {
         return Verified::Refused(JwtError::WrongIssuer);
     };
-    match verify_jwt(token, keys, &issuer.validation, now_ms / 1000) {
+    let native = state.host_crypto.as_ref().map(|h| h as &dyn NativeVerifier);
+    match verify_jwt_with(token, keys, &issuer.validation, now_ms / 1000, native) {
         Ok(verified) => {
             let now_s = now_ms / 1000;
             let valid_until_s = verified.expires_at.unwrap_or(now_s + NO_EXPIRY_CACHE_S);

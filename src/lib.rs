@@ -2,6 +2,7 @@
 //! `keygate-core`; this crate reads the request, talks to the host through [`host`], and
 //! applies what the core decided.
 
+mod crypto;
 mod feed;
 mod filter;
 mod host;

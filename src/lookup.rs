@@ -228,7 +228,7 @@ enum Started {
     /// Another worker's callout is; we poll the cache.
     Waiting,
     /// The record arrived meanwhile: decide now.
-    Filled(CacheEntry),
+    Filled(Box<CacheEntry>),
 }
 
 /// Takes the lease and dispatches the callout, or arranges to wait for another worker's.
@@ -273,7 +273,7 @@ fn start_lookup(
         if leased {
             release_lease(&lease_name);
         }
-        return Ok(Started::Filled(entry));
+        return Ok(Started::Filled(Box::new(entry)));
     }
     let path = pending.target.path(shared, id);
     let authorization = format!("Bearer {}", shared.secrets.service_token);

@@ -114,6 +114,8 @@ struct JwtSpec {
     cache_max_entries: usize,
     #[serde(default)]
     issuers: Vec<IssuerSpec>,
+    #[serde(default = "default_true")]
+    host_crypto: bool,
 }
 
 impl Default for JwtSpec {
@@ -122,6 +124,7 @@ impl Default for JwtSpec {
             max_token_bytes: default_max_token_bytes(),
             cache_max_entries: default_token_cache_entries(),
             issuers: Vec::new(),
+            host_crypto: true,
         }
     }
 }
@@ -214,6 +217,8 @@ pub struct JwtSettings {
     pub issuers: Vec<JwtIssuer>,
     pub cache_max_entries: usize,
     pub max_token_bytes: usize,
+    /// Verify ES256/RS256 signatures with the host's native crypto when it offers it.
+    pub host_crypto: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -649,6 +654,7 @@ fn compile_jwt(spec: &JwtSpec) -> Result<JwtSettings, ConfigError> {
         issuers,
         cache_max_entries: spec.cache_max_entries,
         max_token_bytes: spec.max_token_bytes,
+        host_crypto: spec.host_crypto,
     })
 }
 

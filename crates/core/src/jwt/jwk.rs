@@ -58,6 +58,8 @@ pub struct SkippedKey {
 pub struct VerifyingKey {
     kid: Box<str>,
     key: PublicKey,
+    /// SubjectPublicKeyInfo DER, for a host that verifies natively (ES256, RS256).
+    spki: Option<Box<[u8]>>,
 }
 
 #[derive(Clone)]
@@ -73,6 +75,20 @@ impl PublicKey {
             Self::Es256(_) => Algorithm::ES256,
             Self::EdDsa(_) => Algorithm::EdDSA,
             Self::Rs256(_) => Algorithm::RS256,
+        }
+    }
+
+    fn spki_der(&self) -> Option<Vec<u8>> {
+        use p256::pkcs8::EncodePublicKey as _;
+        match self {
+            Self::Es256(key) => key.to_public_key_der().ok().map(|der| der.into_vec()),
+            Self::Rs256(key) => {
+                let key: &RsaPublicKey = key.as_ref();
+                rsa::pkcs8::EncodePublicKey::to_public_key_der(key)
+                    .ok()
+                    .map(|der| der.into_vec())
+            }
+            Self::EdDsa(_) => None,
         }
     }
 
@@ -202,17 +218,22 @@ impl VerifyingKey {
             return Err(skip("use is not \"sig\""));
         }
         let key = PublicKey::from_jwk(jwk).map_err(skip)?;
-        Ok(Self {
-            kid: kid.into(),
-            key,
-        })
+        Ok(Self::new(kid, key))
     }
 
     pub(super) fn new(kid: &str, key: PublicKey) -> Self {
+        let spki = key.spki_der().map(Vec::into_boxed_slice);
         Self {
             kid: kid.into(),
             key,
+            spki,
         }
+    }
+
+    /// The key as SubjectPublicKeyInfo DER (ES256 and RS256 keys), as a host's native
+    /// crypto takes it.
+    pub fn spki_der(&self) -> Option<&[u8]> {
+        self.spki.as_deref()
     }
 
     pub fn kid(&self) -> &str {

@@ -31,7 +31,9 @@ pub mod cache;
 
 pub use jwk::{Jwk, Jwks, KeySet, SkippedKey, VerifyingKey, MAX_KEYS};
 pub use sign::SigningKey;
-pub use verify::{verify_jwt, Validation, VerifiedToken, MAX_SCOPES};
+pub use verify::{
+    verify_jwt, verify_jwt_with, NativeVerifier, Validation, VerifiedToken, MAX_SCOPES,
+};
 
 /// A JWS algorithm Keygate signs and verifies with. The serde names are the JOSE names.
 #[allow(clippy::upper_case_acronyms)]
