@@ -38,7 +38,16 @@ pub struct FeedView {
     failures: u32,
 }
 
-/// At configure: a unique worker id, the lease key, and whatever set the follower has shared.
+impl FeedView {
+    pub fn new(worker_id: String) -> Self {
+        Self {
+            worker_id,
+            ..Self::default()
+        }
+    }
+}
+
+/// At configure: the lease key, and whatever set the follower has shared.
 pub fn on_start(shared: &Shared) {
     if !shared.config.revocation_feed.enabled {
         return;
@@ -46,14 +55,11 @@ pub fn on_start(shared: &Shared) {
     if host::get_shared(LEASE_KEY).1.is_none() {
         let _ = host::set_shared(LEASE_KEY, &Lease::released().encode(), None);
     }
-    let worker_id = next_worker_id();
-    let mut view = shared.feed.borrow_mut();
-    view.worker_id = worker_id;
-    drop(view);
     refresh(shared, host::now_ms());
 }
 
-fn next_worker_id() -> String {
+/// A name unique among the workers (VMs) of this Envoy, for leases.
+pub fn next_worker_id() -> String {
     for _ in 0..16 {
         let (value, cas) = host::get_shared(WORKER_COUNTER_KEY);
         let current: u64 = value

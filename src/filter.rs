@@ -1,6 +1,7 @@
 //! The root and HTTP contexts: read the request, ask the core, apply its answer.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -9,16 +10,20 @@ use keygate_core::credential::{extract_credential, strip_query_param, Credential
 use keygate_core::decision::{DenyReason, Identity};
 use keygate_core::jwt::looks_like_jwt;
 use keygate_core::key::{looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
+use keygate_core::limits::{client_address, ratelimit_headers, Bucket, Take};
 use keygate_core::route::{policy_from_metadata, Mode, Policy};
 use keygate_core::scope::Scope;
+use keygate_core::wire::RateLimit;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::net::IpAddr;
 
 use crate::feed::FeedView;
 use crate::host;
 use crate::jwt::{JwtState, TokenRequest};
 use crate::lookup::{Lookups, Outcome};
 use crate::metrics::{Event, Metrics};
+use crate::usage::Usage;
 
 /// How often a worker looks at shared data while a request waits on another worker.
 const FAST_TICK: Duration = Duration::from_millis(10);
@@ -33,6 +38,9 @@ pub struct Shared {
     pub lookups: RefCell<Lookups>,
     pub jwt: RefCell<JwtState>,
     pub feed: RefCell<FeedView>,
+    pub usage: RefCell<Usage>,
+    /// Per request (context id): what its response needs.
+    notes: RefCell<HashMap<u32, Note>>,
     tick: Cell<Duration>,
 }
 
@@ -44,6 +52,18 @@ pub struct Forwarding {
     pub sources: Vec<Source>,
     /// The path to forward when the credential came in the query string.
     pub stripped_path: Option<String>,
+    /// The client's address (for allow-lists), as far as it can be trusted.
+    pub client: Option<IpAddr>,
+    /// The route's default rate limit, for keys without their own.
+    pub route_rate_limit: Option<RateLimit>,
+    /// The key id once known, for logs and usage counts.
+    pub key_id: Option<String>,
+}
+
+/// What a request leaves for its response: rate-limit headers and whose usage it is.
+pub struct Note {
+    key_id: String,
+    ratelimit: Option<(String, String)>,
 }
 
 /// What proves the presented credential, once its key record is known.
@@ -116,6 +136,7 @@ impl RootContext for KeygateRoot {
                     ),
                 );
                 crate::lookup::create_leases();
+                let worker = crate::feed::next_worker_id();
                 let jwt = JwtState::new(&config.jwt);
                 let shared = Rc::new(Shared {
                     config,
@@ -123,7 +144,9 @@ impl RootContext for KeygateRoot {
                     metrics: Metrics::define(),
                     lookups: RefCell::new(Lookups::default()),
                     jwt: RefCell::new(jwt),
-                    feed: RefCell::new(FeedView::default()),
+                    feed: RefCell::new(FeedView::new(worker.clone())),
+                    usage: RefCell::new(Usage::new(worker)),
+                    notes: RefCell::new(HashMap::new()),
                     tick: Cell::new(Duration::ZERO),
                 });
                 crate::jwt::on_start(&shared);
@@ -145,6 +168,7 @@ impl RootContext for KeygateRoot {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             crate::feed::on_tick(shared);
+            crate::usage::on_tick(shared);
             crate::lookup::on_tick(shared);
             crate::jwt::on_tick(shared);
             reschedule(shared);
@@ -170,7 +194,7 @@ pub fn reschedule(shared: &Shared) {
         || shared.jwt.borrow().has_waiters();
     let wanted = if waiting {
         FAST_TICK
-    } else if shared.jwt.borrow().has_remote_issuers() {
+    } else if shared.jwt.borrow().has_remote_issuers() || shared.config.usage.enabled {
         SLOW_TICK
     } else {
         Duration::ZERO
@@ -183,6 +207,7 @@ pub fn reschedule(shared: &Shared) {
 fn on_call_response(shared: &Shared, token_id: u32, body_size: usize) {
     if !crate::lookup::on_response(shared, token_id, body_size)
         && !crate::feed::on_response(shared, token_id, body_size)
+        && !crate::usage::on_response(shared, token_id)
     {
         crate::jwt::on_response(shared, token_id, body_size);
     }
@@ -207,7 +232,7 @@ impl HttpContext for KeygateHttp {
             Step::Continue => Action::Continue,
             Step::Wait => Action::Pause,
             Step::Decided(forwarding, result) => {
-                if apply(&self.shared, &forwarding, result) {
+                if apply(&self.shared, self.context_id, &forwarding, result) {
                     Action::Continue
                 } else {
                     Action::Pause
@@ -225,7 +250,25 @@ impl HttpContext for KeygateHttp {
         action
     }
 
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(note) = self.shared.notes.borrow_mut().remove(&self.context_id) else {
+            return Action::Continue;
+        };
+        if let Some((policy, state)) = &note.ratelimit {
+            host::set_response_header("ratelimit-policy", policy);
+            host::set_response_header("ratelimit", state);
+        }
+        if let Some(status) = host::response_status() {
+            self.shared
+                .usage
+                .borrow_mut()
+                .status(&note.key_id, status, host::now_ms());
+        }
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
+        self.shared.notes.borrow_mut().remove(&self.context_id);
         self.shared.lookups.borrow_mut().forget(self.context_id);
         self.shared.jwt.borrow_mut().forget(self.context_id);
     }
@@ -245,7 +288,7 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         }
     }
 
-    let (policy, mode) = match route_policy(shared, method, path) {
+    let (policy, mode, route_rate_limit) = match route_policy(shared, method, path) {
         Ok(found) => found,
         Err(reason) => return Step::Deny(reason, None, config.mode),
     };
@@ -287,10 +330,19 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         credential_source_is_legacy(&extracted.sources),
         extracted.credential,
     );
+    let forwarded_for = headers
+        .iter()
+        .find(|(name, _)| name == "x-forwarded-for")
+        .and_then(|(_, value)| std::str::from_utf8(value).ok());
+    let peer = host::property(&["source", "address"]);
+    let peer = peer.as_deref().and_then(|p| std::str::from_utf8(p).ok());
     let forwarding = Forwarding {
         mode,
         sources: extracted.sources,
         stripped_path,
+        client: client_address(peer, forwarded_for, config.trusted_hops),
+        route_rate_limit,
+        key_id: None,
     };
     let credential = extracted.credential;
 
@@ -320,6 +372,8 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         if crate::feed::is_revoked(shared, parsed.id().as_str(), host::now_ms()) {
             return Step::Deny(DenyReason::Revoked, Some(parsed.id().to_string()), mode);
         }
+        let mut forwarding = forwarding;
+        forwarding.key_id = Some(parsed.id().to_string());
         let presented = Presented {
             key_id: parsed.id(),
             proof: Proof::Opaque(parsed.digest()),
@@ -343,7 +397,11 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
 /// The policy for this request and the mode it runs in. Route metadata on the Envoy route
 /// wins; otherwise the filter's route table (entries by Envoy route name or by method and
 /// path, first match). No policy anywhere: denied.
-fn route_policy(shared: &Shared, method: &str, path: &str) -> Result<(Policy, Mode), DenyReason> {
+fn route_policy(
+    shared: &Shared,
+    method: &str,
+    path: &str,
+) -> Result<(Policy, Mode, Option<RateLimit>), DenyReason> {
     let config = &shared.config;
     if config.route_metadata {
         let leaf = |name: &str| {
@@ -354,7 +412,7 @@ fn route_policy(shared: &Shared, method: &str, path: &str) -> Result<(Policy, Mo
             leaf("public").as_deref(),
             leaf("mode").as_deref(),
         ) {
-            Ok(Some((policy, mode))) => return Ok((policy, mode.unwrap_or(config.mode))),
+            Ok(Some((policy, mode))) => return Ok((policy, mode.unwrap_or(config.mode), None)),
             Ok(None) => {}
             Err(err) => {
                 host::log(
@@ -374,7 +432,11 @@ fn route_policy(shared: &Shared, method: &str, path: &str) -> Result<(Policy, Mo
         .routes
         .find(method, path, route_name.as_deref())
         .ok_or(DenyReason::NoRoute)?;
-    Ok((route.policy.clone(), route.mode.unwrap_or(config.mode)))
+    Ok((
+        route.policy.clone(),
+        route.mode.unwrap_or(config.mode),
+        route.rate_limit,
+    ))
 }
 
 fn credential_source_is_legacy(sources: &[Source]) -> bool {
@@ -412,17 +474,51 @@ fn is_identity_header(config: &FilterConfig, name: &str) -> bool {
     name.starts_with("x-keygate-") || name == ih.subject || name == ih.key_id || name == ih.scopes
 }
 
-/// Applies a decision in the current effective context. Returns true when the request
-/// goes on upstream.
+/// Applies a decision in the current effective context (the request `context_id`). Returns
+/// true when the request goes on upstream.
 pub fn apply(
     shared: &Shared,
+    context_id: u32,
     forwarding: &Forwarding,
     result: Result<Identity, DenyReason>,
 ) -> bool {
+    let key_label = forwarding.key_id.as_deref();
     let identity = match result {
         Ok(identity) => identity,
-        Err(reason) => return deny(shared, &reason, None, forwarding.mode),
+        Err(reason) => return deny(shared, &reason, key_label, forwarding.mode),
     };
+    let now = host::now_ms();
+    let limit = identity.rate_limit.or(forwarding.route_rate_limit);
+    let mut ratelimit = None;
+    if let (Some(limit), false) = (limit, identity.key_id.is_empty()) {
+        match take_token(shared, &identity.key_id, &limit, now) {
+            Take::Allowed { remaining } => {
+                let reset_s = if remaining > 0 {
+                    0
+                } else {
+                    (1.0 / limit.requests_per_second).ceil() as u64
+                };
+                ratelimit = Some(ratelimit_headers(&limit, remaining, reset_s));
+            }
+            Take::Limited { retry_after_ms } => {
+                let retry_after_s = retry_after_ms.div_ceil(1000).max(1);
+                let (policy, state) = ratelimit_headers(&limit, 0, retry_after_s);
+                let reason = DenyReason::RateLimited { retry_after_s };
+                let extra = [
+                    ("retry-after", retry_after_s.to_string()),
+                    ("ratelimit-policy", policy),
+                    ("ratelimit", state),
+                ];
+                return deny_with(
+                    shared,
+                    &reason,
+                    Some(&identity.key_id),
+                    forwarding.mode,
+                    &extra,
+                );
+            }
+        }
+    }
     let config = &shared.config;
     let shadow = forwarding.mode == Mode::Shadow;
     if shadow {
@@ -430,47 +526,99 @@ pub fn apply(
         host::set_request_header(&config.decision_header, "allow");
         shared.metrics.count(Event::ShadowAllowed);
     } else {
-        for source in &forwarding.sources {
-            match source {
-                Source::Bearer => host::remove_request_header("authorization"),
-                Source::Header => {
-                    if let Some(header) = &config.credential_sources.header {
-                        host::remove_request_header(header);
-                    }
-                }
-                Source::LegacyHeader => {
-                    if let Some(header) = &config.credential_sources.legacy_header {
-                        host::remove_request_header(header);
-                    }
-                }
-                Source::QueryParam => {
-                    if let Some(path) = &forwarding.stripped_path {
-                        host::set_request_header(":path", path);
-                    }
-                }
-            }
-        }
+        strip_credential(shared, forwarding);
         shared.metrics.count(Event::Allowed);
     }
     let ih = &config.identity_headers;
     host::set_request_header(&ih.subject, &identity.subject);
     if !identity.key_id.is_empty() {
         host::set_request_header(&ih.key_id, &identity.key_id);
+        if config.usage.enabled {
+            shared.usage.borrow_mut().allowed(&identity.key_id, now);
+        }
+        shared.notes.borrow_mut().insert(
+            context_id,
+            Note {
+                key_id: identity.key_id.clone(),
+                ratelimit,
+            },
+        );
     }
     host::set_request_header(&ih.scopes, &identity.scopes_header());
     true
+}
+
+fn strip_credential(shared: &Shared, forwarding: &Forwarding) {
+    let config = &shared.config;
+    for source in &forwarding.sources {
+        match source {
+            Source::Bearer => host::remove_request_header("authorization"),
+            Source::Header => {
+                if let Some(header) = &config.credential_sources.header {
+                    host::remove_request_header(header);
+                }
+            }
+            Source::LegacyHeader => {
+                if let Some(header) = &config.credential_sources.legacy_header {
+                    host::remove_request_header(header);
+                }
+            }
+            Source::QueryParam => {
+                if let Some(path) = &forwarding.stripped_path {
+                    host::set_request_header(":path", path);
+                }
+            }
+        }
+    }
+}
+
+/// Takes one token from the key's bucket in shared data (per Envoy process, both workers),
+/// with compare-and-swap retries. Under extreme contention the request is let through.
+fn take_token(shared: &Shared, key_id: &str, limit: &RateLimit, now: u64) -> Take {
+    let slot =
+        keygate_core::cache::fnv1a(key_id.as_bytes()) % shared.config.cache.max_entries.max(1);
+    let name = format!("keygate.rl.{slot}");
+    for _ in 0..16 {
+        let (current, cas) = host::get_shared(&name);
+        let mut bucket = current
+            .as_deref()
+            .and_then(|bytes| Bucket::decode_for(bytes, key_id))
+            .unwrap_or_else(|| Bucket::full(key_id, limit, now));
+        let outcome = bucket.take(limit, now);
+        if host::set_shared(&name, &bucket.encode(), cas).is_ok() {
+            return outcome;
+        }
+    }
+    shared.metrics.count(Event::RateLimitContention);
+    Take::Allowed { remaining: 0 }
 }
 
 /// Denies the request in the current effective context: in enforce mode sends the deny
 /// response (returns false); in shadow mode only reports the decision upstream and lets the
 /// request through (returns true).
 pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&str>, mode: Mode) -> bool {
+    deny_with(shared, reason, key_id, mode, &[])
+}
+
+fn deny_with(
+    shared: &Shared,
+    reason: &DenyReason,
+    key_id: Option<&str>,
+    mode: Mode,
+    extra_headers: &[(&str, String)],
+) -> bool {
     let verdict = format!(
         "status={} reason={} key_id={}",
         reason.status(),
         reason.metric_name(),
         key_id.unwrap_or("-")
     );
+    if let (Some(key_id), true) = (key_id, shared.config.usage.enabled) {
+        shared
+            .usage
+            .borrow_mut()
+            .denied(key_id, reason.metric_name(), host::now_ms());
+    }
     if mode == Mode::Shadow {
         shared.metrics.count_shadow_denial(reason);
         host::log(LogLevel::Info, &format!("shadow: would deny {verdict}"));
@@ -496,6 +644,9 @@ pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&str>, mode: Mo
     if reason.status() == 503 {
         headers.push(("retry-after", retry_after.as_str()));
     }
+    for (name, value) in extra_headers {
+        headers.push((name, value.as_str()));
+    }
     host::send_local_reply(reason.status(), headers, reason.problem_json().as_bytes());
     false
 }
@@ -514,7 +665,7 @@ pub fn complete(shared: &Shared, context_id: u32, step: Step) {
         Step::Continue => host::resume_request(),
         Step::Wait => {}
         Step::Decided(forwarding, result) => {
-            if apply(shared, &forwarding, result) {
+            if apply(shared, context_id, &forwarding, result) {
                 host::resume_request();
             }
         }

@@ -125,6 +125,29 @@ pub fn dispatch_http_call(
     hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout).map_err(refused)
 }
 
+pub fn set_response_header(name: &str, value: &str) {
+    let _ =
+        hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value.as_bytes()));
+}
+
+/// The upstream response's `:status`.
+pub fn response_status() -> Option<u32> {
+    let value = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+        .ok()
+        .flatten()?;
+    std::str::from_utf8(&value).ok()?.parse().ok()
+}
+
+/// Like [`dispatch_http_call`], with a request body.
+pub fn dispatch_http_call_with_body(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<u32, HostError> {
+    hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout).map_err(refused)
+}
+
 /// The `:status` of the current HTTP call's response, if it has one.
 pub fn call_response_status() -> Option<u32> {
     let value = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")

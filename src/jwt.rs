@@ -261,6 +261,7 @@ fn verify_once(shared: &Shared, token: &str, now_ms: u64) -> Verified {
                     subject: header_safe(&verified.subject),
                     key_id: verified.jti.as_deref().map(header_safe).unwrap_or_default(),
                     scopes: verified.scopes,
+                    rate_limit: None,
                 },
                 issuer: index,
                 valid_until_s,

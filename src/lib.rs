@@ -9,6 +9,7 @@ mod host;
 mod jwt;
 mod lookup;
 mod metrics;
+mod usage;
 
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;

@@ -26,6 +26,9 @@ use crate::metrics::Event;
 const MAX_LOOKUP_BODY: usize = 64 * 1024;
 
 /// A request answered now, or paused until its record arrives.
+// Returned once per request and unpacked at once: boxing would only add an allocation to
+// the hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     Now(Forwarding, Result<Identity, DenyReason>),
     Wait,
@@ -114,13 +117,18 @@ fn decide(
         (Proof::Opaque(_), Some(record)) if crate::feed::is_revoked(shared, &record.id, now_ms) => {
             Err(DenyReason::Revoked)
         }
-        (Proof::Opaque(digest), Some(record)) => {
-            authorize_record(record, digest, &presented.required, now_s)
-        }
+        (Proof::Opaque(digest), Some(record)) => authorize_record(
+            record,
+            digest,
+            &presented.required,
+            presented.forwarding.client,
+            now_s,
+        ),
         (Proof::Token(identity), record) => authorize_token_record(
             record.as_ref(),
             identity.clone(),
             &presented.required,
+            presented.forwarding.client,
             now_s,
         ),
     }

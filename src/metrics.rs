@@ -31,10 +31,16 @@ pub enum Event {
     RevokedIds,
     /// Shadow mode: a request that would have been allowed.
     ShadowAllowed,
+    /// A rate-limit bucket could not be updated (compare-and-swap kept failing).
+    RateLimitContention,
+    UsageFlushed,
+    UsageFlushFailure,
+    /// Usage rows dropped because too many waited.
+    UsageDropped,
 }
 
 impl Event {
-    const ALL: [Event; 15] = [
+    const ALL: [Event; 19] = [
         Event::Allowed,
         Event::AllowedPublic,
         Event::CacheHit,
@@ -50,6 +56,10 @@ impl Event {
         Event::FeedLive,
         Event::RevokedIds,
         Event::ShadowAllowed,
+        Event::RateLimitContention,
+        Event::UsageFlushed,
+        Event::UsageFlushFailure,
+        Event::UsageDropped,
     ];
 
     fn name(self) -> &'static str {
@@ -69,6 +79,10 @@ impl Event {
             Event::FeedLive => "keygate.feed.live",
             Event::RevokedIds => "keygate.feed.revoked_ids",
             Event::ShadowAllowed => "keygate.shadow.allowed",
+            Event::RateLimitContention => "keygate.rate_limit_contention",
+            Event::UsageFlushed => "keygate.usage.flushed",
+            Event::UsageFlushFailure => "keygate.usage.flush_failure",
+            Event::UsageDropped => "keygate.usage.dropped",
         }
     }
 

@@ -68,7 +68,7 @@ impl CacheEntry {
 }
 
 /// FNV-1a: stable across workers and builds, which is all a slot index needs.
-fn fnv1a(bytes: &[u8]) -> u32 {
+pub fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |hash, b| {
         (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     })

@@ -311,6 +311,47 @@ pub struct LegacyKeys {
     pub lookup_path: String,
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageSpec {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_usage_path")]
+    path: String,
+    #[serde(default = "default_usage_flush")]
+    flush_seconds: u64,
+    #[serde(default = "default_usage_rows")]
+    max_rows: usize,
+}
+
+impl Default for UsageSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: default_usage_path(),
+            flush_seconds: default_usage_flush(),
+            max_rows: default_usage_rows(),
+        }
+    }
+}
+
+/// Usage counts reported to the key service, one batch per interval per Envoy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageSettings {
+    pub enabled: bool,
+    pub path: String,
+    pub flush_ms: u64,
+    /// Rows (key × minute) kept waiting at most; past it, new counts are dropped (counted).
+    pub max_rows: usize,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientAddressSpec {
+    #[serde(default)]
+    trusted_hops: u32,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -343,6 +384,10 @@ struct RawConfig {
     route_metadata: bool,
     #[serde(default)]
     legacy_keys: LegacySpec,
+    #[serde(default)]
+    usage: UsageSpec,
+    #[serde(default)]
+    client_address: ClientAddressSpec,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -419,6 +464,15 @@ fn default_decision_header() -> String {
 }
 fn default_legacy_path() -> String {
     "/v1/legacy-keys/".to_owned()
+}
+fn default_usage_path() -> String {
+    crate::wire::USAGE_PATH.to_owned()
+}
+fn default_usage_flush() -> u64 {
+    10
+}
+fn default_usage_rows() -> usize {
+    10_000
 }
 fn default_feed_path() -> String {
     FEED_PATH.to_owned()
@@ -715,6 +769,9 @@ pub struct FilterConfig {
     pub route_metadata: bool,
     /// `None` when legacy keys are not accepted.
     pub legacy_keys: Option<LegacyKeys>,
+    pub usage: UsageSettings,
+    /// Proxies in front of Envoy that append to `X-Forwarded-For` (0: the peer is the client).
+    pub trusted_hops: u32,
 }
 
 impl FilterConfig {
@@ -832,6 +889,18 @@ impl FilterConfig {
                 prefixes: legacy.prefixes.clone(),
                 lookup_path: legacy.lookup_path.clone(),
             });
+        let u = &raw.usage;
+        if !u.path.starts_with('/') {
+            return Err(error("usage.path", ConfigProblem::BadPath));
+        }
+        in_range("usage.flush_seconds", u.flush_seconds, 1, 3_600)?;
+        in_range("usage.max_rows", u.max_rows as u64, 1, 1_000_000)?;
+        in_range(
+            "client_address.trusted_hops",
+            u64::from(raw.client_address.trusted_hops),
+            0,
+            10,
+        )?;
         let mut credential_sources = raw.credential_sources;
         credential_sources.legacy_header = legacy.header.clone();
 
@@ -857,6 +926,13 @@ impl FilterConfig {
             decision_header: raw.shadow.decision_header,
             route_metadata: raw.route_metadata,
             legacy_keys,
+            usage: UsageSettings {
+                enabled: raw.usage.enabled,
+                path: raw.usage.path,
+                flush_ms: raw.usage.flush_seconds * 1000,
+                max_rows: raw.usage.max_rows,
+            },
+            trusted_hops: raw.client_address.trusted_hops,
         })
     }
 
@@ -991,6 +1067,15 @@ mod tests {
                 "revocation_feed.policy",
             ),
             (r#"{"mode": "loud"}"#, "mode"),
+            (r#"{"usage": {"flush_seconds": 0}}"#, "usage.flush_seconds"),
+            (
+                r#"{"client_address": {"trusted_hops": 11}}"#,
+                "client_address.trusted_hops",
+            ),
+            (
+                r#"{"routes": [{"prefix": "/", "scopes": ["a"], "rate_limit": {"requests_per_second": 0, "burst": 1}}]}"#,
+                "routes[0]",
+            ),
             (
                 r#"{"shadow": {"decision_header": "X Bad"}}"#,
                 "shadow.decision_header",

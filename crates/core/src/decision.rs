@@ -1,11 +1,14 @@
 //! Decisions: from a key record and a route to allow (with an identity) or deny (with a reason
 //! that knows its status code, `WWW-Authenticate` header, problem body and metric name).
 
+use std::net::IpAddr;
+
 use crate::credential::CredentialError;
 use crate::jwt::JwtError;
 use crate::key::KeyDigest;
+use crate::limits::address_allowed;
 use crate::scope::{missing_scopes, Scope};
-use crate::wire::{KeyLookup, KeyStatus};
+use crate::wire::{KeyLookup, KeyStatus, RateLimit};
 
 /// The realm named in `WWW-Authenticate`.
 pub const REALM: &str = "keygate";
@@ -30,6 +33,14 @@ pub enum DenyReason {
     InvalidToken(JwtError),
     Revoked,
     Expired,
+    /// Before the key's `not_before`.
+    NotYetValid,
+    /// The client address is outside the key's allow-list.
+    AddressNotAllowed,
+    /// Over the key's (or route's) rate limit; a token is back in this many seconds.
+    RateLimited {
+        retry_after_s: u64,
+    },
     InsufficientScope(Vec<String>),
     /// No route in the table matches the request.
     NoRoute,
@@ -49,7 +60,10 @@ impl DenyReason {
             | Self::DigestMismatch
             | Self::InvalidToken(_)
             | Self::Revoked
+            | Self::NotYetValid
             | Self::Expired => 401,
+            Self::RateLimited { .. } => 429,
+            Self::AddressNotAllowed => 403,
             Self::BadRequest(_) => 400,
             Self::InsufficientScope(_) | Self::NoRoute => 403,
             Self::ServiceUnavailable | Self::Overloaded => 503,
@@ -69,6 +83,9 @@ impl DenyReason {
             Self::InvalidToken(err) => err.metric_name(),
             Self::Revoked => "revoked",
             Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::AddressNotAllowed => "address_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
             Self::InsufficientScope(_) => "insufficient_scope",
             Self::NoRoute => "no_route",
             Self::ServiceUnavailable => "service_unavailable",
@@ -77,7 +94,10 @@ impl DenyReason {
     }
 
     /// Every metric name, so a filter can define them all at start.
-    pub const METRIC_NAMES: [&'static str; 13] = [
+    pub const METRIC_NAMES: [&'static str; 16] = [
+        "not_yet_valid",
+        "address_not_allowed",
+        "rate_limited",
         "missing_credential",
         "conflicting_credentials",
         "malformed_credential",
@@ -126,6 +146,21 @@ impl DenyReason {
                 "Expired API key",
                 "The API key has expired.".to_owned(),
             ),
+            Self::NotYetValid => (
+                "not-yet-valid-key",
+                "API key not valid yet",
+                "The API key is not valid yet.".to_owned(),
+            ),
+            Self::AddressNotAllowed => (
+                "address-not-allowed",
+                "Forbidden",
+                "The API key may not be used from this address.".to_owned(),
+            ),
+            Self::RateLimited { retry_after_s } => (
+                "rate-limited",
+                "Too many requests",
+                format!("The API key's rate limit is exhausted. Retry in {retry_after_s} s."),
+            ),
             Self::InsufficientScope(missing) => (
                 "insufficient-scope",
                 "Insufficient scope",
@@ -167,6 +202,7 @@ impl DenyReason {
             | Self::DigestMismatch
             | Self::InvalidToken(_)
             | Self::Revoked
+            | Self::NotYetValid
             | Self::Expired => Some(format!(
                 "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
                 quoted_safe(&detail)
@@ -175,7 +211,11 @@ impl DenyReason {
                 "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
                 quoted_safe(&missing.join(" "))
             )),
-            Self::NoRoute | Self::ServiceUnavailable | Self::Overloaded => None,
+            Self::NoRoute
+            | Self::ServiceUnavailable
+            | Self::Overloaded
+            | Self::AddressNotAllowed
+            | Self::RateLimited { .. } => None,
         }
     }
 
@@ -218,6 +258,8 @@ pub struct Identity {
     pub subject: String,
     pub key_id: String,
     pub scopes: Vec<String>,
+    /// The key's own rate limit, if it has one.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Identity {
@@ -242,26 +284,43 @@ pub fn authorize_record(
     record: &KeyLookup,
     presented: &KeyDigest,
     required: &[Scope],
+    client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
     let stored = KeyDigest::from_hex(&record.digest).ok_or(DenyReason::DigestMismatch)?;
     if !stored.ct_eq(presented) {
         return Err(DenyReason::DigestMismatch);
     }
+    check_record(record, client, now_s)?;
+    let identity = Identity {
+        subject: header_safe(&record.subject),
+        key_id: record.id.clone(),
+        scopes: record.scopes.iter().map(|s| header_safe(s)).collect(),
+        rate_limit: record.rate_limit.filter(RateLimit::is_valid),
+    };
+    authorize_scopes(identity, required)
+}
+
+/// Status, expiry, validity window and address allow-list of a record whose holder is
+/// already proven.
+fn check_record(record: &KeyLookup, client: Option<IpAddr>, now_s: u64) -> Result<(), DenyReason> {
     match record.status {
         KeyStatus::Active => {}
         KeyStatus::Revoked => return Err(DenyReason::Revoked),
         KeyStatus::Expired => return Err(DenyReason::Expired),
     }
-    if record.expires_at.is_some_and(|at| at <= now_s) {
+    if record.expires_at.is_some_and(|at| at <= now_s)
+        || record.not_after.is_some_and(|at| at <= now_s)
+    {
         return Err(DenyReason::Expired);
     }
-    let identity = Identity {
-        subject: header_safe(&record.subject),
-        key_id: record.id.clone(),
-        scopes: record.scopes.iter().map(|s| header_safe(s)).collect(),
-    };
-    authorize_scopes(identity, required)
+    if record.not_before.is_some_and(|at| now_s < at) {
+        return Err(DenyReason::NotYetValid);
+    }
+    if !address_allowed(&record.allowed_cidrs, client) {
+        return Err(DenyReason::AddressNotAllowed);
+    }
+    Ok(())
 }
 
 /// Checks that an already authenticated identity (a verified JWT) holds the route's scopes.
@@ -281,19 +340,16 @@ pub fn authorize_scopes(identity: Identity, required: &[Scope]) -> Result<Identi
 /// the service does not know the `jti`, so it did not issue this token).
 pub fn authorize_token_record(
     record: Option<&KeyLookup>,
-    identity: Identity,
+    mut identity: Identity,
     required: &[Scope],
+    client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
     let record = record.ok_or(DenyReason::UnknownKey)?;
-    match record.status {
-        KeyStatus::Active => {}
-        KeyStatus::Revoked => return Err(DenyReason::Revoked),
-        KeyStatus::Expired => return Err(DenyReason::Expired),
-    }
-    if record.expires_at.is_some_and(|at| at <= now_s) {
-        return Err(DenyReason::Expired);
-    }
+    check_record(record, client, now_s)?;
+    identity.rate_limit = identity
+        .rate_limit
+        .or(record.rate_limit.filter(RateLimit::is_valid));
     authorize_scopes(identity, required)
 }
 
@@ -307,6 +363,7 @@ mod tests {
             subject: "team-a".into(),
             key_id: "aaaaaaaaaaaaaaaa".into(),
             scopes: vec!["demo:read".into()],
+            rate_limit: None,
         }
     }
 
@@ -315,23 +372,23 @@ mod tests {
         let read = parse_scopes(&["demo:read"]).unwrap();
         let write = parse_scopes(&["demo:write"]).unwrap();
         let (active, _) = record(KeyStatus::Active, None);
-        assert!(authorize_token_record(Some(&active), token_identity(), &read, 0).is_ok());
+        assert!(authorize_token_record(Some(&active), token_identity(), &read, None, 0).is_ok());
         assert_eq!(
-            authorize_token_record(Some(&active), token_identity(), &write, 0),
+            authorize_token_record(Some(&active), token_identity(), &write, None, 0),
             Err(DenyReason::InsufficientScope(vec!["demo:write".into()]))
         );
         let (revoked, _) = record(KeyStatus::Revoked, None);
         assert_eq!(
-            authorize_token_record(Some(&revoked), token_identity(), &read, 0),
+            authorize_token_record(Some(&revoked), token_identity(), &read, None, 0),
             Err(DenyReason::Revoked)
         );
         let (ending, _) = record(KeyStatus::Active, Some(10));
         assert_eq!(
-            authorize_token_record(Some(&ending), token_identity(), &read, 10),
+            authorize_token_record(Some(&ending), token_identity(), &read, None, 10),
             Err(DenyReason::Expired)
         );
         assert_eq!(
-            authorize_token_record(None, token_identity(), &read, 0),
+            authorize_token_record(None, token_identity(), &read, None, 0),
             Err(DenyReason::UnknownKey)
         );
         assert!(authorize_scopes(token_identity(), &read).is_ok());
@@ -357,8 +414,14 @@ mod tests {
     #[test]
     fn allows_an_active_key_with_the_scope() {
         let (rec, digest) = record(KeyStatus::Active, Some(2000));
-        let id =
-            authorize_record(&rec, &digest, &parse_scopes(&["demo:read"]).unwrap(), 1000).unwrap();
+        let id = authorize_record(
+            &rec,
+            &digest,
+            &parse_scopes(&["demo:read"]).unwrap(),
+            None,
+            1000,
+        )
+        .unwrap();
         assert_eq!(id.subject, "team-a");
         assert_eq!(id.scopes_header(), "demo:read");
     }
@@ -368,7 +431,7 @@ mod tests {
         let (rec, _) = record(KeyStatus::Revoked, None);
         let other = KeyDigest::of(b"kg_test_other");
         assert_eq!(
-            authorize_record(&rec, &other, &[], 0),
+            authorize_record(&rec, &other, &[], None, 0),
             Err(DenyReason::DigestMismatch)
         );
     }
@@ -376,20 +439,66 @@ mod tests {
     #[test]
     fn refuses_revoked_expired_and_missing_scope() {
         let (rec, d) = record(KeyStatus::Revoked, None);
-        assert_eq!(authorize_record(&rec, &d, &[], 0), Err(DenyReason::Revoked));
+        assert_eq!(
+            authorize_record(&rec, &d, &[], None, 0),
+            Err(DenyReason::Revoked)
+        );
         let (rec, d) = record(KeyStatus::Expired, None);
-        assert_eq!(authorize_record(&rec, &d, &[], 0), Err(DenyReason::Expired));
+        assert_eq!(
+            authorize_record(&rec, &d, &[], None, 0),
+            Err(DenyReason::Expired)
+        );
         let (rec, d) = record(KeyStatus::Active, Some(1000));
         assert_eq!(
-            authorize_record(&rec, &d, &[], 1000),
+            authorize_record(&rec, &d, &[], None, 1000),
             Err(DenyReason::Expired)
         );
         let (rec, d) = record(KeyStatus::Active, None);
         let need = parse_scopes(&["demo:write", "demo:read"]).unwrap();
         assert_eq!(
-            authorize_record(&rec, &d, &need, 0),
+            authorize_record(&rec, &d, &need, None, 0),
             Err(DenyReason::InsufficientScope(vec!["demo:write".into()]))
         );
+    }
+
+    #[test]
+    fn records_restrict_window_address_and_carry_their_rate_limit() {
+        let (mut rec, d) = record(KeyStatus::Active, None);
+        rec.not_before = Some(100);
+        rec.not_after = Some(200);
+        rec.allowed_cidrs = vec!["127.0.0.0/8".into(), "2001:db8::/32".into()];
+        rec.rate_limit = Some(RateLimit {
+            requests_per_second: 5.0,
+            burst: 5,
+        });
+        let local: Option<IpAddr> = "127.0.0.1".parse().ok();
+        let foreign: Option<IpAddr> = "192.0.2.9".parse().ok();
+        assert_eq!(
+            authorize_record(&rec, &d, &[], local, 99),
+            Err(DenyReason::NotYetValid)
+        );
+        assert_eq!(
+            authorize_record(&rec, &d, &[], local, 200),
+            Err(DenyReason::Expired)
+        );
+        assert_eq!(
+            authorize_record(&rec, &d, &[], foreign, 150),
+            Err(DenyReason::AddressNotAllowed)
+        );
+        assert_eq!(
+            authorize_record(&rec, &d, &[], None, 150),
+            Err(DenyReason::AddressNotAllowed)
+        );
+        let ok = authorize_record(&rec, &d, &[], local, 150).unwrap();
+        assert_eq!(ok.rate_limit.map(|l| l.burst), Some(5));
+        let token = authorize_token_record(Some(&rec), token_identity(), &[], local, 150).unwrap();
+        assert_eq!(token.rate_limit.map(|l| l.burst), Some(5));
+        assert_eq!(DenyReason::RateLimited { retry_after_s: 2 }.status(), 429);
+        assert_eq!(DenyReason::AddressNotAllowed.status(), 403);
+        assert!(DenyReason::NotYetValid
+            .www_authenticate()
+            .unwrap()
+            .contains("invalid_token"));
     }
 
     #[test]
@@ -431,6 +540,9 @@ mod tests {
             DenyReason::InvalidToken(JwtError::BadSignature),
             DenyReason::Revoked,
             DenyReason::Expired,
+            DenyReason::NotYetValid,
+            DenyReason::AddressNotAllowed,
+            DenyReason::RateLimited { retry_after_s: 1 },
             DenyReason::InsufficientScope(vec![]),
             DenyReason::NoRoute,
             DenyReason::ServiceUnavailable,

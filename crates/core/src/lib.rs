@@ -11,6 +11,7 @@ pub mod decision;
 pub mod feed;
 pub mod jwt;
 pub mod key;
+pub mod limits;
 pub mod route;
 pub mod scope;
 pub mod wire;

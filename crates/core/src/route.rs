@@ -8,6 +8,7 @@
 use serde::Deserialize;
 
 use crate::scope::{parse_scopes, Scope, ScopeError};
+use crate::wire::RateLimit;
 
 /// Most routes a table may hold.
 pub const MAX_ROUTES: usize = 10_000;
@@ -35,6 +36,9 @@ pub struct RouteSpec {
     /// `enforce` or `shadow` for this route; absent: the filter's global mode.
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// Default rate limit for keys without one of their own.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     /// No key needed.
     #[serde(default)]
     pub public: bool,
@@ -62,6 +66,8 @@ pub enum RouteError {
     Scope(#[from] ScopeError),
     #[error("at most 10000 routes are allowed")]
     TooMany,
+    #[error("`rate_limit` needs requests_per_second in (0, 1000000] and burst in 1..=1000000")]
+    BadRateLimit,
 }
 
 /// Whether decisions are enforced or only reported.
@@ -115,6 +121,7 @@ pub struct Route {
     matcher: PathMatcher,
     pub policy: Policy,
     pub mode: Option<Mode>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Route {
@@ -159,6 +166,10 @@ impl Route {
             matcher,
             policy,
             mode: spec.mode,
+            rate_limit: match spec.rate_limit {
+                Some(limit) if !limit.is_valid() => return Err(RouteError::BadRateLimit),
+                limit => limit,
+            },
         })
     }
 

@@ -87,6 +87,7 @@ mod tests {
                 subject: "s".into(),
                 key_id: "k".into(),
                 scopes: vec![],
+                rate_limit: None,
             },
             issuer: 0,
             valid_until_s: until,
