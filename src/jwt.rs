@@ -296,7 +296,10 @@ fn wait_for_keys(
         .issuers
         .get(index)
         .is_some_and(|i| !i.waiters.is_empty());
-    if !already_waiting && !may_refetch(shared, index, now_ms) {
+    // A fetch already under way (by this worker or another) will bring the keys: wait for it
+    // rather than refuse, whatever the refetch interval says.
+    let in_flight = fetch_in_flight(shared, index, now_ms);
+    if !already_waiting && !in_flight && !may_refetch(shared, index, now_ms) {
         return false;
     }
     {
@@ -312,10 +315,22 @@ fn wait_for_keys(
             request,
         });
     }
-    if !already_waiting {
+    if !already_waiting && !in_flight {
         start_fetch(shared, index, now_ms);
     }
     true
+}
+
+/// True when this issuer's JWKS is being fetched right now, by this worker or another.
+fn fetch_in_flight(shared: &Shared, index: usize, now_ms: u64) -> bool {
+    if shared.jwt.borrow().fetches.values().any(|i| *i == index) {
+        return true;
+    }
+    host::get_shared(&jwks_lease_key(index))
+        .0
+        .as_deref()
+        .and_then(Lease::decode)
+        .is_some_and(|lease| lease.is_held(now_ms))
 }
 
 /// A refetch on an unknown `kid` happens at most once per `min_refetch` interval, counted

@@ -2,9 +2,14 @@
 //! and an echo upstream. Each test starts its own stack on free ports (see `support`).
 //!
 //! Needs the built binaries: `make test` builds them and passes their paths in `KEYGATE_WASM`,
-//! `KEYGATE_BIN` and `ENVOY_BIN`.
+//! `KEYGATE_BIN` and `ENVOY_BIN`. JWT credentials are tested in `e2e/jwt.rs` (same binary).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// Child modules of this crate root resolve next to it (`tests/`), where cargo would also take
+// `jwt.rs` for a test binary of its own: hence the explicit path.
+#[path = "e2e/feed.rs"]
+#[path = "e2e/jwt.rs"]
+mod jwt;
 mod support;
 
 use std::fs;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+
 /// The admin key every test key service starts with (`KEYGATE_ADMIN_KEY`).
 pub const ADMIN_KEY: &str = "kg-e2e-admin-key-0123456789abcdef0123456789abcdef";
 /// The prefix the test key services mint under.
@@ -434,7 +435,8 @@ pub struct KeyService {
 }
 
 impl KeyService {
-    /// Starts `keygate serve` on a fresh SQLite database in `dir` (created if missing).
+    /// Starts `keygate serve` on a fresh SQLite database in `dir` (created if missing), with a
+    /// fresh signing-key secret (so it can mint JWT API keys).
     pub fn start(dir: &Path, gateway_key: &str, service_token: &str) -> Self {
         fs::create_dir_all(dir).expect("creating the key service dir");
         let port = free_port();
@@ -453,6 +455,8 @@ impl KeyService {
             .env("KEYGATE_GATEWAY_KEY", gateway_key)
             .env("KEYGATE_SERVICE_TOKEN", service_token)
             .env("KEYGATE_ADMIN_KEY", ADMIN_KEY)
+            // 64 hex digits: the service signs JWT API keys (and encrypts its signing keys).
+            .env("KEYGATE_SIGNING_KEY_SECRET", random_hex(32))
             .env("RUST_LOG", "info");
         let proc = Proc::spawn("key service", command, dir.join("keygate.log"));
         KeyService {
@@ -524,6 +528,66 @@ impl KeyService {
         );
         assert_eq!(reply.status, 201, "rotating {id}: {reply:?}");
         IssuedKey::from_json(reply.json())
+    }
+
+    /// `POST /api/v1/auth/keys` with `format: jwt` → 201; `key` is the signed token (header
+    /// `typ: at+jwt`, claims iss/aud `keygate`, sub = owner, jti = key id, scope).
+    pub fn create_jwt_key(
+        &self,
+        name: &str,
+        scopes: &[&str],
+        algorithm: &str,
+        expires_in: u64,
+    ) -> IssuedKey {
+        let issued = self.create_key_from(&serde_json::json!({
+            "name": name,
+            "scopes": scopes,
+            "owner": format!("{name}-owner"),
+            "format": "jwt",
+            "algorithm": algorithm,
+            "expires_in": expires_in,
+        }));
+        assert_eq!(
+            issued.key.split('.').count(),
+            3,
+            "a JWT key is not a compact JWS: {}",
+            issued.raw
+        );
+        issued
+    }
+
+    /// `POST /api/v1/signing-keys/rotate {"algorithm": alg}` → 201; answers the new `kid`.
+    pub fn rotate_signing_key(&self, algorithm: &str) -> String {
+        let reply = self.admin(
+            "POST",
+            "/api/v1/signing-keys/rotate",
+            Some(&serde_json::json!({ "algorithm": algorithm })),
+        );
+        assert_eq!(
+            reply.status, 201,
+            "rotating the {algorithm} signing key: {reply:?}"
+        );
+        reply.json()["kid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no `kid` in the rotation answer: {reply:?}"))
+            .to_string()
+    }
+
+    /// `GET /.well-known/jwks.json` (no credential) → the JWKS document.
+    pub fn jwks(&self) -> Value {
+        let reply = send("GET", &self.url("/.well-known/jwks.json"), &[], None);
+        assert_eq!(reply.status, 200, "GET /.well-known/jwks.json: {reply:?}");
+        reply.json()
+    }
+
+    /// The JWK with `kid` from the published JWKS.
+    pub fn jwk(&self, kid: &str) -> Value {
+        let jwks = self.jwks();
+        jwks["keys"]
+            .as_array()
+            .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
+            .cloned()
+            .unwrap_or_else(|| panic!("kid {kid} is not in the JWKS: {jwks}"))
     }
 
     /// `GET /v1/stats` → the number of filter lookups served so far.
@@ -716,6 +780,21 @@ impl Envoy {
     pub fn counter(&self, name: &str) -> Option<u64> {
         parse_counter(&self.stats(), name)
     }
+
+    /// `wasmcustom.keygate.<name>`, 0 when absent.
+    pub fn keygate_counter(&self, name: &str) -> u64 {
+        self.counter(&format!("wasmcustom.keygate.{name}"))
+            .unwrap_or(0)
+    }
+
+    /// Every `wasmcustom.keygate.*` line of `/stats`, for assertion messages.
+    pub fn keygate_stats(&self) -> String {
+        self.stats()
+            .lines()
+            .filter(|l| l.contains("keygate"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 pub fn parse_counter(stats: &str, name: &str) -> Option<u64> {
@@ -750,6 +829,16 @@ impl Stack {
 
     /// The stack with the plugin configuration changed by `edit` (e.g. a 1 s cache TTL).
     pub fn start_with(label: &str, edit: impl FnOnce(&mut Value)) -> Self {
+        Self::start_prepared(label, edit, |_| {})
+    }
+
+    /// Like [`Stack::start_with`], and runs `prepare` against the ready key service before
+    /// Envoy starts (e.g. to mint keys whose signing keys Envoy's first JWKS fetch must see).
+    pub fn start_prepared(
+        label: &str,
+        edit: impl FnOnce(&mut Value),
+        prepare: impl FnOnce(&KeyService),
+    ) -> Self {
         let wasm = wasm_path();
         // Resolve the other binaries before starting anything, so a missing one fails first.
         let _ = keygate_bin();
@@ -774,6 +863,7 @@ impl Stack {
         let config = render_envoy_config(ports, &wasm, &plugin);
         echo.wait_ready();
         service.wait_ready();
+        prepare(&service);
         let mut envoy = Envoy::start(dir.path(), &config, ports, &gateway_key, &service_token);
         envoy.wait_ready();
         Stack {

@@ -454,7 +454,7 @@ fn default_jwks_refresh() -> u64 {
     300
 }
 fn default_jwks_min_refetch() -> u64 {
-    30
+    5
 }
 fn default_jwks_timeout() -> u64 {
     2_000
