@@ -16,10 +16,10 @@ WASM        := $(ROOT)/target/$(WASM_TARGET)/release/keygate.wasm
 KEYGATE_BIN := $(ROOT)/target/release/keygate
 ENVOY_BIN   ?= $(ROOT)/.venv/bin/envoy
 
-.PHONY: help run test lint build wasm server envoy wasm-target clean bench validate-manifests wasm-test
+.PHONY: help run test lint build wasm server envoy wasm-target clean bench bench-revocation validate-manifests wasm-test
 
 help:
-	@echo "make run | test | lint | bench | build | wasm | envoy | validate-manifests | clean"
+	@echo "make run | test | lint | bench | bench-revocation | build | wasm | envoy | validate-manifests | clean"
 
 run:
 	scripts/run.sh
@@ -73,6 +73,11 @@ wasm-test: wasm-target
 ## -> bench/results/<timestamp>.md (+ .json). Installs wrk if missing.
 bench:
 	scripts/bench.sh
+
+## Revocation propagation: 200 keys revoked one by one, revoke -> first 401 through Envoy
+## (p50/p99/max) -> bench/results/revocation-<timestamp>.md
+bench-revocation:
+	scripts/bench-revocation.sh
 
 ## Istio / Kubernetes manifests under deploy/ against their schemas (offline after first install).
 validate-manifests:

@@ -124,6 +124,15 @@ fn refresh(shared: &Shared, now: u64) {
             .as_deref()
             .and_then(RevokedSet::decode)
         {
+            host::log(
+                LogLevel::Debug,
+                &format!(
+                    "revocation feed: loaded generation {} (seq {}, {} ids)",
+                    status.generation,
+                    set.seq(),
+                    set.len()
+                ),
+            );
             view.set = set;
             view.generation = Some(status.generation);
             shared
@@ -183,8 +192,9 @@ fn poll(shared: &Shared, now: u64) {
         shared.feed.borrow_mut().next_poll_ms = now + 1_000;
         return;
     }
-    // Wait only when up to date: a cold follower wants its snapshot now.
-    let wait = if since == 0 { 0 } else { settings.wait_s };
+    // Wait only once a first answer has loaded: a cold follower wants its snapshot now.
+    let loaded = shared.feed.borrow().status.loaded_ms != 0;
+    let wait = if loaded { settings.wait_s } else { 0 };
     dispatch(shared, since, wait, timeout_ms, now);
 }
 
@@ -278,6 +288,15 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
             .metrics
             .count_by(Event::FeedEvents, answer.events.len() as u64);
     }
+    host::log(
+        LogLevel::Debug,
+        &format!(
+            "revocation feed: applied {} event(s), seq {} (reset: {})",
+            answer.events.len(),
+            answer.seq,
+            answer.reset
+        ),
+    );
     let _ = host::set_shared(SET_KEY, &set.encode(), None);
     let mut status = shared.feed.borrow().status;
     status.generation += 1;

@@ -77,7 +77,7 @@ fn opaque_key(c: &mut Criterion) {
             let parsed = parse_opaque_key(black_box(&key), &PREFIXES).unwrap();
             assert!(parsed.tag_is_authentic(&gateway));
             let digest = parsed.digest();
-            authorize_record(&record, &digest, &required, NOW_S).unwrap()
+            authorize_record(&record, &digest, &required, None, NOW_S).unwrap()
         })
     });
     group.finish();
@@ -212,6 +212,7 @@ fn token_cache(c: &mut Criterion) {
                     subject: format!("user-{n}"),
                     key_id: format!("jti-{n}"),
                     scopes: vec!["openid".into(), "demo:read".into(), "demo:write".into()],
+                    rate_limit: None,
                 },
                 issuer: 0,
                 valid_until_s: NOW_S + 3600,
@@ -246,6 +247,7 @@ fn token_cache(c: &mut Criterion) {
                             subject: "s".into(),
                             key_id: "k".into(),
                             scopes: vec!["demo:read".into()],
+                            rate_limit: None,
                         },
                         issuer: 0,
                         valid_until_s: NOW_S + 3600,

@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use crate::clock::Clock;
 use crate::error::{ApiError, Realm};
 use crate::feed::{long_poll, FeedCounters, MAX_WAIT_S};
+use crate::limits::{CreateLimits, KeyLimits, LimitsView};
 use crate::signing::{
     published_jwks, JwtIssuer, JwtSettings, DEFAULT_ALGORITHM, JWKS_CACHE_CONTROL, JWKS_LEEWAY_S,
 };
@@ -39,7 +40,7 @@ pub const MAX_EXPIRES_IN: i64 = 10 * 365 * 86_400;
 pub const DEFAULT_GRACE: i64 = 86_400;
 /// Longest rotation grace period: thirty days.
 pub const MAX_GRACE: i64 = 30 * 86_400;
-const MAX_NAME_CHARS: usize = 128;
+pub(crate) const MAX_NAME_CHARS: usize = 128;
 const MAX_OWNER_CHARS: usize = 128;
 const MAX_METADATA_BYTES: usize = 4096;
 const MAX_METADATA_KEYS: usize = 32;
@@ -59,6 +60,7 @@ pub struct AppState {
     /// Turns true when the service shuts down: held long-polls answer at once.
     shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     jwt: JwtIssuer,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -80,7 +82,13 @@ impl AppState {
             feed: Arc::default(),
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
             jwt: JwtIssuer::new(JwtSettings::default()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// The Prometheus counters (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Sets how JWT API keys are minted (without this: default issuer and audience, and no
@@ -105,6 +113,16 @@ impl AppState {
         &self.jwt
     }
 
+    /// The current time in Unix seconds, from the service's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Counts one lookup (for lookups answered outside [`lookup_key`]).
+    pub(crate) fn count_lookup(&self) {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Lookup requests received so far (`GET /v1/keys/{id}`, whatever their outcome).
     pub fn lookups_served(&self) -> u64 {
         self.lookups.load(Ordering::Relaxed)
@@ -126,23 +144,49 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let management = Router::new()
         .route("/api/v1/auth/keys", post(create_key).get(list_keys))
-        .route("/api/v1/auth/keys/{id}", get(show_key).delete(revoke_key))
+        .route(
+            "/api/v1/auth/keys/{id}",
+            get(show_key)
+                .delete(revoke_key)
+                .patch(crate::limits::update_key),
+        )
+        .route("/api/v1/auth/keys/{id}/usage", get(crate::usage::key_usage))
         .route("/api/v1/auth/keys/{id}/rotate", post(rotate_key))
         .route("/api/v1/auth/keys/{id}/expire", post(expire_key))
         .route("/api/v1/signing-keys", get(list_signing_keys))
         .route("/api/v1/signing-keys/rotate", post(rotate_signing_key))
+        .merge(crate::audit::routes())
+        .merge(crate::legacy::management_routes())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::audit_management,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let service = Router::new()
         .route("/v1/keys/{id}", get(lookup_key))
         .route("/v1/revocations", get(revocations))
-        .route("/v1/stats", get(stats));
+        .route("/v1/stats", get(stats))
+        .route(
+            "/v1/legacy-keys/{digest}",
+            get(crate::legacy::lookup_legacy_key),
+        )
+        .route(
+            keygate_core::wire::USAGE_PATH,
+            post(crate::usage::ingest_usage)
+                .layer(DefaultBodyLimit::max(crate::usage::MAX_USAGE_BODY_BYTES)),
+        );
     Router::new()
         .route("/healthz", get(healthz))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/metrics", get(crate::metrics::metrics_endpoint))
         .merge(management)
         .merge(service)
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -161,22 +205,33 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = bearer_token(request.headers())
-        .map(|token| KeyDigest::of(token.as_bytes()))
-        .ok_or(ApiError::MissingCredential(Realm::Admin))?;
-    let admins = state.store.active_admin_digests().await?;
+    let (parts, body) = request.into_parts();
+    let Some(presented) = bearer_token(&parts.headers).map(|token| KeyDigest::of(token.as_bytes()))
+    else {
+        crate::audit::record_denied_admin(&state, &parts, "missing").await;
+        return Err(ApiError::MissingCredential(Realm::Admin));
+    };
+    let admins = state.store.active_admin_keys().await?;
     // Compare against every admin digest so the time taken does not depend on which matched.
-    let matched = admins
-        .iter()
-        .fold(false, |found, digest| digest.ct_eq(&presented) | found);
-    if !matched {
+    let matched = admins.iter().fold(None, |found, (id, digest)| {
+        if digest.ct_eq(&presented) {
+            Some(id)
+        } else {
+            found
+        }
+    });
+    let Some(admin_id) = matched else {
         tracing::info!("management request with an invalid admin key refused");
+        crate::audit::record_denied_admin(&state, &parts, "invalid").await;
         return Err(ApiError::InvalidCredential(Realm::Admin));
-    }
+    };
+    let mut request = Request::from_parts(parts, body);
+    let actor = crate::audit::AdminActor(admin_id.clone());
+    request.extensions_mut().insert(actor);
     Ok(next.run(request).await)
 }
 
-fn require_service_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_service_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = bearer_token(headers).ok_or(ApiError::MissingCredential(Realm::Service))?;
     if KeyDigest::of(presented.as_bytes()).ct_eq(&state.service_token) {
         Ok(())
@@ -214,13 +269,17 @@ pub struct KeyView {
     /// JWT keys: the `kid` of the signing key that signed the token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
+    /// Rate limit, allowed CIDRs and validity window (see [`crate::limits`]).
+    #[serde(flatten)]
+    pub limits: LimitsView,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
 
 impl KeyView {
-    fn of(record: KeyRecord, now: i64) -> Self {
+    pub(crate) fn of(record: KeyRecord, now: i64) -> Self {
         Self {
+            limits: LimitsView::of(&record.limits),
             status: record.status(now),
             expires_at: record.effective_expiry().and_then(format_rfc3339),
             created_at: format_rfc3339(record.created_at),
@@ -269,6 +328,14 @@ pub struct CreateKeyRequest {
     /// JWT keys only: `ES256` (default), `EdDSA` or `RS256`.
     #[serde(default)]
     pub algorithm: Option<String>,
+    #[serde(default)]
+    pub rate_limit: Option<crate::limits::RateLimitRequest>,
+    #[serde(default)]
+    pub allowed_cidrs: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_before: Option<String>,
+    #[serde(default)]
+    pub not_after: Option<String>,
 }
 
 /// What kind of key to mint.
@@ -288,13 +355,14 @@ pub struct ValidCreate {
     pub expires_at: Option<i64>,
     pub metadata: Map<String, Value>,
     pub format: KeyFormat,
+    pub limits: KeyLimits,
 }
 
 fn parse_algorithm(text: &str) -> Result<Algorithm, ApiError> {
     Algorithm::parse(text).ok_or(ApiError::UnknownAlgorithm)
 }
 
-fn valid_text(text: &str, max_chars: usize) -> bool {
+pub(crate) fn valid_text(text: &str, max_chars: usize) -> bool {
     text.chars().count() <= max_chars && !text.chars().any(char::is_control)
 }
 
@@ -333,6 +401,13 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         (None, None) => None,
     };
     let metadata = validate_metadata(request.metadata)?;
+    let limits = CreateLimits {
+        rate_limit: request.rate_limit,
+        allowed_cidrs: request.allowed_cidrs,
+        not_before: request.not_before,
+        not_after: request.not_after,
+    }
+    .validate()?;
     Ok(ValidCreate {
         name: request.name,
         owner,
@@ -340,10 +415,11 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         expires_at,
         metadata,
         format,
+        limits,
     })
 }
 
-fn validate_scopes(items: &[String]) -> Result<Vec<Scope>, ApiError> {
+pub(crate) fn validate_scopes(items: &[String]) -> Result<Vec<Scope>, ApiError> {
     if items.len() > MAX_SCOPES {
         return Err(ApiError::TooManyScopes);
     }
@@ -353,7 +429,7 @@ fn validate_scopes(items: &[String]) -> Result<Vec<Scope>, ApiError> {
     parse_scopes(items).map_err(|_| ApiError::TooManyScopes)
 }
 
-fn validate_metadata(metadata: Option<Value>) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn validate_metadata(metadata: Option<Value>) -> Result<Map<String, Value>, ApiError> {
     let map = match metadata {
         None | Some(Value::Null) => return Ok(Map::new()),
         Some(Value::Object(map)) => map,
@@ -371,7 +447,7 @@ fn validate_metadata(metadata: Option<Value>) -> Result<Map<String, Value>, ApiE
     Ok(map)
 }
 
-fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
@@ -381,7 +457,7 @@ fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|error| match error.classify() {
         serde_json::error::Category::Data => ApiError::InvalidBody(error.to_string()),
         _ => ApiError::MalformedJson(error.to_string()),
@@ -395,6 +471,7 @@ struct KeyFields {
     scopes: Vec<String>,
     metadata: Map<String, Value>,
     expires_at: Option<i64>,
+    limits: KeyLimits,
 }
 
 fn random_key_id() -> Result<KeyId, ApiError> {
@@ -430,6 +507,7 @@ async fn mint(
         rotated_to: None,
         algorithm: None,
         signing_kid: None,
+        limits: fields.limits,
     };
     let plaintext = match format {
         KeyFormat::Opaque => {
@@ -509,6 +587,7 @@ async fn create_key(
         scopes: valid.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
         metadata: valid.metadata,
         expires_at: valid.expires_at,
+        limits: valid.limits,
     };
     let (record, plaintext) = mint(&state, valid.format, fields, now).await?;
     state.store.insert_key(&record).await?;
@@ -687,6 +766,7 @@ async fn rotate_key(
         scopes: old.scopes,
         metadata: old.metadata,
         expires_at: old.expires_at,
+        limits: old.limits,
     };
     let (mut successor, plaintext) = mint(&state, format, fields, now).await?;
     successor.rotated_from = Some(old.id);
@@ -820,7 +900,7 @@ fn lookup_not_found() -> Response {
         .into_response()
 }
 
-async fn lookup_key(
+pub(crate) async fn lookup_key(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -857,10 +937,16 @@ async fn lookup_key(
         digest: record.digest,
         scopes: record.scopes,
         status,
-        rate_limit: None,
-        allowed_cidrs: Vec::new(),
-        not_before: None,
-        not_after: None,
+        rate_limit: record.limits.rate_limit,
+        allowed_cidrs: record.limits.allowed_cidrs,
+        not_before: record
+            .limits
+            .not_before
+            .map(|t| u64::try_from(t).unwrap_or(0)),
+        not_after: record
+            .limits
+            .not_after
+            .map(|t| u64::try_from(t).unwrap_or(0)),
     };
     Json(answer).into_response()
 }
@@ -1050,6 +1136,7 @@ mod tests {
             rotated_to: None,
             algorithm: None,
             signing_kid: None,
+            limits: Default::default(),
         };
         let settings = JwtSettings {
             issuer: "https://keys.example".into(),

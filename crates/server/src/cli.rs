@@ -15,6 +15,13 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{ServeArgs, ADMIN_KEY_ENV};
 
+mod audit;
+mod import;
+mod limits;
+pub use audit::{run_audit, AuditArgs};
+pub use import::ImportArgs;
+pub use limits::{LimitArgs, UpdateArgs, UsageArgs};
+
 /// Where the demo stack writes its admin key; the CLI's last resort.
 pub const DEFAULT_ADMIN_KEY_FILE: &str = ".keygate/admin.key";
 const ADMIN_KEY_FILE_ENV: &str = "KEYGATE_ADMIN_KEY_FILE";
@@ -38,6 +45,8 @@ pub enum Command {
     Keys(KeysArgs),
     /// Manage the keys the service signs JWT API keys with.
     SigningKeys(SigningKeysArgs),
+    /// Show the management audit log, newest first.
+    Audit(AuditArgs),
 }
 
 /// How the CLI reaches the key service; shared by every client command.
@@ -103,6 +112,12 @@ pub enum KeysCommand {
     Rotate(RotateArgs),
     /// End a key now: its expiry becomes the current time (idempotent).
     Expire { id: String },
+    /// Change a key's name, scopes, metadata or limits (--clear-* removes a limit).
+    Update(UpdateArgs),
+    /// Show a key's usage per step: a table and a bar chart (--json: the raw answer).
+    Usage(UsageArgs),
+    /// Import legacy keys from CSV or JSON (plaintext keys are hashed before sending).
+    Import(ImportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +147,8 @@ pub struct CreateArgs {
     /// JWT keys: signature algorithm ES256 (default), EdDSA or RS256.
     #[arg(long, requires = "format")]
     pub algorithm: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +359,9 @@ fn execute(args: KeysArgs) -> Result<(), CliError> {
             )?;
             print_minted(&answer, json_output);
         }
+        KeysCommand::Update(update) => limits::update(&client, update, json_output)?,
+        KeysCommand::Usage(usage) => limits::usage(&client, usage, json_output)?,
+        KeysCommand::Import(args) => import::import(&client, args, json_output)?,
     }
     Ok(())
 }
@@ -383,6 +403,7 @@ fn create_body(create: CreateArgs) -> Result<Value, CliError> {
     if let Some(algorithm) = create.algorithm {
         body.insert("algorithm".into(), json!(algorithm));
     }
+    create.limits.insert_into(&mut body)?;
     Ok(Value::Object(body))
 }
 

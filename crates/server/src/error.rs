@@ -95,6 +95,38 @@ pub enum ApiError {
     RotateExpired,
     #[error("this key was already rotated; rotate its successor (rotated_to) instead")]
     RotateAlreadyRotated,
+    #[error("action, target, actor and outcome filters must be at most 128 characters")]
+    BadAuditFilter,
+    #[error("from and to must be RFC 3339 timestamps such as 2030-01-01T00:00:00Z")]
+    BadAuditTime,
+    #[error("an import holds at most 10000 rows and 5 MiB")]
+    ImportTooLarge,
+    #[error("format must be \"csv\" or \"json\"")]
+    UnknownImportFormat,
+    #[error("the import cannot be read: {0}")]
+    UnreadableImport(String),
+    #[error("allowed_cidrs must have at most 64 entries")]
+    TooManyCidrs,
+    #[error("allowed_cidrs[{index}] ({entry:?}) is not an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or 2001:db8::/32")]
+    BadCidr { index: usize, entry: String },
+    #[error("rate_limit needs requests_per_second greater than 0 and at most 1000000, and burst from 1 to 1000000")]
+    BadRateLimit,
+    #[error("{0} must be an RFC 3339 timestamp such as 2030-01-01T00:00:00Z")]
+    BadTimestamp(&'static str),
+    #[error("not_before must be earlier than not_after")]
+    EmptyValidityWindow,
+    #[error("the scopes of a JWT key are in its signed token and cannot change; rotate or create a key instead")]
+    JwtScopesFixed,
+    #[error("a usage batch must be at most 1 MiB")]
+    UsageBatchTooLarge,
+    #[error("a usage batch must have at most 10000 rows")]
+    TooManyUsageRows,
+    #[error("batch_id must be 1 to 128 printable ASCII characters")]
+    BadBatchId,
+    #[error("rows[{index}]: {reason}")]
+    BadUsageRow { index: usize, reason: &'static str },
+    #[error("{0}")]
+    BadUsageQuery(&'static str),
     #[error("internal error")]
     Internal(String),
 }
@@ -103,7 +135,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingCredential(_) | Self::InvalidCredential(_) => StatusCode::UNAUTHORIZED,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge | Self::ImportTooLarge | Self::UsageBatchTooLarge => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::JwtSigningNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             Self::SigningKeyUnreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
@@ -120,7 +154,9 @@ impl ApiError {
         match self {
             Self::MissingCredential(_) | Self::InvalidCredential(_) => "unauthorized",
             Self::MalformedJson(_) => "malformed-json",
-            Self::PayloadTooLarge => "payload-too-large",
+            Self::PayloadTooLarge | Self::ImportTooLarge | Self::UsageBatchTooLarge => {
+                "payload-too-large"
+            }
             Self::JwtSigningNotConfigured => "jwt-signing-not-configured",
             Self::SigningKeyUnreadable(_) => "signing-key-unreadable",
             Self::KeyNotFound | Self::RouteNotFound => "not-found",

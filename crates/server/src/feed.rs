@@ -108,6 +108,11 @@ pub enum FeedPlan {
 }
 
 pub fn plan(since: u64, state: FeedState) -> FeedPlan {
+    // Nothing was ever revoked: a cold follower's empty set is already complete, and its
+    // long-poll must be held like any other (not answered at once, over and over).
+    if since == 0 && state.last_seq == 0 {
+        return FeedPlan::After(0);
+    }
     if since == 0 || since < state.compacted_through || since > state.last_seq {
         FeedPlan::Snapshot
     } else {
@@ -346,7 +351,8 @@ mod tests {
         assert_eq!(plan(4, s), FeedPlan::After(4));
         assert_eq!(plan(10, s), FeedPlan::After(10));
         assert_eq!(plan(11, s), FeedPlan::Snapshot);
-        assert_eq!(plan(0, state(0, 0)), FeedPlan::Snapshot);
+        // Nothing ever revoked: the cold follower is up to date and its long-poll is held.
+        assert_eq!(plan(0, state(0, 0)), FeedPlan::After(0));
     }
 
     #[test]

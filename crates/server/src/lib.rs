@@ -6,14 +6,19 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod legacy;
+pub mod limits;
+pub mod metrics;
 pub mod serve;
 pub mod signing;
 pub mod store;
 pub mod timestamp;
+pub mod usage;
 
 pub use api::{app, AppState};

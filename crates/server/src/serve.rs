@@ -187,8 +187,16 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         database = state.store().backend(),
         "keygate key service ready"
     );
+    // Answers are small and latency matters (a long-poll answer is a revocation on its way):
+    // no Nagle delay waiting for the peer's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let feed = state.clone();
-    let result = axum::serve(listener, app(state))
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let result = axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             // Held long-polls answer now, so they do not delay the shutdown.

@@ -7,8 +7,12 @@
 //! Revoking, rotating and expiring a key also add a revocation-feed event in the same
 //! transaction (see [`crate::feed`]), and publish its sequence number after the commit.
 
+mod audit;
+mod legacy;
+mod limits;
 mod postgres;
 mod sqlite;
+mod usage;
 
 use keygate_core::key::KeyDigest;
 use keygate_core::wire::KeyStatus;
@@ -17,9 +21,14 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use tokio::sync::watch;
 
 use crate::feed::{EventKind, RevocationEvent, RevocationFeed};
+use crate::limits::KeyLimits;
 
+pub use audit::{AuditFilter, AuditRow, NewAuditRow};
+pub use legacy::{LegacyImportRow, LegacyOutcome, FORMAT_LEGACY};
+pub use limits::KeyPatch;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use usage::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};
 
 /// What can go wrong talking to the store. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +93,8 @@ pub struct KeyRecord {
     /// Storing a record with a `signing_kid` also extends that signing key's publication
     /// (see [`SigningKeyRow::is_published`]) to the record's `expires_at`.
     pub signing_kid: Option<String>,
+    /// Rate limit, address allow-list and validity window, for the filter to enforce.
+    pub limits: KeyLimits,
 }
 
 impl KeyRecord {
@@ -344,7 +355,7 @@ impl KeyStore {
 
 const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata, digest, format, created_at, \
      expires_at, grace_until, revoked_at, last_used_at, rotated_from, rotated_to, algorithm, \
-     signing_kid";
+     signing_kid, rate_limit_rps, rate_limit_burst, allowed_cidrs, not_before, not_after";
 
 const SIGNING_KEY_COLUMNS: &str =
     "kid, algorithm, public_jwk, private_key_enc, created_at, retired_at, not_after, signs_forever";
@@ -422,6 +433,7 @@ where
     R: Row,
     &'r str: ColumnIndex<R>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
+    f64: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
     let scopes: String = row.try_get("scopes")?;
@@ -445,6 +457,7 @@ where
         rotated_to: row.try_get("rotated_to")?,
         algorithm: row.try_get("algorithm")?,
         signing_kid: row.try_get("signing_kid")?,
+        limits: limits::limits_from_row(row)?,
     })
 }
 
@@ -478,6 +491,7 @@ mod tests {
             rotated_to: None,
             algorithm: None,
             signing_kid: None,
+            limits: KeyLimits::default(),
         }
     }
 

@@ -77,6 +77,11 @@ impl PostgresStore {
         &self.signal
     }
 
+    /// The pool, for the audit log and legacy key queries (`store/audit.rs`, `store/legacy.rs`).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Whether this replica currently hears the other replicas' events.
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::Relaxed)
@@ -416,7 +421,7 @@ impl PostgresStore {
 
 /// Stores a key record; for a JWT key, also extends the publication of the signing key that
 /// signed it to the token's expiry. Runs inside the caller's transaction.
-async fn insert_key_with(
+pub(super) async fn insert_key_with(
     tx: &mut Transaction<'_, Postgres>,
     key: &KeyRecord,
 ) -> Result<(), StoreError> {
@@ -444,9 +449,10 @@ async fn insert_key_with(
         }
     }
     let (scopes, metadata) = encode_json_fields(key)?;
+    let limits = super::limits::LimitColumns::of(&key.limits)?;
     sqlx::query(&format!(
         "INSERT INTO keys ({KEY_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     ))
     .bind(key.id.as_str())
     .bind(key.prefix.as_str())
@@ -465,6 +471,11 @@ async fn insert_key_with(
     .bind(key.rotated_to.as_deref())
     .bind(key.algorithm.as_deref())
     .bind(key.signing_kid.as_deref())
+    .bind(limits.rate_limit_rps)
+    .bind(limits.rate_limit_burst)
+    .bind(limits.allowed_cidrs)
+    .bind(limits.not_before)
+    .bind(limits.not_after)
     .execute(&mut **tx)
     .await?;
     Ok(())

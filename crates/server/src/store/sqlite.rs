@@ -55,6 +55,11 @@ impl SqliteStore {
         &self.signal
     }
 
+    /// The pool, for the audit log and legacy key queries (`store/audit.rs`, `store/legacy.rs`).
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub(super) async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         insert_key_with(&mut tx, key).await?;
@@ -379,7 +384,7 @@ impl SqliteStore {
 
 /// Stores a key record; for a JWT key, also extends the publication of the signing key that
 /// signed it to the token's expiry. Runs inside the caller's transaction.
-async fn insert_key_with(
+pub(super) async fn insert_key_with(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     key: &KeyRecord,
 ) -> Result<(), StoreError> {
@@ -408,9 +413,10 @@ async fn insert_key_with(
         }
     }
     let (scopes, metadata) = encode_json_fields(key)?;
+    let limits = super::limits::LimitColumns::of(&key.limits)?;
     sqlx::query(&format!(
         "INSERT INTO keys ({KEY_COLUMNS}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(key.id.as_str())
     .bind(key.prefix.as_str())
@@ -429,6 +435,11 @@ async fn insert_key_with(
     .bind(key.rotated_to.as_deref())
     .bind(key.algorithm.as_deref())
     .bind(key.signing_kid.as_deref())
+    .bind(limits.rate_limit_rps)
+    .bind(limits.rate_limit_burst)
+    .bind(limits.allowed_cidrs)
+    .bind(limits.not_before)
+    .bind(limits.not_after)
     .execute(&mut **tx)
     .await?;
     Ok(())

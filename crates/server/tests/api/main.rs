@@ -4,9 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod backends;
 mod feed;
+mod legacy;
 mod storage;
+mod usage;
 
 use std::sync::Arc;
 

@@ -1,0 +1,395 @@
+//! Per-key limits: a rate limit, a client address allow-list and a validity window. The key
+//! service stores them on the key record and hands them to the filter in the lookup answer
+//! ([`keygate_core::wire::KeyLookup`]); the filter enforces them.
+//!
+//! Also the `PATCH /api/v1/auth/keys/{id}` handler, which changes limits, scopes, name and
+//! metadata of a key.
+
+use std::net::IpAddr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keygate_core::key::KeyId;
+use keygate_core::scope::Scope;
+use keygate_core::wire::RateLimit;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::audit::{outcome_of, Caller};
+use crate::error::ApiError;
+use crate::store::{KeyPatch, KeyRecord, FORMAT_JWT};
+use crate::timestamp::{format_rfc3339, parse_rfc3339};
+
+/// Most entries in `allowed_cidrs`.
+pub const MAX_CIDRS: usize = 64;
+
+/// The limits of one key. The default is no limit at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub rate_limit: Option<RateLimit>,
+    /// Canonical CIDR texts (`10.0.0.0/8`, `2001:db8::/32`); empty: any address.
+    pub allowed_cidrs: Vec<String>,
+    /// Unix seconds before which the key is refused.
+    pub not_before: Option<i64>,
+    /// Unix seconds from which the key is refused.
+    pub not_after: Option<i64>,
+}
+
+/// The limits as the key object shows them.
+#[derive(Debug, Serialize)]
+pub struct LimitsView {
+    pub rate_limit: Option<RateLimit>,
+    pub allowed_cidrs: Vec<String>,
+    pub not_before: Option<String>,
+    pub not_after: Option<String>,
+}
+
+impl LimitsView {
+    pub fn of(limits: &KeyLimits) -> Self {
+        Self {
+            rate_limit: limits.rate_limit,
+            allowed_cidrs: limits.allowed_cidrs.clone(),
+            not_before: limits.not_before.and_then(format_rfc3339),
+            not_after: limits.not_after.and_then(format_rfc3339),
+        }
+    }
+}
+
+/// Parses one CIDR (`addr/len`, or a bare address meaning a single host) into its canonical
+/// text: the network address with the host bits cleared. `None` if it is not a CIDR.
+pub fn parse_cidr(text: &str) -> Option<String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => {
+            if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            (addr.parse::<IpAddr>().ok()?, Some(len.parse::<u8>().ok()?))
+        }
+        None => (text.parse::<IpAddr>().ok()?, None),
+    };
+    match addr {
+        IpAddr::V4(v4) => {
+            let len = len.unwrap_or(32);
+            if len > 32 {
+                return None;
+            }
+            let mask = u32::MAX.checked_shl(u32::from(32 - len)).unwrap_or(0);
+            let net = std::net::Ipv4Addr::from(u32::from(v4) & mask);
+            Some(format!("{net}/{len}"))
+        }
+        IpAddr::V6(v6) => {
+            let len = len.unwrap_or(128);
+            if len > 128 {
+                return None;
+            }
+            let mask = u128::MAX.checked_shl(u32::from(128 - len)).unwrap_or(0);
+            let net = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+            Some(format!("{net}/{len}"))
+        }
+    }
+}
+
+/// Checks an `allowed_cidrs` list: at most [`MAX_CIDRS`] entries, each a CIDR. Answers the
+/// canonical texts, without duplicates, in the given order.
+pub fn validate_cidrs(items: &[String]) -> Result<Vec<String>, ApiError> {
+    if items.len() > MAX_CIDRS {
+        return Err(ApiError::TooManyCidrs);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let canonical = parse_cidr(item.trim()).ok_or_else(|| ApiError::BadCidr {
+            index,
+            entry: item.chars().take(64).collect(),
+        })?;
+        if !out.contains(&canonical) {
+            out.push(canonical);
+        }
+    }
+    Ok(out)
+}
+
+/// The `rate_limit` member as a request sends it.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRequest {
+    pub requests_per_second: f64,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// Default burst for a rate: one second's worth, at least 1.
+pub fn default_burst(requests_per_second: f64) -> u32 {
+    let ceil = requests_per_second.ceil();
+    if ceil >= f64::from(u32::MAX) {
+        u32::MAX
+    } else if ceil >= 1.0 {
+        // In range: checked just above.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let burst = ceil as u32;
+        burst
+    } else {
+        1
+    }
+}
+
+pub fn validate_rate_limit(request: RateLimitRequest) -> Result<RateLimit, ApiError> {
+    let limit = RateLimit {
+        requests_per_second: request.requests_per_second,
+        burst: request
+            .burst
+            .unwrap_or_else(|| default_burst(request.requests_per_second)),
+    };
+    if limit.is_valid() {
+        Ok(limit)
+    } else {
+        Err(ApiError::BadRateLimit)
+    }
+}
+
+fn parse_time(text: &str, field: &'static str) -> Result<i64, ApiError> {
+    parse_rfc3339(text).ok_or(ApiError::BadTimestamp(field))
+}
+
+fn check_window(not_before: Option<i64>, not_after: Option<i64>) -> Result<(), ApiError> {
+    match (not_before, not_after) {
+        (Some(start), Some(end)) if start >= end => Err(ApiError::EmptyValidityWindow),
+        _ => Ok(()),
+    }
+}
+
+/// The limit members of a create request (all optional; absent: no limit).
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateLimits {
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitRequest>,
+    #[serde(default)]
+    pub allowed_cidrs: Option<Vec<String>>,
+    #[serde(default)]
+    pub not_before: Option<String>,
+    #[serde(default)]
+    pub not_after: Option<String>,
+}
+
+impl CreateLimits {
+    pub fn validate(self) -> Result<KeyLimits, ApiError> {
+        let limits = KeyLimits {
+            rate_limit: self.rate_limit.map(validate_rate_limit).transpose()?,
+            allowed_cidrs: validate_cidrs(&self.allowed_cidrs.unwrap_or_default())?,
+            not_before: self
+                .not_before
+                .as_deref()
+                .map(|t| parse_time(t, "not_before"))
+                .transpose()?,
+            not_after: self
+                .not_after
+                .as_deref()
+                .map(|t| parse_time(t, "not_after"))
+                .transpose()?,
+        };
+        check_window(limits.not_before, limits.not_after)?;
+        Ok(limits)
+    }
+}
+
+/// A member that may be absent (keep), `null` (clear) or a value (set).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The body of `PATCH /api/v1/auth/keys/{id}`: absent members are kept, `null` clears.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub scopes: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    pub metadata: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<Option<RateLimitRequest>>,
+    #[serde(default, deserialize_with = "present")]
+    pub allowed_cidrs: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    pub not_before: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub not_after: Option<Option<String>>,
+}
+
+/// Checks an update request; answers the patch to apply.
+pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> {
+    let name = match request.name {
+        None => None,
+        Some(None) => return Err(ApiError::BadName),
+        Some(Some(name)) => {
+            if name.is_empty() || !crate::api::valid_text(&name, crate::api::MAX_NAME_CHARS) {
+                return Err(ApiError::BadName);
+            }
+            Some(name)
+        }
+    };
+    let scopes = match request.scopes {
+        None => None,
+        Some(items) => {
+            let scopes = crate::api::validate_scopes(&items.unwrap_or_default())?;
+            Some(scopes.iter().map(|s| Scope::as_str(s).to_owned()).collect())
+        }
+    };
+    let metadata: Option<Map<String, Value>> = request
+        .metadata
+        .map(crate::api::validate_metadata)
+        .transpose()?;
+    let rate_limit = request
+        .rate_limit
+        .map(|r| r.map(validate_rate_limit).transpose())
+        .transpose()?;
+    let allowed_cidrs = request
+        .allowed_cidrs
+        .map(|c| validate_cidrs(&c.unwrap_or_default()))
+        .transpose()?;
+    let not_before = request
+        .not_before
+        .map(|t| {
+            t.as_deref()
+                .map(|t| parse_time(t, "not_before"))
+                .transpose()
+        })
+        .transpose()?;
+    let not_after = request
+        .not_after
+        .map(|t| t.as_deref().map(|t| parse_time(t, "not_after")).transpose())
+        .transpose()?;
+    Ok(KeyPatch {
+        name,
+        scopes,
+        metadata,
+        rate_limit,
+        allowed_cidrs,
+        not_before,
+        not_after,
+    })
+}
+
+/// `PATCH /api/v1/auth/keys/{id}`: changes a key, and records the change in the audit log
+/// (action `update`, with the names of the fields changed, never their values).
+pub(crate) async fn update_key(
+    State(state): State<crate::AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::api::KeyView>, ApiError> {
+    let target = KeyId::parse(&id).ok().map(|id| id.to_string());
+    let mut fields = Vec::new();
+    let result = apply_update(&state, &id, body, &mut fields).await;
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(error) => {
+            let slug = match error.status() {
+                StatusCode::NOT_FOUND => "not-found",
+                StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+                status if status.is_server_error() => "internal",
+                _ => "invalid-request",
+            };
+            outcome_of(error.status(), Some(&format!("urn:keygate:problem:{slug}")))
+        }
+    };
+    let detail = (!fields.is_empty()).then(|| serde_json::json!({ "fields": fields }));
+    crate::audit::record(&state, caller.entry("update", target, &outcome, detail)).await;
+    result
+}
+
+async fn apply_update(
+    state: &crate::AppState,
+    id: &str,
+    body: Result<Bytes, BytesRejection>,
+    fields: &mut Vec<&'static str>,
+) -> Result<Json<crate::api::KeyView>, ApiError> {
+    let id = KeyId::parse(id).map_err(|_| ApiError::BadKeyId)?;
+    let body = crate::api::read_body(body)?;
+    let request: UpdateKeyRequest = crate::api::parse_json(&body)?;
+    let patch = validate_update(request)?;
+    *fields = patch.changed_fields();
+    let now = state.now();
+    let changes_scopes = patch.scopes.is_some();
+    let check = |record: &KeyRecord| {
+        if changes_scopes && record.format == FORMAT_JWT {
+            // A JWT key carries its scopes in the signed token: changing the record would not
+            // change what the token says.
+            return Err(ApiError::JwtScopesFixed);
+        }
+        check_window(record.limits.not_before, record.limits.not_after)
+    };
+    let record = state
+        .store()
+        .update_key(id.as_str(), &patch, check)
+        .await??;
+    tracing::info!(key_id = %record.id, fields = ?fields, "key updated");
+    Ok(Json(crate::api::KeyView::of(record, now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_are_canonical_and_bad_entries_are_named() {
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap(), "10.0.0.0/8");
+        assert_eq!(parse_cidr("127.0.0.1").unwrap(), "127.0.0.1/32");
+        assert_eq!(parse_cidr("2001:db8::1/32").unwrap(), "2001:db8::/32");
+        assert_eq!(parse_cidr("0.0.0.0/0").unwrap(), "0.0.0.0/0");
+        assert_eq!(parse_cidr("::/0").unwrap(), "::/0");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "::/129",
+            "x/1",
+            "10.0.0.0/+8",
+            "10.0.0.0/08x",
+            "1.2.3.4/1/2",
+        ] {
+            assert!(parse_cidr(bad).is_none(), "{bad}");
+        }
+        let items = vec!["10.0.0.0/8".to_owned(), "nope".to_owned()];
+        match validate_cidrs(&items) {
+            Err(ApiError::BadCidr { index, entry }) => {
+                assert_eq!((index, entry.as_str()), (1, "nope"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("10.0.0.{i}/32")).collect();
+        assert!(matches!(validate_cidrs(&many), Err(ApiError::TooManyCidrs)));
+    }
+
+    #[test]
+    fn default_burst_is_one_second_of_rate() {
+        assert_eq!(default_burst(10.0), 10);
+        assert_eq!(default_burst(0.5), 1);
+        assert_eq!(default_burst(2.1), 3);
+        let bad = RateLimitRequest {
+            requests_per_second: 0.0,
+            burst: None,
+        };
+        assert!(validate_rate_limit(bad).is_err());
+    }
+
+    #[test]
+    fn update_distinguishes_absent_from_null() {
+        let request: UpdateKeyRequest = serde_json::from_value(
+            serde_json::json!({"rate_limit": null, "not_after": "2030-01-01T00:00:00Z"}),
+        )
+        .unwrap();
+        let patch = validate_update(request).unwrap();
+        assert_eq!(patch.rate_limit, Some(None));
+        assert_eq!(patch.allowed_cidrs, None);
+        assert_eq!(patch.not_after, Some(Some(1_893_456_000)));
+    }
+}

@@ -1,0 +1,302 @@
+//! Prometheus metrics: `GET /metrics` in the text exposition format 0.0.4, written by hand.
+//!
+//! HTTP requests are counted by a middleware around every route (by route template, method
+//! and status class); key lifecycle counters are derived from the same answers, so handlers
+//! need not know about metrics. Keys by status are counted in the database at most every
+//! [`GAUGE_TTL`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+
+/// How long the keys-by-status gauge is cached.
+pub const GAUGE_TTL: Duration = Duration::from_secs(10);
+/// Content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Counters of the key service. Cloned into [`AppState`] behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// (route template, method, status class) → requests.
+    http: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    keys_created: AtomicU64,
+    keys_revoked: AtomicU64,
+    keys_rotated: AtomicU64,
+    admin_auth_failures: AtomicU64,
+    usage_applied: AtomicU64,
+    usage_duplicate: AtomicU64,
+    usage_rows: AtomicU64,
+    /// (when counted, [active, revoked, expired]).
+    keys_by_status: Mutex<Option<(Instant, [i64; 3])>>,
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request on `route` (a route template, or `unmatched`).
+    pub fn count_request(&self, route: &str, method: &Method, status: StatusCode) {
+        let class = status_class(status);
+        {
+            let mut http = self
+                .http
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *http
+                .entry((route.to_owned(), method.as_str().to_owned(), class))
+                .or_default() += 1;
+        }
+        let counter = match (method, route, status) {
+            (&Method::POST, "/api/v1/auth/keys", StatusCode::CREATED) => Some(&self.keys_created),
+            (&Method::DELETE, "/api/v1/auth/keys/{id}", StatusCode::OK) => Some(&self.keys_revoked),
+            (&Method::POST, "/api/v1/auth/keys/{id}/rotate", StatusCode::CREATED) => {
+                Some(&self.keys_rotated)
+            }
+            (_, route, StatusCode::UNAUTHORIZED) if route.starts_with("/api/") => {
+                Some(&self.admin_auth_failures)
+            }
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one usage batch: applied now, or a duplicate of an applied one.
+    pub fn count_usage_batch(&self, applied: bool, rows: usize) {
+        if applied {
+            self.usage_applied.fetch_add(1, Ordering::Relaxed);
+            self.usage_rows
+                .fetch_add(u64::try_from(rows).unwrap_or(u64::MAX), Ordering::Relaxed);
+        } else {
+            self.usage_duplicate.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn cached_keys_by_status(&self) -> Option<[i64; 3]> {
+        let cached = self
+            .keys_by_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        cached
+            .filter(|(at, _)| at.elapsed() < GAUGE_TTL)
+            .map(|(_, counts)| counts)
+    }
+
+    fn store_keys_by_status(&self, counts: [i64; 3]) {
+        let mut cached = self
+            .keys_by_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *cached = Some((Instant::now(), counts));
+    }
+}
+
+/// Middleware: counts every answer by route template, method and status class.
+pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    state
+        .metrics()
+        .count_request(&route, &method, response.status());
+    response
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// The text exposition of every metric.
+pub async fn render(state: &AppState) -> String {
+    let metrics = state.metrics();
+    let mut out = String::new();
+    family(
+        &mut out,
+        "keygate_http_requests_total",
+        "counter",
+        "HTTP requests answered, by route template, method and status class.",
+    );
+    {
+        let http = metrics.http.lock().unwrap_or_else(|p| p.into_inner());
+        for ((route, method, class), count) in http.iter() {
+            let _ = writeln!(
+                out,
+                "keygate_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{class}\"}} {count}",
+                escape_label(route),
+                escape_label(method),
+            );
+        }
+    }
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    single(
+        &mut out,
+        "keygate_lookups_total",
+        "counter",
+        "Key lookups received from filters (GET /v1/keys/{id}).",
+        state.lookups_served(),
+    );
+    single(
+        &mut out,
+        "keygate_feed_requests_total",
+        "counter",
+        "Revocation feed requests received.",
+        state.feed_counters().requests(),
+    );
+    single(
+        &mut out,
+        "keygate_feed_waiting",
+        "gauge",
+        "Revocation feed long-polls held now.",
+        state.feed_counters().waiting(),
+    );
+    single(
+        &mut out,
+        "keygate_keys_created_total",
+        "counter",
+        "Keys created through the API.",
+        load(&metrics.keys_created),
+    );
+    single(
+        &mut out,
+        "keygate_keys_revoked_total",
+        "counter",
+        "Successful revoke requests (a repeated revoke counts again).",
+        load(&metrics.keys_revoked),
+    );
+    single(
+        &mut out,
+        "keygate_keys_rotated_total",
+        "counter",
+        "Keys rotated.",
+        load(&metrics.keys_rotated),
+    );
+    single(
+        &mut out,
+        "keygate_admin_auth_failures_total",
+        "counter",
+        "Management requests refused for a missing or invalid admin key.",
+        load(&metrics.admin_auth_failures),
+    );
+    family(
+        &mut out,
+        "keygate_usage_batches_total",
+        "counter",
+        "Usage batches received, by result (applied, or duplicate of an applied batch id).",
+    );
+    let _ = writeln!(
+        out,
+        "keygate_usage_batches_total{{result=\"applied\"}} {}",
+        load(&metrics.usage_applied)
+    );
+    let _ = writeln!(
+        out,
+        "keygate_usage_batches_total{{result=\"duplicate\"}} {}",
+        load(&metrics.usage_duplicate)
+    );
+    single(
+        &mut out,
+        "keygate_usage_rows_total",
+        "counter",
+        "Usage rows applied.",
+        load(&metrics.usage_rows),
+    );
+    let counts = match metrics.cached_keys_by_status() {
+        Some(counts) => Some(counts),
+        None => match state.store().count_keys_by_status(state.now()).await {
+            Ok((active, revoked, expired)) => {
+                let counts = [active, revoked, expired];
+                metrics.store_keys_by_status(counts);
+                Some(counts)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot count keys by status for /metrics");
+                None
+            }
+        },
+    };
+    if let Some([active, revoked, expired]) = counts {
+        family(
+            &mut out,
+            "keygate_keys",
+            "gauge",
+            "Keys by status (counted at most every 10 seconds).",
+        );
+        for (status, value) in [
+            ("active", active),
+            ("revoked", revoked),
+            ("expired", expired),
+        ] {
+            let _ = writeln!(out, "keygate_keys{{status=\"{status}\"}} {value}");
+        }
+    }
+    out
+}
+
+/// `GET /metrics` (no credential).
+pub(crate) async fn metrics_endpoint(State(state): State<AppState>) -> Response {
+    let body = render(&state).await;
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_counters_follow_the_answers() {
+        let metrics = Metrics::default();
+        metrics.count_request("/api/v1/auth/keys", &Method::POST, StatusCode::CREATED);
+        metrics.count_request("/api/v1/auth/keys", &Method::POST, StatusCode::BAD_REQUEST);
+        metrics.count_request("/api/v1/auth/keys", &Method::GET, StatusCode::UNAUTHORIZED);
+        metrics.count_request("/v1/keys/{id}", &Method::GET, StatusCode::UNAUTHORIZED);
+        assert_eq!(metrics.keys_created.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.admin_auth_failures.load(Ordering::Relaxed), 1);
+        let http = metrics.http.lock().unwrap();
+        assert_eq!(
+            http[&("/api/v1/auth/keys".to_owned(), "POST".to_owned(), "4xx")],
+            1
+        );
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

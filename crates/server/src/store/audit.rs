@@ -1,0 +1,221 @@
+//! The audit log table (`audit_log`) on both backends, and the admin key ids it names.
+//!
+//! Rows are only appended; the newest row has the highest id, so a page is "ids below the
+//! cursor, highest first".
+
+use keygate_core::key::KeyDigest;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::{KeyStore, StoreError};
+
+/// One audit row as stored. `detail` is JSON text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: i64,
+    pub action: String,
+    pub actor: Option<String>,
+    pub source: Option<String>,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+/// A row to append: everything but the id.
+#[derive(Clone, Copy, Debug)]
+pub struct NewAuditRow<'a> {
+    pub at: i64,
+    pub action: &'a str,
+    pub actor: Option<&'a str>,
+    pub source: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub outcome: &'a str,
+    pub detail: Option<&'a str>,
+}
+
+/// Which rows to list: every filter that is set must match; at most `limit`, with ids below
+/// `before` (the cursor), newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub actor: Option<String>,
+    pub outcome: Option<String>,
+    /// Inclusive lower bound of `at`.
+    pub from: Option<i64>,
+    /// Inclusive upper bound of `at`.
+    pub to: Option<i64>,
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+const AUDIT_COLUMNS: &str = "id, at, action, actor, source, target, outcome, detail";
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// The list query with `placeholder(n)` for the n-th (1-based) bind, and its binds in order.
+fn list_query(filter: &AuditFilter, placeholder: fn(usize) -> String) -> (String, Vec<Bind>) {
+    let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1");
+    let mut binds = Vec::new();
+    let texts = [
+        ("action", &filter.action),
+        ("target", &filter.target),
+        ("actor", &filter.actor),
+        ("outcome", &filter.outcome),
+    ];
+    for (column, value) in texts {
+        if let Some(value) = value {
+            binds.push(Bind::Text(value.clone()));
+            sql.push_str(&format!(" AND {column} = {}", placeholder(binds.len())));
+        }
+    }
+    let ints = [
+        ("at >=", filter.from),
+        ("at <=", filter.to),
+        ("id <", filter.before),
+    ];
+    for (condition, value) in ints {
+        if let Some(value) = value {
+            binds.push(Bind::Int(value));
+            sql.push_str(&format!(" AND {condition} {}", placeholder(binds.len())));
+        }
+    }
+    binds.push(Bind::Int(i64::from(filter.limit)));
+    sql.push_str(&format!(
+        " ORDER BY id DESC LIMIT {}",
+        placeholder(binds.len())
+    ));
+    (sql, binds)
+}
+
+fn audit_from_row<'r, R>(row: &'r R) -> Result<AuditRow, StoreError>
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(AuditRow {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        action: row.try_get("action")?,
+        actor: row.try_get("actor")?,
+        source: row.try_get("source")?,
+        target: row.try_get("target")?,
+        outcome: row.try_get("outcome")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+impl KeyStore {
+    /// Appends one row to the audit log.
+    pub async fn append_audit(&self, row: &NewAuditRow<'_>) -> Result<(), StoreError> {
+        const COLUMNS: &str = "at, action, actor, source, target, outcome, detail";
+        match self {
+            Self::Sqlite(store) => {
+                let sql = format!("INSERT INTO audit_log ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
+                sqlx::query(&sql)
+                    .bind(row.at)
+                    .bind(row.action)
+                    .bind(row.actor)
+                    .bind(row.source)
+                    .bind(row.target)
+                    .bind(row.outcome)
+                    .bind(row.detail)
+                    .execute(store.pool())
+                    .await?;
+            }
+            Self::Postgres(store) => {
+                let sql = format!(
+                    "INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                );
+                sqlx::query(&sql)
+                    .bind(row.at)
+                    .bind(row.action)
+                    .bind(row.actor)
+                    .bind(row.source)
+                    .bind(row.target)
+                    .bind(row.outcome)
+                    .bind(row.detail)
+                    .execute(store.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Audit rows matching `filter`, newest first.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        match self {
+            Self::Sqlite(store) => {
+                let (sql, binds) = list_query(filter, |_| "?".to_owned());
+                let mut query = sqlx::query(&sql);
+                for bind in binds {
+                    query = match bind {
+                        Bind::Text(text) => query.bind(text),
+                        Bind::Int(int) => query.bind(int),
+                    };
+                }
+                let rows = query.fetch_all(store.pool()).await?;
+                rows.iter().map(audit_from_row).collect()
+            }
+            Self::Postgres(store) => {
+                let (sql, binds) = list_query(filter, |n| format!("${n}"));
+                let mut query = sqlx::query(&sql);
+                for bind in binds {
+                    query = match bind {
+                        Bind::Text(text) => query.bind(text),
+                        Bind::Int(int) => query.bind(int),
+                    };
+                }
+                let rows = query.fetch_all(store.pool()).await?;
+                rows.iter().map(audit_from_row).collect()
+            }
+        }
+    }
+
+    /// The ids and digests of the admin keys that are not revoked.
+    pub async fn active_admin_keys(&self) -> Result<Vec<(String, KeyDigest)>, StoreError> {
+        const SQL: &str = "SELECT id, digest FROM admin_keys WHERE revoked_at IS NULL";
+        let pairs: Vec<(String, String)> = match self {
+            Self::Sqlite(store) => sqlx::query_as(SQL).fetch_all(store.pool()).await?,
+            Self::Postgres(store) => sqlx::query_as(SQL).fetch_all(store.pool()).await?,
+        };
+        pairs
+            .into_iter()
+            .map(|(id, hex)| {
+                KeyDigest::from_hex(&hex)
+                    .map(|digest| (id, digest))
+                    .ok_or(StoreError::Corrupt("admin_keys.digest"))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_query_numbers_placeholders_in_bind_order() {
+        let filter = AuditFilter {
+            action: Some("create".into()),
+            outcome: Some("ok".into()),
+            from: Some(5),
+            before: Some(9),
+            limit: 10,
+            ..AuditFilter::default()
+        };
+        let (sql, binds) = list_query(&filter, |n| format!("${n}"));
+        assert_eq!(
+            sql,
+            "SELECT id, at, action, actor, source, target, outcome, detail FROM audit_log \
+             WHERE 1 = 1 AND action = $1 AND outcome = $2 AND at >= $3 AND id < $4 \
+             ORDER BY id DESC LIMIT $5"
+        );
+        assert_eq!(binds.len(), 5);
+    }
+}

@@ -1,0 +1,260 @@
+//! Legacy keys (issue 7): keys issued by an earlier system, imported by their SHA-256 digest.
+//!
+//! They are ordinary key rows with `format = 'legacy'` and `prefix = ''`; the filter finds
+//! them by digest ([`KeyStore::get_legacy_key`]). An import applies every row in one
+//! transaction; a digest already stored is updated or left as it is, never duplicated.
+
+use keygate_core::wire::KeyStatus;
+use serde_json::Map;
+
+use super::{key_from_row, KeyRecord, KeyStore, StoreError, KEY_COLUMNS};
+use crate::limits::KeyLimits;
+
+/// Format of a key record imported from an earlier system: only its SHA-256 digest is known.
+pub const FORMAT_LEGACY: &str = "legacy";
+
+/// One validated row of an import.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyImportRow {
+    /// Lowercase hex SHA-256 of the key text.
+    pub digest: String,
+    pub name: String,
+    pub owner: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<i64>,
+    /// The id the key gets if it is created (minted by the caller).
+    pub new_id: String,
+}
+
+/// What importing one row did (or, in a dry run, would do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LegacyOutcome {
+    Created(String),
+    /// The digest was stored; its name, owner, scopes or expiry changed.
+    Updated(String),
+    /// The digest was stored with the same fields.
+    Unchanged(String),
+    /// The digest is stored as a key that is not a legacy key: refused.
+    NotLegacy,
+    /// The digest is stored as a legacy key that is revoked or rotated, with other fields:
+    /// refused (an ended key is not edited).
+    Ended(String),
+}
+
+impl LegacyImportRow {
+    fn record(&self, now: i64) -> KeyRecord {
+        KeyRecord {
+            id: self.new_id.clone(),
+            prefix: String::new(),
+            name: self.name.clone(),
+            owner: self.owner.clone(),
+            scopes: self.scopes.clone(),
+            metadata: Map::new(),
+            digest: self.digest.clone(),
+            format: FORMAT_LEGACY.to_owned(),
+            created_at: now,
+            expires_at: self.expires_at,
+            grace_until: None,
+            revoked_at: None,
+            last_used_at: None,
+            rotated_from: None,
+            rotated_to: None,
+            algorithm: None,
+            signing_kid: None,
+            limits: KeyLimits::default(),
+        }
+    }
+
+    fn matches(&self, stored: &KeyRecord) -> bool {
+        self.name == stored.name
+            && self.owner == stored.owner
+            && self.scopes == stored.scopes
+            && self.expires_at == stored.expires_at
+    }
+}
+
+/// What to do with one row, given the key stored under its digest (if any).
+enum Plan {
+    Insert,
+    Update(String),
+    Answer(LegacyOutcome),
+}
+
+fn plan(row: &LegacyImportRow, stored: Option<&KeyRecord>, now: i64) -> Plan {
+    let Some(stored) = stored else {
+        return Plan::Insert;
+    };
+    if stored.format != FORMAT_LEGACY {
+        return Plan::Answer(LegacyOutcome::NotLegacy);
+    }
+    if row.matches(stored) {
+        return Plan::Answer(LegacyOutcome::Unchanged(stored.id.clone()));
+    }
+    if stored.status(now) == KeyStatus::Revoked || stored.rotated_to.is_some() {
+        return Plan::Answer(LegacyOutcome::Ended(stored.id.clone()));
+    }
+    Plan::Update(stored.id.clone())
+}
+
+fn scopes_json(scopes: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(scopes).map_err(|_| StoreError::Corrupt("scopes"))
+}
+
+impl KeyStore {
+    /// Imports `rows` in one transaction: a digest not stored yet becomes a legacy key with
+    /// the row's `new_id`; a stored legacy key gets the row's fields. With `dry_run` nothing
+    /// is kept (the transaction is rolled back), but the outcomes are the same.
+    pub async fn import_legacy_keys(
+        &self,
+        rows: &[LegacyImportRow],
+        now: i64,
+        dry_run: bool,
+    ) -> Result<Vec<LegacyOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(rows.len());
+        match self {
+            Self::Sqlite(store) => {
+                let mut tx = store.pool().begin().await?;
+                let select = format!("SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?");
+                for row in rows {
+                    let stored = sqlx::query(&select)
+                        .bind(row.digest.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let stored = stored.as_ref().map(key_from_row).transpose()?;
+                    outcomes.push(match plan(row, stored.as_ref(), now) {
+                        Plan::Insert => {
+                            super::sqlite::insert_key_with(&mut tx, &row.record(now)).await?;
+                            LegacyOutcome::Created(row.new_id.clone())
+                        }
+                        Plan::Update(id) => {
+                            sqlx::query(
+                                "UPDATE keys SET name = ?, owner = ?, scopes = ?, expires_at = ? \
+                                 WHERE id = ?",
+                            )
+                            .bind(row.name.as_str())
+                            .bind(row.owner.as_str())
+                            .bind(scopes_json(&row.scopes)?)
+                            .bind(row.expires_at)
+                            .bind(id.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                            LegacyOutcome::Updated(id)
+                        }
+                        Plan::Answer(outcome) => outcome,
+                    });
+                }
+                if dry_run {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                }
+            }
+            Self::Postgres(store) => {
+                let mut tx = store.pool().begin().await?;
+                let select = format!("SELECT {KEY_COLUMNS} FROM keys WHERE digest = $1");
+                for row in rows {
+                    let stored = sqlx::query(&select)
+                        .bind(row.digest.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let stored = stored.as_ref().map(key_from_row).transpose()?;
+                    outcomes.push(match plan(row, stored.as_ref(), now) {
+                        Plan::Insert => {
+                            super::postgres::insert_key_with(&mut tx, &row.record(now)).await?;
+                            LegacyOutcome::Created(row.new_id.clone())
+                        }
+                        Plan::Update(id) => {
+                            sqlx::query(
+                                "UPDATE keys SET name = $1, owner = $2, scopes = $3, \
+                                 expires_at = $4 WHERE id = $5",
+                            )
+                            .bind(row.name.as_str())
+                            .bind(row.owner.as_str())
+                            .bind(scopes_json(&row.scopes)?)
+                            .bind(row.expires_at)
+                            .bind(id.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                            LegacyOutcome::Updated(id)
+                        }
+                        Plan::Answer(outcome) => outcome,
+                    });
+                }
+                if dry_run {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// The legacy key stored under `digest` (lowercase hex SHA-256), if any. Keys of any
+    /// other format are never answered here.
+    pub async fn get_legacy_key(&self, digest: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = match self {
+            Self::Sqlite(store) => {
+                let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE format = ? AND digest = ?");
+                let row = sqlx::query(&sql)
+                    .bind(FORMAT_LEGACY)
+                    .bind(digest)
+                    .fetch_optional(store.pool())
+                    .await?;
+                row.as_ref().map(key_from_row).transpose()?
+            }
+            Self::Postgres(store) => {
+                let sql =
+                    format!("SELECT {KEY_COLUMNS} FROM keys WHERE format = $1 AND digest = $2");
+                let row = sqlx::query(&sql)
+                    .bind(FORMAT_LEGACY)
+                    .bind(digest)
+                    .fetch_optional(store.pool())
+                    .await?;
+                row.as_ref().map(key_from_row).transpose()?
+            }
+        };
+        Ok(row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> LegacyImportRow {
+        LegacyImportRow {
+            digest: "ab".repeat(32),
+            name: "n".into(),
+            owner: "o".into(),
+            scopes: vec!["read:x".into()],
+            expires_at: None,
+            new_id: "aaaaaaaaaaaaaaaa".into(),
+        }
+    }
+
+    #[test]
+    fn plans_follow_the_stored_key() {
+        let row = row();
+        assert!(matches!(plan(&row, None, 0), Plan::Insert));
+        let mut stored = row.record(0);
+        stored.id = "bbbbbbbbbbbbbbbb".into();
+        assert!(matches!(
+            plan(&row, Some(&stored), 0),
+            Plan::Answer(LegacyOutcome::Unchanged(id)) if id == "bbbbbbbbbbbbbbbb"
+        ));
+        stored.name = "other".into();
+        assert!(matches!(plan(&row, Some(&stored), 0), Plan::Update(_)));
+        stored.revoked_at = Some(0);
+        assert!(matches!(
+            plan(&row, Some(&stored), 0),
+            Plan::Answer(LegacyOutcome::Ended(_))
+        ));
+        stored.format = "opaque".into();
+        assert!(matches!(
+            plan(&row, Some(&stored), 0),
+            Plan::Answer(LegacyOutcome::NotLegacy)
+        ));
+    }
+}

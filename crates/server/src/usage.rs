@@ -1,0 +1,396 @@
+//! Usage analytics: the filter reports per-minute counts per key (`POST /v1/usage`), the
+//! management API answers them per step (`GET /api/v1/auth/keys/{id}/usage`).
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use keygate_core::wire::UsageBatch;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::store::{UsageCell, UsageDelta};
+use crate::timestamp::{format_rfc3339, parse_rfc3339};
+use crate::AppState;
+
+/// Largest usage batch body.
+pub const MAX_USAGE_BODY_BYTES: usize = 1024 * 1024;
+/// Most rows in one usage batch.
+pub const MAX_USAGE_ROWS: usize = 10_000;
+/// Most points in one usage answer.
+pub const MAX_POINTS: i64 = 1000;
+/// The steps a usage query may ask for, in seconds.
+pub const STEPS: [i64; 4] = [60, 300, 3600, 86_400];
+const DEFAULT_STEP: i64 = 3600;
+const DEFAULT_RANGE: i64 = 86_400;
+/// Largest count one row may carry for one kind (far above a minute of real traffic).
+const MAX_ROW_COUNT: u64 = 1_000_000_000_000;
+const MAX_NAMES_PER_ROW: usize = 64;
+const MAX_NAME_LEN: usize = 64;
+const MAX_KEY_ID_LEN: usize = 128;
+const MAX_BATCH_ID_LEN: usize = 128;
+
+/// A usage key id: legacy and deleted keys may report, so any short printable text.
+fn valid_key_id(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_KEY_ID_LEN && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A reason or status class name: `rate_limited`, `2xx`, ...
+fn valid_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Checks a batch and merges its rows by (key, minute, kind, name).
+pub fn merge_batch(batch: &UsageBatch) -> Result<UsageDelta, ApiError> {
+    let id = &batch.batch_id;
+    if id.is_empty() || id.len() > MAX_BATCH_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadBatchId);
+    }
+    if batch.rows.len() > MAX_USAGE_ROWS {
+        return Err(ApiError::TooManyUsageRows);
+    }
+    let mut delta = UsageDelta::default();
+    for (index, row) in batch.rows.iter().enumerate() {
+        let bad = |reason| ApiError::BadUsageRow { index, reason };
+        if !valid_key_id(&row.key_id) {
+            return Err(bad("key_id must be 1 to 128 printable ASCII characters"));
+        }
+        if row.minute % 60 != 0 || i64::try_from(row.minute).is_err() {
+            return Err(bad("minute must be Unix seconds at the start of a minute"));
+        }
+        if i64::try_from(row.last_used_at).is_err() {
+            return Err(bad("last_used_at must be Unix seconds"));
+        }
+        let counts = &row.counts;
+        if counts.denied.len() > MAX_NAMES_PER_ROW || counts.status.len() > MAX_NAMES_PER_ROW {
+            return Err(bad(
+                "at most 64 denied reasons and 64 status classes per row",
+            ));
+        }
+        let named = counts
+            .denied
+            .iter()
+            .map(|(name, n)| ("denied", name, *n))
+            .chain(counts.status.iter().map(|(name, n)| ("status", name, *n)));
+        let mut cells = vec![("allowed", String::new(), counts.allowed)];
+        for (kind, name, n) in named {
+            if !valid_name(name) {
+                return Err(bad(
+                    "reason and status names are 1 to 64 of a-z A-Z 0-9 _ - . :",
+                ));
+            }
+            cells.push((kind, name.clone(), n));
+        }
+        let minute = to_i64(row.minute);
+        for (kind, name, n) in cells {
+            if n > MAX_ROW_COUNT {
+                return Err(bad("a count is larger than 10^12"));
+            }
+            if n == 0 {
+                continue;
+            }
+            let cell = delta
+                .counts
+                .entry((row.key_id.clone(), minute, kind, name))
+                .or_default();
+            *cell = cell.saturating_add(to_i64(n));
+        }
+        if row.last_used_at > 0 {
+            let at = to_i64(row.last_used_at);
+            let last = delta.last_used.entry(row.key_id.clone()).or_insert(at);
+            *last = (*last).max(at);
+        }
+    }
+    Ok(delta)
+}
+
+/// `POST /v1/usage` (service token): applies a usage batch once.
+pub(crate) async fn ingest_usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    crate::api::require_service_token(&state, &headers)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::UsageBatchTooLarge
+        } else {
+            ApiError::UnreadableBody
+        }
+    })?;
+    let batch: UsageBatch = crate::api::parse_json(&body)?;
+    let delta = merge_batch(&batch)?;
+    let applied = state
+        .store()
+        .apply_usage(&batch.batch_id, &delta, state.now())
+        .await?;
+    state.metrics().count_usage_batch(applied, batch.rows.len());
+    if applied {
+        tracing::debug!(batch_id = %batch.batch_id, rows = batch.rows.len(), "usage batch applied");
+        Ok(Json(
+            serde_json::json!({"applied": true, "rows": batch.rows.len()}),
+        ))
+    } else {
+        tracing::info!(batch_id = %batch.batch_id, "usage batch already applied; ignored");
+        Ok(Json(serde_json::json!({"applied": false})))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct UsageParams {
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+}
+
+/// Counts of one step, or of the whole range.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    pub allowed: u64,
+    pub denied: BTreeMap<String, u64>,
+    pub status: BTreeMap<String, u64>,
+}
+
+impl UsageTotals {
+    fn add(&mut self, kind: &str, name: &str, count: u64) {
+        match kind {
+            "allowed" => self.allowed = self.allowed.saturating_add(count),
+            "denied" => *self.denied.entry(name.to_owned()).or_default() += count,
+            _ => *self.status.entry(name.to_owned()).or_default() += count,
+        }
+    }
+
+    /// Requests counted: allowed plus denied.
+    pub fn requests(&self) -> u64 {
+        self.allowed.saturating_add(self.denied.values().sum())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsagePoint {
+    /// Start of the step, RFC 3339.
+    pub start: String,
+    #[serde(flatten)]
+    pub counts: UsageTotals,
+}
+
+/// The answer of `GET /api/v1/auth/keys/{id}/usage`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub key_id: String,
+    pub from: String,
+    pub to: String,
+    pub step: i64,
+    pub points: Vec<UsagePoint>,
+    pub totals: UsageTotals,
+}
+
+/// The range and step a usage query asks for: `from` aligned down to the step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageRange {
+    pub from: i64,
+    pub to: i64,
+    pub step: i64,
+}
+
+impl UsageRange {
+    pub fn parse(
+        from: Option<&str>,
+        to: Option<&str>,
+        step: Option<&str>,
+        now: i64,
+    ) -> Result<Self, ApiError> {
+        let step = match step {
+            None => DEFAULT_STEP,
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|s| STEPS.contains(s))
+                .ok_or(ApiError::BadUsageQuery(
+                    "step must be one of 60, 300, 3600, 86400",
+                ))?,
+        };
+        let time = |text: &str, field: &'static str| {
+            parse_rfc3339(text).ok_or(ApiError::BadTimestamp(field))
+        };
+        let to = to.map(|t| time(t, "to")).transpose()?.unwrap_or(now);
+        let from = from
+            .map(|t| time(t, "from"))
+            .transpose()?
+            .unwrap_or(to.saturating_sub(DEFAULT_RANGE));
+        if from >= to {
+            return Err(ApiError::BadUsageQuery("from must be earlier than to"));
+        }
+        let from = from - from.rem_euclid(step);
+        let range = Self { from, to, step };
+        if range.points() > MAX_POINTS {
+            return Err(ApiError::BadUsageQuery(
+                "the range holds more than 1000 steps: narrow it or use a larger step",
+            ));
+        }
+        Ok(range)
+    }
+
+    pub fn points(&self) -> i64 {
+        (self.to - self.from).saturating_add(self.step - 1) / self.step
+    }
+
+    /// One point per step, zeros where nothing was counted.
+    pub fn report(&self, key_id: String, cells: &[UsageCell]) -> UsageReport {
+        let mut buckets: BTreeMap<i64, UsageTotals> = (0..self.points())
+            .map(|i| (self.from + i * self.step, UsageTotals::default()))
+            .collect();
+        let mut totals = UsageTotals::default();
+        for cell in cells {
+            let count = u64::try_from(cell.count).unwrap_or(0);
+            if let Some(bucket) = buckets.get_mut(&cell.bucket) {
+                bucket.add(&cell.kind, &cell.name, count);
+                totals.add(&cell.kind, &cell.name, count);
+            }
+        }
+        UsageReport {
+            key_id,
+            from: format_rfc3339(self.from).unwrap_or_default(),
+            to: format_rfc3339(self.to).unwrap_or_default(),
+            step: self.step,
+            points: buckets
+                .into_iter()
+                .map(|(start, counts)| UsagePoint {
+                    start: format_rfc3339(start).unwrap_or_default(),
+                    counts,
+                })
+                .collect(),
+            totals,
+        }
+    }
+}
+
+/// `GET /api/v1/auth/keys/{id}/usage?from=&to=&step=` (admin).
+pub(crate) async fn key_usage(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Result<Json<UsageReport>, ApiError> {
+    if !valid_key_id(&id) {
+        return Err(ApiError::BadKeyId);
+    }
+    let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
+    let range = UsageRange::parse(
+        params.from.as_deref(),
+        params.to.as_deref(),
+        params.step.as_deref(),
+        state.now(),
+    )?;
+    let store = state.store();
+    // Deleted and legacy keys may have usage without a record; otherwise an unknown id is 404.
+    if store.get_key(&id).await?.is_none() && !store.has_usage(&id).await? {
+        return Err(ApiError::KeyNotFound);
+    }
+    let cells = store
+        .usage_cells(&id, range.from, range.to, range.step)
+        .await?;
+    Ok(Json(range.report(id, &cells)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::wire::{UsageCounts, UsageRow};
+
+    fn row(key: &str, minute: u64, allowed: u64, denied: &[(&str, u64)]) -> UsageRow {
+        UsageRow {
+            key_id: key.into(),
+            minute,
+            counts: UsageCounts {
+                allowed,
+                denied: denied.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+                status: BTreeMap::new(),
+            },
+            last_used_at: minute + 30,
+        }
+    }
+
+    #[test]
+    fn rows_merge_by_key_minute_and_name() {
+        let batch = UsageBatch {
+            batch_id: "b1".into(),
+            rows: vec![
+                row("k", 60, 2, &[("revoked", 1)]),
+                row("k", 60, 3, &[("revoked", 2)]),
+                row("j", 120, 0, &[]),
+            ],
+        };
+        let delta = merge_batch(&batch).unwrap();
+        assert_eq!(delta.counts[&("k".into(), 60, "allowed", String::new())], 5);
+        assert_eq!(
+            delta.counts[&("k".into(), 60, "denied", "revoked".into())],
+            3
+        );
+        assert_eq!(delta.counts.len(), 2);
+        assert_eq!(delta.last_used["j"], 150);
+    }
+
+    #[test]
+    fn bad_rows_are_named() {
+        let batch = UsageBatch {
+            batch_id: "b".into(),
+            rows: vec![row("k", 60, 1, &[]), row("k", 61, 1, &[])],
+        };
+        assert!(matches!(
+            merge_batch(&batch),
+            Err(ApiError::BadUsageRow { index: 1, .. })
+        ));
+        let bad_name = UsageBatch {
+            batch_id: "b".into(),
+            rows: vec![row("k", 60, 1, &[("has space", 1)])],
+        };
+        assert!(merge_batch(&bad_name).is_err());
+        let no_id = UsageBatch {
+            batch_id: String::new(),
+            rows: vec![],
+        };
+        assert!(matches!(merge_batch(&no_id), Err(ApiError::BadBatchId)));
+    }
+
+    #[test]
+    fn ranges_align_and_fill_empty_steps() {
+        let range = UsageRange::parse(
+            Some("1970-01-01T01:30:00Z"),
+            Some("1970-01-01T04:00:00Z"),
+            Some("3600"),
+            0,
+        )
+        .unwrap();
+        assert_eq!((range.from, range.to, range.points()), (3600, 14_400, 3));
+        let cells = [UsageCell {
+            bucket: 7200,
+            kind: "allowed".into(),
+            name: String::new(),
+            count: 4,
+        }];
+        let report = range.report("k".into(), &cells);
+        let allowed: Vec<u64> = report.points.iter().map(|p| p.counts.allowed).collect();
+        assert_eq!(allowed, [0, 4, 0]);
+        assert_eq!(report.totals.allowed, 4);
+        assert!(UsageRange::parse(None, None, Some("7"), 100_000).is_err());
+        assert!(UsageRange::parse(
+            Some("1970-01-01T00:00:00Z"),
+            Some("1970-01-02T00:00:00Z"),
+            Some("60"),
+            0
+        )
+        .is_err());
+    }
+}

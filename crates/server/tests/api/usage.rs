@@ -1,0 +1,521 @@
+//! Per-key limits, usage analytics and `/metrics`, through the HTTP API on both backends.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use keygate_server::app;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::backends::Backend;
+use crate::{harness_on, jwt_settings, rfc3339, Answer, Harness, ADMIN, KEYS, NOW, SERVICE};
+
+/// Makes a `sqlite::NAME` and a `postgres::NAME` test of each `async fn NAME(Backend)`.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(crate::backends::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(crate::backends::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    limits_round_trip_from_create_to_lookup_and_rotation,
+    patch_updates_and_clears_limits,
+    bad_limits_are_refused_with_the_entry_named,
+    a_usage_batch_counts_once_and_aggregates_by_step,
+    usage_of_unknown_keys_is_kept_and_does_not_fail,
+    usage_bodies_and_rows_are_bounded,
+    metrics_expose_the_counters,
+);
+
+async fn harness(backend: Backend) -> Harness {
+    harness_on(backend, jwt_settings()).await
+}
+
+impl Harness {
+    async fn post_usage(&self, batch: &Value) -> Answer {
+        self.send("POST", "/v1/usage", Some(SERVICE), Some(&batch.to_string()))
+            .await
+    }
+
+    async fn usage(&self, id: &str, query: &str) -> Answer {
+        self.admin("GET", &format!("{KEYS}/{id}/usage?{query}"), None)
+            .await
+    }
+
+    /// `GET /metrics` as text.
+    async fn metrics_text(&self) -> (StatusCode, String, String) {
+        let request = Request::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap();
+        let response = app(self.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+}
+
+async fn limits_round_trip_from_create_to_lookup_and_rotation(backend: Backend) {
+    let h = harness(backend).await;
+    let created = h
+        .create(json!({
+            "name": "limited", "scopes": ["demo:read"],
+            "rate_limit": {"requests_per_second": 2.5},
+            "allowed_cidrs": ["10.1.2.3/8", "2001:db8::/32", "127.0.0.1/32"],
+            "not_before": rfc3339(NOW - 60), "not_after": rfc3339(NOW + 3600),
+        }))
+        .await;
+    assert_eq!(
+        created["rate_limit"],
+        json!({"requests_per_second": 2.5, "burst": 3})
+    );
+    assert_eq!(
+        created["allowed_cidrs"],
+        json!(["10.0.0.0/8", "2001:db8::/32", "127.0.0.1/32"])
+    );
+    assert_eq!(created["not_before"], rfc3339(NOW - 60));
+    assert_eq!(created["not_after"], rfc3339(NOW + 3600));
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(h.show(id).await["rate_limit"], created["rate_limit"]);
+
+    let lookup = h.lookup(id).await;
+    assert_eq!(lookup.status, StatusCode::OK);
+    assert_eq!(lookup.body["rate_limit"], created["rate_limit"]);
+    assert_eq!(lookup.body["allowed_cidrs"], created["allowed_cidrs"]);
+    assert_eq!(lookup.body["not_before"], NOW - 60);
+    assert_eq!(lookup.body["not_after"], NOW + 3600);
+    let wire: keygate_core::wire::KeyLookup = serde_json::from_value(lookup.body).unwrap();
+    assert_eq!(wire.rate_limit.unwrap().burst, 3);
+
+    let rotated = h
+        .admin("POST", &format!("{KEYS}/{id}/rotate"), Some(json!({})))
+        .await;
+    assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+    for field in ["rate_limit", "allowed_cidrs", "not_before", "not_after"] {
+        assert_eq!(rotated.body[field], created[field], "{field}");
+    }
+
+    // A key without limits shows them empty and the lookup leaves them out.
+    let plain = h.create(json!({"name": "plain", "scopes": []})).await;
+    assert_eq!(plain["rate_limit"], Value::Null);
+    assert_eq!(plain["allowed_cidrs"], json!([]));
+    let lookup = h.lookup(plain["id"].as_str().unwrap()).await.body;
+    for field in ["rate_limit", "allowed_cidrs", "not_before", "not_after"] {
+        assert!(lookup.get(field).is_none(), "{field}: {lookup}");
+    }
+}
+
+async fn patch_updates_and_clears_limits(backend: Backend) {
+    let h = harness(backend).await;
+    let created = h
+        .create(json!({
+            "name": "k", "scopes": ["demo:read"], "metadata": {"team": "a"},
+            "rate_limit": {"requests_per_second": 10, "burst": 20},
+            "allowed_cidrs": ["10.0.0.0/8"],
+        }))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let path = format!("{KEYS}/{id}");
+
+    let answer = h
+        .admin(
+            "PATCH",
+            &path,
+            Some(json!({
+                "name": "renamed", "scopes": ["demo:write", "demo:read"],
+                "not_after": rfc3339(NOW + 60), "allowed_cidrs": ["192.168.0.0/16"],
+            })),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["name"], "renamed");
+    assert_eq!(answer.body["scopes"], json!(["demo:read", "demo:write"]));
+    assert_eq!(answer.body["allowed_cidrs"], json!(["192.168.0.0/16"]));
+    assert_eq!(answer.body["not_after"], rfc3339(NOW + 60));
+    // Absent members are kept.
+    assert_eq!(answer.body["metadata"], json!({"team": "a"}));
+    assert_eq!(answer.body["rate_limit"]["burst"], 20);
+
+    let answer = h
+        .admin(
+            "PATCH",
+            &path,
+            Some(json!({"rate_limit": null, "allowed_cidrs": null, "not_after": null})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["rate_limit"], Value::Null);
+    assert_eq!(answer.body["allowed_cidrs"], json!([]));
+    assert_eq!(answer.body["not_after"], Value::Null);
+    let lookup = h.lookup(id).await.body;
+    assert!(lookup.get("rate_limit").is_none(), "{lookup}");
+    assert_eq!(lookup["scopes"], json!(["demo:read", "demo:write"]));
+
+    // An empty window is refused and nothing changes.
+    let answer = h
+        .admin(
+            "PATCH",
+            &path,
+            Some(json!({"not_before": rfc3339(NOW + 100), "not_after": rfc3339(NOW + 50)})),
+        )
+        .await;
+    answer.assert_problem(StatusCode::BAD_REQUEST);
+    assert_eq!(h.show(id).await["not_before"], Value::Null);
+
+    let missing = h
+        .admin(
+            "PATCH",
+            &format!("{KEYS}/aaaaaaaaaaaaaaaa"),
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    missing.assert_problem(StatusCode::NOT_FOUND);
+    let unknown_field = h.admin("PATCH", &path, Some(json!({"owner": "x"}))).await;
+    unknown_field.assert_problem(StatusCode::BAD_REQUEST);
+
+    // Each update is in the audit log with the fields it changed, never their values.
+    let audit = h.admin("GET", "/api/v1/audit?action=update", None).await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.body);
+    let entries = audit.body["entries"].as_array().unwrap();
+    let ok: Vec<&Value> = entries.iter().filter(|e| e["outcome"] == "ok").collect();
+    assert_eq!(ok.len(), 2, "{entries:?}");
+    assert!(ok
+        .iter()
+        .all(|e| e["target"] == id && e["actor"].is_string()));
+    assert!(ok
+        .iter()
+        .any(|e| e["detail"]["fields"] == json!(["rate_limit", "allowed_cidrs", "not_after"])));
+    assert!(!audit.body.to_string().contains("192.168.0.0"));
+    assert!(entries
+        .iter()
+        .any(|e| e["outcome"].as_str().unwrap().starts_with("error")));
+}
+
+async fn bad_limits_are_refused_with_the_entry_named(backend: Backend) {
+    let h = harness(backend).await;
+    let answer = h
+        .admin(
+            "POST",
+            KEYS,
+            Some(
+                json!({"name": "x", "scopes": [], "allowed_cidrs": ["10.0.0.0/8", "10.0.0.0/33"]}),
+            ),
+        )
+        .await;
+    answer.assert_problem(StatusCode::BAD_REQUEST);
+    assert!(
+        answer.detail().contains("allowed_cidrs[1]"),
+        "{}",
+        answer.detail()
+    );
+    assert!(
+        answer.detail().contains("10.0.0.0/33"),
+        "{}",
+        answer.detail()
+    );
+
+    let many: Vec<String> = (0..65).map(|i| format!("10.0.{i}.0/24")).collect();
+    let cases = [
+        json!({"name": "x", "scopes": [], "allowed_cidrs": many}),
+        json!({"name": "x", "scopes": [], "allowed_cidrs": ["example.com"]}),
+        json!({"name": "x", "scopes": [], "rate_limit": {"requests_per_second": 0}}),
+        json!({"name": "x", "scopes": [], "rate_limit": {"requests_per_second": 1, "burst": 0}}),
+        json!({"name": "x", "scopes": [], "rate_limit": {"requests_per_second": -1}}),
+        json!({"name": "x", "scopes": [], "not_before": "soon"}),
+        json!({"name": "x", "scopes": [], "not_before": rfc3339(NOW + 10), "not_after": rfc3339(NOW)}),
+    ];
+    for case in cases {
+        let answer = h.admin("POST", KEYS, Some(case.clone())).await;
+        answer.assert_problem(StatusCode::BAD_REQUEST);
+    }
+    let listed = h.admin("GET", KEYS, None).await;
+    assert_eq!(listed.body["keys"], json!([]));
+}
+
+fn row(key: &str, minute: i64, allowed: u64, denied: Value, status: Value, used: i64) -> Value {
+    json!({
+        "key_id": key, "minute": minute, "allowed": allowed, "denied": denied,
+        "status": status, "last_used_at": used,
+    })
+}
+
+async fn a_usage_batch_counts_once_and_aggregates_by_step(backend: Backend) {
+    let h = harness(backend).await;
+    let id = h.create(json!({"name": "k", "scopes": []})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hour = NOW - NOW.rem_euclid(3600) - 3 * 3600; // three hours ago, aligned
+    let batch = json!({"batch_id": "filter-1:42", "rows": [
+        row(&id, hour, 5, json!({"rate_limited": 2}), json!({"2xx": 4, "5xx": 1}), hour + 10),
+        row(&id, hour + 60, 1, json!({}), json!({"2xx": 1}), hour + 90),
+        row(&id, hour + 7200, 3, json!({"revoked": 1}), json!({"4xx": 3}), hour + 7230),
+    ]});
+    let answer = h.post_usage(&batch).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body, json!({"applied": true, "rows": 3}));
+    let again = h.post_usage(&batch).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body, json!({"applied": false}));
+
+    assert_eq!(h.show(&id).await["last_used_at"], rfc3339(hour + 7230));
+    // An older report does not move last_used_at back.
+    let older = json!({"batch_id": "filter-1:43", "rows": [
+        row(&id, hour, 1, json!({}), json!({}), hour + 20),
+    ]});
+    assert_eq!(h.post_usage(&older).await.body["applied"], true);
+    assert_eq!(h.show(&id).await["last_used_at"], rfc3339(hour + 7230));
+
+    let query = format!(
+        "from={}&to={}&step=3600",
+        rfc3339(hour),
+        rfc3339(hour + 4 * 3600)
+    );
+    let report = h.usage(&id, &query).await;
+    assert_eq!(report.status, StatusCode::OK, "{}", report.body);
+    let body = report.body;
+    assert_eq!(body["key_id"], id.as_str());
+    assert_eq!(body["step"], 3600);
+    assert_eq!(body["from"], rfc3339(hour));
+    let points = body["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4, "{body}");
+    assert_eq!(
+        points[0],
+        json!({"start": rfc3339(hour), "allowed": 7, "denied": {"rate_limited": 2},
+               "status": {"2xx": 5, "5xx": 1}})
+    );
+    assert_eq!(
+        points[1],
+        json!({"start": rfc3339(hour + 3600), "allowed": 0, "denied": {}, "status": {}})
+    );
+    assert_eq!(points[2]["allowed"], 3);
+    assert_eq!(points[2]["denied"], json!({"revoked": 1}));
+    assert_eq!(points[3]["allowed"], 0);
+    assert_eq!(
+        body["totals"],
+        json!({"allowed": 10, "denied": {"rate_limited": 2, "revoked": 1},
+               "status": {"2xx": 5, "4xx": 3, "5xx": 1}})
+    );
+
+    // Per minute: the two minutes of the first hour are apart.
+    let query = format!("from={}&to={}&step=60", rfc3339(hour), rfc3339(hour + 180));
+    let minutes = h.usage(&id, &query).await.body;
+    let allowed: Vec<u64> = minutes["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["allowed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(allowed, [6, 1, 0]);
+
+    // Defaults: the last 24 hours by hour.
+    let default = h.usage(&id, "").await.body;
+    assert_eq!(default["step"], 3600);
+    assert_eq!(default["totals"]["allowed"], 10);
+    assert!(default["points"].as_array().unwrap().len() >= 24);
+
+    // Too many points, a bad step, a reversed range, an unknown key.
+    let too_many = format!("from={}&to={}&step=60", rfc3339(NOW - 86_400), rfc3339(NOW));
+    h.usage(&id, &too_many)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST);
+    h.usage(&id, "step=120")
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST);
+    let reversed = format!("from={}&to={}", rfc3339(NOW), rfc3339(NOW - 60));
+    h.usage(&id, &reversed)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST);
+    h.usage("bbbbbbbbbbbbbbbb", "")
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+    // Admin only.
+    let anonymous = h
+        .send("GET", &format!("{KEYS}/{id}/usage"), None, None)
+        .await;
+    anonymous.assert_problem(StatusCode::UNAUTHORIZED);
+}
+
+async fn usage_of_unknown_keys_is_kept_and_does_not_fail(backend: Backend) {
+    let h = harness(backend).await;
+    let minute = NOW - NOW.rem_euclid(60) - 600;
+    let batch = json!({"batch_id": "b-unknown", "rows": [
+        row("legacy-key-7", minute, 9, json!({}), json!({"2xx": 9}), minute + 1),
+        row("cccccccccccccccc", minute, 1, json!({"revoked": 1}), json!({}), minute + 1),
+    ]});
+    let answer = h.post_usage(&batch).await;
+    assert_eq!(answer.body, json!({"applied": true, "rows": 2}));
+    // Usage of a key with no record is still answered (legacy and deleted keys).
+    let report = h.usage("legacy-key-7", "").await;
+    assert_eq!(report.status, StatusCode::OK, "{}", report.body);
+    assert_eq!(report.body["totals"]["allowed"], 9);
+
+    // The service token is required.
+    let anonymous = h
+        .send("POST", "/v1/usage", None, Some(&batch.to_string()))
+        .await;
+    anonymous.assert_problem(StatusCode::UNAUTHORIZED);
+    let admin = h
+        .send("POST", "/v1/usage", Some(ADMIN), Some(&batch.to_string()))
+        .await;
+    admin.assert_problem(StatusCode::UNAUTHORIZED);
+}
+
+async fn usage_bodies_and_rows_are_bounded(backend: Backend) {
+    let h = harness(backend).await;
+    let minute = NOW - NOW.rem_euclid(60);
+    // 10,000 rows are accepted (and far over the 64 KiB of other endpoints).
+    let rows: Vec<Value> = (0..10_000)
+        .map(|i| {
+            row(
+                &format!("k{}", i % 500),
+                minute - 60 * (1 + i / 500),
+                1,
+                json!({}),
+                json!({}),
+                0,
+            )
+        })
+        .collect();
+    let batch = json!({"batch_id": "big", "rows": rows});
+    assert!(batch.to_string().len() > 64 * 1024);
+    let answer = h.post_usage(&batch).await;
+    assert_eq!(answer.body, json!({"applied": true, "rows": 10_000}));
+    let report = h.usage("k7", "").await;
+    assert_eq!(report.body["totals"]["allowed"], 20);
+
+    let rows: Vec<Value> = (0..10_001)
+        .map(|_| json!({"key_id": "k", "minute": 0, "allowed": 1, "last_used_at": 0}))
+        .collect();
+    h.post_usage(&json!({"batch_id": "too-many", "rows": rows}))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST);
+
+    let padding = "x".repeat(1024 * 1024);
+    let huge = json!({"batch_id": "huge", "rows": [], "padding": padding});
+    h.post_usage(&huge)
+        .await
+        .assert_problem(StatusCode::PAYLOAD_TOO_LARGE);
+
+    let bad_minute =
+        json!({"batch_id": "odd", "rows": [row("k", minute + 1, 1, json!({}), json!({}), 0)]});
+    let answer = h.post_usage(&bad_minute).await;
+    answer.assert_problem(StatusCode::BAD_REQUEST);
+    assert!(answer.detail().contains("rows[0]"), "{}", answer.detail());
+    // A refused batch is not remembered: fixed, it applies.
+    let fixed = json!({"batch_id": "odd", "rows": [row("k", minute, 1, json!({}), json!({}), 0)]});
+    assert_eq!(h.post_usage(&fixed).await.body["applied"], true);
+    h.post_usage(&json!({"batch_id": "", "rows": []}))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST);
+}
+
+/// The value of the sample `name{labels}` (or `name` alone) in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+}
+
+async fn metrics_expose_the_counters(backend: Backend) {
+    let h = harness(backend).await;
+    let id = h.create(json!({"name": "k", "scopes": []})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.create(json!({"name": "k2", "scopes": []})).await;
+    assert_eq!(h.lookup(&id).await.status, StatusCode::OK);
+    h.admin("POST", &format!("{KEYS}/{id}/rotate"), Some(json!({})))
+        .await;
+    assert_eq!(
+        h.admin("DELETE", &format!("{KEYS}/{id}"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    h.send("GET", KEYS, Some("wrong-admin-key"), None).await;
+    let batch = json!({"batch_id": "m1", "rows": [row(&id, NOW - NOW.rem_euclid(60), 1, json!({}), json!({}), NOW)]});
+    h.post_usage(&batch).await;
+    h.post_usage(&batch).await;
+
+    let (status, content_type, text) = h.metrics_text().await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    for line in text.lines() {
+        assert!(
+            line.starts_with("# HELP keygate_")
+                || line.starts_with("# TYPE keygate_")
+                || line.starts_with("keygate_"),
+            "{line}"
+        );
+    }
+    let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}\n{text}"));
+    assert_eq!(
+        value(
+            r#"keygate_http_requests_total{route="/api/v1/auth/keys",method="POST",status="2xx"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(r#"keygate_http_requests_total{route="/v1/keys/{id}",method="GET",status="2xx"}"#),
+        1.0
+    );
+    assert_eq!(value("keygate_lookups_total"), 1.0);
+    assert_eq!(value("keygate_keys_created_total"), 2.0);
+    assert_eq!(value("keygate_keys_rotated_total"), 1.0);
+    assert_eq!(value("keygate_keys_revoked_total"), 1.0);
+    assert_eq!(value("keygate_admin_auth_failures_total"), 1.0);
+    assert_eq!(
+        value(r#"keygate_usage_batches_total{result="applied"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"keygate_usage_batches_total{result="duplicate"}"#),
+        1.0
+    );
+    assert_eq!(value("keygate_feed_requests_total"), 0.0);
+    // k2 and the successor are active; the rotated key is revoked.
+    assert_eq!(value(r#"keygate_keys{status="active"}"#), 2.0);
+    assert_eq!(value(r#"keygate_keys{status="revoked"}"#), 1.0);
+    assert_eq!(value(r#"keygate_keys{status="expired"}"#), 0.0);
+    // No credential is needed, and unknown paths are counted apart.
+    h.send("GET", "/nope", None, None).await;
+    let (_, _, text) = h.metrics_text().await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"keygate_http_requests_total{route="unmatched",method="GET",status="4xx"}"#
+        ),
+        Some(1.0)
+    );
+}
