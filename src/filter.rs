@@ -9,7 +9,7 @@ use keygate_core::config::{FilterConfig, Secrets};
 use keygate_core::credential::{extract_credential, strip_query_param, CredentialError, Source};
 use keygate_core::decision::{DenyReason, Identity};
 use keygate_core::jwt::looks_like_jwt;
-use keygate_core::key::{looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
+use keygate_core::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
 use keygate_core::limits::{client_address, ratelimit_headers, Bucket, Take};
 use keygate_core::route::{policy_from_metadata, Mode, Policy};
 use keygate_core::scope::Scope;
@@ -52,8 +52,10 @@ pub struct Forwarding {
     pub sources: Vec<Source>,
     /// The path to forward when the credential came in the query string.
     pub stripped_path: Option<String>,
-    /// The client's address (for allow-lists), as far as it can be trusted.
-    pub client: Option<IpAddr>,
+    /// The client's address (for allow-lists), as far as it can be trusted; `None` until
+    /// looked up (the peer address costs a host call, so it is read only when a key has an
+    /// allow-list, or before the request is parked, while its context is still current).
+    pub client: Option<Option<IpAddr>>,
     /// The route's default rate limit, for keys without their own.
     pub route_rate_limit: Option<RateLimit>,
     /// The key id once known, for logs and usage counts.
@@ -81,7 +83,7 @@ pub struct Presented {
     /// The key id; for a legacy key, an id derived from its digest (the cache slot's name).
     pub key_id: KeyId,
     pub proof: Proof,
-    pub required: Vec<Scope>,
+    pub required: std::sync::Arc<[Scope]>,
     pub forwarding: Forwarding,
     /// A legacy key: looked up by digest, not by id.
     pub legacy: bool,
@@ -330,17 +332,18 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         credential_source_is_legacy(&extracted.sources),
         extracted.credential,
     );
-    let forwarded_for = headers
-        .iter()
-        .find(|(name, _)| name == "x-forwarded-for")
-        .and_then(|(_, value)| std::str::from_utf8(value).ok());
-    let peer = host::property(&["source", "address"]);
-    let peer = peer.as_deref().and_then(|p| std::str::from_utf8(p).ok());
+    let client = (config.trusted_hops > 0).then(|| {
+        let forwarded_for = headers
+            .iter()
+            .find(|(name, _)| name == "x-forwarded-for")
+            .and_then(|(_, value)| std::str::from_utf8(value).ok());
+        client_address(None, forwarded_for, config.trusted_hops)
+    });
     let forwarding = Forwarding {
         mode,
         sources: extracted.sources,
         stripped_path,
-        client: client_address(peer, forwarded_for, config.trusted_hops),
+        client,
         route_rate_limit,
         key_id: None,
     };
@@ -361,6 +364,25 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
     if looks_like_opaque_key(credential, &config.key_prefixes) {
         if credential.len() > config.max_credential_bytes {
             return Step::Deny(DenyReason::BadRequest(CredentialError::TooLong), None, mode);
+        }
+        // A record this worker holds fresh already: its digest proves the key (or refutes
+        // it) without the checksum and tag checks, which exist to spare the key service.
+        if let Some(id) = key_id_of(credential, &config.key_prefixes)
+            .filter(|id| crate::lookup::holds_fresh(shared, id))
+        {
+            if crate::feed::is_revoked(shared, id.as_str(), host::now_ms()) {
+                return Step::Deny(DenyReason::Revoked, Some(id.to_string()), mode);
+            }
+            let mut forwarding = forwarding;
+            forwarding.key_id = Some(id.to_string());
+            let presented = Presented {
+                key_id: id,
+                proof: Proof::Opaque(KeyDigest::of(credential.as_bytes())),
+                required,
+                forwarding,
+                legacy: false,
+            };
+            return resolve_record(shared, context_id, presented);
         }
         let parsed = match parse_opaque_key(credential, &config.key_prefixes) {
             Ok(parsed) => parsed,
@@ -461,6 +483,25 @@ fn legacy_slot_id(digest: &KeyDigest) -> KeyId {
     KeyId::from_bytes(bytes)
 }
 
+/// The client address of the current request (its context must be the effective one).
+pub fn client_now(forwarding: &Forwarding) -> Option<IpAddr> {
+    forwarding.client.unwrap_or_else(|| {
+        let peer = host::property(&["source", "address"]);
+        client_address(
+            peer.as_deref().and_then(|p| std::str::from_utf8(p).ok()),
+            None,
+            0,
+        )
+    })
+}
+
+/// Reads the client address now, before the request is parked and its context left.
+pub fn resolve_client(forwarding: &mut Forwarding) {
+    if forwarding.client.is_none() {
+        forwarding.client = Some(client_now(forwarding));
+    }
+}
+
 /// Looks the key record up (cache or callout) and decides from it.
 pub fn resolve_record(shared: &Shared, context_id: u32, presented: Presented) -> Step {
     match crate::lookup::resolve(shared, context_id, presented) {
@@ -531,20 +572,18 @@ pub fn apply(
     }
     let ih = &config.identity_headers;
     host::set_request_header(&ih.subject, &identity.subject);
+    host::set_request_header(&ih.scopes, &identity.scopes_header());
     if !identity.key_id.is_empty() {
         host::set_request_header(&ih.key_id, &identity.key_id);
         if config.usage.enabled {
             shared.usage.borrow_mut().allowed(&identity.key_id, now);
         }
-        shared.notes.borrow_mut().insert(
-            context_id,
-            Note {
-                key_id: identity.key_id.clone(),
-                ratelimit,
-            },
-        );
+        let note = Note {
+            key_id: identity.key_id,
+            ratelimit,
+        };
+        shared.notes.borrow_mut().insert(context_id, note);
     }
-    host::set_request_header(&ih.scopes, &identity.scopes_header());
     true
 }
 

@@ -27,7 +27,7 @@ const NO_EXPIRY_CACHE_S: u64 = 300;
 /// A JWT request, kept while it waits for its issuer's keys.
 pub struct TokenRequest {
     pub token: String,
-    pub required: Vec<Scope>,
+    pub required: std::sync::Arc<[Scope]>,
     pub forwarding: Forwarding,
 }
 
@@ -310,6 +310,8 @@ fn wait_for_keys(
         if issuer.waiters.is_empty() {
             issuer.waiting_since_ms = now_ms;
         }
+        let mut request = request;
+        crate::filter::resolve_client(&mut request.forwarding);
         issuer.waiters.push(Waiter {
             context_id,
             request,

@@ -18,7 +18,13 @@ use keygate_core::key::KeyId;
 use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
 use proxy_wasm::types::LogLevel;
 
-use crate::filter::{complete, lookup_timeout, Forwarding, Presented, Proof, Shared, Step};
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use crate::filter::{
+    client_now, complete, lookup_timeout, resolve_client, Forwarding, Presented, Proof, Shared,
+    Step,
+};
 use crate::host;
 use crate::metrics::Event;
 
@@ -77,7 +83,7 @@ struct Pending {
     /// `Some` when this worker's callout is in flight; `None` while another worker holds the lease.
     token: Option<u32>,
     since_ms: u64,
-    stale: Option<CacheEntry>,
+    stale: Option<Rc<CacheEntry>>,
 }
 
 /// Per-worker state of lookups in flight.
@@ -86,6 +92,8 @@ pub struct Lookups {
     pending: HashMap<KeyId, Pending>,
     tokens: HashMap<u32, KeyId>,
     in_flight: usize,
+    /// This worker's decoded copies of fresh records (bounded by `cache.max_entries`).
+    local: HashMap<KeyId, Rc<CacheEntry>>,
 }
 
 impl Lookups {
@@ -121,16 +129,25 @@ fn decide(
             record,
             digest,
             &presented.required,
-            presented.forwarding.client,
+            client_for(record, presented),
             now_s,
         ),
         (Proof::Token(identity), record) => authorize_token_record(
             record.as_ref(),
             identity.clone(),
             &presented.required,
-            presented.forwarding.client,
+            record.as_ref().and_then(|r| client_for(r, presented)),
             now_s,
         ),
+    }
+}
+
+/// The client address, read only when the record restricts addresses.
+fn client_for(record: &KeyLookup, presented: &Presented) -> Option<IpAddr> {
+    if record.allowed_cidrs.is_empty() {
+        None
+    } else {
+        client_now(&presented.forwarding)
     }
 }
 
@@ -154,10 +171,48 @@ fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
     }
 }
 
-fn read_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
+/// The record for `id`: from this worker's copy while it is fresh, else from shared data
+/// (another worker may have fetched it), keeping a fresh one for next time.
+fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<CacheEntry>> {
+    let now = host::now_ms();
+    let local = shared.lookups.borrow().local.get(id).cloned();
+    if let Some(entry) =
+        local.filter(|e| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
+    {
+        return Some(entry);
+    }
+    let entry = Rc::new(read_shared_entry(shared, id)?);
+    if entry.freshness(now, &shared.config.cache) == Freshness::Fresh {
+        remember(shared, id, &entry);
+    }
+    Some(entry)
+}
+
+/// The record for `id` in shared data only: safe while `shared.lookups` is borrowed.
+fn read_shared_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
     let slot = slot_of(id, &shared.config.cache);
     let (bytes, _) = host::get_shared(&record_key(slot));
     CacheEntry::decode_for(&bytes?, id)
+}
+
+/// True when this worker holds a fresh record for `id`.
+pub fn holds_fresh(shared: &Shared, id: &KeyId) -> bool {
+    let now = host::now_ms();
+    shared
+        .lookups
+        .borrow()
+        .local
+        .get(id)
+        .is_some_and(|e| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
+}
+
+/// Keeps a decoded record in this worker's bounded copy of the cache.
+fn remember(shared: &Shared, id: &KeyId, entry: &Rc<CacheEntry>) {
+    let mut lookups = shared.lookups.borrow_mut();
+    if lookups.local.len() >= shared.config.cache.max_entries as usize {
+        lookups.local.clear();
+    }
+    lookups.local.insert(*id, Rc::clone(entry));
 }
 
 /// Decides from the cache when it can; otherwise starts or joins a lookup.
@@ -183,6 +238,8 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
     };
     shared.metrics.count(Event::CacheMiss);
 
+    let mut presented = presented;
+    resolve_client(&mut presented.forwarding);
     let waiter = Waiter {
         context_id,
         presented,
@@ -236,7 +293,7 @@ enum Started {
     /// Another worker's callout is; we poll the cache.
     Waiting,
     /// The record arrived meanwhile: decide now.
-    Filled(Box<CacheEntry>),
+    Filled(Rc<CacheEntry>),
 }
 
 /// Takes the lease and dispatches the callout, or arranges to wait for another worker's.
@@ -275,13 +332,15 @@ fn start_lookup(
         true
     };
     // The worker that held the lease may have filled the slot just before we took it.
-    if let Some(entry) =
-        read_entry(shared, id).filter(|e| e.freshness(now, &config.cache) == Freshness::Fresh)
+    // (Shared data only: `lookups` is borrowed by our caller.)
+    if let Some(entry) = read_shared_entry(shared, id)
+        .filter(|e| e.freshness(now, &config.cache) == Freshness::Fresh)
+        .map(Rc::new)
     {
         if leased {
             release_lease(&lease_name);
         }
-        return Ok(Started::Filled(Box::new(entry)));
+        return Ok(Started::Filled(entry));
     }
     let path = pending.target.path(shared, id);
     let authorization = format!("Bearer {}", shared.secrets.service_token);
@@ -337,7 +396,7 @@ pub fn create_leases() {
 /// decides; otherwise the request fails closed with `reason` (503).
 fn fallback(
     shared: &Shared,
-    stale: Option<&CacheEntry>,
+    stale: Option<&Rc<CacheEntry>>,
     presented: &Presented,
     now: u64,
     reason: DenyReason,
@@ -380,12 +439,13 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
     };
     match record {
         Some(record) => {
-            let entry = CacheEntry {
+            let entry = Rc::new(CacheEntry {
                 id: id.to_string(),
                 fetched_at_ms: now,
                 record,
-            };
+            });
             let _ = host::set_shared(&record_key(slot), &entry.encode(), None);
+            remember(shared, &id, &entry);
             for waiter in pending.waiters {
                 let result = decide(shared, &entry, &waiter.presented, now);
                 finish(shared, waiter, result);

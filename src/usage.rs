@@ -4,7 +4,7 @@
 //! with the same id, so the service counts it once; counts wait, bounded, while the service
 //! is down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use keygate_core::cache::Lease;
@@ -27,7 +27,9 @@ type Rows = BTreeMap<(String, u64), (UsageCounts, u64)>;
 /// One worker's counts since its last merge, and its flusher state.
 #[derive(Default)]
 pub struct Usage {
-    rows: Rows,
+    /// key id → minute → (counts, last used): looked up by `&str`, so counting a request for
+    /// a key seen this second allocates nothing.
+    local: HashMap<String, HashMap<u64, (UsageCounts, u64)>>,
     last_merge_ms: u64,
     last_flush_ms: u64,
     /// The flush in flight when this worker is the flusher.
@@ -44,23 +46,29 @@ impl Usage {
         }
     }
 
-    fn row(&mut self, key_id: &str, now_ms: u64) -> &mut UsageCounts {
+    fn update(&mut self, key_id: &str, now_ms: u64, count: impl FnOnce(&mut UsageCounts)) {
         let minute = now_ms / 60_000 * 60;
-        let entry = self.rows.entry((key_id.to_owned(), minute)).or_default();
-        entry.1 = entry.1.max(now_ms / 1000);
-        &mut entry.0
+        let second = now_ms / 1000;
+        if let Some(per_key) = self.local.get_mut(key_id) {
+            let row = per_key.entry(minute).or_default();
+            count(&mut row.0);
+            row.1 = row.1.max(second);
+            return;
+        }
+        let mut counts = UsageCounts::default();
+        count(&mut counts);
+        self.local.insert(
+            key_id.to_owned(),
+            HashMap::from([(minute, (counts, second))]),
+        );
     }
 
     pub fn allowed(&mut self, key_id: &str, now_ms: u64) {
-        self.row(key_id, now_ms).allowed += 1;
+        self.update(key_id, now_ms, |c| c.allowed += 1);
     }
 
     pub fn denied(&mut self, key_id: &str, reason: &str, now_ms: u64) {
-        *self
-            .row(key_id, now_ms)
-            .denied
-            .entry(reason.to_owned())
-            .or_default() += 1;
+        self.update(key_id, now_ms, |c| bump(&mut c.denied, reason));
     }
 
     pub fn status(&mut self, key_id: &str, status: u32, now_ms: u64) {
@@ -70,11 +78,27 @@ impl Usage {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        *self
-            .row(key_id, now_ms)
-            .status
-            .entry(class.to_owned())
-            .or_default() += 1;
+        self.update(key_id, now_ms, |c| bump(&mut c.status, class));
+    }
+
+    /// Takes the counts so far, as rows.
+    fn take_rows(&mut self) -> Rows {
+        let mut rows = Rows::new();
+        for (key_id, minutes) in self.local.drain() {
+            for (minute, (counts, last_used)) in minutes {
+                rows.insert((key_id.clone(), minute), (counts, last_used));
+            }
+        }
+        rows
+    }
+}
+
+fn bump(counts: &mut BTreeMap<String, u64>, name: &str) {
+    match counts.get_mut(name) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(name.to_owned(), 1);
+        }
     }
 }
 
@@ -141,7 +165,7 @@ fn merge_into_shared(shared: &Shared, now: u64) {
     let local = {
         let mut usage = shared.usage.borrow_mut();
         usage.last_merge_ms = now;
-        std::mem::take(&mut usage.rows)
+        usage.take_rows()
     };
     if local.is_empty() {
         return;
@@ -166,13 +190,8 @@ fn merge_into_shared(shared: &Shared, now: u64) {
     }
     // Contention beyond reason: keep the counts for the next tick.
     let mut usage = shared.usage.borrow_mut();
-    let dropped = merge(
-        &mut usage.rows,
-        to_rows(local),
-        shared.config.usage.max_rows,
-    );
-    if dropped > 0 {
-        shared.metrics.count_by(Event::UsageDropped, dropped);
+    for row in to_rows(local) {
+        usage.update(&row.key_id, row.minute * 1000, |c| c.merge(&row.counts));
     }
 }
 
@@ -349,7 +368,7 @@ mod tests {
         usage.status("k", 204, 61_500);
         usage.status("k", 503, 119_999);
         usage.denied("k", "rate_limited", 120_000);
-        let rows = to_rows(std::mem::take(&mut usage.rows));
+        let rows = to_rows(usage.take_rows());
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].minute, 60);
         assert_eq!(rows[0].counts.status["2xx"], 1);

@@ -11,6 +11,10 @@
 mod feed;
 #[path = "e2e/jwt.rs"]
 mod jwt;
+#[path = "e2e/limits.rs"]
+mod limits;
+#[path = "e2e/rollout.rs"]
+mod rollout;
 mod support;
 
 use std::fs;

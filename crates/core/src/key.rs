@@ -326,6 +326,21 @@ pub fn parse_opaque_key<'a, P: AsRef<str>>(
     })
 }
 
+/// The key id a well-shaped key names, read without checking its checksum or tag: only to
+/// find a record already cached, whose digest then proves (or refutes) the whole key.
+pub fn key_id_of<P: AsRef<str>>(text: &str, prefixes: &[P]) -> Option<KeyId> {
+    let prefix_len = prefixes
+        .iter()
+        .map(AsRef::as_ref)
+        .find(|p| text.starts_with(*p))?
+        .len();
+    let body = text.get(prefix_len..)?;
+    if body.len() != BODY_LEN {
+        return None;
+    }
+    KeyId::parse(body.get(..ID_TEXT_LEN)?).ok()
+}
+
 /// True when `text` has the shape of an opaque key for one of `prefixes` (the classifier's
 /// cheap test: prefix only). Anything else is treated as another kind of credential.
 pub fn looks_like_opaque_key<P: AsRef<str>>(text: &str, prefixes: &[P]) -> bool {
@@ -392,6 +407,15 @@ mod tests {
         assert_eq!(parsed.prefix(), "kg_test_");
         assert!(parsed.tag_is_authentic(&gateway()));
         assert!(parsed.digest().ct_eq(&key.digest));
+    }
+
+    #[test]
+    fn key_id_is_read_cheaply_from_the_text() {
+        let key = minted();
+        assert_eq!(key_id_of(&key.plaintext, &["kg_test_"]), Some(key.id));
+        assert_eq!(key_id_of(&key.plaintext, &["kg_live_"]), None);
+        assert_eq!(key_id_of(&key.plaintext[..60], &["kg_test_"]), None);
+        assert_eq!(key_id_of("kg_test_", &["kg_test_"]), None);
     }
 
     #[test]

@@ -96,7 +96,8 @@ impl Mode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Policy {
     Public,
-    Scopes(Vec<Scope>),
+    /// Shared, so a request takes the route's scopes without copying them.
+    Scopes(std::sync::Arc<[Scope]>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,7 +156,7 @@ impl Route {
             (true, true) => Policy::Public,
             (true, false) => return Err(RouteError::PublicWithScopes),
             (false, true) => return Err(RouteError::NoPolicy),
-            (false, false) => Policy::Scopes(parse_scopes(&spec.scopes)?),
+            (false, false) => Policy::Scopes(parse_scopes(&spec.scopes)?.into()),
         };
         Ok(Self {
             name: spec
@@ -238,12 +239,15 @@ fn template_matches(segments: &[Segment], path: &str) -> bool {
 /// True when a path has `.` or `..` segments (raw or percent-encoded) or an encoded slash:
 /// shapes that can make one route look like another.
 fn is_ambiguous(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%2e")
-        || path.contains('\\')
-        || path.split('/').any(|s| s == "." || s == "..")
+    let bytes = path.as_bytes();
+    let encoded = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'f' | b'e') | (b'5', b'c')
+            )
+    });
+    encoded || path.contains('\\') || path.split('/').any(|s| s == "." || s == "..")
 }
 
 /// Why route metadata could not be read as a policy.
@@ -291,7 +295,7 @@ pub fn policy_from_metadata(
         (false, true) => return Ok(None),
         (true, true) => Policy::Public,
         (true, false) => return Err(RouteError::PublicWithScopes.into()),
-        (false, false) => Policy::Scopes(parse_scopes(&scopes).map_err(RouteError::from)?),
+        (false, false) => Policy::Scopes(parse_scopes(&scopes).map_err(RouteError::from)?.into()),
     };
     Ok(Some((policy, mode)))
 }
@@ -490,14 +494,17 @@ mod tests {
         let (policy, mode) = policy_from_metadata(Some(&list), None, Some(b"shadow"))
             .unwrap()
             .unwrap();
-        assert_eq!(policy, Policy::Scopes(parse_scopes(&["a", "b"]).unwrap()));
+        assert_eq!(
+            policy,
+            Policy::Scopes(parse_scopes(&["a", "b"]).unwrap().into())
+        );
         assert_eq!(mode, Some(Mode::Shadow));
         let (policy, _) = policy_from_metadata(Some(b"demo:read demo:write"), None, None)
             .unwrap()
             .unwrap();
         assert_eq!(
             policy,
-            Policy::Scopes(parse_scopes(&["demo:read", "demo:write"]).unwrap())
+            Policy::Scopes(parse_scopes(&["demo:read", "demo:write"]).unwrap().into())
         );
         assert_eq!(
             policy_from_metadata(None, Some(&[1]), None)

@@ -1,0 +1,589 @@
+//! Limits through a real Envoy (2 workers): the per-key rate limit shared by both workers, the
+//! client address allow-list (TCP peer and `X-Forwarded-For` with trusted hops), the validity
+//! window, usage reporting (including across a key-service restart) and the audit log.
+
+use std::sync::{Arc, Barrier};
+use std::thread::{self, sleep};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{assert_denied, assert_forwarded_with_identity};
+use crate::support::cluster::{Cluster, Database, Options};
+use crate::support::extra::{admin_json, admin_send, admin_send_as, rfc3339, unix_now};
+use crate::support::{bearer, random_hex, send, IssuedKey, KeyService, Reply, Stack, ADMIN_KEY};
+
+/// Polls `check` every 100 ms until it yields `Some` or `timeout` passes.
+fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+fn patch_key(service: &KeyService, id: &str, body: &Value) -> Value {
+    let reply = admin_json(
+        service,
+        "PATCH",
+        &format!("/api/v1/auth/keys/{id}"),
+        Some(body),
+    );
+    assert_eq!(reply.status, 200, "PATCH {id} {body}: {reply:?}");
+    reply.json()
+}
+
+// ── 1. rate limit ────────────────────────────────────────────────────────────────────────────
+
+#[test]
+fn rate_limit_across_both_workers() {
+    let stack = Stack::start("ratelimit");
+    let issued = stack.service.create_key_from(&json!({
+        "name": "limited",
+        "scopes": ["demo:read"],
+        "owner": "limited-owner",
+        "rate_limit": {"requests_per_second": 10, "burst": 10},
+    }));
+    assert_eq!(
+        issued.raw["rate_limit"]["burst"],
+        json!(10),
+        "create answer: {}",
+        issued.raw
+    );
+    // Warm the record cache (one token), then let the bucket refill to its burst of 10.
+    let warm = stack.get_with_key("/v1/rl", &issued.key);
+    assert_forwarded_with_identity(&warm, &issued.id);
+    sleep(Duration::from_millis(1200));
+
+    const THREADS: usize = 50;
+    const PER_THREAD: usize = 2;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let url = stack.url("/v1/rl");
+    let auth = bearer(&issued.key);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let barrier = Arc::clone(&barrier);
+            let url = url.clone();
+            let auth = auth.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                // `send` uses a fresh connection per request: both workers serve the burst.
+                (0..PER_THREAD)
+                    .map(|_| send("GET", &url, &[("authorization", auth.as_str())], None))
+                    .collect::<Vec<Reply>>()
+            })
+        })
+        .collect();
+    let replies: Vec<Reply> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("a request thread panicked"))
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let allowed: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
+    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    let other: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status != 200 && r.status != 429)
+        .collect();
+    // One shared bucket of 10 plus what refills at 10/s while the burst runs (+1 for rounding).
+    let refill = (10.0 * elapsed).ceil() as usize;
+    let bound = 10 + refill + 1;
+    println!(
+        "rate limit: {} allowed, {} limited, {} other in {elapsed:.3} s (bound {bound})",
+        allowed.len(),
+        limited.len(),
+        other.len()
+    );
+    assert!(other.is_empty(), "statuses besides 200/429: {other:#?}");
+    assert!(
+        allowed.len() >= 10,
+        "only {} of 100 allowed: the burst of 10 was not honoured\n{}",
+        allowed.len(),
+        stack.envoy.keygate_stats()
+    );
+    assert!(
+        allowed.len() <= bound,
+        "{} allowed in {elapsed:.3} s, more than 10 + refill ({bound}): each worker has its own bucket?\n{}",
+        allowed.len(),
+        stack.envoy.keygate_stats()
+    );
+    assert!(
+        limited.len() >= 80,
+        "only {} of 100 got 429 (a per-worker bucket lets up to 20 through)",
+        limited.len()
+    );
+    for reply in &limited {
+        assert_denied(reply, 429, None, Some(&issued.key));
+        let retry_after = reply.header("retry-after").unwrap_or_default();
+        assert!(
+            retry_after.parse::<u64>().is_ok_and(|s| s >= 1),
+            "429 without a positive integer Retry-After: {reply:#?}"
+        );
+        assert_eq!(
+            reply.header("ratelimit-policy"),
+            Some("\"keygate\";q=10;w=1"),
+            "429 RateLimit-Policy: {reply:#?}"
+        );
+        let state = reply.header("ratelimit").unwrap_or_default();
+        assert!(
+            state.starts_with("\"keygate\";r=0;t="),
+            "429 RateLimit {state:?}: {reply:#?}"
+        );
+    }
+    for reply in &allowed {
+        assert_eq!(
+            reply.header("ratelimit-policy"),
+            Some("\"keygate\";q=10;w=1"),
+            "allowed response RateLimit-Policy: {reply:#?}"
+        );
+        let state = reply.header("ratelimit").unwrap_or_default();
+        assert!(
+            state.starts_with("\"keygate\";r=") && state.contains(";t="),
+            "allowed response RateLimit {state:?}: {reply:#?}"
+        );
+    }
+    let counted = stack.envoy.keygate_counter("denied.rate_limited");
+    assert_eq!(
+        counted,
+        limited.len() as u64,
+        "denied.rate_limited counter vs 429s\n{}",
+        stack.envoy.keygate_stats()
+    );
+}
+
+// ── 2. IP allow-list ─────────────────────────────────────────────────────────────────────────
+
+#[test]
+fn ip_allow_list() {
+    let stack = Stack::start_with("cidr", |cfg| cfg["cache"]["ttl_seconds"] = json!(1));
+    let issued = stack.service.create_key_from(&json!({
+        "name": "loopback-only",
+        "scopes": ["demo:read"],
+        "owner": "cidr-owner",
+        "allowed_cidrs": ["127.0.0.0/8"],
+    }));
+    assert_forwarded_with_identity(&stack.get_with_key("/v1/ip", &issued.key), &issued.id);
+
+    let patched = patch_key(
+        &stack.service,
+        &issued.id,
+        &json!({"allowed_cidrs": ["192.0.2.0/24"]}),
+    );
+    assert_eq!(
+        patched["allowed_cidrs"],
+        json!(["192.0.2.0/24"]),
+        "{patched}"
+    );
+    let before = stack.envoy.keygate_counter("denied.address_not_allowed");
+    // The cached record lives 1 s: within a few seconds every worker refuses.
+    let reply = poll(Duration::from_secs(6), || {
+        let reply = stack.get_with_key("/v1/ip", &issued.key);
+        (reply.status != 200).then_some(reply)
+    })
+    .unwrap_or_else(|| panic!("still 200 from 127.0.0.1 after narrowing the allow-list"));
+    assert_denied(&reply, 403, None, Some(&issued.key));
+    assert_eq!(
+        reply.json()["type"],
+        "urn:keygate:problem:address-not-allowed",
+        "{reply:#?}"
+    );
+    // Both workers refuse from now on.
+    for _ in 0..6 {
+        assert_eq!(stack.get_with_key("/v1/ip", &issued.key).status, 403);
+    }
+    assert!(
+        stack.envoy.keygate_counter("denied.address_not_allowed") >= before + 7,
+        "denied.address_not_allowed did not count the refusals\n{}",
+        stack.envoy.keygate_stats()
+    );
+}
+
+#[test]
+fn ip_allow_list_with_trusted_hops() {
+    // envoy/envoy.yaml's HTTP connection manager sets neither `use_remote_address` nor
+    // `xff_num_trusted_hops`, so Envoy does NOT append the TCP peer to X-Forwarded-For: the
+    // filter sees XFF exactly as the client (here: "the trusted proxy") sent it. The 200 below
+    // checks that by reading the XFF the upstream received.
+    let stack = Stack::start_with("xff", |cfg| {
+        cfg["client_address"] = json!({"trusted_hops": 1});
+    });
+    let issued = stack.service.create_key_from(&json!({
+        "name": "one-host",
+        "scopes": ["demo:read"],
+        "owner": "xff-owner",
+        "allowed_cidrs": ["203.0.113.7/32"],
+    }));
+    let auth = bearer(&issued.key);
+
+    // One trusted hop: the rightmost entry is what our proxy saw.
+    let reply = stack.get(
+        "/v1/xff",
+        &[
+            ("authorization", auth.as_str()),
+            ("x-forwarded-for", "203.0.113.7"),
+        ],
+    );
+    let upstream = assert_forwarded_with_identity(&reply, &issued.id);
+    assert_eq!(
+        upstream.get("x-forwarded-for").and_then(Value::as_str),
+        Some("203.0.113.7"),
+        "Envoy changed X-Forwarded-For: {upstream:#?}"
+    );
+
+    // The client prepends the allowed address itself: the rightmost entry (6.6.6.6) decides.
+    let reply = stack.get(
+        "/v1/xff",
+        &[
+            ("authorization", auth.as_str()),
+            ("x-forwarded-for", "203.0.113.7, 6.6.6.6"),
+        ],
+    );
+    assert_denied(&reply, 403, None, Some(&issued.key));
+    assert_eq!(
+        reply.json()["type"],
+        "urn:keygate:problem:address-not-allowed"
+    );
+
+    // No XFF with trusted_hops 1: the address is unknown, an allow-listed key is refused (the
+    // TCP peer 127.0.0.1 is the proxy, never the client).
+    let reply = stack.get_with_key("/v1/xff", &issued.key);
+    assert_denied(&reply, 403, None, Some(&issued.key));
+    assert_eq!(
+        reply.json()["type"],
+        "urn:keygate:problem:address-not-allowed"
+    );
+}
+
+// ── 3. validity window ───────────────────────────────────────────────────────────────────────
+
+#[test]
+fn validity_window() {
+    let stack = Stack::start("validity");
+    let now = unix_now();
+    let future = stack.service.create_key_from(&json!({
+        "name": "not-yet",
+        "scopes": ["demo:read"],
+        "owner": "validity-owner",
+        "not_before": rfc3339(now + 3600),
+    }));
+    let before = stack.envoy.keygate_counter("denied.not_yet_valid");
+    let reply = stack.get_with_key("/v1/valid", &future.key);
+    assert_denied(
+        &reply,
+        401,
+        Some("error=\"invalid_token\""),
+        Some(&future.key),
+    );
+    assert_eq!(
+        stack.envoy.keygate_counter("denied.not_yet_valid"),
+        before + 1,
+        "denied.not_yet_valid\n{}",
+        stack.envoy.keygate_stats()
+    );
+
+    // A window opening in 2 s: refused now, accepted once it opens (record cached meanwhile).
+    let soon = stack.service.create_key_from(&json!({
+        "name": "soon",
+        "scopes": ["demo:read"],
+        "owner": "validity-owner",
+        "not_before": rfc3339(unix_now() + 2),
+    }));
+    assert_eq!(stack.get_with_key("/v1/valid", &soon.key).status, 401);
+    let opened = poll(Duration::from_secs(6), || {
+        let r = stack.get_with_key("/v1/valid", &soon.key);
+        (r.status == 200).then_some(r)
+    });
+    assert!(
+        opened.is_some(),
+        "the key never became valid after not_before"
+    );
+
+    // not_after 2 s ahead: accepted now, refused (401, expired) once it passes.
+    let ending = stack.service.create_key_from(&json!({
+        "name": "ending",
+        "scopes": ["demo:read"],
+        "owner": "validity-owner",
+        "not_after": rfc3339(unix_now() + 2),
+    }));
+    assert_forwarded_with_identity(&stack.get_with_key("/v1/valid", &ending.key), &ending.id);
+    let expired_before = stack.envoy.keygate_counter("denied.expired");
+    let reply = poll(Duration::from_secs(6), || {
+        let r = stack.get_with_key("/v1/valid", &ending.key);
+        (r.status != 200).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("still accepted well past not_after"));
+    assert_denied(
+        &reply,
+        401,
+        Some("error=\"invalid_token\""),
+        Some(&ending.key),
+    );
+    assert!(
+        stack.envoy.keygate_counter("denied.expired") > expired_before,
+        "past not_after is not counted as denied.expired\n{}",
+        stack.envoy.keygate_stats()
+    );
+
+    // PATCH a fresh (never used, so not cached) key's not_after into the past: its first
+    // lookup already carries the closed window.
+    let key = stack.service.create_key("patched-window", &["demo:read"]);
+    let patched = patch_key(
+        &stack.service,
+        &key.id,
+        &json!({"not_after": rfc3339(unix_now() - 60)}),
+    );
+    assert!(
+        patched["not_after"].is_string(),
+        "PATCH not_after: {patched}"
+    );
+    let reply = stack.get_with_key("/v1/valid", &key.key);
+    assert_denied(&reply, 401, Some("error=\"invalid_token\""), Some(&key.key));
+}
+
+// ── 4. usage ─────────────────────────────────────────────────────────────────────────────────
+
+fn usage(service: &KeyService, id: &str, from: i64) -> Value {
+    let reply = admin_json(
+        service,
+        "GET",
+        &format!(
+            "/api/v1/auth/keys/{id}/usage?from={}&step=60",
+            rfc3339(from)
+        ),
+        None,
+    );
+    assert_eq!(reply.status, 200, "usage of {id}: {reply:?}");
+    reply.json()
+}
+
+fn wait_usage(
+    service: &KeyService,
+    id: &str,
+    from: i64,
+    timeout: Duration,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    let ok = poll(timeout, || {
+        last = usage(service, id, from)["totals"].clone();
+        want(&last).then_some(())
+    });
+    assert!(ok.is_some(), "usage totals of {id} never matched: {last}");
+    last
+}
+
+#[test]
+fn usage_counts_match_requests() {
+    let mut cluster = Cluster::start(
+        "usage",
+        Options {
+            replicas: 1,
+            database: Database::Sqlite,
+            feed_proxy: false,
+        },
+        |cfg| cfg["usage"] = json!({"enabled": true, "flush_seconds": 1}),
+        |_| {},
+    );
+    let from = unix_now() - 180;
+    let issued: IssuedKey = cluster.services[0].create_key("counted", &["demo:read"]);
+    let auth = bearer(&issued.key);
+    for _ in 0..7 {
+        let reply = cluster.get_with_key("/v1/usage", &issued.key);
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    for _ in 0..3 {
+        let reply = send(
+            "POST",
+            &cluster.url("/v1/usage"),
+            &[("authorization", auth.as_str())],
+            Some("{}"),
+        );
+        assert_eq!(reply.status, 403, "{reply:?}");
+    }
+    let totals = wait_usage(
+        &cluster.services[0],
+        &issued.id,
+        from,
+        Duration::from_secs(10),
+        |t| t["allowed"] == 7 && t["denied"]["insufficient_scope"] == 3 && t["status"]["2xx"] == 7,
+    );
+    println!("usage totals after 10 requests: {totals}");
+    let shown = admin_json(
+        &cluster.services[0],
+        "GET",
+        &format!("/api/v1/auth/keys/{}", issued.id),
+        None,
+    );
+    assert!(
+        shown.json()["last_used_at"].is_string(),
+        "last_used_at not set: {}",
+        shown.body
+    );
+
+    // The key service is down for ~3 s while the cached key keeps working; the filter keeps
+    // the counts and reports them once the service is back on the same database.
+    cluster.kill_replica(0);
+    let down_at = Instant::now();
+    for _ in 0..5 {
+        let reply = cluster.get_with_key("/v1/usage", &issued.key);
+        assert_eq!(
+            reply.status, 200,
+            "cached key while the service is down: {reply:?}"
+        );
+        sleep(Duration::from_millis(200));
+    }
+    if let Some(rest) = Duration::from_secs(3).checked_sub(down_at.elapsed()) {
+        sleep(rest);
+    }
+    cluster.restart_replica(0);
+    let totals = wait_usage(
+        &cluster.services[0],
+        &issued.id,
+        from,
+        Duration::from_secs(10),
+        |t| t["allowed"].as_u64().unwrap_or(0) >= 12,
+    );
+    assert_eq!(
+        totals["allowed"], 12,
+        "usage over-counted across the restart: {totals}"
+    );
+    assert_eq!(totals["denied"]["insufficient_scope"], 3, "{totals}");
+    println!(
+        "usage after the restart: {totals}; flush failures {}",
+        cluster.counter("usage.flush_failure")
+    );
+}
+
+// ── 5. audit log ─────────────────────────────────────────────────────────────────────────────
+
+#[test]
+fn audit_log_has_every_action_and_no_secret() {
+    let stack = Stack::start("audit");
+    let service = &stack.service;
+    let opaque = service.create_key("audited", &["demo:read"]);
+    let jwt = service.create_jwt_key("audited-jwt", &["demo:read"], "ES256", 3600);
+    let patched = patch_key(service, &opaque.id, &json!({"name": "audited-renamed"}));
+    assert_eq!(patched["name"], "audited-renamed");
+    let successor = service.rotate(&opaque.id, 60);
+    service.revoke(&jwt.id);
+    let doomed = service.create_key("doomed", &["demo:read"]);
+    let reply = admin_send(
+        service,
+        "POST",
+        &format!("/api/v1/auth/keys/{}/expire", doomed.id),
+        None,
+        "application/json",
+    );
+    assert!((200..300).contains(&reply.status), "expire: {reply:?}");
+    let wrong_admin = format!("kg-wrong-admin-{}", random_hex(24));
+    let reply = admin_send_as(
+        service,
+        &wrong_admin,
+        "GET",
+        "/api/v1/auth/keys",
+        None,
+        "application/json",
+    );
+    assert_eq!(reply.status, 401, "wrong admin key: {reply:?}");
+    let legacy_plain = format!("legacy-audit-{}", random_hex(16));
+    let import = json!([{"name": "legacy-audit", "scopes": ["demo:read"], "key": legacy_plain}]);
+    let reply = admin_send(
+        service,
+        "POST",
+        "/api/v1/auth/keys/import?format=json",
+        Some(&import.to_string()),
+        "application/json",
+    );
+    assert_eq!(reply.status, 200, "import: {reply:?}");
+    assert_eq!(reply.json()["created"], 1, "{}", reply.body);
+
+    let reply = admin_json(service, "GET", "/api/v1/audit?limit=100", None);
+    assert_eq!(reply.status, 200, "GET /api/v1/audit: {reply:?}");
+    let audit = reply.json();
+    let entries = audit["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `entries` in {audit}"))
+        .clone();
+    let find = |action: &str, target: Option<&str>| -> Value {
+        entries
+            .iter()
+            .find(|e| e["action"] == action && target.is_none_or(|t| e["target"] == t))
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!("no `{action}` entry for {target:?} in the audit log:\n{audit:#}")
+            })
+    };
+    let mut actors = Vec::new();
+    for (action, target) in [
+        ("create", Some(opaque.id.as_str())),
+        ("create", Some(jwt.id.as_str())),
+        ("create", Some(doomed.id.as_str())),
+        ("update", Some(opaque.id.as_str())),
+        ("rotate", Some(opaque.id.as_str())),
+        ("revoke", Some(jwt.id.as_str())),
+        ("expire", Some(doomed.id.as_str())),
+        ("import", None),
+    ] {
+        let entry = find(action, target);
+        assert_eq!(entry["outcome"], "ok", "{action}: {entry}");
+        let actor = entry["actor"].as_str().unwrap_or_default().to_string();
+        assert!(!actor.is_empty(), "{action} has no actor: {entry}");
+        actors.push(actor);
+    }
+    actors.dedup();
+    assert_eq!(
+        actors.len(),
+        1,
+        "one admin key did everything, yet the actors differ: {actors:?}"
+    );
+    let rotate = find("rotate", Some(&opaque.id));
+    assert_eq!(
+        rotate["detail"]["successor"], successor.id,
+        "rotate detail: {rotate}"
+    );
+    let update = find("update", Some(&opaque.id));
+    assert!(
+        update["detail"].to_string().contains("name"),
+        "update detail lacks the changed field: {update}"
+    );
+    let denied = find("admin_auth", None);
+    assert_eq!(denied["outcome"], "denied", "{denied}");
+    assert!(
+        denied["actor"].is_null(),
+        "a failed admin auth has an actor: {denied}"
+    );
+
+    // No secret anywhere: the whole audit log, the key service's log.
+    let log = std::fs::read_to_string(&service.proc.log).unwrap_or_default();
+    let dump = audit.to_string();
+    let gateway_key = stack.gateway_key();
+    let jwt_signature = jwt.key.rsplit('.').next().unwrap_or_default().to_string();
+    let secrets = [
+        ("opaque key", opaque.key.as_str()),
+        ("JWT key", jwt.key.as_str()),
+        ("JWT signature", jwt_signature.as_str()),
+        ("rotated successor key", successor.key.as_str()),
+        ("expired key", doomed.key.as_str()),
+        ("legacy plaintext", legacy_plain.as_str()),
+        ("admin key", ADMIN_KEY),
+        ("wrong admin key", wrong_admin.as_str()),
+        ("service token", service.service_token.as_str()),
+        ("gateway key", gateway_key.trim()),
+    ];
+    for (what, secret) in secrets {
+        assert!(secret.len() >= 16, "{what} too short to search: {secret:?}");
+        assert!(!dump.contains(secret), "the audit log holds the {what}");
+        assert!(
+            !log.contains(secret),
+            "the key service log ({}) holds the {what}",
+            service.proc.log.display()
+        );
+    }
+}
