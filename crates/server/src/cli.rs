@@ -659,8 +659,16 @@ fn print_table(page: &Value) {
                 .collect()
         })
         .unwrap_or_default();
+    print_columns(headers, &rows, "(no keys)");
+    if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
+        println!("more: keygate keys list --cursor {cursor}");
+    }
+}
+
+/// Prints rows under headers in aligned columns (or `empty` when there are none).
+pub(crate) fn print_columns<const N: usize>(headers: [&str; N], rows: &[[String; N]], empty: &str) {
     let mut widths = headers.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -676,14 +684,11 @@ fn print_table(page: &Value) {
             .to_owned()
     };
     println!("{}", line(&headers.map(str::to_owned)));
-    for row in &rows {
+    for row in rows {
         println!("{}", line(row));
     }
     if rows.is_empty() {
-        println!("(no keys)");
-    }
-    if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
-        println!("more: keygate keys list --cursor {cursor}");
+        println!("{empty}");
     }
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::Value;
 
-use super::{connect, query_escape, report, text, CliError, ClientArgs};
+use super::{connect, print_columns, query_escape, report, text, CliError, ClientArgs};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -115,29 +115,7 @@ fn print_entries(page: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    let mut widths = headers.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    println!("{}", line(&headers.map(str::to_owned)));
-    for row in &rows {
-        println!("{}", line(row));
-    }
-    if rows.is_empty() {
-        println!("(no entries)");
-    }
+    print_columns(headers, &rows, "(no entries)");
     if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
         println!("more: keygate audit --cursor {cursor}");
     }
