@@ -8,6 +8,7 @@ use std::time::Duration;
 use keygate_core::config::{FilterConfig, Secrets};
 use keygate_core::credential::{extract_credential, strip_query_param, CredentialError, Source};
 use keygate_core::decision::{DenyReason, Identity};
+use keygate_core::fingerprint::Fingerprinter;
 use keygate_core::jwt::looks_like_jwt;
 use keygate_core::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
 use keygate_core::limits::{client_address, ratelimit_headers, Bucket, Take};
@@ -17,6 +18,7 @@ use keygate_core::wire::RateLimit;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::feed::FeedView;
 use crate::host;
@@ -35,6 +37,8 @@ pub struct Shared {
     pub config: FilterConfig,
     pub secrets: Secrets,
     pub metrics: Metrics,
+    /// Fingerprints credentials for this worker's caches, under a key drawn at start.
+    pub fingerprints: Fingerprinter,
     pub lookups: RefCell<Lookups>,
     pub jwt: RefCell<JwtState>,
     pub feed: RefCell<FeedView>,
@@ -59,12 +63,12 @@ pub struct Forwarding {
     /// The route's default rate limit, for keys without their own.
     pub route_rate_limit: Option<RateLimit>,
     /// The key id once known, for logs and usage counts.
-    pub key_id: Option<String>,
+    pub key_id: Option<KeyId>,
 }
 
 /// What a request leaves for its response: rate-limit headers and whose usage it is.
 pub struct Note {
-    key_id: String,
+    key_id: Arc<str>,
     ratelimit: Option<(String, String)>,
 }
 
@@ -121,6 +125,13 @@ impl RootContext for KeygateRoot {
             );
             return false;
         };
+        let Some(fingerprint_key) = host::random_bytes::<16>() else {
+            host::log(
+                LogLevel::Critical,
+                "refusing configuration: the host gave no random bytes (WASI random_get)",
+            );
+            return false;
+        };
         let loaded = FilterConfig::parse(&raw).and_then(|config| {
             let secrets = config.load_secrets(|var| std::env::var(var).ok())?;
             Ok((config, secrets))
@@ -144,6 +155,7 @@ impl RootContext for KeygateRoot {
                     config,
                     secrets,
                     metrics: Metrics::define(),
+                    fingerprints: Fingerprinter::new(fingerprint_key),
                     lookups: RefCell::new(Lookups::default()),
                     jwt: RefCell::new(jwt),
                     feed: RefCell::new(FeedView::new(worker.clone())),
@@ -229,7 +241,9 @@ impl Context for KeygateHttp {
 
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let step = evaluate(&self.shared, self.context_id);
+        let block = host::request_headers();
+        let headers = block.pairs();
+        let step = evaluate(&self.shared, self.context_id, &headers);
         let action = match step {
             Step::Continue => Action::Continue,
             Step::Wait => Action::Pause,
@@ -260,6 +274,9 @@ impl HttpContext for KeygateHttp {
             host::set_response_header("ratelimit-policy", policy);
             host::set_response_header("ratelimit", state);
         }
+        if !self.shared.config.usage.enabled {
+            return Action::Continue;
+        }
         if let Some(status) = host::response_status() {
             self.shared
                 .usage
@@ -276,13 +293,15 @@ impl HttpContext for KeygateHttp {
     }
 }
 
-fn evaluate(shared: &Shared, context_id: u32) -> Step {
+/// The request's headers as read at its start: (name, value) pairs.
+pub type Headers<'a> = [(&'a str, &'a [u8])];
+
+fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     let config = &shared.config;
-    let headers = host::request_headers();
     let mut method = "";
     let mut path = "";
-    for (name, value) in &headers {
-        match name.as_str() {
+    for &(name, value) in headers {
+        match name {
             ":method" => method = std::str::from_utf8(value).unwrap_or_default(),
             ":path" => path = std::str::from_utf8(value).unwrap_or_default(),
             n if is_identity_header(config, n) => host::remove_request_header(n),
@@ -305,7 +324,7 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         Policy::Scopes(scopes) => scopes,
     };
 
-    let pairs = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+    let pairs = headers.iter().copied();
     let max_len = config
         .max_credential_bytes
         .max(if config.jwt.issuers.is_empty() {
@@ -335,7 +354,7 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
     let client = (config.trusted_hops > 0).then(|| {
         let forwarded_for = headers
             .iter()
-            .find(|(name, _)| name == "x-forwarded-for")
+            .find(|(name, _)| *name == "x-forwarded-for")
             .and_then(|(_, value)| std::str::from_utf8(value).ok());
         client_address(None, forwarded_for, config.trusted_hops)
     });
@@ -365,24 +384,18 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
         if credential.len() > config.max_credential_bytes {
             return Step::Deny(DenyReason::BadRequest(CredentialError::TooLong), None, mode);
         }
-        // A record this worker holds fresh already: its digest proves the key (or refutes
-        // it) without the checksum and tag checks, which exist to spare the key service.
-        if let Some(id) = key_id_of(credential, &config.key_prefixes)
-            .filter(|id| crate::lookup::holds_fresh(shared, id))
-        {
-            if crate::feed::is_revoked(shared, id.as_str(), host::now_ms()) {
-                return Step::Deny(DenyReason::Revoked, Some(id.to_string()), mode);
+        // A record this worker holds fresh already decides at once: the key's digest (or
+        // the fingerprint of a text proven before) proves it or refutes it, without the
+        // checksum and tag checks, which exist to spare the key service.
+        if let Some(id) = key_id_of(credential, &config.key_prefixes) {
+            let now = host::now_ms();
+            if let Some(result) =
+                crate::lookup::decide_fresh(shared, &id, credential, &required, &forwarding, now)
+            {
+                let mut forwarding = forwarding;
+                forwarding.key_id = Some(id);
+                return Step::Decided(forwarding, result);
             }
-            let mut forwarding = forwarding;
-            forwarding.key_id = Some(id.to_string());
-            let presented = Presented {
-                key_id: id,
-                proof: Proof::Opaque(KeyDigest::of(credential.as_bytes())),
-                required,
-                forwarding,
-                legacy: false,
-            };
-            return resolve_record(shared, context_id, presented);
         }
         let parsed = match parse_opaque_key(credential, &config.key_prefixes) {
             Ok(parsed) => parsed,
@@ -395,7 +408,7 @@ fn evaluate(shared: &Shared, context_id: u32) -> Step {
             return Step::Deny(DenyReason::Revoked, Some(parsed.id().to_string()), mode);
         }
         let mut forwarding = forwarding;
-        forwarding.key_id = Some(parsed.id().to_string());
+        forwarding.key_id = Some(parsed.id());
         let presented = Presented {
             key_id: parsed.id(),
             proof: Proof::Opaque(parsed.digest()),
@@ -523,7 +536,7 @@ pub fn apply(
     forwarding: &Forwarding,
     result: Result<Identity, DenyReason>,
 ) -> bool {
-    let key_label = forwarding.key_id.as_deref();
+    let key_label = forwarding.key_id.as_ref().map(KeyId::as_str);
     let identity = match result {
         Ok(identity) => identity,
         Err(reason) => return deny(shared, &reason, key_label, forwarding.mode),
@@ -553,7 +566,7 @@ pub fn apply(
                 return deny_with(
                     shared,
                     &reason,
-                    Some(&identity.key_id),
+                    Some(&*identity.key_id),
                     forwarding.mode,
                     &extra,
                 );
@@ -561,28 +574,36 @@ pub fn apply(
         }
     }
     let config = &shared.config;
+    let ih = &config.identity_headers;
     let shadow = forwarding.mode == Mode::Shadow;
     if shadow {
         // The upstream still authenticates as before: keep the credential.
         host::set_request_header(&config.decision_header, "allow");
         shared.metrics.count(Event::ShadowAllowed);
     } else {
-        strip_credential(shared, forwarding);
         shared.metrics.count(Event::Allowed);
     }
-    let ih = &config.identity_headers;
+    if !shadow {
+        strip_credential(shared, forwarding);
+    }
     host::set_request_header(&ih.subject, &identity.subject);
-    host::set_request_header(&ih.scopes, &identity.scopes_header());
+    host::set_request_header(&ih.scopes, &identity.scopes_header);
     if !identity.key_id.is_empty() {
         host::set_request_header(&ih.key_id, &identity.key_id);
+    }
+    if !identity.key_id.is_empty() {
         if config.usage.enabled {
             shared.usage.borrow_mut().allowed(&identity.key_id, now);
         }
-        let note = Note {
-            key_id: identity.key_id,
-            ratelimit,
-        };
-        shared.notes.borrow_mut().insert(context_id, note);
+        // The response needs this request only for usage (its status class) or for the
+        // rate-limit headers: reading the status is a host call, skipped when neither applies.
+        if config.usage.enabled || ratelimit.is_some() {
+            let note = Note {
+                key_id: identity.key_id,
+                ratelimit,
+            };
+            shared.notes.borrow_mut().insert(context_id, note);
+        }
     }
     true
 }

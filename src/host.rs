@@ -87,8 +87,101 @@ pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
     hostcalls::set_effective_context(context_id).map_err(refused)
 }
 
-pub fn request_headers() -> Vec<(String, Bytes)> {
-    hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+mod ffi {
+    use proxy_wasm::types::{MapType, Status};
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        pub fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> Status;
+    }
+}
+
+/// The request headers as the host serialised them: one buffer, read in place. (The SDK's
+/// `get_map_bytes` copies every name and value into its own allocation, which on the hot
+/// path costs more than the host call itself.)
+pub struct HeaderBlock(Bytes);
+
+/// Reads every request header in one host call.
+pub fn request_headers() -> HeaderBlock {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated through this module's
+    // `proxy_on_memory_allocate` (the SDK's, which hands out a boxed `[u8]` of exactly that
+    // length), so the buffer is ours to own as a `Vec` of that length and capacity, as the
+    // SDK's own `get_map_bytes` does.
+    let bytes = unsafe {
+        match ffi::proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => Vec::new(),
+        }
+    };
+    HeaderBlock(bytes)
+}
+
+impl HeaderBlock {
+    /// The (name, value) pairs, borrowed from the block. The serialisation is a count, then
+    /// a (name length, value length) pair per header, then each name and value followed by
+    /// a NUL, all little-endian `u32`. A block that does not add up yields no headers; a
+    /// name that is not UTF-8 (Envoy's codecs admit only token characters) is skipped.
+    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
+        parse_header_block(&self.0).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+fn serialise_header_block(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let data: usize = pairs.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data);
+    let word = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend(word(pairs.len()));
+    for (name, value) in pairs {
+        out.extend(word(name.len()));
+        out.extend(word(value.len()));
+    }
+    for (name, value) in pairs {
+        out.extend(name.as_bytes());
+        out.push(0);
+        out.extend(*value);
+        out.push(0);
+    }
+    out
+}
+
+fn parse_header_block(block: &[u8]) -> Option<Vec<(&str, &[u8])>> {
+    let word = |at: usize| -> Option<usize> {
+        let bytes = block.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes(bytes.try_into().ok()?) as usize)
+    };
+    let count = word(0)?;
+    let mut sizes_at = 4usize;
+    let mut data_at = count.checked_mul(8)?.checked_add(4)?;
+    if data_at > block.len() {
+        return None;
+    }
+    let mut pairs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (name_len, value_len) = (word(sizes_at)?, word(sizes_at + 4)?);
+        sizes_at += 8;
+        let name = block.get(data_at..data_at.checked_add(name_len)?)?;
+        data_at += name_len + 1;
+        let value = block.get(data_at..data_at.checked_add(value_len)?)?;
+        data_at += value_len + 1;
+        if let Ok(name) = std::str::from_utf8(name) {
+            pairs.push((name, value));
+        }
+    }
+    Some(pairs)
+}
+
+/// Random bytes from the host (WASI `random_get`).
+pub fn random_bytes<const N: usize>() -> Option<[u8; N]> {
+    let mut bytes = [0u8; N];
+    getrandom::getrandom(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 pub fn set_request_header(name: &str, value: &str) {
@@ -161,4 +254,47 @@ pub fn call_response_body(size: usize, max: usize) -> Option<Bytes> {
     hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size.min(max))
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serialise(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        serialise_header_block(pairs)
+    }
+
+    #[test]
+    fn serialises_as_the_host_does() {
+        let pairs: [(&str, &[u8]); 2] = [(":path", b"/v1/x"), ("x-a", b"1")];
+        let mut expected = vec![2, 0, 0, 0, 5, 0, 0, 0, 5, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0];
+        expected.extend(b":path\x00/v1/x\x00x-a\x001\x00");
+        assert_eq!(serialise_header_block(&pairs), expected);
+    }
+
+    #[test]
+    fn reads_a_header_block_in_place() {
+        let pairs: [(&str, &[u8]); 3] = [
+            (":path", b"/v1/x"),
+            ("authorization", b"Bearer \xff"),
+            ("empty", b""),
+        ];
+        let block = serialise(&pairs);
+        assert_eq!(parse_header_block(&block).unwrap(), pairs.to_vec());
+        assert_eq!(parse_header_block(&serialise(&[])).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn refuses_blocks_that_do_not_add_up() {
+        let block = serialise(&[(":path", b"/v1/x"), ("x-a", b"1")]);
+        for cut in 0..block.len() - 1 {
+            assert_eq!(parse_header_block(&block[..cut]), None, "cut at {cut}");
+        }
+        let mut huge = block.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_header_block(&huge), None);
+        let mut long_value = block;
+        long_value[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_header_block(&long_value), None);
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use keygate_core::cache::Lease;
 use keygate_core::config::{JwksSource, JwtSettings, RemoteJwks, Revocation};
 use keygate_core::decision::{authorize_scopes, header_safe, DenyReason, Identity};
-use keygate_core::jwt::cache::{token_hash, CachedToken, TokenCache};
+use keygate_core::jwt::cache::{CachedToken, TokenCache};
 use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, KeySet, NativeVerifier};
 use keygate_core::key::KeyId;
 use keygate_core::scope::Scope;
@@ -144,7 +144,7 @@ pub fn on_start(shared: &Shared) {
 pub fn evaluate_token(shared: &Shared, context_id: u32, request: TokenRequest) -> Step {
     let now_ms = host::now_ms();
     let now_s = now_ms / 1000;
-    let hash = token_hash(&request.token);
+    let hash = shared.fingerprints.of(request.token.as_bytes());
     let hit = shared.jwt.borrow_mut().cache.get(&hash, now_s).cloned();
     let cached = match hit {
         Some(cached) => {
@@ -188,7 +188,11 @@ fn decide_token(
         && crate::feed::is_revoked(shared, &cached.identity.key_id, host::now_ms())
     {
         let mode = request.forwarding.mode;
-        return Step::Deny(DenyReason::Revoked, Some(cached.identity.key_id), mode);
+        return Step::Deny(
+            DenyReason::Revoked,
+            Some(cached.identity.key_id.to_string()),
+            mode,
+        );
     }
     match revocation {
         Revocation::None => Step::Decided(
@@ -257,12 +261,12 @@ fn verify_once(shared: &Shared, token: &str, now_ms: u64) -> Verified {
             let now_s = now_ms / 1000;
             let valid_until_s = verified.expires_at.unwrap_or(now_s + NO_EXPIRY_CACHE_S);
             Verified::Token(CachedToken {
-                identity: Identity {
-                    subject: header_safe(&verified.subject),
-                    key_id: verified.jti.as_deref().map(header_safe).unwrap_or_default(),
-                    scopes: verified.scopes,
-                    rate_limit: None,
-                },
+                identity: Identity::new(
+                    &header_safe(&verified.subject),
+                    &verified.jti.as_deref().map(header_safe).unwrap_or_default(),
+                    verified.scopes,
+                    None,
+                ),
                 issuer: index,
                 valid_until_s,
             })
@@ -508,7 +512,7 @@ fn retry_waiters(shared: &Shared, index: usize) {
         let mode = waiter.request.forwarding.mode;
         let step = match verify(shared, &waiter.request.token, now_ms) {
             Verified::Token(cached) => {
-                let hash = token_hash(&waiter.request.token);
+                let hash = shared.fingerprints.of(waiter.request.token.as_bytes());
                 shared.jwt.borrow_mut().cache.insert(hash, cached.clone());
                 decide_token(shared, waiter.context_id, cached, waiter.request)
             }

@@ -7,14 +7,20 @@
 //! if the lease lapses. Waiting requests are answered in their own context once the record
 //! arrives, so no request waits on more than one callout.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use keygate_core::cache::{
     lease_key, record_key, slot_of, CacheEntry, Freshness, Lease, LEASE_STRIPES,
 };
-use keygate_core::decision::{authorize_record, authorize_token_record, DenyReason, Identity};
+use keygate_core::decision::{
+    authorize_proven, authorize_record, authorize_token_record, DenyReason, Identity,
+    PreparedRecord,
+};
 use keygate_core::feed::FeedPolicy;
-use keygate_core::key::KeyId;
+use keygate_core::fingerprint::Fingerprint;
+use keygate_core::key::{KeyDigest, KeyId};
+use keygate_core::scope::Scope;
 use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
 use proxy_wasm::types::LogLevel;
 
@@ -93,7 +99,15 @@ pub struct Lookups {
     tokens: HashMap<u32, KeyId>,
     in_flight: usize,
     /// This worker's decoded copies of fresh records (bounded by `cache.max_entries`).
-    local: HashMap<KeyId, Rc<CacheEntry>>,
+    local: HashMap<KeyId, Rc<Local>>,
+}
+
+/// A fresh record as this worker keeps it: decoded, prepared for decisions, and with the
+/// fingerprint of the last key text proven against its digest.
+struct Local {
+    entry: Rc<CacheEntry>,
+    prepared: Option<PreparedRecord>,
+    proven: Cell<Option<Fingerprint>>,
 }
 
 impl Lookups {
@@ -175,7 +189,12 @@ fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
 /// (another worker may have fetched it), keeping a fresh one for next time.
 fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<CacheEntry>> {
     let now = host::now_ms();
-    let local = shared.lookups.borrow().local.get(id).cloned();
+    let local = shared
+        .lookups
+        .borrow()
+        .local
+        .get(id)
+        .map(|l| Rc::clone(&l.entry));
     if let Some(entry) =
         local.filter(|e| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
     {
@@ -195,24 +214,66 @@ fn read_shared_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
     CacheEntry::decode_for(&bytes?, id)
 }
 
-/// True when this worker holds a fresh record for `id`.
-pub fn holds_fresh(shared: &Shared, id: &KeyId) -> bool {
-    let now = host::now_ms();
-    shared
-        .lookups
-        .borrow()
-        .local
-        .get(id)
-        .is_some_and(|e| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
+/// The fast path for an opaque key: decides from this worker's fresh copy of its record,
+/// with no host call beyond the clock. The key is proven by the fingerprint of its text when
+/// that text was proven before, else by its digest. `None` when this worker holds no record
+/// for `id` that may decide now (the caller takes the full path).
+pub fn decide_fresh(
+    shared: &Shared,
+    id: &KeyId,
+    credential: &str,
+    required: &[Scope],
+    forwarding: &Forwarding,
+    now: u64,
+) -> Option<Result<Identity, DenyReason>> {
+    let local = shared.lookups.borrow().local.get(id).cloned()?;
+    if local.entry.freshness(now, &shared.config.cache) != Freshness::Fresh
+        || crate::feed::degraded_policy(shared) == Some(FeedPolicy::FailClosed)
+        || !is_recent_enough(shared, &local.entry, now)
+    {
+        return None;
+    }
+    shared.metrics.count(Event::CacheHit);
+    let (Some(record), Some(prepared)) = (&local.entry.record, &local.prepared) else {
+        return Some(Err(DenyReason::UnknownKey));
+    };
+    // The key is proven first, so its record's status is told only to its holder.
+    let fingerprint = shared.fingerprints.of(credential.as_bytes());
+    if local.proven.get() != Some(fingerprint) {
+        if !prepared.digest_matches(&KeyDigest::of(credential.as_bytes())) {
+            return Some(Err(DenyReason::DigestMismatch));
+        }
+        local.proven.set(Some(fingerprint));
+    }
+    if crate::feed::is_revoked(shared, &record.id, now) {
+        return Some(Err(DenyReason::Revoked));
+    }
+    let client = if record.allowed_cidrs.is_empty() {
+        None
+    } else {
+        client_now(forwarding)
+    };
+    Some(authorize_proven(
+        record,
+        prepared,
+        required,
+        client,
+        now / 1000,
+    ))
 }
 
 /// Keeps a decoded record in this worker's bounded copy of the cache.
 fn remember(shared: &Shared, id: &KeyId, entry: &Rc<CacheEntry>) {
+    let local = Local {
+        entry: Rc::clone(entry),
+        prepared: entry.record.as_ref().map(PreparedRecord::of),
+        proven: Cell::new(None),
+    };
     let mut lookups = shared.lookups.borrow_mut();
     if lookups.local.len() >= shared.config.cache.max_entries as usize {
         lookups.local.clear();
     }
-    lookups.local.insert(*id, Rc::clone(entry));
+    lookups.local.insert(*id, Rc::new(local));
 }
 
 /// Decides from the cache when it can; otherwise starts or joins a lookup.

@@ -11,7 +11,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use keygate_core::cache::CacheEntry;
 use keygate_core::decision::{authorize_record, Identity};
-use keygate_core::jwt::cache::{token_hash, CachedToken, TokenCache};
+use keygate_core::fingerprint::Fingerprinter;
+use keygate_core::jwt::cache::{CachedToken, TokenCache};
 use keygate_core::jwt::{verify_jwt, Algorithm, KeySet, SigningKey, Validation};
 use keygate_core::key::{mint_opaque_key, parse_opaque_key, GatewayKey, KeyPrefix};
 use keygate_core::route::{RouteSpec, RouteTable};
@@ -194,8 +195,10 @@ fn cache_entry_decode(c: &mut Criterion) {
 }
 
 /// The verified-token cache, 10,000 entries: a hit, and what the filter does per JWT request
-/// on a hit (SHA-256 of the token, lookup, clone of the cached identity).
+/// on a hit (fingerprint of the token, lookup, clone of the cached identity).
 fn token_cache(c: &mut Criterion) {
+    let fingerprints = Fingerprinter::new([7; 16]);
+    let token_hash = |token: &str| fingerprints.of(token.as_bytes());
     let key = SigningKey::generate(Algorithm::ES256, &mut rng(9)).unwrap();
     let tokens: Vec<String> = (0..100).map(|n| token_for(&key, "k", n)).collect();
     let mut cache = TokenCache::new(10_000);
@@ -208,12 +211,12 @@ fn token_cache(c: &mut Criterion) {
         cache.insert(
             hash,
             CachedToken {
-                identity: Identity {
-                    subject: format!("user-{n}"),
-                    key_id: format!("jti-{n}"),
-                    scopes: vec!["openid".into(), "demo:read".into(), "demo:write".into()],
-                    rate_limit: None,
-                },
+                identity: Identity::new(
+                    &format!("user-{n}"),
+                    &format!("jti-{n}"),
+                    vec!["openid".into(), "demo:read".into(), "demo:write".into()],
+                    None,
+                ),
                 issuer: 0,
                 valid_until_s: NOW_S + 3600,
             },
@@ -226,7 +229,7 @@ fn token_cache(c: &mut Criterion) {
     group.bench_function("get", |b| {
         b.iter(|| cache.get(black_box(&hash), NOW_S).is_some())
     });
-    group.bench_function("sha256+get+clone", |b| {
+    group.bench_function("fingerprint+get+clone", |b| {
         b.iter(|| {
             let hash = token_hash(black_box(&token));
             cache.get(&hash, NOW_S).cloned().unwrap()
@@ -243,12 +246,7 @@ fn token_cache(c: &mut Criterion) {
                 cache.insert(
                     hash,
                     CachedToken {
-                        identity: Identity {
-                            subject: "s".into(),
-                            key_id: "k".into(),
-                            scopes: vec!["demo:read".into()],
-                            rate_limit: None,
-                        },
+                        identity: Identity::new("s", "k", vec!["demo:read".into()], None),
                         issuer: 0,
                         valid_until_s: NOW_S + 3600,
                     },

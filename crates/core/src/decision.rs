@@ -2,6 +2,7 @@
 //! that knows its status code, `WWW-Authenticate` header, problem body and metric name).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::credential::CredentialError;
 use crate::jwt::JwtError;
@@ -253,19 +254,34 @@ fn quoted_safe(text: &str) -> String {
 }
 
 /// Who a request runs as, once allowed: forwarded upstream in the identity headers.
+///
+/// Cheap to clone (shared text): the filter keeps one per cached record or token and hands
+/// out copies per request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
-    pub subject: String,
-    pub key_id: String,
-    pub scopes: Vec<String>,
+    pub subject: Arc<str>,
+    pub key_id: Arc<str>,
+    pub scopes: Arc<[String]>,
+    /// The scopes as one header value, space-separated (as the OAuth `scope` claim).
+    pub scopes_header: Arc<str>,
     /// The key's own rate limit, if it has one.
     pub rate_limit: Option<RateLimit>,
 }
 
 impl Identity {
-    /// Scopes as one header value, space-separated (as the OAuth `scope` claim).
-    pub fn scopes_header(&self) -> String {
-        self.scopes.join(" ")
+    pub fn new(
+        subject: &str,
+        key_id: &str,
+        scopes: Vec<String>,
+        rate_limit: Option<RateLimit>,
+    ) -> Self {
+        Self {
+            subject: subject.into(),
+            key_id: key_id.into(),
+            scopes_header: scopes.join(" ").into(),
+            scopes: scopes.into(),
+            rate_limit,
+        }
     }
 }
 
@@ -274,6 +290,35 @@ pub fn header_safe(text: &str) -> String {
     text.chars()
         .map(|c| if (' '..='~').contains(&c) { c } else { '_' })
         .collect()
+}
+
+/// What repeated decisions from one key record need, worked out once: the stored digest
+/// decoded and the identity rendered as header-safe text.
+#[derive(Clone, Debug)]
+pub struct PreparedRecord {
+    digest: Option<KeyDigest>,
+    identity: Identity,
+}
+
+impl PreparedRecord {
+    pub fn of(record: &KeyLookup) -> Self {
+        Self {
+            digest: KeyDigest::from_hex(&record.digest),
+            identity: Identity::new(
+                &header_safe(&record.subject),
+                &record.id,
+                record.scopes.iter().map(|s| header_safe(s)).collect(),
+                record.rate_limit.filter(RateLimit::is_valid),
+            ),
+        }
+    }
+
+    /// Does the presented key's digest match the record's? In constant time.
+    pub fn digest_matches(&self, presented: &KeyDigest) -> bool {
+        self.digest
+            .as_ref()
+            .is_some_and(|stored| stored.ct_eq(presented))
+    }
 }
 
 /// Decides a request for an opaque key whose record is known.
@@ -287,18 +332,24 @@ pub fn authorize_record(
     client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
-    let stored = KeyDigest::from_hex(&record.digest).ok_or(DenyReason::DigestMismatch)?;
-    if !stored.ct_eq(presented) {
+    let prepared = PreparedRecord::of(record);
+    if !prepared.digest_matches(presented) {
         return Err(DenyReason::DigestMismatch);
     }
+    authorize_proven(record, &prepared, required, client, now_s)
+}
+
+/// Decides a request whose key is already proven to match `record` (its digest compared,
+/// now or earlier for the same key text).
+pub fn authorize_proven(
+    record: &KeyLookup,
+    prepared: &PreparedRecord,
+    required: &[Scope],
+    client: Option<IpAddr>,
+    now_s: u64,
+) -> Result<Identity, DenyReason> {
     check_record(record, client, now_s)?;
-    let identity = Identity {
-        subject: header_safe(&record.subject),
-        key_id: record.id.clone(),
-        scopes: record.scopes.iter().map(|s| header_safe(s)).collect(),
-        rate_limit: record.rate_limit.filter(RateLimit::is_valid),
-    };
-    authorize_scopes(identity, required)
+    authorize_scopes(prepared.identity.clone(), required)
 }
 
 /// Status, expiry, validity window and address allow-list of a record whose holder is
@@ -359,12 +410,7 @@ mod tests {
     use crate::scope::parse_scopes;
 
     fn token_identity() -> Identity {
-        Identity {
-            subject: "team-a".into(),
-            key_id: "aaaaaaaaaaaaaaaa".into(),
-            scopes: vec!["demo:read".into()],
-            rate_limit: None,
-        }
+        Identity::new("team-a", "aaaaaaaaaaaaaaaa", vec!["demo:read".into()], None)
     }
 
     #[test]
@@ -422,8 +468,8 @@ mod tests {
             1000,
         )
         .unwrap();
-        assert_eq!(id.subject, "team-a");
-        assert_eq!(id.scopes_header(), "demo:read");
+        assert_eq!(&*id.subject, "team-a");
+        assert_eq!(&*id.scopes_header, "demo:read");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod credential;
 pub mod decision;
 pub mod feed;
+pub mod fingerprint;
 pub mod jwt;
 pub mod key;
 pub mod limits;

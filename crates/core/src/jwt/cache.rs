@@ -1,20 +1,15 @@
-//! Verified tokens, remembered by the SHA-256 of the token text until they expire.
+//! Verified tokens, remembered by the fingerprint of the token text until they expire.
 //!
 //! One cache per Envoy worker (no shared data: a hit must cost a hash lookup, not a copy and
 //! a decode). Bounded: past `capacity`, the oldest entry is evicted first.
 
 use std::collections::{HashMap, VecDeque};
 
-use sha2::{Digest as _, Sha256};
-
 use crate::decision::Identity;
+use crate::fingerprint::Fingerprint;
 
-/// SHA-256 of a token's text.
-pub type TokenHash = [u8; 32];
-
-pub fn token_hash(token: &str) -> TokenHash {
-    Sha256::digest(token.as_bytes()).into()
-}
+/// What a token is remembered by: the fingerprint of its text.
+pub type TokenHash = Fingerprint;
 
 /// What a verified token proved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,15 +75,15 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprinter;
+
+    fn token_hash(token: &str) -> TokenHash {
+        Fingerprinter::new([9; 16]).of(token.as_bytes())
+    }
 
     fn cached(until: u64) -> CachedToken {
         CachedToken {
-            identity: Identity {
-                subject: "s".into(),
-                key_id: "k".into(),
-                scopes: vec![],
-                rate_limit: None,
-            },
+            identity: Identity::new("s", "k", Vec::new(), None),
             issuer: 0,
             valid_until_s: until,
         }
