@@ -436,7 +436,9 @@ fn revoked_key_is_refused_after_the_cache_ttl() {
         Some("error=\"invalid_token\""),
         Some(&issued.key),
     );
-    // And it stays refused (on both workers).
+    // And it stays refused on both workers, once the other worker has had time to learn it
+    // too (its next tick, or at the latest its own copy's 1 s ttl).
+    std::thread::sleep(Duration::from_millis(1500));
     for _ in 0..4 {
         assert_eq!(stack.get_with_key("/v1/hello", &issued.key).status, 401);
     }
