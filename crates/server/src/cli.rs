@@ -67,6 +67,13 @@ pub struct ClientArgs {
     /// Print the raw JSON answer instead of a human summary.
     #[arg(long, global = true)]
     pub json: bool,
+    /// For an https:// server: a CA certificate file (PEM) to trust besides the system's roots.
+    #[arg(long, env = "KEYGATE_CA_CERT", global = true, value_name = "PEM FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Send the admin key over plain http:// to a host other than loopback (anyone on the
+    /// network path can read it; use https:// instead).
+    #[arg(long, global = true)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -248,8 +255,9 @@ fn report(json_output: bool, result: Result<(), CliError>) -> ExitCode {
 }
 
 fn connect(args: &ClientArgs) -> Result<Client, CliError> {
+    let transport = Transport::for_server(&args.server, args.insecure)?;
     let admin_key = read_admin_key(args.admin_key_file.as_deref())?;
-    Client::new(&args.server, admin_key)
+    Client::new(&args.server, transport, args.ca_cert.as_deref(), admin_key)
 }
 
 fn execute_signing_keys(args: SigningKeysArgs) -> Result<(), CliError> {
@@ -451,17 +459,75 @@ struct Client {
     authorization: String,
 }
 
-impl Client {
-    fn new(server: &str, admin_key: String) -> Result<Self, CliError> {
-        let base = server.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
-            return Err(CliError::Usage(format!(
-                "--server {server:?} must be an http:// URL (this build has no TLS client)"
-            )));
+/// How the CLI may reach a `--server`: decided before the admin key is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `https://`: the server's certificate is verified.
+    Https,
+    /// `http://` to a loopback address.
+    Loopback,
+    /// `http://` elsewhere, allowed by `--insecure`.
+    InsecureHttp,
+}
+
+impl Transport {
+    fn for_server(server: &str, insecure: bool) -> Result<Self, CliError> {
+        let url = url::Url::parse(server).map_err(|_| {
+            CliError::Usage(format!(
+                "--server {server:?} is not a URL such as https://keygate.example.com:8080 or http://127.0.0.1:8080"
+            ))
+        })?;
+        match url.scheme() {
+            "https" => Ok(Self::Https),
+            "http" if is_loopback(&url) => Ok(Self::Loopback),
+            "http" if insecure => Ok(Self::InsecureHttp),
+            "http" => Err(CliError::Usage(format!(
+                "refusing to send the admin key over plain http:// to {}: anyone on the network path could read it and manage every key. Serve the key service over HTTPS (keygate serve --tls-cert/--tls-key) and use https://, or pass --insecure if this network is trusted",
+                url.host_str().unwrap_or_default()
+            ))),
+            other => Err(CliError::Usage(format!(
+                "--server {server:?} has the scheme {other:?}: use https:// (or http:// on loopback)"
+            ))),
         }
-        let agent = ureq::AgentBuilder::new()
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 and ::1 (also as an IPv4-mapped address).
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    }
+}
+
+impl Client {
+    fn new(
+        server: &str,
+        transport: Transport,
+        ca_cert: Option<&Path>,
+        admin_key: String,
+    ) -> Result<Self, CliError> {
+        let base = server.trim_end_matches('/').to_owned();
+        // No redirects: the admin key goes to the server named, and nowhere else.
+        let mut agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(30))
-            .build();
+            .redirects(0);
+        match transport {
+            Transport::Https => {
+                let tls = crate::tls::client_config(ca_cert)
+                    .map_err(|error| CliError::Usage(error.to_string()))?;
+                agent = agent.tls_config(tls);
+            }
+            Transport::Loopback => {}
+            Transport::InsecureHttp => {
+                eprintln!("warning: --insecure: sending the admin key unencrypted to {base}")
+            }
+        }
+        let agent = agent.build();
         Ok(Self {
             agent,
             base,
@@ -800,5 +866,98 @@ mod tests {
             args.command,
             SigningKeysCommand::Rotate { algorithm: Some(ref a) } if a == "RS256"
         ));
+    }
+
+    #[test]
+    fn plain_http_carries_the_admin_key_only_to_loopback_unless_insecure() {
+        for server in [
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9:8080/",
+            "http://localhost:8080",
+            "http://LOCALHOST",
+            "http://[::1]:8080",
+            "http://[::ffff:127.0.0.1]:8080",
+        ] {
+            assert_eq!(
+                Transport::for_server(server, false).unwrap(),
+                Transport::Loopback,
+                "{server}"
+            );
+        }
+        for server in [
+            "http://keygate.example.com:8080",
+            "http://10.1.2.3:8080",
+            "http://0.0.0.0:8080",
+            "http://[2001:db8::1]:8080",
+            "http://localhost.example.com",
+            "http://127.0.0.1.example.com",
+        ] {
+            let Err(CliError::Usage(message)) = Transport::for_server(server, false) else {
+                panic!("{server} was allowed without --insecure");
+            };
+            assert!(
+                message.contains("refusing to send the admin key over plain http://")
+                    && message.contains("--insecure")
+                    && message.contains("https://"),
+                "{message}"
+            );
+            assert_eq!(
+                Transport::for_server(server, true).unwrap(),
+                Transport::InsecureHttp,
+                "{server}"
+            );
+        }
+        assert_eq!(
+            Transport::for_server("https://keygate.example.com", false).unwrap(),
+            Transport::Https
+        );
+        for bad in ["keygate.example.com:8080", "ftp://keygate.example.com", ""] {
+            assert!(
+                matches!(Transport::for_server(bad, true), Err(CliError::Usage(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_server_is_refused_before_the_admin_key_is_read() {
+        let cli = Cli::try_parse_from([
+            "keygate",
+            "keys",
+            "list",
+            "--server",
+            "http://keygate.example.com:8080",
+            "--admin-key-file",
+            "/nonexistent/admin.key",
+        ])
+        .unwrap();
+        let Command::Keys(keys) = cli.command else {
+            panic!("not keys")
+        };
+        let Err(CliError::Usage(message)) = connect(&keys.client) else {
+            panic!("connect accepted plain http to a remote host");
+        };
+        assert!(message.contains("refusing"), "{message}");
+    }
+
+    #[test]
+    fn parses_the_transport_flags_anywhere() {
+        let cli = Cli::try_parse_from([
+            "keygate",
+            "keys",
+            "--ca-cert",
+            "/etc/keygate/ca.pem",
+            "list",
+            "--insecure",
+        ])
+        .unwrap();
+        let Command::Keys(keys) = cli.command else {
+            panic!("not keys")
+        };
+        assert_eq!(
+            keys.client.ca_cert.as_deref(),
+            Some(Path::new("/etc/keygate/ca.pem"))
+        );
+        assert!(keys.client.insecure);
     }
 }

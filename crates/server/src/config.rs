@@ -9,6 +9,7 @@ use keygate_core::key::{GatewayKey, KeyPrefix};
 use crate::signing::{
     JwtSettings, SigningSecret, DEFAULT_AUDIENCE, DEFAULT_ISSUER, SIGNING_SECRET_ENV,
 };
+use crate::tls::{ServerTls, TlsError};
 
 /// Environment variable holding the gateway key (hex, at least 64 digits). Required.
 pub const GATEWAY_KEY_ENV: &str = "KEYGATE_GATEWAY_KEY";
@@ -51,6 +52,12 @@ pub struct ServeArgs {
         action = clap::ArgAction::SetTrue
     )]
     pub allow_jwt_without_expiry: bool,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, env = "KEYGATE_TLS_CERT", value_name = "PEM FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KEYGATE_TLS_KEY", value_name = "PEM FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A validated serve configuration.
@@ -64,6 +71,8 @@ pub struct ServeConfig {
     pub service_token: String,
     pub admin_key: Option<String>,
     pub jwt: JwtSettings,
+    /// HTTPS (TLS 1.2 and 1.3); `None` serves plain HTTP.
+    pub tls: Option<ServerTls>,
 }
 
 /// Why the service refuses to start. Messages name the setting, never its value.
@@ -92,6 +101,10 @@ pub enum ConfigError {
         "--audience / KEYGATE_AUDIENCE must be 1 to 256 characters with no control characters"
     )]
     BadAudience,
+    #[error("--tls-cert / KEYGATE_TLS_CERT and --tls-key / KEYGATE_TLS_KEY go together: give both PEM files, or neither for plain HTTP")]
+    TlsIncomplete,
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 const MAX_CLAIM_CHARS: usize = 256;
@@ -144,6 +157,11 @@ impl ServeConfig {
             .filter(|v| !v.trim().is_empty())
             .map(|v| SigningSecret::from_hex(&v).ok_or(ConfigError::BadSigningSecret))
             .transpose()?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
+            _ => return Err(ConfigError::TlsIncomplete),
+        };
         Ok(Self {
             listen,
             database: args.database,
@@ -158,6 +176,7 @@ impl ServeConfig {
                 allow_without_expiry: args.allow_jwt_without_expiry,
                 secret,
             },
+            tls,
         })
     }
 }
@@ -177,6 +196,8 @@ mod tests {
             issuer: DEFAULT_ISSUER.into(),
             audience: DEFAULT_AUDIENCE.into(),
             allow_jwt_without_expiry: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 
@@ -305,5 +326,35 @@ mod tests {
             ServeConfig::from_args(bad_listen, &good).unwrap_err(),
             ConfigError::BadListen
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_names_a_bad_one() {
+        let good = env(&[(GATEWAY_KEY_ENV, GATEWAY), (SERVICE_TOKEN_ENV, TOKEN)]);
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        let mut only_cert = args();
+        only_cert.tls_cert = Some(cert.clone());
+        assert_eq!(
+            ServeConfig::from_args(only_cert, &good).unwrap_err(),
+            ConfigError::TlsIncomplete
+        );
+        let mut only_key = args();
+        only_key.tls_key = Some(dir.path().join("key.pem"));
+        assert_eq!(
+            ServeConfig::from_args(only_key, &good).unwrap_err(),
+            ConfigError::TlsIncomplete
+        );
+        let mut both = args();
+        both.tls_cert = Some(cert.clone());
+        both.tls_key = Some(dir.path().join("key.pem"));
+        let message = ServeConfig::from_args(both, &good).unwrap_err().to_string();
+        assert!(
+            message.contains(&cert.display().to_string()),
+            "the error does not name the certificate file: {message}"
+        );
+        let plain = ServeConfig::from_args(args(), &good).unwrap();
+        assert!(plain.tls.is_none());
     }
 }

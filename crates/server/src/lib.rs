@@ -19,6 +19,8 @@ pub mod serve;
 pub mod signing;
 pub mod store;
 pub mod timestamp;
+pub mod tls;
+pub mod transport;
 pub mod usage;
 
 pub use api::{app, AppState};

@@ -13,6 +13,8 @@ use crate::config::ServeConfig;
 use crate::feed::{compact_periodically, COMPACTION_PERIOD};
 use crate::signing::{JwtIssuer, SigningError, SIGNING_SECRET_ENV};
 use crate::store::{KeyStore, StoreError};
+use crate::tls::ServerTls;
+use crate::transport;
 
 /// Why the service stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +27,6 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("the server failed: {0}")]
-    Serve(std::io::Error),
     #[error("cannot write the admin key file {path}: {source}")]
     AdminKeyFile {
         path: String,
@@ -183,28 +183,30 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     let local = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
         listen = %local,
+        tls = config.tls.is_some(),
         prefix = %config.prefix,
         database = state.store().backend(),
         "keygate key service ready"
     );
-    // Answers are small and latency matters (a long-poll answer is a revocation on its way):
-    // no Nagle delay waiting for the peer's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
+    if config.tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            listen = %local,
+            "serving plain HTTP beyond loopback: admin keys and the service token cross the network unencrypted; give --tls-cert and --tls-key"
+        );
+    }
     let feed = state.clone();
-    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
+    transport::serve(
+        listener,
+        app(state),
+        config.tls.as_ref().map(ServerTls::config),
+        async move {
             shutdown_signal().await;
             // Held long-polls answer now, so they do not delay the shutdown.
             feed.begin_shutdown();
-        })
-        .await;
+        },
+    )
+    .await;
     compaction.abort();
-    result.map_err(ServeError::Serve)?;
     tracing::info!("keygate key service stopped");
     Ok(())
 }

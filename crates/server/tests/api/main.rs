@@ -9,6 +9,7 @@ mod backends;
 mod feed;
 mod legacy;
 mod storage;
+mod transport;
 mod usage;
 
 use std::sync::Arc;
