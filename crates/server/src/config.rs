@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use keygate_core::key::{GatewayKey, KeyPrefix};
 
+use crate::retention::{RetentionArgs, RetentionError, RetentionSettings};
 use crate::signing::{
     JwtSettings, SigningSecret, DEFAULT_AUDIENCE, DEFAULT_ISSUER, SIGNING_SECRET_ENV,
 };
@@ -51,6 +52,16 @@ pub struct ServeArgs {
         action = clap::ArgAction::SetTrue
     )]
     pub allow_jwt_without_expiry: bool,
+    /// Largest usage batch body in bytes (4096 to 16777216). The filter's
+    /// `usage.max_batch_bytes` must stay below it.
+    #[arg(
+        long,
+        env = "KEYGATE_USAGE_MAX_BODY_BYTES",
+        default_value_t = crate::usage::MAX_USAGE_BODY_BYTES
+    )]
+    pub usage_max_body_bytes: usize,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// A validated serve configuration.
@@ -64,6 +75,8 @@ pub struct ServeConfig {
     pub service_token: String,
     pub admin_key: Option<String>,
     pub jwt: JwtSettings,
+    pub usage_max_body_bytes: usize,
+    pub retention: RetentionSettings,
 }
 
 /// Why the service refuses to start. Messages name the setting, never its value.
@@ -92,6 +105,10 @@ pub enum ConfigError {
         "--audience / KEYGATE_AUDIENCE must be 1 to 256 characters with no control characters"
     )]
     BadAudience,
+    #[error("--usage-max-body-bytes / KEYGATE_USAGE_MAX_BODY_BYTES must be 4096 to 16777216")]
+    BadUsageBodyLimit,
+    #[error("{0}")]
+    Retention(#[from] RetentionError),
 }
 
 const MAX_CLAIM_CHARS: usize = 256;
@@ -144,6 +161,10 @@ impl ServeConfig {
             .filter(|v| !v.trim().is_empty())
             .map(|v| SigningSecret::from_hex(&v).ok_or(ConfigError::BadSigningSecret))
             .transpose()?;
+        if !(4096..=16 * 1024 * 1024).contains(&args.usage_max_body_bytes) {
+            return Err(ConfigError::BadUsageBodyLimit);
+        }
+        let retention = RetentionSettings::from_args(&args.retention)?;
         Ok(Self {
             listen,
             database: args.database,
@@ -158,6 +179,8 @@ impl ServeConfig {
                 allow_without_expiry: args.allow_jwt_without_expiry,
                 secret,
             },
+            usage_max_body_bytes: args.usage_max_body_bytes,
+            retention,
         })
     }
 }
@@ -177,6 +200,8 @@ mod tests {
             issuer: DEFAULT_ISSUER.into(),
             audience: DEFAULT_AUDIENCE.into(),
             allow_jwt_without_expiry: false,
+            usage_max_body_bytes: crate::usage::MAX_USAGE_BODY_BYTES,
+            retention: RetentionArgs::default(),
         }
     }
 
