@@ -74,6 +74,11 @@ impl RateLimit {
 
 /// Path of the usage endpoint on the key service: `POST /v1/usage`.
 pub const USAGE_PATH: &str = "/v1/usage";
+/// The key service's default limit on a usage batch body (`--usage-max-body-bytes`): a larger
+/// batch is refused with 413.
+pub const USAGE_BODY_LIMIT: usize = 1024 * 1024;
+/// Most rows the key service takes in one usage batch: more is refused with 400.
+pub const USAGE_MAX_ROWS: usize = 10_000;
 
 /// Counts for one key in one minute, as the filter reports them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

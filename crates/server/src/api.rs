@@ -61,6 +61,10 @@ pub struct AppState {
     shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     jwt: JwtIssuer,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Refused admin authentications waiting to be written to the audit log.
+    refused_admin: Arc<crate::audit::RefusedAdmin>,
+    /// Largest `POST /v1/usage` body.
+    usage_body_limit: usize,
 }
 
 impl AppState {
@@ -83,7 +87,21 @@ impl AppState {
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
             jwt: JwtIssuer::new(JwtSettings::default()),
             metrics: Arc::default(),
+            refused_admin: Arc::default(),
+            usage_body_limit: crate::usage::MAX_USAGE_BODY_BYTES,
         }
+    }
+
+    /// Refused admin authentications not written to the audit log yet.
+    pub fn refused_admin(&self) -> &crate::audit::RefusedAdmin {
+        &self.refused_admin
+    }
+
+    /// Sets the largest usage batch body (default [`crate::usage::MAX_USAGE_BODY_BYTES`]).
+    #[must_use]
+    pub fn with_usage_body_limit(mut self, bytes: usize) -> Self {
+        self.usage_body_limit = bytes;
+        self
     }
 
     /// The Prometheus counters (see [`crate::metrics`]).
@@ -172,8 +190,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             keygate_core::wire::USAGE_PATH,
-            post(crate::usage::ingest_usage)
-                .layer(DefaultBodyLimit::max(crate::usage::MAX_USAGE_BODY_BYTES)),
+            post(crate::usage::ingest_usage).layer(DefaultBodyLimit::max(state.usage_body_limit)),
         );
     Router::new()
         .route("/healthz", get(healthz))

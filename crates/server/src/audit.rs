@@ -6,8 +6,18 @@
 //! [`audit_management`], which appends one entry per create, rotate, revoke, expire,
 //! signing-key rotation and legacy import from the request and its answer, so those handlers
 //! need no audit code. Failed admin authentication is recorded by the admin check itself.
+//!
+//! Refused admin authentications come from anyone and cost nothing to send, so they are
+//! aggregated: one row per source address and minute with a count ([`RefusedAdmin`]), the
+//! request's method and path cut to a few hundred bytes, and at most [`MAX_REFUSED_SOURCES`]
+//! sources a minute (the rest share one row whose source is `other`). The counts live in
+//! memory until they are written: when their minute is over (by the next refusal or the
+//! periodic flush), before the audit log is read, and when the service stops.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -273,22 +283,198 @@ pub async fn audit_management(
     Response::from_parts(parts, Body::from(bytes))
 }
 
-/// Records a refused admin authentication (`reason`: `missing` or `invalid`), with no actor
-/// and no target.
-pub async fn record_denied_admin(state: &AppState, parts: &Parts, reason: &str) {
-    let entry = AuditEntry {
-        action: "admin_auth",
-        actor: None,
-        source: source_of(parts),
-        target: None,
-        outcome: "denied",
-        detail: Some(serde_json::json!({
-            "reason": reason,
-            "method": parts.method.as_str(),
-            "path": parts.uri.path(),
-        })),
-    };
-    record(state, entry).await;
+// ---------------------------------------------------------------------------------------------
+// Refused admin authentications, aggregated
+
+/// Longest request path kept in a refused-admin row (bytes; longer ones are cut and end `…`).
+pub const MAX_REFUSED_PATH_BYTES: usize = 256;
+/// Longest method kept in a refused-admin row.
+const MAX_REFUSED_METHOD_BYTES: usize = 16;
+/// Sources with a row of their own per minute; refusals from further sources share one row
+/// whose source is [`OTHER_SOURCE`].
+pub const MAX_REFUSED_SOURCES: usize = 256;
+/// The source of the row that gathers refusals past [`MAX_REFUSED_SOURCES`], and of those
+/// whose peer is not known.
+pub const OTHER_SOURCE: &str = "other";
+/// Rows waiting in memory at most (several minutes' worth while the database cannot be
+/// written); past it, further refusals join the `other` row of their minute.
+const MAX_WAITING_ROWS: usize = 4 * (MAX_REFUSED_SOURCES + 1);
+/// How often the periodic flush writes the counts of minutes that are over.
+pub const REFUSED_FLUSH_PERIOD: Duration = Duration::from_secs(30);
+
+/// The refusals from one source in one minute.
+#[derive(Clone, Debug, Default)]
+struct Refusals {
+    /// The audit row once written.
+    row_id: Option<i64>,
+    count: u64,
+    /// `count` as last written.
+    written: u64,
+    /// Refusals by reason (`missing`, `invalid`).
+    reasons: BTreeMap<&'static str, u64>,
+    /// The first request's method and path, cut short.
+    method: String,
+    path: String,
+    first_at: i64,
+    last_at: i64,
+}
+
+impl Refusals {
+    fn detail(&self) -> String {
+        serde_json::json!({
+            "count": self.count,
+            "reasons": self.reasons,
+            "method": self.method,
+            "path": self.path,
+            "first_at": format_rfc3339(self.first_at),
+            "last_at": format_rfc3339(self.last_at),
+        })
+        .to_string()
+    }
+}
+
+/// Refused admin authentications waiting to be written, by (minute, source).
+#[derive(Debug, Default)]
+pub struct RefusedAdmin {
+    rows: Mutex<BTreeMap<(i64, String), Refusals>>,
+    /// One flush at a time, so a row is inserted once and then only updated.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl RefusedAdmin {
+    /// Counts one refusal at `now` from `source` (an IP address); answers whether a minute is
+    /// over with counts still unwritten.
+    fn note(&self, now: i64, source: &str, reason: &'static str, method: &str, path: &str) -> bool {
+        let minute = now - now.rem_euclid(60);
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let own = (minute, source.to_owned());
+        let sources_this_minute = rows.range((minute, String::new())..).count();
+        let slot = if rows.contains_key(&own)
+            || (sources_this_minute < MAX_REFUSED_SOURCES && rows.len() < MAX_WAITING_ROWS)
+        {
+            own
+        } else {
+            (minute, OTHER_SOURCE.to_owned())
+        };
+        let entry = rows.entry(slot).or_insert_with(|| Refusals {
+            method: cut(method, MAX_REFUSED_METHOD_BYTES),
+            path: cut(path, MAX_REFUSED_PATH_BYTES),
+            first_at: now,
+            ..Refusals::default()
+        });
+        entry.count += 1;
+        *entry.reasons.entry(reason).or_default() += 1;
+        entry.last_at = entry.last_at.max(now);
+        rows.range(..(minute, String::new()))
+            .any(|(_, r)| r.count > r.written)
+    }
+
+    /// Writes the counts not written yet: every row when `all`, else those of minutes before
+    /// `now`'s. Rows of past minutes are forgotten once written.
+    pub async fn flush(&self, state: &AppState, all: bool) {
+        let _one_at_a_time = self.flushing.lock().await;
+        let now = state.now();
+        let minute = now - now.rem_euclid(60);
+        let due: Vec<((i64, String), Refusals)> = {
+            let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+            rows.iter()
+                .filter(|((at, _), r)| (all || *at < minute) && r.count > r.written)
+                .map(|(key, r)| (key.clone(), r.clone()))
+                .collect()
+        };
+        for ((row_minute, source), refusals) in due {
+            let detail = refusals.detail();
+            let written = match refusals.row_id {
+                Some(id) => state
+                    .store()
+                    .update_audit_detail(id, &detail)
+                    .await
+                    .map(|()| id),
+                None => {
+                    let row = NewAuditRow {
+                        at: refusals.first_at,
+                        action: "admin_auth",
+                        actor: None,
+                        source: Some(source.as_str()),
+                        target: None,
+                        outcome: "denied",
+                        detail: Some(&detail),
+                    };
+                    state.store().append_audit(&row).await
+                }
+            };
+            let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+            match written {
+                Ok(id) => {
+                    let key = (row_minute, source);
+                    if let Some(entry) = rows.get_mut(&key) {
+                        entry.row_id = Some(id);
+                        entry.written = refusals.count;
+                    }
+                    let done = rows
+                        .get(&key)
+                        .is_some_and(|r| r.count == r.written && row_minute < minute);
+                    if done {
+                        rows.remove(&key);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot write refused admin requests to the audit log");
+                }
+            }
+        }
+        // Written rows of past minutes that nothing changed since.
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.retain(|(at, _), r| *at >= minute || r.count > r.written);
+    }
+}
+
+/// The address a refusal is counted under: the peer's IP (no port, so one client is one
+/// source), or [`OTHER_SOURCE`] when the server runs without connect info.
+fn refusal_source(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| OTHER_SOURCE.to_owned(), |info| info.0.ip().to_string())
+}
+
+/// Counts a refused admin authentication (`reason`: `missing` or `invalid`) in its source's
+/// row of the minute (no actor, no target); writes the rows of minutes that are over.
+pub async fn record_denied_admin(state: &AppState, parts: &Parts, reason: &'static str) {
+    let refused = state.refused_admin();
+    let minute_over = refused.note(
+        state.now(),
+        &refusal_source(parts),
+        reason,
+        parts.method.as_str(),
+        parts.uri.path(),
+    );
+    if minute_over {
+        refused.flush(state, false).await;
+    }
+}
+
+/// Writes the refusal counts of past minutes every `period` (the rows of the current minute
+/// are written once it is over, or when the audit log is read). Runs until dropped.
+pub async fn flush_refused_periodically(state: AppState, period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        state.refused_admin().flush(&state, false).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,6 +589,8 @@ async fn list_audit(
 ) -> Result<Json<AuditPage>, ApiError> {
     let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
     let mut filter = parse_params(params)?;
+    // The reader sees every refusal counted so far.
+    state.refused_admin().flush(&state, true).await;
     let limit = filter.limit as usize;
     filter.limit += 1;
     let mut rows = state.store().list_audit(&filter).await?;
@@ -446,6 +634,44 @@ mod tests {
         let note = note_from_body("rotate", Some("old".into()), &body);
         assert_eq!(note.target.as_deref(), Some("old"));
         assert_eq!(note.detail.unwrap()["successor"], "abc");
+    }
+
+    #[test]
+    fn long_texts_are_cut_at_a_character_boundary() {
+        assert_eq!(cut("short", 16), "short");
+        let long = "é".repeat(40_000);
+        let kept = cut(&long, MAX_REFUSED_PATH_BYTES);
+        assert!(kept.len() <= MAX_REFUSED_PATH_BYTES, "{}", kept.len());
+        assert!(kept.ends_with('…'));
+    }
+
+    #[test]
+    fn refusals_fold_per_source_and_minute_and_stay_bounded() {
+        let refused = RefusedAdmin::default();
+        let path = format!("/api/v1/auth/keys/{}", "x".repeat(60_000));
+        for i in 0..1000 {
+            refused.note(120 + i % 60, "10.0.0.1", "missing", "GET", &path);
+        }
+        for i in 0..10_000u32 {
+            let source = std::net::Ipv4Addr::from(0x0a01_0000 + i).to_string();
+            refused.note(150, &source, "invalid", "GET", "/api/v1/auth/keys");
+        }
+        let rows = refused.rows.lock().unwrap();
+        assert_eq!(rows.len(), MAX_REFUSED_SOURCES + 1, "sources plus `other`");
+        let one = &rows[&(120, "10.0.0.1".to_owned())];
+        assert_eq!(one.count, 1000);
+        assert!(one.detail().len() < 1024, "{}", one.detail().len());
+        let other = &rows[&(120, OTHER_SOURCE.to_owned())];
+        assert_eq!(other.count, 10_000 - (MAX_REFUSED_SOURCES as u64 - 1));
+        drop(rows);
+        assert!(
+            !refused.note(179, "10.0.0.1", "missing", "GET", "/"),
+            "same minute"
+        );
+        assert!(
+            refused.note(180, "10.0.0.1", "missing", "GET", "/"),
+            "a new minute"
+        );
     }
 
     #[test]

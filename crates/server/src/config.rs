@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use keygate_core::key::{GatewayKey, KeyPrefix};
 
+use crate::retention::{RetentionArgs, RetentionError, RetentionSettings};
 use crate::signing::{
     JwtSettings, SigningSecret, DEFAULT_AUDIENCE, DEFAULT_ISSUER, SIGNING_SECRET_ENV,
 };
@@ -58,6 +59,16 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "KEYGATE_TLS_KEY", value_name = "PEM FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Largest usage batch body in bytes (4096 to 16777216). The filter's
+    /// `usage.max_batch_bytes` must stay below it.
+    #[arg(
+        long,
+        env = "KEYGATE_USAGE_MAX_BODY_BYTES",
+        default_value_t = crate::usage::MAX_USAGE_BODY_BYTES
+    )]
+    pub usage_max_body_bytes: usize,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// A validated serve configuration.
@@ -73,6 +84,8 @@ pub struct ServeConfig {
     pub jwt: JwtSettings,
     /// HTTPS (TLS 1.2 and 1.3); `None` serves plain HTTP.
     pub tls: Option<ServerTls>,
+    pub usage_max_body_bytes: usize,
+    pub retention: RetentionSettings,
 }
 
 /// Why the service refuses to start. Messages name the setting, never its value.
@@ -105,6 +118,10 @@ pub enum ConfigError {
     TlsIncomplete,
     #[error("{0}")]
     Tls(#[from] TlsError),
+    #[error("--usage-max-body-bytes / KEYGATE_USAGE_MAX_BODY_BYTES must be 4096 to 16777216")]
+    BadUsageBodyLimit,
+    #[error("{0}")]
+    Retention(#[from] RetentionError),
 }
 
 const MAX_CLAIM_CHARS: usize = 256;
@@ -162,6 +179,10 @@ impl ServeConfig {
             (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
             _ => return Err(ConfigError::TlsIncomplete),
         };
+        if !(4096..=16 * 1024 * 1024).contains(&args.usage_max_body_bytes) {
+            return Err(ConfigError::BadUsageBodyLimit);
+        }
+        let retention = RetentionSettings::from_args(&args.retention)?;
         Ok(Self {
             listen,
             database: args.database,
@@ -177,6 +198,8 @@ impl ServeConfig {
                 secret,
             },
             tls,
+            usage_max_body_bytes: args.usage_max_body_bytes,
+            retention,
         })
     }
 }
@@ -198,6 +221,8 @@ mod tests {
             allow_jwt_without_expiry: false,
             tls_cert: None,
             tls_key: None,
+            usage_max_body_bytes: crate::usage::MAX_USAGE_BODY_BYTES,
+            retention: RetentionArgs::default(),
         }
     }
 

@@ -517,7 +517,10 @@ pub async fn import_rows(
                 (id, "unchanged")
             }
             LegacyOutcome::Ended(id) => {
-                let error = format!("key {id} with this digest is revoked or rotated; not updated");
+                let error = format!(
+                    "key {id} with this digest has ended (revoked, expired or rotated); \
+                     an import never revives it or moves its expiry"
+                );
                 report.errors.push(RowError { row: number, error });
                 continue;
             }

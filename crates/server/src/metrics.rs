@@ -2,7 +2,8 @@
 //!
 //! HTTP requests are counted by a middleware around every route (by route template, method
 //! and status class); key lifecycle counters are derived from the same answers, so handlers
-//! need not know about metrics. Keys by status are counted in the database at most every
+//! need not know about metrics. Every label set is bounded whatever clients send: a method
+//! outside the standard ones and a path that matches no route are both counted as `other`. Keys by status are counted in the database at most every
 //! [`GAUGE_TTL`].
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ pub struct Metrics {
     usage_applied: AtomicU64,
     usage_duplicate: AtomicU64,
     usage_rows: AtomicU64,
+    usage_rows_refused: AtomicU64,
     /// (when counted, [active, revoked, expired]).
     keys_by_status: Mutex<Option<(Instant, [i64; 3])>>,
 }
@@ -49,8 +51,22 @@ fn status_class(status: StatusCode) -> &'static str {
     }
 }
 
+/// The label of anything outside a bounded set: an unknown method, an unmatched path.
+pub const OTHER: &str = "other";
+
+/// The method label: one of the standard methods (RFC 9110 and PATCH), else [`OTHER`].
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or(OTHER)
+}
+
 impl Metrics {
-    /// Counts one answered request on `route` (a route template, or `unmatched`).
+    /// Counts one answered request on `route` (a route template, or [`OTHER`]).
     pub fn count_request(&self, route: &str, method: &Method, status: StatusCode) {
         let class = status_class(status);
         {
@@ -59,7 +75,7 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             *http
-                .entry((route.to_owned(), method.as_str().to_owned(), class))
+                .entry((route.to_owned(), method_label(method).to_owned(), class))
                 .or_default() += 1;
         }
         let counter = match (method, route, status) {
@@ -78,12 +94,15 @@ impl Metrics {
         }
     }
 
-    /// Counts one usage batch: applied now, or a duplicate of an applied one.
-    pub fn count_usage_batch(&self, applied: bool, rows: usize) {
+    /// Counts one usage batch: applied now (`rows` stored, `refused` rows of unknown key ids
+    /// left out), or a duplicate of an applied one.
+    pub fn count_usage_batch(&self, applied: bool, rows: usize, refused: usize) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         if applied {
             self.usage_applied.fetch_add(1, Ordering::Relaxed);
-            self.usage_rows
-                .fetch_add(u64::try_from(rows).unwrap_or(u64::MAX), Ordering::Relaxed);
+            self.usage_rows.fetch_add(count(rows), Ordering::Relaxed);
+            self.usage_rows_refused
+                .fetch_add(count(refused), Ordering::Relaxed);
         } else {
             self.usage_duplicate.fetch_add(1, Ordering::Relaxed);
         }
@@ -108,12 +127,13 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts every answer by route template, method and status class.
+/// Middleware: counts every answer by route template (one of the router's own, or [`OTHER`]),
+/// method and status class.
 pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+        .map_or_else(|| OTHER.to_owned(), |path| path.as_str().to_owned());
     let method = request.method().clone();
     let response = next.run(request).await;
     state
@@ -233,6 +253,13 @@ pub async fn render(state: &AppState) -> String {
         "Usage rows applied.",
         load(&metrics.usage_rows),
     );
+    single(
+        &mut out,
+        "keygate_usage_rows_refused_total",
+        "counter",
+        "Usage rows refused because the service does not know their key id.",
+        load(&metrics.usage_rows_refused),
+    );
     let counts = match metrics.cached_keys_by_status() {
         Some(counts) => Some(counts),
         None => match state.store().count_keys_by_status(state.now()).await {
@@ -293,6 +320,19 @@ mod tests {
             http[&("/api/v1/auth/keys".to_owned(), "POST".to_owned(), "4xx")],
             1
         );
+    }
+
+    #[test]
+    fn unknown_methods_fold_into_other() {
+        let metrics = Metrics::default();
+        for i in 0..100 {
+            let method = Method::from_bytes(format!("M{i}").as_bytes()).unwrap();
+            metrics.count_request(OTHER, &method, StatusCode::NOT_FOUND);
+        }
+        metrics.count_request("/healthz", &Method::GET, StatusCode::OK);
+        let http = metrics.http.lock().unwrap();
+        assert_eq!(http.len(), 2, "{http:?}");
+        assert_eq!(http[&(OTHER.to_owned(), OTHER.to_owned(), "4xx")], 100);
     }
 
     #[test]

@@ -166,6 +166,13 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         clock.clone(),
         COMPACTION_PERIOD,
     ));
+    // Prunes old audit rows and usage counts now and every interval.
+    let retention = tokio::spawn(crate::retention::prune_periodically(
+        store.clone(),
+        clock.clone(),
+        crate::retention::steps(&config.retention),
+        config.retention.interval,
+    ));
     let state = AppState::new(
         store,
         clock,
@@ -173,7 +180,12 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         config.prefix.clone(),
         &config.service_token,
     )
-    .with_jwt_issuer(jwt);
+    .with_jwt_issuer(jwt)
+    .with_usage_body_limit(config.usage_max_body_bytes);
+    let refused_flush = tokio::spawn(crate::audit::flush_refused_periodically(
+        state.clone(),
+        crate::audit::REFUSED_FLUSH_PERIOD,
+    ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -195,6 +207,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         );
     }
     let feed = state.clone();
+    let audit = state.clone();
     transport::serve(
         listener,
         app(state),
@@ -207,6 +220,10 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     )
     .await;
     compaction.abort();
+    retention.abort();
+    refused_flush.abort();
+    // Refusals counted since the last flush.
+    audit.refused_admin().flush(&audit, true).await;
     tracing::info!("keygate key service stopped");
     Ok(())
 }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::feed::{EventKind, RevocationEvent, RevocationFeed};
 use crate::limits::KeyLimits;
 
-pub use audit::{AuditFilter, AuditRow, NewAuditRow};
+pub use audit::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
 pub use legacy::{LegacyImportRow, LegacyOutcome, FORMAT_LEGACY};
 pub use limits::KeyPatch;
 pub use postgres::PostgresStore;

@@ -1,5 +1,12 @@
 //! Usage analytics: the filter reports per-minute counts per key (`POST /v1/usage`), the
 //! management API answers them per step (`GET /api/v1/auth/keys/{id}/usage`).
+//!
+//! A batch is checked whole (a malformed one is refused with 400 and the filter drops it);
+//! then its rows for key ids the service does not know are refused one by one: they are not
+//! stored, the rest of the batch counts, and the answer says how many were refused
+//! (`{"applied": true, "rows": <stored>, "refused": <refused>}`). So no client-chosen id ever
+//! gets a usage row, and one stray row never costs the batch. A key's `last_used_at` moves
+//! only with rows that counted allowed requests.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +15,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use keygate_core::wire::UsageBatch;
+use keygate_core::wire::{UsageBatch, UsageRow, USAGE_BODY_LIMIT, USAGE_MAX_ROWS};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -17,10 +24,10 @@ use crate::store::{UsageCell, UsageDelta};
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
 use crate::AppState;
 
-/// Largest usage batch body.
-pub const MAX_USAGE_BODY_BYTES: usize = 1024 * 1024;
+/// Largest usage batch body, unless `--usage-max-body-bytes` says otherwise.
+pub const MAX_USAGE_BODY_BYTES: usize = USAGE_BODY_LIMIT;
 /// Most rows in one usage batch.
-pub const MAX_USAGE_ROWS: usize = 10_000;
+pub const MAX_USAGE_ROWS: usize = USAGE_MAX_ROWS;
 /// Most points in one usage answer.
 pub const MAX_POINTS: i64 = 1000;
 /// The steps a usage query may ask for, in seconds.
@@ -34,7 +41,7 @@ const MAX_NAME_LEN: usize = 64;
 const MAX_KEY_ID_LEN: usize = 128;
 const MAX_BATCH_ID_LEN: usize = 128;
 
-/// A usage key id: legacy and deleted keys may report, so any short printable text.
+/// A usage key id: short printable text (whether the service knows it is checked apart).
 fn valid_key_id(text: &str) -> bool {
     !text.is_empty() && text.len() <= MAX_KEY_ID_LEN && text.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -107,7 +114,8 @@ pub fn merge_batch(batch: &UsageBatch) -> Result<UsageDelta, ApiError> {
                 .or_default();
             *cell = cell.saturating_add(to_i64(n));
         }
-        if row.last_used_at > 0 {
+        // Only allowed requests are a use: a row of denials never moves `last_used_at`.
+        if row.last_used_at > 0 && counts.allowed > 0 {
             let at = to_i64(row.last_used_at);
             let last = delta.last_used.entry(row.key_id.clone()).or_insert(at);
             *last = (*last).max(at);
@@ -130,22 +138,46 @@ pub(crate) async fn ingest_usage(
             ApiError::UnreadableBody
         }
     })?;
-    let batch: UsageBatch = crate::api::parse_json(&body)?;
+    let mut batch: UsageBatch = crate::api::parse_json(&body)?;
+    // Checked whole first: a malformed batch is refused before anything is looked up.
+    merge_batch(&batch)?;
+    let refused = retain_known_keys(&state, &mut batch.rows).await?;
     let delta = merge_batch(&batch)?;
     let applied = state
         .store()
         .apply_usage(&batch.batch_id, &delta, state.now())
         .await?;
-    state.metrics().count_usage_batch(applied, batch.rows.len());
+    state
+        .metrics()
+        .count_usage_batch(applied, batch.rows.len(), refused);
+    if refused > 0 {
+        tracing::warn!(
+            batch_id = %batch.batch_id,
+            refused,
+            "usage rows for unknown key ids refused"
+        );
+    }
     if applied {
         tracing::debug!(batch_id = %batch.batch_id, rows = batch.rows.len(), "usage batch applied");
-        Ok(Json(
-            serde_json::json!({"applied": true, "rows": batch.rows.len()}),
-        ))
+        Ok(Json(serde_json::json!({
+            "applied": true,
+            "rows": batch.rows.len(),
+            "refused": refused,
+        })))
     } else {
         tracing::info!(batch_id = %batch.batch_id, "usage batch already applied; ignored");
         Ok(Json(serde_json::json!({"applied": false})))
     }
+}
+
+/// Keeps the rows whose key id the service knows; answers how many were refused.
+async fn retain_known_keys(state: &AppState, rows: &mut Vec<UsageRow>) -> Result<usize, ApiError> {
+    let ids: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.key_id.as_str()).collect();
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let known = state.store().known_key_ids(&ids).await?;
+    let before = rows.len();
+    rows.retain(|row| known.contains(&row.key_id));
+    Ok(before - rows.len())
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,7 +326,7 @@ pub(crate) async fn key_usage(
         state.now(),
     )?;
     let store = state.store();
-    // Deleted and legacy keys may have usage without a record; otherwise an unknown id is 404.
+    // Usage is stored only for known keys; rows kept from before that rule still answer.
     if store.get_key(&id).await?.is_none() && !store.has_usage(&id).await? {
         return Err(ApiError::KeyNotFound);
     }
@@ -339,7 +371,11 @@ mod tests {
             3
         );
         assert_eq!(delta.counts.len(), 2);
-        assert_eq!(delta.last_used["j"], 150);
+        assert_eq!(delta.last_used["k"], 90);
+        assert!(
+            !delta.last_used.contains_key("j"),
+            "a row without allowed requests is not a use"
+        );
     }
 
     #[test]

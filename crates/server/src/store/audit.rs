@@ -1,7 +1,9 @@
 //! The audit log table (`audit_log`) on both backends, and the admin key ids it names.
 //!
-//! Rows are only appended; the newest row has the highest id, so a page is "ids below the
-//! cursor, highest first".
+//! Rows are appended; the newest row has the highest id, so a page is "ids below the cursor,
+//! highest first". The one row ever changed is a refused-admin row, whose count grows during
+//! its minute ([`KeyStore::update_audit_detail`]); rows older than the retention are deleted
+//! ([`KeyStore::prune_audit`]).
 
 use keygate_core::key::KeyDigest;
 use sqlx::{ColumnIndex, Decode, Row, Type};
@@ -110,14 +112,37 @@ where
     })
 }
 
-impl KeyStore {
-    /// Appends one row to the audit log.
-    pub async fn append_audit(&self, row: &NewAuditRow<'_>) -> Result<(), StoreError> {
-        const COLUMNS: &str = "at, action, actor, source, target, outcome, detail";
+/// Which audit rows a prune deletes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditClass {
+    /// Refused admin authentications (`action = 'admin_auth'`).
+    RefusedAdmin,
+    /// Every other row: the management actions.
+    Management,
+}
+
+impl AuditClass {
+    fn condition(self) -> &'static str {
         match self {
+            Self::RefusedAdmin => "action = 'admin_auth'",
+            Self::Management => "action <> 'admin_auth'",
+        }
+    }
+}
+
+/// Rows deleted per statement, so a long prune never holds the database's writer for long.
+pub(crate) const PRUNE_CHUNK: i64 = 5_000;
+
+impl KeyStore {
+    /// Appends one row to the audit log; answers its id.
+    pub async fn append_audit(&self, row: &NewAuditRow<'_>) -> Result<i64, StoreError> {
+        const COLUMNS: &str = "at, action, actor, source, target, outcome, detail";
+        let id = match self {
             Self::Sqlite(store) => {
-                let sql = format!("INSERT INTO audit_log ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)");
-                sqlx::query(&sql)
+                let sql = format!(
+                    "INSERT INTO audit_log ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
+                );
+                sqlx::query_scalar::<_, i64>(&sql)
                     .bind(row.at)
                     .bind(row.action)
                     .bind(row.actor)
@@ -125,26 +150,87 @@ impl KeyStore {
                     .bind(row.target)
                     .bind(row.outcome)
                     .bind(row.detail)
+                    .fetch_one(store.pool())
+                    .await?
+            }
+            Self::Postgres(store) => {
+                let sql = format!(
+                    "INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     RETURNING id"
+                );
+                sqlx::query_scalar::<_, i64>(&sql)
+                    .bind(row.at)
+                    .bind(row.action)
+                    .bind(row.actor)
+                    .bind(row.source)
+                    .bind(row.target)
+                    .bind(row.outcome)
+                    .bind(row.detail)
+                    .fetch_one(store.pool())
+                    .await?
+            }
+        };
+        Ok(id)
+    }
+
+    /// Replaces the `detail` of the audit row `id` (a refused-admin row whose count grew).
+    pub async fn update_audit_detail(&self, id: i64, detail: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(store) => {
+                sqlx::query("UPDATE audit_log SET detail = ? WHERE id = ?")
+                    .bind(detail)
+                    .bind(id)
                     .execute(store.pool())
                     .await?;
             }
             Self::Postgres(store) => {
-                let sql = format!(
-                    "INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                );
-                sqlx::query(&sql)
-                    .bind(row.at)
-                    .bind(row.action)
-                    .bind(row.actor)
-                    .bind(row.source)
-                    .bind(row.target)
-                    .bind(row.outcome)
-                    .bind(row.detail)
+                sqlx::query("UPDATE audit_log SET detail = $1 WHERE id = $2")
+                    .bind(detail)
+                    .bind(id)
                     .execute(store.pool())
                     .await?;
             }
         }
         Ok(())
+    }
+
+    /// Deletes the audit rows of `class` older than `before` (Unix seconds), a chunk at a
+    /// time; answers how many went.
+    pub async fn prune_audit(&self, class: AuditClass, before: i64) -> Result<u64, StoreError> {
+        let condition = class.condition();
+        let mut deleted = 0;
+        loop {
+            let gone = match self {
+                Self::Sqlite(store) => {
+                    let sql = format!(
+                        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
+                         WHERE at < ? AND {condition} ORDER BY at LIMIT ?)"
+                    );
+                    sqlx::query(&sql)
+                        .bind(before)
+                        .bind(PRUNE_CHUNK)
+                        .execute(store.pool())
+                        .await?
+                        .rows_affected()
+                }
+                Self::Postgres(store) => {
+                    let sql = format!(
+                        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
+                         WHERE at < $1 AND {condition} ORDER BY at LIMIT $2)"
+                    );
+                    sqlx::query(&sql)
+                        .bind(before)
+                        .bind(PRUNE_CHUNK)
+                        .execute(store.pool())
+                        .await?
+                        .rows_affected()
+                }
+            };
+            deleted += gone;
+            if gone < PRUNE_CHUNK.unsigned_abs() {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// Audit rows matching `filter`, newest first.

@@ -37,8 +37,9 @@ pub enum LegacyOutcome {
     Unchanged(String),
     /// The digest is stored as a key that is not a legacy key: refused.
     NotLegacy,
-    /// The digest is stored as a legacy key that is revoked or rotated, with other fields:
-    /// refused (an ended key is not edited).
+    /// The digest is stored as a legacy key that has ended (revoked, expired, rotated or past
+    /// its `not_after`), with other fields: refused. An import never revives an ended key nor
+    /// moves its expiry.
     Ended(String),
 }
 
@@ -91,10 +92,44 @@ fn plan(row: &LegacyImportRow, stored: Option<&KeyRecord>, now: i64) -> Plan {
     if row.matches(stored) {
         return Plan::Answer(LegacyOutcome::Unchanged(stored.id.clone()));
     }
-    if stored.status(now) == KeyStatus::Revoked || stored.rotated_to.is_some() {
+    if has_ended(stored, now) {
         return Plan::Answer(LegacyOutcome::Ended(stored.id.clone()));
     }
     Plan::Update(stored.id.clone())
+}
+
+/// Whether a stored key has ended for good at `now`: revoked, expired (its own expiry or the
+/// end of a rotation grace), rotated, or past its `not_after`.
+fn has_ended(stored: &KeyRecord, now: i64) -> bool {
+    stored.status(now) != KeyStatus::Active
+        || stored.rotated_to.is_some()
+        || stored.limits.not_after.is_some_and(|end| end <= now)
+}
+
+/// The update of a legacy key's fields, guarded so that it touches only a key that is still
+/// live when it runs (a revoke or an expiry committed since the key was read wins).
+fn update_sql(postgres: bool) -> String {
+    // Numbered on both backends: `now` is used three times.
+    let p = |n: usize| {
+        if postgres {
+            format!("${n}")
+        } else {
+            format!("?{n}")
+        }
+    };
+    format!(
+        "UPDATE keys SET name = {}, owner = {}, scopes = {}, expires_at = {} \
+         WHERE id = {} AND revoked_at IS NULL AND rotated_to IS NULL \
+         AND (expires_at IS NULL OR expires_at > {now}) \
+         AND (grace_until IS NULL OR grace_until > {now}) \
+         AND (not_after IS NULL OR not_after > {now})",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        now = p(6),
+    )
 }
 
 fn scopes_json(scopes: &[String]) -> Result<String, StoreError> {
@@ -128,18 +163,21 @@ impl KeyStore {
                             LegacyOutcome::Created(row.new_id.clone())
                         }
                         Plan::Update(id) => {
-                            sqlx::query(
-                                "UPDATE keys SET name = ?, owner = ?, scopes = ?, expires_at = ? \
-                                 WHERE id = ?",
-                            )
-                            .bind(row.name.as_str())
-                            .bind(row.owner.as_str())
-                            .bind(scopes_json(&row.scopes)?)
-                            .bind(row.expires_at)
-                            .bind(id.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                            LegacyOutcome::Updated(id)
+                            let updated = sqlx::query(&update_sql(false))
+                                .bind(row.name.as_str())
+                                .bind(row.owner.as_str())
+                                .bind(scopes_json(&row.scopes)?)
+                                .bind(row.expires_at)
+                                .bind(id.as_str())
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                            if updated == 1 {
+                                LegacyOutcome::Updated(id)
+                            } else {
+                                LegacyOutcome::Ended(id)
+                            }
                         }
                         Plan::Answer(outcome) => outcome,
                     });
@@ -165,18 +203,21 @@ impl KeyStore {
                             LegacyOutcome::Created(row.new_id.clone())
                         }
                         Plan::Update(id) => {
-                            sqlx::query(
-                                "UPDATE keys SET name = $1, owner = $2, scopes = $3, \
-                                 expires_at = $4 WHERE id = $5",
-                            )
-                            .bind(row.name.as_str())
-                            .bind(row.owner.as_str())
-                            .bind(scopes_json(&row.scopes)?)
-                            .bind(row.expires_at)
-                            .bind(id.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                            LegacyOutcome::Updated(id)
+                            let updated = sqlx::query(&update_sql(true))
+                                .bind(row.name.as_str())
+                                .bind(row.owner.as_str())
+                                .bind(scopes_json(&row.scopes)?)
+                                .bind(row.expires_at)
+                                .bind(id.as_str())
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                            if updated == 1 {
+                                LegacyOutcome::Updated(id)
+                            } else {
+                                LegacyOutcome::Ended(id)
+                            }
                         }
                         Plan::Answer(outcome) => outcome,
                     });
@@ -246,6 +287,21 @@ mod tests {
         ));
         stored.name = "other".into();
         assert!(matches!(plan(&row, Some(&stored), 0), Plan::Update(_)));
+        stored.expires_at = Some(10);
+        assert!(
+            matches!(
+                plan(&row, Some(&stored), 10),
+                Plan::Answer(LegacyOutcome::Ended(_))
+            ),
+            "an expired key is not revived"
+        );
+        stored.expires_at = None;
+        stored.limits.not_after = Some(5);
+        assert!(matches!(
+            plan(&row, Some(&stored), 5),
+            Plan::Answer(LegacyOutcome::Ended(_))
+        ));
+        stored.limits.not_after = None;
         stored.revoked_at = Some(0);
         assert!(matches!(
             plan(&row, Some(&stored), 0),

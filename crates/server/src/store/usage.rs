@@ -205,6 +205,72 @@ impl KeyStore {
         Ok(rows)
     }
 
+    /// Deletes the usage counts of minutes before `before` (Unix seconds), a chunk at a time;
+    /// answers how many rows went.
+    pub async fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        let chunk = super::audit::PRUNE_CHUNK;
+        let mut deleted = 0;
+        loop {
+            let gone = match self {
+                Self::Sqlite(store) => sqlx::query(
+                    "DELETE FROM usage_counts WHERE rowid IN \
+                     (SELECT rowid FROM usage_counts WHERE minute < ? LIMIT ?)",
+                )
+                .bind(before)
+                .bind(chunk)
+                .execute(store.pool())
+                .await?
+                .rows_affected(),
+                Self::Postgres(store) => sqlx::query(
+                    "DELETE FROM usage_counts WHERE ctid IN \
+                     (SELECT ctid FROM usage_counts WHERE minute < $1 LIMIT $2)",
+                )
+                .bind(before)
+                .bind(chunk)
+                .execute(store.pool())
+                .await?
+                .rows_affected(),
+            };
+            deleted += gone;
+            if gone < chunk.unsigned_abs() {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// The ids among `ids` that name a stored key.
+    pub async fn known_key_ids(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let mut known = std::collections::BTreeSet::new();
+        for chunk in ids.chunks(CHUNK) {
+            let postgres = matches!(self, Self::Postgres(_));
+            let list: Vec<String> = (1..=chunk.len())
+                .map(|n| placeholder(postgres, n))
+                .collect();
+            let sql = format!("SELECT id FROM keys WHERE id IN ({})", list.join(", "));
+            let found: Vec<(String,)> = match self {
+                Self::Sqlite(store) => {
+                    let mut query = sqlx::query_as(&sql);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.fetch_all(store.pool()).await?
+                }
+                Self::Postgres(store) => {
+                    let mut query = sqlx::query_as(&sql);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.fetch_all(store.pool()).await?
+                }
+            };
+            known.extend(found.into_iter().map(|(id,)| id));
+        }
+        Ok(known)
+    }
+
     /// Whether any usage was ever recorded for `key_id`.
     pub async fn has_usage(&self, key_id: &str) -> Result<bool, StoreError> {
         let found = match self {

@@ -44,6 +44,7 @@ on_both_backends!(
     every_action_is_audited_and_no_secret_is_stored,
     failures_are_audited_with_their_outcome,
     the_audit_api_filters_and_pages_newest_first,
+    refused_admin_requests_are_one_small_row_per_source_and_minute,
 );
 
 /// Sends a request from [`PEER`] (as `into_make_service_with_connect_info` would give it).
@@ -160,7 +161,6 @@ async fn every_action_is_audited_and_no_secret_is_stored(backend: Backend) {
         actions,
         [
             "admin_auth",
-            "admin_auth",
             "import",
             "signing_key_rotate",
             "revoke",
@@ -172,7 +172,12 @@ async fn every_action_is_audited_and_no_secret_is_stored(backend: Backend) {
         "{page}"
     );
     for entry in entries(&page) {
-        assert_eq!(entry["source"], PEER, "{entry}");
+        if entry["action"] == "admin_auth" {
+            // Refusals are counted per address, whatever the port.
+            assert_eq!(entry["source"], "203.0.113.7", "{entry}");
+        } else {
+            assert_eq!(entry["source"], PEER, "{entry}");
+        }
         assert_eq!(entry["at"], rfc3339(NOW));
         assert!(entry["id"].is_i64());
         if entry["action"] == "admin_auth" {
@@ -206,12 +211,12 @@ async fn every_action_is_audited_and_no_secret_is_stored(backend: Backend) {
         json!({"format": "json", "dry_run": false, "created": 1, "updated": 0,
                "unchanged": 0, "errors": 1})
     );
-    let denied = entries(&page)
-        .iter()
-        .filter(|entry| entry["action"] == "admin_auth")
-        .map(|entry| entry["detail"]["reason"].as_str().unwrap())
-        .collect::<Vec<_>>();
-    assert_eq!(denied, ["missing", "invalid"]);
+    let denied = find(&page, "admin_auth");
+    assert_eq!(denied["detail"]["count"], 2, "{denied}");
+    assert_eq!(
+        denied["detail"]["reasons"],
+        json!({"missing": 1, "invalid": 1})
+    );
 
     // The whole table, every column of every row: no secret anywhere.
     let rows = h
@@ -223,7 +228,7 @@ async fn every_action_is_audited_and_no_secret_is_stored(backend: Backend) {
         })
         .await
         .unwrap();
-    assert_eq!(rows.len(), 9);
+    assert_eq!(rows.len(), 8);
     let dump = format!("{rows:?}");
     for secret in &secrets {
         assert!(
@@ -367,4 +372,92 @@ async fn the_audit_api_filters_and_pages_newest_first(backend: Backend) {
         .admin("GET", &format!("{AUDIT}?action={long}"), None)
         .await;
     answer.assert_problem(StatusCode::BAD_REQUEST);
+}
+
+/// Unauthenticated clients cannot grow the audit log by request count or by path size: their
+/// refusals fold into one row per address and minute, with the path cut short.
+async fn refused_admin_requests_are_one_small_row_per_source_and_minute(backend: Backend) {
+    let h = harness_on(backend, jwt_settings()).await;
+    let huge = format!("{KEYS}/{}", "a".repeat(60 * 1024));
+    for i in 0..300 {
+        let token = (i % 2 == 0).then_some(WRONG_ADMIN);
+        let (status, _) = from_peer(&h, "DELETE", &huge, token, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Another address, the same minute.
+    let other: SocketAddr = "198.51.100.9:1234".parse().unwrap();
+    for _ in 0..3 {
+        let mut request = Request::builder()
+            .method("GET")
+            .uri(KEYS)
+            .body(Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo(other));
+        let response = app(h.state.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let all = AuditFilter {
+        limit: 10_000,
+        ..AuditFilter::default()
+    };
+    // The minute is not over: nothing written yet, nothing per request.
+    let rows = h.state.store().list_audit(&all).await.unwrap();
+    assert!(rows.len() <= 2, "{}", rows.len());
+
+    // The next minute's first refusal writes the minute that ended.
+    h.clock.advance(60);
+    let (status, _) = from_peer(&h, "GET", KEYS, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let rows = h.state.store().list_audit(&all).await.unwrap();
+    assert_eq!(rows.len(), 2, "one row per address: {rows:?}");
+    for row in &rows {
+        let detail = row.detail.as_deref().unwrap();
+        assert!(detail.len() < 1024, "{} bytes", detail.len());
+        assert!(row.source.as_deref().unwrap().len() <= 45);
+    }
+
+    // Read through the API: the current minute's refusal is there too, with its count.
+    let page = audit_page(&h, "?action=admin_auth").await;
+    let got: Vec<(Value, Value, Value)> = entries(&page)
+        .iter()
+        .map(|e| {
+            (
+                e["source"].clone(),
+                e["detail"]["count"].clone(),
+                e["at"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!("203.0.113.7"), json!(1), json!(rfc3339(NOW + 60))),
+            (json!("203.0.113.7"), json!(300), json!(rfc3339(NOW))),
+            (json!("198.51.100.9"), json!(3), json!(rfc3339(NOW))),
+        ],
+        "{page}"
+    );
+    let busy = &entries(&page)[1];
+    assert_eq!(busy["outcome"], "denied");
+    assert_eq!(busy["actor"], Value::Null);
+    assert_eq!(
+        busy["detail"]["reasons"],
+        json!({"invalid": 150, "missing": 150})
+    );
+    assert_eq!(busy["detail"]["method"], "DELETE");
+    let path = busy["detail"]["path"].as_str().unwrap();
+    assert!(
+        path.starts_with(KEYS) && path.len() <= 256,
+        "{}",
+        path.len()
+    );
+    assert!(!page.to_string().contains(WRONG_ADMIN));
+
+    // More refusals in an already written minute update its row, not add one.
+    for _ in 0..4 {
+        from_peer(&h, "GET", KEYS, None, None).await;
+    }
+    let page = audit_page(&h, "?action=admin_auth").await;
+    assert_eq!(entries(&page).len(), 3, "{page}");
+    assert_eq!(entries(&page)[0]["detail"]["count"], 5, "{page}");
 }

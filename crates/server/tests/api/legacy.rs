@@ -41,6 +41,7 @@ on_both_backends!(
     the_digest_lookup_answers_legacy_keys_only,
     rotating_a_legacy_key_mints_an_opaque_successor,
     imports_are_bounded_and_refuse_foreign_digests,
+    reimport_never_revives_or_extends_an_ended_key,
 );
 
 fn sha(text: &str) -> String {
@@ -365,4 +366,98 @@ async fn imports_are_bounded_and_refuse_foreign_digests(backend: Backend) {
     // The import needs an admin key.
     let refused = h.send("POST", IMPORT, None, Some("[]")).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Re-running an import must not bring back a key that expired, was expired by an admin, was
+/// revoked or rotated: its status and `expires_at` stay as they were, and the row is reported.
+async fn reimport_never_revives_or_extends_an_ended_key(backend: Backend) {
+    let h = harness_on(backend, jwt_settings()).await;
+    let soon = rfc3339(NOW + 60);
+    let csv = format!(
+        "name,owner,scopes,key,expires_at\n\
+         lapsing,o,demo:read,legacy-lapsing,{soon}\n\
+         expired,o,demo:read,legacy-expired,\n\
+         revoked,o,demo:read,legacy-revoked,\n\
+         rotated,o,demo:read,legacy-rotated,\n\
+         live,o,demo:read,legacy-live,\n"
+    );
+    let first = import_ok(&h, "", "text/csv", &csv).await;
+    assert_eq!(first["created"], 5, "{first}");
+    let ids: Vec<String> = (1..=5).map(|row| id_of_row(&first, row)).collect();
+    let (lapsing, expired, revoked, rotated, live) = (&ids[0], &ids[1], &ids[2], &ids[3], &ids[4]);
+    let ok = |answer: Answer| assert!(answer.status.is_success(), "{}", answer.body);
+    ok(h.admin("POST", &format!("{KEYS}/{expired}/expire"), None)
+        .await);
+    ok(h.admin("DELETE", &format!("{KEYS}/{revoked}"), None).await);
+    ok(h.admin(
+        "POST",
+        &format!("{KEYS}/{rotated}/rotate"),
+        Some(json!({"grace": 0})),
+    )
+    .await);
+    // `lapsing` reaches its own expiry.
+    h.clock.advance(120);
+    let before: Vec<Value> = {
+        let mut shown = Vec::new();
+        for id in &ids {
+            shown.push(h.show(id).await);
+        }
+        shown
+    };
+    assert_eq!(before[0]["status"], "expired");
+    assert_eq!(before[1]["status"], "expired");
+    assert_eq!(before[2]["status"], "revoked");
+    assert_eq!(before[4]["status"], "active");
+
+    // The same keys again, with a later expiry and new scopes: nothing ended comes back.
+    let later = rfc3339(NOW + 86_400);
+    let again = format!(
+        "name,owner,scopes,key,expires_at\n\
+         lapsing,o,demo:write,legacy-lapsing,{later}\n\
+         expired,o,demo:write,legacy-expired,{later}\n\
+         revoked,o,demo:write,legacy-revoked,{later}\n\
+         rotated,o,demo:write,legacy-rotated,{later}\n\
+         live,o,demo:write,legacy-live,{later}\n"
+    );
+    for query in ["?dry_run=1", ""] {
+        let report = import_ok(&h, query, "text/csv", &again).await;
+        assert_eq!(report["updated"], 1, "only the live key changes: {report}");
+        assert_eq!(report["created"], 0, "{report}");
+        let refused: Vec<u64> = report["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["row"].as_u64().unwrap())
+            .collect();
+        assert_eq!(refused, [1, 2, 3, 4], "{report}");
+        assert!(
+            report["errors"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("ended"),
+            "{report}"
+        );
+    }
+    for (id, was) in ids.iter().zip(&before).take(4) {
+        let now = h.show(id).await;
+        assert_eq!(now["status"], was["status"], "{id}: {now}");
+        assert_eq!(now["expires_at"], was["expires_at"], "{id}: {now}");
+        assert_eq!(now["scopes"], json!(["demo:read"]), "{id}: {now}");
+    }
+    // The filter's lookup still refuses every one of them.
+    for (text, id) in [
+        ("legacy-lapsing", lapsing),
+        ("legacy-expired", expired),
+        ("legacy-revoked", revoked),
+        ("legacy-rotated", rotated),
+    ] {
+        let found = legacy_lookup(&h, &sha(text)).await;
+        assert_eq!(found.status, StatusCode::OK, "{id}");
+        assert_ne!(found.body["status"], "active", "{id}: {}", found.body);
+    }
+    // A live key is still updated.
+    let shown = h.show(live).await;
+    assert_eq!(shown["status"], "active");
+    assert_eq!(shown["expires_at"], later.as_str());
+    assert_eq!(shown["scopes"], json!(["demo:write"]));
 }

@@ -8,6 +8,7 @@ mod audit;
 mod backends;
 mod feed;
 mod legacy;
+mod retention;
 mod storage;
 mod transport;
 mod usage;

@@ -36,9 +36,11 @@ on_both_backends!(
     patch_updates_and_clears_limits,
     bad_limits_are_refused_with_the_entry_named,
     a_usage_batch_counts_once_and_aggregates_by_step,
-    usage_of_unknown_keys_is_kept_and_does_not_fail,
+    usage_rows_of_unknown_keys_are_refused_and_the_rest_counts,
     usage_bodies_and_rows_are_bounded,
+    only_allowed_requests_move_last_used_at,
     metrics_expose_the_counters,
+    metrics_labels_stay_bounded_whatever_clients_send,
 );
 
 async fn harness(backend: Backend) -> Harness {
@@ -277,7 +279,10 @@ async fn a_usage_batch_counts_once_and_aggregates_by_step(backend: Backend) {
     ]});
     let answer = h.post_usage(&batch).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    assert_eq!(answer.body, json!({"applied": true, "rows": 3}));
+    assert_eq!(
+        answer.body,
+        json!({"applied": true, "rows": 3, "refused": 0})
+    );
     let again = h.post_usage(&batch).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.body, json!({"applied": false}));
@@ -360,19 +365,61 @@ async fn a_usage_batch_counts_once_and_aggregates_by_step(backend: Backend) {
     anonymous.assert_problem(StatusCode::UNAUTHORIZED);
 }
 
-async fn usage_of_unknown_keys_is_kept_and_does_not_fail(backend: Backend) {
+/// Rows for ids the service never issued (a forged or sprayed key) are refused one by one:
+/// nothing is stored under them, and the batch's other rows still count.
+async fn usage_rows_of_unknown_keys_are_refused_and_the_rest_counts(backend: Backend) {
     let h = harness(backend).await;
+    let id = h.create(json!({"name": "k", "scopes": []})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let minute = NOW - NOW.rem_euclid(60) - 600;
     let batch = json!({"batch_id": "b-unknown", "rows": [
-        row("legacy-key-7", minute, 9, json!({}), json!({"2xx": 9}), minute + 1),
-        row("cccccccccccccccc", minute, 1, json!({"revoked": 1}), json!({}), minute + 1),
+        row("attacker-chosen-1", minute, 9, json!({}), json!({"2xx": 9}), minute + 1),
+        row(&id, minute, 4, json!({"rate_limited": 1}), json!({"2xx": 4}), minute + 2),
+        row("cccccccccccccccc", minute, 0, json!({"forged_key": 7}), json!({}), 0),
     ]});
     let answer = h.post_usage(&batch).await;
-    assert_eq!(answer.body, json!({"applied": true, "rows": 2}));
-    // Usage of a key with no record is still answered (legacy and deleted keys).
-    let report = h.usage("legacy-key-7", "").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(
+        answer.body,
+        json!({"applied": true, "rows": 1, "refused": 2})
+    );
+    for unknown in ["attacker-chosen-1", "cccccccccccccccc"] {
+        h.usage(unknown, "")
+            .await
+            .assert_problem(StatusCode::NOT_FOUND);
+        assert!(!h.state.store().has_usage(unknown).await.unwrap());
+    }
+    let report = h.usage(&id, "").await;
     assert_eq!(report.status, StatusCode::OK, "{}", report.body);
-    assert_eq!(report.body["totals"]["allowed"], 9);
+    assert_eq!(report.body["totals"]["allowed"], 4);
+    assert_eq!(report.body["totals"]["denied"], json!({"rate_limited": 1}));
+    let (_, _, text) = h.metrics_text().await;
+    assert_eq!(sample(&text, "keygate_usage_rows_refused_total"), Some(2.0));
+    assert_eq!(sample(&text, "keygate_usage_rows_total"), Some(1.0));
+
+    // A batch of unknown ids only is taken (nothing to retry) and stores nothing.
+    let spray: Vec<Value> = (0..2000)
+        .map(|i| {
+            row(
+                &format!("spray{i:011}"),
+                minute,
+                0,
+                json!({"forged_key": 1}),
+                json!({}),
+                0,
+            )
+        })
+        .collect();
+    let answer = h
+        .post_usage(&json!({"batch_id": "b-spray", "rows": spray}))
+        .await;
+    assert_eq!(
+        answer.body,
+        json!({"applied": true, "rows": 0, "refused": 2000})
+    );
+    assert!(!h.state.store().has_usage("spray00000000007").await.unwrap());
 
     // The service token is required.
     let anonymous = h
@@ -385,15 +432,48 @@ async fn usage_of_unknown_keys_is_kept_and_does_not_fail(backend: Backend) {
     admin.assert_problem(StatusCode::UNAUTHORIZED);
 }
 
+/// `last_used_at` is the last allowed request: rows of denials only (an expired or revoked
+/// key still knocking) never move it.
+async fn only_allowed_requests_move_last_used_at(backend: Backend) {
+    let h = harness(backend).await;
+    let id = h.create(json!({"name": "k", "scopes": []})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let minute = NOW - NOW.rem_euclid(60) - 600;
+    let denied = json!({"batch_id": "denied-only", "rows": [
+        row(&id, minute, 0, json!({"insufficient_scope": 3}), json!({"4xx": 3}), minute + 30),
+    ]});
+    assert_eq!(h.post_usage(&denied).await.body["applied"], true);
+    assert_eq!(h.show(&id).await["last_used_at"], Value::Null);
+    let allowed = json!({"batch_id": "allowed", "rows": [
+        row(&id, minute, 1, json!({}), json!({"2xx": 1}), minute + 10),
+    ]});
+    assert_eq!(h.post_usage(&allowed).await.body["applied"], true);
+    assert_eq!(h.show(&id).await["last_used_at"], rfc3339(minute + 10));
+    let later_denials = json!({"batch_id": "denied-later", "rows": [
+        row(&id, minute + 60, 0, json!({"revoked": 5}), json!({}), minute + 90),
+    ]});
+    assert_eq!(h.post_usage(&later_denials).await.body["applied"], true);
+    assert_eq!(h.show(&id).await["last_used_at"], rfc3339(minute + 10));
+}
+
 async fn usage_bodies_and_rows_are_bounded(backend: Backend) {
     let h = harness(backend).await;
     let minute = NOW - NOW.rem_euclid(60);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let created = h
+            .create(json!({"name": format!("k{i}"), "scopes": []}))
+            .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
     // 10,000 rows are accepted (and far over the 64 KiB of other endpoints).
     let rows: Vec<Value> = (0..10_000)
         .map(|i| {
             row(
-                &format!("k{}", i % 500),
-                minute - 60 * (1 + i / 500),
+                &ids[i % 20],
+                minute - 60 * (1 + i64::try_from(i / 20).unwrap()),
                 1,
                 json!({}),
                 json!({}),
@@ -404,9 +484,12 @@ async fn usage_bodies_and_rows_are_bounded(backend: Backend) {
     let batch = json!({"batch_id": "big", "rows": rows});
     assert!(batch.to_string().len() > 64 * 1024);
     let answer = h.post_usage(&batch).await;
-    assert_eq!(answer.body, json!({"applied": true, "rows": 10_000}));
-    let report = h.usage("k7", "").await;
-    assert_eq!(report.body["totals"]["allowed"], 20);
+    assert_eq!(
+        answer.body,
+        json!({"applied": true, "rows": 10_000, "refused": 0})
+    );
+    let report = h.usage(&ids[7], "").await;
+    assert_eq!(report.body["totals"]["allowed"], 500);
 
     let rows: Vec<Value> = (0..10_001)
         .map(|_| json!({"key_id": "k", "minute": 0, "allowed": 1, "last_used_at": 0}))
@@ -421,13 +504,14 @@ async fn usage_bodies_and_rows_are_bounded(backend: Backend) {
         .await
         .assert_problem(StatusCode::PAYLOAD_TOO_LARGE);
 
+    let k = ids[0].as_str();
     let bad_minute =
-        json!({"batch_id": "odd", "rows": [row("k", minute + 1, 1, json!({}), json!({}), 0)]});
+        json!({"batch_id": "odd", "rows": [row(k, minute + 1, 1, json!({}), json!({}), 0)]});
     let answer = h.post_usage(&bad_minute).await;
     answer.assert_problem(StatusCode::BAD_REQUEST);
     assert!(answer.detail().contains("rows[0]"), "{}", answer.detail());
     // A refused batch is not remembered: fixed, it applies.
-    let fixed = json!({"batch_id": "odd", "rows": [row("k", minute, 1, json!({}), json!({}), 0)]});
+    let fixed = json!({"batch_id": "odd", "rows": [row(k, minute, 1, json!({}), json!({}), 0)]});
     assert_eq!(h.post_usage(&fixed).await.body["applied"], true);
     h.post_usage(&json!({"batch_id": "", "rows": []}))
         .await
@@ -514,8 +598,35 @@ async fn metrics_expose_the_counters(backend: Backend) {
     assert_eq!(
         sample(
             &text,
-            r#"keygate_http_requests_total{route="unmatched",method="GET",status="4xx"}"#
+            r#"keygate_http_requests_total{route="other",method="GET",status="4xx"}"#
         ),
         Some(1.0)
     );
+}
+
+/// A client choosing methods and paths at will adds no series: unknown methods and paths
+/// that match no route are both `other`.
+async fn metrics_labels_stay_bounded_whatever_clients_send(backend: Backend) {
+    let h = harness(backend).await;
+    let series = |text: &str| {
+        text.lines()
+            .filter(|line| line.starts_with("keygate_http_requests_total{"))
+            .count()
+    };
+    for i in 0..300 {
+        let method = format!("X{i:04}{}", "Y".repeat(i % 50));
+        let path = format!("/junk/{i}/{}", "p".repeat(i * 7));
+        let answer = h.send(&method, &path, None, None).await;
+        assert!(answer.status.is_client_error(), "{method} {path}");
+        // A real route with an unknown method.
+        h.send(&method, KEYS, None, None).await;
+    }
+    let (_, _, text) = h.metrics_text().await;
+    assert!(series(&text) <= 4, "{text}");
+    let other = |route: &str| {
+        format!(r#"keygate_http_requests_total{{route="{route}",method="other",status="4xx"}}"#)
+    };
+    assert_eq!(sample(&text, &other("other")), Some(300.0), "{text}");
+    assert!(!text.contains("X0001"), "a method became a label: {text}");
+    assert!(!text.contains("/junk/"), "a path became a label: {text}");
 }
