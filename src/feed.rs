@@ -2,11 +2,21 @@
 //! data, taken over when it lapses) long-polls the key service and writes the revoked set
 //! into shared data; every worker keeps a copy, refreshed on its tick when the shared
 //! version moves, and checks each request's key id against it.
+//!
+//! The set is bounded by time (see [`keygate_core::feed`]): the follower asks only for the
+//! revocations that can still matter to this filter's records, assembles a paged snapshot
+//! before it puts it in force, and when more ids fall in that window than
+//! `revocation_feed.max_revoked`, keeps the newest and has records older than the evicted
+//! ones looked up again ([`vouches_for`]).
 
 use std::time::Duration;
 
 use keygate_core::cache::Lease;
-use keygate_core::feed::{parse_feed_response, FeedPolicy, FeedState, FollowerStatus, RevokedSet};
+use keygate_core::decision::DenyReason;
+use keygate_core::feed::{
+    parse_feed_response, Accepted, FeedPolicy, FeedState, Follower, FollowerStatus, RevokedSet,
+    SetLimits,
+};
 use proxy_wasm::types::LogLevel;
 
 use crate::filter::Shared;
@@ -17,7 +27,7 @@ const SET_KEY: &str = "keygate.feed.set";
 const STATUS_KEY: &str = "keygate.feed.status";
 const LEASE_KEY: &str = "keygate.feed.lease";
 const WORKER_COUNTER_KEY: &str = "keygate.worker.counter";
-/// Largest feed answer read.
+/// Largest feed answer read (the key service's pages stay far below it).
 const MAX_FEED_BODY: usize = 8 * 1024 * 1024;
 /// Longest pause between attempts after failures.
 const MAX_BACKOFF_MS: u64 = 5_000;
@@ -34,6 +44,8 @@ pub struct FeedView {
     worker_id: String,
     /// The poll in flight when this worker is the follower.
     polling: Option<u32>,
+    /// Where this worker is in the feed when it follows (a snapshot being assembled).
+    follower: Follower,
     next_poll_ms: u64,
     failures: u32,
 }
@@ -75,9 +87,36 @@ pub fn next_worker_id() -> String {
     format!("w{}", host::now_ms())
 }
 
-/// True when `id` is on the revoked list now.
-pub fn is_revoked(shared: &Shared, id: &str, now_ms: u64) -> bool {
-    shared.config.revocation_feed.enabled && shared.feed.borrow().set.is_revoked(id, now_ms / 1000)
+/// Why `id` must be refused now, if it is on the revoked list: `Revoked`, or `Expired` for a
+/// key expired by an operator or past its rotation grace.
+pub fn revocation(shared: &Shared, id: &str, now_ms: u64) -> Option<DenyReason> {
+    if !shared.config.revocation_feed.enabled {
+        return None;
+    }
+    shared
+        .feed
+        .borrow()
+        .set
+        .refusal(id, now_ms / 1000)
+        .map(|kind| kind.deny_reason())
+}
+
+/// Whether a key record fetched at `fetched_at_ms` may decide: false when the revoked set
+/// cannot vouch that no revocation it predates is missing (ids evicted from a full set, or
+/// older than the key service keeps); such a record is looked up again.
+pub fn vouches_for(shared: &Shared, fetched_at_ms: u64) -> bool {
+    !shared.config.revocation_feed.enabled || shared.feed.borrow().set.vouches_for(fetched_at_ms)
+}
+
+/// How this filter's revoked set is bounded: the longest a cached record may decide (its TTL,
+/// or its staleness while the key service is down), plus a lookup timeout.
+fn limits(shared: &Shared) -> SetLimits {
+    let cache = &shared.config.cache;
+    SetLimits::for_records(
+        shared.config.revocation_feed.max_revoked,
+        cache.ttl_ms.max(cache.max_stale_ms),
+        shared.config.key_service.timeout_ms,
+    )
 }
 
 /// The policy in force for key records: `None` while the feed is live (or not used).
@@ -169,9 +208,13 @@ fn refresh(shared: &Shared, now: u64) {
 /// Takes or renews the follower lease and sends the next long-poll.
 fn poll(shared: &Shared, now: u64) {
     let settings = &shared.config.revocation_feed;
-    let (worker_id, since) = {
+    let (worker_id, since, assembling) = {
         let view = shared.feed.borrow();
-        (view.worker_id.clone(), view.set.seq())
+        (
+            view.worker_id.clone(),
+            view.follower.next_since(&view.set),
+            view.follower.is_assembling(),
+        )
     };
     let (current, cas) = host::get_shared(LEASE_KEY);
     let lease = current.as_deref().and_then(Lease::decode);
@@ -192,15 +235,24 @@ fn poll(shared: &Shared, now: u64) {
         shared.feed.borrow_mut().next_poll_ms = now + 1_000;
         return;
     }
-    // Wait only once a first answer has loaded: a cold follower wants its snapshot now.
+    // Wait only once a first answer has loaded: a cold follower wants its snapshot now, and
+    // one assembling a snapshot its next page.
     let loaded = shared.feed.borrow().status.loaded_ms != 0;
-    let wait = if loaded { settings.wait_s } else { 0 };
+    let wait = if loaded && !assembling {
+        settings.wait_s
+    } else {
+        0
+    };
     dispatch(shared, since, wait, timeout_ms, now);
 }
 
 fn dispatch(shared: &Shared, since: u64, wait: u64, timeout_ms: u64, now: u64) {
     let config = &shared.config;
-    let path = format!("{}?since={since}&wait={wait}", config.revocation_feed.path);
+    let window = limits(shared).request_window_s();
+    let path = format!(
+        "{}?since={since}&wait={wait}&window={window}",
+        config.revocation_feed.path
+    );
     let authorization = format!("Bearer {}", shared.secrets.service_token);
     let headers = vec![
         (":method", "GET"),
@@ -274,20 +326,56 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         }
     };
     refresh(shared, now);
-    let mut set = shared.feed.borrow().set.clone();
-    if let Err(err) = set.apply(&answer, now / 1000, settings.max_revoked) {
-        if matches!(err, keygate_core::feed::FeedError::Backwards) {
-            // The service's sequence went backwards (its database was replaced): start over.
-            shared.feed.borrow_mut().set = RevokedSet::default();
+    let accepted = {
+        let mut view = shared.feed.borrow_mut();
+        let FeedView { set, follower, .. } = &mut *view;
+        follower.accept(set, &answer, now / 1000, &limits(shared))
+    };
+    let (set, applied) = match accepted {
+        Ok(Accepted::Whole(set, applied)) => (Some(set), applied),
+        Ok(Accepted::Partial(applied)) => (None, applied),
+        Err(err) => {
+            failed(shared, now, &err.to_string());
+            return true;
         }
-        failed(shared, now, &err.to_string());
-        return true;
-    }
+    };
     if !answer.events.is_empty() || answer.reset {
         shared
             .metrics
             .count_by(Event::FeedEvents, answer.events.len() as u64);
     }
+    if applied.evicted > 0 {
+        shared
+            .metrics
+            .count_by(Event::FeedEvicted, applied.evicted as u64);
+        host::log(
+            LogLevel::Warn,
+            &format!(
+                "revocation feed: more revoked ids than revocation_feed.max_revoked ({}) within \
+                 the window that matters; kept the newest, evicted {}: keys whose cached record \
+                 predates them are looked up again",
+                settings.max_revoked, applied.evicted
+            ),
+        );
+    }
+    let Some(set) = set else {
+        // A page of a snapshot: the set in force stays until the last page is in.
+        shared.feed.borrow_mut().failures = 0;
+        let since = shared
+            .feed
+            .borrow()
+            .follower
+            .next_since(&RevokedSet::default());
+        host::log(
+            LogLevel::Debug,
+            &format!(
+                "revocation feed: snapshot page of {} event(s) up to seq {since}, more follow",
+                answer.events.len()
+            ),
+        );
+        renew_and_dispatch(shared, since, 0, now);
+        return true;
+    };
     host::log(
         LogLevel::Debug,
         &format!(
@@ -314,12 +402,17 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
     }
     refresh(shared, now);
     let wait = if answer.more { 0 } else { settings.wait_s };
-    let timeout_ms = settings.wait_s * 1000 + 5_000;
+    renew_and_dispatch(shared, since, wait, now);
+    true
+}
+
+/// Renews the follower lease and asks the next question.
+fn renew_and_dispatch(shared: &Shared, since: u64, wait: u64, now: u64) {
+    let timeout_ms = shared.config.revocation_feed.wait_s * 1000 + 5_000;
     let renewed = Lease {
         id: shared.feed.borrow().worker_id.clone(),
         until_ms: now + timeout_ms + 5_000,
     };
     let _ = host::set_shared(LEASE_KEY, &renewed.encode(), None);
     dispatch(shared, since, wait, timeout_ms, now);
-    true
 }

@@ -404,8 +404,9 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         if !parsed.tag_is_authentic(&shared.secrets.gateway_key) {
             return Step::Deny(DenyReason::ForgedKey, Some(parsed.id().to_string()), mode);
         }
-        if crate::feed::is_revoked(shared, parsed.id().as_str(), host::now_ms()) {
-            return Step::Deny(DenyReason::Revoked, Some(parsed.id().to_string()), mode);
+        if let Some(reason) = crate::feed::revocation(shared, parsed.id().as_str(), host::now_ms())
+        {
+            return Step::Deny(reason, Some(parsed.id().to_string()), mode);
         }
         let mut forwarding = forwarding;
         forwarding.key_id = Some(parsed.id());

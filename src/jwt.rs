@@ -184,15 +184,14 @@ fn decide_token(
         .issuers
         .get(cached.issuer)
         .map_or(Revocation::None, |i| i.revocation);
-    if !cached.identity.key_id.is_empty()
-        && crate::feed::is_revoked(shared, &cached.identity.key_id, host::now_ms())
-    {
+    let revoked = if cached.identity.key_id.is_empty() {
+        None
+    } else {
+        crate::feed::revocation(shared, &cached.identity.key_id, host::now_ms())
+    };
+    if let Some(reason) = revoked {
         let mode = request.forwarding.mode;
-        return Step::Deny(
-            DenyReason::Revoked,
-            Some(cached.identity.key_id.to_string()),
-            mode,
-        );
+        return Step::Deny(reason, Some(cached.identity.key_id.to_string()), mode);
     }
     match revocation {
         Revocation::None => Step::Decided(

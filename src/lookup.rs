@@ -134,11 +134,13 @@ fn decide(
     now_ms: u64,
 ) -> Result<Identity, DenyReason> {
     let now_s = now_ms / 1000;
+    if let (Proof::Opaque(_), Some(record)) = (&presented.proof, &entry.record) {
+        if let Some(reason) = crate::feed::revocation(shared, &record.id, now_ms) {
+            return Err(reason);
+        }
+    }
     match (&presented.proof, &entry.record) {
         (Proof::Opaque(_), None) => Err(DenyReason::UnknownKey),
-        (Proof::Opaque(_), Some(record)) if crate::feed::is_revoked(shared, &record.id, now_ms) => {
-            Err(DenyReason::Revoked)
-        }
         (Proof::Opaque(digest), Some(record)) => authorize_record(
             record,
             digest,
@@ -175,8 +177,12 @@ fn finish(shared: &Shared, waiter: Waiter, result: Result<Identity, DenyReason>)
 }
 
 /// While the revocation feed is not live, the default policy only trusts records fetched
-/// recently (a revocation may have been missed since).
+/// recently (a revocation may have been missed since). A record the revoked set cannot vouch
+/// for (older than an id it had to evict) is never trusted from the cache.
 fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
+    if !crate::feed::vouches_for(shared, entry.fetched_at_ms) {
+        return false;
+    }
     match crate::feed::degraded_policy(shared) {
         Some(FeedPolicy::FailClosedUnlessRecent) => {
             now.saturating_sub(entry.fetched_at_ms) <= shared.config.revocation_feed.recent_ms
@@ -245,8 +251,8 @@ pub fn decide_fresh(
         }
         local.proven.set(Some(fingerprint));
     }
-    if crate::feed::is_revoked(shared, &record.id, now) {
-        return Some(Err(DenyReason::Revoked));
+    if let Some(reason) = crate::feed::revocation(shared, &record.id, now) {
+        return Some(Err(reason));
     }
     let client = if record.allowed_cidrs.is_empty() {
         None

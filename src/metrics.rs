@@ -29,6 +29,9 @@ pub enum Event {
     FeedLive,
     /// Gauge: ids on the revoked list.
     RevokedIds,
+    /// Revoked ids evicted because the set was full (`revocation_feed.max_revoked`): keys
+    /// whose records predate them are looked up again.
+    FeedEvicted,
     /// Shadow mode: a request that would have been allowed.
     ShadowAllowed,
     /// A rate-limit bucket could not be updated (compare-and-swap kept failing).
@@ -40,7 +43,7 @@ pub enum Event {
 }
 
 impl Event {
-    const ALL: [Event; 19] = [
+    const ALL: [Event; 20] = [
         Event::Allowed,
         Event::AllowedPublic,
         Event::CacheHit,
@@ -55,6 +58,7 @@ impl Event {
         Event::FeedStateChange,
         Event::FeedLive,
         Event::RevokedIds,
+        Event::FeedEvicted,
         Event::ShadowAllowed,
         Event::RateLimitContention,
         Event::UsageFlushed,
@@ -78,6 +82,7 @@ impl Event {
             Event::FeedStateChange => "keygate.feed.state_change",
             Event::FeedLive => "keygate.feed.live",
             Event::RevokedIds => "keygate.feed.revoked_ids",
+            Event::FeedEvicted => "keygate.feed.evicted",
             Event::ShadowAllowed => "keygate.shadow.allowed",
             Event::RateLimitContention => "keygate.rate_limit_contention",
             Event::UsageFlushed => "keygate.usage.flushed",

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::Clock;
 use crate::error::{ApiError, Realm};
-use crate::feed::{long_poll, FeedCounters, MAX_WAIT_S};
+use crate::feed::{long_poll, FeedCounters, FeedRequest, MAX_WAIT_S, MAX_WINDOW_S};
 use crate::limits::{CreateLimits, KeyLimits, LimitsView};
 use crate::signing::{
     published_jwks, JwtIssuer, JwtSettings, DEFAULT_ALGORITHM, JWKS_CACHE_CONTROL, JWKS_LEEWAY_S,
@@ -972,9 +972,10 @@ pub(crate) async fn lookup_key(
 struct FeedParams {
     since: Option<String>,
     wait: Option<String>,
+    window: Option<String>,
 }
 
-/// `GET /v1/revocations?since=N&wait=S`: the revocation feed (see [`crate::feed`]).
+/// `GET /v1/revocations?since=N&wait=S&window=W`: the revocation feed (see [`crate::feed`]).
 async fn revocations(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -993,12 +994,20 @@ async fn revocations(
             .filter(|wait| *wait <= MAX_WAIT_S)
             .ok_or(ApiError::BadWait)?,
     };
+    let window_s = match params.window.as_deref() {
+        None => None,
+        Some(text) => Some(
+            parse_decimal(text)
+                .filter(|window| *window <= MAX_WINDOW_S)
+                .ok_or(ApiError::BadWindow)?,
+        ),
+    };
     let feed = long_poll(
         &state.store,
         &state.clock,
         &state.feed,
         state.shutdown.subscribe(),
-        since,
+        FeedRequest { since, window_s },
         Duration::from_secs(wait),
     )
     .await?;

@@ -83,6 +83,8 @@ pub enum ApiError {
     BadSince,
     #[error("wait must be an integer number of seconds from 0 to 60")]
     BadWait,
+    #[error("window must be an integer number of seconds from 0 to 2592000")]
+    BadWindow,
     #[error("a key id is 16 characters of a-z and 2-7")]
     BadKeyId,
     #[error("no key with this id")]

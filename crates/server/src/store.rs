@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use tokio::sync::watch;
 
-use crate::feed::{EventKind, RevocationEvent, RevocationFeed};
+use crate::feed::{EventKind, FeedRequest, RevocationEvent, RevocationFeed};
 use crate::limits::KeyLimits;
 
 pub use audit::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
@@ -256,20 +256,38 @@ impl KeyStore {
         Ok(record)
     }
 
-    /// One answer of the revocation feed for a follower at `since` (see [`crate::feed`]).
+    /// One answer of the revocation feed for a follower's `request` (see [`crate::feed`]).
     pub async fn read_feed(
         &self,
-        since: u64,
+        request: FeedRequest,
         limit: usize,
         now: i64,
     ) -> Result<RevocationFeed, StoreError> {
-        dispatch!(self, store => store.read_feed(since, limit, now).await)
+        dispatch!(self, store => store.read_feed(request, limit, now).await)
     }
 
-    /// Deletes the events of keys whose own expiry is before `before`, and raises the
-    /// compaction watermark accordingly. Answers how many were deleted.
-    pub async fn compact_feed(&self, before: i64) -> Result<u64, StoreError> {
-        dispatch!(self, store => store.compact_feed(before).await)
+    /// Deletes the events of keys whose own expiry is before `expired_before`, and every event
+    /// committed before `created_before` (raising the compaction watermark over those). Answers
+    /// how many were deleted. See [`crate::feed::prune`].
+    pub async fn compact_feed(
+        &self,
+        expired_before: i64,
+        created_before: i64,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.compact_feed(expired_before, created_before).await)
+    }
+
+    /// Adds many feed events in one transaction, in order, committed at `now` (bulk loads of
+    /// revocations, such as a mass revocation carried over from another system). Answers the
+    /// last sequence number.
+    pub async fn append_feed_events(
+        &self,
+        events: &[FeedEventInput],
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let seq = dispatch!(self, store => store.append_feed_events(events, now).await)?;
+        self.published(Some(seq));
+        Ok(seq)
     }
 
     /// The highest committed sequence number, as read from the database.
@@ -360,7 +378,10 @@ const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata, digest, fo
 const SIGNING_KEY_COLUMNS: &str =
     "kid, algorithm, public_jwk, private_key_enc, created_at, retired_at, not_after, signs_forever";
 
-const EVENT_COLUMNS: &str = "seq, key_id, kind, effective_at, key_expires_at";
+const EVENT_COLUMNS: &str = "seq, key_id, kind, effective_at, key_expires_at, created_at";
+
+/// Events in one multi-row insert of [`KeyStore::append_feed_events`] (5 parameters each).
+const APPEND_CHUNK: usize = 1000;
 
 /// Why a rotation is refused, from the old key's state at `now`.
 fn rotation_refusal(old: &KeyRecord, now: i64) -> Option<StoreError> {
@@ -380,6 +401,17 @@ struct NewEvent {
     kind: EventKind,
     effective_at: i64,
     until: Option<i64>,
+}
+
+/// One event for [`KeyStore::append_feed_events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedEventInput {
+    pub id: String,
+    pub kind: EventKind,
+    /// Unix seconds from which the id is refused.
+    pub effective_at: i64,
+    /// The key's own expiry, after which the event can be dropped.
+    pub until: Option<i64>,
 }
 
 fn u64_of(value: i64, column: &'static str) -> Result<u64, StoreError> {
@@ -404,6 +436,7 @@ where
         kind: EventKind::parse(&kind).ok_or(StoreError::Corrupt("revocation_events.kind"))?,
         effective_at: row.try_get("effective_at")?,
         until: row.try_get("key_expires_at")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 

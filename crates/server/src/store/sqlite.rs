@@ -15,10 +15,10 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     encode_json_fields, event_from_row, i64_of, key_from_row, rotation_refusal,
-    signing_key_from_row, u64_of, KeyRecord, NewEvent, PageAfter, SigningKeyRow, StoreError,
-    EVENT_COLUMNS, KEY_COLUMNS, SIGNING_KEY_COLUMNS,
+    signing_key_from_row, u64_of, FeedEventInput, KeyRecord, NewEvent, PageAfter, SigningKeyRow,
+    StoreError, APPEND_CHUNK, EVENT_COLUMNS, KEY_COLUMNS, SIGNING_KEY_COLUMNS,
 };
-use crate::feed::{self, EventKind, FeedPlan, FeedSignal, FeedState, RevocationFeed};
+use crate::feed::{self, EventKind, FeedRequest, FeedSignal, FeedState, RevocationFeed};
 
 /// The embedded SQLite backend.
 #[derive(Clone, Debug)]
@@ -210,58 +210,61 @@ impl SqliteStore {
 
     pub(super) async fn read_feed(
         &self,
-        since: u64,
+        request: FeedRequest,
         limit: usize,
         now: i64,
     ) -> Result<RevocationFeed, StoreError> {
         // One read transaction: a consistent snapshot of the state row and the events.
         let mut tx = self.pool.begin().await?;
         let state = select_feed_state(&mut tx).await?;
-        let page = match feed::plan(since, state) {
-            FeedPlan::After(since) => {
-                let rows = sqlx::query(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM revocation_events WHERE seq > ? \
-                     ORDER BY seq LIMIT ?"
-                ))
-                .bind(i64_of(since))
-                .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
-                .fetch_all(&mut *tx)
-                .await?;
-                let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
-                feed::page_incremental(events, state, limit)
-            }
-            FeedPlan::Snapshot => {
-                let rows = sqlx::query(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM revocation_events AS e \
-                     WHERE (key_expires_at IS NULL OR key_expires_at > ?) \
-                     AND seq = (SELECT MAX(seq) FROM revocation_events WHERE key_id = e.key_id) \
-                     ORDER BY seq"
-                ))
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
-                let entries = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
-                feed::page_snapshot(entries, state, limit)
-            }
+        let query = feed::plan(request, state, now);
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM revocation_events WHERE seq > ? AND created_at >= ? \
+             AND (key_expires_at IS NULL OR key_expires_at >= ?) ORDER BY seq LIMIT ?"
+        ))
+        .bind(i64_of(query.after))
+        .bind(query.created_from)
+        .bind(query.until_from)
+        .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+        let first_retained_at = if query.behind_pruned {
+            sqlx::query(
+                "SELECT created_at FROM revocation_events WHERE seq > ? ORDER BY seq LIMIT 1",
+            )
+            .bind(i64_of(state.compacted_through))
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>("created_at"))
+            .transpose()?
+        } else {
+            None
         };
         tx.commit().await?;
-        Ok(page)
+        let horizon = query.horizon(first_retained_at, now);
+        Ok(feed::page(events, state, &query, horizon, limit))
     }
 
-    pub(super) async fn compact_feed(&self, before: i64) -> Result<u64, StoreError> {
+    pub(super) async fn compact_feed(
+        &self,
+        expired_before: i64,
+        created_before: i64,
+    ) -> Result<u64, StoreError> {
         let mut tx = begin_feed_write(&self.pool).await?;
+        // Pruned by age: followers behind these may have missed events that still mattered.
         let row = sqlx::query(
             "SELECT COUNT(*) AS n, COALESCE(MAX(seq), 0) AS top FROM revocation_events \
-             WHERE key_expires_at < ?",
+             WHERE created_at < ?",
         )
-        .bind(before)
+        .bind(created_before)
         .fetch_one(&mut *tx)
         .await?;
-        let count: i64 = row.try_get("n")?;
+        let old: i64 = row.try_get("n")?;
         let top: i64 = row.try_get("top")?;
-        if count > 0 {
-            sqlx::query("DELETE FROM revocation_events WHERE key_expires_at < ?")
-                .bind(before)
+        if old > 0 {
+            sqlx::query("DELETE FROM revocation_events WHERE created_at < ?")
+                .bind(created_before)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
@@ -271,8 +274,46 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        // Past the key's own expiry: can never matter again, to anyone.
+        let ended = sqlx::query("DELETE FROM revocation_events WHERE key_expires_at < ?")
+            .bind(expired_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
-        u64_of(count, "revocation_events")
+        Ok(u64_of(old, "revocation_events")?.saturating_add(ended))
+    }
+
+    pub(super) async fn append_feed_events(
+        &self,
+        events: &[FeedEventInput],
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = begin_feed_write(&self.pool).await?;
+        for chunk in events.chunks(APPEND_CHUNK) {
+            let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO revocation_events \
+                 (key_id, kind, effective_at, key_expires_at, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, event| {
+                row.push_bind(event.id.as_str())
+                    .push_bind(event.kind.as_str())
+                    .push_bind(event.effective_at)
+                    .push_bind(event.until)
+                    .push_bind(now);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        let seq: i64 = sqlx::query(
+            "UPDATE feed_state SET last_seq = \
+             MAX(last_seq, (SELECT COALESCE(MAX(seq), 0) FROM revocation_events)) \
+             WHERE id = 1 RETURNING last_seq",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("last_seq")?;
+        tx.commit().await?;
+        u64_of(seq, "feed_state.last_seq")
     }
 
     pub(super) async fn feed_seq(&self) -> Result<u64, StoreError> {

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use keygate_server::feed::RevocationFeed;
+use keygate_server::clock::Clock;
+use keygate_server::feed::{
+    prune, EventKind, FeedRequest, RevocationFeed, DEFAULT_RETENTION, MAX_ANSWER_BYTES,
+};
+use keygate_server::store::FeedEventInput;
 use serde_json::{json, Value};
 
 use crate::backends::{eventually, Backend, PrivateCluster, TestDb};
@@ -40,6 +44,8 @@ on_both_backends!(
     a_long_poll_waits_when_there_are_none,
     a_long_poll_is_woken_by_a_revoke,
     shutdown_answers_held_long_polls,
+    a_cold_follower_pages_through_200000_revocations_and_the_feed_forgets_them_in_time,
+    rotations_of_keys_without_expiry_are_compacted,
 );
 
 impl Harness {
@@ -95,11 +101,14 @@ async fn the_feed_needs_the_service_token_and_valid_parameters(backend: Backend)
         "wait=-1",
         "wait=x",
         "since=0&wait=3600",
+        "window=x",
+        "window=-1",
+        "window=2592001",
     ] {
         let answer = h.feed_answer(bad).await;
         answer.assert_problem(StatusCode::BAD_REQUEST);
         let field = bad.split('=').next().unwrap();
-        let field = if bad.contains("wait") { "wait" } else { field };
+        let field = if bad.contains("wait=") { "wait" } else { field };
         assert!(
             answer.detail().starts_with(field),
             "{bad}: {}",
@@ -114,7 +123,7 @@ async fn the_feed_needs_the_service_token_and_valid_parameters(backend: Backend)
         json!({"seq": 0, "reset": false, "more": false, "events": []})
     );
     let stats = h.stats().await;
-    assert_eq!(stats["feed_requests"], 13, "{stats}");
+    assert_eq!(stats["feed_requests"], 16, "{stats}");
     assert_eq!(stats["feed_waiting"], 0);
 }
 
@@ -171,11 +180,16 @@ async fn revoke_rotate_and_expire_reach_the_feed(backend: Backend) {
     assert_eq!(
         serde_json::to_value(&feed).unwrap(),
         json!({"seq": 5, "reset": true, "more": false, "events": [
-            {"seq": 1, "id": revoked, "kind": "revoked", "effective_at": NOW, "until": NOW + 3600},
-            {"seq": 2, "id": rotated, "kind": "rotated", "effective_at": NOW + 5 + 3600, "until": null},
-            {"seq": 3, "id": rotated_now, "kind": "rotated", "effective_at": NOW + 5, "until": null},
-            {"seq": 4, "id": expiring, "kind": "expired", "effective_at": NOW + 5, "until": NOW + 86_400},
-            {"seq": 5, "id": jwt, "kind": "revoked", "effective_at": NOW + 5, "until": NOW + 600},
+            {"seq": 1, "id": revoked, "kind": "revoked", "effective_at": NOW, "until": NOW + 3600,
+             "created_at": NOW},
+            {"seq": 2, "id": rotated, "kind": "rotated", "effective_at": NOW + 5 + 3600, "until": null,
+             "created_at": NOW + 5},
+            {"seq": 3, "id": rotated_now, "kind": "rotated", "effective_at": NOW + 5, "until": null,
+             "created_at": NOW + 5},
+            {"seq": 4, "id": expiring, "kind": "expired", "effective_at": NOW + 5, "until": NOW + 86_400,
+             "created_at": NOW + 5},
+            {"seq": 5, "id": jwt, "kind": "revoked", "effective_at": NOW + 5, "until": NOW + 600,
+             "created_at": NOW + 5},
         ]})
     );
     // The filter's own wire types (keygate-core) read this answer as it is.
@@ -189,6 +203,12 @@ async fn revoke_rotate_and_expire_reach_the_feed(backend: Backend) {
     );
     assert_eq!(parsed.events[3].until, Some((NOW + 86_400) as u64));
     assert_eq!(parsed.events[1].until, None);
+    assert_eq!(parsed.events[1].created_at, Some((NOW + 5) as u64));
+    assert_eq!(
+        parsed.events[1].kind.deny_reason(),
+        keygate_core::decision::DenyReason::Expired,
+        "a rotated key past its grace is reported as expired"
+    );
     let incremental = h.feed("since=3").await;
     assert!(!incremental.reset);
     assert_eq!(incremental.seq, 5);
@@ -325,6 +345,131 @@ async fn answers_hold_at_most_1000_events() {
     assert_eq!(from_one.seq, 1001);
 }
 
+/// The filter's read cap on one feed answer (`MAX_FEED_BODY` in the filter's `src/feed.rs`).
+const FILTER_READ_CAP: usize = 8 * 1024 * 1024;
+/// The window a filter with the default settings asks for: max(TTL 30 s, staleness 300 s) plus
+/// a lookup timeout of 1 s.
+const DEFAULT_WINDOW: u64 = 301;
+
+async fn a_cold_follower_pages_through_200000_revocations_and_the_feed_forgets_them_in_time(
+    backend: Backend,
+) {
+    const BULK: usize = 200_000;
+    let h = harness_on(backend, jwt_settings()).await;
+    let first = h.new_key(json!({"name": "first", "scopes": []})).await;
+    h.revoke(&first).await;
+    let bulk: Vec<_> = (0..BULK)
+        .map(|n| FeedEventInput {
+            id: format!("{n:a>16}"),
+            kind: if n % 3 == 0 {
+                EventKind::Rotated
+            } else {
+                EventKind::Revoked
+            },
+            effective_at: NOW,
+            until: None,
+        })
+        .collect();
+    let bulk_seq = h
+        .state
+        .store()
+        .append_feed_events(&bulk, NOW)
+        .await
+        .unwrap();
+    assert_eq!(bulk_seq, 1 + BULK as u64);
+    let last = h.new_key(json!({"name": "last", "scopes": []})).await;
+    h.revoke(&last).await;
+
+    // A cold follower pages through the snapshot: no answer near the filter's read cap.
+    let mut since = 0;
+    let mut pages = 0;
+    let mut largest = 0;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let answer = h
+            .feed_answer(&format!("since={since}&window={DEFAULT_WINDOW}"))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        largest = largest.max(serde_json::to_vec(&answer.body).unwrap().len());
+        let page: RevocationFeed = serde_json::from_value(answer.body).unwrap();
+        assert_eq!(
+            page.reset,
+            pages == 0,
+            "only the first page starts a new set"
+        );
+        assert!(page.seq > since);
+        seen.extend(page.events.into_iter().map(|e| e.id));
+        pages += 1;
+        since = page.seq;
+        if !page.more {
+            break;
+        }
+        assert!(pages < 10_000, "the pages never end");
+    }
+    assert_eq!(seen.len(), BULK + 2, "every revocation, once");
+    assert!(seen.contains(&first) && seen.contains(&last));
+    assert_eq!(since, BULK as u64 + 2);
+    assert!(pages >= BULK / 1000, "{pages} pages");
+    assert!(largest <= MAX_ANSWER_BYTES, "{largest} bytes");
+    assert!(largest * 8 <= FILTER_READ_CAP, "{largest} bytes");
+    println!("{BULK} revocations: {pages} pages, the largest {largest} bytes");
+
+    // Bounded by time: once no filter record can predate them, a cold follower gets none of
+    // them (and is told from when on it has everything) ...
+    h.clock.advance(DEFAULT_WINDOW as i64 + 61);
+    let later = h.feed(&format!("since=0&window={DEFAULT_WINDOW}")).await;
+    assert!(later.reset && !later.more && later.events.is_empty());
+    assert_eq!(later.seq, BULK as u64 + 2);
+    assert_eq!(later.horizon, Some(NOW + 1));
+    // ... and a day on, the key service forgets them too.
+    h.clock.advance(DEFAULT_RETENTION.as_secs() as i64);
+    let store = h.state.store();
+    let deleted = prune(store, h.clock.now(), DEFAULT_RETENTION)
+        .await
+        .unwrap();
+    assert_eq!(deleted, BULK as u64 + 2);
+    let cold = h.feed("since=0").await;
+    assert!(cold.events.is_empty() && !cold.more);
+    assert_eq!(cold.seq, BULK as u64 + 2, "the sequence never goes back");
+}
+
+async fn rotations_of_keys_without_expiry_are_compacted(backend: Backend) {
+    let h = harness_on(backend, jwt_settings()).await;
+    let forever = h.new_key(json!({"name": "forever", "scopes": []})).await;
+    let rotated = h
+        .admin(
+            "POST",
+            &format!("{KEYS}/{forever}/rotate"),
+            Some(json!({"grace": 3600})),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::CREATED);
+    let store = h.state.store();
+    let day = DEFAULT_RETENTION.as_secs() as i64;
+    let feed = h.feed("since=0").await;
+    assert_eq!(feed.events.len(), 1);
+    assert_eq!(feed.events[0].until, None, "a key without expiry");
+    // The grace ends; past the retention the event is gone, though the key never expires
+    // (filters keep any record fetched before the rotation far shorter than that).
+    h.clock.advance(3600);
+    assert_eq!(
+        prune(store, h.clock.now(), DEFAULT_RETENTION)
+            .await
+            .unwrap(),
+        0
+    );
+    h.clock.advance(day - 3600 + 1);
+    assert_eq!(
+        prune(store, h.clock.now(), DEFAULT_RETENTION)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(h.feed("since=0").await.events.is_empty());
+    // What a filter looks up instead says the key has ended.
+    assert_eq!(h.lookup(&forever).await.body["status"], "expired");
+}
+
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: several replicas
 
@@ -378,7 +523,10 @@ async fn postgres_replicas_share_one_gap_free_ordered_sequence() {
     for revoke in revokes.collect::<Vec<_>>() {
         revoke.await.unwrap();
     }
-    let feed = b.read_feed(0, 1000, NOW).await.unwrap();
+    let feed = b
+        .read_feed(FeedRequest::default(), 1000, NOW)
+        .await
+        .unwrap();
     let seqs: Vec<_> = feed.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
     assert_eq!(feed.seq, 20);

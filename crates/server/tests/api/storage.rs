@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keygate_core::key::KeyDigest;
 use keygate_core::wire::KeyStatus;
-use keygate_server::feed::{EventKind, RevocationEvent};
+use keygate_server::feed::{EventKind, FeedRequest, RevocationEvent};
 use keygate_server::store::{KeyRecord, KeyStore, PageAfter, SigningKeyRow, StoreError};
 use serde_json::Map;
 
@@ -107,6 +107,7 @@ pub async fn insert_keys(
     keys
 }
 
+/// An event as the store answers it; committed at `effective_at` (see [`created`]).
 fn event(
     seq: u64,
     id: &str,
@@ -120,6 +121,23 @@ fn event(
         kind,
         effective_at,
         until,
+        created_at: effective_at,
+    }
+}
+
+/// `event` committed at `at`.
+fn created(event: RevocationEvent, at: i64) -> RevocationEvent {
+    RevocationEvent {
+        created_at: at,
+        ..event
+    }
+}
+
+/// A request of a follower at `seq` that does not say its window.
+fn since(seq: u64) -> FeedRequest {
+    FeedRequest {
+        since: seq,
+        window_s: None,
     }
 }
 
@@ -243,7 +261,7 @@ async fn revoke_adds_one_event_only_the_first_time(db: &TestDb) {
     let again = store.revoke_key(&keys[0].id, NOW + 50).await.unwrap();
     assert_eq!(again.revoked_at, Some(NOW + 1), "the first time stays");
     assert_eq!(store.feed_seq().await.unwrap(), 1, "no second event");
-    let feed = store.read_feed(0, 1000, NOW + 60).await.unwrap();
+    let feed = store.read_feed(since(0), 1000, NOW + 60).await.unwrap();
     assert!(feed.reset && !feed.more);
     assert_eq!(feed.seq, 1);
     assert_eq!(
@@ -287,26 +305,33 @@ async fn rotate_adds_an_event_at_the_end_of_the_grace(db: &TestDb) {
         .rotate_key(&keys[1].id, &second, NOW, NOW)
         .await
         .unwrap();
-    let feed = store.read_feed(0, 1000, NOW).await.unwrap();
+    let feed = store.read_feed(since(0), 1000, NOW).await.unwrap();
     assert_eq!(
         feed.events,
         [
-            event(1, &keys[0].id, EventKind::Rotated, NOW + 3600, None),
+            created(
+                event(1, &keys[0].id, EventKind::Rotated, NOW + 3600, None),
+                NOW
+            ),
             event(2, &keys[1].id, EventKind::Rotated, NOW, None),
         ]
     );
-    // Revoked during its grace: a stricter event for the same id, and the snapshot keeps
-    // only the latest one per id.
+    // Revoked during its grace: a stricter event for the same id (the follower keeps the
+    // earliest refusal of the two).
     store.revoke_key(&keys[0].id, NOW + 10).await.unwrap();
-    let feed = store.read_feed(0, 1000, NOW + 10).await.unwrap();
+    let feed = store.read_feed(since(0), 1000, NOW + 10).await.unwrap();
     assert_eq!(
         feed.events,
         [
+            created(
+                event(1, &keys[0].id, EventKind::Rotated, NOW + 3600, None),
+                NOW
+            ),
             event(2, &keys[1].id, EventKind::Rotated, NOW, None),
             event(3, &keys[0].id, EventKind::Revoked, NOW + 10, None),
         ]
     );
-    let incremental = store.read_feed(2, 1000, NOW + 10).await.unwrap();
+    let incremental = store.read_feed(since(2), 1000, NOW + 10).await.unwrap();
     assert!(!incremental.reset);
     assert_eq!(incremental.events.len(), 1);
     assert_eq!(incremental.seq, 3);
@@ -356,7 +381,7 @@ async fn expire_now_ends_the_key_with_an_event(db: &TestDb) {
     assert_eq!(store.get_key(&keys[0].id).await.unwrap().unwrap(), expired);
     // The entry lives until the key's *original* expiry (a JWT stays valid offline until
     // its exp).
-    let feed = store.read_feed(0, 1000, NOW + 5).await.unwrap();
+    let feed = store.read_feed(since(0), 1000, NOW + 5).await.unwrap();
     assert_eq!(
         feed.events,
         [event(
@@ -387,42 +412,47 @@ async fn the_feed_pages_and_resets_when_it_must(db: &TestDb) {
     let store = db.connect().await;
     let keys = insert_keys(&store, 5, None).await;
     // Nothing ever revoked: a cold follower is already up to date (its long-poll is held).
-    let empty = store.read_feed(0, 1000, NOW).await.unwrap();
+    let empty = store.read_feed(since(0), 1000, NOW).await.unwrap();
     assert!(!empty.reset && empty.events.is_empty());
     assert_eq!(empty.seq, 0);
     for key in &keys {
         store.revoke_key(&key.id, NOW).await.unwrap();
     }
-    let cold = store.read_feed(0, 1000, NOW).await.unwrap();
+    let cold = store.read_feed(since(0), 1000, NOW).await.unwrap();
     assert!(cold.reset && !cold.more);
     assert_eq!(cold.seq, 5);
     let seqs: Vec<_> = cold.events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
 
-    let page = store.read_feed(2, 2, NOW).await.unwrap();
+    let page = store.read_feed(since(2), 2, NOW).await.unwrap();
     assert!(!page.reset && page.more);
     assert_eq!(page.seq, 4);
     assert_eq!(
         page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [3, 4]
     );
-    let page = store.read_feed(4, 2, NOW).await.unwrap();
+    let page = store.read_feed(since(4), 2, NOW).await.unwrap();
     assert!(!page.more);
     assert_eq!(page.seq, 5);
     assert_eq!(page.events[0].id, keys[4].id);
-    let idle = store.read_feed(5, 2, NOW).await.unwrap();
+    let idle = store.read_feed(since(5), 2, NOW).await.unwrap();
     assert!(!idle.reset && idle.events.is_empty());
     assert_eq!(idle.seq, 5);
     // Ahead of the service (its database was reset): treat as cold.
-    let ahead = store.read_feed(9, 1000, NOW).await.unwrap();
+    let ahead = store.read_feed(since(9), 1000, NOW).await.unwrap();
     assert!(ahead.reset);
+    assert_eq!(
+        ahead.horizon,
+        Some(NOW),
+        "records from another database are not vouched for"
+    );
     assert_eq!(ahead.events.len(), 5);
     assert_eq!(ahead.seq, 5);
     // A paged snapshot continues incrementally.
-    let first = store.read_feed(0, 3, NOW).await.unwrap();
+    let first = store.read_feed(since(0), 3, NOW).await.unwrap();
     assert!(first.reset && first.more);
     assert_eq!(first.seq, 3);
-    let rest = store.read_feed(first.seq, 3, NOW).await.unwrap();
+    let rest = store.read_feed(since(first.seq), 3, NOW).await.unwrap();
     assert!(!rest.reset && !rest.more);
     assert_eq!(
         rest.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -435,46 +465,73 @@ async fn compaction_drops_ended_entries_and_old_followers_get_a_snapshot(db: &Te
     let forever = insert_keys(&store, 1, None).await.remove(0);
     let mut short = record(1, Some(NOW + 100));
     short.id = key_id(1);
-    let mut long = record(2, Some(NOW + 10_000));
+    let mut long = record(2, Some(NOW + 1_000_000));
     long.id = key_id(2);
     store.insert_key(&short).await.unwrap();
     store.insert_key(&long).await.unwrap();
     store.revoke_key(&forever.id, NOW).await.unwrap(); // seq 1
     store.revoke_key(&short.id, NOW).await.unwrap(); // seq 2
-    store.revoke_key(&long.id, NOW).await.unwrap(); // seq 3
+    store.revoke_key(&long.id, NOW + 1_000).await.unwrap(); // seq 3
+    let day = 86_400;
 
-    // Past the short key's expiry, a snapshot leaves it out even before compaction.
-    let snapshot = store.read_feed(0, 1000, NOW + 100).await.unwrap();
+    // Past the short key's expiry (and the clock slack), answers leave it out even before
+    // compaction.
+    let snapshot = store.read_feed(since(0), 1000, NOW + 161).await.unwrap();
     let ids: Vec<_> = snapshot.events.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, [forever.id.clone(), long.id.clone()]);
     // Nothing to compact yet (the key ended less than 60 s ago: `before` is now - 60).
-    assert_eq!(store.compact_feed(NOW + 100).await.unwrap(), 0);
-    assert_eq!(store.compact_feed(NOW + 101).await.unwrap(), 1);
-    assert_eq!(store.compact_feed(NOW + 101).await.unwrap(), 0);
+    let prune = |now| keygate_server::feed::prune(&store, now, Duration::from_secs(86_400));
+    assert_eq!(prune(NOW + 160).await.unwrap(), 0);
+    assert_eq!(prune(NOW + 161).await.unwrap(), 1);
+    assert_eq!(prune(NOW + 161).await.unwrap(), 0);
+    // A key past its expiry never matters again: no follower is told it missed anything.
+    let behind = store.read_feed(since(1), 1000, NOW + 200).await.unwrap();
+    assert!(!behind.reset && behind.horizon.is_none());
+    assert_eq!(behind.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
 
-    // A follower at seq 1 may have missed the deleted seq 2: snapshot.
-    let old = store.read_feed(1, 1000, NOW + 200).await.unwrap();
+    // A day on, the revocation of the key without expiry is pruned by age: the feed holds a
+    // day of revocations, however many keys were ever revoked.
+    assert_eq!(prune(NOW + day).await.unwrap(), 0, "exactly a day: kept");
+    assert_eq!(prune(NOW + day + 1).await.unwrap(), 1);
+    // A follower behind the pruned event is not snapshotted again (older followers page
+    // through any seq), but told that records it fetched before the first retained event
+    // must be looked up again.
+    let old = store
+        .read_feed(since(0), 1000, NOW + day + 1)
+        .await
+        .unwrap();
     assert!(old.reset);
-    assert_eq!(old.seq, 3);
-    assert_eq!(old.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 3]);
-    // One at seq 2 or later missed nothing.
-    let current = store.read_feed(2, 1000, NOW + 200).await.unwrap();
-    assert!(!current.reset);
-    assert_eq!(
-        current.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        [3]
-    );
+    assert_eq!(old.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+    assert_eq!(old.horizon, Some(NOW + 1_000));
+    // One that had the pruned event missed nothing.
+    let had_it = store
+        .read_feed(since(1), 1000, NOW + day + 1)
+        .await
+        .unwrap();
+    assert!(!had_it.reset && had_it.horizon.is_none());
+    let current = store
+        .read_feed(since(3), 1000, NOW + day + 1)
+        .await
+        .unwrap();
+    assert!(!current.reset && current.horizon.is_none());
     // The sequence never goes back, even when its top event is compacted.
-    store.compact_feed(NOW + 20_000).await.unwrap();
+    prune(NOW + 20_000 + day).await.unwrap();
     assert_eq!(store.feed_seq().await.unwrap(), 3);
-    let after = store.read_feed(3, 1000, NOW + 20_000).await.unwrap();
+    let after = store
+        .read_feed(since(3), 1000, NOW + 20_000 + day)
+        .await
+        .unwrap();
     assert!(!after.reset && after.events.is_empty());
     assert_eq!(after.seq, 3);
-    let cold = store.read_feed(0, 1000, NOW + 20_000).await.unwrap();
+    let cold = store
+        .read_feed(since(0), 1000, NOW + 20_000 + day)
+        .await
+        .unwrap();
+    assert!(cold.events.is_empty(), "nothing is kept for good");
     assert_eq!(
-        cold.events.len(),
-        1,
-        "the key without expiry stays for good"
+        cold.horizon,
+        Some(NOW + 20_000 + day),
+        "nothing retained: all may be missing"
     );
 }
 
@@ -674,7 +731,7 @@ async fn sqlite_databases_from_before_the_feed_are_upgraded() {
         store.get_key(&key_id(3)).await.unwrap().unwrap().name,
         "old"
     );
-    let feed = store.read_feed(0, 1000, NOW).await.unwrap();
+    let feed = store.read_feed(since(0), 1000, NOW).await.unwrap();
     assert_eq!(
         feed.events,
         [
