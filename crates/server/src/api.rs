@@ -27,7 +27,7 @@ use crate::error::{ApiError, Realm};
 use crate::feed::{long_poll, FeedCounters, FeedRequest, MAX_WAIT_S, MAX_WINDOW_S};
 use crate::limits::{CreateLimits, KeyLimits, LimitsView};
 use crate::signing::{
-    published_jwks, JwtIssuer, JwtSettings, DEFAULT_ALGORITHM, JWKS_CACHE_CONTROL, JWKS_LEEWAY_S,
+    is_published, published_jwks, JwtIssuer, JwtSettings, DEFAULT_ALGORITHM, JWKS_CACHE_CONTROL,
 };
 use crate::store::{KeyRecord, KeyStore, PageAfter, SigningKeyRow, FORMAT_JWT, FORMAT_OPAQUE};
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
@@ -200,6 +200,9 @@ pub fn app(state: AppState) -> Router {
         .merge(service)
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response(
+            crate::error::problem_for_every_error,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::track,
@@ -267,7 +270,8 @@ pub(crate) fn require_service_token(state: &AppState, headers: &HeaderMap) -> Re
 pub struct KeyView {
     pub id: String,
     pub name: String,
-    pub owner: String,
+    /// Who the key belongs to; `null` when it has no owner (the subject is then the key id).
+    pub owner: Option<String>,
     pub prefix: String,
     pub format: String,
     pub scopes: Vec<String>,
@@ -304,7 +308,7 @@ impl KeyView {
             revoked_at: record.revoked_at.and_then(format_rfc3339),
             id: record.id,
             name: record.name,
-            owner: record.owner,
+            owner: Some(record.owner).filter(|owner| !owner.is_empty()),
             prefix: record.prefix,
             format: record.format,
             scopes: record.scopes,
@@ -334,8 +338,9 @@ pub struct CreateKeyRequest {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub owner: Option<String>,
+    /// Seconds as a number, or a duration string (see [`parse_duration`]).
     #[serde(default)]
-    pub expires_in: Option<i64>,
+    pub expires_in: Option<Value>,
     #[serde(default)]
     pub expires_at: Option<String>,
     #[serde(default)]
@@ -402,10 +407,10 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
     let scopes = validate_scopes(&request.scopes)?;
     let expires_at = match (request.expires_in, request.expires_at) {
         (Some(_), Some(_)) => return Err(ApiError::ExpiryConflict),
-        (Some(seconds), None) => {
-            if !(1..=MAX_EXPIRES_IN).contains(&seconds) {
-                return Err(ApiError::BadExpiresIn);
-            }
+        (Some(duration), None) => {
+            let seconds = duration_seconds(&duration)
+                .filter(|seconds| (1..=MAX_EXPIRES_IN).contains(seconds))
+                .ok_or(ApiError::BadExpiresIn)?;
             Some(now.saturating_add(seconds))
         }
         (None, Some(text)) => {
@@ -434,6 +439,37 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         format,
         limits,
     })
+}
+
+/// Parses a duration such as `3600`, `3600s`, `90m`, `12h` or `30d` into seconds: the one
+/// syntax of `expires_in` and `grace` in REST and of the CLI's `--expires-in` and `--grace`.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(split) => text.split_at(split),
+        None => (text, "s"),
+    };
+    let multiplier = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    if number.is_empty() {
+        return None;
+    }
+    number.parse::<i64>().ok()?.checked_mul(multiplier)
+}
+
+/// A duration field of a request: whole seconds as a JSON number, or a string that
+/// [`parse_duration`] reads.
+fn duration_seconds(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(number) => number.as_i64(),
+        Value::String(text) => parse_duration(text),
+        _ => None,
+    }
 }
 
 pub(crate) fn validate_scopes(items: &[String]) -> Result<Vec<Scope>, ApiError> {
@@ -709,8 +745,18 @@ async fn revoke_key(
 ) -> Result<Json<KeyView>, ApiError> {
     let id = parse_key_id(&id)?;
     let now = state.clock.now();
+    let already = state
+        .store
+        .get_key(id.as_str())
+        .await?
+        .is_some_and(|record| record.revoked_at.is_some());
     let record = state.store.revoke_key(id.as_str(), now).await?;
-    tracing::info!(key_id = %record.id, "key revoked");
+    if already {
+        tracing::debug!(key_id = %record.id, "key already revoked");
+    } else {
+        state.metrics.count_key_revoked();
+        tracing::info!(key_id = %record.id, "key revoked");
+    }
     Ok(Json(KeyView::of(record, now)))
 }
 
@@ -732,8 +778,9 @@ async fn expire_key(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotateRequest {
+    /// Seconds as a number, or a duration string (see [`parse_duration`]).
     #[serde(default)]
-    grace: Option<i64>,
+    grace: Option<Value>,
 }
 
 async fn rotate_key(
@@ -748,10 +795,12 @@ async fn rotate_key(
     } else {
         parse_json(&body)?
     };
-    let grace = request.grace.unwrap_or(DEFAULT_GRACE);
-    if !(0..=MAX_GRACE).contains(&grace) {
-        return Err(ApiError::BadGrace);
-    }
+    let grace = match &request.grace {
+        None => DEFAULT_GRACE,
+        Some(value) => duration_seconds(value)
+            .filter(|grace| (0..=MAX_GRACE).contains(grace))
+            .ok_or(ApiError::BadGrace)?,
+    };
     let now = state.clock.now();
     let old = state
         .store
@@ -806,6 +855,9 @@ pub struct SigningKeyView {
     pub algorithm: String,
     pub created_at: Option<String>,
     pub retired_at: Option<String>,
+    /// From when it signs new tokens: once it has been published for the publish delay (a
+    /// newer key of its algorithm takes over once that one is ready).
+    pub signs_from: Option<String>,
     /// The latest expiry of a token it signed; `null` if none (or see `signs_forever`).
     pub not_after: Option<String>,
     /// It signed a token without expiry, so it stays published for good.
@@ -815,10 +867,11 @@ pub struct SigningKeyView {
 }
 
 impl SigningKeyView {
-    fn of(row: SigningKeyRow, now: i64) -> Self {
+    fn of(row: SigningKeyRow, now: i64, delay: i64) -> Self {
         Self {
-            published: row.is_published(now, JWKS_LEEWAY_S),
+            published: is_published(&row, now, delay),
             created_at: format_rfc3339(row.created_at),
+            signs_from: format_rfc3339(row.created_at.saturating_add(delay)),
             retired_at: row.retired_at.and_then(format_rfc3339),
             not_after: row.not_after.and_then(format_rfc3339),
             signs_forever: row.signs_forever,
@@ -837,12 +890,13 @@ struct SigningKeyList {
 
 async fn list_signing_keys(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let now = state.clock.now();
+    let delay = state.jwt.settings().publish_delay_s;
     let rows = state.store.list_signing_keys().await?;
     let list = SigningKeyList {
         configured: state.jwt.is_configured(),
         signing_keys: rows
             .into_iter()
-            .map(|row| SigningKeyView::of(row, now))
+            .map(|row| SigningKeyView::of(row, now, delay))
             .collect(),
     };
     serde_json::to_value(list)
@@ -884,7 +938,7 @@ async fn rotate_signing_key(
     let now = state.clock.now();
     let (row, retired_kid) = state.jwt.rotate(&state.store, algorithm, now).await?;
     let answer = RotatedSigningKey {
-        key: SigningKeyView::of(row, now),
+        key: SigningKeyView::of(row, now, state.jwt.settings().publish_delay_s),
         retired_kid,
     };
     let answer =
@@ -897,7 +951,11 @@ async fn rotate_signing_key(
 /// KEYGATE_SIGNING_KEY_SECRET is not set (then only keys stored earlier are listed).
 async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
     let rows = state.store.list_signing_keys().await?;
-    let body = published_jwks(&rows, state.clock.now());
+    let body = published_jwks(
+        &rows,
+        state.clock.now(),
+        state.jwt.settings().publish_delay_s,
+    );
     let mut response = Json(body).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -910,11 +968,7 @@ async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
 // The filter's endpoints
 
 fn lookup_not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({"error": "not_found"})),
-    )
-        .into_response()
+    ApiError::KeyNotFound.into_response()
 }
 
 pub(crate) async fn lookup_key(
@@ -1073,7 +1127,29 @@ mod tests {
             validate_create(both, now),
             Err(ApiError::ExpiryConflict)
         ));
-        for bad in [0, -5, MAX_EXPIRES_IN + 1] {
+        for (text, seconds) in [
+            ("30d", 2_592_000),
+            ("90m", 5400),
+            ("3600", 3600),
+            ("12h", 43_200),
+        ] {
+            let r = request(serde_json::json!({"name": "x", "scopes": [], "expires_in": text}));
+            assert_eq!(
+                validate_create(r, now).unwrap().expires_at,
+                Some(now + seconds)
+            );
+        }
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!(MAX_EXPIRES_IN + 1),
+            serde_json::json!(1.5),
+            serde_json::json!("1.5h"),
+            serde_json::json!("soon"),
+            serde_json::json!("0s"),
+            serde_json::json!("3651d"),
+            serde_json::json!([60]),
+        ] {
             let r = request(serde_json::json!({"name": "x", "scopes": [], "expires_in": bad}));
             assert!(matches!(
                 validate_create(r, now),

@@ -1,9 +1,13 @@
-//! The command line: `keygate serve`, `keygate keys create|list|show|revoke|rotate|expire` and
-//! `keygate signing-keys list|rotate`.
+//! The command line: `keygate serve`, `keygate keys
+//! create|list|show|update|revoke|rotate|expire|usage|import`, `keygate signing-keys
+//! list|rotate` and `keygate audit`.
 //!
-//! The `keys` and `signing-keys` commands are a thin client of the REST API; they never touch
-//! the database.
+//! The client commands are a thin client of the REST API; they never touch the database.
+//! Every client command takes `--json` (print the service's JSON answer instead of text);
+//! `serve` does not (its logs are always JSON lines). Output to a closed pipe
+//! (`keygate audit --json | head`) ends the command quietly.
 
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,12 +19,45 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{ServeArgs, ADMIN_KEY_ENV};
 
+/// `println!` for the CLI: a closed stdout (the reader of a pipe went away) ends the process
+/// quietly with success instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for the CLI, with the same handling of a closed stdout as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod audit;
 mod import;
 mod limits;
 pub use audit::{run_audit, AuditArgs};
 pub use import::ImportArgs;
 pub use limits::{LimitArgs, UpdateArgs, UsageArgs};
+
+pub use crate::api::parse_duration;
+
+/// Writes to stdout. When the reader is gone (`EPIPE`), there is nobody left to tell: the
+/// process exits at once with success, as `head` expects of the commands it cuts short.
+pub(crate) fn write_stdout(text: fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {error}");
+        std::process::exit(1);
+    }
+}
 
 /// Where the demo stack writes its admin key; the CLI's last resort.
 pub const DEFAULT_ADMIN_KEY_FILE: &str = ".keygate/admin.key";
@@ -60,11 +97,11 @@ pub struct ClientArgs {
         global = true
     )]
     pub server: String,
-    /// File holding the admin key. Without it: $KEYGATE_ADMIN_KEY, then the file named by
-    /// $KEYGATE_ADMIN_KEY_FILE, then .keygate/admin.key.
-    #[arg(long, global = true)]
+    /// File to read the admin key from. Without it: $KEYGATE_ADMIN_KEY, then the file named
+    /// by $KEYGATE_ADMIN_KEY_FILE, then .keygate/admin.key.
+    #[arg(long, global = true, value_name = "FILE")]
     pub admin_key_file: Option<PathBuf>,
-    /// Print the raw JSON answer instead of a human summary.
+    /// Print the key service's JSON answer (one line) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
     /// For an https:// server: a CA certificate file (PEM) to trust besides the system's roots.
@@ -138,7 +175,7 @@ pub struct CreateArgs {
     /// Who the key belongs to; becomes the subject upstream (default: the key id).
     #[arg(long)]
     pub owner: Option<String>,
-    /// Lifetime: 3600, 3600s, 90m, 12h or 30d.
+    /// Lifetime: seconds (3600) or a duration such as 3600s, 90m, 12h or 30d.
     #[arg(long, conflicts_with = "expires_at")]
     pub expires_in: Option<String>,
     /// Expiry as RFC 3339, such as 2030-01-01T00:00:00Z.
@@ -203,26 +240,6 @@ impl CliError {
     }
 }
 
-/// Parses a duration such as `3600`, `3600s`, `90m`, `12h` or `30d` into seconds.
-pub fn parse_duration(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(split) => text.split_at(split),
-        None => (text, "s"),
-    };
-    let multiplier = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    if number.is_empty() {
-        return None;
-    }
-    number.parse::<i64>().ok()?.checked_mul(multiplier)
-}
-
 /// Runs a `keys` command and reports failures on stderr.
 pub fn run_keys(args: KeysArgs) -> ExitCode {
     let json_output = args.client.json;
@@ -246,7 +263,7 @@ fn report(json_output: bool, result: Result<(), CliError>) -> ExitCode {
                 },
             ) = (json_output, &error)
             {
-                println!("{body}");
+                outln!("{body}");
             }
             eprintln!("error: {error}");
             error.exit_code()
@@ -267,7 +284,7 @@ fn execute_signing_keys(args: SigningKeysArgs) -> Result<(), CliError> {
         SigningKeysCommand::List => {
             let answer = client.call("GET", "/api/v1/signing-keys", None)?;
             if json_output {
-                println!("{answer}");
+                outln!("{answer}");
             } else {
                 print_signing_keys(&answer);
             }
@@ -283,17 +300,17 @@ fn execute_signing_keys(args: SigningKeysArgs) -> Result<(), CliError> {
                 Some(Value::Object(body)),
             )?;
             if json_output {
-                println!("{answer}");
+                outln!("{answer}");
             } else {
-                println!(
+                outln!(
                     "new signing key: {} ({})",
                     text(&answer, "kid"),
                     text(&answer, "algorithm")
                 );
                 match text(&answer, "retired_kid") {
-                    "" => println!("retired:         - (it is the first key of its algorithm)"),
+                    "" => outln!("retired:         - (it is the first key of its algorithm)"),
                     kid => {
-                        println!("retired:         {kid} (published until its last token expires)")
+                        outln!("retired:         {kid} (published until its last token expires)")
                     }
                 }
             }
@@ -316,11 +333,11 @@ fn execute(args: KeysArgs) -> Result<(), CliError> {
             if let Some(limit) = list.limit {
                 query.push(format!("limit={limit}"));
             }
-            if let Some(status) = list.status {
-                query.push(format!("status={}", query_escape(&status)));
+            if let Some(status) = &list.status {
+                query.push(format!("status={}", query_escape(status)));
             }
-            if let Some(cursor) = list.cursor {
-                query.push(format!("cursor={}", query_escape(&cursor)));
+            if let Some(cursor) = &list.cursor {
+                query.push(format!("cursor={}", query_escape(cursor)));
             }
             let path = if query.is_empty() {
                 "/api/v1/auth/keys".to_owned()
@@ -329,9 +346,9 @@ fn execute(args: KeysArgs) -> Result<(), CliError> {
             };
             let answer = client.call("GET", &path, None)?;
             if json_output {
-                println!("{answer}");
+                outln!("{answer}");
             } else {
-                print_table(&answer);
+                print_table(&answer, &list);
             }
         }
         KeysCommand::Show { id } => {
@@ -604,73 +621,70 @@ fn scopes_text(key: &Value) -> String {
 
 fn print_minted(answer: &Value, json_output: bool) {
     if json_output {
-        println!("{answer}");
+        outln!("{answer}");
         return;
     }
     let key = text(answer, "key");
     let title = "API key (shown once, store it now):";
     if key.len() > 160 {
         // A JWT: too long for a box; print it alone on its line so it copies cleanly.
-        println!("{title}\n\n{key}\n");
+        outln!("{title}\n\n{key}\n");
         print_fields(answer);
         return;
     }
     let width = key.len().max(title.len()) + 2;
     let rule = format!("+{}+", "-".repeat(width + 2));
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{rule}");
-    let _ = writeln!(out, "|  {title:<width$}|");
-    let _ = writeln!(out, "|  {:<width$}|", "");
-    let _ = writeln!(out, "|  {key:<width$}|");
-    let _ = writeln!(out, "{rule}");
-    drop(out);
+    outln!("{rule}");
+    outln!("|  {title:<width$}|");
+    outln!("|  {:<width$}|", "");
+    outln!("|  {key:<width$}|");
+    outln!("{rule}");
     print_fields(answer);
 }
 
 fn print_key(answer: &Value, json_output: bool) {
     if json_output {
-        println!("{answer}");
+        outln!("{answer}");
     } else {
         print_fields(answer);
     }
 }
 
 fn print_fields(key: &Value) {
-    let or_dash = |field: &str| match text(key, field) {
-        "" => "-".to_owned(),
-        value => value.to_owned(),
-    };
-    println!("id:           {}", or_dash("id"));
-    println!("name:         {}", or_dash("name"));
-    println!("owner:        {}", or_dash("owner"));
-    println!("status:       {}", or_dash("status"));
-    println!("scopes:       {}", scopes_text(key));
-    println!("created_at:   {}", or_dash("created_at"));
-    println!(
+    let or_dash = |field: &str| or_dash(text(key, field));
+    outln!("id:           {}", or_dash("id"));
+    outln!("name:         {}", or_dash("name"));
+    outln!("owner:        {}", or_dash("owner"));
+    outln!("status:       {}", or_dash("status"));
+    outln!("scopes:       {}", scopes_text(key));
+    outln!("created_at:   {}", or_dash("created_at"));
+    outln!(
         "expires_at:   {}",
         match text(key, "expires_at") {
             "" => "never".to_owned(),
             at => at.to_owned(),
         }
     );
-    println!("revoked_at:   {}", or_dash("revoked_at"));
-    println!("rotated_from: {}", or_dash("rotated_from"));
-    println!("rotated_to:   {}", or_dash("rotated_to"));
+    outln!("revoked_at:   {}", or_dash("revoked_at"));
+    outln!("rotated_from: {}", or_dash("rotated_from"));
+    outln!("rotated_to:   {}", or_dash("rotated_to"));
     if key.get("algorithm").is_some() {
-        println!("algorithm:    {}", or_dash("algorithm"));
-        println!("kid:          {}", or_dash("kid"));
+        outln!("algorithm:    {}", or_dash("algorithm"));
+        outln!("kid:          {}", or_dash("kid"));
     }
-    if let Some(metadata) = key
+    limits::print_limits(key);
+    match key
         .get("metadata")
         .filter(|m| m.as_object().is_some_and(|o| !o.is_empty()))
     {
-        println!("metadata:     {metadata}");
+        Some(metadata) => outln!("metadata:     {metadata}"),
+        None => outln!("metadata:     -"),
     }
 }
 
 fn print_signing_keys(answer: &Value) {
     if answer.get("configured") == Some(&Value::Bool(false)) {
-        println!("JWT signing is not configured on the key service (KEYGATE_SIGNING_KEY_SECRET)");
+        outln!("JWT signing is not configured on the key service (KEYGATE_SIGNING_KEY_SECRET)");
     }
     let keys = answer
         .get("signing_keys")
@@ -678,12 +692,15 @@ fn print_signing_keys(answer: &Value) {
         .cloned()
         .unwrap_or_default();
     if keys.is_empty() {
-        println!("(no signing keys)");
+        outln!("(no signing keys)");
         return;
     }
-    println!(
+    outln!(
         "{:<20}  {:<9}  {:<20}  {:<20}  PUBLISHED",
-        "KID", "ALGORITHM", "CREATED_AT", "RETIRED_AT"
+        "KID",
+        "ALGORITHM",
+        "CREATED_AT",
+        "RETIRED_AT"
     );
     for key in &keys {
         let retired = match text(key, "retired_at") {
@@ -691,7 +708,7 @@ fn print_signing_keys(answer: &Value) {
             at => at,
         };
         let published = key.get("published").and_then(Value::as_bool) == Some(true);
-        println!(
+        outln!(
             "{:<20}  {:<9}  {:<20}  {:<20}  {}",
             text(key, "kid"),
             text(key, "algorithm"),
@@ -702,7 +719,46 @@ fn print_signing_keys(answer: &Value) {
     }
 }
 
-fn print_table(page: &Value) {
+/// A field's text, or `-` when it is absent, `null` or empty: how every text output shows
+/// "none" (an owner, a revocation time, a limit).
+pub(crate) fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The command that fetches the next page: the same command and filters, with `--cursor`.
+pub(crate) fn next_page_hint(
+    command: &str,
+    options: &[(&str, Option<String>)],
+    cursor: &str,
+) -> String {
+    let mut line = format!("more: keygate {command}");
+    for (flag, value) in options {
+        if let Some(value) = value {
+            line.push_str(&format!(" --{flag} {}", shell_word(value)));
+        }
+    }
+    line.push_str(&format!(" --cursor {}", shell_word(cursor)));
+    line
+}
+
+/// `text` as one shell word: as is when it is plainly safe, else in single quotes.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/=+@%,".contains(&b));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+fn print_table(page: &Value, list: &ListArgs) {
     let headers = ["ID", "NAME", "OWNER", "STATUS", "SCOPES", "EXPIRES_AT"];
     let rows: Vec<[String; 6]> = page
         .get("keys")
@@ -713,7 +769,7 @@ fn print_table(page: &Value) {
                     [
                         text(key, "id").to_owned(),
                         text(key, "name").to_owned(),
-                        text(key, "owner").to_owned(),
+                        or_dash(text(key, "owner")),
                         text(key, "status").to_owned(),
                         scopes_text(key),
                         match text(key, "expires_at") {
@@ -727,7 +783,11 @@ fn print_table(page: &Value) {
         .unwrap_or_default();
     print_columns(headers, &rows, "(no keys)");
     if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
-        println!("more: keygate keys list --cursor {cursor}");
+        let options = [
+            ("limit", list.limit.map(|n| n.to_string())),
+            ("status", list.status.clone()),
+        ];
+        outln!("{}", next_page_hint("keys list", &options, cursor));
     }
 }
 
@@ -749,12 +809,12 @@ pub(crate) fn print_columns<const N: usize>(headers: [&str; N], rows: &[[String;
             .trim_end()
             .to_owned()
     };
-    println!("{}", line(&headers.map(str::to_owned)));
+    outln!("{}", line(&headers.map(str::to_owned)));
     for row in rows {
-        println!("{}", line(row));
+        outln!("{}", line(row));
     }
     if rows.is_empty() {
-        println!("{empty}");
+        outln!("{empty}");
     }
 }
 

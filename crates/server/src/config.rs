@@ -18,6 +18,8 @@ pub const GATEWAY_KEY_ENV: &str = "KEYGATE_GATEWAY_KEY";
 pub const SERVICE_TOKEN_ENV: &str = "KEYGATE_SERVICE_TOKEN";
 /// Environment variable holding an admin key to install on first start (at least 32 characters).
 pub const ADMIN_KEY_ENV: &str = "KEYGATE_ADMIN_KEY";
+/// The old name of `KEYGATE_SAVE_ADMIN_KEY` for `serve`, still read when the new one is unset.
+pub const DEPRECATED_ADMIN_KEY_FILE_ENV: &str = "KEYGATE_ADMIN_KEY_FILE";
 /// The shortest service token and admin key accepted.
 pub const MIN_SECRET_CHARS: usize = 32;
 /// Default database.
@@ -35,8 +37,15 @@ pub struct ServeArgs {
     /// Prefix of minted keys: 3-24 characters of a-z 0-9 _, starting with a letter, ending in _.
     #[arg(long, env = "KEYGATE_KEY_PREFIX", default_value = "kg_live_")]
     pub key_prefix: String,
-    /// Where to write the admin key minted on first start (mode 0600).
-    #[arg(long, env = "KEYGATE_ADMIN_KEY_FILE")]
+    /// Where to save the admin key minted on first start (mode 0600). `--admin-key-file` and
+    /// KEYGATE_ADMIN_KEY_FILE are deprecated names of this (for the CLI they name the file to
+    /// read the admin key from).
+    #[arg(
+        long = "save-admin-key",
+        alias = "admin-key-file",
+        env = "KEYGATE_SAVE_ADMIN_KEY",
+        value_name = "FILE"
+    )]
     pub admin_key_file: Option<PathBuf>,
     /// The `iss` claim of JWT API keys (1-256 characters).
     #[arg(long, env = "KEYGATE_ISSUER", default_value = DEFAULT_ISSUER)]
@@ -69,6 +78,15 @@ pub struct ServeArgs {
     pub usage_max_body_bytes: usize,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    /// Seconds a new JWT signing key is published in the JWKS before it signs: more than the
+    /// filters' `min_refetch_seconds` + `timeout_ms` of the JWKS (0-3660).
+    #[arg(
+        long,
+        env = "KEYGATE_SIGNING_KEY_PUBLISH_DELAY",
+        default_value_t = crate::signing::DEFAULT_PUBLISH_DELAY_S,
+        value_name = "SECONDS"
+    )]
+    pub signing_key_publish_delay: i64,
 }
 
 /// A validated serve configuration.
@@ -108,6 +126,8 @@ pub enum ConfigError {
     BadListen,
     #[error("{SIGNING_SECRET_ENV} is not valid: it must be exactly 64 hex digits (for example the output of `openssl rand -hex 32`)")]
     BadSigningSecret,
+    #[error("--signing-key-publish-delay / KEYGATE_SIGNING_KEY_PUBLISH_DELAY must be from 0 to 3660 seconds")]
+    BadPublishDelay,
     #[error("--issuer / KEYGATE_ISSUER must be 1 to 256 characters with no control characters")]
     BadIssuer,
     #[error(
@@ -170,6 +190,9 @@ impl ServeConfig {
         if !valid_claim(&args.audience) {
             return Err(ConfigError::BadAudience);
         }
+        if !(0..=crate::signing::MAX_PUBLISH_DELAY_S).contains(&args.signing_key_publish_delay) {
+            return Err(ConfigError::BadPublishDelay);
+        }
         let secret = env(SIGNING_SECRET_ENV)
             .filter(|v| !v.trim().is_empty())
             .map(|v| SigningSecret::from_hex(&v).ok_or(ConfigError::BadSigningSecret))
@@ -187,7 +210,11 @@ impl ServeConfig {
             listen,
             database: args.database,
             prefix,
-            admin_key_file: args.admin_key_file,
+            admin_key_file: args.admin_key_file.or_else(|| {
+                env(DEPRECATED_ADMIN_KEY_FILE_ENV)
+                    .filter(|path| !path.is_empty())
+                    .map(PathBuf::from)
+            }),
             gateway_key,
             service_token,
             admin_key,
@@ -196,6 +223,7 @@ impl ServeConfig {
                 audience: args.audience,
                 allow_without_expiry: args.allow_jwt_without_expiry,
                 secret,
+                publish_delay_s: args.signing_key_publish_delay,
             },
             tls,
             usage_max_body_bytes: args.usage_max_body_bytes,
@@ -223,6 +251,7 @@ mod tests {
             tls_key: None,
             usage_max_body_bytes: crate::usage::MAX_USAGE_BODY_BYTES,
             retention: RetentionArgs::default(),
+            signing_key_publish_delay: crate::signing::DEFAULT_PUBLISH_DELAY_S,
         }
     }
 

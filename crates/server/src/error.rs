@@ -45,7 +45,7 @@ pub enum ApiError {
     TooManyScopes,
     #[error("give either expires_in or expires_at, not both")]
     ExpiryConflict,
-    #[error("expires_in must be a whole number of seconds greater than 0 and at most 10 years (315360000)")]
+    #[error("expires_in must be a duration greater than 0 and at most 10 years: whole seconds (3600) or a string such as \"3600\", \"90m\", \"12h\" or \"30d\"")]
     BadExpiresIn,
     #[error("expires_at must be an RFC 3339 timestamp such as 2030-01-01T00:00:00Z")]
     UnparsableExpiresAt,
@@ -69,7 +69,7 @@ pub enum ApiError {
     JwtSigningNotConfigured,
     #[error("a signing key cannot be decrypted with KEYGATE_SIGNING_KEY_SECRET (wrong secret?); see the key service log")]
     SigningKeyUnreadable(String),
-    #[error("grace must be a whole number of seconds from 0 to 2592000 (30 days)")]
+    #[error("grace must be a duration from 0 to 30 days: whole seconds (3600) or a string such as \"0\", \"90m\", \"24h\" or \"7d\"")]
     BadGrace,
     #[error("the query string is malformed")]
     MalformedQuery,
@@ -91,6 +91,8 @@ pub enum ApiError {
     KeyNotFound,
     #[error("no such resource")]
     RouteNotFound,
+    #[error("this method is not allowed on this resource")]
+    MethodNotAllowed,
     #[error("a revoked key cannot be rotated")]
     RotateRevoked,
     #[error("an expired key cannot be rotated")]
@@ -143,6 +145,7 @@ impl ApiError {
             Self::JwtSigningNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             Self::SigningKeyUnreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
                 StatusCode::CONFLICT
             }
@@ -162,6 +165,7 @@ impl ApiError {
             Self::JwtSigningNotConfigured => "jwt-signing-not-configured",
             Self::SigningKeyUnreadable(_) => "signing-key-unreadable",
             Self::KeyNotFound | Self::RouteNotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
             Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
                 "key-not-rotatable"
             }
@@ -171,15 +175,7 @@ impl ApiError {
     }
 
     fn title(&self) -> &'static str {
-        match self.status() {
-            StatusCode::UNAUTHORIZED => "Unauthorized",
-            StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
-            StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
-            StatusCode::NOT_FOUND => "Not found",
-            StatusCode::CONFLICT => "Conflict",
-            StatusCode::INTERNAL_SERVER_ERROR => "Internal server error",
-            _ => "Invalid request",
-        }
+        title_of(self.status())
     }
 
     fn detail(&self) -> String {
@@ -196,6 +192,20 @@ impl ApiError {
             Self::Internal(_) => "the key service failed to handle the request; see its log".into(),
             other => other.to_string(),
         }
+    }
+}
+
+fn title_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
+        StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
+        StatusCode::CONFLICT => "Conflict",
+        status if status.is_server_error() => "Internal server error",
+        _ => "Invalid request",
     }
 }
 
@@ -223,13 +233,8 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.detail(),
         };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = (status, body).into_response();
+        let mut response = problem.into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
         match self {
             Self::MissingCredential(_) => {
                 headers.insert(
@@ -247,6 +252,86 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+impl Problem<'_> {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+/// The media type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+/// The longest plain-text rejection kept as a problem's detail.
+const MAX_REJECTION_DETAIL: usize = 1024;
+
+/// Makes every error answer `application/problem+json`: an answer of 400 or more that is not
+/// one already (the router's empty 405, an extractor's plain-text rejection, a layer's 413)
+/// gets a problem body with the same status and headers. Client-error text from the framework
+/// is kept as the detail (it describes the request, never a secret); server-error text is not.
+pub async fn problem_for_every_error(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if status.as_u16() < 400 || is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_DETAIL)
+        .await
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty() && status.is_client_error());
+    let detail = match (status, text) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|value| value.to_str().ok())
+                .filter(|value| !value.is_empty());
+            match allowed {
+                Some(allowed) => {
+                    format!("this method is not allowed on this resource; allowed: {allowed}")
+                }
+                None => ApiError::MethodNotAllowed.to_string(),
+            }
+        }
+        (_, Some(text)) => text,
+        (StatusCode::NOT_FOUND, None) => ApiError::RouteNotFound.to_string(),
+        (StatusCode::PAYLOAD_TOO_LARGE, None) => ApiError::PayloadTooLarge.to_string(),
+        (status, None) if status.is_server_error() => ApiError::Internal(String::new()).detail(),
+        (status, None) => format!("the request was refused (HTTP {})", status.as_u16()),
+    };
+    let slug = match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        status if status.is_server_error() => "internal",
+        _ => "invalid-request",
+    };
+    let problem = Problem {
+        kind: format!("urn:keygate:problem:{slug}"),
+        title: title_of(status),
+        status: status.as_u16(),
+        detail,
+    };
+    let fresh = problem.into_response();
+    let (fresh_parts, fresh_body) = fresh.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in &fresh_parts.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, fresh_body)
 }
 
 impl From<StoreError> for ApiError {

@@ -588,11 +588,7 @@ async fn import_keys(
 // GET /v1/legacy-keys/{sha256}
 
 fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({"error": "not_found"})),
-    )
-        .into_response()
+    ApiError::KeyNotFound.into_response()
 }
 
 /// `GET /v1/legacy-keys/{sha256 hex}` (service token): the same answer as

@@ -66,6 +66,11 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 impl Metrics {
+    /// Counts a key revoked for the first time (a repeated, idempotent revoke is not).
+    pub(crate) fn count_key_revoked(&self) {
+        self.keys_revoked.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one answered request on `route` (a route template, or [`OTHER`]).
     pub fn count_request(&self, route: &str, method: &Method, status: StatusCode) {
         let class = status_class(status);
@@ -80,7 +85,6 @@ impl Metrics {
         }
         let counter = match (method, route, status) {
             (&Method::POST, "/api/v1/auth/keys", StatusCode::CREATED) => Some(&self.keys_created),
-            (&Method::DELETE, "/api/v1/auth/keys/{id}", StatusCode::OK) => Some(&self.keys_revoked),
             (&Method::POST, "/api/v1/auth/keys/{id}/rotate", StatusCode::CREATED) => {
                 Some(&self.keys_rotated)
             }

@@ -1,5 +1,18 @@
-//! The keys the service signs JWT API keys with: generated lazily, one active key per
-//! algorithm, stored encrypted at rest, published as a JWKS while tokens they signed live.
+//! The keys the service signs JWT API keys with: one active key per algorithm, stored
+//! encrypted at rest, published as a JWKS while tokens they signed live.
+//!
+//! **Published before use.** A filter that meets an unknown `kid` refetches the JWKS at most
+//! once per `min_refetch_seconds` (counted from its last fetch, which may have started just
+//! before a new key was stored and answered up to its `timeout_ms` later). So a key signs only
+//! once it has been in the JWKS for [`JwtSettings::publish_delay_s`], set above
+//! `min_refetch_seconds` + `timeout_ms` of every filter: by then any filter that has not
+//! seen the key yet may refetch, and its refetch finds it. Hence:
+//! - at start the service creates a key for every algorithm that has none, so the first token
+//!   of an algorithm never waits on a fresh key (except right after the very first start);
+//! - a rotation publishes the new key at once, while the previous key goes on signing (and
+//!   stays published) until the new one has been published long enough;
+//! - a token that needs a key younger than the delay (only the first tokens after a database's
+//!   first start) waits for the rest of the delay before it is signed.
 //!
 //! Private keys are stored as `nonce || AES-256-GCM(PKCS#8 DER)` under
 //! `KEYGATE_SIGNING_KEY_SECRET`, with the `kid` as associated data so a ciphertext cannot be
@@ -8,6 +21,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -26,6 +40,12 @@ pub const SIGNING_SECRET_ENV: &str = "KEYGATE_SIGNING_KEY_SECRET";
 pub const JWT_TYP: &str = "at+jwt";
 /// How long after the last token it signed has expired a retired key stays in the JWKS.
 pub const JWKS_LEEWAY_S: i64 = 60;
+/// Default of [`JwtSettings::publish_delay_s`]: above the filter's default
+/// `min_refetch_seconds` (5) + `timeout_ms` (2000), with room for clock skew between replicas.
+pub const DEFAULT_PUBLISH_DELAY_S: i64 = 10;
+/// Largest [`JwtSettings::publish_delay_s`]: the filter's largest `min_refetch_seconds` (3600)
+/// + `timeout_ms` (60000).
+pub const MAX_PUBLISH_DELAY_S: i64 = 3660;
 /// `Cache-Control` of the JWKS.
 pub const JWKS_CACHE_CONTROL: &str = "public, max-age=60";
 /// The algorithm of JWT keys when the request names none.
@@ -149,6 +169,8 @@ pub struct JwtSettings {
     pub allow_without_expiry: bool,
     /// The key-encryption secret; `None` disables JWT keys.
     pub secret: Option<SigningSecret>,
+    /// How long a signing key is published in the JWKS before it signs (see the module doc).
+    pub publish_delay_s: i64,
 }
 
 impl Default for JwtSettings {
@@ -158,6 +180,7 @@ impl Default for JwtSettings {
             audience: DEFAULT_AUDIENCE.into(),
             allow_without_expiry: false,
             secret: None,
+            publish_delay_s: DEFAULT_PUBLISH_DELAY_S,
         }
     }
 }
@@ -168,12 +191,15 @@ pub struct ActiveSigningKey {
     pub key: SigningKey,
 }
 
-/// Signs JWT API keys with the active signing key of each algorithm. Cloning is cheap.
+/// Signs JWT API keys with the signing key of each algorithm that is ready (published long
+/// enough). Cloning is cheap.
 #[derive(Clone)]
 pub struct JwtIssuer {
     settings: Arc<JwtSettings>,
-    /// Decrypted active keys by algorithm name. The lock also serializes lazy generation.
+    /// The decrypted key that signs, by algorithm name.
     cache: Arc<Mutex<HashMap<&'static str, Arc<ActiveSigningKey>>>>,
+    /// Serializes the creation of a first key per algorithm.
+    generation: Arc<Mutex<()>>,
 }
 
 impl fmt::Debug for JwtIssuer {
@@ -189,6 +215,7 @@ impl JwtIssuer {
         Self {
             settings: Arc::new(settings),
             cache: Arc::default(),
+            generation: Arc::default(),
         }
     }
 
@@ -207,37 +234,70 @@ impl JwtIssuer {
             .ok_or(SigningError::NotConfigured)
     }
 
-    /// The active signing key of `algorithm`, generated and stored on first use.
-    pub async fn active_key(
+    /// Every stored key of `algorithm`, oldest first; creates the first one if there is none.
+    async fn keys_of(
+        &self,
+        store: &KeyStore,
+        algorithm: Algorithm,
+        now: i64,
+    ) -> Result<Vec<SigningKeyRow>, SigningError> {
+        let secret = self.secret()?;
+        let name = algorithm.as_str();
+        let _generating = self.generation.lock().await;
+        let of_algorithm = |rows: Vec<SigningKeyRow>| -> Vec<SigningKeyRow> {
+            rows.into_iter()
+                .filter(|row| row.algorithm == name)
+                .collect()
+        };
+        let rows = of_algorithm(store.list_signing_keys().await?);
+        if rows.iter().any(|row| row.retired_at.is_none()) {
+            return Ok(rows);
+        }
+        let (row, _) = new_signing_key(secret, algorithm, now).await?;
+        if store.insert_first_signing_key(&row).await? {
+            tracing::info!(kid = %row.kid, algorithm = name, "signing key generated");
+        }
+        // Re-read: another replica may have stored its key first.
+        let rows = of_algorithm(store.list_signing_keys().await?);
+        if rows.iter().any(|row| row.retired_at.is_none()) {
+            Ok(rows)
+        } else {
+            Err(SigningError::Corrupt {
+                kid: row.kid,
+                reason: "the new signing key was not stored".into(),
+            })
+        }
+    }
+
+    /// The key of `algorithm` that signs at `now`: the newest one published for at least
+    /// the publish delay. If none is yet (a first key, just created), waits until the oldest
+    /// one is.
+    pub async fn signing_key(
         &self,
         store: &KeyStore,
         algorithm: Algorithm,
         now: i64,
     ) -> Result<Arc<ActiveSigningKey>, SigningError> {
         let secret = self.secret()?;
+        let delay = self.settings.publish_delay_s;
+        let rows = self.keys_of(store, algorithm, now).await?;
+        let Some((row, ready_at)) = key_to_sign_with(&rows, now, delay) else {
+            return Err(SigningError::Corrupt {
+                kid: String::new(),
+                reason: format!("no stored {} signing key", algorithm.as_str()),
+            });
+        };
+        if ready_at > now {
+            let wait = u64::try_from(ready_at - now).unwrap_or(0);
+            tracing::info!(kid = %row.kid, wait_s = wait, "waiting until a new signing key has been published long enough to sign");
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
         let name = algorithm.as_str();
         let mut cache = self.cache.lock().await;
-        let row = match store.active_signing_key(name).await? {
-            Some(row) => row,
-            None => {
-                let (row, _) = new_signing_key(secret, algorithm, now).await?;
-                if store.insert_first_signing_key(&row).await? {
-                    tracing::info!(kid = %row.kid, algorithm = name, "signing key generated");
-                }
-                // Re-read: another replica may have stored its key first.
-                store
-                    .active_signing_key(name)
-                    .await?
-                    .ok_or(SigningError::Corrupt {
-                        kid: row.kid,
-                        reason: "the new signing key was not stored".into(),
-                    })?
-            }
-        };
         if let Some(cached) = cache.get(name).filter(|cached| cached.kid == row.kid) {
             return Ok(cached.clone());
         }
-        let active = Arc::new(decrypt(secret, &row)?);
+        let active = Arc::new(decrypt(secret, row)?);
         cache.insert(name, active.clone());
         Ok(active)
     }
@@ -252,22 +312,22 @@ impl JwtIssuer {
     ) -> Result<(SigningKeyRow, Option<String>), SigningError> {
         let secret = self.secret()?;
         let name = algorithm.as_str();
-        let mut cache = self.cache.lock().await;
-        let (row, key) = new_signing_key(secret, algorithm, now).await?;
+        let _generating = self.generation.lock().await;
+        let (row, _) = new_signing_key(secret, algorithm, now).await?;
         let retired = store.rotate_signing_key(&row, now).await?;
-        cache.insert(
-            name,
-            Arc::new(ActiveSigningKey {
-                kid: row.kid.clone(),
-                key,
-            }),
+        tracing::info!(
+            kid = %row.kid,
+            retired = ?retired,
+            algorithm = name,
+            signs_in_s = self.settings.publish_delay_s,
+            "signing key rotated: published now, signs once the publish delay has passed"
         );
-        tracing::info!(kid = %row.kid, retired = ?retired, algorithm = name, "signing key rotated");
         Ok((row, retired))
     }
 
     /// At start: checks that the secret decrypts every active signing key, and makes sure a
-    /// key of the default algorithm exists. Does nothing when signing is not configured.
+    /// key of every algorithm exists, so that each is published before its first token.
+    /// Does nothing when signing is not configured.
     pub async fn prepare(&self, store: &KeyStore, now: i64) -> Result<(), SigningError> {
         let Some(secret) = self.settings.secret.as_ref() else {
             return Ok(());
@@ -277,7 +337,9 @@ impl JwtIssuer {
                 decrypt(secret, &row)?;
             }
         }
-        self.active_key(store, DEFAULT_ALGORITHM, now).await?;
+        for algorithm in Algorithm::ALL {
+            self.keys_of(store, algorithm, now).await?;
+        }
         Ok(())
     }
 
@@ -289,7 +351,7 @@ impl JwtIssuer {
         claims: &Value,
         now: i64,
     ) -> Result<(String, String), SigningError> {
-        let active = self.active_key(store, algorithm, now).await?;
+        let active = self.signing_key(store, algorithm, now).await?;
         let token = active
             .key
             .sign(&active.kid, JWT_TYP, claims)
@@ -298,11 +360,36 @@ impl JwtIssuer {
     }
 }
 
+/// The key to sign with at `now` among the keys of one algorithm (oldest first), and the time
+/// it may sign from: the newest key published at least `delay` seconds ago; when none is, the
+/// oldest key, which is the first to be ready.
+pub fn key_to_sign_with(
+    rows: &[SigningKeyRow],
+    now: i64,
+    delay: i64,
+) -> Option<(&SigningKeyRow, i64)> {
+    let ready_at = |row: &SigningKeyRow| row.created_at.saturating_add(delay);
+    rows.iter()
+        .rev()
+        .find(|row| ready_at(row) <= now)
+        .or_else(|| rows.first())
+        .map(|row| (row, ready_at(row)))
+}
+
+/// Whether the JWKS lists `row` at `now`: while it is active, while a token it signed lives,
+/// and after its retirement for as long as it may still sign (until its successor is ready).
+pub fn is_published(row: &SigningKeyRow, now: i64, delay: i64) -> bool {
+    row.is_published(now, JWKS_LEEWAY_S)
+        || row.retired_at.is_some_and(|retired| {
+            now <= retired.saturating_add(delay).saturating_add(JWKS_LEEWAY_S)
+        })
+}
+
 /// The public JWKS at `now`: every signing key that is active or still needed.
-pub fn published_jwks(rows: &[SigningKeyRow], now: i64) -> Value {
+pub fn published_jwks(rows: &[SigningKeyRow], now: i64, delay: i64) -> Value {
     let keys: Vec<Value> = rows
         .iter()
-        .filter(|row| row.is_published(now, JWKS_LEEWAY_S))
+        .filter(|row| is_published(row, now, delay))
         .filter_map(|row| match serde_json::from_str::<Value>(&row.public_jwk) {
             Ok(jwk) => Some(jwk),
             Err(_) => {
@@ -466,14 +553,17 @@ mod tests {
         assert!(row(Some(10), Some(1000), true).is_published(i64::MAX, JWKS_LEEWAY_S));
         let rows = [retired, row(None, None, false)];
         assert_eq!(
-            published_jwks(&rows, 5000)["keys"]
+            published_jwks(&rows, 5000, 0)["keys"]
                 .as_array()
                 .unwrap()
                 .len(),
             1
         );
         assert_eq!(
-            published_jwks(&rows, 500)["keys"].as_array().unwrap().len(),
+            published_jwks(&rows, 500, 0)["keys"]
+                .as_array()
+                .unwrap()
+                .len(),
             2
         );
     }

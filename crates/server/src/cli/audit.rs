@@ -5,15 +5,29 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::Value;
 
-use super::{connect, print_columns, query_escape, report, text, CliError, ClientArgs};
+use super::{
+    connect, next_page_hint, or_dash, print_columns, query_escape, report, text, CliError,
+    ClientArgs,
+};
+
+/// Every action the audit log records.
+pub const ACTIONS: [&str; 8] = [
+    "create",
+    "update",
+    "rotate",
+    "revoke",
+    "expire",
+    "import",
+    "signing_key_rotate",
+    "admin_auth",
+];
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Only this action: create, rotate, revoke, expire, update, signing_key_rotate, import,
-    /// admin_auth.
-    #[arg(long)]
+    /// Only this action.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ACTIONS))]
     pub action: Option<String>,
     /// Only entries about this key id.
     #[arg(long)]
@@ -49,9 +63,9 @@ fn execute(args: AuditArgs) -> Result<(), CliError> {
     let path = audit_path(&args);
     let answer = client.call("GET", &path, None)?;
     if args.client.json {
-        println!("{answer}");
+        outln!("{answer}");
     } else {
-        print_entries(&answer);
+        print_entries(&answer, &args);
     }
     Ok(())
 }
@@ -80,15 +94,20 @@ fn audit_path(args: &AuditArgs) -> String {
     }
 }
 
-fn or_dash(text: &str) -> String {
-    if text.is_empty() {
-        "-".to_owned()
-    } else {
-        text.to_owned()
-    }
+/// The filters of a page, as flags of `keygate audit`.
+fn filters(args: &AuditArgs) -> [(&'static str, Option<String>); 7] {
+    [
+        ("action", args.action.clone()),
+        ("target", args.target.clone()),
+        ("actor", args.actor.clone()),
+        ("outcome", args.outcome.clone()),
+        ("from", args.from.clone()),
+        ("to", args.to.clone()),
+        ("limit", args.limit.map(|n| n.to_string())),
+    ]
 }
 
-fn print_entries(page: &Value) {
+fn print_entries(page: &Value, args: &AuditArgs) {
     let headers = [
         "AT", "ACTION", "ACTOR", "SOURCE", "TARGET", "OUTCOME", "DETAIL",
     ];
@@ -117,7 +136,7 @@ fn print_entries(page: &Value) {
         .unwrap_or_default();
     print_columns(headers, &rows, "(no entries)");
     if let Some(cursor) = page.get("next_cursor").and_then(Value::as_str) {
-        println!("more: keygate audit --cursor {cursor}");
+        outln!("{}", next_page_hint("audit", &filters(args), cursor));
     }
 }
 

@@ -85,7 +85,7 @@ pub fn import(client: &Client, args: ImportArgs, json_output: bool) -> Result<()
     report.errors.extend(local_errors);
     report.errors.sort_by_key(|error| error.row);
     if json_output {
-        println!("{}", serde_json::to_value(&report).unwrap_or_default());
+        outln!("{}", serde_json::to_value(&report).unwrap_or_default());
     } else {
         print_report(&report);
     }
@@ -101,7 +101,7 @@ pub fn import(client: &Client, args: ImportArgs, json_output: bool) -> Result<()
 
 fn print_report(report: &ImportReport) {
     let verb = if report.dry_run { "would be " } else { "" };
-    println!(
+    outln!(
         "{} {verb}created, {} {verb}updated, {} unchanged, {} error(s){}",
         report.created,
         report.updated,
@@ -110,10 +110,16 @@ fn print_report(report: &ImportReport) {
         if report.dry_run { " (dry run)" } else { "" }
     );
     for key in &report.keys {
-        println!("row {:>5}  {}  {}", key.row, key.id, key.status);
+        // A dry run stores nothing, so a key it would create has no id yet: the service
+        // answers a placeholder, which is not shown as if it were the id to come.
+        if report.dry_run && key.status == "created" {
+            outln!("row {:>5}  (new id on import)  would be created", key.row);
+        } else {
+            outln!("row {:>5}  {}  {}", key.row, key.id, key.status);
+        }
     }
     for error in &report.errors {
-        println!("row {:>5}  error: {}", error.row, error.error);
+        outln!("row {:>5}  error: {}", error.row, error.error);
     }
 }
 

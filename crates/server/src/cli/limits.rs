@@ -140,9 +140,6 @@ pub(super) fn update(client: &Client, args: UpdateArgs, json_output: bool) -> Re
         Some(Value::Object(body)),
     )?;
     print_key(&answer, json_output);
-    if !json_output {
-        print_limits(&answer);
-    }
     Ok(())
 }
 
@@ -171,14 +168,11 @@ pub(super) fn print_limits(key: &Value) {
                     .join(" ")
             },
         );
-    let or_dash = |field: &str| match text(key, field) {
-        "" => "-".to_owned(),
-        at => at.to_owned(),
-    };
-    println!("rate_limit:   {rate}");
-    println!("allowed_from: {cidrs}");
-    println!("not_before:   {}", or_dash("not_before"));
-    println!("not_after:    {}", or_dash("not_after"));
+    let or_dash = |field: &str| super::or_dash(text(key, field));
+    outln!("rate_limit:   {rate}");
+    outln!("allowed_from: {cidrs}");
+    outln!("not_before:   {}", or_dash("not_before"));
+    outln!("not_after:    {}", or_dash("not_after"));
 }
 
 #[derive(Debug, Args)]
@@ -221,9 +215,9 @@ pub(super) fn usage(client: &Client, args: UsageArgs, json_output: bool) -> Resu
     }
     let answer = client.call("GET", &path, None)?;
     if json_output {
-        println!("{answer}");
+        outln!("{answer}");
     } else {
-        print!("{}", render_usage(&answer));
+        out!("{}", render_usage(&answer));
     }
     Ok(())
 }

@@ -6,8 +6,11 @@
 
 mod audit;
 mod backends;
+mod errors;
 mod feed;
 mod legacy;
+mod publish;
+mod readme;
 mod retention;
 mod storage;
 mod transport;
@@ -73,9 +76,12 @@ impl Answer {
 }
 
 /// JWT signing on, with the default issuer and audience.
+/// JWT signing on, with the default issuer and audience; keys sign as soon as they are stored
+/// (the publish delay has its own tests).
 fn jwt_settings() -> JwtSettings {
     JwtSettings {
         secret: SigningSecret::from_hex(SIGNING_SECRET_HEX),
+        publish_delay_s: 0,
         ..JwtSettings::default()
     }
 }
@@ -510,11 +516,9 @@ async fn the_lookup_needs_the_service_token_and_counts_calls() {
     assert_eq!(wire.digest.len(), 64);
 
     let unknown = h.lookup("aaaaaaaaaaaaaaaa").await;
-    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    assert_eq!(unknown.body, json!({"error": "not_found"}));
+    unknown.assert_problem(StatusCode::NOT_FOUND);
     let malformed = h.lookup("not-an-id").await;
-    assert_eq!(malformed.status, StatusCode::NOT_FOUND);
-    assert_eq!(malformed.body, json!({"error": "not_found"}));
+    malformed.assert_problem(StatusCode::NOT_FOUND);
 
     let stats = h.send("GET", "/v1/stats", Some(SERVICE), None).await;
     assert_eq!(stats.status, StatusCode::OK);
@@ -952,7 +956,7 @@ async fn a_wrong_signing_secret_is_a_clear_error_not_a_panic() {
     h.create_jwt("ES256", 60).await;
     let wrong = JwtSettings {
         secret: Some(SigningSecret::from_bytes([9; 32])),
-        ..JwtSettings::default()
+        ..jwt_settings()
     };
     // At start.
     let error = JwtIssuer::new(wrong.clone())
@@ -990,19 +994,24 @@ async fn a_wrong_signing_secret_is_a_clear_error_not_a_panic() {
 }
 
 #[tokio::test]
-async fn the_first_start_with_a_secret_creates_an_es256_key() {
+async fn the_first_start_with_a_secret_creates_a_key_of_every_algorithm() {
     let h = harness().await;
     assert!(h.jwks_kids().await.is_empty());
     h.state.jwt().prepare(h.state.store(), NOW).await.unwrap();
     let kids = h.jwks_kids().await;
-    assert_eq!(kids.len(), 1);
-    assert!(kids[0].starts_with("kg-es256-"));
-    // Preparing again keeps the key.
+    assert_eq!(kids.len(), 3, "{kids:?}");
+    for prefix in ["kg-es256-", "kg-eddsa-", "kg-rs256-"] {
+        assert!(kids.iter().any(|kid| kid.starts_with(prefix)), "{kids:?}");
+    }
+    // Preparing again keeps the keys.
     h.state.jwt().prepare(h.state.store(), NOW).await.unwrap();
     assert_eq!(h.jwks_kids().await, kids);
-    // And it signs the next ES256 key.
-    let created = h.create_jwt("ES256", 60).await;
-    assert_eq!(created["kid"], kids[0].as_str());
+    // And they sign the next keys of their algorithm.
+    for (algorithm, prefix) in [("ES256", "kg-es256-"), ("RS256", "kg-rs256-")] {
+        let kid = kids.iter().find(|kid| kid.starts_with(prefix)).unwrap();
+        let created = h.create_jwt(algorithm, 60).await;
+        assert_eq!(created["kid"], kid.as_str());
+    }
 }
 
 #[tokio::test]
