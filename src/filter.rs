@@ -9,10 +9,11 @@ use keygate_core::config::{FilterConfig, Secrets};
 use keygate_core::credential::{extract_credential, strip_query_param, CredentialError, Source};
 use keygate_core::decision::{DenyReason, Identity};
 use keygate_core::fingerprint::Fingerprinter;
+use keygate_core::headers::folds_to;
 use keygate_core::jwt::looks_like_jwt;
 use keygate_core::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
 use keygate_core::limits::{client_address, ratelimit_headers, Bucket, Take};
-use keygate_core::route::{policy_from_metadata, Mode, Policy};
+use keygate_core::route::{has_path_parameter, policy_from_metadata, Mode, Policy};
 use keygate_core::scope::Scope;
 use keygate_core::wire::RateLimit;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -64,6 +65,8 @@ pub struct Forwarding {
     pub route_rate_limit: Option<RateLimit>,
     /// The key id once known, for logs and usage counts.
     pub key_id: Option<KeyId>,
+    /// The route forwards the client's credential upstream (`forward_credential`).
+    pub forward_credential: bool,
 }
 
 /// What a request leaves for its response: rate-limit headers and whose usage it is.
@@ -304,20 +307,26 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         match name {
             ":method" => method = std::str::from_utf8(value).unwrap_or_default(),
             ":path" => path = std::str::from_utf8(value).unwrap_or_default(),
-            n if is_identity_header(config, n) => host::remove_request_header(n),
+            n if config.header_rules.removes(n) => host::remove_request_header(n),
             _ => {}
         }
     }
+    if has_path_parameter(path) {
+        return Step::Deny(DenyReason::PathParameter, None, config.mode);
+    }
 
-    let (policy, mode, route_rate_limit) = match route_policy(shared, method, path) {
-        Ok(found) => found,
-        Err(reason) => return Step::Deny(reason, None, config.mode),
-    };
+    let (policy, mode, route_rate_limit, forward_credential) =
+        match route_policy(shared, method, path) {
+            Ok(found) => found,
+            Err(reason) => return Step::Deny(reason, None, config.mode),
+        };
     let required = match policy {
         Policy::Public => {
             shared.metrics.count(Event::AllowedPublic);
             if mode == Mode::Shadow {
                 host::set_request_header(&config.decision_header, "allow; public");
+            } else if !forward_credential {
+                strip_unchecked_credentials(config, headers, path);
             }
             return Step::Continue;
         }
@@ -356,7 +365,13 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
             .iter()
             .find(|(name, _)| *name == "x-forwarded-for")
             .and_then(|(_, value)| std::str::from_utf8(value).ok());
-        client_address(None, forwarded_for, config.trusted_hops)
+        // Tells whether Envoy appended its own entry to X-Forwarded-For (see client_address).
+        let source = host::property(&["source", "address"]);
+        client_address(
+            source.as_deref().and_then(|s| std::str::from_utf8(s).ok()),
+            forwarded_for,
+            config.trusted_hops,
+        )
     });
     let forwarding = Forwarding {
         mode,
@@ -365,6 +380,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         client,
         route_rate_limit,
         key_id: None,
+        forward_credential,
     };
     let credential = extracted.credential;
 
@@ -430,14 +446,15 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     Step::Deny(DenyReason::MalformedKey, None, mode)
 }
 
-/// The policy for this request and the mode it runs in. Route metadata on the Envoy route
-/// wins; otherwise the filter's route table (entries by Envoy route name or by method and
-/// path, first match). No policy anywhere: denied.
+/// The policy for this request, the mode it runs in, the route's default rate limit and
+/// whether it forwards the credential. Route metadata on the Envoy route wins; otherwise the
+/// filter's route table (entries by Envoy route name or by method and path, first match). No
+/// policy anywhere: denied.
 fn route_policy(
     shared: &Shared,
     method: &str,
     path: &str,
-) -> Result<(Policy, Mode, Option<RateLimit>), DenyReason> {
+) -> Result<(Policy, Mode, Option<RateLimit>, bool), DenyReason> {
     let config = &shared.config;
     if config.route_metadata {
         let leaf = |name: &str| {
@@ -448,7 +465,9 @@ fn route_policy(
             leaf("public").as_deref(),
             leaf("mode").as_deref(),
         ) {
-            Ok(Some((policy, mode))) => return Ok((policy, mode.unwrap_or(config.mode), None)),
+            Ok(Some((policy, mode))) => {
+                return Ok((policy, mode.unwrap_or(config.mode), None, false))
+            }
             Ok(None) => {}
             Err(err) => {
                 host::log(
@@ -472,6 +491,7 @@ fn route_policy(
         route.policy.clone(),
         route.mode.unwrap_or(config.mode),
         route.rate_limit,
+        route.forward_credential,
     ))
 }
 
@@ -524,9 +544,31 @@ pub fn resolve_record(shared: &Shared, context_id: u32, presented: Presented) ->
     }
 }
 
-fn is_identity_header(config: &FilterConfig, name: &str) -> bool {
-    let ih = &config.identity_headers;
-    name.starts_with("x-keygate-") || name == ih.subject || name == ih.key_id || name == ih.scopes
+/// On a route that checks no credential (public): removes every Keygate credential the
+/// client sent anyway, so it does not reach the upstream (and its logs): a bearer token, the
+/// credential and legacy-key headers in any spelling an upstream framework folds together,
+/// and the query parameter.
+fn strip_unchecked_credentials(config: &FilterConfig, headers: &Headers, path: &str) {
+    let sources = &config.credential_sources;
+    for &(name, value) in headers {
+        let credential_header = [&sources.header, &sources.legacy_header]
+            .into_iter()
+            .flatten()
+            .any(|header| folds_to(name, header));
+        let bearer = sources.bearer
+            && name == "authorization"
+            && value.len() >= 7
+            && value[..7].eq_ignore_ascii_case(b"bearer ");
+        if credential_header || bearer {
+            host::remove_request_header(name);
+        }
+    }
+    if let Some(param) = &sources.query_param {
+        let stripped = strip_query_param(path, param);
+        if stripped != path {
+            host::set_request_header(":path", &stripped);
+        }
+    }
 }
 
 /// Applies a decision in the current effective context (the request `context_id`). Returns
@@ -584,7 +626,7 @@ pub fn apply(
     } else {
         shared.metrics.count(Event::Allowed);
     }
-    if !shadow {
+    if !shadow && !forwarding.forward_credential {
         strip_credential(shared, forwarding);
     }
     host::set_request_header(&ih.subject, &identity.subject);

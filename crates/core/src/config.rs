@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::cache::CachePolicy;
 use crate::credential::CredentialSources;
 use crate::feed::{FeedPolicy, FEED_PATH};
+use crate::headers::HeaderRules;
 use crate::jwt::{Algorithm, KeySet, Validation};
 use crate::key::{GatewayKey, KeyConfigError, KeyPrefix};
 use crate::route::{Mode, RouteError, RouteSpec, RouteTable};
@@ -388,6 +389,8 @@ struct RawConfig {
     usage: UsageSpec,
     #[serde(default)]
     client_address: ClientAddressSpec,
+    #[serde(default = "default_true")]
+    strip_method_override: bool,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -772,6 +775,9 @@ pub struct FilterConfig {
     pub usage: UsageSettings,
     /// Proxies in front of Envoy that append to `X-Forwarded-For` (0: the peer is the client).
     pub trusted_hops: u32,
+    /// Client-sent request headers removed from every request (any spelling of an identity,
+    /// decision or `x-keygate-` header; method-override headers unless configured otherwise).
+    pub header_rules: HeaderRules,
 }
 
 impl FilterConfig {
@@ -903,6 +909,16 @@ impl FilterConfig {
         )?;
         let mut credential_sources = raw.credential_sources;
         credential_sources.legacy_header = legacy.header.clone();
+        let ih = &raw.identity_headers;
+        let header_rules = HeaderRules::new(
+            [
+                ih.subject.as_str(),
+                ih.key_id.as_str(),
+                ih.scopes.as_str(),
+                raw.shadow.decision_header.as_str(),
+            ],
+            raw.strip_method_override,
+        );
 
         Ok(Self {
             key_prefixes: raw.key_prefixes,
@@ -933,6 +949,7 @@ impl FilterConfig {
                 max_rows: raw.usage.max_rows,
             },
             trusted_hops: raw.client_address.trusted_hops,
+            header_rules,
         })
     }
 
@@ -1094,6 +1111,22 @@ mod tests {
             assert_eq!(err.field, field, "{patch}: {err}");
             assert!(err.to_string().contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn header_rules_cover_renamed_headers_and_method_override() {
+        let config = with(
+            r#"{"shadow": {"decision_header": "authz-decision"}, "identity_headers": {"subject": "x-user"}}"#,
+        )
+        .unwrap();
+        let rules = &config.header_rules;
+        assert!(rules.removes("AUTHZ_DECISION"));
+        assert!(rules.removes("x_user"));
+        assert!(rules.removes("x_keygate_key_id"));
+        assert!(rules.removes("x_http_method_override"));
+        let config = with(r#"{"strip_method_override": false}"#).unwrap();
+        assert!(!config.header_rules.removes("x-http-method-override"));
+        assert!(config.header_rules.removes("x-keygate-decision"));
     }
 
     #[test]

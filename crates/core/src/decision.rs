@@ -45,6 +45,9 @@ pub enum DenyReason {
     InsufficientScope(Vec<String>),
     /// No route in the table matches the request.
     NoRoute,
+    /// The path has a `;` path parameter (raw or percent-encoded), which servers behind
+    /// Keygate read differently: refused before any route is matched.
+    PathParameter,
     /// The key service could not be asked and nothing usable is cached.
     ServiceUnavailable,
     /// Too many lookups are already in flight.
@@ -65,7 +68,7 @@ impl DenyReason {
             | Self::Expired => 401,
             Self::RateLimited { .. } => 429,
             Self::AddressNotAllowed => 403,
-            Self::BadRequest(_) => 400,
+            Self::BadRequest(_) | Self::PathParameter => 400,
             Self::InsufficientScope(_) | Self::NoRoute => 403,
             Self::ServiceUnavailable | Self::Overloaded => 503,
         }
@@ -89,13 +92,14 @@ impl DenyReason {
             Self::RateLimited { .. } => "rate_limited",
             Self::InsufficientScope(_) => "insufficient_scope",
             Self::NoRoute => "no_route",
+            Self::PathParameter => "path_parameter",
             Self::ServiceUnavailable => "service_unavailable",
             Self::Overloaded => "overloaded",
         }
     }
 
     /// Every metric name, so a filter can define them all at start.
-    pub const METRIC_NAMES: [&'static str; 16] = [
+    pub const METRIC_NAMES: [&'static str; 17] = [
         "not_yet_valid",
         "address_not_allowed",
         "rate_limited",
@@ -112,6 +116,7 @@ impl DenyReason {
         "no_route",
         "service_unavailable",
         "overloaded",
+        "path_parameter",
     ];
 
     fn problem(&self) -> (&'static str, &'static str, String) {
@@ -120,6 +125,12 @@ impl DenyReason {
                 "missing-credential",
                 "API key required",
                 "Send an API key in the Authorization header as 'Bearer <key>'.".to_owned(),
+            ),
+            Self::BadRequest(CredentialError::Conflicting) => (
+                "conflicting-credentials",
+                "Conflicting credentials",
+                "The request carries two different credentials. Send exactly one API key."
+                    .to_owned(),
             ),
             Self::BadRequest(err) => ("invalid-request", "Malformed credential", format!("{err}.")),
             Self::MalformedKey | Self::ForgedKey | Self::UnknownKey | Self::DigestMismatch => (
@@ -170,6 +181,13 @@ impl DenyReason {
                     missing.join(" ")
                 ),
             ),
+            Self::PathParameter => (
+                "path-parameter",
+                "Path parameters not allowed",
+                "The path contains a ';' path parameter (raw or percent-encoded). Send the path \
+                 without it."
+                    .to_owned(),
+            ),
             Self::NoRoute => (
                 "no-route",
                 "Forbidden",
@@ -213,6 +231,7 @@ impl DenyReason {
                 quoted_safe(&missing.join(" "))
             )),
             Self::NoRoute
+            | Self::PathParameter
             | Self::ServiceUnavailable
             | Self::Overloaded
             | Self::AddressNotAllowed
@@ -591,6 +610,7 @@ mod tests {
             DenyReason::RateLimited { retry_after_s: 1 },
             DenyReason::InsufficientScope(vec![]),
             DenyReason::NoRoute,
+            DenyReason::PathParameter,
             DenyReason::ServiceUnavailable,
             DenyReason::Overloaded,
         ];
@@ -610,6 +630,23 @@ mod tests {
         assert!(jwt
             .problem_json()
             .contains("No key with the token's key id."));
+    }
+
+    #[test]
+    fn conflicting_credentials_and_path_parameters_have_their_own_problem() {
+        let conflict = DenyReason::BadRequest(CredentialError::Conflicting);
+        let body: serde_json::Value = serde_json::from_str(&conflict.problem_json()).unwrap();
+        assert_eq!(body["title"], "Conflicting credentials");
+        assert_eq!(body["type"], "urn:keygate:problem:conflicting-credentials");
+        assert_eq!(conflict.status(), 400);
+        let malformed = DenyReason::BadRequest(CredentialError::NotPrintableAscii);
+        let body: serde_json::Value = serde_json::from_str(&malformed.problem_json()).unwrap();
+        assert_eq!(body["title"], "Malformed credential");
+        let path = DenyReason::PathParameter;
+        assert_eq!((path.status(), path.metric_name()), (400, "path_parameter"));
+        assert_eq!(path.www_authenticate(), None);
+        let body: serde_json::Value = serde_json::from_str(&path.problem_json()).unwrap();
+        assert_eq!(body["type"], "urn:keygate:problem:path-parameter");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod credential;
 pub mod decision;
 pub mod feed;
 pub mod fingerprint;
+pub mod headers;
 pub mod jwt;
 pub mod key;
 pub mod limits;

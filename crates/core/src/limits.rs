@@ -69,33 +69,62 @@ pub fn address_allowed(cidrs: &[String], client: Option<IpAddr>) -> bool {
         .any(|c| c.contains(client))
 }
 
-/// The client's address: the downstream peer when no proxy is trusted; otherwise the
-/// address `trusted_hops` entries from the right of `X-Forwarded-For` (each trusted proxy
-/// appended one). Fewer entries than trusted hops, or an unparsable one: unknown (`None`),
-/// so an allow-list refuses rather than trusting a spoofable value.
+/// The client's address: the TCP peer when no proxy is trusted; otherwise the address
+/// `trusted_hops` entries from the right of `X-Forwarded-For` as it reached Envoy (each
+/// trusted proxy appended one). Fewer entries than trusted hops, or an unparsable one:
+/// unknown (`None`), so an allow-list refuses rather than trusting a spoofable value.
+///
+/// `source` is Envoy's `source.address` property (`address:port`), which is the TCP peer only
+/// sometimes. Without `use_remote_address` on the connection manager, Envoy puts the rightmost
+/// `X-Forwarded-For` entry there, a value the client chose, with port 0; a real TCP peer never
+/// has port 0. So `source` counts as the peer only with a port other than 0, whatever the
+/// connection manager's settings, and `trusted_hops: 0` never takes an address from a header.
+///
+/// With `use_remote_address: true`, Envoy appends an entry of its own to `X-Forwarded-For`
+/// before any filter runs: the peer's address, or Envoy's own address when the peer is on
+/// loopback. That entry is not a hop in front of Envoy and is skipped: it is recognised as the
+/// last entry while `source` is a real peer whose address equals it or is a loopback address
+/// (without `use_remote_address`, Envoy would have given a valid last entry port 0).
 pub fn client_address(
-    peer: Option<&str>,
+    source: Option<&str>,
     forwarded_for: Option<&str>,
     trusted_hops: u32,
 ) -> Option<IpAddr> {
+    let peer = source.and_then(parse_peer);
     if trusted_hops == 0 {
-        return peer.and_then(parse_peer);
+        return peer;
     }
-    let entries: Vec<&str> = forwarded_for?.split(',').map(str::trim).collect();
+    let mut entries: Vec<&str> = forwarded_for?.split(',').map(str::trim).collect();
+    if let (Some(peer), Some(last)) = (peer, entries.last()) {
+        let appended_by_envoy = last
+            .parse::<IpAddr>()
+            .is_ok_and(|last| same_address(last, peer) || unmapped(peer).is_loopback());
+        if appended_by_envoy {
+            entries.pop();
+        }
+    }
     let index = entries.len().checked_sub(trusted_hops as usize)?;
     entries.get(index)?.parse().ok()
 }
 
-/// Parses `1.2.3.4:5678`, `[::1]:5678` or a bare address.
-fn parse_peer(peer: &str) -> Option<IpAddr> {
-    if let Ok(address) = peer.parse() {
-        return Some(address);
+/// An IPv4 address reached over IPv6 (`::ffff:a.b.c.d`) as IPv4.
+fn unmapped(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
     }
-    let host = peer.rsplit_once(':').map_or(peer, |(host, _)| host);
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()
+}
+
+fn same_address(a: IpAddr, b: IpAddr) -> bool {
+    unmapped(a) == unmapped(b)
+}
+
+/// Parses `1.2.3.4:5678` or `[::1]:5678` as Envoy reports a connection's address. An address
+/// with port 0 (Envoy took it from a header, not from a connection), a bare address without
+/// a port, or anything else: `None`.
+fn parse_peer(source: &str) -> Option<IpAddr> {
+    let address: std::net::SocketAddr = source.parse().ok()?;
+    (address.port() != 0).then_some(address.ip())
 }
 
 /// A token bucket's state, kept per key in shared data (tokens in thousandths).
@@ -224,6 +253,73 @@ mod tests {
         assert_eq!(client_address(None, Some("203.0.113.7"), 2), None);
         assert_eq!(client_address(None, None, 1), None);
         assert_eq!(client_address(None, Some("junk"), 1), None);
+    }
+
+    #[test]
+    fn an_address_envoy_took_from_a_header_is_never_the_peer() {
+        // Without use_remote_address Envoy reports the rightmost XFF entry, with port 0.
+        assert_eq!(
+            client_address(Some("10.9.9.9:0"), Some("10.9.9.9"), 0),
+            None
+        );
+        assert_eq!(client_address(Some("[2001:db8::9]:0"), None, 0), None);
+        assert_eq!(client_address(Some("10.9.9.9"), None, 0), None);
+        assert_eq!(client_address(Some("garbage"), None, 0), None);
+        assert_eq!(client_address(None, Some("10.9.9.9"), 0), None);
+        // Without use_remote_address nothing was appended: the rightmost entry is the hop's.
+        assert_eq!(
+            client_address(Some("10.9.9.9:0"), Some("6.6.6.6, 10.9.9.9"), 1),
+            Some(ip("10.9.9.9"))
+        );
+        assert_eq!(
+            client_address(
+                Some("10.9.9.9:0"),
+                Some("6.6.6.6, 203.0.113.7, 10.9.9.9"),
+                2
+            ),
+            Some(ip("203.0.113.7"))
+        );
+    }
+
+    #[test]
+    fn the_entry_envoy_appended_is_not_a_hop() {
+        // use_remote_address: Envoy appended the peer (198.51.100.4) after the proxy's entry.
+        let xff = "6.6.6.6, 203.0.113.7, 198.51.100.4";
+        assert_eq!(
+            client_address(Some("198.51.100.4:40000"), Some(xff), 0),
+            Some(ip("198.51.100.4"))
+        );
+        assert_eq!(
+            client_address(Some("198.51.100.4:40000"), Some(xff), 1),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            client_address(Some("198.51.100.4:40000"), Some(xff), 2),
+            Some(ip("6.6.6.6"))
+        );
+        assert_eq!(
+            client_address(Some("[::ffff:198.51.100.4]:40000"), Some(xff), 1),
+            Some(ip("203.0.113.7"))
+        );
+        // A loopback peer: Envoy appends its own address instead of the peer's.
+        assert_eq!(
+            client_address(Some("127.0.0.1:40000"), Some("203.0.113.7, 192.0.2.2"), 1),
+            Some(ip("203.0.113.7"))
+        );
+        // Only the appended entry, nothing a proxy added: unknown.
+        assert_eq!(
+            client_address(Some("198.51.100.4:40000"), Some("198.51.100.4"), 1),
+            None
+        );
+        // A last entry that is not the peer was not appended by Envoy.
+        assert_eq!(
+            client_address(Some("198.51.100.4:40000"), Some("6.6.6.6, 203.0.113.7"), 1),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            client_address(Some("198.51.100.4:40000"), Some("6.6.6.6, junk"), 1),
+            None
+        );
     }
 
     #[test]

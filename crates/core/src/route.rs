@@ -4,6 +4,14 @@
 //! Routes are tried in order; the first match wins; a request that matches no route is
 //! denied. Paths are matched after the query string is cut off, and a path with `.` or `..`
 //! segments never matches (Envoy should normalise paths first; this is the second lock).
+//!
+//! Paths that servers behind Keygate read differently from the route table are refused or
+//! never matched, so no spelling of a protected path can pass as a public one:
+//! - a `;` path parameter (`/public/..;/v1/x`, which Java servlet containers serve as
+//!   `/v1/x`), raw or percent-encoded once or more, on any segment: refused with 400
+//!   ([`has_path_parameter`], checked by the filter before any route is matched);
+//! - `.`/`..` segments, a backslash, a percent-encoded `.`, `/` or `\`, also behind more
+//!   than one layer of percent-encoding (`%252e`): never matched, so denied (403).
 
 use serde::Deserialize;
 
@@ -45,6 +53,10 @@ pub struct RouteSpec {
     /// Scopes required, all of them.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Forward the client's Keygate credential to the upstream (default: removed on every
+    /// route, public ones included, so keys do not land in upstream logs).
+    #[serde(default)]
+    pub forward_credential: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +135,8 @@ pub struct Route {
     pub policy: Policy,
     pub mode: Option<Mode>,
     pub rate_limit: Option<RateLimit>,
+    /// Keep the client's credential on the forwarded request.
+    pub forward_credential: bool,
 }
 
 impl Route {
@@ -171,6 +185,7 @@ impl Route {
                 Some(limit) if !limit.is_valid() => return Err(RouteError::BadRateLimit),
                 limit => limit,
             },
+            forward_credential: spec.forward_credential,
         })
     }
 
@@ -236,9 +251,67 @@ fn template_matches(segments: &[Segment], path: &str) -> bool {
     parts.next().is_none()
 }
 
-/// True when a path has `.` or `..` segments (raw or percent-encoded) or an encoded slash:
-/// shapes that can make one route look like another.
+/// How many layers of percent-encoding are looked through (`%25252e` is three).
+const DECODE_ROUNDS: usize = 4;
+
+/// `path` and what it becomes when percent-decoded once, twice, ... (while it changes), so a
+/// character hidden behind several layers of encoding is still seen.
+fn decodings(path: &str) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    let mut next = Some(std::borrow::Cow::Borrowed(path));
+    std::iter::from_fn(move || {
+        let current = next.take()?;
+        if current.contains('%') {
+            let decoded = percent_decode_lossy(&current);
+            if decoded != current.as_ref() {
+                next = Some(std::borrow::Cow::Owned(decoded));
+            }
+        }
+        Some(current)
+    })
+    .take(DECODE_ROUNDS + 1)
+}
+
+/// Decodes every `%XX` (hex) once; anything else, invalid sequences included, stays as is.
+/// Bytes that are not UTF-8 after decoding become U+FFFD.
+fn percent_decode_lossy(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                let value = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                out.push(value as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// True when the path (query string and fragment cut off) has a `;` path parameter on any
+/// segment, raw or percent-encoded once or more (`;`, `%3b`, `%253b`). Servlet containers
+/// strip parameters before routing (`/public/..;/v1/x` is served as `/v1/x`), other servers
+/// do not: the filter refuses such paths (400) rather than guess which reading the upstream
+/// takes.
+pub fn has_path_parameter(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    decodings(path).any(|p| p.contains(';'))
+}
+
+/// True when a path, or what it becomes after one or more rounds of percent-decoding, has `.`
+/// or `..` segments (raw or percent-encoded), a backslash, an encoded slash or a `;` path
+/// parameter: shapes that can make one route look like another.
 fn is_ambiguous(path: &str) -> bool {
+    decodings(path).any(|p| is_ambiguous_once(&p))
+}
+
+fn is_ambiguous_once(path: &str) -> bool {
     let bytes = path.as_bytes();
     let encoded = bytes.windows(3).any(|w| {
         w[0] == b'%'
@@ -247,7 +320,7 @@ fn is_ambiguous(path: &str) -> bool {
                 (b'2', b'f' | b'e') | (b'5', b'c')
             )
     });
-    encoded || path.contains('\\') || path.split('/').any(|s| s == "." || s == "..")
+    encoded || path.contains(['\\', ';']) || path.split('/').any(|s| s == "." || s == "..")
 }
 
 /// Why route metadata could not be read as a policy.
@@ -469,6 +542,55 @@ mod tests {
         ] {
             assert!(t.find("GET", path, None).is_none(), "{path}");
         }
+    }
+
+    #[test]
+    fn path_parameters_are_found_raw_and_encoded_on_any_segment() {
+        for path in [
+            "/public/..;/v1/hello",
+            "/public/..;a=b/v1/hello",
+            "/public;/x",
+            "/public/x;jsessionid=1",
+            "/v1/hello;",
+            "/public/%2e%2e;/v1/hello",
+            "/public/..%3b/v1/hello",
+            "/public/..%3B/v1/hello",
+            "/public/..%253b/v1/hello",
+            "/public/..%25253B/v1/hello",
+            "/public/%2e%2e%3b/v1/hello",
+            ";/v1",
+        ] {
+            assert!(has_path_parameter(path), "{path}");
+            assert!(demo().find("GET", path, None).is_none(), "{path}");
+        }
+        for path in [
+            "/public/x",
+            "/public/x?a=1;b=2",
+            "/public/x#frag;x",
+            "/public/%3",
+            "/public/%zz",
+            "/v1/%33b",
+            "",
+        ] {
+            assert!(!has_path_parameter(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn layers_of_percent_encoding_hide_nothing() {
+        let t = demo();
+        for path in [
+            "/public/%252e%252e/v1/hello",
+            "/public/%252E%252E/v1/hello",
+            "/public/%25252e%25252e/v1/hello",
+            "/public/a%252fb",
+            "/public/a%255cb",
+            "/public/%2e%2e%2fv1",
+        ] {
+            assert!(t.find("GET", path, None).is_none(), "{path}");
+        }
+        assert!(t.find("GET", "/public/100%25", None).is_some());
+        assert!(t.find("GET", "/public/a%20b", None).is_some());
     }
 
     #[test]
