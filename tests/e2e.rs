@@ -18,6 +18,8 @@ mod limits;
 #[path = "e2e/rollout.rs"]
 mod rollout;
 mod support;
+#[path = "e2e/tls.rs"]
+mod tls;
 
 use std::fs;
 use std::process::Command;

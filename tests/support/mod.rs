@@ -23,6 +23,7 @@ use serde_json::Value;
 
 pub mod cluster;
 pub mod extra;
+pub mod tls;
 
 /// The admin key every test key service starts with (`KEYGATE_ADMIN_KEY`).
 pub const ADMIN_KEY: &str = "kg-e2e-admin-key-0123456789abcdef0123456789abcdef";
