@@ -37,10 +37,12 @@ pub enum Event {
     UsageFlushFailure,
     /// Usage rows dropped because too many waited.
     UsageDropped,
+    /// Usage batches the key service refused for good (4xx): dropped, not resent.
+    UsageRejected,
 }
 
 impl Event {
-    const ALL: [Event; 19] = [
+    const ALL: [Event; 20] = [
         Event::Allowed,
         Event::AllowedPublic,
         Event::CacheHit,
@@ -60,6 +62,7 @@ impl Event {
         Event::UsageFlushed,
         Event::UsageFlushFailure,
         Event::UsageDropped,
+        Event::UsageRejected,
     ];
 
     fn name(self) -> &'static str {
@@ -83,6 +86,7 @@ impl Event {
             Event::UsageFlushed => "keygate.usage.flushed",
             Event::UsageFlushFailure => "keygate.usage.flush_failure",
             Event::UsageDropped => "keygate.usage.dropped",
+            Event::UsageRejected => "keygate.usage.rejected",
         }
     }
 

@@ -16,6 +16,8 @@ mod limits;
 #[path = "e2e/rollout.rs"]
 mod rollout;
 mod support;
+#[path = "e2e/usage.rs"]
+mod usage;
 
 use std::fs;
 use std::process::Command;
