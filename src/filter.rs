@@ -716,7 +716,9 @@ fn deny_with(
         reason.metric_name(),
         key_id.unwrap_or("-")
     );
-    if let (Some(key_id), true) = (key_id, shared.config.usage.enabled) {
+    // Usage rows only for a proven key; other denials count per reason (the metric below).
+    let usage_key = key_id.filter(|_| crate::usage::counts_under_key(reason));
+    if let (Some(key_id), true) = (usage_key, shared.config.usage.enabled) {
         shared
             .usage
             .borrow_mut()

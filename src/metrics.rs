@@ -40,6 +40,8 @@ pub enum Event {
     UsageFlushFailure,
     /// Usage rows dropped because too many waited.
     UsageDropped,
+    /// Usage batches the key service refused for good (4xx): dropped, not resent.
+    UsageRejected,
 }
 
 impl Event {
@@ -64,6 +66,7 @@ impl Event {
         Event::UsageFlushed,
         Event::UsageFlushFailure,
         Event::UsageDropped,
+        Event::UsageRejected,
     ];
 
     fn name(self) -> &'static str {
@@ -88,6 +91,7 @@ impl Event {
             Event::UsageFlushed => "keygate.usage.flushed",
             Event::UsageFlushFailure => "keygate.usage.flush_failure",
             Event::UsageDropped => "keygate.usage.dropped",
+            Event::UsageRejected => "keygate.usage.rejected",
         }
     }
 

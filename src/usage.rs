@@ -1,14 +1,27 @@
 //! Usage analytics: every worker counts per key and minute in memory, merges its counts into
 //! shared data once a second, and one flusher per Envoy (a lease) sends them to the key
-//! service in one batch per interval. A batch that fails stays in an outbox and is resent
-//! with the same id, so the service counts it once; counts wait, bounded, while the service
-//! is down.
+//! service every interval.
+//!
+//! - Only keys whose holder is proven are counted under their id (see [`counts_under_key`]);
+//!   a denial that names an id the client chose is counted per reason only
+//!   (`keygate.denied.<reason>`), so a key spray cannot fill the rows.
+//! - A batch holds at most `usage.max_batch_bytes` of JSON and [`MAX_BATCH_ROWS`] rows, below
+//!   the key service's limits; the rest waits in shared data and goes in the next batch, sent
+//!   as soon as the previous one is answered.
+//! - A batch that fails for a reason that may pass (5xx, 408, 429, no answer or a timeout)
+//!   stays in an outbox and is resent with the same id, so the service counts it once; counts
+//!   wait, bounded by `usage.max_rows`, while the service is down. A batch refused for what it
+//!   is (any other answer, 4xx above all) would be refused again: it is dropped, logged and
+//!   counted (`keygate.usage.rejected`), and reporting goes on with the next one.
+//! - A row's `last_used_at` is the last *allowed* request: denials and upstream statuses count
+//!   without moving it (0: no allowed request in that minute).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use keygate_core::cache::Lease;
-use keygate_core::wire::{UsageBatch, UsageCounts, UsageRow};
+use keygate_core::decision::DenyReason;
+use keygate_core::wire::{UsageBatch, UsageCounts, UsageRow, USAGE_MAX_ROWS};
 use proxy_wasm::types::LogLevel;
 
 use crate::filter::Shared;
@@ -21,6 +34,10 @@ const LEASE_KEY: &str = "keygate.usage.lease";
 /// How often a worker merges its counts into shared data.
 const MERGE_EVERY_MS: u64 = 1_000;
 const TIMEOUT_MS: u64 = 5_000;
+/// Most rows in one batch: half of what the key service takes.
+pub const MAX_BATCH_ROWS: usize = USAGE_MAX_ROWS / 2;
+/// Room kept in a batch for its envelope (`{"batch_id": ..., "rows": [...]}`).
+const ENVELOPE_BYTES: usize = 256;
 
 type Rows = BTreeMap<(String, u64), (UsageCounts, u64)>;
 
@@ -34,6 +51,8 @@ pub struct Usage {
     last_flush_ms: u64,
     /// The flush in flight when this worker is the flusher.
     sending: Option<u32>,
+    /// The last batch taken left rows waiting: send the next one once it is answered.
+    backlog: bool,
     batches: u64,
     worker: String,
 }
@@ -46,29 +65,38 @@ impl Usage {
         }
     }
 
-    fn update(&mut self, key_id: &str, now_ms: u64, count: impl FnOnce(&mut UsageCounts)) {
+    /// Counts into the row of `key_id` and the minute of `now_ms`; `used_at` (Unix seconds)
+    /// moves the row's last use, 0 leaves it.
+    fn update(
+        &mut self,
+        key_id: &str,
+        now_ms: u64,
+        used_at: u64,
+        count: impl FnOnce(&mut UsageCounts),
+    ) {
         let minute = now_ms / 60_000 * 60;
-        let second = now_ms / 1000;
         if let Some(per_key) = self.local.get_mut(key_id) {
             let row = per_key.entry(minute).or_default();
             count(&mut row.0);
-            row.1 = row.1.max(second);
+            row.1 = row.1.max(used_at);
             return;
         }
         let mut counts = UsageCounts::default();
         count(&mut counts);
         self.local.insert(
             key_id.to_owned(),
-            HashMap::from([(minute, (counts, second))]),
+            HashMap::from([(minute, (counts, used_at))]),
         );
     }
 
+    /// An allowed request: the only kind that moves the key's last use.
     pub fn allowed(&mut self, key_id: &str, now_ms: u64) {
-        self.update(key_id, now_ms, |c| c.allowed += 1);
+        self.update(key_id, now_ms, now_ms / 1000, |c| c.allowed += 1);
     }
 
+    /// A refused request of a proven key (see [`counts_under_key`]).
     pub fn denied(&mut self, key_id: &str, reason: &str, now_ms: u64) {
-        self.update(key_id, now_ms, |c| bump(&mut c.denied, reason));
+        self.update(key_id, now_ms, 0, |c| bump(&mut c.denied, reason));
     }
 
     pub fn status(&mut self, key_id: &str, status: u32, now_ms: u64) {
@@ -78,7 +106,16 @@ impl Usage {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.update(key_id, now_ms, |c| bump(&mut c.status, class));
+        self.update(key_id, now_ms, 0, |c| bump(&mut c.status, class));
+    }
+
+    /// Puts rows back (shared data was too contended to take them).
+    fn restore(&mut self, rows: Vec<UsageRow>) {
+        for row in rows {
+            self.update(&row.key_id, row.minute * 1000, row.last_used_at, |c| {
+                c.merge(&row.counts)
+            });
+        }
     }
 
     /// Takes the counts so far, as rows.
@@ -91,6 +128,24 @@ impl Usage {
         }
         rows
     }
+}
+
+/// Whether a request refused for `reason` is counted under the key id it presented. Only
+/// reasons that are decided after the key's holder was proven count there: the key's digest
+/// matched its record, or its tag is authentic (a key Keygate minted, refused as revoked by
+/// the feed), or a JWT's signature verified. Every other denial (malformed, forged, unknown,
+/// digest mismatch, invalid token, unavailable, ...) names an id the client chose: it is
+/// counted per reason only (`keygate.denied.<reason>`), never as a usage row.
+pub fn counts_under_key(reason: &DenyReason) -> bool {
+    matches!(
+        reason,
+        DenyReason::Revoked
+            | DenyReason::Expired
+            | DenyReason::NotYetValid
+            | DenyReason::AddressNotAllowed
+            | DenyReason::RateLimited { .. }
+            | DenyReason::InsufficientScope(_)
+    )
 }
 
 fn bump(counts: &mut BTreeMap<String, u64>, name: &str) {
@@ -189,10 +244,31 @@ fn merge_into_shared(shared: &Shared, now: u64) {
         }
     }
     // Contention beyond reason: keep the counts for the next tick.
-    let mut usage = shared.usage.borrow_mut();
-    for row in to_rows(local) {
-        usage.update(&row.key_id, row.minute * 1000, |c| c.merge(&row.counts));
+    shared.usage.borrow_mut().restore(to_rows(local));
+}
+
+/// Splits `rows` into a first batch of at most `max_bytes` of JSON (less the envelope) and
+/// [`MAX_BATCH_ROWS`] rows, and the rest. The first batch has at least one row when `rows`
+/// has any.
+fn split_batch(rows: Vec<UsageRow>, max_bytes: usize) -> (Vec<UsageRow>, Vec<UsageRow>) {
+    let budget = max_bytes.saturating_sub(ENVELOPE_BYTES);
+    let mut used: usize = 0;
+    let mut batch = Vec::new();
+    let mut rows = rows.into_iter();
+    for row in rows.by_ref() {
+        // The row's JSON and the comma before it.
+        let size = serde_json::to_vec(&row).map_or(usize::MAX, |json| json.len() + 1);
+        if !batch.is_empty()
+            && (used.saturating_add(size) > budget || batch.len() >= MAX_BATCH_ROWS)
+        {
+            let mut rest = vec![row];
+            rest.extend(rows);
+            return (batch, rest);
+        }
+        used = used.saturating_add(size);
+        batch.push(row);
     }
+    (batch, Vec::new())
 }
 
 /// Takes the flusher lease; moves pending counts into the outbox (unless a failed batch
@@ -224,9 +300,11 @@ fn flush(shared: &Shared, now: u64) {
     let batch = match outbox {
         Some(batch) => batch,
         None => {
-            let Some(rows) = take_pending() else {
+            let Some((rows, more)) = take_pending(shared.config.usage.max_batch_bytes) else {
+                shared.usage.borrow_mut().backlog = false;
                 return;
             };
+            shared.usage.borrow_mut().backlog = more;
             let batch_id = {
                 let mut usage = shared.usage.borrow_mut();
                 usage.batches += 1;
@@ -244,16 +322,23 @@ fn flush(shared: &Shared, now: u64) {
     send(shared, &batch);
 }
 
-/// Swaps the pending rows out of shared data (compare-and-swap).
-fn take_pending() -> Option<Vec<UsageRow>> {
+/// Takes one batch of pending rows out of shared data (compare-and-swap), leaving the rest;
+/// answers the batch and whether rows were left.
+fn take_pending(max_bytes: usize) -> Option<(Vec<UsageRow>, bool)> {
     for _ in 0..8 {
         let (current, cas) = host::get_shared(PENDING_KEY);
         let rows = current.as_deref().map(decode_rows).unwrap_or_default();
         if rows.is_empty() {
             return None;
         }
-        if host::set_shared(PENDING_KEY, b"[]", cas).is_ok() {
-            return Some(rows);
+        let (batch, rest) = split_batch(rows, max_bytes);
+        let left = if rest.is_empty() {
+            b"[]".to_vec()
+        } else {
+            serde_json::to_vec(&rest).unwrap_or_default()
+        };
+        if host::set_shared(PENDING_KEY, &left, cas).is_ok() {
+            return Some((batch, !rest.is_empty()));
         }
     }
     None
@@ -289,7 +374,28 @@ fn send(shared: &Shared, batch: &UsageBatch) {
     }
 }
 
-/// A batch answered: clear the outbox on success; on failure it stays for the next flush.
+/// What becomes of a sent batch, from the key service's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Taken (2xx): cleared.
+    Taken,
+    /// May pass later (5xx, 408, 429, no answer or a timeout): kept and resent as is.
+    Retry,
+    /// Refused for what it is (4xx, or an answer that resending cannot change): dropped, so
+    /// it never blocks the batches after it.
+    Reject,
+}
+
+fn verdict(status: Option<u32>) -> Verdict {
+    match status {
+        Some(200..=299) => Verdict::Taken,
+        None | Some(408 | 429 | 500..=599) => Verdict::Retry,
+        Some(_) => Verdict::Reject,
+    }
+}
+
+/// A batch answered: clear the outbox when it was taken or refused for good; otherwise it
+/// stays for the next flush. When rows are waiting behind it, the next batch goes now.
 /// Returns false when `token` is not a usage flush.
 pub fn on_response(shared: &Shared, token: u32) -> bool {
     {
@@ -299,12 +405,30 @@ pub fn on_response(shared: &Shared, token: u32) -> bool {
         }
         usage.sending = None;
     }
-    match host::call_response_status() {
-        Some(200..=299) => {
+    let status = host::call_response_status();
+    let outcome = verdict(status);
+    match outcome {
+        Verdict::Taken => {
             let _ = host::set_shared(OUTBOX_KEY, b"{}", None);
             shared.metrics.count(Event::UsageFlushed);
         }
-        status => {
+        Verdict::Reject => {
+            let rows = host::get_shared(OUTBOX_KEY)
+                .0
+                .and_then(|bytes| serde_json::from_slice::<UsageBatch>(&bytes).ok())
+                .map_or(0, |batch| batch.rows.len());
+            let _ = host::set_shared(OUTBOX_KEY, b"{}", None);
+            shared.metrics.count(Event::UsageRejected);
+            host::log(
+                LogLevel::Error,
+                &format!(
+                    "usage: the key service refused a batch of {rows} rows (status {}); \
+                     it is dropped, reporting goes on with the next batch",
+                    status.unwrap_or_default()
+                ),
+            );
+        }
+        Verdict::Retry => {
             shared.metrics.count(Event::UsageFlushFailure);
             host::log(
                 LogLevel::Warn,
@@ -314,6 +438,10 @@ pub fn on_response(shared: &Shared, token: u32) -> bool {
                 ),
             );
         }
+    }
+    let backlog = shared.usage.borrow().backlog;
+    if outcome != Verdict::Retry && backlog {
+        flush(shared, host::now_ms());
     }
     true
 }
@@ -374,6 +502,104 @@ mod tests {
         assert_eq!(rows[0].counts.status["2xx"], 1);
         assert_eq!(rows[0].counts.status["5xx"], 1);
         assert_eq!(rows[1].counts.denied["rate_limited"], 1);
-        assert_eq!(rows[1].last_used_at, 120);
+    }
+
+    #[test]
+    fn only_allowed_requests_move_the_last_use() {
+        let mut usage = Usage::new("w1".into());
+        usage.allowed("k", 61_000);
+        usage.denied("k", "insufficient_scope", 65_000);
+        usage.status("k", 403, 66_000);
+        usage.denied("k", "expired", 125_000);
+        usage.status("k", 401, 126_000);
+        let rows = to_rows(usage.take_rows());
+        assert_eq!(
+            rows[0].last_used_at, 61,
+            "denials after the last allowed one"
+        );
+        assert_eq!(rows[1].last_used_at, 0, "a minute of denials only");
+        // Put back after contention, a row keeps its last use.
+        let mut usage = Usage::new("w1".into());
+        usage.restore(rows);
+        let again = to_rows(usage.take_rows());
+        assert_eq!(again[0].last_used_at, 61);
+        assert_eq!(again[1].last_used_at, 0);
+    }
+
+    #[test]
+    fn denials_that_name_a_chosen_id_are_not_counted_under_it() {
+        use keygate_core::credential::CredentialError;
+        for anonymous in [
+            DenyReason::MalformedKey,
+            DenyReason::ForgedKey,
+            DenyReason::UnknownKey,
+            DenyReason::DigestMismatch,
+            DenyReason::MissingCredential,
+            DenyReason::BadRequest(CredentialError::TooLong),
+            DenyReason::InvalidToken(keygate_core::jwt::JwtError::Expired),
+            DenyReason::ServiceUnavailable,
+            DenyReason::Overloaded,
+            DenyReason::NoRoute,
+        ] {
+            assert!(!counts_under_key(&anonymous), "{anonymous:?}");
+        }
+        for proven in [
+            DenyReason::Revoked,
+            DenyReason::Expired,
+            DenyReason::NotYetValid,
+            DenyReason::AddressNotAllowed,
+            DenyReason::RateLimited { retry_after_s: 1 },
+            DenyReason::InsufficientScope(vec!["demo:write".into()]),
+        ] {
+            assert!(counts_under_key(&proven), "{proven:?}");
+        }
+    }
+
+    #[test]
+    fn batches_fit_the_byte_and_row_limits() {
+        // 40,000 keys in one minute: the case that once made one 4 MB batch.
+        let rows: Vec<UsageRow> = (0..40_000)
+            .map(|i| row(&format!("key{i:013}"), 1_800_000_000, 1))
+            .collect();
+        let total = serde_json::to_vec(&rows).unwrap().len();
+        assert!(total > keygate_core::wire::USAGE_BODY_LIMIT);
+        let max = keygate_core::config::DEFAULT_USAGE_BATCH_BYTES;
+        let mut rest = rows;
+        let mut batches = 0;
+        let mut sent = 0;
+        while !rest.is_empty() {
+            let (batch, more) = split_batch(rest, max);
+            assert!(!batch.is_empty());
+            assert!(batch.len() <= MAX_BATCH_ROWS);
+            let body = serde_json::to_vec(&UsageBatch {
+                batch_id: "w".repeat(128),
+                rows: batch.clone(),
+            })
+            .unwrap();
+            assert!(body.len() <= max, "{} > {max}", body.len());
+            sent += batch.len();
+            batches += 1;
+            rest = more;
+        }
+        assert_eq!(sent, 40_000, "every row goes in some batch, once");
+        assert!(batches >= 8, "{batches}");
+        // A small limit still sends one row per batch at least.
+        let (one, rest) = split_batch(vec![row("a", 60, 1), row("b", 60, 1)], 10);
+        assert_eq!((one.len(), rest.len()), (1, 1));
+        let (all, none) = split_batch(vec![row("a", 60, 1)], 4096);
+        assert_eq!((all.len(), none.len()), (1, 0));
+    }
+
+    #[test]
+    fn client_errors_drop_a_batch_and_server_errors_keep_it() {
+        assert_eq!(verdict(Some(200)), Verdict::Taken);
+        assert_eq!(verdict(Some(204)), Verdict::Taken);
+        for refused in [400, 401, 403, 404, 413, 422, 301] {
+            assert_eq!(verdict(Some(refused)), Verdict::Reject, "{refused}");
+        }
+        for passing in [500, 502, 503, 504, 408, 429] {
+            assert_eq!(verdict(Some(passing)), Verdict::Retry, "{passing}");
+        }
+        assert_eq!(verdict(None), Verdict::Retry, "timeout or no answer");
     }
 }

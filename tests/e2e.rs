@@ -20,6 +20,8 @@ mod rollout;
 mod support;
 #[path = "e2e/tls.rs"]
 mod tls;
+#[path = "e2e/usage.rs"]
+mod usage;
 
 use std::fs;
 use std::process::Command;

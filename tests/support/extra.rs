@@ -142,3 +142,50 @@ impl Stack {
         fs::read_to_string(self.dir.path().join("gateway.key")).expect("reading gateway.key")
     }
 }
+
+impl Stack {
+    /// Like [`Stack::start_prepared`], with more environment for the key service (`service_env`).
+    pub fn start_with_service_env(
+        label: &str,
+        edit: impl FnOnce(&mut Value),
+        service_env: &[(&str, &str)],
+        prepare: impl FnOnce(&KeyService),
+    ) -> Self {
+        let wasm = wasm_path();
+        let _ = keygate_bin();
+        let _ = envoy_bin();
+        let dir = TempDir::new(label);
+        let gateway_key = random_hex(32);
+        let service_token = random_hex(32);
+        fs::write(dir.path().join("gateway.key"), &gateway_key).expect("writing gateway.key");
+        fs::write(dir.path().join("service.token"), &service_token).expect("writing service.token");
+        let mut echo = Echo::start(dir.path());
+        let mut service = KeyService::start_with_env(
+            &dir.path().join("service"),
+            &gateway_key,
+            &service_token,
+            service_env,
+        );
+        let ports = Ports {
+            listener: free_port(),
+            admin: free_port(),
+            service: service.port,
+            echo: echo.port,
+        };
+        let mut plugin = default_plugin_config();
+        edit(&mut plugin);
+        let config = render_envoy_config(ports, &wasm, &plugin);
+        echo.wait_ready();
+        service.wait_ready();
+        prepare(&service);
+        let mut envoy = Envoy::start(dir.path(), &config, ports, &gateway_key, &service_token);
+        envoy.wait_ready();
+        Stack {
+            envoy,
+            service,
+            echo,
+            ports,
+            dir,
+        }
+    }
+}

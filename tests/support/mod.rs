@@ -441,6 +441,17 @@ impl KeyService {
     /// Starts `keygate serve` on a fresh SQLite database in `dir` (created if missing), with a
     /// fresh signing-key secret (so it can mint JWT API keys).
     pub fn start(dir: &Path, gateway_key: &str, service_token: &str) -> Self {
+        Self::start_with_env(dir, gateway_key, service_token, &[])
+    }
+
+    /// Like [`KeyService::start`], with more environment for `keygate serve` (such as
+    /// `KEYGATE_USAGE_MAX_BODY_BYTES`).
+    pub fn start_with_env(
+        dir: &Path,
+        gateway_key: &str,
+        service_token: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         fs::create_dir_all(dir).expect("creating the key service dir");
         let port = free_port();
         let mut command = Command::new(keygate_bin());
@@ -460,7 +471,8 @@ impl KeyService {
             .env("KEYGATE_ADMIN_KEY", ADMIN_KEY)
             // 64 hex digits: the service signs JWT API keys (and encrypts its signing keys).
             .env("KEYGATE_SIGNING_KEY_SECRET", random_hex(32))
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
         let proc = Proc::spawn("key service", command, dir.join("keygate.log"));
         KeyService {
             port,

@@ -323,6 +323,8 @@ struct UsageSpec {
     flush_seconds: u64,
     #[serde(default = "default_usage_rows")]
     max_rows: usize,
+    #[serde(default = "default_usage_batch_bytes")]
+    max_batch_bytes: usize,
 }
 
 impl Default for UsageSpec {
@@ -332,6 +334,7 @@ impl Default for UsageSpec {
             path: default_usage_path(),
             flush_seconds: default_usage_flush(),
             max_rows: default_usage_rows(),
+            max_batch_bytes: default_usage_batch_bytes(),
         }
     }
 }
@@ -344,6 +347,9 @@ pub struct UsageSettings {
     pub flush_ms: u64,
     /// Rows (key × minute) kept waiting at most; past it, new counts are dropped (counted).
     pub max_rows: usize,
+    /// Largest body of one `POST /v1/usage`: more rows go in further batches. Must stay below
+    /// the key service's usage body limit ([`crate::wire::USAGE_BODY_LIMIT`] unless changed there).
+    pub max_batch_bytes: usize,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -476,6 +482,12 @@ fn default_usage_flush() -> u64 {
 }
 fn default_usage_rows() -> usize {
     10_000
+}
+/// Default largest usage batch the filter sends: half the key service's default limit, so a
+/// batch is never refused for its size (and a long backlog drains in a few round trips).
+pub const DEFAULT_USAGE_BATCH_BYTES: usize = crate::wire::USAGE_BODY_LIMIT / 2;
+fn default_usage_batch_bytes() -> usize {
+    DEFAULT_USAGE_BATCH_BYTES
 }
 fn default_feed_path() -> String {
     FEED_PATH.to_owned()
@@ -901,6 +913,14 @@ impl FilterConfig {
         }
         in_range("usage.flush_seconds", u.flush_seconds, 1, 3_600)?;
         in_range("usage.max_rows", u.max_rows as u64, 1, 1_000_000)?;
+        // Above 4 KiB so one row always fits; below the key service's default limit less
+        // room for the request's framing.
+        in_range(
+            "usage.max_batch_bytes",
+            u.max_batch_bytes as u64,
+            4096,
+            (crate::wire::USAGE_BODY_LIMIT - 64 * 1024) as u64,
+        )?;
         in_range(
             "client_address.trusted_hops",
             u64::from(raw.client_address.trusted_hops),
@@ -947,6 +967,7 @@ impl FilterConfig {
                 path: raw.usage.path,
                 flush_ms: raw.usage.flush_seconds * 1000,
                 max_rows: raw.usage.max_rows,
+                max_batch_bytes: raw.usage.max_batch_bytes,
             },
             trusted_hops: raw.client_address.trusted_hops,
             header_rules,
@@ -1085,6 +1106,10 @@ mod tests {
             ),
             (r#"{"mode": "loud"}"#, "mode"),
             (r#"{"usage": {"flush_seconds": 0}}"#, "usage.flush_seconds"),
+            (
+                r#"{"usage": {"max_batch_bytes": 1048576}}"#,
+                "usage.max_batch_bytes",
+            ),
             (
                 r#"{"client_address": {"trusted_hops": 11}}"#,
                 "client_address.trusted_hops",

@@ -1,0 +1,267 @@
+//! Usage reporting through a real Envoy (2 workers) and a real key service:
+//! - a burst of keys whose counts exceed the key service's usage body limit in one interval
+//!   (the 40,000-keys case, at a smaller scale under a lowered limit) is reported in batches
+//!   that fit, and reporting goes on afterwards;
+//! - a batch the key service refuses (413) is dropped and counted, never resent forever;
+//! - only proven keys get usage under their id, and only allowed requests mark a key used.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::mistyped;
+use crate::support::extra::{admin_json, unix_now};
+use crate::support::{random_hex, send, IssuedKey, KeyService, Stack};
+
+/// Polls `check` every 200 ms until it is true or `timeout` passes; answers whether it held.
+fn poll(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `GET /api/v1/auth/keys/{id}/usage` from `from` by minute: (HTTP status, totals).
+fn usage_totals(service: &KeyService, id: &str, from: i64) -> (u16, Value) {
+    let reply = admin_json(
+        service,
+        "GET",
+        &format!(
+            "/api/v1/auth/keys/{id}/usage?from={}&step=60",
+            crate::support::extra::rfc3339(from)
+        ),
+        None,
+    );
+    let totals = if reply.status == 200 {
+        reply.json()["totals"].clone()
+    } else {
+        Value::Null
+    };
+    (reply.status, totals)
+}
+
+/// A sample of the key service's `/metrics` (0 when absent).
+fn service_metric(service: &KeyService, name: &str) -> u64 {
+    let reply = send("GET", &service.url("/metrics"), &[], None);
+    assert_eq!(reply.status, 200, "GET /metrics: {reply:?}");
+    reply
+        .body
+        .lines()
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            (series == name).then(|| value.parse::<f64>().ok())?
+        })
+        .map_or(0, |value| value as u64)
+}
+
+/// `count` keys with scope `demo:read`.
+fn create_keys(service: &KeyService, count: usize) -> Vec<IssuedKey> {
+    (0..count)
+        .map(|i| service.create_key(&format!("burst-{i}"), &["demo:read"]))
+        .collect()
+}
+
+/// One GET per key through Envoy, on 4 threads; every one must be allowed.
+fn use_each_once(stack: &Stack, keys: &[IssuedKey]) {
+    thread::scope(|scope| {
+        for part in keys.chunks(keys.len().div_ceil(4).max(1)) {
+            scope.spawn(move || {
+                for key in part {
+                    let reply = stack.get_with_key("/v1/burst", &key.key);
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_burst_larger_than_the_usage_body_limit_is_reported_and_nothing_sticks() {
+    // 400 keys make ~40 KB of usage rows in one interval: over the key service's limit
+    // (lowered to 16 KiB), as 40,000 keys are over the default 1 MiB. The filter's batches are
+    // 8 KiB.
+    const KEYS: usize = 400;
+    let mut keys = Vec::new();
+    let stack = Stack::start_with_service_env(
+        "usage-burst",
+        |cfg| {
+            cfg["usage"] = json!({"enabled": true, "flush_seconds": 15, "max_batch_bytes": 8192});
+        },
+        &[("KEYGATE_USAGE_MAX_BODY_BYTES", "16384")],
+        |service| keys = create_keys(service, KEYS),
+    );
+    let from = unix_now() - 120;
+    let started = Instant::now();
+    use_each_once(&stack, &keys);
+    println!("{KEYS} keys used in {:?}", started.elapsed());
+
+    let service = &stack.service;
+    let reported = poll(Duration::from_secs(90), || {
+        service_metric(service, "keygate_usage_rows_total") >= KEYS as u64
+    });
+    assert!(
+        reported,
+        "usage rows applied: {} of at least {KEYS}; filter: {}",
+        service_metric(service, "keygate_usage_rows_total"),
+        stack.envoy.keygate_stats()
+    );
+    let flushed = stack.envoy.keygate_counter("usage.flushed");
+    assert!(
+        flushed >= 3,
+        "{flushed} batches for ~40 KB under 8 KiB batches"
+    );
+    for counter in ["usage.rejected", "usage.dropped", "usage.flush_failure"] {
+        assert_eq!(
+            stack.envoy.keygate_counter(counter),
+            0,
+            "{counter}: {}",
+            stack.envoy.keygate_stats()
+        );
+    }
+    assert_eq!(
+        service_metric(service, "keygate_usage_rows_refused_total"),
+        0
+    );
+    for key in [&keys[0], &keys[KEYS / 2], &keys[KEYS - 1]] {
+        let ok = poll(Duration::from_secs(30), || {
+            let (_, totals) = usage_totals(service, &key.id, from);
+            totals["allowed"] == 1 && totals["status"]["2xx"] == 1
+        });
+        assert!(
+            ok,
+            "usage of {}: {:?}",
+            key.id,
+            usage_totals(service, &key.id, from)
+        );
+    }
+
+    // Nothing is stuck: the next interval's counts arrive too.
+    let rows_before = service_metric(service, "keygate_usage_rows_total");
+    use_each_once(&stack, &keys[..20]);
+    let ok = poll(Duration::from_secs(60), || {
+        usage_totals(service, &keys[0].id, from).1["allowed"] == 2
+    });
+    assert!(
+        ok,
+        "second round: {:?}",
+        usage_totals(service, &keys[0].id, from)
+    );
+    assert!(service_metric(service, "keygate_usage_rows_total") > rows_before);
+}
+
+#[test]
+fn a_batch_the_key_service_refuses_is_dropped_and_reporting_goes_on() {
+    // Misconfigured on purpose: the filter's batches (16 KiB) exceed the key service's
+    // limit (4 KiB), so a busy interval's batch is refused with 413.
+    const KEYS: usize = 100;
+    let mut keys = Vec::new();
+    let stack = Stack::start_with_service_env(
+        "usage-refused",
+        |cfg| {
+            cfg["usage"] = json!({"enabled": true, "flush_seconds": 3, "max_batch_bytes": 16384});
+        },
+        &[("KEYGATE_USAGE_MAX_BODY_BYTES", "4096")],
+        |service| keys = create_keys(service, KEYS),
+    );
+    let from = unix_now() - 120;
+    use_each_once(&stack, &keys);
+    let rejected = poll(Duration::from_secs(60), || {
+        stack.envoy.keygate_counter("usage.rejected") >= 1
+    });
+    assert!(
+        rejected,
+        "the oversized batch was never dropped: {}",
+        stack.envoy.keygate_stats()
+    );
+
+    // Later counts (a batch that fits) are reported: the refused batch is not resent forever.
+    let lone = &keys[7];
+    let ok = poll(Duration::from_secs(60), || {
+        let reply = stack.get_with_key("/v1/after", &lone.key);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let (_, totals) = usage_totals(&stack.service, &lone.id, from);
+        totals["allowed"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        ok,
+        "reporting stayed stuck after a refused batch: {}",
+        stack.envoy.keygate_stats()
+    );
+    assert!(stack.envoy.keygate_counter("usage.flushed") >= 1);
+}
+
+#[test]
+fn only_proven_keys_get_usage_and_only_allowed_requests_mark_a_use() {
+    let stack = Stack::start_with("usage-proven", |cfg| {
+        cfg["usage"] = json!({"enabled": true, "flush_seconds": 1})
+    });
+    let service = &stack.service;
+    let from = unix_now() - 120;
+    let reader = service.create_key("reader", &["demo:read"]);
+    let knocker = service.create_key("knocker", &["demo:read"]);
+
+    // A forged key (another gateway key): valid shape and checksum, an id the attacker chose.
+    let other_dir = stack.dir.path().join("other-service");
+    let mut other = KeyService::start(&other_dir, &random_hex(32), &random_hex(32));
+    other.wait_ready();
+    let forged = other.create_key("forged", &["demo:read"]);
+    other.stop();
+
+    let typo = mistyped(&reader.key);
+    for _ in 0..10 {
+        assert_eq!(stack.get_with_key("/v1/read", &reader.key).status, 200);
+        // The reader's id with a wrong secret: refused, decided from the cached record.
+        assert_eq!(stack.get_with_key("/v1/read", &typo).status, 401);
+        assert_eq!(stack.get_with_key("/v1/read", &forged.key).status, 401);
+        // A proven key refused for its scope: counted, but not a use.
+        let auth = crate::support::bearer(&knocker.key);
+        let reply = stack.post("/v1/write", &[("authorization", auth.as_str())]);
+        assert_eq!(reply.status, 403, "{reply:?}");
+    }
+
+    let ok = poll(Duration::from_secs(30), || {
+        let (_, reader_totals) = usage_totals(service, &reader.id, from);
+        let (_, knocker_totals) = usage_totals(service, &knocker.id, from);
+        reader_totals["allowed"] == 10 && knocker_totals["denied"]["insufficient_scope"] == 10
+    });
+    assert!(
+        ok,
+        "reader {:?}, knocker {:?}",
+        usage_totals(service, &reader.id, from),
+        usage_totals(service, &knocker.id, from)
+    );
+    // Give a stray row one more flush to arrive, then check what must never be there.
+    thread::sleep(Duration::from_secs(3));
+    let (_, reader_totals) = usage_totals(service, &reader.id, from);
+    assert_eq!(
+        reader_totals["denied"],
+        json!({}),
+        "denials of a wrong secret were counted under the real key's id"
+    );
+    let (status, totals) = usage_totals(service, &forged.id, from);
+    assert_eq!(status, 404, "the forged id got usage: {totals}");
+    assert!(stack.envoy.keygate_counter("denied.forged_key") >= 10);
+
+    let shown = |key: &IssuedKey| {
+        admin_json(
+            service,
+            "GET",
+            &format!("/api/v1/auth/keys/{}", key.id),
+            None,
+        )
+        .json()
+    };
+    assert!(shown(&reader)["last_used_at"].is_string());
+    assert_eq!(
+        shown(&knocker)["last_used_at"],
+        Value::Null,
+        "refused requests marked the key as used"
+    );
+}
