@@ -332,6 +332,9 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         }
         Policy::Scopes(scopes) => scopes,
     };
+    if mode == Mode::Enforce && !forward_credential {
+        strip_credential_lookalikes(config, headers);
+    }
 
     let pairs = headers.iter().copied();
     let max_len = config
@@ -551,10 +554,7 @@ pub fn resolve_record(shared: &Shared, context_id: u32, presented: Presented) ->
 fn strip_unchecked_credentials(config: &FilterConfig, headers: &Headers, path: &str) {
     let sources = &config.credential_sources;
     for &(name, value) in headers {
-        let credential_header = [&sources.header, &sources.legacy_header]
-            .into_iter()
-            .flatten()
-            .any(|header| folds_to(name, header));
+        let credential_header = folds_to_credential_header(config, name);
         let bearer = sources.bearer
             && name == "authorization"
             && value.len() >= 7
@@ -567,6 +567,32 @@ fn strip_unchecked_credentials(config: &FilterConfig, headers: &Headers, path: &
         let stripped = strip_query_param(path, param);
         if stripped != path {
             host::set_request_header(":path", &stripped);
+        }
+    }
+}
+
+/// True when `name` is a credential header in a spelling an upstream framework folds into it
+/// (`X_Api_Key` for `x-api-key`), the exact spelling included.
+fn folds_to_credential_header(config: &FilterConfig, name: &str) -> bool {
+    let sources = &config.credential_sources;
+    [&sources.header, &sources.legacy_header]
+        .into_iter()
+        .flatten()
+        .any(|header| folds_to(name, header))
+}
+
+/// On a protected route: removes headers that are not a credential to Keygate (`x_api_key`,
+/// whose name differs from `x-api-key`) but that an upstream framework reads as one. The
+/// credential Keygate checked is removed when the request is allowed.
+fn strip_credential_lookalikes(config: &FilterConfig, headers: &Headers) {
+    let sources = &config.credential_sources;
+    for &(name, _) in headers {
+        let exact = [&sources.header, &sources.legacy_header]
+            .into_iter()
+            .flatten()
+            .any(|header| name == header.as_str());
+        if !exact && folds_to_credential_header(config, name) {
+            host::remove_request_header(name);
         }
     }
 }

@@ -218,10 +218,21 @@ fn credentials_never_reach_the_upstream_unless_the_route_forwards_them() {
         Some("Basic dXNlcjpwYXNz")
     );
 
-    // A protected route removes the credential it checked.
-    let reply = raw_get(&stack, "/v1/hello", &credentials[..2]);
+    // A protected route removes the credential it checked, and a look-alike that Keygate does
+    // not read as a credential but a framework would (`X_Api_Key` as `X-Api-Key`).
+    let reply = raw_get(&stack, "/v1/hello", &credentials);
     assert_eq!(reply.status, 200, "{reply:#?}");
     assert!(!reply.body.contains(&issued.key), "{reply:#?}");
+    let reply = raw_get(
+        &stack,
+        "/v1/hello",
+        &[
+            ("Authorization", auth.as_str()),
+            ("X_Api_Key", "another-key"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{reply:#?}");
+    assert!(!reply.body.contains("another-key"), "{reply:#?}");
 
     // Routes that forward the credential, public and protected.
     let reply = raw_get(&stack, "/forward/x", &credentials[..2]);

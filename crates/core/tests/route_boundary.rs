@@ -305,3 +305,21 @@ fn known_boundary_crossings_are_refused_or_never_public() {
         assert!(filter_says_public(&table, path), "{path}");
     }
 }
+
+#[test]
+fn path_checks_survive_random_bytes() {
+    let table = demo_table();
+    let mut rng = XorShift(0x0dd_ba11);
+    const ALPHABET: &[u8] = b"/.;%25abcef3B2F5C\\?#\xff\xc3\x00 ";
+    for _ in 0..20_000 {
+        let len = rng.below(40);
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| ALPHABET[rng.below(ALPHABET.len())])
+            .collect();
+        let path = String::from_utf8_lossy(&bytes);
+        let refused = has_path_parameter(&path);
+        let route = table.find("GET", &path, None);
+        // A path the filter refuses never matches a route either (the second lock).
+        assert!(!(refused && route.is_some()), "{path:?}");
+    }
+}
