@@ -46,6 +46,8 @@ pub struct FeedView {
     polling: Option<u32>,
     /// Where this worker is in the feed when it follows (a snapshot being assembled).
     follower: Follower,
+    /// Ids evicted by the pages of the snapshot being assembled (logged once it is whole).
+    evicted_while_assembling: usize,
     next_poll_ms: u64,
     failures: u32,
 }
@@ -335,6 +337,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         Ok(Accepted::Whole(set, applied)) => (Some(set), applied),
         Ok(Accepted::Partial(applied)) => (None, applied),
         Err(err) => {
+            shared.feed.borrow_mut().evicted_while_assembling = 0;
             failed(shared, now, &err.to_string());
             return true;
         }
@@ -348,13 +351,24 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         shared
             .metrics
             .count_by(Event::FeedEvicted, applied.evicted as u64);
+    }
+    let evicted = {
+        let mut view = shared.feed.borrow_mut();
+        view.evicted_while_assembling += applied.evicted;
+        if set.is_some() {
+            std::mem::take(&mut view.evicted_while_assembling)
+        } else {
+            0
+        }
+    };
+    if evicted > 0 {
         host::log(
             LogLevel::Warn,
             &format!(
                 "revocation feed: more revoked ids than revocation_feed.max_revoked ({}) within \
-                 the window that matters; kept the newest, evicted {}: keys whose cached record \
-                 predates them are looked up again",
-                settings.max_revoked, applied.evicted
+                 the window that matters; kept the newest, evicted {evicted}: keys whose cached \
+                 record predates them are looked up again",
+                settings.max_revoked
             ),
         );
     }
@@ -394,6 +408,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
     }
     let _ = host::set_shared(STATUS_KEY, &status.encode(), None);
     let since = set.seq();
+    shared.metrics.gauge(Event::RevokedIds, set.len() as u64);
     {
         let mut view = shared.feed.borrow_mut();
         view.set = set;

@@ -15,7 +15,7 @@ use crate::support::cluster::{
     create_database, feed_stats, must, postgres_server_url, prime_feed, Cluster, Database,
     FeedMode, Options, PgCluster,
 };
-use crate::support::{bearer, send, IssuedKey, KeyService, TempDir, ADMIN_KEY};
+use crate::support::{bearer, send, IssuedKey, KeyService, Reply, Stack, TempDir, ADMIN_KEY};
 
 /// The bound the issue sets for "the next request is refused".
 const PROPAGATION_BOUND: Duration = Duration::from_millis(1000);
@@ -601,4 +601,211 @@ fn idle_cost_is_one_long_poll_per_envoy() {
 fn idle_cost_with_an_empty_feed() {
     let cluster = idle_cluster("feed-idle-empty", false);
     assert_idle_cost(&cluster);
+}
+
+// ── 6. what a refused key is told ────────────────────────────────────────────────────────────
+
+const HELLO: &str = "/v1/hello";
+
+/// Uses `key` through `stack` until it is accepted, then a few more times.
+fn warm_stack(stack: &Stack, key: &IssuedKey) {
+    must(Duration::from_secs(15), "the key is accepted", || {
+        stack.get_with_key(HELLO, &key.key).status == 200
+    });
+    for _ in 0..CONFIRMATIONS {
+        assert_eq!(stack.get_with_key(HELLO, &key.key).status, 200);
+    }
+}
+
+/// Requests with `key` until `CONFIRMATIONS` + 1 in a row are refused, within `timeout`
+/// (workers load a new set on their next tick, so for a few ms one may still accept);
+/// returns those refusals.
+fn steady_refusals(stack: &Stack, key: &IssuedKey, timeout: Duration) -> Vec<Reply> {
+    let deadline = Instant::now() + timeout;
+    let mut refusals = Vec::new();
+    while refusals.len() <= CONFIRMATIONS {
+        let reply = stack.get_with_key(HELLO, &key.key);
+        if reply.status == 200 {
+            refusals.clear();
+            sleep(Duration::from_millis(5));
+        } else {
+            refusals.push(reply);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "key {} not refused steadily after {timeout:?}\n{}",
+            key.id,
+            stack.envoy.keygate_stats()
+        );
+    }
+    refusals
+}
+
+/// Asserts a 401 that tells the key's holder it `ended` ("expired" or "revoked").
+fn assert_told(reply: &Reply, ended: &str) {
+    assert_eq!(reply.status, 401, "{reply:#?}");
+    let problem = reply.json();
+    assert_eq!(
+        problem["type"],
+        format!("urn:keygate:problem:{ended}-key"),
+        "{problem}"
+    );
+    let detail = if ended == "revoked" {
+        "The API key has been revoked."
+    } else {
+        "The API key has expired."
+    };
+    assert_eq!(problem["detail"], detail, "{problem}");
+}
+
+/// `POST /api/v1/auth/keys/{id}/expire` ("expire now"), then the key as `GET` shows it.
+fn expire_now(service: &KeyService, id: &str) -> Value {
+    let auth = bearer(ADMIN_KEY);
+    let headers = [("authorization", auth.as_str())];
+    let url = service.url(&format!("/api/v1/auth/keys/{id}/expire"));
+    let reply = send("POST", &url, &headers, None);
+    assert_eq!(reply.status, 200, "expiring {id}: {reply:?}");
+    let url = service.url(&format!("/api/v1/auth/keys/{id}"));
+    send("GET", &url, &headers, None).json()
+}
+
+#[test]
+fn an_expired_key_is_told_expired_not_revoked() {
+    // The default cache TTL (30 s): the key's record stays cached as active, so the
+    // revocation feed is what refuses it, and must say why.
+    let stack = Stack::start("feed-expired");
+    let expiring = stack.service.create_key("expiring", &["demo:read"]);
+    let revoked = stack.service.create_key("revoked", &["demo:read"]);
+    warm_stack(&stack, &expiring);
+    warm_stack(&stack, &revoked);
+
+    let shown = expire_now(&stack.service, &expiring.id);
+    assert_eq!(shown["status"], "expired", "{shown}");
+    for reply in steady_refusals(&stack, &expiring, Duration::from_secs(5)) {
+        assert_told(&reply, "expired");
+    }
+    assert_eq!(stack.envoy.keygate_counter("denied.revoked"), 0);
+
+    stack.service.revoke(&revoked.id);
+    for reply in steady_refusals(&stack, &revoked, Duration::from_secs(5)) {
+        assert_told(&reply, "revoked");
+    }
+    assert!(stack.envoy.keygate_counter("denied.expired") > CONFIRMATIONS as u64);
+}
+
+#[test]
+fn a_rotated_key_past_its_grace_is_told_expired() {
+    let stack = Stack::start("feed-rotated");
+    let old = stack.service.create_key("rotating", &["demo:read"]);
+    warm_stack(&stack, &old);
+    let rotated_at = Instant::now();
+    let new = stack.service.rotate(&old.id, 2);
+    let refusals = steady_refusals(&stack, &old, Duration::from_secs(10));
+    assert!(
+        rotated_at.elapsed() >= Duration::from_secs(1),
+        "refused during its grace: {:#?}",
+        refusals[0]
+    );
+    for reply in refusals {
+        assert_told(&reply, "expired");
+    }
+    assert_eq!(stack.get_with_key(HELLO, &new.key).status, 200);
+    assert_eq!(stack.envoy.keygate_counter("denied.revoked"), 0);
+}
+
+// ── 7. a year of revocations ─────────────────────────────────────────────────────────────────
+
+/// Revocations loaded in bulk into the key service's database, beyond `max_revoked`.
+const BULK: usize = 200_000;
+
+/// Appends `BULK` revocation events committed now to the SQLite database of `service`, as a
+/// mass revocation would (written directly: through the API it would take minutes).
+fn bulk_revoke(service: &KeyService) {
+    let database = service.proc.log.with_file_name("keygate.db");
+    let script = r#"
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=30)
+now = int(time.time())
+db.executemany(
+    "INSERT INTO revocation_events (key_id, kind, effective_at, key_expires_at, created_at) "
+    "VALUES (?, 'revoked', ?, NULL, ?)",
+    ((f"bulk{n:012d}", now, now) for n in range(int(sys.argv[2]))),
+)
+db.execute("UPDATE feed_state SET last_seq = (SELECT MAX(seq) FROM revocation_events) WHERE id = 1")
+db.commit()
+"#;
+    let status = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&database)
+        .arg(BULK.to_string())
+        .status()
+        .expect("running python3 (a prerequisite of the project)");
+    assert!(
+        status.success(),
+        "bulk revocation into {}",
+        database.display()
+    );
+}
+
+#[test]
+fn a_cold_follower_loads_a_paged_snapshot_past_max_revoked_and_still_refuses_revoked_keys() {
+    let mut early = None;
+    let mut late = None;
+    let stack = Stack::start_prepared(
+        "feed-paged",
+        |_| {},
+        |service| {
+            let key = service.create_key("early", &["demo:read"]);
+            service.revoke(&key.id);
+            early = Some(key);
+            bulk_revoke(service);
+            let key = service.create_key("late", &["demo:read"]);
+            service.revoke(&key.id);
+            late = Some(key);
+        },
+    );
+    let (early, late) = (early.expect("early key"), late.expect("late key"));
+    let started = Instant::now();
+    must(
+        Duration::from_secs(180),
+        "the feed goes live with the paged snapshot",
+        || stack.envoy.keygate_counter("feed.live") == 1,
+    );
+    println!(
+        "{} revocations: live after {:.1} s",
+        BULK + 2,
+        started.elapsed().as_secs_f64()
+    );
+    let max_revoked = 100_000;
+    assert_eq!(
+        stack.envoy.keygate_counter("feed.revoked_ids"),
+        max_revoked,
+        "{}",
+        stack.envoy.keygate_stats()
+    );
+    // (More if a page failed and the snapshot was assembled again.)
+    assert!(
+        stack.envoy.keygate_counter("feed.evicted") >= (BULK + 2) as u64 - max_revoked,
+        "{}",
+        stack.envoy.keygate_stats()
+    );
+    // Kept in the set (the newest), and evicted (its record says revoked): both refused.
+    assert_told(&stack.get_with_key(HELLO, &late.key), "revoked");
+    assert_told(&stack.get_with_key(HELLO, &early.key), "revoked");
+    // Not an outage: a good key works, and a revocation still reaches the workers.
+    let victim = stack.service.create_key("victim", &["demo:read"]);
+    warm_stack(&stack, &victim);
+    stack.service.revoke(&victim.id);
+    for reply in steady_refusals(&stack, &victim, Duration::from_secs(10)) {
+        assert_told(&reply, "revoked");
+    }
+    let good = stack.service.create_key("good", &["demo:read"]);
+    warm_stack(&stack, &good);
+    let lines = std::fs::read_to_string(&stack.envoy.proc.log).unwrap_or_default();
+    assert!(
+        lines.contains("evicted"),
+        "the overflow is logged:\n{}",
+        crate::support::tail(&stack.envoy.proc.log, 40)
+    );
 }
