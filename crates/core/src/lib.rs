@@ -13,6 +13,7 @@ pub mod fingerprint;
 pub mod jwt;
 pub mod key;
 pub mod limits;
+pub mod negative_cache;
 pub mod route;
 pub mod scope;
 pub mod wire;
