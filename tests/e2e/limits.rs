@@ -898,28 +898,17 @@ fn revoked_id_with_another_secret_learns_nothing() {
 
 // ── 8. legacy lookups: their own cap and a negative cache ────────────────────────────────────
 
-#[test]
-fn legacy_spray_neither_starves_lookups_nor_evicts_records() {
-    let stack = Stack::start_with("legacy-spray", |cfg| {
-        cfg["legacy_keys"] = json!({
-            "prefixes": ["sk_old_"], "max_in_flight": 1, "negative_ttl_seconds": 60,
-        });
-        // Few record slots: unknown strings written there would evict real records at once.
-        cfg["cache"]["max_entries"] = json!(4);
-    });
-    let real = stack.service.create_key("real", &["demo:read"]);
-    assert_forwarded_with_identity(&stack.get_with_key("/v1/s", &real.key), &real.id);
-
-    // A spray of legacy-looking strings from many clients at once.
-    const THREADS: usize = 16;
-    let barrier = Arc::new(Barrier::new(THREADS));
+/// Sends `per_thread` GETs with fresh legacy-looking strings from `threads` clients at once;
+/// returns the statuses.
+fn legacy_spray(stack: &Stack, threads: usize, per_thread: usize) -> Vec<u16> {
+    let barrier = Arc::new(Barrier::new(threads));
     let url = stack.url("/v1/s");
-    let handles: Vec<_> = (0..THREADS)
+    let handles: Vec<_> = (0..threads)
         .map(|_| {
             let (barrier, url) = (Arc::clone(&barrier), url.clone());
             thread::spawn(move || {
                 barrier.wait();
-                (0..8)
+                (0..per_thread)
                     .map(|_| {
                         let auth = bearer(&format!("sk_old_{}", random_hex(16)));
                         send("GET", &url, &[("authorization", auth.as_str())], None).status
@@ -936,12 +925,21 @@ fn legacy_spray_neither_starves_lookups_nor_evicts_records() {
         statuses.iter().all(|s| *s == 401 || *s == 503),
         "spray statuses: {statuses:?}"
     );
-    assert!(
-        statuses.contains(&503),
-        "with legacy_keys.max_in_flight 1, 16 concurrent sprayers never met the cap: \
-         {statuses:?}\n{}",
-        stack.envoy.keygate_stats()
-    );
+    statuses
+}
+
+/// Unknown legacy strings are remembered apart: they evict no cached record, and one that
+/// comes back is answered without asking the key service again.
+#[test]
+fn legacy_spray_evicts_no_record() {
+    let stack = Stack::start_with("legacy-evict", |cfg| {
+        cfg["legacy_keys"] = json!({"prefixes": ["sk_old_"]});
+        // Few record slots: unknown strings written there would evict real records at once.
+        cfg["cache"]["max_entries"] = json!(4);
+    });
+    let real = stack.service.create_key("real", &["demo:read"]);
+    assert_forwarded_with_identity(&stack.get_with_key("/v1/s", &real.key), &real.id);
+    legacy_spray(&stack, 4, 16);
 
     // The real key's record is still cached: no lookup for it.
     let lookups = stack.service.lookups();
@@ -953,9 +951,6 @@ fn legacy_spray_neither_starves_lookups_nor_evicts_records() {
         lookups,
         "the spray evicted the real key's cached record"
     );
-    // A new key is looked up at once: the spray does not hold its lookup slots.
-    let fresh = stack.service.create_key("fresh", &["demo:read"]);
-    assert_forwarded_with_identity(&stack.get_with_key("/v1/s", &fresh.key), &fresh.id);
 
     // An unknown legacy string is asked about once per worker, then answered from the
     // negative cache.
@@ -970,4 +965,23 @@ fn legacy_spray_neither_starves_lookups_nor_evicts_records() {
         (1..=2).contains(&asked),
         "{asked} lookups for one unknown legacy string sent 8 times"
     );
+}
+
+/// Legacy lookups have their own in-flight cap: a spray meets it (503) while the lookups of
+/// real keys go on.
+#[test]
+fn legacy_spray_meets_its_own_lookup_cap() {
+    let stack = Stack::start_with("legacy-cap", |cfg| {
+        cfg["legacy_keys"] = json!({"prefixes": ["sk_old_"], "max_in_flight": 1});
+    });
+    let statuses = legacy_spray(&stack, 16, 8);
+    assert!(
+        statuses.contains(&503),
+        "with legacy_keys.max_in_flight 1, 16 concurrent sprayers never met the cap: \
+         {statuses:?}\n{}",
+        stack.envoy.keygate_stats()
+    );
+    // A new key is looked up at once: the spray holds none of its lookup slots.
+    let fresh = stack.service.create_key("fresh", &["demo:read"]);
+    assert_forwarded_with_identity(&stack.get_with_key("/v1/s", &fresh.key), &fresh.id);
 }
