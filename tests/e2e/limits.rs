@@ -985,3 +985,52 @@ fn legacy_spray_meets_its_own_lookup_cap() {
     let fresh = stack.service.create_key("fresh", &["demo:read"]);
     assert_forwarded_with_identity(&stack.get_with_key("/v1/s", &fresh.key), &fresh.id);
 }
+
+/// A route's default limit covers every credential kind: legacy keys (decided by their
+/// imported record) and Keygate keys without a limit of their own alike.
+#[test]
+fn route_default_limits_legacy_and_plain_keys() {
+    let stack = Stack::start_with("rl-route-default", |cfg| {
+        cfg["legacy_keys"] = json!({"header": "x-legacy-key"});
+        for route in cfg["routes"].as_array_mut().expect("routes") {
+            if route.get("scopes").is_some() {
+                route["rate_limit"] = json!({"requests_per_second": 0.5, "burst": 2});
+            }
+        }
+    });
+    let legacy = format!("legacy-{}", random_hex(20));
+    let file = json!([
+        {"name": "old", "owner": "old-owner", "scopes": ["demo:read"], "key": legacy},
+    ])
+    .to_string();
+    let reply = admin_send(
+        &stack.service,
+        "POST",
+        "/api/v1/auth/keys/import?format=json",
+        Some(&file),
+        "application/json",
+    );
+    assert_eq!(reply.status, 200, "import: {reply:?}");
+    let plain = stack.service.create_key("no-limit", &["demo:read"]);
+
+    let started = Instant::now();
+    let legacy_replies: Vec<Reply> = (0..6)
+        .map(|_| stack.get("/v1/rd", &[("x-legacy-key", legacy.as_str())]))
+        .collect();
+    let plain_replies: Vec<Reply> = (0..6)
+        .map(|_| stack.get_with_key("/v1/rd", &plain.key))
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = 2 + (0.5 * elapsed).floor() as usize;
+    for (what, replies) in [
+        ("legacy key", &legacy_replies),
+        ("plain key", &plain_replies),
+    ] {
+        let (allowed, limited) = tally(replies, what);
+        assert!(
+            (2..=bound).contains(&allowed) && limited > 0,
+            "{what}: {allowed} allowed, {limited} limited in {elapsed:.2} s under the route \
+             default (burst 2, 0.5/s)"
+        );
+    }
+}
