@@ -196,8 +196,17 @@ impl Bucket {
         let elapsed = now_ms.saturating_sub(self.updated_ms);
         // tokens per ms * 1000 (milli-tokens) = rps
         let refill = (elapsed as f64 * limit.requests_per_second) as u64;
-        self.milli_tokens = self.milli_tokens.saturating_add(refill).min(capacity);
-        self.updated_ms = self.updated_ms.max(now_ms);
+        let filled = self.milli_tokens.saturating_add(refill);
+        if filled >= capacity {
+            self.milli_tokens = capacity;
+            self.updated_ms = self.updated_ms.max(now_ms);
+        } else {
+            // Only the time that bought whole milli-tokens is used up: a slow bucket asked
+            // every few milliseconds still refills (the remainder is credited later).
+            self.milli_tokens = filled;
+            let used_ms = (refill as f64 / limit.requests_per_second).ceil() as u64;
+            self.updated_ms += used_ms.min(elapsed);
+        }
         let outcome = if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
             Take::Allowed {
@@ -479,6 +488,29 @@ mod tests {
         // A long pause refills only up to the burst.
         assert_eq!(bucket.take(&limit, 100_000), Take::Allowed { remaining: 9 });
         assert_eq!(bucket.full_at_ms, 100_100);
+    }
+
+    #[test]
+    fn a_slow_bucket_asked_often_still_refills() {
+        // 0.1 token/s is 0.1 milli-token per ms: asked every 5 ms, each ask alone buys none.
+        let limit = limit(0.1, 1);
+        let mut bucket = Bucket::full(BucketOwner::key("slow"), &limit, 0);
+        assert!(matches!(bucket.take(&limit, 0), Take::Allowed { .. }));
+        let mut allowed_at = None;
+        for now in (5..=20_000).step_by(5) {
+            if let Take::Allowed { .. } = bucket.take(&limit, now) {
+                allowed_at.get_or_insert(now);
+            }
+        }
+        // One token back after 10 s, and one more after 20 s: no more, no less.
+        assert_eq!(allowed_at, Some(10_000));
+        assert_eq!(bucket.milli_tokens, 0);
+        let mut again = Bucket::full(BucketOwner::key("slow"), &limit, 0);
+        let taken = (0..=20_000)
+            .step_by(5)
+            .filter(|now| matches!(again.take(&limit, *now), Take::Allowed { .. }))
+            .count();
+        assert_eq!(taken, 3);
     }
 
     #[test]
