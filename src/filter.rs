@@ -12,7 +12,10 @@ use keygate_core::fingerprint::Fingerprinter;
 use keygate_core::headers::folds_to;
 use keygate_core::jwt::looks_like_jwt;
 use keygate_core::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
-use keygate_core::limits::{client_address, ratelimit_headers, Bucket, Take};
+use keygate_core::limits::{
+    bucket_key, client_address, ratelimit_headers, take_token, RateDecision, SharedSlots,
+    RATE_SLOTS,
+};
 use keygate_core::route::{has_path_parameter, policy_from_metadata, Mode, Policy};
 use keygate_core::scope::Scope;
 use keygate_core::wire::RateLimit;
@@ -152,14 +155,16 @@ impl RootContext for KeygateRoot {
                     ),
                 );
                 crate::lookup::create_leases();
+                create_rate_slots();
                 let worker = crate::feed::next_worker_id();
                 let jwt = JwtState::new(&config.jwt);
+                let lookups = Lookups::new(&config);
                 let shared = Rc::new(Shared {
                     config,
                     secrets,
                     metrics: Metrics::define(),
                     fingerprints: Fingerprinter::new(fingerprint_key),
-                    lookups: RefCell::new(Lookups::default()),
+                    lookups: RefCell::new(lookups),
                     jwt: RefCell::new(jwt),
                     feed: RefCell::new(FeedView::new(worker.clone())),
                     usage: RefCell::new(Usage::new(worker)),
@@ -423,10 +428,9 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         if !parsed.tag_is_authentic(&shared.secrets.gateway_key) {
             return Step::Deny(DenyReason::ForgedKey, Some(parsed.id().to_string()), mode);
         }
-        if let Some(reason) = crate::feed::revocation(shared, parsed.id().as_str(), host::now_ms())
-        {
-            return Step::Deny(reason, Some(parsed.id().to_string()), mode);
-        }
+        // A revoked id is not answered here: "revoked" is told only to whoever proves the
+        // secret, so the record is looked up (or taken from the cache) and the digest compared
+        // first; the revoked set is consulted after that (`lookup::decide`).
         let mut forwarding = forwarding;
         forwarding.key_id = Some(parsed.id());
         let presented = Presented {
@@ -611,11 +615,13 @@ pub fn apply(
         Err(reason) => return deny(shared, &reason, key_label, forwarding.mode),
     };
     let now = host::now_ms();
+    // Every credential kind draws from a bucket: the key's, or (a token without a Keygate key
+    // id) its issuer's and subject's.
     let limit = identity.rate_limit.or(forwarding.route_rate_limit);
     let mut ratelimit = None;
-    if let (Some(limit), false) = (limit, identity.key_id.is_empty()) {
-        match take_token(shared, &identity.key_id, &limit, now) {
-            Take::Allowed { remaining } => {
+    if let Some(limit) = limit {
+        match take_token(&HostSlots, identity.bucket_owner, &limit, now) {
+            RateDecision::Allowed { remaining } => {
                 let reset_s = if remaining > 0 {
                     0
                 } else {
@@ -623,7 +629,7 @@ pub fn apply(
                 };
                 ratelimit = Some(ratelimit_headers(&limit, remaining, reset_s));
             }
-            Take::Limited { retry_after_ms } => {
+            RateDecision::Limited { retry_after_ms } => {
                 let retry_after_s = retry_after_ms.div_ceil(1000).max(1);
                 let (policy, state) = ratelimit_headers(&limit, 0, retry_after_s);
                 let reason = DenyReason::RateLimited { retry_after_s };
@@ -635,9 +641,20 @@ pub fn apply(
                 return deny_with(
                     shared,
                     &reason,
-                    Some(&*identity.key_id),
+                    Some(&*identity.usage_key),
                     forwarding.mode,
                     &extra,
+                );
+            }
+            // Fail closed: a request whose bucket cannot be read and written back is not
+            // let through uncounted.
+            RateDecision::SlotFull { .. } | RateDecision::Contended => {
+                shared.metrics.count(Event::RateLimitContention);
+                return deny(
+                    shared,
+                    &DenyReason::Overloaded,
+                    Some(&*identity.usage_key),
+                    forwarding.mode,
                 );
             }
         }
@@ -657,22 +674,23 @@ pub fn apply(
     }
     host::set_request_header(&ih.subject, &identity.subject);
     host::set_request_header(&ih.scopes, &identity.scopes_header);
+    host::set_request_header(&ih.issuer, identity.issuer_name());
     if !identity.key_id.is_empty() {
         host::set_request_header(&ih.key_id, &identity.key_id);
     }
-    if !identity.key_id.is_empty() {
-        if config.usage.enabled {
-            shared.usage.borrow_mut().allowed(&identity.key_id, now);
-        }
-        // The response needs this request only for usage (its status class) or for the
-        // rate-limit headers: reading the status is a host call, skipped when neither applies.
-        if config.usage.enabled || ratelimit.is_some() {
-            let note = Note {
-                key_id: identity.key_id,
-                ratelimit,
-            };
-            shared.notes.borrow_mut().insert(context_id, note);
-        }
+    // Usage is counted under the key id, or for a token of an outside issuer under a key
+    // namespaced by its issuer and subject (never equal to a Keygate key id).
+    if config.usage.enabled {
+        shared.usage.borrow_mut().allowed(&identity.usage_key, now);
+    }
+    // The response needs this request only for usage (its status class) or for the
+    // rate-limit headers: reading the status is a host call, skipped when neither applies.
+    if config.usage.enabled || ratelimit.is_some() {
+        let note = Note {
+            key_id: identity.usage_key,
+            ratelimit,
+        };
+        shared.notes.borrow_mut().insert(context_id, note);
     }
     true
 }
@@ -701,25 +719,28 @@ fn strip_credential(shared: &Shared, forwarding: &Forwarding) {
     }
 }
 
-/// Takes one token from the key's bucket in shared data (per Envoy process, both workers),
-/// with compare-and-swap retries. Under extreme contention the request is let through.
-fn take_token(shared: &Shared, key_id: &str, limit: &RateLimit, now: u64) -> Take {
-    let slot =
-        keygate_core::cache::fnv1a(key_id.as_bytes()) % shared.config.cache.max_entries.max(1);
-    let name = format!("keygate.rl.{slot}");
-    for _ in 0..16 {
-        let (current, cas) = host::get_shared(&name);
-        let mut bucket = current
-            .as_deref()
-            .and_then(|bytes| Bucket::decode_for(bytes, key_id))
-            .unwrap_or_else(|| Bucket::full(key_id, limit, now));
-        let outcome = bucket.take(limit, now);
-        if host::set_shared(&name, &bucket.encode(), cas).is_ok() {
-            return outcome;
+/// Rate-limit slots in proxy-wasm shared data (per Envoy process: both workers draw from one
+/// bucket).
+struct HostSlots;
+
+impl SharedSlots for HostSlots {
+    fn read(&self, name: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        host::get_shared(name)
+    }
+
+    fn write(&self, name: &str, value: &[u8], cas: Option<u32>) -> bool {
+        host::set_shared(name, value, cas).is_ok()
+    }
+}
+
+/// Creates every rate-limit slot, so that every write to one is a compare-and-swap.
+fn create_rate_slots() {
+    for slot in 0..RATE_SLOTS {
+        let name = bucket_key(slot);
+        if host::get_shared(&name).1.is_none() {
+            let _ = host::set_shared(&name, &[], None);
         }
     }
-    shared.metrics.count(Event::RateLimitContention);
-    Take::Allowed { remaining: 0 }
 }
 
 /// Denies the request in the current effective context: in enforce mode sends the deny

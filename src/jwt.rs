@@ -259,14 +259,23 @@ fn verify_once(shared: &Shared, token: &str, now_ms: u64) -> Verified {
         Ok(verified) => {
             let now_s = now_ms / 1000;
             let valid_until_s = verified.expires_at.unwrap_or(now_s + NO_EXPIRY_CACHE_S);
+            // Only a Keygate issuer's `jti` is a Keygate key id. An outside issuer's token
+            // carries none: its identity, bucket and usage are its issuer's and subject's, so
+            // a `sub` or `jti` that spells a Keygate owner or key id is never taken for one.
+            let key_id = match issuer.revocation {
+                Revocation::KeyService => verified.jti.as_deref().map(header_safe),
+                Revocation::None => None,
+            };
             Verified::Token(CachedToken {
                 identity: Identity::new(
                     &header_safe(&verified.subject),
-                    &verified.jti.as_deref().map(header_safe).unwrap_or_default(),
+                    key_id.as_deref().unwrap_or_default(),
                     verified.scopes,
                     None,
-                ),
+                )
+                .issued_by(&header_safe(&verified.issuer)),
                 issuer: index,
+                kid: verified.kid.into(),
                 valid_until_s,
             })
         }
@@ -491,11 +500,24 @@ fn load_shared_jwks(shared: &Shared, index: usize) -> bool {
         return false;
     };
     let mut state = shared.jwt.borrow_mut();
-    let Some(issuer) = state.issuers.get_mut(index) else {
+    let JwtState { issuers, cache, .. } = &mut *state;
+    let Some(issuer) = issuers.get_mut(index) else {
         return false;
     };
     issuer.keys = keys;
     issuer.version = Some(cas);
+    // A signing key that left the JWKS takes the verdicts it signed with it.
+    let keys = &issuer.keys;
+    let dropped = cache.drop_removed_keys(index, |kid| keys.get(kid).is_some());
+    drop(state);
+    if dropped > 0 {
+        host::log(
+            LogLevel::Info,
+            &format!(
+                "JWKS of issuer {index}: dropped {dropped} cached token(s) of removed signing keys"
+            ),
+        );
+    }
     true
 }
 

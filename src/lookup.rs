@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use keygate_core::cache::{
     lease_key, record_key, slot_of, CacheEntry, Freshness, Lease, LEASE_STRIPES,
 };
+use keygate_core::config::FilterConfig;
 use keygate_core::decision::{
     authorize_proven, authorize_record, authorize_token_record, DenyReason, Identity,
     PreparedRecord,
@@ -20,6 +21,7 @@ use keygate_core::decision::{
 use keygate_core::feed::FeedPolicy;
 use keygate_core::fingerprint::Fingerprint;
 use keygate_core::key::{KeyDigest, KeyId};
+use keygate_core::negative_cache::NegativeCache;
 use keygate_core::scope::Scope;
 use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
 use proxy_wasm::types::LogLevel;
@@ -93,11 +95,18 @@ struct Pending {
 }
 
 /// Per-worker state of lookups in flight.
-#[derive(Default)]
 pub struct Lookups {
     pending: HashMap<KeyId, Pending>,
-    tokens: HashMap<u32, KeyId>,
+    /// Callout token → the key id it looks up, and whether it is a legacy lookup.
+    tokens: HashMap<u32, (KeyId, bool)>,
     in_flight: usize,
+    /// Legacy lookups in flight, capped apart (`legacy_keys.max_in_flight`): a spray of
+    /// legacy-looking strings, which cannot be checked inline, cannot use up the lookups
+    /// of real keys.
+    legacy_in_flight: usize,
+    /// Legacy digests the key service did not know (by their slot id). Kept here, never in
+    /// the shared record cache, so that unknown strings evict no record.
+    legacy_unknown: NegativeCache<KeyId>,
     /// This worker's decoded copies of fresh records (bounded by `cache.max_entries`).
     local: HashMap<KeyId, Rc<Local>>,
 }
@@ -111,6 +120,21 @@ struct Local {
 }
 
 impl Lookups {
+    pub fn new(config: &FilterConfig) -> Self {
+        let negative_entries = config
+            .legacy_keys
+            .as_ref()
+            .map_or(1, |legacy| legacy.negative_cache_entries);
+        Self {
+            pending: HashMap::new(),
+            tokens: HashMap::new(),
+            in_flight: 0,
+            legacy_in_flight: 0,
+            legacy_unknown: NegativeCache::new(negative_entries),
+            local: HashMap::new(),
+        }
+    }
+
     /// Drops a request that ended while it waited.
     pub fn forget(&mut self, context_id: u32) {
         if self.pending.is_empty() {
@@ -134,20 +158,23 @@ fn decide(
     now_ms: u64,
 ) -> Result<Identity, DenyReason> {
     let now_s = now_ms / 1000;
-    if let (Proof::Opaque(_), Some(record)) = (&presented.proof, &entry.record) {
-        if let Some(reason) = crate::feed::revocation(shared, &record.id, now_ms) {
-            return Err(reason);
-        }
-    }
     match (&presented.proof, &entry.record) {
         (Proof::Opaque(_), None) => Err(DenyReason::UnknownKey),
-        (Proof::Opaque(digest), Some(record)) => authorize_record(
-            record,
-            digest,
-            &presented.required,
-            client_for(record, presented),
-            now_s,
-        ),
+        // The digest is compared first: only the holder of the secret learns that the key
+        // is revoked or expired (by its record or by the feed); anyone else gets `digest_mismatch`.
+        (Proof::Opaque(digest), Some(record)) => {
+            let result = authorize_record(
+                record,
+                digest,
+                &presented.required,
+                client_for(record, presented),
+                now_s,
+            );
+            match crate::feed::revocation(shared, &record.id, now_ms) {
+                Some(reason) if result != Err(DenyReason::DigestMismatch) => Err(reason),
+                _ => result,
+            }
+        }
         (Proof::Token(identity), record) => authorize_token_record(
             record.as_ref(),
             identity.clone(),
@@ -290,6 +317,16 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
     if policy == Some(FeedPolicy::FailClosed) {
         return Outcome::Now(presented.forwarding, Err(DenyReason::ServiceUnavailable));
     }
+    if presented.legacy
+        && shared
+            .lookups
+            .borrow_mut()
+            .legacy_unknown
+            .contains(&id, now)
+    {
+        shared.metrics.count(Event::CacheHit);
+        return Outcome::Now(presented.forwarding, Err(DenyReason::UnknownKey));
+    }
     let cached = read_entry(shared, &id).filter(|e| is_recent_enough(shared, e, now));
     let stale = match cached
         .as_ref()
@@ -380,7 +417,14 @@ fn start_lookup(
     if lease.as_ref().is_some_and(|l| l.is_held_for(id, now)) {
         return wait_for_other_worker(pending);
     }
-    if lookups.in_flight >= config.key_service.max_in_flight {
+    let legacy = matches!(pending.target, Target::LegacyDigest(_));
+    let full = if legacy {
+        let cap = config.legacy_keys.as_ref().map_or(0, |l| l.max_in_flight);
+        lookups.legacy_in_flight >= cap
+    } else {
+        lookups.in_flight >= config.key_service.max_in_flight
+    };
+    if full {
         return Err(DenyReason::Overloaded);
     }
     let timeout = lookup_timeout(config);
@@ -420,8 +464,12 @@ fn start_lookup(
     ];
     match host::dispatch_http_call(&config.key_service.cluster, headers, timeout) {
         Ok(token) => {
-            lookups.tokens.insert(token, *id);
-            lookups.in_flight += 1;
+            lookups.tokens.insert(token, (*id, legacy));
+            if legacy {
+                lookups.legacy_in_flight += 1;
+            } else {
+                lookups.in_flight += 1;
+            }
             pending.token = Some(token);
             Ok(Started::Dispatched)
         }
@@ -483,10 +531,14 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
     let now = host::now_ms();
     let pending = {
         let mut lookups = shared.lookups.borrow_mut();
-        let Some(id) = lookups.tokens.remove(&token) else {
+        let Some((id, legacy)) = lookups.tokens.remove(&token) else {
             return false;
         };
-        lookups.in_flight = lookups.in_flight.saturating_sub(1);
+        if legacy {
+            lookups.legacy_in_flight = lookups.legacy_in_flight.saturating_sub(1);
+        } else {
+            lookups.in_flight = lookups.in_flight.saturating_sub(1);
+        }
         lookups.pending.remove(&id).map(|p| (id, p))
     };
     let Some((id, pending)) = pending else {
@@ -504,7 +556,24 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         Some(404) => Some(None),
         _ => None,
     };
+    let legacy_target = matches!(pending.target, Target::LegacyDigest(_));
     match record {
+        // An unknown legacy digest: remembered apart, so that it evicts no record.
+        Some(None) if legacy_target => {
+            let ttl = shared
+                .config
+                .legacy_keys
+                .as_ref()
+                .map_or(0, |l| l.negative_ttl_ms);
+            shared
+                .lookups
+                .borrow_mut()
+                .legacy_unknown
+                .insert(id, now + ttl);
+            for waiter in pending.waiters {
+                finish(shared, waiter, Err(DenyReason::UnknownKey));
+            }
+        }
         Some(record) => {
             let entry = Rc::new(CacheEntry {
                 id: id.to_string(),

@@ -45,7 +45,7 @@ pub enum Event {
 }
 
 impl Event {
-    const ALL: [Event; 20] = [
+    const ALL: [Event; 21] = [
         Event::Allowed,
         Event::AllowedPublic,
         Event::CacheHit,

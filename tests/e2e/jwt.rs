@@ -6,11 +6,13 @@
 //! VM survived).
 
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
-use std::thread::sleep;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, sleep};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -233,6 +235,46 @@ fn still_serving(stack: &Stack, good: &IssuedKey, after: &str) {
         "after {after}: a valid JWT no longer passes: {reply:#?}"
     );
     assert_forwarded_with_identity(&reply, &good.id);
+}
+
+/// A valid outside token still passes: the VM survived whatever came before.
+fn idp_still_serving(stack: &Stack, good: &IssuedKey, after: &str) {
+    let reply = stack.get_with_key("/v1/hello", &good.key);
+    assert_eq!(
+        reply.status, 200,
+        "after {after}: a valid IdP token no longer passes: {reply:#?}"
+    );
+    assert_forwarded_with_outside_identity(&reply, IDP_ISSUER);
+}
+
+/// Asserts a 200 carrying the identity of an outside issuer's token: subject, scopes and
+/// the issuer, and no key id (an outside `jti` is not a Keygate key id); no credential.
+fn assert_forwarded_with_outside_identity(
+    reply: &Reply,
+    issuer: &str,
+) -> serde_json::Map<String, Value> {
+    assert_eq!(reply.status, 200, "expected 200 through Envoy: {reply:#?}");
+    let upstream = reply.upstream_headers();
+    for name in ["x-keygate-subject", "x-keygate-scopes"] {
+        assert!(
+            !upstream_str(&upstream, name).is_empty(),
+            "upstream did not get {name}: {upstream:#?}"
+        );
+    }
+    assert_eq!(
+        upstream_str(&upstream, "x-keygate-issuer"),
+        issuer,
+        "x-keygate-issuer: {upstream:#?}"
+    );
+    assert!(
+        !upstream.contains_key("x-keygate-key-id"),
+        "an outside token's jti was forwarded as a Keygate key id: {upstream:#?}"
+    );
+    assert!(
+        !upstream.contains_key("authorization"),
+        "authorization reached upstream: {upstream:#?}"
+    );
+    upstream
 }
 
 fn upstream_str(upstream: &serde_json::Map<String, Value>, name: &str) -> String {
@@ -861,14 +903,15 @@ fn idp_issuer_with_inline_jwks_enforces_every_claim_without_lookups() {
         raw: claims.clone(),
     };
     let reply = stack.get_with_key("/v1/hello", &token);
-    let upstream = assert_forwarded_with_identity(&reply, &jti);
+    let upstream = assert_forwarded_with_outside_identity(&reply, IDP_ISSUER);
     assert_eq!(upstream_str(&upstream, "x-keygate-subject"), "alice@idp");
     assert_eq!(
         upstream_str(&upstream, "x-keygate-scopes"),
         "demo:read profile"
     );
     for _ in 0..3 {
-        still_serving(&stack, &good, "repeats");
+        let reply = stack.get_with_key("/v1/hello", &good.key);
+        assert_forwarded_with_outside_identity(&reply, IDP_ISSUER);
     }
     // `aud` as an array containing ours; a big token (between 512 and 8192 bytes) is fine.
     let mut multi = idp.claims("bob@idp", "demo:read");
@@ -987,7 +1030,7 @@ fn idp_issuer_with_inline_jwks_enforces_every_claim_without_lookups() {
     ];
     for (label, token, counter) in &cases {
         refused(&stack, label, token, 401, "invalid_token", counter);
-        still_serving(&stack, &good, label);
+        idp_still_serving(&stack, &good, label);
     }
     // Tampering with a good token.
     let (h, p, s) = segments(&token);
@@ -1016,7 +1059,7 @@ fn idp_issuer_with_inline_jwks_enforces_every_claim_without_lookups() {
             "invalid_token",
             "jwt_bad_signature",
         );
-        still_serving(&stack, &good, label);
+        idp_still_serving(&stack, &good, label);
     }
 
     // revocation "none": none of the IdP's tokens cost a key-service lookup.
@@ -1153,4 +1196,272 @@ fn signing_key_rotation_keeps_old_tokens_and_new_kids_work_on_first_use() {
     for token in [&token_a, &token_a2, &token_b, &eddsa] {
         still_serving(&stack, token, "the EdDSA key");
     }
+}
+
+// ── limits and namespaces of outside issuers ─────────────────────────────────────────────────
+
+/// Gives every route with scopes the default limit `{rps, burst}`.
+fn with_route_default(cfg: &mut Value, rps: f64, burst: u32) {
+    for route in cfg["routes"].as_array_mut().expect("routes") {
+        if route.get("scopes").is_some() {
+            route["rate_limit"] = json!({"requests_per_second": rps, "burst": burst});
+        }
+    }
+}
+
+/// Tokens without a Keygate key id (an outside issuer's, with or without `jti`) draw from
+/// the route's default limit, one bucket per issuer and subject.
+#[test]
+fn route_default_limits_tokens_without_a_key_id() {
+    let idp = Idp::new();
+    let stack = Stack::start_with("jwt-route-limit", |cfg| {
+        with_idp_issuer(&idp)(cfg);
+        with_route_default(cfg, 1.0, 3);
+    });
+    wait_jwt_ready(&stack);
+    let started = Instant::now();
+    // Eight different tokens of one subject: half without jti, half with their own.
+    let replies: Vec<Reply> = (0..8)
+        .map(|n| {
+            let mut claims = idp.claims("dave@idp", "demo:read");
+            claims["nonce"] = json!(n);
+            if n % 2 == 0 {
+                claims.as_object_mut().map(|c| c.remove("jti"));
+            }
+            stack.get_with_key("/v1/hello", &idp.sign(&claims))
+        })
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = replies.iter().filter(|r| r.status == 200).count();
+    let limited: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        allowed + limited.len(),
+        8,
+        "statuses besides 200/429: {replies:#?}"
+    );
+    let bound = 3 + elapsed.floor() as usize;
+    assert!(
+        (3..=bound).contains(&allowed),
+        "{allowed} of 8 tokens of one subject allowed in {elapsed:.2} s (burst 3, 1/s): \
+         the route default does not hold for tokens without a key id\n{}",
+        stack.envoy.keygate_stats()
+    );
+    for reply in limited {
+        assert_denied(reply, 429, None, None);
+        assert_eq!(
+            reply.header("ratelimit-policy"),
+            Some("\"keygate\";q=3;w=3"),
+            "{reply:#?}"
+        );
+    }
+    // Another subject of the same issuer has its own bucket.
+    let other = idp.sign(&idp.claims("erin@idp", "demo:read"));
+    assert_forwarded_with_outside_identity(&stack.get_with_key("/v1/hello", &other), IDP_ISSUER);
+}
+
+/// An outside token whose `sub` and `jti` spell a Keygate key's owner and id is not that key:
+/// not in the identity headers, not in its rate-limit bucket.
+#[test]
+fn outside_tokens_never_pass_for_keygate_keys() {
+    let idp = Idp::new();
+    let stack = Stack::start_with("jwt-namespaces", |cfg| {
+        with_idp_issuer(&idp)(cfg);
+        with_route_default(cfg, 1.0, 3);
+    });
+    wait_jwt_ready(&stack);
+    let key = stack.service.create_key_from(&json!({
+        "name": "victim", "scopes": ["demo:read"], "owner": "team-x",
+        "rate_limit": {"requests_per_second": 0.1, "burst": 2},
+    }));
+    // The Keygate key: its identity says so, whatever the client sent.
+    let auth = bearer(&key.key);
+    let reply = stack.get(
+        "/v1/hello",
+        &[
+            ("authorization", auth.as_str()),
+            ("x-keygate-issuer", "https://idp.example.com/"),
+        ],
+    );
+    let upstream = assert_forwarded_with_identity(&reply, &key.id);
+    assert_eq!(upstream_str(&upstream, "x-keygate-issuer"), "keygate");
+    // Its bucket (burst 2) is now empty.
+    assert_eq!(stack.get_with_key("/v1/hello", &key.key).status, 200);
+    let reply = stack.get_with_key("/v1/hello", &key.key);
+    assert_denied(&reply, 429, None, Some(&key.key));
+
+    for sub in [key.id.as_str(), "team-x"] {
+        let mut claims = idp.claims(sub, "demo:read");
+        claims["jti"] = json!(key.id);
+        let token = idp.sign(&claims);
+        let reply = stack.get_with_key("/v1/hello", &token);
+        assert_eq!(
+            reply.status, 200,
+            "an IdP token with sub {sub:?} and the key's id as jti shares the key's bucket: \
+             {reply:#?}"
+        );
+        let upstream = assert_forwarded_with_outside_identity(&reply, IDP_ISSUER);
+        assert_eq!(upstream_str(&upstream, "x-keygate-subject"), sub);
+    }
+    // The key itself is still limited.
+    let reply = stack.get_with_key("/v1/hello", &key.key);
+    assert_denied(&reply, 429, None, Some(&key.key));
+}
+
+/// A JWKS served by the test, changed at will: the Envoy cluster `test_jwks` points at it.
+struct JwksServer {
+    port: u16,
+    body: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl JwksServer {
+    fn start(body: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the JWKS server");
+        let port = listener.local_addr().expect("JWKS server address").port();
+        let body = Arc::new(Mutex::new(body));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (served, stopped) = (Arc::clone(&body), Arc::clone(&stop));
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                // Read the request head (a GET without a body), then answer and close.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let body = served.lock().map(|b| b.clone()).unwrap_or_default();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        JwksServer { port, body, stop }
+    }
+
+    fn serve(&self, body: String) {
+        *self.body.lock().expect("JWKS body lock") = body;
+    }
+
+    /// The Envoy cluster for this server, as a YAML list item under `clusters:`.
+    fn cluster_yaml(&self) -> String {
+        format!(
+            "  - name: test_jwks\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: test_jwks\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A verified token cached by every worker is refused once its signing key leaves the
+/// issuer's JWKS (not only when the token expires).
+#[test]
+fn cached_tokens_die_with_their_signing_key() {
+    const ISSUER: &str = "https://rotating-idp.example/";
+    let (old_key, new_key) = (es256_key(), es256_key());
+    let jwks = |key: &SigningKey, kid: &str| json!({"keys": [key.public_jwk(kid)]}).to_string();
+    let server = JwksServer::start(jwks(&old_key, "old"));
+    let stack = Stack::start_with_yaml(
+        "jwt-removed-kid",
+        |cfg| {
+            cfg["jwt"]["issuers"]
+                .as_array_mut()
+                .expect("jwt.issuers")
+                .push(json!({
+                    "issuer": ISSUER,
+                    "algorithms": ["ES256"],
+                    "jwks": {"remote": {
+                        "cluster": "test_jwks", "path": "/jwks.json",
+                        "refresh_seconds": 3600, "min_refetch_seconds": 1, "timeout_ms": 2000,
+                    }},
+                }));
+        },
+        |yaml| {
+            assert_eq!(
+                yaml.matches("\n  clusters:\n").count(),
+                1,
+                "envoy.yaml clusters"
+            );
+            yaml.replacen(
+                "\n  clusters:\n",
+                &format!("\n  clusters:\n{}", server.cluster_yaml()),
+                1,
+            )
+        },
+    );
+    let token = |key: &SigningKey, kid: &str| {
+        let now = now_s();
+        let claims = json!({
+            "iss": ISSUER, "sub": "frank", "scope": "demo:read",
+            "iat": now, "exp": now + 600,
+        });
+        key.sign(kid, "at+jwt", &claims).expect("signing")
+    };
+    let old_token = token(&old_key, "old");
+    let reply = poll_status(
+        &stack,
+        "/v1/hello",
+        &old_token,
+        200,
+        Duration::from_secs(15),
+    );
+    assert_eq!(reply.status, 200, "the first key's token: {reply:#?}");
+    // Both workers verify and cache it.
+    for _ in 0..20 {
+        assert_eq!(stack.get_with_key("/v1/hello", &old_token).status, 200);
+    }
+
+    // The issuer drops the old key; the first token of the new one makes the filter refetch.
+    server.serve(jwks(&new_key, "new"));
+    let new_token = token(&new_key, "new");
+    let reply = poll_status(
+        &stack,
+        "/v1/hello",
+        &new_token,
+        200,
+        Duration::from_secs(15),
+    );
+    assert_eq!(reply.status, 200, "the new key's token: {reply:#?}");
+
+    // Every worker picks the new JWKS up on its next tick and forgets the old key's tokens.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut refused_in_a_row = 0;
+    let mut last = None;
+    while refused_in_a_row < 12 {
+        assert!(
+            Instant::now() < deadline,
+            "the token of a removed signing key still passes: {last:#?}\n{}",
+            stack.envoy.keygate_stats()
+        );
+        let reply = stack.get_with_key("/v1/hello", &old_token);
+        if reply.status == 401 {
+            assert_denied(
+                &reply,
+                401,
+                Some("error=\"invalid_token\""),
+                Some(&old_token),
+            );
+            refused_in_a_row += 1;
+        } else {
+            refused_in_a_row = 0;
+            sleep(Duration::from_millis(100));
+        }
+        last = Some(reply);
+    }
+    assert_eq!(stack.get_with_key("/v1/hello", &new_token).status, 200);
 }

@@ -6,12 +6,16 @@ use std::sync::{Arc, Barrier};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
+use keygate_core::key::{mint_opaque_key, GatewayKey, KeyPrefix, ID_LEN};
+use keygate_core::limits::{BucketOwner, RATE_SLOTS};
 use serde_json::{json, Value};
 
 use super::{assert_denied, assert_forwarded_with_identity};
 use crate::support::cluster::{Cluster, Database, Options};
 use crate::support::extra::{admin_json, admin_send, admin_send_as, rfc3339, unix_now};
-use crate::support::{bearer, random_hex, send, IssuedKey, KeyService, Reply, Stack, ADMIN_KEY};
+use crate::support::{
+    bearer, random_hex, send, IssuedKey, KeyService, Reply, Stack, ADMIN_KEY, KEY_PREFIX,
+};
 
 /// Polls `check` every 100 ms until it yields `Some` or `timeout` passes.
 fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
@@ -587,6 +591,449 @@ fn audit_log_has_every_action_and_no_secret() {
             !log.contains(secret),
             "the key service log ({}) holds the {what}",
             service.proc.log.display()
+        );
+    }
+}
+
+// ── 6. buckets that hold: collisions, load, contention ───────────────────────────────────────
+
+/// Counts allowed (200) and limited (429) replies; anything else fails the test.
+fn tally(replies: &[Reply], what: &str) -> (usize, usize) {
+    let other: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status != 200 && r.status != 429)
+        .collect();
+    assert!(
+        other.is_empty(),
+        "{what}: statuses besides 200/429: {other:#?}"
+    );
+    let allowed = replies.iter().filter(|r| r.status == 200).count();
+    (allowed, replies.len() - allowed)
+}
+
+/// Creates keys with `rate_limit` until two of them share a rate-limit slot (slot numbers are
+/// computable from public key ids: anyone can pick such a pair from their own keys).
+fn colliding_pair(service: &KeyService, rate_limit: &Value) -> (IssuedKey, IssuedKey) {
+    let mut by_slot = std::collections::HashMap::new();
+    for n in 0..2000 {
+        let issued = service.create_key_from(&json!({
+            "name": format!("collide-{n}"),
+            "scopes": ["demo:read"],
+            "owner": format!("collide-owner-{n}"),
+            "rate_limit": rate_limit,
+        }));
+        let slot = BucketOwner::key(&issued.id).slot();
+        if let Some(first) = by_slot.insert(slot, issued.clone()) {
+            return (first, issued);
+        }
+    }
+    panic!("no two of 2000 keys share one of {RATE_SLOTS} slots");
+}
+
+#[test]
+fn keys_sharing_a_bucket_slot_never_reset_each_other() {
+    // One record slot too, so that the record cache cannot hide anything either.
+    let stack = Stack::start_with("rl-collide", |cfg| cfg["cache"]["max_entries"] = json!(1));
+    let (a, b) = colliding_pair(
+        &stack.service,
+        &json!({"requests_per_second": 1, "burst": 3}),
+    );
+    let started = Instant::now();
+    let mut replies = (Vec::new(), Vec::new());
+    // Alternating the two keys: were one's bucket reset to full by the other, every request
+    // would pass.
+    for _ in 0..10 {
+        replies.0.push(stack.get_with_key("/v1/collide", &a.key));
+        replies.1.push(stack.get_with_key("/v1/collide", &b.key));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = 3 + elapsed.floor() as usize;
+    for (issued, replies) in [(&a, &replies.0), (&b, &replies.1)] {
+        let (allowed, limited) = tally(replies, &issued.id);
+        println!(
+            "key {}: {allowed} allowed, {limited} limited in {elapsed:.2} s",
+            issued.id
+        );
+        assert!(
+            allowed >= 3,
+            "key {}: only {allowed} allowed, its burst is 3",
+            issued.id
+        );
+        assert!(
+            allowed <= bound,
+            "key {}: {allowed} of 10 allowed in {elapsed:.2} s (at most {bound}): the other key \
+             of its slot reset its bucket\n{}",
+            issued.id,
+            stack.envoy.keygate_stats()
+        );
+    }
+    assert_eq!(stack.envoy.keygate_counter("rate_limit_contention"), 0);
+}
+
+/// Sends GETs with `key` on fresh connections until `until`; returns the statuses.
+fn hammer(url: &str, key: &str, until: Instant) -> Vec<u16> {
+    let auth = bearer(key);
+    let mut statuses = Vec::new();
+    while Instant::now() < until {
+        statuses.push(send("GET", url, &[("authorization", auth.as_str())], None).status);
+    }
+    statuses
+}
+
+#[test]
+fn many_limited_keys_under_load_each_stay_within_their_limit() {
+    const KEYS: usize = 500;
+    const ROUND_ROBIN_THREADS: usize = 6;
+    const HOT_THREADS: usize = 3;
+    const LOAD: Duration = Duration::from_secs(6);
+    let stack = Stack::start("rl-load");
+    let hot_limit = (50.0, 50u32);
+    let cold_limit = (0.1, 1u32);
+    let hot = stack.service.create_key_from(&json!({
+        "name": "hot", "scopes": ["demo:read"], "owner": "hot-owner",
+        "rate_limit": {"requests_per_second": hot_limit.0, "burst": hot_limit.1},
+    }));
+    let keys: Vec<IssuedKey> = (0..KEYS)
+        .map(|n| {
+            stack.service.create_key_from(&json!({
+                "name": format!("rr-{n}"), "scopes": ["demo:read"], "owner": format!("rr-owner-{n}"),
+                "rate_limit": {"requests_per_second": cold_limit.0, "burst": cold_limit.1},
+            }))
+        })
+        .collect();
+    let url = stack.url("/v1/load");
+
+    // Every key's bucket starts at its first request (counted like any other).
+    let started = Instant::now();
+    let mut statuses: Vec<Vec<u16>> = vec![Vec::new(); KEYS];
+    for (issued, statuses) in keys.iter().zip(&mut statuses) {
+        statuses.push(stack.get_with_key("/v1/load", &issued.key).status);
+    }
+    let hot_started = Instant::now();
+    let mut hot_statuses = vec![stack.get_with_key("/v1/load", &hot.key).status];
+
+    let until = Instant::now() + LOAD;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let keys = Arc::new(keys);
+    let round_robin: Vec<_> = (0..ROUND_ROBIN_THREADS)
+        .map(|_| {
+            let (next, keys, url) = (Arc::clone(&next), Arc::clone(&keys), url.clone());
+            thread::spawn(move || {
+                let mut seen = Vec::new();
+                while Instant::now() < until {
+                    let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % KEYS;
+                    let auth = bearer(&keys[at].key);
+                    let reply = send("GET", &url, &[("authorization", auth.as_str())], None);
+                    seen.push((at, reply.status));
+                }
+                seen
+            })
+        })
+        .collect();
+    let hot_threads: Vec<_> = (0..HOT_THREADS)
+        .map(|_| {
+            let (url, key) = (url.clone(), hot.key.clone());
+            thread::spawn(move || hammer(&url, &key, until))
+        })
+        .collect();
+    for handle in round_robin {
+        for (at, status) in handle.join().expect("a round-robin thread panicked") {
+            statuses[at].push(status);
+        }
+    }
+    for handle in hot_threads {
+        hot_statuses.extend(handle.join().expect("a hot-key thread panicked"));
+    }
+    // Each bound counts from before the key's first request to after its last answer.
+    let elapsed = started.elapsed().as_secs_f64();
+    let hot_elapsed = hot_started.elapsed().as_secs_f64();
+
+    let bound =
+        |(rate, burst): (f64, u32), elapsed: f64| (rate * elapsed + f64::from(burst)) * 1.02;
+    let check = |what: &str, statuses: &[u16], limit: (f64, u32), elapsed: f64| {
+        let other: Vec<&u16> = statuses
+            .iter()
+            .filter(|s| **s != 200 && **s != 429)
+            .collect();
+        assert!(
+            other.is_empty(),
+            "{what}: statuses besides 200/429: {other:?}\n{}",
+            stack.envoy.keygate_stats()
+        );
+        let allowed = statuses.iter().filter(|s| **s == 200).count();
+        assert!(
+            allowed as f64 <= bound(limit, elapsed),
+            "{what}: {allowed} of {} allowed in {elapsed:.2} s, more than {:.2} \
+             (rate × seconds + burst, +2%)\n{}",
+            statuses.len(),
+            bound(limit, elapsed),
+            stack.envoy.keygate_stats()
+        );
+        (allowed, statuses.len() - allowed)
+    };
+    let (hot_allowed, hot_limited) = check("hot key", &hot_statuses, hot_limit, hot_elapsed);
+    let mut attempts = 0;
+    let mut limited = 0;
+    for (n, statuses) in statuses.iter().enumerate() {
+        let (_, refused) = check(
+            &format!("round-robin key {n}"),
+            statuses,
+            cold_limit,
+            elapsed,
+        );
+        attempts += statuses.len();
+        limited += refused;
+    }
+    println!(
+        "{elapsed:.2} s: hot key {hot_allowed} allowed / {hot_limited} limited \
+         (bound {:.1}); {KEYS} keys {attempts} requests, {limited} limited (bound {:.2} each)",
+        bound(hot_limit, hot_elapsed),
+        bound(cold_limit, elapsed)
+    );
+    // The load really exceeded the limits, or the bounds above proved nothing.
+    assert!(
+        hot_limited > 0,
+        "the hot key was never limited: not enough load"
+    );
+    assert!(
+        limited > 0,
+        "round-robin keys: {attempts} requests, none limited: not enough load"
+    );
+    assert_eq!(stack.envoy.keygate_counter("rate_limit_contention"), 0);
+}
+
+// ── 7. status details only after the secret matched ──────────────────────────────────────────
+
+/// A key with an authentic tag (built with the gateway key) under `id`, with another secret.
+fn same_id_other_secret(stack: &Stack, id: &str) -> String {
+    let mut id_bytes = [0u8; ID_LEN];
+    keygate_core::base32::decode_into(id.as_bytes(), &mut id_bytes)
+        .unwrap_or_else(|| panic!("key id {id} is not base32"));
+    let gateway_key = GatewayKey::from_hex(stack.gateway_key().trim()).expect("gateway key");
+    let prefix = KeyPrefix::parse(KEY_PREFIX).expect("prefix");
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(&hex_bytes(&random_hex(32)));
+    let minted = mint_opaque_key(&prefix, &gateway_key, id_bytes, secret);
+    assert_eq!(minted.id.as_str(), id);
+    minted.plaintext
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// A revoked key's id with another secret gets the generic answer of a wrong secret,
+/// whether the id's record is cached or only its revocation (from the feed) is known.
+#[test]
+fn revoked_id_with_another_secret_learns_nothing() {
+    let stack = Stack::start("deny-details");
+    let used = stack
+        .service
+        .create_key_from(&json!({"name": "used", "scopes": ["demo:read"], "owner": "o1"}));
+    let unused = stack
+        .service
+        .create_key_from(&json!({"name": "unused", "scopes": ["demo:read"], "owner": "o2"}));
+    // `used` has its record cached on the way; `unused` is never presented before its revoke.
+    assert_forwarded_with_identity(&stack.get_with_key("/v1/d", &used.key), &used.id);
+    stack.service.revoke(&used.id);
+    stack.service.revoke(&unused.id);
+    // The holder of the secret learns that the key is revoked (feed: within moments).
+    let reply = poll(Duration::from_secs(10), || {
+        let reply = stack.get_with_key("/v1/d", &used.key);
+        (reply.status == 401).then_some(reply)
+    })
+    .unwrap_or_else(|| panic!("the revoked key still passes"));
+    assert_eq!(
+        reply.json()["type"],
+        "urn:keygate:problem:revoked-key",
+        "{reply:#?}"
+    );
+    // Wait until the feed has the unused key's revocation too.
+    let _ = poll(Duration::from_secs(10), || {
+        (stack.envoy.keygate_counter("feed.revoked_ids") >= 2).then_some(())
+    });
+
+    // The reference: an active key's id with another secret (a plain wrong secret).
+    let active = stack
+        .service
+        .create_key_from(&json!({"name": "active", "scopes": ["demo:read"], "owner": "o3"}));
+    let wrong_secret = stack.get_with_key("/v1/d", &same_id_other_secret(&stack, &active.id));
+    assert_denied(&wrong_secret, 401, Some("error=\"invalid_token\""), None);
+    for (what, id) in [("cached record", &used.id), ("feed only", &unused.id)] {
+        for _ in 0..4 {
+            let before = stack.envoy.keygate_counter("denied.revoked");
+            let forged = same_id_other_secret(&stack, id);
+            let reply = stack.get_with_key("/v1/d", &forged);
+            assert_denied(&reply, 401, Some("error=\"invalid_token\""), Some(&forged));
+            assert_eq!(
+                reply.json()["type"],
+                "urn:keygate:problem:invalid-key",
+                "{what}: a key with the revoked id {id} and another secret was told more \
+                 than a wrong secret is: {reply:#?}"
+            );
+            assert_eq!(reply.body, wrong_secret.body, "{what}: body differs");
+            assert_eq!(
+                reply.header("www-authenticate"),
+                wrong_secret.header("www-authenticate"),
+                "{what}: challenge differs"
+            );
+            assert_eq!(
+                stack.envoy.keygate_counter("denied.revoked"),
+                before,
+                "{what}: counted as revoked"
+            );
+        }
+    }
+    // The real holders still learn the truth.
+    for issued in [&used, &unused] {
+        let reply = stack.get_with_key("/v1/d", &issued.key);
+        assert_denied(&reply, 401, None, Some(&issued.key));
+        assert_eq!(
+            reply.json()["type"],
+            "urn:keygate:problem:revoked-key",
+            "{reply:#?}"
+        );
+    }
+}
+
+// ── 8. legacy lookups: their own cap and a negative cache ────────────────────────────────────
+
+/// Sends `per_thread` GETs with fresh legacy-looking strings from `threads` clients at once;
+/// returns the statuses.
+fn legacy_spray(stack: &Stack, threads: usize, per_thread: usize) -> Vec<u16> {
+    let barrier = Arc::new(Barrier::new(threads));
+    let url = stack.url("/v1/s");
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (barrier, url) = (Arc::clone(&barrier), url.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                (0..per_thread)
+                    .map(|_| {
+                        let auth = bearer(&format!("sk_old_{}", random_hex(16)));
+                        send("GET", &url, &[("authorization", auth.as_str())], None).status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("a spray thread panicked"))
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 503),
+        "spray statuses: {statuses:?}"
+    );
+    statuses
+}
+
+/// Unknown legacy strings are remembered apart: they evict no cached record, and one that
+/// comes back is answered without asking the key service again.
+#[test]
+fn legacy_spray_evicts_no_record() {
+    let stack = Stack::start_with("legacy-evict", |cfg| {
+        cfg["legacy_keys"] = json!({"prefixes": ["sk_old_"]});
+        // Few record slots: unknown strings written there would evict real records at once.
+        cfg["cache"]["max_entries"] = json!(4);
+    });
+    let real = stack.service.create_key("real", &["demo:read"]);
+    assert_forwarded_with_identity(&stack.get_with_key("/v1/s", &real.key), &real.id);
+    legacy_spray(&stack, 4, 16);
+
+    // The real key's record is still cached: no lookup for it.
+    let lookups = stack.service.lookups();
+    for _ in 0..4 {
+        assert_forwarded_with_identity(&stack.get_with_key("/v1/s", &real.key), &real.id);
+    }
+    assert_eq!(
+        stack.service.lookups(),
+        lookups,
+        "the spray evicted the real key's cached record"
+    );
+
+    // An unknown legacy string is asked about once per worker, then answered from the
+    // negative cache.
+    let unknown = format!("sk_old_{}", random_hex(16));
+    let lookups = stack.service.lookups();
+    for _ in 0..8 {
+        let reply = stack.get_with_key("/v1/s", &unknown);
+        assert_denied(&reply, 401, None, Some(&unknown));
+    }
+    let asked = stack.service.lookups() - lookups;
+    assert!(
+        (1..=2).contains(&asked),
+        "{asked} lookups for one unknown legacy string sent 8 times"
+    );
+}
+
+/// Legacy lookups have their own in-flight cap: a spray meets it (503) while the lookups of
+/// real keys go on.
+#[test]
+fn legacy_spray_meets_its_own_lookup_cap() {
+    let stack = Stack::start_with("legacy-cap", |cfg| {
+        cfg["legacy_keys"] = json!({"prefixes": ["sk_old_"], "max_in_flight": 1});
+    });
+    let statuses = legacy_spray(&stack, 16, 8);
+    assert!(
+        statuses.contains(&503),
+        "with legacy_keys.max_in_flight 1, 16 concurrent sprayers never met the cap: \
+         {statuses:?}\n{}",
+        stack.envoy.keygate_stats()
+    );
+    // A new key is looked up at once: the spray holds none of its lookup slots.
+    let fresh = stack.service.create_key("fresh", &["demo:read"]);
+    assert_forwarded_with_identity(&stack.get_with_key("/v1/s", &fresh.key), &fresh.id);
+}
+
+/// A route's default limit covers every credential kind: legacy keys (decided by their
+/// imported record) and Keygate keys without a limit of their own alike.
+#[test]
+fn route_default_limits_legacy_and_plain_keys() {
+    let stack = Stack::start_with("rl-route-default", |cfg| {
+        cfg["legacy_keys"] = json!({"header": "x-legacy-key"});
+        for route in cfg["routes"].as_array_mut().expect("routes") {
+            if route.get("scopes").is_some() {
+                route["rate_limit"] = json!({"requests_per_second": 0.5, "burst": 2});
+            }
+        }
+    });
+    let legacy = format!("legacy-{}", random_hex(20));
+    let file = json!([
+        {"name": "old", "owner": "old-owner", "scopes": ["demo:read"], "key": legacy},
+    ])
+    .to_string();
+    let reply = admin_send(
+        &stack.service,
+        "POST",
+        "/api/v1/auth/keys/import?format=json",
+        Some(&file),
+        "application/json",
+    );
+    assert_eq!(reply.status, 200, "import: {reply:?}");
+    let plain = stack.service.create_key("no-limit", &["demo:read"]);
+
+    let started = Instant::now();
+    let legacy_replies: Vec<Reply> = (0..6)
+        .map(|_| stack.get("/v1/rd", &[("x-legacy-key", legacy.as_str())]))
+        .collect();
+    let plain_replies: Vec<Reply> = (0..6)
+        .map(|_| stack.get_with_key("/v1/rd", &plain.key))
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = 2 + (0.5 * elapsed).floor() as usize;
+    for (what, replies) in [
+        ("legacy key", &legacy_replies),
+        ("plain key", &plain_replies),
+    ] {
+        let (allowed, limited) = tally(replies, what);
+        assert!(
+            (2..=bound).contains(&allowed) && limited > 0,
+            "{what}: {allowed} allowed, {limited} limited in {elapsed:.2} s under the route \
+             default (burst 2, 0.5/s)"
         );
     }
 }

@@ -218,6 +218,7 @@ fn token_cache(c: &mut Criterion) {
                     None,
                 ),
                 issuer: 0,
+                kid: "k".into(),
                 valid_until_s: NOW_S + 3600,
             },
         );
@@ -248,6 +249,7 @@ fn token_cache(c: &mut Criterion) {
                     CachedToken {
                         identity: Identity::new("s", "k", vec!["demo:read".into()], None),
                         issuer: 0,
+                        kid: "k".into(),
                         valid_until_s: NOW_S + 3600,
                     },
                 )

@@ -76,6 +76,10 @@ pub struct IdentityHeaders {
     pub key_id: String,
     #[serde(default = "default_scopes_header")]
     pub scopes: String,
+    /// Header carrying who vouched for the identity: `keygate` for Keygate keys, the
+    /// token's `iss` for JWTs.
+    #[serde(default = "default_issuer_header")]
+    pub issuer: String,
 }
 
 impl Default for IdentityHeaders {
@@ -84,6 +88,7 @@ impl Default for IdentityHeaders {
             subject: default_subject_header(),
             key_id: default_key_id_header(),
             scopes: default_scopes_header(),
+            issuer: default_issuer_header(),
         }
     }
 }
@@ -291,6 +296,12 @@ struct LegacySpec {
     prefixes: Vec<String>,
     #[serde(default = "default_legacy_path")]
     lookup_path: String,
+    #[serde(default = "default_legacy_in_flight")]
+    max_in_flight: usize,
+    #[serde(default = "default_legacy_negative_entries")]
+    negative_cache_entries: usize,
+    #[serde(default = "default_legacy_negative_ttl")]
+    negative_ttl_seconds: u64,
 }
 
 impl Default for LegacySpec {
@@ -299,6 +310,9 @@ impl Default for LegacySpec {
             header: None,
             prefixes: Vec::new(),
             lookup_path: default_legacy_path(),
+            max_in_flight: default_legacy_in_flight(),
+            negative_cache_entries: default_legacy_negative_entries(),
+            negative_ttl_seconds: default_legacy_negative_ttl(),
         }
     }
 }
@@ -310,6 +324,13 @@ pub struct LegacyKeys {
     pub prefixes: Vec<String>,
     /// `GET {lookup_path}{sha256 hex}` on the key service.
     pub lookup_path: String,
+    /// Legacy lookups in flight per worker, apart from `key_service.max_in_flight`; past it,
+    /// uncached legacy keys get 503 at once.
+    pub max_in_flight: usize,
+    /// Digests the key service did not know, remembered per worker (oldest dropped first),
+    /// apart from the record cache so that unknown strings never evict records.
+    pub negative_cache_entries: usize,
+    pub negative_ttl_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -435,6 +456,9 @@ fn default_key_id_header() -> String {
 fn default_scopes_header() -> String {
     "x-keygate-scopes".to_owned()
 }
+fn default_issuer_header() -> String {
+    "x-keygate-issuer".to_owned()
+}
 fn default_max_credential_bytes() -> usize {
     512
 }
@@ -473,6 +497,15 @@ fn default_decision_header() -> String {
 }
 fn default_legacy_path() -> String {
     "/v1/legacy-keys/".to_owned()
+}
+fn default_legacy_in_flight() -> usize {
+    8
+}
+fn default_legacy_negative_entries() -> usize {
+    10_000
+}
+fn default_legacy_negative_ttl() -> u64 {
+    60
 }
 fn default_usage_path() -> String {
     crate::wire::USAGE_PATH.to_owned()
@@ -866,6 +899,7 @@ impl FilterConfig {
         header_name("identity_headers.subject", &ih.subject)?;
         header_name("identity_headers.key_id", &ih.key_id)?;
         header_name("identity_headers.scopes", &ih.scopes)?;
+        header_name("identity_headers.issuer", &ih.issuer)?;
         in_range(
             "max_credential_bytes",
             raw.max_credential_bytes as u64,
@@ -902,10 +936,31 @@ impl FilterConfig {
         if !legacy.lookup_path.starts_with('/') || !legacy.lookup_path.ends_with('/') {
             return Err(error("legacy_keys.lookup_path", ConfigProblem::BadPath));
         }
+        in_range(
+            "legacy_keys.max_in_flight",
+            legacy.max_in_flight as u64,
+            1,
+            10_000,
+        )?;
+        in_range(
+            "legacy_keys.negative_cache_entries",
+            legacy.negative_cache_entries as u64,
+            1,
+            1_000_000,
+        )?;
+        in_range(
+            "legacy_keys.negative_ttl_seconds",
+            legacy.negative_ttl_seconds,
+            1,
+            86_400,
+        )?;
         let legacy_keys =
             (legacy.header.is_some() || !legacy.prefixes.is_empty()).then(|| LegacyKeys {
                 prefixes: legacy.prefixes.clone(),
                 lookup_path: legacy.lookup_path.clone(),
+                max_in_flight: legacy.max_in_flight,
+                negative_cache_entries: legacy.negative_cache_entries,
+                negative_ttl_ms: legacy.negative_ttl_seconds * 1000,
             });
         let u = &raw.usage;
         if !u.path.starts_with('/') {
@@ -935,6 +990,7 @@ impl FilterConfig {
                 ih.subject.as_str(),
                 ih.key_id.as_str(),
                 ih.scopes.as_str(),
+                ih.issuer.as_str(),
                 raw.shadow.decision_header.as_str(),
             ],
             raw.strip_method_override,
@@ -1074,6 +1130,17 @@ mod tests {
         );
         assert_eq!(config.credential_sources.query_param, None);
         assert_eq!(config.max_credential_bytes, 512);
+        assert_eq!(config.identity_headers.issuer, "x-keygate-issuer");
+        assert!(config.legacy_keys.is_none());
+        let legacy = FilterConfig::parse(
+            br#"{"routes": [{"prefix": "/", "scopes": ["a"]}], "legacy_keys": {"header": "x-old"}}"#,
+        )
+        .unwrap()
+        .legacy_keys
+        .unwrap();
+        assert_eq!(legacy.max_in_flight, 8);
+        assert_eq!(legacy.negative_cache_entries, 10_000);
+        assert_eq!(legacy.negative_ttl_ms, 60_000);
     }
 
     #[test]
@@ -1129,6 +1196,22 @@ mod tests {
             (
                 r#"{"legacy_keys": {"header": "x-old", "lookup_path": "/v1/legacy"}}"#,
                 "legacy_keys.lookup_path",
+            ),
+            (
+                r#"{"legacy_keys": {"header": "x-old", "max_in_flight": 0}}"#,
+                "legacy_keys.max_in_flight",
+            ),
+            (
+                r#"{"legacy_keys": {"header": "x-old", "negative_cache_entries": 0}}"#,
+                "legacy_keys.negative_cache_entries",
+            ),
+            (
+                r#"{"legacy_keys": {"header": "x-old", "negative_ttl_seconds": 0}}"#,
+                "legacy_keys.negative_ttl_seconds",
+            ),
+            (
+                r#"{"identity_headers": {"issuer": "X Issuer"}}"#,
+                "identity_headers.issuer",
             ),
         ];
         for (patch, field) in cases {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::credential::CredentialError;
 use crate::jwt::JwtError;
 use crate::key::KeyDigest;
-use crate::limits::address_allowed;
+use crate::limits::{address_allowed, BucketOwner};
 use crate::scope::{missing_scopes, Scope};
 use crate::wire::{KeyLookup, KeyStatus, RateLimit};
 
@@ -272,6 +272,9 @@ fn quoted_safe(text: &str) -> String {
         .collect()
 }
 
+/// What the issuer identity header says for Keygate's own opaque and legacy keys.
+pub const KEYGATE_ISSUER: &str = "keygate";
+
 /// Who a request runs as, once allowed: forwarded upstream in the identity headers.
 ///
 /// Cheap to clone (shared text): the filter keeps one per cached record or token and hands
@@ -279,12 +282,22 @@ fn quoted_safe(text: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub subject: Arc<str>,
+    /// A Keygate key id, or empty: a token of an outside issuer carries none (its `jti` is
+    /// not a Keygate key id, and must never pass for one).
     pub key_id: Arc<str>,
     pub scopes: Arc<[String]>,
     /// The scopes as one header value, space-separated (as the OAuth `scope` claim).
     pub scopes_header: Arc<str>,
     /// The key's own rate limit, if it has one.
     pub rate_limit: Option<RateLimit>,
+    /// The token's `iss` for a JWT; `None` for Keygate's opaque and legacy keys.
+    pub issuer: Option<Arc<str>>,
+    /// Whose rate-limit bucket this identity draws from: the key id's, or (without one)
+    /// the issuer's and subject's.
+    pub bucket_owner: BucketOwner,
+    /// The key usage is counted under: the key id, or (without one) `sub:` and the bucket
+    /// owner in hex, which no Keygate key id can equal.
+    pub usage_key: Arc<str>,
 }
 
 impl Identity {
@@ -294,12 +307,41 @@ impl Identity {
         scopes: Vec<String>,
         rate_limit: Option<RateLimit>,
     ) -> Self {
+        let key_id: Arc<str> = key_id.into();
+        let (bucket_owner, usage_key) = Self::accounts(&key_id, None, subject);
         Self {
             subject: subject.into(),
-            key_id: key_id.into(),
+            key_id,
             scopes_header: scopes.join(" ").into(),
             scopes: scopes.into(),
             rate_limit,
+            issuer: None,
+            bucket_owner,
+            usage_key,
+        }
+    }
+
+    /// The same identity, vouched for by the token issuer `issuer`.
+    pub fn issued_by(mut self, issuer: &str) -> Self {
+        let (bucket_owner, usage_key) = Self::accounts(&self.key_id, Some(issuer), &self.subject);
+        self.issuer = Some(issuer.into());
+        self.bucket_owner = bucket_owner;
+        self.usage_key = usage_key;
+        self
+    }
+
+    /// The issuer as the identity header shows it: the token's `iss`, or `keygate`.
+    pub fn issuer_name(&self) -> &str {
+        self.issuer.as_deref().unwrap_or(KEYGATE_ISSUER)
+    }
+
+    fn accounts(key_id: &Arc<str>, issuer: Option<&str>, subject: &str) -> (BucketOwner, Arc<str>) {
+        if key_id.is_empty() {
+            let owner = BucketOwner::subject(issuer.unwrap_or(KEYGATE_ISSUER), subject);
+            let usage_key = format!("sub:{}", owner.to_hex()).into();
+            (owner, usage_key)
+        } else {
+            (BucketOwner::key(key_id), Arc::clone(key_id))
         }
     }
 }
@@ -647,6 +689,41 @@ mod tests {
         assert_eq!(path.www_authenticate(), None);
         let body: serde_json::Value = serde_json::from_str(&path.problem_json()).unwrap();
         assert_eq!(body["type"], "urn:keygate:problem:path-parameter");
+    }
+
+    #[test]
+    fn outside_identities_are_namespaced_by_issuer() {
+        let key_id = "pqiwdlk7mv5ft2xr";
+        let key = Identity::new("team-a", key_id, vec![], None);
+        assert_eq!(key.issuer_name(), KEYGATE_ISSUER);
+        assert_eq!(key.bucket_owner, BucketOwner::key(key_id));
+        assert_eq!(&*key.usage_key, key_id);
+        // A Keygate JWT (its jti is a key id) shares the key's bucket and usage rows.
+        let keygate_jwt = Identity::new("team-a", key_id, vec![], None).issued_by("keygate");
+        assert_eq!(keygate_jwt.bucket_owner, key.bucket_owner);
+        assert_eq!(keygate_jwt.usage_key, key.usage_key);
+        // An outside token whose sub spells the key id, or the owner, shares neither.
+        for sub in [key_id, "team-a"] {
+            let outside = Identity::new(sub, "", vec![], None).issued_by("https://idp/");
+            assert_eq!(outside.issuer_name(), "https://idp/");
+            assert_ne!(outside.bucket_owner, key.bucket_owner);
+            assert_ne!(outside.usage_key, key.usage_key);
+            assert!(
+                outside.usage_key.starts_with("sub:"),
+                "{}",
+                outside.usage_key
+            );
+            assert!(outside.usage_key.len() > key_id.len());
+        }
+        // The same subject at two issuers: two buckets; the same at one issuer: one bucket,
+        // whatever the token (jti) it came in.
+        let a = Identity::new("bob", "", vec![], None).issued_by("https://a/");
+        let b = Identity::new("bob", "", vec![], None).issued_by("https://b/");
+        let a_again = Identity::new("bob", "", vec!["x".into()], None).issued_by("https://a/");
+        assert_ne!(a.bucket_owner, b.bucket_owner);
+        assert_ne!(a.usage_key, b.usage_key);
+        assert_eq!(a.bucket_owner, a_again.bucket_owner);
+        assert_eq!(a.usage_key, a_again.usage_key);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod headers;
 pub mod jwt;
 pub mod key;
 pub mod limits;
+pub mod negative_cache;
 pub mod route;
 pub mod scope;
 pub mod wire;

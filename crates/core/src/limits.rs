@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::wire::RateLimit;
 
@@ -127,12 +127,76 @@ fn parse_peer(source: &str) -> Option<IpAddr> {
     (address.port() != 0).then_some(address.ip())
 }
 
-/// A token bucket's state, kept per key in shared data (tokens in thousandths).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Ways per rate-limit slot: the buckets of up to this many owners share one shared-data value.
+pub const BUCKET_WAYS: usize = 8;
+/// Rate-limit slots in shared data. All are created at start, so that every later write is a
+/// compare-and-swap; with [`BUCKET_WAYS`] buckets each, up to 32,768 owners can be mid-refill at
+/// once per Envoy process.
+pub const RATE_SLOTS: u32 = 4096;
+/// Compare-and-swap rounds a request tries before it gives up on its bucket.
+pub const MAX_CAS_ROUNDS: usize = 16;
+
+/// Whose bucket: 16 bytes of SHA-256 over the owner's kind and names, so two owners never
+/// share a bucket (and an owner's slot can be computed by anyone: collisions are expected
+/// and handled, see [`BucketSet::take`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BucketOwner([u8; 16]);
+
+impl BucketOwner {
+    /// The bucket of a Keygate key (opaque, legacy, or a JWT whose `jti` is a Keygate key id).
+    pub fn key(key_id: &str) -> Self {
+        Self::digest(&[b"key", key_id.as_bytes()])
+    }
+
+    /// The bucket of a credential without a Keygate key id: a JWT's issuer and subject.
+    pub fn subject(issuer: &str, subject: &str) -> Self {
+        Self::digest(&[b"sub", issuer.as_bytes(), subject.as_bytes()])
+    }
+
+    fn digest(parts: &[&[u8]]) -> Self {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        let digest = hasher.finalize();
+        let mut owner = [0u8; 16];
+        owner.copy_from_slice(&digest[..16]);
+        Self(owner)
+    }
+
+    /// The rate-limit slot this owner's bucket lives in.
+    pub fn slot(&self) -> u32 {
+        u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]) % RATE_SLOTS
+    }
+
+    /// Lower-case hex of the 16 bytes.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for BucketOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BucketOwner({})", self.to_hex())
+    }
+}
+
+/// Shared-data key of a rate-limit slot.
+pub fn bucket_key(slot: u32) -> String {
+    format!("keygate.rl2.{slot}")
+}
+
+/// A token bucket's state (tokens in thousandths).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bucket {
-    pub key_id: String,
+    pub owner: BucketOwner,
     pub milli_tokens: u64,
     pub updated_ms: u64,
+    /// When the bucket is full again if nobody takes from it. From then on, forgetting the
+    /// bucket loses nothing: its owner would get a full one anyway.
+    pub full_at_ms: u64,
 }
 
 /// The outcome of taking one token.
@@ -145,12 +209,13 @@ pub enum Take {
 }
 
 impl Bucket {
-    /// A full bucket for `key_id`.
-    pub fn full(key_id: &str, limit: &RateLimit, now_ms: u64) -> Self {
+    /// A full bucket for `owner`.
+    pub fn full(owner: BucketOwner, limit: &RateLimit, now_ms: u64) -> Self {
         Self {
-            key_id: key_id.to_owned(),
+            owner,
             milli_tokens: u64::from(limit.burst) * 1000,
             updated_ms: now_ms,
+            full_at_ms: now_ms,
         }
     }
 
@@ -160,9 +225,18 @@ impl Bucket {
         let elapsed = now_ms.saturating_sub(self.updated_ms);
         // tokens per ms * 1000 (milli-tokens) = rps
         let refill = (elapsed as f64 * limit.requests_per_second) as u64;
-        self.milli_tokens = self.milli_tokens.saturating_add(refill).min(capacity);
-        self.updated_ms = self.updated_ms.max(now_ms);
-        if self.milli_tokens >= 1000 {
+        let filled = self.milli_tokens.saturating_add(refill);
+        if filled >= capacity {
+            self.milli_tokens = capacity;
+            self.updated_ms = self.updated_ms.max(now_ms);
+        } else {
+            // Only the time that bought whole milli-tokens is used up: a slow bucket asked
+            // every few milliseconds still refills (the remainder is credited later).
+            self.milli_tokens = filled;
+            let used_ms = (refill as f64 / limit.requests_per_second).ceil() as u64;
+            self.updated_ms += used_ms.min(elapsed);
+        }
+        let outcome = if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
             Take::Allowed {
                 remaining: self.milli_tokens / 1000,
@@ -173,18 +247,172 @@ impl Bucket {
             Take::Limited {
                 retry_after_ms: retry_after_ms.max(1),
             }
-        }
+        };
+        let missing = capacity.saturating_sub(self.milli_tokens);
+        let to_full_ms = (missing as f64 / limit.requests_per_second).ceil() as u64;
+        self.full_at_ms = self.updated_ms.saturating_add(to_full_ms);
+        outcome
+    }
+
+    /// True when the bucket has refilled completely by `now_ms` (see `full_at_ms`).
+    pub fn is_idle(&self, now_ms: u64) -> bool {
+        now_ms >= self.full_at_ms
+    }
+}
+
+/// Bytes of one encoded bucket: owner, milli-tokens, updated, full at (little-endian).
+const BUCKET_LEN: usize = 16 + 8 + 8 + 8;
+
+/// The buckets of one rate-limit slot: at most [`BUCKET_WAYS`], each with its owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BucketSet {
+    buckets: Vec<Bucket>,
+}
+
+/// Every way of a slot holds another owner's bucket that is still refilling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotFull {
+    /// When the first of them will be full (and its way free), in milliseconds.
+    pub retry_after_ms: u64,
+}
+
+impl BucketSet {
+    /// Decodes a slot's value. Anything that is not whole buckets (an empty slot, a value of
+    /// another format) decodes to the buckets it holds whole, at most [`BUCKET_WAYS`].
+    pub fn decode(bytes: &[u8]) -> Self {
+        let buckets = bytes
+            .chunks_exact(BUCKET_LEN)
+            .take(BUCKET_WAYS)
+            .map(|chunk| {
+                let mut owner = [0u8; 16];
+                owner.copy_from_slice(&chunk[..16]);
+                let word = |at: usize| {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(&chunk[at..at + 8]);
+                    u64::from_le_bytes(bytes)
+                };
+                Bucket {
+                    owner: BucketOwner(owner),
+                    milli_tokens: word(16),
+                    updated_ms: word(24),
+                    full_at_ms: word(32),
+                }
+            })
+            .collect();
+        Self { buckets }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(self.buckets.len() * BUCKET_LEN);
+        for bucket in &self.buckets {
+            out.extend_from_slice(&bucket.owner.0);
+            out.extend_from_slice(&bucket.milli_tokens.to_le_bytes());
+            out.extend_from_slice(&bucket.updated_ms.to_le_bytes());
+            out.extend_from_slice(&bucket.full_at_ms.to_le_bytes());
+        }
+        out
     }
 
-    /// Decodes a bucket and checks it is `key_id`'s (the slot may hold another key's).
-    pub fn decode_for(bytes: &[u8], key_id: &str) -> Option<Self> {
-        let bucket: Self = serde_json::from_slice(bytes).ok()?;
-        (bucket.key_id == key_id).then_some(bucket)
+    pub fn get(&self, owner: &BucketOwner) -> Option<&Bucket> {
+        self.buckets.iter().find(|b| b.owner == *owner)
     }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// Takes one token from `owner`'s bucket. An owner without a bucket here gets a full one
+    /// in a free way; a way is free when it is empty or its bucket has refilled completely
+    /// (dropping that bucket changes nothing for its owner). Another owner's bucket that is
+    /// still refilling is never touched: when every way holds one, the answer is
+    /// [`SlotFull`] and nothing changes.
+    pub fn take(
+        &mut self,
+        owner: BucketOwner,
+        limit: &RateLimit,
+        now_ms: u64,
+    ) -> Result<Take, SlotFull> {
+        if let Some(bucket) = self.buckets.iter_mut().find(|b| b.owner == owner) {
+            return Ok(bucket.take(limit, now_ms));
+        }
+        self.buckets.retain(|b| !b.is_idle(now_ms));
+        if self.buckets.len() >= BUCKET_WAYS {
+            let first_free = self
+                .buckets
+                .iter()
+                .map(|b| b.full_at_ms.saturating_sub(now_ms))
+                .min()
+                .unwrap_or(1);
+            return Err(SlotFull {
+                retry_after_ms: first_free.max(1),
+            });
+        }
+        let mut bucket = Bucket::full(owner, limit, now_ms);
+        let outcome = bucket.take(limit, now_ms);
+        self.buckets.push(bucket);
+        Ok(outcome)
+    }
+}
+
+/// The shared data that rate-limit slots live in (proxy-wasm shared data in the filter).
+pub trait SharedSlots {
+    /// The slot's value and version (`None`, `None` when it does not exist).
+    fn read(&self, name: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes `value` if the slot is still at version `cas`; false when it is not (or the
+    /// write failed).
+    fn write(&self, name: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// What taking a token decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateDecision {
+    /// Allowed; whole tokens left.
+    Allowed { remaining: u64 },
+    /// Over the limit (429); a token is back in this many milliseconds.
+    Limited { retry_after_ms: u64 },
+    /// Every way of the owner's slot holds another owner's bucket that is still refilling:
+    /// refused (fail closed), a way frees in this many milliseconds.
+    SlotFull { retry_after_ms: u64 },
+    /// [`MAX_CAS_ROUNDS`] compare-and-swap rounds all lost to concurrent writers: refused
+    /// (fail closed) rather than allowed without counting.
+    Contended,
+}
+
+/// Takes one token from `owner`'s bucket in shared data: read the slot, take, write it back
+/// with compare-and-swap; on a lost race, read again (at most [`MAX_CAS_ROUNDS`] times).
+pub fn take_token(
+    slots: &impl SharedSlots,
+    owner: BucketOwner,
+    limit: &RateLimit,
+    now_ms: u64,
+) -> RateDecision {
+    let name = bucket_key(owner.slot());
+    for _ in 0..MAX_CAS_ROUNDS {
+        let (current, cas) = slots.read(&name);
+        let mut set = current
+            .as_deref()
+            .map(BucketSet::decode)
+            .unwrap_or_default();
+        let outcome = match set.take(owner, limit, now_ms) {
+            Ok(outcome) => outcome,
+            Err(full) => {
+                return RateDecision::SlotFull {
+                    retry_after_ms: full.retry_after_ms,
+                }
+            }
+        };
+        if slots.write(&name, &set.encode(), cas) {
+            return match outcome {
+                Take::Allowed { remaining } => RateDecision::Allowed { remaining },
+                Take::Limited { retry_after_ms } => RateDecision::Limited { retry_after_ms },
+            };
+        }
+    }
+    RateDecision::Contended
 }
 
 /// The IETF rate-limit headers (draft-ietf-httpapi-ratelimit-headers):
@@ -202,6 +430,9 @@ pub fn ratelimit_headers(limit: &RateLimit, remaining: u64, reset_s: u64) -> (St
 
 #[cfg(test)]
 mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+
     use super::*;
 
     fn ip(text: &str) -> IpAddr {
@@ -253,6 +484,13 @@ mod tests {
         assert_eq!(client_address(None, Some("203.0.113.7"), 2), None);
         assert_eq!(client_address(None, None, 1), None);
         assert_eq!(client_address(None, Some("junk"), 1), None);
+    }
+
+    fn limit(rps: f64, burst: u32) -> RateLimit {
+        RateLimit {
+            requests_per_second: rps,
+            burst,
+        }
     }
 
     #[test]
@@ -324,14 +562,14 @@ mod tests {
 
     #[test]
     fn bucket_allows_burst_then_refills_at_the_rate() {
-        let limit = RateLimit {
-            requests_per_second: 10.0,
-            burst: 10,
-        };
-        let mut bucket = Bucket::full("k", &limit, 0);
+        let limit = limit(10.0, 10);
+        let mut bucket = Bucket::full(BucketOwner::key("k"), &limit, 0);
         for left in (0..10).rev() {
             assert_eq!(bucket.take(&limit, 0), Take::Allowed { remaining: left });
         }
+        assert_eq!(bucket.full_at_ms, 1000);
+        assert!(!bucket.is_idle(999));
+        assert!(bucket.is_idle(1000));
         assert_eq!(
             bucket.take(&limit, 0),
             Take::Limited {
@@ -345,9 +583,237 @@ mod tests {
         assert!(matches!(bucket.take(&limit, 100), Take::Allowed { .. }));
         // A long pause refills only up to the burst.
         assert_eq!(bucket.take(&limit, 100_000), Take::Allowed { remaining: 9 });
-        let round = Bucket::decode_for(&bucket.encode(), "k").unwrap();
-        assert_eq!(round, bucket);
-        assert!(Bucket::decode_for(&bucket.encode(), "other").is_none());
+        assert_eq!(bucket.full_at_ms, 100_100);
+    }
+
+    #[test]
+    fn a_slow_bucket_asked_often_still_refills() {
+        // 0.1 token/s is 0.1 milli-token per ms: asked every 5 ms, each ask alone buys none.
+        let limit = limit(0.1, 1);
+        let mut bucket = Bucket::full(BucketOwner::key("slow"), &limit, 0);
+        assert!(matches!(bucket.take(&limit, 0), Take::Allowed { .. }));
+        let mut allowed_at = None;
+        for now in (5..=20_000).step_by(5) {
+            if let Take::Allowed { .. } = bucket.take(&limit, now) {
+                allowed_at.get_or_insert(now);
+            }
+        }
+        // One token back after 10 s, and one more after 20 s: no more, no less.
+        assert_eq!(allowed_at, Some(10_000));
+        assert_eq!(bucket.milli_tokens, 0);
+        let mut again = Bucket::full(BucketOwner::key("slow"), &limit, 0);
+        let taken = (0..=20_000)
+            .step_by(5)
+            .filter(|now| matches!(again.take(&limit, *now), Take::Allowed { .. }))
+            .count();
+        assert_eq!(taken, 3);
+    }
+
+    #[test]
+    fn owners_are_distinct_per_kind_issuer_and_subject() {
+        let id = "pqiwdlk7mv5ft2xr";
+        let key = BucketOwner::key(id);
+        assert_eq!(key, BucketOwner::key(id));
+        assert_ne!(key, BucketOwner::key("pqiwdlk7mv5ft2xs"));
+        // An outside token whose subject (or issuer) spells a key id is not that key.
+        assert_ne!(key, BucketOwner::subject("https://idp/", id));
+        assert_ne!(key, BucketOwner::subject(id, ""));
+        assert_ne!(
+            BucketOwner::subject("https://a/", "bob"),
+            BucketOwner::subject("https://b/", "bob")
+        );
+        // Length-prefixed parts: no ambiguity between where the issuer ends and the subject starts.
+        assert_ne!(
+            BucketOwner::subject("ab", "c"),
+            BucketOwner::subject("a", "bc")
+        );
+        assert!(key.slot() < RATE_SLOTS);
+        assert_eq!(key.to_hex().len(), 32);
+    }
+
+    /// Owners whose buckets share slot 0 (found by trying subjects; slot numbers are public).
+    fn colliding_owners(count: usize) -> Vec<BucketOwner> {
+        let target = BucketOwner::key("target").slot();
+        let mut found = vec![BucketOwner::key("target")];
+        let mut n = 0u64;
+        while found.len() < count {
+            let owner = BucketOwner::key(&format!("k{n}"));
+            if owner.slot() == target {
+                found.push(owner);
+            }
+            n += 1;
+        }
+        found
+    }
+
+    #[test]
+    fn colliding_owners_never_reset_each_other() {
+        let limit = limit(1.0, 2);
+        let owners = colliding_owners(2);
+        let (a, b) = (owners[0], owners[1]);
+        let mut set = BucketSet::default();
+        // Alternating the two keys: each gets exactly its own burst, then 429s.
+        let mut allowed = [0, 0];
+        for round in 0..10 {
+            for (i, owner) in [a, b].into_iter().enumerate() {
+                if let Ok(Take::Allowed { .. }) = set.take(owner, &limit, round) {
+                    allowed[i] += 1;
+                }
+                // The value survives the trip through shared data.
+                set = BucketSet::decode(&set.encode());
+            }
+        }
+        assert_eq!(allowed, [2, 2]);
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.get(&a).map(|b| b.milli_tokens), Some(9));
+    }
+
+    #[test]
+    fn a_full_slot_refuses_newcomers_without_touching_others() {
+        let limit = limit(1.0, 1);
+        let owners = colliding_owners(BUCKET_WAYS + 1);
+        let mut set = BucketSet::default();
+        for (i, owner) in owners[..BUCKET_WAYS].iter().enumerate() {
+            assert_eq!(
+                set.take(*owner, &limit, i as u64),
+                Ok(Take::Allowed { remaining: 0 })
+            );
+        }
+        let before = set.clone();
+        // Owner 0 is full again at 1000 ms: until then the newcomer is refused.
+        let newcomer = owners[BUCKET_WAYS];
+        assert_eq!(
+            set.take(newcomer, &limit, 400),
+            Err(SlotFull {
+                retry_after_ms: 600
+            })
+        );
+        assert_eq!(set, before);
+        // The owners already there still draw from their own buckets.
+        assert!(matches!(
+            set.take(owners[3], &limit, 400),
+            Ok(Take::Limited { .. })
+        ));
+        // Once a bucket has refilled completely its way is free, and dropping it loses
+        // nothing: its owner comes back to a full bucket, as it would have had.
+        assert_eq!(
+            set.take(newcomer, &limit, 1000),
+            Ok(Take::Allowed { remaining: 0 })
+        );
+        assert!(set.get(&owners[0]).is_none());
+        assert_eq!(set.len(), BUCKET_WAYS);
+        assert!(matches!(
+            set.take(owners[1], &limit, 1001),
+            Ok(Take::Allowed { .. })
+        ));
+    }
+
+    #[test]
+    fn slot_values_decode_whole_buckets_only() {
+        assert!(BucketSet::decode(b"").is_empty());
+        // The old JSON format (or any garbage) holds no whole bucket of this one... or
+        // decodes to buckets that are simply somebody else's: never a panic.
+        let _ = BucketSet::decode(br#"{"key_id":"k","milli_tokens":1,"updated_ms":2}"#);
+        let limit = limit(1.0, 1);
+        let owners = colliding_owners(BUCKET_WAYS + 2);
+        let mut set = BucketSet::default();
+        for owner in &owners[..BUCKET_WAYS] {
+            let _ = set.take(*owner, &limit, 0);
+        }
+        let mut bytes = set.encode();
+        assert_eq!(bytes.len(), BUCKET_WAYS * BUCKET_LEN);
+        bytes.extend_from_slice(&[7; BUCKET_LEN + 3]);
+        assert_eq!(BucketSet::decode(&bytes), set);
+    }
+
+    /// Shared data as the host keeps it, with a way to make the next writes lose their race.
+    #[derive(Default)]
+    struct FakeSlots {
+        values: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+        lose_next: Cell<usize>,
+        writes: Cell<usize>,
+    }
+
+    impl SharedSlots for FakeSlots {
+        fn read(&self, name: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            match self.values.borrow().get(name) {
+                Some((value, version)) => (Some(value.clone()), Some(*version)),
+                None => (None, None),
+            }
+        }
+
+        fn write(&self, name: &str, value: &[u8], cas: Option<u32>) -> bool {
+            self.writes.set(self.writes.get() + 1);
+            let mut values = self.values.borrow_mut();
+            let current = values.get(name).map(|(_, v)| *v);
+            if self.lose_next.get() > 0 {
+                // Another worker wrote in between: the version moved on.
+                self.lose_next.set(self.lose_next.get() - 1);
+                let (old, version) = values.get(name).cloned().unwrap_or_default();
+                values.insert(name.to_owned(), (old, version + 1));
+                return false;
+            }
+            if cas.is_some() && cas != current {
+                return false;
+            }
+            values.insert(name.to_owned(), (value.to_vec(), current.unwrap_or(0) + 1));
+            true
+        }
+    }
+
+    #[test]
+    fn take_token_covers_every_branch() {
+        let limit = limit(1.0, 2);
+        let slots = FakeSlots::default();
+        let owner = BucketOwner::key("k");
+        // Allowed, twice (the burst), then limited: each written back.
+        assert_eq!(
+            take_token(&slots, owner, &limit, 0),
+            RateDecision::Allowed { remaining: 1 }
+        );
+        assert_eq!(
+            take_token(&slots, owner, &limit, 0),
+            RateDecision::Allowed { remaining: 0 }
+        );
+        assert_eq!(
+            take_token(&slots, owner, &limit, 500),
+            RateDecision::Limited {
+                retry_after_ms: 500
+            }
+        );
+        assert_eq!(slots.writes.get(), 3);
+        // Lost races are retried on a fresh read...
+        slots.lose_next.set(MAX_CAS_ROUNDS - 1);
+        assert_eq!(
+            take_token(&slots, owner, &limit, 1000),
+            RateDecision::Allowed { remaining: 0 }
+        );
+        // ...but after MAX_CAS_ROUNDS lost races the request is refused, and nothing taken.
+        slots.lose_next.set(MAX_CAS_ROUNDS);
+        let before = slots.read(&bucket_key(owner.slot())).0;
+        assert_eq!(
+            take_token(&slots, owner, &limit, 5000),
+            RateDecision::Contended
+        );
+        assert_eq!(slots.read(&bucket_key(owner.slot())).0, before);
+        // A slot whose every way is another owner's refilling bucket refuses a newcomer.
+        let owners = colliding_owners(BUCKET_WAYS + 1);
+        for other in &owners[..BUCKET_WAYS] {
+            assert!(matches!(
+                take_token(&slots, *other, &limit, 10_000),
+                RateDecision::Allowed { .. }
+            ));
+        }
+        assert_eq!(
+            take_token(&slots, owners[BUCKET_WAYS], &limit, 10_000),
+            RateDecision::SlotFull {
+                retry_after_ms: 1000
+            }
+        );
+        assert_eq!(
+            take_token(&slots, owners[BUCKET_WAYS], &limit, 11_000),
+            RateDecision::Allowed { remaining: 1 }
+        );
     }
 
     #[test]

@@ -592,6 +592,7 @@ fn every_algorithm_round_trips_with_scopes_from_scope_and_scp() {
                     subject: "client-42".to_owned(),
                     jti: Some("token-1".to_owned()),
                     issuer: ISSUER.to_owned(),
+                    kid: kid.to_owned(),
                     expires_at: Some(NOW + 600),
                     issued_at: Some(NOW - 10),
                     scopes: expected.clone(),

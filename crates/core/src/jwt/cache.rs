@@ -4,6 +4,7 @@
 //! a decode). Bounded: past `capacity`, the oldest entry is evicted first.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::decision::Identity;
 use crate::fingerprint::Fingerprint;
@@ -17,6 +18,8 @@ pub struct CachedToken {
     pub identity: Identity,
     /// Index of the issuer (in configuration order) that verified it.
     pub issuer: usize,
+    /// The `kid` of the signing key that verified it.
+    pub kid: Arc<str>,
     /// The token is used until this time (Unix seconds, exclusive).
     pub valid_until_s: u64,
 }
@@ -63,6 +66,21 @@ impl TokenCache {
         }
     }
 
+    /// Drops the tokens of `issuer` whose signing key is no longer trusted (`keeps(kid)`
+    /// false): a key that left the issuer's key set takes its cached verdicts with it.
+    /// Returns how many were dropped.
+    pub fn drop_removed_keys(&mut self, issuer: usize, keeps: impl Fn(&str) -> bool) -> usize {
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, token| token.issuer != issuer || keeps(&token.kid));
+        let dropped = before - self.entries.len();
+        if dropped > 0 {
+            let entries = &self.entries;
+            self.order.retain(|hash| entries.contains_key(hash));
+        }
+        dropped
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -82,11 +100,32 @@ mod tests {
     }
 
     fn cached(until: u64) -> CachedToken {
+        signed(0, "kid-1", until)
+    }
+
+    fn signed(issuer: usize, kid: &str, until: u64) -> CachedToken {
         CachedToken {
             identity: Identity::new("s", "k", Vec::new(), None),
-            issuer: 0,
+            issuer,
+            kid: kid.into(),
             valid_until_s: until,
         }
+    }
+
+    #[test]
+    fn tokens_of_a_removed_key_are_dropped() {
+        let mut cache = TokenCache::new(8);
+        let [old, new, other_issuer] = [token_hash("a"), token_hash("b"), token_hash("c")];
+        cache.insert(old, signed(0, "old", 1000));
+        cache.insert(new, signed(0, "new", 1000));
+        // Another issuer's key of the same name is not this issuer's.
+        cache.insert(other_issuer, signed(1, "old", 1000));
+        assert_eq!(cache.drop_removed_keys(0, |kid| kid == "new"), 1);
+        assert!(cache.get(&old, 0).is_none());
+        assert!(cache.get(&new, 0).is_some());
+        assert!(cache.get(&other_issuer, 0).is_some());
+        assert_eq!(cache.order.len(), 2);
+        assert_eq!(cache.drop_removed_keys(0, |kid| kid == "new"), 0);
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct VerifiedToken {
     /// `jti`, for revocation checks.
     pub jti: Option<String>,
     pub issuer: String,
+    /// The `kid` of the key that verified it (a cached verdict ends when this key leaves the
+    /// issuer's key set).
+    pub kid: String,
     /// `exp`, seconds since the epoch (cache the verification until then).
     pub expires_at: Option<u64>,
     pub issued_at: Option<u64>,
@@ -167,6 +170,7 @@ pub fn verify_jwt_with(
     if key.algorithm() != alg {
         return Err(JwtError::AlgorithmMismatch);
     }
+    let kid = key.kid().to_owned();
     let typ_ok = match &validation.typ {
         None => true,
         Some(expected) => matches!(&header.typ, Value::Str(typ) if media_type_eq(typ, expected)),
@@ -207,6 +211,7 @@ pub fn verify_jwt_with(
         subject: subject(&claims.sub)?,
         jti: optional_string(&claims.jti, "jti")?,
         issuer: validation.issuer.clone(),
+        kid,
         expires_at: numeric(&claims.exp, "exp")?,
         issued_at: numeric(&claims.iat, "iat")?,
         scopes: scopes(&claims.scope, &claims.scp)?,
@@ -716,6 +721,7 @@ mod tests {
                 subject: "user-1".into(),
                 jti: Some("t-1".into()),
                 issuer: "https://issuer".into(),
+                kid: "es".into(),
                 expires_at: Some(NOW + 300),
                 issued_at: Some(NOW),
                 scopes: vec![],
