@@ -69,6 +69,7 @@ test: prereqs build validate-manifests wasm-test
 
 lint: prereqs
 	$(CARGO) fmt --all --check
+	rustfmt --check --edition 2021 fuzz/fuzz_targets/*.rs
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) -p keygate -p keygate-core -- -D warnings
 

@@ -42,7 +42,11 @@ read -r -a targets <<<"${FUZZ_TARGETS:-$("${CARGO_FUZZ[@]}" list | tr '\n' ' ')}
 
 started=$SECONDS
 say "building ${#targets[@]} targets ($compiler)"
-"${CARGO_FUZZ[@]}" build
+if [[ -n "${FUZZ_TARGETS:-}" ]]; then
+  for target in "${targets[@]}"; do "${CARGO_FUZZ[@]}" build "$target"; done
+else
+  "${CARGO_FUZZ[@]}" build
+fi
 say "built in $((SECONDS - started)) s"
 
 mkdir -p target/logs
