@@ -373,7 +373,8 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         );
     }
     let Some(set) = set else {
-        // A page of a snapshot: the set in force stays until the last page is in.
+        // A page of a run (a snapshot, or a burst of events): the set in force stays until
+        // the last page is in.
         shared.feed.borrow_mut().failures = 0;
         let since = shared
             .feed
@@ -383,7 +384,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         host::log(
             LogLevel::Debug,
             &format!(
-                "revocation feed: snapshot page of {} event(s) up to seq {since}, more follow",
+                "revocation feed: page of {} event(s) up to seq {since}, more follow",
                 answer.events.len()
             ),
         );
