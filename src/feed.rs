@@ -46,8 +46,8 @@ pub struct FeedView {
     polling: Option<u32>,
     /// Where this worker is in the feed when it follows (a snapshot being assembled).
     follower: Follower,
-    /// Ids evicted by the pages of the snapshot being assembled (logged once it is whole).
-    evicted_while_assembling: usize,
+    /// Ids evicted by the answers of a run of pages (logged once, after its last page).
+    evicted_unlogged: usize,
     next_poll_ms: u64,
     failures: u32,
 }
@@ -337,7 +337,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         Ok(Accepted::Whole(set, applied)) => (Some(set), applied),
         Ok(Accepted::Partial(applied)) => (None, applied),
         Err(err) => {
-            shared.feed.borrow_mut().evicted_while_assembling = 0;
+            shared.feed.borrow_mut().evicted_unlogged = 0;
             failed(shared, now, &err.to_string());
             return true;
         }
@@ -354,9 +354,9 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
     }
     let evicted = {
         let mut view = shared.feed.borrow_mut();
-        view.evicted_while_assembling += applied.evicted;
-        if set.is_some() {
-            std::mem::take(&mut view.evicted_while_assembling)
+        view.evicted_unlogged += applied.evicted;
+        if set.is_some() && !answer.more {
+            std::mem::take(&mut view.evicted_unlogged)
         } else {
             0
         }
@@ -373,7 +373,8 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         );
     }
     let Some(set) = set else {
-        // A page of a snapshot: the set in force stays until the last page is in.
+        // A page of a run (a snapshot, or a burst of events): the set in force stays until
+        // the last page is in.
         shared.feed.borrow_mut().failures = 0;
         let since = shared
             .feed
@@ -383,7 +384,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         host::log(
             LogLevel::Debug,
             &format!(
-                "revocation feed: snapshot page of {} event(s) up to seq {since}, more follow",
+                "revocation feed: page of {} event(s) up to seq {since}, more follow",
                 answer.events.len()
             ),
         );

@@ -446,6 +446,7 @@ fn start_lookup(
     // (Shared data only: `lookups` is borrowed by our caller.)
     if let Some(entry) = read_shared_entry(shared, id)
         .filter(|e| e.freshness(now, &config.cache) == Freshness::Fresh)
+        .filter(|e| is_recent_enough(shared, e, now))
         .map(Rc::new)
     {
         if leased {

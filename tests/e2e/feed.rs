@@ -721,6 +721,11 @@ const BULK: usize = 200_000;
 /// Appends `BULK` revocation events committed now to the SQLite database of `service`, as a
 /// mass revocation would (written directly: through the API it would take minutes).
 fn bulk_revoke(service: &KeyService) {
+    bulk_revoke_in(service, "bulk");
+}
+
+/// [`bulk_revoke`] with ids starting with `tag` (8 characters at most).
+fn bulk_revoke_in(service: &KeyService, tag: &str) {
     let database = service.proc.log.with_file_name("keygate.db");
     let script = r#"
 import sqlite3, sys, time
@@ -729,7 +734,7 @@ now = int(time.time())
 db.executemany(
     "INSERT INTO revocation_events (key_id, kind, effective_at, key_expires_at, created_at) "
     "VALUES (?, 'revoked', ?, NULL, ?)",
-    ((f"bulk{n:012d}", now, now) for n in range(int(sys.argv[2]))),
+    ((f"{sys.argv[3]}{n:0{16 - len(sys.argv[3])}d}", now, now) for n in range(int(sys.argv[2]))),
 )
 db.execute("UPDATE feed_state SET last_seq = (SELECT MAX(seq) FROM revocation_events) WHERE id = 1")
 db.commit()
@@ -739,6 +744,7 @@ db.commit()
         .arg(script)
         .arg(&database)
         .arg(BULK.to_string())
+        .arg(tag)
         .status()
         .expect("running python3 (a prerequisite of the project)");
     assert!(
@@ -808,4 +814,46 @@ fn a_cold_follower_loads_a_paged_snapshot_past_max_revoked_and_still_refuses_rev
         "the overflow is logged:\n{}",
         crate::support::tail(&stack.envoy.proc.log, 40)
     );
+}
+
+#[test]
+fn a_cached_key_whose_revocation_was_evicted_is_looked_up_again_not_accepted() {
+    // A record cached for 5 minutes, and a short long-poll so the bulk load (written behind
+    // the key service's back) is seen soon.
+    let stack = Stack::start_with("feed-evicted", |plugin| {
+        plugin["cache"]["ttl_seconds"] = json!(300);
+        feed_settings(plugin, json!({"wait_seconds": 2}));
+    });
+    let victim = stack.service.create_key("victim", &["demo:read"]);
+    let good = stack.service.create_key("good", &["demo:read"]);
+    warm_stack(&stack, &victim);
+    warm_stack(&stack, &good);
+    stack.service.revoke(&victim.id);
+    for reply in steady_refusals(&stack, &victim, Duration::from_secs(5)) {
+        assert_told(&reply, "revoked");
+    }
+    // A mass revocation after it: the victim's entry, the oldest, is evicted from the full
+    // set while its record (active, fetched before the revocation) is still cached.
+    let loaded = Instant::now();
+    bulk_revoke_in(&stack.service, "mass");
+    must(
+        Duration::from_secs(120),
+        "the mass revocation fills the set",
+        || stack.envoy.keygate_counter("feed.revoked_ids") == 100_000,
+    );
+    assert!(stack.envoy.keygate_counter("feed.evicted") > 0);
+    println!(
+        "{BULK} revocations applied incrementally in {:.1} s",
+        loaded.elapsed().as_secs_f64()
+    );
+    // Not accepted: the set no longer vouches for that record, so the key is looked up.
+    let lookups = stack.service.lookups();
+    for reply in steady_refusals(&stack, &victim, Duration::from_secs(10)) {
+        assert_told(&reply, "revoked");
+    }
+    assert!(
+        stack.service.lookups() > lookups,
+        "the victim was looked up again"
+    );
+    warm_stack(&stack, &good);
 }

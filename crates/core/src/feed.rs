@@ -408,7 +408,8 @@ pub struct Follower {
 pub enum Accepted {
     /// The set to put in force now.
     Whole(RevokedSet, Applied),
-    /// A page of a snapshot: the set in force stays; ask for the next page at once.
+    /// A page of a run (a snapshot, or a burst of events): the set in force stays until its
+    /// last page; ask for the next page at once.
     Partial(Applied),
 }
 
@@ -438,7 +439,10 @@ impl Follower {
         limits: &SetLimits,
     ) -> Result<Accepted, FeedError> {
         let partial = self.assembling.take();
-        let in_snapshot = answer.reset || self.restart || partial.is_some();
+        // A run of pages (a snapshot, or a burst of more events than one answer holds) is
+        // put in force once, after its last page: never half a snapshot, and a mass
+        // revocation costs one copy of the set to the workers, not one per page.
+        let in_run = answer.reset || self.restart || partial.is_some() || answer.more;
         let mut set = match partial {
             _ if answer.reset || self.restart => RevokedSet::default(),
             Some(partial) => partial,
@@ -452,7 +456,7 @@ impl Follower {
             }
         };
         self.restart = false;
-        if in_snapshot && answer.more {
+        if in_run && answer.more {
             self.assembling = Some(set);
             Ok(Accepted::Partial(applied))
         } else {
@@ -876,6 +880,36 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(follower.next_since(&current), 50);
+    }
+
+    #[test]
+    fn a_burst_of_pages_is_put_in_force_once() {
+        let mut follower = Follower::default();
+        let mut current = RevokedSet::default();
+        current
+            .apply(
+                &answer(1, true, false, vec![event(1, "a", 0, None)]),
+                100,
+                &LIMITS,
+            )
+            .unwrap();
+        let first = answer(2, false, true, vec![event(2, "b", 0, None)]);
+        assert!(matches!(
+            follower.accept(&current, &first, 100, &LIMITS),
+            Ok(Accepted::Partial(_))
+        ));
+        assert!(
+            !current.is_revoked("b", 100),
+            "the set in force waits for the last page"
+        );
+        assert_eq!(follower.next_since(&current), 2);
+        let last = answer(3, false, false, vec![event(3, "c", 0, None)]);
+        match follower.accept(&current, &last, 100, &LIMITS) {
+            Ok(Accepted::Whole(set, _)) => current = set,
+            other => panic!("{other:?}"),
+        }
+        assert!(["a", "b", "c"].iter().all(|id| current.is_revoked(id, 100)));
+        assert_eq!(current.seq(), 3);
     }
 
     #[test]
