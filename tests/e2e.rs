@@ -7,12 +7,16 @@
 
 // Child modules of this crate root resolve next to it (`tests/`), where cargo would also take
 // `jwt.rs` for a test binary of its own: hence the explicit path.
+#[path = "e2e/cli.rs"]
+mod cli;
 #[path = "e2e/feed.rs"]
 mod feed;
 #[path = "e2e/jwt.rs"]
 mod jwt;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/readme.rs"]
+mod readme;
 #[path = "e2e/rollout.rs"]
 mod rollout;
 mod support;
