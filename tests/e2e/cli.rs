@@ -100,6 +100,14 @@ fn every_client_command_takes_json_and_serve_does_not() {
     assert!(s.json(&["signing-keys", "list"])["signing_keys"].is_array());
     assert!(s.json(&["signing-keys", "rotate", "--algorithm", "EdDSA"])["kid"].is_string());
     assert!(s.json(&["audit"])["entries"].is_array());
+    // In text, a rotated signing key says from when it signs.
+    let rotated = s.ok(&["signing-keys", "rotate", "--algorithm", "RS256"]);
+    assert!(rotated.contains("signs new tokens from 20"), "{rotated}");
+    let listed = s.ok(&["signing-keys", "list"]);
+    assert!(
+        listed.starts_with("KID") && listed.contains("SIGNS_FROM"),
+        "{listed}"
+    );
     // --json also before the subcommand.
     assert!(s.json(&["keys", "--json", "list"])["keys"].is_array());
     // A refused command prints the service's problem as JSON on stdout too.
