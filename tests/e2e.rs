@@ -7,6 +7,8 @@
 
 // Child modules of this crate root resolve next to it (`tests/`), where cargo would also take
 // `jwt.rs` for a test binary of its own: hence the explicit path.
+#[path = "e2e/cli.rs"]
+mod cli;
 #[path = "e2e/edge.rs"]
 mod edge;
 #[path = "e2e/feed.rs"]
@@ -15,6 +17,8 @@ mod feed;
 mod jwt;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/readme.rs"]
+mod readme;
 #[path = "e2e/rollout.rs"]
 mod rollout;
 mod support;

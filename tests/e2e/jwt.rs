@@ -345,8 +345,8 @@ fn envoy_yaml_trusts_jwt_keys_of_the_local_key_service() {
 
 #[test]
 fn service_minted_jwts_of_every_algorithm_reach_upstream_with_their_identity() {
-    // Minted before Envoy starts, so its first JWKS fetch already has all three signing keys
-    // (the service creates the EdDSA and RS256 ones on first use).
+    // Minted before Envoy starts (the service creates a signing key of every algorithm at
+    // start, and signs with each once it has been published for the publish delay).
     let mut minted: Vec<(&str, IssuedKey)> = Vec::new();
     let stack = Stack::start_prepared(
         "jwt-allow",
@@ -1157,13 +1157,34 @@ fn signing_key_rotation_keeps_old_tokens_and_new_kids_work_on_first_use() {
         published.contains(&old_kid) && published.contains(&new_kid),
         "after rotation the JWKS must list the old and the new kid: {published:?}"
     );
-    let token_b = stack
+    // The new key is published at once but signs only after the publish delay (10 s): until
+    // then the old key goes on signing, so no filter meets the new kid before it may refetch.
+    let token_old_kid = stack
         .service
-        .create_jwt_key("b", &["demo:read"], "ES256", 3600);
-    assert_eq!(header_of(&token_b.key)["kid"], new_kid.as_str());
+        .create_jwt_key("b0", &["demo:read"], "ES256", 3600);
+    assert_eq!(header_of(&token_old_kid.key)["kid"], old_kid.as_str());
+    still_serving(
+        &stack,
+        &token_old_kid,
+        "the rotation, before the new key signs",
+    );
+    let mut token_b = None;
+    let signs = support_wait(Duration::from_secs(30), || {
+        let token = stack
+            .service
+            .create_jwt_key("b", &["demo:read"], "ES256", 3600);
+        let new = header_of(&token.key)["kid"] == new_kid.as_str();
+        token_b = Some(token);
+        new || {
+            sleep(Duration::from_millis(500));
+            false
+        }
+    });
+    assert!(signs, "the rotated signing key never started signing");
+    let token_b = token_b.expect("minted");
 
     // First use of the new kid: the filter refetches the JWKS while the request waits
-    // (min_refetch_seconds 1 must have passed since the start-up fetch).
+    // (min_refetch_seconds must have passed since the start-up fetch).
     sleep(Duration::from_millis(1200).saturating_sub(first_fetch.elapsed()));
     let refreshed = stack.envoy.keygate_counter("jwks_refreshed");
     let reply = stack.get_with_key("/v1/hello", &token_b.key);
@@ -1183,8 +1204,7 @@ fn signing_key_rotation_keeps_old_tokens_and_new_kids_work_on_first_use() {
         still_serving(&stack, token, "the signing-key rotation");
     }
 
-    // A signing key the service creates later (the first EdDSA key) works on first use too.
-    sleep(Duration::from_millis(1100));
+    // The first EdDSA token works on first use too (its key was published at start).
     let eddsa = stack
         .service
         .create_jwt_key("ed", &["demo:read"], "EdDSA", 3600);
@@ -1464,4 +1484,34 @@ fn cached_tokens_die_with_their_signing_key() {
         last = Some(reply);
     }
     assert_eq!(stack.get_with_key("/v1/hello", &new_token).status, 200);
+}
+
+/// A token of an algorithm the service has not signed with yet, minted right after another
+/// algorithm's first use, is accepted at once: every algorithm's key is published from the
+/// service's start, before its first token, so the filter never meets an unknown kid.
+#[test]
+fn each_algorithms_first_token_is_accepted_at_once() {
+    let stack = Stack::start("jwt-first-use");
+    wait_jwt_ready(&stack);
+    let fetches = jwks_fetches(&stack);
+    for alg in ["ES256", "RS256", "EdDSA"] {
+        let name = format!("first-{}", alg.to_ascii_lowercase());
+        let issued = stack
+            .service
+            .create_jwt_key(&name, &["demo:read"], alg, 3600);
+        let reply = stack.get_with_key("/v1/hello", &issued.key);
+        assert_eq!(
+            reply.status,
+            200,
+            "the first {alg} token was refused: {reply:#?}\nkeygate stats:\n{}",
+            stack.envoy.keygate_stats()
+        );
+        assert_forwarded_with_identity(&reply, &issued.id);
+    }
+    assert_eq!(stack.envoy.keygate_counter("denied.jwt_unknown_kid"), 0);
+    assert_eq!(
+        jwks_fetches(&stack),
+        fetches,
+        "no refetch was needed: the JWKS of the start held every kid"
+    );
 }

@@ -307,6 +307,10 @@ fn execute_signing_keys(args: SigningKeysArgs) -> Result<(), CliError> {
                     text(&answer, "kid"),
                     text(&answer, "algorithm")
                 );
+                outln!(
+                    "published now; signs new tokens from {} (until then the previous key does)",
+                    or_dash(text(&answer, "signs_from"))
+                );
                 match text(&answer, "retired_kid") {
                     "" => outln!("retired:         - (it is the first key of its algorithm)"),
                     kid => {
@@ -695,28 +699,29 @@ fn print_signing_keys(answer: &Value) {
         outln!("(no signing keys)");
         return;
     }
-    outln!(
-        "{:<20}  {:<9}  {:<20}  {:<20}  PUBLISHED",
+    let rows: Vec<[String; 6]> = keys
+        .iter()
+        .map(|key| {
+            let published = key.get("published").and_then(Value::as_bool) == Some(true);
+            [
+                text(key, "kid").to_owned(),
+                text(key, "algorithm").to_owned(),
+                text(key, "created_at").to_owned(),
+                or_dash(text(key, "signs_from")),
+                or_dash(text(key, "retired_at")),
+                if published { "yes" } else { "no" }.to_owned(),
+            ]
+        })
+        .collect();
+    let headers = [
         "KID",
         "ALGORITHM",
         "CREATED_AT",
-        "RETIRED_AT"
-    );
-    for key in &keys {
-        let retired = match text(key, "retired_at") {
-            "" => "-",
-            at => at,
-        };
-        let published = key.get("published").and_then(Value::as_bool) == Some(true);
-        outln!(
-            "{:<20}  {:<9}  {:<20}  {:<20}  {}",
-            text(key, "kid"),
-            text(key, "algorithm"),
-            text(key, "created_at"),
-            retired,
-            if published { "yes" } else { "no" }
-        );
-    }
+        "SIGNS_FROM",
+        "RETIRED_AT",
+        "PUBLISHED",
+    ];
+    print_columns(headers, &rows, "(no signing keys)");
 }
 
 /// A field's text, or `-` when it is absent, `null` or empty: how every text output shows

@@ -148,11 +148,12 @@ pub(super) fn print_limits(key: &Value) {
     let rate = key.get("rate_limit").filter(|r| !r.is_null()).map_or_else(
         || "-".to_owned(),
         |r| {
-            format!(
-                "{}/s, burst {}",
-                r.get("requests_per_second").unwrap_or(&Value::Null),
-                r.get("burst").unwrap_or(&Value::Null)
-            )
+            // A float prints as `10` when whole (JSON's text would be `10.0`).
+            let rate = r
+                .get("requests_per_second")
+                .and_then(Value::as_f64)
+                .map_or_else(|| "?".to_owned(), |rps| rps.to_string());
+            format!("{rate}/s, burst {}", r.get("burst").unwrap_or(&Value::Null))
         },
     );
     let cidrs = key
