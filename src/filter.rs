@@ -13,8 +13,8 @@ use keygate_core::headers::folds_to;
 use keygate_core::jwt::looks_like_jwt;
 use keygate_core::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
 use keygate_core::limits::{
-    bucket_key, client_address, ratelimit_headers, take_token, RateDecision, SharedSlots,
-    RATE_SLOTS,
+    bucket_key, client_address, ratelimit_headers, take_token, ForwardedFor, RateDecision,
+    SharedSlots, RATE_SLOTS,
 };
 use keygate_core::route::{has_path_parameter, policy_from_metadata, Mode, Policy};
 use keygate_core::scope::Scope;
@@ -64,6 +64,8 @@ pub struct Forwarding {
     /// looked up (the peer address costs a host call, so it is read only when a key has an
     /// allow-list, or before the request is parked, while its context is still current).
     pub client: Option<Option<IpAddr>>,
+    /// What `X-Forwarded-For` says, when proxies are trusted (`trusted_hops` ≥ 1).
+    pub forwarded_for: Option<ForwardedFor>,
     /// The route's default rate limit, for keys without their own.
     pub route_rate_limit: Option<RateLimit>,
     /// The key id once known, for logs and usage counts.
@@ -337,7 +339,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         }
         Policy::Scopes(scopes) => scopes,
     };
-    if mode == Mode::Enforce && !forward_credential {
+    if mode == Mode::Enforce {
         strip_credential_lookalikes(config, headers);
     }
 
@@ -368,24 +370,21 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         credential_source_is_legacy(&extracted.sources),
         extracted.credential,
     );
-    let client = (config.trusted_hops > 0).then(|| {
-        let forwarded_for = headers
+    // Only the header is read here: `source.address`, which tells whether Envoy appended an
+    // entry of its own, costs a host call and is read only when an allow-list needs it.
+    let forwarded_for = (config.trusted_hops > 0).then(|| {
+        let header = headers
             .iter()
             .find(|(name, _)| *name == "x-forwarded-for")
             .and_then(|(_, value)| std::str::from_utf8(value).ok());
-        // Tells whether Envoy appended its own entry to X-Forwarded-For (see client_address).
-        let source = host::property(&["source", "address"]);
-        client_address(
-            source.as_deref().and_then(|s| std::str::from_utf8(s).ok()),
-            forwarded_for,
-            config.trusted_hops,
-        )
+        ForwardedFor::read(header, config.trusted_hops)
     });
     let forwarding = Forwarding {
         mode,
         sources: extracted.sources,
         stripped_path,
-        client,
+        client: None,
+        forwarded_for,
         route_rate_limit,
         key_id: None,
         forward_credential,
@@ -527,12 +526,12 @@ fn legacy_slot_id(digest: &KeyDigest) -> KeyId {
 /// The client address of the current request (its context must be the effective one).
 pub fn client_now(forwarding: &Forwarding) -> Option<IpAddr> {
     forwarding.client.unwrap_or_else(|| {
-        let peer = host::property(&["source", "address"]);
-        client_address(
-            peer.as_deref().and_then(|p| std::str::from_utf8(p).ok()),
-            None,
-            0,
-        )
+        let source = host::property(&["source", "address"]);
+        let source = source.as_deref().and_then(|s| std::str::from_utf8(s).ok());
+        match &forwarding.forwarded_for {
+            Some(forwarded_for) => forwarded_for.client(source),
+            None => client_address(source, None, 0),
+        }
     })
 }
 
@@ -568,9 +567,11 @@ fn strip_unchecked_credentials(config: &FilterConfig, headers: &Headers, path: &
         }
     }
     if let Some(param) = &sources.query_param {
-        let stripped = strip_query_param(path, param);
-        if stripped != path {
-            host::set_request_header(":path", &stripped);
+        // Checked first so that a public request without the parameter allocates nothing.
+        let query = path.split_once('?').map_or("", |(_, query)| query);
+        let named = |pair: &str| pair.split_once('=').map_or(pair, |(name, _)| name) == param;
+        if query.split('&').any(named) {
+            host::set_request_header(":path", &strip_query_param(path, param));
         }
     }
 }
@@ -586,8 +587,9 @@ fn folds_to_credential_header(config: &FilterConfig, name: &str) -> bool {
 }
 
 /// On a protected route: removes headers that are not a credential to Keygate (`x_api_key`,
-/// whose name differs from `x-api-key`) but that an upstream framework reads as one. The
-/// credential Keygate checked is removed when the request is allowed.
+/// whose name differs from `x-api-key`) but that an upstream framework reads as one, also on
+/// routes that forward the credential (the look-alike is not the credential Keygate checked).
+/// The credential Keygate checked is removed when the request is allowed.
 fn strip_credential_lookalikes(config: &FilterConfig, headers: &Headers) {
     let sources = &config.credential_sources;
     for &(name, _) in headers {

@@ -204,6 +204,9 @@ fn credentials_never_reach_the_upstream_unless_the_route_forwards_them() {
         "the key reached the upstream on a public route: {reply:#?}"
     );
     assert_eq!(reply.upstream_path(), "/public/hello?a=1");
+    // A query without the parameter goes on as sent.
+    let reply = raw_get(&stack, "/public/hello?a=1&api_keys=2&b", &[]);
+    assert_eq!(reply.upstream_path(), "/public/hello?a=1&api_keys=2&b");
     // Other Authorization schemes are the upstream's own business.
     let reply = raw_get(
         &stack,
@@ -245,7 +248,17 @@ fn credentials_never_reach_the_upstream_unless_the_route_forwards_them() {
         upstream.get("x-api-key").and_then(Value::as_str),
         Some(issued.key.as_str())
     );
-    let reply = raw_get(&stack, "/v2/x", &[("Authorization", auth.as_str())]);
+    // A look-alike is not the credential the route forwards: removed there too.
+    let reply = raw_get(
+        &stack,
+        "/v2/x",
+        &[
+            ("Authorization", auth.as_str()),
+            ("X_Api_Key", "another-key"),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{reply:#?}");
+    assert!(!reply.body.contains("another-key"), "{reply:#?}");
     let upstream = reply.upstream_headers();
     assert_eq!(
         upstream.get("authorization").and_then(Value::as_str),
@@ -409,6 +422,56 @@ fn path_spellings_never_cross_the_public_boundary_without_envoys_normalisation()
         },
     );
     check_path_boundary(&stack, false);
+}
+
+/// Behind a catch-all public route, every spelling of a protected prefix that a server
+/// behind Envoy would read as that prefix (another case, encoded letters, doubled slashes)
+/// needs the key, or matches no route: never public. Without Envoy's normalisation, so the
+/// filter sees the paths as sent.
+#[test]
+fn spellings_of_a_protected_prefix_never_fall_through_to_a_catch_all_public_route() {
+    let stack = Stack::start_with_yaml(
+        "edge-catch-all",
+        |cfg| {
+            cfg["routes"] = json!([
+                {"methods": ["GET", "HEAD"], "prefix": "/v1/", "scopes": ["demo:read"]},
+                {"prefix": "/", "public": true}
+            ]);
+        },
+        |yaml| {
+            let yaml = without_line(yaml, "normalize_path: true", false);
+            without_line(&yaml, "merge_slashes: true", false)
+        },
+    );
+    assert_eq!(raw_get(&stack, "/other", &[]).status, 200);
+    assert_denied(
+        &raw_get(&stack, "/v1/hello", &[]),
+        401,
+        Some("Bearer"),
+        None,
+    );
+    // Express routes case-insensitively: the protected route decides.
+    assert_denied(
+        &raw_get(&stack, "/V1/hello", &[]),
+        401,
+        Some("Bearer"),
+        None,
+    );
+    // Go and servlet containers decode letters and merge slashes: no route, denied.
+    for path in [
+        "/%76%31/hello",
+        "/%2576%2531/hello",
+        "//v1/hello",
+        "/v1//hello",
+    ] {
+        let reply = raw_get(&stack, path, &[]);
+        assert_denied(&reply, 403, None, None);
+        assert_eq!(
+            reply.json()["type"],
+            "urn:keygate:problem:no-route",
+            "{path}"
+        );
+    }
 }
 
 // ── client address ───────────────────────────────────────────────────────────────────────────

@@ -90,21 +90,60 @@ pub fn client_address(
     forwarded_for: Option<&str>,
     trusted_hops: u32,
 ) -> Option<IpAddr> {
-    let peer = source.and_then(parse_peer);
     if trusted_hops == 0 {
-        return peer;
+        return source.and_then(parse_peer);
     }
-    let mut entries: Vec<&str> = forwarded_for?.split(',').map(str::trim).collect();
-    if let (Some(peer), Some(last)) = (peer, entries.last()) {
-        let appended_by_envoy = last
-            .parse::<IpAddr>()
-            .is_ok_and(|last| same_address(last, peer) || unmapped(peer).is_loopback());
-        if appended_by_envoy {
-            entries.pop();
+    ForwardedFor::read(forwarded_for, trusted_hops).client(source)
+}
+
+/// What `X-Forwarded-For` can tell about the client for `trusted_hops` ≥ 1, read from the
+/// header alone (no allocation), so that Envoy's `source.address` (a host call) is read only
+/// when an allow-list needs the address: see [`client_address`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardedFor {
+    /// The rightmost entry, when it is an address.
+    last: Option<IpAddr>,
+    /// The entry `trusted_hops` from the right: the client when Envoy appended nothing.
+    hop: Option<IpAddr>,
+    /// The entry one further left: the client when Envoy appended the rightmost entry.
+    hop_before_appended: Option<IpAddr>,
+}
+
+impl ForwardedFor {
+    /// Reads the header (`None`: absent) for `trusted_hops` proxies (0 is read as 1).
+    pub fn read(forwarded_for: Option<&str>, trusted_hops: u32) -> Self {
+        let Some(header) = forwarded_for else {
+            return Self::default();
+        };
+        let hops = (trusted_hops as usize).max(1);
+        let entry = |from_right: usize| {
+            header
+                .rsplit(',')
+                .nth(from_right)
+                .and_then(|e| e.trim().parse().ok())
+        };
+        Self {
+            last: entry(0),
+            hop: entry(hops - 1),
+            hop_before_appended: entry(hops),
         }
     }
-    let index = entries.len().checked_sub(trusted_hops as usize)?;
-    entries.get(index)?.parse().ok()
+
+    /// The client, given Envoy's `source.address`: the entry Envoy appended itself (with
+    /// `use_remote_address`) is skipped, recognised as a parsable last entry while `source` is
+    /// a real peer (port other than 0) whose address equals it or is on loopback.
+    pub fn client(&self, source: Option<&str>) -> Option<IpAddr> {
+        let peer = source.and_then(parse_peer);
+        let appended_by_envoy = match (peer, self.last) {
+            (Some(peer), Some(last)) => same_address(last, peer) || unmapped(peer).is_loopback(),
+            _ => false,
+        };
+        if appended_by_envoy {
+            self.hop_before_appended
+        } else {
+            self.hop
+        }
+    }
 }
 
 /// An IPv4 address reached over IPv6 (`::ffff:a.b.c.d`) as IPv4.
@@ -517,6 +556,66 @@ mod tests {
             ),
             Some(ip("203.0.113.7"))
         );
+    }
+
+    /// The rule of [`client_address`] spelled out over a list of entries, to check the
+    /// allocation-free [`ForwardedFor`] against.
+    fn reference(source: Option<&str>, xff: Option<&str>, hops: u32) -> Option<IpAddr> {
+        let peer = source.and_then(parse_peer);
+        if hops == 0 {
+            return peer;
+        }
+        let mut entries: Vec<&str> = xff?.split(',').map(str::trim).collect();
+        let last = entries.last().and_then(|e| e.parse::<IpAddr>().ok());
+        if let (Some(peer), Some(last)) = (peer, last) {
+            if same_address(last, peer) || unmapped(peer).is_loopback() {
+                entries.pop();
+            }
+        }
+        let index = entries.len().checked_sub(hops as usize)?;
+        entries.get(index)?.parse().ok()
+    }
+
+    #[test]
+    fn forwarded_for_read_before_the_peer_decides_as_the_rule_says() {
+        let sources = [
+            None,
+            Some("198.51.100.4:40000"),
+            Some("[::ffff:198.51.100.4]:40000"),
+            Some("127.0.0.1:40000"),
+            Some("[::1]:40000"),
+            Some("10.9.9.9:0"),
+            Some("junk"),
+        ];
+        let headers = [
+            None,
+            Some(""),
+            Some(" "),
+            Some("junk"),
+            Some("198.51.100.4"),
+            Some("10.9.9.9, 198.51.100.4"),
+            Some("6.6.6.6,203.0.113.7 , 198.51.100.4"),
+            Some("6.6.6.6, junk, 192.0.2.2"),
+            Some("6.6.6.6, 203.0.113.7, junk"),
+            Some(",,10.9.9.9,"),
+            Some("2001:db8::1, 10.9.9.9, 127.0.0.1"),
+        ];
+        for hops in 1..=4 {
+            for xff in headers {
+                let read = ForwardedFor::read(xff, hops);
+                for source in sources {
+                    assert_eq!(
+                        read.client(source),
+                        reference(source, xff, hops),
+                        "{source:?} {xff:?} {hops}"
+                    );
+                    assert_eq!(
+                        client_address(source, xff, hops),
+                        reference(source, xff, hops)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

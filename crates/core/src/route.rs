@@ -10,8 +10,11 @@
 //! - a `;` path parameter (`/public/..;/v1/x`, which Java servlet containers serve as
 //!   `/v1/x`), raw or percent-encoded once or more, on any segment: refused with 400
 //!   ([`has_path_parameter`], checked by the filter before any route is matched);
-//! - `.`/`..` segments, a backslash, a percent-encoded `.`, `/` or `\`, also behind more
-//!   than one layer of percent-encoding (`%252e`): never matched, so denied (403).
+//! - `.`/`..` segments, a doubled slash, a backslash, a percent-encoded `.`, `/` or `\` or
+//!   character that needs no encoding (`%76` for `v`), also behind more than one layer of
+//!   percent-encoding (`%252e`): never matched, so denied (403);
+//! - a path that matches a public route, but a protected one when letters are compared in
+//!   any case (Express routes case-insensitively): the protected route's policy.
 
 use serde::Deserialize;
 
@@ -189,15 +192,21 @@ impl Route {
         })
     }
 
-    fn matches(&self, method: &str, path: &str, route_name: Option<&str>) -> bool {
+    /// `any_case`: letters compared ASCII case-insensitively, as servers that route
+    /// case-insensitively (Express) read the path.
+    fn matches(&self, method: &str, path: &str, route_name: Option<&str>, any_case: bool) -> bool {
         if let Some(methods) = &self.methods {
             if !methods.iter().any(|m| m == method) {
                 return false;
             }
         }
         match &self.matcher {
+            PathMatcher::Prefix(prefix) if any_case => path
+                .as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes())),
             PathMatcher::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            PathMatcher::Template(segments) => template_matches(segments, path),
+            PathMatcher::Template(segments) => template_matches(segments, path, any_case),
             PathMatcher::RouteName(name) => route_name == Some(name.as_str()),
         }
     }
@@ -229,7 +238,7 @@ fn compile_template(template: &str) -> Result<Vec<Segment>, RouteError> {
         .collect()
 }
 
-fn template_matches(segments: &[Segment], path: &str) -> bool {
+fn template_matches(segments: &[Segment], path: &str, any_case: bool) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
     };
@@ -242,7 +251,10 @@ fn template_matches(segments: &[Segment], path: &str) -> bool {
                 _ => return false,
             },
             Segment::Literal(literal) => {
-                if parts.next() != Some(literal.as_str()) {
+                let same = |part: &str| {
+                    part == literal || (any_case && part.eq_ignore_ascii_case(literal))
+                };
+                if !parts.next().is_some_and(same) {
                     return false;
                 }
             }
@@ -320,7 +332,27 @@ fn is_ambiguous_once(path: &str) -> bool {
                 (b'2', b'f' | b'e') | (b'5', b'c')
             )
     });
-    encoded || path.contains(['\\', ';']) || path.split('/').any(|s| s == "." || s == "..")
+    encoded
+        || encodes_unreserved(bytes)
+        || path.contains(['\\', ';'])
+        || path.contains("//")
+        || path.split('/').any(|s| s == "." || s == "..")
+}
+
+/// True when the path percent-encodes a character that needs no encoding (a letter, a digit,
+/// `-`, `.`, `_`, `~`): Go `net/http` and servlet containers decode `/%76%31/` to `/v1/`, the
+/// route table would not, so such a path never matches.
+fn encodes_unreserved(bytes: &[u8]) -> bool {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    bytes
+        .windows(3)
+        .any(|w| match (w[0], hex(w[1]), hex(w[2])) {
+            (b'%', Some(high), Some(low)) => {
+                let decoded = (high * 16 + low) as u8;
+                decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~')
+            }
+            _ => false,
+        })
 }
 
 /// Why route metadata could not be read as a policy.
@@ -441,9 +473,23 @@ impl RouteTable {
         if is_ambiguous(path) {
             return None;
         }
-        self.routes
+        let found = self
+            .routes
             .iter()
-            .find(|r| r.matches(method, path, route_name))
+            .find(|r| r.matches(method, path, route_name, false))?;
+        if found.policy != Policy::Public {
+            return Some(found);
+        }
+        // Servers that route case-insensitively (Express) take `/V1/x` to the `/v1/` handler:
+        // a path that matches a protected route in another case is not public.
+        match self
+            .routes
+            .iter()
+            .find(|r| r.matches(method, path, route_name, true))
+        {
+            Some(any_case) if any_case.policy != Policy::Public => Some(any_case),
+            _ => Some(found),
+        }
     }
 
     /// True when some entry matches by Envoy route name (so the filter must read it).
@@ -591,6 +637,40 @@ mod tests {
         }
         assert!(t.find("GET", "/public/100%25", None).is_some());
         assert!(t.find("GET", "/public/a%20b", None).is_some());
+    }
+
+    #[test]
+    fn a_catch_all_public_route_never_takes_another_spelling_of_a_protected_one() {
+        let t = RouteTable::compile(&[
+            spec(r#"{"path": "/v1/models/{id}", "scopes": ["models:admin"]}"#),
+            spec(r#"{"prefix": "/Admin/", "scopes": ["admin"]}"#),
+            spec(r#"{"prefix": "/", "public": true}"#),
+        ])
+        .unwrap();
+        let policy = |path: &str| t.find("GET", path, None).map(|r| r.policy.clone());
+        let admin = Some(Policy::Scopes(
+            parse_scopes(&["admin".to_owned()]).unwrap().into(),
+        ));
+        let models = policy("/v1/models/7");
+        assert!(models.is_some() && models != Some(Policy::Public));
+        // Another case: the protected route's policy (Express routes it there).
+        assert_eq!(policy("/V1/Models/7"), models);
+        assert_eq!(policy("/admin/x"), admin);
+        assert_eq!(policy("/ADMIN/x"), admin);
+        // Encoded unreserved characters and doubled slashes match nothing.
+        for path in [
+            "/%76%31/models/7",
+            "/%2561dmin/x",
+            "//admin/x",
+            "/v1//models/7",
+            "/%7e",
+        ] {
+            assert_eq!(policy(path), None, "{path}");
+        }
+        // Anything else stays public, encoded reserved characters included.
+        for path in ["/", "/other", "/v1/models", "/a%20b", "/100%25", "/%3f"] {
+            assert_eq!(policy(path), Some(Policy::Public), "{path}");
+        }
     }
 
     #[test]

@@ -94,7 +94,16 @@ const SEPARATORS: &[&str] = &["/", "/", "/", "//", "\\"];
 
 fn generate(rng: &mut XorShift) -> String {
     // Most paths start where the boundary is: under the public prefix.
-    let start = rng.pick(&["/public/", "/public/", "/public", "/", "//public/", "/v1/"]);
+    let start = rng.pick(&[
+        "/public/",
+        "/public/",
+        "/public",
+        "/",
+        "//public/",
+        "/v1/",
+        "//v1/",
+        "/V1/",
+    ]);
     let mut path = start.to_owned();
     for i in 0..=rng.below(5) {
         if i > 0 {
@@ -218,9 +227,31 @@ fn filter_says_public(table: &RouteTable, path: &str) -> bool {
             .is_some_and(|route| route.policy == Policy::Public)
 }
 
+/// The protected prefix first, then a catch-all public route: every path that does not match
+/// `/v1/` exactly as written falls through to public, so every other spelling of `/v1/` must
+/// match nothing.
+fn catch_all_table() -> RouteTable {
+    let spec = |json: &str| -> RouteSpec { serde_json::from_str(json).unwrap() };
+    RouteTable::compile(&[
+        spec(r#"{"prefix": "/v1/", "scopes": ["demo:read"]}"#),
+        spec(r#"{"prefix": "/", "public": true}"#),
+    ])
+    .unwrap()
+}
+
 #[test]
 fn no_path_a_server_routes_to_a_protected_prefix_passes_as_public() {
-    let table = demo_table();
+    check_boundary(&demo_table(), routes_to_protected, 3_000);
+}
+
+#[test]
+fn behind_a_catch_all_public_route_too() {
+    // `/v1` itself is no path under the prefix `/v1/`: the table makes it public.
+    let under_v1 = |resolved: &str| resolved.to_ascii_lowercase().starts_with("/v1/");
+    check_boundary(&catch_all_table(), under_v1, 3_000);
+}
+
+fn check_boundary(table: &RouteTable, routes_to_protected: fn(&str) -> bool, at_least: usize) {
     let mut rng = XorShift(0x5eed_0fb0_da4e);
     let mut public = 0;
     let mut protected_by_some_server = 0;
@@ -244,7 +275,7 @@ fn no_path_a_server_routes_to_a_protected_prefix_passes_as_public() {
             if !protected.is_empty() {
                 protected_by_some_server += 1;
             }
-            if filter_says_public(&table, &path) {
+            if filter_says_public(table, &path) {
                 public += 1;
                 assert!(
                     protected.is_empty(),
@@ -255,9 +286,9 @@ fn no_path_a_server_routes_to_a_protected_prefix_passes_as_public() {
         }
     }
     // The generator must really reach both sides of the boundary.
-    assert!(public > 3_000, "only {public} public paths generated");
+    assert!(public > at_least, "only {public} public paths generated");
     assert!(
-        protected_by_some_server > 3_000,
+        protected_by_some_server > at_least,
         "only {protected_by_some_server} paths some server routes to /v1"
     );
 }
@@ -295,6 +326,18 @@ fn known_boundary_crossings_are_refused_or_never_public() {
             reached || encoded,
             "{path} does not cross the boundary in any model"
         );
+    }
+    let catch_all = catch_all_table();
+    for path in [
+        "//v1/hello",
+        "/v1//hello",
+        "/V1/hello",
+        "/v1/../v1/hello",
+        "/%76%31/hello",
+        "/%2576%2531/hello",
+        "/public/..;/v1/hello",
+    ] {
+        assert!(!filter_says_public(&catch_all, path), "{path}");
     }
     for path in [
         "/public/x",
