@@ -382,14 +382,19 @@ pub async fn prune(store: &KeyStore, now: i64, retention: Duration) -> Result<u6
         .await
 }
 
-/// [`prune`]s the feed with the [`DEFAULT_RETENTION`] now and then every `period`, until the
-/// task is dropped. Failures are logged and retried next period.
-pub async fn compact_periodically(store: KeyStore, clock: Arc<dyn Clock>, period: Duration) {
+/// [`prune`]s the feed with `retention` (by default [`DEFAULT_RETENTION`]) now and then every
+/// `period`, until the task is dropped. Failures are logged and retried next period.
+pub async fn compact_periodically(
+    store: KeyStore,
+    clock: Arc<dyn Clock>,
+    period: Duration,
+    retention: Duration,
+) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match prune(&store, clock.now(), DEFAULT_RETENTION).await {
+        match prune(&store, clock.now(), retention).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "revocation feed compacted"),
             Err(error) => tracing::warn!(error = %error, "revocation feed compaction failed"),

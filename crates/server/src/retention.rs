@@ -11,6 +11,7 @@
 //! | audit log (management actions) | 365 days | `--audit-retention-days` / `KEYGATE_AUDIT_RETENTION_DAYS` |
 //! | refused admin authentications | 30 days | `--refused-admin-retention-days` / `KEYGATE_REFUSED_ADMIN_RETENTION_DAYS` |
 //! | usage counts | 90 days | `--usage-retention-days` / `KEYGATE_USAGE_RETENTION_DAYS` |
+//! | revocation feed events | 24 hours | `--feed-retention-hours` / `KEYGATE_FEED_RETENTION_HOURS` (pruned every minute, see `feed::compact_periodically`) |
 //! | how often | 3600 s | `--retention-interval-seconds` / `KEYGATE_RETENTION_INTERVAL_SECONDS` |
 //!
 //! A retention of 0 days keeps that data for good.
@@ -50,6 +51,10 @@ pub struct RetentionArgs {
         default_value_t = 3600
     )]
     pub retention_interval_seconds: u64,
+    /// Hours the revocation feed keeps an event (1 to 8760). A follower that missed pruned
+    /// events looks its older records up again.
+    #[arg(long, env = "KEYGATE_FEED_RETENTION_HOURS", default_value_t = 24)]
+    pub feed_retention_hours: u32,
 }
 
 impl Default for RetentionArgs {
@@ -59,6 +64,7 @@ impl Default for RetentionArgs {
             refused_admin_retention_days: 30,
             usage_retention_days: 90,
             retention_interval_seconds: 3600,
+            feed_retention_hours: 24,
         }
     }
 }
@@ -73,6 +79,8 @@ pub enum RetentionError {
         "--retention-interval-seconds / KEYGATE_RETENTION_INTERVAL_SECONDS must be 60 to 86400"
     )]
     BadInterval,
+    #[error("--feed-retention-hours / KEYGATE_FEED_RETENTION_HOURS must be 1 to 8760")]
+    BadFeedRetention,
 }
 
 /// Validated retention settings: how long each kind of data is kept (`None`: for good).
@@ -82,6 +90,8 @@ pub struct RetentionSettings {
     pub refused_admin_s: Option<i64>,
     pub usage_s: Option<i64>,
     pub interval: Duration,
+    /// How long the revocation feed keeps an event.
+    pub feed: Duration,
 }
 
 impl Default for RetentionSettings {
@@ -92,6 +102,7 @@ impl Default for RetentionSettings {
             refused_admin_s: None,
             usage_s: None,
             interval: Duration::from_secs(3600),
+            feed: crate::feed::DEFAULT_RETENTION,
         })
     }
 }
@@ -108,6 +119,9 @@ impl RetentionSettings {
         if !(60..=86_400).contains(&args.retention_interval_seconds) {
             return Err(RetentionError::BadInterval);
         }
+        if !(1..=8760).contains(&args.feed_retention_hours) {
+            return Err(RetentionError::BadFeedRetention);
+        }
         Ok(Self {
             audit_s: keep(
                 args.audit_retention_days,
@@ -122,6 +136,7 @@ impl RetentionSettings {
                 "--usage-retention-days / KEYGATE_USAGE_RETENTION_DAYS",
             )?,
             interval: Duration::from_secs(args.retention_interval_seconds),
+            feed: Duration::from_secs(u64::from(args.feed_retention_hours) * 3600),
         })
     }
 }
@@ -265,5 +280,31 @@ mod tests {
             RetentionSettings::from_args(&too_often).unwrap_err(),
             RetentionError::BadInterval
         );
+    }
+
+    #[test]
+    fn feed_retention_is_hours_and_never_forever() {
+        assert_eq!(
+            RetentionSettings::default().feed,
+            Duration::from_secs(24 * 3600)
+        );
+        let week = RetentionArgs {
+            feed_retention_hours: 168,
+            ..RetentionArgs::default()
+        };
+        assert_eq!(
+            RetentionSettings::from_args(&week).unwrap().feed,
+            Duration::from_secs(168 * 3600)
+        );
+        for hours in [0, 8761] {
+            let args = RetentionArgs {
+                feed_retention_hours: hours,
+                ..RetentionArgs::default()
+            };
+            assert_eq!(
+                RetentionSettings::from_args(&args).unwrap_err(),
+                RetentionError::BadFeedRetention
+            );
+        }
     }
 }

@@ -165,6 +165,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         store.clone(),
         clock.clone(),
         COMPACTION_PERIOD,
+        config.retention.feed,
     ));
     // Prunes old audit rows and usage counts now and every interval.
     let retention = tokio::spawn(crate::retention::prune_periodically(
