@@ -141,7 +141,7 @@ KEYGATE_SIGNING_KEY_SECRET="$(tr -d ' \n' <"$STATE/signing.secret")" \
   --listen "127.0.0.1:$SERVICE_PORT" \
   --database "sqlite://$STATE/keygate.db" \
   --key-prefix kg_test_ \
-  --admin-key-file "$STATE/admin.key" \
+  --save-admin-key "$STATE/admin.key" \
   >"$STATE/keygate.log" 2>&1 &
 SERVICE_PID=$!
 PIDS+=("$SERVICE_PID")

@@ -174,7 +174,7 @@ pub fn start_replica(dir: &Path, port: u16, database: &str, secrets: &Secrets) -
         .arg(database)
         .arg("--key-prefix")
         .arg(KEY_PREFIX)
-        .arg("--admin-key-file")
+        .arg("--save-admin-key")
         .arg(dir.join("admin.key"))
         .env("KEYGATE_GATEWAY_KEY", &secrets.gateway_key)
         .env("KEYGATE_SERVICE_TOKEN", &secrets.service_token)

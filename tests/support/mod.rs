@@ -464,7 +464,7 @@ impl KeyService {
             .arg(format!("sqlite://{}", dir.join("keygate.db").display()))
             .arg("--key-prefix")
             .arg(KEY_PREFIX)
-            .arg("--admin-key-file")
+            .arg("--save-admin-key")
             .arg(dir.join("admin.key"))
             .env("KEYGATE_GATEWAY_KEY", gateway_key)
             .env("KEYGATE_SERVICE_TOKEN", service_token)

@@ -159,7 +159,7 @@ impl KeyService {
             .arg(format!("sqlite://{}", dir.join("keygate.db").display()))
             .arg("--key-prefix")
             .arg(KEY_PREFIX)
-            .arg("--admin-key-file")
+            .arg("--save-admin-key")
             .arg(dir.join("admin.key"))
             .arg("--tls-cert")
             .arg(&pki.cert)

@@ -537,6 +537,26 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
+/// Every action the audit log records (the values `action` filters on).
+pub const ACTIONS: [&str; 8] = [
+    "create",
+    "update",
+    "rotate",
+    "revoke",
+    "expire",
+    "import",
+    "signing_key_rotate",
+    "admin_auth",
+];
+
+/// The `action` filter: one of [`ACTIONS`], so a typo is an error rather than an empty page.
+fn action_filter(value: Option<String>) -> Result<Option<String>, ApiError> {
+    match text_filter(value)? {
+        Some(action) if !ACTIONS.contains(&action.as_str()) => Err(ApiError::UnknownAuditAction),
+        other => Ok(other),
+    }
+}
+
 fn text_filter(value: Option<String>) -> Result<Option<String>, ApiError> {
     match value {
         Some(text) if text.chars().count() > MAX_FILTER_CHARS => Err(ApiError::BadAuditFilter),
@@ -572,7 +592,7 @@ fn parse_params(params: AuditParams) -> Result<AuditFilter, ApiError> {
         })
         .transpose()?;
     Ok(AuditFilter {
-        action: text_filter(params.action)?,
+        action: action_filter(params.action)?,
         target: text_filter(params.target)?,
         actor: text_filter(params.actor)?,
         outcome: text_filter(params.outcome)?,

@@ -10,17 +10,7 @@ use super::{
     ClientArgs,
 };
 
-/// Every action the audit log records.
-pub const ACTIONS: [&str; 8] = [
-    "create",
-    "update",
-    "rotate",
-    "revoke",
-    "expire",
-    "import",
-    "signing_key_rotate",
-    "admin_auth",
-];
+pub use crate::audit::ACTIONS;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {

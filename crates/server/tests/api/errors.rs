@@ -91,6 +91,12 @@ async fn every_error_is_problem_json() {
         ),
         bad(
             "GET",
+            "/api/v1/audit?action=bogus",
+            Some(ADMIN),
+            StatusCode::BAD_REQUEST,
+        ),
+        bad(
+            "GET",
             "/v1/revocations?since=-1",
             Some(SERVICE),
             StatusCode::BAD_REQUEST,
