@@ -16,27 +16,6 @@ use crate::backends::{eventually, Backend, PrivateCluster, TestDb};
 use crate::storage::insert_keys;
 use crate::{harness_for, harness_on, jwt_settings, Harness, KEYS, NOW, SERVICE};
 
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     the_feed_needs_the_service_token_and_valid_parameters,
     revoke_rotate_and_expire_reach_the_feed,

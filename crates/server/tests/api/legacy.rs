@@ -13,28 +13,6 @@ use crate::{harness_on, jwt_settings, rfc3339, Answer, Harness, ADMIN, KEYS, NOW
 
 const IMPORT: &str = "/api/v1/auth/keys/import";
 
-/// Makes a `sqlite::NAME` and a `postgres::NAME` test of each `async fn NAME(Backend)`.
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     csv_and_json_imports_store_legacy_keys_and_report_bad_rows,
     reimport_is_idempotent_and_updates_changed_fields,

@@ -4,6 +4,51 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// Makes a `sqlite::NAME` and a `postgres::NAME` test of each `async fn NAME(Backend)`; with
+/// `db:` first, of each `async fn NAME(&TestDb)`, on a fresh database of that backend. Defined
+/// before the modules, so each of them can use it.
+macro_rules! on_both_backends {
+    (db: $($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let db = crate::backends::TestDb::new(crate::backends::Backend::Sqlite).await;
+                    super::$test(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let db =
+                        crate::backends::TestDb::new(crate::backends::Backend::Postgres).await;
+                    super::$test(&db).await;
+                }
+            )*
+        }
+    };
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(crate::backends::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(crate::backends::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
 mod audit;
 mod backends;
 mod errors;

@@ -11,28 +11,6 @@ use serde_json::json;
 use crate::backends::Backend;
 use crate::{harness_on, jwt_settings, Harness, NOW, SERVICE};
 
-/// Makes a `sqlite::NAME` and a `postgres::NAME` test of each `async fn NAME(Backend)`.
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     old_audit_rows_and_usage_counts_are_pruned_by_the_clock,
     the_retention_task_prunes_on_its_own,

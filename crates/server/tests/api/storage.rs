@@ -14,31 +14,7 @@ use crate::backends::TestDb;
 
 const NOW: i64 = crate::NOW;
 
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let db = crate::backends::TestDb::new(crate::backends::Backend::Sqlite).await;
-                    super::$test(&db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let db =
-                        crate::backends::TestDb::new(crate::backends::Backend::Postgres).await;
-                    super::$test(&db).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+on_both_backends!(db:
     keys_round_trip_page_and_filter_by_status,
     uniqueness_constraints_hold,
     revoke_adds_one_event_only_the_first_time,

@@ -9,28 +9,6 @@ use tower::ServiceExt;
 use crate::backends::Backend;
 use crate::{harness_on, jwt_settings, rfc3339, Answer, Harness, ADMIN, KEYS, NOW, SERVICE};
 
-/// Makes a `sqlite::NAME` and a `postgres::NAME` test of each `async fn NAME(Backend)`.
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     limits_round_trip_from_create_to_lookup_and_rotation,
     patch_updates_and_clears_limits,
