@@ -435,12 +435,18 @@ fn decode_pairs_keys(bytes: &[u8]) -> Option<Vec<String>> {
     }
     let mut at = 4 + count * 8;
     let mut keys = Vec::with_capacity(count);
+    // Lengths come from the host: checked arithmetic, so a hostile length cannot wrap
+    // around (usize is 32 bits on wasm32).
     for (key_len, value_len) in sizes {
-        let key = bytes.get(at..at + key_len)?;
-        if bytes.get(at + key_len) != Some(&0) {
+        let key_end = at.checked_add(key_len)?;
+        let key = bytes.get(at..key_end)?;
+        if bytes.get(key_end) != Some(&0) {
             return None;
         }
-        at += key_len + 1 + value_len + 1;
+        at = key_end
+            .checked_add(1)?
+            .checked_add(value_len)?
+            .checked_add(1)?;
         keys.push(std::str::from_utf8(key).ok()?.to_owned());
     }
     (at == bytes.len()).then_some(keys)
@@ -511,6 +517,28 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairs_with_hostile_lengths_are_refused_not_wrapped() {
+        // One pair whose key length is the largest u32: `at + key_len` would wrap on wasm32.
+        let mut bytes = 1u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(b"a\0\0");
+        assert_eq!(decode_pairs_keys(&bytes), None);
+        // A value length that would wrap past the end.
+        let mut bytes = 1u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(b"a\0\0");
+        assert_eq!(decode_pairs_keys(&bytes), None);
+        // And a well-formed one still decodes.
+        let mut bytes = 1u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(b"a\0\0");
+        assert_eq!(decode_pairs_keys(&bytes), Some(vec!["a".to_owned()]));
+    }
 
     fn spec(json: &str) -> RouteSpec {
         serde_json::from_str(json).unwrap()
