@@ -102,6 +102,9 @@ pub struct Presented {
 }
 
 /// Where a request stands after its credential was examined.
+// `Decided` carries the request's forwarding by value: a `Step` lives for one call and is
+// never stored, and boxing it would allocate on every request.
+#[allow(clippy::large_enum_variant)]
 pub enum Step {
     /// A public route: forward as is.
     Continue,

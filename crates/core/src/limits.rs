@@ -273,7 +273,7 @@ impl Bucket {
             // every few milliseconds still refills (the remainder is credited later).
             self.milli_tokens = filled;
             let used_ms = (refill as f64 / limit.requests_per_second).ceil() as u64;
-            self.updated_ms += used_ms.min(elapsed);
+            self.updated_ms = self.updated_ms.saturating_add(used_ms.min(elapsed));
         }
         let outcome = if self.milli_tokens >= 1000 {
             self.milli_tokens -= 1000;
