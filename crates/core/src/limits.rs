@@ -133,6 +133,22 @@ impl ForwardedFor {
     /// `use_remote_address`) is skipped, recognised as a parsable last entry while `source` is
     /// a real peer (port other than 0) whose address equals it or is on loopback.
     pub fn client(&self, source: Option<&str>) -> Option<IpAddr> {
+        // Envoy took the source from `X-Forwarded-For` (port 0) but not from its last entry:
+        // Envoy trusts hops of its own (`xff_num_trusted_hops` > 0, Istio's
+        // `numTrustedProxies`) and may have appended the peer after them. Which entry is
+        // whose cannot be told, so the client is unknown (an allow-listed key is refused)
+        // rather than possibly the front proxy's address.
+        if let Some(from_header) = source
+            .and_then(|s| s.parse::<std::net::SocketAddr>().ok())
+            .filter(|s| s.port() == 0)
+        {
+            if self
+                .last
+                .is_none_or(|last| !same_address(last, from_header.ip()))
+            {
+                return None;
+            }
+        }
         let peer = source.and_then(parse_peer);
         let appended_by_envoy = match (peer, self.last) {
             (Some(peer), Some(last)) => same_address(last, peer) || unmapped(peer).is_loopback(),
@@ -565,8 +581,16 @@ mod tests {
         if hops == 0 {
             return peer;
         }
-        let mut entries: Vec<&str> = xff?.split(',').map(str::trim).collect();
+        let mut entries: Vec<&str> = xff.unwrap_or_default().split(',').map(str::trim).collect();
         let last = entries.last().and_then(|e| e.parse::<IpAddr>().ok());
+        // A source Envoy took from a header (port 0) that is not the last entry: unknown.
+        let from_header = source
+            .and_then(|s| s.parse::<std::net::SocketAddr>().ok())
+            .filter(|s| s.port() == 0);
+        if from_header.is_some_and(|s| last.is_none_or(|last| !same_address(last, s.ip()))) {
+            return None;
+        }
+        xff?;
         if let (Some(peer), Some(last)) = (peer, last) {
             if same_address(last, peer) || unmapped(peer).is_loopback() {
                 entries.pop();
@@ -616,6 +640,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn envoys_own_trusted_hops_make_the_client_unknown() {
+        // xff_num_trusted_hops: 1 with use_remote_address: Envoy's source is the second entry
+        // from the right (port 0) and the last one is the peer it appended.
+        let xff = "6.6.6.6, 10.0.0.9, 198.51.100.4";
+        for hops in 1..=3 {
+            assert_eq!(client_address(Some("10.0.0.9:0"), Some(xff), hops), None);
+        }
+        // Envoy's default (no hops of its own): a port-0 source is the last entry, as before.
+        assert_eq!(
+            client_address(Some("198.51.100.4:0"), Some("6.6.6.6, 198.51.100.4"), 1),
+            Some(ip("198.51.100.4"))
+        );
+        assert_eq!(client_address(Some("10.0.0.9:0"), Some(xff), 0), None);
     }
 
     #[test]

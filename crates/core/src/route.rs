@@ -456,6 +456,9 @@ fn decode_pairs_keys(bytes: &[u8]) -> Option<Vec<String>> {
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Some path pattern holds an upper-case letter: a lower-case path may then match a route
+    /// in another case, so the any-case check cannot be skipped for it.
+    upper_case_patterns: bool,
 }
 
 impl RouteTable {
@@ -468,8 +471,20 @@ impl RouteTable {
             .iter()
             .enumerate()
             .map(|(i, spec)| Route::compile(i, spec).map_err(|e| (i, e)))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { routes })
+            .collect::<Result<Vec<Route>, _>>()?;
+        let upper_case_patterns = routes.iter().any(|r| {
+            match &r.matcher {
+            PathMatcher::Prefix(prefix) => prefix.bytes().any(|b| b.is_ascii_uppercase()),
+            PathMatcher::Template(segments) => segments.iter().any(|s| {
+                matches!(s, Segment::Literal(text) if text.bytes().any(|b| b.is_ascii_uppercase()))
+            }),
+            PathMatcher::RouteName(_) => false,
+        }
+        });
+        Ok(Self {
+            routes,
+            upper_case_patterns,
+        })
     }
 
     /// The first route matching `method`, `path` (query string ignored) and, for entries
@@ -483,17 +498,29 @@ impl RouteTable {
             .routes
             .iter()
             .find(|r| r.matches(method, path, route_name, false))?;
-        if found.policy != Policy::Public {
+        // Servers that route case-insensitively (Express) take `/V1/x` to the `/v1/` handler.
+        // When every pattern and the path are lower case, matching in any case finds the same
+        // route: nothing to check (the usual case, at no cost).
+        if !self.upper_case_patterns && !path.bytes().any(|b| b.is_ascii_uppercase()) {
             return Some(found);
         }
-        // Servers that route case-insensitively (Express) take `/V1/x` to the `/v1/` handler:
-        // a path that matches a protected route in another case is not public.
         match self
             .routes
             .iter()
             .find(|r| r.matches(method, path, route_name, true))
         {
-            Some(any_case) if any_case.policy != Policy::Public => Some(any_case),
+            // An earlier route matches in another case and asks for something else.
+            Some(any_case) if !std::ptr::eq(any_case, found) && any_case.policy != found.policy => {
+                match (&found.policy, &any_case.policy) {
+                    // A path that matches a protected route in another case is not public.
+                    (Policy::Public, _) => Some(any_case),
+                    // Never weaker than the exact match.
+                    (_, Policy::Public) => Some(found),
+                    // Two protected routes that differ only by case: the upstream may serve
+                    // either, so neither scope set is enough on its own: refused (403).
+                    _ => None,
+                }
+            }
             _ => Some(found),
         }
     }
@@ -517,6 +544,32 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protected_routes_that_differ_only_by_case_never_lend_each_other_their_scopes() {
+        let table = RouteTable::compile(&[
+            spec(r#"{"prefix": "/v1/admin/", "scopes": ["admin"]}"#),
+            spec(r#"{"path": "/v1/models/{id}", "scopes": ["models:admin"]}"#),
+            spec(r#"{"prefix": "/v1/", "scopes": ["read"]}"#),
+            spec(r#"{"prefix": "/", "public": true}"#),
+        ])
+        .unwrap();
+        let scopes = |path: &str| match table.find("GET", path, None).map(|r| &r.policy) {
+            Some(Policy::Scopes(s)) => Some(s.iter().map(|s| s.as_str().to_owned()).collect()),
+            Some(Policy::Public) => Some(vec!["public".to_owned()]),
+            None => None::<Vec<String>>,
+        };
+        assert_eq!(scopes("/v1/admin/users"), Some(vec!["admin".to_owned()]));
+        assert_eq!(scopes("/v1/hello"), Some(vec!["read".to_owned()]));
+        // Express serves these from the admin and models handlers: `read` is not enough.
+        assert_eq!(scopes("/v1/ADMIN/users"), None);
+        assert_eq!(scopes("/v1/MODELS/7"), None);
+        // Another case of the same route, or of routes asking the same, decides as before.
+        assert_eq!(scopes("/V1/hello"), Some(vec!["read".to_owned()]));
+        assert_eq!(scopes("/V1/ADMIN/x"), Some(vec!["admin".to_owned()]));
+        // A protected route in another case never makes a path public.
+        assert_eq!(scopes("/PUBLIC"), Some(vec!["public".to_owned()]));
+    }
 
     #[test]
     fn pairs_with_hostile_lengths_are_refused_not_wrapped() {

@@ -190,7 +190,14 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             keygate_core::wire::USAGE_PATH,
-            post(crate::usage::ingest_usage).layer(DefaultBodyLimit::max(state.usage_body_limit)),
+            post(crate::usage::ingest_usage)
+                .layer(DefaultBodyLimit::max(state.usage_body_limit))
+                // Before the body is read: an anonymous client never makes the service hold
+                // a batch of up to the usage body limit.
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    require_service,
+                )),
         );
     Router::new()
         .route("/healthz", get(healthz))
@@ -248,6 +255,16 @@ async fn require_admin(
     let mut request = Request::from_parts(parts, body);
     let actor = crate::audit::AdminActor(admin_id.clone());
     request.extensions_mut().insert(actor);
+    Ok(next.run(request).await)
+}
+
+/// Middleware: the service token, checked before the handler reads anything of the request.
+async fn require_service(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    require_service_token(&state, request.headers())?;
     Ok(next.run(request).await)
 }
 

@@ -19,7 +19,49 @@ on_both_backends!(
     only_allowed_requests_move_last_used_at,
     metrics_expose_the_counters,
     metrics_labels_stay_bounded_whatever_clients_send,
+    a_usage_post_without_the_service_token_is_refused_before_its_body_is_read,
 );
+
+/// A request body that never ends: whoever waits for it waits forever.
+struct NeverEnds;
+
+impl hyper::body::Body for NeverEnds {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// Anyone can post to `/v1/usage`: the token is checked before the body (up to the usage
+/// body limit) is read, so an anonymous client cannot make the service hold it.
+async fn a_usage_post_without_the_service_token_is_refused_before_its_body_is_read(
+    backend: Backend,
+) {
+    let h = harness(backend).await;
+    for token in [None, Some(ADMIN)] {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/v1/usage")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Body::new(NeverEnds)).unwrap();
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            app(h.state.clone()).oneshot(request),
+        )
+        .await
+        .expect("the service waited for the body of an unauthenticated usage post")
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+}
 
 async fn harness(backend: Backend) -> Harness {
     harness_on(backend, jwt_settings()).await
