@@ -11,6 +11,8 @@
 //! | the request target (path and query) | [`MAX_REQUEST_TARGET_BYTES`] | 414 problem+json |
 //! | header names and values together | [`MAX_HEADER_BYTES`] | 431 problem+json |
 //! | a TLS handshake | [`TLS_HANDSHAKE_TIMEOUT`] | connection closed |
+//! | reading a request head (and the wait for the next one on a kept-alive connection) | [`HEADER_READ_TIMEOUT`] | connection closed |
+//! | open connections | [`MAX_CONNECTIONS`] | a new one is closed at once |
 //!
 //! The first three are enforced by hyper's parser, whose answers have no body; the others are
 //! checked before routing and answered as `application/problem+json`. Bodies are limited per
@@ -48,6 +50,15 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stop waits for open connections to finish the request they are on.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a client has to send a whole request head, counted from when the service is ready
+/// to read it; on a kept-alive connection that includes the wait for the next request, so an
+/// idle connection is closed after this long (as nginx's default `keepalive_timeout`; Envoy's
+/// connection pool opens a new one). Bounds how long a slow client can hold a connection.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
+/// The most connections served at once; past it a new connection is closed at once. Bounds
+/// the memory that clients without any credential can make the service hold (each connection
+/// can buffer up to [`MAX_BUFFERED_HEAD_BYTES`]).
+pub const MAX_CONNECTIONS: usize = 4096;
 /// The pause after a failed accept (out of file descriptors, say) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -60,7 +71,35 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with_limits(listener, app, tls, ConnectionLimits::default(), shutdown).await;
+}
+
+/// How long a request head may take and how many connections are served at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// [`serve`] with other [`ConnectionLimits`] (tests use short ones).
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -80,6 +119,13 @@ pub async fn serve(
                 }
             },
         };
+        // Held for the connection's life; none left: closed at once (not logged one by one, as
+        // a flood would fill the log).
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::debug!(%peer, "connection limit reached: closed");
+            drop(tcp);
+            continue;
+        };
         // Answers are small and latency matters (a long-poll answer is a revocation on its
         // way): no Nagle delay waiting for the peer's delayed ACK.
         if let Err(error) = tcp.set_nodelay(true) {
@@ -88,12 +134,16 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let app = app.clone();
         let acceptor = acceptor.clone();
+        let head_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
+            let _permit = permit;
             match acceptor {
-                None => serve_connection(tcp, peer, app, watcher).await,
+                None => serve_connection(tcp, peer, app, watcher, head_timeout).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, app, watcher).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, app, watcher, head_timeout).await
+                        }
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "TLS handshake failed");
                         }
@@ -116,8 +166,13 @@ pub async fn serve(
 }
 
 /// Serves HTTP/1.1 requests on one connection until the peer closes it or a stop begins.
-async fn serve_connection<S>(stream: S, peer: SocketAddr, app: Router, watcher: Watcher)
-where
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    app: Router,
+    watcher: Watcher,
+    header_read_timeout: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
@@ -131,7 +186,9 @@ where
         }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.max_buf_size(MAX_BUFFERED_HEAD_BYTES)
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_BUFFERED_HEAD_BYTES)
         .max_header_size(MAX_REQUEST_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     let connection = http.serve_connection(TokioIo::new(stream), service);

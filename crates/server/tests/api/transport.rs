@@ -272,3 +272,120 @@ async fn stopping_answers_held_long_polls_over_tls_and_ends_the_server() {
         .expect("the server did not stop within 10 s of the signal")
         .unwrap();
 }
+
+/// Serves `h.state` with other connection limits until the returned sender is dropped.
+async fn start_with_limits(
+    h: &Harness,
+    limits: transport::ConnectionLimits,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(transport::serve_with_limits(
+        listener,
+        app(h.state.clone()),
+        None,
+        limits,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop)
+}
+
+/// What the server sent before it ended the connection (EOF or reset) within `within`;
+/// `None` when the connection was still open then.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => Some(raw),
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(_) => Some(raw),
+    }
+}
+
+/// A client that never finishes its request head is cut off after the header read timeout,
+/// and past the connection cap a new connection is closed at once: slow or many clients
+/// without any credential cannot hold the service's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_surplus_connections_are_closed() {
+    let h = harness().await;
+    let (slow, _stop_slow) = start_with_limits(
+        &h,
+        transport::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(1),
+            max_connections: 64,
+        },
+    )
+    .await;
+    spawn_blocking(move || {
+        let mut stream = TcpStream::connect(slow).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: kee")
+            .unwrap();
+        let started = Instant::now();
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(15)).is_some(),
+            "a request head that never ends kept its connection"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(500));
+    })
+    .await
+    .unwrap();
+    // The timeout does not cut a client that sends its head in time.
+    let url = format!("http://{slow}/healthz");
+    let status = spawn_blocking(move || status_of(agent(None).get(&url).call()))
+        .await
+        .unwrap();
+    assert_eq!(status, Ok(200));
+
+    let (capped, _stop_capped) = start_with_limits(
+        &h,
+        transport::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(60),
+            max_connections: 2,
+        },
+    )
+    .await;
+    spawn_blocking(move || {
+        let idle: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(capped).unwrap())
+            .collect();
+        // Both idle connections hold their place: a third is closed without an answer.
+        let mut surplus = TcpStream::connect(capped).unwrap();
+        let _ = surplus.write_all(&get_request("/healthz", &[]));
+        let answer = closed_within(&mut surplus, Duration::from_secs(10));
+        assert_eq!(
+            answer.as_deref(),
+            Some(&b""[..]),
+            "a connection past the cap was not closed at once"
+        );
+        // Once they go, connections are served again.
+        drop(idle);
+        let served = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut stream = TcpStream::connect(capped).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let _ = stream.write_all(&get_request("/healthz", &[]));
+            let mut raw = Vec::new();
+            let _ = stream.read_to_end(&mut raw);
+            raw.starts_with(b"HTTP/1.1 200")
+        });
+        assert!(
+            served,
+            "the service did not serve again after the idle connections closed"
+        );
+    })
+    .await
+    .unwrap();
+}
