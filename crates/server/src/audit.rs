@@ -1,4 +1,4 @@
-//! The audit log (issue 5): every management action, with time, actor (the admin key's id),
+//! The audit log: every management action, with time, actor (the admin key's id),
 //! source address, target key id and outcome. Never a secret: no key plaintext, no admin key,
 //! no token in any field.
 //!

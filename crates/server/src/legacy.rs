@@ -1,4 +1,4 @@
-//! Legacy keys (issue 7): keys issued by an earlier system, imported so they keep working
+//! Legacy keys: keys issued by an earlier system, imported so they keep working
 //! while their owners move to Keygate keys (rotating a legacy key mints an opaque successor).
 //!
 //! An import is CSV (header `name,owner,scopes,expires_at,key,sha256`, any order, scopes

@@ -1,4 +1,4 @@
-//! Legacy keys (issue 7): keys issued by an earlier system, imported by their SHA-256 digest.
+//! Legacy keys: keys issued by an earlier system, imported by their SHA-256 digest.
 //!
 //! They are ordinary key rows with `format = 'legacy'` and `prefix = ''`; the filter finds
 //! them by digest ([`KeyStore::get_legacy_key`]). An import applies every row in one

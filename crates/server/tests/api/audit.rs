@@ -1,4 +1,4 @@
-//! The audit log (issue 5): every management action, its filters and paging, and no secret in
+//! The audit log: every management action, its filters and paging, and no secret in
 //! any field; through the HTTP API on both backends.
 
 use std::net::SocketAddr;

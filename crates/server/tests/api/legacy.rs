@@ -1,4 +1,4 @@
-//! Legacy keys (issue 7): import from CSV and JSON, idempotent re-import, the filter's lookup
+//! Legacy keys: import from CSV and JSON, idempotent re-import, the filter's lookup
 //! by digest, and migration by rotation; through the HTTP API on both backends.
 
 use axum::body::Body;
