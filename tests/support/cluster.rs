@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use super::{
     bearer, default_plugin_config, envoy_bin, free_port, keygate_bin, parse_counter, project_root,
-    random_hex, render_envoy_config, send, tail, wait_until, wasm_path, Echo, Envoy, KeyService,
-    Ports, Proc, Reply, TempDir, ADMIN_KEY, KEY_PREFIX,
+    random_hex, render_envoy_config, send, serve_command, tail, wait_until, wasm_path, Echo, Envoy,
+    KeyService, Ports, Proc, Reply, TempDir,
 };
 
 pub const POSTGRES_URL_ENV: &str = "KEYGATE_TEST_POSTGRES_URL";
@@ -163,24 +163,16 @@ impl Secrets {
 /// Starts `keygate serve` on `port` against `database` (a URL) with its files in `dir`, and
 /// waits for `/healthz`.
 pub fn start_replica(dir: &Path, port: u16, database: &str, secrets: &Secrets) -> KeyService {
-    fs::create_dir_all(dir).expect("creating the replica dir");
-    let mut command = Command::new(keygate_bin());
-    command
-        .current_dir(dir)
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--database")
-        .arg(database)
-        .arg("--key-prefix")
-        .arg(KEY_PREFIX)
-        .arg("--save-admin-key")
-        .arg(dir.join("admin.key"))
-        .env("KEYGATE_GATEWAY_KEY", &secrets.gateway_key)
-        .env("KEYGATE_SERVICE_TOKEN", &secrets.service_token)
-        .env("KEYGATE_ADMIN_KEY", ADMIN_KEY)
-        .env("KEYGATE_SIGNING_KEY_SECRET", &secrets.signing_secret)
-        .env("RUST_LOG", "info");
+    let command = serve_command(
+        dir,
+        port,
+        database,
+        [
+            &secrets.gateway_key,
+            &secrets.service_token,
+            &secrets.signing_secret,
+        ],
+    );
     // Append: a restarted replica keeps the log of its previous life.
     let log = dir.join("keygate.log");
     let mut service = KeyService {

@@ -437,6 +437,32 @@ pub struct KeyService {
     pub proc: Proc,
 }
 
+/// `keygate serve` on 127.0.0.1:`port` against `database` (a URL), with its files (admin key,
+/// log) in `dir` (created if missing), the test prefix and admin key, and `secrets`: the
+/// gateway key, the service token and the signing-key secret.
+pub fn serve_command(dir: &Path, port: u16, database: &str, secrets: [&str; 3]) -> Command {
+    fs::create_dir_all(dir).expect("creating the key service dir");
+    let [gateway_key, service_token, signing_secret] = secrets;
+    let mut command = Command::new(keygate_bin());
+    command
+        .current_dir(dir)
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--database")
+        .arg(database)
+        .arg("--key-prefix")
+        .arg(KEY_PREFIX)
+        .arg("--save-admin-key")
+        .arg(dir.join("admin.key"))
+        .env("KEYGATE_GATEWAY_KEY", gateway_key)
+        .env("KEYGATE_SERVICE_TOKEN", service_token)
+        .env("KEYGATE_ADMIN_KEY", ADMIN_KEY)
+        .env("KEYGATE_SIGNING_KEY_SECRET", signing_secret)
+        .env("RUST_LOG", "info");
+    command
+}
+
 impl KeyService {
     /// Starts `keygate serve` on a fresh SQLite database in `dir` (created if missing), with a
     /// fresh signing-key secret (so it can mint JWT API keys).
@@ -452,27 +478,16 @@ impl KeyService {
         service_token: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        fs::create_dir_all(dir).expect("creating the key service dir");
         let port = free_port();
-        let mut command = Command::new(keygate_bin());
-        command
-            .current_dir(dir)
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--database")
-            .arg(format!("sqlite://{}", dir.join("keygate.db").display()))
-            .arg("--key-prefix")
-            .arg(KEY_PREFIX)
-            .arg("--save-admin-key")
-            .arg(dir.join("admin.key"))
-            .env("KEYGATE_GATEWAY_KEY", gateway_key)
-            .env("KEYGATE_SERVICE_TOKEN", service_token)
-            .env("KEYGATE_ADMIN_KEY", ADMIN_KEY)
-            // 64 hex digits: the service signs JWT API keys (and encrypts its signing keys).
-            .env("KEYGATE_SIGNING_KEY_SECRET", random_hex(32))
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied());
+        let database = format!("sqlite://{}", dir.join("keygate.db").display());
+        // 64 hex digits: the service signs JWT API keys (and encrypts its signing keys).
+        let mut command = serve_command(
+            dir,
+            port,
+            &database,
+            [gateway_key, service_token, &random_hex(32)],
+        );
+        command.envs(env.iter().copied());
         let proc = Proc::spawn("key service", command, dir.join("keygate.log"));
         KeyService {
             port,

@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::{
     default_plugin_config, envoy_bin, free_port, keygate_bin, random_hex, render_envoy_config,
-    replace_once, tail, wait_until, wasm_path, Echo, Envoy, IssuedKey, KeyService, Ports, Proc,
-    Reply, Stack, TempDir, ADMIN_KEY, KEY_PREFIX, STARTUP_TIMEOUT,
+    replace_once, serve_command, tail, wait_until, wasm_path, Echo, Envoy, IssuedKey, KeyService,
+    Ports, Proc, Reply, Stack, TempDir, ADMIN_KEY, STARTUP_TIMEOUT,
 };
 
 /// The key service's name in its certificate, and the SNI Envoy sends (as in envoy.yaml).
@@ -147,29 +147,19 @@ impl KeyService {
     /// `keygate serve --tls-cert --tls-key` on a fresh SQLite database in `dir`; waits until
     /// `GET https://127.0.0.1:<port>/healthz` answers 200 to a client trusting the test CA.
     pub fn start_tls(dir: &Path, gateway_key: &str, service_token: &str, pki: &Pki) -> Self {
-        fs::create_dir_all(dir).expect("creating the key service dir");
         let port = free_port();
-        let mut command = Command::new(keygate_bin());
+        let database = format!("sqlite://{}", dir.join("keygate.db").display());
+        let mut command = serve_command(
+            dir,
+            port,
+            &database,
+            [gateway_key, service_token, &random_hex(32)],
+        );
         command
-            .current_dir(dir)
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--database")
-            .arg(format!("sqlite://{}", dir.join("keygate.db").display()))
-            .arg("--key-prefix")
-            .arg(KEY_PREFIX)
-            .arg("--save-admin-key")
-            .arg(dir.join("admin.key"))
             .arg("--tls-cert")
             .arg(&pki.cert)
             .arg("--tls-key")
-            .arg(&pki.key)
-            .env("KEYGATE_GATEWAY_KEY", gateway_key)
-            .env("KEYGATE_SERVICE_TOKEN", service_token)
-            .env("KEYGATE_ADMIN_KEY", ADMIN_KEY)
-            .env("KEYGATE_SIGNING_KEY_SECRET", random_hex(32))
-            .env("RUST_LOG", "info");
+            .arg(&pki.key);
         let mut service = KeyService {
             port,
             service_token: service_token.to_string(),
