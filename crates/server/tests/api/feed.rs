@@ -12,7 +12,7 @@ use keygate_server::feed::{
 use keygate_server::store::FeedEventInput;
 use serde_json::{json, Value};
 
-use crate::backends::{eventually, Backend, PrivateCluster, TestDb};
+use crate::backends::{eventually, Backend, Connect, PrivateCluster, TestDb};
 use crate::storage::insert_keys;
 use crate::{harness_for, harness_on, jwt_settings, Harness, KEYS, NOW, SERVICE};
 

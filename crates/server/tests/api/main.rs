@@ -4,50 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-/// Makes a `sqlite::NAME` and a `postgres::NAME` test of each `async fn NAME(Backend)`; with
-/// `db:` first, of each `async fn NAME(&TestDb)`, on a fresh database of that backend. Defined
-/// before the modules, so each of them can use it.
-macro_rules! on_both_backends {
-    (db: $($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let db = crate::backends::TestDb::new(crate::backends::Backend::Sqlite).await;
-                    super::$test(&db).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    let db =
-                        crate::backends::TestDb::new(crate::backends::Backend::Postgres).await;
-                    super::$test(&db).await;
-                }
-            )*
-        }
-    };
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(crate::backends::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
+// `on_both_backends!`: a `sqlite::NAME` and a `postgres::NAME` test of each listed test.
+#[macro_use]
+extern crate keygate_testkit;
 
 mod audit;
 mod backends;
@@ -74,7 +33,7 @@ use keygate_server::{app, AppState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::backends::{Backend, TestDb};
+use crate::backends::{Backend, Connect, TestDb};
 
 const NOW: i64 = 1_800_000_000; // 2027-01-15T08:00:00Z
 const ADMIN: &str = "kga_test_admin_key_of_at_least_32_characters";

@@ -10,7 +10,7 @@ use keygate_server::feed::{EventKind, FeedRequest, RevocationEvent};
 use keygate_server::store::{KeyRecord, KeyStore, PageAfter, SigningKeyRow, StoreError};
 use serde_json::Map;
 
-use crate::backends::TestDb;
+use crate::backends::{Connect, TestDb};
 
 const NOW: i64 = crate::NOW;
 
