@@ -21,7 +21,6 @@ mod limits;
 mod readme;
 #[path = "e2e/rollout.rs"]
 mod rollout;
-mod support;
 #[path = "e2e/tls.rs"]
 mod tls;
 #[path = "e2e/usage.rs"]
@@ -32,11 +31,11 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::{
-    bearer, envoy_bin, parse_counter, project_root, random_hex, send_raw, wasm_path, KeyService,
-    Reply, Stack, TempDir, KEY_PREFIX,
+use keygate_testkit::{
+    assert_denied, assert_forwarded_with_identity, bearer, envoy_bin, parse_counter, poll_status,
+    project_root, random_hex, send_raw, wasm_path, KeyService, Stack, TempDir, KEY_PREFIX,
 };
+use serde_json::{json, Value};
 
 /// The key with one base32 character in its secret changed: the checksum no longer matches.
 fn mistyped(key: &str) -> String {
@@ -94,15 +93,15 @@ fn envoy_refuses_a_bad_plugin_config() {
     // An unknown route field type: the filter must refuse the configuration at load, and with
     // failure_policy FAIL_CLOSED Envoy refuses to start with it.
     let dir = TempDir::new("badconfig");
-    let mut plugin = support::default_plugin_config();
+    let mut plugin = keygate_testkit::default_plugin_config();
     plugin["routes"] = json!("not a list");
-    let ports = support::Ports {
+    let ports = keygate_testkit::Ports {
         listener: 1,
         admin: 2,
         service: 3,
         echo: 4,
     };
-    let config = support::render_envoy_config(ports, &wasm_path(), &plugin);
+    let config = keygate_testkit::render_envoy_config(ports, &wasm_path(), &plugin);
     let path = dir.path().join("envoy.yaml");
     fs::write(&path, config).unwrap();
     let output = Command::new(envoy_bin())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{keygate_bin, random_hex, send, wait_until, KeyService, TempDir, ADMIN_KEY};
+use keygate_testkit::{keygate_bin, random_hex, send, wait_until, KeyService, TempDir, ADMIN_KEY};
 
 /// A key service of its own (no Envoy: the CLI only talks to the key service).
 struct Service {
@@ -462,7 +462,7 @@ fn healthy(server: &str) -> bool {
 fn serve_saves_the_admin_key_where_the_cli_reads_it() {
     let dir = TempDir::new("cli-admin-file");
     let saved = dir.path().join("admin.key");
-    let port = crate::support::free_port();
+    let port = keygate_testkit::free_port();
     let mut serve = Command::new(keygate_bin())
         .current_dir(dir.path())
         .args([

@@ -6,8 +6,8 @@
 
 use serde_json::{json, Value};
 
-use super::assert_denied;
-use super::support::{bearer, send_raw, Reply, Stack};
+use keygate_testkit::assert_denied;
+use keygate_testkit::{bearer, send_raw, Reply, Stack};
 
 /// A header name as CGI, WSGI, PHP and Rack read it.
 fn folded(name: &str) -> String {

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::cluster::{
+use keygate_testkit::{bearer, send, IssuedKey, KeyService, Reply, Stack, ADMIN_KEY};
+use keygate_testkit::{
     create_database, feed_stats, must, postgres_server_url, prime_feed, Cluster, Database,
     FeedMode, Options, PgCluster,
 };
-use crate::support::{bearer, send, IssuedKey, KeyService, Reply, Stack, TempDir, ADMIN_KEY};
 
 /// The bound the issue sets for "the next request is refused".
 const PROPAGATION_BOUND: Duration = Duration::from_millis(1000);
@@ -334,9 +334,8 @@ fn key_service_restart_loses_nothing() {
 fn postgres_restart() {
     // Fail loudly without PostgreSQL, like the others, even though this one runs its own cluster.
     let _ = postgres_server_url();
-    let pg_dir = TempDir::new("feed-pg-private");
-    let pg = PgCluster::start(&pg_dir.path().join("pg"));
-    let database = create_database(&pg.server_url);
+    let pg = PgCluster::start();
+    let database = create_database(&pg.url);
     let cluster = Cluster::start(
         "feed-pg-restart",
         Options {
@@ -358,7 +357,7 @@ fn postgres_restart() {
     let stopped_at = Instant::now();
     pg.stop();
     sleep(Duration::from_millis(500));
-    pg.restart_started();
+    pg.restart();
     println!(
         "PostgreSQL down and up again in {:.0} ms",
         stopped_at.elapsed().as_secs_f64() * 1000.0
@@ -812,7 +811,7 @@ fn a_cold_follower_loads_a_paged_snapshot_past_max_revoked_and_still_refuses_rev
     assert!(
         lines.contains("evicted"),
         "the overflow is logged:\n{}",
-        crate::support::tail(&stack.envoy.proc.log, 40)
+        keygate_testkit::tail(&stack.envoy.proc.log, 40)
     );
 }
 

@@ -22,8 +22,10 @@ use keygate_core::jwt::{verify_jwt, Algorithm, KeySet, SigningKey, Validation};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{assert_denied, assert_forwarded_with_identity, poll_status};
-use crate::support::{bearer, default_plugin_config, random_hex, IssuedKey, Reply, Stack};
+use keygate_testkit::{assert_denied, assert_forwarded_with_identity, poll_status};
+use keygate_testkit::{
+    bearer, default_plugin_config, random_hex, wait_until, IssuedKey, Reply, Stack,
+};
 
 /// The external issuer of these tests (an "IdP"), trusted through an inline JWKS.
 const IDP_ISSUER: &str = "https://idp.example.com/";
@@ -293,7 +295,7 @@ fn jwks_fetches(stack: &Stack) -> u64 {
 
 /// Waits until Envoy's first JWKS fetch (at start) has landed; returns when it was seen.
 fn wait_first_jwks_fetch(stack: &Stack) -> Instant {
-    let ok = support_wait(Duration::from_secs(10), || {
+    let ok = wait_until(Duration::from_secs(10), || {
         stack.envoy.keygate_counter("jwks_refreshed") >= 1
     });
     assert!(
@@ -302,10 +304,6 @@ fn wait_first_jwks_fetch(stack: &Stack) -> Instant {
         stack.envoy.keygate_stats()
     );
     Instant::now()
-}
-
-fn support_wait(timeout: Duration, check: impl FnMut() -> bool) -> bool {
-    crate::support::wait_until(timeout, check)
 }
 
 /// Waits until the filter holds the key service's JWKS on every worker: Envoy's start-up
@@ -1169,7 +1167,7 @@ fn signing_key_rotation_keeps_old_tokens_and_new_kids_work_on_first_use() {
         "the rotation, before the new key signs",
     );
     let mut token_b = None;
-    let signs = support_wait(Duration::from_secs(30), || {
+    let signs = wait_until(Duration::from_secs(30), || {
         let token = stack
             .service
             .create_jwt_key("b", &["demo:read"], "ES256", 3600);

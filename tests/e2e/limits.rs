@@ -10,25 +10,16 @@ use keygate_core::key::{mint_opaque_key, GatewayKey, KeyPrefix, ID_LEN};
 use keygate_core::limits::{BucketOwner, RATE_SLOTS};
 use serde_json::{json, Value};
 
-use super::{assert_denied, assert_forwarded_with_identity};
-use crate::support::cluster::{Cluster, Database, Options};
-use crate::support::extra::{admin_json, admin_send, admin_send_as, rfc3339, unix_now};
-use crate::support::{
+use keygate_testkit::{admin_json, admin_send, admin_send_as, rfc3339, unix_now};
+use keygate_testkit::{assert_denied, assert_forwarded_with_identity};
+use keygate_testkit::{
     bearer, random_hex, send, IssuedKey, KeyService, Reply, Stack, ADMIN_KEY, KEY_PREFIX,
 };
+use keygate_testkit::{Cluster, Database, Options};
 
 /// Polls `check` every 100 ms until it yields `Some` or `timeout` passes.
-fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        sleep(Duration::from_millis(100));
-    }
+fn poll<T>(timeout: Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
+    keygate_testkit::poll(timeout, Duration::from_millis(100), check)
 }
 
 fn patch_key(service: &KeyService, id: &str, body: &Value) -> Value {

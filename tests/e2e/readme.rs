@@ -22,7 +22,7 @@ use std::time::Duration;
 use keygate_core::config::FilterConfig;
 
 use crate::cli::path_with_keygate;
-use crate::support::{
+use keygate_testkit::{
     free_port, keygate_bin, project_root, wait_until, KeyService, Stack, TempDir, ADMIN_KEY,
 };
 
@@ -128,8 +128,8 @@ fn readme_service_blocks_run_against_a_key_service() {
     let dir = TempDir::new("readme-service");
     let mut service = KeyService::start(
         &dir.path().join("service"),
-        &crate::support::random_hex(32),
-        &crate::support::random_hex(24),
+        &keygate_testkit::random_hex(32),
+        &keygate_testkit::random_hex(24),
     );
     service.wait_ready();
     for block in blocks {

@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use super::{assert_denied, assert_forwarded_with_identity};
-use crate::support::extra::{
-    admin_json, admin_send, rfc3339, unix_now, with_routes_before_catch_all,
-};
-use crate::support::{bearer, random_hex, KeyService, Reply, Stack};
+use keygate_testkit::{admin_json, admin_send, rfc3339, unix_now, with_routes_before_catch_all};
+use keygate_testkit::{assert_denied, assert_forwarded_with_identity};
+use keygate_testkit::{bearer, random_hex, KeyService, Reply, Stack};
 
 const DECISION: &str = "x-keygate-decision";
 

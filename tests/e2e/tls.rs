@@ -3,25 +3,21 @@
 //! the commented block of `envoy/envoy.yaml` switched on (SNI, CA, SAN match), and the CLI
 //! verifying the service's certificate with `--ca-cert`.
 
-use std::thread::{sleep, spawn};
+use std::thread::spawn;
 use std::time::{Duration, Instant};
 
-use crate::support::tls::{send_tls, start_tls_stack, Pki, SERVICE_NAME};
-use crate::support::{bearer, random_hex, IssuedKey, KeyService, Stack, TempDir};
+use keygate_testkit::{bearer, poll_reply, random_hex, IssuedKey, KeyService, Stack, TempDir};
+use keygate_testkit::{send_tls, start_tls_stack, Pki, SERVICE_NAME};
 
 const PATH: &str = "/v1/over-tls";
 
 /// GETs `PATH` with `key` until the answer is `status` (up to `timeout`); the last answer's
 /// status.
 fn until_status(stack: &Stack, key: &IssuedKey, status: u16, timeout: Duration) -> u16 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let reply = stack.get_with_key(PATH, &key.key);
-        if reply.status == status || Instant::now() >= deadline {
-            return reply.status;
-        }
-        sleep(Duration::from_millis(100));
-    }
+    poll_reply(timeout, Duration::from_millis(100), status, || {
+        stack.get_with_key(PATH, &key.key)
+    })
+    .status
 }
 
 fn revoke(service: &KeyService, pki: &Pki, id: &str) {
@@ -174,7 +170,7 @@ fn sigterm_answers_held_long_polls_over_tls() {
         })
     };
     let stats_url = service.https_url("/v1/stats");
-    let held = crate::support::wait_until(Duration::from_secs(20), || {
+    let held = keygate_testkit::wait_until(Duration::from_secs(20), || {
         send_tls(
             &pki.ca,
             "GET",

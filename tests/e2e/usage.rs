@@ -11,21 +11,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::mistyped;
-use crate::support::extra::{admin_json, unix_now};
-use crate::support::{random_hex, send, IssuedKey, KeyService, Stack};
+use keygate_testkit::{admin_json, unix_now};
+use keygate_testkit::{random_hex, send, IssuedKey, KeyService, Stack};
 
 /// Polls `check` every 200 ms until it is true or `timeout` passes; answers whether it held.
 fn poll(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
+    keygate_testkit::poll(timeout, Duration::from_millis(200), || {
+        check().then_some(())
+    })
+    .is_some()
 }
 
 /// `GET /api/v1/auth/keys/{id}/usage` from `from` by minute: (HTTP status, totals).
@@ -35,7 +29,7 @@ fn usage_totals(service: &KeyService, id: &str, from: i64) -> (u16, Value) {
         "GET",
         &format!(
             "/api/v1/auth/keys/{id}/usage?from={}&step=60",
-            crate::support::extra::rfc3339(from)
+            keygate_testkit::rfc3339(from)
         ),
         None,
     );
@@ -221,7 +215,7 @@ fn only_proven_keys_get_usage_and_only_allowed_requests_mark_a_use() {
         assert_eq!(stack.get_with_key("/v1/read", &typo).status, 401);
         assert_eq!(stack.get_with_key("/v1/read", &forged.key).status, 401);
         // A proven key refused for its scope: counted, but not a use.
-        let auth = crate::support::bearer(&knocker.key);
+        let auth = keygate_testkit::bearer(&knocker.key);
         let reply = stack.post("/v1/write", &[("authorization", auth.as_str())]);
         assert_eq!(reply.status, 403, "{reply:?}");
     }
