@@ -348,15 +348,7 @@ fn validity_window() {
 // ── 4. usage ─────────────────────────────────────────────────────────────────────────────────
 
 fn usage(service: &KeyService, id: &str, from: i64) -> Value {
-    let reply = admin_json(
-        service,
-        "GET",
-        &format!(
-            "/api/v1/auth/keys/{id}/usage?from={}&step=60",
-            rfc3339(from)
-        ),
-        None,
-    );
+    let reply = service.usage_reply(id, from);
     assert_eq!(reply.status, 200, "usage of {id}: {reply:?}");
     reply.json()
 }

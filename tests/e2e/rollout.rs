@@ -1,15 +1,14 @@
 //! Rolling out through a real Envoy (2 workers): shadow mode (global and per route), legacy keys
 //! imported through the REST API, and policy from Envoy route metadata and route names.
 
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use keygate_testkit::{admin_json, admin_send, rfc3339, unix_now, with_routes_before_catch_all};
+use keygate_testkit::{admin_send, unix_now, with_routes_before_catch_all};
 use keygate_testkit::{assert_denied, assert_forwarded_with_identity};
-use keygate_testkit::{bearer, random_hex, KeyService, Reply, Stack};
+use keygate_testkit::{bearer, poll, random_hex, KeyService, Reply, Stack};
 
 const DECISION: &str = "x-keygate-decision";
 
@@ -253,24 +252,13 @@ fn legacy_keys() {
 
     // Usage shows the legacy keys in use.
     for (id, want) in [(&plain_id, 1), (&hashed_id, 1)] {
-        let deadline = Instant::now() + Duration::from_secs(8);
-        let last = loop {
-            let reply = admin_json(
-                &stack.service,
-                "GET",
-                &format!(
-                    "/api/v1/auth/keys/{id}/usage?from={}&step=60",
-                    rfc3339(from)
-                ),
-                None,
-            );
+        let mut last = Value::Null;
+        poll(Duration::from_secs(8), Duration::from_millis(200), || {
+            let reply = stack.service.usage_reply(id, from);
             assert_eq!(reply.status, 200, "usage of {id}: {reply:?}");
-            let totals = reply.json()["totals"].clone();
-            if totals["allowed"].as_u64().unwrap_or(0) >= want || Instant::now() >= deadline {
-                break totals;
-            }
-            sleep(Duration::from_millis(200));
-        };
+            last = reply.json()["totals"].clone();
+            (last["allowed"].as_u64().unwrap_or(0) >= want).then_some(())
+        });
         assert_eq!(last["allowed"], want, "usage of legacy key {id}: {last}");
     }
 

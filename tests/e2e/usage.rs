@@ -24,15 +24,7 @@ fn poll(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// `GET /api/v1/auth/keys/{id}/usage` from `from` by minute: (HTTP status, totals).
 fn usage_totals(service: &KeyService, id: &str, from: i64) -> (u16, Value) {
-    let reply = admin_json(
-        service,
-        "GET",
-        &format!(
-            "/api/v1/auth/keys/{id}/usage?from={}&step=60",
-            keygate_testkit::rfc3339(from)
-        ),
-        None,
-    );
+    let reply = service.usage_reply(id, from);
     let totals = if reply.status == 200 {
         reply.json()["totals"].clone()
     } else {

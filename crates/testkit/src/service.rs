@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::envoy::STARTUP_TIMEOUT;
 use crate::http::{bearer, http_ok, send, send_tls, Reply};
 use crate::process::{free_port, keygate_bin, random_hex, Proc};
+use crate::time::rfc3339;
 use crate::tls::Pki;
 
 /// The admin key every test key service starts with (`KEYGATE_ADMIN_KEY`).
@@ -295,6 +296,16 @@ impl KeyService {
             .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
             .cloned()
             .unwrap_or_else(|| panic!("kid {kid} is not in the JWKS: {jwks}"))
+    }
+
+    /// `GET /api/v1/auth/keys/{id}/usage` from `from` (Unix seconds) by minute, whatever the
+    /// status.
+    pub fn usage_reply(&self, id: &str, from: i64) -> Reply {
+        let path = format!(
+            "/api/v1/auth/keys/{id}/usage?from={}&step=60",
+            rfc3339(from)
+        );
+        self.admin("GET", &path, None)
     }
 
     /// `GET /v1/stats` with the service token → the JSON document.

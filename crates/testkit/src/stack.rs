@@ -161,35 +161,9 @@ impl<'a> StackBuilder<'a> {
         self
     }
 
-    /// Starts everything: the echo upstream, the key services one after the other, then Envoy.
-    pub fn start(self) -> Cluster {
-        let Parts {
-            envoy,
-            proxy,
-            services,
-            echo,
-            database,
-            secrets,
-            pki,
-            ports,
-            dir,
-        } = self.start_parts();
-        Cluster {
-            envoy,
-            proxy,
-            services,
-            echo,
-            database,
-            secrets,
-            pki,
-            ports,
-            dir,
-        }
-    }
-
     /// Starts everything with one key service.
     pub fn start_one(self) -> Stack {
-        let Parts {
+        let Cluster {
             envoy,
             services,
             echo,
@@ -197,12 +171,13 @@ impl<'a> StackBuilder<'a> {
             ports,
             dir,
             ..
-        } = self.replicas(1).start_parts();
+        } = self.replicas(1).start();
         let service = services
             .into_iter()
             .next()
             .expect("a stack has a key service");
         Stack {
+            _logs_on_panic: LogsOnPanic::of(&envoy, std::slice::from_ref(&service)),
             envoy,
             service,
             echo,
@@ -212,7 +187,8 @@ impl<'a> StackBuilder<'a> {
         }
     }
 
-    fn start_parts(self) -> Parts {
+    /// Starts everything: the echo upstream, the key services one after the other, then Envoy.
+    pub fn start(self) -> Cluster {
         let wasm = wasm_path();
         // Resolve the other binaries before starting anything, so a missing one fails first.
         let _ = keygate_bin();
@@ -273,7 +249,8 @@ impl<'a> StackBuilder<'a> {
             [&secrets.gateway_key, &secrets.service_token],
         );
         envoy.wait_ready();
-        Parts {
+        Cluster {
+            _logs_on_panic: LogsOnPanic::of(&envoy, &services),
             envoy,
             proxy,
             services,
@@ -287,45 +264,56 @@ impl<'a> StackBuilder<'a> {
     }
 }
 
-/// What [`StackBuilder`] started, before it becomes a [`Cluster`] or a [`Stack`].
-struct Parts {
-    envoy: Envoy,
-    proxy: Option<FeedProxy>,
-    services: Vec<KeyService>,
-    echo: Echo,
-    database: String,
-    secrets: Secrets,
-    pki: Option<Pki>,
-    ports: Ports,
-    dir: TempDir,
-}
-
 fn replica_dir(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("replica-{i}"))
 }
 
-/// Log tails for assertion messages and failed tests.
-fn log_tails(envoy: &Envoy, services: &[KeyService]) -> String {
+/// Log tails (Envoy's, then each key service's) for assertion messages and failed tests.
+fn log_tails(envoy: &Path, services: &[PathBuf]) -> String {
     let mut out = format!(
         "──── envoy log tail ({}) ────\n{}\n",
-        envoy.proc.log.display(),
-        tail(&envoy.proc.log, 60)
+        envoy.display(),
+        tail(envoy, 60)
     );
-    for (i, s) in services.iter().enumerate() {
+    for (i, log) in services.iter().enumerate() {
         out.push_str(&format!(
             "──── key service {i} log tail ({}) ────\n{}\n",
-            s.proc.log.display(),
-            tail(&s.proc.log, 30)
+            log.display(),
+            tail(log, 30)
         ));
     }
     out
+}
+
+/// Prints the log tails when dropped while the test panics.
+struct LogsOnPanic {
+    envoy: PathBuf,
+    services: Vec<PathBuf>,
+}
+
+impl LogsOnPanic {
+    fn of(envoy: &Envoy, services: &[KeyService]) -> Self {
+        LogsOnPanic {
+            envoy: envoy.proc.log.clone(),
+            services: services.iter().map(|s| s.proc.log.clone()).collect(),
+        }
+    }
+}
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", log_tails(&self.envoy, &self.services));
+        }
+    }
 }
 
 // ── N key services ───────────────────────────────────────────────────────────────────────────
 
 /// Echo upstream + N key services on one database + Envoy.
 pub struct Cluster {
-    // Field order is drop order: Envoy first, the temp dir last.
+    // Field order is drop order: the log tails of a failed test, Envoy, ..., the temp dir last.
+    _logs_on_panic: LogsOnPanic,
     pub envoy: Envoy,
     pub proxy: Option<FeedProxy>,
     pub services: Vec<KeyService>,
@@ -455,15 +443,8 @@ impl Cluster {
 
     /// Log tails for assertion messages.
     pub fn logs(&self) -> String {
-        log_tails(&self.envoy, &self.services)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
+        let services: Vec<PathBuf> = self.services.iter().map(|s| s.proc.log.clone()).collect();
+        log_tails(&self.envoy.proc.log, &services)
     }
 }
 
@@ -471,7 +452,8 @@ impl Drop for Cluster {
 
 /// Echo upstream + one key service + Envoy with the filter.
 pub struct Stack {
-    // Field order is drop order: Envoy first, the temp dir last.
+    // Field order is drop order: the log tails of a failed test, Envoy, ..., the temp dir last.
+    _logs_on_panic: LogsOnPanic,
     pub envoy: Envoy,
     pub service: KeyService,
     #[allow(dead_code)] // held so that it lives (and is killed) with the stack
@@ -554,17 +536,6 @@ impl Stack {
     /// The gateway key this stack's Envoy and key service share.
     pub fn gateway_key(&self) -> String {
         fs::read_to_string(self.dir.path().join("gateway.key")).expect("reading gateway.key")
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "{}",
-                log_tails(&self.envoy, std::slice::from_ref(&self.service))
-            );
-        }
     }
 }
 
