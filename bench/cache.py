@@ -32,6 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 from pathlib import Path
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (the shared helpers of the benchmark runner)
@@ -78,7 +79,7 @@ def mint_keys(port: int, count: int, threads: int = 8) -> list[str]:
 
 
 def keygate_counters(admin: int) -> dict[str, int]:
-    status, body = run.request(admin, "GET", "/stats?filter=^wasmcustom\\.keygate\\.")
+    status, body = run.request(admin, "GET", "/stats?filter=" + quote(r"^wasmcustom\.keygate\."))
     if status != 200:
         raise Abort(f"Envoy /stats: {status}")
     counters = {}
@@ -99,17 +100,33 @@ def envoy_allocated(admin: int) -> int | None:
         return None
 
 
-def wrk_pass(port: int, tokens_file: Path, offset: int, count: int, connections: int) -> dict:
-    """Sends `count` requests (plus the few in flight when wrk stops), credentials taken in
-    order from `tokens_file` starting at line `offset`."""
+def decided(counters: dict[str, int]) -> int:
+    return counters.get("cache_hit", 0) + counters.get("cache_miss", 0)
+
+
+def wrk_pass(port: int, admin: int, tokens_file: Path, offset: int, count: int,
+             connections: int) -> dict:
+    """Sends `count` requests, credentials taken in order from `tokens_file` starting at line
+    `offset`: wrk's script stops sending after `count` responses, and wrk (which otherwise
+    waits out its -d) is interrupted once the filter has counted them."""
     env = dict(os.environ, BENCH_TOKENS_FILE=str(tokens_file), BENCH_TOKENS_OFFSET=str(offset),
                BENCH_MAX_REQUESTS=str(count), BENCH_METHOD="GET", BENCH_HEADER="", BENCH_BODY="")
     cmd = ["wrk", "-t1", f"-c{connections}", "-d600s", "--timeout", "10s", "-s",
            str(run.WRK_SCRIPT), f"http://127.0.0.1:{port}{run.PATH}"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=700)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
-    if out.returncode != 0 or line is None:
-        raise Abort(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    base = decided(keygate_counters(admin))
+    wrk = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 590
+    while wrk.poll() is None and time.time() < deadline:
+        time.sleep(0.25)
+        if decided(keygate_counters(admin)) - base >= count:
+            break
+    time.sleep(0.5)  # the last responses on their way back
+    if wrk.poll() is None:
+        wrk.send_signal(signal.SIGINT)
+    stdout, stderr = wrk.communicate(timeout=60)
+    line = next((l for l in stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise Abort(f"wrk failed ({wrk.returncode}):\n{stdout}\n{stderr}")
     result = json.loads(line[len("BENCH_JSON "):])
     result["rps"] = result["requests"] / max(1e-9, result["duration_us"] / 1e6)
     return result
@@ -175,11 +192,11 @@ def run_curve(keygate_bin: str, envoy: str, wasm: str, key_counts: list[int],
         mem0 = envoy_allocated(admin)
         log(f"cache: {n:,} keys: warm pass")
         c0, l0 = keygate_counters(admin), run.service_lookups(ks_port, service_token)
-        warm_result = wrk_pass(listen, tokens_file, 0, n, connections)
+        warm_result = wrk_pass(listen, admin, tokens_file, 0, n, connections)
         c1, l1 = keygate_counters(admin), run.service_lookups(ks_port, service_token)
         mem1 = envoy_allocated(admin)
         log(f"cache: {n:,} keys: measured pass")
-        result = wrk_pass(listen, tokens_file, n, n, connections)
+        result = wrk_pass(listen, admin, tokens_file, n, n, connections)
         c2, l2 = keygate_counters(admin), run.service_lookups(ks_port, service_token)
         proc.terminate()
         proc.wait(timeout=10)

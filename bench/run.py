@@ -705,7 +705,7 @@ def main() -> int:
 
 def envoy_counters(admin: int) -> dict:
     status, body = request(admin, "GET", "/stats?filter=" +
-                           "(keygate|jwt_authn|rbac|ext_authz|downstream_rq_(2|4|5)xx)")
+                           "(keygate|jwt_authn|api_key_auth|rbac|ext_authz|downstream_rq_(2|4|5)xx)")
     counters = {}
     for line in body.decode().splitlines():
         name, _, value = line.partition(": ")
@@ -809,7 +809,7 @@ def goals(sums: dict) -> list[str]:
             d = sums[name]["cpu_over_h1"]
             out.append(f"- {name} over H1: {d:+.1f} µs/req ({'below' if d < 0 else 'above'} "
                        "the proxy-wasm floor)")
-    return (["", "Goals (this run's medians):", ""] + out) if out else []
+    return (["", "Goals (this run's medians):", ""] + out + [""]) if out else []
 
 
 def render(report: dict, configs: list[str]) -> str:
