@@ -2,12 +2,15 @@
 """Keygate benchmark runner (called by scripts/bench.sh, which builds everything first).
 
 Starts, on free loopback ports: the key service (SQLite), a minimal ext_authz server, and one
-Envoy per configuration (A-H, --concurrency 1, a direct_response route, no upstream). Each
-configuration is checked first (a bad credential is refused with 401/403, a good one gets 200;
-any surprise aborts the run). Then wrk (1 thread, 32 connections) warms every configuration
-up and measures it --reps times, in alternating order (A..H, H..A, A..H, ...). Envoy is
-pinned to one CPU and wrk to the other when there are two or more. Afterwards the key service
-is measured on its own (lookups/s, creations/s), and the criterion micro-benchmarks run.
+Envoy per configuration (A-I with H1-H5, --concurrency 1, a direct_response route, no
+upstream). Each configuration is checked first (a bad credential is refused with 401/403, a
+good one gets 200; any surprise aborts the run). Then wrk (1 thread, 32 connections) warms
+every configuration up and measures it --reps times, in alternating order (A..I, I..A, ...).
+Envoy is pinned to one CPU and wrk to the other when there are two or more. Each
+configuration's Envoy CPU per request is reported over A, H and H1 (medians of per-repetition
+differences), with the performance goals checked. Afterwards the key service is measured on
+its own (lookups/s, creations/s), the record-cache curve runs (bench/cache.py, --cache-keys),
+and the criterion micro-benchmarks run.
 
 Writes bench/results/<timestamp>.md (printed too) and <timestamp>.json (raw numbers).
 Standard library only.
@@ -407,7 +410,7 @@ def main() -> int:
     p.add_argument("--floor-wasm", required=True)
     p.add_argument("--configs", default=DEFAULT_CONFIGS)
     p.add_argument("--warmup", type=float, default=3)
-    p.add_argument("--duration", type=float, default=8)
+    p.add_argument("--duration", type=float, default=6)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--tokens", type=int, default=10000)

@@ -17,7 +17,7 @@
 # Results: bench/results/<timestamp>.md (also printed) and <timestamp>.json (raw numbers).
 # Run it on an idle machine: other load skews every number.
 #
-# Env: BENCH_DURATION (8), BENCH_REPS (5), BENCH_WARMUP (3),
+# Env: BENCH_DURATION (6), BENCH_REPS (5), BENCH_WARMUP (3),
 #      BENCH_CONFIGS ("A B C D R E F G H H1 H2 H3 H4 H5 I"),
 #      BENCH_CACHE_KEYS ("10000 100000"; empty skips the curve), BENCH_CACHE_CAPACITY (the
 #      filter's default cache.max_entries unless set),
@@ -94,7 +94,7 @@ args=(
   --wasm "$WASM" --empty-wasm "$EMPTY_WASM" --floor-wasm "$FLOOR_WASM" --keygate-bin "$KEYGATE_BIN" --envoy "$ENVOY_BIN"
   --tools-dir "$TOOLS"
   --configs "${BENCH_CONFIGS:-A B C D R E F G H H1 H2 H3 H4 H5 I}"
-  --warmup "${BENCH_WARMUP:-3}" --duration "${BENCH_DURATION:-8}" --reps "${BENCH_REPS:-5}"
+  --warmup "${BENCH_WARMUP:-3}" --duration "${BENCH_DURATION:-6}" --reps "${BENCH_REPS:-5}"
   --ks-duration "${BENCH_KS_DURATION:-5}"
   --label "${BENCH_LABEL:-}"
   --cache-keys "${BENCH_CACHE_KEYS-10000 100000}"
