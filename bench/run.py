@@ -904,7 +904,7 @@ def render(report: dict, configs: list[str]) -> str:
             lines.append(f"| {c['id']} | {fmt_ns(c['median_ns'])} | {fmt_ns(lo)}–{fmt_ns(hi)} | "
                          f"{1e9 / c['median_ns']:,.0f} |")
         lines.append("")
-    return "\n".join(lines) + "\n"
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
