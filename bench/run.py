@@ -61,7 +61,13 @@ CONFIGS = {
     "H4": "H1 + response :status read",
     "H5": "H1 + H2 + H3 + H4 (the host calls of Keygate's cached path)",
     "I": "Envoy api_key_auth (plaintext keys, client id forwarded) + RBAC on the id",
+    "B0": "B with the baseline keygate.wasm",
+    "C0": "C with the baseline keygate.wasm",
+    "D0": "D with the baseline keygate.wasm",
 }
+# With --baseline-wasm (an earlier build of the filter), these run beside the configurations
+# they copy, so "no configuration slower than before" is measured in the same interleaved run.
+BASELINE = {"B0": "B", "C0": "C", "D0": "D"}
 # The floor filter's steps (its plugin configuration) for each floor configuration.
 FLOOR_STEPS = {"H1": "floor", "H2": "shared", "H3": "rewrite", "H4": "status",
                "H5": "shared,rewrite,status"}
@@ -387,6 +393,8 @@ def machine_info(args) -> dict:
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
                            capture_output=True, text=True).stdout.strip()
     wasm_sha = hashlib.sha256(Path(args.wasm).read_bytes()).hexdigest()[:12]
+    baseline_sha = (hashlib.sha256(Path(args.baseline_wasm).read_bytes()).hexdigest()[:12]
+                    if args.baseline_wasm else None)
     return {
         "cpu_model": model,
         "cpus": os.cpu_count(),
@@ -396,6 +404,8 @@ def machine_info(args) -> dict:
         "git": git + (" (+ uncommitted changes)" if dirty else ""),
         "keygate_wasm_sha256": wasm_sha,
         "keygate_wasm_bytes": Path(args.wasm).stat().st_size,
+        "baseline_wasm": args.baseline_wasm or None,
+        "baseline_wasm_sha256": baseline_sha,
         "loadavg_start": os.getloadavg(),
     }
 
@@ -408,6 +418,8 @@ def main() -> int:
     p.add_argument("--tools-dir", required=True, help="dir with the gen-tokens and authz binaries")
     p.add_argument("--empty-wasm", required=True)
     p.add_argument("--floor-wasm", required=True)
+    p.add_argument("--baseline-wasm", default="",
+                   help="an earlier keygate.wasm: adds B0, C0, D0 (B, C, D with it)")
     p.add_argument("--configs", default=DEFAULT_CONFIGS)
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--duration", type=float, default=6)
@@ -438,6 +450,15 @@ def main() -> int:
     else:
         args.envoy_cpu = args.load_cpu = None
     configs = parse_configs(args.configs)
+    if args.baseline_wasm:
+        if not Path(args.baseline_wasm).is_file():
+            raise Abort(f"--baseline-wasm {args.baseline_wasm}: no such file")
+        # Each right after the configuration it copies, so the two run close in time.
+        for b0, base in BASELINE.items():
+            if base in configs and b0 not in configs:
+                configs.insert(configs.index(base) + 1, b0)
+    elif any(name in BASELINE for name in configs):
+        raise Abort("B0, C0 and D0 need a baseline filter (BENCH_BASELINE_WASM / --baseline-wasm)")
     for name in CONFIGS:
         CONFIGS[name] = CONFIGS[name].replace("{alg}", args.jwt_alg)
 
@@ -525,6 +546,10 @@ def main() -> int:
         "I": (api_key_auth_filters([(key, "bench-good"), (other_key["key"], "bench-noscope")],
                                    "bench-good"), []),
     }
+    if args.baseline_wasm:
+        for b0 in BASELINE:
+            filters[b0] = ([wasm_filter("keygate", Path(args.baseline_wasm), keygate_json,
+                                        secrets_env)], kg_clusters)
     bearer = lambda t: {"authorization": f"Bearer {t}"}  # noqa: E731
     # (label, headers, expected statuses)
     checks = {
@@ -551,6 +576,8 @@ def main() -> int:
     checks["D"] = checks["C"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
     checks["R"] = checks["D"]
     checks["F"] = checks["E"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
+    for b0, base in BASELINE.items():
+        checks[b0] = checks[base]
     # A, H and the floor configurations carry the same header as B, so the request Envoy
     # parses is the same size and only the filters differ.
     loads = {
@@ -566,6 +593,8 @@ def main() -> int:
         "F": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "G": {"header": f"Authorization: Bearer {key}"},
     }
+    for b0, base in BASELINE.items():
+        loads[b0] = {k: v for k, v in loads[base].items() if k != "sent"}
 
     envoys: dict[str, dict] = {}
     for name in configs:
@@ -790,6 +819,11 @@ def add_overheads(sums: dict) -> None:
             pairs = zip(sm["_reps"], ref_reps)
             sm[field] = statistics.median(r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"]
                                           for r, q in pairs)
+    for b0, base in BASELINE.items():
+        if b0 in sums and base in sums:
+            pairs = zip(sums[base]["_reps"], sums[b0]["_reps"])
+            sums[base]["cpu_vs_baseline"] = statistics.median(
+                r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"] for r, q in pairs)
     for sm in sums.values():
         sm.pop("_reps", None)
 
@@ -807,6 +841,11 @@ def goals(sums: dict) -> list[str]:
         r = sums["D"]["cpu_us_per_req"] / sums["F"]["cpu_us_per_req"]
         out.append(f"- D / F Envoy CPU per request: {r:.2f}× (goal ≤ 1.30): "
                    f"{'met' if r <= 1.3 else 'not met'}")
+    for name in BASELINE.values():
+        d = sums.get(name, {}).get("cpu_vs_baseline")
+        if d is not None:
+            out.append(f"- {name} against the baseline filter ({name}0): {d:+.1f} µs/req (goal: "
+                       f"not slower): {'met' if d <= 0 else 'slower by this much'}")
     for name in ("E", "I"):
         if h1 and name in sums:
             d = sums[name]["cpu_over_h1"]
@@ -833,6 +872,8 @@ def render(report: dict, configs: list[str]) -> str:
         "(401/403) and accept good ones (200), and every measured response was 2xx",
         f"- Keygate {m['git']}, keygate.wasm sha256 {m['keygate_wasm_sha256']} "
         f"({m['keygate_wasm_bytes'] // 1024} KiB); total run {report['elapsed_s']:g} s",
+        *([f"- Baseline filter (B0, C0, D0): {m['baseline_wasm']}, sha256 "
+           f"{m['baseline_wasm_sha256']}"] if m.get("baseline_wasm") else []),
         "",
         "| config | rps (median) | rps min–max | p50 | p99 | rps / A | Envoy CPU µs/req | "
         "over A | over H | over H1 | Envoy CPU busy |",
@@ -867,10 +908,11 @@ def render(report: dict, configs: list[str]) -> str:
     lines.append("")
     cnt = report["counters"]
     notes = []
-    if "B" in cnt:
-        notes.append(f"B: keygate.cache_hit +{cnt['B'].get('wasmcustom.keygate.cache_hit', 0):,}, "
-                     f"cache_miss +{cnt['B'].get('wasmcustom.keygate.cache_miss', 0)}")
-    for n in ("C", "D", "R"):
+    for n in ("B", "B0"):
+        if n in cnt:
+            notes.append(f"{n}: keygate.cache_hit +{cnt[n].get('wasmcustom.keygate.cache_hit', 0):,}, "
+                         f"cache_miss +{cnt[n].get('wasmcustom.keygate.cache_miss', 0)}")
+    for n in ("C", "D", "R", "C0", "D0"):
         if n in cnt:
             notes.append(f"{n}: keygate.allowed +{cnt[n].get('wasmcustom.keygate.allowed', 0):,}, "
                          f"token_cache_hit +{cnt[n].get('wasmcustom.keygate.token_cache_hit', 0):,}")

@@ -20,7 +20,8 @@
 # Env: BENCH_DURATION (6), BENCH_REPS (5), BENCH_WARMUP (3),
 #      BENCH_CONFIGS ("A B C D R E F G H H1 H2 H3 H4 H5 I"),
 #      BENCH_CACHE_KEYS ("10000 100000"; empty skips the curve), BENCH_CACHE_CAPACITY (the
-#      filter's default cache.max_entries unless set),
+#      filter's default cache.max_entries unless set), BENCH_BASELINE_WASM (an earlier
+#      keygate.wasm: adds B0, C0, D0, which are B, C, D with it, to compare in the same run),
 #      BENCH_KS_DURATION (5), BENCH_CRITERION (1; 0 skips the micro-benchmarks),
 #      BENCH_SKIP_BUILD=1 (reuse binaries), BENCH_LABEL (a note for the report header),
 #      BENCH_KEEP=1 (keep the work dir: Envoy configs and logs),
@@ -100,6 +101,7 @@ args=(
   --cache-keys "${BENCH_CACHE_KEYS-10000 100000}"
 )
 [[ -n "${BENCH_CACHE_CAPACITY:-}" ]] && args+=(--cache-capacity "$BENCH_CACHE_CAPACITY")
+[[ -n "${BENCH_BASELINE_WASM:-}" ]] && args+=(--baseline-wasm "$BENCH_BASELINE_WASM")
 [[ "${BENCH_CRITERION:-1}" == 1 ]] && args+=(--criterion)
 [[ "${BENCH_KEEP:-0}" == 1 ]] && args+=(--keep)
 exec python3 "$ROOT/bench/run.py" "${args[@]}"
