@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -146,8 +147,6 @@ def run_curve(keygate_bin: str, envoy: str, wasm: str, key_counts: list[int],
               capacity: int | None, workers: int, connections: int, work: Path) -> dict:
     """Runs the curve; returns {"settings": ..., "rows": [...]}. Starts and stops its own
     processes (run.spawn / run.stop_all)."""
-    import secrets
-
     rng = random.Random(13)
     gateway_key, service_token = secrets.token_hex(32), secrets.token_hex(32)
     ks_port = run.free_port()
