@@ -863,6 +863,10 @@ def render(report: dict, configs: list[str]) -> str:
         f"# Keygate benchmark {report['timestamp']}",
         "",
         *( [f"> {report['label']}", ""] if report["label"] else [] ),
+        *([f"> **Warning:** load average {m['loadavg_start'][0]:.1f} at the start on "
+           f"{m['cpus']} CPUs: other work shared the machine, so these figures are not "
+           "comparable with an idle run's.", ""]
+          if m["cpus"] and m["loadavg_start"][0] > 0.5 * m["cpus"] else []),
         f"- Machine: {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}; load average at "
         f"start {m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}",
         f"- Envoy {m['envoy']}, `--concurrency 1`, `direct_response` route (no upstream); {pin}",
