@@ -24,10 +24,10 @@ export ENVOY_BIN
 FUZZ_SECONDS ?= 60
 
 .PHONY: help prereqs run smoke test lint build wasm server envoy wasm-target clean bench \
-	bench-revocation validate-manifests wasm-test fuzz fuzz-ci
+	bench-cache bench-revocation validate-manifests wasm-test fuzz fuzz-ci
 
 help:
-	@echo "make run | test | lint | fuzz | smoke | bench | bench-revocation | build | wasm | envoy | validate-manifests | prereqs | clean"
+	@echo "make run | test | lint | fuzz | smoke | bench | bench-cache | bench-revocation | build | wasm | envoy | validate-manifests | prereqs | clean"
 
 ## Installs what is missing (Debian packages, the wasm target, rustfmt/clippy, Envoy in .venv/).
 prereqs:
@@ -90,10 +90,18 @@ clean:
 wasm-test: prereqs
 	scripts/wasm-test.sh
 
-## Benchmarks: Envoy configs A-H side by side, key service throughput, criterion micro-benchmarks
-## -> bench/results/<timestamp>.md (+ .json).
+## Benchmarks: Envoy configs A-I side by side (with the proxy-wasm floor H1 and its breakdown
+## H2-H5), each one's Envoy CPU per request over A, H and H1; the record-cache miss curve at 10k
+## and 100k keys; key service throughput; criterion micro-benchmarks
+## -> bench/results/<timestamp>.md (+ .json). BENCH_REPS (5), BENCH_CONFIGS, BENCH_CACHE_KEYS...
+## (scripts/bench.sh lists them).
 bench: prereqs
 	scripts/bench.sh
+
+## The record-cache miss curve alone (BENCH_CACHE_KEYS, default "10000 100000";
+## BENCH_CACHE_CAPACITY, default the filter's) -> bench/results/cache-<timestamp>.md (+ .json)
+bench-cache: prereqs
+	scripts/bench.sh cache
 
 ## Revocation propagation: 200 keys revoked one by one, revoke -> first 401 through Envoy
 ## (p50/p99/max) -> bench/results/revocation-<timestamp>.md

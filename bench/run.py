@@ -2,12 +2,15 @@
 """Keygate benchmark runner (called by scripts/bench.sh, which builds everything first).
 
 Starts, on free loopback ports: the key service (SQLite), a minimal ext_authz server, and one
-Envoy per configuration (A-H, --concurrency 1, a direct_response route, no upstream). Each
-configuration is checked first (a bad credential is refused with 401/403, a good one gets 200;
-any surprise aborts the run). Then wrk (1 thread, 32 connections) warms every configuration
-up and measures it --reps times, in alternating order (A..H, H..A, A..H, ...). Envoy is
-pinned to one CPU and wrk to the other when there are two or more. Afterwards the key service
-is measured on its own (lookups/s, creations/s), and the criterion micro-benchmarks run.
+Envoy per configuration (A-I with H1-H5, --concurrency 1, a direct_response route, no
+upstream). Each configuration is checked first (a bad credential is refused with 401/403, a
+good one gets 200; any surprise aborts the run). Then wrk (1 thread, 32 connections) warms
+every configuration up and measures it --reps times, in alternating order (A..I, I..A, ...).
+Envoy is pinned to one CPU and wrk to the other when there are two or more. Each
+configuration's Envoy CPU per request is reported over A, H and H1 (medians of per-repetition
+differences), with the performance goals checked. Afterwards the key service is measured on
+its own (lookups/s, creations/s), the record-cache curve runs (bench/cache.py, --cache-keys),
+and the criterion micro-benchmarks run.
 
 Writes bench/results/<timestamp>.md (printed too) and <timestamp>.json (raw numbers).
 Standard library only.
@@ -52,7 +55,32 @@ CONFIGS = {
     "F": "Envoy jwt_authn without cache + RBAC, same tokens as D",
     "G": "ext_authz (HTTP) to a local authz server",
     "H": "empty proxy-wasm filter (Action::Continue)",
+    "H1": "proxy-wasm floor: request headers read once, one header added",
+    "H2": "H1 + one shared-data read of a 300-byte value",
+    "H3": "H1 + credential header removed, 3 headers added",
+    "H4": "H1 + response :status read",
+    "H5": "H1 + H2 + H3 + H4 (the host calls of Keygate's cached path)",
+    "I": "Envoy api_key_auth (plaintext keys, client id forwarded) + RBAC on the id",
+    "B0": "B with the baseline keygate.wasm",
+    "C0": "C with the baseline keygate.wasm",
+    "D0": "D with the baseline keygate.wasm",
 }
+# With --baseline-wasm (an earlier build of the filter), these run beside the configurations
+# they copy, so "no configuration slower than before" is measured in the same interleaved run.
+BASELINE = {"B0": "B", "C0": "C", "D0": "D"}
+# The floor filter's steps (its plugin configuration) for each floor configuration.
+FLOOR_STEPS = {"H1": "floor", "H2": "shared", "H3": "rewrite", "H4": "status",
+               "H5": "shared,rewrite,status"}
+DEFAULT_CONFIGS = "A B C D R E F G H H1 H2 H3 H4 H5 I"
+
+
+def parse_configs(text: str) -> list[str]:
+    """"ABH H1 I" or "A,B,H1": names are a capital letter with optional digits."""
+    names = re.findall(r"[A-Z][0-9]*", text.upper())
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise Abort(f"unknown configuration(s) {unknown}; known: {' '.join(CONFIGS)}")
+    return list(dict.fromkeys(names))
 
 
 def log(msg: str) -> None:
@@ -278,6 +306,30 @@ def jwt_authn_filters(jwks_text: str, claims: dict, cache: bool) -> list[dict]:
     return [jwt_authn, rbac]
 
 
+def api_key_auth_filters(credentials: list[tuple[str, str]], client: str) -> list[dict]:
+    """Envoy's native API-key filter (keys in its config, the client id forwarded in a header)
+    and RBAC allowing one client id, with the same permission as E's RBAC (GET /v1/...)."""
+    auth = {"name": "envoy.filters.http.api_key_auth", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+        "credentials": [{"key": key, "client": name} for key, name in credentials],
+        # `Authorization: Bearer <key>` is read as the key, like Keygate's bearer source.
+        "key_sources": [{"header": "authorization"}],
+        # The client id goes upstream; the key does not (as Keygate's default).
+        "forwarding": {"header": "x-client-id", "hide_credentials": True},
+    }}
+    rbac = {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": {"demo-read": {
+            "permissions": [{"and_rules": {"rules": [
+                {"header": {"name": ":method", "string_match": {"exact": "GET"}}},
+                {"url_path": {"path": {"prefix": "/v1/"}}},
+            ]}}],
+            "principals": [{"header": {"name": "x-client-id", "string_match": {"exact": client}}}],
+        }}},
+    }}
+    return [auth, rbac]
+
+
 def ext_authz_filter(authz_port: int) -> dict:
     return {"name": "envoy.filters.http.ext_authz", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
@@ -341,6 +393,8 @@ def machine_info(args) -> dict:
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
                            capture_output=True, text=True).stdout.strip()
     wasm_sha = hashlib.sha256(Path(args.wasm).read_bytes()).hexdigest()[:12]
+    baseline_sha = (hashlib.sha256(Path(args.baseline_wasm).read_bytes()).hexdigest()[:12]
+                    if args.baseline_wasm else None)
     return {
         "cpu_model": model,
         "cpus": os.cpu_count(),
@@ -350,6 +404,8 @@ def machine_info(args) -> dict:
         "git": git + (" (+ uncommitted changes)" if dirty else ""),
         "keygate_wasm_sha256": wasm_sha,
         "keygate_wasm_bytes": Path(args.wasm).stat().st_size,
+        "baseline_wasm": args.baseline_wasm or None,
+        "baseline_wasm_sha256": baseline_sha,
         "loadavg_start": os.getloadavg(),
     }
 
@@ -361,16 +417,23 @@ def main() -> int:
     p.add_argument("--envoy", required=True)
     p.add_argument("--tools-dir", required=True, help="dir with the gen-tokens and authz binaries")
     p.add_argument("--empty-wasm", required=True)
-    p.add_argument("--configs", default="ABCDREFGH")
+    p.add_argument("--floor-wasm", required=True)
+    p.add_argument("--baseline-wasm", default="",
+                   help="an earlier keygate.wasm: adds B0, C0, D0 (B, C, D with it)")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS)
     p.add_argument("--warmup", type=float, default=3)
-    p.add_argument("--duration", type=float, default=8)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--duration", type=float, default=6)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--tokens", type=int, default=10000)
     p.add_argument("--jwt-alg", default="ES256", choices=["ES256", "EdDSA", "RS256"])
     p.add_argument("--ks-warmup", type=float, default=2)
     p.add_argument("--ks-duration", type=float, default=5)
     p.add_argument("--skip-key-service", action="store_true")
+    p.add_argument("--cache-keys", default="",
+                   help="the record-cache curve's key counts, e.g. \"10000 100000\" (empty: skip)")
+    p.add_argument("--cache-capacity", type=int, default=None,
+                   help="cache.max_entries for the curve (default: the filter's default)")
     p.add_argument("--criterion", action="store_true", help="run the criterion micro-benchmarks")
     p.add_argument("--criterion-args", default="--warm-up-time 1 --measurement-time 3")
     p.add_argument("--out", default=str(BENCH / "results"))
@@ -386,7 +449,16 @@ def main() -> int:
         args.envoy_cpu, args.load_cpu = cpus[0], cpus[1]
     else:
         args.envoy_cpu = args.load_cpu = None
-    configs = [c for c in args.configs.upper() if c in CONFIGS]
+    configs = parse_configs(args.configs)
+    if args.baseline_wasm:
+        if not Path(args.baseline_wasm).is_file():
+            raise Abort(f"--baseline-wasm {args.baseline_wasm}: no such file")
+        # Each right after the configuration it copies, so the two run close in time.
+        for b0, base in BASELINE.items():
+            if base in configs and b0 not in configs:
+                configs.insert(configs.index(base) + 1, b0)
+    elif any(name in BASELINE for name in configs):
+        raise Abort("B0, C0 and D0 need a baseline filter (BENCH_BASELINE_WASM / --baseline-wasm)")
     for name in CONFIGS:
         CONFIGS[name] = CONFIGS[name].replace("{alg}", args.jwt_alg)
 
@@ -469,7 +541,15 @@ def main() -> int:
         "F": (jwt_authn_filters(jwks_text, claims, cache=False), []),
         "G": ([ext_authz_filter(authz_port)], [cluster("authz", authz_port)]),
         "H": ([wasm_filter("empty", Path(args.empty_wasm), None, [])], []),
+        **{name: ([wasm_filter("floor", Path(args.floor_wasm), steps, [])], [])
+           for name, steps in FLOOR_STEPS.items()},
+        "I": (api_key_auth_filters([(key, "bench-good"), (other_key["key"], "bench-noscope")],
+                                   "bench-good"), []),
     }
+    if args.baseline_wasm:
+        for b0 in BASELINE:
+            filters[b0] = ([wasm_filter("keygate", Path(args.baseline_wasm), keygate_json,
+                                        secrets_env)], kg_clusters)
     bearer = lambda t: {"authorization": f"Bearer {t}"}  # noqa: E731
     # (label, headers, expected statuses)
     checks = {
@@ -486,13 +566,25 @@ def main() -> int:
         "G": [("no credential", {}, {401, 403}), ("wrong key", bearer(mistyped), {401, 403}),
               ("good key", bearer(key), {200})],
         "H": [("no credential", {}, {200})],
+        **{name: [("no credential", {}, {200}), ("good key", bearer(key), {200})]
+           for name in FLOOR_STEPS},
+        "I": [("no credential", {}, {401}), ("mistyped key", bearer(mistyped), {401}),
+              ("key of another client", bearer(other_key["key"]), {403}),
+              ("good key", bearer(key), {200})],
     }
     sample = [tokens[i] for i in sorted({1, len(tokens) // 2, len(tokens) - 1})]
     checks["D"] = checks["C"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
     checks["R"] = checks["D"]
     checks["F"] = checks["E"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
+    for b0, base in BASELINE.items():
+        checks[b0] = checks[base]
+    # A, H and the floor configurations carry the same header as B, so the request Envoy
+    # parses is the same size and only the filters differ.
     loads = {
-        "A": {}, "H": {},
+        "A": {"header": f"Authorization: Bearer {key}"},
+        "H": {"header": f"Authorization: Bearer {key}"},
+        **{name: {"header": f"Authorization: Bearer {key}"} for name in FLOOR_STEPS},
+        "I": {"header": f"Authorization: Bearer {key}"},
         "B": {"header": f"Authorization: Bearer {key}"},
         "C": {"header": f"Authorization: Bearer {good_jwt}"},
         "D": {"tokens_file": str(jwt_dir / "tokens.txt")},
@@ -501,6 +593,8 @@ def main() -> int:
         "F": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "G": {"header": f"Authorization: Bearer {key}"},
     }
+    for b0, base in BASELINE.items():
+        loads[b0] = {k: v for k, v in loads[base].items() if k != "sent"}
 
     envoys: dict[str, dict] = {}
     for name in configs:
@@ -614,6 +708,16 @@ def main() -> int:
             log(f"key service {label}: {result['rps']:.0f} /s")
     stop_all()
 
+    if args.cache_keys.strip():
+        # bench/cache.py shares this module's helpers (and its process list) when imported
+        # from here.
+        sys.modules.setdefault("run", sys.modules[__name__])
+        import cache
+        report["cache_curve"] = cache.run_curve(
+            args.keygate_bin, args.envoy, args.wasm,
+            cache.parse_counts(args.cache_keys), args.cache_capacity, 2, args.connections, work)
+        stop_all()
+
     if args.criterion:
         report["criterion"] = run_criterion(args)
 
@@ -633,7 +737,7 @@ def main() -> int:
 
 def envoy_counters(admin: int) -> dict:
     status, body = request(admin, "GET", "/stats?filter=" +
-                           "(keygate|jwt_authn|rbac|ext_authz|downstream_rq_(2|4|5)xx)")
+                           "(keygate|jwt_authn|api_key_auth|rbac|ext_authz|downstream_rq_(2|4|5)xx)")
     counters = {}
     for line in body.decode().splitlines():
         name, _, value = line.partition(": ")
@@ -699,7 +803,55 @@ def summarize(reps: list[dict]) -> dict:
         "p99_us": statistics.median(r["latency_us"]["p99"] for r in reps),
         "cpu_us_per_req": statistics.median(r["envoy_cpu_us_per_req"] for r in reps),
         "cpu_busy": statistics.median(r["envoy_cpu_busy"] for r in reps),
+        "_reps": reps,
     }
+
+
+def add_overheads(sums: dict) -> None:
+    """cpu_over_a / _h / _h1 on every summary: the median of the per-repetition differences
+    (None when the reference configuration was not run)."""
+    for ref, field in (("A", "cpu_over_a"), ("H", "cpu_over_h"), ("H1", "cpu_over_h1")):
+        for name, sm in sums.items():
+            ref_reps = sums[ref]["_reps"] if ref in sums else None
+            if ref_reps is None:
+                sm[field] = None
+                continue
+            pairs = zip(sm["_reps"], ref_reps)
+            sm[field] = statistics.median(r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"]
+                                          for r, q in pairs)
+    for b0, base in BASELINE.items():
+        if b0 in sums and base in sums:
+            pairs = zip(sums[base]["_reps"], sums[b0]["_reps"])
+            sums[base]["cpu_vs_baseline"] = statistics.median(
+                r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"] for r, q in pairs)
+    for sm in sums.values():
+        sm.pop("_reps", None)
+
+
+def goals(sums: dict) -> list[str]:
+    """The performance goals, checked on this run's medians (only those whose configurations ran)."""
+    out = []
+    h1 = sums.get("H1")
+    for name in ("B", "C"):
+        if h1 and name in sums:
+            d = sums[name]["cpu_over_h1"]
+            out.append(f"- {name} over H1: {d:+.1f} µs/req (goal ≤ 3.0): "
+                       f"{'met' if d <= 3.0 else 'not met'}")
+    if "D" in sums and "F" in sums:
+        r = sums["D"]["cpu_us_per_req"] / sums["F"]["cpu_us_per_req"]
+        out.append(f"- D / F Envoy CPU per request: {r:.2f}× (goal ≤ 1.30): "
+                   f"{'met' if r <= 1.3 else 'not met'}")
+    for name in BASELINE.values():
+        d = sums.get(name, {}).get("cpu_vs_baseline")
+        if d is not None:
+            out.append(f"- {name} against the baseline filter ({name}0): {d:+.1f} µs/req (goal: "
+                       f"not slower): {'met' if d <= 0 else 'slower by this much'}")
+    for name in ("E", "I"):
+        if h1 and name in sums:
+            d = sums[name]["cpu_over_h1"]
+            out.append(f"- {name} over H1: {d:+.1f} µs/req ({'below' if d < 0 else 'above'} "
+                       "the proxy-wasm floor)")
+    return (["", "Goals (this run's medians):", ""] + out + [""]) if out else []
 
 
 def render(report: dict, configs: list[str]) -> str:
@@ -711,6 +863,10 @@ def render(report: dict, configs: list[str]) -> str:
         f"# Keygate benchmark {report['timestamp']}",
         "",
         *( [f"> {report['label']}", ""] if report["label"] else [] ),
+        *([f"> **Warning:** load average {m['loadavg_start'][0]:.1f} at the start on "
+           f"{m['cpus']} CPUs: other work shared the machine, so these figures are not "
+           "comparable with an idle run's.", ""]
+          if m["cpus"] and m["loadavg_start"][0] > 0.5 * m["cpus"] else []),
         f"- Machine: {m['cpu_model']}, {m['cpus']} CPUs, Linux {m['kernel']}; load average at "
         f"start {m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}",
         f"- Envoy {m['envoy']}, `--concurrency 1`, `direct_response` route (no upstream); {pin}",
@@ -720,25 +876,33 @@ def render(report: dict, configs: list[str]) -> str:
         "(401/403) and accept good ones (200), and every measured response was 2xx",
         f"- Keygate {m['git']}, keygate.wasm sha256 {m['keygate_wasm_sha256']} "
         f"({m['keygate_wasm_bytes'] // 1024} KiB); total run {report['elapsed_s']:g} s",
+        *([f"- Baseline filter (B0, C0, D0): {m['baseline_wasm']}, sha256 "
+           f"{m['baseline_wasm_sha256']}"] if m.get("baseline_wasm") else []),
         "",
         "| config | rps (median) | rps min–max | p50 | p99 | rps / A | Envoy CPU µs/req | "
-        "+CPU vs A µs/req | Envoy CPU busy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "over A | over H | over H1 | Envoy CPU busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     sums = {n: summarize(report["configs"][n]["reps"]) for n in configs if report["configs"][n]["reps"]}
+    add_overheads(sums)
     for name, sm in sums.items():
         report["configs"][name]["summary"] = sm
     base = sums.get("A")
+    over = lambda v: "—" if v is None else f"{v:+.1f}"  # noqa: E731
     for name, sm in sums.items():
         ratio = f"{sm['rps_median'] / base['rps_median']:.2f}" if base else "—"
-        extra = f"{sm['cpu_us_per_req'] - base['cpu_us_per_req']:+.1f}" if base else "—"
         lines.append(
             f"| {name}. {CONFIGS[name]} | {sm['rps_median']:,.0f} | {sm['rps_min']:,.0f}–"
             f"{sm['rps_max']:,.0f} | {fmt_us(sm['p50_us'])} | {fmt_us(sm['p99_us'])} | {ratio} | "
-            f"{sm['cpu_us_per_req']:.1f} | {extra} | {sm['cpu_busy'] * 100:.0f}% |")
+            f"{sm['cpu_us_per_req']:.1f} | {over(sm['cpu_over_a'])} | {over(sm['cpu_over_h'])} | "
+            f"{over(sm['cpu_over_h1'])} | {sm['cpu_busy'] * 100:.0f}% |")
     lines += ["", "Envoy CPU µs/req: the Envoy process's utime+stime (/proc/<pid>/stat) over each "
               "measured window divided by the requests served (median of the repetitions); "
-              "\"busy\" near 100% means Envoy's one CPU was the bottleneck."]
+              "\"over A/H/H1\": the median over the repetitions of this configuration's µs/req "
+              "minus A's (no filter), H's (empty Wasm filter) or H1's (the proxy-wasm floor) in "
+              "the same repetition (configurations run interleaved, so each difference compares "
+              "neighbours in time); \"busy\" near 100% means Envoy's one CPU was the bottleneck."]
+    lines += goals(sums)
     if "G" in sums:
         g = [r.get("authz_cpu_us_per_req") for r in report["configs"]["G"]["reps"]]
         g = [x for x in g if x is not None]
@@ -748,10 +912,11 @@ def render(report: dict, configs: list[str]) -> str:
     lines.append("")
     cnt = report["counters"]
     notes = []
-    if "B" in cnt:
-        notes.append(f"B: keygate.cache_hit +{cnt['B'].get('wasmcustom.keygate.cache_hit', 0):,}, "
-                     f"cache_miss +{cnt['B'].get('wasmcustom.keygate.cache_miss', 0)}")
-    for n in ("C", "D", "R"):
+    for n in ("B", "B0"):
+        if n in cnt:
+            notes.append(f"{n}: keygate.cache_hit +{cnt[n].get('wasmcustom.keygate.cache_hit', 0):,}, "
+                         f"cache_miss +{cnt[n].get('wasmcustom.keygate.cache_miss', 0)}")
+    for n in ("C", "D", "R", "C0", "D0"):
         if n in cnt:
             notes.append(f"{n}: keygate.allowed +{cnt[n].get('wasmcustom.keygate.allowed', 0):,}, "
                          f"token_cache_hit +{cnt[n].get('wasmcustom.keygate.token_cache_hit', 0):,}")
@@ -772,6 +937,10 @@ def render(report: dict, configs: list[str]) -> str:
                          f"{r['service_cpu_us_per_req']:.1f} | {r['service_cpu_busy'] * 100:.0f}% |")
         lines += ["", f"wrk 1 thread / {s['connections']} connections, one run of "
                   "the measured duration after a warm-up; key service pinned like Envoy.", ""]
+    if report.get("cache_curve"):
+        sys.modules.setdefault("run", sys.modules[__name__])
+        import cache
+        lines += cache.render(report["cache_curve"])
     crit = report["criterion"]
     if crit:
         lines += ["## Criterion micro-benchmarks (native, `crates/core/benches/hot_path.rs`)", "",
@@ -781,7 +950,7 @@ def render(report: dict, configs: list[str]) -> str:
             lines.append(f"| {c['id']} | {fmt_ns(c['median_ns'])} | {fmt_ns(lo)}–{fmt_ns(hi)} | "
                          f"{1e9 / c['median_ns']:,.0f} |")
         lines.append("")
-    return "\n".join(lines) + "\n"
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

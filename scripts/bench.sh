@@ -8,15 +8,28 @@
 #   key service lookups/s and creations/s (SQLite)
 #   criterion micro-benchmarks of the core (crates/core/benches/hot_path.rs, quick settings)
 #
+#   the record-cache miss curve through Envoy (bench/cache.py): N valid keys minted, uniform
+#        traffic over them, one warm pass, then a measured pass; misses from the filter's counters
+#
+# `scripts/bench.sh cache` (`make bench-cache`) runs only the cache curve (bench/cache.py) and
+# writes bench/results/cache-<timestamp>.md (+ .json).
+#
 # Results: bench/results/<timestamp>.md (also printed) and <timestamp>.json (raw numbers).
 # Run it on an idle machine: other load skews every number.
 #
-# Env: BENCH_DURATION (8), BENCH_REPS (3), BENCH_WARMUP (3), BENCH_CONFIGS (ABCDREFGH),
+# Env: BENCH_DURATION (6), BENCH_REPS (5), BENCH_WARMUP (3),
+#      BENCH_CONFIGS ("A B C D R E F G H H1 H2 H3 H4 H5 I"),
+#      BENCH_CACHE_KEYS ("10000 100000"; empty skips the curve), BENCH_CACHE_CAPACITY (the
+#      filter's default cache.max_entries unless set), BENCH_BASELINE_WASM (an earlier
+#      keygate.wasm: adds B0, C0, D0, which are B, C, D with it, to compare in the same run),
 #      BENCH_KS_DURATION (5), BENCH_CRITERION (1; 0 skips the micro-benchmarks),
 #      BENCH_SKIP_BUILD=1 (reuse binaries), BENCH_LABEL (a note for the report header),
 #      BENCH_KEEP=1 (keep the work dir: Envoy configs and logs),
 #      CARGO_TARGET_DIR (default target/), ENVOY_BIN (default .venv/bin/envoy).
 set -euo pipefail
+
+MODE="${1:-all}"
+[[ "$MODE" == all || "$MODE" == cache ]] || { echo "usage: scripts/bench.sh [cache]" >&2; exit 2; }
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,6 +38,7 @@ export CARGO_TARGET_DIR="$TARGET"
 ENVOY_BIN="${ENVOY_BIN:-$ROOT/.venv/bin/envoy}"
 WASM="$TARGET/wasm32-wasip1/release/keygate.wasm"
 EMPTY_WASM="$TARGET/wasm32-wasip1/release/keygate_bench_empty_filter.wasm"
+FLOOR_WASM="$TARGET/wasm32-wasip1/release/keygate_bench_floor_filter.wasm"
 KEYGATE_BIN="$TARGET/release/keygate"
 TOOLS="$TARGET/release"
 
@@ -52,13 +66,25 @@ if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
   log "building the filter, the key service and the benchmark tools (release)"
   cargo build --release --target wasm32-wasip1 -p keygate
   cargo build --release -p keygate-server
+fi
+cache_args=(--keys "${BENCH_CACHE_KEYS-10000 100000}")
+[[ -n "${BENCH_CACHE_CAPACITY:-}" ]] && cache_args+=(--capacity "$BENCH_CACHE_CAPACITY")
+if [[ "$MODE" == cache ]]; then
+  for f in "$WASM" "$KEYGATE_BIN"; do
+    [[ -f "$f" ]] || die "$f is missing (run without BENCH_SKIP_BUILD=1)"
+  done
+  exec python3 "$ROOT/bench/cache.py" --wasm "$WASM" --keygate-bin "$KEYGATE_BIN" \
+    --envoy "$ENVOY_BIN" --label "${BENCH_LABEL:-}" "${cache_args[@]}"
+fi
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release --manifest-path bench/tools/Cargo.toml
   cargo build --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml
+  cargo build --release --target wasm32-wasip1 --manifest-path bench/floor-filter/Cargo.toml
   if [[ "${BENCH_CRITERION:-1}" == 1 ]]; then
     cargo bench -p keygate-core --bench hot_path --no-run
   fi
 fi
-for f in "$WASM" "$EMPTY_WASM" "$KEYGATE_BIN" "$TOOLS/gen-tokens" "$TOOLS/authz"; do
+for f in "$WASM" "$EMPTY_WASM" "$FLOOR_WASM" "$KEYGATE_BIN" "$TOOLS/gen-tokens" "$TOOLS/authz"; do
   [[ -f "$f" ]] || die "$f is missing (run without BENCH_SKIP_BUILD=1)"
 done
 
@@ -66,13 +92,16 @@ load="$(cut -d' ' -f1 /proc/loadavg)"
 log "load average now: $load (the numbers are only comparable on an otherwise idle machine)"
 
 args=(
-  --wasm "$WASM" --empty-wasm "$EMPTY_WASM" --keygate-bin "$KEYGATE_BIN" --envoy "$ENVOY_BIN"
+  --wasm "$WASM" --empty-wasm "$EMPTY_WASM" --floor-wasm "$FLOOR_WASM" --keygate-bin "$KEYGATE_BIN" --envoy "$ENVOY_BIN"
   --tools-dir "$TOOLS"
-  --configs "${BENCH_CONFIGS:-ABCDREFGH}"
-  --warmup "${BENCH_WARMUP:-3}" --duration "${BENCH_DURATION:-8}" --reps "${BENCH_REPS:-3}"
+  --configs "${BENCH_CONFIGS:-A B C D R E F G H H1 H2 H3 H4 H5 I}"
+  --warmup "${BENCH_WARMUP:-3}" --duration "${BENCH_DURATION:-6}" --reps "${BENCH_REPS:-5}"
   --ks-duration "${BENCH_KS_DURATION:-5}"
   --label "${BENCH_LABEL:-}"
+  --cache-keys "${BENCH_CACHE_KEYS-10000 100000}"
 )
+[[ -n "${BENCH_CACHE_CAPACITY:-}" ]] && args+=(--cache-capacity "$BENCH_CACHE_CAPACITY")
+[[ -n "${BENCH_BASELINE_WASM:-}" ]] && args+=(--baseline-wasm "$BENCH_BASELINE_WASM")
 [[ "${BENCH_CRITERION:-1}" == 1 ]] && args+=(--criterion)
 [[ "${BENCH_KEEP:-0}" == 1 ]] && args+=(--keep)
 exec python3 "$ROOT/bench/run.py" "${args[@]}"

@@ -8,6 +8,8 @@
 --                      run of the same configuration stopped, so a repetition does not start
 --                      with tokens the filter verified and cached moments ago)
 --   BENCH_BODY         optional request body (POST), with content-type application/json
+--   BENCH_MAX_REQUESTS optional: stop after this many responses (plus the few still in flight;
+--                      the cache curve's passes), whatever the -d duration
 -- done() prints one line "BENCH_JSON {...}" with requests, errors and latency percentiles (us).
 
 local method = os.getenv("BENCH_METHOD") or "GET"
@@ -46,6 +48,17 @@ if tokens then
   request = function()
     index = index % #requests + 1
     return requests[index]
+  end
+end
+
+local max_requests = tonumber(os.getenv("BENCH_MAX_REQUESTS") or "") or 0
+if max_requests > 0 then
+  local seen = 0
+  response = function(status, headers, body)
+    seen = seen + 1
+    if seen >= max_requests then
+      wrk.thread:stop()
+    end
   end
 end
 
