@@ -250,10 +250,13 @@ fn record_cache_find(c: &mut Criterion) {
         };
         store(&mut slots, &placement, &policy, &entry, false);
     }
-    let hints: Vec<u32> = ids
+    // (The few keys that found all their candidates taken, and took another's place, are the
+    // simulation's misses: left out here.)
+    let (ids, hints): (Vec<KeyId>, Vec<u32>) = ids
         .iter()
-        .map(|id| find(&mut slots, &placement, id).unwrap().0)
-        .collect();
+        .filter_map(|id| Some((*id, find(&mut slots, &placement, id)?.0)))
+        .unzip();
+    assert!(ids.len() > 9_900, "{} of 10,000 keys found", ids.len());
     let mut group = c.benchmark_group("record_cache");
     group.bench_function("find_10k_of_10k", |b| {
         let mut n = 0;
