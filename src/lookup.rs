@@ -11,7 +11,8 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use keygate_core::cache::{
-    lease_key, record_key, slot_of, CacheEntry, Freshness, Lease, LEASE_STRIPES,
+    find, find_from, lease_key, record_key, slot_of, store, CacheEntry, Freshness, Lease,
+    Placement, RecordSlots, Stored, LEASE_STRIPES,
 };
 use keygate_core::config::FilterConfig;
 use keygate_core::decision::{
@@ -115,6 +116,8 @@ pub struct Lookups {
 /// fingerprint of the last key text proven against its digest.
 struct Local {
     entry: Rc<CacheEntry>,
+    /// The shared-data slot the record was in (read there first when this copy expires).
+    slot: Option<u32>,
     prepared: Option<PreparedRecord>,
     proven: Cell<Option<Fingerprint>>,
 }
@@ -227,24 +230,56 @@ fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<CacheEntry>> {
         .borrow()
         .local
         .get(id)
-        .map(|l| Rc::clone(&l.entry));
-    if let Some(entry) =
-        local.filter(|e| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
+        .map(|l| (Rc::clone(&l.entry), l.slot));
+    let hint = local.as_ref().and_then(|(_, slot)| *slot);
+    if let Some((entry, _)) =
+        local.filter(|(e, _)| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
     {
         return Some(entry);
     }
-    let entry = Rc::new(read_shared_entry(shared, id)?);
+    let placement = Placement::of(&shared.config.cache);
+    let (slot, entry) = find_from(&mut SharedRecordSlots, &placement, id, hint)?;
+    let entry = Rc::new(entry);
     if entry.freshness(now, &shared.config.cache) == Freshness::Fresh {
-        remember(shared, id, &entry);
+        remember(shared, id, &entry, Some(slot));
     }
     Some(entry)
 }
 
+/// The record slots in shared data.
+struct SharedRecordSlots;
+
+impl RecordSlots for SharedRecordSlots {
+    fn read(&mut self, slot: u32) -> Option<(Vec<u8>, u32)> {
+        let (bytes, cas) = host::get_shared(&record_key(slot));
+        Some((bytes?, cas.unwrap_or(0)))
+    }
+
+    fn write(&mut self, slot: u32, bytes: &[u8], cas: Option<u32>) -> bool {
+        host::set_shared(&record_key(slot), bytes, cas).is_ok()
+    }
+}
+
 /// The record for `id` in shared data only: safe while `shared.lookups` is borrowed.
 fn read_shared_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
-    let slot = slot_of(id, &shared.config.cache);
-    let (bytes, _) = host::get_shared(&record_key(slot));
-    CacheEntry::decode_for(&bytes?, id)
+    let placement = Placement::of(&shared.config.cache);
+    find(&mut SharedRecordSlots, &placement, id).map(|(_, entry)| entry)
+}
+
+/// Stores a record just fetched in shared data; the slot it went to. `in_use`: the key was
+/// asked for before this fetch (its entry is kept before those of keys seen once).
+fn write_shared_entry(shared: &Shared, entry: &CacheEntry, in_use: bool) -> Option<u32> {
+    let cache = &shared.config.cache;
+    match store(
+        &mut SharedRecordSlots,
+        &Placement::of(cache),
+        cache,
+        entry,
+        in_use,
+    ) {
+        Stored::At { slot, .. } => Some(slot),
+        Stored::Lost => None,
+    }
 }
 
 /// The fast path for an opaque key: decides from this worker's fresh copy of its record,
@@ -296,14 +331,17 @@ pub fn decide_fresh(
 }
 
 /// Keeps a decoded record in this worker's bounded copy of the cache.
-fn remember(shared: &Shared, id: &KeyId, entry: &Rc<CacheEntry>) {
+fn remember(shared: &Shared, id: &KeyId, entry: &Rc<CacheEntry>, slot: Option<u32>) {
     let local = Local {
         entry: Rc::clone(entry),
+        slot,
         prepared: entry.record.as_ref().map(PreparedRecord::of),
         proven: Cell::new(None),
     };
     let mut lookups = shared.lookups.borrow_mut();
-    if lookups.local.len() >= shared.config.cache.max_entries as usize {
+    if lookups.local.len() >= shared.config.cache.max_entries as usize
+        && !lookups.local.contains_key(id)
+    {
         lookups.local.clear();
     }
     lookups.local.insert(*id, Rc::new(local));
@@ -581,8 +619,9 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
                 fetched_at_ms: now,
                 record,
             });
-            let _ = host::set_shared(&record_key(slot), &entry.encode(), None);
-            remember(shared, &id, &entry);
+            let in_use = pending.stale.is_some() || shared.lookups.borrow().local.contains_key(&id);
+            let stored_at = write_shared_entry(shared, &entry, in_use);
+            remember(shared, &id, &entry, stored_at);
             for waiter in pending.waiters {
                 let result = decide(shared, &entry, &waiter.presented, now);
                 finish(shared, waiter, result);
