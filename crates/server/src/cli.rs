@@ -44,7 +44,7 @@ pub use audit::{run_audit, AuditArgs};
 pub use import::ImportArgs;
 pub use limits::{LimitArgs, UpdateArgs, UsageArgs};
 
-pub use crate::api::parse_duration;
+pub use crate::service::validate::parse_duration;
 
 /// Writes to stdout. When the reader is gone (`EPIPE`), there is nobody left to tell: the
 /// process exits at once with success, as `head` expects of the commands it cuts short.

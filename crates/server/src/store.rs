@@ -5,7 +5,7 @@
 //! backend: `sqlite:` or `postgres://` / `postgresql://`.
 //!
 //! Revoking, rotating and expiring a key also add a revocation-feed event in the same
-//! transaction (see [`crate::feed`]), and publish its sequence number after the commit.
+//! transaction (see [`crate::service::feed`]), and publish its sequence number after the commit.
 
 mod audit;
 mod legacy;
@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use tokio::sync::watch;
 
-use crate::feed::{EventKind, FeedRequest, RevocationEvent, RevocationFeed};
-use crate::limits::KeyLimits;
+use crate::service::feed::{EventKind, FeedRequest, RevocationEvent, RevocationFeed};
+use crate::service::limits::KeyLimits;
 
 pub use audit::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
 pub use legacy::{LegacyImportRow, LegacyOutcome, FORMAT_LEGACY};
@@ -256,7 +256,7 @@ impl KeyStore {
         Ok(record)
     }
 
-    /// One answer of the revocation feed for a follower's `request` (see [`crate::feed`]).
+    /// One answer of the revocation feed for a follower's `request` (see [`crate::service::feed`]).
     pub async fn read_feed(
         &self,
         request: FeedRequest,
@@ -268,7 +268,7 @@ impl KeyStore {
 
     /// Deletes the events of keys whose own expiry is before `expired_before`, and every event
     /// committed before `created_before` (raising the compaction watermark over those). Answers
-    /// how many were deleted. See [`crate::feed::prune`].
+    /// how many were deleted. See [`crate::service::feed::prune`].
     pub async fn compact_feed(
         &self,
         expired_before: i64,

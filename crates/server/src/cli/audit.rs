@@ -10,7 +10,7 @@ use super::{
     ClientArgs,
 };
 
-pub use crate::audit::ACTIONS;
+pub use crate::service::audit::ACTIONS;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {

@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::{CliError, Client};
-use crate::legacy::{read_import, ImportFormat, ImportReport, RowError, MAX_IMPORT_BYTES};
+use crate::service::legacy::{read_import, ImportFormat, ImportReport, RowError, MAX_IMPORT_BYTES};
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {

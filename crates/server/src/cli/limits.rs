@@ -50,7 +50,7 @@ impl LimitArgs {
             })?;
             let burst = self
                 .burst
-                .unwrap_or_else(|| crate::limits::default_burst(rps));
+                .unwrap_or_else(|| crate::service::limits::default_burst(rps));
             body.insert(
                 "rate_limit".into(),
                 json!({"requests_per_second": rps, "burst": burst}),
@@ -203,7 +203,7 @@ pub(super) fn usage(client: &Client, args: UsageArgs, json_output: bool) -> Resu
     }
     if let Some(step) = &args.step {
         let seconds = parse_duration(step)
-            .filter(|s| crate::usage::STEPS.contains(s))
+            .filter(|s| crate::service::usage::STEPS.contains(s))
             .ok_or_else(|| {
                 CliError::Usage(format!("--step {step:?} must be one of 1m, 5m, 1h, 1d"))
             })?;

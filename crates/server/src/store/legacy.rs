@@ -8,7 +8,7 @@ use keygate_core::wire::KeyStatus;
 use serde_json::Map;
 
 use super::{key_from_row, KeyRecord, KeyStore, StoreError, KEY_COLUMNS};
-use crate::limits::KeyLimits;
+use crate::service::limits::KeyLimits;
 
 /// Format of a key record imported from an earlier system: only its SHA-256 digest is known.
 pub const FORMAT_LEGACY: &str = "legacy";

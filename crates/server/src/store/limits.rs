@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{encode_json_fields, KeyRecord, KeyStore, StoreError};
-use crate::limits::KeyLimits;
+use crate::service::limits::KeyLimits;
 
 /// The limit columns of a key record, as bound into SQL.
 pub(super) struct LimitColumns {

@@ -22,7 +22,7 @@ use super::{
     signing_key_from_row, u64_of, FeedEventInput, KeyRecord, NewEvent, PageAfter, SigningKeyRow,
     StoreError, APPEND_CHUNK, EVENT_COLUMNS, KEY_COLUMNS, SIGNING_KEY_COLUMNS,
 };
-use crate::feed::{self, EventKind, FeedRequest, FeedSignal, FeedState, RevocationFeed};
+use crate::service::feed::{self, EventKind, FeedRequest, FeedSignal, FeedState, RevocationFeed};
 
 /// The `LISTEN`/`NOTIFY` channel of feed events; the payload is the sequence number.
 pub const FEED_CHANNEL: &str = "keygate_revocations";

@@ -18,7 +18,7 @@ use super::{
     signing_key_from_row, u64_of, FeedEventInput, KeyRecord, NewEvent, PageAfter, SigningKeyRow,
     StoreError, APPEND_CHUNK, EVENT_COLUMNS, KEY_COLUMNS, SIGNING_KEY_COLUMNS,
 };
-use crate::feed::{self, EventKind, FeedRequest, FeedSignal, FeedState, RevocationFeed};
+use crate::service::feed::{self, EventKind, FeedRequest, FeedSignal, FeedState, RevocationFeed};
 
 /// The embedded SQLite backend.
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use keygate_server::clock::Clock;
-use keygate_server::feed::{
+use keygate_server::service::feed::{
     prune, EventKind, FeedRequest, RevocationFeed, DEFAULT_RETENTION, MAX_ANSWER_BYTES,
 };
 use keygate_server::store::FeedEventInput;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use keygate_server::retention::{
+use keygate_server::service::retention::{
     prune_once, prune_periodically, steps, RetentionArgs, RetentionSettings,
 };
 use keygate_server::store::{AuditFilter, NewAuditRow};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keygate_core::key::KeyDigest;
 use keygate_core::wire::KeyStatus;
-use keygate_server::feed::{EventKind, FeedRequest, RevocationEvent};
+use keygate_server::service::feed::{EventKind, FeedRequest, RevocationEvent};
 use keygate_server::store::{KeyRecord, KeyStore, PageAfter, SigningKeyRow, StoreError};
 use serde_json::Map;
 
@@ -456,7 +456,8 @@ async fn compaction_drops_ended_entries_and_old_followers_get_a_snapshot(db: &Te
     let ids: Vec<_> = snapshot.events.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, [forever.id.clone(), long.id.clone()]);
     // Nothing to compact yet (the key ended less than 60 s ago: `before` is now - 60).
-    let prune = |now| keygate_server::feed::prune(&store, now, Duration::from_secs(86_400));
+    let prune =
+        |now| keygate_server::service::feed::prune(&store, now, Duration::from_secs(86_400));
     assert_eq!(prune(NOW + 160).await.unwrap(), 0);
     assert_eq!(prune(NOW + 161).await.unwrap(), 1);
     assert_eq!(prune(NOW + 161).await.unwrap(), 0);

@@ -102,7 +102,7 @@ impl Default for RetentionSettings {
             refused_admin_s: None,
             usage_s: None,
             interval: Duration::from_secs(3600),
-            feed: crate::feed::DEFAULT_RETENTION,
+            feed: crate::service::feed::DEFAULT_RETENTION,
         })
     }
 }
