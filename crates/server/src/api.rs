@@ -24,12 +24,14 @@ use serde_json::{Map, Value};
 
 use crate::clock::Clock;
 use crate::error::{ApiError, Realm};
-use crate::feed::{long_poll, FeedCounters, FeedRequest, MAX_WAIT_S, MAX_WINDOW_S};
-use crate::limits::{CreateLimits, KeyLimits, LimitsView};
+use crate::feed::{long_poll, FeedCounters};
+use crate::limits::{CreateLimits, LimitsView};
+use crate::model::feed::{FeedRequest, MAX_WAIT_S, MAX_WINDOW_S};
+use crate::model::{KeyLimits, KeyRecord, PageAfter, SigningKeyRow, FORMAT_JWT, FORMAT_OPAQUE};
 use crate::signing::{
     is_published, published_jwks, JwtIssuer, JwtSettings, DEFAULT_ALGORITHM, JWKS_CACHE_CONTROL,
 };
-use crate::store::{KeyRecord, KeyStore, PageAfter, SigningKeyRow, FORMAT_JWT, FORMAT_OPAQUE};
+use crate::store::KeyStore;
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
 
 /// Largest request body accepted.

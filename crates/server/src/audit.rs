@@ -33,7 +33,7 @@ use serde_json::Value;
 
 use crate::api::AppState;
 use crate::error::ApiError;
-use crate::store::{AuditFilter, AuditRow, NewAuditRow};
+use crate::model::{AuditFilter, AuditRow, NewAuditRow};
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
 
 /// Default page size of `GET /api/v1/audit`.

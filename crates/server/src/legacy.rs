@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::api::{lookup_key, require_service_token, AppState};
 use crate::audit::AuditNote;
 use crate::error::ApiError;
-use crate::store::{LegacyImportRow, LegacyOutcome};
+use crate::model::{LegacyImportRow, LegacyOutcome};
 use crate::timestamp::parse_rfc3339;
 
 /// Most rows in one import.

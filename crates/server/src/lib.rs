@@ -15,6 +15,7 @@ pub mod feed;
 pub mod legacy;
 pub mod limits;
 pub mod metrics;
+pub mod model;
 pub mod retention;
 pub mod serve;
 pub mod signing;

@@ -20,23 +20,11 @@ use serde_json::{Map, Value};
 
 use crate::audit::{outcome_of, Caller};
 use crate::error::ApiError;
-use crate::store::{KeyPatch, KeyRecord, FORMAT_JWT};
+use crate::model::{KeyLimits, KeyPatch, KeyRecord, FORMAT_JWT};
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
 
 /// Most entries in `allowed_cidrs`.
 pub const MAX_CIDRS: usize = 64;
-
-/// The limits of one key. The default is no limit at all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyLimits {
-    pub rate_limit: Option<RateLimit>,
-    /// Canonical CIDR texts (`10.0.0.0/8`, `2001:db8::/32`); empty: any address.
-    pub allowed_cidrs: Vec<String>,
-    /// Unix seconds before which the key is refused.
-    pub not_before: Option<i64>,
-    /// Unix seconds from which the key is refused.
-    pub not_after: Option<i64>,
-}
 
 /// The limits as the key object shows them.
 #[derive(Debug, Serialize)]

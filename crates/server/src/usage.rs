@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::store::{UsageCell, UsageDelta};
+use crate::model::{UsageCell, UsageDelta};
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
 use crate::AppState;
 
