@@ -21,6 +21,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod model;
 pub mod serve;
 pub mod service;
 pub mod store;

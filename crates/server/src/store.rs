@@ -5,30 +5,27 @@
 //! backend: `sqlite:` or `postgres://` / `postgresql://`.
 //!
 //! Revoking, rotating and expiring a key also add a revocation-feed event in the same
-//! transaction (see [`crate::service::feed`]), and publish its sequence number after the commit.
+//! transaction (see [`crate::model::feed`]), and publish its sequence number after the commit.
 
 mod audit;
 mod legacy;
 mod limits;
 mod postgres;
+mod signal;
 mod sqlite;
 mod usage;
 
 use keygate_core::key::KeyDigest;
 use keygate_core::wire::KeyStatus;
-use serde_json::{Map, Value};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use tokio::sync::watch;
 
-use crate::service::feed::{EventKind, FeedRequest, RevocationEvent, RevocationFeed};
-use crate::service::limits::KeyLimits;
+use crate::model::feed::{EventKind, FeedEventInput, FeedRequest, RevocationEvent, RevocationFeed};
+use crate::model::{KeyRecord, PageAfter, SigningKeyRow};
 
-pub use audit::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
-pub use legacy::{LegacyImportRow, LegacyOutcome, FORMAT_LEGACY};
-pub use limits::KeyPatch;
 pub use postgres::PostgresStore;
+pub use signal::FeedSignal;
 pub use sqlite::SqliteStore;
-pub use usage::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};
 
 /// What can go wrong talking to the store. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
@@ -59,111 +56,6 @@ pub enum StoreError {
     SigningKeyNotFound,
     #[error("the revocation feed state row is missing (migrations not applied?)")]
     FeedStateMissing,
-}
-
-/// Format of a key record whose plaintext is a JWT signed by the service.
-pub const FORMAT_JWT: &str = "jwt";
-/// Format of a key record whose plaintext is an opaque key.
-pub const FORMAT_OPAQUE: &str = "opaque";
-
-/// One issued key as stored: the digest, never the key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRecord {
-    pub id: String,
-    pub prefix: String,
-    pub name: String,
-    pub owner: String,
-    pub scopes: Vec<String>,
-    pub metadata: Map<String, Value>,
-    /// Hex SHA-256 of the whole key text.
-    pub digest: String,
-    pub format: String,
-    pub created_at: i64,
-    /// The key's own expiry.
-    pub expires_at: Option<i64>,
-    /// End of the rotation grace period, once the key has been rotated.
-    pub grace_until: Option<i64>,
-    pub revoked_at: Option<i64>,
-    pub last_used_at: Option<i64>,
-    pub rotated_from: Option<String>,
-    pub rotated_to: Option<String>,
-    /// JWT keys: the signature algorithm (`ES256`, `EdDSA`, `RS256`). `None` for opaque keys.
-    pub algorithm: Option<String>,
-    /// JWT keys: the `kid` of the signing key that signed the token. `None` for opaque keys.
-    /// Storing a record with a `signing_kid` also extends that signing key's publication
-    /// (see [`SigningKeyRow::is_published`]) to the record's `expires_at`.
-    pub signing_kid: Option<String>,
-    /// Rate limit, address allow-list and validity window, for the filter to enforce.
-    pub limits: KeyLimits,
-}
-
-impl KeyRecord {
-    /// The end of validity: the own expiry or the end of the grace period, whichever is first.
-    pub fn effective_expiry(&self) -> Option<i64> {
-        match (self.expires_at, self.grace_until) {
-            (Some(own), Some(grace)) => Some(own.min(grace)),
-            (own, grace) => own.or(grace),
-        }
-    }
-
-    pub fn status(&self, now: i64) -> KeyStatus {
-        if self.revoked_at.is_some() {
-            KeyStatus::Revoked
-        } else if self.effective_expiry().is_some_and(|end| end <= now) {
-            KeyStatus::Expired
-        } else {
-            KeyStatus::Active
-        }
-    }
-}
-
-/// A key the service signs JWT API keys with, as stored: the private key only encrypted.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SigningKeyRow {
-    pub kid: String,
-    pub algorithm: String,
-    /// The public JWK (RFC 7517) as JSON text.
-    pub public_jwk: String,
-    /// `nonce (12 bytes) || AES-256-GCM ciphertext` of the PKCS#8 DER private key.
-    pub private_key_enc: Vec<u8>,
-    pub created_at: i64,
-    pub retired_at: Option<i64>,
-    /// The latest `exp` of a token this key signed (`None`: it signed no expiring token).
-    pub not_after: Option<i64>,
-    /// True once this key signed a token without `exp`: it stays published for good.
-    pub signs_forever: bool,
-}
-
-impl SigningKeyRow {
-    /// Whether the JWKS publishes this key at `now`: while it is active, and after it is retired
-    /// until the last token it signed has expired (plus `leeway` seconds of clock skew).
-    pub fn is_published(&self, now: i64, leeway: i64) -> bool {
-        self.retired_at.is_none()
-            || self.signs_forever
-            || self
-                .not_after
-                .is_some_and(|end| now <= end.saturating_add(leeway))
-    }
-}
-
-impl std::fmt::Debug for SigningKeyRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKeyRow")
-            .field("kid", &self.kid)
-            .field("algorithm", &self.algorithm)
-            .field("created_at", &self.created_at)
-            .field("retired_at", &self.retired_at)
-            .field("not_after", &self.not_after)
-            .field("signs_forever", &self.signs_forever)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Where a page of keys starts: after this (created_at, id).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PageAfter {
-    pub created_at: i64,
-    pub id: String,
 }
 
 /// The key store. Cloning is cheap (a connection pool handle).
@@ -256,7 +148,7 @@ impl KeyStore {
         Ok(record)
     }
 
-    /// One answer of the revocation feed for a follower's `request` (see [`crate::service::feed`]).
+    /// One answer of the revocation feed for a follower's `request` (see [`crate::model::feed`]).
     pub async fn read_feed(
         &self,
         request: FeedRequest,
@@ -268,7 +160,7 @@ impl KeyStore {
 
     /// Deletes the events of keys whose own expiry is before `expired_before`, and every event
     /// committed before `created_before` (raising the compaction watermark over those). Answers
-    /// how many were deleted. See [`crate::service::feed::prune`].
+    /// how many were deleted. See [`crate::feed::prune`].
     pub async fn compact_feed(
         &self,
         expired_before: i64,
@@ -403,17 +295,6 @@ struct NewEvent {
     until: Option<i64>,
 }
 
-/// One event for [`KeyStore::append_feed_events`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FeedEventInput {
-    pub id: String,
-    pub kind: EventKind,
-    /// Unix seconds from which the id is refused.
-    pub effective_at: i64,
-    /// The key's own expiry, after which the event can be dropped.
-    pub until: Option<i64>,
-}
-
 fn u64_of(value: i64, column: &'static str) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(column))
 }
@@ -499,55 +380,4 @@ fn encode_json_fields(key: &KeyRecord) -> Result<(String, String), StoreError> {
     let metadata =
         serde_json::to_string(&key.metadata).map_err(|_| StoreError::Corrupt("metadata"))?;
     Ok((scopes, metadata))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(expires_at: Option<i64>, grace_until: Option<i64>) -> KeyRecord {
-        KeyRecord {
-            id: "aaaaaaaaaaaaaaaa".into(),
-            prefix: "kg_test_".into(),
-            name: "n".into(),
-            owner: String::new(),
-            scopes: vec![],
-            metadata: Map::new(),
-            digest: "00".repeat(32),
-            format: "opaque".into(),
-            created_at: 0,
-            expires_at,
-            grace_until,
-            revoked_at: None,
-            last_used_at: None,
-            rotated_from: None,
-            rotated_to: None,
-            algorithm: None,
-            signing_kid: None,
-            limits: KeyLimits::default(),
-        }
-    }
-
-    #[test]
-    fn effective_expiry_is_the_earlier_of_own_expiry_and_grace() {
-        assert_eq!(record(None, None).effective_expiry(), None);
-        assert_eq!(record(Some(10), None).effective_expiry(), Some(10));
-        assert_eq!(record(None, Some(20)).effective_expiry(), Some(20));
-        assert_eq!(record(Some(10), Some(20)).effective_expiry(), Some(10));
-        assert_eq!(record(Some(30), Some(20)).effective_expiry(), Some(20));
-    }
-
-    #[test]
-    fn status_follows_revocation_then_expiry() {
-        let key = record(Some(100), None);
-        assert_eq!(key.status(99), KeyStatus::Active);
-        assert_eq!(key.status(100), KeyStatus::Expired);
-        let revoked = KeyRecord {
-            revoked_at: Some(5),
-            ..key
-        };
-        assert_eq!(revoked.status(0), KeyStatus::Revoked);
-        assert_eq!(revoked.status(1000), KeyStatus::Revoked);
-        assert_eq!(record(None, None).status(i64::MAX), KeyStatus::Active);
-    }
 }

@@ -15,9 +15,9 @@ use serde_json::Value;
 
 use crate::http::extract::Caller;
 use crate::http::state::AppState;
+use crate::model::AuditFilter;
 use crate::service::audit::{AuditPage, ACTIONS};
 use crate::service::error::ApiError;
-use crate::store::AuditFilter;
 use crate::timestamp::parse_rfc3339;
 
 /// Default page size of `GET /api/v1/audit`.

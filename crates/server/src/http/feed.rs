@@ -12,8 +12,9 @@ use serde::Deserialize;
 
 use crate::http::extract::require_service_token;
 use crate::http::state::AppState;
+use crate::model::feed::{FeedRequest, MAX_WAIT_S, MAX_WINDOW_S};
 use crate::service::error::ApiError;
-use crate::service::feed::{long_poll, FeedRequest, MAX_WAIT_S, MAX_WINDOW_S};
+use crate::service::feed::long_poll;
 
 #[derive(Debug, Deserialize)]
 pub struct FeedParams {

@@ -14,10 +14,11 @@ use serde_json::{Map, Value};
 use crate::http::audit::outcome_of;
 use crate::http::extract::{parse_json, read_body, Caller};
 use crate::http::state::AppState;
+use crate::model::KeyLimits;
+use crate::model::KeyRecord;
 use crate::service::error::ApiError;
 use crate::service::keys::{self, parse_key_id, CreateKeyRequest};
-use crate::service::limits::{KeyLimits, UpdateKeyRequest};
-use crate::store::KeyRecord;
+use crate::service::limits::UpdateKeyRequest;
 use crate::timestamp::format_rfc3339;
 
 const DEFAULT_PAGE: u32 = 100;

@@ -12,12 +12,12 @@ use serde_json::Value;
 
 use crate::http::extract::{parse_json, read_body};
 use crate::http::state::AppState;
+use crate::model::SigningKeyRow;
 use crate::service::error::ApiError;
 use crate::service::keys::parse_algorithm;
 use crate::service::signing::{
     is_published, published_jwks, DEFAULT_ALGORITHM, JWKS_CACHE_CONTROL,
 };
-use crate::store::SigningKeyRow;
 use crate::timestamp::format_rfc3339;
 
 /// A signing key as the management API shows it: never private material.

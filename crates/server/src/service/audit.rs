@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::clock::Clock;
+use crate::model::{AuditFilter, AuditRow, NewAuditRow};
 use crate::service::error::ApiError;
-use crate::store::{AuditFilter, AuditRow, KeyStore, NewAuditRow};
+use crate::store::KeyStore;
 use crate::timestamp::format_rfc3339;
 
 /// One management action to append to the audit log.

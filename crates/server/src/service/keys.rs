@@ -8,15 +8,15 @@ use keygate_core::wire::{KeyLookup, KeyStatus};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::model::{KeyLimits, KeyRecord, PageAfter, FORMAT_JWT, FORMAT_OPAQUE};
 use crate::service::context::Service;
 use crate::service::error::ApiError;
-use crate::service::limits::{CreateLimits, KeyLimits, RateLimitRequest};
+use crate::service::limits::{CreateLimits, RateLimitRequest};
 use crate::service::signing::{JwtSettings, DEFAULT_ALGORITHM};
 use crate::service::validate::{
     duration_seconds, valid_text, validate_metadata, validate_scopes, MAX_NAME_CHARS,
     MAX_OWNER_CHARS,
 };
-use crate::store::{KeyRecord, PageAfter, FORMAT_JWT, FORMAT_OPAQUE};
 use crate::timestamp::parse_rfc3339;
 
 /// Longest `expires_in`: ten years.

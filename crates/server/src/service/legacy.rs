@@ -16,9 +16,9 @@ use keygate_core::scope::{parse_scopes, Scope, MAX_SCOPES};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::{LegacyImportRow, LegacyOutcome};
 use crate::service::context::Service;
 use crate::service::error::ApiError;
-use crate::store::{LegacyImportRow, LegacyOutcome};
 use crate::timestamp::parse_rfc3339;
 
 /// Most rows in one import.

@@ -12,26 +12,14 @@ use keygate_core::wire::RateLimit;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
+use crate::model::{KeyLimits, KeyPatch, KeyRecord, FORMAT_JWT};
 use crate::service::context::Service;
 use crate::service::error::ApiError;
 use crate::service::validate::{valid_text, validate_metadata, validate_scopes, MAX_NAME_CHARS};
-use crate::store::{KeyPatch, KeyRecord, FORMAT_JWT};
 use crate::timestamp::parse_rfc3339;
 
 /// Most entries in `allowed_cidrs`.
 pub const MAX_CIDRS: usize = 64;
-
-/// The limits of one key. The default is no limit at all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyLimits {
-    pub rate_limit: Option<RateLimit>,
-    /// Canonical CIDR texts (`10.0.0.0/8`, `2001:db8::/32`); empty: any address.
-    pub allowed_cidrs: Vec<String>,
-    /// Unix seconds before which the key is refused.
-    pub not_before: Option<i64>,
-    /// Unix seconds from which the key is refused.
-    pub not_after: Option<i64>,
-}
 
 /// Parses one CIDR (`addr/len`, or a bare address meaning a single host) into its canonical
 /// text: the network address with the host bits cleared. `None` if it is not a CIDR.

@@ -22,7 +22,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::clock::Clock;
-use crate::store::{AuditClass, KeyStore, StoreError};
+use crate::model::AuditClass;
+use crate::store::{KeyStore, StoreError};
 
 const DAY_S: i64 = 86_400;
 /// Longest retention accepted: 100 years.

@@ -14,9 +14,9 @@ use keygate_core::wire::{UsageBatch, UsageRow, USAGE_BODY_LIMIT, USAGE_MAX_ROWS}
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::{UsageCell, UsageDelta};
 use crate::service::context::Service;
 use crate::service::error::ApiError;
-use crate::store::{UsageCell, UsageDelta};
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
 
 /// Largest usage batch body, unless `--usage-max-body-bytes` says otherwise.

@@ -9,47 +9,7 @@ use keygate_core::key::KeyDigest;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{KeyStore, StoreError};
-
-/// One audit row as stored. `detail` is JSON text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditRow {
-    pub id: i64,
-    pub at: i64,
-    pub action: String,
-    pub actor: Option<String>,
-    pub source: Option<String>,
-    pub target: Option<String>,
-    pub outcome: String,
-    pub detail: Option<String>,
-}
-
-/// A row to append: everything but the id.
-#[derive(Clone, Copy, Debug)]
-pub struct NewAuditRow<'a> {
-    pub at: i64,
-    pub action: &'a str,
-    pub actor: Option<&'a str>,
-    pub source: Option<&'a str>,
-    pub target: Option<&'a str>,
-    pub outcome: &'a str,
-    pub detail: Option<&'a str>,
-}
-
-/// Which rows to list: every filter that is set must match; at most `limit`, with ids below
-/// `before` (the cursor), newest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AuditFilter {
-    pub action: Option<String>,
-    pub target: Option<String>,
-    pub actor: Option<String>,
-    pub outcome: Option<String>,
-    /// Inclusive lower bound of `at`.
-    pub from: Option<i64>,
-    /// Inclusive upper bound of `at`.
-    pub to: Option<i64>,
-    pub before: Option<i64>,
-    pub limit: u32,
-}
+use crate::model::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
 
 const AUDIT_COLUMNS: &str = "id, at, action, actor, source, target, outcome, detail";
 
@@ -112,21 +72,11 @@ where
     })
 }
 
-/// Which audit rows a prune deletes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuditClass {
-    /// Refused admin authentications (`action = 'admin_auth'`).
-    RefusedAdmin,
-    /// Every other row: the management actions.
-    Management,
-}
-
-impl AuditClass {
-    fn condition(self) -> &'static str {
-        match self {
-            Self::RefusedAdmin => "action = 'admin_auth'",
-            Self::Management => "action <> 'admin_auth'",
-        }
+/// The SQL condition selecting the rows of `class`.
+fn class_condition(class: AuditClass) -> &'static str {
+    match class {
+        AuditClass::RefusedAdmin => "action = 'admin_auth'",
+        AuditClass::Management => "action <> 'admin_auth'",
     }
 }
 
@@ -197,7 +147,7 @@ impl KeyStore {
     /// Deletes the audit rows of `class` older than `before` (Unix seconds), a chunk at a
     /// time; answers how many went.
     pub async fn prune_audit(&self, class: AuditClass, before: i64) -> Result<u64, StoreError> {
-        let condition = class.condition();
+        let condition = class_condition(class);
         let mut deleted = 0;
         loop {
             let gone = match self {

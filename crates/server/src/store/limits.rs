@@ -1,11 +1,10 @@
 //! Per-key limits in the `keys` table, and key updates (`PATCH /api/v1/auth/keys/{id}`).
 
 use keygate_core::wire::RateLimit;
-use serde_json::{Map, Value};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{encode_json_fields, KeyRecord, KeyStore, StoreError};
-use crate::service::limits::KeyLimits;
+use super::{encode_json_fields, KeyStore, StoreError};
+use crate::model::{KeyLimits, KeyPatch, KeyRecord};
 
 /// The limit columns of a key record, as bound into SQL.
 pub(super) struct LimitColumns {
@@ -56,63 +55,6 @@ where
         not_before: row.try_get("not_before")?,
         not_after: row.try_get("not_after")?,
     })
-}
-
-/// A change to a key: `None` keeps a field; for limits, `Some(None)` clears one.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct KeyPatch {
-    pub name: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    pub metadata: Option<Map<String, Value>>,
-    pub rate_limit: Option<Option<RateLimit>>,
-    pub allowed_cidrs: Option<Vec<String>>,
-    pub not_before: Option<Option<i64>>,
-    pub not_after: Option<Option<i64>>,
-}
-
-impl KeyPatch {
-    /// Applies the patch to `record`.
-    pub fn apply(&self, record: &mut KeyRecord) {
-        if let Some(name) = &self.name {
-            record.name.clone_from(name);
-        }
-        if let Some(scopes) = &self.scopes {
-            record.scopes.clone_from(scopes);
-        }
-        if let Some(metadata) = &self.metadata {
-            record.metadata.clone_from(metadata);
-        }
-        if let Some(rate_limit) = self.rate_limit {
-            record.limits.rate_limit = rate_limit;
-        }
-        if let Some(cidrs) = &self.allowed_cidrs {
-            record.limits.allowed_cidrs.clone_from(cidrs);
-        }
-        if let Some(not_before) = self.not_before {
-            record.limits.not_before = not_before;
-        }
-        if let Some(not_after) = self.not_after {
-            record.limits.not_after = not_after;
-        }
-    }
-
-    /// Names of the fields this patch sets or clears, for logs and the audit log.
-    pub fn changed_fields(&self) -> Vec<&'static str> {
-        let mut fields = Vec::new();
-        let mut note = |set: bool, name: &'static str| {
-            if set {
-                fields.push(name);
-            }
-        };
-        note(self.name.is_some(), "name");
-        note(self.scopes.is_some(), "scopes");
-        note(self.metadata.is_some(), "metadata");
-        note(self.rate_limit.is_some(), "rate_limit");
-        note(self.allowed_cidrs.is_some(), "allowed_cidrs");
-        note(self.not_before.is_some(), "not_before");
-        note(self.not_after.is_some(), "not_after");
-        fields
-    }
 }
 
 const UPDATE_SQLITE: &str = "UPDATE keys SET name = ?, scopes = ?, metadata = ?, \

@@ -17,12 +17,14 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use sqlx::{Postgres, Row, Transaction};
 use tokio::task::JoinHandle;
 
+use super::FeedSignal;
 use super::{
     encode_json_fields, event_from_row, i64_of, key_from_row, rotation_refusal,
-    signing_key_from_row, u64_of, FeedEventInput, KeyRecord, NewEvent, PageAfter, SigningKeyRow,
-    StoreError, APPEND_CHUNK, EVENT_COLUMNS, KEY_COLUMNS, SIGNING_KEY_COLUMNS,
+    signing_key_from_row, u64_of, NewEvent, StoreError, APPEND_CHUNK, EVENT_COLUMNS, KEY_COLUMNS,
+    SIGNING_KEY_COLUMNS,
 };
-use crate::service::feed::{self, EventKind, FeedRequest, FeedSignal, FeedState, RevocationFeed};
+use crate::model::feed::{self, EventKind, FeedEventInput, FeedRequest, FeedState, RevocationFeed};
+use crate::model::{KeyRecord, PageAfter, SigningKeyRow};
 
 /// The `LISTEN`/`NOTIFY` channel of feed events; the payload is the sequence number.
 pub const FEED_CHANNEL: &str = "keygate_revocations";

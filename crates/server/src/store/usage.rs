@@ -1,34 +1,12 @@
 //! Usage analytics: per-minute counts per key, applied once per batch id.
 
-use std::collections::BTreeMap;
-
 use sqlx::Row;
 
 use super::{KeyStore, StoreError};
+use crate::model::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};
 
-/// How long an applied batch id is remembered (a retry later than this counts again).
-pub const BATCH_ID_RETENTION_S: i64 = 86_400;
 /// Rows per multi-row statement (well under both backends' bind-parameter limits).
 const CHUNK: usize = 1000;
-
-/// One batch, merged and checked by the caller: counts by (key id, minute, kind, name), and
-/// the latest use of each key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UsageDelta {
-    /// `kind` is `allowed` (name empty), `denied` (name = reason) or `status` (`2xx` ...).
-    pub counts: BTreeMap<(String, i64, &'static str, String), i64>,
-    pub last_used: BTreeMap<String, i64>,
-}
-
-/// One aggregated cell of a usage query.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UsageCell {
-    /// Start of the step (Unix seconds, a multiple of the step).
-    pub bucket: i64,
-    pub kind: String,
-    pub name: String,
-    pub count: i64,
-}
 
 /// SQL placeholder `n` (1-based) of a backend.
 fn placeholder(postgres: bool, n: usize) -> String {

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use keygate_server::clock::Clock;
-use keygate_server::service::feed::{
-    prune, EventKind, FeedRequest, RevocationFeed, DEFAULT_RETENTION, MAX_ANSWER_BYTES,
+use keygate_server::model::feed::{
+    EventKind, FeedEventInput, FeedRequest, RevocationFeed, MAX_ANSWER_BYTES,
 };
-use keygate_server::store::FeedEventInput;
+use keygate_server::service::feed::{prune, DEFAULT_RETENTION};
 use serde_json::{json, Value};
 
 use crate::backends::{eventually, Backend, PrivateCluster, TestDb};

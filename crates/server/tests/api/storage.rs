@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use keygate_core::key::KeyDigest;
 use keygate_core::wire::KeyStatus;
-use keygate_server::service::feed::{EventKind, FeedRequest, RevocationEvent};
-use keygate_server::store::{KeyRecord, KeyStore, PageAfter, SigningKeyRow, StoreError};
+use keygate_server::model::feed::{EventKind, FeedRequest, RevocationEvent};
+use keygate_server::model::{KeyRecord, PageAfter, SigningKeyRow};
+use keygate_server::store::{KeyStore, StoreError};
 use serde_json::Map;
 
 use crate::backends::TestDb;
