@@ -6,14 +6,18 @@
 //! The modules form one-way layers; each imports only the layers below it (checked by
 //! `tests/layers.rs`):
 //!
-//! | layer     | modules                                   |
-//! |-----------|-------------------------------------------|
-//! | cli       | [`cli`]                                   |
-//! | serve     | [`serve`], [`config`]                     |
-//! | http      | [`http`]                                  |
-//! | service   | [`service`]                               |
-//! | store     | [`store`]                                 |
-//! | utilities | [`clock`], [`timestamp`], [`tls`], [`transport`] |
+//! | layer     | modules                                            |
+//! |-----------|----------------------------------------------------|
+//! | cli       | [`cli`]                                            |
+//! | serve     | [`serve`], [`config`]                              |
+//! | http      | [`http`]                                           |
+//! | service   | [`service`]                                        |
+//! | store     | [`store`]                                          |
+//! | model     | [`model`]                                          |
+//! | utilities | [`clock`], [`timestamp`], [`tls`], [`transport`]   |
+//!
+//! `serve` and `config` sit above `http`: they read the configuration and run the HTTP app
+//! with the background tasks of the service layer. The utilities import nothing of the crate.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 

@@ -92,6 +92,7 @@ fn read_admin_key(flag_file: Option<&Path>) -> Result<String, CliError> {
     )))
 }
 
+/// A connection to the key service's REST API, with the admin key.
 pub struct Client {
     agent: ureq::Agent,
     base: String,

@@ -170,6 +170,7 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/audit", get(list_audit))
 }
 
+/// The query of `GET /api/v1/audit`.
 #[derive(Debug, Deserialize)]
 pub struct AuditParams {
     action: Option<String>,

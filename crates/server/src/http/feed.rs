@@ -16,6 +16,7 @@ use crate::model::feed::{FeedRequest, MAX_WAIT_S, MAX_WINDOW_S};
 use crate::service::error::ApiError;
 use crate::service::feed::long_poll;
 
+/// The query of `GET /v1/revocations`.
 #[derive(Debug, Deserialize)]
 pub struct FeedParams {
     since: Option<String>,

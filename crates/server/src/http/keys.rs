@@ -119,6 +119,7 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// The query of `GET /api/v1/auth/keys`.
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
     limit: Option<String>,
@@ -126,6 +127,7 @@ pub struct ListParams {
     status: Option<String>,
 }
 
+/// A page of `GET /api/v1/auth/keys`.
 #[derive(Debug, Serialize)]
 pub struct KeyPage {
     keys: Vec<KeyView>,
@@ -154,16 +156,14 @@ pub async fn list_keys(
             .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or(ApiError::BadLimit)?,
     };
+    let after = params
+        .cursor
+        .as_deref()
+        .map(keys::decode_cursor)
+        .transpose()?;
     let status = params.status.as_deref().map(parse_status).transpose()?;
     let now = state.now();
-    let (records, next_cursor) = keys::list(
-        state.service(),
-        params.cursor.as_deref(),
-        limit,
-        status,
-        now,
-    )
-    .await?;
+    let (records, next_cursor) = keys::list(state.service(), after, limit, status, now).await?;
     let keys = records
         .into_iter()
         .map(|record| KeyView::of(record, now))

@@ -16,6 +16,7 @@ use crate::http::state::AppState;
 use crate::service::error::ApiError;
 use crate::service::legacy::{import_rows, read_import, ImportFormat};
 
+/// The query of `POST /api/v1/auth/keys/import`.
 #[derive(Debug, Deserialize)]
 pub struct ImportParams {
     format: Option<String>,

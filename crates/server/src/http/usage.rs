@@ -34,6 +34,7 @@ pub async fn ingest_usage(
     Ok(Json(answer))
 }
 
+/// The query of `GET /api/v1/auth/keys/{id}/usage`.
 #[derive(Debug, Deserialize)]
 pub struct UsageParams {
     from: Option<String>,

@@ -284,16 +284,15 @@ pub fn decode_cursor(text: &str) -> Result<PageAfter, ApiError> {
     })
 }
 
-/// One page of keys, oldest first: up to `limit` records after `cursor` (of `status` if
-/// given), and the cursor of the next page if there is one.
+/// One page of keys, oldest first: up to `limit` records after `after` (see
+/// [`decode_cursor`]; of `status` if given), and the cursor of the next page if there is one.
 pub async fn list(
     service: &Service,
-    cursor: Option<&str>,
+    after: Option<PageAfter>,
     limit: u32,
     status: Option<KeyStatus>,
     now: i64,
 ) -> Result<(Vec<KeyRecord>, Option<String>), ApiError> {
-    let after = cursor.map(decode_cursor).transpose()?;
     let mut records = service
         .store()
         .list_keys(after.as_ref(), limit + 1, status, now)
