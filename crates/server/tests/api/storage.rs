@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keygate_core::key::KeyDigest;
 use keygate_core::wire::KeyStatus;
-use keygate_server::model::feed::{EventKind, FeedRequest, RevocationEvent};
+use keygate_server::model::feed::{EventKind, FeedEvent, FeedRequest};
 use keygate_server::model::{KeyRecord, PageAfter, SigningKeyRow};
 use keygate_server::store::{KeyStore, StoreError};
 use serde_json::Map;
@@ -85,27 +85,21 @@ pub async fn insert_keys(
 }
 
 /// An event as the store answers it; committed at `effective_at` (see [`created`]).
-fn event(
-    seq: u64,
-    id: &str,
-    kind: EventKind,
-    effective_at: i64,
-    until: Option<i64>,
-) -> RevocationEvent {
-    RevocationEvent {
+fn event(seq: u64, id: &str, kind: EventKind, effective_at: i64, until: Option<i64>) -> FeedEvent {
+    FeedEvent {
         seq,
         id: id.to_owned(),
         kind,
-        effective_at,
-        until,
-        created_at: effective_at,
+        effective_at: effective_at as u64,
+        until: until.map(|until| until as u64),
+        created_at: Some(effective_at as u64),
     }
 }
 
 /// `event` committed at `at`.
-fn created(event: RevocationEvent, at: i64) -> RevocationEvent {
-    RevocationEvent {
-        created_at: at,
+fn created(event: FeedEvent, at: i64) -> FeedEvent {
+    FeedEvent {
+        created_at: Some(at as u64),
         ..event
     }
 }
@@ -420,7 +414,7 @@ async fn the_feed_pages_and_resets_when_it_must(db: &TestDb) {
     assert!(ahead.reset);
     assert_eq!(
         ahead.horizon,
-        Some(NOW),
+        Some(NOW as u64),
         "records from another database are not vouched for"
     );
     assert_eq!(ahead.events.len(), 5);
@@ -479,7 +473,7 @@ async fn compaction_drops_ended_entries_and_old_followers_get_a_snapshot(db: &Te
         .unwrap();
     assert!(old.reset);
     assert_eq!(old.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
-    assert_eq!(old.horizon, Some(NOW + 1_000));
+    assert_eq!(old.horizon, Some((NOW + 1_000) as u64));
     // One that had the pruned event missed nothing.
     let had_it = store
         .read_feed(since(1), 1000, NOW + day + 1)
@@ -507,7 +501,7 @@ async fn compaction_drops_ended_entries_and_old_followers_get_a_snapshot(db: &Te
     assert!(cold.events.is_empty(), "nothing is kept for good");
     assert_eq!(
         cold.horizon,
-        Some(NOW + 20_000 + day),
+        Some((NOW + 20_000 + day) as u64),
         "nothing retained: all may be missing"
     );
 }
