@@ -2,9 +2,8 @@
 //! monotonically increasing sequence number, which filters follow with a long-poll on
 //! `GET /v1/revocations?since=N&wait=S`.
 //!
-//! The wire types here are the contract the filter parses. The paging rules
-//! ([`plan`], [`page_incremental`], [`page_snapshot`]) are pure so both store backends share
-//! them and they are unit-tested without a database.
+//! The wire types are the filter's own ([`keygate_core::feed`]); the paging rules are in
+//! [`crate::model::feed`].
 //!
 //! Freshness comes from a [`tokio::sync::watch`] of the latest committed sequence number that
 //! the store updates after each commit (and, on PostgreSQL, on every `NOTIFY` from another

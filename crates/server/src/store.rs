@@ -6,7 +6,7 @@
 //!
 //! Each feature has one implementation for both databases, in its own file: `keys`, `feed`,
 //! `signing`, `admin`, `limits`, `legacy`, `audit`, `usage`. Their queries are written once
-//! ([`sql`]); the backend files (`sqlite`, `postgres`) only connect, migrate and, on
+//! (`sql`); the backend files (`sqlite`, `postgres`) only connect, migrate and, on
 //! PostgreSQL, tell the other replicas about feed events.
 //!
 //! Revoking, rotating and expiring a key also add a revocation-feed event in the same

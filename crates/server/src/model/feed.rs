@@ -24,7 +24,7 @@ pub struct FeedState {
     /// The highest sequence number committed (it never goes down, even when compaction
     /// deletes that event).
     pub last_seq: u64,
-    /// The highest sequence number pruned by age ([`DEFAULT_RETENTION`]): a follower behind it
+    /// The highest sequence number pruned by age (past the retention): a follower behind it
     /// may have missed events that still mattered. (Events dropped after their key's own
     /// expiry never matter again and leave no mark.)
     pub compacted_through: u64,
