@@ -6,7 +6,7 @@
 //!
 //! Each feature has one implementation for both databases, in its own file: `keys`, `feed`,
 //! `signing`, `admin`, `limits`, `legacy`, `audit`, `usage`. Their queries are written once
-//! ([`sql`]); the backend files (`sqlite`, `postgres`) only connect, migrate and, on
+//! (`sql`); the backend files (`sqlite`, `postgres`) only connect, migrate and, on
 //! PostgreSQL, tell the other replicas about feed events.
 //!
 //! Revoking, rotating and expiring a key also add a revocation-feed event in the same
@@ -132,4 +132,43 @@ fn u64_of(value: i64, column: &'static str) -> Result<u64, StoreError> {
 
 fn i64_of(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// What a path into the crate starts with (spelled so that this file does not name one).
+    fn root() -> String {
+        ["crate", "::"].concat()
+    }
+
+    /// The modules of the crate named in the files of `module` (its file and its folder).
+    fn crate_paths(module: &str) -> Vec<(String, String)> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.join(format!("{module}.rs"))];
+        let folder = std::fs::read_dir(src.join(module)).unwrap();
+        files.extend(folder.map(|entry| entry.unwrap().path()));
+        let mut paths = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (at, _) in text.match_indices(&root()) {
+                let path: String = text[at + root().len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                paths.push((file.display().to_string(), path));
+            }
+        }
+        paths
+    }
+
+    #[test]
+    fn the_store_and_the_model_import_only_the_model() {
+        for module in ["store", "model"] {
+            for (file, path) in crate_paths(module) {
+                assert_eq!(path, "model", "{file} names {}{path}", root());
+            }
+        }
+    }
 }

@@ -1,8 +1,9 @@
-//! The revocation feed's domain: events, what a follower asks, and the paging rules
+//! The revocation feed's domain: what a follower asks, and the paging rules
 //! ([`plan`], [`page`]). They are pure, so the store uses them on every backend and they are
-//! unit-tested without a database.
+//! unit-tested without a database. The wire types (an event, an answer) are the filter's own,
+//! [`keygate_core::feed`].
 
-use serde::{Deserialize, Serialize};
+pub use keygate_core::feed::{EventKind, FeedEvent, FeedResponse};
 
 /// Most events in one answer; `more: true` says there are others.
 pub const FEED_LIMIT: usize = 1000;
@@ -17,80 +18,13 @@ pub const MAX_WINDOW_S: u64 = 30 * 86_400;
 /// this long past the moment it stops mattering.
 pub const COMPACTION_SLACK_S: i64 = 60;
 
-/// Why an id entered the feed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// `DELETE /api/v1/auth/keys/{id}`: refused from `effective_at` (now).
-    Revoked,
-    /// The key was rotated: refused (as expired) from the end of its grace period.
-    Rotated,
-    /// `POST /api/v1/auth/keys/{id}/expire`: refused (as expired) from now.
-    Expired,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Revoked => "revoked",
-            Self::Rotated => "rotated",
-            Self::Expired => "expired",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "revoked" => Some(Self::Revoked),
-            "rotated" => Some(Self::Rotated),
-            "expired" => Some(Self::Expired),
-            _ => None,
-        }
-    }
-}
-
-/// One entry of the feed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevocationEvent {
-    pub seq: u64,
-    /// The 16-character key id (the `jti` of a JWT key).
-    pub id: String,
-    pub kind: EventKind,
-    /// Unix seconds from which the id must be refused.
-    pub effective_at: i64,
-    /// Unix seconds of the key's own expiry, after which the entry can be dropped; `None`: the
-    /// key never expires.
-    pub until: Option<i64>,
-    /// Unix seconds at which the event was committed: filters keep it only while a key record
-    /// fetched before then may still decide.
-    pub created_at: i64,
-}
-
-/// The answer of `GET /v1/revocations`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevocationFeed {
-    /// Ask next with `since` = this.
-    pub seq: u64,
-    /// A snapshot: the follower starts a new set with `events`, completed by the pages that
-    /// follow while `more` is true.
-    pub reset: bool,
-    /// More events follow: ask again at once with `since` = `seq`.
-    pub more: bool,
-    pub events: Vec<RevocationEvent>,
-    /// Unix seconds: events committed before it may be missing from what the follower has
-    /// (pruned by age while it was behind, outside the window it asked for, or from another
-    /// database). Key records it fetched before then must be looked up again. Absent: the
-    /// follower misses nothing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub horizon: Option<i64>,
-}
-
 /// The feed's bookkeeping row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FeedState {
     /// The highest sequence number committed (it never goes down, even when compaction
     /// deletes that event).
     pub last_seq: u64,
-    /// The highest sequence number pruned by age ([`DEFAULT_RETENTION`]): a follower behind it
+    /// The highest sequence number pruned by age (past the retention): a follower behind it
     /// may have missed events that still mattered. (Events dropped after their key's own
     /// expiry never matter again and leave no mark.)
     pub compacted_through: u64,
@@ -175,7 +109,7 @@ pub fn plan(request: FeedRequest, state: FeedState, now: i64) -> FeedQuery {
 }
 
 /// Rough upper bound of one event's size in an answer.
-fn event_bytes(event: &RevocationEvent) -> usize {
+fn event_bytes(event: &FeedEvent) -> usize {
     // Field names, punctuation and five numbers of at most 20 digits; an id escaped in full.
     200 + event.id.len() * 6
 }
@@ -184,12 +118,12 @@ fn event_bytes(event: &RevocationEvent) -> usize {
 /// first `limit + 1` so `more` can be told. An answer stops at `limit` events or
 /// [`MAX_ANSWER_BYTES`], whichever comes first.
 pub fn page(
-    mut events: Vec<RevocationEvent>,
+    mut events: Vec<FeedEvent>,
     state: FeedState,
     query: &FeedQuery,
     horizon: Option<i64>,
     limit: usize,
-) -> RevocationFeed {
+) -> FeedResponse {
     let mut bytes = 0;
     let fits = events
         .iter()
@@ -206,13 +140,19 @@ pub fn page(
         (true, Some(last)) => last.seq,
         _ => state.last_seq,
     };
-    RevocationFeed {
+    FeedResponse {
         seq,
         reset: query.reset,
         more,
         events,
-        horizon,
+        // Negative: before the epoch, so nothing is missing.
+        horizon: horizon.map(unix_seconds),
     }
+}
+
+/// Unix seconds as the wire has them; a time before the epoch is the epoch.
+pub fn unix_seconds(time: i64) -> u64 {
+    u64::try_from(time).unwrap_or(0)
 }
 
 /// One event for bulk loads of revocations.
@@ -232,14 +172,14 @@ mod tests {
 
     const NOW: i64 = 1_790_000_000;
 
-    fn event(seq: u64) -> RevocationEvent {
-        RevocationEvent {
+    fn event(seq: u64) -> FeedEvent {
+        FeedEvent {
             seq,
             id: format!("{seq:a>16}"),
             kind: EventKind::Revoked,
             effective_at: 0,
             until: None,
-            created_at: NOW,
+            created_at: Some(NOW as u64),
         }
     }
 
@@ -306,7 +246,7 @@ mod tests {
         assert!(empty.events.is_empty() && !empty.more);
         // Ids far longer than key ids: the answer stops at the byte bound, not the count.
         let long: Vec<_> = (1..=FEED_LIMIT as u64 + 1)
-            .map(|seq| RevocationEvent {
+            .map(|seq| FeedEvent {
                 id: "\u{1}".repeat(2_000),
                 ..event(seq)
             })
@@ -320,17 +260,18 @@ mod tests {
     #[test]
     fn a_full_page_of_key_ids_is_far_below_the_filters_read_cap() {
         let worst: Vec<_> = (0..=FEED_LIMIT as u64)
-            .map(|n| RevocationEvent {
+            .map(|n| FeedEvent {
                 seq: u64::MAX - n,
                 id: "zzzzzzzzzzzzzzzz".into(),
                 kind: EventKind::Rotated,
-                effective_at: i64::MIN,
-                until: Some(i64::MIN),
-                created_at: i64::MIN,
+                effective_at: u64::MAX,
+                until: Some(u64::MAX),
+                created_at: Some(u64::MAX),
             })
             .collect();
         let q = plan(request(0, Some(MAX_WINDOW_S)), state(u64::MAX, 0), NOW);
-        let full = page(worst, state(u64::MAX, 0), &q, Some(i64::MIN), FEED_LIMIT);
+        // The widest horizon a store can give: the latest time it can hold.
+        let full = page(worst, state(u64::MAX, 0), &q, Some(i64::MAX), FEED_LIMIT);
         assert_eq!(full.events.len(), FEED_LIMIT);
         let bytes = serde_json::to_vec(&full).unwrap().len();
         assert!(bytes <= MAX_ANSWER_BYTES, "{bytes}");
@@ -339,17 +280,17 @@ mod tests {
 
     #[test]
     fn the_wire_format_is_the_documented_one() {
-        let feed = RevocationFeed {
+        let feed = FeedResponse {
             seq: 42,
             reset: false,
             more: false,
-            events: vec![RevocationEvent {
+            events: vec![FeedEvent {
                 seq: 41,
                 id: "abcdefghijklmnop".into(),
                 kind: EventKind::Rotated,
                 effective_at: 1_790_000_000,
                 until: None,
-                created_at: 1_789_990_000,
+                created_at: Some(1_789_990_000),
             }],
             horizon: None,
         };
@@ -360,7 +301,7 @@ mod tests {
                  "effective_at": 1_790_000_000, "until": null, "created_at": 1_789_990_000}
             ]})
         );
-        let with_horizon = RevocationFeed {
+        let with_horizon = FeedResponse {
             horizon: Some(5),
             ..feed
         };

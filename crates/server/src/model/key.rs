@@ -10,8 +10,9 @@ pub const FORMAT_OPAQUE: &str = "opaque";
 /// Format of a key record imported from an earlier system: only its SHA-256 digest is known.
 pub const FORMAT_LEGACY: &str = "legacy";
 
-/// One issued key as stored: the digest, never the key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One issued key as stored: the digest, never the key. The default is an empty record, to
+/// fill in with `..Default::default()`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyRecord {
     pub id: String,
     pub prefix: String,
@@ -146,21 +147,11 @@ mod tests {
             id: "aaaaaaaaaaaaaaaa".into(),
             prefix: "kg_test_".into(),
             name: "n".into(),
-            owner: String::new(),
-            scopes: vec![],
-            metadata: Map::new(),
             digest: "00".repeat(32),
             format: "opaque".into(),
-            created_at: 0,
             expires_at,
             grace_until,
-            revoked_at: None,
-            last_used_at: None,
-            rotated_from: None,
-            rotated_to: None,
-            algorithm: None,
-            signing_kid: None,
-            limits: KeyLimits::default(),
+            ..KeyRecord::default()
         }
     }
 

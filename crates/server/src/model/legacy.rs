@@ -1,8 +1,6 @@
 //! Legacy keys: keys issued by an earlier system, imported by their SHA-256 digest.
 
-use serde_json::Map;
-
-use super::key::{KeyLimits, KeyRecord, FORMAT_LEGACY};
+use super::key::{KeyRecord, FORMAT_LEGACY};
 
 /// One validated row of an import.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,19 +41,11 @@ impl LegacyImportRow {
             name: self.name.clone(),
             owner: self.owner.clone(),
             scopes: self.scopes.clone(),
-            metadata: Map::new(),
             digest: self.digest.clone(),
             format: FORMAT_LEGACY.to_owned(),
             created_at: now,
             expires_at: self.expires_at,
-            grace_until: None,
-            revoked_at: None,
-            last_used_at: None,
-            rotated_from: None,
-            rotated_to: None,
-            algorithm: None,
-            signing_kid: None,
-            limits: KeyLimits::default(),
+            ..KeyRecord::default()
         }
     }
 

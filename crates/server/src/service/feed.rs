@@ -2,9 +2,8 @@
 //! monotonically increasing sequence number, which filters follow with a long-poll on
 //! `GET /v1/revocations?since=N&wait=S`.
 //!
-//! The wire types here are the contract the filter parses. The paging rules
-//! ([`plan`], [`page_incremental`], [`page_snapshot`]) are pure so both store backends share
-//! them and they are unit-tested without a database.
+//! The wire types are the filter's own ([`keygate_core::feed`]); the paging rules are in
+//! [`crate::model::feed`].
 //!
 //! Freshness comes from a [`tokio::sync::watch`] of the latest committed sequence number that
 //! the store updates after each commit (and, on PostgreSQL, on every `NOTIFY` from another
@@ -17,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::model::feed::{FeedRequest, RevocationFeed, COMPACTION_SLACK_S, FEED_LIMIT};
+use crate::model::feed::{FeedRequest, FeedResponse, COMPACTION_SLACK_S, FEED_LIMIT};
 use crate::store::{KeyStore, StoreError};
 
 /// How often the service compacts the feed.
@@ -25,7 +24,7 @@ pub const COMPACTION_PERIOD: Duration = Duration::from_secs(60);
 /// How long events are kept at most, whatever the key's expiry: a day. A filter needs an
 /// event only while it may hold a key record fetched before it (its TTL or staleness, seconds
 /// to minutes by default); one that fell further behind, or that keeps records longer, is told
-/// so ([`RevocationFeed::horizon`]) and looks those records up again.
+/// so ([`FeedResponse::horizon`]) and looks those records up again.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(86_400);
 
 /// Counters of the feed endpoint, shown by `GET /v1/stats`.
@@ -84,7 +83,7 @@ pub async fn long_poll(
     shutdown: watch::Receiver<bool>,
     request: FeedRequest,
     wait: Duration,
-) -> Result<RevocationFeed, StoreError> {
+) -> Result<FeedResponse, StoreError> {
     // Subscribe before reading, so a commit after the read is never missed.
     let mut latest = store.subscribe_feed();
     latest.borrow_and_update();
@@ -118,7 +117,7 @@ pub async fn long_poll(
 }
 
 /// An answer worth sending before the wait is over.
-fn is_news(page: &RevocationFeed) -> bool {
+fn is_news(page: &FeedResponse) -> bool {
     page.reset || !page.events.is_empty() || page.horizon.is_some()
 }
 

@@ -5,14 +5,11 @@
 //! its minute ([`KeyStore::update_audit_detail`]); rows older than the retention are deleted
 //! ([`KeyStore::prune_audit`]).
 
-use super::sql::{Sql, StoredRow};
+use super::sql::{from_row, Sql, StoredRow, PRUNE_CHUNK};
 use super::{KeyStore, StoreError};
 use crate::model::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
 
 const AUDIT_COLUMNS: &str = "id, at, action, actor, source, target, outcome, detail";
-
-/// Rows deleted per statement, so a long prune never holds the database's writer for long.
-pub(super) const PRUNE_CHUNK: i64 = 5_000;
 
 impl KeyStore {
     /// Appends one row to the audit log; answers its id.
@@ -52,14 +49,7 @@ impl KeyStore {
         ))
         .arg(before)
         .arg(PRUNE_CHUNK);
-        let mut deleted = 0;
-        loop {
-            let gone = self.db.execute(&sql).await?;
-            deleted += gone;
-            if gone < PRUNE_CHUNK.unsigned_abs() {
-                return Ok(deleted);
-            }
-        }
+        self.db.delete_in_chunks(&sql).await
     }
 
     /// Audit rows matching `filter`, newest first.
@@ -107,16 +97,19 @@ fn list_query(filter: &AuditFilter) -> Sql {
 }
 
 fn audit_from_row(row: &StoredRow) -> Result<AuditRow, StoreError> {
-    Ok(AuditRow {
-        id: row.get("id")?,
-        at: row.get("at")?,
-        action: row.get("action")?,
-        actor: row.get("actor")?,
-        source: row.get("source")?,
-        target: row.get("target")?,
-        outcome: row.get("outcome")?,
-        detail: row.get("detail")?,
-    })
+    Ok(from_row!(
+        row,
+        AuditRow {
+            id,
+            at,
+            action,
+            actor,
+            source,
+            target,
+            outcome,
+            detail
+        }
+    ))
 }
 
 #[cfg(test)]

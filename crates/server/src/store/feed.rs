@@ -4,7 +4,7 @@
 use super::sql::{Db, Sql, StoredRow, Tx};
 use super::{i64_of, postgres, u64_of, KeyStore, StoreError};
 use crate::model::feed::{
-    self, EventKind, FeedEventInput, FeedRequest, FeedState, RevocationEvent, RevocationFeed,
+    self, EventKind, FeedEvent, FeedEventInput, FeedRequest, FeedResponse, FeedState,
 };
 
 const EVENT_COLUMNS: &str = "seq, key_id, kind, effective_at, key_expires_at, created_at";
@@ -29,7 +29,7 @@ impl KeyStore {
         request: FeedRequest,
         limit: usize,
         now: i64,
-    ) -> Result<RevocationFeed, StoreError> {
+    ) -> Result<FeedResponse, StoreError> {
         // One snapshot of the state row and the events.
         let mut tx = self.db.begin_snapshot().await?;
         let state = select_feed_state(&mut tx).await?;
@@ -223,14 +223,15 @@ fn feed_state_of(row: Option<StoredRow>) -> Result<FeedState, StoreError> {
     })
 }
 
-fn event_from_row(row: &StoredRow) -> Result<RevocationEvent, StoreError> {
+fn event_from_row(row: &StoredRow) -> Result<FeedEvent, StoreError> {
     let kind: String = row.get("kind")?;
-    Ok(RevocationEvent {
+    let until: Option<i64> = row.get("key_expires_at")?;
+    Ok(FeedEvent {
         seq: u64_of(row.get("seq")?, "revocation_events.seq")?,
         id: row.get("key_id")?,
         kind: EventKind::parse(&kind).ok_or(StoreError::Corrupt("revocation_events.kind"))?,
-        effective_at: row.get("effective_at")?,
-        until: row.get("key_expires_at")?,
-        created_at: row.get("created_at")?,
+        effective_at: feed::unix_seconds(row.get("effective_at")?),
+        until: until.map(feed::unix_seconds),
+        created_at: Some(feed::unix_seconds(row.get("created_at")?)),
     })
 }

@@ -1,7 +1,7 @@
 //! The keys the service signs JWT API keys with (`signing_keys`): one active key per
 //! algorithm, retired ones kept while tokens they signed may still be verified.
 
-use super::sql::{Sql, StoredRow, Tx};
+use super::sql::{from_row, Sql, StoredRow, Tx};
 use super::{KeyStore, StoreError};
 use crate::model::SigningKeyRow;
 
@@ -121,14 +121,17 @@ fn insert_query(key: &SigningKeyRow, on_conflict: &str) -> Sql {
 }
 
 fn signing_key_from_row(row: &StoredRow) -> Result<SigningKeyRow, StoreError> {
-    Ok(SigningKeyRow {
-        kid: row.get("kid")?,
-        algorithm: row.get("algorithm")?,
-        public_jwk: row.get("public_jwk")?,
-        private_key_enc: row.get("private_key_enc")?,
-        created_at: row.get("created_at")?,
-        retired_at: row.get("retired_at")?,
-        not_after: row.get("not_after")?,
-        signs_forever: row.get("signs_forever")?,
-    })
+    Ok(from_row!(
+        row,
+        SigningKeyRow {
+            kid,
+            algorithm,
+            public_jwk,
+            private_key_enc,
+            created_at,
+            retired_at,
+            not_after,
+            signs_forever
+        }
+    ))
 }

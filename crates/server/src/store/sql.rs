@@ -13,6 +13,9 @@ use sqlx::{Database, Decode, Encode, Postgres, Row, Sqlite, Transaction, Type};
 
 use super::StoreError;
 
+/// Rows deleted per statement, so a long prune never holds the database's writer for long.
+pub(super) const PRUNE_CHUNK: i64 = 5_000;
+
 /// One argument of a query, owned so the same query runs on either database.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Arg {
@@ -238,6 +241,21 @@ pub(super) enum StoredRow {
     Postgres(PgRow),
 }
 
+/// Builds `Type { field, ... }` from a [`StoredRow`], each field from the column of its name
+/// or from the column named after it (`field = "column"`).
+macro_rules! from_row {
+    ($row:expr, $type:ident { $($field:ident $(= $column:literal)?),* $(,)? }) => {
+        $type { $($field: $row.get(from_row!(@column $field $($column)?))?),* }
+    };
+    (@column $field:ident $column:literal) => {
+        $column
+    };
+    (@column $field:ident) => {
+        stringify!($field)
+    };
+}
+pub(super) use from_row;
+
 impl StoredRow {
     /// The value of `column`, checked against the column's type by the database's driver.
     pub fn get<'r, T>(&'r self, column: &str) -> Result<T, StoreError>
@@ -316,6 +334,19 @@ impl Db {
 
     pub async fn execute(&self, sql: &Sql) -> Result<u64, StoreError> {
         self.acquire().await?.conn().execute(sql).await
+    }
+
+    /// Runs `sql`, a delete of at most [`PRUNE_CHUNK`] rows, until it deletes fewer; answers
+    /// how many rows went.
+    pub async fn delete_in_chunks(&self, sql: &Sql) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let gone = self.execute(sql).await?;
+            deleted += gone;
+            if gone < PRUNE_CHUNK.unsigned_abs() {
+                return Ok(deleted);
+            }
+        }
     }
 
     pub async fn fetch_all(&self, sql: &Sql) -> Result<Vec<StoredRow>, StoreError> {

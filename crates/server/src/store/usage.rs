@@ -2,8 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::audit::PRUNE_CHUNK;
-use super::sql::{Dialect, Sql, StoredRow, Tx};
+use super::sql::{from_row, Dialect, Sql, StoredRow, Tx, PRUNE_CHUNK};
 use super::{KeyStore, StoreError};
 use crate::model::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};
 
@@ -59,14 +58,7 @@ impl KeyStore {
         ))
         .arg(before)
         .arg(PRUNE_CHUNK);
-        let mut deleted = 0;
-        loop {
-            let gone = self.db.execute(&sql).await?;
-            deleted += gone;
-            if gone < PRUNE_CHUNK.unsigned_abs() {
-                return Ok(deleted);
-            }
-        }
+        self.db.delete_in_chunks(&sql).await
     }
 
     /// The ids among `ids` that name a stored key.
@@ -156,10 +148,5 @@ fn last_used_query(dialect: Dialect, used: &[(&String, &i64)]) -> Sql {
 }
 
 fn cell_from_row(row: &StoredRow) -> Result<UsageCell, StoreError> {
-    Ok(UsageCell {
-        bucket: row.get("bucket")?,
-        kind: row.get("kind")?,
-        name: row.get("name")?,
-        count: row.get("total")?,
-    })
+    Ok(from_row!(row, UsageCell { bucket, kind, name, count = "total" }))
 }
