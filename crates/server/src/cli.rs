@@ -7,7 +7,7 @@
 //! `serve` does not (its logs are always JSON lines). Output to a closed pipe
 //! (`keygate audit --json | head`) ends the command quietly.
 //!
-//! [`args`] holds the clap definitions, [`client`] the REST client, [`print`] the output;
+//! [`args`] holds the clap definitions, [`client`] the REST client, [`print`](mod@print) the output;
 //! every other file is one command. This file only declares them (and the output macros).
 
 /// `println!` for the CLI: a closed stdout (the reader of a pipe went away) ends the process

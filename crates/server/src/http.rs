@@ -2,7 +2,7 @@
 //! (admin key), the filter's lookup, revocation feed, usage and stats (service token), the
 //! public JWKS, health and metrics.
 //!
-//! [`state`] holds [`AppState`](state::AppState), [`extract`] what handlers take from a
+//! [`state`] holds [`state::AppState`], [`extract`] what handlers take from a
 //! request (credentials, the caller, a JSON body), [`problem`] the mapping of a service error
 //! to an RFC 9457 problem; every other file is one resource's handlers. [`app`] routes them.
 

@@ -1,5 +1,5 @@
 //! What the CLI prints: keys, signing keys, tables, and errors. Output to a closed pipe
-//! ends the command quietly (see [`write_stdout`]).
+//! ends the command quietly (see `write_stdout`).
 
 use std::fmt;
 use std::io::Write;

@@ -102,7 +102,7 @@ fn note_from_body(action: &str, request_target: Option<String>, body: &Value) ->
 
 /// Middleware of the management routes (inside the admin check): appends one audit entry per
 /// audited action, from the request, the answer's status and, for successes, a few members of
-/// the answer (see [`note_from_body`]) or the answer's [`AuditNote`].
+/// the answer (see `note_from_body`) or the answer's [`AuditNote`].
 pub async fn audit_management(
     State(state): State<AppState>,
     request: Request,
