@@ -45,6 +45,25 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The kind's name on the wire and in the key service's database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::Rotated => "rotated",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// The kind named `text` ([`EventKind::as_str`]).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "revoked" => Some(Self::Revoked),
+            "rotated" => Some(Self::Rotated),
+            "expired" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+
     /// What a request with a key on the list is told: a rotated key past its grace, like a
     /// key expired by an operator, has expired; only a revoked key is revoked.
     pub fn deny_reason(self) -> DenyReason {
@@ -106,7 +125,7 @@ pub struct FeedResponse {
     /// Unix seconds (key service clock): events committed before it may be missing from what
     /// the follower has (pruned by age, or outside the window it asked for). Key records
     /// fetched before it are not vouched for.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub horizon: Option<u64>,
 }
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 use keygate_core::key::{GatewayKey, KeyPrefix};
 
-use crate::retention::{RetentionArgs, RetentionError, RetentionSettings};
-use crate::signing::{
+use crate::service::retention::{RetentionArgs, RetentionError, RetentionSettings};
+use crate::service::signing::{
     JwtSettings, SigningSecret, DEFAULT_AUDIENCE, DEFAULT_ISSUER, SIGNING_SECRET_ENV,
 };
 use crate::tls::{ServerTls, TlsError};
@@ -73,7 +73,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "KEYGATE_USAGE_MAX_BODY_BYTES",
-        default_value_t = crate::usage::MAX_USAGE_BODY_BYTES
+        default_value_t = crate::service::usage::MAX_USAGE_BODY_BYTES
     )]
     pub usage_max_body_bytes: usize,
     #[command(flatten)]
@@ -83,7 +83,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "KEYGATE_SIGNING_KEY_PUBLISH_DELAY",
-        default_value_t = crate::signing::DEFAULT_PUBLISH_DELAY_S,
+        default_value_t = crate::service::signing::DEFAULT_PUBLISH_DELAY_S,
         value_name = "SECONDS"
     )]
     pub signing_key_publish_delay: i64,
@@ -190,7 +190,9 @@ impl ServeConfig {
         if !valid_claim(&args.audience) {
             return Err(ConfigError::BadAudience);
         }
-        if !(0..=crate::signing::MAX_PUBLISH_DELAY_S).contains(&args.signing_key_publish_delay) {
+        if !(0..=crate::service::signing::MAX_PUBLISH_DELAY_S)
+            .contains(&args.signing_key_publish_delay)
+        {
             return Err(ConfigError::BadPublishDelay);
         }
         let secret = env(SIGNING_SECRET_ENV)
@@ -249,9 +251,9 @@ mod tests {
             allow_jwt_without_expiry: false,
             tls_cert: None,
             tls_key: None,
-            usage_max_body_bytes: crate::usage::MAX_USAGE_BODY_BYTES,
+            usage_max_body_bytes: crate::service::usage::MAX_USAGE_BODY_BYTES,
             retention: RetentionArgs::default(),
-            signing_key_publish_delay: crate::signing::DEFAULT_PUBLISH_DELAY_S,
+            signing_key_publish_delay: crate::service::signing::DEFAULT_PUBLISH_DELAY_S,
         }
     }
 

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use keygate_core::base32;
 use keygate_core::key::KeyDigest;
 
-use crate::api::{app, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
-use crate::feed::{compact_periodically, COMPACTION_PERIOD};
-use crate::signing::{JwtIssuer, SigningError, SIGNING_SECRET_ENV};
+use crate::http::app;
+use crate::http::state::AppState;
+use crate::service::feed::{compact_periodically, COMPACTION_PERIOD};
+use crate::service::signing::{JwtIssuer, SigningError, SIGNING_SECRET_ENV};
 use crate::store::{KeyStore, StoreError};
 use crate::tls::ServerTls;
 use crate::transport;
@@ -168,10 +169,10 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         config.retention.feed,
     ));
     // Prunes old audit rows and usage counts now and every interval.
-    let retention = tokio::spawn(crate::retention::prune_periodically(
+    let retention = tokio::spawn(crate::service::retention::prune_periodically(
         store.clone(),
         clock.clone(),
-        crate::retention::steps(&config.retention),
+        crate::service::retention::steps(&config.retention),
         config.retention.interval,
     ));
     let state = AppState::new(
@@ -183,10 +184,16 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     )
     .with_jwt_issuer(jwt)
     .with_usage_body_limit(config.usage_max_body_bytes);
-    let refused_flush = tokio::spawn(crate::audit::flush_refused_periodically(
-        state.clone(),
-        crate::audit::REFUSED_FLUSH_PERIOD,
-    ));
+    let flushed = state.service().clone();
+    let refused_flush = tokio::spawn(async move {
+        crate::service::audit::flush_refused_periodically(
+            flushed.refused_admin(),
+            flushed.store(),
+            flushed.clock().as_ref(),
+            crate::service::audit::REFUSED_FLUSH_PERIOD,
+        )
+        .await;
+    });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -224,7 +231,11 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     retention.abort();
     refused_flush.abort();
     // Refusals counted since the last flush.
-    audit.refused_admin().flush(&audit, true).await;
+    let service = audit.service();
+    service
+        .refused_admin()
+        .flush(service.store(), service.clock().as_ref(), true)
+        .await;
     tracing::info!("keygate key service stopped");
     Ok(())
 }

@@ -226,7 +226,7 @@ fn oversized_head<B>(request: &Request<B>) -> Option<Response<Body>> {
     None
 }
 
-/// An RFC 9457 answer in the shape of the API's own problems (`crate::error`).
+/// An RFC 9457 answer in the shape of the API's own problems (`crate::http::problem`).
 fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Response<Body> {
     let body = serde_json::json!({
         "type": format!("urn:keygate:problem:{slug}"),

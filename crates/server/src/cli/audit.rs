@@ -2,45 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Args;
 use serde_json::Value;
 
-use super::{
-    connect, next_page_hint, or_dash, print_columns, query_escape, report, text, CliError,
-    ClientArgs,
-};
-
-pub use crate::audit::ACTIONS;
-
-#[derive(Debug, Args)]
-pub struct AuditArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// Only this action.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ACTIONS))]
-    pub action: Option<String>,
-    /// Only entries about this key id.
-    #[arg(long)]
-    pub target: Option<String>,
-    /// Only entries by this admin key id.
-    #[arg(long)]
-    pub actor: Option<String>,
-    /// Only this outcome, such as ok or denied.
-    #[arg(long)]
-    pub outcome: Option<String>,
-    /// Entries from this time on (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
-    pub from: Option<String>,
-    /// Entries up to this time (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
-    pub to: Option<String>,
-    /// Entries per page (1-500, server default 100).
-    #[arg(long)]
-    pub limit: Option<u32>,
-    /// Continue from a previous page's next_cursor.
-    #[arg(long)]
-    pub cursor: Option<String>,
-}
+use crate::cli::args::AuditArgs;
+use crate::cli::client::{connect, query_escape, CliError};
+use crate::cli::print::{next_page_hint, or_dash, print_columns, report, text};
 
 /// Runs `keygate audit` and reports failures on stderr.
 pub fn run_audit(args: AuditArgs) -> ExitCode {
@@ -134,8 +100,8 @@ fn print_entries(page: &Value, args: &AuditArgs) {
 mod tests {
     use clap::Parser;
 
-    use super::super::{Cli, Command};
     use super::*;
+    use crate::cli::args::{Cli, Command};
 
     #[test]
     fn filters_become_query_parameters() {

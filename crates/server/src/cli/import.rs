@@ -1,25 +1,13 @@
 //! `keygate keys import FILE`: imports legacy keys. Plaintext keys are hashed here, so only
 //! their SHA-256 digests are sent to the key service.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use clap::Args;
 use serde_json::Value;
 
-use super::{CliError, Client};
-use crate::legacy::{read_import, ImportFormat, ImportReport, RowError, MAX_IMPORT_BYTES};
-
-#[derive(Debug, Args)]
-pub struct ImportArgs {
-    /// CSV (header name,owner,scopes,expires_at,key,sha256) or JSON (an array of objects).
-    pub file: PathBuf,
-    /// csv or json (default: from the file extension, else json).
-    #[arg(long)]
-    pub format: Option<String>,
-    /// Check and report what would change, without storing anything.
-    #[arg(long)]
-    pub dry_run: bool,
-}
+use crate::cli::args::ImportArgs;
+use crate::cli::client::{CliError, Client};
+use crate::service::legacy::{read_import, ImportFormat, ImportReport, RowError, MAX_IMPORT_BYTES};
 
 fn format_of(args: &ImportArgs) -> Result<ImportFormat, CliError> {
     match args.format.as_deref() {

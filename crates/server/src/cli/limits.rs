@@ -1,29 +1,11 @@
 //! `keygate keys create` limit flags, `keygate keys update` and `keygate keys usage`.
 
-use clap::Args;
 use serde_json::{json, Map, Value};
 
-use super::{parse_duration, parse_id, print_key, query_escape, text, CliError, Client};
-
-/// Limit flags shared by `keys create` and `keys update`.
-#[derive(Debug, Args)]
-pub struct LimitArgs {
-    /// Rate limit such as 10/s, 600/m or 36000/h (token bucket refill).
-    #[arg(long, value_name = "N/UNIT")]
-    pub rate_limit: Option<String>,
-    /// Bucket size of the rate limit (default: one second's worth, rounded up).
-    #[arg(long, requires = "rate_limit")]
-    pub burst: Option<u32>,
-    /// A CIDR the client address must be in, such as 10.0.0.0/8 (repeat for several).
-    #[arg(long = "allow-cidr", value_name = "CIDR")]
-    pub allow_cidrs: Vec<String>,
-    /// The key is refused before this time (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
-    pub not_before: Option<String>,
-    /// The key is refused from this time on (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
-    pub not_after: Option<String>,
-}
+use crate::cli::args::{LimitArgs, UpdateArgs, UsageArgs};
+use crate::cli::client::{parse_id, query_escape, CliError, Client};
+use crate::cli::print::{print_key, text};
+use crate::service::validate::parse_duration;
 
 /// Parses `10/s`, `600/m`, `36000/h`, `2.5/s` or a bare number (per second).
 pub fn parse_rate(text: &str) -> Option<f64> {
@@ -50,7 +32,7 @@ impl LimitArgs {
             })?;
             let burst = self
                 .burst
-                .unwrap_or_else(|| crate::limits::default_burst(rps));
+                .unwrap_or_else(|| crate::service::limits::default_burst(rps));
             body.insert(
                 "rate_limit".into(),
                 json!({"requests_per_second": rps, "burst": burst}),
@@ -67,37 +49,6 @@ impl LimitArgs {
         }
         Ok(())
     }
-}
-
-#[derive(Debug, Args)]
-pub struct UpdateArgs {
-    pub id: String,
-    /// New name.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Replace the scopes with these (repeat for several).
-    #[arg(long = "scope", value_name = "SCOPE")]
-    pub scopes: Vec<String>,
-    /// Remove every scope.
-    #[arg(long, conflicts_with = "scopes")]
-    pub clear_scopes: bool,
-    /// Replace the metadata with this JSON object.
-    #[arg(long)]
-    pub metadata: Option<String>,
-    #[command(flatten)]
-    pub limits: LimitArgs,
-    /// Remove the rate limit.
-    #[arg(long, conflicts_with = "rate_limit")]
-    pub clear_rate_limit: bool,
-    /// Remove the address allow-list.
-    #[arg(long, conflicts_with = "allow_cidrs")]
-    pub clear_cidrs: bool,
-    /// Remove not_before.
-    #[arg(long, conflicts_with = "not_before")]
-    pub clear_not_before: bool,
-    /// Remove not_after.
-    #[arg(long, conflicts_with = "not_after")]
-    pub clear_not_after: bool,
 }
 
 pub(super) fn update(client: &Client, args: UpdateArgs, json_output: bool) -> Result<(), CliError> {
@@ -143,53 +94,6 @@ pub(super) fn update(client: &Client, args: UpdateArgs, json_output: bool) -> Re
     Ok(())
 }
 
-/// The limit lines of a key's human summary.
-pub(super) fn print_limits(key: &Value) {
-    let rate = key.get("rate_limit").filter(|r| !r.is_null()).map_or_else(
-        || "-".to_owned(),
-        |r| {
-            // A float prints as `10` when whole (JSON's text would be `10.0`).
-            let rate = r
-                .get("requests_per_second")
-                .and_then(Value::as_f64)
-                .map_or_else(|| "?".to_owned(), |rps| rps.to_string());
-            format!("{rate}/s, burst {}", r.get("burst").unwrap_or(&Value::Null))
-        },
-    );
-    let cidrs = key
-        .get("allowed_cidrs")
-        .and_then(Value::as_array)
-        .filter(|c| !c.is_empty())
-        .map_or_else(
-            || "any".to_owned(),
-            |c| {
-                c.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            },
-        );
-    let or_dash = |field: &str| super::or_dash(text(key, field));
-    outln!("rate_limit:   {rate}");
-    outln!("allowed_from: {cidrs}");
-    outln!("not_before:   {}", or_dash("not_before"));
-    outln!("not_after:    {}", or_dash("not_after"));
-}
-
-#[derive(Debug, Args)]
-pub struct UsageArgs {
-    pub id: String,
-    /// Start (RFC 3339; default: 24 hours before --to).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// End (RFC 3339; default: now).
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Step: 1m, 5m, 1h (default) or 1d.
-    #[arg(long)]
-    pub step: Option<String>,
-}
-
 /// Width of the bar chart in characters.
 const CHART_WIDTH: usize = 60;
 
@@ -203,7 +107,7 @@ pub(super) fn usage(client: &Client, args: UsageArgs, json_output: bool) -> Resu
     }
     if let Some(step) = &args.step {
         let seconds = parse_duration(step)
-            .filter(|s| crate::usage::STEPS.contains(s))
+            .filter(|s| crate::service::usage::STEPS.contains(s))
             .ok_or_else(|| {
                 CliError::Usage(format!("--step {step:?} must be one of 1m, 5m, 1h, 1d"))
             })?;

@@ -1,67 +1,75 @@
-//! The audit log table (`audit_log`) on both backends, and the admin key ids it names.
+//! The audit log table (`audit_log`).
 //!
 //! Rows are appended; the newest row has the highest id, so a page is "ids below the cursor,
 //! highest first". The one row ever changed is a refused-admin row, whose count grows during
 //! its minute ([`KeyStore::update_audit_detail`]); rows older than the retention are deleted
 //! ([`KeyStore::prune_audit`]).
 
-use keygate_core::key::KeyDigest;
-use sqlx::{ColumnIndex, Decode, Row, Type};
-
+use super::sql::{from_row, Sql, StoredRow, PRUNE_CHUNK};
 use super::{KeyStore, StoreError};
-
-/// One audit row as stored. `detail` is JSON text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditRow {
-    pub id: i64,
-    pub at: i64,
-    pub action: String,
-    pub actor: Option<String>,
-    pub source: Option<String>,
-    pub target: Option<String>,
-    pub outcome: String,
-    pub detail: Option<String>,
-}
-
-/// A row to append: everything but the id.
-#[derive(Clone, Copy, Debug)]
-pub struct NewAuditRow<'a> {
-    pub at: i64,
-    pub action: &'a str,
-    pub actor: Option<&'a str>,
-    pub source: Option<&'a str>,
-    pub target: Option<&'a str>,
-    pub outcome: &'a str,
-    pub detail: Option<&'a str>,
-}
-
-/// Which rows to list: every filter that is set must match; at most `limit`, with ids below
-/// `before` (the cursor), newest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AuditFilter {
-    pub action: Option<String>,
-    pub target: Option<String>,
-    pub actor: Option<String>,
-    pub outcome: Option<String>,
-    /// Inclusive lower bound of `at`.
-    pub from: Option<i64>,
-    /// Inclusive upper bound of `at`.
-    pub to: Option<i64>,
-    pub before: Option<i64>,
-    pub limit: u32,
-}
+use crate::model::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
 
 const AUDIT_COLUMNS: &str = "id, at, action, actor, source, target, outcome, detail";
 
-enum Bind {
-    Text(String),
-    Int(i64),
+impl KeyStore {
+    /// Appends one row to the audit log; answers its id.
+    pub async fn append_audit(&self, row: &NewAuditRow<'_>) -> Result<i64, StoreError> {
+        let mut sql = Sql::new(
+            "INSERT INTO audit_log (at, action, actor, source, target, outcome, detail) VALUES ",
+        );
+        sql.push_tuple([
+            row.at.into(),
+            row.action.into(),
+            row.actor.into(),
+            row.source.into(),
+            row.target.into(),
+            row.outcome.into(),
+            row.detail.into(),
+        ])
+        .push(" RETURNING id");
+        self.db.fetch_one(&sql).await?.get("id")
+    }
+
+    /// Replaces the `detail` of the audit row `id` (a refused-admin row whose count grew).
+    pub async fn update_audit_detail(&self, id: i64, detail: &str) -> Result<(), StoreError> {
+        let sql = Sql::new("UPDATE audit_log SET detail = $1 WHERE id = $2")
+            .arg(detail)
+            .arg(id);
+        self.db.execute(&sql).await?;
+        Ok(())
+    }
+
+    /// Deletes the audit rows of `class` older than `before` (Unix seconds), a chunk at a
+    /// time; answers how many went.
+    pub async fn prune_audit(&self, class: AuditClass, before: i64) -> Result<u64, StoreError> {
+        let condition = class_condition(class);
+        let sql = Sql::new(format!(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
+             WHERE at < $1 AND {condition} ORDER BY at LIMIT $2)"
+        ))
+        .arg(before)
+        .arg(PRUNE_CHUNK);
+        self.db.delete_in_chunks(&sql).await
+    }
+
+    /// Audit rows matching `filter`, newest first.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        let rows = self.db.fetch_all(&list_query(filter)).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
 }
 
-/// The list query with `placeholder(n)` for the n-th (1-based) bind, and its binds in order.
-fn list_query(filter: &AuditFilter, placeholder: fn(usize) -> String) -> (String, Vec<Bind>) {
-    let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1");
-    let mut binds = Vec::new();
+/// The SQL condition selecting the rows of `class`.
+fn class_condition(class: AuditClass) -> &'static str {
+    match class {
+        AuditClass::RefusedAdmin => "action = 'admin_auth'",
+        AuditClass::Management => "action <> 'admin_auth'",
+    }
+}
+
+/// The list query of `filter`.
+fn list_query(filter: &AuditFilter) -> Sql {
+    let mut sql = Sql::new(format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1"));
     let texts = [
         ("action", &filter.action),
         ("target", &filter.target),
@@ -70,8 +78,7 @@ fn list_query(filter: &AuditFilter, placeholder: fn(usize) -> String) -> (String
     ];
     for (column, value) in texts {
         if let Some(value) = value {
-            binds.push(Bind::Text(value.clone()));
-            sql.push_str(&format!(" AND {column} = {}", placeholder(binds.len())));
+            sql.push(&format!(" AND {column} = ")).push_bind(value);
         }
     }
     let ints = [
@@ -81,204 +88,28 @@ fn list_query(filter: &AuditFilter, placeholder: fn(usize) -> String) -> (String
     ];
     for (condition, value) in ints {
         if let Some(value) = value {
-            binds.push(Bind::Int(value));
-            sql.push_str(&format!(" AND {condition} {}", placeholder(binds.len())));
+            sql.push(&format!(" AND {condition} ")).push_bind(value);
         }
     }
-    binds.push(Bind::Int(i64::from(filter.limit)));
-    sql.push_str(&format!(
-        " ORDER BY id DESC LIMIT {}",
-        placeholder(binds.len())
-    ));
-    (sql, binds)
+    sql.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(filter.limit));
+    sql
 }
 
-fn audit_from_row<'r, R>(row: &'r R) -> Result<AuditRow, StoreError>
-where
-    R: Row,
-    &'r str: ColumnIndex<R>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-{
-    Ok(AuditRow {
-        id: row.try_get("id")?,
-        at: row.try_get("at")?,
-        action: row.try_get("action")?,
-        actor: row.try_get("actor")?,
-        source: row.try_get("source")?,
-        target: row.try_get("target")?,
-        outcome: row.try_get("outcome")?,
-        detail: row.try_get("detail")?,
-    })
-}
-
-/// Which audit rows a prune deletes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuditClass {
-    /// Refused admin authentications (`action = 'admin_auth'`).
-    RefusedAdmin,
-    /// Every other row: the management actions.
-    Management,
-}
-
-impl AuditClass {
-    fn condition(self) -> &'static str {
-        match self {
-            Self::RefusedAdmin => "action = 'admin_auth'",
-            Self::Management => "action <> 'admin_auth'",
+fn audit_from_row(row: &StoredRow) -> Result<AuditRow, StoreError> {
+    Ok(from_row!(
+        row,
+        AuditRow {
+            id,
+            at,
+            action,
+            actor,
+            source,
+            target,
+            outcome,
+            detail
         }
-    }
-}
-
-/// Rows deleted per statement, so a long prune never holds the database's writer for long.
-pub(crate) const PRUNE_CHUNK: i64 = 5_000;
-
-impl KeyStore {
-    /// Appends one row to the audit log; answers its id.
-    pub async fn append_audit(&self, row: &NewAuditRow<'_>) -> Result<i64, StoreError> {
-        const COLUMNS: &str = "at, action, actor, source, target, outcome, detail";
-        let id = match self {
-            Self::Sqlite(store) => {
-                let sql = format!(
-                    "INSERT INTO audit_log ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
-                );
-                sqlx::query_scalar::<_, i64>(&sql)
-                    .bind(row.at)
-                    .bind(row.action)
-                    .bind(row.actor)
-                    .bind(row.source)
-                    .bind(row.target)
-                    .bind(row.outcome)
-                    .bind(row.detail)
-                    .fetch_one(store.pool())
-                    .await?
-            }
-            Self::Postgres(store) => {
-                let sql = format!(
-                    "INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     RETURNING id"
-                );
-                sqlx::query_scalar::<_, i64>(&sql)
-                    .bind(row.at)
-                    .bind(row.action)
-                    .bind(row.actor)
-                    .bind(row.source)
-                    .bind(row.target)
-                    .bind(row.outcome)
-                    .bind(row.detail)
-                    .fetch_one(store.pool())
-                    .await?
-            }
-        };
-        Ok(id)
-    }
-
-    /// Replaces the `detail` of the audit row `id` (a refused-admin row whose count grew).
-    pub async fn update_audit_detail(&self, id: i64, detail: &str) -> Result<(), StoreError> {
-        match self {
-            Self::Sqlite(store) => {
-                sqlx::query("UPDATE audit_log SET detail = ? WHERE id = ?")
-                    .bind(detail)
-                    .bind(id)
-                    .execute(store.pool())
-                    .await?;
-            }
-            Self::Postgres(store) => {
-                sqlx::query("UPDATE audit_log SET detail = $1 WHERE id = $2")
-                    .bind(detail)
-                    .bind(id)
-                    .execute(store.pool())
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the audit rows of `class` older than `before` (Unix seconds), a chunk at a
-    /// time; answers how many went.
-    pub async fn prune_audit(&self, class: AuditClass, before: i64) -> Result<u64, StoreError> {
-        let condition = class.condition();
-        let mut deleted = 0;
-        loop {
-            let gone = match self {
-                Self::Sqlite(store) => {
-                    let sql = format!(
-                        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
-                         WHERE at < ? AND {condition} ORDER BY at LIMIT ?)"
-                    );
-                    sqlx::query(&sql)
-                        .bind(before)
-                        .bind(PRUNE_CHUNK)
-                        .execute(store.pool())
-                        .await?
-                        .rows_affected()
-                }
-                Self::Postgres(store) => {
-                    let sql = format!(
-                        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
-                         WHERE at < $1 AND {condition} ORDER BY at LIMIT $2)"
-                    );
-                    sqlx::query(&sql)
-                        .bind(before)
-                        .bind(PRUNE_CHUNK)
-                        .execute(store.pool())
-                        .await?
-                        .rows_affected()
-                }
-            };
-            deleted += gone;
-            if gone < PRUNE_CHUNK.unsigned_abs() {
-                return Ok(deleted);
-            }
-        }
-    }
-
-    /// Audit rows matching `filter`, newest first.
-    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-        match self {
-            Self::Sqlite(store) => {
-                let (sql, binds) = list_query(filter, |_| "?".to_owned());
-                let mut query = sqlx::query(&sql);
-                for bind in binds {
-                    query = match bind {
-                        Bind::Text(text) => query.bind(text),
-                        Bind::Int(int) => query.bind(int),
-                    };
-                }
-                let rows = query.fetch_all(store.pool()).await?;
-                rows.iter().map(audit_from_row).collect()
-            }
-            Self::Postgres(store) => {
-                let (sql, binds) = list_query(filter, |n| format!("${n}"));
-                let mut query = sqlx::query(&sql);
-                for bind in binds {
-                    query = match bind {
-                        Bind::Text(text) => query.bind(text),
-                        Bind::Int(int) => query.bind(int),
-                    };
-                }
-                let rows = query.fetch_all(store.pool()).await?;
-                rows.iter().map(audit_from_row).collect()
-            }
-        }
-    }
-
-    /// The ids and digests of the admin keys that are not revoked.
-    pub async fn active_admin_keys(&self) -> Result<Vec<(String, KeyDigest)>, StoreError> {
-        const SQL: &str = "SELECT id, digest FROM admin_keys WHERE revoked_at IS NULL";
-        let pairs: Vec<(String, String)> = match self {
-            Self::Sqlite(store) => sqlx::query_as(SQL).fetch_all(store.pool()).await?,
-            Self::Postgres(store) => sqlx::query_as(SQL).fetch_all(store.pool()).await?,
-        };
-        pairs
-            .into_iter()
-            .map(|(id, hex)| {
-                KeyDigest::from_hex(&hex)
-                    .map(|digest| (id, digest))
-                    .ok_or(StoreError::Corrupt("admin_keys.digest"))
-            })
-            .collect()
-    }
+    ))
 }
 
 #[cfg(test)]
@@ -295,13 +126,13 @@ mod tests {
             limit: 10,
             ..AuditFilter::default()
         };
-        let (sql, binds) = list_query(&filter, |n| format!("${n}"));
+        let sql = list_query(&filter);
         assert_eq!(
-            sql,
+            sql.text(),
             "SELECT id, at, action, actor, source, target, outcome, detail FROM audit_log \
              WHERE 1 = 1 AND action = $1 AND outcome = $2 AND at >= $3 AND id < $4 \
              ORDER BY id DESC LIMIT $5"
         );
-        assert_eq!(binds.len(), 5);
+        assert_eq!(sql.arg_count(), 5);
     }
 }

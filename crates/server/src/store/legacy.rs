@@ -5,75 +5,11 @@
 //! transaction; a digest already stored is updated or left as it is, never duplicated.
 
 use keygate_core::wire::KeyStatus;
-use serde_json::Map;
 
-use super::{key_from_row, KeyRecord, KeyStore, StoreError, KEY_COLUMNS};
-use crate::limits::KeyLimits;
-
-/// Format of a key record imported from an earlier system: only its SHA-256 digest is known.
-pub const FORMAT_LEGACY: &str = "legacy";
-
-/// One validated row of an import.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LegacyImportRow {
-    /// Lowercase hex SHA-256 of the key text.
-    pub digest: String,
-    pub name: String,
-    pub owner: String,
-    pub scopes: Vec<String>,
-    pub expires_at: Option<i64>,
-    /// The id the key gets if it is created (minted by the caller).
-    pub new_id: String,
-}
-
-/// What importing one row did (or, in a dry run, would do).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LegacyOutcome {
-    Created(String),
-    /// The digest was stored; its name, owner, scopes or expiry changed.
-    Updated(String),
-    /// The digest was stored with the same fields.
-    Unchanged(String),
-    /// The digest is stored as a key that is not a legacy key: refused.
-    NotLegacy,
-    /// The digest is stored as a legacy key that has ended (revoked, expired, rotated or past
-    /// its `not_after`), with other fields: refused. An import never revives an ended key nor
-    /// moves its expiry.
-    Ended(String),
-}
-
-impl LegacyImportRow {
-    fn record(&self, now: i64) -> KeyRecord {
-        KeyRecord {
-            id: self.new_id.clone(),
-            prefix: String::new(),
-            name: self.name.clone(),
-            owner: self.owner.clone(),
-            scopes: self.scopes.clone(),
-            metadata: Map::new(),
-            digest: self.digest.clone(),
-            format: FORMAT_LEGACY.to_owned(),
-            created_at: now,
-            expires_at: self.expires_at,
-            grace_until: None,
-            revoked_at: None,
-            last_used_at: None,
-            rotated_from: None,
-            rotated_to: None,
-            algorithm: None,
-            signing_kid: None,
-            limits: KeyLimits::default(),
-        }
-    }
-
-    fn matches(&self, stored: &KeyRecord) -> bool {
-        self.name == stored.name
-            && self.owner == stored.owner
-            && self.scopes == stored.scopes
-            && self.expires_at == stored.expires_at
-    }
-}
+use super::keys::{insert_key_with, select_by_digest};
+use super::sql::Sql;
+use super::{KeyStore, StoreError};
+use crate::model::{KeyRecord, LegacyImportRow, LegacyOutcome, FORMAT_LEGACY};
 
 /// What to do with one row, given the key stored under its digest (if any).
 enum Plan {
@@ -108,32 +44,21 @@ fn has_ended(stored: &KeyRecord, now: i64) -> bool {
 
 /// The update of a legacy key's fields, guarded so that it touches only a key that is still
 /// live when it runs (a revoke or an expiry committed since the key was read wins).
-fn update_sql(postgres: bool) -> String {
-    // Numbered on both backends: `now` is used three times.
-    let p = |n: usize| {
-        if postgres {
-            format!("${n}")
-        } else {
-            format!("?{n}")
-        }
-    };
-    format!(
-        "UPDATE keys SET name = {}, owner = {}, scopes = {}, expires_at = {} \
-         WHERE id = {} AND revoked_at IS NULL AND rotated_to IS NULL \
-         AND (expires_at IS NULL OR expires_at > {now}) \
-         AND (grace_until IS NULL OR grace_until > {now}) \
-         AND (not_after IS NULL OR not_after > {now})",
-        p(1),
-        p(2),
-        p(3),
-        p(4),
-        p(5),
-        now = p(6),
+fn update_query(row: &LegacyImportRow, id: &str, now: i64) -> Result<Sql, StoreError> {
+    let scopes = serde_json::to_string(&row.scopes).map_err(|_| StoreError::Corrupt("scopes"))?;
+    Ok(Sql::new(
+        "UPDATE keys SET name = $1, owner = $2, scopes = $3, expires_at = $4 \
+         WHERE id = $5 AND revoked_at IS NULL AND rotated_to IS NULL \
+         AND (expires_at IS NULL OR expires_at > $6) \
+         AND (grace_until IS NULL OR grace_until > $6) \
+         AND (not_after IS NULL OR not_after > $6)",
     )
-}
-
-fn scopes_json(scopes: &[String]) -> Result<String, StoreError> {
-    serde_json::to_string(scopes).map_err(|_| StoreError::Corrupt("scopes"))
+    .arg(row.name.as_str())
+    .arg(row.owner.as_str())
+    .arg(scopes)
+    .arg(row.expires_at)
+    .arg(id)
+    .arg(now))
 }
 
 impl KeyStore {
@@ -147,87 +72,28 @@ impl KeyStore {
         dry_run: bool,
     ) -> Result<Vec<LegacyOutcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(rows.len());
-        match self {
-            Self::Sqlite(store) => {
-                let mut tx = store.pool().begin().await?;
-                let select = format!("SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?");
-                for row in rows {
-                    let stored = sqlx::query(&select)
-                        .bind(row.digest.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let stored = stored.as_ref().map(key_from_row).transpose()?;
-                    outcomes.push(match plan(row, stored.as_ref(), now) {
-                        Plan::Insert => {
-                            super::sqlite::insert_key_with(&mut tx, &row.record(now)).await?;
-                            LegacyOutcome::Created(row.new_id.clone())
-                        }
-                        Plan::Update(id) => {
-                            let updated = sqlx::query(&update_sql(false))
-                                .bind(row.name.as_str())
-                                .bind(row.owner.as_str())
-                                .bind(scopes_json(&row.scopes)?)
-                                .bind(row.expires_at)
-                                .bind(id.as_str())
-                                .bind(now)
-                                .execute(&mut *tx)
-                                .await?
-                                .rows_affected();
-                            if updated == 1 {
-                                LegacyOutcome::Updated(id)
-                            } else {
-                                LegacyOutcome::Ended(id)
-                            }
-                        }
-                        Plan::Answer(outcome) => outcome,
-                    });
+        let mut tx = self.db.begin().await?;
+        for row in rows {
+            let stored = select_by_digest(&mut tx.conn(), &row.digest, None).await?;
+            outcomes.push(match plan(row, stored.as_ref(), now) {
+                Plan::Insert => {
+                    insert_key_with(&mut tx, &row.record(now)).await?;
+                    LegacyOutcome::Created(row.new_id.clone())
                 }
-                if dry_run {
-                    tx.rollback().await?;
-                } else {
-                    tx.commit().await?;
+                Plan::Update(id) => {
+                    if tx.execute(&update_query(row, &id, now)?).await? == 1 {
+                        LegacyOutcome::Updated(id)
+                    } else {
+                        LegacyOutcome::Ended(id)
+                    }
                 }
-            }
-            Self::Postgres(store) => {
-                let mut tx = store.pool().begin().await?;
-                let select = format!("SELECT {KEY_COLUMNS} FROM keys WHERE digest = $1");
-                for row in rows {
-                    let stored = sqlx::query(&select)
-                        .bind(row.digest.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let stored = stored.as_ref().map(key_from_row).transpose()?;
-                    outcomes.push(match plan(row, stored.as_ref(), now) {
-                        Plan::Insert => {
-                            super::postgres::insert_key_with(&mut tx, &row.record(now)).await?;
-                            LegacyOutcome::Created(row.new_id.clone())
-                        }
-                        Plan::Update(id) => {
-                            let updated = sqlx::query(&update_sql(true))
-                                .bind(row.name.as_str())
-                                .bind(row.owner.as_str())
-                                .bind(scopes_json(&row.scopes)?)
-                                .bind(row.expires_at)
-                                .bind(id.as_str())
-                                .bind(now)
-                                .execute(&mut *tx)
-                                .await?
-                                .rows_affected();
-                            if updated == 1 {
-                                LegacyOutcome::Updated(id)
-                            } else {
-                                LegacyOutcome::Ended(id)
-                            }
-                        }
-                        Plan::Answer(outcome) => outcome,
-                    });
-                }
-                if dry_run {
-                    tx.rollback().await?;
-                } else {
-                    tx.commit().await?;
-                }
-            }
+                Plan::Answer(outcome) => outcome,
+            });
+        }
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
         }
         Ok(outcomes)
     }
@@ -235,28 +101,8 @@ impl KeyStore {
     /// The legacy key stored under `digest` (lowercase hex SHA-256), if any. Keys of any
     /// other format are never answered here.
     pub async fn get_legacy_key(&self, digest: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = match self {
-            Self::Sqlite(store) => {
-                let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE format = ? AND digest = ?");
-                let row = sqlx::query(&sql)
-                    .bind(FORMAT_LEGACY)
-                    .bind(digest)
-                    .fetch_optional(store.pool())
-                    .await?;
-                row.as_ref().map(key_from_row).transpose()?
-            }
-            Self::Postgres(store) => {
-                let sql =
-                    format!("SELECT {KEY_COLUMNS} FROM keys WHERE format = $1 AND digest = $2");
-                let row = sqlx::query(&sql)
-                    .bind(FORMAT_LEGACY)
-                    .bind(digest)
-                    .fetch_optional(store.pool())
-                    .await?;
-                row.as_ref().map(key_from_row).transpose()?
-            }
-        };
-        Ok(row)
+        let mut conn = self.db.acquire().await?;
+        select_by_digest(&mut conn.conn(), digest, Some(FORMAT_LEGACY)).await
     }
 }
 

@@ -1,11 +1,11 @@
 //! Per-key limits in the `keys` table, and key updates (`PATCH /api/v1/auth/keys/{id}`).
 
 use keygate_core::wire::RateLimit;
-use serde_json::{Map, Value};
-use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{encode_json_fields, KeyRecord, KeyStore, StoreError};
-use crate::limits::KeyLimits;
+use super::keys::{encode_json_fields, key_from_row, KEY_COLUMNS};
+use super::sql::{Sql, StoredRow};
+use super::{KeyStore, StoreError};
+use crate::model::{KeyLimits, KeyPatch, KeyRecord};
 
 /// The limit columns of a key record, as bound into SQL.
 pub(super) struct LimitColumns {
@@ -29,16 +29,9 @@ impl LimitColumns {
     }
 }
 
-pub(super) fn limits_from_row<'r, R>(row: &'r R) -> Result<KeyLimits, StoreError>
-where
-    R: Row,
-    &'r str: ColumnIndex<R>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    f64: Decode<'r, R::Database> + Type<R::Database>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let rps: Option<f64> = row.try_get("rate_limit_rps")?;
-    let burst: Option<i64> = row.try_get("rate_limit_burst")?;
+pub(super) fn limits_from_row(row: &StoredRow) -> Result<KeyLimits, StoreError> {
+    let rps: Option<f64> = row.get("rate_limit_rps")?;
+    let burst: Option<i64> = row.get("rate_limit_burst")?;
     let rate_limit = match (rps, burst) {
         (None, None) => None,
         (Some(requests_per_second), Some(burst)) => Some(RateLimit {
@@ -48,93 +41,14 @@ where
         }),
         _ => return Err(StoreError::Corrupt("keys.rate_limit_rps")),
     };
-    let cidrs: String = row.try_get("allowed_cidrs")?;
+    let cidrs: String = row.get("allowed_cidrs")?;
     Ok(KeyLimits {
         rate_limit,
         allowed_cidrs: serde_json::from_str(&cidrs)
             .map_err(|_| StoreError::Corrupt("keys.allowed_cidrs"))?,
-        not_before: row.try_get("not_before")?,
-        not_after: row.try_get("not_after")?,
+        not_before: row.get("not_before")?,
+        not_after: row.get("not_after")?,
     })
-}
-
-/// A change to a key: `None` keeps a field; for limits, `Some(None)` clears one.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct KeyPatch {
-    pub name: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    pub metadata: Option<Map<String, Value>>,
-    pub rate_limit: Option<Option<RateLimit>>,
-    pub allowed_cidrs: Option<Vec<String>>,
-    pub not_before: Option<Option<i64>>,
-    pub not_after: Option<Option<i64>>,
-}
-
-impl KeyPatch {
-    /// Applies the patch to `record`.
-    pub fn apply(&self, record: &mut KeyRecord) {
-        if let Some(name) = &self.name {
-            record.name.clone_from(name);
-        }
-        if let Some(scopes) = &self.scopes {
-            record.scopes.clone_from(scopes);
-        }
-        if let Some(metadata) = &self.metadata {
-            record.metadata.clone_from(metadata);
-        }
-        if let Some(rate_limit) = self.rate_limit {
-            record.limits.rate_limit = rate_limit;
-        }
-        if let Some(cidrs) = &self.allowed_cidrs {
-            record.limits.allowed_cidrs.clone_from(cidrs);
-        }
-        if let Some(not_before) = self.not_before {
-            record.limits.not_before = not_before;
-        }
-        if let Some(not_after) = self.not_after {
-            record.limits.not_after = not_after;
-        }
-    }
-
-    /// Names of the fields this patch sets or clears, for logs and the audit log.
-    pub fn changed_fields(&self) -> Vec<&'static str> {
-        let mut fields = Vec::new();
-        let mut note = |set: bool, name: &'static str| {
-            if set {
-                fields.push(name);
-            }
-        };
-        note(self.name.is_some(), "name");
-        note(self.scopes.is_some(), "scopes");
-        note(self.metadata.is_some(), "metadata");
-        note(self.rate_limit.is_some(), "rate_limit");
-        note(self.allowed_cidrs.is_some(), "allowed_cidrs");
-        note(self.not_before.is_some(), "not_before");
-        note(self.not_after.is_some(), "not_after");
-        fields
-    }
-}
-
-const UPDATE_SQLITE: &str = "UPDATE keys SET name = ?, scopes = ?, metadata = ?, \
-     rate_limit_rps = ?, rate_limit_burst = ?, allowed_cidrs = ?, not_before = ?, not_after = ? \
-     WHERE id = ?";
-const UPDATE_POSTGRES: &str = "UPDATE keys SET name = $1, scopes = $2, metadata = $3, \
-     rate_limit_rps = $4, rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, \
-     not_after = $8 WHERE id = $9";
-
-macro_rules! bind_update {
-    ($sql:expr, $record:expr, $scopes:expr, $metadata:expr, $limits:expr) => {
-        sqlx::query($sql)
-            .bind($record.name.as_str())
-            .bind($scopes)
-            .bind($metadata)
-            .bind($limits.rate_limit_rps)
-            .bind($limits.rate_limit_burst)
-            .bind($limits.allowed_cidrs)
-            .bind($limits.not_before)
-            .bind($limits.not_after)
-            .bind($record.id.as_str())
-    };
 }
 
 impl KeyStore {
@@ -146,56 +60,35 @@ impl KeyStore {
         patch: &KeyPatch,
         check: impl FnOnce(&KeyRecord) -> Result<(), E>,
     ) -> Result<Result<KeyRecord, E>, StoreError> {
-        let select = format!("SELECT {} FROM keys WHERE id = ", super::KEY_COLUMNS);
-        match self {
-            Self::Sqlite(store) => {
-                let mut tx = store.pool().begin().await?;
-                // Write first, so this transaction holds the write lock before it reads.
-                let found = sqlx::query("UPDATE keys SET id = id WHERE id = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if found != 1 {
-                    return Err(StoreError::KeyNotFound);
-                }
-                let row = sqlx::query(&format!("{select}?"))
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let mut record = super::key_from_row(&row)?;
-                patch.apply(&mut record);
-                if let Err(refusal) = check(&record) {
-                    return Ok(Err(refusal));
-                }
-                let (scopes, metadata) = encode_json_fields(&record)?;
-                let limits = LimitColumns::of(&record.limits)?;
-                bind_update!(UPDATE_SQLITE, record, scopes, metadata, limits)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(Ok(record))
-            }
-            Self::Postgres(store) => {
-                let mut tx = store.pool().begin().await?;
-                let row = sqlx::query(&format!("{select}$1 FOR UPDATE"))
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or(StoreError::KeyNotFound)?;
-                let mut record = super::key_from_row(&row)?;
-                patch.apply(&mut record);
-                if let Err(refusal) = check(&record) {
-                    return Ok(Err(refusal));
-                }
-                let (scopes, metadata) = encode_json_fields(&record)?;
-                let limits = LimitColumns::of(&record.limits)?;
-                bind_update!(UPDATE_POSTGRES, record, scopes, metadata, limits)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(Ok(record))
-            }
+        let mut tx = self
+            .db
+            .begin_holding("keys", id)
+            .await?
+            .ok_or(StoreError::KeyNotFound)?;
+        let select = Sql::new(format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1")).arg(id);
+        let mut record = key_from_row(&tx.fetch_one(&select).await?)?;
+        patch.apply(&mut record);
+        if let Err(refusal) = check(&record) {
+            return Ok(Err(refusal));
         }
+        let (scopes, metadata) = encode_json_fields(&record)?;
+        let limits = LimitColumns::of(&record.limits)?;
+        let update = Sql::new(
+            "UPDATE keys SET name = $1, scopes = $2, metadata = $3, rate_limit_rps = $4, \
+             rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, not_after = $8 \
+             WHERE id = $9",
+        )
+        .arg(record.name.as_str())
+        .arg(scopes)
+        .arg(metadata)
+        .arg(limits.rate_limit_rps)
+        .arg(limits.rate_limit_burst)
+        .arg(limits.allowed_cidrs)
+        .arg(limits.not_before)
+        .arg(limits.not_after)
+        .arg(record.id.as_str());
+        tx.execute(&update).await?;
+        tx.commit().await?;
+        Ok(Ok(record))
     }
 }

@@ -1,28 +1,23 @@
-//! The PostgreSQL backend: several `keygate serve` replicas share one database.
+//! The PostgreSQL backend: several `keygate serve` replicas share one database. Particular to
+//! it are connecting, migrating, and telling the other replicas about feed events; every
+//! query is shared with SQLite (see [`super::sql`]).
 //!
 //! Sequence numbers come from an identity column; every transaction that adds an event locks
 //! the feed state row first, so events commit in sequence order across replicas. Each event
-//! transaction also sends `NOTIFY keygate_revocations, '<seq>'`, which PostgreSQL delivers at
-//! commit to every replica's listener task; that task updates the replica's feed signal, so a
-//! revoke on replica A wakes the long-polls held on replica B.
+//! transaction also sends `NOTIFY keygate_revocations, '<seq>'` ([`notify`]), which PostgreSQL
+//! delivers at commit to every replica's listener task; that task updates the replica's feed
+//! signal, so a revoke on replica A wakes the long-polls held on replica B.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::key::KeyDigest;
-use keygate_core::wire::KeyStatus;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
 use tokio::task::JoinHandle;
 
-use super::{
-    encode_json_fields, event_from_row, i64_of, key_from_row, rotation_refusal,
-    signing_key_from_row, u64_of, FeedEventInput, KeyRecord, NewEvent, PageAfter, SigningKeyRow,
-    StoreError, APPEND_CHUNK, EVENT_COLUMNS, KEY_COLUMNS, SIGNING_KEY_COLUMNS,
-};
-use crate::feed::{self, EventKind, FeedRequest, FeedSignal, FeedState, RevocationFeed};
+use super::sql::Db;
+use super::{FeedSignal, StoreError};
 
 /// The `LISTEN`/`NOTIFY` channel of feed events; the payload is the sequence number.
 pub const FEED_CHANNEL: &str = "keygate_revocations";
@@ -30,609 +25,67 @@ pub const FEED_CHANNEL: &str = "keygate_revocations";
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The PostgreSQL backend, for several replicas sharing one database.
-#[derive(Clone, Debug)]
-pub struct PostgresStore {
-    pool: PgPool,
-    signal: Arc<FeedSignal>,
-    /// Whether the listener task has a live connection right now.
-    listening: Arc<AtomicBool>,
-    _listener: Arc<ListenerTask>,
-}
-
-/// SQL for the effective expiry (LEAST ignores NULLs; NULL only if both are).
-const EFFECTIVE_EXPIRY: &str = "LEAST(expires_at, grace_until)";
-
-impl PostgresStore {
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        let signal = Arc::new(FeedSignal::new(0));
-        // Listen before reading the current seq, so no commit falls in between.
-        let listener = listen(&options).await?;
-        let listening = Arc::new(AtomicBool::new(true));
-        let listener = tokio::spawn(follow_notifications(
-            listener,
-            options,
-            pool.clone(),
-            signal.clone(),
-            listening.clone(),
-        ));
-        let store = Self {
-            pool,
-            signal,
-            listening,
-            _listener: Arc::new(ListenerTask(listener)),
-        };
-        store.signal.publish(store.feed_seq().await?);
-        Ok(store)
-    }
-
-    pub(super) fn signal(&self) -> &FeedSignal {
-        &self.signal
-    }
-
-    /// The pool, for the audit log and legacy key queries (`store/audit.rs`, `store/legacy.rs`).
-    pub(super) fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Whether this replica currently hears the other replicas' events.
-    pub fn listening(&self) -> bool {
-        self.listening.load(Ordering::Relaxed)
-    }
-
-    pub(super) async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_key_with(&mut tx, key).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub(super) async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(key_from_row).transpose()
-    }
-
-    pub(super) async fn list_keys(
-        &self,
-        after: Option<&PageAfter>,
-        limit: u32,
-        status: Option<KeyStatus>,
-        now: i64,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE 1 = 1");
-        let mut next = 1;
-        if after.is_some() {
-            sql.push_str(" AND (created_at > $1 OR (created_at = $1 AND id > $2))");
-            next = 3;
-        }
-        match status {
-            None => {}
-            Some(KeyStatus::Revoked) => sql.push_str(" AND revoked_at IS NOT NULL"),
-            Some(KeyStatus::Expired) => {
-                sql.push_str(&format!(
-                    " AND revoked_at IS NULL AND {EFFECTIVE_EXPIRY} IS NOT NULL \
-                     AND {EFFECTIVE_EXPIRY} <= ${next}"
-                ));
-                next += 1;
-            }
-            Some(KeyStatus::Active) => {
-                sql.push_str(&format!(
-                    " AND revoked_at IS NULL AND ({EFFECTIVE_EXPIRY} IS NULL \
-                     OR {EFFECTIVE_EXPIRY} > ${next})"
-                ));
-                next += 1;
-            }
-        }
-        sql.push_str(&format!(" ORDER BY created_at, id LIMIT ${next}"));
-        let mut query = sqlx::query(&sql);
-        if let Some(after) = after {
-            query = query.bind(after.created_at).bind(after.id.as_str());
-        }
-        if matches!(status, Some(KeyStatus::Expired | KeyStatus::Active)) {
-            query = query.bind(now);
-        }
-        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        rows.iter().map(key_from_row).collect()
-    }
-
-    pub(super) async fn revoke_key(
-        &self,
-        id: &str,
-        now: i64,
-    ) -> Result<(KeyRecord, Option<u64>), StoreError> {
-        let mut tx = begin_feed_write(&self.pool).await?;
-        let Some(mut record) = select_key(&mut tx, id).await? else {
-            return Err(StoreError::KeyNotFound);
-        };
-        if record.revoked_at.is_some() {
-            return Ok((record, None));
-        }
-        let ended = record.status(now) != KeyStatus::Active;
-        sqlx::query("UPDATE keys SET revoked_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        record.revoked_at = Some(now);
-        let seq = if ended {
-            None
-        } else {
-            let event = NewEvent {
-                kind: EventKind::Revoked,
-                effective_at: now,
-                until: record.expires_at,
-            };
-            Some(insert_event(&mut tx, id, &event, now).await?)
-        };
-        tx.commit().await?;
-        Ok((record, seq))
-    }
-
-    pub(super) async fn rotate_key(
-        &self,
-        old_id: &str,
-        new_key: &KeyRecord,
-        grace_until: i64,
-        now: i64,
-    ) -> Result<(KeyRecord, KeyRecord, u64), StoreError> {
-        let mut tx = begin_feed_write(&self.pool).await?;
-        let Some(mut old) = select_key(&mut tx, old_id).await? else {
-            return Err(StoreError::KeyNotFound);
-        };
-        if let Some(refusal) = rotation_refusal(&old, now) {
-            return Err(refusal);
-        }
-        sqlx::query("UPDATE keys SET grace_until = $1, rotated_to = $2 WHERE id = $3")
-            .bind(grace_until)
-            .bind(new_key.id.as_str())
-            .bind(old_id)
-            .execute(&mut *tx)
-            .await?;
-        old.grace_until = Some(grace_until);
-        old.rotated_to = Some(new_key.id.clone());
-        let mut successor = new_key.clone();
-        successor.rotated_from = Some(old.id.clone());
-        insert_key_with(&mut tx, &successor).await?;
-        let event = NewEvent {
-            kind: EventKind::Rotated,
-            effective_at: old.effective_expiry().unwrap_or(grace_until),
-            until: old.expires_at,
-        };
-        let seq = insert_event(&mut tx, old_id, &event, now).await?;
-        tx.commit().await?;
-        Ok((old, successor, seq))
-    }
-
-    pub(super) async fn expire_key(
-        &self,
-        id: &str,
-        now: i64,
-    ) -> Result<(KeyRecord, Option<u64>), StoreError> {
-        let mut tx = begin_feed_write(&self.pool).await?;
-        let Some(mut record) = select_key(&mut tx, id).await? else {
-            return Err(StoreError::KeyNotFound);
-        };
-        if record.status(now) != KeyStatus::Active {
-            return Ok((record, None));
-        }
-        sqlx::query("UPDATE keys SET expires_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let event = NewEvent {
-            kind: EventKind::Expired,
-            effective_at: now,
-            until: record.expires_at,
-        };
-        record.expires_at = Some(now);
-        let seq = insert_event(&mut tx, id, &event, now).await?;
-        tx.commit().await?;
-        Ok((record, Some(seq)))
-    }
-
-    pub(super) async fn read_feed(
-        &self,
-        request: FeedRequest,
-        limit: usize,
-        now: i64,
-    ) -> Result<RevocationFeed, StoreError> {
-        // One snapshot of the state row and the events.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let state = select_feed_state(&mut tx).await?;
-        let query = feed::plan(request, state, now);
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM revocation_events WHERE seq > $1 AND created_at >= $2 \
-             AND (key_expires_at IS NULL OR key_expires_at >= $3) ORDER BY seq LIMIT $4"
-        ))
-        .bind(i64_of(query.after))
-        .bind(query.created_from)
-        .bind(query.until_from)
-        .bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+/// Opens a pool on the database at `url` and applies the migrations.
+pub(super) async fn connect(url: &str) -> Result<(PgPool, PgConnectOptions), StoreError> {
+    let options = PgConnectOptions::from_str(url)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.clone())
         .await?;
-        let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
-        let first_retained_at = if query.behind_pruned {
-            sqlx::query(
-                "SELECT created_at FROM revocation_events WHERE seq > $1 ORDER BY seq LIMIT 1",
-            )
-            .bind(i64_of(state.compacted_through))
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| row.try_get::<i64, _>("created_at"))
-            .transpose()?
-        } else {
-            None
-        };
-        tx.commit().await?;
-        let horizon = query.horizon(first_retained_at, now);
-        Ok(feed::page(events, state, &query, horizon, limit))
-    }
-
-    pub(super) async fn compact_feed(
-        &self,
-        expired_before: i64,
-        created_before: i64,
-    ) -> Result<u64, StoreError> {
-        let mut tx = begin_feed_write(&self.pool).await?;
-        // Pruned by age: followers behind these may have missed events that still mattered.
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, COALESCE(MAX(seq), 0) AS top FROM revocation_events \
-             WHERE created_at < $1",
-        )
-        .bind(created_before)
-        .fetch_one(&mut *tx)
-        .await?;
-        let old: i64 = row.try_get("n")?;
-        let top: i64 = row.try_get("top")?;
-        if old > 0 {
-            sqlx::query("DELETE FROM revocation_events WHERE created_at < $1")
-                .bind(created_before)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "UPDATE feed_state SET compacted_through = GREATEST(compacted_through, $1) \
-                 WHERE id = 1",
-            )
-            .bind(top)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Past the key's own expiry: can never matter again, to anyone.
-        let ended = sqlx::query("DELETE FROM revocation_events WHERE key_expires_at < $1")
-            .bind(expired_before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(u64_of(old, "revocation_events")?.saturating_add(ended))
-    }
-
-    pub(super) async fn append_feed_events(
-        &self,
-        events: &[FeedEventInput],
-        now: i64,
-    ) -> Result<u64, StoreError> {
-        let mut tx = begin_feed_write(&self.pool).await?;
-        for chunk in events.chunks(APPEND_CHUNK) {
-            let mut insert = sqlx::QueryBuilder::<Postgres>::new(
-                "INSERT INTO revocation_events \
-                 (key_id, kind, effective_at, key_expires_at, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, event| {
-                row.push_bind(event.id.as_str())
-                    .push_bind(event.kind.as_str())
-                    .push_bind(event.effective_at)
-                    .push_bind(event.until)
-                    .push_bind(now);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        let seq: i64 = sqlx::query(
-            "UPDATE feed_state SET last_seq = \
-             GREATEST(last_seq, (SELECT COALESCE(MAX(seq), 0) FROM revocation_events)) \
-             WHERE id = 1 RETURNING last_seq",
-        )
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("last_seq")?;
-        // Delivered to every listening replica when (and only if) the transaction commits.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(FEED_CHANNEL)
-            .bind(seq.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        u64_of(seq, "feed_state.last_seq")
-    }
-
-    pub(super) async fn feed_seq(&self) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(select_feed_state(&mut conn).await?.last_seq)
-    }
-
-    pub(super) async fn active_signing_key(
-        &self,
-        algorithm: &str,
-    ) -> Result<Option<SigningKeyRow>, StoreError> {
-        let sql = format!(
-            "SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys \
-             WHERE algorithm = $1 AND retired_at IS NULL"
-        );
-        let row = sqlx::query(&sql)
-            .bind(algorithm)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(signing_key_from_row).transpose()
-    }
-
-    pub(super) async fn get_signing_key(
-        &self,
-        kid: &str,
-    ) -> Result<Option<SigningKeyRow>, StoreError> {
-        let sql = format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys WHERE kid = $1");
-        let row = sqlx::query(&sql)
-            .bind(kid)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(signing_key_from_row).transpose()
-    }
-
-    pub(super) async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
-        let sql =
-            format!("SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid");
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
-        rows.iter().map(signing_key_from_row).collect()
-    }
-
-    pub(super) async fn insert_first_signing_key(
-        &self,
-        key: &SigningKeyRow,
-    ) -> Result<bool, StoreError> {
-        // The partial unique index allows one active key per algorithm; a loser is ignored.
-        let inserted = insert_signing_key_with(&self.pool, key, "ON CONFLICT DO NOTHING")
-            .await?
-            .rows_affected();
-        Ok(inserted == 1)
-    }
-
-    pub(super) async fn rotate_signing_key(
-        &self,
-        key: &SigningKeyRow,
-        now: i64,
-    ) -> Result<Option<String>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let retired = sqlx::query(
-            "UPDATE signing_keys SET retired_at = $1 \
-             WHERE algorithm = $2 AND retired_at IS NULL RETURNING kid",
-        )
-        .bind(now)
-        .bind(key.algorithm.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|row| row.try_get::<String, _>("kid"))
-        .transpose()?;
-        insert_signing_key_with(&mut *tx, key, "").await?;
-        tx.commit().await?;
-        Ok(retired)
-    }
-
-    pub(super) async fn count_admin_keys(&self) -> Result<i64, StoreError> {
-        let count = sqlx::query("SELECT COUNT(*) FROM admin_keys")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get::<i64, _>(0)?;
-        Ok(count)
-    }
-
-    pub(super) async fn insert_admin_key(
-        &self,
-        id: &str,
-        digest: &KeyDigest,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO admin_keys (id, digest, created_at) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(digest.to_hex())
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub(super) async fn active_admin_digests(&self) -> Result<Vec<KeyDigest>, StoreError> {
-        let rows = sqlx::query("SELECT digest FROM admin_keys WHERE revoked_at IS NULL")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let hex: String = row.try_get("digest")?;
-                KeyDigest::from_hex(&hex).ok_or(StoreError::Corrupt("admin_keys.digest"))
-            })
-            .collect()
-    }
+    sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+    Ok((pool, options))
 }
 
-/// Stores a key record; for a JWT key, also extends the publication of the signing key that
-/// signed it to the token's expiry. Runs inside the caller's transaction.
-pub(super) async fn insert_key_with(
-    tx: &mut Transaction<'_, Postgres>,
-    key: &KeyRecord,
-) -> Result<(), StoreError> {
-    if let Some(kid) = key.signing_kid.as_deref() {
-        let extended =
-            match key.expires_at {
-                Some(exp) => sqlx::query(
-                    "UPDATE signing_keys SET not_after = GREATEST(COALESCE(not_after, $1), $2) \
-                     WHERE kid = $3",
-                )
-                .bind(exp)
-                .bind(exp)
-                .bind(kid)
-                .execute(&mut **tx)
-                .await?,
-                None => {
-                    sqlx::query("UPDATE signing_keys SET signs_forever = TRUE WHERE kid = $1")
-                        .bind(kid)
-                        .execute(&mut **tx)
-                        .await?
-                }
-            };
-        if extended.rows_affected() != 1 {
-            return Err(StoreError::SigningKeyNotFound);
-        }
-    }
-    let (scopes, metadata) = encode_json_fields(key)?;
-    let limits = super::limits::LimitColumns::of(&key.limits)?;
-    sqlx::query(&format!(
-        "INSERT INTO keys ({KEY_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
-    ))
-    .bind(key.id.as_str())
-    .bind(key.prefix.as_str())
-    .bind(key.name.as_str())
-    .bind(key.owner.as_str())
-    .bind(scopes)
-    .bind(metadata)
-    .bind(key.digest.as_str())
-    .bind(key.format.as_str())
-    .bind(key.created_at)
-    .bind(key.expires_at)
-    .bind(key.grace_until)
-    .bind(key.revoked_at)
-    .bind(key.last_used_at)
-    .bind(key.rotated_from.as_deref())
-    .bind(key.rotated_to.as_deref())
-    .bind(key.algorithm.as_deref())
-    .bind(key.signing_kid.as_deref())
-    .bind(limits.rate_limit_rps)
-    .bind(limits.rate_limit_burst)
-    .bind(limits.allowed_cidrs)
-    .bind(limits.not_before)
-    .bind(limits.not_after)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_signing_key_with<'e, E>(
-    executor: E,
-    key: &SigningKeyRow,
-    on_conflict: &str,
-) -> Result<sqlx::postgres::PgQueryResult, StoreError>
-where
-    E: sqlx::Executor<'e, Database = Postgres>,
-{
-    let result = sqlx::query(&format!(
-        "INSERT INTO signing_keys ({SIGNING_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         {on_conflict}"
-    ))
-    .bind(key.kid.as_str())
-    .bind(key.algorithm.as_str())
-    .bind(key.public_jwk.as_str())
-    .bind(key.private_key_enc.as_slice())
-    .bind(key.created_at)
-    .bind(key.retired_at)
-    .bind(key.not_after)
-    .bind(key.signs_forever)
-    .execute(executor)
-    .await?;
-    Ok(result)
-}
-
-/// Begins a transaction that may add a feed event: it first locks the feed state row, which
-/// serializes every such transaction across replicas. So the key it reads next is current,
-/// and events commit in `seq` order (a follower never sees seq 11 before seq 10 commits).
-async fn begin_feed_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT last_seq FROM feed_state WHERE id = 1 FOR UPDATE")
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::FeedStateMissing)?;
-    Ok(tx)
-}
-
-async fn select_key(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &str,
-) -> Result<Option<KeyRecord>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.as_ref().map(key_from_row).transpose()
-}
-
-/// Adds an event inside the caller's transaction; answers its sequence number.
-async fn insert_event(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &str,
-    event: &NewEvent,
-    now: i64,
-) -> Result<u64, StoreError> {
-    let seq: i64 = sqlx::query(
-        "INSERT INTO revocation_events (key_id, kind, effective_at, key_expires_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-    )
-    .bind(id)
-    .bind(event.kind.as_str())
-    .bind(event.effective_at)
-    .bind(event.until)
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?
-    .try_get("seq")?;
-    sqlx::query("UPDATE feed_state SET last_seq = $1 WHERE id = 1")
-        .bind(seq)
-        .execute(&mut **tx)
-        .await?;
-    // Delivered to every listening replica when (and only if) the transaction commits.
+/// Tells every listening replica, when (and only if) the transaction on `conn` commits, that
+/// the feed reached `seq`.
+pub(super) async fn notify(conn: &mut PgConnection, seq: i64) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(FEED_CHANNEL)
         .bind(seq.to_string())
-        .execute(&mut **tx)
+        .execute(conn)
         .await?;
-    u64_of(seq, "revocation_events.seq")
+    Ok(())
 }
 
-async fn select_feed_state(conn: &mut PgConnection) -> Result<FeedState, StoreError> {
-    let row = sqlx::query("SELECT last_seq, compacted_through FROM feed_state WHERE id = 1")
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(StoreError::FeedStateMissing)?;
-    Ok(FeedState {
-        last_seq: u64_of(row.try_get("last_seq")?, "feed_state.last_seq")?,
-        compacted_through: u64_of(
-            row.try_get("compacted_through")?,
-            "feed_state.compacted_through",
-        )?,
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Listening to the other replicas
-
-/// The listener task; aborted when the last clone of the store is dropped.
+/// The task that hears the other replicas' events; aborted when the last clone of the store is
+/// dropped.
 #[derive(Debug)]
-struct ListenerTask(JoinHandle<()>);
+pub(super) struct Listener {
+    task: JoinHandle<()>,
+    /// Whether the task has a live connection right now.
+    listening: Arc<AtomicBool>,
+}
 
-impl Drop for ListenerTask {
+impl Listener {
+    /// Starts listening and publishes every notified sequence number on `signal`. (Read the
+    /// current one after this, so no commit falls in between.)
+    pub(super) async fn start(
+        options: PgConnectOptions,
+        db: Db,
+        signal: Arc<FeedSignal>,
+    ) -> Result<Self, StoreError> {
+        let listener = listen(&options).await?;
+        let listening = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(follow_notifications(
+            listener,
+            options,
+            db,
+            signal,
+            listening.clone(),
+        ));
+        Ok(Self { task, listening })
+    }
+
+    /// Whether this replica currently hears the other replicas' events.
+    pub(super) fn listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Listener {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -659,7 +112,7 @@ async fn listen(options: &PgConnectOptions) -> Result<PgListener, StoreError> {
 async fn follow_notifications(
     mut listener: PgListener,
     options: PgConnectOptions,
-    pool: PgPool,
+    db: Db,
     signal: Arc<FeedSignal>,
     listening: Arc<AtomicBool>,
 ) {
@@ -687,7 +140,7 @@ async fn follow_notifications(
         drop(listener);
         listener = reconnect(&options).await;
         listening.store(true, Ordering::Relaxed);
-        match current_seq(&pool).await {
+        match super::feed::committed_seq(&db).await {
             Ok(seq) => {
                 tracing::info!(seq, "revocation listener reconnected");
                 signal.publish(seq);
@@ -711,9 +164,4 @@ async fn reconnect(options: &PgConnectOptions) -> PgListener {
             }
         }
     }
-}
-
-async fn current_seq(pool: &PgPool) -> Result<u64, StoreError> {
-    let mut conn = pool.acquire().await?;
-    Ok(select_feed_state(&mut conn).await?.last_seq)
 }

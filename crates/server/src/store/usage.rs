@@ -1,147 +1,13 @@
 //! Usage analytics: per-minute counts per key, applied once per batch id.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-use sqlx::Row;
-
+use super::sql::{from_row, Dialect, Sql, StoredRow, Tx, PRUNE_CHUNK};
 use super::{KeyStore, StoreError};
+use crate::model::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};
 
-/// How long an applied batch id is remembered (a retry later than this counts again).
-pub const BATCH_ID_RETENTION_S: i64 = 86_400;
 /// Rows per multi-row statement (well under both backends' bind-parameter limits).
 const CHUNK: usize = 1000;
-
-/// One batch, merged and checked by the caller: counts by (key id, minute, kind, name), and
-/// the latest use of each key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UsageDelta {
-    /// `kind` is `allowed` (name empty), `denied` (name = reason) or `status` (`2xx` ...).
-    pub counts: BTreeMap<(String, i64, &'static str, String), i64>,
-    pub last_used: BTreeMap<String, i64>,
-}
-
-/// One aggregated cell of a usage query.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UsageCell {
-    /// Start of the step (Unix seconds, a multiple of the step).
-    pub bucket: i64,
-    pub kind: String,
-    pub name: String,
-    pub count: i64,
-}
-
-/// SQL placeholder `n` (1-based) of a backend.
-fn placeholder(postgres: bool, n: usize) -> String {
-    if postgres {
-        format!("${n}")
-    } else {
-        "?".to_owned()
-    }
-}
-
-fn insert_counts_sql(postgres: bool, rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO usage_counts (key_id, minute, kind, name, count) VALUES ");
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        let p = |i: usize| placeholder(postgres, row * 5 + i);
-        sql.push_str(&format!(
-            "({}, {}, {}, {}, {})",
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5)
-        ));
-    }
-    sql.push_str(
-        " ON CONFLICT (key_id, minute, kind, name) DO UPDATE SET count = usage_counts.count + excluded.count",
-    );
-    sql
-}
-
-fn last_used_sql(postgres: bool, rows: usize) -> String {
-    let mut values = String::new();
-    for row in 0..rows {
-        if row > 0 {
-            values.push_str(", ");
-        }
-        let p = |i: usize| placeholder(postgres, row * 2 + i);
-        values.push_str(&format!("({}, {})", p(1), p(2)));
-    }
-    if postgres {
-        format!(
-            "UPDATE keys SET last_used_at = GREATEST(keys.last_used_at, v.t) \
-             FROM (VALUES {values}) AS v(id, t) WHERE keys.id = v.id"
-        )
-    } else {
-        format!(
-            "UPDATE keys SET last_used_at = MAX(COALESCE(keys.last_used_at, v.column2), v.column2) \
-             FROM (VALUES {values}) AS v WHERE keys.id = v.column1"
-        )
-    }
-}
-
-/// Applies a batch in the caller's transaction `$tx` of backend `$postgres`.
-macro_rules! apply_in {
-    ($tx:ident, $postgres:expr, $batch_id:expr, $delta:expr, $now:expr) => {{
-        let p = |n| placeholder($postgres, n);
-        let fresh = sqlx::query(&format!(
-            "INSERT INTO usage_batches (batch_id, applied_at) VALUES ({}, {}) \
-             ON CONFLICT (batch_id) DO NOTHING",
-            p(1),
-            p(2)
-        ))
-        .bind($batch_id)
-        .bind($now)
-        .execute(&mut *$tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if fresh {
-            let counts: Vec<_> = $delta.counts.iter().collect();
-            for chunk in counts.chunks(CHUNK) {
-                let sql = insert_counts_sql($postgres, chunk.len());
-                let mut query = sqlx::query(&sql);
-                for ((key_id, minute, kind, name), count) in chunk {
-                    query = query
-                        .bind(key_id.as_str())
-                        .bind(*minute)
-                        .bind(*kind)
-                        .bind(name.as_str())
-                        .bind(**count);
-                }
-                query.execute(&mut *$tx).await?;
-            }
-            let used: Vec<_> = $delta.last_used.iter().collect();
-            for chunk in used.chunks(CHUNK) {
-                let sql = last_used_sql($postgres, chunk.len());
-                let mut query = sqlx::query(&sql);
-                for (key_id, at) in chunk {
-                    query = query.bind(key_id.as_str()).bind(**at);
-                }
-                query.execute(&mut *$tx).await?;
-            }
-            sqlx::query(&format!(
-                "DELETE FROM usage_batches WHERE applied_at < {}",
-                p(1)
-            ))
-            .bind($now.saturating_sub(BATCH_ID_RETENTION_S))
-            .execute(&mut *$tx)
-            .await?;
-        }
-        fresh
-    }};
-}
-
-const CELLS_SQLITE: &str = "SELECT minute - (minute % ?) AS bucket, kind, name, \
-     CAST(SUM(count) AS BIGINT) AS total FROM usage_counts \
-     WHERE key_id = ? AND minute >= ? AND minute < ? GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
-const CELLS_POSTGRES: &str = "SELECT minute - (minute % $1) AS bucket, kind, name, \
-     CAST(SUM(count) AS BIGINT) AS total FROM usage_counts \
-     WHERE key_id = $2 AND minute >= $3 AND minute < $4 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
 
 impl KeyStore {
     /// Applies a usage batch in one transaction, unless `batch_id` was applied in the last
@@ -153,20 +19,10 @@ impl KeyStore {
         delta: &UsageDelta,
         now: i64,
     ) -> Result<bool, StoreError> {
-        match self {
-            Self::Sqlite(store) => {
-                let mut tx = store.pool().begin().await?;
-                let fresh = apply_in!(tx, false, batch_id, delta, now);
-                tx.commit().await?;
-                Ok(fresh)
-            }
-            Self::Postgres(store) => {
-                let mut tx = store.pool().begin().await?;
-                let fresh = apply_in!(tx, true, batch_id, delta, now);
-                tx.commit().await?;
-                Ok(fresh)
-            }
-        }
+        let mut tx = self.db.begin().await?;
+        let fresh = apply_in(&mut tx, batch_id, delta, now).await?;
+        tx.commit().await?;
+        Ok(fresh)
     }
 
     /// Usage of `key_id` in minutes `from <= minute < to`, summed per `step` seconds (buckets
@@ -178,172 +34,119 @@ impl KeyStore {
         to: i64,
         step: i64,
     ) -> Result<Vec<UsageCell>, StoreError> {
-        let rows = match self {
-            Self::Sqlite(store) => {
-                let rows = sqlx::query(CELLS_SQLITE)
-                    .bind(step)
-                    .bind(key_id)
-                    .bind(from)
-                    .bind(to)
-                    .fetch_all(store.pool())
-                    .await?;
-                rows.iter().map(cell_of_sqlite).collect::<Result<_, _>>()?
-            }
-            Self::Postgres(store) => {
-                let rows = sqlx::query(CELLS_POSTGRES)
-                    .bind(step)
-                    .bind(key_id)
-                    .bind(from)
-                    .bind(to)
-                    .fetch_all(store.pool())
-                    .await?;
-                rows.iter()
-                    .map(cell_of_postgres)
-                    .collect::<Result<_, _>>()?
-            }
-        };
-        Ok(rows)
+        let sql = Sql::new(
+            "SELECT minute - (minute % $1) AS bucket, kind, name, \
+             CAST(SUM(count) AS BIGINT) AS total FROM usage_counts \
+             WHERE key_id = $2 AND minute >= $3 AND minute < $4 \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .arg(step)
+        .arg(key_id)
+        .arg(from)
+        .arg(to);
+        let rows = self.db.fetch_all(&sql).await?;
+        rows.iter().map(cell_from_row).collect()
     }
 
     /// Deletes the usage counts of minutes before `before` (Unix seconds), a chunk at a time;
     /// answers how many rows went.
     pub async fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
-        let chunk = super::audit::PRUNE_CHUNK;
-        let mut deleted = 0;
-        loop {
-            let gone = match self {
-                Self::Sqlite(store) => sqlx::query(
-                    "DELETE FROM usage_counts WHERE rowid IN \
-                     (SELECT rowid FROM usage_counts WHERE minute < ? LIMIT ?)",
-                )
-                .bind(before)
-                .bind(chunk)
-                .execute(store.pool())
-                .await?
-                .rows_affected(),
-                Self::Postgres(store) => sqlx::query(
-                    "DELETE FROM usage_counts WHERE ctid IN \
-                     (SELECT ctid FROM usage_counts WHERE minute < $1 LIMIT $2)",
-                )
-                .bind(before)
-                .bind(chunk)
-                .execute(store.pool())
-                .await?
-                .rows_affected(),
-            };
-            deleted += gone;
-            if gone < chunk.unsigned_abs() {
-                return Ok(deleted);
-            }
-        }
+        let row_id = self.db.dialect().row_id();
+        let sql = Sql::new(format!(
+            "DELETE FROM usage_counts WHERE {row_id} IN \
+             (SELECT {row_id} FROM usage_counts WHERE minute < $1 LIMIT $2)"
+        ))
+        .arg(before)
+        .arg(PRUNE_CHUNK);
+        self.db.delete_in_chunks(&sql).await
     }
 
     /// The ids among `ids` that name a stored key.
-    pub async fn known_key_ids(
-        &self,
-        ids: &[&str],
-    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let mut known = std::collections::BTreeSet::new();
+    pub async fn known_key_ids(&self, ids: &[&str]) -> Result<BTreeSet<String>, StoreError> {
+        let mut known = BTreeSet::new();
         for chunk in ids.chunks(CHUNK) {
-            let postgres = matches!(self, Self::Postgres(_));
-            let list: Vec<String> = (1..=chunk.len())
-                .map(|n| placeholder(postgres, n))
-                .collect();
-            let sql = format!("SELECT id FROM keys WHERE id IN ({})", list.join(", "));
-            let found: Vec<(String,)> = match self {
-                Self::Sqlite(store) => {
-                    let mut query = sqlx::query_as(&sql);
-                    for id in chunk {
-                        query = query.bind(*id);
-                    }
-                    query.fetch_all(store.pool()).await?
-                }
-                Self::Postgres(store) => {
-                    let mut query = sqlx::query_as(&sql);
-                    for id in chunk {
-                        query = query.bind(*id);
-                    }
-                    query.fetch_all(store.pool()).await?
-                }
-            };
-            known.extend(found.into_iter().map(|(id,)| id));
+            let mut sql = Sql::new("SELECT id FROM keys WHERE id IN ");
+            sql.push_tuple(chunk.iter().map(|id| (*id).into()));
+            for row in self.db.fetch_all(&sql).await? {
+                known.insert(row.get("id")?);
+            }
         }
         Ok(known)
     }
 
     /// Whether any usage was ever recorded for `key_id`.
     pub async fn has_usage(&self, key_id: &str) -> Result<bool, StoreError> {
-        let found = match self {
-            Self::Sqlite(store) => {
-                sqlx::query("SELECT 1 FROM usage_counts WHERE key_id = ? LIMIT 1")
-                    .bind(key_id)
-                    .fetch_optional(store.pool())
-                    .await?
-                    .is_some()
-            }
-            Self::Postgres(store) => {
-                sqlx::query("SELECT 1 FROM usage_counts WHERE key_id = $1 LIMIT 1")
-                    .bind(key_id)
-                    .fetch_optional(store.pool())
-                    .await?
-                    .is_some()
-            }
-        };
-        Ok(found)
-    }
-
-    /// Number of keys per status at `now`: (active, revoked, expired).
-    pub async fn count_keys_by_status(&self, now: i64) -> Result<(i64, i64, i64), StoreError> {
-        const SQLITE: &str = "SELECT \
-             COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS revoked, \
-             COALESCE(SUM(CASE WHEN revoked_at IS NULL AND COALESCE(MIN(expires_at, grace_until), expires_at, grace_until) <= ? THEN 1 ELSE 0 END), 0) AS expired, \
-             COUNT(*) AS total FROM keys";
-        const POSTGRES: &str = "SELECT \
-             CAST(COUNT(*) FILTER (WHERE revoked_at IS NOT NULL) AS BIGINT) AS revoked, \
-             CAST(COUNT(*) FILTER (WHERE revoked_at IS NULL AND LEAST(expires_at, grace_until) <= $1) AS BIGINT) AS expired, \
-             CAST(COUNT(*) AS BIGINT) AS total FROM keys";
-        let (revoked, expired, total): (i64, i64, i64) = match self {
-            Self::Sqlite(store) => {
-                let row = sqlx::query(SQLITE)
-                    .bind(now)
-                    .fetch_one(store.pool())
-                    .await?;
-                (
-                    row.try_get("revoked")?,
-                    row.try_get("expired")?,
-                    row.try_get("total")?,
-                )
-            }
-            Self::Postgres(store) => {
-                let row = sqlx::query(POSTGRES)
-                    .bind(now)
-                    .fetch_one(store.pool())
-                    .await?;
-                (
-                    row.try_get("revoked")?,
-                    row.try_get("expired")?,
-                    row.try_get("total")?,
-                )
-            }
-        };
-        Ok((total - revoked - expired, revoked, expired))
+        let sql =
+            Sql::new("SELECT 1 AS found FROM usage_counts WHERE key_id = $1 LIMIT 1").arg(key_id);
+        Ok(self.db.fetch_optional(&sql).await?.is_some())
     }
 }
 
-fn cell_of_sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<UsageCell, StoreError> {
-    Ok(UsageCell {
-        bucket: row.try_get("bucket")?,
-        kind: row.try_get("kind")?,
-        name: row.try_get("name")?,
-        count: row.try_get("total")?,
-    })
+/// Applies a batch in the caller's transaction; answers whether `batch_id` was new.
+async fn apply_in(
+    tx: &mut Tx,
+    batch_id: &str,
+    delta: &UsageDelta,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let remember = Sql::new(
+        "INSERT INTO usage_batches (batch_id, applied_at) VALUES ($1, $2) \
+         ON CONFLICT (batch_id) DO NOTHING",
+    )
+    .arg(batch_id)
+    .arg(now);
+    if tx.execute(&remember).await? != 1 {
+        return Ok(false);
+    }
+    let counts: Vec<_> = delta.counts.iter().collect();
+    for chunk in counts.chunks(CHUNK) {
+        let mut sql =
+            Sql::new("INSERT INTO usage_counts (key_id, minute, kind, name, count) VALUES ");
+        for (n, ((key_id, minute, kind, name), count)) in chunk.iter().enumerate() {
+            if n > 0 {
+                sql.push(", ");
+            }
+            sql.push_tuple([
+                key_id.as_str().into(),
+                (*minute).into(),
+                (*kind).into(),
+                name.as_str().into(),
+                (**count).into(),
+            ]);
+        }
+        sql.push(
+            " ON CONFLICT (key_id, minute, kind, name) \
+             DO UPDATE SET count = usage_counts.count + excluded.count",
+        );
+        tx.execute(&sql).await?;
+    }
+    let used: Vec<_> = delta.last_used.iter().collect();
+    for chunk in used.chunks(CHUNK) {
+        tx.execute(&last_used_query(tx.dialect(), chunk)).await?;
+    }
+    let forget = Sql::new("DELETE FROM usage_batches WHERE applied_at < $1")
+        .arg(now.saturating_sub(BATCH_ID_RETENTION_S));
+    tx.execute(&forget).await?;
+    Ok(true)
 }
 
-fn cell_of_postgres(row: &sqlx::postgres::PgRow) -> Result<UsageCell, StoreError> {
-    Ok(UsageCell {
-        bucket: row.try_get("bucket")?,
-        kind: row.try_get("kind")?,
-        name: row.try_get("name")?,
-        count: row.try_get("total")?,
-    })
+/// Moves `last_used_at` of each (key id, time) forward to the time, never back.
+fn last_used_query(dialect: Dialect, used: &[(&String, &i64)]) -> Sql {
+    let greatest = dialect.greatest();
+    let mut sql = Sql::new(format!(
+        "UPDATE keys SET last_used_at = \
+         {greatest}(COALESCE(keys.last_used_at, v.column2), v.column2) FROM (VALUES "
+    ));
+    for (n, (key_id, at)) in used.iter().enumerate() {
+        if n > 0 {
+            sql.push(", ");
+        }
+        sql.push_tuple([key_id.as_str().into(), (**at).into()]);
+    }
+    sql.push(") AS v WHERE keys.id = v.column1");
+    sql
+}
+
+fn cell_from_row(row: &StoredRow) -> Result<UsageCell, StoreError> {
+    Ok(from_row!(row, UsageCell { bucket, kind, name, count = "total" }))
 }

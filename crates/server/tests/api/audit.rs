@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use keygate_server::app;
-use keygate_server::store::AuditFilter;
+use keygate_server::model::AuditFilter;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 

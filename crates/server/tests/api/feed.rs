@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use keygate_server::clock::Clock;
-use keygate_server::feed::{
-    prune, EventKind, FeedRequest, RevocationFeed, DEFAULT_RETENTION, MAX_ANSWER_BYTES,
+use keygate_server::model::feed::{
+    EventKind, FeedEventInput, FeedRequest, FeedResponse, MAX_ANSWER_BYTES,
 };
-use keygate_server::store::FeedEventInput;
+use keygate_server::service::feed::{prune, DEFAULT_RETENTION};
 use serde_json::{json, Value};
 
 use crate::backends::{eventually, Backend, Connect, PrivateCluster, TestDb};
@@ -28,7 +28,7 @@ on_both_backends!(
 );
 
 impl Harness {
-    async fn feed(&self, query: &str) -> RevocationFeed {
+    async fn feed(&self, query: &str) -> FeedResponse {
         let answer = self.feed_answer(query).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         assert_eq!(answer.content_type(), "application/json");
@@ -370,7 +370,7 @@ async fn a_cold_follower_pages_through_200000_revocations_and_the_feed_forgets_t
             .await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         largest = largest.max(serde_json::to_vec(&answer.body).unwrap().len());
-        let page: RevocationFeed = serde_json::from_value(answer.body).unwrap();
+        let page: FeedResponse = serde_json::from_value(answer.body).unwrap();
         assert_eq!(
             page.reset,
             pages == 0,
@@ -399,7 +399,7 @@ async fn a_cold_follower_pages_through_200000_revocations_and_the_feed_forgets_t
     let later = h.feed(&format!("since=0&window={DEFAULT_WINDOW}")).await;
     assert!(later.reset && !later.more && later.events.is_empty());
     assert_eq!(later.seq, BULK as u64 + 2);
-    assert_eq!(later.horizon, Some(NOW + 1));
+    assert_eq!(later.horizon, Some((NOW + 1) as u64));
     // ... and a day on, the key service forgets them too.
     h.clock.advance(DEFAULT_RETENTION.as_secs() as i64);
     let store = h.state.store();
@@ -577,7 +577,7 @@ async fn postgres_the_listener_reconnects_after_a_server_restart() {
 impl Harness {
     /// A long-poll (wait=20) from the current sequence number (which must not be 0: since=0
     /// is a snapshot, answered at once).
-    async fn feed_idle_poll(&self) -> RevocationFeed {
+    async fn feed_idle_poll(&self) -> FeedResponse {
         let seq = self.state.store().feed_seq().await.unwrap();
         assert!(seq > 0, "a long-poll needs an event first");
         self.feed(&format!("since={seq}&wait=20")).await

@@ -27,7 +27,9 @@ use axum::http::{header, Request, StatusCode};
 use keygate_core::key::{parse_opaque_key, GatewayKey, KeyPrefix};
 use keygate_server::clock::ManualClock;
 use keygate_server::serve::{bootstrap_admin, AdminBootstrap};
-use keygate_server::signing::{JwtIssuer, JwtSettings, SigningError, SigningSecret, JWT_TYP};
+use keygate_server::service::signing::{
+    JwtIssuer, JwtSettings, SigningError, SigningSecret, JWT_TYP,
+};
 use keygate_server::store::KeyStore;
 use keygate_server::{app, AppState};
 use serde_json::{json, Value};

@@ -1,9 +1,9 @@
 //! A JWT signing key is in the JWKS before it signs: a filter that meets its `kid` has either
-//! fetched it already or may refetch (see `keygate_server::signing`).
+//! fetched it already or may refetch (see `keygate_server::service::signing`).
 
 use std::time::Instant;
 
-use keygate_server::signing::JwtSettings;
+use keygate_server::service::signing::JwtSettings;
 
 use crate::{harness_with, jwt_settings, NOW};
 

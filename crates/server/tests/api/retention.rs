@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use keygate_server::retention::{
+use keygate_server::model::{AuditFilter, NewAuditRow};
+use keygate_server::service::retention::{
     prune_once, prune_periodically, steps, RetentionArgs, RetentionSettings,
 };
-use keygate_server::store::{AuditFilter, NewAuditRow};
 use serde_json::json;
 
 use crate::backends::Backend;

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use keygate_core::key::KeyDigest;
-use keygate_core::wire::KeyStatus;
-use keygate_server::feed::{EventKind, FeedRequest, RevocationEvent};
-use keygate_server::store::{KeyRecord, KeyStore, PageAfter, SigningKeyRow, StoreError};
+use keygate_core::wire::{KeyStatus, RateLimit};
+use keygate_server::model::feed::{EventKind, FeedEvent, FeedRequest};
+use keygate_server::model::{KeyPatch, KeyRecord, PageAfter, SigningKeyRow, UsageDelta};
+use keygate_server::store::{KeyStore, StoreError};
 use serde_json::Map;
 
 use crate::backends::{Connect, TestDb};
@@ -27,6 +28,9 @@ on_both_backends!(db:
     admin_keys_store_digests,
     the_feed_signal_wakes_on_commit,
     reopening_keeps_data_and_sequence,
+    keys_are_counted_by_status,
+    updates_apply_the_patch_or_nothing,
+    usage_batches_apply_once_and_last_use_only_moves_forward,
 );
 
 /// A key record with the id [`key_id`]`(n)`, created `n` seconds after NOW.
@@ -84,27 +88,21 @@ pub async fn insert_keys(
 }
 
 /// An event as the store answers it; committed at `effective_at` (see [`created`]).
-fn event(
-    seq: u64,
-    id: &str,
-    kind: EventKind,
-    effective_at: i64,
-    until: Option<i64>,
-) -> RevocationEvent {
-    RevocationEvent {
+fn event(seq: u64, id: &str, kind: EventKind, effective_at: i64, until: Option<i64>) -> FeedEvent {
+    FeedEvent {
         seq,
         id: id.to_owned(),
         kind,
-        effective_at,
-        until,
-        created_at: effective_at,
+        effective_at: effective_at as u64,
+        until: until.map(|until| until as u64),
+        created_at: Some(effective_at as u64),
     }
 }
 
 /// `event` committed at `at`.
-fn created(event: RevocationEvent, at: i64) -> RevocationEvent {
-    RevocationEvent {
-        created_at: at,
+fn created(event: FeedEvent, at: i64) -> FeedEvent {
+    FeedEvent {
+        created_at: Some(at as u64),
         ..event
     }
 }
@@ -419,7 +417,7 @@ async fn the_feed_pages_and_resets_when_it_must(db: &TestDb) {
     assert!(ahead.reset);
     assert_eq!(
         ahead.horizon,
-        Some(NOW),
+        Some(NOW as u64),
         "records from another database are not vouched for"
     );
     assert_eq!(ahead.events.len(), 5);
@@ -456,7 +454,8 @@ async fn compaction_drops_ended_entries_and_old_followers_get_a_snapshot(db: &Te
     let ids: Vec<_> = snapshot.events.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, [forever.id.clone(), long.id.clone()]);
     // Nothing to compact yet (the key ended less than 60 s ago: `before` is now - 60).
-    let prune = |now| keygate_server::feed::prune(&store, now, Duration::from_secs(86_400));
+    let prune =
+        |now| keygate_server::service::feed::prune(&store, now, Duration::from_secs(86_400));
     assert_eq!(prune(NOW + 160).await.unwrap(), 0);
     assert_eq!(prune(NOW + 161).await.unwrap(), 1);
     assert_eq!(prune(NOW + 161).await.unwrap(), 0);
@@ -478,7 +477,7 @@ async fn compaction_drops_ended_entries_and_old_followers_get_a_snapshot(db: &Te
         .unwrap();
     assert!(old.reset);
     assert_eq!(old.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
-    assert_eq!(old.horizon, Some(NOW + 1_000));
+    assert_eq!(old.horizon, Some((NOW + 1_000) as u64));
     // One that had the pruned event missed nothing.
     let had_it = store
         .read_feed(since(1), 1000, NOW + day + 1)
@@ -506,7 +505,7 @@ async fn compaction_drops_ended_entries_and_old_followers_get_a_snapshot(db: &Te
     assert!(cold.events.is_empty(), "nothing is kept for good");
     assert_eq!(
         cold.horizon,
-        Some(NOW + 20_000 + day),
+        Some((NOW + 20_000 + day) as u64),
         "nothing retained: all may be missing"
     );
 }
@@ -654,6 +653,151 @@ async fn reopening_keeps_data_and_sequence(db: &TestDb) {
             .revoked_at,
         Some(NOW)
     );
+}
+
+async fn keys_are_counted_by_status(db: &TestDb) {
+    let store = db.connect().await;
+    let keys = insert_keys(&store, 4, None).await;
+    let mut expiring = record(10, Some(NOW + 100));
+    expiring.id = key_id(10);
+    store.insert_key(&expiring).await.unwrap();
+    store.revoke_key(&keys[2].id, NOW).await.unwrap();
+    let mut successor = record(11, None);
+    successor.id = key_id(11);
+    store
+        .rotate_key(&keys[3].id, &successor, NOW + 10, NOW)
+        .await
+        .unwrap();
+    // (active, revoked, expired): the rotated key counts as active until its grace ends.
+    assert_eq!(store.count_keys_by_status(NOW).await.unwrap(), (5, 1, 0));
+    assert_eq!(
+        store.count_keys_by_status(NOW + 10).await.unwrap(),
+        (4, 1, 1)
+    );
+    assert_eq!(
+        store.count_keys_by_status(NOW + 100).await.unwrap(),
+        (3, 1, 2)
+    );
+}
+
+async fn updates_apply_the_patch_or_nothing(db: &TestDb) {
+    let store = db.connect().await;
+    let keys = insert_keys(&store, 1, None).await;
+    let limit = RateLimit {
+        requests_per_second: 2.5,
+        burst: 5,
+    };
+    let patch = KeyPatch {
+        name: Some("renamed".into()),
+        rate_limit: Some(Some(limit)),
+        allowed_cidrs: Some(vec!["10.0.0.0/8".into()]),
+        not_after: Some(Some(NOW + 50)),
+        ..KeyPatch::default()
+    };
+    let refused = store
+        .update_key(&keys[0].id, &patch, |_| Err("no"))
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("no"));
+    assert_eq!(
+        store.get_key(&keys[0].id).await.unwrap().unwrap(),
+        keys[0],
+        "a refused update writes nothing"
+    );
+    let updated = store
+        .update_key(&keys[0].id, &patch, |_| Ok::<(), ()>(()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.name, "renamed");
+    assert_eq!(updated.limits.rate_limit, Some(limit));
+    assert_eq!(updated.limits.allowed_cidrs, ["10.0.0.0/8"]);
+    assert_eq!(updated.limits.not_after, Some(NOW + 50));
+    assert_eq!(
+        updated.scopes, keys[0].scopes,
+        "what the patch does not name is kept"
+    );
+    assert_eq!(store.get_key(&keys[0].id).await.unwrap().unwrap(), updated);
+    let cleared = KeyPatch {
+        rate_limit: Some(None),
+        ..KeyPatch::default()
+    };
+    let updated = store
+        .update_key(&keys[0].id, &cleared, |_| Ok::<(), ()>(()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.limits.rate_limit, None);
+    assert_eq!(store.get_key(&keys[0].id).await.unwrap().unwrap(), updated);
+    assert!(matches!(
+        store
+            .update_key(&key_id(99), &patch, |_| Ok::<(), ()>(()))
+            .await,
+        Err(StoreError::KeyNotFound)
+    ));
+}
+
+async fn usage_batches_apply_once_and_last_use_only_moves_forward(db: &TestDb) {
+    let store = db.connect().await;
+    let keys = insert_keys(&store, 2, None).await;
+    let minute = NOW - NOW % 3600;
+    let mut first = UsageDelta::default();
+    first
+        .counts
+        .insert((keys[0].id.clone(), minute, "allowed", String::new()), 2);
+    first
+        .counts
+        .insert((keys[0].id.clone(), minute, "denied", "revoked".into()), 1);
+    first.counts.insert(
+        (keys[1].id.clone(), minute + 60, "allowed", String::new()),
+        5,
+    );
+    first.last_used.insert(keys[0].id.clone(), NOW + 5);
+    first.last_used.insert(keys[1].id.clone(), NOW + 70);
+    assert!(store.apply_usage("batch-1", &first, NOW).await.unwrap());
+    assert!(
+        !store.apply_usage("batch-1", &first, NOW).await.unwrap(),
+        "a batch id counts once"
+    );
+    let mut second = UsageDelta::default();
+    second
+        .counts
+        .insert((keys[0].id.clone(), minute, "allowed", String::new()), 3);
+    second.last_used.insert(keys[0].id.clone(), NOW + 1);
+    assert!(store.apply_usage("batch-2", &second, NOW).await.unwrap());
+    let used = |key: KeyRecord| key.last_used_at;
+    let get = |n: usize| store.get_key(&keys[n].id);
+    assert_eq!(used(get(0).await.unwrap().unwrap()), Some(NOW + 5));
+    assert_eq!(used(get(1).await.unwrap().unwrap()), Some(NOW + 70));
+    let cells = store
+        .usage_cells(&keys[0].id, minute, minute + 3600, 3600)
+        .await
+        .unwrap();
+    let summary: Vec<_> = cells
+        .iter()
+        .map(|cell| {
+            (
+                cell.bucket,
+                cell.kind.as_str(),
+                cell.name.as_str(),
+                cell.count,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [(minute, "allowed", "", 5), (minute, "denied", "revoked", 1)]
+    );
+    assert!(store.has_usage(&keys[1].id).await.unwrap());
+    assert!(!store.has_usage(&key_id(99)).await.unwrap());
+    let known = store
+        .known_key_ids(&[keys[0].id.as_str(), "nosuchkeynosuchk"])
+        .await
+        .unwrap();
+    assert_eq!(known.into_iter().collect::<Vec<_>>(), [keys[0].id.clone()]);
+    assert_eq!(store.prune_usage(minute + 60).await.unwrap(), 2);
+    assert!(!store.has_usage(&keys[0].id).await.unwrap());
+    assert!(store.has_usage(&keys[1].id).await.unwrap());
 }
 
 /// A database made before the feed existed (migrations 0001 and 0002 from the old

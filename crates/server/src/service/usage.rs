@@ -10,19 +10,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
 use keygate_core::wire::{UsageBatch, UsageRow, USAGE_BODY_LIMIT, USAGE_MAX_ROWS};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::ApiError;
-use crate::store::{UsageCell, UsageDelta};
+use crate::model::{UsageCell, UsageDelta};
+use crate::service::context::Service;
+use crate::service::error::ApiError;
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
-use crate::AppState;
 
 /// Largest usage batch body, unless `--usage-max-body-bytes` says otherwise.
 pub const MAX_USAGE_BODY_BYTES: usize = USAGE_BODY_LIMIT;
@@ -42,7 +37,7 @@ const MAX_KEY_ID_LEN: usize = 128;
 const MAX_BATCH_ID_LEN: usize = 128;
 
 /// A usage key id: short printable text (whether the service knows it is checked apart).
-fn valid_key_id(text: &str) -> bool {
+pub fn valid_key_id(text: &str) -> bool {
     !text.is_empty() && text.len() <= MAX_KEY_ID_LEN && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
@@ -124,30 +119,18 @@ pub fn merge_batch(batch: &UsageBatch) -> Result<UsageDelta, ApiError> {
     Ok(delta)
 }
 
-/// `POST /v1/usage` (service token): applies a usage batch once.
-pub(crate) async fn ingest_usage(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    crate::api::require_service_token(&state, &headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::UsageBatchTooLarge
-        } else {
-            ApiError::UnreadableBody
-        }
-    })?;
-    let mut batch: UsageBatch = crate::api::parse_json(&body)?;
+/// Applies a usage batch once (its `batch_id` says whether it was applied before); answers
+/// what the filter is told.
+pub async fn ingest(service: &Service, mut batch: UsageBatch) -> Result<Value, ApiError> {
     // Checked whole first: a malformed batch is refused before anything is looked up.
     merge_batch(&batch)?;
-    let refused = retain_known_keys(&state, &mut batch.rows).await?;
+    let refused = retain_known_keys(service, &mut batch.rows).await?;
     let delta = merge_batch(&batch)?;
-    let applied = state
+    let applied = service
         .store()
-        .apply_usage(&batch.batch_id, &delta, state.now())
+        .apply_usage(&batch.batch_id, &delta, service.now())
         .await?;
-    state
+    service
         .metrics()
         .count_usage_batch(applied, batch.rows.len(), refused);
     if refused > 0 {
@@ -160,35 +143,27 @@ pub(crate) async fn ingest_usage(
     }
     if applied {
         tracing::debug!(batch_id = %batch.batch_id, rows = batch.rows.len(), "usage batch applied");
-        Ok(Json(serde_json::json!({
+        Ok(serde_json::json!({
             "applied": true,
             "rows": batch.rows.len(),
             "refused": refused,
-        })))
+        }))
     } else {
         tracing::info!(batch_id = %batch.batch_id, "usage batch already applied; ignored");
-        Ok(Json(serde_json::json!({"applied": false})))
+        Ok(serde_json::json!({"applied": false}))
     }
 }
 
 /// Keeps the rows whose key id the service knows; answers how many were refused.
-async fn retain_known_keys(state: &AppState, rows: &mut Vec<UsageRow>) -> Result<usize, ApiError> {
+async fn retain_known_keys(service: &Service, rows: &mut Vec<UsageRow>) -> Result<usize, ApiError> {
     let ids: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.key_id.as_str()).collect();
     let ids: Vec<&str> = ids.into_iter().collect();
-    let known = state.store().known_key_ids(&ids).await?;
+    let known = service.store().known_key_ids(&ids).await?;
     let before = rows.len();
     rows.retain(|row| known.contains(&row.key_id));
     Ok(before - rows.len())
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct UsageParams {
-    from: Option<String>,
-    to: Option<String>,
-    step: Option<String>,
-}
-
-/// Counts of one step, or of the whole range.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageTotals {
     pub allowed: u64,
@@ -310,23 +285,13 @@ impl UsageRange {
     }
 }
 
-/// `GET /api/v1/auth/keys/{id}/usage?from=&to=&step=` (admin).
-pub(crate) async fn key_usage(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    params: Result<Query<UsageParams>, QueryRejection>,
-) -> Result<Json<UsageReport>, ApiError> {
-    if !valid_key_id(&id) {
-        return Err(ApiError::BadKeyId);
-    }
-    let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
-    let range = UsageRange::parse(
-        params.from.as_deref(),
-        params.to.as_deref(),
-        params.step.as_deref(),
-        state.now(),
-    )?;
-    let store = state.store();
+/// The usage of key `id` over `range`.
+pub async fn report(
+    service: &Service,
+    id: String,
+    range: UsageRange,
+) -> Result<UsageReport, ApiError> {
+    let store = service.store();
     // Usage is stored only for known keys; rows kept from before that rule still answer.
     if store.get_key(&id).await?.is_none() && !store.has_usage(&id).await? {
         return Err(ApiError::KeyNotFound);
@@ -334,7 +299,7 @@ pub(crate) async fn key_usage(
     let cells = store
         .usage_cells(&id, range.from, range.to, range.step)
         .await?;
-    Ok(Json(range.report(id, &cells)))
+    Ok(range.report(id, &cells))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! HTTP requests are counted by a middleware around every route (by route template, method
 //! and status class); key lifecycle counters are derived from the same answers, so handlers
-//! need not know about metrics. Every label set is bounded whatever clients send: a method
+//! need not know about metrics (the middleware and `GET /metrics` are in
+//! `crate::http::metrics`). Every label set is bounded whatever clients send: a method
 //! outside the standard ones and a path that matches no route are both counted as `other`. Keys by status are counted in the database at most every
 //! [`GAUGE_TTL`].
 
@@ -12,19 +13,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{Method, StatusCode};
 
-use crate::AppState;
+use crate::service::feed::FeedCounters;
+use crate::store::KeyStore;
 
 /// How long the keys-by-status gauge is cached.
 pub const GAUGE_TTL: Duration = Duration::from_secs(10);
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Counters of the key service. Cloned into [`AppState`] behind an `Arc`.
+/// Counters of the key service, shared behind an `Arc` (see
+/// [`crate::service::context::Service`]).
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// (route template, method, status class) → requests.
@@ -131,21 +131,6 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts every answer by route template (one of the router's own, or [`OTHER`]),
-/// method and status class.
-pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| OTHER.to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    state
-        .metrics()
-        .count_request(&route, &method, response.status());
-    response
-}
-
 fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -163,9 +148,15 @@ fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let _ = writeln!(out, "{name} {value}");
 }
 
-/// The text exposition of every metric.
-pub async fn render(state: &AppState) -> String {
-    let metrics = state.metrics();
+/// The text exposition of every metric: these counters, `lookups` lookup requests served,
+/// the feed's counters, and the keys by status in `store` at `now`.
+pub async fn render(
+    metrics: &Metrics,
+    lookups: u64,
+    feed: &FeedCounters,
+    store: &KeyStore,
+    now: i64,
+) -> String {
     let mut out = String::new();
     family(
         &mut out,
@@ -190,21 +181,21 @@ pub async fn render(state: &AppState) -> String {
         "keygate_lookups_total",
         "counter",
         "Key lookups received from filters (GET /v1/keys/{id}).",
-        state.lookups_served(),
+        lookups,
     );
     single(
         &mut out,
         "keygate_feed_requests_total",
         "counter",
         "Revocation feed requests received.",
-        state.feed_counters().requests(),
+        feed.requests(),
     );
     single(
         &mut out,
         "keygate_feed_waiting",
         "gauge",
         "Revocation feed long-polls held now.",
-        state.feed_counters().waiting(),
+        feed.waiting(),
     );
     single(
         &mut out,
@@ -266,7 +257,7 @@ pub async fn render(state: &AppState) -> String {
     );
     let counts = match metrics.cached_keys_by_status() {
         Some(counts) => Some(counts),
-        None => match state.store().count_keys_by_status(state.now()).await {
+        None => match store.count_keys_by_status(now).await {
             Ok((active, revoked, expired)) => {
                 let counts = [active, revoked, expired];
                 metrics.store_keys_by_status(counts);
@@ -294,16 +285,6 @@ pub async fn render(state: &AppState) -> String {
         }
     }
     out
-}
-
-/// `GET /metrics` (no credential).
-pub(crate) async fn metrics_endpoint(State(state): State<AppState>) -> Response {
-    let body = render(&state).await;
-    let mut response = body.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    response
 }
 
 #[cfg(test)]

@@ -32,7 +32,8 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::store::{KeyStore, SigningKeyRow, StoreError};
+use crate::model::SigningKeyRow;
+use crate::store::{KeyStore, StoreError};
 
 /// Environment variable holding the key-encryption secret (64 hex digits).
 pub const SIGNING_SECRET_ENV: &str = "KEYGATE_SIGNING_KEY_SECRET";

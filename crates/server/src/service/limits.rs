@@ -2,61 +2,24 @@
 //! service stores them on the key record and hands them to the filter in the lookup answer
 //! ([`keygate_core::wire::KeyLookup`]); the filter enforces them.
 //!
-//! Also the `PATCH /api/v1/auth/keys/{id}` handler, which changes limits, scopes, name and
-//! metadata of a key.
+//! Also the update operation, which changes limits, scopes, name and metadata of a key.
 
 use std::net::IpAddr;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::Json;
 use keygate_core::key::KeyId;
 use keygate_core::scope::Scope;
 use keygate_core::wire::RateLimit;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::audit::{outcome_of, Caller};
-use crate::error::ApiError;
-use crate::store::{KeyPatch, KeyRecord, FORMAT_JWT};
-use crate::timestamp::{format_rfc3339, parse_rfc3339};
+use crate::model::{KeyLimits, KeyPatch, KeyRecord, FORMAT_JWT};
+use crate::service::context::Service;
+use crate::service::error::ApiError;
+use crate::service::validate::{valid_text, validate_metadata, validate_scopes, MAX_NAME_CHARS};
+use crate::timestamp::parse_rfc3339;
 
 /// Most entries in `allowed_cidrs`.
 pub const MAX_CIDRS: usize = 64;
-
-/// The limits of one key. The default is no limit at all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyLimits {
-    pub rate_limit: Option<RateLimit>,
-    /// Canonical CIDR texts (`10.0.0.0/8`, `2001:db8::/32`); empty: any address.
-    pub allowed_cidrs: Vec<String>,
-    /// Unix seconds before which the key is refused.
-    pub not_before: Option<i64>,
-    /// Unix seconds from which the key is refused.
-    pub not_after: Option<i64>,
-}
-
-/// The limits as the key object shows them.
-#[derive(Debug, Serialize)]
-pub struct LimitsView {
-    pub rate_limit: Option<RateLimit>,
-    pub allowed_cidrs: Vec<String>,
-    pub not_before: Option<String>,
-    pub not_after: Option<String>,
-}
-
-impl LimitsView {
-    pub fn of(limits: &KeyLimits) -> Self {
-        Self {
-            rate_limit: limits.rate_limit,
-            allowed_cidrs: limits.allowed_cidrs.clone(),
-            not_before: limits.not_before.and_then(format_rfc3339),
-            not_after: limits.not_after.and_then(format_rfc3339),
-        }
-    }
-}
 
 /// Parses one CIDR (`addr/len`, or a bare address meaning a single host) into its canonical
 /// text: the network address with the host bits cleared. `None` if it is not a CIDR.
@@ -229,7 +192,7 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
         None => None,
         Some(None) => return Err(ApiError::BadName),
         Some(Some(name)) => {
-            if name.is_empty() || !crate::api::valid_text(&name, crate::api::MAX_NAME_CHARS) {
+            if name.is_empty() || !valid_text(&name, MAX_NAME_CHARS) {
                 return Err(ApiError::BadName);
             }
             Some(name)
@@ -238,14 +201,12 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
     let scopes = match request.scopes {
         None => None,
         Some(items) => {
-            let scopes = crate::api::validate_scopes(&items.unwrap_or_default())?;
+            let scopes = validate_scopes(&items.unwrap_or_default())?;
             Some(scopes.iter().map(|s| Scope::as_str(s).to_owned()).collect())
         }
     };
-    let metadata: Option<Map<String, Value>> = request
-        .metadata
-        .map(crate::api::validate_metadata)
-        .transpose()?;
+    let metadata: Option<Map<String, Value>> =
+        request.metadata.map(validate_metadata).transpose()?;
     let rate_limit = request
         .rate_limit
         .map(|r| r.map(validate_rate_limit).transpose())
@@ -277,46 +238,16 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
     })
 }
 
-/// `PATCH /api/v1/auth/keys/{id}`: changes a key, and records the change in the audit log
-/// (action `update`, with the names of the fields changed, never their values).
-pub(crate) async fn update_key(
-    State(state): State<crate::AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<crate::api::KeyView>, ApiError> {
-    let target = KeyId::parse(&id).ok().map(|id| id.to_string());
-    let mut fields = Vec::new();
-    let result = apply_update(&state, &id, body, &mut fields).await;
-    let outcome = match &result {
-        Ok(_) => "ok".to_owned(),
-        Err(error) => {
-            let slug = match error.status() {
-                StatusCode::NOT_FOUND => "not-found",
-                StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
-                status if status.is_server_error() => "internal",
-                _ => "invalid-request",
-            };
-            outcome_of(error.status(), Some(&format!("urn:keygate:problem:{slug}")))
-        }
-    };
-    let detail = (!fields.is_empty()).then(|| serde_json::json!({ "fields": fields }));
-    crate::audit::record(&state, caller.entry("update", target, &outcome, detail)).await;
-    result
-}
-
-async fn apply_update(
-    state: &crate::AppState,
-    id: &str,
-    body: Result<Bytes, BytesRejection>,
+/// Changes a key as `request` asks; `fields` gets the names of the fields it changes (for the
+/// audit log, never their values).
+pub async fn update(
+    service: &Service,
+    id: &KeyId,
+    request: UpdateKeyRequest,
     fields: &mut Vec<&'static str>,
-) -> Result<Json<crate::api::KeyView>, ApiError> {
-    let id = KeyId::parse(id).map_err(|_| ApiError::BadKeyId)?;
-    let body = crate::api::read_body(body)?;
-    let request: UpdateKeyRequest = crate::api::parse_json(&body)?;
+) -> Result<KeyRecord, ApiError> {
     let patch = validate_update(request)?;
     *fields = patch.changed_fields();
-    let now = state.now();
     let changes_scopes = patch.scopes.is_some();
     let check = |record: &KeyRecord| {
         if changes_scopes && record.format == FORMAT_JWT {
@@ -326,12 +257,12 @@ async fn apply_update(
         }
         check_window(record.limits.not_before, record.limits.not_after)
     };
-    let record = state
+    let record = service
         .store()
         .update_key(id.as_str(), &patch, check)
         .await??;
     tracing::info!(key_id = %record.id, fields = ?fields, "key updated");
-    Ok(Json(crate::api::KeyView::of(record, now)))
+    Ok(record)
 }
 
 #[cfg(test)]

@@ -1,24 +1,9 @@
-//! The revocation feed: every revoke, rotation and forced expiry becomes an event with a
-//! monotonically increasing sequence number, which filters follow with a long-poll on
-//! `GET /v1/revocations?since=N&wait=S`.
-//!
-//! The wire types here are the contract the filter parses. The paging rules
-//! ([`plan`], [`page_incremental`], [`page_snapshot`]) are pure so both store backends share
-//! them and they are unit-tested without a database.
-//!
-//! Freshness comes from a [`tokio::sync::watch`] of the latest committed sequence number that
-//! the store updates after each commit (and, on PostgreSQL, on every `NOTIFY` from another
-//! replica), so a held long-poll is woken at once, not polled.
+//! The revocation feed's domain: what a follower asks, and the paging rules
+//! ([`plan`], [`page`]). They are pure, so the store uses them on every backend and they are
+//! unit-tested without a database. The wire types (an event, an answer) are the filter's own,
+//! [`keygate_core::feed`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-
-use crate::clock::Clock;
-use crate::store::{KeyStore, StoreError};
+pub use keygate_core::feed::{EventKind, FeedEvent, FeedResponse};
 
 /// Most events in one answer; `more: true` says there are others.
 pub const FEED_LIMIT: usize = 1000;
@@ -32,80 +17,6 @@ pub const MAX_WINDOW_S: u64 = 30 * 86_400;
 /// Slack for clock skew between the service and the filters, in seconds: an event is kept
 /// this long past the moment it stops mattering.
 pub const COMPACTION_SLACK_S: i64 = 60;
-/// How often the service compacts the feed.
-pub const COMPACTION_PERIOD: Duration = Duration::from_secs(60);
-/// How long events are kept at most, whatever the key's expiry: a day. A filter needs an
-/// event only while it may hold a key record fetched before it (its TTL or staleness, seconds
-/// to minutes by default); one that fell further behind, or that keeps records longer, is told
-/// so ([`RevocationFeed::horizon`]) and looks those records up again.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(86_400);
-
-/// Why an id entered the feed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// `DELETE /api/v1/auth/keys/{id}`: refused from `effective_at` (now).
-    Revoked,
-    /// The key was rotated: refused (as expired) from the end of its grace period.
-    Rotated,
-    /// `POST /api/v1/auth/keys/{id}/expire`: refused (as expired) from now.
-    Expired,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Revoked => "revoked",
-            Self::Rotated => "rotated",
-            Self::Expired => "expired",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "revoked" => Some(Self::Revoked),
-            "rotated" => Some(Self::Rotated),
-            "expired" => Some(Self::Expired),
-            _ => None,
-        }
-    }
-}
-
-/// One entry of the feed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevocationEvent {
-    pub seq: u64,
-    /// The 16-character key id (the `jti` of a JWT key).
-    pub id: String,
-    pub kind: EventKind,
-    /// Unix seconds from which the id must be refused.
-    pub effective_at: i64,
-    /// Unix seconds of the key's own expiry, after which the entry can be dropped; `None`: the
-    /// key never expires.
-    pub until: Option<i64>,
-    /// Unix seconds at which the event was committed: filters keep it only while a key record
-    /// fetched before then may still decide.
-    pub created_at: i64,
-}
-
-/// The answer of `GET /v1/revocations`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RevocationFeed {
-    /// Ask next with `since` = this.
-    pub seq: u64,
-    /// A snapshot: the follower starts a new set with `events`, completed by the pages that
-    /// follow while `more` is true.
-    pub reset: bool,
-    /// More events follow: ask again at once with `since` = `seq`.
-    pub more: bool,
-    pub events: Vec<RevocationEvent>,
-    /// Unix seconds: events committed before it may be missing from what the follower has
-    /// (pruned by age while it was behind, outside the window it asked for, or from another
-    /// database). Key records it fetched before then must be looked up again. Absent: the
-    /// follower misses nothing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub horizon: Option<i64>,
-}
 
 /// The feed's bookkeeping row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +24,7 @@ pub struct FeedState {
     /// The highest sequence number committed (it never goes down, even when compaction
     /// deletes that event).
     pub last_seq: u64,
-    /// The highest sequence number pruned by age ([`DEFAULT_RETENTION`]): a follower behind it
+    /// The highest sequence number pruned by age (past the retention): a follower behind it
     /// may have missed events that still mattered. (Events dropped after their key's own
     /// expiry never matter again and leave no mark.)
     pub compacted_through: u64,
@@ -198,7 +109,7 @@ pub fn plan(request: FeedRequest, state: FeedState, now: i64) -> FeedQuery {
 }
 
 /// Rough upper bound of one event's size in an answer.
-fn event_bytes(event: &RevocationEvent) -> usize {
+fn event_bytes(event: &FeedEvent) -> usize {
     // Field names, punctuation and five numbers of at most 20 digits; an id escaped in full.
     200 + event.id.len() * 6
 }
@@ -207,12 +118,12 @@ fn event_bytes(event: &RevocationEvent) -> usize {
 /// first `limit + 1` so `more` can be told. An answer stops at `limit` events or
 /// [`MAX_ANSWER_BYTES`], whichever comes first.
 pub fn page(
-    mut events: Vec<RevocationEvent>,
+    mut events: Vec<FeedEvent>,
     state: FeedState,
     query: &FeedQuery,
     horizon: Option<i64>,
     limit: usize,
-) -> RevocationFeed {
+) -> FeedResponse {
     let mut bytes = 0;
     let fits = events
         .iter()
@@ -229,177 +140,30 @@ pub fn page(
         (true, Some(last)) => last.seq,
         _ => state.last_seq,
     };
-    RevocationFeed {
+    FeedResponse {
         seq,
         reset: query.reset,
         more,
         events,
-        horizon,
+        // Negative: before the epoch, so nothing is missing.
+        horizon: horizon.map(unix_seconds),
     }
 }
 
-/// The latest committed sequence number, shared by the store (which publishes after each
-/// commit) and every held long-poll (each is one receiver).
-#[derive(Debug)]
-pub struct FeedSignal {
-    latest: watch::Sender<u64>,
+/// Unix seconds as the wire has them; a time before the epoch is the epoch.
+pub fn unix_seconds(time: i64) -> u64 {
+    u64::try_from(time).unwrap_or(0)
 }
 
-impl FeedSignal {
-    pub fn new(current: u64) -> Self {
-        Self {
-            latest: watch::Sender::new(current),
-        }
-    }
-
-    /// Records that `seq` is committed; wakes the receivers if it is newer.
-    pub fn publish(&self, seq: u64) {
-        self.latest.send_if_modified(|latest| {
-            let newer = seq > *latest;
-            if newer {
-                *latest = seq;
-            }
-            newer
-        });
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.latest.subscribe()
-    }
-
-    pub fn latest(&self) -> u64 {
-        *self.latest.borrow()
-    }
-}
-
-/// Counters of the feed endpoint, shown by `GET /v1/stats`.
-#[derive(Debug, Default)]
-pub struct FeedCounters {
-    requests: AtomicU64,
-    waiting: AtomicU64,
-}
-
-impl FeedCounters {
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    /// Long-polls held right now.
-    pub fn waiting(&self) -> u64 {
-        self.waiting.load(Ordering::Relaxed)
-    }
-
-    pub fn count_request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts one held long-poll for as long as it lives (also when the client goes away and the
-/// request future is dropped).
-struct Waiting<'a>(&'a AtomicU64);
-
-impl<'a> Waiting<'a> {
-    fn start(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Resolves once `shutdown` turns true; never if its sender is gone.
-async fn shutting_down(mut shutdown: watch::Receiver<bool>) {
-    if shutdown.wait_for(|down| *down).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Answers a feed request: at once when there is something newer than `since` (or a
-/// snapshot is due), otherwise when an event is committed, `wait` has passed or the service
-/// shuts down, whichever comes first.
-pub async fn long_poll(
-    store: &KeyStore,
-    clock: &Arc<dyn Clock>,
-    counters: &FeedCounters,
-    shutdown: watch::Receiver<bool>,
-    request: FeedRequest,
-    wait: Duration,
-) -> Result<RevocationFeed, StoreError> {
-    // Subscribe before reading, so a commit after the read is never missed.
-    let mut latest = store.subscribe_feed();
-    latest.borrow_and_update();
-    let page = store.read_feed(request, FEED_LIMIT, clock.now()).await?;
-    if is_news(&page) || wait.is_zero() || *shutdown.borrow() {
-        return Ok(page);
-    }
-    let _waiting = Waiting::start(&counters.waiting);
-    let deadline = tokio::time::Instant::now() + wait;
-    let stop = shutting_down(shutdown);
-    tokio::pin!(stop);
-    let mut page = page;
-    loop {
-        tokio::select! {
-            changed = latest.changed() => {
-                if changed.is_err() {
-                    // The store is gone; nothing more will be committed through it.
-                    tokio::time::sleep_until(deadline).await;
-                    return Ok(page);
-                }
-                latest.borrow_and_update();
-                page = store.read_feed(request, FEED_LIMIT, clock.now()).await?;
-                if is_news(&page) {
-                    return Ok(page);
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => return Ok(page),
-            () = &mut stop => return Ok(page),
-        }
-    }
-}
-
-/// An answer worth sending before the wait is over.
-fn is_news(page: &RevocationFeed) -> bool {
-    page.reset || !page.events.is_empty() || page.horizon.is_some()
-}
-
-/// Prunes the feed at `now`: deletes the events of keys past their own expiry (they can never
-/// matter again: a record fetched at any time refuses the key by its expiry), and every event
-/// older than `retention` (a rotation of a key without expiry included: once a filter's
-/// records fetched before it are gone, the records it fetches show the end of the grace). So
-/// the feed holds at most `retention` of revocations, however many keys were ever revoked.
-/// Answers how many events were deleted.
-pub async fn prune(store: &KeyStore, now: i64, retention: Duration) -> Result<u64, StoreError> {
-    let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-    store
-        .compact_feed(
-            now.saturating_sub(COMPACTION_SLACK_S),
-            now.saturating_sub(retention),
-        )
-        .await
-}
-
-/// [`prune`]s the feed with `retention` (by default [`DEFAULT_RETENTION`]) now and then every
-/// `period`, until the task is dropped. Failures are logged and retried next period.
-pub async fn compact_periodically(
-    store: KeyStore,
-    clock: Arc<dyn Clock>,
-    period: Duration,
-    retention: Duration,
-) {
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match prune(&store, clock.now(), retention).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "revocation feed compacted"),
-            Err(error) => tracing::warn!(error = %error, "revocation feed compaction failed"),
-        }
-    }
+/// One event for bulk loads of revocations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedEventInput {
+    pub id: String,
+    pub kind: EventKind,
+    /// Unix seconds from which the id is refused.
+    pub effective_at: i64,
+    /// The key's own expiry, after which the event can be dropped.
+    pub until: Option<i64>,
 }
 
 #[cfg(test)]
@@ -408,14 +172,14 @@ mod tests {
 
     const NOW: i64 = 1_790_000_000;
 
-    fn event(seq: u64) -> RevocationEvent {
-        RevocationEvent {
+    fn event(seq: u64) -> FeedEvent {
+        FeedEvent {
             seq,
             id: format!("{seq:a>16}"),
             kind: EventKind::Revoked,
             effective_at: 0,
             until: None,
-            created_at: NOW,
+            created_at: Some(NOW as u64),
         }
     }
 
@@ -482,7 +246,7 @@ mod tests {
         assert!(empty.events.is_empty() && !empty.more);
         // Ids far longer than key ids: the answer stops at the byte bound, not the count.
         let long: Vec<_> = (1..=FEED_LIMIT as u64 + 1)
-            .map(|seq| RevocationEvent {
+            .map(|seq| FeedEvent {
                 id: "\u{1}".repeat(2_000),
                 ..event(seq)
             })
@@ -496,17 +260,18 @@ mod tests {
     #[test]
     fn a_full_page_of_key_ids_is_far_below_the_filters_read_cap() {
         let worst: Vec<_> = (0..=FEED_LIMIT as u64)
-            .map(|n| RevocationEvent {
+            .map(|n| FeedEvent {
                 seq: u64::MAX - n,
                 id: "zzzzzzzzzzzzzzzz".into(),
                 kind: EventKind::Rotated,
-                effective_at: i64::MIN,
-                until: Some(i64::MIN),
-                created_at: i64::MIN,
+                effective_at: u64::MAX,
+                until: Some(u64::MAX),
+                created_at: Some(u64::MAX),
             })
             .collect();
         let q = plan(request(0, Some(MAX_WINDOW_S)), state(u64::MAX, 0), NOW);
-        let full = page(worst, state(u64::MAX, 0), &q, Some(i64::MIN), FEED_LIMIT);
+        // The widest horizon a store can give: the latest time it can hold.
+        let full = page(worst, state(u64::MAX, 0), &q, Some(i64::MAX), FEED_LIMIT);
         assert_eq!(full.events.len(), FEED_LIMIT);
         let bytes = serde_json::to_vec(&full).unwrap().len();
         assert!(bytes <= MAX_ANSWER_BYTES, "{bytes}");
@@ -515,17 +280,17 @@ mod tests {
 
     #[test]
     fn the_wire_format_is_the_documented_one() {
-        let feed = RevocationFeed {
+        let feed = FeedResponse {
             seq: 42,
             reset: false,
             more: false,
-            events: vec![RevocationEvent {
+            events: vec![FeedEvent {
                 seq: 41,
                 id: "abcdefghijklmnop".into(),
                 kind: EventKind::Rotated,
                 effective_at: 1_790_000_000,
                 until: None,
-                created_at: 1_789_990_000,
+                created_at: Some(1_789_990_000),
             }],
             horizon: None,
         };
@@ -536,22 +301,10 @@ mod tests {
                  "effective_at": 1_790_000_000, "until": null, "created_at": 1_789_990_000}
             ]})
         );
-        let with_horizon = RevocationFeed {
+        let with_horizon = FeedResponse {
             horizon: Some(5),
             ..feed
         };
         assert_eq!(serde_json::to_value(&with_horizon).unwrap()["horizon"], 5);
-    }
-
-    #[test]
-    fn the_signal_only_moves_forward() {
-        let signal = FeedSignal::new(5);
-        let mut rx = signal.subscribe();
-        signal.publish(3);
-        assert!(!rx.has_changed().unwrap());
-        signal.publish(6);
-        assert!(rx.has_changed().unwrap());
-        assert_eq!(*rx.borrow_and_update(), 6);
-        assert_eq!(signal.latest(), 6);
     }
 }

@@ -22,7 +22,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::clock::Clock;
-use crate::store::{AuditClass, KeyStore, StoreError};
+use crate::model::AuditClass;
+use crate::store::{KeyStore, StoreError};
 
 const DAY_S: i64 = 86_400;
 /// Longest retention accepted: 100 years.
@@ -102,7 +103,7 @@ impl Default for RetentionSettings {
             refused_admin_s: None,
             usage_s: None,
             interval: Duration::from_secs(3600),
-            feed: crate::feed::DEFAULT_RETENTION,
+            feed: crate::service::feed::DEFAULT_RETENTION,
         })
     }
 }

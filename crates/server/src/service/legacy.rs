@@ -11,22 +11,14 @@
 //! The filter finds a legacy key by the digest of the presented key:
 //! `GET /v1/legacy-keys/{sha256 hex}` (service token).
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use keygate_core::key::{KeyDigest, KeyId, ID_LEN};
 use keygate_core::scope::{parse_scopes, Scope, MAX_SCOPES};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::{lookup_key, require_service_token, AppState};
-use crate::audit::AuditNote;
-use crate::error::ApiError;
-use crate::store::{LegacyImportRow, LegacyOutcome};
+use crate::model::{LegacyImportRow, LegacyOutcome};
+use crate::service::context::Service;
+use crate::service::error::ApiError;
 use crate::timestamp::parse_rfc3339;
 
 /// Most rows in one import.
@@ -390,21 +382,9 @@ pub fn validate_row(row: RawRow, now: i64) -> Result<ValidRow, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// POST /api/v1/auth/keys/import
 
-/// The legacy routes of the management API (admin): merge inside the admin check.
-pub fn management_routes() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/auth/keys/import",
-        post(import_keys).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
-    )
-}
-
-#[derive(Debug, Deserialize)]
-struct ImportParams {
-    format: Option<String>,
-    dry_run: Option<String>,
-}
+// ---------------------------------------------------------------------------------------------
+// Import
 
 /// One row's error in an import answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -440,42 +420,13 @@ fn random_key_id() -> Result<String, ApiError> {
     Ok(KeyId::from_bytes(id).to_string())
 }
 
-/// `?format=` if given, else `text/csv` → CSV, anything else → JSON.
-fn import_format(param: Option<&str>, headers: &HeaderMap) -> Result<ImportFormat, ApiError> {
-    if let Some(text) = param {
-        return ImportFormat::parse(text).ok_or(ApiError::UnknownImportFormat);
-    }
-    let csv = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value
-                .trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/csv")
-        });
-    Ok(if csv {
-        ImportFormat::Csv
-    } else {
-        ImportFormat::Json
-    })
-}
-
-fn flag(text: Option<&str>) -> Result<bool, ApiError> {
-    match text {
-        None | Some("false" | "0") => Ok(false),
-        Some("" | "true" | "1") => Ok(true),
-        Some(_) => Err(ApiError::MalformedQuery),
-    }
-}
-
 /// Validates every row, then applies the valid ones in one transaction.
 pub async fn import_rows(
-    state: &AppState,
+    service: &Service,
     rows: Vec<ReadRow>,
     dry_run: bool,
 ) -> Result<ImportReport, ApiError> {
-    let now = state.now();
+    let now = service.now();
     let mut report = ImportReport {
         dry_run,
         ..ImportReport::default()
@@ -498,7 +449,7 @@ pub async fn import_rows(
             Err(error) => report.errors.push(RowError { row: number, error }),
         }
     }
-    let outcomes = state
+    let outcomes = service
         .store()
         .import_legacy_keys(&valid, now, dry_run)
         .await?;
@@ -538,90 +489,6 @@ pub async fn import_rows(
     }
     report.errors.sort_by_key(|error| error.row);
     Ok(report)
-}
-
-async fn import_keys(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    params: Result<Query<ImportParams>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::ImportTooLarge
-        } else {
-            ApiError::UnreadableBody
-        }
-    })?;
-    let format = import_format(params.format.as_deref(), &headers)?;
-    let dry_run = flag(params.dry_run.as_deref())?;
-    let rows = read_import(format, &body)?;
-    let report = import_rows(&state, rows, dry_run).await?;
-    tracing::info!(
-        format = format.as_str(),
-        dry_run,
-        created = report.created,
-        updated = report.updated,
-        unchanged = report.unchanged,
-        errors = report.errors.len(),
-        "legacy keys imported"
-    );
-    // One summary entry per import (not one per key): counts only, no digests.
-    let note = AuditNote {
-        target: None,
-        detail: Some(serde_json::json!({
-            "format": format.as_str(),
-            "dry_run": dry_run,
-            "created": report.created,
-            "updated": report.updated,
-            "unchanged": report.unchanged,
-            "errors": report.errors.len(),
-        })),
-    };
-    let mut response = Json(report).into_response();
-    response.extensions_mut().insert(note);
-    Ok(response)
-}
-
-// ---------------------------------------------------------------------------------------------
-// GET /v1/legacy-keys/{sha256}
-
-fn not_found() -> Response {
-    ApiError::KeyNotFound.into_response()
-}
-
-/// `GET /v1/legacy-keys/{sha256 hex}` (service token): the same answer as
-/// `GET /v1/keys/{id}` for the legacy key with this digest; 404 for any other digest,
-/// including the digest of an opaque or JWT key. Counted as a lookup.
-pub async fn lookup_legacy_key(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(digest): Path<String>,
-) -> Response {
-    if let Err(error) = require_service_token(&state, &headers) {
-        state.count_lookup();
-        return error.into_response();
-    }
-    let digest = digest.to_ascii_lowercase();
-    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        state.count_lookup();
-        tracing::debug!("legacy lookup of a malformed digest");
-        return not_found();
-    }
-    match state.store().get_legacy_key(&digest).await {
-        // The id lookup counts it and answers exactly as for any key.
-        Ok(Some(record)) => lookup_key(State(state), headers, Path(record.id)).await,
-        Ok(None) => {
-            state.count_lookup();
-            tracing::debug!(found = false, "legacy lookup");
-            not_found()
-        }
-        Err(error) => {
-            state.count_lookup();
-            ApiError::from(error).into_response()
-        }
-    }
 }
 
 #[cfg(test)]

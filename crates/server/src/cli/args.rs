@@ -1,0 +1,268 @@
+//! The command line's arguments (clap): every command, subcommand and flag.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::ServeArgs;
+use crate::service::audit::ACTIONS;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "Keygate: API keys for Envoy — key service and CLI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the key service (REST API and the filter's lookup endpoint).
+    Serve(ServeArgs),
+    /// Manage API keys through a running key service.
+    Keys(KeysArgs),
+    /// Manage the keys the service signs JWT API keys with.
+    SigningKeys(SigningKeysArgs),
+    /// Show the management audit log, newest first.
+    Audit(AuditArgs),
+}
+
+/// How the CLI reaches the key service; shared by every client command.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Base URL of the key service.
+    #[arg(
+        long,
+        env = "KEYGATE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// File to read the admin key from. Without it: $KEYGATE_ADMIN_KEY, then the file named
+    /// by $KEYGATE_ADMIN_KEY_FILE, then .keygate/admin.key.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub admin_key_file: Option<PathBuf>,
+    /// Print the key service's JSON answer (one line) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// For an https:// server: a CA certificate file (PEM) to trust besides the system's roots.
+    #[arg(long, env = "KEYGATE_CA_CERT", global = true, value_name = "PEM FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Send the admin key over plain http:// to a host other than loopback (anyone on the
+    /// network path can read it; use https:// instead).
+    #[arg(long, global = true)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct SigningKeysArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: SigningKeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeysCommand {
+    /// List signing keys (kid, algorithm, dates, whether the JWKS publishes it).
+    List,
+    /// Add a new signing key for an algorithm and retire the previous one; it stays in the
+    /// JWKS until the last token it signed has expired.
+    Rotate {
+        /// ES256 (default), EdDSA or RS256.
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Mint a new key; its plaintext is printed once.
+    Create(CreateArgs),
+    /// List keys.
+    List(ListArgs),
+    /// Show one key.
+    Show { id: String },
+    /// Revoke a key (idempotent).
+    Revoke { id: String },
+    /// Replace a key with a new one; the old one keeps working for the grace period.
+    Rotate(RotateArgs),
+    /// End a key now: its expiry becomes the current time (idempotent).
+    Expire { id: String },
+    /// Change a key's name, scopes, metadata or limits (--clear-* removes a limit).
+    Update(UpdateArgs),
+    /// Show a key's usage per step: a table and a bar chart (--json: the raw answer).
+    Usage(UsageArgs),
+    /// Import legacy keys from CSV or JSON (plaintext keys are hashed before sending).
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A name for people (1-128 characters).
+    #[arg(long)]
+    pub name: String,
+    /// A scope the key grants, such as demo:read (repeat for several).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Who the key belongs to; becomes the subject upstream (default: the key id).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Lifetime: seconds (3600) or a duration such as 3600s, 90m, 12h or 30d.
+    #[arg(long, conflicts_with = "expires_at")]
+    pub expires_in: Option<String>,
+    /// Expiry as RFC 3339, such as 2030-01-01T00:00:00Z.
+    #[arg(long)]
+    pub expires_at: Option<String>,
+    /// A JSON object stored with the key.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    /// Key format: opaque (default) or jwt (a JWT signed by the service; needs an expiry
+    /// unless the service allows JWT keys without one).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// JWT keys: signature algorithm ES256 (default), EdDSA or RS256.
+    #[arg(long, requires = "format")]
+    pub algorithm: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Keys per page (1-500, server default 100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Only keys with this status: active, revoked or expired.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Continue from a previous page's next_cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    pub id: String,
+    /// How long the old key keeps working: 0, 3600s, 90m, 24h, 7d (default 24h, max 30d).
+    #[arg(long)]
+    pub grace: Option<String>,
+}
+
+/// Limit flags shared by `keys create` and `keys update`.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Rate limit such as 10/s, 600/m or 36000/h (token bucket refill).
+    #[arg(long, value_name = "N/UNIT")]
+    pub rate_limit: Option<String>,
+    /// Bucket size of the rate limit (default: one second's worth, rounded up).
+    #[arg(long, requires = "rate_limit")]
+    pub burst: Option<u32>,
+    /// A CIDR the client address must be in, such as 10.0.0.0/8 (repeat for several).
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    pub allow_cidrs: Vec<String>,
+    /// The key is refused before this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub not_before: Option<String>,
+    /// The key is refused from this time on (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub not_after: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub id: String,
+    /// New name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Replace the scopes with these (repeat for several).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Remove every scope.
+    #[arg(long, conflicts_with = "scopes")]
+    pub clear_scopes: bool,
+    /// Replace the metadata with this JSON object.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Remove the rate limit.
+    #[arg(long, conflicts_with = "rate_limit")]
+    pub clear_rate_limit: bool,
+    /// Remove the address allow-list.
+    #[arg(long, conflicts_with = "allow_cidrs")]
+    pub clear_cidrs: bool,
+    /// Remove not_before.
+    #[arg(long, conflicts_with = "not_before")]
+    pub clear_not_before: bool,
+    /// Remove not_after.
+    #[arg(long, conflicts_with = "not_after")]
+    pub clear_not_after: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    pub id: String,
+    /// Start (RFC 3339; default: 24 hours before --to).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End (RFC 3339; default: now).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Step: 1m, 5m, 1h (default) or 1d.
+    #[arg(long)]
+    pub step: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// CSV (header name,owner,scopes,expires_at,key,sha256) or JSON (an array of objects).
+    pub file: PathBuf,
+    /// csv or json (default: from the file extension, else json).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Check and report what would change, without storing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this action.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ACTIONS))]
+    pub action: Option<String>,
+    /// Only entries about this key id.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only entries by this admin key id.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only this outcome, such as ok or denied.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Entries from this time on (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<String>,
+    /// Entries up to this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub to: Option<String>,
+    /// Entries per page (1-500, server default 100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Continue from a previous page's next_cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}

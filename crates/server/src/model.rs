@@ -1,0 +1,19 @@
+//! The domain types of the key service: key records and their limits, signing keys, the
+//! revocation feed's events and paging rules, audit rows, usage cells, legacy import rows.
+//!
+//! The lowest layer: it imports nothing from the crate but itself (and `keygate-core`).
+
+pub mod audit;
+pub mod feed;
+pub mod key;
+pub mod legacy;
+pub mod signing;
+pub mod usage;
+
+pub use audit::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
+pub use key::{
+    KeyLimits, KeyPatch, KeyRecord, PageAfter, FORMAT_JWT, FORMAT_LEGACY, FORMAT_OPAQUE,
+};
+pub use legacy::{LegacyImportRow, LegacyOutcome};
+pub use signing::SigningKeyRow;
+pub use usage::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};

@@ -1,0 +1,180 @@
+//! Key records: what a key is, as stored; its limits; a change to it.
+
+use keygate_core::wire::{KeyStatus, RateLimit};
+use serde_json::{Map, Value};
+
+/// Format of a key record whose plaintext is a JWT signed by the service.
+pub const FORMAT_JWT: &str = "jwt";
+/// Format of a key record whose plaintext is an opaque key.
+pub const FORMAT_OPAQUE: &str = "opaque";
+/// Format of a key record imported from an earlier system: only its SHA-256 digest is known.
+pub const FORMAT_LEGACY: &str = "legacy";
+
+/// One issued key as stored: the digest, never the key. The default is an empty record, to
+/// fill in with `..Default::default()`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub prefix: String,
+    pub name: String,
+    pub owner: String,
+    pub scopes: Vec<String>,
+    pub metadata: Map<String, Value>,
+    /// Hex SHA-256 of the whole key text.
+    pub digest: String,
+    pub format: String,
+    pub created_at: i64,
+    /// The key's own expiry.
+    pub expires_at: Option<i64>,
+    /// End of the rotation grace period, once the key has been rotated.
+    pub grace_until: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+    /// JWT keys: the signature algorithm (`ES256`, `EdDSA`, `RS256`). `None` for opaque keys.
+    pub algorithm: Option<String>,
+    /// JWT keys: the `kid` of the signing key that signed the token. `None` for opaque keys.
+    /// Storing a record with a `signing_kid` also extends that signing key's publication
+    /// (see [`super::SigningKeyRow::is_published`]) to the record's `expires_at`.
+    pub signing_kid: Option<String>,
+    /// Rate limit, address allow-list and validity window, for the filter to enforce.
+    pub limits: KeyLimits,
+}
+
+impl KeyRecord {
+    /// The end of validity: the own expiry or the end of the grace period, whichever is first.
+    pub fn effective_expiry(&self) -> Option<i64> {
+        match (self.expires_at, self.grace_until) {
+            (Some(own), Some(grace)) => Some(own.min(grace)),
+            (own, grace) => own.or(grace),
+        }
+    }
+
+    pub fn status(&self, now: i64) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if self.effective_expiry().is_some_and(|end| end <= now) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// The limits of one key. The default is no limit at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub rate_limit: Option<RateLimit>,
+    /// Canonical CIDR texts (`10.0.0.0/8`, `2001:db8::/32`); empty: any address.
+    pub allowed_cidrs: Vec<String>,
+    /// Unix seconds before which the key is refused.
+    pub not_before: Option<i64>,
+    /// Unix seconds from which the key is refused.
+    pub not_after: Option<i64>,
+}
+
+/// Where a page of keys starts: after this (created_at, id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageAfter {
+    pub created_at: i64,
+    pub id: String,
+}
+
+/// A change to a key: `None` keeps a field; for limits, `Some(None)` clears one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub metadata: Option<Map<String, Value>>,
+    pub rate_limit: Option<Option<RateLimit>>,
+    pub allowed_cidrs: Option<Vec<String>>,
+    pub not_before: Option<Option<i64>>,
+    pub not_after: Option<Option<i64>>,
+}
+
+impl KeyPatch {
+    /// Applies the patch to `record`.
+    pub fn apply(&self, record: &mut KeyRecord) {
+        if let Some(name) = &self.name {
+            record.name.clone_from(name);
+        }
+        if let Some(scopes) = &self.scopes {
+            record.scopes.clone_from(scopes);
+        }
+        if let Some(metadata) = &self.metadata {
+            record.metadata.clone_from(metadata);
+        }
+        if let Some(rate_limit) = self.rate_limit {
+            record.limits.rate_limit = rate_limit;
+        }
+        if let Some(cidrs) = &self.allowed_cidrs {
+            record.limits.allowed_cidrs.clone_from(cidrs);
+        }
+        if let Some(not_before) = self.not_before {
+            record.limits.not_before = not_before;
+        }
+        if let Some(not_after) = self.not_after {
+            record.limits.not_after = not_after;
+        }
+    }
+
+    /// Names of the fields this patch sets or clears, for logs and the audit log.
+    pub fn changed_fields(&self) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        let mut note = |set: bool, name: &'static str| {
+            if set {
+                fields.push(name);
+            }
+        };
+        note(self.name.is_some(), "name");
+        note(self.scopes.is_some(), "scopes");
+        note(self.metadata.is_some(), "metadata");
+        note(self.rate_limit.is_some(), "rate_limit");
+        note(self.allowed_cidrs.is_some(), "allowed_cidrs");
+        note(self.not_before.is_some(), "not_before");
+        note(self.not_after.is_some(), "not_after");
+        fields
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(expires_at: Option<i64>, grace_until: Option<i64>) -> KeyRecord {
+        KeyRecord {
+            id: "aaaaaaaaaaaaaaaa".into(),
+            prefix: "kg_test_".into(),
+            name: "n".into(),
+            digest: "00".repeat(32),
+            format: "opaque".into(),
+            expires_at,
+            grace_until,
+            ..KeyRecord::default()
+        }
+    }
+
+    #[test]
+    fn effective_expiry_is_the_earlier_of_own_expiry_and_grace() {
+        assert_eq!(record(None, None).effective_expiry(), None);
+        assert_eq!(record(Some(10), None).effective_expiry(), Some(10));
+        assert_eq!(record(None, Some(20)).effective_expiry(), Some(20));
+        assert_eq!(record(Some(10), Some(20)).effective_expiry(), Some(10));
+        assert_eq!(record(Some(30), Some(20)).effective_expiry(), Some(20));
+    }
+
+    #[test]
+    fn status_follows_revocation_then_expiry() {
+        let key = record(Some(100), None);
+        assert_eq!(key.status(99), KeyStatus::Active);
+        assert_eq!(key.status(100), KeyStatus::Expired);
+        let revoked = KeyRecord {
+            revoked_at: Some(5),
+            ..key
+        };
+        assert_eq!(revoked.status(0), KeyStatus::Revoked);
+        assert_eq!(revoked.status(1000), KeyStatus::Revoked);
+        assert_eq!(record(None, None).status(i64::MAX), KeyStatus::Active);
+    }
+}

@@ -1,0 +1,17 @@
+//! The service layer: the key service's operations and their domain errors, over the store.
+//!
+//! Nothing here knows of HTTP requests or answers; [`crate::http`] parses requests, calls
+//! these operations and answers their results. Every operation works with a [`context::Service`].
+
+pub mod audit;
+pub mod context;
+pub mod error;
+pub mod feed;
+pub mod keys;
+pub mod legacy;
+pub mod limits;
+pub mod metrics;
+pub mod retention;
+pub mod signing;
+pub mod usage;
+pub mod validate;

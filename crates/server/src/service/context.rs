@@ -1,0 +1,109 @@
+//! [`Service`]: what every operation of the key service works with. Cloning is cheap.
+
+use std::sync::Arc;
+
+use keygate_core::key::{GatewayKey, KeyPrefix};
+
+use crate::clock::Clock;
+use crate::service::audit::RefusedAdmin;
+use crate::service::feed::FeedCounters;
+use crate::service::metrics::Metrics;
+use crate::service::signing::{JwtIssuer, JwtSettings};
+use crate::store::KeyStore;
+
+/// The store, the clock, how keys are minted, and the counters the operations keep.
+#[derive(Clone)]
+pub struct Service {
+    store: KeyStore,
+    clock: Arc<dyn Clock>,
+    gateway_key: GatewayKey,
+    prefix: KeyPrefix,
+    feed: Arc<FeedCounters>,
+    /// Turns true when the service shuts down: held long-polls answer at once.
+    shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    jwt: JwtIssuer,
+    metrics: Arc<Metrics>,
+    /// Refused admin authentications waiting to be written to the audit log.
+    refused_admin: Arc<RefusedAdmin>,
+}
+
+impl Service {
+    /// Opaque keys are minted with `gateway_key` under `prefix`; JWT keys are refused until
+    /// [`with_jwt_issuer`](Self::with_jwt_issuer) gives a configured issuer.
+    pub fn new(
+        store: KeyStore,
+        clock: Arc<dyn Clock>,
+        gateway_key: GatewayKey,
+        prefix: KeyPrefix,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            gateway_key,
+            prefix,
+            feed: Arc::default(),
+            shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
+            jwt: JwtIssuer::new(JwtSettings::default()),
+            metrics: Arc::default(),
+            refused_admin: Arc::default(),
+        }
+    }
+
+    /// Sets how JWT API keys are minted.
+    #[must_use]
+    pub fn with_jwt_issuer(mut self, issuer: JwtIssuer) -> Self {
+        self.jwt = issuer;
+        self
+    }
+
+    pub fn store(&self) -> &KeyStore {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The current time in Unix seconds, from the service's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    pub fn gateway_key(&self) -> &GatewayKey {
+        &self.gateway_key
+    }
+
+    pub fn prefix(&self) -> &KeyPrefix {
+        &self.prefix
+    }
+
+    pub fn jwt(&self) -> &JwtIssuer {
+        &self.jwt
+    }
+
+    /// The Prometheus counters (see [`crate::service::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Refused admin authentications not written to the audit log yet.
+    pub fn refused_admin(&self) -> &RefusedAdmin {
+        &self.refused_admin
+    }
+
+    /// Revocation feed requests received so far, and long-polls held right now.
+    pub fn feed_counters(&self) -> &FeedCounters {
+        &self.feed
+    }
+
+    /// Turns true when the service starts to shut down.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Answers every held long-poll now, and later ones without waiting: call it when the
+    /// service starts to shut down so it is not held up by followers.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}

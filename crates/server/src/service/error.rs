@@ -1,0 +1,161 @@
+//! The service's domain errors: one enum for every refusal and failure of an operation.
+//!
+//! Details are written for the client: they say what to fix, never echo a credential, and
+//! never expose internals. Internal causes go to the log only. How each one is answered over
+//! HTTP (status, RFC 9457 problem) is [`crate::http::problem`]'s business.
+
+use keygate_core::scope::ScopeError;
+
+use crate::service::signing::SigningError;
+use crate::store::StoreError;
+
+/// Which credential an endpoint wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Realm {
+    /// The management API: an admin key.
+    Admin,
+    /// The filter's lookup, revocation feed and stats endpoints: the service token.
+    Service,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("missing credential")]
+    MissingCredential(Realm),
+    #[error("invalid credential")]
+    InvalidCredential(Realm),
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body does not match the expected fields: {0}")]
+    InvalidBody(String),
+    #[error("the request body is larger than 64 KiB")]
+    PayloadTooLarge,
+    #[error("the request body could not be read")]
+    UnreadableBody,
+    #[error("name must be 1 to 128 characters with no control characters")]
+    BadName,
+    #[error("owner must be at most 128 characters with no control characters")]
+    BadOwner,
+    #[error("scopes[{index}] is invalid: {reason}")]
+    BadScope { index: usize, reason: ScopeError },
+    #[error("at most 32 scopes are allowed")]
+    TooManyScopes,
+    #[error("give either expires_in or expires_at, not both")]
+    ExpiryConflict,
+    #[error("expires_in must be a duration greater than 0 and at most 10 years: whole seconds (3600) or a string such as \"3600\", \"90m\", \"12h\" or \"30d\"")]
+    BadExpiresIn,
+    #[error("expires_at must be an RFC 3339 timestamp such as 2030-01-01T00:00:00Z")]
+    UnparsableExpiresAt,
+    #[error("expires_at must be in the future")]
+    ExpiresAtInPast,
+    #[error("metadata must be a JSON object")]
+    MetadataNotObject,
+    #[error("metadata must have at most 32 keys")]
+    MetadataTooManyKeys,
+    #[error("metadata must be at most 4096 bytes once serialized")]
+    MetadataTooLarge,
+    #[error("format must be \"opaque\" or \"jwt\"")]
+    UnknownFormat,
+    #[error("algorithm must be one of ES256, EdDSA, RS256")]
+    UnknownAlgorithm,
+    #[error("algorithm applies only to format jwt")]
+    AlgorithmWithoutJwt,
+    #[error("a JWT key needs an expiry: give expires_in or expires_at (the operator can allow JWT keys without expiry with --allow-jwt-without-expiry / KEYGATE_ALLOW_JWT_WITHOUT_EXPIRY=true)")]
+    JwtExpiryRequired,
+    #[error("JWT signing is not configured: set KEYGATE_SIGNING_KEY_SECRET (64 hex digits) and restart the key service")]
+    JwtSigningNotConfigured,
+    #[error("a signing key cannot be decrypted with KEYGATE_SIGNING_KEY_SECRET (wrong secret?); see the key service log")]
+    SigningKeyUnreadable(String),
+    #[error("grace must be a duration from 0 to 30 days: whole seconds (3600) or a string such as \"0\", \"90m\", \"24h\" or \"7d\"")]
+    BadGrace,
+    #[error("the query string is malformed")]
+    MalformedQuery,
+    #[error("limit must be an integer from 1 to 500")]
+    BadLimit,
+    #[error("cursor is not one this server issued; pass next_cursor from a previous page")]
+    BadCursor,
+    #[error("status must be one of active, revoked, expired")]
+    BadStatusFilter,
+    #[error("since must be a non-negative integer (the seq of the previous answer, or 0)")]
+    BadSince,
+    #[error("wait must be an integer number of seconds from 0 to 60")]
+    BadWait,
+    #[error("window must be an integer number of seconds from 0 to 2592000")]
+    BadWindow,
+    #[error("a key id is 16 characters of a-z and 2-7")]
+    BadKeyId,
+    #[error("no key with this id")]
+    KeyNotFound,
+    #[error("no such resource")]
+    RouteNotFound,
+    #[error("this method is not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("a revoked key cannot be rotated")]
+    RotateRevoked,
+    #[error("an expired key cannot be rotated")]
+    RotateExpired,
+    #[error("this key was already rotated; rotate its successor (rotated_to) instead")]
+    RotateAlreadyRotated,
+    #[error("action, target, actor and outcome filters must be at most 128 characters")]
+    BadAuditFilter,
+    #[error("action must be one of create, update, rotate, revoke, expire, import, signing_key_rotate, admin_auth")]
+    UnknownAuditAction,
+    #[error("from and to must be RFC 3339 timestamps such as 2030-01-01T00:00:00Z")]
+    BadAuditTime,
+    #[error("an import holds at most 10000 rows and 5 MiB")]
+    ImportTooLarge,
+    #[error("format must be \"csv\" or \"json\"")]
+    UnknownImportFormat,
+    #[error("the import cannot be read: {0}")]
+    UnreadableImport(String),
+    #[error("allowed_cidrs must have at most 64 entries")]
+    TooManyCidrs,
+    #[error("allowed_cidrs[{index}] ({entry:?}) is not an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or 2001:db8::/32")]
+    BadCidr { index: usize, entry: String },
+    #[error("rate_limit needs requests_per_second greater than 0 and at most 1000000, and burst from 1 to 1000000")]
+    BadRateLimit,
+    #[error("{0} must be an RFC 3339 timestamp such as 2030-01-01T00:00:00Z")]
+    BadTimestamp(&'static str),
+    #[error("not_before must be earlier than not_after")]
+    EmptyValidityWindow,
+    #[error("the scopes of a JWT key are in its signed token and cannot change; rotate or create a key instead")]
+    JwtScopesFixed,
+    #[error("a usage batch must be at most 1 MiB")]
+    UsageBatchTooLarge,
+    #[error("a usage batch must have at most 10000 rows")]
+    TooManyUsageRows,
+    #[error("batch_id must be 1 to 128 printable ASCII characters")]
+    BadBatchId,
+    #[error("rows[{index}]: {reason}")]
+    BadUsageRow { index: usize, reason: &'static str },
+    #[error("{0}")]
+    BadUsageQuery(&'static str),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::KeyNotFound => Self::KeyNotFound,
+            StoreError::KeyRevoked => Self::RotateRevoked,
+            StoreError::KeyExpired => Self::RotateExpired,
+            StoreError::KeyAlreadyRotated => Self::RotateAlreadyRotated,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<SigningError> for ApiError {
+    fn from(error: SigningError) -> Self {
+        match error {
+            SigningError::NotConfigured => Self::JwtSigningNotConfigured,
+            SigningError::Store(error) => error.into(),
+            error @ (SigningError::Undecryptable { .. } | SigningError::Corrupt { .. }) => {
+                Self::SigningKeyUnreadable(error.to_string())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
