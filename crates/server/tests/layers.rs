@@ -36,19 +36,6 @@ const LAYERS: [(&str, &[&str]); 7] = [
     ("cli", &["cli"]),
 ];
 
-/// Store modules that still import each other while the store is being made generic: a cycle
-/// among these alone is reported but tolerated. Any other cycle fails. Remove a module once
-/// it is out of every cycle; the list is meant to become empty.
-const STORE_CYCLES_PENDING: [&str; 7] = [
-    "store",
-    "store::feed",
-    "store::keys",
-    "store::limits",
-    "store::postgres",
-    "store::sql",
-    "store::sqlite",
-];
-
 /// The crate root's module path (`lib.rs`).
 const ROOT: &str = "crate";
 
@@ -535,25 +522,9 @@ fn lower_layers_never_import_higher_ones() {
 #[test]
 fn no_module_import_cycle() {
     let graph = graph(&src());
-    let (pending, cycles): (Vec<_>, Vec<_>) =
-        cyclic_groups(&graph).into_iter().partition(|group| {
-            group
-                .iter()
-                .all(|m| STORE_CYCLES_PENDING.contains(&m.as_str()))
-        });
-    for group in &pending {
-        eprintln!(
-            "tolerated for now (STORE_CYCLES_PENDING): {}",
-            group.join(", ")
-        );
-    }
+    let cycles = cyclic_groups(&graph);
     if !cycles.is_empty() {
-        let outside: BTreeMap<Module, BTreeSet<Module>> = graph
-            .iter()
-            .filter(|(module, _)| !STORE_CYCLES_PENDING.contains(&module.as_str()))
-            .map(|(module, targets)| (module.clone(), targets.clone()))
-            .collect();
-        let example = find_cycle(&outside).unwrap_or_default();
+        let example = find_cycle(&graph).unwrap_or_default();
         let groups: Vec<String> = cycles.iter().map(|group| group.join(", ")).collect();
         panic!(
             "import cycle: {}\nmodules that import each other:\n{}",

@@ -2,8 +2,9 @@
 
 use keygate_core::key::KeyDigest;
 
+use super::error::StoreError;
+use super::handle::KeyStore;
 use super::sql::Sql;
-use super::{KeyStore, StoreError};
 
 impl KeyStore {
     pub async fn count_admin_keys(&self) -> Result<i64, StoreError> {

@@ -5,8 +5,9 @@
 //! its minute ([`KeyStore::update_audit_detail`]); rows older than the retention are deleted
 //! ([`KeyStore::prune_audit`]).
 
+use super::error::StoreError;
+use super::handle::KeyStore;
 use super::sql::{from_row, Sql, StoredRow, PRUNE_CHUNK};
-use super::{KeyStore, StoreError};
 use crate::model::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
 
 const AUDIT_COLUMNS: &str = "id, at, action, actor, source, target, outcome, detail";

@@ -1,8 +1,11 @@
 //! The revocation feed's tables (`revocation_events`, `feed_state`): adding events inside a
 //! key change's transaction, reading a follower's page, compacting, bulk loads.
 
+use super::error::{i64_of, u64_of, StoreError};
+use super::handle::KeyStore;
+use super::postgres;
+use super::seq::{committed_seq, feed_state_of, state_query};
 use super::sql::{Db, Sql, StoredRow, Tx};
-use super::{i64_of, postgres, u64_of, KeyStore, StoreError};
 use crate::model::feed::{
     self, EventKind, FeedEvent, FeedEventInput, FeedRequest, FeedResponse, FeedState,
 };
@@ -154,13 +157,6 @@ impl KeyStore {
     }
 }
 
-/// The highest committed sequence number, as read from the database.
-pub(super) async fn committed_seq(db: &Db) -> Result<u64, StoreError> {
-    let mut conn = db.acquire().await?;
-    let row = conn.conn().fetch_optional(&state_query()).await?;
-    Ok(feed_state_of(row)?.last_seq)
-}
-
 /// Begins a transaction that may add a feed event: it holds the feed state row against every
 /// other such transaction (across replicas on PostgreSQL) before it reads anything. So the key
 /// it reads next is current, and events commit in `seq` order (a follower never sees seq 11
@@ -203,24 +199,9 @@ async fn announce(tx: &mut Tx, seq: i64) -> Result<(), StoreError> {
     }
 }
 
-fn state_query() -> Sql {
-    Sql::new("SELECT last_seq, compacted_through FROM feed_state WHERE id = 1")
-}
-
 async fn select_feed_state(tx: &mut Tx) -> Result<FeedState, StoreError> {
     let row = tx.fetch_optional(&state_query()).await?;
     feed_state_of(row)
-}
-
-fn feed_state_of(row: Option<StoredRow>) -> Result<FeedState, StoreError> {
-    let row = row.ok_or(StoreError::FeedStateMissing)?;
-    Ok(FeedState {
-        last_seq: u64_of(row.get("last_seq")?, "feed_state.last_seq")?,
-        compacted_through: u64_of(
-            row.get("compacted_through")?,
-            "feed_state.compacted_through",
-        )?,
-    })
 }
 
 fn event_from_row(row: &StoredRow) -> Result<FeedEvent, StoreError> {

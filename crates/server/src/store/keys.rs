@@ -3,17 +3,13 @@
 
 use keygate_core::wire::KeyStatus;
 
+use super::error::StoreError;
 use super::feed::{begin_feed_write, insert_event, NewEvent};
-use super::limits::{limits_from_row, LimitColumns};
-use super::sql::{Conn, Sql, StoredRow, Tx};
-use super::{KeyStore, StoreError};
+use super::handle::KeyStore;
+use super::rows::{encode_json_fields, key_from_row, LimitColumns, KEY_COLUMNS};
+use super::sql::{Conn, Sql, Tx};
 use crate::model::feed::EventKind;
 use crate::model::{KeyRecord, PageAfter};
-
-pub(super) const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata, digest, format, \
-     created_at, expires_at, grace_until, revoked_at, last_used_at, rotated_from, rotated_to, \
-     algorithm, signing_kid, rate_limit_rps, rate_limit_burst, allowed_cidrs, not_before, \
-     not_after";
 
 impl KeyStore {
     pub async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
@@ -258,38 +254,4 @@ pub(super) async fn insert_key_with(tx: &mut Tx, key: &KeyRecord) -> Result<(), 
     ]);
     tx.execute(&sql).await?;
     Ok(())
-}
-
-pub(super) fn key_from_row(row: &StoredRow) -> Result<KeyRecord, StoreError> {
-    let scopes: String = row.get("scopes")?;
-    let metadata: String = row.get("metadata")?;
-    Ok(KeyRecord {
-        id: row.get("id")?,
-        prefix: row.get("prefix")?,
-        name: row.get("name")?,
-        owner: row.get("owner")?,
-        scopes: serde_json::from_str(&scopes).map_err(|_| StoreError::Corrupt("keys.scopes"))?,
-        metadata: serde_json::from_str(&metadata)
-            .map_err(|_| StoreError::Corrupt("keys.metadata"))?,
-        digest: row.get("digest")?,
-        format: row.get("format")?,
-        created_at: row.get("created_at")?,
-        expires_at: row.get("expires_at")?,
-        grace_until: row.get("grace_until")?,
-        revoked_at: row.get("revoked_at")?,
-        last_used_at: row.get("last_used_at")?,
-        rotated_from: row.get("rotated_from")?,
-        rotated_to: row.get("rotated_to")?,
-        algorithm: row.get("algorithm")?,
-        signing_kid: row.get("signing_kid")?,
-        limits: limits_from_row(row)?,
-    })
-}
-
-/// The JSON texts of a record's scopes and metadata.
-pub(super) fn encode_json_fields(key: &KeyRecord) -> Result<(String, String), StoreError> {
-    let scopes = serde_json::to_string(&key.scopes).map_err(|_| StoreError::Corrupt("scopes"))?;
-    let metadata =
-        serde_json::to_string(&key.metadata).map_err(|_| StoreError::Corrupt("metadata"))?;
-    Ok((scopes, metadata))
 }

@@ -6,9 +6,10 @@
 
 use keygate_core::wire::KeyStatus;
 
+use super::error::StoreError;
+use super::handle::KeyStore;
 use super::keys::{insert_key_with, select_by_digest};
 use super::sql::Sql;
-use super::{KeyStore, StoreError};
 use crate::model::{KeyRecord, LegacyImportRow, LegacyOutcome, FORMAT_LEGACY};
 
 /// What to do with one row, given the key stored under its digest (if any).

@@ -16,8 +16,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 
+use super::error::StoreError;
+use super::seq::committed_seq;
+use super::signal::FeedSignal;
 use super::sql::Db;
-use super::{FeedSignal, StoreError};
 
 /// The `LISTEN`/`NOTIFY` channel of feed events; the payload is the sequence number.
 pub const FEED_CHANNEL: &str = "keygate_revocations";
@@ -140,7 +142,7 @@ async fn follow_notifications(
         drop(listener);
         listener = reconnect(&options).await;
         listening.store(true, Ordering::Relaxed);
-        match super::feed::committed_seq(&db).await {
+        match committed_seq(&db).await {
             Ok(seq) => {
                 tracing::info!(seq, "revocation listener reconnected");
                 signal.publish(seq);

@@ -1,8 +1,9 @@
 //! The keys the service signs JWT API keys with (`signing_keys`): one active key per
 //! algorithm, retired ones kept while tokens they signed may still be verified.
 
+use super::error::StoreError;
+use super::handle::KeyStore;
 use super::sql::{from_row, Sql, StoredRow, Tx};
-use super::{KeyStore, StoreError};
 use crate::model::SigningKeyRow;
 
 const SIGNING_KEY_COLUMNS: &str =

@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Database, Decode, Encode, Postgres, Row, Sqlite, Transaction, Type};
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// Rows deleted per statement, so a long prune never holds the database's writer for long.
 pub(super) const PRUNE_CHUNK: i64 = 5_000;

@@ -9,7 +9,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// Opens (creating if needed) the database file at `url` and applies the migrations.
 pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeSet;
 
+use super::error::StoreError;
+use super::handle::KeyStore;
 use super::sql::{from_row, Dialect, Sql, StoredRow, Tx, PRUNE_CHUNK};
-use super::{KeyStore, StoreError};
 use crate::model::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};
 
 /// Rows per multi-row statement (well under both backends' bind-parameter limits).
