@@ -11,16 +11,18 @@
 
 use std::time::Duration;
 
-use keygate_core::cache::Lease;
 use keygate_core::decision::DenyReason;
 use keygate_core::feed::{
     parse_feed_response, Accepted, FeedPolicy, FeedState, Follower, FollowerStatus, RevokedSet,
     SetLimits,
 };
+use keygate_core::machine::callouts::Callout;
+use keygate_core::machine::degraded::RecordTrust;
+use keygate_core::machine::lease::{Reentry, SharedLease, Take};
 use proxy_wasm::types::LogLevel;
 
 use crate::filter::Shared;
-use crate::host;
+use crate::host::{self, ProxyHost};
 use crate::metrics::Event;
 
 const SET_KEY: &str = "keygate.feed.set";
@@ -42,8 +44,8 @@ pub struct FeedView {
     state: Option<FeedState>,
     /// This worker's identity in leases.
     worker_id: String,
-    /// The poll in flight when this worker is the follower.
-    polling: Option<u32>,
+    /// A poll is in flight (this worker is the follower).
+    polling: bool,
     /// Where this worker is in the feed when it follows (a snapshot being assembled).
     follower: Follower,
     /// Ids evicted by the answers of a run of pages (logged once, after its last page).
@@ -66,9 +68,7 @@ pub fn on_start(shared: &Shared) {
     if !shared.config.revocation_feed.enabled {
         return;
     }
-    if host::get_shared(LEASE_KEY).1.is_none() {
-        let _ = host::set_shared(LEASE_KEY, &Lease::released().encode(), None);
-    }
+    SharedLease::new(LEASE_KEY).create(&ProxyHost);
     refresh(shared, host::now_ms());
 }
 
@@ -103,11 +103,19 @@ pub fn revocation(shared: &Shared, id: &str, now_ms: u64) -> Option<DenyReason> 
         .map(|kind| kind.deny_reason())
 }
 
-/// Whether a key record fetched at `fetched_at_ms` may decide: false when the revoked set
-/// cannot vouch that no revocation it predates is missing (ids evicted from a full set, or
-/// older than the key service keeps); such a record is looked up again.
-pub fn vouches_for(shared: &Shared, fetched_at_ms: u64) -> bool {
-    !shared.config.revocation_feed.enabled || shared.feed.borrow().set.vouches_for(fetched_at_ms)
+/// What the feed lets cached records do now (see [`RecordTrust`]).
+pub fn with_trust<R>(shared: &Shared, f: impl FnOnce(RecordTrust<'_>) -> R) -> R {
+    let settings = &shared.config.revocation_feed;
+    if !settings.enabled {
+        return f(RecordTrust::NO_FEED);
+    }
+    let view = shared.feed.borrow();
+    f(RecordTrust {
+        set: Some(&view.set),
+        live: view.state == Some(FeedState::Live),
+        policy: settings.policy,
+        recent_ms: settings.recent_ms,
+    })
 }
 
 /// How this filter's revoked set is bounded: the longest a cached record may decide (its TTL,
@@ -123,14 +131,7 @@ fn limits(shared: &Shared) -> SetLimits {
 
 /// The policy in force for key records: `None` while the feed is live (or not used).
 pub fn degraded_policy(shared: &Shared) -> Option<FeedPolicy> {
-    let settings = &shared.config.revocation_feed;
-    if !settings.enabled {
-        return None;
-    }
-    match shared.feed.borrow().state {
-        Some(FeedState::Live) => None,
-        _ => Some(settings.policy),
-    }
+    with_trust(shared, |trust| trust.degraded_policy())
 }
 
 /// Every tick: pick up the follower's latest set, notice state changes, and follow the feed
@@ -143,7 +144,7 @@ pub fn on_tick(shared: &Shared) {
     refresh(shared, now);
     let (idle, due) = {
         let view = shared.feed.borrow();
-        (view.polling.is_none(), now >= view.next_poll_ms)
+        (!view.polling, now >= view.next_poll_ms)
     };
     if idle && due {
         poll(shared, now);
@@ -218,22 +219,12 @@ fn poll(shared: &Shared, now: u64) {
             view.follower.is_assembling(),
         )
     };
-    let (current, cas) = host::get_shared(LEASE_KEY);
-    let lease = current.as_deref().and_then(Lease::decode);
-    if lease
-        .as_ref()
-        .is_some_and(|l| l.id != worker_id && l.is_held(now))
-    {
-        // Another worker follows; look again in a while in case it dies.
-        shared.feed.borrow_mut().next_poll_ms = now + 1_000;
-        return;
-    }
     let timeout_ms = settings.wait_s * 1000 + 5_000;
-    let mine = Lease {
-        id: worker_id,
-        until_ms: now + timeout_ms + 5_000,
-    };
-    if host::set_shared(LEASE_KEY, &mine.encode(), cas).is_err() {
+    let until = now + timeout_ms + 5_000;
+    let lease = SharedLease::new(LEASE_KEY);
+    if lease.take(&ProxyHost, &worker_id, until, now, Reentry::Renew) != Take::Taken {
+        // Another worker follows (or just took the lease); look again in a while in case
+        // it dies.
         shared.feed.borrow_mut().next_poll_ms = now + 1_000;
         return;
     }
@@ -268,7 +259,10 @@ fn dispatch(shared: &Shared, since: u64, wait: u64, timeout_ms: u64, now: u64) {
         headers,
         Duration::from_millis(timeout_ms),
     ) {
-        Ok(token) => shared.feed.borrow_mut().polling = Some(token),
+        Ok(token) => {
+            shared.feed.borrow_mut().polling = true;
+            shared.callouts.borrow_mut().insert(token, Callout::Feed);
+        }
         Err(err) => {
             failed(
                 shared,
@@ -296,16 +290,9 @@ fn failed(shared: &Shared, now: u64, why: &str) {
     );
 }
 
-/// A feed answer arrived: apply it, share it, and ask again at once. Returns false when
-/// `token` is not the feed's.
-pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
-    {
-        let mut view = shared.feed.borrow_mut();
-        if view.polling != Some(token) {
-            return false;
-        }
-        view.polling = None;
-    }
+/// A feed answer arrived: apply it, share it, and ask again at once.
+pub fn on_response(shared: &Shared, body_size: usize) {
+    shared.feed.borrow_mut().polling = false;
     let now = host::now_ms();
     let settings = &shared.config.revocation_feed;
     let status = host::call_response_status();
@@ -315,7 +302,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
             |s| format!("status {s}"),
         );
         failed(shared, now, &shown);
-        return true;
+        return;
     }
     let answer = match host::call_response_body(body_size, MAX_FEED_BODY)
         .as_deref()
@@ -324,7 +311,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         Some(Ok(answer)) => answer,
         _ => {
             failed(shared, now, "the answer is not a feed document");
-            return true;
+            return;
         }
     };
     refresh(shared, now);
@@ -339,7 +326,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         Err(err) => {
             shared.feed.borrow_mut().evicted_unlogged = 0;
             failed(shared, now, &err.to_string());
-            return true;
+            return;
         }
     };
     if !answer.events.is_empty() || answer.reset {
@@ -389,7 +376,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
             ),
         );
         renew_and_dispatch(shared, since, 0, now);
-        return true;
+        return;
     };
     host::log(
         LogLevel::Debug,
@@ -419,16 +406,12 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
     refresh(shared, now);
     let wait = if answer.more { 0 } else { settings.wait_s };
     renew_and_dispatch(shared, since, wait, now);
-    true
 }
 
 /// Renews the follower lease and asks the next question.
 fn renew_and_dispatch(shared: &Shared, since: u64, wait: u64, now: u64) {
     let timeout_ms = shared.config.revocation_feed.wait_s * 1000 + 5_000;
-    let renewed = Lease {
-        id: shared.feed.borrow().worker_id.clone(),
-        until_ms: now + timeout_ms + 5_000,
-    };
-    let _ = host::set_shared(LEASE_KEY, &renewed.encode(), None);
+    let worker_id = shared.feed.borrow().worker_id.clone();
+    SharedLease::new(LEASE_KEY).renew(&ProxyHost, &worker_id, now + timeout_ms + 5_000);
     dispatch(shared, since, wait, timeout_ms, now);
 }

@@ -12,10 +12,10 @@ use keygate_core::fingerprint::Fingerprinter;
 use keygate_core::headers::folds_to;
 use keygate_core::jwt::looks_like_jwt;
 use keygate_core::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
-use keygate_core::limits::{
-    bucket_key, client_address, ratelimit_headers, take_token, ForwardedFor, RateDecision,
-    SharedSlots, RATE_SLOTS,
-};
+use keygate_core::limits::{client_address, ForwardedFor};
+use keygate_core::machine::callouts::{Callout, Callouts};
+use keygate_core::machine::rate::{self, RateOutcome};
+use keygate_core::machine::reply::Replies;
 use keygate_core::route::{has_path_parameter, policy_from_metadata, Mode, Policy};
 use keygate_core::scope::Scope;
 use keygate_core::wire::RateLimit;
@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::feed::FeedView;
-use crate::host;
+use crate::host::{self, ProxyHost};
 use crate::jwt::{JwtState, TokenRequest};
 use crate::lookup::{Lookups, Outcome};
 use crate::metrics::{Event, Metrics};
@@ -47,6 +47,8 @@ pub struct Shared {
     pub jwt: RefCell<JwtState>,
     pub feed: RefCell<FeedView>,
     pub usage: RefCell<Usage>,
+    /// Every callout in flight on this worker, by token.
+    pub callouts: RefCell<Callouts>,
     /// Per request (context id): what its response needs.
     notes: RefCell<HashMap<u32, Note>>,
     tick: Cell<Duration>,
@@ -160,7 +162,7 @@ impl RootContext for KeygateRoot {
                     ),
                 );
                 crate::lookup::create_leases();
-                create_rate_slots();
+                rate::create_slots(&ProxyHost);
                 let worker = crate::feed::next_worker_id();
                 let jwt = JwtState::new(&config.jwt);
                 let lookups = Lookups::new(&config);
@@ -173,6 +175,7 @@ impl RootContext for KeygateRoot {
                     jwt: RefCell::new(jwt),
                     feed: RefCell::new(FeedView::new(worker.clone())),
                     usage: RefCell::new(Usage::new(worker)),
+                    callouts: RefCell::new(Callouts::default()),
                     notes: RefCell::new(HashMap::new()),
                     tick: Cell::new(Duration::ZERO),
                 });
@@ -231,12 +234,17 @@ pub fn reschedule(shared: &Shared) {
     }
 }
 
+/// Routes a callout answer to what waits on it (one map for every kind of callout).
 fn on_call_response(shared: &Shared, token_id: u32, body_size: usize) {
-    if !crate::lookup::on_response(shared, token_id, body_size)
-        && !crate::feed::on_response(shared, token_id, body_size)
-        && !crate::usage::on_response(shared, token_id)
-    {
-        crate::jwt::on_response(shared, token_id, body_size);
+    let callout = shared.callouts.borrow_mut().take(token_id);
+    match callout {
+        Some(Callout::Lookup { id, legacy }) => {
+            crate::lookup::on_response(shared, id, legacy, body_size);
+        }
+        Some(Callout::Jwks(issuer)) => crate::jwt::on_response(shared, issuer, body_size),
+        Some(Callout::Feed) => crate::feed::on_response(shared, body_size),
+        Some(Callout::Usage) => crate::usage::on_response(shared),
+        None => {}
     }
     reschedule(shared);
 }
@@ -334,7 +342,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         Policy::Public => {
             shared.metrics.count(Event::AllowedPublic);
             if mode == Mode::Shadow {
-                host::set_request_header(&config.decision_header, "allow; public");
+                replies(config).shadow_allow(&ProxyHost, true);
             } else if !forward_credential {
                 strip_unchecked_credentials(config, headers, path);
             }
@@ -625,18 +633,13 @@ pub fn apply(
     let limit = identity.rate_limit.or(forwarding.route_rate_limit);
     let mut ratelimit = None;
     if let Some(limit) = limit {
-        match take_token(&HostSlots, identity.bucket_owner, &limit, now) {
-            RateDecision::Allowed { remaining } => {
-                let reset_s = if remaining > 0 {
-                    0
-                } else {
-                    (1.0 / limit.requests_per_second).ceil() as u64
-                };
-                ratelimit = Some(ratelimit_headers(&limit, remaining, reset_s));
-            }
-            RateDecision::Limited { retry_after_ms } => {
-                let retry_after_s = retry_after_ms.div_ceil(1000).max(1);
-                let (policy, state) = ratelimit_headers(&limit, 0, retry_after_s);
+        match rate::take(&ProxyHost, identity.bucket_owner, &limit, now) {
+            RateOutcome::Allowed { policy, state } => ratelimit = Some((policy, state)),
+            RateOutcome::Limited {
+                retry_after_s,
+                policy,
+                state,
+            } => {
                 let reason = DenyReason::RateLimited { retry_after_s };
                 let extra = [
                     ("retry-after", retry_after_s.to_string()),
@@ -653,7 +656,7 @@ pub fn apply(
             }
             // Fail closed: a request whose bucket cannot be read and written back is not
             // let through uncounted.
-            RateDecision::SlotFull { .. } | RateDecision::Contended => {
+            RateOutcome::Contended => {
                 shared.metrics.count(Event::RateLimitContention);
                 return deny(
                     shared,
@@ -669,7 +672,7 @@ pub fn apply(
     let shadow = forwarding.mode == Mode::Shadow;
     if shadow {
         // The upstream still authenticates as before: keep the credential.
-        host::set_request_header(&config.decision_header, "allow");
+        replies(config).shadow_allow(&ProxyHost, false);
         shared.metrics.count(Event::ShadowAllowed);
     } else {
         shared.metrics.count(Event::Allowed);
@@ -724,30 +727,6 @@ fn strip_credential(shared: &Shared, forwarding: &Forwarding) {
     }
 }
 
-/// Rate-limit slots in proxy-wasm shared data (per Envoy process: both workers draw from one
-/// bucket).
-struct HostSlots;
-
-impl SharedSlots for HostSlots {
-    fn read(&self, name: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        host::get_shared(name)
-    }
-
-    fn write(&self, name: &str, value: &[u8], cas: Option<u32>) -> bool {
-        host::set_shared(name, value, cas).is_ok()
-    }
-}
-
-/// Creates every rate-limit slot, so that every write to one is a compare-and-swap.
-fn create_rate_slots() {
-    for slot in 0..RATE_SLOTS {
-        let name = bucket_key(slot);
-        if host::get_shared(&name).1.is_none() {
-            let _ = host::set_shared(&name, &[], None);
-        }
-    }
-}
-
 /// Denies the request in the current effective context: in enforce mode sends the deny
 /// response (returns false); in shadow mode only reports the decision upstream and lets the
 /// request through (returns true).
@@ -762,12 +741,6 @@ fn deny_with(
     mode: Mode,
     extra_headers: &[(&str, String)],
 ) -> bool {
-    let verdict = format!(
-        "status={} reason={} key_id={}",
-        reason.status(),
-        reason.metric_name(),
-        key_id.unwrap_or("-")
-    );
     // Usage rows only for a proven key; other denials count per reason (the metric below).
     let usage_key = key_id.filter(|_| crate::usage::counts_under_key(reason));
     if let (Some(key_id), true) = (usage_key, shared.config.usage.enabled) {
@@ -778,34 +751,18 @@ fn deny_with(
     }
     if mode == Mode::Shadow {
         shared.metrics.count_shadow_denial(reason);
-        host::log(LogLevel::Info, &format!("shadow: would deny {verdict}"));
-        let decision = format!(
-            "deny; status={}; reason={}",
-            reason.status(),
-            reason.metric_name()
-        );
-        host::set_request_header(&shared.config.decision_header, &decision);
-        return true;
+    } else {
+        shared.metrics.count_denial(reason);
     }
-    shared.metrics.count_denial(reason);
-    host::log(LogLevel::Info, &format!("denied {verdict}"));
-    let challenge = reason.www_authenticate();
-    let retry_after = shared.config.retry_after_seconds.to_string();
-    let mut headers = vec![
-        ("content-type", "application/problem+json"),
-        ("cache-control", "no-store"),
-    ];
-    if let Some(challenge) = &challenge {
-        headers.push(("www-authenticate", challenge.as_str()));
+    replies(&shared.config).deny(&ProxyHost, reason, key_id, mode, extra_headers)
+}
+
+/// How denials are answered, from the configuration.
+fn replies(config: &FilterConfig) -> Replies<'_> {
+    Replies {
+        decision_header: &config.decision_header,
+        retry_after_seconds: config.retry_after_seconds,
     }
-    if reason.status() == 503 {
-        headers.push(("retry-after", retry_after.as_str()));
-    }
-    for (name, value) in extra_headers {
-        headers.push((name, value.as_str()));
-    }
-    host::send_local_reply(reason.status(), headers, reason.problem_json().as_bytes());
-    false
 }
 
 /// Finishes a paused request in its own context: applies a decision and resumes it, or

@@ -4,22 +4,96 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use keygate_core::host::{Host, LogLevel as CoreLevel, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
-/// A host call that did not succeed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostError {
-    /// The host refused the arguments (unknown cluster, dead context, ...).
-    Refused(Status),
-    /// Shared data changed since it was read.
-    CasMismatch,
-}
+pub use keygate_core::host::HostError;
 
 fn refused(status: Status) -> HostError {
-    match status {
-        Status::CasMismatch => HostError::CasMismatch,
-        other => HostError::Refused(other),
+    HostError::Refused(match status {
+        Status::CasMismatch => return HostError::CasMismatch,
+        Status::Ok => "Ok",
+        Status::NotFound => "NotFound",
+        Status::BadArgument => "BadArgument",
+        Status::SerializationFailure => "SerializationFailure",
+        Status::ParseFailure => "ParseFailure",
+        Status::Empty => "Empty",
+        Status::InternalFailure => "InternalFailure",
+        _ => "Unknown",
+    })
+}
+
+/// The proxy-wasm host as the core's [`Host`]: the one implementation of the trait.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProxyHost;
+
+impl Host for ProxyHost {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn log(&self, level: CoreLevel, message: &str) {
+        let level = match level {
+            CoreLevel::Trace => LogLevel::Trace,
+            CoreLevel::Debug => LogLevel::Debug,
+            CoreLevel::Info => LogLevel::Info,
+            CoreLevel::Warn => LogLevel::Warn,
+            CoreLevel::Error => LogLevel::Error,
+            CoreLevel::Critical => LogLevel::Critical,
+        };
+        log(level, message);
+    }
+
+    fn get_shared(&self, key: &str) -> Versioned {
+        get_shared(key)
+    }
+
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        set_shared(key, value, cas)
+    }
+
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+            .map_err(refused)
+    }
+
+    fn call_response_status(&self) -> Option<u32> {
+        call_response_status()
+    }
+
+    fn call_response_body(&self, size: usize, max: usize) -> Option<Vec<u8>> {
+        call_response_body(size, max)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        property(path)
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        set_request_header(name, value);
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        remove_request_header(name);
+    }
+
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        send_local_reply(status, headers.to_vec(), body);
+    }
+
+    fn increment_metric(&self, id: u32, by: u64) {
+        increment_by(Some(id), by);
+    }
+
+    fn record_metric(&self, id: u32, value: u64) {
+        record(Some(id), value);
     }
 }
 

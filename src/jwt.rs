@@ -2,21 +2,21 @@
 //! shared with the others through shared data), the verified-token cache, and requests that
 //! wait for a JWKS refetch after presenting an unknown `kid`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use keygate_core::cache::Lease;
 use keygate_core::config::{JwksSource, JwtSettings, RemoteJwks, Revocation};
 use keygate_core::decision::{authorize_scopes, header_safe, DenyReason, Identity};
 use keygate_core::jwt::cache::{CachedToken, TokenCache};
 use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, KeySet, NativeVerifier};
 use keygate_core::key::KeyId;
+use keygate_core::machine::callouts::Callout;
+use keygate_core::machine::lease::{Reentry, SharedLease, Take};
 use keygate_core::scope::Scope;
 use proxy_wasm::types::LogLevel;
 
 use crate::crypto::HostVerifier;
 use crate::filter::{complete, resolve_record, Forwarding, Presented, Proof, Shared, Step};
-use crate::host;
+use crate::host::{self, ProxyHost};
 use crate::metrics::Event;
 
 /// Largest JWKS document read.
@@ -51,8 +51,6 @@ struct IssuerState {
 pub struct JwtState {
     issuers: Vec<IssuerState>,
     cache: TokenCache,
-    /// Callout token → issuer index, for JWKS fetches in flight.
-    fetches: HashMap<u32, usize>,
     /// When the periodic JWKS work last ran.
     last_tick_ms: u64,
     /// The host's native signature check, when configured.
@@ -82,7 +80,6 @@ impl JwtState {
         Self {
             issuers,
             cache: TokenCache::new(settings.cache_max_entries),
-            fetches: HashMap::new(),
             last_tick_ms: 0,
             host_crypto: settings.host_crypto.then(HostVerifier::default),
         }
@@ -132,10 +129,7 @@ fn decode_jwks(value: &[u8]) -> Option<(u64, &[u8])> {
 pub fn on_start(shared: &Shared) {
     let count = shared.jwt.borrow().issuers.len();
     for index in 0..count {
-        let name = jwks_lease_key(index);
-        if host::get_shared(&name).1.is_none() {
-            let _ = host::set_shared(&name, &Lease::released().encode(), None);
-        }
+        SharedLease::new(&jwks_lease_key(index)).create(&ProxyHost);
         load_shared_jwks(shared, index);
     }
 }
@@ -337,14 +331,10 @@ fn wait_for_keys(
 
 /// True when this issuer's JWKS is being fetched right now, by this worker or another.
 fn fetch_in_flight(shared: &Shared, index: usize, now_ms: u64) -> bool {
-    if shared.jwt.borrow().fetches.values().any(|i| *i == index) {
+    if shared.callouts.borrow().any(|c| *c == Callout::Jwks(index)) {
         return true;
     }
-    host::get_shared(&jwks_lease_key(index))
-        .0
-        .as_deref()
-        .and_then(Lease::decode)
-        .is_some_and(|lease| lease.is_held(now_ms))
+    SharedLease::new(&jwks_lease_key(index)).is_held(&ProxyHost, now_ms)
 }
 
 /// A refetch on an unknown `kid` happens at most once per `min_refetch` interval, counted
@@ -381,19 +371,10 @@ fn start_fetch(shared: &Shared, index: usize, now_ms: u64) {
         }
     };
     let lease_name = jwks_lease_key(index);
-    let (current, cas) = host::get_shared(&lease_name);
-    if current
-        .as_deref()
-        .and_then(Lease::decode)
-        .is_some_and(|lease| lease.is_held(now_ms))
-    {
-        return;
-    }
-    let lease = Lease {
-        id: format!("jwks{index}"),
-        until_ms: now_ms + remote.timeout_ms + 500,
-    };
-    if host::set_shared(&lease_name, &lease.encode(), cas).is_err() {
+    let lease = SharedLease::new(&lease_name);
+    let owner = format!("jwks{index}");
+    let until = now_ms + remote.timeout_ms + 500;
+    if lease.take(&ProxyHost, &owner, until, now_ms, Reentry::Wait) != Take::Taken {
         return;
     }
     let headers = vec![
@@ -408,10 +389,13 @@ fn start_fetch(shared: &Shared, index: usize, now_ms: u64) {
         Duration::from_millis(remote.timeout_ms),
     ) {
         Ok(token) => {
-            shared.jwt.borrow_mut().fetches.insert(token, index);
+            shared
+                .callouts
+                .borrow_mut()
+                .insert(token, Callout::Jwks(index));
         }
         Err(err) => {
-            let _ = host::set_shared(&lease_name, &Lease::released().encode(), None);
+            lease.release(&ProxyHost);
             shared.metrics.count(Event::JwksFetchFailure);
             host::log(
                 LogLevel::Warn,
@@ -426,12 +410,9 @@ fn start_fetch(shared: &Shared, index: usize, now_ms: u64) {
 
 /// A JWKS fetch answered: keep a good document (share it, load it), keep the old keys on a
 /// bad one. Then answer the requests that waited.
-pub fn on_response(shared: &Shared, token: u32, body_size: usize) {
-    let Some(index) = shared.jwt.borrow_mut().fetches.remove(&token) else {
-        return;
-    };
+pub fn on_response(shared: &Shared, index: usize, body_size: usize) {
     let now_ms = host::now_ms();
-    let _ = host::set_shared(&jwks_lease_key(index), &Lease::released().encode(), None);
+    SharedLease::new(&jwks_lease_key(index)).release(&ProxyHost);
     let status = host::call_response_status();
     let body = match status {
         Some(200) => host::call_response_body(body_size, MAX_JWKS_BODY),

@@ -20,5 +20,10 @@ use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
+    // A panic aborts the VM (`panic = "abort"`); its message goes to Envoy's log first, so
+    // the abort is not silent.
+    std::panic::set_hook(Box::new(|info| {
+        host::log(LogLevel::Critical, &format!("keygate panicked: {info}"));
+    }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(filter::KeygateRoot::default()) });
 }}

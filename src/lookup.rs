@@ -10,9 +10,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 
-use keygate_core::cache::{
-    lease_key, record_key, slot_of, CacheEntry, Freshness, Lease, LEASE_STRIPES,
-};
+use keygate_core::cache::{lease_key, record_key, slot_of, CacheEntry, Freshness, LEASE_STRIPES};
 use keygate_core::config::FilterConfig;
 use keygate_core::decision::{
     authorize_proven, authorize_record, authorize_token_record, DenyReason, Identity,
@@ -21,6 +19,9 @@ use keygate_core::decision::{
 use keygate_core::feed::FeedPolicy;
 use keygate_core::fingerprint::Fingerprint;
 use keygate_core::key::{KeyDigest, KeyId};
+use keygate_core::machine::callouts::Callout;
+use keygate_core::machine::degraded::Fallback;
+use keygate_core::machine::lease::{Reentry, SharedLease, Take};
 use keygate_core::negative_cache::NegativeCache;
 use keygate_core::scope::Scope;
 use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
@@ -33,7 +34,7 @@ use crate::filter::{
     client_now, complete, lookup_timeout, resolve_client, Forwarding, Presented, Proof, Shared,
     Step,
 };
-use crate::host;
+use crate::host::{self, ProxyHost};
 use crate::metrics::Event;
 
 /// Largest lookup answer read from the key service.
@@ -97,8 +98,6 @@ struct Pending {
 /// Per-worker state of lookups in flight.
 pub struct Lookups {
     pending: HashMap<KeyId, Pending>,
-    /// Callout token → the key id it looks up, and whether it is a legacy lookup.
-    tokens: HashMap<u32, (KeyId, bool)>,
     in_flight: usize,
     /// Legacy lookups in flight, capped apart (`legacy_keys.max_in_flight`): a spray of
     /// legacy-looking strings, which cannot be checked inline, cannot use up the lookups
@@ -127,7 +126,6 @@ impl Lookups {
             .map_or(1, |legacy| legacy.negative_cache_entries);
         Self {
             pending: HashMap::new(),
-            tokens: HashMap::new(),
             in_flight: 0,
             legacy_in_flight: 0,
             legacy_unknown: NegativeCache::new(negative_entries),
@@ -207,15 +205,9 @@ fn finish(shared: &Shared, waiter: Waiter, result: Result<Identity, DenyReason>)
 /// recently (a revocation may have been missed since). A record the revoked set cannot vouch
 /// for (older than an id it had to evict) is never trusted from the cache.
 fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
-    if !crate::feed::vouches_for(shared, entry.fetched_at_ms) {
-        return false;
-    }
-    match crate::feed::degraded_policy(shared) {
-        Some(FeedPolicy::FailClosedUnlessRecent) => {
-            now.saturating_sub(entry.fetched_at_ms) <= shared.config.revocation_feed.recent_ms
-        }
-        _ => true,
-    }
+    crate::feed::with_trust(shared, |trust| {
+        trust.is_recent_enough(entry.fetched_at_ms, now)
+    })
 }
 
 /// The record for `id`: from this worker's copy while it is fresh, else from shared data
@@ -412,9 +404,10 @@ fn start_lookup(
     let config = &shared.config;
     let slot = slot_of(id, &config.cache);
     let lease_name = lease_key(slot);
-    let (current, cas) = host::get_shared(&lease_name);
-    let lease = current.as_deref().and_then(Lease::decode);
-    if lease.as_ref().is_some_and(|l| l.is_held_for(id, now)) {
+    let lease = SharedLease::new(&lease_name);
+    let current = lease.read(&ProxyHost);
+    let holder = current.holder(now).map(|l| l.id == id.as_str());
+    if holder == Some(true) {
         return wait_for_other_worker(pending);
     }
     let legacy = matches!(pending.target, Target::LegacyDigest(_));
@@ -430,17 +423,13 @@ fn start_lookup(
     let timeout = lookup_timeout(config);
     // A stripe busy with another key id: look up without a lease rather than wait on a
     // stranger (a duplicate lookup at worst).
-    let stripe_busy = lease.is_some_and(|l| l.is_held(now));
-    let leased = !stripe_busy && {
-        let mine = Lease {
-            id: id.to_string(),
-            until_ms: now + timeout.as_millis() as u64 + 100,
-        };
-        if host::set_shared(&lease_name, &mine.encode(), cas).is_err() {
+    let leased = holder.is_none() && {
+        let until = now + timeout.as_millis() as u64 + 100;
+        match current.take(&ProxyHost, id.as_str(), until, now, Reentry::Wait) {
+            Take::Taken => true,
             // Another worker took the lease between our read and write.
-            return wait_for_other_worker(pending);
+            Take::Held(_) | Take::Lost => return wait_for_other_worker(pending),
         }
-        true
     };
     // The worker that held the lease may have filled the slot just before we took it.
     // (Shared data only: `lookups` is borrowed by our caller.)
@@ -465,7 +454,10 @@ fn start_lookup(
     ];
     match host::dispatch_http_call(&config.key_service.cluster, headers, timeout) {
         Ok(token) => {
-            lookups.tokens.insert(token, (*id, legacy));
+            shared
+                .callouts
+                .borrow_mut()
+                .insert(token, Callout::Lookup { id: *id, legacy });
             if legacy {
                 lookups.legacy_in_flight += 1;
             } else {
@@ -495,16 +487,13 @@ fn wait_for_other_worker(pending: &mut Pending) -> Result<Started, DenyReason> {
 }
 
 fn release_lease(lease_name: &str) {
-    let _ = host::set_shared(lease_name, &Lease::released().encode(), None);
+    SharedLease::new(lease_name).release(&ProxyHost);
 }
 
 /// Creates every lease key, so that taking a lease is always a compare-and-swap.
 pub fn create_leases() {
     for stripe in 0..LEASE_STRIPES {
-        let name = lease_key(stripe);
-        if host::get_shared(&name).1.is_none() {
-            let _ = host::set_shared(&name, &Lease::released().encode(), None);
-        }
+        SharedLease::new(&lease_key(stripe)).create(&ProxyHost);
     }
 }
 
@@ -517,8 +506,10 @@ fn fallback(
     now: u64,
     reason: DenyReason,
 ) -> Result<Identity, DenyReason> {
-    match stale.filter(|e| is_recent_enough(shared, e, now)) {
-        Some(entry) if entry.freshness(now, &shared.config.cache) != Freshness::Dead => {
+    let held = stale.map(|e| (e.fetched_at_ms, e.freshness(now, &shared.config.cache)));
+    let choice = crate::feed::with_trust(shared, |trust| trust.fallback(held, now));
+    match (choice, stale) {
+        (Fallback::UseStale, Some(entry)) => {
             shared.metrics.count(Event::StaleUsed);
             decide(shared, entry, presented, now)
         }
@@ -526,15 +517,11 @@ fn fallback(
     }
 }
 
-/// A lookup answered: cache it and answer everyone who waited for it. Returns false when
-/// `token` is not a lookup of ours.
-pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
+/// A lookup answered: cache it and answer everyone who waited for it.
+pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
     let now = host::now_ms();
     let pending = {
         let mut lookups = shared.lookups.borrow_mut();
-        let Some((id, legacy)) = lookups.tokens.remove(&token) else {
-            return false;
-        };
         if legacy {
             lookups.legacy_in_flight = lookups.legacy_in_flight.saturating_sub(1);
         } else {
@@ -543,7 +530,7 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
         lookups.pending.remove(&id).map(|p| (id, p))
     };
     let Some((id, pending)) = pending else {
-        return true;
+        return;
     };
     let slot = slot_of(&id, &shared.config.cache);
     release_lease(&lease_key(slot));
@@ -612,7 +599,6 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
             }
         }
     }
-    true
 }
 
 /// Polls lookups another worker is doing: answer from the cache once it fills, take over

@@ -19,13 +19,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use keygate_core::cache::Lease;
 use keygate_core::decision::DenyReason;
+use keygate_core::machine::callouts::Callout;
+use keygate_core::machine::lease::{Reentry, SharedLease, Take};
 use keygate_core::wire::{UsageBatch, UsageCounts, UsageRow, USAGE_MAX_ROWS};
 use proxy_wasm::types::LogLevel;
 
 use crate::filter::Shared;
-use crate::host;
+use crate::host::{self, ProxyHost};
 use crate::metrics::Event;
 
 const PENDING_KEY: &str = "keygate.usage.pending";
@@ -49,8 +50,8 @@ pub struct Usage {
     local: HashMap<String, HashMap<u64, (UsageCounts, u64)>>,
     last_merge_ms: u64,
     last_flush_ms: u64,
-    /// The flush in flight when this worker is the flusher.
-    sending: Option<u32>,
+    /// A flush is in flight (this worker is the flusher).
+    sending: bool,
     /// The last batch taken left rows waiting: send the next one once it is answered.
     backlog: bool,
     batches: u64,
@@ -209,7 +210,7 @@ pub fn on_tick(shared: &Shared) {
     }
     let flush_due = {
         let usage = shared.usage.borrow();
-        usage.sending.is_none() && now.saturating_sub(usage.last_flush_ms) >= settings.flush_ms
+        !usage.sending && now.saturating_sub(usage.last_flush_ms) >= settings.flush_ms
     };
     if flush_due {
         flush(shared, now);
@@ -275,21 +276,14 @@ fn split_batch(rows: Vec<UsageRow>, max_bytes: usize) -> (Vec<UsageRow>, Vec<Usa
 /// waits there) and sends the outbox.
 fn flush(shared: &Shared, now: u64) {
     let worker = shared.usage.borrow().worker.clone();
-    let (lease, cas) = host::get_shared(LEASE_KEY);
-    if lease
-        .as_deref()
-        .and_then(Lease::decode)
-        .is_some_and(|l| l.id != worker && l.is_held(now))
-    {
-        shared.usage.borrow_mut().last_flush_ms = now;
-        return;
-    }
-    let mine = Lease {
-        id: worker.clone(),
-        until_ms: now + shared.config.usage.flush_ms + TIMEOUT_MS + 5_000,
-    };
-    if host::set_shared(LEASE_KEY, &mine.encode(), cas).is_err() {
-        return;
+    let until = now + shared.config.usage.flush_ms + TIMEOUT_MS + 5_000;
+    match SharedLease::new(LEASE_KEY).take(&ProxyHost, &worker, until, now, Reentry::Renew) {
+        Take::Taken => {}
+        Take::Held(_) => {
+            shared.usage.borrow_mut().last_flush_ms = now;
+            return;
+        }
+        Take::Lost => return,
     }
     shared.usage.borrow_mut().last_flush_ms = now;
 
@@ -363,7 +357,10 @@ fn send(shared: &Shared, batch: &UsageBatch) {
         &body,
         Duration::from_millis(TIMEOUT_MS),
     ) {
-        Ok(token) => shared.usage.borrow_mut().sending = Some(token),
+        Ok(token) => {
+            shared.usage.borrow_mut().sending = true;
+            shared.callouts.borrow_mut().insert(token, Callout::Usage);
+        }
         Err(err) => {
             shared.metrics.count(Event::UsageFlushFailure);
             host::log(
@@ -396,15 +393,8 @@ fn verdict(status: Option<u32>) -> Verdict {
 
 /// A batch answered: clear the outbox when it was taken or refused for good; otherwise it
 /// stays for the next flush. When rows are waiting behind it, the next batch goes now.
-/// Returns false when `token` is not a usage flush.
-pub fn on_response(shared: &Shared, token: u32) -> bool {
-    {
-        let mut usage = shared.usage.borrow_mut();
-        if usage.sending != Some(token) {
-            return false;
-        }
-        usage.sending = None;
-    }
+pub fn on_response(shared: &Shared) {
+    shared.usage.borrow_mut().sending = false;
     let status = host::call_response_status();
     let outcome = verdict(status);
     match outcome {
@@ -443,7 +433,6 @@ pub fn on_response(shared: &Shared, token: u32) -> bool {
     if outcome != Verdict::Retry && backlog {
         flush(shared, host::now_ms());
     }
-    true
 }
 
 #[cfg(test)]

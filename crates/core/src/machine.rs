@@ -1,0 +1,15 @@
+//! The filter's cross-request machinery, driven through the [`Host`](crate::host::Host)
+//! trait so that every branch of it is unit-tested against the fake host.
+//!
+//! - [`lease`]: the one lease protocol in shared data (lookups, JWKS, feed, usage);
+//! - [`callouts`]: the one map from a callout token to what waits on it;
+//! - [`degraded`]: whether a cached record may decide while the revocation feed is not live,
+//!   and what a request gets when the key service cannot answer;
+//! - [`rate`]: the shared token buckets and their fail-closed outcomes;
+//! - [`reply`]: denials as answered in enforce mode and reported in shadow mode.
+
+pub mod callouts;
+pub mod degraded;
+pub mod lease;
+pub mod rate;
+pub mod reply;
