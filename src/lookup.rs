@@ -13,8 +13,7 @@ use std::collections::HashMap;
 use keygate_core::cache::{lease_key, record_key, slot_of, CacheEntry, Freshness, LEASE_STRIPES};
 use keygate_core::config::FilterConfig;
 use keygate_core::decision::{
-    authorize_proven, authorize_record, authorize_token_record, DenyReason, Identity,
-    PreparedRecord,
+    authorize_proven, authorize_token_prepared, DenyReason, Identity, PreparedRecord,
 };
 use keygate_core::feed::FeedPolicy;
 use keygate_core::fingerprint::Fingerprint;
@@ -92,7 +91,7 @@ struct Pending {
     /// `Some` when this worker's callout is in flight; `None` while another worker holds the lease.
     token: Option<u32>,
     since_ms: u64,
-    stale: Option<Rc<CacheEntry>>,
+    stale: Option<Rc<Local>>,
 }
 
 /// Per-worker state of lookups in flight.
@@ -110,12 +109,31 @@ pub struct Lookups {
     local: HashMap<KeyId, Rc<Local>>,
 }
 
-/// A fresh record as this worker keeps it: decoded, prepared for decisions, and with the
-/// fingerprint of the last key text proven against its digest.
+/// A record as this worker holds it: decoded, prepared for decisions once (digest, identity,
+/// address allow-list), and with the fingerprint of the last key text proven against its
+/// digest. Fresh ones are kept in [`Lookups::local`].
 struct Local {
-    entry: Rc<CacheEntry>,
+    entry: CacheEntry,
     prepared: Option<PreparedRecord>,
     proven: Cell<Option<Fingerprint>>,
+}
+
+impl Local {
+    fn new(entry: CacheEntry) -> Rc<Self> {
+        Rc::new(Self {
+            prepared: entry.record.as_ref().map(PreparedRecord::of),
+            entry,
+            proven: Cell::new(None),
+        })
+    }
+}
+
+impl std::ops::Deref for Local {
+    type Target = CacheEntry;
+
+    fn deref(&self) -> &CacheEntry {
+        &self.entry
+    }
 }
 
 impl Lookups {
@@ -151,44 +169,48 @@ impl Lookups {
 
 fn decide(
     shared: &Shared,
-    entry: &CacheEntry,
+    entry: &Local,
     presented: &Presented,
     now_ms: u64,
 ) -> Result<Identity, DenyReason> {
     let now_s = now_ms / 1000;
-    match (&presented.proof, &entry.record) {
+    let record = entry.record.as_ref().zip(entry.prepared.as_ref());
+    match (&presented.proof, record) {
         (Proof::Opaque(_), None) => Err(DenyReason::UnknownKey),
         // The digest is compared first: only the holder of the secret learns that the key
         // is revoked or expired (by its record or by the feed); anyone else gets `digest_mismatch`.
-        (Proof::Opaque(digest), Some(record)) => {
-            let result = authorize_record(
+        (Proof::Opaque(digest), Some((record, prepared))) => {
+            if !prepared.digest_matches(digest) {
+                return Err(DenyReason::DigestMismatch);
+            }
+            let result = authorize_proven(
                 record,
-                digest,
+                prepared,
                 &presented.required,
-                client_for(record, presented),
+                client_for(prepared, &presented.forwarding),
                 now_s,
             );
             match crate::feed::revocation(shared, &record.id, now_ms) {
-                Some(reason) if result != Err(DenyReason::DigestMismatch) => Err(reason),
-                _ => result,
+                Some(reason) => Err(reason),
+                None => result,
             }
         }
-        (Proof::Token(identity), record) => authorize_token_record(
-            record.as_ref(),
+        (Proof::Token(identity), record) => authorize_token_prepared(
+            record,
             identity.clone(),
             &presented.required,
-            record.as_ref().and_then(|r| client_for(r, presented)),
+            record.and_then(|(_, prepared)| client_for(prepared, &presented.forwarding)),
             now_s,
         ),
     }
 }
 
 /// The client address, read only when the record restricts addresses.
-fn client_for(record: &KeyLookup, presented: &Presented) -> Option<IpAddr> {
-    if record.allowed_cidrs.is_empty() {
-        None
+fn client_for(prepared: &PreparedRecord, forwarding: &Forwarding) -> Option<IpAddr> {
+    if prepared.restricts_addresses() {
+        client_now(forwarding)
     } else {
-        client_now(&presented.forwarding)
+        None
     }
 }
 
@@ -212,20 +234,15 @@ fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
 
 /// The record for `id`: from this worker's copy while it is fresh, else from shared data
 /// (another worker may have fetched it), keeping a fresh one for next time.
-fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<CacheEntry>> {
+fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
     let now = host::now_ms();
-    let local = shared
-        .lookups
-        .borrow()
-        .local
-        .get(id)
-        .map(|l| Rc::clone(&l.entry));
+    let local = shared.lookups.borrow().local.get(id).cloned();
     if let Some(entry) =
         local.filter(|e| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
     {
         return Some(entry);
     }
-    let entry = Rc::new(read_shared_entry(shared, id)?);
+    let entry = Local::new(read_shared_entry(shared, id)?);
     if entry.freshness(now, &shared.config.cache) == Freshness::Fresh {
         remember(shared, id, &entry);
     }
@@ -273,11 +290,7 @@ pub fn decide_fresh(
     if let Some(reason) = crate::feed::revocation(shared, &record.id, now) {
         return Some(Err(reason));
     }
-    let client = if record.allowed_cidrs.is_empty() {
-        None
-    } else {
-        client_now(forwarding)
-    };
+    let client = client_for(prepared, forwarding);
     Some(authorize_proven(
         record,
         prepared,
@@ -288,17 +301,12 @@ pub fn decide_fresh(
 }
 
 /// Keeps a decoded record in this worker's bounded copy of the cache.
-fn remember(shared: &Shared, id: &KeyId, entry: &Rc<CacheEntry>) {
-    let local = Local {
-        entry: Rc::clone(entry),
-        prepared: entry.record.as_ref().map(PreparedRecord::of),
-        proven: Cell::new(None),
-    };
+fn remember(shared: &Shared, id: &KeyId, entry: &Rc<Local>) {
     let mut lookups = shared.lookups.borrow_mut();
     if lookups.local.len() >= shared.config.cache.max_entries as usize {
         lookups.local.clear();
     }
-    lookups.local.insert(*id, Rc::new(local));
+    lookups.local.insert(*id, Rc::clone(entry));
 }
 
 /// Decides from the cache when it can; otherwise starts or joins a lookup.
@@ -389,7 +397,7 @@ enum Started {
     /// Another worker's callout is; we poll the cache.
     Waiting,
     /// The record arrived meanwhile: decide now.
-    Filled(Rc<CacheEntry>),
+    Filled(Rc<Local>),
 }
 
 /// Takes the lease and dispatches the callout, or arranges to wait for another worker's.
@@ -436,7 +444,7 @@ fn start_lookup(
     if let Some(entry) = read_shared_entry(shared, id)
         .filter(|e| e.freshness(now, &config.cache) == Freshness::Fresh)
         .filter(|e| is_recent_enough(shared, e, now))
-        .map(Rc::new)
+        .map(Local::new)
     {
         if leased {
             release_lease(&lease_name);
@@ -501,7 +509,7 @@ pub fn create_leases() {
 /// decides; otherwise the request fails closed with `reason` (503).
 fn fallback(
     shared: &Shared,
-    stale: Option<&Rc<CacheEntry>>,
+    stale: Option<&Rc<Local>>,
     presented: &Presented,
     now: u64,
     reason: DenyReason,
@@ -563,7 +571,7 @@ pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
             }
         }
         Some(record) => {
-            let entry = Rc::new(CacheEntry {
+            let entry = Local::new(CacheEntry {
                 id: id.to_string(),
                 fetched_at_ms: now,
                 record,
