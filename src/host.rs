@@ -2,9 +2,10 @@
 //! the SDK, so the calls Keygate makes are few, typed and easy to audit. Header values are
 //! read as bytes only: the SDK's string getters panic on non-UTF-8 input.
 
+use std::cell::Cell;
 use std::time::{Duration, UNIX_EPOCH};
 
-use keygate_core::host::{Host, LogLevel as CoreLevel, Versioned};
+use keygate_core::host::{Event, Host, LogLevel as CoreLevel, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
@@ -88,13 +89,29 @@ impl Host for ProxyHost {
         send_local_reply(status, headers.to_vec(), body);
     }
 
-    fn increment_metric(&self, id: u32, by: u64) {
-        increment_by(Some(id), by);
+    fn count(&self, event: Event, by: u64) {
+        increment_by(event_id(event), by);
     }
 
-    fn record_metric(&self, id: u32, value: u64) {
-        record(Some(id), value);
+    fn gauge(&self, event: Event, value: u64) {
+        record(event_id(event), value);
     }
+}
+
+thread_local! {
+    /// The metric ids of the events (defined at configure), for [`ProxyHost`]'s metrics. A VM
+    /// runs on one thread.
+    static EVENT_IDS: Cell<[Option<u32>; Event::ALL.len()]> =
+        const { Cell::new([None; Event::ALL.len()]) };
+}
+
+/// Keeps the metric ids of the events, as defined at configure.
+pub fn set_event_ids(ids: [Option<u32>; Event::ALL.len()]) {
+    EVENT_IDS.with(|defined| defined.set(ids));
+}
+
+fn event_id(event: Event) -> Option<u32> {
+    EVENT_IDS.with(|defined| defined.get().get(event as usize).copied().flatten())
 }
 
 pub fn log(level: LogLevel, message: &str) {
@@ -305,16 +322,6 @@ pub fn response_status() -> Option<u32> {
         .ok()
         .flatten()?;
     std::str::from_utf8(&value).ok()?.parse().ok()
-}
-
-/// Like [`dispatch_http_call`], with a request body.
-pub fn dispatch_http_call_with_body(
-    cluster: &str,
-    headers: Vec<(&str, &str)>,
-    body: &[u8],
-    timeout: Duration,
-) -> Result<u32, HostError> {
-    hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout).map_err(refused)
 }
 
 /// The `:status` of the current HTTP call's response, if it has one.

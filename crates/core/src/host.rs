@@ -76,9 +76,104 @@ pub trait Host {
     /// Answers the current request from the filter.
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
 
-    /// Adds `by` to a counter defined by the filter (`id` as the host gave it).
-    fn increment_metric(&self, id: u32, by: u64);
+    /// Adds `by` to an event's counter.
+    fn count(&self, event: Event, by: u64);
 
-    /// Sets a gauge.
-    fn record_metric(&self, id: u32, value: u64);
+    /// Sets an event's gauge.
+    fn gauge(&self, event: Event, value: u64);
+}
+
+/// Something worth counting (or, for gauges, reporting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Allowed,
+    AllowedPublic,
+    CacheHit,
+    CacheMiss,
+    /// A stale record was used because the key service could not be asked.
+    StaleUsed,
+    CalloutFailure,
+    /// A JWT found in the verified-token cache.
+    TokenCacheHit,
+    JwksRefreshed,
+    JwksFetchFailure,
+    /// Revocation events applied from the feed (counted by the follower).
+    FeedEvents,
+    FeedFailure,
+    FeedStateChange,
+    /// Gauge: 1 while the feed is live.
+    FeedLive,
+    /// Gauge: ids on the revoked list.
+    RevokedIds,
+    /// Revoked ids evicted because the set was full (`revocation_feed.max_revoked`): keys
+    /// whose records predate them are looked up again.
+    FeedEvicted,
+    /// Shadow mode: a request that would have been allowed.
+    ShadowAllowed,
+    /// A rate-limit bucket could not be updated (compare-and-swap kept failing).
+    RateLimitContention,
+    UsageFlushed,
+    UsageFlushFailure,
+    /// Usage rows dropped because too many waited.
+    UsageDropped,
+    /// Usage batches the key service refused for good (4xx): dropped, not resent.
+    UsageRejected,
+}
+
+impl Event {
+    /// Every event, in declaration order (`event as usize` indexes it).
+    pub const ALL: [Event; 21] = [
+        Event::Allowed,
+        Event::AllowedPublic,
+        Event::CacheHit,
+        Event::CacheMiss,
+        Event::StaleUsed,
+        Event::CalloutFailure,
+        Event::TokenCacheHit,
+        Event::JwksRefreshed,
+        Event::JwksFetchFailure,
+        Event::FeedEvents,
+        Event::FeedFailure,
+        Event::FeedStateChange,
+        Event::FeedLive,
+        Event::RevokedIds,
+        Event::FeedEvicted,
+        Event::ShadowAllowed,
+        Event::RateLimitContention,
+        Event::UsageFlushed,
+        Event::UsageFlushFailure,
+        Event::UsageDropped,
+        Event::UsageRejected,
+    ];
+
+    /// The metric name on Envoy's `/stats` (under `wasmcustom.`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Allowed => "keygate.allowed",
+            Event::AllowedPublic => "keygate.allowed_public",
+            Event::CacheHit => "keygate.cache_hit",
+            Event::CacheMiss => "keygate.cache_miss",
+            Event::StaleUsed => "keygate.stale_used",
+            Event::CalloutFailure => "keygate.callout_failure",
+            Event::TokenCacheHit => "keygate.token_cache_hit",
+            Event::JwksRefreshed => "keygate.jwks_refreshed",
+            Event::JwksFetchFailure => "keygate.jwks_fetch_failure",
+            Event::FeedEvents => "keygate.feed.events",
+            Event::FeedFailure => "keygate.feed.failure",
+            Event::FeedStateChange => "keygate.feed.state_change",
+            Event::FeedLive => "keygate.feed.live",
+            Event::RevokedIds => "keygate.feed.revoked_ids",
+            Event::FeedEvicted => "keygate.feed.evicted",
+            Event::ShadowAllowed => "keygate.shadow.allowed",
+            Event::RateLimitContention => "keygate.rate_limit_contention",
+            Event::UsageFlushed => "keygate.usage.flushed",
+            Event::UsageFlushFailure => "keygate.usage.flush_failure",
+            Event::UsageDropped => "keygate.usage.dropped",
+            Event::UsageRejected => "keygate.usage.rejected",
+        }
+    }
+
+    pub fn is_gauge(self) -> bool {
+        matches!(self, Event::FeedLive | Event::RevokedIds)
+    }
 }

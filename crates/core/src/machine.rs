@@ -6,10 +6,12 @@
 //! - [`degraded`]: whether a cached record may decide while the revocation feed is not live,
 //!   and what a request gets when the key service cannot answer;
 //! - [`rate`]: the shared token buckets and their fail-closed outcomes;
-//! - [`reply`]: denials as answered in enforce mode and reported in shadow mode.
+//! - [`reply`]: denials as answered in enforce mode and reported in shadow mode;
+//! - [`usage`]: per-key usage counts, merged across workers and sent by one flusher.
 
 pub mod callouts;
 pub mod degraded;
 pub mod lease;
 pub mod rate;
 pub mod reply;
+pub mod usage;

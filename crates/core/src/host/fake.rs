@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{Host, HostError, LogLevel, Versioned};
+use super::{Event, Host, HostError, LogLevel, Versioned};
 
 /// Something the code under test did to the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,8 +27,8 @@ pub enum Effect {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     },
-    Increment(u32, u64),
-    Record(u32, u64),
+    Count(Event, u64),
+    Gauge(Event, u64),
 }
 
 #[derive(Default)]
@@ -133,6 +133,18 @@ impl FakeHost {
             .filter(|e| matches!(e, Effect::Dispatch { .. }))
             .cloned()
             .collect()
+    }
+
+    /// How much `event` was counted so far on this worker.
+    pub fn counted(&self, event: Event) -> u64 {
+        self.effects
+            .borrow()
+            .iter()
+            .map(|e| match e {
+                Effect::Count(counted, by) if *counted == event => *by,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The messages logged at `level` or above so far (left in place).
@@ -250,12 +262,12 @@ impl Host for FakeHost {
         });
     }
 
-    fn increment_metric(&self, id: u32, by: u64) {
-        self.push(Effect::Increment(id, by));
+    fn count(&self, event: Event, by: u64) {
+        self.push(Effect::Count(event, by));
     }
 
-    fn record_metric(&self, id: u32, value: u64) {
-        self.push(Effect::Record(id, value));
+    fn gauge(&self, event: Event, value: u64) {
+        self.push(Effect::Gauge(event, value));
     }
 }
 
