@@ -46,10 +46,6 @@ impl Metrics {
         host::increment_by(self.id(event), by);
     }
 
-    pub fn gauge(&self, event: Event, value: u64) {
-        host::record(self.id(event), value);
-    }
-
     pub fn count_denial(&self, reason: &DenyReason) {
         host::increment(self.denied.get(reason.metric_name()).copied().flatten());
     }

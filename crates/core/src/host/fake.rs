@@ -147,6 +147,11 @@ impl FakeHost {
             .sum()
     }
 
+    /// Whether this worker set `event`'s gauge to `value` at some point.
+    pub fn effects_contain_gauge(&self, event: Event, value: u64) -> bool {
+        self.effects.borrow().contains(&Effect::Gauge(event, value))
+    }
+
     /// The messages logged at `level` or above so far (left in place).
     pub fn logged(&self, level: LogLevel) -> Vec<String> {
         self.effects
