@@ -10,7 +10,10 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 
-use keygate_core::cache::{lease_key, record_key, slot_of, CacheEntry, Freshness, LEASE_STRIPES};
+use keygate_core::cache::{
+    find, find_from, lease_key, record_key, slot_of, store, CacheEntry, Freshness, Placement,
+    RecordSlots, Stored, LEASE_STRIPES,
+};
 use keygate_core::config::FilterConfig;
 use keygate_core::decision::{
     authorize_proven, authorize_token_prepared, DenyReason, Identity, PreparedRecord,
@@ -114,15 +117,18 @@ pub struct Lookups {
 /// digest. Fresh ones are kept in [`Lookups::local`].
 struct Local {
     entry: CacheEntry,
+    /// The shared-data slot the record was in (read there first when this copy expires).
+    slot: Option<u32>,
     prepared: Option<PreparedRecord>,
     proven: Cell<Option<Fingerprint>>,
 }
 
 impl Local {
-    fn new(entry: CacheEntry) -> Rc<Self> {
+    fn new(entry: CacheEntry, slot: Option<u32>) -> Rc<Self> {
         Rc::new(Self {
             prepared: entry.record.as_ref().map(PreparedRecord::of),
             entry,
+            slot,
             proven: Cell::new(None),
         })
     }
@@ -237,23 +243,55 @@ fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
 fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
     let now = host::now_ms();
     let local = shared.lookups.borrow().local.get(id).cloned();
+    let hint = local.as_ref().and_then(|l| l.slot);
     if let Some(entry) =
         local.filter(|e| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
     {
         return Some(entry);
     }
-    let entry = Local::new(read_shared_entry(shared, id)?);
+    let placement = Placement::of(&shared.config.cache);
+    let (slot, entry) = find_from(&mut SharedRecordSlots, &placement, id, hint)?;
+    let entry = Local::new(entry, Some(slot));
     if entry.freshness(now, &shared.config.cache) == Freshness::Fresh {
         remember(shared, id, &entry);
     }
     Some(entry)
 }
 
+/// The record slots in shared data.
+struct SharedRecordSlots;
+
+impl RecordSlots for SharedRecordSlots {
+    fn read(&mut self, slot: u32) -> Option<(Vec<u8>, u32)> {
+        let (bytes, cas) = host::get_shared(&record_key(slot));
+        Some((bytes?, cas.unwrap_or(0)))
+    }
+
+    fn write(&mut self, slot: u32, bytes: &[u8], cas: Option<u32>) -> bool {
+        host::set_shared(&record_key(slot), bytes, cas).is_ok()
+    }
+}
+
 /// The record for `id` in shared data only: safe while `shared.lookups` is borrowed.
 fn read_shared_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
-    let slot = slot_of(id, &shared.config.cache);
-    let (bytes, _) = host::get_shared(&record_key(slot));
-    CacheEntry::decode_for(&bytes?, id)
+    let placement = Placement::of(&shared.config.cache);
+    find(&mut SharedRecordSlots, &placement, id).map(|(_, entry)| entry)
+}
+
+/// Stores a record just fetched in shared data; the slot it went to. `in_use`: the key was
+/// asked for before this fetch (its entry is kept before those of keys seen once).
+fn write_shared_entry(shared: &Shared, entry: &CacheEntry, in_use: bool) -> Option<u32> {
+    let cache = &shared.config.cache;
+    match store(
+        &mut SharedRecordSlots,
+        &Placement::of(cache),
+        cache,
+        entry,
+        in_use,
+    ) {
+        Stored::At { slot, .. } => Some(slot),
+        Stored::Lost => None,
+    }
 }
 
 /// The fast path for an opaque key: decides from this worker's fresh copy of its record,
@@ -303,7 +341,9 @@ pub fn decide_fresh(
 /// Keeps a decoded record in this worker's bounded copy of the cache.
 fn remember(shared: &Shared, id: &KeyId, entry: &Rc<Local>) {
     let mut lookups = shared.lookups.borrow_mut();
-    if lookups.local.len() >= shared.config.cache.max_entries as usize {
+    if lookups.local.len() >= shared.config.cache.max_entries as usize
+        && !lookups.local.contains_key(id)
+    {
         lookups.local.clear();
     }
     lookups.local.insert(*id, Rc::clone(entry));
@@ -444,7 +484,7 @@ fn start_lookup(
     if let Some(entry) = read_shared_entry(shared, id)
         .filter(|e| e.freshness(now, &config.cache) == Freshness::Fresh)
         .filter(|e| is_recent_enough(shared, e, now))
-        .map(Local::new)
+        .map(|entry| Local::new(entry, None))
     {
         if leased {
             release_lease(&lease_name);
@@ -571,12 +611,14 @@ pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
             }
         }
         Some(record) => {
-            let entry = Local::new(CacheEntry {
+            let entry = CacheEntry {
                 id: id.to_string(),
                 fetched_at_ms: now,
                 record,
-            });
-            let _ = host::set_shared(&record_key(slot), &entry.encode(), None);
+            };
+            let in_use = pending.stale.is_some() || shared.lookups.borrow().local.contains_key(&id);
+            let stored_at = write_shared_entry(shared, &entry, in_use);
+            let entry = Local::new(entry, stored_at);
             remember(shared, &id, &entry);
             for waiter in pending.waiters {
                 let result = decide(shared, &entry, &waiter.presented, now);

@@ -1,22 +1,41 @@
 //! Key records cached in proxy-wasm shared data.
 //!
-//! Shared data cannot be enumerated or deleted, so the cache is direct-mapped: a key id
-//! hashes to one of `max_entries` slots and a newer record for another id simply replaces
-//! the slot. The number of entries is bounded by construction; every entry carries the time
-//! it was fetched, from which freshness and usable staleness follow.
-
-use serde::{Deserialize, Serialize};
+//! Shared data cannot be enumerated or deleted, and a key costs memory only once written. The
+//! cache is therefore a fixed table of `2 × max_entries` slot names, each holding at most one
+//! entry, and a key id may live in any of its [`PROBES`] candidate slots (random probing). An
+//! id is looked for in its candidates in order, up to the first slot never written (entries are
+//! replaced, never removed, so an id is never stored past an empty candidate). A new entry goes
+//! to the id's own slot if it has one, else to the first empty candidate, else it replaces the
+//! candidate least worth keeping ([`victim_rank`]): an entry that could not be read, then one
+//! nobody refreshed (past its TTL; for a key in use, past twice its TTL), then a fresh one for
+//! a key seen only once, then one for a key in use; the oldest first within each class. A key
+//! is in use when it was asked for again after its first fetch (a refresh, or a worker that
+//! had it before). Twice as many
+//! names as entries keeps the table at most half full with `max_entries` keys, so that eight
+//! candidates almost always include a free one; beyond that, keys in use keep their slots and
+//! one-off keys (a scan) replace each other.
+//!
+//! Writes are compare-and-swap against the version read, retried a few times, so that two
+//! workers storing different ids at once do not silently overwrite each other's entries (a
+//! slot never written has no version: two first writes may race there, and the loser is
+//! looked up again later). Entries are a compact binary encoding whose header (id, fetch time,
+//! flags) is read before anything else, so a probe of another id's slot decodes 30 bytes.
+//!
+//! Every entry carries the time it was fetched, from which freshness and usable staleness
+//! follow.
 
 use crate::key::KeyId;
-use crate::wire::KeyLookup;
+use crate::wire::{KeyLookup, KeyStatus, RateLimit};
 
-/// How long cached answers live.
+/// How long cached answers live, and how many keys the cache is sized for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CachePolicy {
     pub ttl_ms: u64,
     pub negative_ttl_ms: u64,
     /// How old an entry may be and still be used while the key service cannot be reached.
     pub max_stale_ms: u64,
+    /// Keys the cache holds with (almost) no misses; it has `SLOTS_PER_ENTRY` times as many
+    /// slot names, and so at most that many entries.
     pub max_entries: u32,
 }
 
@@ -32,39 +51,276 @@ pub enum Freshness {
 }
 
 /// One slot's content: the key service's answer for `id` (or `None`: no such key).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheEntry {
     pub id: String,
     pub fetched_at_ms: u64,
     pub record: Option<KeyLookup>,
 }
 
+fn ttl_of(has_record: bool, policy: &CachePolicy) -> u64 {
+    if has_record {
+        policy.ttl_ms
+    } else {
+        policy.negative_ttl_ms
+    }
+}
+
+fn freshness_of(
+    fetched_at_ms: u64,
+    has_record: bool,
+    now_ms: u64,
+    policy: &CachePolicy,
+) -> Freshness {
+    let age = now_ms.saturating_sub(fetched_at_ms);
+    let ttl = ttl_of(has_record, policy);
+    if age < ttl {
+        Freshness::Fresh
+    } else if age < ttl.max(policy.max_stale_ms) {
+        Freshness::Stale
+    } else {
+        Freshness::Dead
+    }
+}
+
 impl CacheEntry {
     pub fn freshness(&self, now_ms: u64, policy: &CachePolicy) -> Freshness {
-        let age = now_ms.saturating_sub(self.fetched_at_ms);
-        let ttl = if self.record.is_some() {
-            policy.ttl_ms
-        } else {
-            policy.negative_ttl_ms
-        };
-        if age < ttl {
-            Freshness::Fresh
-        } else if age < ttl.max(policy.max_stale_ms) {
-            Freshness::Stale
-        } else {
-            Freshness::Dead
-        }
+        freshness_of(self.fetched_at_ms, self.record.is_some(), now_ms, policy)
     }
 
+    /// The stored form of a key seen once so far.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        self.encode_as(false)
+    }
+
+    /// The stored form; `in_use`: the key was asked for again since it was first fetched.
+    pub fn encode_as(&self, in_use: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        out.push(FORMAT);
+        let mut flags = 0;
+        if in_use {
+            flags |= FLAG_IN_USE;
+        }
+        if self.record.is_some() {
+            flags |= FLAG_RECORD;
+        }
+        out.push(flags);
+        put_str8(&mut out, &self.id);
+        out.extend_from_slice(&self.fetched_at_ms.to_le_bytes());
+        if let Some(record) = &self.record {
+            put_record(&mut out, record);
+        }
+        out
     }
 
     /// Decodes an entry and checks it is for `id` (the slot may hold another key's entry).
+    /// Only the header is read when it is not.
     pub fn decode_for(bytes: &[u8], id: &KeyId) -> Option<Self> {
-        let entry: Self = serde_json::from_slice(bytes).ok()?;
-        (entry.id == id.as_str()).then_some(entry)
+        let (header, mut rest) = EntryHeader::read(bytes)?;
+        if header.id != id.as_str().as_bytes() {
+            return None;
+        }
+        let record = if header.has_record {
+            Some(get_record(&mut rest)?)
+        } else {
+            None
+        };
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(Self {
+            id: id.to_string(),
+            fetched_at_ms: header.fetched_at_ms,
+            record,
+        })
     }
+}
+
+/// First byte of an encoded entry (never `{`: entries were JSON once, and such a slot reads as
+/// another id's).
+const FORMAT: u8 = 0xB1;
+const FLAG_IN_USE: u8 = 1;
+const FLAG_RECORD: u8 = 2;
+
+/// What a probe reads of an entry before deciding whether it is the one looked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EntryHeader<'a> {
+    id: &'a [u8],
+    fetched_at_ms: u64,
+    in_use: bool,
+    has_record: bool,
+}
+
+impl<'a> EntryHeader<'a> {
+    fn read(bytes: &'a [u8]) -> Option<(Self, &'a [u8])> {
+        let mut rest = bytes;
+        if take(&mut rest, 1)? != [FORMAT] {
+            return None;
+        }
+        let flags = take(&mut rest, 1)?[0];
+        let id_len = usize::from(take(&mut rest, 1)?[0]);
+        let id = take(&mut rest, id_len)?;
+        let fetched_at_ms = get_u64(&mut rest)?;
+        Some((
+            Self {
+                id,
+                fetched_at_ms,
+                in_use: flags & FLAG_IN_USE != 0,
+                has_record: flags & FLAG_RECORD != 0,
+            },
+            rest,
+        ))
+    }
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if rest.len() < n {
+        return None;
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Some(head)
+}
+
+fn get_u64(rest: &mut &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = take(rest, 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+fn get_u32(rest: &mut &[u8]) -> Option<u32> {
+    let bytes: [u8; 4] = take(rest, 4)?.try_into().ok()?;
+    Some(u32::from_le_bytes(bytes))
+}
+
+fn get_u16(rest: &mut &[u8]) -> Option<u16> {
+    let bytes: [u8; 2] = take(rest, 2)?.try_into().ok()?;
+    Some(u16::from_le_bytes(bytes))
+}
+
+/// A string of at most 255 bytes (longer ones are cut at a character boundary: only key ids,
+/// which are 16 characters, are written this way).
+fn put_str8(out: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(usize::from(u8::MAX));
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push(end as u8);
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+/// A string of up to 65,535 bytes; longer ones are written empty (a lookup answer is at most
+/// 64 KiB, so no field of a record reaches that).
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let s = if s.len() > usize::from(u16::MAX) {
+        ""
+    } else {
+        s
+    };
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn get_str(rest: &mut &[u8]) -> Option<String> {
+    let len = usize::from(get_u16(rest)?);
+    let bytes = take(rest, len)?;
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+fn put_strs(out: &mut Vec<u8>, items: &[String]) {
+    let count = items.len().min(usize::from(u16::MAX));
+    out.extend_from_slice(&(count as u16).to_le_bytes());
+    for item in &items[..count] {
+        put_str(out, item);
+    }
+}
+
+fn get_strs(rest: &mut &[u8]) -> Option<Vec<String>> {
+    let count = usize::from(get_u16(rest)?);
+    // Each string takes at least its two length bytes: a count the bytes cannot hold is
+    // refused before anything is allocated for it.
+    if rest.len() < count * 2 {
+        return None;
+    }
+    (0..count).map(|_| get_str(rest)).collect()
+}
+
+fn put_opt_u64(out: &mut Vec<u8>, value: Option<u64>) {
+    match value {
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+fn get_opt_u64(rest: &mut &[u8]) -> Option<Option<u64>> {
+    match take(rest, 1)?[0] {
+        0 => Some(None),
+        1 => Some(Some(get_u64(rest)?)),
+        _ => None,
+    }
+}
+
+fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
+    put_str(out, &record.id);
+    put_str(out, &record.digest);
+    put_str(out, &record.subject);
+    put_strs(out, &record.scopes);
+    out.push(match record.status {
+        KeyStatus::Active => 0,
+        KeyStatus::Revoked => 1,
+        KeyStatus::Expired => 2,
+    });
+    put_opt_u64(out, record.expires_at);
+    match record.rate_limit {
+        Some(limit) => {
+            out.push(1);
+            out.extend_from_slice(&limit.requests_per_second.to_bits().to_le_bytes());
+            out.extend_from_slice(&limit.burst.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    put_strs(out, &record.allowed_cidrs);
+    put_opt_u64(out, record.not_before);
+    put_opt_u64(out, record.not_after);
+}
+
+fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
+    let id = get_str(rest)?;
+    let digest = get_str(rest)?;
+    let subject = get_str(rest)?;
+    let scopes = get_strs(rest)?;
+    let status = match take(rest, 1)?[0] {
+        0 => KeyStatus::Active,
+        1 => KeyStatus::Revoked,
+        2 => KeyStatus::Expired,
+        _ => return None,
+    };
+    let expires_at = get_opt_u64(rest)?;
+    let rate_limit = match take(rest, 1)?[0] {
+        0 => None,
+        1 => Some(RateLimit {
+            requests_per_second: f64::from_bits(get_u64(rest)?),
+            burst: get_u32(rest)?,
+        }),
+        _ => return None,
+    };
+    let allowed_cidrs = get_strs(rest)?;
+    let not_before = get_opt_u64(rest)?;
+    let not_after = get_opt_u64(rest)?;
+    Some(KeyLookup {
+        id,
+        digest,
+        subject,
+        scopes,
+        status,
+        expires_at,
+        rate_limit,
+        allowed_cidrs,
+        not_before,
+        not_after,
+    })
 }
 
 /// FNV-1a: stable across workers and builds, which is all a slot index needs.
@@ -74,14 +330,250 @@ pub fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
-/// The slot a key id lives in.
+/// 64-bit FNV-1a, for the candidate slots.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The splitmix64 finalizer: spreads every bit of its input over the output.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Slot names per key of capacity.
+pub const SLOTS_PER_ENTRY: u32 = 2;
+
+/// Candidate slots of a key id.
+pub const PROBES: u32 = 8;
+
+/// Compare-and-swap rounds a store tries before it gives up (the entry is then only in the
+/// worker's own copy, and looked up again by the other workers).
+const STORE_ROUNDS: usize = 3;
+
+/// The table of record slots: how many, and which ones a key id may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    slots: u32,
+}
+
+impl Placement {
+    pub fn of(policy: &CachePolicy) -> Self {
+        Self {
+            slots: policy.max_entries.max(1).saturating_mul(SLOTS_PER_ENTRY),
+        }
+    }
+
+    /// Slot names in the table (`record_key(0)` to `record_key(slots - 1)`): the most entries
+    /// the cache ever holds.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// The slots `id` may live in, most preferred first: distinct and below `slots()`.
+    pub fn candidates(&self, id: &KeyId) -> Candidates {
+        Candidates {
+            hash: mix(fnv1a64(id.as_str().as_bytes())),
+            slots: self.slots,
+            next: 0,
+            count: PROBES.min(self.slots),
+        }
+    }
+}
+
+/// The candidate slots of one key id (see [`Placement::candidates`]).
+#[derive(Clone, Debug)]
+pub struct Candidates {
+    hash: u64,
+    slots: u32,
+    next: u32,
+    count: u32,
+}
+
+impl Iterator for Candidates {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        if self.next >= self.count {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        let slots = u64::from(self.slots);
+        // A small table is probed in order from the first candidate, so that all of it is
+        // reachable; a large one at independent positions (random probing, which keeps chains
+        // short), with a repeated position moved on to the next slot.
+        let first = self.hash % slots;
+        let slot = if self.slots <= 4 * PROBES {
+            (first + u64::from(i)) % slots
+        } else if i == 0 {
+            first
+        } else {
+            mix(self.hash ^ u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15)) % slots
+        };
+        Some(slot as u32)
+    }
+}
+
+/// The first candidate slot of `id`, which names its lease stripe.
 pub fn slot_of(id: &KeyId, policy: &CachePolicy) -> u32 {
-    fnv1a(id.as_str().as_bytes()) % policy.max_entries.max(1)
+    Placement::of(policy).candidates(id).next().unwrap_or(0)
 }
 
 /// Shared-data key of the record slot.
 pub fn record_key(slot: u32) -> String {
     format!("keygate.rec.{slot}")
+}
+
+/// The record slots as the cache sees them: shared data in the filter, a map in tests.
+pub trait RecordSlots {
+    /// The bytes in `slot` and their compare-and-swap version; `None` for a slot never written.
+    fn read(&mut self, slot: u32) -> Option<(Vec<u8>, u32)>;
+    /// Writes `bytes` to `slot` if its version is still `cas` (`None`: a slot never written,
+    /// written unconditionally). False when another writer came first.
+    fn write(&mut self, slot: u32, bytes: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// The entry for `id` and the slot it is in, if the cache holds one.
+pub fn find(
+    slots: &mut impl RecordSlots,
+    placement: &Placement,
+    id: &KeyId,
+) -> Option<(u32, CacheEntry)> {
+    find_from(slots, placement, id, None)
+}
+
+/// As [`find`], reading first the slot `id` was last seen in (`hint`), where it almost always
+/// still is: one read for a record refreshed in place.
+pub fn find_from(
+    slots: &mut impl RecordSlots,
+    placement: &Placement,
+    id: &KeyId,
+    hint: Option<u32>,
+) -> Option<(u32, CacheEntry)> {
+    let hint = hint.filter(|&slot| slot < placement.slots());
+    if let Some(slot) = hint {
+        let entry = slots
+            .read(slot)
+            .and_then(|(bytes, _)| CacheEntry::decode_for(&bytes, id));
+        if let Some(entry) = entry {
+            return Some((slot, entry));
+        }
+    }
+    for slot in placement.candidates(id) {
+        if Some(slot) == hint {
+            continue;
+        }
+        let (bytes, _) = slots.read(slot)?;
+        if let Some(entry) = CacheEntry::decode_for(&bytes, id) {
+            return Some((slot, entry));
+        }
+    }
+    None
+}
+
+/// How worth keeping a slot's content is when a new entry needs room: the lowest is
+/// replaced. An unreadable entry, then one nobody refreshed (past its TTL, or past twice its
+/// TTL for a key in use), then a fresh one for a key seen once, then one for a key in use;
+/// the oldest first within each.
+pub fn victim_rank(bytes: &[u8], now_ms: u64, policy: &CachePolicy) -> (u8, u64) {
+    let Some((header, _)) = EntryHeader::read(bytes) else {
+        return (0, 0);
+    };
+    let age = now_ms.saturating_sub(header.fetched_at_ms);
+    let ttl = ttl_of(header.has_record, policy);
+    // A key in use is refreshed at its next request after its TTL: it is kept for one more
+    // TTL to get there.
+    let class = match (header.in_use, age < ttl) {
+        (true, _) if age < ttl.saturating_mul(2) => 3,
+        (false, true) => 2,
+        _ => 1,
+    };
+    (class, header.fetched_at_ms)
+}
+
+/// Where [`store`] put an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// In this slot; `replaced`: it took the place of another id's entry.
+    At { slot: u32, replaced: bool },
+    /// Nowhere: every round lost its compare-and-swap to another writer.
+    Lost,
+}
+
+/// The slot a store writes to.
+#[derive(Clone, Copy)]
+struct Target {
+    slot: u32,
+    /// The version read (`None`: never written).
+    cas: Option<u32>,
+    /// It holds another id's entry.
+    replaces: bool,
+    rank: (u8, u64),
+}
+
+/// Stores `entry` (fetched just now) in its id's slot, or a free candidate, or in place of
+/// the candidate least worth keeping. `in_use`: the key was asked for before this fetch (its
+/// entry is protected from one-off keys while fresh).
+pub fn store(
+    slots: &mut impl RecordSlots,
+    placement: &Placement,
+    policy: &CachePolicy,
+    entry: &CacheEntry,
+    in_use: bool,
+) -> Stored {
+    let Ok(id) = KeyId::parse(&entry.id) else {
+        return Stored::Lost;
+    };
+    let now_ms = entry.fetched_at_ms;
+    for _ in 0..STORE_ROUNDS {
+        let mut target: Option<Target> = None;
+        let mut refresh = false;
+        for slot in placement.candidates(&id) {
+            let Some((bytes, cas)) = slots.read(slot) else {
+                target = Some(Target {
+                    slot,
+                    cas: None,
+                    replaces: false,
+                    rank: (0, 0),
+                });
+                break;
+            };
+            if EntryHeader::read(&bytes).is_some_and(|(h, _)| h.id == entry.id.as_bytes()) {
+                // A refresh: the key was asked for again after its entry went stale.
+                target = Some(Target {
+                    slot,
+                    cas: Some(cas),
+                    replaces: false,
+                    rank: (0, 0),
+                });
+                refresh = true;
+                break;
+            }
+            let rank = victim_rank(&bytes, now_ms, policy);
+            if target.is_none_or(|best| rank < best.rank) {
+                target = Some(Target {
+                    slot,
+                    cas: Some(cas),
+                    replaces: true,
+                    rank,
+                });
+            }
+        }
+        let Some(target) = target else {
+            return Stored::Lost;
+        };
+        if slots.write(target.slot, &entry.encode_as(in_use || refresh), target.cas) {
+            return Stored::At {
+                slot: target.slot,
+                replaced: target.replaces,
+            };
+        }
+    }
+    Stored::Lost
 }
 
 /// Number of lease keys. Shared data can only compare-and-swap a key that exists, so the
@@ -197,10 +689,375 @@ mod tests {
 
     #[test]
     fn slots_are_bounded_and_stable() {
+        let placement = Placement::of(&POLICY);
+        assert_eq!(placement.slots(), 2000);
         for n in 0..=255u8 {
-            assert!(slot_of(&id(n), &POLICY) < 1000);
+            assert!(slot_of(&id(n), &POLICY) < placement.slots());
+            let candidates: Vec<u32> = placement.candidates(&id(n)).collect();
+            assert_eq!(candidates.len(), PROBES as usize);
+            assert_eq!(candidates[0], slot_of(&id(n), &POLICY));
+            assert!(candidates.iter().all(|&slot| slot < placement.slots()));
         }
         assert_eq!(slot_of(&id(7), &POLICY), slot_of(&id(7), &POLICY));
+    }
+
+    #[test]
+    fn a_small_table_is_probed_whole() {
+        for capacity in [1, 2, 3, 16] {
+            let placement = Placement::of(&CachePolicy {
+                max_entries: capacity,
+                ..POLICY
+            });
+            let mut candidates: Vec<u32> = placement.candidates(&id(3)).collect();
+            candidates.sort_unstable();
+            candidates.dedup();
+            let expected = (capacity * SLOTS_PER_ENTRY).min(PROBES);
+            assert_eq!(candidates.len() as u32, expected, "capacity {capacity}");
+            assert!(candidates.iter().all(|&slot| slot < placement.slots()));
+        }
+    }
+
+    fn full_record() -> KeyLookup {
+        KeyLookup {
+            id: id(1).to_string(),
+            digest: "ab".repeat(32),
+            subject: "team-ü".into(),
+            scopes: vec!["demo:read".into(), "demo:write".into()],
+            status: KeyStatus::Revoked,
+            expires_at: Some(1_900_000_000),
+            rate_limit: Some(RateLimit {
+                requests_per_second: 0.1,
+                burst: 7,
+            }),
+            allowed_cidrs: vec!["10.0.0.0/8".into(), "::1/128".into()],
+            not_before: Some(1),
+            not_after: Some(u64::MAX),
+        }
+    }
+
+    #[test]
+    fn every_field_of_a_record_round_trips() {
+        let e = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 123_456,
+            record: Some(full_record()),
+        };
+        for in_use in [false, true] {
+            let bytes = e.encode_as(in_use);
+            assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(e.clone()));
+            // Cut anywhere, it is refused.
+            for end in 0..bytes.len() {
+                assert_eq!(
+                    CacheEntry::decode_for(&bytes[..end], &id(1)),
+                    None,
+                    "cut at {end}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(CacheEntry::decode_for(&longer, &id(1)), None);
+        }
+    }
+
+    #[test]
+    fn a_json_entry_of_an_older_build_is_another_ids() {
+        let json = br#"{"id":"aeaqcaibaeaqcaib","fetched_at_ms":1000,"record":null}"#;
+        assert_eq!(CacheEntry::decode_for(json, &id(1)), None);
+        assert_eq!(victim_rank(json, 0, &POLICY), (0, 0));
+    }
+
+    /// Record slots in a map, with versions as shared data keeps them.
+    #[derive(Default)]
+    struct MapSlots {
+        slots: std::collections::HashMap<u32, (Vec<u8>, u32)>,
+        version: u32,
+        reads: usize,
+        /// Written by "another worker" just before our next write.
+        interleave: Vec<(u32, Vec<u8>)>,
+    }
+
+    impl RecordSlots for MapSlots {
+        fn read(&mut self, slot: u32) -> Option<(Vec<u8>, u32)> {
+            self.reads += 1;
+            self.slots.get(&slot).cloned()
+        }
+
+        fn write(&mut self, slot: u32, bytes: &[u8], cas: Option<u32>) -> bool {
+            for (other_slot, other) in std::mem::take(&mut self.interleave) {
+                self.version += 1;
+                self.slots.insert(other_slot, (other, self.version));
+            }
+            if let (Some(cas), Some((_, current))) = (cas, self.slots.get(&slot)) {
+                if cas != *current {
+                    return false;
+                }
+            }
+            self.version += 1;
+            self.slots.insert(slot, (bytes.to_vec(), self.version));
+            true
+        }
+    }
+
+    fn entry_for(key: &KeyId, fetched_at_ms: u64) -> CacheEntry {
+        CacheEntry {
+            id: key.to_string(),
+            fetched_at_ms,
+            record: None,
+        }
+    }
+
+    fn ids_sharing_a_first_slot(placement: &Placement, count: usize) -> Vec<KeyId> {
+        let mut by_first: std::collections::HashMap<u32, Vec<KeyId>> = Default::default();
+        for n in 0..u32::MAX {
+            let mut bytes = [0u8; 10];
+            bytes[..4].copy_from_slice(&n.to_le_bytes());
+            let key = KeyId::from_bytes(bytes);
+            let group = by_first
+                .entry(placement.candidates(&key).next().unwrap())
+                .or_default();
+            group.push(key);
+            if group.len() == count {
+                return group.clone();
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn ids_of_one_slot_live_side_by_side() {
+        let placement = Placement::of(&POLICY);
+        let mut slots = MapSlots::default();
+        let ids = ids_sharing_a_first_slot(&placement, 3);
+        for (n, key) in ids.iter().enumerate() {
+            let stored = store(
+                &mut slots,
+                &placement,
+                &POLICY,
+                &entry_for(key, 1_000),
+                false,
+            );
+            assert!(
+                matches!(
+                    stored,
+                    Stored::At {
+                        replaced: false,
+                        ..
+                    }
+                ),
+                "{n}: {stored:?}"
+            );
+        }
+        for key in &ids {
+            let (_, found) = find(&mut slots, &placement, key).unwrap();
+            assert_eq!(found, entry_for(key, 1_000));
+        }
+        // A hit in an id's first candidate reads one slot.
+        slots.reads = 0;
+        assert!(find(&mut slots, &placement, &ids[0]).is_some());
+        assert_eq!(slots.reads, 1);
+        // A miss stops at the first slot never written.
+        slots.reads = 0;
+        assert!(find(&mut slots, &placement, &id(200)).is_none());
+        assert!(slots.reads <= PROBES as usize);
+    }
+
+    #[test]
+    fn a_hint_saves_the_probes() {
+        let placement = Placement::of(&POLICY);
+        let mut slots = MapSlots::default();
+        let ids = ids_sharing_a_first_slot(&placement, 3);
+        let mut stored_at = Vec::new();
+        for key in &ids {
+            let stored = store(
+                &mut slots,
+                &placement,
+                &POLICY,
+                &entry_for(key, 1_000),
+                false,
+            );
+            let Stored::At { slot, .. } = stored else {
+                panic!("{stored:?}");
+            };
+            stored_at.push(slot);
+        }
+        slots.reads = 0;
+        let (slot, found) = find_from(&mut slots, &placement, &ids[2], Some(stored_at[2])).unwrap();
+        assert_eq!((slot, found), (stored_at[2], entry_for(&ids[2], 1_000)));
+        assert_eq!(slots.reads, 1);
+        // A wrong or stale hint costs one read more, never a miss.
+        for hint in [stored_at[0], u32::MAX] {
+            let (slot, _) = find_from(&mut slots, &placement, &ids[2], Some(hint)).unwrap();
+            assert_eq!(slot, stored_at[2]);
+        }
+        assert_eq!(
+            find_from(&mut slots, &placement, &id(200), Some(stored_at[1])),
+            None
+        );
+    }
+
+    #[test]
+    fn a_refresh_stays_in_its_slot_and_marks_the_key_in_use() {
+        let placement = Placement::of(&POLICY);
+        let mut slots = MapSlots::default();
+        let first = store(
+            &mut slots,
+            &placement,
+            &POLICY,
+            &entry_for(&id(1), 1_000),
+            false,
+        );
+        let again = store(
+            &mut slots,
+            &placement,
+            &POLICY,
+            &entry_for(&id(1), 40_000),
+            false,
+        );
+        let (Stored::At { slot: a, .. }, Stored::At { slot: b, replaced }) = (first, again) else {
+            panic!("{first:?} {again:?}");
+        };
+        assert_eq!((a, replaced), (b, false));
+        let bytes = &slots.slots[&a].0;
+        assert_eq!(victim_rank(bytes, 40_000, &POLICY), (3, 40_000));
+        assert_eq!(
+            find(&mut slots, &placement, &id(1))
+                .unwrap()
+                .1
+                .fetched_at_ms,
+            40_000
+        );
+    }
+
+    #[test]
+    fn the_victim_is_the_candidate_least_worth_keeping() {
+        let policy = CachePolicy {
+            max_entries: 4,
+            ..POLICY
+        };
+        let placement = Placement::of(&policy);
+        assert_eq!(placement.slots(), PROBES);
+        let now = 100_000;
+        // Eight slots, all candidates of every id: fill them with fresh in-use entries, one
+        // fresh entry seen once, and one past its TTL.
+        let mut slots = MapSlots::default();
+        for slot in 0..PROBES {
+            let e = entry_for(&id(100 + slot as u8), now - 1_000 - u64::from(slot));
+            slots.write(slot, &e.encode_as(true), None);
+        }
+        slots.write(5, &entry_for(&id(50), now - 10).encode_as(false), None);
+        // Past twice its (negative) TTL: nobody refreshed it.
+        slots.write(6, &entry_for(&id(60), now - 11_000).encode_as(true), None);
+        let stored = store(
+            &mut slots,
+            &placement,
+            &policy,
+            &entry_for(&id(1), now),
+            false,
+        );
+        assert_eq!(
+            stored,
+            Stored::At {
+                slot: 6,
+                replaced: true
+            }
+        );
+        let stored = store(
+            &mut slots,
+            &placement,
+            &policy,
+            &entry_for(&id(2), now),
+            false,
+        );
+        assert_eq!(
+            stored,
+            Stored::At {
+                slot: 5,
+                replaced: true
+            }
+        );
+        // Then the one-off keys stored just now, before any key in use.
+        for n in 3..6 {
+            let stored = store(
+                &mut slots,
+                &placement,
+                &policy,
+                &entry_for(&id(n), now),
+                false,
+            );
+            let Stored::At {
+                slot,
+                replaced: true,
+            } = stored
+            else {
+                panic!("{stored:?}");
+            };
+            assert!(slot == 5 || slot == 6, "{n} replaced slot {slot}");
+        }
+        // Among keys in use, the one fetched longest ago (slot 7).
+        let mut slots = MapSlots::default();
+        for slot in 0..PROBES {
+            let e = entry_for(&id(100 + slot as u8), now - 1_000 - u64::from(slot));
+            slots.write(slot, &e.encode_as(true), None);
+        }
+        let stored = store(
+            &mut slots,
+            &placement,
+            &policy,
+            &entry_for(&id(1), now),
+            true,
+        );
+        assert_eq!(
+            stored,
+            Stored::At {
+                slot: 7,
+                replaced: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_write_that_loses_its_compare_and_swap_is_retried() {
+        let placement = Placement::of(&POLICY);
+        let mut slots = MapSlots::default();
+        let ids = ids_sharing_a_first_slot(&placement, 2);
+        let first = placement.candidates(&ids[0]).next().unwrap();
+        // Our slot was written once; another worker stores the other id there between our
+        // read and our write.
+        slots.write(first, &entry_for(&id(9), 0).encode(), None);
+        slots.interleave = vec![(first, entry_for(&ids[1], 1_000).encode())];
+        let stored = store(
+            &mut slots,
+            &placement,
+            &POLICY,
+            &entry_for(&ids[0], 1_000),
+            false,
+        );
+        assert!(matches!(stored, Stored::At { .. }), "{stored:?}");
+        // Both entries are there: the retry did not overwrite the other worker's.
+        assert!(find(&mut slots, &placement, &ids[0]).is_some());
+        assert!(find(&mut slots, &placement, &ids[1]).is_some());
+    }
+
+    #[test]
+    fn a_store_that_always_loses_gives_up() {
+        struct Contended;
+        impl RecordSlots for Contended {
+            fn read(&mut self, _: u32) -> Option<(Vec<u8>, u32)> {
+                Some((b"other".to_vec(), 1))
+            }
+            fn write(&mut self, _: u32, _: &[u8], _: Option<u32>) -> bool {
+                false
+            }
+        }
+        let placement = Placement::of(&POLICY);
+        let stored = store(
+            &mut Contended,
+            &placement,
+            &POLICY,
+            &entry_for(&id(1), 0),
+            false,
+        );
+        assert_eq!(stored, Stored::Lost);
     }
 
     #[test]
