@@ -10,8 +10,8 @@ use keygate_core::machine::follower::FeedContext;
 
 pub use keygate_core::machine::follower::FeedView;
 
-use crate::filter::Shared;
 use crate::host::ProxyHost;
+use crate::state::Shared;
 
 fn context(shared: &Shared) -> FeedContext<'_> {
     FeedContext {

@@ -4,104 +4,25 @@
 
 use std::time::Duration;
 
-use keygate_core::config::{JwksSource, JwtSettings, RemoteJwks, Revocation};
+use keygate_core::config::{JwksSource, Revocation};
 use keygate_core::decision::{authorize_scopes, header_safe, DenyReason, Identity};
-use keygate_core::jwt::cache::{CachedToken, TokenCache};
+use keygate_core::jwt::cache::CachedToken;
 use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, KeySet, NativeVerifier};
 use keygate_core::key::KeyId;
 use keygate_core::machine::callouts::Callout;
 use keygate_core::machine::lease::{Reentry, SharedLease, Take};
-use keygate_core::scope::Scope;
 use proxy_wasm::types::LogLevel;
 
-use crate::crypto::HostVerifier;
-use crate::filter::{complete, resolve_record, Forwarding, Presented, Proof, Shared, Step};
+use crate::answer::complete;
 use crate::host::{self, ProxyHost};
+use crate::lookup::resolve_record;
 use crate::metrics::Event;
+use crate::state::{JwtState, Presented, Proof, Shared, Step, TokenRequest, TokenWaiter};
 
 /// Largest JWKS document read.
 const MAX_JWKS_BODY: usize = 256 * 1024;
 /// How long a token without `exp` stays in the verified-token cache.
 const NO_EXPIRY_CACHE_S: u64 = 300;
-
-/// A JWT request, kept while it waits for its issuer's keys.
-pub struct TokenRequest {
-    pub token: String,
-    pub required: std::sync::Arc<[Scope]>,
-    pub forwarding: Forwarding,
-}
-
-struct Waiter {
-    context_id: u32,
-    request: TokenRequest,
-}
-
-struct IssuerState {
-    keys: KeySet,
-    remote: Option<RemoteJwks>,
-    /// Shared-data version (CAS) of the JWKS this worker last loaded.
-    version: Option<u32>,
-    /// When this worker last started (or saw the start of) a fetch.
-    last_attempt_ms: u64,
-    waiters: Vec<Waiter>,
-    waiting_since_ms: u64,
-}
-
-/// Per-worker JWT state.
-pub struct JwtState {
-    issuers: Vec<IssuerState>,
-    cache: TokenCache,
-    /// When the periodic JWKS work last ran.
-    last_tick_ms: u64,
-    /// The host's native signature check, when configured.
-    host_crypto: Option<HostVerifier>,
-}
-
-impl JwtState {
-    pub fn new(settings: &JwtSettings) -> Self {
-        let issuers = settings
-            .issuers
-            .iter()
-            .map(|issuer| {
-                let (keys, remote) = match &issuer.jwks {
-                    JwksSource::Inline(keys) => (keys.clone(), None),
-                    JwksSource::Remote(remote) => (KeySet::default(), Some(remote.clone())),
-                };
-                IssuerState {
-                    keys,
-                    remote,
-                    version: None,
-                    last_attempt_ms: 0,
-                    waiters: Vec::new(),
-                    waiting_since_ms: 0,
-                }
-            })
-            .collect();
-        Self {
-            issuers,
-            cache: TokenCache::new(settings.cache_max_entries),
-            last_tick_ms: 0,
-            host_crypto: settings.host_crypto.then(HostVerifier::default),
-        }
-    }
-
-    pub fn has_waiters(&self) -> bool {
-        self.issuers.iter().any(|i| !i.waiters.is_empty())
-    }
-
-    pub fn has_remote_issuers(&self) -> bool {
-        self.issuers.iter().any(|i| i.remote.is_some())
-    }
-
-    /// Drops a request that ended while it waited.
-    pub fn forget(&mut self, context_id: u32) {
-        for issuer in &mut self.issuers {
-            if !issuer.waiters.is_empty() {
-                issuer.waiters.retain(|w| w.context_id != context_id);
-            }
-        }
-    }
-}
 
 fn jwks_key(issuer: usize) -> String {
     format!("keygate.jwks.{issuer}")
@@ -317,8 +238,8 @@ fn wait_for_keys(
             issuer.waiting_since_ms = now_ms;
         }
         let mut request = request;
-        crate::filter::resolve_client(&mut request.forwarding);
-        issuer.waiters.push(Waiter {
+        crate::state::resolve_client(&mut request.forwarding);
+        issuer.waiters.push(TokenWaiter {
             context_id,
             request,
         });

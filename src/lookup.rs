@@ -7,37 +7,32 @@
 //! if the lease lapses. Waiting requests are answered in their own context once the record
 //! arrives, so no request waits on more than one callout.
 
-use std::cell::Cell;
-use std::collections::HashMap;
-
 use keygate_core::cache::{
     find, find_from, lease_key, record_key, slot_of, store, CacheEntry, Freshness, Placement,
     RecordSlots, Stored, LEASE_STRIPES,
 };
-use keygate_core::config::FilterConfig;
 use keygate_core::decision::{
     authorize_proven, authorize_token_prepared, DenyReason, Identity, PreparedRecord,
 };
 use keygate_core::feed::FeedPolicy;
-use keygate_core::fingerprint::Fingerprint;
 use keygate_core::key::{KeyDigest, KeyId};
 use keygate_core::machine::callouts::Callout;
 use keygate_core::machine::degraded::Fallback;
 use keygate_core::machine::lease::{Reentry, SharedLease, Take};
-use keygate_core::negative_cache::NegativeCache;
 use keygate_core::scope::Scope;
-use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
+use keygate_core::wire::KeyLookup;
 use proxy_wasm::types::LogLevel;
 
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use crate::filter::{
-    client_now, complete, lookup_timeout, resolve_client, Forwarding, Presented, Proof, Shared,
-    Step,
-};
+use crate::answer::complete;
 use crate::host::{self, ProxyHost};
 use crate::metrics::Event;
+use crate::state::{
+    client_now, lookup_timeout, resolve_client, Forwarding, Local, Lookups, Pending, Presented,
+    Proof, Shared, Step, Target, Waiter,
+};
 
 /// Largest lookup answer read from the key service.
 const MAX_LOOKUP_BODY: usize = 64 * 1024;
@@ -49,128 +44,6 @@ const MAX_LOOKUP_BODY: usize = 64 * 1024;
 pub enum Outcome {
     Now(Forwarding, Result<Identity, DenyReason>),
     Wait,
-}
-
-struct Waiter {
-    context_id: u32,
-    presented: Presented,
-}
-
-/// What a lookup asks the key service for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Target {
-    /// `GET /v1/keys/{id}`: an answer must carry that id.
-    Id,
-    /// A legacy key, `GET {legacy lookup path}{digest}`: an answer must carry that digest.
-    LegacyDigest(String),
-}
-
-impl Target {
-    fn of(presented: &Presented) -> Self {
-        match (&presented.proof, presented.legacy) {
-            (Proof::Opaque(digest), true) => Self::LegacyDigest(digest.to_hex()),
-            _ => Self::Id,
-        }
-    }
-
-    fn path(&self, shared: &Shared, id: &KeyId) -> String {
-        match (self, &shared.config.legacy_keys) {
-            (Self::LegacyDigest(digest), Some(legacy)) => format!("{}{digest}", legacy.lookup_path),
-            _ => format!("{LOOKUP_PATH_PREFIX}{id}"),
-        }
-    }
-
-    fn answers(&self, record: &KeyLookup, id: &KeyId) -> bool {
-        match self {
-            Self::Id => record.id == id.as_str(),
-            Self::LegacyDigest(digest) => record.digest.eq_ignore_ascii_case(digest),
-        }
-    }
-}
-
-struct Pending {
-    target: Target,
-    waiters: Vec<Waiter>,
-    /// `Some` when this worker's callout is in flight; `None` while another worker holds the lease.
-    token: Option<u32>,
-    since_ms: u64,
-    stale: Option<Rc<Local>>,
-}
-
-/// Per-worker state of lookups in flight.
-pub struct Lookups {
-    pending: HashMap<KeyId, Pending>,
-    in_flight: usize,
-    /// Legacy lookups in flight, capped apart (`legacy_keys.max_in_flight`): a spray of
-    /// legacy-looking strings, which cannot be checked inline, cannot use up the lookups
-    /// of real keys.
-    legacy_in_flight: usize,
-    /// Legacy digests the key service did not know (by their slot id). Kept here, never in
-    /// the shared record cache, so that unknown strings evict no record.
-    legacy_unknown: NegativeCache<KeyId>,
-    /// This worker's decoded copies of fresh records (bounded by `cache.max_entries`).
-    local: HashMap<KeyId, Rc<Local>>,
-}
-
-/// A record as this worker holds it: decoded, prepared for decisions once (digest, identity,
-/// address allow-list), and with the fingerprint of the last key text proven against its
-/// digest. Fresh ones are kept in [`Lookups::local`].
-struct Local {
-    entry: CacheEntry,
-    /// The shared-data slot the record was in (read there first when this copy expires).
-    slot: Option<u32>,
-    prepared: Option<PreparedRecord>,
-    proven: Cell<Option<Fingerprint>>,
-}
-
-impl Local {
-    fn new(entry: CacheEntry, slot: Option<u32>) -> Rc<Self> {
-        Rc::new(Self {
-            prepared: entry.record.as_ref().map(PreparedRecord::of),
-            entry,
-            slot,
-            proven: Cell::new(None),
-        })
-    }
-}
-
-impl std::ops::Deref for Local {
-    type Target = CacheEntry;
-
-    fn deref(&self) -> &CacheEntry {
-        &self.entry
-    }
-}
-
-impl Lookups {
-    pub fn new(config: &FilterConfig) -> Self {
-        let negative_entries = config
-            .legacy_keys
-            .as_ref()
-            .map_or(1, |legacy| legacy.negative_cache_entries);
-        Self {
-            pending: HashMap::new(),
-            in_flight: 0,
-            legacy_in_flight: 0,
-            legacy_unknown: NegativeCache::new(negative_entries),
-            local: HashMap::new(),
-        }
-    }
-
-    /// Drops a request that ended while it waited.
-    pub fn forget(&mut self, context_id: u32) {
-        if self.pending.is_empty() {
-            return;
-        }
-        for pending in self.pending.values_mut() {
-            pending.waiters.retain(|w| w.context_id != context_id);
-        }
-    }
-
-    /// Are requests waiting on another worker's lookup (so the tick must poll)?
-    pub fn has_remote_waits(&self) -> bool {
-        self.pending.values().any(|p| p.token.is_none())
-    }
 }
 
 fn decide(
@@ -714,5 +587,13 @@ pub fn on_tick(shared: &Shared) {
                 }
             }
         }
+    }
+}
+
+/// Looks the key record up (cache or callout) and decides from it.
+pub fn resolve_record(shared: &Shared, context_id: u32, presented: Presented) -> Step {
+    match resolve(shared, context_id, presented) {
+        Outcome::Wait => Step::Wait,
+        Outcome::Now(forwarding, result) => Step::Decided(forwarding, result),
     }
 }

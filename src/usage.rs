@@ -4,10 +4,10 @@
 use keygate_core::machine::callouts::Callout;
 use keygate_core::machine::usage::Reporting;
 
-pub use keygate_core::machine::usage::{counts_under_key, Usage};
+pub use keygate_core::machine::usage::Usage;
 
-use crate::filter::Shared;
 use crate::host::ProxyHost;
+use crate::state::Shared;
 
 fn reporting(shared: &Shared) -> Reporting<'_> {
     Reporting {
