@@ -2,15 +2,14 @@
 //! shared with the others through shared data), the verified-token cache, and requests that
 //! wait for a JWKS refetch after presenting an unknown `kid`.
 
-use std::time::Duration;
-
 use keygate_core::config::{JwksSource, Revocation};
 use keygate_core::decision::{authorize_scopes, header_safe, DenyReason, Identity};
 use keygate_core::jwt::cache::CachedToken;
-use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, KeySet, NativeVerifier};
+use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, NativeVerifier};
 use keygate_core::key::KeyId;
 use keygate_core::machine::callouts::Callout;
-use keygate_core::machine::lease::{Reentry, SharedLease, Take};
+use keygate_core::machine::jwks::{jwks_lease_key, load_shared, JwksFetcher};
+use keygate_core::machine::lease::SharedLease;
 use proxy_wasm::types::LogLevel;
 
 use crate::answer::complete;
@@ -19,31 +18,8 @@ use crate::lookup::resolve_record;
 use crate::metrics::Event;
 use crate::state::{JwtState, Presented, Proof, Shared, Step, TokenRequest, TokenWaiter};
 
-/// Largest JWKS document read.
-const MAX_JWKS_BODY: usize = 256 * 1024;
 /// How long a token without `exp` stays in the verified-token cache.
 const NO_EXPIRY_CACHE_S: u64 = 300;
-
-fn jwks_key(issuer: usize) -> String {
-    format!("keygate.jwks.{issuer}")
-}
-
-fn jwks_lease_key(issuer: usize) -> String {
-    format!("keygate.jwks.lease.{issuer}")
-}
-
-/// Shared-data value of a fetched JWKS: `<fetched_at_ms>\n<document>`.
-fn encode_jwks(fetched_at_ms: u64, document: &[u8]) -> Vec<u8> {
-    let mut value = format!("{fetched_at_ms}\n").into_bytes();
-    value.extend_from_slice(document);
-    value
-}
-
-fn decode_jwks(value: &[u8]) -> Option<(u64, &[u8])> {
-    let split = value.iter().position(|b| *b == b'\n')?;
-    let fetched_at = std::str::from_utf8(&value[..split]).ok()?.parse().ok()?;
-    Some((fetched_at, &value[split + 1..]))
-}
 
 /// At configure: create the fetch leases (so taking one is a compare-and-swap) and load
 /// whatever JWKS another worker already fetched.
@@ -268,13 +244,7 @@ fn may_refetch(shared: &Shared, index: usize, now_ms: u64) -> bool {
     let Some(remote) = &issuer.remote else {
         return false;
     };
-    let fetched_at = host::get_shared(&jwks_key(index))
-        .0
-        .as_deref()
-        .and_then(decode_jwks)
-        .map_or(0, |(at, _)| at);
-    now_ms.saturating_sub(fetched_at) >= remote.min_refetch_ms
-        && now_ms.saturating_sub(issuer.last_attempt_ms) >= remote.min_refetch_ms
+    JwksFetcher { index, remote }.may_refetch(&ProxyHost, issuer.last_attempt_ms, now_ms)
 }
 
 /// Takes the issuer's fetch lease and dispatches the JWKS request. If another worker holds
@@ -291,88 +261,35 @@ fn start_fetch(shared: &Shared, index: usize, now_ms: u64) {
             None => return,
         }
     };
-    let lease_name = jwks_lease_key(index);
-    let lease = SharedLease::new(&lease_name);
-    let owner = format!("jwks{index}");
-    let until = now_ms + remote.timeout_ms + 500;
-    if lease.take(&ProxyHost, &owner, until, now_ms, Reentry::Wait) != Take::Taken {
-        return;
-    }
-    let headers = vec![
-        (":method", "GET"),
-        (":path", remote.path.as_str()),
-        (":authority", remote.authority.as_str()),
-        ("accept", "application/json"),
-    ];
-    match host::dispatch_http_call(
-        &remote.cluster,
-        headers,
-        Duration::from_millis(remote.timeout_ms),
-    ) {
-        Ok(token) => {
-            shared
-                .callouts
-                .borrow_mut()
-                .insert(token, Callout::Jwks(index));
-        }
-        Err(err) => {
-            lease.release(&ProxyHost);
-            shared.metrics.count(Event::JwksFetchFailure);
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "cannot fetch the JWKS of issuer {index} from cluster '{}': {err:?}",
-                    remote.cluster
-                ),
-            );
-        }
+    if let Some(token) = (JwksFetcher {
+        index,
+        remote: &remote,
+    })
+    .start(&ProxyHost, now_ms)
+    {
+        shared
+            .callouts
+            .borrow_mut()
+            .insert(token, Callout::Jwks(index));
     }
 }
 
 /// A JWKS fetch answered: keep a good document (share it, load it), keep the old keys on a
 /// bad one. Then answer the requests that waited.
 pub fn on_response(shared: &Shared, index: usize, body_size: usize) {
-    let now_ms = host::now_ms();
-    SharedLease::new(&jwks_lease_key(index)).release(&ProxyHost);
-    let status = host::call_response_status();
-    let body = match status {
-        Some(200) => host::call_response_body(body_size, MAX_JWKS_BODY),
-        _ => None,
-    };
-    let parsed = body.as_deref().and_then(|doc| {
-        KeySet::from_jwks_json(doc)
-            .ok()
-            .map(|(keys, skipped)| (doc, keys, skipped))
-    });
-    match parsed {
-        Some((document, keys, skipped)) if !keys.is_empty() => {
-            for skip in &skipped {
-                host::log(
-                    LogLevel::Warn,
-                    &format!(
-                        "JWKS of issuer {index}: skipped key {}: {}",
-                        skip.kid.as_deref().unwrap_or("(no kid)"),
-                        skip.reason
-                    ),
-                );
-            }
-            let _ = host::set_shared(&jwks_key(index), &encode_jwks(now_ms, document), None);
-            shared.metrics.count(Event::JwksRefreshed);
-            host::log(
-                LogLevel::Info,
-                &format!("JWKS of issuer {index} loaded: {} key(s)", keys.len()),
-            );
+    let remote = shared
+        .jwt
+        .borrow()
+        .issuers
+        .get(index)
+        .and_then(|i| i.remote.clone());
+    if let Some(remote) = remote {
+        let fetcher = JwksFetcher {
+            index,
+            remote: &remote,
+        };
+        if fetcher.on_response(&ProxyHost, body_size, host::now_ms()) {
             load_shared_jwks(shared, index);
-        }
-        _ => {
-            shared.metrics.count(Event::JwksFetchFailure);
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "JWKS fetch for issuer {index} failed (status {}); keeping the previous keys",
-                    status.map_or_else(|| "none".to_owned(), |s| s.to_string())
-                ),
-            );
         }
     }
     retry_waiters(shared, index);
@@ -381,24 +298,13 @@ pub fn on_response(shared: &Shared, index: usize, body_size: usize) {
 /// Loads the issuer's JWKS from shared data when it changed since this worker last did.
 /// Returns true when new keys were loaded.
 fn load_shared_jwks(shared: &Shared, index: usize) -> bool {
-    let (value, cas) = host::get_shared(&jwks_key(index));
-    let (Some(value), Some(cas)) = (value, cas) else {
-        return false;
-    };
-    if shared
+    let loaded = shared
         .jwt
         .borrow()
         .issuers
         .get(index)
-        .and_then(|i| i.version)
-        == Some(cas)
-    {
-        return false;
-    }
-    let Some((_, document)) = decode_jwks(&value) else {
-        return false;
-    };
-    let Ok((keys, _)) = KeySet::from_jwks_json(document) else {
+        .and_then(|i| i.version);
+    let Some((keys, cas)) = load_shared(&ProxyHost, index, loaded) else {
         return false;
     };
     let mut state = shared.jwt.borrow_mut();
@@ -483,24 +389,17 @@ pub fn on_tick(shared: &Shared) {
                 retry_waiters(shared, index);
             }
         }
-        let fetched_at = host::get_shared(&jwks_key(index))
-            .0
-            .as_deref()
-            .and_then(decode_jwks)
-            .map(|(at, _)| at);
         let last_attempt = shared
             .jwt
             .borrow()
             .issuers
             .get(index)
             .map_or(0, |i| i.last_attempt_ms);
-        let due = match fetched_at {
-            None => now_ms.saturating_sub(last_attempt) >= 1000,
-            Some(at) => {
-                now_ms.saturating_sub(at) >= remote.refresh_ms
-                    && now_ms.saturating_sub(last_attempt) >= remote.min_refetch_ms
-            }
-        };
+        let due = JwksFetcher {
+            index,
+            remote: &remote,
+        }
+        .refresh_due(&ProxyHost, last_attempt, now_ms);
         if due {
             start_fetch(shared, index, now_ms);
         }

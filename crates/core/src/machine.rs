@@ -4,6 +4,7 @@
 //! - [`lease`]: the one lease protocol in shared data (lookups, JWKS, feed, usage);
 //! - [`callouts`]: the one map from a callout token to what waits on it;
 //! - [`follower`]: the revocation feed, followed by one worker, its set shared with all;
+//! - [`jwks`]: an issuer's JWKS, fetched by one worker and shared with all;
 //! - [`degraded`]: whether a cached record may decide while the revocation feed is not live,
 //!   and what a request gets when the key service cannot answer;
 //! - [`rate`]: the shared token buckets and their fail-closed outcomes;
@@ -13,6 +14,7 @@
 pub mod callouts;
 pub mod degraded;
 pub mod follower;
+pub mod jwks;
 pub mod lease;
 pub mod rate;
 pub mod reply;
