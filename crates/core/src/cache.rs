@@ -10,16 +10,15 @@
 //! nobody refreshed (past its TTL; for a key in use, past twice its TTL), then a fresh one for
 //! a key seen only once, then one for a key in use; the oldest first within each class. A key
 //! is in use when it was asked for again after its first fetch (a refresh, or a worker that
-//! had it before). Twice as many
-//! names as entries keeps the table at most half full with `max_entries` keys, so that eight
-//! candidates almost always include a free one; beyond that, keys in use keep their slots and
-//! one-off keys (a scan) replace each other.
+//! had it before). Twice as many names as entries keeps the table at most half full with
+//! `max_entries` keys, so that eight candidates almost always include a free one; beyond that,
+//! keys in use keep their slots and one-off keys (a scan) replace each other.
 //!
 //! Writes are compare-and-swap against the version read, retried a few times, so that two
 //! workers storing different ids at once do not silently overwrite each other's entries (a
 //! slot never written has no version: two first writes may race there, and the loser is
 //! looked up again later). Entries are a compact binary encoding whose header (id, fetch time,
-//! flags) is read before anything else, so a probe of another id's slot decodes 30 bytes.
+//! flags) is read before anything else, so a probe of another id's slot decodes 27 bytes.
 //!
 //! Every entry carries the time it was fetched, from which freshness and usable staleness
 //! follow.
@@ -373,7 +372,8 @@ impl Placement {
         self.slots
     }
 
-    /// The slots `id` may live in, most preferred first: distinct and below `slots()`.
+    /// The slots `id` may live in, most preferred first, all below `slots()` (in a large table
+    /// two may rarely coincide: that slot is then read twice).
     pub fn candidates(&self, id: &KeyId) -> Candidates {
         Candidates {
             hash: mix(fnv1a64(id.as_str().as_bytes())),
@@ -404,8 +404,8 @@ impl Iterator for Candidates {
         self.next += 1;
         let slots = u64::from(self.slots);
         // A small table is probed in order from the first candidate, so that all of it is
-        // reachable; a large one at independent positions (random probing, which keeps chains
-        // short), with a repeated position moved on to the next slot.
+        // reachable; a large one at independent positions (random probing, which keeps the
+        // probes of a hit fewest).
         let first = self.hash % slots;
         let slot = if self.slots <= 4 * PROBES {
             (first + u64::from(i)) % slots

@@ -51,6 +51,11 @@ struct CacheSpec {
     negative_ttl_seconds: u64,
     #[serde(default = "default_max_stale")]
     max_stale_seconds: u64,
+    /// Keys the record cache holds with (almost) no misses: shared data gets twice as many
+    /// slot names, and each worker keeps at most this many decoded records. Memory grows with
+    /// the keys in use only: about 0.3 KB per key in shared data (0.6 KB per key of capacity
+    /// once more keys than that are in use) and about 1 KB per key in each worker, so 100,000
+    /// keys take about 30 MB of shared data and 100 MB per worker (README, "Record cache").
     #[serde(default = "default_max_entries")]
     max_entries: u32,
 }
@@ -444,8 +449,10 @@ fn default_negative_ttl() -> u64 {
 fn default_max_stale() -> u64 {
     300
 }
+/// 100,000 keys: the low end of a platform with many API consumers, at most ~60 MB of shared
+/// data and ~100 MB per worker, spent only as keys come into use.
 fn default_max_entries() -> u32 {
-    10_000
+    100_000
 }
 fn default_subject_header() -> String {
     "x-keygate-subject".to_owned()
