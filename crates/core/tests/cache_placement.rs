@@ -8,7 +8,8 @@
 //! refreshed in place and counted apart. A worker marks a stored key in use when it asked for
 //! that key before, as the filter does from its bounded copy of records.
 //!
-//! `cargo test -p keygate-core --test cache_placement -- --nocapture` prints the curve.
+//! `cargo test -p keygate-core --test cache_placement -- --nocapture` prints the curve;
+//! `KEYGATE_SIM_CAPACITY=100000 cargo test --release ...` runs it at another capacity.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -19,7 +20,13 @@ use keygate_core::decision::PreparedRecord;
 use keygate_core::key::KeyId;
 use keygate_core::wire::{KeyLookup, KeyStatus};
 
-const CAPACITY: u32 = 10_000;
+/// The capacity the curve is drawn at: 10,000 unless `KEYGATE_SIM_CAPACITY` says otherwise.
+fn capacity() -> u32 {
+    std::env::var("KEYGATE_SIM_CAPACITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
 
 fn policy(capacity: u32) -> CachePolicy {
     CachePolicy {
@@ -190,9 +197,10 @@ impl Sim {
 
 #[test]
 fn uniform_traffic_over_capacity_keys_misses_under_one_percent() {
+    let capacity = capacity();
     println!(
-        "capacity {CAPACITY} ({} slot names), uniform traffic after one warm pass:",
-        Placement::of(&policy(CAPACITY)).slots()
+        "capacity {capacity} ({} slot names), uniform traffic after one warm pass:",
+        Placement::of(&policy(capacity)).slots()
     );
     println!(
         "| active keys | × capacity | misses | refreshes | slot reads per request | per hit |"
@@ -200,12 +208,12 @@ fn uniform_traffic_over_capacity_keys_misses_under_one_percent() {
     println!("|---:|---:|---:|---:|---:|---:|");
     let mut curve = Vec::new();
     for (keys, label) in [
-        (CAPACITY / 2, "0.5"),
-        (CAPACITY, "1"),
-        (2 * CAPACITY, "2"),
-        (4 * CAPACITY, "4"),
+        (capacity / 2, "0.5"),
+        (capacity, "1"),
+        (2 * capacity, "2"),
+        (4 * capacity, "4"),
     ] {
-        let mut sim = Sim::new(CAPACITY, 1);
+        let mut sim = Sim::new(capacity, 1);
         let reads_before_warm = sim.slots.reads;
         let tally = sim.uniform(u64::from(keys), 4);
         let reads = (sim.slots.reads - reads_before_warm) as f64
