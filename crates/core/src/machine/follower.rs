@@ -637,6 +637,18 @@ mod tests {
     }
 
     #[test]
+    fn every_worker_gets_its_own_name_despite_lost_races() {
+        let one = FakeHost::at(T0);
+        let two = one.worker();
+        assert_eq!(next_worker_id(&one), "w1");
+        two.conflict_next_writes(3);
+        assert_eq!(next_worker_id(&two), "w2", "retried after lost races");
+        // Beyond reason: a name from the clock, still distinct from the counted ones.
+        one.conflict_next_writes(16);
+        assert_eq!(next_worker_id(&one), format!("w{T0}"));
+    }
+
+    #[test]
     fn without_the_feed_nothing_happens_and_every_record_is_trusted() {
         let mut setup = Setup::new();
         setup.settings.enabled = false;
