@@ -302,15 +302,6 @@ pub fn set_shared(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostE
     hostcalls::set_shared_data(key, Some(value), cas).map_err(refused)
 }
 
-/// Starts an HTTP call to `cluster`; the answer arrives in `on_http_call_response`.
-pub fn dispatch_http_call(
-    cluster: &str,
-    headers: Vec<(&str, &str)>,
-    timeout: Duration,
-) -> Result<u32, HostError> {
-    hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout).map_err(refused)
-}
-
 pub fn set_response_header(name: &str, value: &str) {
     let _ =
         hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value.as_bytes()));

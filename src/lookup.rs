@@ -7,21 +7,15 @@
 //! if the lease lapses. Waiting requests are answered in their own context once the record
 //! arrives, so no request waits on more than one callout.
 
-use keygate_core::cache::{
-    find, find_from, lease_key, record_key, slot_of, store, CacheEntry, Freshness, Placement,
-    RecordSlots, Stored, LEASE_STRIPES,
-};
+use keygate_core::cache::{find_from, store, CacheEntry, Freshness, Placement, Stored};
 use keygate_core::decision::{
     authorize_proven, authorize_token_prepared, DenyReason, Identity, PreparedRecord,
 };
 use keygate_core::feed::FeedPolicy;
 use keygate_core::key::{KeyDigest, KeyId};
-use keygate_core::machine::callouts::Callout;
 use keygate_core::machine::degraded::Fallback;
-use keygate_core::machine::lease::{Reentry, SharedLease, Take};
+use keygate_core::machine::lookup::{Answer, Begun, HostSlots, LookupContext, Pending, Target};
 use keygate_core::scope::Scope;
-use keygate_core::wire::KeyLookup;
-use proxy_wasm::types::LogLevel;
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -30,12 +24,8 @@ use crate::answer::complete;
 use crate::host::{self, ProxyHost};
 use crate::metrics::Event;
 use crate::state::{
-    client_now, lookup_timeout, resolve_client, Forwarding, Local, Lookups, Pending, Presented,
-    Proof, Shared, Step, Target, Waiter,
+    client_now, resolve_client, Forwarding, Local, Presented, Proof, Shared, Step, Waiter,
 };
-
-/// Largest lookup answer read from the key service.
-const MAX_LOOKUP_BODY: usize = 64 * 1024;
 
 /// A request answered now, or paused until its record arrives.
 // Returned once per request and unpacked at once: boxing would only add an allocation to
@@ -123,7 +113,7 @@ fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
         return Some(entry);
     }
     let placement = Placement::of(&shared.config.cache);
-    let (slot, entry) = find_from(&mut SharedRecordSlots, &placement, id, hint)?;
+    let (slot, entry) = find_from(&mut HostSlots(&ProxyHost), &placement, id, hint)?;
     let entry = Local::new(entry, Some(slot));
     if entry.freshness(now, &shared.config.cache) == Freshness::Fresh {
         remember(shared, id, &entry);
@@ -131,32 +121,12 @@ fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
     Some(entry)
 }
 
-/// The record slots in shared data.
-struct SharedRecordSlots;
-
-impl RecordSlots for SharedRecordSlots {
-    fn read(&mut self, slot: u32) -> Option<(Vec<u8>, u32)> {
-        let (bytes, cas) = host::get_shared(&record_key(slot));
-        Some((bytes?, cas.unwrap_or(0)))
-    }
-
-    fn write(&mut self, slot: u32, bytes: &[u8], cas: Option<u32>) -> bool {
-        host::set_shared(&record_key(slot), bytes, cas).is_ok()
-    }
-}
-
-/// The record for `id` in shared data only: safe while `shared.lookups` is borrowed.
-fn read_shared_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
-    let placement = Placement::of(&shared.config.cache);
-    find(&mut SharedRecordSlots, &placement, id).map(|(_, entry)| entry)
-}
-
 /// Stores a record just fetched in shared data; the slot it went to. `in_use`: the key was
 /// asked for before this fetch (its entry is kept before those of keys seen once).
 fn write_shared_entry(shared: &Shared, entry: &CacheEntry, in_use: bool) -> Option<u32> {
     let cache = &shared.config.cache;
     match store(
-        &mut SharedRecordSlots,
+        &mut HostSlots(&ProxyHost),
         &Placement::of(cache),
         cache,
         entry,
@@ -261,33 +231,33 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
         context_id,
         presented,
     };
-    let mut lookups = shared.lookups.borrow_mut();
-    if let Some(pending) = lookups.pending.get_mut(&id) {
-        pending.waiters.push(waiter);
-        return Outcome::Wait;
-    }
-    let mut pending = Pending {
-        target: Target::of(&waiter.presented),
-        waiters: vec![waiter],
-        token: None,
-        since_ms: now,
-        stale,
+    let begun = {
+        let mut lookups = shared.lookups.borrow_mut();
+        let Some(waiter) = lookups.machine.join(&id, waiter) else {
+            return Outcome::Wait;
+        };
+        let pending = Pending::new(target_of(&waiter.presented), waiter, now, stale);
+        lookups.machine.start(
+            &ProxyHost,
+            context(shared),
+            &mut shared.callouts.borrow_mut(),
+            id,
+            pending,
+            now,
+            |entry| is_recent_enough(shared, entry, now),
+        )
     };
-    match start_lookup(shared, &mut lookups, &id, &mut pending, now) {
-        Ok(Started::Dispatched | Started::Waiting) => {
-            lookups.pending.insert(id, pending);
-            Outcome::Wait
-        }
-        Ok(Started::Filled(entry)) => {
-            drop(lookups);
+    match begun {
+        Begun::Waiting => Outcome::Wait,
+        Begun::Filled(entry, mut pending) => {
+            let entry = Local::new(entry, None);
             let Some(waiter) = pending.waiters.pop() else {
                 return Outcome::Wait;
             };
             let result = decide(shared, &entry, &waiter.presented, now);
             Outcome::Now(waiter.presented.forwarding, result)
         }
-        Err(reason) => {
-            drop(lookups);
+        Begun::Failed(reason, mut pending) => {
             let Some(waiter) = pending.waiters.pop() else {
                 return Outcome::Wait;
             };
@@ -303,119 +273,24 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
     }
 }
 
-/// What `start_lookup` did.
-enum Started {
-    /// Our callout is in flight.
-    Dispatched,
-    /// Another worker's callout is; we poll the cache.
-    Waiting,
-    /// The record arrived meanwhile: decide now.
-    Filled(Rc<Local>),
-}
-
-/// Takes the lease and dispatches the callout, or arranges to wait for another worker's.
-/// On `Err`, nothing is registered and the caller answers from `fallback`.
-fn start_lookup(
-    shared: &Shared,
-    lookups: &mut Lookups,
-    id: &KeyId,
-    pending: &mut Pending,
-    now: u64,
-) -> Result<Started, DenyReason> {
-    let config = &shared.config;
-    let slot = slot_of(id, &config.cache);
-    let lease_name = lease_key(slot);
-    let lease = SharedLease::new(&lease_name);
-    let current = lease.read(&ProxyHost);
-    let holder = current.holder(now).map(|l| l.id == id.as_str());
-    if holder == Some(true) {
-        return wait_for_other_worker(pending);
-    }
-    let legacy = matches!(pending.target, Target::LegacyDigest(_));
-    let full = if legacy {
-        let cap = config.legacy_keys.as_ref().map_or(0, |l| l.max_in_flight);
-        lookups.legacy_in_flight >= cap
-    } else {
-        lookups.in_flight >= config.key_service.max_in_flight
-    };
-    if full {
-        return Err(DenyReason::Overloaded);
-    }
-    let timeout = lookup_timeout(config);
-    // A stripe busy with another key id: look up without a lease rather than wait on a
-    // stranger (a duplicate lookup at worst).
-    let leased = holder.is_none() && {
-        let until = now + timeout.as_millis() as u64 + 100;
-        match current.take(&ProxyHost, id.as_str(), until, now, Reentry::Wait) {
-            Take::Taken => true,
-            // Another worker took the lease between our read and write.
-            Take::Held(_) | Take::Lost => return wait_for_other_worker(pending),
-        }
-    };
-    // The worker that held the lease may have filled the slot just before we took it.
-    // (Shared data only: `lookups` is borrowed by our caller.)
-    if let Some(entry) = read_shared_entry(shared, id)
-        .filter(|e| e.freshness(now, &config.cache) == Freshness::Fresh)
-        .filter(|e| is_recent_enough(shared, e, now))
-        .map(|entry| Local::new(entry, None))
-    {
-        if leased {
-            release_lease(&lease_name);
-        }
-        return Ok(Started::Filled(entry));
-    }
-    let path = pending.target.path(shared, id);
-    let authorization = format!("Bearer {}", shared.secrets.service_token);
-    let headers = vec![
-        (":method", "GET"),
-        (":path", path.as_str()),
-        (":authority", config.key_service.authority.as_str()),
-        ("authorization", authorization.as_str()),
-        ("accept", "application/json"),
-    ];
-    match host::dispatch_http_call(&config.key_service.cluster, headers, timeout) {
-        Ok(token) => {
-            shared
-                .callouts
-                .borrow_mut()
-                .insert(token, Callout::Lookup { id: *id, legacy });
-            if legacy {
-                lookups.legacy_in_flight += 1;
-            } else {
-                lookups.in_flight += 1;
-            }
-            pending.token = Some(token);
-            Ok(Started::Dispatched)
-        }
-        Err(err) => {
-            release_lease(&lease_name);
-            shared.metrics.count(Event::CalloutFailure);
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "cannot call key service cluster '{}': {err:?}",
-                    config.key_service.cluster
-                ),
-            );
-            Err(DenyReason::ServiceUnavailable)
-        }
+/// What a lookup for this request asks the key service for.
+fn target_of(presented: &Presented) -> Target {
+    match (&presented.proof, presented.legacy) {
+        (Proof::Opaque(digest), true) => Target::LegacyDigest(digest.to_hex()),
+        _ => Target::Id,
     }
 }
 
-fn wait_for_other_worker(pending: &mut Pending) -> Result<Started, DenyReason> {
-    pending.token = None;
-    Ok(Started::Waiting)
-}
-
-fn release_lease(lease_name: &str) {
-    SharedLease::new(lease_name).release(&ProxyHost);
+fn context(shared: &Shared) -> LookupContext<'_> {
+    LookupContext {
+        config: &shared.config,
+        service_token: &shared.secrets.service_token,
+    }
 }
 
 /// Creates every lease key, so that taking a lease is always a compare-and-swap.
 pub fn create_leases() {
-    for stripe in 0..LEASE_STRIPES {
-        SharedLease::new(&lease_key(stripe)).create(&ProxyHost);
-    }
+    keygate_core::machine::lookup::create_leases(&ProxyHost);
 }
 
 /// When the key service cannot answer: a stale record within the staleness bound still
@@ -441,34 +316,19 @@ fn fallback(
 /// A lookup answered: cache it and answer everyone who waited for it.
 pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
     let now = host::now_ms();
-    let pending = {
-        let mut lookups = shared.lookups.borrow_mut();
-        if legacy {
-            lookups.legacy_in_flight = lookups.legacy_in_flight.saturating_sub(1);
-        } else {
-            lookups.in_flight = lookups.in_flight.saturating_sub(1);
-        }
-        lookups.pending.remove(&id).map(|p| (id, p))
-    };
-    let Some((id, pending)) = pending else {
+    let answered = shared.lookups.borrow_mut().machine.on_response(
+        &ProxyHost,
+        &shared.config,
+        id,
+        legacy,
+        body_size,
+    );
+    let Some((pending, answer)) = answered else {
         return;
     };
-    let slot = slot_of(&id, &shared.config.cache);
-    release_lease(&lease_key(slot));
-
-    let status = host::call_response_status();
-    let record = match status {
-        Some(200) => host::call_response_body(body_size, MAX_LOOKUP_BODY)
-            .and_then(|body| serde_json::from_slice::<KeyLookup>(&body).ok())
-            .filter(|record| pending.target.answers(record, &id))
-            .map(Some),
-        Some(404) => Some(None),
-        _ => None,
-    };
-    let legacy_target = matches!(pending.target, Target::LegacyDigest(_));
-    match record {
+    match answer {
         // An unknown legacy digest: remembered apart, so that it evicts no record.
-        Some(None) if legacy_target => {
+        Answer::Record(None) if pending.target.is_legacy() => {
             let ttl = shared
                 .config
                 .legacy_keys
@@ -483,7 +343,7 @@ pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
                 finish(shared, waiter, Err(DenyReason::UnknownKey));
             }
         }
-        Some(record) => {
+        Answer::Record(record) => {
             let entry = CacheEntry {
                 id: id.to_string(),
                 fetched_at_ms: now,
@@ -498,29 +358,29 @@ pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
                 finish(shared, waiter, result);
             }
         }
-        None => {
-            shared.metrics.count(Event::CalloutFailure);
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "key service lookup failed for key_id={id}: status {}",
-                    status.map_or_else(
-                        || "none (unreachable or timed out)".to_owned(),
-                        |s| s.to_string()
-                    )
-                ),
-            );
-            for waiter in pending.waiters {
-                let result = fallback(
-                    shared,
-                    pending.stale.as_ref(),
-                    &waiter.presented,
-                    now,
-                    DenyReason::ServiceUnavailable,
-                );
-                finish(shared, waiter, result);
-            }
-        }
+        Answer::Failed => fail_all(shared, pending, now, DenyReason::ServiceUnavailable),
+    }
+}
+
+/// Answers every waiter of a lookup that could not be done from the fallback.
+fn fail_all(shared: &Shared, pending: Pending<Waiter, Rc<Local>>, now: u64, reason: DenyReason) {
+    for waiter in pending.waiters {
+        let result = fallback(
+            shared,
+            pending.stale.as_ref(),
+            &waiter.presented,
+            now,
+            reason.clone(),
+        );
+        finish(shared, waiter, result);
+    }
+}
+
+/// Answers every waiter of a lookup from the record that arrived.
+fn decide_all(shared: &Shared, pending: Pending<Waiter, Rc<Local>>, entry: &Local, now: u64) {
+    for waiter in pending.waiters {
+        let result = decide(shared, entry, &waiter.presented, now);
+        finish(shared, waiter, result);
     }
 }
 
@@ -528,64 +388,28 @@ pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
 /// when the lease lapses, give up after twice the lookup timeout.
 pub fn on_tick(shared: &Shared) {
     let now = host::now_ms();
-    let remote: Vec<KeyId> = {
-        let lookups = shared.lookups.borrow();
-        lookups
-            .pending
-            .iter()
-            .filter(|(_, p)| p.token.is_none())
-            .map(|(id, _)| *id)
-            .collect()
-    };
-    for id in remote {
-        let filled = read_entry(shared, &id).filter(|e| {
-            e.fetched_at_ms + 1
-                >= shared
-                    .lookups
-                    .borrow()
-                    .pending
-                    .get(&id)
-                    .map_or(u64::MAX, |p| p.since_ms)
-        });
-        let Some(mut pending) = shared.lookups.borrow_mut().pending.remove(&id) else {
-            continue;
-        };
-        if let Some(entry) = filled {
-            for waiter in pending.waiters {
-                let result = decide(shared, &entry, &waiter.presented, now);
-                finish(shared, waiter, result);
+    let remote = shared.lookups.borrow().machine.remote_waits();
+    for (id, since_ms) in remote {
+        if let Some(entry) = read_entry(shared, &id).filter(|e| e.fetched_at_ms + 1 >= since_ms) {
+            if let Some(pending) = shared.lookups.borrow_mut().machine.remove(&id) {
+                decide_all(shared, pending, &entry, now);
             }
             continue;
         }
-        let give_up_at = pending.since_ms + 2 * shared.config.key_service.timeout_ms + 200;
-        let outcome = if now >= give_up_at {
-            Err(DenyReason::ServiceUnavailable)
-        } else {
-            let mut lookups = shared.lookups.borrow_mut();
-            start_lookup(shared, &mut lookups, &id, &mut pending, now)
-        };
-        match outcome {
-            Ok(Started::Dispatched | Started::Waiting) => {
-                shared.lookups.borrow_mut().pending.insert(id, pending);
+        let begun = shared.lookups.borrow_mut().machine.retry(
+            &ProxyHost,
+            context(shared),
+            &mut shared.callouts.borrow_mut(),
+            id,
+            now,
+            |entry| is_recent_enough(shared, entry, now),
+        );
+        match begun {
+            None | Some(Begun::Waiting) => {}
+            Some(Begun::Filled(entry, pending)) => {
+                decide_all(shared, pending, &Local::new(entry, None), now);
             }
-            Ok(Started::Filled(entry)) => {
-                for waiter in pending.waiters {
-                    let result = decide(shared, &entry, &waiter.presented, now);
-                    finish(shared, waiter, result);
-                }
-            }
-            Err(reason) => {
-                for waiter in pending.waiters {
-                    let result = fallback(
-                        shared,
-                        pending.stale.as_ref(),
-                        &waiter.presented,
-                        now,
-                        reason.clone(),
-                    );
-                    finish(shared, waiter, result);
-                }
-            }
+            Some(Begun::Failed(reason, pending)) => fail_all(shared, pending, now, reason),
         }
     }
 }

@@ -20,11 +20,12 @@ use keygate_core::key::{KeyDigest, KeyId};
 use keygate_core::limits::{client_address, ForwardedFor};
 use keygate_core::machine::callouts::Callouts;
 use keygate_core::machine::follower::FeedView;
+use keygate_core::machine::lookup;
 use keygate_core::machine::usage::Usage;
 use keygate_core::negative_cache::NegativeCache;
 use keygate_core::route::Mode;
 use keygate_core::scope::Scope;
-use keygate_core::wire::{KeyLookup, RateLimit, LOOKUP_PATH_PREFIX};
+use keygate_core::wire::RateLimit;
 
 use crate::crypto::HostVerifier;
 use crate::host;
@@ -129,11 +130,6 @@ pub fn resolve_client(forwarding: &mut Forwarding) {
     }
 }
 
-/// How long a lookup may take before others stop waiting on it.
-pub fn lookup_timeout(config: &FilterConfig) -> Duration {
-    Duration::from_millis(config.key_service.timeout_ms)
-}
-
 // Lookups of key records (worked on by `crate::lookup`).
 
 pub struct Waiter {
@@ -141,55 +137,11 @@ pub struct Waiter {
     pub presented: Presented,
 }
 
-/// What a lookup asks the key service for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// `GET /v1/keys/{id}`: an answer must carry that id.
-    Id,
-    /// A legacy key, `GET {legacy lookup path}{digest}`: an answer must carry that digest.
-    LegacyDigest(String),
-}
-
-impl Target {
-    pub fn of(presented: &Presented) -> Self {
-        match (&presented.proof, presented.legacy) {
-            (Proof::Opaque(digest), true) => Self::LegacyDigest(digest.to_hex()),
-            _ => Self::Id,
-        }
-    }
-
-    pub fn path(&self, shared: &Shared, id: &KeyId) -> String {
-        match (self, &shared.config.legacy_keys) {
-            (Self::LegacyDigest(digest), Some(legacy)) => format!("{}{digest}", legacy.lookup_path),
-            _ => format!("{LOOKUP_PATH_PREFIX}{id}"),
-        }
-    }
-
-    pub fn answers(&self, record: &KeyLookup, id: &KeyId) -> bool {
-        match self {
-            Self::Id => record.id == id.as_str(),
-            Self::LegacyDigest(digest) => record.digest.eq_ignore_ascii_case(digest),
-        }
-    }
-}
-
-pub struct Pending {
-    pub target: Target,
-    pub waiters: Vec<Waiter>,
-    /// `Some` when this worker's callout is in flight; `None` while another worker holds the lease.
-    pub token: Option<u32>,
-    pub since_ms: u64,
-    pub stale: Option<Rc<Local>>,
-}
-
-/// Per-worker state of lookups in flight.
+/// Per-worker state of lookups: the callouts in flight and their waiters, unknown legacy
+/// digests, and this worker's decoded copies of fresh records.
 pub struct Lookups {
-    pub pending: HashMap<KeyId, Pending>,
-    pub in_flight: usize,
-    /// Legacy lookups in flight, capped apart (`legacy_keys.max_in_flight`): a spray of
-    /// legacy-looking strings, which cannot be checked inline, cannot use up the lookups
-    /// of real keys.
-    pub legacy_in_flight: usize,
+    /// One lookup per key id and who waits on it (see [`lookup::Lookups`]).
+    pub machine: lookup::Lookups<Waiter, Rc<Local>>,
     /// Legacy digests the key service did not know (by their slot id). Kept here, never in
     /// the shared record cache, so that unknown strings evict no record.
     pub legacy_unknown: NegativeCache<KeyId>,
@@ -234,9 +186,7 @@ impl Lookups {
             .as_ref()
             .map_or(1, |legacy| legacy.negative_cache_entries);
         Self {
-            pending: HashMap::new(),
-            in_flight: 0,
-            legacy_in_flight: 0,
+            machine: lookup::Lookups::default(),
             legacy_unknown: NegativeCache::new(negative_entries),
             local: HashMap::new(),
         }
@@ -244,17 +194,12 @@ impl Lookups {
 
     /// Drops a request that ended while it waited.
     pub fn forget(&mut self, context_id: u32) {
-        if self.pending.is_empty() {
-            return;
-        }
-        for pending in self.pending.values_mut() {
-            pending.waiters.retain(|w| w.context_id != context_id);
-        }
+        self.machine.forget(|w| w.context_id == context_id);
     }
 
     /// Are requests waiting on another worker's lookup (so the tick must poll)?
     pub fn has_remote_waits(&self) -> bool {
-        self.pending.values().any(|p| p.token.is_none())
+        self.machine.has_remote_waits()
     }
 }
 

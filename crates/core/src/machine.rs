@@ -2,6 +2,7 @@
 //! trait so that every branch of it is unit-tested against the fake host.
 //!
 //! - [`lease`]: the one lease protocol in shared data (lookups, JWKS, feed, usage);
+//! - [`lookup`]: one key-record lookup per key id, its waiters, the in-flight caps, the tick takeover;
 //! - [`callouts`]: the one map from a callout token to what waits on it;
 //! - [`follower`]: the revocation feed, followed by one worker, its set shared with all;
 //! - [`jwks`]: an issuer's JWKS, fetched by one worker and shared with all;
@@ -16,6 +17,7 @@ pub mod degraded;
 pub mod follower;
 pub mod jwks;
 pub mod lease;
+pub mod lookup;
 pub mod rate;
 pub mod reply;
 pub mod usage;
