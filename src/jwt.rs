@@ -7,7 +7,6 @@ use keygate_core::decision::{authorize_scopes, header_safe, DenyReason, Identity
 use keygate_core::jwt::cache::CachedToken;
 use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, NativeVerifier};
 use keygate_core::key::KeyId;
-use keygate_core::machine::callouts::Callout;
 use keygate_core::machine::jwks::{jwks_lease_key, load_shared, JwksFetcher};
 use keygate_core::machine::lease::SharedLease;
 use proxy_wasm::types::LogLevel;
@@ -193,85 +192,27 @@ fn wait_for_keys(
     request: TokenRequest,
     now_ms: u64,
 ) -> bool {
-    let already_waiting = shared
-        .jwt
-        .borrow()
-        .issuers
-        .get(index)
-        .is_some_and(|i| !i.waiters.is_empty());
-    // A fetch already under way (by this worker or another) will bring the keys: wait for it
-    // rather than refuse, whatever the refetch interval says.
-    let in_flight = fetch_in_flight(shared, index, now_ms);
-    if !already_waiting && !in_flight && !may_refetch(shared, index, now_ms) {
-        return false;
-    }
-    {
-        let mut state = shared.jwt.borrow_mut();
-        let Some(issuer) = state.issuers.get_mut(index) else {
-            return false;
-        };
-        if issuer.waiters.is_empty() {
-            issuer.waiting_since_ms = now_ms;
-        }
-        let mut request = request;
-        crate::state::resolve_client(&mut request.forwarding);
-        issuer.waiters.push(TokenWaiter {
-            context_id,
-            request,
-        });
-    }
-    if !already_waiting && !in_flight {
-        start_fetch(shared, index, now_ms);
-    }
-    true
-}
-
-/// True when this issuer's JWKS is being fetched right now, by this worker or another.
-fn fetch_in_flight(shared: &Shared, index: usize, now_ms: u64) -> bool {
-    if shared.callouts.borrow().any(|c| *c == Callout::Jwks(index)) {
-        return true;
-    }
-    SharedLease::new(&jwks_lease_key(index)).is_held(&ProxyHost, now_ms)
-}
-
-/// A refetch on an unknown `kid` happens at most once per `min_refetch` interval, counted
-/// from the last successful fetch by any worker and the last attempt by this one.
-fn may_refetch(shared: &Shared, index: usize, now_ms: u64) -> bool {
-    let state = shared.jwt.borrow();
-    let Some(issuer) = state.issuers.get(index) else {
+    let mut state = shared.jwt.borrow_mut();
+    let Some(issuer) = state.issuers.get_mut(index) else {
         return false;
     };
     let Some(remote) = &issuer.remote else {
         return false;
     };
-    JwksFetcher { index, remote }.may_refetch(&ProxyHost, issuer.last_attempt_ms, now_ms)
-}
-
-/// Takes the issuer's fetch lease and dispatches the JWKS request. If another worker holds
-/// the lease, its result will reach us through shared data.
-fn start_fetch(shared: &Shared, index: usize, now_ms: u64) {
-    let remote = {
-        let mut state = shared.jwt.borrow_mut();
-        let Some(issuer) = state.issuers.get_mut(index) else {
-            return;
-        };
-        issuer.last_attempt_ms = now_ms;
-        match &issuer.remote {
-            Some(remote) => remote.clone(),
-            None => return,
-        }
-    };
-    if let Some(token) = (JwksFetcher {
-        index,
-        remote: &remote,
-    })
-    .start(&ProxyHost, now_ms)
-    {
-        shared
-            .callouts
-            .borrow_mut()
-            .insert(token, Callout::Jwks(index));
-    }
+    issuer.wait.park(
+        &ProxyHost,
+        JwksFetcher { index, remote },
+        &mut shared.callouts.borrow_mut(),
+        now_ms,
+        || {
+            let mut request = request;
+            crate::state::resolve_client(&mut request.forwarding);
+            TokenWaiter {
+                context_id,
+                request,
+            }
+        },
+    )
 }
 
 /// A JWKS fetch answered: keep a good document (share it, load it), keep the old keys on a
@@ -333,7 +274,7 @@ fn load_shared_jwks(shared: &Shared, index: usize) -> bool {
 /// wait for a key record.
 fn retry_waiters(shared: &Shared, index: usize) {
     let waiters = match shared.jwt.borrow_mut().issuers.get_mut(index) {
-        Some(issuer) => std::mem::take(&mut issuer.waiters),
+        Some(issuer) => issuer.wait.take(),
         None => return,
     };
     let now_ms = host::now_ms();
@@ -369,7 +310,7 @@ pub fn on_tick(shared: &Shared) {
     }
     let count = shared.jwt.borrow().issuers.len();
     for index in 0..count {
-        let (remote, waiting_since) = {
+        let (remote, overdue) = {
             let state = shared.jwt.borrow();
             let Some(issuer) = state.issuers.get(index) else {
                 continue;
@@ -377,31 +318,25 @@ pub fn on_tick(shared: &Shared) {
             let Some(remote) = issuer.remote.clone() else {
                 continue;
             };
-            let waiting_since = (!issuer.waiters.is_empty()).then_some(issuer.waiting_since_ms);
-            (remote, waiting_since)
+            let overdue = issuer.wait.overdue(&remote, now_ms);
+            (remote, overdue)
         };
         if load_shared_jwks(shared, index) {
             retry_waiters(shared, index);
             continue;
         }
-        if let Some(since) = waiting_since {
-            if now_ms >= since + remote.timeout_ms + 1000 {
-                retry_waiters(shared, index);
-            }
+        if overdue {
+            retry_waiters(shared, index);
         }
-        let last_attempt = shared
-            .jwt
-            .borrow()
-            .issuers
-            .get(index)
-            .map_or(0, |i| i.last_attempt_ms);
-        let due = JwksFetcher {
-            index,
-            remote: &remote,
-        }
-        .refresh_due(&ProxyHost, last_attempt, now_ms);
-        if due {
-            start_fetch(shared, index, now_ms);
+        if let Some(issuer) = shared.jwt.borrow_mut().issuers.get_mut(index) {
+            let fetcher = JwksFetcher {
+                index,
+                remote: &remote,
+            };
+            let mut callouts = shared.callouts.borrow_mut();
+            issuer
+                .wait
+                .refresh(&ProxyHost, fetcher, &mut callouts, now_ms);
         }
     }
 }

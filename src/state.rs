@@ -20,6 +20,7 @@ use keygate_core::key::{KeyDigest, KeyId};
 use keygate_core::limits::{client_address, ForwardedFor};
 use keygate_core::machine::callouts::Callouts;
 use keygate_core::machine::follower::FeedView;
+use keygate_core::machine::jwks::KeyWait;
 use keygate_core::machine::lookup;
 use keygate_core::machine::usage::Usage;
 use keygate_core::negative_cache::NegativeCache;
@@ -222,10 +223,8 @@ pub struct IssuerState {
     pub remote: Option<RemoteJwks>,
     /// Shared-data version (CAS) of the JWKS this worker last loaded.
     pub version: Option<u32>,
-    /// When this worker last started (or saw the start of) a fetch.
-    pub last_attempt_ms: u64,
-    pub waiters: Vec<TokenWaiter>,
-    pub waiting_since_ms: u64,
+    /// Requests waiting for a refetch, and when this worker last started one.
+    pub wait: KeyWait<TokenWaiter>,
 }
 
 /// Per-worker JWT state.
@@ -252,9 +251,7 @@ impl JwtState {
                     keys,
                     remote,
                     version: None,
-                    last_attempt_ms: 0,
-                    waiters: Vec::new(),
-                    waiting_since_ms: 0,
+                    wait: KeyWait::default(),
                 }
             })
             .collect();
@@ -267,7 +264,7 @@ impl JwtState {
     }
 
     pub fn has_waiters(&self) -> bool {
-        self.issuers.iter().any(|i| !i.waiters.is_empty())
+        self.issuers.iter().any(|i| i.wait.has_waiters())
     }
 
     pub fn has_remote_issuers(&self) -> bool {
@@ -277,9 +274,7 @@ impl JwtState {
     /// Drops a request that ended while it waited.
     pub fn forget(&mut self, context_id: u32) {
         for issuer in &mut self.issuers {
-            if !issuer.waiters.is_empty() {
-                issuer.waiters.retain(|w| w.context_id != context_id);
-            }
+            issuer.wait.forget(|w| w.context_id == context_id);
         }
     }
 }

@@ -5,7 +5,8 @@
 //! - [`lookup`]: one key-record lookup per key id, its waiters, the in-flight caps, the tick takeover;
 //! - [`callouts`]: the one map from a callout token to what waits on it;
 //! - [`follower`]: the revocation feed, followed by one worker, its set shared with all;
-//! - [`jwks`]: an issuer's JWKS, fetched by one worker and shared with all;
+//! - [`jwks`]: an issuer's JWKS, fetched by one worker and shared with all, and the requests
+//!   that wait for a refetch after presenting an unknown `kid`;
 //! - [`degraded`]: whether a cached record may decide while the revocation feed is not live,
 //!   and what a request gets when the key service cannot answer;
 //! - [`rate`]: the shared token buckets and their fail-closed outcomes;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::config::RemoteJwks;
 use crate::host::{Event, Host, LogLevel};
 use crate::jwt::KeySet;
+use crate::machine::callouts::{Callout, Callouts};
 use crate::machine::lease::{Reentry, SharedLease, Take};
 
 /// Largest JWKS document read.
@@ -183,6 +184,111 @@ pub fn load_shared(host: &impl Host, index: usize, loaded: Option<u32>) -> Optio
     Some((keys, cas))
 }
 
+/// The requests of one worker that wait for an issuer's keys after presenting an unknown
+/// `kid`, and when this worker last started (or saw the start of) a fetch. The first such
+/// request starts a refetch, unless one is under way (by this worker or another) or one was
+/// done too recently (then the token is refused); the others wait on it. Waiters are given
+/// up `timeout + 1 s` after the first one parked.
+#[derive(Debug)]
+pub struct KeyWait<W> {
+    waiters: Vec<W>,
+    waiting_since_ms: u64,
+    last_attempt_ms: u64,
+}
+
+impl<W> Default for KeyWait<W> {
+    fn default() -> Self {
+        Self {
+            waiters: Vec::new(),
+            waiting_since_ms: 0,
+            last_attempt_ms: 0,
+        }
+    }
+}
+
+impl<W> KeyWait<W> {
+    /// Parks the request `waiter` makes while the keys are refetched; false (and `waiter`
+    /// is not called) when no refetch may happen now: the token is refused.
+    pub fn park(
+        &mut self,
+        host: &impl Host,
+        fetcher: JwksFetcher<'_>,
+        callouts: &mut Callouts,
+        now_ms: u64,
+        waiter: impl FnOnce() -> W,
+    ) -> bool {
+        let already_waiting = !self.waiters.is_empty();
+        // A fetch already under way (by this worker or another) will bring the keys: wait
+        // for it rather than refuse, whatever the refetch interval says.
+        let in_flight = callouts.any(|c| *c == Callout::Jwks(fetcher.index))
+            || fetcher.lease_held(host, now_ms);
+        if !already_waiting
+            && !in_flight
+            && !fetcher.may_refetch(host, self.last_attempt_ms, now_ms)
+        {
+            return false;
+        }
+        if self.waiters.is_empty() {
+            self.waiting_since_ms = now_ms;
+        }
+        self.waiters.push(waiter());
+        if !already_waiting && !in_flight {
+            self.fetch(host, fetcher, callouts, now_ms);
+        }
+        true
+    }
+
+    /// Takes the fetch lease and dispatches the JWKS request. If another worker holds the
+    /// lease, its result will reach us through shared data.
+    pub fn fetch(
+        &mut self,
+        host: &impl Host,
+        fetcher: JwksFetcher<'_>,
+        callouts: &mut Callouts,
+        now_ms: u64,
+    ) {
+        self.last_attempt_ms = now_ms;
+        if let Some(token) = fetcher.start(host, now_ms) {
+            callouts.insert(token, Callout::Jwks(fetcher.index));
+        }
+    }
+
+    /// On the tick: fetches when the periodic refresh is due.
+    pub fn refresh(
+        &mut self,
+        host: &impl Host,
+        fetcher: JwksFetcher<'_>,
+        callouts: &mut Callouts,
+        now_ms: u64,
+    ) {
+        if fetcher.refresh_due(host, self.last_attempt_ms, now_ms) {
+            self.fetch(host, fetcher, callouts, now_ms);
+        }
+    }
+
+    /// Have the waiters waited past the fetch timeout (+1 s)? Then they are retried (and
+    /// refused if the keys still lack their `kid`).
+    pub fn overdue(&self, remote: &RemoteJwks, now_ms: u64) -> bool {
+        !self.waiters.is_empty() && now_ms >= self.waiting_since_ms + remote.timeout_ms + 1000
+    }
+
+    /// The waiters, taken out to be retried.
+    pub fn take(&mut self) -> Vec<W> {
+        std::mem::take(&mut self.waiters)
+    }
+
+    pub fn has_waiters(&self) -> bool {
+        !self.waiters.is_empty()
+    }
+
+    /// Drops a waiter that ended while it waited.
+    pub fn forget(&mut self, gone: impl Fn(&W) -> bool) {
+        if !self.waiters.is_empty() {
+            self.waiters.retain(|w| !gone(w));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +403,87 @@ mod tests {
         assert!(fetcher.start(&host, T0).is_some());
         assert!(fetcher.lease_held(&host, T0 + 2_499));
         assert!(!fetcher.lease_held(&host, T0 + 2_500));
+    }
+
+    #[test]
+    fn an_unknown_kid_parks_its_request_on_one_refetch() {
+        let remote = remote();
+        let fetcher = JwksFetcher {
+            index: 0,
+            remote: &remote,
+        };
+        let host = FakeHost::at(T0);
+        fetcher.create_lease(&host);
+        let mut callouts = Callouts::default();
+        let mut wait = KeyWait::<u32>::default();
+        assert!(wait.park(&host, fetcher, &mut callouts, T0, || 1));
+        assert!(wait.park(&host, fetcher, &mut callouts, T0 + 5, || 2));
+        assert_eq!(host.dispatched().len(), 1, "one refetch");
+        assert!(callouts.any(|c| *c == Callout::Jwks(0)));
+        assert!(wait.has_waiters());
+        assert!(!wait.overdue(&remote, T0 + 2_999));
+        assert!(
+            wait.overdue(&remote, T0 + 3_000),
+            "timeout + 1 s after the first"
+        );
+        wait.forget(|w| *w == 1);
+        assert_eq!(wait.take(), vec![2]);
+        assert!(!wait.has_waiters() && !wait.overdue(&remote, T0 + 10_000));
+        // The fetch answered (nothing usable); the next unknown kid within `min_refetch` of
+        // this worker's attempt is refused at once, without making its waiter.
+        assert!(callouts.take(1).is_some());
+        host.answer(Some(500), None);
+        assert!(!fetcher.on_response(&host, 0, T0 + 10));
+        assert!(!wait.park(&host, fetcher, &mut callouts, T0 + 20, || panic!("refused")));
+        assert!(wait.park(&host, fetcher, &mut callouts, T0 + 30_000, || 3));
+        assert_eq!(host.dispatched().len(), 2);
+    }
+
+    #[test]
+    fn a_fetch_by_another_worker_is_waited_for_even_when_a_refetch_is_too_soon() {
+        let remote = remote();
+        let fetcher = JwksFetcher {
+            index: 0,
+            remote: &remote,
+        };
+        let one = FakeHost::at(T0);
+        let two = one.worker();
+        fetcher.create_lease(&one);
+        one.put_shared(&jwks_key(0), &encode_jwks(T0, JWKS));
+        let mut wait_one = KeyWait::<u32>::default();
+        wait_one.fetch(&one, fetcher, &mut Callouts::default(), T0 + 10);
+        let mut wait_two = KeyWait::<u32>::default();
+        assert!(wait_two.park(&two, fetcher, &mut Callouts::default(), T0 + 20, || 7));
+        assert!(
+            two.dispatched().is_empty(),
+            "worker one's fetch brings the keys"
+        );
+        // Once worker one's lease lapsed, nothing is in flight and the refetch is too soon.
+        let _ = wait_two.take();
+        assert!(!wait_two.park(&two, fetcher, &mut Callouts::default(), T0 + 2_510, || 8));
+    }
+
+    #[test]
+    fn a_refused_refetch_still_parks_until_overdue_and_the_refresh_is_spaced() {
+        let remote = remote();
+        let fetcher = JwksFetcher {
+            index: 0,
+            remote: &remote,
+        };
+        let host = FakeHost::at(T0);
+        fetcher.create_lease(&host);
+        let mut callouts = Callouts::default();
+        let mut wait = KeyWait::<u32>::default();
+        host.refuse_next_dispatch(HostError::Refused("BadArgument"));
+        assert!(wait.park(&host, fetcher, &mut callouts, T0, || 1));
+        assert!(callouts.is_empty());
+        assert_eq!(host.counted(Event::JwksFetchFailure), 1);
+        assert!(wait.overdue(&remote, T0 + 3_000));
+        // Without a document the refresh is tried once a second from the last attempt.
+        wait.refresh(&host, fetcher, &mut callouts, T0 + 999);
+        assert!(callouts.is_empty());
+        wait.refresh(&host, fetcher, &mut callouts, T0 + 1_000);
+        assert_eq!(callouts.len(), 1);
     }
 
     #[test]
