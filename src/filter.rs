@@ -5,114 +5,33 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use keygate_core::config::{FilterConfig, Secrets};
+use keygate_core::config::FilterConfig;
 use keygate_core::credential::{extract_credential, strip_query_param, CredentialError, Source};
-use keygate_core::decision::{DenyReason, Identity};
+use keygate_core::decision::DenyReason;
 use keygate_core::fingerprint::Fingerprinter;
 use keygate_core::headers::folds_to;
 use keygate_core::jwt::looks_like_jwt;
 use keygate_core::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
-use keygate_core::limits::{
-    bucket_key, client_address, ratelimit_headers, take_token, ForwardedFor, RateDecision,
-    SharedSlots, RATE_SLOTS,
-};
+use keygate_core::limits::ForwardedFor;
+use keygate_core::machine::callouts::{Callout, Callouts};
+use keygate_core::machine::rate::{self};
 use keygate_core::route::{has_path_parameter, policy_from_metadata, Mode, Policy};
-use keygate_core::scope::Scope;
 use keygate_core::wire::RateLimit;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
-use std::net::IpAddr;
-use std::sync::Arc;
 
+use crate::answer::{apply, deny, replies};
 use crate::feed::FeedView;
-use crate::host;
-use crate::jwt::{JwtState, TokenRequest};
-use crate::lookup::{Lookups, Outcome};
+use crate::host::{self, ProxyHost};
+use crate::lookup::resolve_record;
 use crate::metrics::{Event, Metrics};
+use crate::state::{Forwarding, JwtState, Lookups, Presented, Proof, Shared, Step, TokenRequest};
 use crate::usage::Usage;
 
 /// How often a worker looks at shared data while a request waits on another worker.
 const FAST_TICK: Duration = Duration::from_millis(10);
 /// How often a worker does its periodic work (JWKS refresh) otherwise.
 const SLOW_TICK: Duration = Duration::from_millis(1000);
-
-/// What every context of one VM (one Envoy worker) shares.
-pub struct Shared {
-    pub config: FilterConfig,
-    pub secrets: Secrets,
-    pub metrics: Metrics,
-    /// Fingerprints credentials for this worker's caches, under a key drawn at start.
-    pub fingerprints: Fingerprinter,
-    pub lookups: RefCell<Lookups>,
-    pub jwt: RefCell<JwtState>,
-    pub feed: RefCell<FeedView>,
-    pub usage: RefCell<Usage>,
-    /// Per request (context id): what its response needs.
-    notes: RefCell<HashMap<u32, Note>>,
-    tick: Cell<Duration>,
-}
-
-/// How a decided request is forwarded: which credential sources to strip, and whether the
-/// decision is enforced.
-#[derive(Debug)]
-pub struct Forwarding {
-    pub mode: Mode,
-    pub sources: Vec<Source>,
-    /// The path to forward when the credential came in the query string.
-    pub stripped_path: Option<String>,
-    /// The client's address (for allow-lists), as far as it can be trusted; `None` until
-    /// looked up (the peer address costs a host call, so it is read only when a key has an
-    /// allow-list, or before the request is parked, while its context is still current).
-    pub client: Option<Option<IpAddr>>,
-    /// What `X-Forwarded-For` says, when proxies are trusted (`trusted_hops` ≥ 1).
-    pub forwarded_for: Option<ForwardedFor>,
-    /// The route's default rate limit, for keys without their own.
-    pub route_rate_limit: Option<RateLimit>,
-    /// The key id once known, for logs and usage counts.
-    pub key_id: Option<KeyId>,
-    /// The route forwards the client's credential upstream (`forward_credential`).
-    pub forward_credential: bool,
-}
-
-/// What a request leaves for its response: rate-limit headers and whose usage it is.
-pub struct Note {
-    key_id: Arc<str>,
-    ratelimit: Option<(String, String)>,
-}
-
-/// What proves the presented credential, once its key record is known.
-#[derive(Debug)]
-pub enum Proof {
-    /// An opaque key: its digest must match the record's.
-    Opaque(KeyDigest),
-    /// A verified JWT whose `jti` names the record: only the record's status matters.
-    Token(Identity),
-}
-
-/// A request with an authentic credential, waiting for (or decided from) its key record.
-#[derive(Debug)]
-pub struct Presented {
-    /// The key id; for a legacy key, an id derived from its digest (the cache slot's name).
-    pub key_id: KeyId,
-    pub proof: Proof,
-    pub required: std::sync::Arc<[Scope]>,
-    pub forwarding: Forwarding,
-    /// A legacy key: looked up by digest, not by id.
-    pub legacy: bool,
-}
-
-/// Where a request stands after its credential was examined.
-// `Decided` carries the request's forwarding by value: a `Step` lives for one call and is
-// never stored, and boxing it would allocate on every request.
-#[allow(clippy::large_enum_variant)]
-pub enum Step {
-    /// A public route: forward as is.
-    Continue,
-    /// Paused until a key record or a JWKS arrives.
-    Wait,
-    Decided(Forwarding, Result<Identity, DenyReason>),
-    Deny(DenyReason, Option<String>, Mode),
-}
 
 #[derive(Default)]
 pub struct KeygateRoot {
@@ -160,7 +79,7 @@ impl RootContext for KeygateRoot {
                     ),
                 );
                 crate::lookup::create_leases();
-                create_rate_slots();
+                rate::create_slots(&ProxyHost);
                 let worker = crate::feed::next_worker_id();
                 let jwt = JwtState::new(&config.jwt);
                 let lookups = Lookups::new(&config);
@@ -173,6 +92,7 @@ impl RootContext for KeygateRoot {
                     jwt: RefCell::new(jwt),
                     feed: RefCell::new(FeedView::new(worker.clone())),
                     usage: RefCell::new(Usage::new(worker)),
+                    callouts: RefCell::new(Callouts::default()),
                     notes: RefCell::new(HashMap::new()),
                     tick: Cell::new(Duration::ZERO),
                 });
@@ -231,12 +151,17 @@ pub fn reschedule(shared: &Shared) {
     }
 }
 
+/// Routes a callout answer to what waits on it (one map for every kind of callout).
 fn on_call_response(shared: &Shared, token_id: u32, body_size: usize) {
-    if !crate::lookup::on_response(shared, token_id, body_size)
-        && !crate::feed::on_response(shared, token_id, body_size)
-        && !crate::usage::on_response(shared, token_id)
-    {
-        crate::jwt::on_response(shared, token_id, body_size);
+    let callout = shared.callouts.borrow_mut().take(token_id);
+    match callout {
+        Some(Callout::Lookup { id, legacy }) => {
+            crate::lookup::on_response(shared, id, legacy, body_size);
+        }
+        Some(Callout::Jwks(issuer)) => crate::jwt::on_response(shared, issuer, body_size),
+        Some(Callout::Feed) => crate::feed::on_response(shared, body_size),
+        Some(Callout::Usage) => crate::usage::on_response(shared),
+        None => {}
     }
     reschedule(shared);
 }
@@ -334,7 +259,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         Policy::Public => {
             shared.metrics.count(Event::AllowedPublic);
             if mode == Mode::Shadow {
-                host::set_request_header(&config.decision_header, "allow; public");
+                replies(config).shadow_allow(&ProxyHost, true);
             } else if !forward_credential {
                 strip_unchecked_credentials(config, headers, path);
             }
@@ -526,33 +451,6 @@ fn legacy_slot_id(digest: &KeyDigest) -> KeyId {
     KeyId::from_bytes(bytes)
 }
 
-/// The client address of the current request (its context must be the effective one).
-pub fn client_now(forwarding: &Forwarding) -> Option<IpAddr> {
-    forwarding.client.unwrap_or_else(|| {
-        let source = host::property(&["source", "address"]);
-        let source = source.as_deref().and_then(|s| std::str::from_utf8(s).ok());
-        match &forwarding.forwarded_for {
-            Some(forwarded_for) => forwarded_for.client(source),
-            None => client_address(source, None, 0),
-        }
-    })
-}
-
-/// Reads the client address now, before the request is parked and its context left.
-pub fn resolve_client(forwarding: &mut Forwarding) {
-    if forwarding.client.is_none() {
-        forwarding.client = Some(client_now(forwarding));
-    }
-}
-
-/// Looks the key record up (cache or callout) and decides from it.
-pub fn resolve_record(shared: &Shared, context_id: u32, presented: Presented) -> Step {
-    match crate::lookup::resolve(shared, context_id, presented) {
-        Outcome::Wait => Step::Wait,
-        Outcome::Now(forwarding, result) => Step::Decided(forwarding, result),
-    }
-}
-
 /// On a route that checks no credential (public): removes every Keygate credential the
 /// client sent anyway, so it does not reach the upstream (and its logs): a bearer token, the
 /// credential and legacy-key headers in any spelling an upstream framework folds together,
@@ -604,237 +502,4 @@ fn strip_credential_lookalikes(config: &FilterConfig, headers: &Headers) {
             host::remove_request_header(name);
         }
     }
-}
-
-/// Applies a decision in the current effective context (the request `context_id`). Returns
-/// true when the request goes on upstream.
-pub fn apply(
-    shared: &Shared,
-    context_id: u32,
-    forwarding: &Forwarding,
-    result: Result<Identity, DenyReason>,
-) -> bool {
-    let key_label = forwarding.key_id.as_ref().map(KeyId::as_str);
-    let identity = match result {
-        Ok(identity) => identity,
-        Err(reason) => return deny(shared, &reason, key_label, forwarding.mode),
-    };
-    let now = host::now_ms();
-    // Every credential kind draws from a bucket: the key's, or (a token without a Keygate key
-    // id) its issuer's and subject's.
-    let limit = identity.rate_limit.or(forwarding.route_rate_limit);
-    let mut ratelimit = None;
-    if let Some(limit) = limit {
-        match take_token(&HostSlots, identity.bucket_owner, &limit, now) {
-            RateDecision::Allowed { remaining } => {
-                let reset_s = if remaining > 0 {
-                    0
-                } else {
-                    (1.0 / limit.requests_per_second).ceil() as u64
-                };
-                ratelimit = Some(ratelimit_headers(&limit, remaining, reset_s));
-            }
-            RateDecision::Limited { retry_after_ms } => {
-                let retry_after_s = retry_after_ms.div_ceil(1000).max(1);
-                let (policy, state) = ratelimit_headers(&limit, 0, retry_after_s);
-                let reason = DenyReason::RateLimited { retry_after_s };
-                let extra = [
-                    ("retry-after", retry_after_s.to_string()),
-                    ("ratelimit-policy", policy),
-                    ("ratelimit", state),
-                ];
-                return deny_with(
-                    shared,
-                    &reason,
-                    Some(&*identity.usage_key),
-                    forwarding.mode,
-                    &extra,
-                );
-            }
-            // Fail closed: a request whose bucket cannot be read and written back is not
-            // let through uncounted.
-            RateDecision::SlotFull { .. } | RateDecision::Contended => {
-                shared.metrics.count(Event::RateLimitContention);
-                return deny(
-                    shared,
-                    &DenyReason::Overloaded,
-                    Some(&*identity.usage_key),
-                    forwarding.mode,
-                );
-            }
-        }
-    }
-    let config = &shared.config;
-    let ih = &config.identity_headers;
-    let shadow = forwarding.mode == Mode::Shadow;
-    if shadow {
-        // The upstream still authenticates as before: keep the credential.
-        host::set_request_header(&config.decision_header, "allow");
-        shared.metrics.count(Event::ShadowAllowed);
-    } else {
-        shared.metrics.count(Event::Allowed);
-    }
-    if !shadow && !forwarding.forward_credential {
-        strip_credential(shared, forwarding);
-    }
-    host::set_request_header(&ih.subject, &identity.subject);
-    host::set_request_header(&ih.scopes, &identity.scopes_header);
-    host::set_request_header(&ih.issuer, identity.issuer_name());
-    if !identity.key_id.is_empty() {
-        host::set_request_header(&ih.key_id, &identity.key_id);
-    }
-    // Usage is counted under the key id, or for a token of an outside issuer under a key
-    // namespaced by its issuer and subject (never equal to a Keygate key id).
-    if config.usage.enabled {
-        shared.usage.borrow_mut().allowed(&identity.usage_key, now);
-    }
-    // The response needs this request only for usage (its status class) or for the
-    // rate-limit headers: reading the status is a host call, skipped when neither applies.
-    if config.usage.enabled || ratelimit.is_some() {
-        let note = Note {
-            key_id: identity.usage_key,
-            ratelimit,
-        };
-        shared.notes.borrow_mut().insert(context_id, note);
-    }
-    true
-}
-
-fn strip_credential(shared: &Shared, forwarding: &Forwarding) {
-    let config = &shared.config;
-    for source in &forwarding.sources {
-        match source {
-            Source::Bearer => host::remove_request_header("authorization"),
-            Source::Header => {
-                if let Some(header) = &config.credential_sources.header {
-                    host::remove_request_header(header);
-                }
-            }
-            Source::LegacyHeader => {
-                if let Some(header) = &config.credential_sources.legacy_header {
-                    host::remove_request_header(header);
-                }
-            }
-            Source::QueryParam => {
-                if let Some(path) = &forwarding.stripped_path {
-                    host::set_request_header(":path", path);
-                }
-            }
-        }
-    }
-}
-
-/// Rate-limit slots in proxy-wasm shared data (per Envoy process: both workers draw from one
-/// bucket).
-struct HostSlots;
-
-impl SharedSlots for HostSlots {
-    fn read(&self, name: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        host::get_shared(name)
-    }
-
-    fn write(&self, name: &str, value: &[u8], cas: Option<u32>) -> bool {
-        host::set_shared(name, value, cas).is_ok()
-    }
-}
-
-/// Creates every rate-limit slot, so that every write to one is a compare-and-swap.
-fn create_rate_slots() {
-    for slot in 0..RATE_SLOTS {
-        let name = bucket_key(slot);
-        if host::get_shared(&name).1.is_none() {
-            let _ = host::set_shared(&name, &[], None);
-        }
-    }
-}
-
-/// Denies the request in the current effective context: in enforce mode sends the deny
-/// response (returns false); in shadow mode only reports the decision upstream and lets the
-/// request through (returns true).
-pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&str>, mode: Mode) -> bool {
-    deny_with(shared, reason, key_id, mode, &[])
-}
-
-fn deny_with(
-    shared: &Shared,
-    reason: &DenyReason,
-    key_id: Option<&str>,
-    mode: Mode,
-    extra_headers: &[(&str, String)],
-) -> bool {
-    let verdict = format!(
-        "status={} reason={} key_id={}",
-        reason.status(),
-        reason.metric_name(),
-        key_id.unwrap_or("-")
-    );
-    // Usage rows only for a proven key; other denials count per reason (the metric below).
-    let usage_key = key_id.filter(|_| crate::usage::counts_under_key(reason));
-    if let (Some(key_id), true) = (usage_key, shared.config.usage.enabled) {
-        shared
-            .usage
-            .borrow_mut()
-            .denied(key_id, reason.metric_name(), host::now_ms());
-    }
-    if mode == Mode::Shadow {
-        shared.metrics.count_shadow_denial(reason);
-        host::log(LogLevel::Info, &format!("shadow: would deny {verdict}"));
-        let decision = format!(
-            "deny; status={}; reason={}",
-            reason.status(),
-            reason.metric_name()
-        );
-        host::set_request_header(&shared.config.decision_header, &decision);
-        return true;
-    }
-    shared.metrics.count_denial(reason);
-    host::log(LogLevel::Info, &format!("denied {verdict}"));
-    let challenge = reason.www_authenticate();
-    let retry_after = shared.config.retry_after_seconds.to_string();
-    let mut headers = vec![
-        ("content-type", "application/problem+json"),
-        ("cache-control", "no-store"),
-    ];
-    if let Some(challenge) = &challenge {
-        headers.push(("www-authenticate", challenge.as_str()));
-    }
-    if reason.status() == 503 {
-        headers.push(("retry-after", retry_after.as_str()));
-    }
-    for (name, value) in extra_headers {
-        headers.push((name, value.as_str()));
-    }
-    host::send_local_reply(reason.status(), headers, reason.problem_json().as_bytes());
-    false
-}
-
-/// Finishes a paused request in its own context: applies a decision and resumes it, or
-/// answers it, or (for [`Step::Wait`]) leaves it paused on the next thing it waits for.
-pub fn complete(shared: &Shared, context_id: u32, step: Step) {
-    if matches!(step, Step::Wait) {
-        return;
-    }
-    if host::set_effective_context(context_id).is_err() {
-        // The request is gone (client hung up); nothing to answer.
-        return;
-    }
-    match step {
-        Step::Continue => host::resume_request(),
-        Step::Wait => {}
-        Step::Decided(forwarding, result) => {
-            if apply(shared, context_id, &forwarding, result) {
-                host::resume_request();
-            }
-        }
-        Step::Deny(reason, label, mode) => {
-            if deny(shared, &reason, label.as_deref(), mode) {
-                host::resume_request();
-            }
-        }
-    }
-}
-
-/// How long a lookup may take before others stop waiting on it.
-pub fn lookup_timeout(config: &FilterConfig) -> Duration {
-    Duration::from_millis(config.key_service.timeout_ms)
 }

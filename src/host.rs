@@ -2,25 +2,116 @@
 //! the SDK, so the calls Keygate makes are few, typed and easy to audit. Header values are
 //! read as bytes only: the SDK's string getters panic on non-UTF-8 input.
 
+use std::cell::Cell;
 use std::time::{Duration, UNIX_EPOCH};
 
+use keygate_core::host::{Event, Host, LogLevel as CoreLevel, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
-/// A host call that did not succeed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostError {
-    /// The host refused the arguments (unknown cluster, dead context, ...).
-    Refused(Status),
-    /// Shared data changed since it was read.
-    CasMismatch,
-}
+pub use keygate_core::host::HostError;
 
 fn refused(status: Status) -> HostError {
-    match status {
-        Status::CasMismatch => HostError::CasMismatch,
-        other => HostError::Refused(other),
+    HostError::Refused(match status {
+        Status::CasMismatch => return HostError::CasMismatch,
+        Status::Ok => "Ok",
+        Status::NotFound => "NotFound",
+        Status::BadArgument => "BadArgument",
+        Status::SerializationFailure => "SerializationFailure",
+        Status::ParseFailure => "ParseFailure",
+        Status::Empty => "Empty",
+        Status::InternalFailure => "InternalFailure",
+        _ => "Unknown",
+    })
+}
+
+/// The proxy-wasm host as the core's [`Host`]: the one implementation of the trait.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProxyHost;
+
+impl Host for ProxyHost {
+    fn now_ms(&self) -> u64 {
+        now_ms()
     }
+
+    fn log(&self, level: CoreLevel, message: &str) {
+        let level = match level {
+            CoreLevel::Trace => LogLevel::Trace,
+            CoreLevel::Debug => LogLevel::Debug,
+            CoreLevel::Info => LogLevel::Info,
+            CoreLevel::Warn => LogLevel::Warn,
+            CoreLevel::Error => LogLevel::Error,
+            CoreLevel::Critical => LogLevel::Critical,
+        };
+        log(level, message);
+    }
+
+    fn get_shared(&self, key: &str) -> Versioned {
+        get_shared(key)
+    }
+
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        set_shared(key, value, cas)
+    }
+
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
+            .map_err(refused)
+    }
+
+    fn call_response_status(&self) -> Option<u32> {
+        call_response_status()
+    }
+
+    fn call_response_body(&self, size: usize, max: usize) -> Option<Vec<u8>> {
+        call_response_body(size, max)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        property(path)
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        set_request_header(name, value);
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        remove_request_header(name);
+    }
+
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        send_local_reply(status, headers.to_vec(), body);
+    }
+
+    fn count(&self, event: Event, by: u64) {
+        increment_by(event_id(event), by);
+    }
+
+    fn gauge(&self, event: Event, value: u64) {
+        record(event_id(event), value);
+    }
+}
+
+thread_local! {
+    /// The metric ids of the events (defined at configure), for [`ProxyHost`]'s metrics. A VM
+    /// runs on one thread.
+    static EVENT_IDS: Cell<[Option<u32>; Event::ALL.len()]> =
+        const { Cell::new([None; Event::ALL.len()]) };
+}
+
+/// Keeps the metric ids of the events, as defined at configure.
+pub fn set_event_ids(ids: [Option<u32>; Event::ALL.len()]) {
+    EVENT_IDS.with(|defined| defined.set(ids));
+}
+
+fn event_id(event: Event) -> Option<u32> {
+    EVENT_IDS.with(|defined| defined.get().get(event as usize).copied().flatten())
 }
 
 pub fn log(level: LogLevel, message: &str) {
@@ -211,15 +302,6 @@ pub fn set_shared(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostE
     hostcalls::set_shared_data(key, Some(value), cas).map_err(refused)
 }
 
-/// Starts an HTTP call to `cluster`; the answer arrives in `on_http_call_response`.
-pub fn dispatch_http_call(
-    cluster: &str,
-    headers: Vec<(&str, &str)>,
-    timeout: Duration,
-) -> Result<u32, HostError> {
-    hostcalls::dispatch_http_call(cluster, headers, None, vec![], timeout).map_err(refused)
-}
-
 pub fn set_response_header(name: &str, value: &str) {
     let _ =
         hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value.as_bytes()));
@@ -231,16 +313,6 @@ pub fn response_status() -> Option<u32> {
         .ok()
         .flatten()?;
     std::str::from_utf8(&value).ok()?.parse().ok()
-}
-
-/// Like [`dispatch_http_call`], with a request body.
-pub fn dispatch_http_call_with_body(
-    cluster: &str,
-    headers: Vec<(&str, &str)>,
-    body: &[u8],
-    timeout: Duration,
-) -> Result<u32, HostError> {
-    hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout).map_err(refused)
 }
 
 /// The `:status` of the current HTTP call's response, if it has one.

@@ -2,140 +2,30 @@
 //! shared with the others through shared data), the verified-token cache, and requests that
 //! wait for a JWKS refetch after presenting an unknown `kid`.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use keygate_core::cache::Lease;
-use keygate_core::config::{JwksSource, JwtSettings, RemoteJwks, Revocation};
+use keygate_core::config::{JwksSource, Revocation};
 use keygate_core::decision::{authorize_scopes, header_safe, DenyReason, Identity};
-use keygate_core::jwt::cache::{CachedToken, TokenCache};
-use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, KeySet, NativeVerifier};
+use keygate_core::jwt::cache::CachedToken;
+use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, NativeVerifier};
 use keygate_core::key::KeyId;
-use keygate_core::scope::Scope;
+use keygate_core::machine::jwks::{jwks_lease_key, load_shared, JwksFetcher};
+use keygate_core::machine::lease::SharedLease;
 use proxy_wasm::types::LogLevel;
 
-use crate::crypto::HostVerifier;
-use crate::filter::{complete, resolve_record, Forwarding, Presented, Proof, Shared, Step};
-use crate::host;
+use crate::answer::complete;
+use crate::host::{self, ProxyHost};
+use crate::lookup::resolve_record;
 use crate::metrics::Event;
+use crate::state::{JwtState, Presented, Proof, Shared, Step, TokenRequest, TokenWaiter};
 
-/// Largest JWKS document read.
-const MAX_JWKS_BODY: usize = 256 * 1024;
 /// How long a token without `exp` stays in the verified-token cache.
 const NO_EXPIRY_CACHE_S: u64 = 300;
-
-/// A JWT request, kept while it waits for its issuer's keys.
-pub struct TokenRequest {
-    pub token: String,
-    pub required: std::sync::Arc<[Scope]>,
-    pub forwarding: Forwarding,
-}
-
-struct Waiter {
-    context_id: u32,
-    request: TokenRequest,
-}
-
-struct IssuerState {
-    keys: KeySet,
-    remote: Option<RemoteJwks>,
-    /// Shared-data version (CAS) of the JWKS this worker last loaded.
-    version: Option<u32>,
-    /// When this worker last started (or saw the start of) a fetch.
-    last_attempt_ms: u64,
-    waiters: Vec<Waiter>,
-    waiting_since_ms: u64,
-}
-
-/// Per-worker JWT state.
-pub struct JwtState {
-    issuers: Vec<IssuerState>,
-    cache: TokenCache,
-    /// Callout token → issuer index, for JWKS fetches in flight.
-    fetches: HashMap<u32, usize>,
-    /// When the periodic JWKS work last ran.
-    last_tick_ms: u64,
-    /// The host's native signature check, when configured.
-    host_crypto: Option<HostVerifier>,
-}
-
-impl JwtState {
-    pub fn new(settings: &JwtSettings) -> Self {
-        let issuers = settings
-            .issuers
-            .iter()
-            .map(|issuer| {
-                let (keys, remote) = match &issuer.jwks {
-                    JwksSource::Inline(keys) => (keys.clone(), None),
-                    JwksSource::Remote(remote) => (KeySet::default(), Some(remote.clone())),
-                };
-                IssuerState {
-                    keys,
-                    remote,
-                    version: None,
-                    last_attempt_ms: 0,
-                    waiters: Vec::new(),
-                    waiting_since_ms: 0,
-                }
-            })
-            .collect();
-        Self {
-            issuers,
-            cache: TokenCache::new(settings.cache_max_entries),
-            fetches: HashMap::new(),
-            last_tick_ms: 0,
-            host_crypto: settings.host_crypto.then(HostVerifier::default),
-        }
-    }
-
-    pub fn has_waiters(&self) -> bool {
-        self.issuers.iter().any(|i| !i.waiters.is_empty())
-    }
-
-    pub fn has_remote_issuers(&self) -> bool {
-        self.issuers.iter().any(|i| i.remote.is_some())
-    }
-
-    /// Drops a request that ended while it waited.
-    pub fn forget(&mut self, context_id: u32) {
-        for issuer in &mut self.issuers {
-            if !issuer.waiters.is_empty() {
-                issuer.waiters.retain(|w| w.context_id != context_id);
-            }
-        }
-    }
-}
-
-fn jwks_key(issuer: usize) -> String {
-    format!("keygate.jwks.{issuer}")
-}
-
-fn jwks_lease_key(issuer: usize) -> String {
-    format!("keygate.jwks.lease.{issuer}")
-}
-
-/// Shared-data value of a fetched JWKS: `<fetched_at_ms>\n<document>`.
-fn encode_jwks(fetched_at_ms: u64, document: &[u8]) -> Vec<u8> {
-    let mut value = format!("{fetched_at_ms}\n").into_bytes();
-    value.extend_from_slice(document);
-    value
-}
-
-fn decode_jwks(value: &[u8]) -> Option<(u64, &[u8])> {
-    let split = value.iter().position(|b| *b == b'\n')?;
-    let fetched_at = std::str::from_utf8(&value[..split]).ok()?.parse().ok()?;
-    Some((fetched_at, &value[split + 1..]))
-}
 
 /// At configure: create the fetch leases (so taking one is a compare-and-swap) and load
 /// whatever JWKS another worker already fetched.
 pub fn on_start(shared: &Shared) {
     let count = shared.jwt.borrow().issuers.len();
     for index in 0..count {
-        let name = jwks_lease_key(index);
-        if host::get_shared(&name).1.is_none() {
-            let _ = host::set_shared(&name, &Lease::released().encode(), None);
-        }
+        SharedLease::new(&jwks_lease_key(index)).create(&ProxyHost);
         load_shared_jwks(shared, index);
     }
 }
@@ -302,175 +192,45 @@ fn wait_for_keys(
     request: TokenRequest,
     now_ms: u64,
 ) -> bool {
-    let already_waiting = shared
-        .jwt
-        .borrow()
-        .issuers
-        .get(index)
-        .is_some_and(|i| !i.waiters.is_empty());
-    // A fetch already under way (by this worker or another) will bring the keys: wait for it
-    // rather than refuse, whatever the refetch interval says.
-    let in_flight = fetch_in_flight(shared, index, now_ms);
-    if !already_waiting && !in_flight && !may_refetch(shared, index, now_ms) {
-        return false;
-    }
-    {
-        let mut state = shared.jwt.borrow_mut();
-        let Some(issuer) = state.issuers.get_mut(index) else {
-            return false;
-        };
-        if issuer.waiters.is_empty() {
-            issuer.waiting_since_ms = now_ms;
-        }
-        let mut request = request;
-        crate::filter::resolve_client(&mut request.forwarding);
-        issuer.waiters.push(Waiter {
-            context_id,
-            request,
-        });
-    }
-    if !already_waiting && !in_flight {
-        start_fetch(shared, index, now_ms);
-    }
-    true
-}
-
-/// True when this issuer's JWKS is being fetched right now, by this worker or another.
-fn fetch_in_flight(shared: &Shared, index: usize, now_ms: u64) -> bool {
-    if shared.jwt.borrow().fetches.values().any(|i| *i == index) {
-        return true;
-    }
-    host::get_shared(&jwks_lease_key(index))
-        .0
-        .as_deref()
-        .and_then(Lease::decode)
-        .is_some_and(|lease| lease.is_held(now_ms))
-}
-
-/// A refetch on an unknown `kid` happens at most once per `min_refetch` interval, counted
-/// from the last successful fetch by any worker and the last attempt by this one.
-fn may_refetch(shared: &Shared, index: usize, now_ms: u64) -> bool {
-    let state = shared.jwt.borrow();
-    let Some(issuer) = state.issuers.get(index) else {
+    let mut state = shared.jwt.borrow_mut();
+    let Some(issuer) = state.issuers.get_mut(index) else {
         return false;
     };
     let Some(remote) = &issuer.remote else {
         return false;
     };
-    let fetched_at = host::get_shared(&jwks_key(index))
-        .0
-        .as_deref()
-        .and_then(decode_jwks)
-        .map_or(0, |(at, _)| at);
-    now_ms.saturating_sub(fetched_at) >= remote.min_refetch_ms
-        && now_ms.saturating_sub(issuer.last_attempt_ms) >= remote.min_refetch_ms
-}
-
-/// Takes the issuer's fetch lease and dispatches the JWKS request. If another worker holds
-/// the lease, its result will reach us through shared data.
-fn start_fetch(shared: &Shared, index: usize, now_ms: u64) {
-    let remote = {
-        let mut state = shared.jwt.borrow_mut();
-        let Some(issuer) = state.issuers.get_mut(index) else {
-            return;
-        };
-        issuer.last_attempt_ms = now_ms;
-        match &issuer.remote {
-            Some(remote) => remote.clone(),
-            None => return,
-        }
-    };
-    let lease_name = jwks_lease_key(index);
-    let (current, cas) = host::get_shared(&lease_name);
-    if current
-        .as_deref()
-        .and_then(Lease::decode)
-        .is_some_and(|lease| lease.is_held(now_ms))
-    {
-        return;
-    }
-    let lease = Lease {
-        id: format!("jwks{index}"),
-        until_ms: now_ms + remote.timeout_ms + 500,
-    };
-    if host::set_shared(&lease_name, &lease.encode(), cas).is_err() {
-        return;
-    }
-    let headers = vec![
-        (":method", "GET"),
-        (":path", remote.path.as_str()),
-        (":authority", remote.authority.as_str()),
-        ("accept", "application/json"),
-    ];
-    match host::dispatch_http_call(
-        &remote.cluster,
-        headers,
-        Duration::from_millis(remote.timeout_ms),
-    ) {
-        Ok(token) => {
-            shared.jwt.borrow_mut().fetches.insert(token, index);
-        }
-        Err(err) => {
-            let _ = host::set_shared(&lease_name, &Lease::released().encode(), None);
-            shared.metrics.count(Event::JwksFetchFailure);
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "cannot fetch the JWKS of issuer {index} from cluster '{}': {err:?}",
-                    remote.cluster
-                ),
-            );
-        }
-    }
+    issuer.wait.park(
+        &ProxyHost,
+        JwksFetcher { index, remote },
+        &mut shared.callouts.borrow_mut(),
+        now_ms,
+        || {
+            let mut request = request;
+            crate::state::resolve_client(&mut request.forwarding);
+            TokenWaiter {
+                context_id,
+                request,
+            }
+        },
+    )
 }
 
 /// A JWKS fetch answered: keep a good document (share it, load it), keep the old keys on a
 /// bad one. Then answer the requests that waited.
-pub fn on_response(shared: &Shared, token: u32, body_size: usize) {
-    let Some(index) = shared.jwt.borrow_mut().fetches.remove(&token) else {
-        return;
-    };
-    let now_ms = host::now_ms();
-    let _ = host::set_shared(&jwks_lease_key(index), &Lease::released().encode(), None);
-    let status = host::call_response_status();
-    let body = match status {
-        Some(200) => host::call_response_body(body_size, MAX_JWKS_BODY),
-        _ => None,
-    };
-    let parsed = body.as_deref().and_then(|doc| {
-        KeySet::from_jwks_json(doc)
-            .ok()
-            .map(|(keys, skipped)| (doc, keys, skipped))
-    });
-    match parsed {
-        Some((document, keys, skipped)) if !keys.is_empty() => {
-            for skip in &skipped {
-                host::log(
-                    LogLevel::Warn,
-                    &format!(
-                        "JWKS of issuer {index}: skipped key {}: {}",
-                        skip.kid.as_deref().unwrap_or("(no kid)"),
-                        skip.reason
-                    ),
-                );
-            }
-            let _ = host::set_shared(&jwks_key(index), &encode_jwks(now_ms, document), None);
-            shared.metrics.count(Event::JwksRefreshed);
-            host::log(
-                LogLevel::Info,
-                &format!("JWKS of issuer {index} loaded: {} key(s)", keys.len()),
-            );
+pub fn on_response(shared: &Shared, index: usize, body_size: usize) {
+    let remote = shared
+        .jwt
+        .borrow()
+        .issuers
+        .get(index)
+        .and_then(|i| i.remote.clone());
+    if let Some(remote) = remote {
+        let fetcher = JwksFetcher {
+            index,
+            remote: &remote,
+        };
+        if fetcher.on_response(&ProxyHost, body_size, host::now_ms()) {
             load_shared_jwks(shared, index);
-        }
-        _ => {
-            shared.metrics.count(Event::JwksFetchFailure);
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "JWKS fetch for issuer {index} failed (status {}); keeping the previous keys",
-                    status.map_or_else(|| "none".to_owned(), |s| s.to_string())
-                ),
-            );
         }
     }
     retry_waiters(shared, index);
@@ -479,24 +239,13 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) {
 /// Loads the issuer's JWKS from shared data when it changed since this worker last did.
 /// Returns true when new keys were loaded.
 fn load_shared_jwks(shared: &Shared, index: usize) -> bool {
-    let (value, cas) = host::get_shared(&jwks_key(index));
-    let (Some(value), Some(cas)) = (value, cas) else {
-        return false;
-    };
-    if shared
+    let loaded = shared
         .jwt
         .borrow()
         .issuers
         .get(index)
-        .and_then(|i| i.version)
-        == Some(cas)
-    {
-        return false;
-    }
-    let Some((_, document)) = decode_jwks(&value) else {
-        return false;
-    };
-    let Ok((keys, _)) = KeySet::from_jwks_json(document) else {
+        .and_then(|i| i.version);
+    let Some((keys, cas)) = load_shared(&ProxyHost, index, loaded) else {
         return false;
     };
     let mut state = shared.jwt.borrow_mut();
@@ -525,7 +274,7 @@ fn load_shared_jwks(shared: &Shared, index: usize) -> bool {
 /// wait for a key record.
 fn retry_waiters(shared: &Shared, index: usize) {
     let waiters = match shared.jwt.borrow_mut().issuers.get_mut(index) {
-        Some(issuer) => std::mem::take(&mut issuer.waiters),
+        Some(issuer) => issuer.wait.take(),
         None => return,
     };
     let now_ms = host::now_ms();
@@ -561,7 +310,7 @@ pub fn on_tick(shared: &Shared) {
     }
     let count = shared.jwt.borrow().issuers.len();
     for index in 0..count {
-        let (remote, waiting_since) = {
+        let (remote, overdue) = {
             let state = shared.jwt.borrow();
             let Some(issuer) = state.issuers.get(index) else {
                 continue;
@@ -569,38 +318,25 @@ pub fn on_tick(shared: &Shared) {
             let Some(remote) = issuer.remote.clone() else {
                 continue;
             };
-            let waiting_since = (!issuer.waiters.is_empty()).then_some(issuer.waiting_since_ms);
-            (remote, waiting_since)
+            let overdue = issuer.wait.overdue(&remote, now_ms);
+            (remote, overdue)
         };
         if load_shared_jwks(shared, index) {
             retry_waiters(shared, index);
             continue;
         }
-        if let Some(since) = waiting_since {
-            if now_ms >= since + remote.timeout_ms + 1000 {
-                retry_waiters(shared, index);
-            }
+        if overdue {
+            retry_waiters(shared, index);
         }
-        let fetched_at = host::get_shared(&jwks_key(index))
-            .0
-            .as_deref()
-            .and_then(decode_jwks)
-            .map(|(at, _)| at);
-        let last_attempt = shared
-            .jwt
-            .borrow()
-            .issuers
-            .get(index)
-            .map_or(0, |i| i.last_attempt_ms);
-        let due = match fetched_at {
-            None => now_ms.saturating_sub(last_attempt) >= 1000,
-            Some(at) => {
-                now_ms.saturating_sub(at) >= remote.refresh_ms
-                    && now_ms.saturating_sub(last_attempt) >= remote.min_refetch_ms
-            }
-        };
-        if due {
-            start_fetch(shared, index, now_ms);
+        if let Some(issuer) = shared.jwt.borrow_mut().issuers.get_mut(index) {
+            let fetcher = JwksFetcher {
+                index,
+                remote: &remote,
+            };
+            let mut callouts = shared.callouts.borrow_mut();
+            issuer
+                .wait
+                .refresh(&ProxyHost, fetcher, &mut callouts, now_ms);
         }
     }
 }

@@ -7,38 +7,25 @@
 //! if the lease lapses. Waiting requests are answered in their own context once the record
 //! arrives, so no request waits on more than one callout.
 
-use std::cell::Cell;
-use std::collections::HashMap;
-
-use keygate_core::cache::{
-    find, find_from, lease_key, record_key, slot_of, store, CacheEntry, Freshness, Lease,
-    Placement, RecordSlots, Stored, LEASE_STRIPES,
-};
-use keygate_core::config::FilterConfig;
+use keygate_core::cache::{find_from, store, CacheEntry, Freshness, Placement, Stored};
 use keygate_core::decision::{
-    authorize_proven, authorize_record, authorize_token_record, DenyReason, Identity,
-    PreparedRecord,
+    authorize_proven, authorize_token_prepared, DenyReason, Identity, PreparedRecord,
 };
 use keygate_core::feed::FeedPolicy;
-use keygate_core::fingerprint::Fingerprint;
 use keygate_core::key::{KeyDigest, KeyId};
-use keygate_core::negative_cache::NegativeCache;
+use keygate_core::machine::degraded::Fallback;
+use keygate_core::machine::lookup::{Answer, Begun, HostSlots, LookupContext, Pending, Target};
 use keygate_core::scope::Scope;
-use keygate_core::wire::{KeyLookup, LOOKUP_PATH_PREFIX};
-use proxy_wasm::types::LogLevel;
 
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use crate::filter::{
-    client_now, complete, lookup_timeout, resolve_client, Forwarding, Presented, Proof, Shared,
-    Step,
-};
-use crate::host;
+use crate::answer::complete;
+use crate::host::{self, ProxyHost};
 use crate::metrics::Event;
-
-/// Largest lookup answer read from the key service.
-const MAX_LOOKUP_BODY: usize = 64 * 1024;
+use crate::state::{
+    client_now, resolve_client, Forwarding, Local, Presented, Proof, Shared, Step, Waiter,
+};
 
 /// A request answered now, or paused until its record arrives.
 // Returned once per request and unpacked at once: boxing would only add an allocation to
@@ -49,151 +36,50 @@ pub enum Outcome {
     Wait,
 }
 
-struct Waiter {
-    context_id: u32,
-    presented: Presented,
-}
-
-/// What a lookup asks the key service for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Target {
-    /// `GET /v1/keys/{id}`: an answer must carry that id.
-    Id,
-    /// A legacy key, `GET {legacy lookup path}{digest}`: an answer must carry that digest.
-    LegacyDigest(String),
-}
-
-impl Target {
-    fn of(presented: &Presented) -> Self {
-        match (&presented.proof, presented.legacy) {
-            (Proof::Opaque(digest), true) => Self::LegacyDigest(digest.to_hex()),
-            _ => Self::Id,
-        }
-    }
-
-    fn path(&self, shared: &Shared, id: &KeyId) -> String {
-        match (self, &shared.config.legacy_keys) {
-            (Self::LegacyDigest(digest), Some(legacy)) => format!("{}{digest}", legacy.lookup_path),
-            _ => format!("{LOOKUP_PATH_PREFIX}{id}"),
-        }
-    }
-
-    fn answers(&self, record: &KeyLookup, id: &KeyId) -> bool {
-        match self {
-            Self::Id => record.id == id.as_str(),
-            Self::LegacyDigest(digest) => record.digest.eq_ignore_ascii_case(digest),
-        }
-    }
-}
-
-struct Pending {
-    target: Target,
-    waiters: Vec<Waiter>,
-    /// `Some` when this worker's callout is in flight; `None` while another worker holds the lease.
-    token: Option<u32>,
-    since_ms: u64,
-    stale: Option<Rc<CacheEntry>>,
-}
-
-/// Per-worker state of lookups in flight.
-pub struct Lookups {
-    pending: HashMap<KeyId, Pending>,
-    /// Callout token → the key id it looks up, and whether it is a legacy lookup.
-    tokens: HashMap<u32, (KeyId, bool)>,
-    in_flight: usize,
-    /// Legacy lookups in flight, capped apart (`legacy_keys.max_in_flight`): a spray of
-    /// legacy-looking strings, which cannot be checked inline, cannot use up the lookups
-    /// of real keys.
-    legacy_in_flight: usize,
-    /// Legacy digests the key service did not know (by their slot id). Kept here, never in
-    /// the shared record cache, so that unknown strings evict no record.
-    legacy_unknown: NegativeCache<KeyId>,
-    /// This worker's decoded copies of fresh records (bounded by `cache.max_entries`).
-    local: HashMap<KeyId, Rc<Local>>,
-}
-
-/// A fresh record as this worker keeps it: decoded, prepared for decisions, and with the
-/// fingerprint of the last key text proven against its digest.
-struct Local {
-    entry: Rc<CacheEntry>,
-    /// The shared-data slot the record was in (read there first when this copy expires).
-    slot: Option<u32>,
-    prepared: Option<PreparedRecord>,
-    proven: Cell<Option<Fingerprint>>,
-}
-
-impl Lookups {
-    pub fn new(config: &FilterConfig) -> Self {
-        let negative_entries = config
-            .legacy_keys
-            .as_ref()
-            .map_or(1, |legacy| legacy.negative_cache_entries);
-        Self {
-            pending: HashMap::new(),
-            tokens: HashMap::new(),
-            in_flight: 0,
-            legacy_in_flight: 0,
-            legacy_unknown: NegativeCache::new(negative_entries),
-            local: HashMap::new(),
-        }
-    }
-
-    /// Drops a request that ended while it waited.
-    pub fn forget(&mut self, context_id: u32) {
-        if self.pending.is_empty() {
-            return;
-        }
-        for pending in self.pending.values_mut() {
-            pending.waiters.retain(|w| w.context_id != context_id);
-        }
-    }
-
-    /// Are requests waiting on another worker's lookup (so the tick must poll)?
-    pub fn has_remote_waits(&self) -> bool {
-        self.pending.values().any(|p| p.token.is_none())
-    }
-}
-
 fn decide(
     shared: &Shared,
-    entry: &CacheEntry,
+    entry: &Local,
     presented: &Presented,
     now_ms: u64,
 ) -> Result<Identity, DenyReason> {
     let now_s = now_ms / 1000;
-    match (&presented.proof, &entry.record) {
+    let record = entry.record.as_ref().zip(entry.prepared.as_ref());
+    match (&presented.proof, record) {
         (Proof::Opaque(_), None) => Err(DenyReason::UnknownKey),
         // The digest is compared first: only the holder of the secret learns that the key
         // is revoked or expired (by its record or by the feed); anyone else gets `digest_mismatch`.
-        (Proof::Opaque(digest), Some(record)) => {
-            let result = authorize_record(
+        (Proof::Opaque(digest), Some((record, prepared))) => {
+            if !prepared.digest_matches(digest) {
+                return Err(DenyReason::DigestMismatch);
+            }
+            let result = authorize_proven(
                 record,
-                digest,
+                prepared,
                 &presented.required,
-                client_for(record, presented),
+                client_for(prepared, &presented.forwarding),
                 now_s,
             );
             match crate::feed::revocation(shared, &record.id, now_ms) {
-                Some(reason) if result != Err(DenyReason::DigestMismatch) => Err(reason),
-                _ => result,
+                Some(reason) => Err(reason),
+                None => result,
             }
         }
-        (Proof::Token(identity), record) => authorize_token_record(
-            record.as_ref(),
+        (Proof::Token(identity), record) => authorize_token_prepared(
+            record,
             identity.clone(),
             &presented.required,
-            record.as_ref().and_then(|r| client_for(r, presented)),
+            record.and_then(|(_, prepared)| client_for(prepared, &presented.forwarding)),
             now_s,
         ),
     }
 }
 
 /// The client address, read only when the record restricts addresses.
-fn client_for(record: &KeyLookup, presented: &Presented) -> Option<IpAddr> {
-    if record.allowed_cidrs.is_empty() {
-        None
+fn client_for(prepared: &PreparedRecord, forwarding: &Forwarding) -> Option<IpAddr> {
+    if prepared.restricts_addresses() {
+        client_now(forwarding)
     } else {
-        client_now(&presented.forwarding)
+        None
     }
 }
 
@@ -210,60 +96,29 @@ fn finish(shared: &Shared, waiter: Waiter, result: Result<Identity, DenyReason>)
 /// recently (a revocation may have been missed since). A record the revoked set cannot vouch
 /// for (older than an id it had to evict) is never trusted from the cache.
 fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
-    if !crate::feed::vouches_for(shared, entry.fetched_at_ms) {
-        return false;
-    }
-    match crate::feed::degraded_policy(shared) {
-        Some(FeedPolicy::FailClosedUnlessRecent) => {
-            now.saturating_sub(entry.fetched_at_ms) <= shared.config.revocation_feed.recent_ms
-        }
-        _ => true,
-    }
+    crate::feed::with_trust(shared, |trust| {
+        trust.is_recent_enough(entry.fetched_at_ms, now)
+    })
 }
 
 /// The record for `id`: from this worker's copy while it is fresh, else from shared data
 /// (another worker may have fetched it), keeping a fresh one for next time.
-fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<CacheEntry>> {
+fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
     let now = host::now_ms();
-    let local = shared
-        .lookups
-        .borrow()
-        .local
-        .get(id)
-        .map(|l| (Rc::clone(&l.entry), l.slot));
-    let hint = local.as_ref().and_then(|(_, slot)| *slot);
-    if let Some((entry, _)) =
-        local.filter(|(e, _)| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
+    let local = shared.lookups.borrow().local.get(id).cloned();
+    let hint = local.as_ref().and_then(|l| l.slot);
+    if let Some(entry) =
+        local.filter(|e| e.freshness(now, &shared.config.cache) == Freshness::Fresh)
     {
         return Some(entry);
     }
     let placement = Placement::of(&shared.config.cache);
-    let (slot, entry) = find_from(&mut SharedRecordSlots, &placement, id, hint)?;
-    let entry = Rc::new(entry);
+    let (slot, entry) = find_from(&mut HostSlots(&ProxyHost), &placement, id, hint)?;
+    let entry = Local::new(entry, Some(slot));
     if entry.freshness(now, &shared.config.cache) == Freshness::Fresh {
-        remember(shared, id, &entry, Some(slot));
+        remember(shared, id, &entry);
     }
     Some(entry)
-}
-
-/// The record slots in shared data.
-struct SharedRecordSlots;
-
-impl RecordSlots for SharedRecordSlots {
-    fn read(&mut self, slot: u32) -> Option<(Vec<u8>, u32)> {
-        let (bytes, cas) = host::get_shared(&record_key(slot));
-        Some((bytes?, cas.unwrap_or(0)))
-    }
-
-    fn write(&mut self, slot: u32, bytes: &[u8], cas: Option<u32>) -> bool {
-        host::set_shared(&record_key(slot), bytes, cas).is_ok()
-    }
-}
-
-/// The record for `id` in shared data only: safe while `shared.lookups` is borrowed.
-fn read_shared_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
-    let placement = Placement::of(&shared.config.cache);
-    find(&mut SharedRecordSlots, &placement, id).map(|(_, entry)| entry)
 }
 
 /// Stores a record just fetched in shared data; the slot it went to. `in_use`: the key was
@@ -271,7 +126,7 @@ fn read_shared_entry(shared: &Shared, id: &KeyId) -> Option<CacheEntry> {
 fn write_shared_entry(shared: &Shared, entry: &CacheEntry, in_use: bool) -> Option<u32> {
     let cache = &shared.config.cache;
     match store(
-        &mut SharedRecordSlots,
+        &mut HostSlots(&ProxyHost),
         &Placement::of(cache),
         cache,
         entry,
@@ -316,11 +171,7 @@ pub fn decide_fresh(
     if let Some(reason) = crate::feed::revocation(shared, &record.id, now) {
         return Some(Err(reason));
     }
-    let client = if record.allowed_cidrs.is_empty() {
-        None
-    } else {
-        client_now(forwarding)
-    };
+    let client = client_for(prepared, forwarding);
     Some(authorize_proven(
         record,
         prepared,
@@ -331,20 +182,14 @@ pub fn decide_fresh(
 }
 
 /// Keeps a decoded record in this worker's bounded copy of the cache.
-fn remember(shared: &Shared, id: &KeyId, entry: &Rc<CacheEntry>, slot: Option<u32>) {
-    let local = Local {
-        entry: Rc::clone(entry),
-        slot,
-        prepared: entry.record.as_ref().map(PreparedRecord::of),
-        proven: Cell::new(None),
-    };
+fn remember(shared: &Shared, id: &KeyId, entry: &Rc<Local>) {
     let mut lookups = shared.lookups.borrow_mut();
     if lookups.local.len() >= shared.config.cache.max_entries as usize
         && !lookups.local.contains_key(id)
     {
         lookups.local.clear();
     }
-    lookups.local.insert(*id, Rc::new(local));
+    lookups.local.insert(*id, Rc::clone(entry));
 }
 
 /// Decides from the cache when it can; otherwise starts or joins a lookup.
@@ -386,33 +231,33 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
         context_id,
         presented,
     };
-    let mut lookups = shared.lookups.borrow_mut();
-    if let Some(pending) = lookups.pending.get_mut(&id) {
-        pending.waiters.push(waiter);
-        return Outcome::Wait;
-    }
-    let mut pending = Pending {
-        target: Target::of(&waiter.presented),
-        waiters: vec![waiter],
-        token: None,
-        since_ms: now,
-        stale,
+    let begun = {
+        let mut lookups = shared.lookups.borrow_mut();
+        let Some(waiter) = lookups.machine.join(&id, waiter) else {
+            return Outcome::Wait;
+        };
+        let pending = Pending::new(target_of(&waiter.presented), waiter, now, stale);
+        lookups.machine.start(
+            &ProxyHost,
+            context(shared),
+            &mut shared.callouts.borrow_mut(),
+            id,
+            pending,
+            now,
+            |entry| is_recent_enough(shared, entry, now),
+        )
     };
-    match start_lookup(shared, &mut lookups, &id, &mut pending, now) {
-        Ok(Started::Dispatched | Started::Waiting) => {
-            lookups.pending.insert(id, pending);
-            Outcome::Wait
-        }
-        Ok(Started::Filled(entry)) => {
-            drop(lookups);
+    match begun {
+        Begun::Waiting => Outcome::Wait,
+        Begun::Filled(entry, mut pending) => {
+            let entry = Local::new(entry, None);
             let Some(waiter) = pending.waiters.pop() else {
                 return Outcome::Wait;
             };
             let result = decide(shared, &entry, &waiter.presented, now);
             Outcome::Now(waiter.presented.forwarding, result)
         }
-        Err(reason) => {
-            drop(lookups);
+        Begun::Failed(reason, mut pending) => {
             let Some(waiter) = pending.waiters.pop() else {
                 return Outcome::Wait;
             };
@@ -428,135 +273,39 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
     }
 }
 
-/// What `start_lookup` did.
-enum Started {
-    /// Our callout is in flight.
-    Dispatched,
-    /// Another worker's callout is; we poll the cache.
-    Waiting,
-    /// The record arrived meanwhile: decide now.
-    Filled(Rc<CacheEntry>),
-}
-
-/// Takes the lease and dispatches the callout, or arranges to wait for another worker's.
-/// On `Err`, nothing is registered and the caller answers from `fallback`.
-fn start_lookup(
-    shared: &Shared,
-    lookups: &mut Lookups,
-    id: &KeyId,
-    pending: &mut Pending,
-    now: u64,
-) -> Result<Started, DenyReason> {
-    let config = &shared.config;
-    let slot = slot_of(id, &config.cache);
-    let lease_name = lease_key(slot);
-    let (current, cas) = host::get_shared(&lease_name);
-    let lease = current.as_deref().and_then(Lease::decode);
-    if lease.as_ref().is_some_and(|l| l.is_held_for(id, now)) {
-        return wait_for_other_worker(pending);
-    }
-    let legacy = matches!(pending.target, Target::LegacyDigest(_));
-    let full = if legacy {
-        let cap = config.legacy_keys.as_ref().map_or(0, |l| l.max_in_flight);
-        lookups.legacy_in_flight >= cap
-    } else {
-        lookups.in_flight >= config.key_service.max_in_flight
-    };
-    if full {
-        return Err(DenyReason::Overloaded);
-    }
-    let timeout = lookup_timeout(config);
-    // A stripe busy with another key id: look up without a lease rather than wait on a
-    // stranger (a duplicate lookup at worst).
-    let stripe_busy = lease.is_some_and(|l| l.is_held(now));
-    let leased = !stripe_busy && {
-        let mine = Lease {
-            id: id.to_string(),
-            until_ms: now + timeout.as_millis() as u64 + 100,
-        };
-        if host::set_shared(&lease_name, &mine.encode(), cas).is_err() {
-            // Another worker took the lease between our read and write.
-            return wait_for_other_worker(pending);
-        }
-        true
-    };
-    // The worker that held the lease may have filled the slot just before we took it.
-    // (Shared data only: `lookups` is borrowed by our caller.)
-    if let Some(entry) = read_shared_entry(shared, id)
-        .filter(|e| e.freshness(now, &config.cache) == Freshness::Fresh)
-        .filter(|e| is_recent_enough(shared, e, now))
-        .map(Rc::new)
-    {
-        if leased {
-            release_lease(&lease_name);
-        }
-        return Ok(Started::Filled(entry));
-    }
-    let path = pending.target.path(shared, id);
-    let authorization = format!("Bearer {}", shared.secrets.service_token);
-    let headers = vec![
-        (":method", "GET"),
-        (":path", path.as_str()),
-        (":authority", config.key_service.authority.as_str()),
-        ("authorization", authorization.as_str()),
-        ("accept", "application/json"),
-    ];
-    match host::dispatch_http_call(&config.key_service.cluster, headers, timeout) {
-        Ok(token) => {
-            lookups.tokens.insert(token, (*id, legacy));
-            if legacy {
-                lookups.legacy_in_flight += 1;
-            } else {
-                lookups.in_flight += 1;
-            }
-            pending.token = Some(token);
-            Ok(Started::Dispatched)
-        }
-        Err(err) => {
-            release_lease(&lease_name);
-            shared.metrics.count(Event::CalloutFailure);
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "cannot call key service cluster '{}': {err:?}",
-                    config.key_service.cluster
-                ),
-            );
-            Err(DenyReason::ServiceUnavailable)
-        }
+/// What a lookup for this request asks the key service for.
+fn target_of(presented: &Presented) -> Target {
+    match (&presented.proof, presented.legacy) {
+        (Proof::Opaque(digest), true) => Target::LegacyDigest(digest.to_hex()),
+        _ => Target::Id,
     }
 }
 
-fn wait_for_other_worker(pending: &mut Pending) -> Result<Started, DenyReason> {
-    pending.token = None;
-    Ok(Started::Waiting)
-}
-
-fn release_lease(lease_name: &str) {
-    let _ = host::set_shared(lease_name, &Lease::released().encode(), None);
+fn context(shared: &Shared) -> LookupContext<'_> {
+    LookupContext {
+        config: &shared.config,
+        service_token: &shared.secrets.service_token,
+    }
 }
 
 /// Creates every lease key, so that taking a lease is always a compare-and-swap.
 pub fn create_leases() {
-    for stripe in 0..LEASE_STRIPES {
-        let name = lease_key(stripe);
-        if host::get_shared(&name).1.is_none() {
-            let _ = host::set_shared(&name, &Lease::released().encode(), None);
-        }
-    }
+    keygate_core::machine::lookup::create_leases(&ProxyHost);
 }
 
 /// When the key service cannot answer: a stale record within the staleness bound still
 /// decides; otherwise the request fails closed with `reason` (503).
 fn fallback(
     shared: &Shared,
-    stale: Option<&Rc<CacheEntry>>,
+    stale: Option<&Rc<Local>>,
     presented: &Presented,
     now: u64,
     reason: DenyReason,
 ) -> Result<Identity, DenyReason> {
-    match stale.filter(|e| is_recent_enough(shared, e, now)) {
-        Some(entry) if entry.freshness(now, &shared.config.cache) != Freshness::Dead => {
+    let held = stale.map(|e| (e.fetched_at_ms, e.freshness(now, &shared.config.cache)));
+    let choice = crate::feed::with_trust(shared, |trust| trust.fallback(held, now));
+    match (choice, stale) {
+        (Fallback::UseStale, Some(entry)) => {
             shared.metrics.count(Event::StaleUsed);
             decide(shared, entry, presented, now)
         }
@@ -564,41 +313,22 @@ fn fallback(
     }
 }
 
-/// A lookup answered: cache it and answer everyone who waited for it. Returns false when
-/// `token` is not a lookup of ours.
-pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
+/// A lookup answered: cache it and answer everyone who waited for it.
+pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
     let now = host::now_ms();
-    let pending = {
-        let mut lookups = shared.lookups.borrow_mut();
-        let Some((id, legacy)) = lookups.tokens.remove(&token) else {
-            return false;
-        };
-        if legacy {
-            lookups.legacy_in_flight = lookups.legacy_in_flight.saturating_sub(1);
-        } else {
-            lookups.in_flight = lookups.in_flight.saturating_sub(1);
-        }
-        lookups.pending.remove(&id).map(|p| (id, p))
+    let answered = shared.lookups.borrow_mut().machine.on_response(
+        &ProxyHost,
+        &shared.config,
+        id,
+        legacy,
+        body_size,
+    );
+    let Some((pending, answer)) = answered else {
+        return;
     };
-    let Some((id, pending)) = pending else {
-        return true;
-    };
-    let slot = slot_of(&id, &shared.config.cache);
-    release_lease(&lease_key(slot));
-
-    let status = host::call_response_status();
-    let record = match status {
-        Some(200) => host::call_response_body(body_size, MAX_LOOKUP_BODY)
-            .and_then(|body| serde_json::from_slice::<KeyLookup>(&body).ok())
-            .filter(|record| pending.target.answers(record, &id))
-            .map(Some),
-        Some(404) => Some(None),
-        _ => None,
-    };
-    let legacy_target = matches!(pending.target, Target::LegacyDigest(_));
-    match record {
+    match answer {
         // An unknown legacy digest: remembered apart, so that it evicts no record.
-        Some(None) if legacy_target => {
+        Answer::Record(None) if pending.target.is_legacy() => {
             let ttl = shared
                 .config
                 .legacy_keys
@@ -613,109 +343,81 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) -> bool {
                 finish(shared, waiter, Err(DenyReason::UnknownKey));
             }
         }
-        Some(record) => {
-            let entry = Rc::new(CacheEntry {
+        Answer::Record(record) => {
+            let entry = CacheEntry {
                 id: id.to_string(),
                 fetched_at_ms: now,
                 record,
-            });
+            };
             let in_use = pending.stale.is_some() || shared.lookups.borrow().local.contains_key(&id);
             let stored_at = write_shared_entry(shared, &entry, in_use);
-            remember(shared, &id, &entry, stored_at);
+            let entry = Local::new(entry, stored_at);
+            remember(shared, &id, &entry);
             for waiter in pending.waiters {
                 let result = decide(shared, &entry, &waiter.presented, now);
                 finish(shared, waiter, result);
             }
         }
-        None => {
-            shared.metrics.count(Event::CalloutFailure);
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "key service lookup failed for key_id={id}: status {}",
-                    status.map_or_else(
-                        || "none (unreachable or timed out)".to_owned(),
-                        |s| s.to_string()
-                    )
-                ),
-            );
-            for waiter in pending.waiters {
-                let result = fallback(
-                    shared,
-                    pending.stale.as_ref(),
-                    &waiter.presented,
-                    now,
-                    DenyReason::ServiceUnavailable,
-                );
-                finish(shared, waiter, result);
-            }
-        }
+        Answer::Failed => fail_all(shared, pending, now, DenyReason::ServiceUnavailable),
     }
-    true
+}
+
+/// Answers every waiter of a lookup that could not be done from the fallback.
+fn fail_all(shared: &Shared, pending: Pending<Waiter, Rc<Local>>, now: u64, reason: DenyReason) {
+    for waiter in pending.waiters {
+        let result = fallback(
+            shared,
+            pending.stale.as_ref(),
+            &waiter.presented,
+            now,
+            reason.clone(),
+        );
+        finish(shared, waiter, result);
+    }
+}
+
+/// Answers every waiter of a lookup from the record that arrived.
+fn decide_all(shared: &Shared, pending: Pending<Waiter, Rc<Local>>, entry: &Local, now: u64) {
+    for waiter in pending.waiters {
+        let result = decide(shared, entry, &waiter.presented, now);
+        finish(shared, waiter, result);
+    }
 }
 
 /// Polls lookups another worker is doing: answer from the cache once it fills, take over
 /// when the lease lapses, give up after twice the lookup timeout.
 pub fn on_tick(shared: &Shared) {
     let now = host::now_ms();
-    let remote: Vec<KeyId> = {
-        let lookups = shared.lookups.borrow();
-        lookups
-            .pending
-            .iter()
-            .filter(|(_, p)| p.token.is_none())
-            .map(|(id, _)| *id)
-            .collect()
-    };
-    for id in remote {
-        let filled = read_entry(shared, &id).filter(|e| {
-            e.fetched_at_ms + 1
-                >= shared
-                    .lookups
-                    .borrow()
-                    .pending
-                    .get(&id)
-                    .map_or(u64::MAX, |p| p.since_ms)
-        });
-        let Some(mut pending) = shared.lookups.borrow_mut().pending.remove(&id) else {
-            continue;
-        };
-        if let Some(entry) = filled {
-            for waiter in pending.waiters {
-                let result = decide(shared, &entry, &waiter.presented, now);
-                finish(shared, waiter, result);
+    let remote = shared.lookups.borrow().machine.remote_waits();
+    for (id, since_ms) in remote {
+        if let Some(entry) = read_entry(shared, &id).filter(|e| e.fetched_at_ms + 1 >= since_ms) {
+            if let Some(pending) = shared.lookups.borrow_mut().machine.remove(&id) {
+                decide_all(shared, pending, &entry, now);
             }
             continue;
         }
-        let give_up_at = pending.since_ms + 2 * shared.config.key_service.timeout_ms + 200;
-        let outcome = if now >= give_up_at {
-            Err(DenyReason::ServiceUnavailable)
-        } else {
-            let mut lookups = shared.lookups.borrow_mut();
-            start_lookup(shared, &mut lookups, &id, &mut pending, now)
-        };
-        match outcome {
-            Ok(Started::Dispatched | Started::Waiting) => {
-                shared.lookups.borrow_mut().pending.insert(id, pending);
+        let begun = shared.lookups.borrow_mut().machine.retry(
+            &ProxyHost,
+            context(shared),
+            &mut shared.callouts.borrow_mut(),
+            id,
+            now,
+            |entry| is_recent_enough(shared, entry, now),
+        );
+        match begun {
+            None | Some(Begun::Waiting) => {}
+            Some(Begun::Filled(entry, pending)) => {
+                decide_all(shared, pending, &Local::new(entry, None), now);
             }
-            Ok(Started::Filled(entry)) => {
-                for waiter in pending.waiters {
-                    let result = decide(shared, &entry, &waiter.presented, now);
-                    finish(shared, waiter, result);
-                }
-            }
-            Err(reason) => {
-                for waiter in pending.waiters {
-                    let result = fallback(
-                        shared,
-                        pending.stale.as_ref(),
-                        &waiter.presented,
-                        now,
-                        reason.clone(),
-                    );
-                    finish(shared, waiter, result);
-                }
-            }
+            Some(Begun::Failed(reason, pending)) => fail_all(shared, pending, now, reason),
         }
+    }
+}
+
+/// Looks the key record up (cache or callout) and decides from it.
+pub fn resolve_record(shared: &Shared, context_id: u32, presented: Presented) -> Step {
+    match resolve(shared, context_id, presented) {
+        Outcome::Wait => Step::Wait,
+        Outcome::Now(forwarding, result) => Step::Decided(forwarding, result),
     }
 }

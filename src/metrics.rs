@@ -7,98 +7,7 @@ use keygate_core::jwt::JwtError;
 
 use crate::host;
 
-/// Something worth counting (or, for gauges, reporting).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    Allowed,
-    AllowedPublic,
-    CacheHit,
-    CacheMiss,
-    /// A stale record was used because the key service could not be asked.
-    StaleUsed,
-    CalloutFailure,
-    /// A JWT found in the verified-token cache.
-    TokenCacheHit,
-    JwksRefreshed,
-    JwksFetchFailure,
-    /// Revocation events applied from the feed (counted by the follower).
-    FeedEvents,
-    FeedFailure,
-    FeedStateChange,
-    /// Gauge: 1 while the feed is live.
-    FeedLive,
-    /// Gauge: ids on the revoked list.
-    RevokedIds,
-    /// Revoked ids evicted because the set was full (`revocation_feed.max_revoked`): keys
-    /// whose records predate them are looked up again.
-    FeedEvicted,
-    /// Shadow mode: a request that would have been allowed.
-    ShadowAllowed,
-    /// A rate-limit bucket could not be updated (compare-and-swap kept failing).
-    RateLimitContention,
-    UsageFlushed,
-    UsageFlushFailure,
-    /// Usage rows dropped because too many waited.
-    UsageDropped,
-    /// Usage batches the key service refused for good (4xx): dropped, not resent.
-    UsageRejected,
-}
-
-impl Event {
-    const ALL: [Event; 21] = [
-        Event::Allowed,
-        Event::AllowedPublic,
-        Event::CacheHit,
-        Event::CacheMiss,
-        Event::StaleUsed,
-        Event::CalloutFailure,
-        Event::TokenCacheHit,
-        Event::JwksRefreshed,
-        Event::JwksFetchFailure,
-        Event::FeedEvents,
-        Event::FeedFailure,
-        Event::FeedStateChange,
-        Event::FeedLive,
-        Event::RevokedIds,
-        Event::FeedEvicted,
-        Event::ShadowAllowed,
-        Event::RateLimitContention,
-        Event::UsageFlushed,
-        Event::UsageFlushFailure,
-        Event::UsageDropped,
-        Event::UsageRejected,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Event::Allowed => "keygate.allowed",
-            Event::AllowedPublic => "keygate.allowed_public",
-            Event::CacheHit => "keygate.cache_hit",
-            Event::CacheMiss => "keygate.cache_miss",
-            Event::StaleUsed => "keygate.stale_used",
-            Event::CalloutFailure => "keygate.callout_failure",
-            Event::TokenCacheHit => "keygate.token_cache_hit",
-            Event::JwksRefreshed => "keygate.jwks_refreshed",
-            Event::JwksFetchFailure => "keygate.jwks_fetch_failure",
-            Event::FeedEvents => "keygate.feed.events",
-            Event::FeedFailure => "keygate.feed.failure",
-            Event::FeedStateChange => "keygate.feed.state_change",
-            Event::FeedLive => "keygate.feed.live",
-            Event::RevokedIds => "keygate.feed.revoked_ids",
-            Event::FeedEvicted => "keygate.feed.evicted",
-            Event::ShadowAllowed => "keygate.shadow.allowed",
-            Event::RateLimitContention => "keygate.rate_limit_contention",
-            Event::UsageFlushed => "keygate.usage.flushed",
-            Event::UsageFlushFailure => "keygate.usage.flush_failure",
-            Event::UsageDropped => "keygate.usage.dropped",
-            Event::UsageRejected => "keygate.usage.rejected",
-        }
-    }
-
-    fn is_gauge(self) -> bool {
-        matches!(self, Event::FeedLive | Event::RevokedIds)
-    }
-}
+pub use keygate_core::host::Event;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -117,6 +26,7 @@ impl Metrics {
                 host::define_counter(event.name())
             }
         });
+        host::set_event_ids(events);
         Self {
             events,
             denied: reason_counters("keygate.denied"),
@@ -134,10 +44,6 @@ impl Metrics {
 
     pub fn count_by(&self, event: Event, by: u64) {
         host::increment_by(self.id(event), by);
-    }
-
-    pub fn gauge(&self, event: Event, value: u64) {
-        host::record(self.id(event), value);
     }
 
     pub fn count_denial(&self, reason: &DenyReason) {

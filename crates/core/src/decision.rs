@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::credential::CredentialError;
 use crate::jwt::JwtError;
 use crate::key::KeyDigest;
-use crate::limits::{address_allowed, BucketOwner};
+use crate::limits::{AllowList, BucketOwner};
 use crate::scope::{missing_scopes, Scope};
 use crate::wire::{KeyLookup, KeyStatus, RateLimit};
 
@@ -354,11 +354,12 @@ pub fn header_safe(text: &str) -> String {
 }
 
 /// What repeated decisions from one key record need, worked out once: the stored digest
-/// decoded and the identity rendered as header-safe text.
+/// decoded, the identity rendered as header-safe text and the address allow-list parsed.
 #[derive(Clone, Debug)]
 pub struct PreparedRecord {
     digest: Option<KeyDigest>,
     identity: Identity,
+    allowed: AllowList,
 }
 
 impl PreparedRecord {
@@ -371,7 +372,13 @@ impl PreparedRecord {
                 record.scopes.iter().map(|s| header_safe(s)).collect(),
                 record.rate_limit.filter(RateLimit::is_valid),
             ),
+            allowed: AllowList::parse(&record.allowed_cidrs),
         }
+    }
+
+    /// Does the record restrict client addresses (so the client's must be read)?
+    pub fn restricts_addresses(&self) -> bool {
+        self.allowed.is_restricted()
     }
 
     /// Does the presented key's digest match the record's? In constant time.
@@ -409,13 +416,18 @@ pub fn authorize_proven(
     client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
-    check_record(record, client, now_s)?;
+    check_record(record, &prepared.allowed, client, now_s)?;
     authorize_scopes(prepared.identity.clone(), required)
 }
 
 /// Status, expiry, validity window and address allow-list of a record whose holder is
 /// already proven.
-fn check_record(record: &KeyLookup, client: Option<IpAddr>, now_s: u64) -> Result<(), DenyReason> {
+fn check_record(
+    record: &KeyLookup,
+    allowed: &AllowList,
+    client: Option<IpAddr>,
+    now_s: u64,
+) -> Result<(), DenyReason> {
     match record.status {
         KeyStatus::Active => {}
         KeyStatus::Revoked => return Err(DenyReason::Revoked),
@@ -429,7 +441,7 @@ fn check_record(record: &KeyLookup, client: Option<IpAddr>, now_s: u64) -> Resul
     if record.not_before.is_some_and(|at| now_s < at) {
         return Err(DenyReason::NotYetValid);
     }
-    if !address_allowed(&record.allowed_cidrs, client) {
+    if !allowed.allows(client) {
         return Err(DenyReason::AddressNotAllowed);
     }
     Ok(())
@@ -452,13 +464,28 @@ pub fn authorize_scopes(identity: Identity, required: &[Scope]) -> Result<Identi
 /// the service does not know the `jti`, so it did not issue this token).
 pub fn authorize_token_record(
     record: Option<&KeyLookup>,
+    identity: Identity,
+    required: &[Scope],
+    client: Option<IpAddr>,
+    now_s: u64,
+) -> Result<Identity, DenyReason> {
+    let prepared = record.map(|record| (record, PreparedRecord::of(record)));
+    let prepared = prepared
+        .as_ref()
+        .map(|(record, prepared)| (*record, prepared));
+    authorize_token_prepared(prepared, identity, required, client, now_s)
+}
+
+/// [`authorize_token_record`] with the record already prepared.
+pub fn authorize_token_prepared(
+    record: Option<(&KeyLookup, &PreparedRecord)>,
     mut identity: Identity,
     required: &[Scope],
     client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
-    let record = record.ok_or(DenyReason::UnknownKey)?;
-    check_record(record, client, now_s)?;
+    let (record, prepared) = record.ok_or(DenyReason::UnknownKey)?;
+    check_record(record, &prepared.allowed, client, now_s)?;
     identity.rate_limit = identity
         .rate_limit
         .or(record.rate_limit.filter(RateLimit::is_valid));

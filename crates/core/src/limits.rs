@@ -57,16 +57,39 @@ impl Cidr {
 /// True when `client` is inside one of `cidrs` (strings from the key record; an unparsable
 /// entry matches nothing). An empty list allows every address.
 pub fn address_allowed(cidrs: &[String], client: Option<IpAddr>) -> bool {
-    if cidrs.is_empty() {
-        return true;
+    AllowList::parse(cidrs).allows(client)
+}
+
+/// A key record's address allow-list, parsed once (when the record is prepared) rather than
+/// on every request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// The record lists addresses: only those are allowed (even when none of them parses).
+    restricted: bool,
+    cidrs: Vec<Cidr>,
+}
+
+impl AllowList {
+    /// Parses a record's `allowed_cidrs`; an unparsable entry matches nothing.
+    pub fn parse(cidrs: &[String]) -> Self {
+        Self {
+            restricted: !cidrs.is_empty(),
+            cidrs: cidrs.iter().filter_map(|c| Cidr::parse(c)).collect(),
+        }
     }
-    let Some(client) = client else {
-        return false;
-    };
-    cidrs
-        .iter()
-        .filter_map(|c| Cidr::parse(c))
-        .any(|c| c.contains(client))
+
+    /// Does the list restrict addresses at all (so the client's address must be read)?
+    pub fn is_restricted(&self) -> bool {
+        self.restricted
+    }
+
+    /// Is `client` allowed? An empty list allows every address, an unknown one none.
+    pub fn allows(&self, client: Option<IpAddr>) -> bool {
+        if !self.restricted {
+            return true;
+        }
+        client.is_some_and(|client| self.cidrs.iter().any(|c| c.contains(client)))
+    }
 }
 
 /// The client's address: the TCP peer when no proxy is trusted; otherwise the address
@@ -518,6 +541,18 @@ mod tests {
         assert!(!address_allowed(&list, Some(ip("192.0.2.1"))));
         assert!(!address_allowed(&list, None));
         assert!(address_allowed(&[], None));
+        // Parsed once: the same answers from the prepared list.
+        let prepared = AllowList::parse(&list);
+        assert!(prepared.is_restricted());
+        assert!(prepared.allows(Some(ip("127.0.0.1"))));
+        assert!(!prepared.allows(Some(ip("192.0.2.1"))));
+        assert!(!prepared.allows(None));
+        assert!(!AllowList::parse(&[]).is_restricted());
+        assert!(AllowList::parse(&[]).allows(None));
+        // A list of nothing but garbage still restricts: it allows no address.
+        let garbage = AllowList::parse(&["not-a-cidr".to_owned()]);
+        assert!(garbage.is_restricted());
+        assert!(!garbage.allows(Some(ip("127.0.0.1"))));
     }
 
     #[test]

@@ -1,0 +1,334 @@
+//! A fake [`Host`] for unit tests: shared data in memory (shared by every fake worker made
+//! from one host, as Envoy's workers share theirs), a clock the test moves, scripted callout
+//! answers and compare-and-swap conflicts, and a record of every effect.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::{Event, Host, HostError, LogLevel, Versioned};
+
+/// Something the code under test did to the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Log(LogLevel, String),
+    Dispatch {
+        token: u32,
+        cluster: String,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    },
+    SetRequestHeader(String, String),
+    RemoveRequestHeader(String),
+    LocalReply {
+        status: u32,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    Count(Event, u64),
+    Gauge(Event, u64),
+}
+
+#[derive(Default)]
+struct Store {
+    values: HashMap<String, (Vec<u8>, u32)>,
+    /// Compare-and-swap writes still to fail as if another worker had written first.
+    conflicts: usize,
+    /// Every write that went through, in order: (key, value).
+    writes: Vec<(String, Vec<u8>)>,
+}
+
+/// What every fake worker of one fake Envoy shares: shared data, the clock, callout tokens.
+#[derive(Default)]
+struct Process {
+    store: RefCell<Store>,
+    now_ms: Cell<u64>,
+    next_token: Cell<u32>,
+}
+
+/// One fake worker.
+#[derive(Default)]
+pub struct FakeHost {
+    process: Rc<Process>,
+    effects: RefCell<Vec<Effect>>,
+    /// Answers to the next dispatches (`Err` refuses one); when empty, every dispatch is taken.
+    dispatches: RefCell<VecDeque<Result<(), HostError>>>,
+    /// The callout answer being handled: `:status` and body.
+    answer: RefCell<(Option<u32>, Option<Vec<u8>>)>,
+    properties: RefCell<HashMap<Vec<String>, Vec<u8>>>,
+}
+
+impl FakeHost {
+    /// A worker of a new fake Envoy whose clock reads `now_ms`.
+    pub fn at(now_ms: u64) -> Self {
+        let host = Self::default();
+        host.process.now_ms.set(now_ms);
+        host
+    }
+
+    /// Another worker of the same fake Envoy: same shared data, clock and token counter, its
+    /// own effects.
+    pub fn worker(&self) -> Self {
+        Self {
+            process: Rc::clone(&self.process),
+            ..Self::default()
+        }
+    }
+
+    pub fn set_now(&self, now_ms: u64) {
+        self.process.now_ms.set(now_ms);
+    }
+
+    pub fn advance(&self, ms: u64) {
+        self.process.now_ms.set(self.process.now_ms.get() + ms);
+    }
+
+    /// The next `count` compare-and-swap writes (by any worker) fail as lost races.
+    pub fn conflict_next_writes(&self, count: usize) {
+        self.process.store.borrow_mut().conflicts = count;
+    }
+
+    /// The next dispatch is refused with `err`.
+    pub fn refuse_next_dispatch(&self, err: HostError) {
+        self.dispatches.borrow_mut().push_back(Err(err));
+    }
+
+    /// Sets the callout answer the next response callback reads.
+    pub fn answer(&self, status: Option<u32>, body: Option<&[u8]>) {
+        *self.answer.borrow_mut() = (status, body.map(<[u8]>::to_vec));
+    }
+
+    pub fn set_property(&self, path: &[&str], value: &[u8]) {
+        let path = path.iter().map(|p| (*p).to_owned()).collect();
+        self.properties.borrow_mut().insert(path, value.to_vec());
+    }
+
+    /// A shared-data value, without its version.
+    pub fn shared(&self, key: &str) -> Option<Vec<u8>> {
+        self.get_shared(key).0
+    }
+
+    /// Writes shared data as another party would (bumps the version).
+    pub fn put_shared(&self, key: &str, value: &[u8]) {
+        let _ = self.set_shared(key, value, None);
+    }
+
+    /// Every write to shared data so far (by every worker), in order.
+    pub fn writes(&self) -> Vec<(String, Vec<u8>)> {
+        self.process.store.borrow().writes.clone()
+    }
+
+    /// Takes this worker's effects so far.
+    pub fn take_effects(&self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects.borrow_mut())
+    }
+
+    /// The dispatches among this worker's effects so far (left in place).
+    pub fn dispatched(&self) -> Vec<Effect> {
+        self.effects
+            .borrow()
+            .iter()
+            .filter(|e| matches!(e, Effect::Dispatch { .. }))
+            .cloned()
+            .collect()
+    }
+
+    /// How much `event` was counted so far on this worker.
+    pub fn counted(&self, event: Event) -> u64 {
+        self.effects
+            .borrow()
+            .iter()
+            .map(|e| match e {
+                Effect::Count(counted, by) if *counted == event => *by,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Whether this worker set `event`'s gauge to `value` at some point.
+    pub fn effects_contain_gauge(&self, event: Event, value: u64) -> bool {
+        self.effects.borrow().contains(&Effect::Gauge(event, value))
+    }
+
+    /// The messages logged at `level` or above so far (left in place).
+    pub fn logged(&self, level: LogLevel) -> Vec<String> {
+        self.effects
+            .borrow()
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Log(l, m) if *l >= level => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn push(&self, effect: Effect) {
+        self.effects.borrow_mut().push(effect);
+    }
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.process.now_ms.get()
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        self.push(Effect::Log(level, message.to_owned()));
+    }
+
+    fn get_shared(&self, key: &str) -> Versioned {
+        match self.process.store.borrow().values.get(key) {
+            Some((value, version)) => (Some(value.clone()), Some(*version)),
+            None => (None, None),
+        }
+    }
+
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        let mut store = self.process.store.borrow_mut();
+        let current = store.values.get(key).map(|(_, v)| *v);
+        if let Some(cas) = cas {
+            if store.conflicts > 0 {
+                store.conflicts -= 1;
+                return Err(HostError::CasMismatch);
+            }
+            // As in Envoy: a write to a missing key always succeeds (which is why the filter
+            // creates its leases and slots up front), a CAS of 0 is no CAS.
+            if cas != 0 && current.is_some_and(|current| current != cas) {
+                return Err(HostError::CasMismatch);
+            }
+        }
+        let version = current.map_or(1, |v| v.wrapping_add(1).max(1));
+        store
+            .values
+            .insert(key.to_owned(), (value.to_vec(), version));
+        store.writes.push((key.to_owned(), value.to_vec()));
+        Ok(())
+    }
+
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        if let Some(Err(err)) = self.dispatches.borrow_mut().pop_front() {
+            return Err(err);
+        }
+        let token = self.process.next_token.get() + 1;
+        self.process.next_token.set(token);
+        self.push(Effect::Dispatch {
+            token,
+            cluster: cluster.to_owned(),
+            headers: owned(headers),
+            body: body.map(<[u8]>::to_vec),
+            timeout,
+        });
+        Ok(token)
+    }
+
+    fn call_response_status(&self) -> Option<u32> {
+        self.answer.borrow().0
+    }
+
+    fn call_response_body(&self, size: usize, max: usize) -> Option<Vec<u8>> {
+        let answer = self.answer.borrow();
+        let body = answer.1.as_ref()?;
+        Some(body[..body.len().min(size).min(max)].to_vec())
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let path: Vec<String> = path.iter().map(|p| (*p).to_owned()).collect();
+        self.properties.borrow().get(&path).cloned()
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        self.push(Effect::SetRequestHeader(name.to_owned(), value.to_owned()));
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        self.push(Effect::RemoveRequestHeader(name.to_owned()));
+    }
+
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.push(Effect::LocalReply {
+            status,
+            headers: owned(headers),
+            body: body.to_vec(),
+        });
+    }
+
+    fn count(&self, event: Event, by: u64) {
+        self.push(Effect::Count(event, by));
+    }
+
+    fn gauge(&self, event: Event, value: u64) {
+        self.push(Effect::Gauge(event, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_share_data_and_clock_but_not_effects() {
+        let one = FakeHost::at(1_000);
+        let two = one.worker();
+        one.put_shared("k", b"v");
+        assert_eq!(two.shared("k"), Some(b"v".to_vec()));
+        two.advance(5);
+        assert_eq!(one.now_ms(), 1_005);
+        two.log(LogLevel::Info, "hello");
+        assert!(one.take_effects().is_empty());
+        assert_eq!(two.logged(LogLevel::Info), vec!["hello".to_owned()]);
+    }
+
+    #[test]
+    fn compare_and_swap_follows_envoy() {
+        let host = FakeHost::at(0);
+        assert_eq!(
+            host.set_shared("k", b"a", Some(7)),
+            Ok(()),
+            "a CAS on a missing key, as in Envoy"
+        );
+        let (_, version) = host.get_shared("k");
+        host.put_shared("k", b"b");
+        assert_eq!(
+            host.set_shared("k", b"c", version),
+            Err(HostError::CasMismatch),
+            "stale version"
+        );
+        let (_, version) = host.get_shared("k");
+        host.conflict_next_writes(1);
+        assert_eq!(
+            host.set_shared("k", b"c", version),
+            Err(HostError::CasMismatch)
+        );
+        assert_eq!(host.set_shared("k", b"c", version), Ok(()));
+        assert_eq!(host.shared("k"), Some(b"c".to_vec()));
+    }
+
+    #[test]
+    fn dispatches_are_numbered_or_refused_as_scripted() {
+        let host = FakeHost::at(0);
+        let other = host.worker();
+        host.refuse_next_dispatch(HostError::Refused("BadArgument"));
+        let call = |h: &FakeHost| h.dispatch_http_call("c", &[], None, Duration::ZERO);
+        assert_eq!(call(&host), Err(HostError::Refused("BadArgument")));
+        assert_eq!(call(&host), Ok(1));
+        assert_eq!(call(&other), Ok(2), "tokens are unique per process");
+        host.answer(Some(200), Some(b"body"));
+        assert_eq!(host.call_response_status(), Some(200));
+        assert_eq!(host.call_response_body(4, 2), Some(b"bo".to_vec()));
+    }
+}

@@ -1,0 +1,24 @@
+//! The filter's cross-request machinery, driven through the [`Host`](crate::host::Host)
+//! trait so that every branch of it is unit-tested against the fake host.
+//!
+//! - [`lease`]: the one lease protocol in shared data (lookups, JWKS, feed, usage);
+//! - [`lookup`]: one key-record lookup per key id, its waiters, the in-flight caps, the tick takeover;
+//! - [`callouts`]: the one map from a callout token to what waits on it;
+//! - [`follower`]: the revocation feed, followed by one worker, its set shared with all;
+//! - [`jwks`]: an issuer's JWKS, fetched by one worker and shared with all, and the requests
+//!   that wait for a refetch after presenting an unknown `kid`;
+//! - [`degraded`]: whether a cached record may decide while the revocation feed is not live,
+//!   and what a request gets when the key service cannot answer;
+//! - [`rate`]: the shared token buckets and their fail-closed outcomes;
+//! - [`reply`]: denials as answered in enforce mode and reported in shadow mode;
+//! - [`usage`]: per-key usage counts, merged across workers and sent by one flusher.
+
+pub mod callouts;
+pub mod degraded;
+pub mod follower;
+pub mod jwks;
+pub mod lease;
+pub mod lookup;
+pub mod rate;
+pub mod reply;
+pub mod usage;

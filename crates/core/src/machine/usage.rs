@@ -1,0 +1,790 @@
+//! The usage outbox: every worker counts per key and minute in memory, merges its counts into
+//! shared data once a second, and one flusher per Envoy (a lease) sends them to the key
+//! service every interval.
+//!
+//! - Only keys whose holder is proven are counted under their id (see [`counts_under_key`]);
+//!   a denial that names an id the client chose is counted per reason only
+//!   (`keygate.denied.<reason>`), so a key spray cannot fill the rows.
+//! - A batch holds at most `usage.max_batch_bytes` of JSON and [`MAX_BATCH_ROWS`] rows, below
+//!   the key service's limits; the rest waits in shared data and goes in the next batch, sent
+//!   as soon as the previous one is answered.
+//! - A batch that fails for a reason that may pass (5xx, 408, 429, no answer or a timeout)
+//!   stays in an outbox and is resent with the same id, so the service counts it once; counts
+//!   wait, bounded by `usage.max_rows`, while the service is down. A batch refused for what it
+//!   is (any other answer, 4xx above all) would be refused again: it is dropped, logged and
+//!   counted (`keygate.usage.rejected`), and reporting goes on with the next one.
+//! - A row's `last_used_at` is the last *allowed* request: denials and upstream statuses count
+//!   without moving it (0: no allowed request in that minute).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::config::{KeyService, UsageSettings};
+use crate::decision::DenyReason;
+use crate::host::{Event, Host, LogLevel};
+use crate::machine::lease::{Reentry, SharedLease, Take};
+use crate::wire::{UsageBatch, UsageCounts, UsageRow, USAGE_MAX_ROWS};
+
+const PENDING_KEY: &str = "keygate.usage.pending";
+const OUTBOX_KEY: &str = "keygate.usage.outbox";
+const LEASE_KEY: &str = "keygate.usage.lease";
+/// How often a worker merges its counts into shared data.
+const MERGE_EVERY_MS: u64 = 1_000;
+const TIMEOUT_MS: u64 = 5_000;
+/// Most rows in one batch: half of what the key service takes.
+pub const MAX_BATCH_ROWS: usize = USAGE_MAX_ROWS / 2;
+/// Room kept in a batch for its envelope (`{"batch_id": ..., "rows": [...]}`).
+const ENVELOPE_BYTES: usize = 256;
+
+type Rows = BTreeMap<(String, u64), (UsageCounts, u64)>;
+
+/// Where and how usage is reported: the filter's usage settings and the key service.
+#[derive(Clone, Copy, Debug)]
+pub struct Reporting<'a> {
+    pub settings: &'a UsageSettings,
+    pub key_service: &'a KeyService,
+    /// The bearer token of `POST /v1/usage`.
+    pub service_token: &'a str,
+}
+
+/// One worker's counts since its last merge, and its flusher state.
+#[derive(Default)]
+pub struct Usage {
+    /// key id → minute → (counts, last used): looked up by `&str`, so counting a request for
+    /// a key seen this second allocates nothing.
+    local: HashMap<String, HashMap<u64, (UsageCounts, u64)>>,
+    last_merge_ms: u64,
+    last_flush_ms: u64,
+    /// A flush is in flight (this worker is the flusher).
+    sending: bool,
+    /// The last batch taken left rows waiting: send the next one once it is answered.
+    backlog: bool,
+    batches: u64,
+    worker: String,
+}
+
+impl Usage {
+    pub fn new(worker: String) -> Self {
+        Self {
+            worker,
+            ..Self::default()
+        }
+    }
+
+    /// Counts into the row of `key_id` and the minute of `now_ms`; `used_at` (Unix seconds)
+    /// moves the row's last use, 0 leaves it.
+    fn update(
+        &mut self,
+        key_id: &str,
+        now_ms: u64,
+        used_at: u64,
+        count: impl FnOnce(&mut UsageCounts),
+    ) {
+        let minute = now_ms / 60_000 * 60;
+        if let Some(per_key) = self.local.get_mut(key_id) {
+            let row = per_key.entry(minute).or_default();
+            count(&mut row.0);
+            row.1 = row.1.max(used_at);
+            return;
+        }
+        let mut counts = UsageCounts::default();
+        count(&mut counts);
+        self.local.insert(
+            key_id.to_owned(),
+            HashMap::from([(minute, (counts, used_at))]),
+        );
+    }
+
+    /// An allowed request: the only kind that moves the key's last use.
+    pub fn allowed(&mut self, key_id: &str, now_ms: u64) {
+        self.update(key_id, now_ms, now_ms / 1000, |c| c.allowed += 1);
+    }
+
+    /// A refused request of a proven key (see [`counts_under_key`]).
+    pub fn denied(&mut self, key_id: &str, reason: &str, now_ms: u64) {
+        self.update(key_id, now_ms, 0, |c| bump(&mut c.denied, reason));
+    }
+
+    pub fn status(&mut self, key_id: &str, status: u32, now_ms: u64) {
+        let class = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.update(key_id, now_ms, 0, |c| bump(&mut c.status, class));
+    }
+
+    /// Puts rows back (shared data was too contended to take them).
+    fn restore(&mut self, rows: Vec<UsageRow>) {
+        for row in rows {
+            self.update(&row.key_id, row.minute * 1000, row.last_used_at, |c| {
+                c.merge(&row.counts)
+            });
+        }
+    }
+
+    /// Takes the counts so far, as rows.
+    fn take_rows(&mut self) -> Rows {
+        let mut rows = Rows::new();
+        for (key_id, minutes) in self.local.drain() {
+            for (minute, (counts, last_used)) in minutes {
+                rows.insert((key_id.clone(), minute), (counts, last_used));
+            }
+        }
+        rows
+    }
+}
+
+/// Whether a request refused for `reason` is counted under the key id it presented. Only
+/// reasons that are decided after the key's holder was proven count there: the key's digest
+/// matched its record, or its tag is authentic (a key Keygate minted, refused as revoked by
+/// the feed), or a JWT's signature verified. Every other denial (malformed, forged, unknown,
+/// digest mismatch, invalid token, unavailable, ...) names an id the client chose: it is
+/// counted per reason only (`keygate.denied.<reason>`), never as a usage row.
+pub fn counts_under_key(reason: &DenyReason) -> bool {
+    matches!(
+        reason,
+        DenyReason::Revoked
+            | DenyReason::Expired
+            | DenyReason::NotYetValid
+            | DenyReason::AddressNotAllowed
+            | DenyReason::RateLimited { .. }
+            | DenyReason::InsufficientScope(_)
+    )
+}
+
+fn bump(counts: &mut BTreeMap<String, u64>, name: &str) {
+    match counts.get_mut(name) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(name.to_owned(), 1);
+        }
+    }
+}
+
+fn decode_rows(bytes: &[u8]) -> Vec<UsageRow> {
+    serde_json::from_slice(bytes).unwrap_or_default()
+}
+
+/// Merges `rows` into `into`, keeping at most `max_rows` (key, minute) rows; returns how many
+/// rows had to be dropped.
+fn merge(into: &mut Rows, rows: impl IntoIterator<Item = UsageRow>, max_rows: usize) -> u64 {
+    let mut dropped = 0;
+    for row in rows {
+        let slot = (row.key_id, row.minute);
+        let full = into.len() >= max_rows;
+        match into.get_mut(&slot) {
+            Some(existing) => {
+                existing.0.merge(&row.counts);
+                existing.1 = existing.1.max(row.last_used_at);
+            }
+            None if !full => {
+                into.insert(slot, (row.counts, row.last_used_at));
+            }
+            None => dropped += 1,
+        }
+    }
+    dropped
+}
+
+fn to_rows(rows: Rows) -> Vec<UsageRow> {
+    rows.into_iter()
+        .map(|((key_id, minute), (counts, last_used_at))| UsageRow {
+            key_id,
+            minute,
+            counts,
+            last_used_at,
+        })
+        .collect()
+}
+
+impl Usage {
+    /// Every tick: merge this worker's counts into shared data; the flusher sends a batch.
+    /// Returns the token of a batch sent now (its answer goes to [`Usage::on_response`]).
+    pub fn on_tick(&mut self, host: &impl Host, reporting: &Reporting) -> Option<u32> {
+        let settings = reporting.settings;
+        if !settings.enabled {
+            return None;
+        }
+        let now = host.now_ms();
+        if now.saturating_sub(self.last_merge_ms) >= MERGE_EVERY_MS {
+            self.merge_into_shared(host, settings.max_rows, now);
+        }
+        if !self.sending && now.saturating_sub(self.last_flush_ms) >= settings.flush_ms {
+            return self.flush(host, reporting, now);
+        }
+        None
+    }
+
+    fn merge_into_shared(&mut self, host: &impl Host, max_rows: usize, now: u64) {
+        self.last_merge_ms = now;
+        let local = self.take_rows();
+        if local.is_empty() {
+            return;
+        }
+        for _ in 0..8 {
+            let (current, cas) = host.get_shared(PENDING_KEY);
+            let mut rows = Rows::new();
+            merge(
+                &mut rows,
+                current.as_deref().map(decode_rows).unwrap_or_default(),
+                usize::MAX,
+            );
+            let dropped = merge(&mut rows, to_rows(local.clone()), max_rows);
+            let encoded = serde_json::to_vec(&to_rows(rows)).unwrap_or_default();
+            if host.set_shared(PENDING_KEY, &encoded, cas).is_ok() {
+                if dropped > 0 {
+                    host.count(Event::UsageDropped, dropped);
+                }
+                return;
+            }
+        }
+        // Contention beyond reason: keep the counts for the next tick.
+        self.restore(to_rows(local));
+    }
+}
+
+/// Splits `rows` into a first batch of at most `max_bytes` of JSON (less the envelope) and
+/// [`MAX_BATCH_ROWS`] rows, and the rest. The first batch has at least one row when `rows`
+/// has any.
+fn split_batch(rows: Vec<UsageRow>, max_bytes: usize) -> (Vec<UsageRow>, Vec<UsageRow>) {
+    let budget = max_bytes.saturating_sub(ENVELOPE_BYTES);
+    let mut used: usize = 0;
+    let mut batch = Vec::new();
+    let mut rows = rows.into_iter();
+    for row in rows.by_ref() {
+        // The row's JSON and the comma before it.
+        let size = serde_json::to_vec(&row).map_or(usize::MAX, |json| json.len() + 1);
+        if !batch.is_empty()
+            && (used.saturating_add(size) > budget || batch.len() >= MAX_BATCH_ROWS)
+        {
+            let mut rest = vec![row];
+            rest.extend(rows);
+            return (batch, rest);
+        }
+        used = used.saturating_add(size);
+        batch.push(row);
+    }
+    (batch, Vec::new())
+}
+
+impl Usage {
+    /// Takes the flusher lease; moves pending counts into the outbox (unless a failed batch
+    /// waits there) and sends the outbox.
+    fn flush(&mut self, host: &impl Host, reporting: &Reporting, now: u64) -> Option<u32> {
+        let until = now + reporting.settings.flush_ms + TIMEOUT_MS + 5_000;
+        match SharedLease::new(LEASE_KEY).take(host, &self.worker, until, now, Reentry::Renew) {
+            Take::Taken => {}
+            Take::Held(_) => {
+                self.last_flush_ms = now;
+                return None;
+            }
+            Take::Lost => return None,
+        }
+        self.last_flush_ms = now;
+
+        let outbox = host
+            .get_shared(OUTBOX_KEY)
+            .0
+            .and_then(|bytes| serde_json::from_slice::<UsageBatch>(&bytes).ok())
+            .filter(|batch| !batch.rows.is_empty());
+        let batch = match outbox {
+            Some(batch) => batch,
+            None => {
+                let Some((rows, more)) = take_pending(host, reporting.settings.max_batch_bytes)
+                else {
+                    self.backlog = false;
+                    return None;
+                };
+                self.backlog = more;
+                self.batches += 1;
+                let batch_id = format!("{}-{now}-{}", self.worker, self.batches);
+                let batch = UsageBatch { batch_id, rows };
+                let _ = host.set_shared(
+                    OUTBOX_KEY,
+                    &serde_json::to_vec(&batch).unwrap_or_default(),
+                    None,
+                );
+                batch
+            }
+        };
+        self.send(host, reporting, &batch)
+    }
+
+    fn send(&mut self, host: &impl Host, reporting: &Reporting, batch: &UsageBatch) -> Option<u32> {
+        let key_service = reporting.key_service;
+        let body = serde_json::to_vec(batch).unwrap_or_default();
+        let authorization = format!("Bearer {}", reporting.service_token);
+        let length = body.len().to_string();
+        let headers = [
+            (":method", "POST"),
+            (":path", reporting.settings.path.as_str()),
+            (":authority", key_service.authority.as_str()),
+            ("authorization", authorization.as_str()),
+            ("content-type", "application/json"),
+            ("content-length", length.as_str()),
+        ];
+        match host.dispatch_http_call(
+            &key_service.cluster,
+            &headers,
+            Some(&body),
+            Duration::from_millis(TIMEOUT_MS),
+        ) {
+            Ok(token) => {
+                self.sending = true;
+                Some(token)
+            }
+            Err(err) => {
+                host.count(Event::UsageFlushFailure, 1);
+                host.log(
+                    LogLevel::Warn,
+                    &format!("usage: cannot send a batch: {err:?}; it stays queued"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Takes one batch of pending rows out of shared data (compare-and-swap), leaving the rest;
+/// answers the batch and whether rows were left.
+fn take_pending(host: &impl Host, max_bytes: usize) -> Option<(Vec<UsageRow>, bool)> {
+    for _ in 0..8 {
+        let (current, cas) = host.get_shared(PENDING_KEY);
+        let rows = current.as_deref().map(decode_rows).unwrap_or_default();
+        if rows.is_empty() {
+            return None;
+        }
+        let (batch, rest) = split_batch(rows, max_bytes);
+        let left = if rest.is_empty() {
+            b"[]".to_vec()
+        } else {
+            serde_json::to_vec(&rest).unwrap_or_default()
+        };
+        if host.set_shared(PENDING_KEY, &left, cas).is_ok() {
+            return Some((batch, !rest.is_empty()));
+        }
+    }
+    None
+}
+
+/// What becomes of a sent batch, from the key service's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Taken (2xx): cleared.
+    Taken,
+    /// May pass later (5xx, 408, 429, no answer or a timeout): kept and resent as is.
+    Retry,
+    /// Refused for what it is (4xx, or an answer that resending cannot change): dropped, so
+    /// it never blocks the batches after it.
+    Reject,
+}
+
+fn verdict(status: Option<u32>) -> Verdict {
+    match status {
+        Some(200..=299) => Verdict::Taken,
+        None | Some(408 | 429 | 500..=599) => Verdict::Retry,
+        Some(_) => Verdict::Reject,
+    }
+}
+
+impl Usage {
+    /// A batch answered: clear the outbox when it was taken or refused for good; otherwise
+    /// it stays for the next flush. When rows are waiting behind it, the next batch goes now
+    /// (its token is returned).
+    pub fn on_response(&mut self, host: &impl Host, reporting: &Reporting) -> Option<u32> {
+        self.sending = false;
+        let status = host.call_response_status();
+        let outcome = verdict(status);
+        match outcome {
+            Verdict::Taken => {
+                let _ = host.set_shared(OUTBOX_KEY, b"{}", None);
+                host.count(Event::UsageFlushed, 1);
+            }
+            Verdict::Reject => {
+                let rows = host
+                    .get_shared(OUTBOX_KEY)
+                    .0
+                    .and_then(|bytes| serde_json::from_slice::<UsageBatch>(&bytes).ok())
+                    .map_or(0, |batch| batch.rows.len());
+                let _ = host.set_shared(OUTBOX_KEY, b"{}", None);
+                host.count(Event::UsageRejected, 1);
+                host.log(
+                    LogLevel::Error,
+                    &format!(
+                        "usage: the key service refused a batch of {rows} rows (status {}); \
+                         it is dropped, reporting goes on with the next batch",
+                        status.unwrap_or_default()
+                    ),
+                );
+            }
+            Verdict::Retry => {
+                host.count(Event::UsageFlushFailure, 1);
+                host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "usage: the key service did not take a batch ({}); it will be resent",
+                        status.map_or_else(|| "no answer".to_owned(), |s| format!("status {s}"))
+                    ),
+                );
+            }
+        }
+        if outcome != Verdict::Retry && self.backlog {
+            return self.flush(host, reporting, host.now_ms());
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &str, minute: u64, allowed: u64) -> UsageRow {
+        UsageRow {
+            key_id: key.into(),
+            minute,
+            counts: UsageCounts {
+                allowed,
+                ..UsageCounts::default()
+            },
+            last_used_at: minute + 1,
+        }
+    }
+
+    #[test]
+    fn merging_adds_counts_and_stays_bounded() {
+        let mut rows = Rows::new();
+        assert_eq!(
+            merge(
+                &mut rows,
+                vec![row("a", 60, 2), row("a", 60, 3), row("b", 60, 1)],
+                2
+            ),
+            0
+        );
+        assert_eq!(rows[&("a".to_owned(), 60)].0.allowed, 5);
+        assert_eq!(
+            merge(&mut rows, vec![row("c", 60, 1), row("a", 120, 1)], 2),
+            2
+        );
+        assert_eq!(
+            merge(&mut rows, vec![row("b", 60, 4)], 2),
+            0,
+            "existing rows still merge"
+        );
+        assert_eq!(
+            to_rows(rows).iter().map(|r| r.counts.allowed).sum::<u64>(),
+            10
+        );
+    }
+
+    #[test]
+    fn counts_land_in_their_minute_and_class() {
+        let mut usage = Usage::new("w1".into());
+        usage.allowed("k", 61_000);
+        usage.status("k", 204, 61_500);
+        usage.status("k", 503, 119_999);
+        usage.denied("k", "rate_limited", 120_000);
+        let rows = to_rows(usage.take_rows());
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].minute, 60);
+        assert_eq!(rows[0].counts.status["2xx"], 1);
+        assert_eq!(rows[0].counts.status["5xx"], 1);
+        assert_eq!(rows[1].counts.denied["rate_limited"], 1);
+    }
+
+    #[test]
+    fn only_allowed_requests_move_the_last_use() {
+        let mut usage = Usage::new("w1".into());
+        usage.allowed("k", 61_000);
+        usage.denied("k", "insufficient_scope", 65_000);
+        usage.status("k", 403, 66_000);
+        usage.denied("k", "expired", 125_000);
+        usage.status("k", 401, 126_000);
+        let rows = to_rows(usage.take_rows());
+        assert_eq!(
+            rows[0].last_used_at, 61,
+            "denials after the last allowed one"
+        );
+        assert_eq!(rows[1].last_used_at, 0, "a minute of denials only");
+        // Put back after contention, a row keeps its last use.
+        let mut usage = Usage::new("w1".into());
+        usage.restore(rows);
+        let again = to_rows(usage.take_rows());
+        assert_eq!(again[0].last_used_at, 61);
+        assert_eq!(again[1].last_used_at, 0);
+    }
+
+    #[test]
+    fn denials_that_name_a_chosen_id_are_not_counted_under_it() {
+        use crate::credential::CredentialError;
+        for anonymous in [
+            DenyReason::MalformedKey,
+            DenyReason::ForgedKey,
+            DenyReason::UnknownKey,
+            DenyReason::DigestMismatch,
+            DenyReason::MissingCredential,
+            DenyReason::BadRequest(CredentialError::TooLong),
+            DenyReason::InvalidToken(crate::jwt::JwtError::Expired),
+            DenyReason::ServiceUnavailable,
+            DenyReason::Overloaded,
+            DenyReason::NoRoute,
+        ] {
+            assert!(!counts_under_key(&anonymous), "{anonymous:?}");
+        }
+        for proven in [
+            DenyReason::Revoked,
+            DenyReason::Expired,
+            DenyReason::NotYetValid,
+            DenyReason::AddressNotAllowed,
+            DenyReason::RateLimited { retry_after_s: 1 },
+            DenyReason::InsufficientScope(vec!["demo:write".into()]),
+        ] {
+            assert!(counts_under_key(&proven), "{proven:?}");
+        }
+    }
+
+    #[test]
+    fn batches_fit_the_byte_and_row_limits() {
+        // 40,000 keys in one minute: the case that once made one 4 MB batch.
+        let rows: Vec<UsageRow> = (0..40_000)
+            .map(|i| row(&format!("key{i:013}"), 1_800_000_000, 1))
+            .collect();
+        let total = serde_json::to_vec(&rows).unwrap().len();
+        assert!(total > crate::wire::USAGE_BODY_LIMIT);
+        let max = crate::config::DEFAULT_USAGE_BATCH_BYTES;
+        let mut rest = rows;
+        let mut batches = 0;
+        let mut sent = 0;
+        while !rest.is_empty() {
+            let (batch, more) = split_batch(rest, max);
+            assert!(!batch.is_empty());
+            assert!(batch.len() <= MAX_BATCH_ROWS);
+            let body = serde_json::to_vec(&UsageBatch {
+                batch_id: "w".repeat(128),
+                rows: batch.clone(),
+            })
+            .unwrap();
+            assert!(body.len() <= max, "{} > {max}", body.len());
+            sent += batch.len();
+            batches += 1;
+            rest = more;
+        }
+        assert_eq!(sent, 40_000, "every row goes in some batch, once");
+        assert!(batches >= 8, "{batches}");
+        // A small limit still sends one row per batch at least.
+        let (one, rest) = split_batch(vec![row("a", 60, 1), row("b", 60, 1)], 10);
+        assert_eq!((one.len(), rest.len()), (1, 1));
+        let (all, none) = split_batch(vec![row("a", 60, 1)], 4096);
+        assert_eq!((all.len(), none.len()), (1, 0));
+    }
+
+    #[test]
+    fn client_errors_drop_a_batch_and_server_errors_keep_it() {
+        assert_eq!(verdict(Some(200)), Verdict::Taken);
+        assert_eq!(verdict(Some(204)), Verdict::Taken);
+        for refused in [400, 401, 403, 404, 413, 422, 301] {
+            assert_eq!(verdict(Some(refused)), Verdict::Reject, "{refused}");
+        }
+        for passing in [500, 502, 503, 504, 408, 429] {
+            assert_eq!(verdict(Some(passing)), Verdict::Retry, "{passing}");
+        }
+        assert_eq!(verdict(None), Verdict::Retry, "timeout or no answer");
+    }
+
+    // The outbox through the fake host: two workers, one flusher, scripted answers.
+
+    use crate::config::KeyService;
+    use crate::host::fake::{Effect, FakeHost};
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn settings(max_rows: usize) -> UsageSettings {
+        UsageSettings {
+            enabled: true,
+            path: "/v1/usage".into(),
+            flush_ms: 10_000,
+            max_rows,
+            max_batch_bytes: crate::config::DEFAULT_USAGE_BATCH_BYTES,
+        }
+    }
+
+    struct Setup {
+        settings: UsageSettings,
+        key_service: KeyService,
+    }
+
+    impl Setup {
+        fn new(max_rows: usize) -> Self {
+            Self {
+                settings: settings(max_rows),
+                key_service: KeyService::default(),
+            }
+        }
+
+        fn reporting(&self) -> Reporting<'_> {
+            Reporting {
+                settings: &self.settings,
+                key_service: &self.key_service,
+                service_token: "svc",
+            }
+        }
+    }
+
+    /// The batch a dispatch carried.
+    fn sent_batch(effect: &Effect) -> UsageBatch {
+        let Effect::Dispatch { body, headers, .. } = effect else {
+            panic!("not a dispatch: {effect:?}");
+        };
+        assert!(headers.contains(&("authorization".into(), "Bearer svc".into())));
+        assert!(headers.contains(&(":method".into(), "POST".into())));
+        serde_json::from_slice(body.as_deref().unwrap()).unwrap()
+    }
+
+    fn allowed_total(batch: &UsageBatch) -> u64 {
+        batch.rows.iter().map(|r| r.counts.allowed).sum()
+    }
+
+    #[test]
+    fn one_flusher_sends_the_counts_of_every_worker() {
+        let setup = Setup::new(1_000);
+        let host_one = FakeHost::at(T0);
+        let host_two = host_one.worker();
+        let (mut one, mut two) = (Usage::new("w1".into()), Usage::new("w2".into()));
+        one.allowed("k1", T0);
+        two.allowed("k1", T0);
+        two.allowed("k2", T0);
+        // Worker two merges first and becomes the flusher; worker one merges, finds the
+        // lease held and sends nothing.
+        let token = two.on_tick(&host_two, &setup.reporting());
+        assert!(token.is_some());
+        assert_eq!(one.on_tick(&host_one, &setup.reporting()), None);
+        assert!(host_one.dispatched().is_empty());
+        let batch = sent_batch(&host_two.dispatched()[0]);
+        assert_eq!(allowed_total(&batch), 2, "worker one's count merged later");
+        // Answered: the outbox clears, and the rows worker one merged meanwhile go next time.
+        host_two.answer(Some(200), None);
+        assert_eq!(two.on_response(&host_two, &setup.reporting()), None);
+        assert_eq!(host_two.counted(Event::UsageFlushed), 1);
+        host_two.advance(10_000);
+        host_two.take_effects();
+        assert!(two.on_tick(&host_two, &setup.reporting()).is_some());
+        let batch = sent_batch(&host_two.dispatched()[0]);
+        assert_eq!(allowed_total(&batch), 1);
+        assert_eq!(batch.rows[0].key_id, "k1");
+    }
+
+    #[test]
+    fn a_failed_batch_is_resent_as_is_and_a_refused_one_dropped() {
+        let setup = Setup::new(1_000);
+        let host = FakeHost::at(T0);
+        let mut usage = Usage::new("w1".into());
+        usage.allowed("k1", T0);
+        assert!(usage.on_tick(&host, &setup.reporting()).is_some());
+        let first = sent_batch(&host.take_effects()[0]);
+        for failure in [Some(503), None, Some(429)] {
+            host.answer(failure, None);
+            assert_eq!(usage.on_response(&host, &setup.reporting()), None);
+            usage.allowed("k2", host.now_ms());
+            host.advance(10_000);
+            assert!(usage.on_tick(&host, &setup.reporting()).is_some());
+            let effects = host.take_effects();
+            let again = effects
+                .iter()
+                .find(|e| matches!(e, Effect::Dispatch { .. }))
+                .map(sent_batch)
+                .unwrap();
+            assert_eq!(again, first, "the same batch, same id, after {failure:?}");
+            assert!(effects.contains(&Effect::Count(Event::UsageFlushFailure, 1)));
+        }
+        // Refused for what it is: dropped and counted; the rows behind it go next.
+        host.answer(Some(400), None);
+        assert_eq!(usage.on_response(&host, &setup.reporting()), None);
+        assert_eq!(host.counted(Event::UsageRejected), 1);
+        assert_eq!(host.logged(LogLevel::Error).len(), 1);
+        host.advance(10_000);
+        assert!(usage.on_tick(&host, &setup.reporting()).is_some());
+        let next = sent_batch(host.dispatched().last().unwrap());
+        assert_ne!(next.batch_id, first.batch_id);
+        assert_eq!(next.rows[0].key_id, "k2");
+    }
+
+    #[test]
+    fn a_refused_dispatch_keeps_the_batch_queued() {
+        let setup = Setup::new(1_000);
+        let host = FakeHost::at(T0);
+        let mut usage = Usage::new("w1".into());
+        usage.allowed("k1", T0);
+        host.refuse_next_dispatch(crate::host::HostError::Refused("BadArgument"));
+        assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
+        assert_eq!(host.counted(Event::UsageFlushFailure), 1);
+        assert!(host.logged(LogLevel::Warn)[0].contains("stays queued"));
+        host.advance(10_000);
+        assert!(usage.on_tick(&host, &setup.reporting()).is_some());
+        assert_eq!(allowed_total(&sent_batch(&host.dispatched()[0])), 1);
+    }
+
+    #[test]
+    fn a_backlog_goes_out_batch_after_batch() {
+        let mut setup = Setup::new(100_000);
+        setup.settings.max_batch_bytes = 600;
+        let host = FakeHost::at(T0);
+        let mut usage = Usage::new("w1".into());
+        for i in 0..10 {
+            usage.allowed(&format!("key{i:013}"), T0);
+        }
+        let mut sent = 0;
+        let mut token = usage.on_tick(&host, &setup.reporting());
+        while token.is_some() {
+            sent += 1;
+            assert!(sent < 20, "the backlog drains");
+            host.answer(Some(204), None);
+            token = usage.on_response(&host, &setup.reporting());
+        }
+        let batches: Vec<UsageBatch> = host.dispatched().iter().map(sent_batch).collect();
+        assert!(batches.len() > 1, "{} batches", batches.len());
+        assert_eq!(batches.iter().map(allowed_total).sum::<u64>(), 10);
+    }
+
+    #[test]
+    fn contention_keeps_counts_and_a_full_queue_drops_and_counts() {
+        let setup = Setup::new(1);
+        let host = FakeHost::at(T0);
+        let mut usage = Usage::new("w1".into());
+        // Someone else is the flusher: this worker only merges.
+        SharedLease::new(LEASE_KEY).take(&host.worker(), "w9", T0 + 60_000, T0, Reentry::Renew);
+        host.put_shared(PENDING_KEY, b"[]");
+        usage.allowed("k1", T0);
+        host.conflict_next_writes(8);
+        assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
+        assert_eq!(
+            host.shared(PENDING_KEY),
+            Some(b"[]".to_vec()),
+            "nothing merged"
+        );
+        host.advance(1_000);
+        assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
+        let pending = decode_rows(&host.shared(PENDING_KEY).unwrap());
+        assert_eq!(pending.len(), 1, "the counts were kept, merged next tick");
+        // One row at most may wait: a second key's row is dropped, and counted.
+        usage.allowed("k2", host.now_ms());
+        host.advance(1_000);
+        usage.on_tick(&host, &setup.reporting());
+        assert_eq!(host.counted(Event::UsageDropped), 1);
+        assert_eq!(decode_rows(&host.shared(PENDING_KEY).unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn disabled_usage_does_nothing() {
+        let mut setup = Setup::new(10);
+        setup.settings.enabled = false;
+        let host = FakeHost::at(T0);
+        let mut usage = Usage::new("w1".into());
+        usage.allowed("k1", T0);
+        assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
+        assert!(host.take_effects().is_empty());
+        assert!(host.writes().is_empty());
+    }
+}

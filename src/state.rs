@@ -1,0 +1,280 @@
+//! What one worker (one Envoy VM) keeps between requests and callouts, and what a request
+//! carries while it is decided or waits: the data, below the modules that work on it (the
+//! lookups, the JWT verifier, the answers), so none of them imports another in a circle.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_core::cache::CacheEntry;
+use keygate_core::config::{FilterConfig, JwksSource, JwtSettings, RemoteJwks, Secrets};
+use keygate_core::credential::Source;
+use keygate_core::decision::{DenyReason, Identity, PreparedRecord};
+use keygate_core::fingerprint::{Fingerprint, Fingerprinter};
+use keygate_core::jwt::cache::TokenCache;
+use keygate_core::jwt::KeySet;
+use keygate_core::key::{KeyDigest, KeyId};
+use keygate_core::limits::{client_address, ForwardedFor};
+use keygate_core::machine::callouts::Callouts;
+use keygate_core::machine::follower::FeedView;
+use keygate_core::machine::jwks::KeyWait;
+use keygate_core::machine::lookup;
+use keygate_core::machine::usage::Usage;
+use keygate_core::negative_cache::NegativeCache;
+use keygate_core::route::Mode;
+use keygate_core::scope::Scope;
+use keygate_core::wire::RateLimit;
+
+use crate::crypto::HostVerifier;
+use crate::host;
+use crate::metrics::Metrics;
+
+/// What every context of one VM (one Envoy worker) shares.
+pub struct Shared {
+    pub config: FilterConfig,
+    pub secrets: Secrets,
+    pub metrics: Metrics,
+    /// Fingerprints credentials for this worker's caches, under a key drawn at start.
+    pub fingerprints: Fingerprinter,
+    pub lookups: RefCell<Lookups>,
+    pub jwt: RefCell<JwtState>,
+    pub feed: RefCell<FeedView>,
+    pub usage: RefCell<Usage>,
+    /// Every callout in flight on this worker, by token.
+    pub callouts: RefCell<Callouts>,
+    /// Per request (context id): what its response needs.
+    pub notes: RefCell<HashMap<u32, Note>>,
+    pub tick: Cell<Duration>,
+}
+
+/// How a decided request is forwarded: which credential sources to strip, and whether the
+/// decision is enforced.
+#[derive(Debug)]
+pub struct Forwarding {
+    pub mode: Mode,
+    pub sources: Vec<Source>,
+    /// The path to forward when the credential came in the query string.
+    pub stripped_path: Option<String>,
+    /// The client's address (for allow-lists), as far as it can be trusted; `None` until
+    /// looked up (the peer address costs a host call, so it is read only when a key has an
+    /// allow-list, or before the request is parked, while its context is still current).
+    pub client: Option<Option<IpAddr>>,
+    /// What `X-Forwarded-For` says, when proxies are trusted (`trusted_hops` ≥ 1).
+    pub forwarded_for: Option<ForwardedFor>,
+    /// The route's default rate limit, for keys without their own.
+    pub route_rate_limit: Option<RateLimit>,
+    /// The key id once known, for logs and usage counts.
+    pub key_id: Option<KeyId>,
+    /// The route forwards the client's credential upstream (`forward_credential`).
+    pub forward_credential: bool,
+}
+
+/// What a request leaves for its response: rate-limit headers and whose usage it is.
+pub struct Note {
+    pub key_id: Arc<str>,
+    pub ratelimit: Option<(String, String)>,
+}
+
+/// What proves the presented credential, once its key record is known.
+#[derive(Debug)]
+pub enum Proof {
+    /// An opaque key: its digest must match the record's.
+    Opaque(KeyDigest),
+    /// A verified JWT whose `jti` names the record: only the record's status matters.
+    Token(Identity),
+}
+
+/// A request with an authentic credential, waiting for (or decided from) its key record.
+#[derive(Debug)]
+pub struct Presented {
+    /// The key id; for a legacy key, an id derived from its digest (the cache slot's name).
+    pub key_id: KeyId,
+    pub proof: Proof,
+    pub required: std::sync::Arc<[Scope]>,
+    pub forwarding: Forwarding,
+    /// A legacy key: looked up by digest, not by id.
+    pub legacy: bool,
+}
+
+/// Where a request stands after its credential was examined.
+// `Decided` carries the request's forwarding by value: a `Step` lives for one call and is
+// never stored, and boxing it would allocate on every request.
+#[allow(clippy::large_enum_variant)]
+pub enum Step {
+    /// A public route: forward as is.
+    Continue,
+    /// Paused until a key record or a JWKS arrives.
+    Wait,
+    Decided(Forwarding, Result<Identity, DenyReason>),
+    Deny(DenyReason, Option<String>, Mode),
+}
+
+/// The client address of the current request (its context must be the effective one).
+pub fn client_now(forwarding: &Forwarding) -> Option<IpAddr> {
+    forwarding.client.unwrap_or_else(|| {
+        let source = host::property(&["source", "address"]);
+        let source = source.as_deref().and_then(|s| std::str::from_utf8(s).ok());
+        match &forwarding.forwarded_for {
+            Some(forwarded_for) => forwarded_for.client(source),
+            None => client_address(source, None, 0),
+        }
+    })
+}
+
+/// Reads the client address now, before the request is parked and its context left.
+pub fn resolve_client(forwarding: &mut Forwarding) {
+    if forwarding.client.is_none() {
+        forwarding.client = Some(client_now(forwarding));
+    }
+}
+
+// Lookups of key records (worked on by `crate::lookup`).
+
+pub struct Waiter {
+    pub context_id: u32,
+    pub presented: Presented,
+}
+
+/// Per-worker state of lookups: the callouts in flight and their waiters, unknown legacy
+/// digests, and this worker's decoded copies of fresh records.
+pub struct Lookups {
+    /// One lookup per key id and who waits on it (see [`lookup::Lookups`]).
+    pub machine: lookup::Lookups<Waiter, Rc<Local>>,
+    /// Legacy digests the key service did not know (by their slot id). Kept here, never in
+    /// the shared record cache, so that unknown strings evict no record.
+    pub legacy_unknown: NegativeCache<KeyId>,
+    /// This worker's decoded copies of fresh records (bounded by `cache.max_entries`).
+    pub local: HashMap<KeyId, Rc<Local>>,
+}
+
+/// A record as this worker holds it: decoded, prepared for decisions once (digest, identity,
+/// address allow-list), and with the fingerprint of the last key text proven against its
+/// digest. Fresh ones are kept in [`Lookups::local`].
+pub struct Local {
+    pub entry: CacheEntry,
+    /// The shared-data slot the record was in (read there first when this copy expires).
+    pub slot: Option<u32>,
+    pub prepared: Option<PreparedRecord>,
+    pub proven: Cell<Option<Fingerprint>>,
+}
+
+impl Local {
+    pub fn new(entry: CacheEntry, slot: Option<u32>) -> Rc<Self> {
+        Rc::new(Self {
+            prepared: entry.record.as_ref().map(PreparedRecord::of),
+            entry,
+            slot,
+            proven: Cell::new(None),
+        })
+    }
+}
+
+impl std::ops::Deref for Local {
+    type Target = CacheEntry;
+
+    fn deref(&self) -> &CacheEntry {
+        &self.entry
+    }
+}
+
+impl Lookups {
+    pub fn new(config: &FilterConfig) -> Self {
+        let negative_entries = config
+            .legacy_keys
+            .as_ref()
+            .map_or(1, |legacy| legacy.negative_cache_entries);
+        Self {
+            machine: lookup::Lookups::default(),
+            legacy_unknown: NegativeCache::new(negative_entries),
+            local: HashMap::new(),
+        }
+    }
+
+    /// Drops a request that ended while it waited.
+    pub fn forget(&mut self, context_id: u32) {
+        self.machine.forget(|w| w.context_id == context_id);
+    }
+
+    /// Are requests waiting on another worker's lookup (so the tick must poll)?
+    pub fn has_remote_waits(&self) -> bool {
+        self.machine.has_remote_waits()
+    }
+}
+
+// JWT credentials (worked on by `crate::jwt`).
+
+/// A JWT request, kept while it waits for its issuer's keys.
+pub struct TokenRequest {
+    pub token: String,
+    pub required: std::sync::Arc<[Scope]>,
+    pub forwarding: Forwarding,
+}
+
+pub struct TokenWaiter {
+    pub context_id: u32,
+    pub request: TokenRequest,
+}
+
+pub struct IssuerState {
+    pub keys: KeySet,
+    pub remote: Option<RemoteJwks>,
+    /// Shared-data version (CAS) of the JWKS this worker last loaded.
+    pub version: Option<u32>,
+    /// Requests waiting for a refetch, and when this worker last started one.
+    pub wait: KeyWait<TokenWaiter>,
+}
+
+/// Per-worker JWT state.
+pub struct JwtState {
+    pub issuers: Vec<IssuerState>,
+    pub cache: TokenCache,
+    /// When the periodic JWKS work last ran.
+    pub last_tick_ms: u64,
+    /// The host's native signature check, when configured.
+    pub host_crypto: Option<HostVerifier>,
+}
+
+impl JwtState {
+    pub fn new(settings: &JwtSettings) -> Self {
+        let issuers = settings
+            .issuers
+            .iter()
+            .map(|issuer| {
+                let (keys, remote) = match &issuer.jwks {
+                    JwksSource::Inline(keys) => (keys.clone(), None),
+                    JwksSource::Remote(remote) => (KeySet::default(), Some(remote.clone())),
+                };
+                IssuerState {
+                    keys,
+                    remote,
+                    version: None,
+                    wait: KeyWait::default(),
+                }
+            })
+            .collect();
+        Self {
+            issuers,
+            cache: TokenCache::new(settings.cache_max_entries),
+            last_tick_ms: 0,
+            host_crypto: settings.host_crypto.then(HostVerifier::default),
+        }
+    }
+
+    pub fn has_waiters(&self) -> bool {
+        self.issuers.iter().any(|i| i.wait.has_waiters())
+    }
+
+    pub fn has_remote_issuers(&self) -> bool {
+        self.issuers.iter().any(|i| i.remote.is_some())
+    }
+
+    /// Drops a request that ended while it waited.
+    pub fn forget(&mut self, context_id: u32) {
+        for issuer in &mut self.issuers {
+            issuer.wait.forget(|w| w.context_id == context_id);
+        }
+    }
+}
