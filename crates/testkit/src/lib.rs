@@ -8,6 +8,7 @@
 //!   blocking tests.
 //! - PostgreSQL: [`TestDb`] (a database of its own per test, on either [`Backend`]),
 //!   [`PgCluster`] (a server of its own, via `scripts/postgres.sh`), and [`on_both_backends!`].
+//! - [`modules`]: a crate's module graph read from its sources (import cycles, layers).
 //! - Assertions on what Envoy answers: [`assert_denied`], [`assert_forwarded_with_identity`].
 //!
 //! Binaries come from `KEYGATE_WASM`, `KEYGATE_BIN`, `ENVOY_BIN` (defaults under the project
@@ -20,6 +21,7 @@
 mod assertions;
 mod envoy;
 mod http;
+pub mod modules;
 mod poll;
 mod postgres;
 mod process;
