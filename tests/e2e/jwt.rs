@@ -1109,7 +1109,9 @@ fn revoked_jwt_key_is_refused_after_the_cache_ttl() {
         stack.envoy.keygate_stats()
     );
     // It stays refused on both workers (the verified-token cache does not bypass revocation),
-    // and other keys are unaffected.
+    // and other keys are unaffected. The worker that follows the feed refuses first; the
+    // other picks the revoked set up on its next tick (10 ms), so give it a few.
+    sleep(Duration::from_millis(100));
     for _ in 0..4 {
         let reply = stack.get_with_key("/v1/hello", &issued.key);
         assert_denied(
