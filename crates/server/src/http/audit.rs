@@ -8,8 +8,7 @@ use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -164,11 +163,6 @@ pub async fn audit_management(
 
 // ---------------------------------------------------------------------------------------------
 // GET /api/v1/audit
-
-/// The audit routes (admin): merge into the management router, inside the admin check.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/audit", get(list_audit))
-}
 
 /// The query of `GET /api/v1/audit`.
 #[derive(Debug, Deserialize)]

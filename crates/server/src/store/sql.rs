@@ -154,6 +154,14 @@ impl Sql {
         &'q [u8]: Encode<'q, DB> + Type<DB>,
         bool: Encode<'q, DB> + Type<DB>,
     {
+        // SQLite binds a missing `$N` as NULL where PostgreSQL refuses the query: a query
+        // whose text and arguments disagree fails every test on either backend instead.
+        debug_assert_eq!(
+            highest_parameter(&self.text),
+            self.args.len(),
+            "parameters and arguments disagree in: {}",
+            self.text
+        );
         let mut query = sqlx::query::<DB>(&self.text);
         for arg in &self.args {
             query = match arg {
@@ -166,6 +174,18 @@ impl Sql {
         }
         query
     }
+}
+
+/// The highest `$N` in a query text (0 when it has none).
+fn highest_parameter(text: &str) -> usize {
+    text.split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The spellings that differ between the databases.
@@ -312,7 +332,7 @@ impl Db {
     /// its write lock with a no-op update (no stale read, no `SQLITE_BUSY` on upgrade).
     pub async fn begin_holding(
         &self,
-        table: &str,
+        table: &'static str,
         id: impl Into<Arg>,
     ) -> Result<Option<Tx>, StoreError> {
         let mut tx = self.begin().await?;
@@ -485,5 +505,12 @@ mod tests {
             "SELECT 1 WHERE a = $1 AND b = $2 AND (c = $3 OR d = $3) AND e IN ($4, $5)"
         );
         assert_eq!(sql.arg_count(), 5);
+    }
+
+    #[test]
+    fn the_highest_parameter_is_read_from_the_text() {
+        assert_eq!(highest_parameter("SELECT 1"), 0);
+        assert_eq!(highest_parameter("SELECT $2, $10 WHERE a = $1"), 10);
+        assert_eq!(highest_parameter("UPDATE t SET a = $1 WHERE a = $1"), 1);
     }
 }
