@@ -12,17 +12,13 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::http::extract::Caller;
+use crate::http::extract::{page_limit, Caller};
 use crate::http::state::AppState;
 use crate::model::AuditFilter;
 use crate::service::audit::{AuditPage, ACTIONS};
 use crate::service::error::ApiError;
 use crate::timestamp::parse_rfc3339;
 
-/// Default page size of `GET /api/v1/audit`.
-pub const DEFAULT_PAGE: u32 = 100;
-/// Largest page size of `GET /api/v1/audit`.
-pub const MAX_PAGE: u32 = 500;
 /// Longest text filter value accepted.
 const MAX_FILTER_CHARS: usize = 128;
 /// Largest management answer the audit middleware reads to find the target id.
@@ -201,14 +197,7 @@ fn time_filter(value: Option<String>) -> Result<Option<i64>, ApiError> {
 }
 
 fn parse_params(params: AuditParams) -> Result<AuditFilter, ApiError> {
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or(ApiError::BadLimit)?,
-    };
+    let limit = page_limit(params.limit.as_deref())?;
     let before = params
         .cursor
         .as_deref()
@@ -299,7 +288,7 @@ mod tests {
             cursor: cursor.map(str::to_owned),
         };
         let filter = parse_params(params(None, Some("42"), Some("2030-01-01T00:00:00Z"))).unwrap();
-        assert_eq!(filter.limit, DEFAULT_PAGE);
+        assert_eq!(filter.limit, crate::http::extract::DEFAULT_PAGE);
         assert_eq!(filter.before, Some(42));
         assert_eq!(filter.actor, None);
         assert_eq!(filter.from, Some(1_893_456_000));

@@ -77,6 +77,23 @@ pub fn require_service_token(state: &AppState, headers: &HeaderMap) -> Result<()
     }
 }
 
+/// Default page size of the listing endpoints (`GET /api/v1/auth/keys`, `GET /api/v1/audit`).
+pub const DEFAULT_PAGE: u32 = 100;
+/// Largest page size of the listing endpoints.
+pub const MAX_PAGE: u32 = 500;
+
+/// A listing's `limit` parameter: [`DEFAULT_PAGE`] when absent, 1..=[`MAX_PAGE`] otherwise.
+pub fn page_limit(text: Option<&str>) -> Result<u32, ApiError> {
+    match text {
+        None => Ok(DEFAULT_PAGE),
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or(ApiError::BadLimit),
+    }
+}
+
 /// The body of a request, or why it could not be read.
 pub fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::http::audit::outcome_of;
-use crate::http::extract::{parse_json, read_body, Caller};
+use crate::http::extract::{page_limit, parse_json, read_body, Caller};
 use crate::http::state::AppState;
 use crate::model::KeyLimits;
 use crate::model::KeyRecord;
@@ -20,9 +20,6 @@ use crate::service::error::ApiError;
 use crate::service::keys::{self, parse_key_id, CreateKeyRequest};
 use crate::service::limits::UpdateKeyRequest;
 use crate::timestamp::format_rfc3339;
-
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 500;
 
 /// A key as the management API shows it. `key` (the plaintext) is present only in the answer
 /// that mints it.
@@ -148,14 +145,7 @@ pub async fn list_keys(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<KeyPage>, ApiError> {
     let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or(ApiError::BadLimit)?,
-    };
+    let limit = page_limit(params.limit.as_deref())?;
     let after = params
         .cursor
         .as_deref()
