@@ -29,6 +29,15 @@ pub enum Effect {
     },
     Count(Event, u64),
     Gauge(Event, u64),
+    /// A denial counted: shadow mode, the reason's metric name, by how much.
+    CountDenial(bool, &'static str, u64),
+    SetEffectiveContext(u32),
+    ResumeRequest,
+    SetResponseHeader(String, String),
+    /// The upstream response's `:status` was read.
+    ResponseStatus,
+    ForeignFunction(String),
+    SetTickPeriod(Duration),
 }
 
 #[derive(Default)]
@@ -58,6 +67,12 @@ pub struct FakeHost {
     /// The callout answer being handled: `:status` and body.
     answer: RefCell<(Option<u32>, Option<Vec<u8>>)>,
     properties: RefCell<HashMap<Vec<String>, Vec<u8>>>,
+    /// The upstream response's `:status` (`None`: absent).
+    status: Cell<Option<u32>>,
+    /// Contexts that are gone: making one effective fails.
+    gone: RefCell<Vec<u32>>,
+    /// The answer of foreign functions (`Err`: the host has none).
+    foreign: RefCell<Option<Result<Vec<u8>, HostError>>>,
 }
 
 impl FakeHost {
@@ -103,6 +118,21 @@ impl FakeHost {
     pub fn set_property(&self, path: &[&str], value: &[u8]) {
         let path = path.iter().map(|p| (*p).to_owned()).collect();
         self.properties.borrow_mut().insert(path, value.to_vec());
+    }
+
+    /// Sets the upstream response's `:status` the filter reads.
+    pub fn set_response_status(&self, status: Option<u32>) {
+        self.status.set(status);
+    }
+
+    /// The request `context_id` ended: making it effective fails.
+    pub fn end_context(&self, context_id: u32) {
+        self.gone.borrow_mut().push(context_id);
+    }
+
+    /// What foreign functions answer (by default the host has none: `NotFound`).
+    pub fn answer_foreign(&self, answer: Result<Vec<u8>, HostError>) {
+        *self.foreign.borrow_mut() = Some(answer);
     }
 
     /// A shared-data value, without its version.
@@ -273,6 +303,43 @@ impl Host for FakeHost {
 
     fn gauge(&self, event: Event, value: u64) {
         self.push(Effect::Gauge(event, value));
+    }
+
+    fn count_denial(&self, shadow: bool, reason: &'static str, by: u64) {
+        self.push(Effect::CountDenial(shadow, reason, by));
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        self.push(Effect::SetEffectiveContext(context_id));
+        if self.gone.borrow().contains(&context_id) {
+            return Err(HostError::Refused("NotFound"));
+        }
+        Ok(())
+    }
+
+    fn resume_request(&self) {
+        self.push(Effect::ResumeRequest);
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) {
+        self.push(Effect::SetResponseHeader(name.to_owned(), value.to_owned()));
+    }
+
+    fn response_status(&self) -> Option<u32> {
+        self.push(Effect::ResponseStatus);
+        self.status.get()
+    }
+
+    fn call_foreign_function(&self, name: &str, _arguments: &[u8]) -> Result<Vec<u8>, HostError> {
+        self.push(Effect::ForeignFunction(name.to_owned()));
+        self.foreign
+            .borrow()
+            .clone()
+            .unwrap_or(Err(HostError::Refused("NotFound")))
+    }
+
+    fn set_tick_period(&self, period: Duration) {
+        self.push(Effect::SetTickPeriod(period));
     }
 }
 
