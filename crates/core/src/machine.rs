@@ -38,3 +38,6 @@ pub mod state;
 pub mod token;
 pub mod usage;
 pub mod worker;
+
+#[cfg(test)]
+mod hot_path_tests;

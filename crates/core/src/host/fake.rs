@@ -71,6 +71,8 @@ pub struct FakeHost {
     status: Cell<Option<u32>>,
     /// Contexts that are gone: making one effective fails.
     gone: RefCell<Vec<u32>>,
+    /// The name of every host call made, in order (reads included).
+    calls: RefCell<Vec<&'static str>>,
     /// The answer of foreign functions (`Err`: the host has none).
     foreign: RefCell<Option<Result<Vec<u8>, HostError>>>,
 }
@@ -150,6 +152,16 @@ impl FakeHost {
         self.process.store.borrow().writes.clone()
     }
 
+    /// Takes the names of the host calls this worker made so far (the trait's method names),
+    /// in order.
+    pub fn take_calls(&self) -> Vec<&'static str> {
+        std::mem::take(&mut self.calls.borrow_mut())
+    }
+
+    fn call(&self, name: &'static str) {
+        self.calls.borrow_mut().push(name);
+    }
+
     /// Takes this worker's effects so far.
     pub fn take_effects(&self) -> Vec<Effect> {
         std::mem::take(&mut self.effects.borrow_mut())
@@ -208,14 +220,17 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 impl Host for FakeHost {
     fn now_ms(&self) -> u64 {
+        self.call("now_ms");
         self.process.now_ms.get()
     }
 
     fn log(&self, level: LogLevel, message: &str) {
+        self.call("log");
         self.push(Effect::Log(level, message.to_owned()));
     }
 
     fn get_shared(&self, key: &str) -> Versioned {
+        self.call("get_shared");
         match self.process.store.borrow().values.get(key) {
             Some((value, version)) => (Some(value.clone()), Some(*version)),
             None => (None, None),
@@ -223,6 +238,7 @@ impl Host for FakeHost {
     }
 
     fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        self.call("set_shared");
         let mut store = self.process.store.borrow_mut();
         let current = store.values.get(key).map(|(_, v)| *v);
         if let Some(cas) = cas {
@@ -251,6 +267,7 @@ impl Host for FakeHost {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, HostError> {
+        self.call("dispatch_http_call");
         if let Some(Err(err)) = self.dispatches.borrow_mut().pop_front() {
             return Err(err);
         }
@@ -267,29 +284,35 @@ impl Host for FakeHost {
     }
 
     fn call_response_status(&self) -> Option<u32> {
+        self.call("call_response_status");
         self.answer.borrow().0
     }
 
     fn call_response_body(&self, size: usize, max: usize) -> Option<Vec<u8>> {
+        self.call("call_response_body");
         let answer = self.answer.borrow();
         let body = answer.1.as_ref()?;
         Some(body[..body.len().min(size).min(max)].to_vec())
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.call("property");
         let path: Vec<String> = path.iter().map(|p| (*p).to_owned()).collect();
         self.properties.borrow().get(&path).cloned()
     }
 
     fn set_request_header(&self, name: &str, value: &str) {
+        self.call("set_request_header");
         self.push(Effect::SetRequestHeader(name.to_owned(), value.to_owned()));
     }
 
     fn remove_request_header(&self, name: &str) {
+        self.call("remove_request_header");
         self.push(Effect::RemoveRequestHeader(name.to_owned()));
     }
 
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.call("send_local_reply");
         self.push(Effect::LocalReply {
             status,
             headers: owned(headers),
@@ -298,18 +321,22 @@ impl Host for FakeHost {
     }
 
     fn count(&self, event: Event, by: u64) {
+        self.call("count");
         self.push(Effect::Count(event, by));
     }
 
     fn gauge(&self, event: Event, value: u64) {
+        self.call("gauge");
         self.push(Effect::Gauge(event, value));
     }
 
     fn count_denial(&self, shadow: bool, reason: &'static str, by: u64) {
+        self.call("count_denial");
         self.push(Effect::CountDenial(shadow, reason, by));
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        self.call("set_effective_context");
         self.push(Effect::SetEffectiveContext(context_id));
         if self.gone.borrow().contains(&context_id) {
             return Err(HostError::Refused("NotFound"));
@@ -318,19 +345,23 @@ impl Host for FakeHost {
     }
 
     fn resume_request(&self) {
+        self.call("resume_request");
         self.push(Effect::ResumeRequest);
     }
 
     fn set_response_header(&self, name: &str, value: &str) {
+        self.call("set_response_header");
         self.push(Effect::SetResponseHeader(name.to_owned(), value.to_owned()));
     }
 
     fn response_status(&self) -> Option<u32> {
+        self.call("response_status");
         self.push(Effect::ResponseStatus);
         self.status.get()
     }
 
     fn call_foreign_function(&self, name: &str, _arguments: &[u8]) -> Result<Vec<u8>, HostError> {
+        self.call("call_foreign_function");
         self.push(Effect::ForeignFunction(name.to_owned()));
         self.foreign
             .borrow()
@@ -339,6 +370,7 @@ impl Host for FakeHost {
     }
 
     fn set_tick_period(&self, period: Duration) {
+        self.call("set_tick_period");
         self.push(Effect::SetTickPeriod(period));
     }
 }
