@@ -19,11 +19,13 @@
 //! - [`token`]: JWTs for requests: verification, the verified-token cache, JWKS waits;
 //! - [`answer`]: a decision applied (rate limit, identity headers, usage) or a denial sent;
 //! - [`host_crypto`]: signature checks by the host;
+//! - [`edits`]: a request's header edits, applied in as few host calls as possible;
 //! - [`worker`]: the worker as the filter's contexts see it: start, tick, callouts, requests.
 
 pub mod answer;
 pub mod callouts;
 pub mod degraded;
+pub mod edits;
 pub mod follower;
 pub mod host_crypto;
 pub mod jwks;

@@ -22,6 +22,8 @@ pub enum Effect {
     },
     SetRequestHeader(String, String),
     RemoveRequestHeader(String),
+    /// The whole request header map replaced.
+    SetRequestHeaders(Vec<(String, Vec<u8>)>),
     LocalReply {
         status: u32,
         headers: Vec<(String, String)>,
@@ -309,6 +311,15 @@ impl Host for FakeHost {
     fn remove_request_header(&self, name: &str) {
         self.call("remove_request_header");
         self.push(Effect::RemoveRequestHeader(name.to_owned()));
+    }
+
+    fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
+        self.call("set_request_headers");
+        let headers = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+            .collect();
+        self.push(Effect::SetRequestHeaders(headers));
     }
 
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {

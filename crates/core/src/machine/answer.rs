@@ -28,7 +28,7 @@ pub fn apply(
         Ok(identity) => identity,
         Err(reason) => return deny(host, shared, &reason, key_label, forwarding.mode),
     };
-    let now = host.now_ms();
+    let now = shared.now(host);
     // Every credential kind draws from a bucket: the key's, or (a token without a Keygate key
     // id) its issuer's and subject's.
     let limit = identity.rate_limit.or(forwarding.route_rate_limit);
@@ -157,7 +157,7 @@ fn deny_with(
         shared
             .usage
             .borrow_mut()
-            .denied(key_id, reason.metric_name(), host.now_ms());
+            .denied(key_id, reason.metric_name(), shared.now(host));
     }
     if mode == Mode::Shadow {
         shared.metrics.count_shadow_denial(host, reason);

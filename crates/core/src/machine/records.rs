@@ -110,7 +110,7 @@ fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
 /// The record for `id`: from this worker's copy while it is fresh, else from shared data
 /// (another worker may have fetched it), keeping a fresh one for next time.
 fn read_entry(host: &impl Host, shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
-    let now = host.now_ms();
+    let now = shared.now(host);
     let local = shared.lookups.borrow().local.get(id).cloned();
     let hint = local.as_ref().and_then(|l| l.slot);
     if let Some(entry) =
@@ -211,7 +211,7 @@ pub fn resolve(
     context_id: u32,
     presented: Presented,
 ) -> Outcome {
-    let now = host.now_ms();
+    let now = shared.now(host);
     let id = presented.key_id;
     let policy = crate::machine::state::degraded_policy(shared);
     if policy == Some(FeedPolicy::FailClosed) {
@@ -334,7 +334,7 @@ fn fallback(
 
 /// A lookup answered: cache it and answer everyone who waited for it.
 pub fn on_response(host: &impl Host, shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
-    let now = host.now_ms();
+    let now = shared.now(host);
     let answered = shared.lookups.borrow_mut().machine.on_response(
         host,
         &shared.config,
@@ -419,7 +419,7 @@ fn decide_all(
 /// Polls lookups another worker is doing: answer from the cache once it fills, take over
 /// when the lease lapses, give up after twice the lookup timeout.
 pub fn on_tick(host: &impl Host, shared: &Shared) {
-    let now = host.now_ms();
+    let now = shared.now(host);
     let remote = shared.lookups.borrow().machine.remote_waits();
     for (id, since_ms) in remote {
         if let Some(entry) =

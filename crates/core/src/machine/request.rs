@@ -123,7 +123,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         // the fingerprint of a text proven before) proves it or refutes it, without the
         // checksum and tag checks, which exist to spare the key service.
         if let Some(id) = key_id_of(credential, &config.key_prefixes) {
-            let now = host.now_ms();
+            let now = shared.now(host);
             if let Some(result) = crate::machine::records::decide_fresh(
                 host,
                 shared,

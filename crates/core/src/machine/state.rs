@@ -50,6 +50,28 @@ pub struct Shared {
     /// Per request (context id): what its response needs.
     pub notes: RefCell<HashMap<u32, Note>>,
     pub tick: Cell<Duration>,
+    /// The clock as read once in the current callback (see [`Shared::now`]).
+    pub clock: Cell<Option<u64>>,
+}
+
+impl Shared {
+    /// The host's clock, read at most once per callback: a request's evaluation, its answer
+    /// and its usage count share one reading (each read is a host call).
+    pub fn now(&self, host: &impl Host) -> u64 {
+        match self.clock.get() {
+            Some(now) => now,
+            None => {
+                let now = host.now_ms();
+                self.clock.set(Some(now));
+                now
+            }
+        }
+    }
+
+    /// A new callback from the host begins: the clock is read afresh when needed.
+    pub fn begin_callback(&self) {
+        self.clock.set(None);
+    }
 }
 
 /// How a decided request is forwarded: which credential sources to strip, and whether the

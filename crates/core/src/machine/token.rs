@@ -37,7 +37,7 @@ pub fn evaluate_token(
     context_id: u32,
     request: TokenRequest,
 ) -> Step {
-    let now_ms = host.now_ms();
+    let now_ms = shared.now(host);
     let now_s = now_ms / 1000;
     let hash = shared.fingerprints.of(request.token.as_bytes());
     let hit = shared.jwt.borrow_mut().cache.get(&hash, now_s).cloned();
@@ -83,7 +83,7 @@ fn decide_token(
     let revoked = if cached.identity.key_id.is_empty() {
         None
     } else {
-        crate::machine::state::revocation(shared, &cached.identity.key_id, host.now_ms())
+        crate::machine::state::revocation(shared, &cached.identity.key_id, shared.now(host))
     };
     if let Some(reason) = revoked {
         let mode = request.forwarding.mode;
@@ -238,7 +238,7 @@ pub fn on_response(host: &impl Host, shared: &Shared, index: usize, body_size: u
             index,
             remote: &remote,
         };
-        if fetcher.on_response(host, body_size, host.now_ms()) {
+        if fetcher.on_response(host, body_size, shared.now(host)) {
             load_shared_jwks(host, shared, index);
         }
     }
@@ -286,7 +286,7 @@ fn retry_waiters(host: &impl Host, shared: &Shared, index: usize) {
         Some(issuer) => issuer.wait.take(),
         None => return,
     };
-    let now_ms = host.now_ms();
+    let now_ms = shared.now(host);
     for waiter in waiters {
         let mode = waiter.request.forwarding.mode;
         let step = match verify(host, shared, &waiter.request.token, now_ms) {
@@ -307,7 +307,7 @@ fn retry_waiters(host: &impl Host, shared: &Shared, index: usize) {
 /// Periodic work: pick up a JWKS another worker fetched, refresh a JWKS that is due, and
 /// give up on waiters whose fetch never came.
 pub fn on_tick(host: &impl Host, shared: &Shared) {
-    let now_ms = host.now_ms();
+    let now_ms = shared.now(host);
     {
         // Ticks come fast while the feed is followed; JWKS work needs them once a second
         // unless requests wait for keys.

@@ -12,6 +12,7 @@ use crate::fingerprint::Fingerprinter;
 use crate::host::Host;
 use crate::machine::answer::{apply, deny};
 use crate::machine::callouts::{Callout, Callouts};
+use crate::machine::edits::Gathered;
 use crate::machine::follower::{FeedContext, FeedView};
 use crate::machine::metrics::Metrics;
 use crate::machine::request::{evaluate, Headers};
@@ -40,7 +41,7 @@ pub fn start(
     let shared = Rc::new(Shared {
         config,
         secrets,
-        metrics: Metrics,
+        metrics: Metrics::default(),
         fingerprints: Fingerprinter::new(fingerprint_key),
         lookups: RefCell::new(lookups),
         jwt: RefCell::new(jwt),
@@ -49,6 +50,7 @@ pub fn start(
         callouts: RefCell::new(Callouts::default()),
         notes: RefCell::new(HashMap::new()),
         tick: Cell::new(Duration::ZERO),
+        clock: Cell::new(None),
     });
     token::on_start(host, &shared);
     shared
@@ -61,6 +63,7 @@ pub fn start(
 
 /// The periodic work: the feed, usage, lookups waiting on other workers, JWKS.
 pub fn on_tick(host: &impl Host, shared: &Shared) {
+    shared.begin_callback();
     let token = shared
         .feed
         .borrow_mut()
@@ -70,19 +73,24 @@ pub fn on_tick(host: &impl Host, shared: &Shared) {
     register(shared, token, Callout::Usage);
     records::on_tick(host, shared);
     token::on_tick(host, shared);
+    shared.metrics.flush(host);
     reschedule(host, shared);
 }
 
 /// Sets the tick period the current state needs: fast while requests wait on another
 /// worker or while following the revocation feed (the tick is how a revocation reaches
-/// this worker), slow when only periodic work is due, off otherwise.
+/// this worker), slow when only periodic work is due (counts to flush among it), off
+/// otherwise.
 pub fn reschedule(host: &impl Host, shared: &Shared) {
     let waiting = shared.config.revocation_feed.enabled
         || shared.lookups.borrow().has_remote_waits()
         || shared.jwt.borrow().has_waiters();
     let wanted = if waiting {
         FAST_TICK
-    } else if shared.jwt.borrow().has_remote_issuers() || shared.config.usage.enabled {
+    } else if shared.jwt.borrow().has_remote_issuers()
+        || shared.config.usage.enabled
+        || shared.metrics.has_pending()
+    {
         SLOW_TICK
     } else {
         Duration::ZERO
@@ -94,6 +102,7 @@ pub fn reschedule(host: &impl Host, shared: &Shared) {
 
 /// Routes a callout answer to what waits on it (one map for every kind of callout).
 pub fn on_call_response(host: &impl Host, shared: &Shared, token_id: u32, body_size: usize) {
+    shared.begin_callback();
     let callout = shared.callouts.borrow_mut().take(token_id);
     match callout {
         Some(Callout::Lookup { id, legacy }) => {
@@ -128,18 +137,24 @@ pub fn on_request_headers(
     context_id: u32,
     headers: &Headers,
 ) -> bool {
-    let go_on = match evaluate(host, shared, context_id, headers) {
+    shared.begin_callback();
+    let gathered = Gathered::new(host);
+    let go_on = match evaluate(&gathered, shared, context_id, headers) {
         Step::Continue => true,
         Step::Wait => false,
-        Step::Decided(forwarding, result) => apply(host, shared, context_id, &forwarding, result),
-        Step::Deny(reason, label, mode) => deny(host, shared, &reason, label.as_deref(), mode),
+        Step::Decided(forwarding, result) => {
+            apply(&gathered, shared, context_id, &forwarding, result)
+        }
+        Step::Deny(reason, label, mode) => deny(&gathered, shared, &reason, label.as_deref(), mode),
     };
+    gathered.apply(headers);
     reschedule(host, shared);
     go_on
 }
 
 /// The upstream's response headers: the rate-limit headers, and the status for usage.
 pub fn on_response_headers(host: &impl Host, shared: &Shared, context_id: u32) {
+    shared.begin_callback();
     let Some(note) = shared.notes.borrow_mut().remove(&context_id) else {
         return;
     };
@@ -154,7 +169,7 @@ pub fn on_response_headers(host: &impl Host, shared: &Shared, context_id: u32) {
         shared
             .usage
             .borrow_mut()
-            .status(&note.key_id, status, host.now_ms());
+            .status(&note.key_id, status, shared.now(host));
     }
 }
 
