@@ -14,34 +14,54 @@ enum Edit {
     Remove(String),
 }
 
-/// A [`Host`] that keeps request-header edits until [`Gathered::apply`]; every other call
-/// goes straight through.
+/// A [`Host`] that keeps the current request's header edits until [`Gathered::apply`]; every
+/// other call goes straight through (and so do edits made after another request's context
+/// was made effective: they are that request's).
 pub struct Gathered<'a, H> {
     host: &'a H,
+    /// The request whose headers are edited.
+    context_id: u32,
     edits: RefCell<Vec<Edit>>,
     replied: Cell<bool>,
+    /// Another context was made effective meanwhile (the edits' request is made effective
+    /// again before they are applied).
+    switched: Cell<bool>,
 }
 
 impl<'a, H: Host> Gathered<'a, H> {
-    pub fn new(host: &'a H) -> Self {
+    pub fn new(host: &'a H, context_id: u32) -> Self {
         Self {
             host,
+            context_id,
             edits: RefCell::new(Vec::new()),
             replied: Cell::new(false),
+            switched: Cell::new(false),
         }
     }
 
     /// Applies the edits to the request whose headers (as read at its start) are `headers`.
     pub fn apply(self, headers: &[(&str, &[u8])]) {
         let edits = self.edits.into_inner();
-        if self.replied.get() {
+        if self.replied.get() || edits.is_empty() {
             return;
         }
-        match edits.as_slice() {
-            [] => {}
-            [Edit::Set(name, value)] => self.host.set_request_header(name, value),
-            [Edit::Remove(name)] => self.host.remove_request_header(name),
-            _ => {
+        if self.switched.get() && self.host.set_effective_context(self.context_id).is_err() {
+            return;
+        }
+        // Without the headers as read (a block the host serialised wrongly) the map cannot
+        // be rebuilt: the edits go one by one.
+        let one_by_one = edits.len() == 1 || headers.is_empty();
+        if one_by_one {
+            for edit in &edits {
+                match edit {
+                    Edit::Set(name, value) => self.host.set_request_header(name, value),
+                    Edit::Remove(name) => self.host.remove_request_header(name),
+                }
+            }
+            return;
+        }
+        {
+            {
                 let mut map: Vec<(&str, &[u8])> = headers.to_vec();
                 for edit in &edits {
                     match edit {
@@ -99,12 +119,19 @@ impl<H: Host> Host for Gathered<'_, H> {
     }
 
     fn set_request_header(&self, name: &str, value: &str) {
+        if self.switched.get() {
+            // Another request's edit, made in its own context.
+            return self.host.set_request_header(name, value);
+        }
         self.edits
             .borrow_mut()
             .push(Edit::Set(name.to_owned(), value.to_owned()));
     }
 
     fn remove_request_header(&self, name: &str) {
+        if self.switched.get() {
+            return self.host.remove_request_header(name);
+        }
         self.edits.borrow_mut().push(Edit::Remove(name.to_owned()));
     }
 
@@ -131,6 +158,7 @@ impl<H: Host> Host for Gathered<'_, H> {
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        self.switched.set(true);
         self.host.set_effective_context(context_id)
     }
 
@@ -170,7 +198,7 @@ mod tests {
     #[test]
     fn several_edits_are_one_call() {
         let host = FakeHost::at(0);
-        let gathered = Gathered::new(&host);
+        let gathered = Gathered::new(&host, 1);
         gathered.remove_request_header("x-api-key");
         gathered.set_request_header("x-keygate-subject", "team-a");
         gathered.set_request_header(":path", "/v1/x");
@@ -191,7 +219,7 @@ mod tests {
     #[test]
     fn one_edit_is_itself_and_none_is_nothing() {
         let host = FakeHost::at(0);
-        let gathered = Gathered::new(&host);
+        let gathered = Gathered::new(&host, 1);
         gathered.remove_request_header("x-api-key");
         gathered.apply(&HEADERS);
         assert_eq!(
@@ -199,14 +227,50 @@ mod tests {
             [Effect::RemoveRequestHeader("x-api-key".into())]
         );
         assert_eq!(host.take_calls(), ["remove_request_header"]);
-        Gathered::new(&host).apply(&HEADERS);
+        Gathered::new(&host, 1).apply(&HEADERS);
         assert!(host.take_calls().is_empty());
+    }
+
+    #[test]
+    fn without_the_headers_as_read_the_edits_go_one_by_one() {
+        let host = FakeHost::at(0);
+        let gathered = Gathered::new(&host, 1);
+        gathered.remove_request_header("x-api-key");
+        gathered.set_request_header("x-a", "1");
+        gathered.apply(&[]);
+        assert_eq!(
+            host.take_calls(),
+            ["remove_request_header", "set_request_header"]
+        );
+    }
+
+    #[test]
+    fn edits_go_to_their_own_request() {
+        let host = FakeHost::at(0);
+        let gathered = Gathered::new(&host, 7);
+        gathered.remove_request_header("x-api-key");
+        gathered.set_effective_context(3).unwrap();
+        gathered.set_request_header("x-a", "1");
+        gathered.apply(&HEADERS);
+        assert_eq!(
+            host.take_calls(),
+            [
+                "set_effective_context",
+                "set_request_header",
+                "set_effective_context",
+                "remove_request_header"
+            ],
+            "the other request's edit at once, in its context; ours in ours"
+        );
+        assert!(host
+            .take_effects()
+            .contains(&Effect::SetEffectiveContext(7)));
     }
 
     #[test]
     fn a_local_reply_drops_the_edits() {
         let host = FakeHost::at(0);
-        let gathered = Gathered::new(&host);
+        let gathered = Gathered::new(&host, 1);
         gathered.remove_request_header("x-api-key");
         gathered.set_request_header("x-a", "1");
         gathered.send_local_reply(401, &[], b"");

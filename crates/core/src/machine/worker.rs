@@ -138,7 +138,7 @@ pub fn on_request_headers(
     headers: &Headers,
 ) -> bool {
     shared.begin_callback();
-    let gathered = Gathered::new(host);
+    let gathered = Gathered::new(host, context_id);
     let go_on = match evaluate(&gathered, shared, context_id, headers) {
         Step::Continue => true,
         Step::Wait => false,
