@@ -294,7 +294,9 @@ impl Host for FakeHost {
         self.call("call_response_body");
         let answer = self.answer.borrow();
         let body = answer.1.as_ref()?;
-        Some(body[..body.len().min(size).min(max)].to_vec())
+        // As in Envoy: no bytes to read is no buffer (`None`), never an empty one.
+        let body = &body[..body.len().min(size).min(max)];
+        (!body.is_empty()).then(|| body.to_vec())
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
@@ -440,5 +442,16 @@ mod tests {
         host.answer(Some(200), Some(b"body"));
         assert_eq!(host.call_response_status(), Some(200));
         assert_eq!(host.call_response_body(4, 2), Some(b"bo".to_vec()));
+        assert_eq!(
+            host.call_response_body(0, 2),
+            None,
+            "nothing to read, as Envoy"
+        );
+        host.answer(Some(200), Some(b""));
+        assert_eq!(
+            host.call_response_body(0, 64),
+            None,
+            "an empty body, as Envoy"
+        );
     }
 }
