@@ -187,6 +187,9 @@ fn a_cached_token_makes_these_host_calls() {
     // response_status (9, and the header read: 10 host calls).
     assert_eq!(
         host.take_calls(),
-        ["now_ms", "count", "set_request_headers", "response_status"]
+        ["now_ms", "set_request_headers", "response_status"]
     );
+    worker::on_tick(&host, &shared);
+    assert_eq!(host.counted(crate::host::Event::TokenCacheHit), 1);
+    assert_eq!(host.counted(crate::host::Event::Allowed), 2);
 }

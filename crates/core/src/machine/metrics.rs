@@ -22,7 +22,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// The events counted in memory and flushed on the tick.
-    pub const BATCHED: [Event; 3] = [Event::Allowed, Event::AllowedPublic, Event::CacheHit];
+    pub const BATCHED: [Event; 4] = [
+        Event::Allowed,
+        Event::AllowedPublic,
+        Event::CacheHit,
+        Event::TokenCacheHit,
+    ];
 
     pub fn count(&self, host: &impl Host, event: Event) {
         self.count_by(host, event, 1);
