@@ -94,11 +94,10 @@ fn finish(shared: &Shared, waiter: Waiter, result: Result<Identity, DenyReason>)
 
 /// While the revocation feed is not live, the default policy only trusts records fetched
 /// recently (a revocation may have been missed since). A record the revoked set cannot vouch
-/// for (older than an id it had to evict) is never trusted from the cache.
+/// for (older than an id it had to evict), or that holds a role the feed has told a newer
+/// version of, is never trusted from the cache.
 fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
-    crate::feed::with_trust(shared, |trust| {
-        trust.is_recent_enough(entry.fetched_at_ms, now)
-    })
+    crate::feed::with_trust(shared, |trust| trust.trusts(entry, now))
 }
 
 /// The record for `id`: from this worker's copy while it is fresh, else from shared data
