@@ -1,6 +1,6 @@
 //! The command line: `keygate serve`, `keygate keys
 //! create|list|show|update|revoke|rotate|expire|usage|import`, `keygate signing-keys
-//! list|rotate` and `keygate audit`.
+//! list|rotate`, `keygate roles create|list|show|update|delete` and `keygate audit`.
 //!
 //! The client commands are a thin client of the REST API; they never touch the database.
 //! Every client command takes `--json` (print the service's JSON answer instead of text);
@@ -35,15 +35,18 @@ mod import;
 mod keys;
 mod limits;
 pub mod print;
+mod roles;
 mod signing_keys;
 
 pub use args::{
     AuditArgs, Cli, ClientArgs, Command, CreateArgs, ImportArgs, KeysArgs, KeysCommand, LimitArgs,
-    ListArgs, RotateArgs, SigningKeysArgs, SigningKeysCommand, UpdateArgs, UsageArgs,
+    ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand, RotateArgs, SigningKeysArgs,
+    SigningKeysCommand, UpdateArgs, UsageArgs,
 };
 pub use audit::run_audit;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
 pub use keys::run_keys;
+pub use roles::run_roles;
 pub use signing_keys::run_signing_keys;
 
 #[cfg(test)]
