@@ -1,11 +1,13 @@
 //! Roles over HTTP (`/api/v1/roles`, keys' `roles`, the lookup and the feed), on both
 //! backends.
 
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use keygate_server::model::feed::FeedResponse;
 use serde_json::{json, Value};
 
-use crate::backends::Backend;
+use crate::backends::{eventually, Backend};
 use crate::{harness_on, jwt_settings, Harness, KEYS, NOW};
 
 const ROLES: &str = "/api/v1/roles";
@@ -16,6 +18,7 @@ on_both_backends!(
     a_key_holds_roles_and_its_lookup_has_their_scopes_and_versions,
     a_role_held_by_a_key_cannot_be_deleted,
     role_changes_travel_the_revocation_feed,
+    a_long_poll_is_woken_by_a_role_change,
     role_changes_are_audited,
 );
 
@@ -400,4 +403,25 @@ async fn role_changes_are_audited(backend: Backend) {
         .admin("GET", "/api/v1/audit?action=role_update", None)
         .await;
     assert_eq!(filtered.body["entries"].as_array().unwrap().len(), 1);
+}
+
+async fn a_long_poll_is_woken_by_a_role_change(backend: Backend) {
+    let h = harness_on(backend, jwt_settings()).await;
+    h.create_role("analyst", &["models:read"]).await;
+    // Held for up to 60 s unless something new is committed: a role change alone is news.
+    let poll = tokio::time::timeout(Duration::from_secs(20), h.role_feed("since=1&wait=60"));
+    let (answer, ()) = tokio::join!(poll, async {
+        assert!(
+            eventually(Duration::from_secs(5), || h.state.feed_counters().waiting()
+                == 1)
+            .await,
+            "the long-poll is held"
+        );
+        h.role("PATCH", "analyst", Some(json!({"scopes": []})))
+            .await;
+    });
+    let answer = answer.expect("woken by the change, long before its wait is over");
+    assert_eq!(answer.seq, 2);
+    assert_eq!(answer.roles.len(), 1);
+    assert_eq!(answer.roles[0].version, 2);
 }
