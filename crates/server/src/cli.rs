@@ -121,6 +121,68 @@ mod tests {
     }
 
     #[test]
+    fn parses_role_commands_and_key_roles() {
+        let cli = Cli::try_parse_from([
+            "keygate", "keys", "create", "--name", "n", "--role", "analyst", "--role", "ops",
+        ])
+        .unwrap();
+        let Command::Keys(KeysArgs {
+            command: KeysCommand::Create(create),
+            ..
+        }) = cli.command
+        else {
+            panic!("not keys create")
+        };
+        let body = create_body(create).unwrap();
+        assert_eq!(body["roles"], serde_json::json!(["analyst", "ops"]));
+        let cli = Cli::try_parse_from([
+            "keygate",
+            "roles",
+            "create",
+            "analyst",
+            "--scope",
+            "models:read",
+            "--scope",
+            "datasets:read",
+        ])
+        .unwrap();
+        let Command::Roles(RolesArgs {
+            command: RolesCommand::Create(role),
+            ..
+        }) = cli.command
+        else {
+            panic!("not roles create")
+        };
+        assert_eq!(role.name, "analyst");
+        assert_eq!(role.scopes, ["models:read", "datasets:read"]);
+        for argv in [
+            &["keygate", "roles", "list"][..],
+            &["keygate", "roles", "show", "analyst", "--json"],
+            &["keygate", "roles", "update", "analyst", "--clear-scopes"],
+            &["keygate", "roles", "delete", "analyst"],
+            &[
+                "keygate",
+                "keys",
+                "update",
+                "aaaaaaaaaaaaaaaa",
+                "--clear-roles",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
+        }
+        assert!(Cli::try_parse_from([
+            "keygate",
+            "keys",
+            "update",
+            "aaaaaaaaaaaaaaaa",
+            "--role",
+            "a",
+            "--clear-roles"
+        ])
+        .is_err());
+    }
+
+    #[test]
     fn parses_jwt_and_signing_key_commands() {
         let cli = Cli::try_parse_from([
             "keygate",
