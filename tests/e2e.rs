@@ -19,6 +19,8 @@ mod jwt;
 mod limits;
 #[path = "e2e/readme.rs"]
 mod readme;
+#[path = "e2e/roles.rs"]
+mod roles;
 #[path = "e2e/rollout.rs"]
 mod rollout;
 #[path = "e2e/tls.rs"]

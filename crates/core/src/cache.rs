@@ -24,7 +24,7 @@
 //! follow.
 
 use crate::key::KeyId;
-use crate::wire::{KeyLookup, KeyStatus, RateLimit};
+use crate::wire::{KeyLookup, KeyStatus, RateLimit, RoleRef};
 
 /// How long cached answers live, and how many keys the cache is sized for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +103,9 @@ impl CacheEntry {
         if self.record.is_some() {
             flags |= FLAG_RECORD;
         }
+        if self.record.as_ref().is_some_and(|r| !r.roles.is_empty()) {
+            flags |= FLAG_ROLES;
+        }
         out.push(flags);
         put_str8(&mut out, &self.id);
         out.extend_from_slice(&self.fetched_at_ms.to_le_bytes());
@@ -120,7 +123,7 @@ impl CacheEntry {
             return None;
         }
         let record = if header.has_record {
-            Some(get_record(&mut rest)?)
+            Some(get_record(&mut rest, header.has_roles)?)
         } else {
             None
         };
@@ -140,6 +143,9 @@ impl CacheEntry {
 const FORMAT: u8 = 0xB1;
 const FLAG_IN_USE: u8 = 1;
 const FLAG_RECORD: u8 = 2;
+/// The record ends with the roles the key holds (entries without are what filters that
+/// predate roles read).
+const FLAG_ROLES: u8 = 4;
 
 /// What a probe reads of an entry before deciding whether it is the one looked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +154,7 @@ struct EntryHeader<'a> {
     fetched_at_ms: u64,
     in_use: bool,
     has_record: bool,
+    has_roles: bool,
 }
 
 impl<'a> EntryHeader<'a> {
@@ -166,6 +173,7 @@ impl<'a> EntryHeader<'a> {
                 fetched_at_ms,
                 in_use: flags & FLAG_IN_USE != 0,
                 has_record: flags & FLAG_RECORD != 0,
+                has_roles: flags & FLAG_ROLES != 0,
             },
             rest,
         ))
@@ -283,9 +291,35 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
     put_strs(out, &record.allowed_cidrs);
     put_opt_u64(out, record.not_before);
     put_opt_u64(out, record.not_after);
+    // Roles come last, and only when the key holds some (flagged in the header): entries
+    // without them stay readable by filters that predate roles.
+    if !record.roles.is_empty() {
+        let count = record.roles.len().min(usize::from(u16::MAX));
+        out.extend_from_slice(&(count as u16).to_le_bytes());
+        for role in &record.roles[..count] {
+            put_str(out, &role.name);
+            out.extend_from_slice(&role.version.to_le_bytes());
+        }
+    }
 }
 
-fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
+/// The roles at the end of a record whose header says it has some.
+fn get_roles(rest: &mut &[u8]) -> Option<Vec<RoleRef>> {
+    let count = usize::from(get_u16(rest)?);
+    // Each role takes at least its name's two length bytes and its version's eight.
+    if rest.len() < count * 10 {
+        return None;
+    }
+    (0..count)
+        .map(|_| {
+            let name = get_str(rest)?;
+            let version = get_u64(rest)?;
+            Some(RoleRef { name, version })
+        })
+        .collect()
+}
+
+fn get_record(rest: &mut &[u8], has_roles: bool) -> Option<KeyLookup> {
     let id = get_str(rest)?;
     let digest = get_str(rest)?;
     let subject = get_str(rest)?;
@@ -308,6 +342,11 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
     let allowed_cidrs = get_strs(rest)?;
     let not_before = get_opt_u64(rest)?;
     let not_after = get_opt_u64(rest)?;
+    let roles = if has_roles {
+        get_roles(rest)?
+    } else {
+        Vec::new()
+    };
     Some(KeyLookup {
         id,
         digest,
@@ -319,6 +358,7 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
         allowed_cidrs,
         not_before,
         not_after,
+        roles,
     })
 }
 
@@ -656,6 +696,7 @@ mod tests {
                 allowed_cidrs: Vec::new(),
                 not_before: None,
                 not_after: None,
+                roles: Vec::new(),
             }),
         }
     }
@@ -732,7 +773,37 @@ mod tests {
             allowed_cidrs: vec!["10.0.0.0/8".into(), "::1/128".into()],
             not_before: Some(1),
             not_after: Some(u64::MAX),
+            roles: vec![RoleRef {
+                name: "analyst".into(),
+                version: 42,
+            }],
         }
+    }
+
+    #[test]
+    fn a_record_without_roles_is_the_format_older_filters_read() {
+        let record = KeyLookup {
+            roles: Vec::new(),
+            ..full_record()
+        };
+        let e = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 1,
+            record: Some(record),
+        };
+        let bytes = e.encode();
+        assert_eq!(bytes[1] & FLAG_ROLES, 0);
+        assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(e.clone()));
+        let with_roles = CacheEntry {
+            record: Some(full_record()),
+            ..e
+        }
+        .encode();
+        assert_ne!(with_roles[1] & FLAG_ROLES, 0);
+        // A header that promises roles the bytes lack is refused.
+        let mut lying = bytes.clone();
+        lying[1] |= FLAG_ROLES;
+        assert_eq!(CacheEntry::decode_for(&lying, &id(1)), None);
     }
 
     #[test]

@@ -541,6 +541,7 @@ mod tests {
             allowed_cidrs: Vec::new(),
             not_before: None,
             not_after: None,
+            roles: Vec::new(),
         };
         (record, digest)
     }

@@ -100,11 +100,10 @@ fn finish(host: &impl Host, shared: &Shared, waiter: Waiter, result: Result<Iden
 
 /// While the revocation feed is not live, the default policy only trusts records fetched
 /// recently (a revocation may have been missed since). A record the revoked set cannot vouch
-/// for (older than an id it had to evict) is never trusted from the cache.
+/// for (older than an id it had to evict), or that holds a role the feed has told a newer
+/// version of, is never trusted from the cache.
 fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
-    crate::machine::state::with_trust(shared, |trust| {
-        trust.is_recent_enough(entry.fetched_at_ms, now)
-    })
+    crate::machine::state::with_trust(shared, |trust| trust.trusts(entry, now))
 }
 
 /// The record for `id`: from this worker's copy while it is fresh, else from shared data

@@ -79,9 +79,15 @@ pub(super) fn update(client: &Client, args: UpdateArgs, json_output: bool) -> Re
             body.insert(field.into(), Value::Null);
         }
     }
+    if !args.roles.is_empty() {
+        body.insert("roles".into(), json!(args.roles));
+    }
+    if args.clear_roles {
+        body.insert("roles".into(), json!([]));
+    }
     if body.is_empty() {
         return Err(CliError::Usage(
-            "nothing to change: give --name, --scope, --metadata, a limit flag or a --clear-* flag"
+            "nothing to change: give --name, --scope, --metadata, --role, a limit flag or a --clear-* flag"
                 .into(),
         ));
     }

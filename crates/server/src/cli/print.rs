@@ -97,6 +97,14 @@ fn print_fields(key: &Value) {
     outln!("owner:        {}", or_dash("owner"));
     outln!("status:       {}", or_dash("status"));
     outln!("scopes:       {}", scopes_text(key));
+    if let Some(roles) = key
+        .get("roles")
+        .and_then(Value::as_array)
+        .filter(|roles| !roles.is_empty())
+    {
+        let names: Vec<&str> = roles.iter().filter_map(Value::as_str).collect();
+        outln!("roles:        {}", names.join(" "));
+    }
     outln!("created_at:   {}", or_dash("created_at"));
     outln!(
         "expires_at:   {}",

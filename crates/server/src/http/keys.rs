@@ -50,6 +50,8 @@ pub struct KeyView {
     /// Rate limit, allowed CIDRs and validity window (see [`crate::service::limits`]).
     #[serde(flatten)]
     pub limits: LimitsView,
+    /// Names of the roles the key holds (their scopes are not in `scopes`).
+    pub roles: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
@@ -74,6 +76,7 @@ impl KeyView {
             rotated_to: record.rotated_to,
             algorithm: record.algorithm,
             kid: record.signing_kid,
+            roles: record.roles,
             key: None,
         }
     }

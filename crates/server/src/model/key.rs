@@ -40,6 +40,8 @@ pub struct KeyRecord {
     pub signing_kid: Option<String>,
     /// Rate limit, address allow-list and validity window, for the filter to enforce.
     pub limits: KeyLimits,
+    /// Names of the roles the key holds (see [`super::role`]).
+    pub roles: Vec<String>,
 }
 
 impl KeyRecord {
@@ -91,6 +93,7 @@ pub struct KeyPatch {
     pub allowed_cidrs: Option<Vec<String>>,
     pub not_before: Option<Option<i64>>,
     pub not_after: Option<Option<i64>>,
+    pub roles: Option<Vec<String>>,
 }
 
 impl KeyPatch {
@@ -117,6 +120,9 @@ impl KeyPatch {
         if let Some(not_after) = self.not_after {
             record.limits.not_after = not_after;
         }
+        if let Some(roles) = &self.roles {
+            record.roles.clone_from(roles);
+        }
     }
 
     /// Names of the fields this patch sets or clears, for logs and the audit log.
@@ -134,6 +140,7 @@ impl KeyPatch {
         note(self.allowed_cidrs.is_some(), "allowed_cidrs");
         note(self.not_before.is_some(), "not_before");
         note(self.not_after.is_some(), "not_after");
+        note(self.roles.is_some(), "roles");
         fields
     }
 }

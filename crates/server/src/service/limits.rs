@@ -184,6 +184,9 @@ pub struct UpdateKeyRequest {
     pub not_before: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     pub not_after: Option<Option<String>>,
+    /// Replaces the roles the key holds (`[]` or `null`: none).
+    #[serde(default, deserialize_with = "present")]
+    pub roles: Option<Option<Vec<String>>>,
 }
 
 /// Checks an update request; answers the patch to apply.
@@ -227,6 +230,10 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
         .not_after
         .map(|t| t.as_deref().map(|t| parse_time(t, "not_after")).transpose())
         .transpose()?;
+    let roles = request
+        .roles
+        .map(|r| crate::service::roles::validate_key_roles(&r.unwrap_or_default()))
+        .transpose()?;
     Ok(KeyPatch {
         name,
         scopes,
@@ -235,6 +242,7 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
         allowed_cidrs,
         not_before,
         not_after,
+        roles,
     })
 }
 
@@ -249,7 +257,11 @@ pub async fn update(
     let patch = validate_update(request)?;
     *fields = patch.changed_fields();
     let changes_scopes = patch.scopes.is_some();
+    let changes_roles = patch.roles.as_ref().is_some_and(|roles| !roles.is_empty());
     let check = |record: &KeyRecord| {
+        if changes_roles && record.format == FORMAT_JWT {
+            return Err(ApiError::JwtRoles);
+        }
         if changes_scopes && record.format == FORMAT_JWT {
             // A JWT key carries its scopes in the signed token: changing the record would not
             // change what the token says.

@@ -56,6 +56,7 @@ pub fn record(n: usize, expires_at: Option<i64>) -> KeyRecord {
         algorithm: None,
         signing_kid: None,
         limits: Default::default(),
+        roles: Vec::new(),
     }
 }
 
