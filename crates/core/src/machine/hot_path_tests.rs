@@ -59,6 +59,7 @@ fn record(key: &MintedKey) -> KeyLookup {
         allowed_cidrs: Vec::new(),
         not_before: None,
         not_after: None,
+        roles: Vec::new(),
     }
 }
 
