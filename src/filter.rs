@@ -15,6 +15,9 @@ use keygate_core::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyD
 use keygate_core::limits::ForwardedFor;
 use keygate_core::machine::callouts::{Callout, Callouts};
 use keygate_core::machine::rate::{self};
+use keygate_core::principal::{
+    read_principal, route_step, PrincipalMode, PrincipalStep, PRINCIPAL_PROPERTY,
+};
 use keygate_core::route::{has_path_parameter, policy_from_metadata, Mode, Policy};
 use keygate_core::wire::RateLimit;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -250,7 +253,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         return Step::Deny(DenyReason::PathParameter, None, config.mode);
     }
 
-    let (policy, mode, route_rate_limit, forward_credential) =
+    let (policy, mode, route_rate_limit, forward_credential, principal_mode) =
         match route_policy(shared, method, path) {
             Ok(found) => found,
             Err(reason) => return Step::Deny(reason, None, config.mode),
@@ -270,6 +273,24 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     if mode == Mode::Enforce {
         strip_credential_lookalikes(config, headers);
     }
+    // The workload identity, read (a host call) only on routes that take principals; later
+    // for a key bound to workloads.
+    let principal = (principal_mode != PrincipalMode::None)
+        .then(|| read_principal(host::property(&PRINCIPAL_PROPERTY).as_deref()));
+    let principal_step = |has_credential: bool| {
+        route_step(
+            principal_mode,
+            &config.principals,
+            principal.as_ref().and_then(|p| p.as_deref()),
+            &required,
+            has_credential,
+        )
+    };
+    if principal_mode == PrincipalMode::Require {
+        if let PrincipalStep::Deny(reason) = principal_step(true) {
+            return Step::Deny(reason, None, mode);
+        }
+    }
 
     let pairs = headers.iter().copied();
     let max_len = config
@@ -282,7 +303,24 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     let extracted = match extract_credential(&config.credential_sources, pairs, path, max_len) {
         Ok(extracted) => extracted,
         Err(CredentialError::Missing) => {
-            return Step::Deny(DenyReason::MissingCredential, None, mode)
+            return match principal_step(false) {
+                PrincipalStep::Allow(identity) => Step::Decided(
+                    Forwarding {
+                        mode,
+                        sources: Vec::new(),
+                        stripped_path: None,
+                        client: None,
+                        forwarded_for: None,
+                        route_rate_limit,
+                        key_id: None,
+                        forward_credential,
+                        principal,
+                    },
+                    Ok(identity),
+                ),
+                PrincipalStep::Deny(reason) => Step::Deny(reason, None, mode),
+                PrincipalStep::Credential => Step::Deny(DenyReason::MissingCredential, None, mode),
+            };
         }
         Err(err) => return Step::Deny(DenyReason::BadRequest(err), None, mode),
     };
@@ -307,7 +345,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
             .and_then(|(_, value)| std::str::from_utf8(value).ok());
         ForwardedFor::read(header, config.trusted_hops)
     });
-    let forwarding = Forwarding {
+    let mut forwarding = Forwarding {
         mode,
         sources: extracted.sources,
         stripped_path,
@@ -316,6 +354,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         route_rate_limit,
         key_id: None,
         forward_credential,
+        principal,
     };
     let credential = extracted.credential;
 
@@ -340,10 +379,14 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         // checksum and tag checks, which exist to spare the key service.
         if let Some(id) = key_id_of(credential, &config.key_prefixes) {
             let now = host::now_ms();
-            if let Some(result) =
-                crate::lookup::decide_fresh(shared, &id, credential, &required, &forwarding, now)
-            {
-                let mut forwarding = forwarding;
+            if let Some(result) = crate::lookup::decide_fresh(
+                shared,
+                &id,
+                credential,
+                &required,
+                &mut forwarding,
+                now,
+            ) {
                 forwarding.key_id = Some(id);
                 return Step::Decided(forwarding, result);
             }
@@ -358,7 +401,6 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         // A revoked id is not answered here: "revoked" is told only to whoever proves the
         // secret, so the record is looked up (or taken from the cache) and the digest compared
         // first; the revoked set is consulted after that (`lookup::decide`).
-        let mut forwarding = forwarding;
         forwarding.key_id = Some(parsed.id());
         let presented = Presented {
             key_id: parsed.id(),
@@ -380,15 +422,15 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     Step::Deny(DenyReason::MalformedKey, None, mode)
 }
 
-/// The policy for this request, the mode it runs in, the route's default rate limit and
-/// whether it forwards the credential. Route metadata on the Envoy route wins; otherwise the
+/// The policy for this request, the mode it runs in, the route's default rate limit,
+/// whether it forwards the credential and whether it takes principals (never from metadata). Route metadata on the Envoy route wins; otherwise the
 /// filter's route table (entries by Envoy route name or by method and path, first match). No
 /// policy anywhere: denied.
 fn route_policy(
     shared: &Shared,
     method: &str,
     path: &str,
-) -> Result<(Policy, Mode, Option<RateLimit>, bool), DenyReason> {
+) -> Result<(Policy, Mode, Option<RateLimit>, bool, PrincipalMode), DenyReason> {
     let config = &shared.config;
     if config.route_metadata {
         let leaf = |name: &str| {
@@ -400,7 +442,13 @@ fn route_policy(
             leaf("mode").as_deref(),
         ) {
             Ok(Some((policy, mode))) => {
-                return Ok((policy, mode.unwrap_or(config.mode), None, false))
+                return Ok((
+                    policy,
+                    mode.unwrap_or(config.mode),
+                    None,
+                    false,
+                    PrincipalMode::None,
+                ))
             }
             Ok(None) => {}
             Err(err) => {
@@ -426,6 +474,7 @@ fn route_policy(
         route.mode.unwrap_or(config.mode),
         route.rate_limit,
         route.forward_credential,
+        route.principal,
     ))
 }
 

@@ -9,7 +9,7 @@
 
 use keygate_core::cache::{find_from, store, CacheEntry, Freshness, Placement, Stored};
 use keygate_core::decision::{
-    authorize_proven, authorize_token_prepared, DenyReason, Identity, PreparedRecord,
+    authorize_proven_peer, authorize_token_peer, DenyReason, Identity, Peer, PreparedRecord,
 };
 use keygate_core::feed::FeedPolicy;
 use keygate_core::key::{KeyDigest, KeyId};
@@ -24,7 +24,8 @@ use crate::answer::complete;
 use crate::host::{self, ProxyHost};
 use crate::metrics::Event;
 use crate::state::{
-    client_now, resolve_client, Forwarding, Local, Presented, Proof, Shared, Step, Waiter,
+    client_now, principal_now, resolve_client, Forwarding, Local, Presented, Proof, Shared, Step,
+    Waiter,
 };
 
 /// A request answered now, or paused until its record arrives.
@@ -52,11 +53,12 @@ fn decide(
             if !prepared.digest_matches(digest) {
                 return Err(DenyReason::DigestMismatch);
             }
-            let result = authorize_proven(
+            let principal = principal_for(prepared, &presented.forwarding);
+            let result = authorize_proven_peer(
                 record,
                 prepared,
                 &presented.required,
-                client_for(prepared, &presented.forwarding),
+                peer(prepared, &presented.forwarding, principal.as_deref()),
                 now_s,
             );
             match crate::feed::revocation(shared, &record.id, now_ms) {
@@ -64,13 +66,50 @@ fn decide(
                 None => result,
             }
         }
-        (Proof::Token(identity), record) => authorize_token_prepared(
-            record,
-            identity.clone(),
-            &presented.required,
-            record.and_then(|(_, prepared)| client_for(prepared, &presented.forwarding)),
-            now_s,
-        ),
+        (Proof::Token(identity), record) => {
+            let principal =
+                record.and_then(|(_, prepared)| principal_for(prepared, &presented.forwarding));
+            authorize_token_peer(
+                record,
+                identity.clone(),
+                &presented.required,
+                Peer {
+                    client: record
+                        .and_then(|(_, prepared)| client_for(prepared, &presented.forwarding)),
+                    principal: principal.as_deref(),
+                },
+                now_s,
+            )
+        }
+    }
+}
+
+/// Reads the principal into `forwarding` when the record binds the key to workloads (so the
+/// decision and the identity header see the same one, read once).
+fn note_principal(prepared: Option<&PreparedRecord>, forwarding: &mut Forwarding) {
+    if forwarding.principal.is_none() && prepared.is_some_and(PreparedRecord::restricts_principals)
+    {
+        forwarding.principal = Some(principal_now(forwarding));
+    }
+}
+
+/// The principal, read only when the record binds the key to workloads.
+fn principal_for(prepared: &PreparedRecord, forwarding: &Forwarding) -> Option<String> {
+    if prepared.restricts_principals() {
+        principal_now(forwarding)
+    } else {
+        None
+    }
+}
+
+fn peer<'a>(
+    prepared: &PreparedRecord,
+    forwarding: &Forwarding,
+    principal: Option<&'a str>,
+) -> Peer<'a> {
+    Peer {
+        client: client_for(prepared, forwarding),
+        principal,
     }
 }
 
@@ -146,7 +185,7 @@ pub fn decide_fresh(
     id: &KeyId,
     credential: &str,
     required: &[Scope],
-    forwarding: &Forwarding,
+    forwarding: &mut Forwarding,
     now: u64,
 ) -> Option<Result<Identity, DenyReason>> {
     let local = shared.lookups.borrow().local.get(id).cloned()?;
@@ -171,12 +210,13 @@ pub fn decide_fresh(
     if let Some(reason) = crate::feed::revocation(shared, &record.id, now) {
         return Some(Err(reason));
     }
-    let client = client_for(prepared, forwarding);
-    Some(authorize_proven(
+    note_principal(Some(prepared), forwarding);
+    let principal = principal_for(prepared, forwarding);
+    Some(authorize_proven_peer(
         record,
         prepared,
         required,
-        client,
+        peer(prepared, forwarding, principal.as_deref()),
         now / 1000,
     ))
 }
@@ -217,6 +257,8 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
     {
         Some((entry, Freshness::Fresh)) => {
             shared.metrics.count(Event::CacheHit);
+            let mut presented = presented;
+            note_principal(entry.prepared.as_ref(), &mut presented.forwarding);
             let result = decide(shared, entry, &presented, now);
             return Outcome::Now(presented.forwarding, result);
         }

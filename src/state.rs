@@ -24,6 +24,7 @@ use keygate_core::machine::jwks::KeyWait;
 use keygate_core::machine::lookup;
 use keygate_core::machine::usage::Usage;
 use keygate_core::negative_cache::NegativeCache;
+use keygate_core::principal::{read_principal, PRINCIPAL_PROPERTY};
 use keygate_core::route::Mode;
 use keygate_core::scope::Scope;
 use keygate_core::wire::RateLimit;
@@ -70,6 +71,10 @@ pub struct Forwarding {
     pub key_id: Option<KeyId>,
     /// The route forwards the client's credential upstream (`forward_credential`).
     pub forward_credential: bool,
+    /// The request's workload identity (verified peer certificate URI SAN); `None` until read
+    /// (a host call: read on routes that take principals, for keys bound to workloads, or
+    /// before the request is parked).
+    pub principal: Option<Option<String>>,
 }
 
 /// What a request leaves for its response: rate-limit headers and whose usage it is.
@@ -124,10 +129,22 @@ pub fn client_now(forwarding: &Forwarding) -> Option<IpAddr> {
     })
 }
 
-/// Reads the client address now, before the request is parked and its context left.
+/// The request's principal (its context must be the effective one).
+pub fn principal_now(forwarding: &Forwarding) -> Option<String> {
+    match &forwarding.principal {
+        Some(principal) => principal.clone(),
+        None => read_principal(host::property(&PRINCIPAL_PROPERTY).as_deref()),
+    }
+}
+
+/// Reads the client address and principal now, before the request is parked and its
+/// context left (its key record, unknown yet, may restrict either).
 pub fn resolve_client(forwarding: &mut Forwarding) {
     if forwarding.client.is_none() {
         forwarding.client = Some(client_now(forwarding));
+    }
+    if forwarding.principal.is_none() {
+        forwarding.principal = Some(principal_now(forwarding));
     }
 }
 

@@ -52,6 +52,7 @@ fn record_for(id: &str, digest_hex: String) -> KeyLookup {
         allowed_cidrs: Vec::new(),
         not_before: None,
         not_after: None,
+        allowed_principals: Vec::new(),
     }
 }
 

@@ -283,6 +283,10 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
     put_strs(out, &record.allowed_cidrs);
     put_opt_u64(out, record.not_before);
     put_opt_u64(out, record.not_after);
+    // Appended last and only when present, so entries written before it decode the same.
+    if !record.allowed_principals.is_empty() {
+        put_strs(out, &record.allowed_principals);
+    }
 }
 
 fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
@@ -308,6 +312,11 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
     let allowed_cidrs = get_strs(rest)?;
     let not_before = get_opt_u64(rest)?;
     let not_after = get_opt_u64(rest)?;
+    let allowed_principals = if rest.is_empty() {
+        Vec::new()
+    } else {
+        get_strs(rest)?
+    };
     Some(KeyLookup {
         id,
         digest,
@@ -319,6 +328,7 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
         allowed_cidrs,
         not_before,
         not_after,
+        allowed_principals,
     })
 }
 
@@ -656,6 +666,7 @@ mod tests {
                 allowed_cidrs: Vec::new(),
                 not_before: None,
                 not_after: None,
+                allowed_principals: Vec::new(),
             }),
         }
     }
@@ -732,6 +743,7 @@ mod tests {
             allowed_cidrs: vec!["10.0.0.0/8".into(), "::1/128".into()],
             not_before: Some(1),
             not_after: Some(u64::MAX),
+            allowed_principals: Vec::new(),
         }
     }
 
@@ -756,6 +768,39 @@ mod tests {
             let mut longer = bytes.clone();
             longer.push(0);
             assert_eq!(CacheEntry::decode_for(&longer, &id(1)), None);
+        }
+    }
+
+    #[test]
+    fn workload_bindings_round_trip_and_older_entries_decode_without_them() {
+        let mut record = full_record();
+        let older = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 7,
+            record: Some(record.clone()),
+        };
+        record.allowed_principals = vec![
+            "spiffe://td/ns/a/sa/x".into(),
+            "spiffe://td/ns/b/sa/*".into(),
+        ];
+        let bound = CacheEntry {
+            record: Some(record),
+            ..older.clone()
+        };
+        let bytes = bound.encode();
+        assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(bound.clone()));
+        // An entry without bindings is encoded as before them, and decodes with none.
+        let old_bytes = older.encode();
+        assert!(old_bytes.len() < bytes.len());
+        assert_eq!(&bytes[..old_bytes.len()], &old_bytes[..]);
+        assert_eq!(CacheEntry::decode_for(&old_bytes, &id(1)), Some(older));
+        // Cut inside the list, it is refused.
+        for end in old_bytes.len() + 1..bytes.len() {
+            assert_eq!(
+                CacheEntry::decode_for(&bytes[..end], &id(1)),
+                None,
+                "cut at {end}"
+            );
         }
     }
 

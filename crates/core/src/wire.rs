@@ -50,6 +50,10 @@ pub struct KeyLookup {
     /// ... and from `not_after` on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<u64>,
+    /// Workload identities (principals or `.../*` patterns) the request's verified peer
+    /// principal must match; empty: any request (see [`crate::principal`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_principals: Vec<String>,
 }
 
 /// A token bucket: `requests_per_second` refill, up to `burst` requests at once.

@@ -93,6 +93,7 @@ fn record(id: &KeyId) -> KeyLookup {
         allowed_cidrs: Vec::new(),
         not_before: None,
         not_after: None,
+        allowed_principals: Vec::new(),
     }
 }
 
