@@ -58,6 +58,8 @@ pub struct CreateKeyRequest {
     pub not_before: Option<String>,
     #[serde(default)]
     pub not_after: Option<String>,
+    #[serde(default)]
+    pub allowed_principals: Option<Vec<String>>,
 }
 
 /// What kind of key to mint.
@@ -124,6 +126,7 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         allowed_cidrs: request.allowed_cidrs,
         not_before: request.not_before,
         not_after: request.not_after,
+        allowed_principals: request.allowed_principals,
     }
     .validate()?;
     Ok(ValidCreate {
@@ -437,6 +440,7 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             .limits
             .not_after
             .map(|t| u64::try_from(t).unwrap_or(0)),
+        allowed_principals: record.limits.allowed_principals,
     }))
 }
 

@@ -251,6 +251,7 @@ pub(super) async fn insert_key_with(tx: &mut Tx, key: &KeyRecord) -> Result<(), 
         limits.allowed_cidrs.into(),
         limits.not_before.into(),
         limits.not_after.into(),
+        limits.allowed_principals.into(),
     ]);
     tx.execute(&sql).await?;
     Ok(())

@@ -30,8 +30,8 @@ impl KeyStore {
         let limits = LimitColumns::of(&record.limits)?;
         let update = Sql::new(
             "UPDATE keys SET name = $1, scopes = $2, metadata = $3, rate_limit_rps = $4, \
-             rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, not_after = $8 \
-             WHERE id = $9",
+             rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, not_after = $8, \
+             allowed_principals = $9 WHERE id = $10",
         )
         .arg(record.name.as_str())
         .arg(scopes)
@@ -41,6 +41,7 @@ impl KeyStore {
         .arg(limits.allowed_cidrs)
         .arg(limits.not_before)
         .arg(limits.not_after)
+        .arg(limits.allowed_principals)
         .arg(record.id.as_str());
         tx.execute(&update).await?;
         tx.commit().await?;
