@@ -68,6 +68,7 @@ fn start(pki_dir: &TempDir) -> (Stack, Clients) {
                 json!({"prefix": "/svc/write/", "scopes": ["payments:write"], "principal": "accept"}),
                 json!({"prefix": "/svc/both/", "scopes": ["payments:read"], "principal": "require"}),
                 json!({"prefix": "/svc/key/", "scopes": ["payments:read"]}),
+                json!({"prefix": "/svc/shadow/", "scopes": ["payments:write"], "principal": "accept", "mode": "shadow"}),
             ];
             for (i, route) in ours.into_iter().enumerate() {
                 routes.insert(i, route);
@@ -230,6 +231,25 @@ fn workload_identities_stand_in_for_keys_and_bind_keys() {
     let reply = clients.get(X, "/svc/both/x", &[]);
     assert_denied(&reply, 401, Some("Bearer"), None);
     assert!(stack.envoy.keygate_counter("denied.principal_required") >= 1);
+
+    // Shadow mode: a principal denial is reported upstream and counted, not enforced.
+    let up = upstream(&clients.get(B, "/svc/shadow/x", &[]));
+    assert_eq!(
+        header(&up, "x-keygate-decision"),
+        "deny; status=403; reason=principal_insufficient_scope",
+        "{up:#?}"
+    );
+    let up = upstream(&clients.get(X, "/svc/shadow/x", &[]));
+    assert_eq!(header(&up, "x-keygate-decision"), "allow", "{up:#?}");
+    assert_eq!(header(&up, "x-keygate-principal"), API);
+    assert_eq!(
+        stack
+            .envoy
+            .keygate_counter("shadow.denied.principal_insufficient_scope"),
+        1,
+        "{}",
+        stack.envoy.keygate_stats()
+    );
     assert!(
         stack
             .envoy
