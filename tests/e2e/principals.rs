@@ -4,8 +4,8 @@
 //! bound to a workload (`--allowed-principal`) is refused over another workload's connection.
 
 use keygate_testkit::{
-    assert_denied, bearer, send_mtls, with_listener_mtls, MtlsPki, Reply, Stack, StackBuilder,
-    TempDir,
+    admin_json, assert_denied, bearer, send_mtls, with_listener_mtls, MtlsPki, Reply, Stack,
+    StackBuilder, TempDir,
 };
 use serde_json::{json, Value};
 
@@ -137,6 +137,23 @@ fn workload_identities_stand_in_for_keys_and_bind_keys() {
     // route that requires a principal refuses (403).
     let reply = clients.get(NO_SAN, "/svc/read/x", &[]);
     assert_denied(&reply, 401, Some("Bearer"), None);
+
+    // An ambiguous pattern is refused by the API, naming the entry.
+    let refused = admin_json(
+        &stack.service,
+        "POST",
+        "/api/v1/auth/keys",
+        Some(&json!({"name": "bad", "scopes": ["payments:read"],
+                     "allowed_principals": [API, "spiffe://cluster.local/ns/*/sa/api"]})),
+    );
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("allowed_principals[1]"),
+        "{refused:?}"
+    );
 
     // A key bound to workload X, by the CLI.
     let created: Value = serde_json::from_str(
