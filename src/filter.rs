@@ -422,10 +422,10 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     Step::Deny(DenyReason::MalformedKey, None, mode)
 }
 
-/// The policy for this request, the mode it runs in, the route's default rate limit,
-/// whether it forwards the credential and whether it takes principals (never from metadata). Route metadata on the Envoy route wins; otherwise the
-/// filter's route table (entries by Envoy route name or by method and path, first match). No
-/// policy anywhere: denied.
+/// The policy for this request, the mode it runs in, the route's default rate limit, whether
+/// it forwards the credential and whether it takes principals (never from metadata). Route
+/// metadata on the Envoy route wins; otherwise the filter's route table (entries by Envoy route
+/// name or by method and path, first match). No policy anywhere: denied.
 fn route_policy(
     shared: &Shared,
     method: &str,
