@@ -17,6 +17,8 @@ mod feed;
 mod jwt;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/principals.rs"]
+mod principals;
 #[path = "e2e/readme.rs"]
 mod readme;
 #[path = "e2e/roles.rs"]

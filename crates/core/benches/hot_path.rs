@@ -53,6 +53,7 @@ fn record_for(id: &str, digest_hex: String) -> KeyLookup {
         not_before: None,
         not_after: None,
         roles: Vec::new(),
+        allowed_principals: Vec::new(),
     }
 }
 

@@ -291,7 +291,7 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
     put_strs(out, &record.allowed_cidrs);
     put_opt_u64(out, record.not_before);
     put_opt_u64(out, record.not_after);
-    // Roles come last, and only when the key holds some (flagged in the header): entries
+    // Roles come next, and only when the key holds some (flagged in the header): entries
     // without them stay readable by filters that predate roles.
     if !record.roles.is_empty() {
         let count = record.roles.len().min(usize::from(u16::MAX));
@@ -300,6 +300,11 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
             put_str(out, &role.name);
             out.extend_from_slice(&role.version.to_le_bytes());
         }
+    }
+    // Principals come last and only when present, so entries written before them decode
+    // the same.
+    if !record.allowed_principals.is_empty() {
+        put_strs(out, &record.allowed_principals);
     }
 }
 
@@ -347,6 +352,11 @@ fn get_record(rest: &mut &[u8], has_roles: bool) -> Option<KeyLookup> {
     } else {
         Vec::new()
     };
+    let allowed_principals = if rest.is_empty() {
+        Vec::new()
+    } else {
+        get_strs(rest)?
+    };
     Some(KeyLookup {
         id,
         digest,
@@ -359,6 +369,7 @@ fn get_record(rest: &mut &[u8], has_roles: bool) -> Option<KeyLookup> {
         not_before,
         not_after,
         roles,
+        allowed_principals,
     })
 }
 
@@ -697,6 +708,7 @@ mod tests {
                 not_before: None,
                 not_after: None,
                 roles: Vec::new(),
+                allowed_principals: Vec::new(),
             }),
         }
     }
@@ -777,6 +789,7 @@ mod tests {
                 name: "analyst".into(),
                 version: 42,
             }],
+            allowed_principals: Vec::new(),
         }
     }
 
@@ -827,6 +840,39 @@ mod tests {
             let mut longer = bytes.clone();
             longer.push(0);
             assert_eq!(CacheEntry::decode_for(&longer, &id(1)), None);
+        }
+    }
+
+    #[test]
+    fn workload_bindings_round_trip_and_older_entries_decode_without_them() {
+        let mut record = full_record();
+        let older = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 7,
+            record: Some(record.clone()),
+        };
+        record.allowed_principals = vec![
+            "spiffe://td/ns/a/sa/x".into(),
+            "spiffe://td/ns/b/sa/*".into(),
+        ];
+        let bound = CacheEntry {
+            record: Some(record),
+            ..older.clone()
+        };
+        let bytes = bound.encode();
+        assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(bound.clone()));
+        // An entry without bindings is encoded as before them, and decodes with none.
+        let old_bytes = older.encode();
+        assert!(old_bytes.len() < bytes.len());
+        assert_eq!(&bytes[..old_bytes.len()], &old_bytes[..]);
+        assert_eq!(CacheEntry::decode_for(&old_bytes, &id(1)), Some(older));
+        // Cut inside the list, it is refused.
+        for end in old_bytes.len() + 1..bytes.len() {
+            assert_eq!(
+                CacheEntry::decode_for(&bytes[..end], &id(1)),
+                None,
+                "cut at {end}"
+            );
         }
     }
 

@@ -43,3 +43,5 @@ pub mod worker;
 
 #[cfg(test)]
 mod hot_path_tests;
+#[cfg(test)]
+mod principal_tests;

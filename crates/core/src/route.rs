@@ -18,6 +18,7 @@
 
 use serde::Deserialize;
 
+use crate::principal::PrincipalMode;
 use crate::scope::{parse_scopes, Scope, ScopeError};
 use crate::wire::RateLimit;
 
@@ -60,6 +61,11 @@ pub struct RouteSpec {
     /// route, public ones included, so keys do not land in upstream logs).
     #[serde(default)]
     pub forward_credential: bool,
+    /// Whether the route takes workload identities: `none` (key only, the default),
+    /// `accept` (a mapped principal instead of a key) or `require` (a mapped principal and a
+    /// key). See [`crate::principal`].
+    #[serde(default)]
+    pub principal: PrincipalMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +89,8 @@ pub enum RouteError {
     TooMany,
     #[error("`rate_limit` needs requests_per_second in (0, 1000000] and burst in 1..=1000000")]
     BadRateLimit,
+    #[error("a public route cannot take principals (`principal` needs `scopes`)")]
+    PublicWithPrincipal,
 }
 
 /// Whether decisions are enforced or only reported.
@@ -140,6 +148,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Keep the client's credential on the forwarded request.
     pub forward_credential: bool,
+    /// Whether the route takes workload identities.
+    pub principal: PrincipalMode,
 }
 
 impl Route {
@@ -175,6 +185,9 @@ impl Route {
             (false, true) => return Err(RouteError::NoPolicy),
             (false, false) => Policy::Scopes(parse_scopes(&spec.scopes)?.into()),
         };
+        if policy == Policy::Public && spec.principal != PrincipalMode::None {
+            return Err(RouteError::PublicWithPrincipal);
+        }
         Ok(Self {
             name: spec
                 .name
@@ -189,6 +202,7 @@ impl Route {
                 limit => limit,
             },
             forward_credential: spec.forward_credential,
+            principal: spec.principal,
         })
     }
 
@@ -485,6 +499,13 @@ impl RouteTable {
             routes,
             upper_case_patterns,
         })
+    }
+
+    /// The index of the first route that takes principals, if any.
+    pub fn first_taking_principals(&self) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.principal != PrincipalMode::None)
     }
 
     /// The first route matching `method`, `path` (query string ignored) and, for entries

@@ -55,6 +55,10 @@ pub struct KeyLookup {
     /// again before it decides. Absent from older key services: no role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<RoleRef>,
+    /// Workload identities (principals or `.../*` patterns) the request's verified peer
+    /// principal must match; empty: any request (see [`crate::principal`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_principals: Vec<String>,
 }
 
 /// A role a key holds, at one version (a number that only grows with each change).

@@ -94,6 +94,7 @@ fn record(id: &KeyId) -> KeyLookup {
         not_before: None,
         not_after: None,
         roles: Vec::new(),
+        allowed_principals: Vec::new(),
     }
 }
 

@@ -89,6 +89,9 @@ pub fn apply(
     if !identity.key_id.is_empty() {
         host.set_request_header(&ih.key_id, &identity.key_id);
     }
+    if let Some(Some(principal)) = &forwarding.principal {
+        host.set_request_header(&ih.principal, principal);
+    }
     // Usage is counted under the key id, or for a token of an outside issuer under a key
     // namespaced by its issuer and subject (never equal to a Keygate key id).
     if config.usage.enabled {

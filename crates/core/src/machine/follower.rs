@@ -560,6 +560,7 @@ mod tests {
                     name: "analyst".into(),
                     version,
                 }],
+                allowed_principals: Vec::new(),
             }),
         };
         let now = T0 + 500;

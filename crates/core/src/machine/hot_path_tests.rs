@@ -60,6 +60,7 @@ fn record(key: &MintedKey) -> KeyLookup {
         not_before: None,
         not_after: None,
         roles: Vec::new(),
+        allowed_principals: Vec::new(),
     }
 }
 

@@ -113,6 +113,8 @@ impl<W, S> Pending<W, S> {
 }
 
 /// What the caller sees once a lookup was started (or restarted on the tick).
+// Built once per lookup and unpacked at once: boxing the record would add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Begun<W, S> {
     /// Registered: the waiters wait on our callout or on another worker's.
@@ -124,6 +126,8 @@ pub enum Begun<W, S> {
 }
 
 /// What the key service answered.
+// Built once per lookup and unpacked at once: boxing the record would add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     /// The record (`None`: the key service does not know the key, 404).
@@ -431,6 +435,7 @@ mod tests {
             not_before: None,
             not_after: None,
             roles: Vec::new(),
+            allowed_principals: Vec::new(),
         }
     }
 
@@ -505,6 +510,8 @@ mod tests {
         }
     }
 
+    // Built once per lookup and unpacked at once: boxing the record would add an allocation.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Debug, PartialEq, Eq)]
     enum Asked {
         Joined,

@@ -9,7 +9,7 @@
 
 use crate::cache::{find_from, store, CacheEntry, Freshness, Placement, Stored};
 use crate::decision::{
-    authorize_proven, authorize_token_prepared, DenyReason, Identity, PreparedRecord,
+    authorize_proven_peer, authorize_token_peer, DenyReason, Identity, Peer, PreparedRecord,
 };
 use crate::feed::FeedPolicy;
 use crate::key::{KeyDigest, KeyId};
@@ -24,7 +24,8 @@ use crate::host::Event;
 use crate::host::Host;
 use crate::machine::answer::complete;
 use crate::machine::state::{
-    client_now, resolve_client, Forwarding, Local, Presented, Proof, Shared, Step, Waiter,
+    client_now, principal_now, resolve_client, Forwarding, Local, Presented, Proof, Shared, Step,
+    Waiter,
 };
 
 /// A request answered now, or paused until its record arrives.
@@ -53,11 +54,12 @@ fn decide(
             if !prepared.digest_matches(digest) {
                 return Err(DenyReason::DigestMismatch);
             }
-            let result = authorize_proven(
+            let principal = principal_for(host, prepared, &presented.forwarding);
+            let result = authorize_proven_peer(
                 record,
                 prepared,
                 &presented.required,
-                client_for(host, prepared, &presented.forwarding),
+                peer(host, prepared, &presented.forwarding, principal.as_deref()),
                 now_s,
             );
             match crate::machine::state::revocation(shared, &record.id, now_ms) {
@@ -65,13 +67,60 @@ fn decide(
                 None => result,
             }
         }
-        (Proof::Token(identity), record) => authorize_token_prepared(
-            record,
-            identity.clone(),
-            &presented.required,
-            record.and_then(|(_, prepared)| client_for(host, prepared, &presented.forwarding)),
-            now_s,
-        ),
+        (Proof::Token(identity), record) => {
+            let principal = record
+                .and_then(|(_, prepared)| principal_for(host, prepared, &presented.forwarding));
+            authorize_token_peer(
+                record,
+                identity.clone(),
+                &presented.required,
+                Peer {
+                    client: record.and_then(|(_, prepared)| {
+                        client_for(host, prepared, &presented.forwarding)
+                    }),
+                    principal: principal.as_deref(),
+                },
+                now_s,
+            )
+        }
+    }
+}
+
+/// Reads the principal into `forwarding` when the record binds the key to workloads (so the
+/// decision and the identity header see the same one, read once).
+fn note_principal(
+    host: &impl Host,
+    prepared: Option<&PreparedRecord>,
+    forwarding: &mut Forwarding,
+) {
+    if forwarding.principal.is_none() && prepared.is_some_and(PreparedRecord::restricts_principals)
+    {
+        forwarding.principal = Some(principal_now(host, forwarding));
+    }
+}
+
+/// The principal, read only when the record binds the key to workloads.
+fn principal_for(
+    host: &impl Host,
+    prepared: &PreparedRecord,
+    forwarding: &Forwarding,
+) -> Option<String> {
+    if prepared.restricts_principals() {
+        principal_now(host, forwarding)
+    } else {
+        None
+    }
+}
+
+fn peer<'a>(
+    host: &impl Host,
+    prepared: &PreparedRecord,
+    forwarding: &Forwarding,
+    principal: Option<&'a str>,
+) -> Peer<'a> {
+    Peer {
+        client: client_for(host, prepared, forwarding),
+        principal,
     }
 }
 
@@ -157,7 +206,7 @@ pub fn decide_fresh(
     id: &KeyId,
     credential: &str,
     required: &[Scope],
-    forwarding: &Forwarding,
+    forwarding: &mut Forwarding,
     now: u64,
 ) -> Option<Result<Identity, DenyReason>> {
     let local = shared.lookups.borrow().local.get(id).cloned()?;
@@ -182,12 +231,13 @@ pub fn decide_fresh(
     if let Some(reason) = crate::machine::state::revocation(shared, &record.id, now) {
         return Some(Err(reason));
     }
-    let client = client_for(host, prepared, forwarding);
-    Some(authorize_proven(
+    note_principal(host, Some(prepared), forwarding);
+    let principal = principal_for(host, prepared, forwarding);
+    Some(authorize_proven_peer(
         record,
         prepared,
         required,
-        client,
+        peer(host, prepared, forwarding, principal.as_deref()),
         now / 1000,
     ))
 }
@@ -233,6 +283,8 @@ pub fn resolve(
     {
         Some((entry, Freshness::Fresh)) => {
             shared.metrics.count(host, Event::CacheHit);
+            let mut presented = presented;
+            note_principal(host, entry.prepared.as_ref(), &mut presented.forwarding);
             let result = decide(host, shared, entry, &presented, now);
             return Outcome::Now(presented.forwarding, result);
         }

@@ -12,6 +12,9 @@ use crate::limits::ForwardedFor;
 use crate::machine::answer::replies;
 use crate::machine::records::resolve_record;
 use crate::machine::state::{Forwarding, Presented, Proof, Shared, Step, TokenRequest};
+use crate::principal::{
+    read_principal, route_step, PrincipalMode, PrincipalStep, PRINCIPAL_PROPERTY,
+};
 use crate::route::{has_path_parameter, policy_from_metadata, Mode, Policy};
 use crate::wire::RateLimit;
 
@@ -34,7 +37,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         return Step::Deny(DenyReason::PathParameter, None, config.mode);
     }
 
-    let (policy, mode, route_rate_limit, forward_credential) =
+    let (policy, mode, route_rate_limit, forward_credential, principal_mode) =
         match route_policy(host, shared, method, path) {
             Ok(found) => found,
             Err(reason) => return Step::Deny(reason, None, config.mode),
@@ -54,6 +57,24 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
     if mode == Mode::Enforce {
         strip_credential_lookalikes(host, config, headers);
     }
+    // The workload identity, read (a host call) only on routes that take principals; later
+    // for a key bound to workloads.
+    let principal = (principal_mode != PrincipalMode::None)
+        .then(|| read_principal(host.property(&PRINCIPAL_PROPERTY).as_deref()));
+    let principal_step = |has_credential: bool| {
+        route_step(
+            principal_mode,
+            &config.principals,
+            principal.as_ref().and_then(|p| p.as_deref()),
+            &required,
+            has_credential,
+        )
+    };
+    if principal_mode == PrincipalMode::Require {
+        if let PrincipalStep::Deny(reason) = principal_step(true) {
+            return Step::Deny(reason, None, mode);
+        }
+    }
 
     let pairs = headers.iter().copied();
     let max_len = config
@@ -66,7 +87,24 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
     let extracted = match extract_credential(&config.credential_sources, pairs, path, max_len) {
         Ok(extracted) => extracted,
         Err(CredentialError::Missing) => {
-            return Step::Deny(DenyReason::MissingCredential, None, mode)
+            return match principal_step(false) {
+                PrincipalStep::Allow(identity) => Step::Decided(
+                    Forwarding {
+                        mode,
+                        sources: Vec::new(),
+                        stripped_path: None,
+                        client: None,
+                        forwarded_for: None,
+                        route_rate_limit,
+                        key_id: None,
+                        forward_credential,
+                        principal,
+                    },
+                    Ok(identity),
+                ),
+                PrincipalStep::Deny(reason) => Step::Deny(reason, None, mode),
+                PrincipalStep::Credential => Step::Deny(DenyReason::MissingCredential, None, mode),
+            };
         }
         Err(err) => return Step::Deny(DenyReason::BadRequest(err), None, mode),
     };
@@ -91,7 +129,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
             .and_then(|(_, value)| std::str::from_utf8(value).ok());
         ForwardedFor::read(header, config.trusted_hops)
     });
-    let forwarding = Forwarding {
+    let mut forwarding = Forwarding {
         mode,
         sources: extracted.sources,
         stripped_path,
@@ -100,6 +138,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         route_rate_limit,
         key_id: None,
         forward_credential,
+        principal,
     };
     let credential = extracted.credential;
 
@@ -130,10 +169,9 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
                 &id,
                 credential,
                 &required,
-                &forwarding,
+                &mut forwarding,
                 now,
             ) {
-                let mut forwarding = forwarding;
                 forwarding.key_id = Some(id);
                 return Step::Decided(forwarding, result);
             }
@@ -148,7 +186,6 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         // A revoked id is not answered here: "revoked" is told only to whoever proves the
         // secret, so the record is looked up (or taken from the cache) and the digest compared
         // first; the revoked set is consulted after that (`lookup::decide`).
-        let mut forwarding = forwarding;
         forwarding.key_id = Some(parsed.id());
         let presented = Presented {
             key_id: parsed.id(),
@@ -170,16 +207,16 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
     Step::Deny(DenyReason::MalformedKey, None, mode)
 }
 
-/// The policy for this request, the mode it runs in, the route's default rate limit and
-/// whether it forwards the credential. Route metadata on the Envoy route wins; otherwise the
-/// filter's route table (entries by Envoy route name or by method and path, first match). No
-/// policy anywhere: denied.
+/// The policy for this request, the mode it runs in, the route's default rate limit, whether
+/// it forwards the credential and whether it takes principals (never from metadata). Route
+/// metadata on the Envoy route wins; otherwise the filter's route table (entries by Envoy route
+/// name or by method and path, first match). No policy anywhere: denied.
 fn route_policy(
     host: &impl Host,
     shared: &Shared,
     method: &str,
     path: &str,
-) -> Result<(Policy, Mode, Option<RateLimit>, bool), DenyReason> {
+) -> Result<(Policy, Mode, Option<RateLimit>, bool, PrincipalMode), DenyReason> {
     let config = &shared.config;
     if config.route_metadata {
         let leaf = |name: &str| {
@@ -191,7 +228,13 @@ fn route_policy(
             leaf("mode").as_deref(),
         ) {
             Ok(Some((policy, mode))) => {
-                return Ok((policy, mode.unwrap_or(config.mode), None, false))
+                return Ok((
+                    policy,
+                    mode.unwrap_or(config.mode),
+                    None,
+                    false,
+                    PrincipalMode::None,
+                ))
             }
             Ok(None) => {}
             Err(err) => {
@@ -218,6 +261,7 @@ fn route_policy(
         route.mode.unwrap_or(config.mode),
         route.rate_limit,
         route.forward_credential,
+        route.principal,
     ))
 }
 

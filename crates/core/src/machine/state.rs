@@ -23,6 +23,7 @@ use crate::machine::follower::FeedView;
 use crate::machine::jwks::KeyWait;
 use crate::machine::lookup;
 use crate::negative_cache::NegativeCache;
+use crate::principal::{read_principal, PRINCIPAL_PROPERTY};
 use crate::route::Mode;
 use crate::scope::Scope;
 use crate::wire::RateLimit;
@@ -94,6 +95,10 @@ pub struct Forwarding {
     pub key_id: Option<KeyId>,
     /// The route forwards the client's credential upstream (`forward_credential`).
     pub forward_credential: bool,
+    /// The request's workload identity (verified peer certificate URI SAN); `None` until read
+    /// (a host call: read on routes that take principals, for keys bound to workloads, or
+    /// before the request is parked).
+    pub principal: Option<Option<String>>,
 }
 
 /// What a request leaves for its response: rate-limit headers and whose usage it is.
@@ -148,10 +153,22 @@ pub fn client_now(host: &impl Host, forwarding: &Forwarding) -> Option<IpAddr> {
     })
 }
 
-/// Reads the client address now, before the request is parked and its context left.
+/// The request's principal (its context must be the effective one).
+pub fn principal_now(host: &impl Host, forwarding: &Forwarding) -> Option<String> {
+    match &forwarding.principal {
+        Some(principal) => principal.clone(),
+        None => read_principal(host.property(&PRINCIPAL_PROPERTY).as_deref()),
+    }
+}
+
+/// Reads the client address and principal now, before the request is parked and its
+/// context left (its key record, unknown yet, may restrict either).
 pub fn resolve_client(host: &impl Host, forwarding: &mut Forwarding) {
     if forwarding.client.is_none() {
         forwarding.client = Some(client_now(host, forwarding));
+    }
+    if forwarding.principal.is_none() {
+        forwarding.principal = Some(principal_now(host, forwarding));
     }
 }
 

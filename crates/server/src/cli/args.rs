@@ -183,6 +183,10 @@ pub struct LimitArgs {
     /// The key is refused from this time on (RFC 3339).
     #[arg(long, value_name = "RFC3339")]
     pub not_after: Option<String>,
+    /// A workload identity (mTLS peer URI SAN) the key is bound to, such as
+    /// spiffe://cluster.local/ns/payments/sa/api or .../sa/* (repeat for several).
+    #[arg(long = "allowed-principal", value_name = "PRINCIPAL")]
+    pub allowed_principals: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +218,9 @@ pub struct UpdateArgs {
     /// Remove not_after.
     #[arg(long, conflicts_with = "not_after")]
     pub clear_not_after: bool,
+    /// Unbind the key from workloads (any principal, or none, may use it).
+    #[arg(long, conflicts_with = "allowed_principals")]
+    pub clear_principals: bool,
     /// Replace the roles the key holds with these (repeat for several).
     #[arg(long = "role", value_name = "NAME")]
     pub roles: Vec<String>,

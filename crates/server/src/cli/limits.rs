@@ -47,6 +47,9 @@ impl LimitArgs {
         if let Some(at) = self.not_after {
             body.insert("not_after".into(), json!(at));
         }
+        if !self.allowed_principals.is_empty() {
+            body.insert("allowed_principals".into(), json!(self.allowed_principals));
+        }
         Ok(())
     }
 }
@@ -74,6 +77,7 @@ pub(super) fn update(client: &Client, args: UpdateArgs, json_output: bool) -> Re
         (args.clear_cidrs, "allowed_cidrs"),
         (args.clear_not_before, "not_before"),
         (args.clear_not_after, "not_after"),
+        (args.clear_principals, "allowed_principals"),
     ] {
         if clear {
             body.insert(field.into(), Value::Null);

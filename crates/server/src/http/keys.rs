@@ -94,6 +94,7 @@ pub struct LimitsView {
     pub allowed_cidrs: Vec<String>,
     pub not_before: Option<String>,
     pub not_after: Option<String>,
+    pub allowed_principals: Vec<String>,
 }
 
 impl LimitsView {
@@ -103,6 +104,7 @@ impl LimitsView {
             allowed_cidrs: limits.allowed_cidrs.clone(),
             not_before: limits.not_before.and_then(format_rfc3339),
             not_after: limits.not_after.and_then(format_rfc3339),
+            allowed_principals: limits.allowed_principals.clone(),
         }
     }
 }

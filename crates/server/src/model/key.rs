@@ -74,6 +74,9 @@ pub struct KeyLimits {
     pub not_before: Option<i64>,
     /// Unix seconds from which the key is refused.
     pub not_after: Option<i64>,
+    /// Workload identities (principals or `.../*` patterns) the request's peer principal
+    /// must match; empty: any request.
+    pub allowed_principals: Vec<String>,
 }
 
 /// Where a page of keys starts: after this (created_at, id).
@@ -94,6 +97,7 @@ pub struct KeyPatch {
     pub not_before: Option<Option<i64>>,
     pub not_after: Option<Option<i64>>,
     pub roles: Option<Vec<String>>,
+    pub allowed_principals: Option<Vec<String>>,
 }
 
 impl KeyPatch {
@@ -123,6 +127,9 @@ impl KeyPatch {
         if let Some(roles) = &self.roles {
             record.roles.clone_from(roles);
         }
+        if let Some(principals) = &self.allowed_principals {
+            record.limits.allowed_principals.clone_from(principals);
+        }
     }
 
     /// Names of the fields this patch sets or clears, for logs and the audit log.
@@ -141,6 +148,7 @@ impl KeyPatch {
         note(self.not_before.is_some(), "not_before");
         note(self.not_after.is_some(), "not_after");
         note(self.roles.is_some(), "roles");
+        note(self.allowed_principals.is_some(), "allowed_principals");
         fields
     }
 }

@@ -113,6 +113,10 @@ pub enum ApiError {
     TooManyCidrs,
     #[error("allowed_cidrs[{index}] ({entry:?}) is not an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or 2001:db8::/32")]
     BadCidr { index: usize, entry: String },
+    #[error("allowed_principals must have at most 64 entries")]
+    TooManyPrincipals,
+    #[error("allowed_principals[{index}] is not a principal such as spiffe://cluster.local/ns/payments/sa/api or a pattern ending in one whole '/*' segment: {reason}")]
+    BadPrincipal { index: usize, reason: String },
     #[error("rate_limit needs requests_per_second greater than 0 and at most 1000000, and burst from 1 to 1000000")]
     BadRateLimit,
     #[error("{0} must be an RFC 3339 timestamp such as 2030-01-01T00:00:00Z")]

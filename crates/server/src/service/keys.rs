@@ -62,6 +62,8 @@ pub struct CreateKeyRequest {
     /// Names of roles the key holds (opaque keys only).
     #[serde(default)]
     pub roles: Option<Vec<String>>,
+    #[serde(default)]
+    pub allowed_principals: Option<Vec<String>>,
 }
 
 /// What kind of key to mint.
@@ -129,6 +131,7 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         allowed_cidrs: request.allowed_cidrs,
         not_before: request.not_before,
         not_after: request.not_after,
+        allowed_principals: request.allowed_principals,
     }
     .validate()?;
     let roles = crate::service::roles::validate_key_roles(&request.roles.unwrap_or_default())?;
@@ -463,6 +466,7 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             .not_after
             .map(|t| u64::try_from(t).unwrap_or(0)),
         roles,
+        allowed_principals: record.limits.allowed_principals,
     }))
 }
 

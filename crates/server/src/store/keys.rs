@@ -254,6 +254,7 @@ pub(super) async fn insert_key_with(tx: &mut Tx, key: &KeyRecord) -> Result<(), 
         limits.not_before.into(),
         limits.not_after.into(),
         roles.into(),
+        limits.allowed_principals.into(),
     ]);
     tx.execute(&sql).await?;
     Ok(())

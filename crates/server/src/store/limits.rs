@@ -35,7 +35,7 @@ impl KeyStore {
         let update = Sql::new(
             "UPDATE keys SET name = $1, scopes = $2, metadata = $3, rate_limit_rps = $4, \
              rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, not_after = $8, \
-             roles = $10 WHERE id = $9",
+             allowed_principals = $9, roles = $11 WHERE id = $10",
         )
         .arg(record.name.as_str())
         .arg(scopes)
@@ -45,6 +45,7 @@ impl KeyStore {
         .arg(limits.allowed_cidrs)
         .arg(limits.not_before)
         .arg(limits.not_after)
+        .arg(limits.allowed_principals)
         .arg(record.id.as_str())
         .arg(roles);
         tx.execute(&update).await?;
