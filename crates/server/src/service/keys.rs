@@ -437,6 +437,9 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             .limits
             .not_after
             .map(|t| u64::try_from(t).unwrap_or(0)),
+        global_limit: None,
+        quota: None,
+        pool: None,
     }))
 }
 
