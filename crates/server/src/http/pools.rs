@@ -4,7 +4,6 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::Json;
 use keygate_core::wire::RateLimit;
 use serde::{Deserialize, Serialize};
@@ -55,9 +54,9 @@ pub async fn show_pool(
 pub async fn delete_pool(
     State(state): State<AppState>,
     Path(owner): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     pools::delete(state.service(), &owner).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(serde_json::json!({ "deleted": owner })))
 }
 
 /// The query of `GET /api/v1/pools`.
