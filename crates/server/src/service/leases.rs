@@ -71,20 +71,42 @@ enum Resolved {
     Closed,
 }
 
-async fn resolve(service: &Service, bucket: &Bucket, now: u64) -> Result<Resolved, ApiError> {
+/// The limits of the keys a request names, each read once per request.
+type KeyLimitsSeen = std::collections::HashMap<String, Option<crate::model::KeyLimits>>;
+
+async fn key_limits(
+    service: &Service,
+    seen: &mut KeyLimitsSeen,
+    id: &str,
+) -> Result<Option<crate::model::KeyLimits>, ApiError> {
+    if let Some(limits) = seen.get(id) {
+        return Ok(limits.clone());
+    }
+    let limits = service
+        .store()
+        .get_key(id)
+        .await?
+        .map(|record| record.limits);
+    seen.insert(id.to_owned(), limits.clone());
+    Ok(limits)
+}
+
+async fn resolve(
+    service: &Service,
+    seen: &mut KeyLimitsSeen,
+    bucket: &Bucket,
+    now: u64,
+) -> Result<Resolved, ApiError> {
     Ok(match bucket {
-        Bucket::Key(id) => match service.store().get_key(id).await? {
+        Bucket::Key(id) => match key_limits(service, seen, id).await? {
             None => Resolved::Closed,
-            Some(record) => record
-                .limits
-                .global_limit
-                .map_or(Resolved::Unlimited, |limit| {
-                    Resolved::Counted(CounterLimit::Rate(limit))
-                }),
+            Some(limits) => limits.global_limit.map_or(Resolved::Unlimited, |limit| {
+                Resolved::Counted(CounterLimit::Rate(limit))
+            }),
         },
-        Bucket::Quota(id) => match service.store().get_key(id).await? {
+        Bucket::Quota(id) => match key_limits(service, seen, id).await? {
             None => Resolved::Closed,
-            Some(record) => record.limits.quota.map_or(Resolved::Unlimited, |quota| {
+            Some(limits) => limits.quota.map_or(Resolved::Unlimited, |quota| {
                 let quota = quota.wire();
                 Resolved::Counted(CounterLimit::Quota {
                     limit: quota.limit,
@@ -107,10 +129,11 @@ pub async fn lease(service: &Service, request: LeaseRequest) -> Result<LeaseResp
     let now = u64::try_from(service.now()).unwrap_or(0);
     let now_ms = u64::try_from(service.clock().now_ms()).unwrap_or(0);
     let settings = service.lease_settings();
+    let mut seen = KeyLimitsSeen::new();
     let mut asks = Vec::new();
     let mut answers: Vec<Result<usize, LeaseGrant>> = Vec::with_capacity(buckets.len());
     for (bucket, ask) in buckets.iter().zip(&request.leases) {
-        let answer = match resolve(service, bucket, now).await? {
+        let answer = match resolve(service, &mut seen, bucket, now).await? {
             Resolved::Counted(limit) => {
                 asks.push(CounterAsk {
                     bucket: ask.bucket.clone(),
