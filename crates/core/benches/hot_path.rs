@@ -54,6 +54,9 @@ fn record_for(id: &str, digest_hex: String) -> KeyLookup {
         not_after: None,
         roles: Vec::new(),
         allowed_principals: Vec::new(),
+        global_limit: None,
+        quota: None,
+        pool: None,
     }
 }
 

@@ -100,8 +100,11 @@ impl CacheEntry {
         if in_use {
             flags |= FLAG_IN_USE;
         }
-        if self.record.is_some() {
+        if let Some(record) = &self.record {
             flags |= FLAG_RECORD;
+            if has_fleet(record) {
+                flags |= FLAG_FLEET;
+            }
         }
         if self.record.as_ref().is_some_and(|r| !r.roles.is_empty()) {
             flags |= FLAG_ROLES;
@@ -123,7 +126,7 @@ impl CacheEntry {
             return None;
         }
         let record = if header.has_record {
-            Some(get_record(&mut rest, header.has_roles)?)
+            Some(get_record(&mut rest, header.has_roles, header.has_fleet)?)
         } else {
             None
         };
@@ -146,6 +149,9 @@ const FLAG_RECORD: u8 = 2;
 /// The record ends with the roles the key holds (entries without are what filters that
 /// predate roles read).
 const FLAG_ROLES: u8 = 4;
+/// The record's fleet-wide limits follow it (global limit, quota, pool); entries without any
+/// are written as before this flag existed.
+const FLAG_FLEET: u8 = 8;
 
 /// What a probe reads of an entry before deciding whether it is the one looked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +161,7 @@ struct EntryHeader<'a> {
     in_use: bool,
     has_record: bool,
     has_roles: bool,
+    has_fleet: bool,
 }
 
 impl<'a> EntryHeader<'a> {
@@ -174,6 +181,7 @@ impl<'a> EntryHeader<'a> {
                 in_use: flags & FLAG_IN_USE != 0,
                 has_record: flags & FLAG_RECORD != 0,
                 has_roles: flags & FLAG_ROLES != 0,
+                has_fleet: flags & FLAG_FLEET != 0,
             },
             rest,
         ))
@@ -301,6 +309,10 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
             out.extend_from_slice(&role.version.to_le_bytes());
         }
     }
+    // Fleet-wide limits next, when the key has any (flagged in the header).
+    if has_fleet(record) {
+        put_fleet(out, record);
+    }
     // Principals come last and only when present, so entries written before them decode
     // the same.
     if !record.allowed_principals.is_empty() {
@@ -324,7 +336,7 @@ fn get_roles(rest: &mut &[u8]) -> Option<Vec<RoleRef>> {
         .collect()
 }
 
-fn get_record(rest: &mut &[u8], has_roles: bool) -> Option<KeyLookup> {
+fn get_record(rest: &mut &[u8], has_roles: bool, has_fleet: bool) -> Option<KeyLookup> {
     let id = get_str(rest)?;
     let digest = get_str(rest)?;
     let subject = get_str(rest)?;
@@ -352,12 +364,7 @@ fn get_record(rest: &mut &[u8], has_roles: bool) -> Option<KeyLookup> {
     } else {
         Vec::new()
     };
-    let allowed_principals = if rest.is_empty() {
-        Vec::new()
-    } else {
-        get_strs(rest)?
-    };
-    Some(KeyLookup {
+    let mut record = KeyLookup {
         id,
         digest,
         subject,
@@ -369,8 +376,89 @@ fn get_record(rest: &mut &[u8], has_roles: bool) -> Option<KeyLookup> {
         not_before,
         not_after,
         roles,
-        allowed_principals,
+        allowed_principals: Vec::new(),
+        global_limit: None,
+        quota: None,
+        pool: None,
+    };
+    if has_fleet {
+        get_fleet(rest, &mut record)?;
+    }
+    if !rest.is_empty() {
+        record.allowed_principals = get_strs(rest)?;
+    }
+    Some(record)
+}
+
+fn has_fleet(record: &KeyLookup) -> bool {
+    record.global_limit.is_some() || record.quota.is_some() || record.pool.is_some()
+}
+
+const FLEET_GLOBAL: u8 = 1;
+const FLEET_QUOTA: u8 = 2;
+const FLEET_POOL: u8 = 4;
+
+fn put_rate_limit(out: &mut Vec<u8>, limit: &RateLimit) {
+    out.extend_from_slice(&limit.requests_per_second.to_bits().to_le_bytes());
+    out.extend_from_slice(&limit.burst.to_le_bytes());
+}
+
+fn get_rate_limit(rest: &mut &[u8]) -> Option<RateLimit> {
+    Some(RateLimit {
+        requests_per_second: f64::from_bits(get_u64(rest)?),
+        burst: get_u32(rest)?,
     })
+}
+
+/// The fleet-wide limits of a record: a byte of which follow, then each one present.
+fn put_fleet(out: &mut Vec<u8>, record: &KeyLookup) {
+    let mut present = 0;
+    if record.global_limit.is_some() {
+        present |= FLEET_GLOBAL;
+    }
+    if record.quota.is_some() {
+        present |= FLEET_QUOTA;
+    }
+    if record.pool.is_some() {
+        present |= FLEET_POOL;
+    }
+    out.push(present);
+    if let Some(limit) = &record.global_limit {
+        put_rate_limit(out, limit);
+    }
+    if let Some(quota) = &record.quota {
+        out.extend_from_slice(&quota.limit.to_le_bytes());
+        out.extend_from_slice(&quota.period_s.to_le_bytes());
+        out.extend_from_slice(&quota.window_start.to_le_bytes());
+    }
+    if let Some(pool) = &record.pool {
+        put_str(out, &pool.owner);
+        put_rate_limit(out, &pool.limit);
+    }
+}
+
+fn get_fleet(rest: &mut &[u8], record: &mut KeyLookup) -> Option<()> {
+    let present = take(rest, 1)?[0];
+    if present & !(FLEET_GLOBAL | FLEET_QUOTA | FLEET_POOL) != 0 {
+        return None;
+    }
+    if present & FLEET_GLOBAL != 0 {
+        record.global_limit = Some(get_rate_limit(rest)?);
+    }
+    if present & FLEET_QUOTA != 0 {
+        record.quota = Some(crate::fleet::Quota {
+            limit: get_u64(rest)?,
+            period_s: get_u64(rest)?,
+            window_start: get_u64(rest)?,
+        });
+    }
+    if present & FLEET_POOL != 0 {
+        record.pool = Some(Box::new(crate::fleet::PoolRef {
+            owner: get_str(rest)?,
+            limit: get_rate_limit(rest)?,
+        }));
+    }
+    Some(())
 }
 
 /// FNV-1a: stable across workers and builds, which is all a slot index needs.
@@ -709,6 +797,9 @@ mod tests {
                 not_after: None,
                 roles: Vec::new(),
                 allowed_principals: Vec::new(),
+                global_limit: None,
+                quota: None,
+                pool: None,
             }),
         }
     }
@@ -789,7 +880,56 @@ mod tests {
                 name: "analyst".into(),
                 version: 42,
             }],
-            allowed_principals: Vec::new(),
+            allowed_principals: vec!["spiffe://cluster.local/ns/a/sa/b".into()],
+            global_limit: Some(RateLimit {
+                requests_per_second: 100.0,
+                burst: 50,
+            }),
+            quota: Some(crate::fleet::Quota {
+                limit: 100_000,
+                period_s: 2_592_000,
+                window_start: 1_700_000_000,
+            }),
+            pool: Some(Box::new(crate::fleet::PoolRef {
+                owner: "team-ü".into(),
+                limit: RateLimit {
+                    requests_per_second: 2.5,
+                    burst: 3,
+                },
+            })),
+        }
+    }
+
+    #[test]
+    fn records_without_fleet_limits_keep_the_old_form() {
+        let mut record = full_record();
+        record.global_limit = None;
+        record.quota = None;
+        record.pool = None;
+        let e = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 9,
+            record: Some(record.clone()),
+        };
+        let bytes = e.encode();
+        assert_eq!(bytes[1] & FLAG_FLEET, 0);
+        assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(e.clone()));
+        // Each fleet field alone round-trips too.
+        let full = full_record();
+        for pick in 0..3 {
+            let mut one = record.clone();
+            match pick {
+                0 => one.global_limit = full.global_limit,
+                1 => one.quota = full.quota,
+                _ => one.pool.clone_from(&full.pool),
+            }
+            let e = CacheEntry {
+                record: Some(one),
+                ..e.clone()
+            };
+            let bytes = e.encode();
+            assert_ne!(bytes[1] & FLAG_FLEET, 0);
+            assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(e));
         }
     }
 

@@ -636,6 +636,9 @@ mod tests {
             not_after: None,
             roles: Vec::new(),
             allowed_principals: Vec::new(),
+            global_limit: None,
+            quota: None,
+            pool: None,
         };
         (record, digest)
     }

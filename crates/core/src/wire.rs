@@ -59,6 +59,15 @@ pub struct KeyLookup {
     /// principal must match; empty: any request (see [`crate::principal`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_principals: Vec<String>,
+    /// Fleet-wide rate limit, enforced through leases (`crate::fleet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_limit: Option<RateLimit>,
+    /// Quota (credits) per window, enforced through leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<crate::fleet::Quota>,
+    /// The owner's pooled limit, shared by all of the owner's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Box<crate::fleet::PoolRef>>,
 }
 
 /// A role a key holds, at one version (a number that only grows with each change).

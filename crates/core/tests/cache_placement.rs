@@ -95,6 +95,9 @@ fn record(id: &KeyId) -> KeyLookup {
         not_after: None,
         roles: Vec::new(),
         allowed_principals: Vec::new(),
+        global_limit: None,
+        quota: None,
+        pool: None,
     }
 }
 

@@ -34,6 +34,7 @@ pub mod client;
 mod import;
 mod keys;
 mod limits;
+mod pools;
 pub mod print;
 mod roles;
 mod signing_keys;
@@ -47,6 +48,7 @@ pub use audit::run_audit;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
 pub use keys::run_keys;
 pub use roles::run_roles;
+pub use pools::run_pools;
 pub use signing_keys::run_signing_keys;
 
 #[cfg(test)]

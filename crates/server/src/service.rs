@@ -5,12 +5,17 @@
 
 pub mod audit;
 pub mod context;
+pub mod counters;
 pub mod error;
 pub mod feed;
+pub mod fleet_config;
 pub mod keys;
+pub mod leases;
 pub mod legacy;
 pub mod limits;
 pub mod metrics;
+pub mod pools;
+pub mod redis_counters;
 pub mod retention;
 pub mod roles;
 pub mod signing;

@@ -561,6 +561,9 @@ mod tests {
                     version,
                 }],
                 allowed_principals: Vec::new(),
+                global_limit: None,
+                quota: None,
+                pool: None,
             }),
         };
         let now = T0 + 500;

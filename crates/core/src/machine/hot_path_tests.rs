@@ -61,6 +61,9 @@ fn record(key: &MintedKey) -> KeyLookup {
         not_after: None,
         roles: Vec::new(),
         allowed_principals: Vec::new(),
+        global_limit: None,
+        quota: None,
+        pool: None,
     }
 }
 

@@ -71,6 +71,9 @@ fn record(key: &MintedKey, allowed_principals: &[&str]) -> KeyLookup {
         not_after: None,
         roles: Vec::new(),
         allowed_principals: allowed_principals.iter().map(|p| (*p).to_owned()).collect(),
+        global_limit: None,
+        quota: None,
+        pool: None,
     }
 }
 

@@ -64,6 +64,10 @@ pub struct CreateKeyRequest {
     pub roles: Option<Vec<String>>,
     #[serde(default)]
     pub allowed_principals: Option<Vec<String>>,
+    #[serde(default)]
+    pub global_limit: Option<RateLimitRequest>,
+    #[serde(default)]
+    pub quota: Option<crate::service::limits::QuotaRequest>,
 }
 
 /// What kind of key to mint.
@@ -132,8 +136,10 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         not_before: request.not_before,
         not_after: request.not_after,
         allowed_principals: request.allowed_principals,
+        global_limit: request.global_limit,
+        quota: request.quota,
     }
-    .validate()?;
+    .validate(now)?;
     let roles = crate::service::roles::validate_key_roles(&request.roles.unwrap_or_default())?;
     if !roles.is_empty() && format != KeyFormat::Opaque {
         return Err(ApiError::JwtRoles);
@@ -442,6 +448,16 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             version: role.version,
         })
         .collect();
+    let pool = if record.owner.is_empty() {
+        None
+    } else {
+        service.store().get_pool(&record.owner).await?.map(|pool| {
+            Box::new(keygate_core::fleet::PoolRef {
+                owner: pool.owner,
+                limit: pool.limit,
+            })
+        })
+    };
     Ok(Some(KeyLookup {
         subject: if record.owner.is_empty() {
             record.id.clone()
@@ -467,6 +483,9 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             .map(|t| u64::try_from(t).unwrap_or(0)),
         roles,
         allowed_principals: record.limits.allowed_principals,
+        global_limit: record.limits.global_limit,
+        quota: record.limits.quota.map(|quota| quota.wire()),
+        pool,
     }))
 }
 
