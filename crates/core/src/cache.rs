@@ -101,13 +101,7 @@ impl CacheEntry {
             flags |= FLAG_IN_USE;
         }
         if let Some(record) = &self.record {
-            flags |= FLAG_RECORD;
-            if has_fleet(record) {
-                flags |= FLAG_FLEET;
-            }
-        }
-        if self.record.as_ref().is_some_and(|r| !r.roles.is_empty()) {
-            flags |= FLAG_ROLES;
+            flags |= FLAG_RECORD | sections_of(record);
         }
         out.push(flags);
         put_str8(&mut out, &self.id);
@@ -126,7 +120,7 @@ impl CacheEntry {
             return None;
         }
         let record = if header.has_record {
-            Some(get_record(&mut rest, header.has_roles, header.has_fleet)?)
+            Some(get_record(&mut rest, header.sections)?)
         } else {
             None
         };
@@ -152,6 +146,26 @@ const FLAG_ROLES: u8 = 4;
 /// The record's fleet-wide limits follow it (global limit, quota, pool); entries without any
 /// are written as before this flag existed.
 const FLAG_FLEET: u8 = 8;
+/// The record ends with the workload identities the key is bound to.
+const FLAG_PRINCIPALS: u8 = 16;
+/// The flags that say which optional sections follow a record.
+const SECTIONS: u8 = FLAG_ROLES | FLAG_FLEET | FLAG_PRINCIPALS;
+
+/// The optional sections `record` is written with: each only when it has something to say,
+/// so a record without them is stored as filters that predate them read it.
+fn sections_of(record: &KeyLookup) -> u8 {
+    let mut sections = 0;
+    if !record.roles.is_empty() {
+        sections |= FLAG_ROLES;
+    }
+    if has_fleet(record) {
+        sections |= FLAG_FLEET;
+    }
+    if !record.allowed_principals.is_empty() {
+        sections |= FLAG_PRINCIPALS;
+    }
+    sections
+}
 
 /// What a probe reads of an entry before deciding whether it is the one looked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,8 +174,8 @@ struct EntryHeader<'a> {
     fetched_at_ms: u64,
     in_use: bool,
     has_record: bool,
-    has_roles: bool,
-    has_fleet: bool,
+    /// Which optional sections follow the record ([`SECTIONS`]).
+    sections: u8,
 }
 
 impl<'a> EntryHeader<'a> {
@@ -180,8 +194,7 @@ impl<'a> EntryHeader<'a> {
                 fetched_at_ms,
                 in_use: flags & FLAG_IN_USE != 0,
                 has_record: flags & FLAG_RECORD != 0,
-                has_roles: flags & FLAG_ROLES != 0,
-                has_fleet: flags & FLAG_FLEET != 0,
+                sections: flags & SECTIONS,
             },
             rest,
         ))
@@ -299,9 +312,9 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
     put_strs(out, &record.allowed_cidrs);
     put_opt_u64(out, record.not_before);
     put_opt_u64(out, record.not_after);
-    // Roles come next, and only when the key holds some (flagged in the header): entries
-    // without them stay readable by filters that predate roles.
-    if !record.roles.is_empty() {
+    // The optional sections, each flagged in the header ([`sections_of`]).
+    let sections = sections_of(record);
+    if sections & FLAG_ROLES != 0 {
         let count = record.roles.len().min(usize::from(u16::MAX));
         out.extend_from_slice(&(count as u16).to_le_bytes());
         for role in &record.roles[..count] {
@@ -309,13 +322,10 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
             out.extend_from_slice(&role.version.to_le_bytes());
         }
     }
-    // Fleet-wide limits next, when the key has any (flagged in the header).
-    if has_fleet(record) {
+    if sections & FLAG_FLEET != 0 {
         put_fleet(out, record);
     }
-    // Principals come last and only when present, so entries written before them decode
-    // the same.
-    if !record.allowed_principals.is_empty() {
+    if sections & FLAG_PRINCIPALS != 0 {
         put_strs(out, &record.allowed_principals);
     }
 }
@@ -336,7 +346,7 @@ fn get_roles(rest: &mut &[u8]) -> Option<Vec<RoleRef>> {
         .collect()
 }
 
-fn get_record(rest: &mut &[u8], has_roles: bool, has_fleet: bool) -> Option<KeyLookup> {
+fn get_record(rest: &mut &[u8], sections: u8) -> Option<KeyLookup> {
     let id = get_str(rest)?;
     let digest = get_str(rest)?;
     let subject = get_str(rest)?;
@@ -359,7 +369,7 @@ fn get_record(rest: &mut &[u8], has_roles: bool, has_fleet: bool) -> Option<KeyL
     let allowed_cidrs = get_strs(rest)?;
     let not_before = get_opt_u64(rest)?;
     let not_after = get_opt_u64(rest)?;
-    let roles = if has_roles {
+    let roles = if sections & FLAG_ROLES != 0 {
         get_roles(rest)?
     } else {
         Vec::new()
@@ -381,10 +391,10 @@ fn get_record(rest: &mut &[u8], has_roles: bool, has_fleet: bool) -> Option<KeyL
         quota: None,
         pool: None,
     };
-    if has_fleet {
+    if sections & FLAG_FLEET != 0 {
         get_fleet(rest, &mut record)?;
     }
-    if !rest.is_empty() {
+    if sections & FLAG_PRINCIPALS != 0 {
         record.allowed_principals = get_strs(rest)?;
     }
     Some(record)
@@ -986,6 +996,7 @@ mod tests {
     #[test]
     fn workload_bindings_round_trip_and_older_entries_decode_without_them() {
         let mut record = full_record();
+        record.allowed_principals = Vec::new();
         let older = CacheEntry {
             id: id(1).to_string(),
             fetched_at_ms: 7,
@@ -1004,10 +1015,12 @@ mod tests {
         // An entry without bindings is encoded as before them, and decodes with none.
         let old_bytes = older.encode();
         assert!(old_bytes.len() < bytes.len());
-        assert_eq!(&bytes[..old_bytes.len()], &old_bytes[..]);
+        assert_eq!(old_bytes[1] & FLAG_PRINCIPALS, 0);
+        assert_ne!(bytes[1] & FLAG_PRINCIPALS, 0);
+        assert_eq!(&bytes[2..old_bytes.len()], &old_bytes[2..]);
         assert_eq!(CacheEntry::decode_for(&old_bytes, &id(1)), Some(older));
-        // Cut inside the list, it is refused.
-        for end in old_bytes.len() + 1..bytes.len() {
+        // Cut anywhere in or before the list, it is refused: the header promises it.
+        for end in old_bytes.len()..bytes.len() {
             assert_eq!(
                 CacheEntry::decode_for(&bytes[..end], &id(1)),
                 None,
