@@ -52,6 +52,10 @@ pub enum DenyReason {
     ServiceUnavailable,
     /// Too many lookups are already in flight.
     Overloaded,
+    /// The key's quota (credits) is spent; its window ends in this many seconds.
+    QuotaExhausted {
+        retry_after_s: u64,
+    },
 }
 
 impl DenyReason {
@@ -66,7 +70,7 @@ impl DenyReason {
             | Self::Revoked
             | Self::NotYetValid
             | Self::Expired => 401,
-            Self::RateLimited { .. } => 429,
+            Self::RateLimited { .. } | Self::QuotaExhausted { .. } => 429,
             Self::AddressNotAllowed => 403,
             Self::BadRequest(_) | Self::PathParameter => 400,
             Self::InsufficientScope(_) | Self::NoRoute => 403,
@@ -95,11 +99,12 @@ impl DenyReason {
             Self::PathParameter => "path_parameter",
             Self::ServiceUnavailable => "service_unavailable",
             Self::Overloaded => "overloaded",
+            Self::QuotaExhausted { .. } => "quota_exhausted",
         }
     }
 
     /// Every metric name, so a filter can define them all at start.
-    pub const METRIC_NAMES: [&'static str; 17] = [
+    pub const METRIC_NAMES: [&'static str; 18] = [
         "not_yet_valid",
         "address_not_allowed",
         "rate_limited",
@@ -117,6 +122,7 @@ impl DenyReason {
         "service_unavailable",
         "overloaded",
         "path_parameter",
+        "quota_exhausted",
     ];
 
     fn problem(&self) -> (&'static str, &'static str, String) {
@@ -203,6 +209,14 @@ impl DenyReason {
                 "Authorization temporarily unavailable",
                 "Too many API keys are being checked right now. Retry later.".to_owned(),
             ),
+            Self::QuotaExhausted { retry_after_s } => (
+                "quota-exhausted",
+                "Quota exhausted",
+                format!(
+                    "The API key's quota is spent (this is its quota, not its rate limit). \
+                     It renews in {retry_after_s} s."
+                ),
+            ),
         }
     }
 
@@ -235,7 +249,8 @@ impl DenyReason {
             | Self::ServiceUnavailable
             | Self::Overloaded
             | Self::AddressNotAllowed
-            | Self::RateLimited { .. } => None,
+            | Self::RateLimited { .. }
+            | Self::QuotaExhausted { .. } => None,
         }
     }
 

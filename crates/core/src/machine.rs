@@ -11,10 +11,12 @@
 //!   and what a request gets when the key service cannot answer;
 //! - [`rate`]: the shared token buckets and their fail-closed outcomes;
 //! - [`reply`]: denials as answered in enforce mode and reported in shadow mode;
-//! - [`usage`]: per-key usage counts, merged across workers and sent by one flusher.
+//! - [`usage`]: per-key usage counts, merged across workers and sent by one flusher;
+//! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases.
 
 pub mod callouts;
 pub mod degraded;
+pub mod fleet;
 pub mod follower;
 pub mod jwks;
 pub mod lease;

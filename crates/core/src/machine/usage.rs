@@ -150,6 +150,7 @@ pub fn counts_under_key(reason: &DenyReason) -> bool {
             | DenyReason::NotYetValid
             | DenyReason::AddressNotAllowed
             | DenyReason::RateLimited { .. }
+            | DenyReason::QuotaExhausted { .. }
             | DenyReason::InsufficientScope(_)
     )
 }
@@ -540,6 +541,7 @@ mod tests {
             DenyReason::NotYetValid,
             DenyReason::AddressNotAllowed,
             DenyReason::RateLimited { retry_after_s: 1 },
+            DenyReason::QuotaExhausted { retry_after_s: 1 },
             DenyReason::InsufficientScope(vec!["demo:write".into()]),
         ] {
             assert!(counts_under_key(&proven), "{proven:?}");
