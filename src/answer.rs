@@ -5,6 +5,7 @@ use keygate_core::config::FilterConfig;
 use keygate_core::credential::Source;
 use keygate_core::decision::{DenyReason, Identity};
 use keygate_core::key::KeyId;
+use keygate_core::machine::fleet::Verdict;
 use keygate_core::machine::rate::{self, RateOutcome};
 use keygate_core::machine::reply::Replies;
 use keygate_core::machine::usage::counts_under_key;
@@ -28,6 +29,32 @@ pub fn apply(
         Err(reason) => return deny(shared, &reason, key_label, forwarding.mode),
     };
     let now = host::now_ms();
+    // Fleet-wide limits first: a request may wait for a lease, and is decided again then.
+    let mut fleet_ratelimit = None;
+    if let Some(limits) = identity.fleet.clone() {
+        match crate::fleet::check(shared, &limits, forwarding) {
+            Verdict::Allowed { ratelimit } => fleet_ratelimit = ratelimit,
+            Verdict::Limited { reason, headers } => {
+                let key = Some(&*identity.usage_key);
+                return deny_with(shared, &reason, key, forwarding.mode, &headers);
+            }
+            Verdict::Wait => {
+                let waiter = Box::new(crate::fleet::Waiter {
+                    context_id,
+                    forwarding: forwarding.clone(),
+                    identity,
+                });
+                return match crate::fleet::park(shared, waiter) {
+                    Ok(()) => false,
+                    Err(mut waiter) => {
+                        // Too many wait already: decided now, by the fallback.
+                        waiter.forwarding.fleet_may_wait = false;
+                        apply(shared, context_id, &waiter.forwarding, Ok(waiter.identity))
+                    }
+                };
+            }
+        }
+    }
     // Every credential kind draws from a bucket: the key's, or (a token without a Keygate key
     // id) its issuer's and subject's.
     let limit = identity.rate_limit.or(forwarding.route_rate_limit);
@@ -67,6 +94,7 @@ pub fn apply(
             }
         }
     }
+    let ratelimit = ratelimit.or(fleet_ratelimit);
     let config = &shared.config;
     let ih = &config.identity_headers;
     let shadow = forwarding.mode == Mode::Shadow;

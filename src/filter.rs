@@ -92,6 +92,7 @@ impl RootContext for KeygateRoot {
                     jwt: RefCell::new(jwt),
                     feed: RefCell::new(FeedView::new(worker.clone())),
                     usage: RefCell::new(Usage::new(worker)),
+                    fleet: RefCell::new(crate::fleet::start()),
                     callouts: RefCell::new(Callouts::default()),
                     notes: RefCell::new(HashMap::new()),
                     tick: Cell::new(Duration::ZERO),
@@ -118,6 +119,7 @@ impl RootContext for KeygateRoot {
             crate::usage::on_tick(shared);
             crate::lookup::on_tick(shared);
             crate::jwt::on_tick(shared);
+            crate::fleet::on_tick(shared);
             reschedule(shared);
         }
     }
@@ -138,7 +140,8 @@ impl RootContext for KeygateRoot {
 pub fn reschedule(shared: &Shared) {
     let waiting = shared.config.revocation_feed.enabled
         || shared.lookups.borrow().has_remote_waits()
-        || shared.jwt.borrow().has_waiters();
+        || shared.jwt.borrow().has_waiters()
+        || shared.fleet.borrow().has_waiters();
     let wanted = if waiting {
         FAST_TICK
     } else if shared.jwt.borrow().has_remote_issuers() || shared.config.usage.enabled {
@@ -161,6 +164,7 @@ fn on_call_response(shared: &Shared, token_id: u32, body_size: usize) {
         Some(Callout::Jwks(issuer)) => crate::jwt::on_response(shared, issuer, body_size),
         Some(Callout::Feed) => crate::feed::on_response(shared, body_size),
         Some(Callout::Usage) => crate::usage::on_response(shared),
+        Some(Callout::Lease) => crate::fleet::on_response(shared, token_id, body_size),
         None => {}
     }
     reschedule(shared);
@@ -228,6 +232,11 @@ impl HttpContext for KeygateHttp {
         self.shared.notes.borrow_mut().remove(&self.context_id);
         self.shared.lookups.borrow_mut().forget(self.context_id);
         self.shared.jwt.borrow_mut().forget(self.context_id);
+        let id = self.context_id;
+        self.shared
+            .fleet
+            .borrow_mut()
+            .forget(|w| w.context_id == id);
     }
 }
 
@@ -250,7 +259,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         return Step::Deny(DenyReason::PathParameter, None, config.mode);
     }
 
-    let (policy, mode, route_rate_limit, forward_credential) =
+    let (policy, mode, route_rate_limit, forward_credential, cost) =
         match route_policy(shared, method, path) {
             Ok(found) => found,
             Err(reason) => return Step::Deny(reason, None, config.mode),
@@ -316,6 +325,8 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
         route_rate_limit,
         key_id: None,
         forward_credential,
+        cost,
+        fleet_may_wait: true,
     };
     let credential = extracted.credential;
 
@@ -380,15 +391,15 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     Step::Deny(DenyReason::MalformedKey, None, mode)
 }
 
-/// The policy for this request, the mode it runs in, the route's default rate limit and
-/// whether it forwards the credential. Route metadata on the Envoy route wins; otherwise the
+/// The policy for this request, the mode it runs in, the route's default rate limit,
+/// whether it forwards the credential and what it costs from a quota. Route metadata on the Envoy route wins; otherwise the
 /// filter's route table (entries by Envoy route name or by method and path, first match). No
 /// policy anywhere: denied.
 fn route_policy(
     shared: &Shared,
     method: &str,
     path: &str,
-) -> Result<(Policy, Mode, Option<RateLimit>, bool), DenyReason> {
+) -> Result<(Policy, Mode, Option<RateLimit>, bool, u32), DenyReason> {
     let config = &shared.config;
     if config.route_metadata {
         let leaf = |name: &str| {
@@ -400,7 +411,7 @@ fn route_policy(
             leaf("mode").as_deref(),
         ) {
             Ok(Some((policy, mode))) => {
-                return Ok((policy, mode.unwrap_or(config.mode), None, false))
+                return Ok((policy, mode.unwrap_or(config.mode), None, false, 1))
             }
             Ok(None) => {}
             Err(err) => {
@@ -426,6 +437,7 @@ fn route_policy(
         route.mode.unwrap_or(config.mode),
         route.rate_limit,
         route.forward_credential,
+        route.cost,
     ))
 }
 

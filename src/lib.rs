@@ -6,6 +6,7 @@ mod answer;
 mod crypto;
 mod feed;
 mod filter;
+mod fleet;
 mod host;
 mod jwt;
 mod lookup;

@@ -43,6 +43,8 @@ pub struct Shared {
     pub jwt: RefCell<JwtState>,
     pub feed: RefCell<FeedView>,
     pub usage: RefCell<Usage>,
+    /// Fleet-wide limits: leases, asks, parked requests.
+    pub fleet: RefCell<crate::fleet::Fleet<Box<crate::fleet::Waiter>>>,
     /// Every callout in flight on this worker, by token.
     pub callouts: RefCell<Callouts>,
     /// Per request (context id): what its response needs.
@@ -52,7 +54,7 @@ pub struct Shared {
 
 /// How a decided request is forwarded: which credential sources to strip, and whether the
 /// decision is enforced.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Forwarding {
     pub mode: Mode,
     pub sources: Vec<Source>,
@@ -70,6 +72,10 @@ pub struct Forwarding {
     pub key_id: Option<KeyId>,
     /// The route forwards the client's credential upstream (`forward_credential`).
     pub forward_credential: bool,
+    /// What the request costs from a key's quota (the route's `cost`).
+    pub cost: u32,
+    /// The request may still wait for a fleet lease (false once it waited its time).
+    pub fleet_may_wait: bool,
 }
 
 /// What a request leaves for its response: rate-limit headers and whose usage it is.

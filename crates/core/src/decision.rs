@@ -313,6 +313,8 @@ pub struct Identity {
     /// The key usage is counted under: the key id, or (without one) `sub:` and the bucket
     /// owner in hex, which no Keygate key id can equal.
     pub usage_key: Arc<str>,
+    /// The key's fleet-wide limits (global rate, quota, owner pool), if it has any.
+    pub fleet: Option<Arc<crate::machine::fleet::FleetLimits>>,
 }
 
 impl Identity {
@@ -333,6 +335,7 @@ impl Identity {
             issuer: None,
             bucket_owner,
             usage_key,
+            fleet: None,
         }
     }
 
@@ -379,14 +382,16 @@ pub struct PreparedRecord {
 
 impl PreparedRecord {
     pub fn of(record: &KeyLookup) -> Self {
+        let mut identity = Identity::new(
+            &header_safe(&record.subject),
+            &record.id,
+            record.scopes.iter().map(|s| header_safe(s)).collect(),
+            record.rate_limit.filter(RateLimit::is_valid),
+        );
+        identity.fleet = crate::machine::fleet::FleetLimits::of(record);
         Self {
             digest: KeyDigest::from_hex(&record.digest),
-            identity: Identity::new(
-                &header_safe(&record.subject),
-                &record.id,
-                record.scopes.iter().map(|s| header_safe(s)).collect(),
-                record.rate_limit.filter(RateLimit::is_valid),
-            ),
+            identity,
             allowed: AllowList::parse(&record.allowed_cidrs),
         }
     }
@@ -504,6 +509,9 @@ pub fn authorize_token_prepared(
     identity.rate_limit = identity
         .rate_limit
         .or(record.rate_limit.filter(RateLimit::is_valid));
+    if identity.fleet.is_none() {
+        identity.fleet = prepared.identity.fleet.clone();
+    }
     authorize_scopes(identity, required)
 }
 

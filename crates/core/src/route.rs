@@ -60,7 +60,14 @@ pub struct RouteSpec {
     /// route, public ones included, so keys do not land in upstream logs).
     #[serde(default)]
     pub forward_credential: bool,
+    /// What one request costs from a key's quota (credits); absent: 1. Rate limits count
+    /// requests, whatever the cost.
+    #[serde(default)]
+    pub cost: Option<u32>,
 }
+
+/// Most a route's `cost` may be.
+pub const MAX_ROUTE_COST: u32 = 1_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -83,6 +90,8 @@ pub enum RouteError {
     TooMany,
     #[error("`rate_limit` needs requests_per_second in (0, 1000000] and burst in 1..=1000000")]
     BadRateLimit,
+    #[error("`cost` must be in 1..=1000000")]
+    BadCost,
 }
 
 /// Whether decisions are enforced or only reported.
@@ -140,6 +149,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Keep the client's credential on the forwarded request.
     pub forward_credential: bool,
+    /// What one request costs from a key's quota (1 unless configured).
+    pub cost: u32,
 }
 
 impl Route {
@@ -189,6 +200,11 @@ impl Route {
                 limit => limit,
             },
             forward_credential: spec.forward_credential,
+            cost: match spec.cost {
+                None => 1,
+                Some(cost) if (1..=MAX_ROUTE_COST).contains(&cost) => cost,
+                Some(_) => return Err(RouteError::BadCost),
+            },
         })
     }
 
@@ -615,6 +631,21 @@ mod tests {
             Policy::Public => vec!["<public>".to_owned()],
             Policy::Scopes(s) => s.iter().map(|s| s.as_str().to_owned()).collect(),
         })
+    }
+
+    #[test]
+    fn a_route_costs_one_unless_configured() {
+        let table = RouteTable::compile(&[
+            spec(r#"{"prefix": "/cheap/", "scopes": ["a"]}"#),
+            spec(r#"{"prefix": "/dear/", "scopes": ["a"], "cost": 25}"#),
+        ])
+        .unwrap();
+        assert_eq!(table.find("GET", "/cheap/x", None).unwrap().cost, 1);
+        assert_eq!(table.find("GET", "/dear/x", None).unwrap().cost, 25);
+        for bad in [0, MAX_ROUTE_COST + 1] {
+            let json = format!(r#"{{"prefix": "/", "scopes": ["a"], "cost": {bad}}}"#);
+            assert!(RouteTable::compile(&[spec(&json)]).is_err(), "{bad}");
+        }
     }
 
     #[test]
