@@ -52,6 +52,9 @@ fn record_for(id: &str, digest_hex: String) -> KeyLookup {
         allowed_cidrs: Vec::new(),
         not_before: None,
         not_after: None,
+        global_limit: None,
+        quota: None,
+        pool: None,
     }
 }
 

@@ -100,14 +100,20 @@ impl CacheEntry {
         if in_use {
             flags |= FLAG_IN_USE;
         }
-        if self.record.is_some() {
+        if let Some(record) = &self.record {
             flags |= FLAG_RECORD;
+            if has_fleet(record) {
+                flags |= FLAG_FLEET;
+            }
         }
         out.push(flags);
         put_str8(&mut out, &self.id);
         out.extend_from_slice(&self.fetched_at_ms.to_le_bytes());
         if let Some(record) = &self.record {
             put_record(&mut out, record);
+            if has_fleet(record) {
+                put_fleet(&mut out, record);
+            }
         }
         out
     }
@@ -120,7 +126,11 @@ impl CacheEntry {
             return None;
         }
         let record = if header.has_record {
-            Some(get_record(&mut rest)?)
+            let mut record = get_record(&mut rest)?;
+            if header.has_fleet {
+                get_fleet(&mut rest, &mut record)?;
+            }
+            Some(record)
         } else {
             None
         };
@@ -140,6 +150,9 @@ impl CacheEntry {
 const FORMAT: u8 = 0xB1;
 const FLAG_IN_USE: u8 = 1;
 const FLAG_RECORD: u8 = 2;
+/// The record's fleet-wide limits follow it (global limit, quota, pool); entries without any
+/// are written as before this flag existed.
+const FLAG_FLEET: u8 = 4;
 
 /// What a probe reads of an entry before deciding whether it is the one looked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +161,7 @@ struct EntryHeader<'a> {
     fetched_at_ms: u64,
     in_use: bool,
     has_record: bool,
+    has_fleet: bool,
 }
 
 impl<'a> EntryHeader<'a> {
@@ -166,6 +180,7 @@ impl<'a> EntryHeader<'a> {
                 fetched_at_ms,
                 in_use: flags & FLAG_IN_USE != 0,
                 has_record: flags & FLAG_RECORD != 0,
+                has_fleet: flags & FLAG_FLEET != 0,
             },
             rest,
         ))
@@ -319,7 +334,81 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
         allowed_cidrs,
         not_before,
         not_after,
+        global_limit: None,
+        quota: None,
+        pool: None,
     })
+}
+
+fn has_fleet(record: &KeyLookup) -> bool {
+    record.global_limit.is_some() || record.quota.is_some() || record.pool.is_some()
+}
+
+const FLEET_GLOBAL: u8 = 1;
+const FLEET_QUOTA: u8 = 2;
+const FLEET_POOL: u8 = 4;
+
+fn put_rate_limit(out: &mut Vec<u8>, limit: &RateLimit) {
+    out.extend_from_slice(&limit.requests_per_second.to_bits().to_le_bytes());
+    out.extend_from_slice(&limit.burst.to_le_bytes());
+}
+
+fn get_rate_limit(rest: &mut &[u8]) -> Option<RateLimit> {
+    Some(RateLimit {
+        requests_per_second: f64::from_bits(get_u64(rest)?),
+        burst: get_u32(rest)?,
+    })
+}
+
+/// The fleet-wide limits of a record: a byte of which follow, then each one present.
+fn put_fleet(out: &mut Vec<u8>, record: &KeyLookup) {
+    let mut present = 0;
+    if record.global_limit.is_some() {
+        present |= FLEET_GLOBAL;
+    }
+    if record.quota.is_some() {
+        present |= FLEET_QUOTA;
+    }
+    if record.pool.is_some() {
+        present |= FLEET_POOL;
+    }
+    out.push(present);
+    if let Some(limit) = &record.global_limit {
+        put_rate_limit(out, limit);
+    }
+    if let Some(quota) = &record.quota {
+        out.extend_from_slice(&quota.limit.to_le_bytes());
+        out.extend_from_slice(&quota.period_s.to_le_bytes());
+        out.extend_from_slice(&quota.window_start.to_le_bytes());
+    }
+    if let Some(pool) = &record.pool {
+        put_str(out, &pool.owner);
+        put_rate_limit(out, &pool.limit);
+    }
+}
+
+fn get_fleet(rest: &mut &[u8], record: &mut KeyLookup) -> Option<()> {
+    let present = take(rest, 1)?[0];
+    if present & !(FLEET_GLOBAL | FLEET_QUOTA | FLEET_POOL) != 0 {
+        return None;
+    }
+    if present & FLEET_GLOBAL != 0 {
+        record.global_limit = Some(get_rate_limit(rest)?);
+    }
+    if present & FLEET_QUOTA != 0 {
+        record.quota = Some(crate::fleet::Quota {
+            limit: get_u64(rest)?,
+            period_s: get_u64(rest)?,
+            window_start: get_u64(rest)?,
+        });
+    }
+    if present & FLEET_POOL != 0 {
+        record.pool = Some(Box::new(crate::fleet::PoolRef {
+            owner: get_str(rest)?,
+            limit: get_rate_limit(rest)?,
+        }));
+    }
+    Some(())
 }
 
 /// FNV-1a: stable across workers and builds, which is all a slot index needs.
@@ -656,6 +745,9 @@ mod tests {
                 allowed_cidrs: Vec::new(),
                 not_before: None,
                 not_after: None,
+                global_limit: None,
+                quota: None,
+                pool: None,
             }),
         }
     }
@@ -732,6 +824,55 @@ mod tests {
             allowed_cidrs: vec!["10.0.0.0/8".into(), "::1/128".into()],
             not_before: Some(1),
             not_after: Some(u64::MAX),
+            global_limit: Some(RateLimit {
+                requests_per_second: 100.0,
+                burst: 50,
+            }),
+            quota: Some(crate::fleet::Quota {
+                limit: 100_000,
+                period_s: 2_592_000,
+                window_start: 1_700_000_000,
+            }),
+            pool: Some(Box::new(crate::fleet::PoolRef {
+                owner: "team-ü".into(),
+                limit: RateLimit {
+                    requests_per_second: 2.5,
+                    burst: 3,
+                },
+            })),
+        }
+    }
+
+    #[test]
+    fn records_without_fleet_limits_keep_the_old_form() {
+        let mut record = full_record();
+        record.global_limit = None;
+        record.quota = None;
+        record.pool = None;
+        let e = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 9,
+            record: Some(record.clone()),
+        };
+        let bytes = e.encode();
+        assert_eq!(bytes[1] & FLAG_FLEET, 0);
+        assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(e.clone()));
+        // Each fleet field alone round-trips too.
+        let full = full_record();
+        for pick in 0..3 {
+            let mut one = record.clone();
+            match pick {
+                0 => one.global_limit = full.global_limit,
+                1 => one.quota = full.quota,
+                _ => one.pool.clone_from(&full.pool),
+            }
+            let e = CacheEntry {
+                record: Some(one),
+                ..e.clone()
+            };
+            let bytes = e.encode();
+            assert_ne!(bytes[1] & FLAG_FLEET, 0);
+            assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(e));
         }
     }
 

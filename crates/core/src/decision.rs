@@ -564,6 +564,9 @@ mod tests {
             allowed_cidrs: Vec::new(),
             not_before: None,
             not_after: None,
+            global_limit: None,
+            quota: None,
+            pool: None,
         };
         (record, digest)
     }

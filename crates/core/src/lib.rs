@@ -13,6 +13,7 @@ pub mod credential;
 pub mod decision;
 pub mod feed;
 pub mod fingerprint;
+pub mod fleet;
 pub mod headers;
 pub mod host;
 pub mod jwt;

@@ -50,6 +50,15 @@ pub struct KeyLookup {
     /// ... and from `not_after` on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<u64>,
+    /// Fleet-wide rate limit, enforced through leases (`crate::fleet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_limit: Option<RateLimit>,
+    /// Quota (credits) per window, enforced through leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<crate::fleet::Quota>,
+    /// The owner's pooled limit, shared by all of the owner's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Box<crate::fleet::PoolRef>>,
 }
 
 /// A token bucket: `requests_per_second` refill, up to `burst` requests at once.

@@ -93,6 +93,9 @@ fn record(id: &KeyId) -> KeyLookup {
         allowed_cidrs: Vec::new(),
         not_before: None,
         not_after: None,
+        global_limit: None,
+        quota: None,
+        pool: None,
     }
 }
 

@@ -6,6 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// A source of the current time in Unix seconds.
 pub trait Clock: Send + Sync {
     fn now(&self) -> i64;
+
+    /// The current time in Unix milliseconds (lease counters); by default `now() × 1000`.
+    fn now_ms(&self) -> i64 {
+        self.now().saturating_mul(1000)
+    }
 }
 
 /// The operating system's wall clock.
@@ -17,6 +22,13 @@ impl Clock for SystemClock {
         match SystemTime::now().duration_since(UNIX_EPOCH) {
             Ok(elapsed) => i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX),
             // A clock set before 1970 is broken; treat it as the epoch.
+            Err(_) => 0,
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(elapsed) => i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
             Err(_) => 0,
         }
     }

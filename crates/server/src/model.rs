@@ -14,6 +14,7 @@ pub use audit::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
 pub use key::{
     KeyLimits, KeyPatch, KeyRecord, PageAfter, FORMAT_JWT, FORMAT_LEGACY, FORMAT_OPAQUE,
 };
+pub use key::{KeyQuota, Pool};
 pub use legacy::{LegacyImportRow, LegacyOutcome};
 pub use signing::SigningKeyRow;
 pub use usage::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};

@@ -23,6 +23,7 @@ mod handle;
 mod keys;
 mod legacy;
 mod limits;
+mod pools;
 mod postgres;
 mod rows;
 mod seq;

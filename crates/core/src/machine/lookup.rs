@@ -109,6 +109,8 @@ impl<W, S> Pending<W, S> {
 }
 
 /// What the caller sees once a lookup was started (or restarted on the tick).
+// A record is moved once per lookup: not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Begun<W, S> {
     /// Registered: the waiters wait on our callout or on another worker's.
@@ -120,6 +122,7 @@ pub enum Begun<W, S> {
 }
 
 /// What the key service answered.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     /// The record (`None`: the key service does not know the key, 404).
@@ -421,6 +424,9 @@ mod tests {
             allowed_cidrs: Vec::new(),
             not_before: None,
             not_after: None,
+            global_limit: None,
+            quota: None,
+            pool: None,
         }
     }
 
@@ -495,6 +501,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::large_enum_variant)]
     #[derive(Debug, PartialEq, Eq)]
     enum Asked {
         Joined,

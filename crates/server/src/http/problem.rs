@@ -15,9 +15,11 @@ impl ApiError {
             Self::PayloadTooLarge | Self::ImportTooLarge | Self::UsageBatchTooLarge => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            Self::JwtSigningNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            Self::JwtSigningNotConfigured | Self::CountersUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::KeyNotFound | Self::RouteNotFound | Self::PoolNotFound => StatusCode::NOT_FOUND,
             Self::SigningKeyUnreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
                 StatusCode::CONFLICT
@@ -36,6 +38,8 @@ impl ApiError {
                 "payload-too-large"
             }
             Self::JwtSigningNotConfigured => "jwt-signing-not-configured",
+            Self::CountersUnavailable(_) => "counters-unavailable",
+            Self::PoolNotFound => "not-found",
             Self::SigningKeyUnreadable(_) => "signing-key-unreadable",
             Self::KeyNotFound | Self::RouteNotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
@@ -95,7 +99,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            Self::Internal(cause) | Self::SigningKeyUnreadable(cause) => {
+            Self::Internal(cause)
+            | Self::SigningKeyUnreadable(cause)
+            | Self::CountersUnavailable(cause) => {
                 tracing::error!(cause = %cause, "request failed");
             }
             other => tracing::debug!(status = status.as_u16(), problem = %other, "request refused"),

@@ -41,6 +41,20 @@ impl AppState {
         }
     }
 
+    /// Keeps the counts of fleet-wide limits in `counters` (default: in memory).
+    #[must_use]
+    pub fn with_counters(
+        mut self,
+        counters: Arc<dyn crate::service::leases::Counters>,
+        settings: crate::service::leases::LeaseSettings,
+    ) -> Self {
+        self.service = self
+            .service
+            .with_counters(counters)
+            .with_lease_settings(settings);
+        self
+    }
+
     /// The operations' context.
     pub fn service(&self) -> &Service {
         &self.service

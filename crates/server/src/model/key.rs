@@ -72,6 +72,38 @@ pub struct KeyLimits {
     pub not_before: Option<i64>,
     /// Unix seconds from which the key is refused.
     pub not_after: Option<i64>,
+    /// Fleet-wide rate limit, enforced through leases.
+    pub global_limit: Option<RateLimit>,
+    /// Quota (credits) per window, enforced through leases.
+    pub quota: Option<KeyQuota>,
+}
+
+/// A key's quota: `limit` units per window of `period_s` seconds, windows counted from
+/// `anchor` (Unix seconds; see [`keygate_core::fleet::quota_anchor`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyQuota {
+    pub limit: u64,
+    pub period_s: u64,
+    pub anchor: i64,
+}
+
+impl KeyQuota {
+    /// The wire form.
+    pub fn wire(&self) -> keygate_core::fleet::Quota {
+        keygate_core::fleet::Quota {
+            limit: self.limit,
+            period_s: self.period_s,
+            window_start: u64::try_from(self.anchor).unwrap_or(0),
+        }
+    }
+}
+
+/// An owner's pooled limit: one token bucket for all of the owner's keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub owner: String,
+    pub limit: RateLimit,
+    pub updated_at: i64,
 }
 
 /// Where a page of keys starts: after this (created_at, id).
@@ -91,6 +123,11 @@ pub struct KeyPatch {
     pub allowed_cidrs: Option<Vec<String>>,
     pub not_before: Option<Option<i64>>,
     pub not_after: Option<Option<i64>>,
+    pub global_limit: Option<Option<RateLimit>>,
+    /// A new quota (limit, period); the anchor is kept when the period is unchanged.
+    pub quota: Option<Option<(u64, u64)>>,
+    /// The time of the change (Unix seconds), to anchor a new quota's windows.
+    pub now: i64,
 }
 
 impl KeyPatch {
@@ -117,6 +154,22 @@ impl KeyPatch {
         if let Some(not_after) = self.not_after {
             record.limits.not_after = not_after;
         }
+        if let Some(global_limit) = self.global_limit {
+            record.limits.global_limit = global_limit;
+        }
+        if let Some(quota) = self.quota {
+            record.limits.quota = quota.map(|(limit, period_s)| {
+                let anchor = match record.limits.quota {
+                    Some(old) if old.period_s == period_s => old.anchor,
+                    _ => new_anchor(self.now, period_s),
+                };
+                KeyQuota {
+                    limit,
+                    period_s,
+                    anchor,
+                }
+            });
+        }
     }
 
     /// Names of the fields this patch sets or clears, for logs and the audit log.
@@ -134,8 +187,16 @@ impl KeyPatch {
         note(self.allowed_cidrs.is_some(), "allowed_cidrs");
         note(self.not_before.is_some(), "not_before");
         note(self.not_after.is_some(), "not_after");
+        note(self.global_limit.is_some(), "global_limit");
+        note(self.quota.is_some(), "quota");
         fields
     }
+}
+
+/// The anchor of a quota set at `now` with windows of `period_s` seconds.
+pub fn new_anchor(now: i64, period_s: u64) -> i64 {
+    let now = u64::try_from(now).unwrap_or(0);
+    i64::try_from(keygate_core::fleet::quota_anchor(now, period_s)).unwrap_or(0)
 }
 
 #[cfg(test)]

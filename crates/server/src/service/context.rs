@@ -7,6 +7,7 @@ use keygate_core::key::{GatewayKey, KeyPrefix};
 use crate::clock::Clock;
 use crate::service::audit::RefusedAdmin;
 use crate::service::feed::FeedCounters;
+use crate::service::leases::{Counters, LeaseSettings, MemoryCounters};
 use crate::service::metrics::Metrics;
 use crate::service::signing::{JwtIssuer, JwtSettings};
 use crate::store::KeyStore;
@@ -25,6 +26,9 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// Refused admin authentications waiting to be written to the audit log.
     refused_admin: Arc<RefusedAdmin>,
+    /// The global counts of fleet-wide limits (in memory unless Redis is configured).
+    counters: Arc<dyn Counters>,
+    lease_settings: LeaseSettings,
 }
 
 impl Service {
@@ -46,7 +50,31 @@ impl Service {
             jwt: JwtIssuer::new(JwtSettings::default()),
             metrics: Arc::default(),
             refused_admin: Arc::default(),
+            counters: Arc::new(MemoryCounters::new()),
+            lease_settings: LeaseSettings::default(),
         }
+    }
+
+    /// Keeps the counts of fleet-wide limits in `counters` (default: in memory).
+    #[must_use]
+    pub fn with_counters(mut self, counters: Arc<dyn Counters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// Sets how leases are sized.
+    #[must_use]
+    pub fn with_lease_settings(mut self, settings: LeaseSettings) -> Self {
+        self.lease_settings = settings;
+        self
+    }
+
+    pub fn counters(&self) -> &dyn Counters {
+        self.counters.as_ref()
+    }
+
+    pub fn lease_settings(&self) -> LeaseSettings {
+        self.lease_settings
     }
 
     /// Sets how JWT API keys are minted.

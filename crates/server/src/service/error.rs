@@ -131,6 +131,20 @@ pub enum ApiError {
     BadUsageRow { index: usize, reason: &'static str },
     #[error("{0}")]
     BadUsageQuery(&'static str),
+    #[error("global_limit needs requests_per_second greater than 0 and at most 1000000, and burst from 1 to 1000000")]
+    BadGlobalLimit,
+    #[error("quota needs a limit from 1 to 1000000000000 and a period: seconds (3600), \"12h\", \"7d\", or day, week, month (30 days), at most 10 years")]
+    BadQuota,
+    #[error("an owner is 1 to 128 characters with no control characters")]
+    BadPoolOwner,
+    #[error("pool needs requests_per_second greater than 0 and at most 1000000, and burst from 1 to 1000000")]
+    BadPoolLimit,
+    #[error("no pool for this owner")]
+    PoolNotFound,
+    #[error("{0}")]
+    BadLease(String),
+    #[error("the lease counters are unavailable; enforce the local fallback and retry")]
+    CountersUnavailable(String),
     #[error("internal error")]
     Internal(String),
 }

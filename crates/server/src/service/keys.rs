@@ -58,6 +58,10 @@ pub struct CreateKeyRequest {
     pub not_before: Option<String>,
     #[serde(default)]
     pub not_after: Option<String>,
+    #[serde(default)]
+    pub global_limit: Option<RateLimitRequest>,
+    #[serde(default)]
+    pub quota: Option<crate::service::limits::QuotaRequest>,
 }
 
 /// What kind of key to mint.
@@ -124,8 +128,10 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         allowed_cidrs: request.allowed_cidrs,
         not_before: request.not_before,
         not_after: request.not_after,
+        global_limit: request.global_limit,
+        quota: request.quota,
     }
-    .validate()?;
+    .validate(now)?;
     Ok(ValidCreate {
         name: request.name,
         owner,
@@ -414,6 +420,16 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
     };
     let status = record.status(service.now());
     tracing::debug!(key_id = %id, found = true, status = status.as_str(), "lookup");
+    let pool = if record.owner.is_empty() {
+        None
+    } else {
+        service.store().get_pool(&record.owner).await?.map(|pool| {
+            Box::new(keygate_core::fleet::PoolRef {
+                owner: pool.owner,
+                limit: pool.limit,
+            })
+        })
+    };
     Ok(Some(KeyLookup {
         subject: if record.owner.is_empty() {
             record.id.clone()
@@ -437,6 +453,9 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             .limits
             .not_after
             .map(|t| u64::try_from(t).unwrap_or(0)),
+        global_limit: record.limits.global_limit,
+        quota: record.limits.quota.map(|quota| quota.wire()),
+        pool,
     }))
 }
 

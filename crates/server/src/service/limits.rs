@@ -12,11 +12,13 @@ use keygate_core::wire::RateLimit;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::model::{KeyLimits, KeyPatch, KeyRecord, FORMAT_JWT};
+use crate::model::key::new_anchor;
+use crate::model::{KeyLimits, KeyPatch, KeyQuota, KeyRecord, FORMAT_JWT};
 use crate::service::context::Service;
 use crate::service::error::ApiError;
 use crate::service::validate::{valid_text, validate_metadata, validate_scopes, MAX_NAME_CHARS};
 use crate::timestamp::parse_rfc3339;
+use keygate_core::fleet::parse_period;
 
 /// Most entries in `allowed_cidrs`.
 pub const MAX_CIDRS: usize = 64;
@@ -123,6 +125,36 @@ fn check_window(not_before: Option<i64>, not_after: Option<i64>) -> Result<(), A
     }
 }
 
+/// Largest quota limit.
+pub const MAX_QUOTA_LIMIT: u64 = 1_000_000_000_000;
+
+/// The `quota` member as a request sends it: `limit` units per `period` (seconds as a number,
+/// or `day`, `week`, `month` (30 days), `3600`, `12h`, `7d`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRequest {
+    pub limit: u64,
+    pub period: Value,
+}
+
+/// Checks a quota: answers (limit, period in seconds).
+pub fn validate_quota(request: QuotaRequest) -> Result<(u64, u64), ApiError> {
+    let period = match &request.period {
+        Value::Number(n) => n.as_u64().and_then(|s| parse_period(&s.to_string())),
+        Value::String(text) => parse_period(text),
+        _ => None,
+    }
+    .ok_or(ApiError::BadQuota)?;
+    if request.limit == 0 || request.limit > MAX_QUOTA_LIMIT {
+        return Err(ApiError::BadQuota);
+    }
+    Ok((request.limit, period))
+}
+
+pub fn validate_global_limit(request: RateLimitRequest) -> Result<RateLimit, ApiError> {
+    validate_rate_limit(request).map_err(|_| ApiError::BadGlobalLimit)
+}
+
 /// The limit members of a create request (all optional; absent: no limit).
 #[derive(Debug, Default, Deserialize)]
 pub struct CreateLimits {
@@ -134,11 +166,27 @@ pub struct CreateLimits {
     pub not_before: Option<String>,
     #[serde(default)]
     pub not_after: Option<String>,
+    #[serde(default)]
+    pub global_limit: Option<RateLimitRequest>,
+    #[serde(default)]
+    pub quota: Option<QuotaRequest>,
 }
 
 impl CreateLimits {
-    pub fn validate(self) -> Result<KeyLimits, ApiError> {
+    /// Checks the limits of a key created at `now` (which anchors its quota windows).
+    pub fn validate(self, now: i64) -> Result<KeyLimits, ApiError> {
+        let quota = self
+            .quota
+            .map(validate_quota)
+            .transpose()?
+            .map(|(limit, period_s)| KeyQuota {
+                limit,
+                period_s,
+                anchor: new_anchor(now, period_s),
+            });
         let limits = KeyLimits {
+            global_limit: self.global_limit.map(validate_global_limit).transpose()?,
+            quota,
             rate_limit: self.rate_limit.map(validate_rate_limit).transpose()?,
             allowed_cidrs: validate_cidrs(&self.allowed_cidrs.unwrap_or_default())?,
             not_before: self
@@ -184,6 +232,10 @@ pub struct UpdateKeyRequest {
     pub not_before: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     pub not_after: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub global_limit: Option<Option<RateLimitRequest>>,
+    #[serde(default, deserialize_with = "present")]
+    pub quota: Option<Option<QuotaRequest>>,
 }
 
 /// Checks an update request; answers the patch to apply.
@@ -227,6 +279,14 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
         .not_after
         .map(|t| t.as_deref().map(|t| parse_time(t, "not_after")).transpose())
         .transpose()?;
+    let global_limit = request
+        .global_limit
+        .map(|r| r.map(validate_global_limit).transpose())
+        .transpose()?;
+    let quota = request
+        .quota
+        .map(|q| q.map(validate_quota).transpose())
+        .transpose()?;
     Ok(KeyPatch {
         name,
         scopes,
@@ -235,6 +295,9 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
         allowed_cidrs,
         not_before,
         not_after,
+        global_limit,
+        quota,
+        now: 0,
     })
 }
 
@@ -246,7 +309,8 @@ pub async fn update(
     request: UpdateKeyRequest,
     fields: &mut Vec<&'static str>,
 ) -> Result<KeyRecord, ApiError> {
-    let patch = validate_update(request)?;
+    let mut patch = validate_update(request)?;
+    patch.now = service.now();
     *fields = patch.changed_fields();
     let changes_scopes = patch.scopes.is_some();
     let check = |record: &KeyRecord| {
@@ -322,5 +386,41 @@ mod tests {
         assert_eq!(patch.rate_limit, Some(None));
         assert_eq!(patch.allowed_cidrs, None);
         assert_eq!(patch.not_after, Some(Some(1_893_456_000)));
+        assert_eq!(patch.quota, None);
+    }
+
+    #[test]
+    fn quotas_take_named_and_numeric_periods() {
+        let quota = |value: Value| serde_json::from_value::<QuotaRequest>(value).unwrap();
+        let ok = |value| validate_quota(quota(value)).unwrap();
+        assert_eq!(
+            ok(serde_json::json!({"limit": 5, "period": "month"})),
+            (5, 2_592_000)
+        );
+        assert_eq!(
+            ok(serde_json::json!({"limit": 5, "period": 3600})),
+            (5, 3600)
+        );
+        assert_eq!(
+            ok(serde_json::json!({"limit": 5, "period": "12h"})),
+            (5, 43_200)
+        );
+        for bad in [
+            serde_json::json!({"limit": 0, "period": "day"}),
+            serde_json::json!({"limit": 5, "period": 0}),
+            serde_json::json!({"limit": 5, "period": "fortnight"}),
+            serde_json::json!({"limit": 5, "period": -1}),
+            serde_json::json!({"limit": 5, "period": true}),
+            serde_json::json!({"limit": 2_000_000_000_000u64, "period": "day"}),
+        ] {
+            assert!(validate_quota(quota(bad.clone())).is_err(), "{bad}");
+        }
+        let limits = CreateLimits {
+            quota: Some(quota(serde_json::json!({"limit": 10, "period": "day"}))),
+            ..CreateLimits::default()
+        }
+        .validate(86_400 * 3 + 100)
+        .unwrap();
+        assert_eq!(limits.quota.unwrap().anchor, 86_400 * 3);
     }
 }

@@ -37,6 +37,8 @@ pub struct Metrics {
     usage_duplicate: AtomicU64,
     usage_rows: AtomicU64,
     usage_rows_refused: AtomicU64,
+    lease_tokens: AtomicU64,
+    lease_failures: AtomicU64,
     /// (when counted, [active, revoked, expired]).
     keys_by_status: Mutex<Option<(Instant, [i64; 3])>>,
 }
@@ -110,6 +112,16 @@ impl Metrics {
         } else {
             self.usage_duplicate.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts tokens granted by one lease request.
+    pub fn count_leases(&self, tokens: u64) {
+        self.lease_tokens.fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    /// Counts a lease request refused because the counters (Redis) could not be reached.
+    pub fn count_lease_failure(&self) {
+        self.lease_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     fn cached_keys_by_status(&self) -> Option<[i64; 3]> {
@@ -254,6 +266,20 @@ pub async fn render(
         "counter",
         "Usage rows refused because the service does not know their key id.",
         load(&metrics.usage_rows_refused),
+    );
+    single(
+        &mut out,
+        "keygate_lease_tokens_granted_total",
+        "counter",
+        "Tokens granted to gateways by POST /v1/leases.",
+        load(&metrics.lease_tokens),
+    );
+    single(
+        &mut out,
+        "keygate_lease_counter_failures_total",
+        "counter",
+        "Lease requests answered 503 because the counters (Redis) could not be reached.",
+        load(&metrics.lease_failures),
     );
     let counts = match metrics.cached_keys_by_status() {
         Some(counts) => Some(counts),

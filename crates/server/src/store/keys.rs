@@ -251,6 +251,11 @@ pub(super) async fn insert_key_with(tx: &mut Tx, key: &KeyRecord) -> Result<(), 
         limits.allowed_cidrs.into(),
         limits.not_before.into(),
         limits.not_after.into(),
+        limits.global_rps.into(),
+        limits.global_burst.into(),
+        limits.quota_limit.into(),
+        limits.quota_period.into(),
+        limits.quota_anchor.into(),
     ]);
     tx.execute(&sql).await?;
     Ok(())

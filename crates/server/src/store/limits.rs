@@ -30,8 +30,9 @@ impl KeyStore {
         let limits = LimitColumns::of(&record.limits)?;
         let update = Sql::new(
             "UPDATE keys SET name = $1, scopes = $2, metadata = $3, rate_limit_rps = $4, \
-             rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, not_after = $8 \
-             WHERE id = $9",
+             rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, not_after = $8, \
+             global_rps = $9, global_burst = $10, quota_limit = $11, quota_period = $12, \
+             quota_anchor = $13 WHERE id = $14",
         )
         .arg(record.name.as_str())
         .arg(scopes)
@@ -41,6 +42,11 @@ impl KeyStore {
         .arg(limits.allowed_cidrs)
         .arg(limits.not_before)
         .arg(limits.not_after)
+        .arg(limits.global_rps)
+        .arg(limits.global_burst)
+        .arg(limits.quota_limit)
+        .arg(limits.quota_period)
+        .arg(limits.quota_anchor)
         .arg(record.id.as_str());
         tx.execute(&update).await?;
         tx.commit().await?;

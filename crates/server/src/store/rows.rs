@@ -4,12 +4,12 @@ use keygate_core::wire::RateLimit;
 
 use super::error::StoreError;
 use super::sql::StoredRow;
-use crate::model::{KeyLimits, KeyRecord};
+use crate::model::{KeyLimits, KeyQuota, KeyRecord};
 
 pub(super) const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata, digest, format, \
      created_at, expires_at, grace_until, revoked_at, last_used_at, rotated_from, rotated_to, \
      algorithm, signing_kid, rate_limit_rps, rate_limit_burst, allowed_cidrs, not_before, \
-     not_after";
+     not_after, global_rps, global_burst, quota_limit, quota_period, quota_anchor";
 
 /// The limit columns of a key record, as bound into SQL.
 pub(super) struct LimitColumns {
@@ -18,6 +18,11 @@ pub(super) struct LimitColumns {
     pub allowed_cidrs: String,
     pub not_before: Option<i64>,
     pub not_after: Option<i64>,
+    pub global_rps: Option<f64>,
+    pub global_burst: Option<i64>,
+    pub quota_limit: Option<i64>,
+    pub quota_period: Option<i64>,
+    pub quota_anchor: Option<i64>,
 }
 
 impl LimitColumns {
@@ -29,6 +34,17 @@ impl LimitColumns {
                 .map_err(|_| StoreError::Corrupt("allowed_cidrs"))?,
             not_before: limits.not_before,
             not_after: limits.not_after,
+            global_rps: limits.global_limit.map(|r| r.requests_per_second),
+            global_burst: limits.global_limit.map(|r| i64::from(r.burst)),
+            quota_limit: limits
+                .quota
+                .map(|q| i64::try_from(q.limit).map_err(|_| StoreError::Corrupt("quota_limit")))
+                .transpose()?,
+            quota_period: limits
+                .quota
+                .map(|q| i64::try_from(q.period_s).map_err(|_| StoreError::Corrupt("quota_period")))
+                .transpose()?,
+            quota_anchor: limits.quota.map(|q| q.anchor),
         })
     }
 }
@@ -46,7 +62,32 @@ pub(super) fn limits_from_row(row: &StoredRow) -> Result<KeyLimits, StoreError> 
         _ => return Err(StoreError::Corrupt("keys.rate_limit_rps")),
     };
     let cidrs: String = row.get("allowed_cidrs")?;
+    let global_rps: Option<f64> = row.get("global_rps")?;
+    let global_burst: Option<i64> = row.get("global_burst")?;
+    let global_limit = match (global_rps, global_burst) {
+        (None, None) => None,
+        (Some(requests_per_second), Some(burst)) => Some(RateLimit {
+            requests_per_second,
+            burst: u32::try_from(burst).map_err(|_| StoreError::Corrupt("keys.global_burst"))?,
+        }),
+        _ => return Err(StoreError::Corrupt("keys.global_rps")),
+    };
+    let quota_limit: Option<i64> = row.get("quota_limit")?;
+    let quota_period: Option<i64> = row.get("quota_period")?;
+    let quota_anchor: Option<i64> = row.get("quota_anchor")?;
+    let quota = match (quota_limit, quota_period, quota_anchor) {
+        (None, None, None) => None,
+        (Some(limit), Some(period), Some(anchor)) => Some(KeyQuota {
+            limit: u64::try_from(limit).map_err(|_| StoreError::Corrupt("keys.quota_limit"))?,
+            period_s: u64::try_from(period)
+                .map_err(|_| StoreError::Corrupt("keys.quota_period"))?,
+            anchor,
+        }),
+        _ => return Err(StoreError::Corrupt("keys.quota_limit")),
+    };
     Ok(KeyLimits {
+        global_limit,
+        quota,
         rate_limit,
         allowed_cidrs: serde_json::from_str(&cidrs)
             .map_err(|_| StoreError::Corrupt("keys.allowed_cidrs"))?,
