@@ -29,8 +29,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::KeyService;
 use crate::decision::DenyReason;
 use crate::host::{Event, Host, LogLevel};
@@ -47,43 +45,13 @@ pub const MAX_WAITERS: usize = 1024;
 pub const FALLBACK_RETRY_MS: u64 = 1_000;
 /// Longest bucket name kept (`pool:<owner>` with a long owner): longer ones are not limited
 /// fleet-wide (logged).
-pub const MAX_BUCKET_NAME: usize = 200;
-/// Most buckets in one ask (the key service takes 256).
-pub const MAX_ASK_ENTRIES: usize = 64;
+pub const MAX_BUCKET_NAME: usize = crate::fleet::BUCKET_MAX_LEN;
 /// Extra time an ask lease is held beyond the callout's timeout.
 const ASK_GRACE_MS: u64 = 500;
 const CAS_ROUNDS: usize = 16;
 const GATEWAY_KEY: &str = "keygate.fleet.gateway";
 
-/// `POST /v1/leases` body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseRequest {
-    pub gateway: String,
-    pub leases: Vec<LeaseAsk>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseAsk {
-    pub bucket: String,
-    pub want: u32,
-    pub returned: u32,
-}
-
-/// `POST /v1/leases` answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseResponse {
-    pub leases: Vec<LeaseGrant>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseGrant {
-    pub bucket: String,
-    pub granted: u32,
-    pub valid_ms: u32,
-    pub gateways: u32,
-    #[serde(default)]
-    pub remaining: Option<u64>,
-}
+pub use crate::fleet::{LeaseAsk, LeaseGrant, LeaseRequest, LeaseResponse};
 
 /// What one bucket limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,8 +119,18 @@ impl FleetLimits {
 impl FleetLimits {
     /// The fleet-wide buckets a key record names.
     pub fn of(record: &crate::wire::KeyLookup) -> Option<Arc<Self>> {
-        let _ = record;
-        None
+        if record.global_limit.is_none() && record.quota.is_none() && record.pool.is_none() {
+            return None;
+        }
+        Self::new(
+            &record.id,
+            record.global_limit,
+            record
+                .quota
+                .filter(crate::fleet::Quota::is_valid)
+                .map(|q| (q.limit, q.period_s, q.window_start)),
+            record.pool.as_deref().map(|p| (p.owner.as_str(), p.limit)),
+        )
     }
 }
 
@@ -168,7 +146,7 @@ pub struct FleetSettings {
 impl Default for FleetSettings {
     fn default() -> Self {
         Self {
-            path: "/v1/leases".into(),
+            path: crate::fleet::LEASES_PATH.into(),
             max_wait_ms: 1_000,
         }
     }
@@ -400,7 +378,7 @@ enum Spent {
 pub struct Fleet<W> {
     gateway: String,
     /// Asks in flight by callout token: the buckets each carried.
-    asks: HashMap<u32, Vec<String>>,
+    asks: HashMap<u32, Vec<FleetBucket>>,
     /// Requests waiting for a lease: (deadline, waiter).
     waiters: Vec<(u64, W)>,
 }
@@ -444,7 +422,7 @@ impl<W> Fleet<W> {
     ) -> (Verdict, Option<u32>) {
         let now = host.now_ms();
         let ask_until = now + asking.key_service.timeout_ms + ASK_GRACE_MS;
-        let mut to_ask: Vec<LeaseAsk> = Vec::new();
+        let mut to_ask: Vec<(LeaseAsk, &FleetBucket)> = Vec::new();
         let mut spent: Vec<(&FleetBucket, u64, bool)> = Vec::new();
         let mut ratelimit = None;
         let mut verdict = None;
@@ -466,7 +444,7 @@ impl<W> Fleet<W> {
                 break;
             };
             if let Some(ask) = ask {
-                to_ask.push(ask);
+                to_ask.push((ask, bucket));
             }
             match outcome {
                 Spent::Lease(left) => {
@@ -517,11 +495,17 @@ impl<W> Fleet<W> {
     }
 
     /// Sends one ask for `leases`; on failure every bucket in it goes to the fallback.
-    fn send(&mut self, host: &impl Host, asking: &Asking, leases: Vec<LeaseAsk>) -> Option<u32> {
-        if leases.is_empty() {
+    fn send(
+        &mut self,
+        host: &impl Host,
+        asking: &Asking,
+        asks: Vec<(LeaseAsk, &FleetBucket)>,
+    ) -> Option<u32> {
+        if asks.is_empty() {
             return None;
         }
-        let names: Vec<String> = leases.iter().map(|l| l.bucket.clone()).collect();
+        let buckets: Vec<FleetBucket> = asks.iter().map(|(_, b)| (*b).clone()).collect();
+        let leases: Vec<LeaseAsk> = asks.into_iter().map(|(ask, _)| ask).collect();
         let body = serde_json::to_vec(&LeaseRequest {
             gateway: self.gateway.clone(),
             leases,
@@ -545,7 +529,7 @@ impl<W> Fleet<W> {
             Duration::from_millis(key_service.timeout_ms),
         ) {
             Ok(token) => {
-                self.asks.insert(token, names);
+                self.asks.insert(token, buckets);
                 Some(token)
             }
             Err(err) => {
@@ -553,7 +537,7 @@ impl<W> Fleet<W> {
                     LogLevel::Warn,
                     &format!("fleet: cannot ask for leases: {err:?}; falling back"),
                 );
-                fail(host, &names);
+                fail(host, &buckets);
                 None
             }
         }
@@ -562,7 +546,7 @@ impl<W> Fleet<W> {
     /// An ask answered (or failed: no status, non-2xx, unreadable). Returns every parked
     /// request, to be decided again (see [`Fleet::check`]).
     pub fn on_response(&mut self, host: &impl Host, token: u32, body_size: usize) -> Vec<W> {
-        let Some(names) = self.asks.remove(&token) else {
+        let Some(buckets) = self.asks.remove(&token) else {
             return Vec::new();
         };
         let now = host.now_ms();
@@ -575,12 +559,14 @@ impl<W> Fleet<W> {
         };
         match answer {
             Some(answer) => {
-                for name in &names {
-                    match answer.leases.iter().find(|g| &g.bucket == name) {
+                for bucket in &buckets {
+                    match answer.leases.iter().find(|g| *g.bucket == *bucket.name) {
                         Some(grant) => {
-                            let _ = update(host, name, now, |state| grant_into(state, grant, now));
+                            let _ = update(host, &bucket.name, now, |state| {
+                                grant_into(state, &bucket.limit, grant, now)
+                            });
                         }
-                        None => fail(host, std::slice::from_ref(name)),
+                        None => fail(host, std::slice::from_ref(bucket)),
                     }
                 }
             }
@@ -592,7 +578,7 @@ impl<W> Fleet<W> {
                         status.map_or_else(|| "no answer".to_owned(), |s| format!("status {s}"))
                     ),
                 );
-                fail(host, &names);
+                fail(host, &buckets);
             }
         }
         self.wake_all()
@@ -632,11 +618,11 @@ impl<W> Fleet<W> {
 }
 
 /// Marks `names` failed: the fallback decides for them until an ask succeeds.
-fn fail(host: &impl Host, names: &[String]) {
+fn fail(host: &impl Host, buckets: &[FleetBucket]) {
     let now = host.now_ms();
     host.count(Event::FleetAskFailure, 1);
-    for name in names {
-        let _ = update(host, name, now, |state| {
+    for bucket in buckets {
+        let _ = update(host, &bucket.name, now, |state| {
             if !state.fallback {
                 state.fallback = true;
                 state.fb_tokens = f64::NAN; // filled on first use, from the limit
@@ -648,8 +634,12 @@ fn fail(host: &impl Host, names: &[String]) {
     }
 }
 
+/// An empty rate bucket is asked again after the time one token takes to come back, not
+/// less than this (a quota stays empty for the answer's `valid_ms`).
+pub const MIN_EMPTY_MS: u64 = 50;
+
 /// A grant lands in a bucket's state.
-fn grant_into(state: &mut State, grant: &LeaseGrant, now: u64) {
+fn grant_into(state: &mut State, limit: &BucketLimit, grant: &LeaseGrant, now: u64) {
     if state.valid_until_ms > now {
         state.to_return = state.to_return.saturating_add(state.tokens);
     }
@@ -664,8 +654,14 @@ fn grant_into(state: &mut State, grant: &LeaseGrant, now: u64) {
     state.ask_until_ms = 0;
     state.fallback = false;
     state.retry_at_ms = 0;
+    let empty_ms = match limit {
+        BucketLimit::Rate(limit) => {
+            ((1000.0 / limit.requests_per_second).ceil() as u64).min(u64::from(grant.valid_ms))
+        }
+        BucketLimit::Quota { .. } => u64::from(grant.valid_ms),
+    };
     state.empty_until_ms = if grant.granted == 0 {
-        now + u64::from(grant.valid_ms).max(50)
+        now + empty_ms.max(MIN_EMPTY_MS)
     } else {
         0
     };
@@ -743,8 +739,9 @@ fn fallback_take(state: &mut State, limit: &BucketLimit, amount: u64, now: u64) 
     let gateways = f64::from(state.gateways.max(1));
     match limit {
         BucketLimit::Rate(limit) => {
-            let rate = limit.requests_per_second / gateways;
-            let burst = (f64::from(limit.burst) / gateways).max(1.0);
+            let share = crate::fleet::fallback_limit(limit, state.gateways);
+            let rate = share.requests_per_second;
+            let burst = f64::from(share.burst);
             if state.fb_tokens.is_nan() {
                 state.fb_tokens = burst;
             } else {
@@ -1040,10 +1037,11 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_bucket_refuses_until_its_answer_lapses() {
+    fn an_empty_bucket_refuses_until_a_token_may_be_back() {
         let setup = Setup::new();
         let host = FakeHost::at(T0);
         let mut fleet: Fleet<u32> = Fleet::new(&host, "gw".into());
+        // Two a second: a token is back in 500 ms.
         let limits = global(2.0, 2);
         let (_, token) = fleet.check(&host, &setup.asking(), &limits, 1, true);
         answer(&host, vec![grant("key:k1", 0, 2_000, 1)]);
@@ -1053,13 +1051,28 @@ mod tests {
         let Verdict::Limited { reason, headers } = verdict else {
             panic!("{verdict:?}");
         };
-        assert_eq!(reason, DenyReason::RateLimited { retry_after_s: 2 });
-        assert_eq!(headers[0], ("retry-after", "2".into()));
-        assert_eq!(headers[2], ("ratelimit", "\"keygate\";r=0;t=2".into()));
-        host.advance(2_000);
+        assert_eq!(reason, DenyReason::RateLimited { retry_after_s: 1 });
+        assert_eq!(headers[0], ("retry-after", "1".into()));
+        assert_eq!(headers[2], ("ratelimit", "\"keygate\";r=0;t=1".into()));
+        host.advance(499);
+        assert!(matches!(
+            fleet.check(&host, &setup.asking(), &limits, 1, true),
+            (Verdict::Limited { .. }, None)
+        ));
+        host.advance(1);
         let (verdict, token) = fleet.check(&host, &setup.asking(), &limits, 1, true);
         assert_eq!(verdict, Verdict::Wait);
-        assert!(token.is_some(), "asks again once the answer lapsed");
+        assert!(token.is_some(), "asks again once a token may be back");
+        // A fast bucket is still not asked more often than every MIN_EMPTY_MS.
+        let fast = FleetLimits::new("k2", Some(rate(1_000.0, 10)), None, None).unwrap();
+        let (_, token) = fleet.check(&host, &setup.asking(), &fast, 1, true);
+        answer(&host, vec![grant("key:k2", 0, 2_000, 1)]);
+        fleet.on_response(&host, token.unwrap(), BODY);
+        host.advance(MIN_EMPTY_MS - 1);
+        assert!(matches!(
+            fleet.check(&host, &setup.asking(), &fast, 1, true).0,
+            Verdict::Limited { .. }
+        ));
     }
 
     #[test]
