@@ -667,18 +667,18 @@ fn grant_into(state: &mut State, limit: &BucketLimit, grant: &LeaseGrant, now: u
     };
 }
 
-/// The tokens one ask wants for a bucket.
-fn want(state: &State, limit: &BucketLimit, amount: u64) -> u32 {
+/// The tokens one ask wants for a bucket: generous, since the key service sizes the lease
+/// from the bucket's rate, what is left of a quota and the number of gateways; at least
+/// what the request costs.
+fn want(limit: &BucketLimit, amount: u64) -> u32 {
     let base = match limit {
+        // Half a second of the bucket's rate, at most its burst.
         BucketLimit::Rate(limit) => {
-            // A quarter second of the bucket's rate, at most its burst.
-            ((limit.requests_per_second / 4.0).ceil() as u64).clamp(1, u64::from(limit.burst))
+            ((limit.requests_per_second / 2.0).ceil() as u64).clamp(1, u64::from(limit.burst))
         }
-        BucketLimit::Quota { limit, .. } => (limit / 100).clamp(1, 1_000),
+        BucketLimit::Quota { .. } => u64::from(crate::fleet::QUOTA_LEASE_MAX),
     };
-    base.max(amount)
-        .max(u64::from(state.last_grant))
-        .min(u64::from(u32::MAX)) as u32
+    base.max(amount).min(u64::from(u32::MAX)) as u32
 }
 
 /// Spends `amount` from one bucket's state at `now`; also answers the ask this worker takes
@@ -726,7 +726,7 @@ fn spend(
         state.to_return -= u64::from(returned);
         LeaseAsk {
             bucket: state.name.clone(),
-            want: want(state, limit, amount),
+            want: want(limit, amount),
             returned,
         }
     });
@@ -1000,7 +1000,7 @@ mod tests {
             asks[0].leases,
             vec![LeaseAsk {
                 bucket: "key:k1".into(),
-                want: 25,
+                want: 50,
                 returned: 0
             }]
         );
@@ -1200,7 +1200,7 @@ mod tests {
         let (_, token) = fleet.check(&host, &setup.asking(), &limits, 5, true);
         let asks = sent(&host);
         assert_eq!(asks[0].leases[0].bucket, "quota:k1");
-        assert_eq!(asks[0].leases[0].want, 10);
+        assert_eq!(asks[0].leases[0].want, crate::fleet::QUOTA_LEASE_MAX);
         let mut g = grant("quota:k1", 12, 60_000, 1);
         g.remaining = Some(100);
         answer(&host, vec![g]);
