@@ -34,6 +34,7 @@ pub mod client;
 mod import;
 mod keys;
 mod limits;
+mod pools;
 pub mod print;
 mod signing_keys;
 
@@ -44,6 +45,7 @@ pub use args::{
 pub use audit::run_audit;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
 pub use keys::run_keys;
+pub use pools::run_pools;
 pub use signing_keys::run_signing_keys;
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ pub struct ServeArgs {
     pub usage_max_body_bytes: usize,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub fleet: crate::service::fleet_config::FleetArgs,
     /// Seconds a new JWT signing key is published in the JWKS before it signs: more than the
     /// filters' `min_refetch_seconds` + `timeout_ms` of the JWKS (0-3660).
     #[arg(
@@ -104,6 +106,7 @@ pub struct ServeConfig {
     pub tls: Option<ServerTls>,
     pub usage_max_body_bytes: usize,
     pub retention: RetentionSettings,
+    pub fleet: crate::service::fleet_config::FleetSettings,
 }
 
 /// Why the service refuses to start. Messages name the setting, never its value.
@@ -142,6 +145,8 @@ pub enum ConfigError {
     BadUsageBodyLimit,
     #[error("{0}")]
     Retention(#[from] RetentionError),
+    #[error("{0}")]
+    Fleet(#[from] crate::service::fleet_config::FleetError),
 }
 
 const MAX_CLAIM_CHARS: usize = 256;
@@ -208,6 +213,7 @@ impl ServeConfig {
             return Err(ConfigError::BadUsageBodyLimit);
         }
         let retention = RetentionSettings::from_args(&args.retention)?;
+        let fleet = crate::service::fleet_config::FleetSettings::from_args(&args.fleet)?;
         Ok(Self {
             listen,
             database: args.database,
@@ -230,6 +236,7 @@ impl ServeConfig {
             tls,
             usage_max_body_bytes: args.usage_max_body_bytes,
             retention,
+            fleet,
         })
     }
 }
@@ -253,6 +260,7 @@ mod tests {
             tls_key: None,
             usage_max_body_bytes: crate::service::usage::MAX_USAGE_BODY_BYTES,
             retention: RetentionArgs::default(),
+            fleet: crate::service::fleet_config::FleetArgs::default(),
             signing_key_publish_delay: crate::service::signing::DEFAULT_PUBLISH_DELAY_S,
         }
     }

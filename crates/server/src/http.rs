@@ -11,9 +11,11 @@ pub mod extract;
 pub mod feed;
 pub mod health;
 pub mod keys;
+pub mod leases;
 pub mod legacy;
 pub mod lookup;
 pub mod metrics;
+pub mod pools;
 pub mod problem;
 pub mod signing_keys;
 pub mod state;
@@ -53,6 +55,13 @@ pub fn app(state: AppState) -> Router {
             post(signing_keys::rotate_signing_key),
         )
         .route("/api/v1/audit", get(audit::list_audit))
+        .route("/api/v1/pools", get(pools::list_pools))
+        .route(
+            "/api/v1/pools/{owner}",
+            get(pools::show_pool)
+                .put(pools::set_pool)
+                .delete(pools::delete_pool),
+        )
         .route(
             "/api/v1/auth/keys/import",
             post(legacy::import_keys).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
@@ -70,6 +79,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/revocations", get(feed::revocations))
         .route("/v1/stats", get(health::stats))
         .route("/v1/legacy-keys/{digest}", get(legacy::lookup_legacy_key))
+        .route(
+            keygate_core::fleet::LEASES_PATH,
+            post(leases::take_leases)
+                .layer(DefaultBodyLimit::max(keygate_core::fleet::LEASES_BODY_LIMIT))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    extract::require_service,
+                )),
+        )
         .route(
             keygate_core::wire::USAGE_PATH,
             post(usage::ingest_usage)

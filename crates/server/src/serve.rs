@@ -183,7 +183,12 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         &config.service_token,
     )
     .with_jwt_issuer(jwt)
-    .with_usage_body_limit(config.usage_max_body_bytes);
+    .with_usage_body_limit(config.usage_max_body_bytes)
+    .with_counters(config.fleet.counters.clone(), config.fleet.lease);
+    tracing::info!(
+        counters = config.fleet.counters.kind(),
+        "fleet-wide limits counted"
+    );
     let flushed = state.service().clone();
     let refused_flush = tokio::spawn(async move {
         crate::service::audit::flush_refused_periodically(

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod context;
 pub mod error;
 pub mod feed;
+pub mod fleet_config;
 pub mod keys;
 pub mod leases;
 pub mod legacy;

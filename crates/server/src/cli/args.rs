@@ -28,6 +28,36 @@ pub enum Command {
     SigningKeys(SigningKeysArgs),
     /// Show the management audit log, newest first.
     Audit(AuditArgs),
+    /// Manage owners' pooled limits (one fleet-wide rate limit shared by an owner's keys).
+    Pools(PoolsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PoolsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: PoolsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolsCommand {
+    /// Set (create or replace) an owner's pooled limit.
+    Set {
+        owner: String,
+        /// Rate such as 100/s, 6000/m or 360000/h.
+        #[arg(long, value_name = "N/UNIT")]
+        rate: String,
+        /// Bucket size (default: one second's worth, rounded up).
+        #[arg(long)]
+        burst: Option<u32>,
+    },
+    /// Show an owner's pooled limit.
+    Show { owner: String },
+    /// Remove an owner's pooled limit.
+    Delete { owner: String },
+    /// List pooled limits.
+    List,
 }
 
 /// How the CLI reaches the key service; shared by every client command.
@@ -178,6 +208,18 @@ pub struct LimitArgs {
     /// The key is refused from this time on (RFC 3339).
     #[arg(long, value_name = "RFC3339")]
     pub not_after: Option<String>,
+    /// Fleet-wide rate limit such as 100/s, enforced across every Envoy through leases.
+    #[arg(long, value_name = "N/UNIT")]
+    pub global_rate: Option<String>,
+    /// Bucket size of the fleet-wide rate limit (default: one second's worth).
+    #[arg(long, requires = "global_rate")]
+    pub global_burst: Option<u32>,
+    /// Quota (credits): units per --quota-period, such as 100000.
+    #[arg(long, value_name = "UNITS", requires = "quota_period")]
+    pub quota: Option<u64>,
+    /// Quota window: day, week, month (30 days), or seconds / 12h / 7d.
+    #[arg(long, value_name = "PERIOD", requires = "quota")]
+    pub quota_period: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +251,12 @@ pub struct UpdateArgs {
     /// Remove not_after.
     #[arg(long, conflicts_with = "not_after")]
     pub clear_not_after: bool,
+    /// Remove the fleet-wide rate limit.
+    #[arg(long, conflicts_with = "global_rate")]
+    pub clear_global_rate: bool,
+    /// Remove the quota.
+    #[arg(long, conflicts_with = "quota")]
+    pub clear_quota: bool,
 }
 
 #[derive(Debug, Args)]

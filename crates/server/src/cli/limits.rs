@@ -47,6 +47,23 @@ impl LimitArgs {
         if let Some(at) = self.not_after {
             body.insert("not_after".into(), json!(at));
         }
+        if let Some(text) = self.global_rate {
+            let rps = parse_rate(&text).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--global-rate {text:?} is not a rate such as 10/s, 600/m or 36000/h"
+                ))
+            })?;
+            let burst = self
+                .global_burst
+                .unwrap_or_else(|| crate::service::limits::default_burst(rps));
+            body.insert(
+                "global_limit".into(),
+                json!({"requests_per_second": rps, "burst": burst}),
+            );
+        }
+        if let (Some(limit), Some(period)) = (self.quota, self.quota_period) {
+            body.insert("quota".into(), json!({"limit": limit, "period": period}));
+        }
         Ok(())
     }
 }
@@ -74,6 +91,8 @@ pub(super) fn update(client: &Client, args: UpdateArgs, json_output: bool) -> Re
         (args.clear_cidrs, "allowed_cidrs"),
         (args.clear_not_before, "not_before"),
         (args.clear_not_after, "not_after"),
+        (args.clear_global_rate, "global_limit"),
+        (args.clear_quota, "quota"),
     ] {
         if clear {
             body.insert(field.into(), Value::Null);
@@ -123,6 +142,14 @@ pub(super) fn usage(client: &Client, args: UsageArgs, json_output: bool) -> Resu
         outln!("{answer}");
     } else {
         out!("{}", render_usage(&answer));
+        let key = client.call(
+            "GET",
+            &format!("/api/v1/auth/keys/{}", query_escape(&args.id)),
+            None,
+        )?;
+        if let Some(quota) = key.get("quota").filter(|q| !q.is_null()) {
+            outln!("\n{}", crate::cli::print::quota_line(quota));
+        }
     }
     Ok(())
 }

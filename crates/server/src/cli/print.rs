@@ -286,4 +286,36 @@ pub(super) fn print_limits(key: &Value) {
     outln!("allowed_from: {cidrs}");
     outln!("not_before:   {}", or_dash("not_before"));
     outln!("not_after:    {}", or_dash("not_after"));
+    let global = key
+        .get("global_limit")
+        .filter(|r| !r.is_null())
+        .map_or_else(
+            || "-".to_owned(),
+            |r| {
+                let rate = r
+                    .get("requests_per_second")
+                    .and_then(Value::as_f64)
+                    .map_or_else(|| "?".to_owned(), |rps| rps.to_string());
+                format!("{rate}/s, burst {}", r.get("burst").unwrap_or(&Value::Null))
+            },
+        );
+    outln!("global_limit: {global}");
+    let quota = key
+        .get("quota")
+        .filter(|q| !q.is_null())
+        .map_or_else(|| "-".to_owned(), quota_line);
+    outln!("quota:        {quota}");
+}
+
+/// A quota in one line: `remaining 950 of 1000 per 86400s (window 2030-01-01T00:00:00Z to ...)`.
+pub fn quota_line(quota: &Value) -> String {
+    let number = |field: &str| quota.get(field).and_then(Value::as_u64);
+    let remaining = number("remaining").map_or_else(|| "?".to_owned(), |n| n.to_string());
+    format!(
+        "remaining {remaining} of {} per {}s (window {} to {})",
+        number("limit").unwrap_or(0),
+        number("period_s").unwrap_or(0),
+        text(quota, "window_start"),
+        text(quota, "window_end"),
+    )
 }

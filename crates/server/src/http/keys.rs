@@ -57,7 +57,7 @@ pub struct KeyView {
 impl KeyView {
     pub fn of(record: KeyRecord, now: i64) -> Self {
         Self {
-            limits: LimitsView::of(&record.limits),
+            limits: LimitsView::of(&record.limits, now),
             status: record.status(now),
             expires_at: record.effective_expiry().and_then(format_rfc3339),
             created_at: format_rfc3339(record.created_at),
@@ -91,15 +91,44 @@ pub struct LimitsView {
     pub allowed_cidrs: Vec<String>,
     pub not_before: Option<String>,
     pub not_after: Option<String>,
+    /// Fleet-wide rate limit.
+    pub global_limit: Option<RateLimit>,
+    pub quota: Option<QuotaView>,
+}
+
+/// A key's quota: its limit and period, the current window, and (on `GET` of one key) what
+/// is left of it.
+#[derive(Debug, Serialize)]
+pub struct QuotaView {
+    pub limit: u64,
+    pub period_s: u64,
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    /// Units left in the current window; `null` when not read (lists) or the counters are
+    /// unavailable.
+    pub remaining: Option<u64>,
 }
 
 impl LimitsView {
-    pub fn of(limits: &KeyLimits) -> Self {
+    pub fn of(limits: &KeyLimits, now: i64) -> Self {
         Self {
             rate_limit: limits.rate_limit,
             allowed_cidrs: limits.allowed_cidrs.clone(),
             not_before: limits.not_before.and_then(format_rfc3339),
             not_after: limits.not_after.and_then(format_rfc3339),
+            global_limit: limits.global_limit,
+            quota: limits.quota.map(|quota| {
+                let wire = quota.wire();
+                let now = u64::try_from(now).unwrap_or(0);
+                let at = |t: u64| i64::try_from(t).ok().and_then(format_rfc3339);
+                QuotaView {
+                    limit: quota.limit,
+                    period_s: quota.period_s,
+                    window_start: at(wire.window_at(now)),
+                    window_end: at(wire.window_end_at(now)),
+                    remaining: None,
+                }
+            }),
         }
     }
 }
@@ -167,7 +196,17 @@ pub async fn show_key(
 ) -> Result<Json<KeyView>, ApiError> {
     let id = parse_key_id(&id)?;
     let record = keys::show(state.service(), &id).await?;
-    Ok(Json(KeyView::of(record, state.now())))
+    let remaining = match &record.limits.quota {
+        Some(quota) => {
+            crate::service::leases::quota_remaining(state.service(), &record.id, quota).await
+        }
+        None => None,
+    };
+    let mut view = KeyView::of(record, state.now());
+    if let Some(quota) = &mut view.limits.quota {
+        quota.remaining = remaining;
+    }
+    Ok(Json(view))
 }
 
 pub async fn revoke_key(
