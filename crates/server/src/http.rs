@@ -82,7 +82,9 @@ pub fn app(state: AppState) -> Router {
         .route(
             keygate_core::fleet::LEASES_PATH,
             post(leases::take_leases)
-                .layer(DefaultBodyLimit::max(keygate_core::fleet::LEASES_BODY_LIMIT))
+                .layer(DefaultBodyLimit::max(
+                    keygate_core::fleet::LEASES_BODY_LIMIT,
+                ))
                 .route_layer(middleware::from_fn_with_state(
                     state.clone(),
                     extract::require_service,

@@ -18,8 +18,10 @@
 //!   [`FleetSettings::max_wait_ms`], at most [`MAX_WAITERS`] per worker) for the ask in
 //!   flight; past the bound it is decided by the fallback. A bucket the service said is
 //!   empty (`granted: 0`) refuses at once (429) until its answer's `valid_ms` has passed.
-//! - Unspent tokens of a lease void at its `valid_ms`; tokens still valid when a new grant
-//!   replaces them are given back in the next ask (`returned`).
+//! - Unspent tokens of a lease void at its `valid_ms`: they are never spent after it, and go
+//!   back to the key service with the next ask (`returned`), so the fleet's count stays exact.
+//!   Tokens still valid when a grant arrives are kept beside it (so a request that costs more
+//!   than one lease can still be paid for by a few asks).
 //! - When an ask fails (no answer, timeout, non-2xx, unreadable body) each Envoy falls back
 //!   to a local bucket of `limit ÷ gateways` (the last known number of gateways on the
 //!   bucket): `keygate.fleet_fallback` counts the requests decided so; asks go on every
@@ -183,7 +185,7 @@ struct State {
     valid_until_ms: u64,
     lease_ms: u64,
     last_grant: u32,
-    /// Valid tokens replaced by a new grant, given back in the next ask.
+    /// Tokens of a voided lease, never spent, given back in the next ask.
     to_return: u64,
     gateways: u32,
     /// A quota's remaining budget as last told (`u64::MAX`: unknown).
@@ -640,10 +642,11 @@ pub const MIN_EMPTY_MS: u64 = 50;
 
 /// A grant lands in a bucket's state.
 fn grant_into(state: &mut State, limit: &BucketLimit, grant: &LeaseGrant, now: u64) {
-    if state.valid_until_ms > now {
+    if state.valid_until_ms <= now {
         state.to_return = state.to_return.saturating_add(state.tokens);
+        state.tokens = 0;
     }
-    state.tokens = u64::from(grant.granted);
+    state.tokens = state.tokens.saturating_add(u64::from(grant.granted));
     state.last_grant = grant.granted;
     state.lease_ms = u64::from(grant.valid_ms);
     state.valid_until_ms = now + u64::from(grant.valid_ms);
@@ -691,8 +694,9 @@ fn spend(
     now: u64,
     ask_until: u64,
 ) -> (Spent, Option<LeaseAsk>) {
-    if state.valid_until_ms <= now {
-        // The lease is void: its unspent tokens count as spent.
+    if state.valid_until_ms <= now && state.tokens > 0 {
+        // The lease is void: its unspent tokens are never spent, and go back with the next ask.
+        state.to_return = state.to_return.saturating_add(state.tokens);
         state.tokens = 0;
     }
     let asking = state.ask_until_ms > now;
@@ -1237,11 +1241,34 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&reason.problem_json()).unwrap();
         assert_eq!(body["type"], "urn:keygate:problem:quota-exhausted");
         assert_eq!(body["status"], 429);
-        // The two tokens replaced by the empty grant go back with the next ask.
+        // The two tokens left void with the lease: never spent, they go back with the next ask.
         host.advance(10_000);
         fleet.check(&host, &setup.asking(), &limits, 5, true);
         let asks = sent(&host);
         assert_eq!(asks.last().unwrap().leases[0].returned, 2);
+    }
+
+    #[test]
+    fn a_request_that_costs_more_than_a_lease_is_paid_by_a_few_asks() {
+        let setup = Setup::new();
+        let host = FakeHost::at(T0);
+        let mut fleet: Fleet<u32> = Fleet::new(&host, "gw".into());
+        let limits = FleetLimits::new("k1", None, Some((1_000, 60, T0 / 1000)), None).unwrap();
+        for _ in 0..2 {
+            let (verdict, token) = fleet.check(&host, &setup.asking(), &limits, 10, true);
+            assert_eq!(verdict, Verdict::Wait);
+            answer(&host, vec![grant("quota:k1", 4, 2_000, 3)]);
+            fleet.on_response(&host, token.unwrap(), BODY);
+        }
+        let (verdict, token) = fleet.check(&host, &setup.asking(), &limits, 10, true);
+        assert_eq!(verdict, Verdict::Wait, "8 of 10");
+        answer(&host, vec![grant("quota:k1", 4, 2_000, 3)]);
+        fleet.on_response(&host, token.unwrap(), BODY);
+        let (verdict, _) = fleet.check(&host, &setup.asking(), &limits, 10, true);
+        assert!(allowed(&verdict), "{verdict:?}");
+        let state = &decode_slot(&host.shared(&slot_key("quota:k1")).unwrap())[0];
+        assert_eq!(state.tokens, 2);
+        assert_eq!(host.counted(Event::FleetFallback), 0);
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub async fn show_pool(
     State(state): State<AppState>,
     Path(owner): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
-    Ok(Json(PoolView::of(pools::show(state.service(), &owner).await?)))
+    Ok(Json(PoolView::of(
+        pools::show(state.service(), &owner).await?,
+    )))
 }
 
 pub async fn delete_pool(

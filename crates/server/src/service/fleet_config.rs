@@ -14,17 +14,37 @@ pub struct FleetArgs {
     /// Keep the counts of fleet-wide limits (global limits, quotas, pools) in this Redis
     /// (`redis://[:password@]host:6379/0`, `rediss://` for TLS), shared by every key service
     /// replica. Without it, each key service counts in memory: right for one replica only.
-    #[arg(long, env = "KEYGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<String>,
     /// How often each gateway should come back for a token bucket lease (50 to 10000 ms): the
     /// lease is `rate × interval ÷ gateways` tokens, at most `burst ÷ gateways`.
-    #[arg(long, env = "KEYGATE_LEASE_INTERVAL_MS", default_value_t = 500, value_name = "MS")]
+    #[arg(
+        long,
+        env = "KEYGATE_LEASE_INTERVAL_MS",
+        default_value_t = 500,
+        value_name = "MS"
+    )]
     pub lease_interval_ms: u32,
     /// How long granted tokens may be spent (100 to 60000 ms).
-    #[arg(long, env = "KEYGATE_LEASE_VALID_MS", default_value_t = 2_000, value_name = "MS")]
+    #[arg(
+        long,
+        env = "KEYGATE_LEASE_VALID_MS",
+        default_value_t = 2_000,
+        value_name = "MS"
+    )]
     pub lease_valid_ms: u32,
     /// A gateway counts towards a bucket this long after its last ask (1000 to 600000 ms).
-    #[arg(long, env = "KEYGATE_LEASE_GATEWAY_WINDOW_MS", default_value_t = 10_000, value_name = "MS")]
+    #[arg(
+        long,
+        env = "KEYGATE_LEASE_GATEWAY_WINDOW_MS",
+        default_value_t = 10_000,
+        value_name = "MS"
+    )]
     pub lease_gateway_window_ms: u32,
 }
 
@@ -110,17 +130,26 @@ mod tests {
             redis_url: Some("redis://:secret@127.0.0.1:6379/0".into()),
             ..FleetArgs::default()
         };
-        assert_eq!(FleetSettings::from_args(&redis).unwrap().counters.kind(), "redis");
+        assert_eq!(
+            FleetSettings::from_args(&redis).unwrap().counters.kind(),
+            "redis"
+        );
         assert!(!format!("{redis:?}").contains("secret"));
         let bad_url = FleetArgs {
             redis_url: Some("http://nope".into()),
             ..FleetArgs::default()
         };
-        assert_eq!(FleetSettings::from_args(&bad_url).err(), Some(FleetError::BadRedisUrl));
+        assert_eq!(
+            FleetSettings::from_args(&bad_url).err(),
+            Some(FleetError::BadRedisUrl)
+        );
         let bad = FleetArgs {
             lease_interval_ms: 10,
             ..FleetArgs::default()
         };
-        assert_eq!(FleetSettings::from_args(&bad).err(), Some(FleetError::BadLeaseSettings));
+        assert_eq!(
+            FleetSettings::from_args(&bad).err(),
+            Some(FleetError::BadLeaseSettings)
+        );
     }
 }
