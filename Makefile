@@ -62,10 +62,10 @@ build: wasm server
 ## Everything: manifests, the core's tests compiled to wasm (run under Node's WASI), then unit,
 ## key-service (SQLite and PostgreSQL) and end-to-end tests through a real Envoy. The
 ## PostgreSQL tests get a throwaway cluster (scripts/postgres.sh run), removed afterwards even
-## when they fail.
+## when they fail; so do the Redis tests of fleet-wide limits (scripts/redis.sh run).
 test: prereqs build validate-manifests wasm-test
 	KEYGATE_WASM=$(WASM) KEYGATE_BIN=$(KEYGATE_BIN) \
-		scripts/postgres.sh run $(CARGO) test --workspace --no-fail-fast
+		scripts/postgres.sh run scripts/redis.sh run $(CARGO) test --workspace --no-fail-fast
 
 lint: prereqs
 	$(CARGO) fmt --all --check

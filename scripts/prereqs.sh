@@ -10,6 +10,7 @@
 # Debian packages (each only when its command is missing):
 #   make, build-essential (cc for native crates), python3 + python3-venv (Envoy's virtualenv,
 #   the echo upstream, the benchmark harness), postgresql (the key service's PostgreSQL tests),
+#   redis-server (the fleet-wide limit tests, through scripts/redis.sh),
 #   nodejs + npm (the core's wasm tests under node:wasi, the manifest validator), curl (the
 #   demo's curl lines and their smoke test), wrk (`make bench`), ca-certificates.
 # Rust (Rust itself comes from rustup, https://rustup.rs): the wasm32-wasip1 target and the
@@ -47,6 +48,8 @@ have python3 || missing+=(python3)
 # Debian splits venv (and the ensurepip it needs) out of python3.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || have initdb || missing+=(postgresql)
+# Fleet-wide limit tests: a throwaway Redis (scripts/redis.sh).
+have redis-server || missing+=(redis-server)
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
 have curl || missing+=(curl)

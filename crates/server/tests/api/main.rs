@@ -12,6 +12,7 @@ mod audit;
 mod backends;
 mod errors;
 mod feed;
+mod fleet;
 mod legacy;
 mod publish;
 mod readme;
