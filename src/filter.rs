@@ -141,7 +141,8 @@ pub fn reschedule(shared: &Shared) {
     let waiting = shared.config.revocation_feed.enabled
         || shared.lookups.borrow().has_remote_waits()
         || shared.jwt.borrow().has_waiters()
-        || shared.fleet.borrow().has_waiters();
+        || shared.fleet.borrow().has_waiters()
+        || crate::fleet::has_queued(shared);
     let wanted = if waiting {
         FAST_TICK
     } else if shared.jwt.borrow().has_remote_issuers() || shared.config.usage.enabled {

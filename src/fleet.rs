@@ -24,7 +24,7 @@ pub fn start() -> Fleet<Box<Waiter>> {
     let candidate = host::random_bytes::<12>()
         .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
         .unwrap_or_else(|| format!("gw-{}", host::now_ms()));
-    Fleet::new(&ProxyHost, candidate)
+    Fleet::new(&ProxyHost, candidate).deferred()
 }
 
 fn asking(shared: &Shared) -> Asking<'_> {
@@ -73,17 +73,33 @@ pub fn on_response(shared: &Shared, token: u32, body_size: usize) {
     }
 }
 
-/// Every tick while requests wait: they are decided again (another worker's ask may have
-/// been answered); those past their wait are decided by the fallback.
+/// Every tick (in the root context): the queued asks go out first; requests that wait are decided
+/// again (another worker's ask may have been answered), those past their wait by the
+/// fallback.
 pub fn on_tick(shared: &Shared) {
+    flush(shared);
     if !shared.fleet.borrow().has_waiters() {
         return;
     }
     let woken = shared.fleet.borrow_mut().on_tick(host::now_ms());
+    // Asks these requests queue go with the next tick: resuming them made their contexts
+    // the effective one, and an ask must be sent from the root's.
     for (mut waiter, may_wait) in woken {
         waiter.forwarding.fleet_may_wait = may_wait;
         resume(shared, waiter);
     }
+}
+
+/// Sends the queued asks (from the root context: their answers must outlive the requests
+/// that asked).
+fn flush(shared: &Shared) {
+    let token = shared.fleet.borrow_mut().flush(&ProxyHost, &asking(shared));
+    sent(shared, token);
+}
+
+/// Asks are waiting for the tick.
+pub fn has_queued(shared: &Shared) -> bool {
+    shared.fleet.borrow().has_queued()
 }
 
 fn resume(shared: &Shared, waiter: Box<Waiter>) {

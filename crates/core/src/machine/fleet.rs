@@ -383,6 +383,10 @@ pub struct Fleet<W> {
     asks: HashMap<u32, Vec<FleetBucket>>,
     /// Requests waiting for a lease: (deadline, waiter).
     waiters: Vec<(u64, W)>,
+    /// Asks are queued for [`Fleet::flush`] instead of sent from the request (see
+    /// [`Fleet::deferred`]).
+    defer: bool,
+    queued: Vec<(LeaseAsk, FleetBucket)>,
 }
 
 impl<W> Fleet<W> {
@@ -403,7 +407,37 @@ impl<W> Fleet<W> {
             gateway,
             asks: HashMap::new(),
             waiters: Vec::new(),
+            defer: false,
+            queued: Vec::new(),
         }
+    }
+
+    /// Asks wait in a queue until [`Fleet::flush`], to be sent from a context that outlives
+    /// the request that asked (proxy-wasm drops the answer to a callout whose stream ended,
+    /// and the tokens granted by it would be lost).
+    pub fn deferred(mut self) -> Self {
+        self.defer = true;
+        self
+    }
+
+    /// Are asks waiting to be sent?
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// Sends the queued asks in one callout (at most [`crate::fleet::LEASES_MAX_ENTRIES`]
+    /// buckets; more wait for the next flush).
+    pub fn flush(&mut self, host: &impl Host, asking: &Asking) -> Option<u32> {
+        if self.queued.is_empty() {
+            return None;
+        }
+        let take = self.queued.len().min(crate::fleet::LEASES_MAX_ENTRIES);
+        let batch: Vec<(LeaseAsk, FleetBucket)> = self.queued.drain(..take).collect();
+        let asks = batch
+            .iter()
+            .map(|(ask, bucket)| (ask.clone(), bucket))
+            .collect();
+        self.send(host, asking, asks)
     }
 
     pub fn gateway(&self) -> &str {
@@ -492,6 +526,14 @@ impl<W> Fleet<W> {
                 verdict
             }
         };
+        if self.defer {
+            self.queued.extend(
+                to_ask
+                    .into_iter()
+                    .map(|(ask, bucket)| (ask, bucket.clone())),
+            );
+            return (verdict, None);
+        }
         let token = self.send(host, asking, to_ask);
         (verdict, token)
     }
@@ -1356,6 +1398,49 @@ mod tests {
         );
         let state = &decode_slot(&host.shared(&slot_key("key:k1")).unwrap())[0];
         assert_eq!(state.tokens, 0);
+    }
+
+    #[test]
+    fn deferred_asks_are_sent_by_the_flush_in_one_callout() {
+        let setup = Setup::new();
+        let host = FakeHost::at(T0);
+        let mut fleet: Fleet<u32> = Fleet::new(&host, "gw".into()).deferred();
+        assert_eq!(fleet.flush(&host, &setup.asking()), None);
+        let one = global(10.0, 10);
+        let two = FleetLimits::new("k2", Some(rate(10.0, 10)), None, None).unwrap();
+        assert_eq!(
+            fleet.check(&host, &setup.asking(), &one, 1, true),
+            (Verdict::Wait, None)
+        );
+        assert_eq!(
+            fleet.check(&host, &setup.asking(), &two, 1, true),
+            (Verdict::Wait, None)
+        );
+        assert!(fleet.has_queued());
+        assert!(
+            host.dispatched().is_empty(),
+            "nothing sent from the request"
+        );
+        let token = fleet.flush(&host, &setup.asking()).unwrap();
+        assert!(!fleet.has_queued());
+        let asks = sent(&host);
+        assert_eq!(asks.len(), 1);
+        let buckets: Vec<&str> = asks[0].leases.iter().map(|l| l.bucket.as_str()).collect();
+        assert_eq!(buckets, ["key:k1", "key:k2"]);
+        // Still one ask per bucket: both are in flight.
+        assert_eq!(
+            fleet.check(&host, &setup.asking(), &one, 1, true),
+            (Verdict::Wait, None)
+        );
+        assert!(!fleet.has_queued());
+        answer(
+            &host,
+            vec![grant("key:k1", 5, 2_000, 1), grant("key:k2", 5, 2_000, 1)],
+        );
+        fleet.on_response(&host, token, BODY);
+        assert!(allowed(
+            &fleet.check(&host, &setup.asking(), &two, 1, true).0
+        ));
     }
 
     #[test]
