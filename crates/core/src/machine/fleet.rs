@@ -983,6 +983,39 @@ mod tests {
     }
 
     #[test]
+    fn a_record_names_its_buckets() {
+        let mut record: crate::wire::KeyLookup = serde_json::from_value(serde_json::json!({
+            "id": "abc", "digest": "00", "subject": "s", "scopes": [], "status": "active"
+        }))
+        .unwrap();
+        assert_eq!(FleetLimits::of(&record), None);
+        record.global_limit = Some(rate(5.0, 5));
+        record.quota = Some(crate::fleet::Quota {
+            limit: 100,
+            period_s: 60,
+            window_start: 0,
+        });
+        record.pool = Some(Box::new(crate::fleet::PoolRef {
+            owner: "acme".into(),
+            limit: rate(50.0, 50),
+        }));
+        let limits = FleetLimits::of(&record).unwrap();
+        let names: Vec<&str> = limits.buckets.iter().map(|b| &*b.name).collect();
+        assert_eq!(names, ["key:abc", "pool:acme", "quota:abc"]);
+        // The identity a record decides carries them.
+        let prepared = crate::decision::PreparedRecord::of(&record);
+        let identity = crate::decision::authorize_proven(&record, &prepared, &[], None, 0).unwrap();
+        assert_eq!(identity.fleet, Some(limits));
+        // An invalid quota is left out.
+        record.quota = Some(crate::fleet::Quota {
+            limit: 0,
+            period_s: 60,
+            window_start: 0,
+        });
+        assert_eq!(FleetLimits::of(&record).unwrap().buckets.len(), 2);
+    }
+
+    #[test]
     fn slots_round_trip_and_stay_bounded() {
         let mut a = State::new("key:a");
         a.tokens = 7;
