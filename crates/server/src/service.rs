@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod context;
+pub mod counters;
 pub mod error;
 pub mod feed;
 pub mod fleet_config;

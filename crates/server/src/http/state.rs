@@ -45,8 +45,8 @@ impl AppState {
     #[must_use]
     pub fn with_counters(
         mut self,
-        counters: Arc<dyn crate::service::leases::Counters>,
-        settings: crate::service::leases::LeaseSettings,
+        counters: Arc<dyn crate::service::counters::Counters>,
+        settings: crate::service::counters::LeaseSettings,
     ) -> Self {
         self.service = self
             .service

@@ -6,8 +6,8 @@ use keygate_core::key::{GatewayKey, KeyPrefix};
 
 use crate::clock::Clock;
 use crate::service::audit::RefusedAdmin;
+use crate::service::counters::{Counters, LeaseSettings, MemoryCounters};
 use crate::service::feed::FeedCounters;
-use crate::service::leases::{Counters, LeaseSettings, MemoryCounters};
 use crate::service::metrics::Metrics;
 use crate::service::signing::{JwtIssuer, JwtSettings};
 use crate::store::KeyStore;

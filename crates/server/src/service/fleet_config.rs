@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::service::leases::{Counters, LeaseSettings, MemoryCounters};
+use crate::service::counters::{Counters, LeaseSettings, MemoryCounters};
 use crate::service::redis_counters::RedisCounters;
 
 /// Fleet-wide limit flags of `keygate serve`.

@@ -16,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::OnceCell;
 
-use crate::service::leases::{
+use crate::service::counters::{
     CounterAsk, CounterError, CounterFuture, CounterGrant, CounterLimit, Counters, LeaseSettings,
 };
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use keygate_core::wire::RateLimit;
-use keygate_server::service::leases::{
+use keygate_server::service::counters::{
     CounterAsk, CounterLimit, Counters, LeaseSettings, MemoryCounters,
 };
 use keygate_server::service::redis_counters::RedisCounters;
