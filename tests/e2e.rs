@@ -548,6 +548,10 @@ fn counters_are_visible_on_the_admin_stats() {
     for _ in 0..2 {
         assert_eq!(stack.get("/v1/hello", &[]).status, 401);
     }
+    // The allowed path's counters reach Envoy on the workers' tick (at most a second later).
+    keygate_testkit::wait_until(Duration::from_secs(5), || {
+        stack.envoy.keygate_counter("allowed") >= 3
+    });
     let stats = stack.envoy.stats();
     let keygate: Vec<&str> = stats.lines().filter(|l| l.contains("keygate")).collect();
     let shown = keygate.join("\n");
