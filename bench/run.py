@@ -48,6 +48,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONFIGS = {
     "A": "no auth filter (the limit of this setup)",
     "B": "Keygate, opaque key, record cached",
+    "B1": "B-global: B with a fleet-wide limit too high to refuse (spent from leases)",
     "C": "Keygate, one JWT ({alg}), verified-token cache hit",
     "D": "Keygate, 10k distinct JWTs ({alg}): the verify path (host crypto)",
     "R": "Keygate, same tokens as D, signatures verified in Wasm (Rust, host_crypto off)",
@@ -71,7 +72,7 @@ BASELINE = {"B0": "B", "C0": "C", "D0": "D"}
 # The floor filter's steps (its plugin configuration) for each floor configuration.
 FLOOR_STEPS = {"H1": "floor", "H2": "shared", "H3": "rewrite", "H4": "status",
                "H5": "shared,rewrite,status"}
-DEFAULT_CONFIGS = "A B C D R E F G H H1 H2 H3 H4 H5 I"
+DEFAULT_CONFIGS = "A B B1 C D R E F G H H1 H2 H3 H4 H5 I"
 
 
 def parse_configs(text: str) -> list[str]:
@@ -503,9 +504,9 @@ def main() -> int:
     wait_ready(ks_port, "/healthz", ks, "key service")
     admin_auth = {"authorization": f"Bearer {ADMIN_KEY}"}
 
-    def create_key(name: str, scopes: list[str]) -> dict:
+    def create_key(name: str, scopes: list[str], **extra) -> dict:
         status, body = request(ks_port, "POST", "/api/v1/auth/keys", admin_auth,
-                               json.dumps({"name": name, "scopes": scopes}))
+                               json.dumps({"name": name, "scopes": scopes, **extra}))
         if status != 201:
             raise Abort(f"creating key {name}: {status} {body[:300]!r}")
         return json.loads(body)
@@ -513,6 +514,10 @@ def main() -> int:
     good_key = create_key("bench-good", ["demo:read"])
     other_key = create_key("bench-noscope", ["other:write"])
     key = good_key["key"]
+    # B1 (B-global): the same path with a fleet-wide limit that never refuses, so the table
+    # shows what spending from a lease costs per request.
+    global_key = create_key("bench-global", ["demo:read"],
+                            global_limit={"requests_per_second": 1000000, "burst": 1000000})["key"]
     # A typo (one character changed): refused inline by the checksum.
     mistyped = key[:-1] + ("a" if key[-1] != "a" else "b")
     (work / "good.key").write_text(key)
@@ -534,6 +539,7 @@ def main() -> int:
     filters = {
         "A": ([], []),
         "B": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
+        "B1": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
         "C": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
         "D": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
         "R": ([wasm_filter("keygate", Path(args.wasm), keygate_rust_json, secrets_env)], kg_clusters),
@@ -573,6 +579,8 @@ def main() -> int:
               ("good key", bearer(key), {200})],
     }
     sample = [tokens[i] for i in sorted({1, len(tokens) // 2, len(tokens) - 1})]
+    checks["B1"] = [("no credential", {}, {401}), ("good key with a global limit",
+                                                 bearer(global_key), {200})]
     checks["D"] = checks["C"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
     checks["R"] = checks["D"]
     checks["F"] = checks["E"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
@@ -586,6 +594,7 @@ def main() -> int:
         **{name: {"header": f"Authorization: Bearer {key}"} for name in FLOOR_STEPS},
         "I": {"header": f"Authorization: Bearer {key}"},
         "B": {"header": f"Authorization: Bearer {key}"},
+        "B1": {"header": f"Authorization: Bearer {global_key}"},
         "C": {"header": f"Authorization: Bearer {good_jwt}"},
         "D": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "R": {"tokens_file": str(jwt_dir / "tokens.txt")},
@@ -837,6 +846,10 @@ def goals(sums: dict) -> list[str]:
             d = sums[name]["cpu_over_h1"]
             out.append(f"- {name} over H1: {d:+.1f} µs/req (goal ≤ 3.0): "
                        f"{'met' if d <= 3.0 else 'not met'}")
+    if "B" in sums and "B1" in sums:
+        d = sums["B1"]["cpu_us_per_req"] - sums["B"]["cpu_us_per_req"]
+        out.append(f"- B1 (global limit) over B: {d:+.2f} µs/req (goal ≤ 1.0): "
+                   f"{'met' if d <= 1.0 else 'not met'}")
     if "D" in sums and "F" in sums:
         r = sums["D"]["cpu_us_per_req"] / sums["F"]["cpu_us_per_req"]
         out.append(f"- D / F Envoy CPU per request: {r:.2f}× (goal ≤ 1.30): "

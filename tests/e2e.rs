@@ -13,6 +13,8 @@ mod cli;
 mod edge;
 #[path = "e2e/feed.rs"]
 mod feed;
+#[path = "e2e/fleet.rs"]
+mod fleet;
 #[path = "e2e/jwt.rs"]
 mod jwt;
 #[path = "e2e/limits.rs"]

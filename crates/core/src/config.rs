@@ -344,6 +344,33 @@ pub struct LegacyKeys {
     pub negative_ttl_ms: u64,
 }
 
+/// Fleet-wide limits: where leases are asked for and how long a request waits for one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetSpec {
+    #[serde(default = "default_fleet_path")]
+    path: String,
+    #[serde(default = "default_fleet_wait")]
+    max_wait_ms: u64,
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        Self {
+            path: default_fleet_path(),
+            max_wait_ms: default_fleet_wait(),
+        }
+    }
+}
+
+fn default_fleet_path() -> String {
+    crate::machine::fleet::FleetSettings::default().path
+}
+
+fn default_fleet_wait() -> u64 {
+    crate::machine::fleet::FleetSettings::default().max_wait_ms
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsageSpec {
@@ -431,6 +458,7 @@ struct RawConfig {
     strip_method_override: bool,
     #[serde(default)]
     principals: PrincipalsSpec,
+    fleet: FleetSpec,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -845,6 +873,8 @@ pub struct FilterConfig {
     /// `None` when legacy keys are not accepted.
     pub legacy_keys: Option<LegacyKeys>,
     pub usage: UsageSettings,
+    /// Fleet-wide limits and quotas: the lease endpoint and the longest wait for a lease.
+    pub fleet: crate::machine::fleet::FleetSettings,
     /// Proxies in front of Envoy that append to `X-Forwarded-For` (0: the peer is the client).
     pub trusted_hops: u32,
     /// Client-sent request headers removed from every request (any spelling of an identity,
@@ -1016,6 +1046,10 @@ impl FilterConfig {
             4096,
             (crate::wire::USAGE_BODY_LIMIT - 64 * 1024) as u64,
         )?;
+        if !raw.fleet.path.starts_with('/') {
+            return Err(error("fleet.path", ConfigProblem::BadPath));
+        }
+        in_range("fleet.max_wait_ms", raw.fleet.max_wait_ms, 0, 10_000)?;
         in_range(
             "client_address.trusted_hops",
             u64::from(raw.client_address.trusted_hops),
@@ -1069,6 +1103,10 @@ impl FilterConfig {
             trusted_hops: raw.client_address.trusted_hops,
             header_rules,
             principals,
+            fleet: crate::machine::fleet::FleetSettings {
+                path: raw.fleet.path,
+                max_wait_ms: raw.fleet.max_wait_ms,
+            },
         })
     }
 
@@ -1272,6 +1310,12 @@ mod tests {
             ),
             (r#"{"mode": "loud"}"#, "mode"),
             (r#"{"usage": {"flush_seconds": 0}}"#, "usage.flush_seconds"),
+            (r#"{"fleet": {"path": "v1/leases"}}"#, "fleet.path"),
+            (r#"{"fleet": {"max_wait_ms": 10001}}"#, "fleet.max_wait_ms"),
+            (
+                r#"{"routes": [{"prefix": "/", "scopes": ["a"], "cost": 0}]}"#,
+                "routes[0]",
+            ),
             (
                 r#"{"usage": {"max_batch_bytes": 1048576}}"#,
                 "usage.max_batch_bytes",

@@ -61,6 +61,10 @@ pub enum DenyReason {
     PrincipalInsufficientScope(Vec<String>),
     /// The key is bound to workloads and the request's principal is absent or not one of them.
     PrincipalNotAllowed,
+    /// The key's quota (credits) is spent; its window ends in this many seconds.
+    QuotaExhausted {
+        retry_after_s: u64,
+    },
 }
 
 impl DenyReason {
@@ -75,7 +79,7 @@ impl DenyReason {
             | Self::Revoked
             | Self::NotYetValid
             | Self::Expired => 401,
-            Self::RateLimited { .. } => 429,
+            Self::RateLimited { .. } | Self::QuotaExhausted { .. } => 429,
             Self::AddressNotAllowed => 403,
             Self::BadRequest(_) | Self::PathParameter => 400,
             Self::InsufficientScope(_) | Self::NoRoute => 403,
@@ -110,11 +114,12 @@ impl DenyReason {
             Self::PrincipalRequired => "principal_required",
             Self::PrincipalInsufficientScope(_) => "principal_insufficient_scope",
             Self::PrincipalNotAllowed => "principal_not_allowed",
+            Self::QuotaExhausted { .. } => "quota_exhausted",
         }
     }
 
     /// Every metric name, so a filter can define them all at start.
-    pub const METRIC_NAMES: [&'static str; 20] = [
+    pub const METRIC_NAMES: [&'static str; 21] = [
         "not_yet_valid",
         "address_not_allowed",
         "rate_limited",
@@ -135,6 +140,7 @@ impl DenyReason {
         "principal_required",
         "principal_insufficient_scope",
         "principal_not_allowed",
+        "quota_exhausted",
     ];
 
     fn problem(&self) -> (&'static str, &'static str, String) {
@@ -241,6 +247,14 @@ impl DenyReason {
                 "Forbidden",
                 "The API key may not be used by this workload identity.".to_owned(),
             ),
+            Self::QuotaExhausted { retry_after_s } => (
+                "quota-exhausted",
+                "Quota exhausted",
+                format!(
+                    "The API key's quota is spent (this is its quota, not its rate limit). \
+                     It renews in {retry_after_s} s."
+                ),
+            ),
         }
     }
 
@@ -276,7 +290,8 @@ impl DenyReason {
             | Self::PrincipalRequired
             | Self::PrincipalInsufficientScope(_)
             | Self::PrincipalNotAllowed
-            | Self::RateLimited { .. } => None,
+            | Self::RateLimited { .. }
+            | Self::QuotaExhausted { .. } => None,
         }
     }
 
@@ -339,6 +354,8 @@ pub struct Identity {
     /// The key usage is counted under: the key id, or (without one) `sub:` and the bucket
     /// owner in hex, which no Keygate key id can equal.
     pub usage_key: Arc<str>,
+    /// The key's fleet-wide limits (global rate, quota, owner pool), if it has any.
+    pub fleet: Option<Arc<crate::machine::fleet::FleetLimits>>,
 }
 
 impl Identity {
@@ -359,6 +376,7 @@ impl Identity {
             issuer: None,
             bucket_owner,
             usage_key,
+            fleet: None,
         }
     }
 
@@ -406,14 +424,16 @@ pub struct PreparedRecord {
 
 impl PreparedRecord {
     pub fn of(record: &KeyLookup) -> Self {
+        let mut identity = Identity::new(
+            &header_safe(&record.subject),
+            &record.id,
+            record.scopes.iter().map(|s| header_safe(s)).collect(),
+            record.rate_limit.filter(RateLimit::is_valid),
+        );
+        identity.fleet = crate::machine::fleet::FleetLimits::of(record);
         Self {
             digest: KeyDigest::from_hex(&record.digest),
-            identity: Identity::new(
-                &header_safe(&record.subject),
-                &record.id,
-                record.scopes.iter().map(|s| header_safe(s)).collect(),
-                record.rate_limit.filter(RateLimit::is_valid),
-            ),
+            identity,
             allowed: AllowList::parse(&record.allowed_cidrs),
             principals: PrincipalList::parse(&record.allowed_principals),
         }
@@ -582,6 +602,9 @@ pub fn authorize_token_peer(
     identity.rate_limit = identity
         .rate_limit
         .or(record.rate_limit.filter(RateLimit::is_valid));
+    if identity.fleet.is_none() {
+        identity.fleet = prepared.identity.fleet.clone();
+    }
     authorize_scopes(identity, required)
 }
 

@@ -144,11 +144,16 @@ pub enum Event {
     UsageDropped,
     /// Usage batches the key service refused for good (4xx): dropped, not resent.
     UsageRejected,
+    /// A request decided by the local fallback of a fleet-wide limit (the key service or
+    /// its store could not grant a lease).
+    FleetFallback,
+    /// A lease ask that failed (no answer, timeout, error status, unreadable answer).
+    FleetAskFailure,
 }
 
 impl Event {
     /// Every event, in declaration order (`event as usize` indexes it).
-    pub const ALL: [Event; 21] = [
+    pub const ALL: [Event; 23] = [
         Event::Allowed,
         Event::AllowedPublic,
         Event::CacheHit,
@@ -170,6 +175,8 @@ impl Event {
         Event::UsageFlushFailure,
         Event::UsageDropped,
         Event::UsageRejected,
+        Event::FleetFallback,
+        Event::FleetAskFailure,
     ];
 
     /// The metric name on Envoy's `/stats` (under `wasmcustom.`).
@@ -196,6 +203,8 @@ impl Event {
             Event::UsageFlushFailure => "keygate.usage.flush_failure",
             Event::UsageDropped => "keygate.usage.dropped",
             Event::UsageRejected => "keygate.usage.rejected",
+            Event::FleetFallback => "keygate.fleet_fallback",
+            Event::FleetAskFailure => "keygate.fleet.ask_failure",
         }
     }
 

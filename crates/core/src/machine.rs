@@ -20,12 +20,14 @@
 //! - [`answer`]: a decision applied (rate limit, identity headers, usage) or a denial sent;
 //! - [`host_crypto`]: signature checks by the host;
 //! - [`edits`]: a request's header edits, applied in as few host calls as possible;
-//! - [`worker`]: the worker as the filter's contexts see it: start, tick, callouts, requests.
+//! - [`worker`]: the worker as the filter's contexts see it: start, tick, callouts, requests;
+//! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases.
 
 pub mod answer;
 pub mod callouts;
 pub mod degraded;
 pub mod edits;
+pub mod fleet;
 pub mod follower;
 pub mod host_crypto;
 pub mod jwks;

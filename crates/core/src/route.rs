@@ -66,7 +66,14 @@ pub struct RouteSpec {
     /// key). See [`crate::principal`].
     #[serde(default)]
     pub principal: PrincipalMode,
+    /// What one request costs from a key's quota (credits); absent: 1. Rate limits count
+    /// requests, whatever the cost.
+    #[serde(default)]
+    pub cost: Option<u32>,
 }
+
+/// Most a route's `cost` may be.
+pub const MAX_ROUTE_COST: u32 = 1_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -91,6 +98,8 @@ pub enum RouteError {
     BadRateLimit,
     #[error("a public route cannot take principals (`principal` needs `scopes`)")]
     PublicWithPrincipal,
+    #[error("`cost` must be in 1..=1000000")]
+    BadCost,
 }
 
 /// Whether decisions are enforced or only reported.
@@ -150,6 +159,8 @@ pub struct Route {
     pub forward_credential: bool,
     /// Whether the route takes workload identities.
     pub principal: PrincipalMode,
+    /// What one request costs from a key's quota (1 unless configured).
+    pub cost: u32,
 }
 
 impl Route {
@@ -203,6 +214,11 @@ impl Route {
             },
             forward_credential: spec.forward_credential,
             principal: spec.principal,
+            cost: match spec.cost {
+                None => 1,
+                Some(cost) if (1..=MAX_ROUTE_COST).contains(&cost) => cost,
+                Some(_) => return Err(RouteError::BadCost),
+            },
         })
     }
 
@@ -636,6 +652,21 @@ mod tests {
             Policy::Public => vec!["<public>".to_owned()],
             Policy::Scopes(s) => s.iter().map(|s| s.as_str().to_owned()).collect(),
         })
+    }
+
+    #[test]
+    fn a_route_costs_one_unless_configured() {
+        let table = RouteTable::compile(&[
+            spec(r#"{"prefix": "/cheap/", "scopes": ["a"]}"#),
+            spec(r#"{"prefix": "/dear/", "scopes": ["a"], "cost": 25}"#),
+        ])
+        .unwrap();
+        assert_eq!(table.find("GET", "/cheap/x", None).unwrap().cost, 1);
+        assert_eq!(table.find("GET", "/dear/x", None).unwrap().cost, 25);
+        for bad in [0, MAX_ROUTE_COST + 1] {
+            let json = format!(r#"{{"prefix": "/", "scopes": ["a"], "cost": {bad}}}"#);
+            assert!(RouteTable::compile(&[spec(&json)]).is_err(), "{bad}");
+        }
     }
 
     #[test]

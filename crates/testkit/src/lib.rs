@@ -9,6 +9,8 @@
 //! - PostgreSQL: [`TestDb`] (a database of its own per test, on either [`Backend`]),
 //!   [`PgCluster`] (a server of its own, via `scripts/postgres.sh`), and [`on_both_backends!`].
 //! - [`modules`]: a crate's module graph read from its sources (import cycles, layers).
+//! - [`Redis`]: a `redis-server` of its own per test; [`Cluster::extra_envoy`]: more Envoys
+//!   on the same key services (a fleet).
 //! - Assertions on what Envoy answers: [`assert_denied`], [`assert_forwarded_with_identity`].
 //!
 //! Binaries come from `KEYGATE_WASM`, `KEYGATE_BIN`, `ENVOY_BIN` (defaults under the project
@@ -26,6 +28,7 @@ mod poll;
 mod postgres;
 mod process;
 mod proxy;
+mod redis;
 mod service;
 mod stack;
 mod time;
@@ -49,6 +52,7 @@ pub use process::{
     envoy_bin, free_port, keygate_bin, project_root, random_hex, tail, wasm_path, Proc, TempDir,
 };
 pub use proxy::{FeedMode, FeedProxy};
+pub use redis::{redis_server_bin, Redis};
 pub use service::{
     admin_json, admin_send, admin_send_as, feed_stats, prime_feed, start_replica, FeedStats,
     IssuedKey, KeyService, Secrets, ADMIN_KEY, KEY_PREFIX,

@@ -233,12 +233,22 @@ impl<'a> StackBuilder<'a> {
         };
         let mut plugin = default_plugin_config();
         (self.plugin)(&mut plugin);
-        let mut config = render_envoy_config(ports, &wasm, &plugin);
-        config = with_service_endpoints(&config, endpoints[0], &endpoints[1..]);
-        if let Some(pki) = &pki {
-            config = with_key_service_tls(&config, &pki.ca);
-        }
-        let config = (self.yaml)(&config);
+        let render = |ports: Ports| {
+            let mut config = render_envoy_config(ports, &wasm, &plugin);
+            config = with_service_endpoints(&config, endpoints[0], &endpoints[1..]);
+            if let Some(pki) = &pki {
+                config = with_key_service_tls(&config, &pki.ca);
+            }
+            config
+        };
+        let config = (self.yaml)(&render(ports));
+        // Further Envoys (`Cluster::extra_envoy`) get the same configuration on their own
+        // listener and admin ports (the YAML edit is not repeated).
+        let extra_config = render(Ports {
+            listener: EXTRA_LISTENER,
+            admin: EXTRA_ADMIN,
+            ..ports
+        });
         echo.wait_ready();
         (self.prepare)(&services, pki.as_ref());
         let mut envoy = Envoy::start(
@@ -252,6 +262,8 @@ impl<'a> StackBuilder<'a> {
         Cluster {
             _logs_on_panic: LogsOnPanic::of(&envoy, &services),
             envoy,
+            extra_config,
+            workers: self.workers,
             proxy,
             services,
             echo,
@@ -263,6 +275,10 @@ impl<'a> StackBuilder<'a> {
         }
     }
 }
+
+/// Placeholder ports in the configuration of further Envoys (replaced when one starts).
+const EXTRA_LISTENER: u16 = 1;
+const EXTRA_ADMIN: u16 = 2;
 
 fn replica_dir(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("replica-{i}"))
@@ -315,6 +331,9 @@ pub struct Cluster {
     // Field order is drop order: the log tails of a failed test, Envoy, ..., the temp dir last.
     _logs_on_panic: LogsOnPanic,
     pub envoy: Envoy,
+    /// The configuration of further Envoys, with placeholder ports.
+    extra_config: String,
+    workers: usize,
     pub proxy: Option<FeedProxy>,
     pub services: Vec<KeyService>,
     #[allow(dead_code)] // held so that it lives (and is killed) with the cluster
@@ -358,6 +377,40 @@ impl Cluster {
             &[("authorization", auth.as_str())],
             None,
         )
+    }
+
+    /// Starts one more Envoy (`n`: 1, 2, ... names its directory) with the first one's plugin
+    /// configuration and worker count, on the same key services and upstream: a fleet of
+    /// gateways. Waits until it is ready; answers it and its listener port.
+    pub fn extra_envoy(&self, n: usize) -> (Envoy, u16) {
+        let ports = Ports {
+            listener: free_port(),
+            admin: free_port(),
+            ..self.ports
+        };
+        let config = self
+            .extra_config
+            .replacen(
+                &format!("port_value: {EXTRA_LISTENER} "),
+                &format!("port_value: {} ", ports.listener),
+                1,
+            )
+            .replacen(
+                &format!("port_value: {EXTRA_ADMIN} "),
+                &format!("port_value: {} ", ports.admin),
+                1,
+            );
+        let dir = self.dir.path().join(format!("envoy-{n}"));
+        fs::create_dir_all(&dir).expect("creating an Envoy dir");
+        let mut envoy = Envoy::start(
+            &dir,
+            &config,
+            ports,
+            self.workers,
+            [&self.secrets.gateway_key, &self.secrets.service_token],
+        );
+        envoy.wait_ready();
+        (envoy, ports.listener)
     }
 
     /// Kills replica `i` (SIGKILL).

@@ -5,6 +5,8 @@ use crate::config::FilterConfig;
 use crate::credential::Source;
 use crate::decision::{DenyReason, Identity};
 use crate::key::KeyId;
+use crate::machine::callouts::Callout;
+use crate::machine::fleet::{FleetLimits, Verdict};
 use crate::machine::rate::{self, RateOutcome};
 use crate::machine::reply::Replies;
 use crate::machine::usage::counts_under_key;
@@ -12,7 +14,7 @@ use crate::route::Mode;
 
 use crate::host::Event;
 use crate::host::Host;
-use crate::machine::state::{Forwarding, Note, Shared, Step};
+use crate::machine::state::{FleetWaiter, Forwarding, Note, Shared, Step};
 
 /// Applies a decision in the current effective context (the request `context_id`). Returns
 /// true when the request goes on upstream.
@@ -29,6 +31,43 @@ pub fn apply(
         Err(reason) => return deny(host, shared, &reason, key_label, forwarding.mode),
     };
     let now = shared.now(host);
+    // Fleet-wide limits first: a request may wait for a lease, and is decided again then.
+    let mut fleet_ratelimit = None;
+    if let Some(limits) = identity.fleet.clone() {
+        match fleet_check(host, shared, &limits, forwarding) {
+            Verdict::Allowed { ratelimit } => fleet_ratelimit = ratelimit,
+            Verdict::Limited { reason, headers } => {
+                let key = Some(&*identity.usage_key);
+                return deny_with(host, shared, &reason, key, forwarding.mode, &headers);
+            }
+            Verdict::Wait => {
+                let waiter = Box::new(FleetWaiter {
+                    context_id,
+                    forwarding: forwarding.clone(),
+                    identity,
+                });
+                return match shared
+                    .fleet
+                    .borrow_mut()
+                    .park(waiter, now, &shared.config.fleet)
+                {
+                    Ok(()) => false,
+                    Err(mut waiter) => {
+                        // Too many wait already: decided now, by the fallback.
+                        waiter.forwarding.fleet_may_wait = false;
+                        let waiter = *waiter;
+                        apply(
+                            host,
+                            shared,
+                            context_id,
+                            &waiter.forwarding,
+                            Ok(waiter.identity),
+                        )
+                    }
+                };
+            }
+        }
+    }
     // Every credential kind draws from a bucket: the key's, or (a token without a Keygate key
     // id) its issuer's and subject's.
     let limit = identity.rate_limit.or(forwarding.route_rate_limit);
@@ -70,6 +109,7 @@ pub fn apply(
             }
         }
     }
+    let ratelimit = ratelimit.or(fleet_ratelimit);
     let config = &shared.config;
     let ih = &config.identity_headers;
     let shadow = forwarding.mode == Mode::Shadow;
@@ -107,6 +147,28 @@ pub fn apply(
         shared.notes.borrow_mut().insert(context_id, note);
     }
     true
+}
+
+/// Spends from the key's fleet buckets for the current request. An ask it needs is queued
+/// for the tick (sent from the root context: an ask sent from a request's context is dropped
+/// with the request, and its grant lost).
+fn fleet_check(
+    host: &impl Host,
+    shared: &Shared,
+    limits: &FleetLimits,
+    forwarding: &Forwarding,
+) -> Verdict {
+    let (verdict, token) = shared.fleet.borrow_mut().check(
+        host,
+        &shared.fleet_asking(),
+        limits,
+        forwarding.cost,
+        forwarding.fleet_may_wait,
+    );
+    if let Some(token) = token {
+        shared.callouts.borrow_mut().insert(token, Callout::Lease);
+    }
+    verdict
 }
 
 fn strip_credential(host: &impl Host, shared: &Shared, forwarding: &Forwarding) {

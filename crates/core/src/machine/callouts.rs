@@ -17,6 +17,8 @@ pub enum Callout {
     Feed,
     /// A usage batch.
     Usage,
+    /// An ask for fleet leases (the buckets are the fleet machine's).
+    Lease,
 }
 
 /// Callouts in flight on this worker.

@@ -198,3 +198,98 @@ fn a_cached_token_makes_these_host_calls() {
     assert_eq!(host.counted(crate::host::Event::TokenCacheHit), 1);
     assert_eq!(host.counted(crate::host::Event::Allowed), 2);
 }
+
+/// A key with a fleet-wide limit: its first request waits for a lease; the ask goes out on
+/// the tick before any request's context is made effective (an ask sent from a request's
+/// context is dropped with it), and its answer resumes the request. The next request spends
+/// from the lease without a callout.
+#[test]
+fn a_fleet_limited_key_waits_for_a_lease_asked_on_the_tick() {
+    use crate::fleet::{LeaseGrant, LeaseRequest, LeaseResponse};
+    use crate::wire::RateLimit;
+
+    let host = FakeHost::at(NOW_MS);
+    let shared = start(&host, json!({}));
+    let key = minted();
+    let headers: [(&str, &[u8]); 3] = [
+        (":method", b"GET"),
+        (":path", b"/v1/hello"),
+        ("x-api-key", key.plaintext.as_bytes()),
+    ];
+    assert!(!worker::on_request_headers(&host, &shared, 1, &headers));
+    let lookup = host
+        .dispatched()
+        .iter()
+        .find_map(|e| match e {
+            Effect::Dispatch { token, .. } => Some(*token),
+            _ => None,
+        })
+        .unwrap();
+    let mut found = record(&key);
+    found.global_limit = Some(RateLimit {
+        requests_per_second: 100.0,
+        burst: 100,
+    });
+    host.take_effects();
+    let body = serde_json::to_vec(&found).unwrap();
+    host.answer(Some(200), Some(&body));
+    worker::on_call_response(&host, &shared, lookup, body.len());
+    let effects = host.take_effects();
+    assert!(!effects.contains(&Effect::ResumeRequest), "{effects:?}");
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Dispatch { .. })),
+        "the ask waits for the tick: {effects:?}"
+    );
+    assert!(shared.fleet.borrow().has_waiters());
+
+    worker::on_tick(&host, &shared);
+    let effects = host.take_effects();
+    let (ask, asked) = effects
+        .iter()
+        .enumerate()
+        .find_map(|(at, e)| match e {
+            Effect::Dispatch { token, body, .. } => Some((at, (*token, body.clone()))),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        !effects[..ask]
+            .iter()
+            .any(|e| matches!(e, Effect::SetEffectiveContext(_))),
+        "the ask is sent from the root context: {effects:?}"
+    );
+    let sent: LeaseRequest = serde_json::from_slice(&asked.1.unwrap()).unwrap();
+    let bucket = format!("key:{}", key.id.as_str());
+    assert_eq!(sent.leases.len(), 1);
+    assert_eq!(sent.leases[0].bucket, bucket);
+
+    let grant = LeaseResponse {
+        leases: vec![LeaseGrant {
+            bucket,
+            granted: 10,
+            valid_ms: 60_000,
+            gateways: 1,
+            remaining: None,
+        }],
+    };
+    let body = serde_json::to_vec(&grant).unwrap();
+    host.answer(Some(200), Some(&body));
+    worker::on_call_response(&host, &shared, asked.0, body.len());
+    let effects = host.take_effects();
+    assert!(
+        effects.contains(&Effect::SetEffectiveContext(1)),
+        "{effects:?}"
+    );
+    assert!(effects.contains(&Effect::ResumeRequest), "{effects:?}");
+    assert!(!shared.fleet.borrow().has_waiters());
+    worker::on_response_headers(&host, &shared, 1);
+    worker::on_log(&shared, 1);
+    host.take_effects();
+
+    assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
+    let effects = host.take_effects();
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Dispatch { .. })),
+        "spent from the lease: {effects:?}"
+    );
+}

@@ -37,7 +37,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         return Step::Deny(DenyReason::PathParameter, None, config.mode);
     }
 
-    let (policy, mode, route_rate_limit, forward_credential, principal_mode) =
+    let (policy, mode, route_rate_limit, forward_credential, principal_mode, cost) =
         match route_policy(host, shared, method, path) {
             Ok(found) => found,
             Err(reason) => return Step::Deny(reason, None, config.mode),
@@ -99,6 +99,8 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
                         key_id: None,
                         forward_credential,
                         principal,
+                        cost,
+                        fleet_may_wait: true,
                     },
                     Ok(identity),
                 ),
@@ -139,6 +141,8 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         key_id: None,
         forward_credential,
         principal,
+        cost,
+        fleet_may_wait: true,
     };
     let credential = extracted.credential;
 
@@ -208,15 +212,16 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
 }
 
 /// The policy for this request, the mode it runs in, the route's default rate limit, whether
-/// it forwards the credential and whether it takes principals (never from metadata). Route
-/// metadata on the Envoy route wins; otherwise the filter's route table (entries by Envoy route
-/// name or by method and path, first match). No policy anywhere: denied.
+/// it forwards the credential, whether it takes principals (never from metadata) and what it
+/// costs from a quota. Route metadata on the Envoy route wins; otherwise the filter's route
+/// table (entries by Envoy route name or by method and path, first match). No policy anywhere:
+/// denied.
 fn route_policy(
     host: &impl Host,
     shared: &Shared,
     method: &str,
     path: &str,
-) -> Result<(Policy, Mode, Option<RateLimit>, bool, PrincipalMode), DenyReason> {
+) -> Result<(Policy, Mode, Option<RateLimit>, bool, PrincipalMode, u32), DenyReason> {
     let config = &shared.config;
     if config.route_metadata {
         let leaf = |name: &str| {
@@ -234,6 +239,7 @@ fn route_policy(
                     None,
                     false,
                     PrincipalMode::None,
+                    1,
                 ))
             }
             Ok(None) => {}
@@ -262,6 +268,7 @@ fn route_policy(
         route.rate_limit,
         route.forward_credential,
         route.principal,
+        route.cost,
     ))
 }
 

@@ -19,6 +19,7 @@ use crate::jwt::KeySet;
 use crate::key::{KeyDigest, KeyId};
 use crate::limits::{client_address, ForwardedFor};
 use crate::machine::callouts::Callouts;
+use crate::machine::fleet::{Asking, Fleet};
 use crate::machine::follower::FeedView;
 use crate::machine::jwks::KeyWait;
 use crate::machine::lookup;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub jwt: RefCell<JwtState>,
     pub feed: RefCell<FeedView>,
     pub usage: RefCell<UsageCounts>,
+    /// Fleet-wide limits: leases, asks, parked requests.
+    pub fleet: RefCell<Fleet<Box<FleetWaiter>>>,
     /// Every callout in flight on this worker, by token.
     pub callouts: RefCell<Callouts>,
     /// Per request (context id): what its response needs.
@@ -73,11 +76,20 @@ impl Shared {
     pub fn begin_callback(&self) {
         self.clock.set(None);
     }
+
+    /// What a fleet lease ask needs from the configuration.
+    pub fn fleet_asking(&self) -> Asking<'_> {
+        Asking {
+            settings: &self.config.fleet,
+            key_service: &self.config.key_service,
+            service_token: &self.secrets.service_token,
+        }
+    }
 }
 
 /// How a decided request is forwarded: which credential sources to strip, and whether the
 /// decision is enforced.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Forwarding {
     pub mode: Mode,
     pub sources: Vec<Source>,
@@ -99,6 +111,17 @@ pub struct Forwarding {
     /// (a host call: read on routes that take principals, for keys bound to workloads, or
     /// before the request is parked).
     pub principal: Option<Option<String>>,
+    /// What the request costs from a key's quota (the route's `cost`).
+    pub cost: u32,
+    /// The request may still wait for a fleet lease (false once it waited its time).
+    pub fleet_may_wait: bool,
+}
+
+/// A request parked until its fleet bucket has a lease; decided again when it is woken.
+pub struct FleetWaiter {
+    pub context_id: u32,
+    pub forwarding: Forwarding,
+    pub identity: Identity,
 }
 
 /// What a request leaves for its response: rate-limit headers and whose usage it is.

@@ -151,6 +151,7 @@ pub fn counts_under_key(reason: &DenyReason) -> bool {
             | DenyReason::AddressNotAllowed
             | DenyReason::PrincipalNotAllowed
             | DenyReason::RateLimited { .. }
+            | DenyReason::QuotaExhausted { .. }
             | DenyReason::InsufficientScope(_)
     )
 }
@@ -541,6 +542,7 @@ mod tests {
             DenyReason::NotYetValid,
             DenyReason::AddressNotAllowed,
             DenyReason::RateLimited { retry_after_s: 1 },
+            DenyReason::QuotaExhausted { retry_after_s: 1 },
             DenyReason::InsufficientScope(vec!["demo:write".into()]),
         ] {
             assert!(counts_under_key(&proven), "{proven:?}");

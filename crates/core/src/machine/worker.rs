@@ -7,16 +7,19 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use siphasher::sip128::SipHasher24;
+
 use crate::config::{FilterConfig, Secrets};
 use crate::fingerprint::Fingerprinter;
 use crate::host::Host;
-use crate::machine::answer::{apply, deny};
+use crate::machine::answer::{apply, complete, deny};
 use crate::machine::callouts::{Callout, Callouts};
 use crate::machine::edits::Gathered;
+use crate::machine::fleet::Fleet;
 use crate::machine::follower::{FeedContext, FeedView};
 use crate::machine::metrics::Metrics;
 use crate::machine::request::{evaluate, Headers};
-use crate::machine::state::{JwtState, Lookups, Shared, Step};
+use crate::machine::state::{FleetWaiter, JwtState, Lookups, Shared, Step};
 use crate::machine::usage::{Reporting, Usage};
 use crate::machine::{rate, records, token};
 
@@ -38,6 +41,7 @@ pub fn start(
     let worker = crate::machine::follower::next_worker_id(host);
     let jwt = JwtState::new(&config.jwt);
     let lookups = Lookups::new(&config);
+    let fleet = Fleet::new(host, gateway_candidate(&fingerprint_key)).deferred();
     let shared = Rc::new(Shared {
         config,
         secrets,
@@ -47,6 +51,7 @@ pub fn start(
         jwt: RefCell::new(jwt),
         feed: RefCell::new(FeedView::new(worker.clone())),
         usage: RefCell::new(Usage::new(worker)),
+        fleet: RefCell::new(fleet),
         callouts: RefCell::new(Callouts::default()),
         notes: RefCell::new(HashMap::new()),
         tick: Cell::new(Duration::ZERO),
@@ -61,9 +66,12 @@ pub fn start(
     shared
 }
 
-/// The periodic work: the feed, usage, lookups waiting on other workers, JWKS.
+/// The periodic work: the feed, usage, lookups waiting on other workers, JWKS, fleet asks
+/// and the requests that wait for a lease.
 pub fn on_tick(host: &impl Host, shared: &Shared) {
     shared.begin_callback();
+    // Before anything below resumes a request (which makes its context the effective one).
+    fleet_flush(host, shared);
     let token = shared
         .feed
         .borrow_mut()
@@ -73,6 +81,7 @@ pub fn on_tick(host: &impl Host, shared: &Shared) {
     register(shared, token, Callout::Usage);
     records::on_tick(host, shared);
     token::on_tick(host, shared);
+    fleet_on_tick(host, shared);
     shared.metrics.flush(host);
     reschedule(host, shared);
 }
@@ -84,7 +93,9 @@ pub fn on_tick(host: &impl Host, shared: &Shared) {
 pub fn reschedule(host: &impl Host, shared: &Shared) {
     let waiting = shared.config.revocation_feed.enabled
         || shared.lookups.borrow().has_remote_waits()
-        || shared.jwt.borrow().has_waiters();
+        || shared.jwt.borrow().has_waiters()
+        || shared.fleet.borrow().has_waiters()
+        || shared.fleet.borrow().has_queued();
     let wanted = if waiting {
         FAST_TICK
     } else if shared.jwt.borrow().has_remote_issuers()
@@ -123,6 +134,15 @@ pub fn on_call_response(host: &impl Host, shared: &Shared, token_id: u32, body_s
                 .borrow_mut()
                 .on_response(host, &reporting(shared));
             register(shared, token, Callout::Usage);
+        }
+        Some(Callout::Lease) => {
+            let woken = shared
+                .fleet
+                .borrow_mut()
+                .on_response(host, token_id, body_size);
+            for waiter in woken {
+                resume(host, shared, waiter);
+            }
         }
         None => {}
     }
@@ -178,6 +198,52 @@ pub fn on_log(shared: &Shared, context_id: u32) {
     shared.notes.borrow_mut().remove(&context_id);
     shared.lookups.borrow_mut().forget(context_id);
     shared.jwt.borrow_mut().forget(context_id);
+    shared
+        .fleet
+        .borrow_mut()
+        .forget(|waiter| waiter.context_id == context_id);
+}
+
+/// This Envoy's gateway id if this worker is its first: a keyed hash of the worker's random
+/// fingerprint key (which it does not reveal), so no other random draw is needed.
+fn gateway_candidate(fingerprint_key: &[u8; 16]) -> String {
+    let id = SipHasher24::new_with_key(fingerprint_key)
+        .hash(b"keygate fleet gateway")
+        .as_u128();
+    format!("{id:032x}")
+}
+
+/// On the tick, in the root context and before any request is resumed: the queued asks go
+/// out (an ask dispatched from a request's context is dropped with the request, and its grant
+/// lost).
+fn fleet_flush(host: &impl Host, shared: &Shared) {
+    let token = shared
+        .fleet
+        .borrow_mut()
+        .flush(host, &shared.fleet_asking());
+    register(shared, token, Callout::Lease);
+}
+
+/// On the tick: requests that wait for a lease are decided again (another worker's ask may
+/// have been answered), those past their wait by the fallback.
+fn fleet_on_tick(host: &impl Host, shared: &Shared) {
+    if !shared.fleet.borrow().has_waiters() {
+        return;
+    }
+    let woken = shared.fleet.borrow_mut().on_tick(shared.now(host));
+    // Asks these requests queue go with the next tick: resuming them made their contexts
+    // the effective one, and an ask must be sent from the root's.
+    for (mut waiter, may_wait) in woken {
+        waiter.forwarding.fleet_may_wait = may_wait;
+        resume(host, shared, waiter);
+    }
+}
+
+/// A request that waited for a lease, decided again in its own context.
+fn resume(host: &impl Host, shared: &Shared, waiter: Box<FleetWaiter>) {
+    let waiter = *waiter;
+    let step = Step::Decided(waiter.forwarding, Ok(waiter.identity));
+    complete(host, shared, waiter.context_id, step);
 }
 
 fn register(shared: &Shared, token: Option<u32>, callout: Callout) {
