@@ -458,6 +458,7 @@ struct RawConfig {
     strip_method_override: bool,
     #[serde(default)]
     principals: PrincipalsSpec,
+    #[serde(default)]
     fleet: FleetSpec,
 }
 
