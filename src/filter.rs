@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use keygate_core::binding::Requirement;
 use keygate_core::config::FilterConfig;
 use keygate_core::credential::{extract_credential, strip_query_param, CredentialError, Source};
 use keygate_core::decision::DenyReason;
@@ -256,7 +257,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
             Err(reason) => return Step::Deny(reason, None, config.mode),
         };
     let required = match policy {
-        Policy::Public => {
+        None => {
             shared.metrics.count(Event::AllowedPublic);
             if mode == Mode::Shadow {
                 replies(config).shadow_allow(&ProxyHost, true);
@@ -265,7 +266,7 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
             }
             return Step::Continue;
         }
-        Policy::Scopes(scopes) => scopes,
+        Some(required) => required,
     };
     if mode == Mode::Enforce {
         strip_credential_lookalikes(config, headers);
@@ -380,7 +381,8 @@ fn evaluate(shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     Step::Deny(DenyReason::MalformedKey, None, mode)
 }
 
-/// The policy for this request, the mode it runs in, the route's default rate limit and
+/// The policy for this request (`None`: public; else what the key must hold and be bound
+/// to, the path's parameters filled in), the mode it runs in, the route's default rate limit and
 /// whether it forwards the credential. Route metadata on the Envoy route wins; otherwise the
 /// filter's route table (entries by Envoy route name or by method and path, first match). No
 /// policy anywhere: denied.
@@ -388,7 +390,7 @@ fn route_policy(
     shared: &Shared,
     method: &str,
     path: &str,
-) -> Result<(Policy, Mode, Option<RateLimit>, bool), DenyReason> {
+) -> Result<(Option<Requirement>, Mode, Option<RateLimit>, bool), DenyReason> {
     let config = &shared.config;
     if config.route_metadata {
         let leaf = |name: &str| {
@@ -400,7 +402,11 @@ fn route_policy(
             leaf("mode").as_deref(),
         ) {
             Ok(Some((policy, mode))) => {
-                return Ok((policy, mode.unwrap_or(config.mode), None, false))
+                let required = match policy {
+                    Policy::Public => None,
+                    Policy::Scopes(scopes) => Some(Requirement::from(scopes)),
+                };
+                return Ok((required, mode.unwrap_or(config.mode), None, false));
             }
             Ok(None) => {}
             Err(err) => {
@@ -422,7 +428,7 @@ fn route_policy(
         .find(method, path, route_name.as_deref())
         .ok_or(DenyReason::NoRoute)?;
     Ok((
-        route.policy.clone(),
+        route.requirement(path).map_err(DenyReason::Binding)?,
         route.mode.unwrap_or(config.mode),
         route.rate_limit,
         route.forward_credential,

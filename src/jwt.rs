@@ -2,6 +2,7 @@
 //! shared with the others through shared data), the verified-token cache, and requests that
 //! wait for a JWKS refetch after presenting an unknown `kid`.
 
+use keygate_core::binding::Attributes;
 use keygate_core::config::{JwksSource, Revocation};
 use keygate_core::decision::{authorize_scopes, header_safe, DenyReason, Identity};
 use keygate_core::jwt::cache::CachedToken;
@@ -163,7 +164,11 @@ fn verify_once(shared: &Shared, token: &str, now_ms: u64) -> Verified {
                     verified.scopes,
                     None,
                 )
-                .issued_by(&header_safe(&verified.issuer)),
+                .issued_by(&header_safe(&verified.issuer))
+                .with_attributes(Attributes {
+                    claims: verified.claims,
+                    ..Attributes::default()
+                }),
                 issuer: index,
                 kid: verified.kid.into(),
                 valid_until_s,

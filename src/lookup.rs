@@ -7,6 +7,7 @@
 //! if the lease lapses. Waiting requests are answered in their own context once the record
 //! arrives, so no request waits on more than one callout.
 
+use keygate_core::binding::Requirement;
 use keygate_core::cache::{find_from, store, CacheEntry, Freshness, Placement, Stored};
 use keygate_core::decision::{
     authorize_proven, authorize_token_prepared, DenyReason, Identity, PreparedRecord,
@@ -15,7 +16,6 @@ use keygate_core::feed::FeedPolicy;
 use keygate_core::key::{KeyDigest, KeyId};
 use keygate_core::machine::degraded::Fallback;
 use keygate_core::machine::lookup::{Answer, Begun, HostSlots, LookupContext, Pending, Target};
-use keygate_core::scope::Scope;
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -145,7 +145,7 @@ pub fn decide_fresh(
     shared: &Shared,
     id: &KeyId,
     credential: &str,
-    required: &[Scope],
+    required: &Requirement,
     forwarding: &Forwarding,
     now: u64,
 ) -> Option<Result<Identity, DenyReason>> {

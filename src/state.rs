@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keygate_core::binding::Requirement;
 use keygate_core::cache::CacheEntry;
 use keygate_core::config::{FilterConfig, JwksSource, JwtSettings, RemoteJwks, Secrets};
 use keygate_core::credential::Source;
@@ -25,7 +26,6 @@ use keygate_core::machine::lookup;
 use keygate_core::machine::usage::Usage;
 use keygate_core::negative_cache::NegativeCache;
 use keygate_core::route::Mode;
-use keygate_core::scope::Scope;
 use keygate_core::wire::RateLimit;
 
 use crate::crypto::HostVerifier;
@@ -93,7 +93,7 @@ pub struct Presented {
     /// The key id; for a legacy key, an id derived from its digest (the cache slot's name).
     pub key_id: KeyId,
     pub proof: Proof,
-    pub required: std::sync::Arc<[Scope]>,
+    pub required: Requirement,
     pub forwarding: Forwarding,
     /// A legacy key: looked up by digest, not by id.
     pub legacy: bool,
@@ -209,7 +209,7 @@ impl Lookups {
 /// A JWT request, kept while it waits for its issuer's keys.
 pub struct TokenRequest {
     pub token: String,
-    pub required: std::sync::Arc<[Scope]>,
+    pub required: Requirement,
     pub forwarding: Forwarding,
 }
 

@@ -283,6 +283,25 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
     put_strs(out, &record.allowed_cidrs);
     put_opt_u64(out, record.not_before);
     put_opt_u64(out, record.not_after);
+    // Appended later, and only for a record that has them: entries without (all entries
+    // written before) end here and decode with no owner or metadata. A cut that falls just
+    // there loses them: routes that bind them then deny (fail closed).
+    if record.owner.is_none() && record.metadata.is_empty() {
+        return;
+    }
+    match &record.owner {
+        Some(owner) => {
+            out.push(1);
+            put_str(out, owner);
+        }
+        None => out.push(0),
+    }
+    let pairs: Vec<String> = record
+        .metadata
+        .iter()
+        .flat_map(|(k, v)| [k.clone(), v.clone()])
+        .collect();
+    put_strs(out, &pairs);
 }
 
 fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
@@ -308,6 +327,24 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
     let allowed_cidrs = get_strs(rest)?;
     let not_before = get_opt_u64(rest)?;
     let not_after = get_opt_u64(rest)?;
+    let (owner, metadata) = if rest.is_empty() {
+        (None, std::collections::BTreeMap::new())
+    } else {
+        let owner = match take(rest, 1)?[0] {
+            0 => None,
+            1 => Some(get_str(rest)?),
+            _ => return None,
+        };
+        let pairs = get_strs(rest)?;
+        if pairs.len() % 2 != 0 {
+            return None;
+        }
+        let metadata = pairs
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect();
+        (owner, metadata)
+    };
     Some(KeyLookup {
         id,
         digest,
@@ -319,6 +356,8 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
         allowed_cidrs,
         not_before,
         not_after,
+        owner,
+        metadata,
     })
 }
 
@@ -656,6 +695,8 @@ mod tests {
                 allowed_cidrs: Vec::new(),
                 not_before: None,
                 not_after: None,
+                owner: None,
+                metadata: Default::default(),
             }),
         }
     }
@@ -732,7 +773,38 @@ mod tests {
             allowed_cidrs: vec!["10.0.0.0/8".into(), "::1/128".into()],
             not_before: Some(1),
             not_after: Some(u64::MAX),
+            owner: None,
+            metadata: Default::default(),
         }
+    }
+
+    #[test]
+    fn owner_and_metadata_round_trip_and_old_entries_decode_without_them() {
+        let plain = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 1,
+            record: Some(full_record()),
+        };
+        let mut record = full_record();
+        record.owner = Some("acme".into());
+        record.metadata.insert("tenant".into(), "t-1".into());
+        record.metadata.insert("region".into(), "eu".into());
+        let bound = CacheEntry {
+            record: Some(record),
+            ..plain.clone()
+        };
+        let bytes = bound.encode();
+        assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(bound.clone()));
+        let old = plain.encode();
+        assert!(bytes.starts_with(&old));
+        assert_eq!(CacheEntry::decode_for(&old, &id(1)), Some(plain));
+        // Cut inside the appended part: refused.
+        for end in old.len() + 1..bytes.len() {
+            assert_eq!(CacheEntry::decode_for(&bytes[..end], &id(1)), None, "{end}");
+        }
+        let mut odd = old.clone();
+        odd.extend_from_slice(&[0, 1, 0, 0, 0]);
+        assert_eq!(CacheEntry::decode_for(&odd, &id(1)), None);
     }
 
     #[test]

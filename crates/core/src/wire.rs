@@ -50,6 +50,13 @@ pub struct KeyLookup {
     /// ... and from `not_after` on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<u64>,
+    /// The key's owner, for routes that bind a path parameter to it (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The key's string metadata fields, for routes that bind `metadata.<field>` (bounded by
+    /// the key service's metadata limits: 32 fields, 4 KiB).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// A token bucket: `requests_per_second` refill, up to `burst` requests at once.

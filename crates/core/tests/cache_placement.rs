@@ -93,6 +93,8 @@ fn record(id: &KeyId) -> KeyLookup {
         allowed_cidrs: Vec::new(),
         not_before: None,
         not_after: None,
+        owner: None,
+        metadata: Default::default(),
     }
 }
 

@@ -109,6 +109,9 @@ impl<W, S> Pending<W, S> {
 }
 
 /// What the caller sees once a lookup was started (or restarted on the tick).
+// Returned once per lookup and unpacked at once: boxing the record would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Begun<W, S> {
     /// Registered: the waiters wait on our callout or on another worker's.
@@ -120,6 +123,8 @@ pub enum Begun<W, S> {
 }
 
 /// What the key service answered.
+// Returned once per callout and unpacked at once (as `Begun`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     /// The record (`None`: the key service does not know the key, 404).
@@ -421,6 +426,8 @@ mod tests {
             allowed_cidrs: Vec::new(),
             not_before: None,
             not_after: None,
+            owner: None,
+            metadata: Default::default(),
         }
     }
 
@@ -495,6 +502,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::large_enum_variant)]
     #[derive(Debug, PartialEq, Eq)]
     enum Asked {
         Joined,

@@ -414,7 +414,17 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
     };
     let status = record.status(service.now());
     tracing::debug!(key_id = %id, found = true, status = status.as_str(), "lookup");
+    // For routes that bind a path parameter to the owner or a metadata field: the owner, and
+    // the string metadata fields (bounded by the metadata limits, 32 fields and 4 KiB).
+    let owner = (!record.owner.is_empty()).then(|| record.owner.clone());
+    let metadata = record
+        .metadata
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+        .collect();
     Ok(Some(KeyLookup {
+        owner,
+        metadata,
         subject: if record.owner.is_empty() {
             record.id.clone()
         } else {
