@@ -41,7 +41,7 @@ fn fixture() -> &'static Fixture {
                 id: "aaaaaaaaaaaaaaaa".into(),
                 digest: digest.to_hex(),
                 subject: "acme".into(),
-                scopes: vec!["datasets:read".into(), "datasets:x:*".into(), "other".into()],
+                scopes: vec!["datasets:read".into(), "datasets:x:*".into()],
                 status: KeyStatus::Active,
                 expires_at: None,
                 rate_limit: None,
