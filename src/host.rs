@@ -2,10 +2,13 @@
 //! the SDK, so the calls Keygate makes are few, typed and easy to audit. Header values are
 //! read as bytes only: the SDK's string getters panic on non-UTF-8 input.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
+use keygate_core::decision::DenyReason;
 use keygate_core::host::{Event, Host, LogLevel as CoreLevel, Versioned};
+use keygate_core::jwt::JwtError;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Bytes, LogLevel, MapType, MetricType, Status};
 
@@ -85,6 +88,10 @@ impl Host for ProxyHost {
         remove_request_header(name);
     }
 
+    fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
+        let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, headers.to_vec());
+    }
+
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         send_local_reply(status, headers.to_vec(), body);
     }
@@ -96,18 +103,92 @@ impl Host for ProxyHost {
     fn gauge(&self, event: Event, value: u64) {
         record(event_id(event), value);
     }
+
+    fn count_denial(&self, shadow: bool, reason: &'static str, by: u64) {
+        let id = DENIAL_IDS.with(|ids| {
+            let ids = ids.borrow();
+            let ids = if shadow { &ids.1 } else { &ids.0 };
+            ids.get(reason).copied().flatten()
+        });
+        increment_by(id, by);
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        hostcalls::set_effective_context(context_id).map_err(refused)
+    }
+
+    fn resume_request(&self) {
+        let _ = hostcalls::resume_http_request();
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value_bytes(
+            MapType::HttpResponseHeaders,
+            name,
+            Some(value.as_bytes()),
+        );
+    }
+
+    fn response_status(&self) -> Option<u32> {
+        let value = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()?;
+        std::str::from_utf8(&value).ok()?.parse().ok()
+    }
+
+    fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, HostError> {
+        hostcalls::call_foreign_function(name, Some(arguments))
+            .map(Option::unwrap_or_default)
+            .map_err(refused)
+    }
+
+    fn set_tick_period(&self, period: Duration) {
+        let _ = hostcalls::set_tick_period(period);
+    }
 }
+
+/// Metric ids of denials by reason: (enforced, shadow).
+type DenialIds = (
+    HashMap<&'static str, Option<u32>>,
+    HashMap<&'static str, Option<u32>>,
+);
 
 thread_local! {
     /// The metric ids of the events (defined at configure), for [`ProxyHost`]'s metrics. A VM
     /// runs on one thread.
     static EVENT_IDS: Cell<[Option<u32>; Event::ALL.len()]> =
         const { Cell::new([None; Event::ALL.len()]) };
+    static DENIAL_IDS: RefCell<DenialIds> = RefCell::new((HashMap::new(), HashMap::new()));
 }
 
-/// Keeps the metric ids of the events, as defined at configure.
-pub fn set_event_ids(ids: [Option<u32>; Event::ALL.len()]) {
-    EVENT_IDS.with(|defined| defined.set(ids));
+/// Defines every counter and gauge (`wasmcustom.keygate.*`) and keeps their ids.
+pub fn define_metrics() {
+    let events = Event::ALL.map(|event| {
+        let kind = if event.is_gauge() {
+            MetricType::Gauge
+        } else {
+            MetricType::Counter
+        };
+        hostcalls::define_metric(kind, event.name()).ok()
+    });
+    EVENT_IDS.with(|defined| defined.set(events));
+    let denials = (
+        reason_counters("keygate.denied"),
+        reason_counters("keygate.shadow.denied"),
+    );
+    DENIAL_IDS.with(|defined| *defined.borrow_mut() = denials);
+}
+
+/// One counter per deny reason (opaque keys and JWTs) under `prefix`.
+fn reason_counters(prefix: &str) -> HashMap<&'static str, Option<u32>> {
+    DenyReason::METRIC_NAMES
+        .iter()
+        .chain(JwtError::METRIC_NAMES.iter())
+        .map(|name| {
+            let id = hostcalls::define_metric(MetricType::Counter, &format!("{prefix}.{name}"));
+            (*name, id.ok())
+        })
+        .collect()
 }
 
 fn event_id(event: Event) -> Option<u32> {
@@ -127,13 +208,6 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Calls a host foreign function (such as Envoy's `verify_signature`).
-pub fn call_foreign_function(name: &str, arguments: &[u8]) -> Result<Bytes, HostError> {
-    hostcalls::call_foreign_function(name, Some(arguments))
-        .map(Option::unwrap_or_default)
-        .map_err(refused)
-}
-
 /// A host property such as `["xds", "route_name"]`; `None` when absent.
 pub fn property(path: &[&str]) -> Option<Bytes> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
@@ -143,22 +217,6 @@ pub fn plugin_configuration() -> Option<Bytes> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
         .ok()
         .flatten()
-}
-
-pub fn set_tick_period(period: Duration) {
-    let _ = hostcalls::set_tick_period(period);
-}
-
-pub fn define_counter(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Counter, name).ok()
-}
-
-pub fn define_gauge(name: &str) -> Option<u32> {
-    hostcalls::define_metric(MetricType::Gauge, name).ok()
-}
-
-pub fn increment(metric: Option<u32>) {
-    increment_by(metric, 1);
 }
 
 pub fn increment_by(metric: Option<u32>, by: u64) {
@@ -171,11 +229,6 @@ pub fn record(metric: Option<u32>, value: u64) {
     if let Some(id) = metric {
         let _ = hostcalls::record_metric(id, value);
     }
-}
-
-/// Makes `context_id` the context later calls act on; fails when that request is gone.
-pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
-    hostcalls::set_effective_context(context_id).map_err(refused)
 }
 
 mod ffi {
@@ -286,10 +339,6 @@ pub fn remove_request_header(name: &str) {
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
 }
 
-pub fn resume_request() {
-    let _ = hostcalls::resume_http_request();
-}
-
 pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
     let _ = hostcalls::send_http_response(status, headers, Some(body));
 }
@@ -300,19 +349,6 @@ pub fn get_shared(key: &str) -> (Option<Bytes>, Option<u32>) {
 
 pub fn set_shared(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
     hostcalls::set_shared_data(key, Some(value), cas).map_err(refused)
-}
-
-pub fn set_response_header(name: &str, value: &str) {
-    let _ =
-        hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value.as_bytes()));
-}
-
-/// The upstream response's `:status`.
-pub fn response_status() -> Option<u32> {
-    let value = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-        .ok()
-        .flatten()?;
-    std::str::from_utf8(&value).ok()?.parse().ok()
 }
 
 /// The `:status` of the current HTTP call's response, if it has one.

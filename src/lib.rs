@@ -2,16 +2,8 @@
 //! `keygate-core`; this crate reads the request, talks to the host through [`host`], and
 //! applies what the core decided.
 
-mod answer;
-mod crypto;
-mod feed;
 mod filter;
 mod host;
-mod jwt;
-mod lookup;
-mod metrics;
-mod state;
-mod usage;
 
 /// The parser of the host's header blocks, for the fuzz targets (`fuzz/`); not an API.
 #[doc(hidden)]

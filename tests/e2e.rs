@@ -19,8 +19,12 @@ mod feed;
 mod jwt;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/principals.rs"]
+mod principals;
 #[path = "e2e/readme.rs"]
 mod readme;
+#[path = "e2e/roles.rs"]
+mod roles;
 #[path = "e2e/rollout.rs"]
 mod rollout;
 #[path = "e2e/tls.rs"]
@@ -548,6 +552,10 @@ fn counters_are_visible_on_the_admin_stats() {
     for _ in 0..2 {
         assert_eq!(stack.get("/v1/hello", &[]).status, 401);
     }
+    // The allowed path's counters reach Envoy on the workers' tick (at most a second later).
+    keygate_testkit::wait_until(Duration::from_secs(5), || {
+        stack.envoy.keygate_counter("allowed") >= 3
+    });
     let stats = stack.envoy.stats();
     let keygate: Vec<&str> = stats.lines().filter(|l| l.contains("keygate")).collect();
     let shown = keygate.join("\n");

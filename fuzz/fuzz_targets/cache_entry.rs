@@ -3,7 +3,7 @@
 //!
 //! Calls `keygate_core::cache::{CacheEntry::{decode_for, encode, freshness}, Lease::{decode,
 //! encode, is_held_for}}`, `serde_json::from_slice::<keygate_core::wire::KeyLookup>` (as
-//! `src/lookup.rs` reads an answer) and `keygate_core::decision::authorize_record`.
+//! `crates/core/src/machine/lookup.rs` reads an answer) and `keygate_core::decision::authorize_record`.
 #![no_main]
 
 use keygate_core::cache::{CacheEntry, CachePolicy, Lease};

@@ -412,11 +412,17 @@ fn service_minted_jwts_of_every_algorithm_reach_upstream_with_their_identity() {
 
         // Further requests (fresh connections, both workers): verified-token cache hits. At
         // most one of them can be the other worker's first sight of the token.
+        // The allowed path's counters reach Envoy on the workers' tick (at most a second
+        // later): earlier counts are let in first, then the new ones are waited for.
+        sleep(Duration::from_millis(1_500));
         let hits_before = stack.envoy.keygate_counter("token_cache_hit");
         for _ in 0..4 {
             let reply = stack.get_with_key("/v1/hello", &issued.key);
             assert_forwarded_with_identity(&reply, &issued.id);
         }
+        keygate_testkit::wait_until(Duration::from_secs(5), || {
+            stack.envoy.keygate_counter("token_cache_hit") >= hits_before + 3
+        });
         let hits = stack.envoy.keygate_counter("token_cache_hit") - hits_before;
         assert!(
             hits >= 3,

@@ -52,6 +52,8 @@ fn record_for(id: &str, digest_hex: String) -> KeyLookup {
         allowed_cidrs: Vec::new(),
         not_before: None,
         not_after: None,
+        roles: Vec::new(),
+        allowed_principals: Vec::new(),
         owner: None,
         metadata: Default::default(),
     }

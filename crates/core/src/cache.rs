@@ -24,7 +24,7 @@
 //! follow.
 
 use crate::key::KeyId;
-use crate::wire::{KeyLookup, KeyStatus, RateLimit};
+use crate::wire::{KeyLookup, KeyStatus, RateLimit, RoleRef};
 
 /// How long cached answers live, and how many keys the cache is sized for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +103,12 @@ impl CacheEntry {
         if self.record.is_some() {
             flags |= FLAG_RECORD;
         }
+        if self.record.as_ref().is_some_and(|r| !r.roles.is_empty()) {
+            flags |= FLAG_ROLES;
+        }
+        if self.record.as_ref().is_some_and(has_binding) {
+            flags |= FLAG_BINDING;
+        }
         out.push(flags);
         put_str8(&mut out, &self.id);
         out.extend_from_slice(&self.fetched_at_ms.to_le_bytes());
@@ -120,7 +126,7 @@ impl CacheEntry {
             return None;
         }
         let record = if header.has_record {
-            Some(get_record(&mut rest)?)
+            Some(get_record(&mut rest, header.sections)?)
         } else {
             None
         };
@@ -140,6 +146,23 @@ impl CacheEntry {
 const FORMAT: u8 = 0xB1;
 const FLAG_IN_USE: u8 = 1;
 const FLAG_RECORD: u8 = 2;
+/// The record ends with the roles the key holds (entries without are what filters that
+/// predate roles read).
+const FLAG_ROLES: u8 = 4;
+/// The record then holds the key's owner and metadata (for routes that bind them), before
+/// the principals.
+const FLAG_BINDING: u8 = 8;
+
+/// The optional sections a record's header says it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sections {
+    roles: bool,
+    binding: bool,
+}
+
+fn has_binding(record: &KeyLookup) -> bool {
+    record.owner.is_some() || !record.metadata.is_empty()
+}
 
 /// What a probe reads of an entry before deciding whether it is the one looked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +171,7 @@ struct EntryHeader<'a> {
     fetched_at_ms: u64,
     in_use: bool,
     has_record: bool,
+    sections: Sections,
 }
 
 impl<'a> EntryHeader<'a> {
@@ -166,6 +190,10 @@ impl<'a> EntryHeader<'a> {
                 fetched_at_ms,
                 in_use: flags & FLAG_IN_USE != 0,
                 has_record: flags & FLAG_RECORD != 0,
+                sections: Sections {
+                    roles: flags & FLAG_ROLES != 0,
+                    binding: flags & FLAG_BINDING != 0,
+                },
             },
             rest,
         ))
@@ -283,28 +311,57 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
     put_strs(out, &record.allowed_cidrs);
     put_opt_u64(out, record.not_before);
     put_opt_u64(out, record.not_after);
-    // Appended later, and only for a record that has them: entries without (all entries
-    // written before) end here and decode with no owner or metadata. A cut that falls just
-    // there loses them: routes that bind them then deny (fail closed).
-    if record.owner.is_none() && record.metadata.is_empty() {
-        return;
-    }
-    match &record.owner {
-        Some(owner) => {
-            out.push(1);
-            put_str(out, owner);
+    // Roles come next, and only when the key holds some (flagged in the header): entries
+    // without them stay readable by filters that predate roles.
+    if !record.roles.is_empty() {
+        let count = record.roles.len().min(usize::from(u16::MAX));
+        out.extend_from_slice(&(count as u16).to_le_bytes());
+        for role in &record.roles[..count] {
+            put_str(out, &role.name);
+            out.extend_from_slice(&role.version.to_le_bytes());
         }
-        None => out.push(0),
     }
-    let pairs: Vec<String> = record
-        .metadata
-        .iter()
-        .flat_map(|(k, v)| [k.clone(), v.clone()])
-        .collect();
-    put_strs(out, &pairs);
+    // The owner and metadata routes bind come next, and only for a record that has them
+    // (flagged in the header, as roles are).
+    if has_binding(record) {
+        match &record.owner {
+            Some(owner) => {
+                out.push(1);
+                put_str(out, owner);
+            }
+            None => out.push(0),
+        }
+        let pairs: Vec<String> = record
+            .metadata
+            .iter()
+            .flat_map(|(k, v)| [k.clone(), v.clone()])
+            .collect();
+        put_strs(out, &pairs);
+    }
+    // Principals come last and only when present, so entries written before them decode
+    // the same.
+    if !record.allowed_principals.is_empty() {
+        put_strs(out, &record.allowed_principals);
+    }
 }
 
-fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
+/// The roles at the end of a record whose header says it has some.
+fn get_roles(rest: &mut &[u8]) -> Option<Vec<RoleRef>> {
+    let count = usize::from(get_u16(rest)?);
+    // Each role takes at least its name's two length bytes and its version's eight.
+    if rest.len() < count * 10 {
+        return None;
+    }
+    (0..count)
+        .map(|_| {
+            let name = get_str(rest)?;
+            let version = get_u64(rest)?;
+            Some(RoleRef { name, version })
+        })
+        .collect()
+}
+
+fn get_record(rest: &mut &[u8], flags: Sections) -> Option<KeyLookup> {
     let id = get_str(rest)?;
     let digest = get_str(rest)?;
     let subject = get_str(rest)?;
@@ -327,9 +384,12 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
     let allowed_cidrs = get_strs(rest)?;
     let not_before = get_opt_u64(rest)?;
     let not_after = get_opt_u64(rest)?;
-    let (owner, metadata) = if rest.is_empty() {
-        (None, std::collections::BTreeMap::new())
+    let roles = if flags.roles {
+        get_roles(rest)?
     } else {
+        Vec::new()
+    };
+    let (owner, metadata) = if flags.binding {
         let owner = match take(rest, 1)?[0] {
             0 => None,
             1 => Some(get_str(rest)?),
@@ -344,6 +404,13 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
             .map(|pair| (pair[0].clone(), pair[1].clone()))
             .collect();
         (owner, metadata)
+    } else {
+        (None, std::collections::BTreeMap::new())
+    };
+    let allowed_principals = if rest.is_empty() {
+        Vec::new()
+    } else {
+        get_strs(rest)?
     };
     Some(KeyLookup {
         id,
@@ -356,6 +423,8 @@ fn get_record(rest: &mut &[u8]) -> Option<KeyLookup> {
         allowed_cidrs,
         not_before,
         not_after,
+        roles,
+        allowed_principals,
         owner,
         metadata,
     })
@@ -695,6 +764,8 @@ mod tests {
                 allowed_cidrs: Vec::new(),
                 not_before: None,
                 not_after: None,
+                roles: Vec::new(),
+                allowed_principals: Vec::new(),
                 owner: None,
                 metadata: Default::default(),
             }),
@@ -773,13 +844,44 @@ mod tests {
             allowed_cidrs: vec!["10.0.0.0/8".into(), "::1/128".into()],
             not_before: Some(1),
             not_after: Some(u64::MAX),
+            roles: vec![RoleRef {
+                name: "analyst".into(),
+                version: 42,
+            }],
+            allowed_principals: Vec::new(),
             owner: None,
             metadata: Default::default(),
         }
     }
 
     #[test]
-    fn owner_and_metadata_round_trip_and_old_entries_decode_without_them() {
+    fn a_record_without_roles_is_the_format_older_filters_read() {
+        let record = KeyLookup {
+            roles: Vec::new(),
+            ..full_record()
+        };
+        let e = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 1,
+            record: Some(record),
+        };
+        let bytes = e.encode();
+        assert_eq!(bytes[1] & FLAG_ROLES, 0);
+        assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(e.clone()));
+        let with_roles = CacheEntry {
+            record: Some(full_record()),
+            ..e
+        }
+        .encode();
+        assert_ne!(with_roles[1] & FLAG_ROLES, 0);
+        // A header that promises roles the bytes lack is refused.
+        let mut lying = bytes.clone();
+        lying[1] |= FLAG_ROLES;
+        assert_eq!(CacheEntry::decode_for(&lying, &id(1)), None);
+    }
+
+    #[test]
+    fn owner_and_metadata_round_trip_behind_their_flag() {
         let plain = CacheEntry {
             id: id(1).to_string(),
             fetched_at_ms: 1,
@@ -794,17 +896,29 @@ mod tests {
             ..plain.clone()
         };
         let bytes = bound.encode();
+        assert_ne!(bytes[1] & FLAG_BINDING, 0);
         assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(bound.clone()));
+        // Without owner or metadata: no flag, and the format of entries written before.
         let old = plain.encode();
-        assert!(bytes.starts_with(&old));
+        assert_eq!(old[1] & FLAG_BINDING, 0);
         assert_eq!(CacheEntry::decode_for(&old, &id(1)), Some(plain));
-        // Cut inside the appended part: refused.
-        for end in old.len() + 1..bytes.len() {
+        // Cut inside the binding section: refused.
+        for end in old.len()..bytes.len() {
             assert_eq!(CacheEntry::decode_for(&bytes[..end], &id(1)), None, "{end}");
         }
-        let mut odd = old.clone();
-        odd.extend_from_slice(&[0, 1, 0, 0, 0]);
+        // A header that promises the section the bytes lack, or an unknown owner tag: refused.
+        let mut lying = old.clone();
+        lying[1] |= FLAG_BINDING;
+        assert_eq!(CacheEntry::decode_for(&lying, &id(1)), None);
+        let mut odd = lying.clone();
+        odd.extend_from_slice(&[2, 0, 0, 0, 0]);
         assert_eq!(CacheEntry::decode_for(&odd, &id(1)), None);
+        // Principals stay last, after the binding section.
+        let mut both = bound.clone();
+        if let Some(record) = both.record.as_mut() {
+            record.allowed_principals = vec!["spiffe://example.org/ns/a/sa/b".into()];
+        }
+        assert_eq!(CacheEntry::decode_for(&both.encode(), &id(1)), Some(both));
     }
 
     #[test]
@@ -828,6 +942,39 @@ mod tests {
             let mut longer = bytes.clone();
             longer.push(0);
             assert_eq!(CacheEntry::decode_for(&longer, &id(1)), None);
+        }
+    }
+
+    #[test]
+    fn workload_bindings_round_trip_and_older_entries_decode_without_them() {
+        let mut record = full_record();
+        let older = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 7,
+            record: Some(record.clone()),
+        };
+        record.allowed_principals = vec![
+            "spiffe://td/ns/a/sa/x".into(),
+            "spiffe://td/ns/b/sa/*".into(),
+        ];
+        let bound = CacheEntry {
+            record: Some(record),
+            ..older.clone()
+        };
+        let bytes = bound.encode();
+        assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(bound.clone()));
+        // An entry without bindings is encoded as before them, and decodes with none.
+        let old_bytes = older.encode();
+        assert!(old_bytes.len() < bytes.len());
+        assert_eq!(&bytes[..old_bytes.len()], &old_bytes[..]);
+        assert_eq!(CacheEntry::decode_for(&old_bytes, &id(1)), Some(older));
+        // Cut inside the list, it is refused.
+        for end in old_bytes.len() + 1..bytes.len() {
+            assert_eq!(
+                CacheEntry::decode_for(&bytes[..end], &id(1)),
+                None,
+                "cut at {end}"
+            );
         }
     }
 

@@ -11,6 +11,7 @@ use crate::feed::{FeedPolicy, FEED_PATH};
 use crate::headers::HeaderRules;
 use crate::jwt::{Algorithm, KeySet, Validation};
 use crate::key::{GatewayKey, KeyConfigError, KeyPrefix};
+use crate::principal::{PrincipalMap, PrincipalMapError, PrincipalsSpec};
 use crate::route::{Mode, RouteError, RouteSpec, RouteTable};
 
 /// Where the key service is and how the filter talks to it.
@@ -85,6 +86,10 @@ pub struct IdentityHeaders {
     /// token's `iss` for JWTs.
     #[serde(default = "default_issuer_header")]
     pub issuer: String,
+    /// Header carrying the request's workload identity (verified peer certificate URI SAN),
+    /// when it is known.
+    #[serde(default = "default_principal_header")]
+    pub principal: String,
 }
 
 impl Default for IdentityHeaders {
@@ -94,6 +99,7 @@ impl Default for IdentityHeaders {
             key_id: default_key_id_header(),
             scopes: default_scopes_header(),
             issuer: default_issuer_header(),
+            principal: default_principal_header(),
         }
     }
 }
@@ -423,6 +429,8 @@ struct RawConfig {
     client_address: ClientAddressSpec,
     #[serde(default = "default_true")]
     strip_method_override: bool,
+    #[serde(default)]
+    principals: PrincipalsSpec,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -465,6 +473,9 @@ fn default_scopes_header() -> String {
 }
 fn default_issuer_header() -> String {
     "x-keygate-issuer".to_owned()
+}
+fn default_principal_header() -> String {
+    "x-keygate-principal".to_owned()
 }
 fn default_max_credential_bytes() -> usize {
     512
@@ -574,6 +585,10 @@ pub enum ConfigProblem {
     MissingEnv(String),
     /// A secret's environment variable is set but unusable.
     BadEnv(String),
+    /// The principal map is invalid (the message names the entry).
+    Principals(PrincipalMapError),
+    /// A route takes principals but `principals.map` is empty.
+    NoPrincipalMap,
 }
 
 /// A configuration error naming the field (`routes[3].scopes`, `cache.ttl_seconds`).
@@ -620,6 +635,11 @@ impl fmt::Display for ConfigError {
                 f,
                 "`{field}`: environment variable {var} is not set in the Wasm VM \
                  (list it in vm_config.environment_variables)"
+            ),
+            ConfigProblem::Principals(err) => write!(f, "{err}"),
+            ConfigProblem::NoPrincipalMap => write!(
+                f,
+                "`{field}` takes principals, but `principals.map` maps none to scopes"
             ),
             ConfigProblem::BadEnv(var) => {
                 write!(f, "`{field}`: environment variable {var} is not usable")
@@ -830,6 +850,8 @@ pub struct FilterConfig {
     /// Client-sent request headers removed from every request (any spelling of an identity,
     /// decision or `x-keygate-` header; method-override headers unless configured otherwise).
     pub header_rules: HeaderRules,
+    /// Workload identities → scopes (`principals.map`), for routes that take principals.
+    pub principals: PrincipalMap,
 }
 
 impl FilterConfig {
@@ -907,6 +929,17 @@ impl FilterConfig {
         header_name("identity_headers.key_id", &ih.key_id)?;
         header_name("identity_headers.scopes", &ih.scopes)?;
         header_name("identity_headers.issuer", &ih.issuer)?;
+        header_name("identity_headers.principal", &ih.principal)?;
+        let principals = PrincipalMap::compile(&raw.principals)
+            .map_err(|e| error("principals", ConfigProblem::Principals(e)))?;
+        if principals.is_empty() {
+            if let Some(i) = routes.first_taking_principals() {
+                return Err(error(
+                    format!("routes[{i}].principal"),
+                    ConfigProblem::NoPrincipalMap,
+                ));
+            }
+        }
         in_range(
             "max_credential_bytes",
             raw.max_credential_bytes as u64,
@@ -1003,6 +1036,7 @@ impl FilterConfig {
                 ih.key_id.as_str(),
                 ih.scopes.as_str(),
                 ih.issuer.as_str(),
+                ih.principal.as_str(),
                 raw.shadow.decision_header.as_str(),
             ],
             raw.strip_method_override,
@@ -1039,6 +1073,7 @@ impl FilterConfig {
             },
             trusted_hops: raw.client_address.trusted_hops,
             header_rules,
+            principals,
         })
     }
 
@@ -1129,6 +1164,63 @@ mod tests {
         assert_eq!(config.routes.len(), 3);
         assert_eq!(config.cache.ttl_ms, 30_000);
         assert_eq!(config.identity_headers.scopes, "x-keygate-scopes");
+    }
+
+    #[test]
+    fn principals_map_to_scopes_and_routes_take_them() {
+        let config = with(
+            r#"{"principals": {"map": [
+                    {"principal": "spiffe://cluster.local/ns/payments/sa/*", "scopes": ["demo:read"]}
+                ]},
+                "routes": [
+                    {"prefix": "/a/", "scopes": ["demo:read"], "principal": "accept"},
+                    {"prefix": "/r/", "scopes": ["demo:read"], "principal": "require"},
+                    {"prefix": "/k/", "scopes": ["demo:read"]}
+                ]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config
+                .principals
+                .scopes_of("spiffe://cluster.local/ns/payments/sa/api")
+                .map(|s| s.to_vec()),
+            Some(vec!["demo:read".to_owned()])
+        );
+        assert_eq!(config.identity_headers.principal, "x-keygate-principal");
+        let route = |path| config.routes.find("GET", path, None).unwrap().principal;
+        assert_eq!(route("/a/x"), crate::principal::PrincipalMode::Accept);
+        assert_eq!(route("/r/x"), crate::principal::PrincipalMode::Require);
+        assert_eq!(route("/k/x"), crate::principal::PrincipalMode::None);
+        assert!(config.header_rules.removes("X_Keygate_Principal"));
+        let renamed = with(r#"{"identity_headers": {"principal": "x-workload"}}"#).unwrap();
+        assert!(renamed.header_rules.removes("x_workload"));
+
+        // A route taking principals with nothing mapped, a public one, an ambiguous pattern.
+        let err = with(r#"{"routes": [{"prefix": "/", "scopes": ["a"], "principal": "accept"}]}"#)
+            .unwrap_err();
+        assert_eq!(err.field, "routes[0].principal");
+        assert_eq!(err.problem, ConfigProblem::NoPrincipalMap);
+        let err = with(
+            r#"{"principals": {"map": [{"principal": "spiffe://td/a", "scopes": ["a"]}]},
+                           "routes": [{"prefix": "/", "public": true, "principal": "require"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problem,
+            ConfigProblem::Route(RouteError::PublicWithPrincipal)
+        );
+        let err = with(
+            r#"{"principals": {"map": [{"principal": "spiffe://td/ns/*/sa/a", "scopes": ["a"]}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "principals");
+        assert!(
+            err.to_string().contains("principals.map[0].principal"),
+            "{err}"
+        );
+        let err = with(r#"{"routes": [{"prefix": "/", "scopes": ["a"], "principal": "maybe"}]}"#)
+            .unwrap_err();
+        assert_eq!(err.field, "routes[0].principal");
     }
 
     #[test]

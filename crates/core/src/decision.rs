@@ -9,6 +9,7 @@ use crate::credential::CredentialError;
 use crate::jwt::JwtError;
 use crate::key::KeyDigest;
 use crate::limits::{AllowList, BucketOwner};
+use crate::principal::PrincipalList;
 use crate::scope::missing_scopes;
 use crate::wire::{KeyLookup, KeyStatus, RateLimit};
 
@@ -56,6 +57,14 @@ pub enum DenyReason {
     ServiceUnavailable,
     /// Too many lookups are already in flight.
     Overloaded,
+    /// The route requires a workload identity (a verified peer certificate URI SAN) and the
+    /// connection has none.
+    PrincipalRequired,
+    /// The request's workload identity lacks scopes the route requires (or is not in the
+    /// filter's principal map at all).
+    PrincipalInsufficientScope(Vec<String>),
+    /// The key is bound to workloads and the request's principal is absent or not one of them.
+    PrincipalNotAllowed,
 }
 
 impl DenyReason {
@@ -76,6 +85,9 @@ impl DenyReason {
             Self::InsufficientScope(_) | Self::NoRoute => 403,
             Self::Binding(err) => err.status(),
             Self::ServiceUnavailable | Self::Overloaded => 503,
+            Self::PrincipalRequired
+            | Self::PrincipalInsufficientScope(_)
+            | Self::PrincipalNotAllowed => 403,
         }
     }
 
@@ -103,11 +115,14 @@ impl DenyReason {
             Self::PathParameter => "path_parameter",
             Self::ServiceUnavailable => "service_unavailable",
             Self::Overloaded => "overloaded",
+            Self::PrincipalRequired => "principal_required",
+            Self::PrincipalInsufficientScope(_) => "principal_insufficient_scope",
+            Self::PrincipalNotAllowed => "principal_not_allowed",
         }
     }
 
     /// Every metric name, so a filter can define them all at start.
-    pub const METRIC_NAMES: [&'static str; 20] = [
+    pub const METRIC_NAMES: [&'static str; 23] = [
         "not_yet_valid",
         "address_not_allowed",
         "rate_limited",
@@ -128,6 +143,9 @@ impl DenyReason {
         "not_bound",
         "no_bound_attribute",
         "bad_path_value",
+        "principal_required",
+        "principal_insufficient_scope",
+        "principal_not_allowed",
     ];
 
     fn problem(&self) -> (&'static str, &'static str, String) {
@@ -228,6 +246,26 @@ impl DenyReason {
                 "Authorization temporarily unavailable",
                 "Too many API keys are being checked right now. Retry later.".to_owned(),
             ),
+            Self::PrincipalRequired => (
+                "principal-required",
+                "Forbidden",
+                "This route requires a workload identity: connect with a client certificate \
+                 that carries one."
+                    .to_owned(),
+            ),
+            Self::PrincipalInsufficientScope(missing) => (
+                "principal-insufficient-scope",
+                "Insufficient scope",
+                format!(
+                    "The workload identity lacks the scope(s) this route requires: {}.",
+                    missing.join(" ")
+                ),
+            ),
+            Self::PrincipalNotAllowed => (
+                "principal-not-allowed",
+                "Forbidden",
+                "The API key may not be used by this workload identity.".to_owned(),
+            ),
         }
     }
 
@@ -261,6 +299,9 @@ impl DenyReason {
             | Self::ServiceUnavailable
             | Self::Overloaded
             | Self::AddressNotAllowed
+            | Self::PrincipalRequired
+            | Self::PrincipalInsufficientScope(_)
+            | Self::PrincipalNotAllowed
             | Self::RateLimited { .. } => None,
         }
     }
@@ -396,6 +437,7 @@ pub struct PreparedRecord {
     digest: Option<KeyDigest>,
     identity: Identity,
     allowed: AllowList,
+    principals: PrincipalList,
 }
 
 impl PreparedRecord {
@@ -413,12 +455,18 @@ impl PreparedRecord {
                 &record.metadata,
             )),
             allowed: AllowList::parse(&record.allowed_cidrs),
+            principals: PrincipalList::parse(&record.allowed_principals),
         }
     }
 
     /// Does the record restrict client addresses (so the client's must be read)?
     pub fn restricts_addresses(&self) -> bool {
         self.allowed.is_restricted()
+    }
+
+    /// Is the key bound to workloads (so the request's principal must be read)?
+    pub fn restricts_principals(&self) -> bool {
+        self.principals.is_restricted()
     }
 
     /// Does the presented key's digest match the record's? In constant time.
@@ -448,7 +496,8 @@ pub fn authorize_record(
 }
 
 /// Decides a request whose key is already proven to match `record` (its digest compared,
-/// now or earlier for the same key text).
+/// now or earlier for the same key text). No principal is known: a key bound to workloads is
+/// refused (see [`authorize_proven_peer`]).
 pub fn authorize_proven(
     record: &KeyLookup,
     prepared: &PreparedRecord,
@@ -456,16 +505,46 @@ pub fn authorize_proven(
     client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
-    check_record(record, &prepared.allowed, client, now_s)?;
+    authorize_proven_peer(record, prepared, required, Peer::address(client), now_s)
+}
+
+/// What the request's connection says about who sent it: the client address (for
+/// `allowed_cidrs`) and the workload identity Envoy's TLS verified (for `allowed_principals`).
+/// Either is `None` when unknown or not read (nothing that needs it passes then).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer<'a> {
+    pub client: Option<IpAddr>,
+    pub principal: Option<&'a str>,
+}
+
+impl Peer<'_> {
+    /// A peer known only by its address.
+    pub fn address(client: Option<IpAddr>) -> Self {
+        Self {
+            client,
+            principal: None,
+        }
+    }
+}
+
+/// [`authorize_proven`] with the request's principal as well.
+pub fn authorize_proven_peer(
+    record: &KeyLookup,
+    prepared: &PreparedRecord,
+    required: &Requirement,
+    peer: Peer<'_>,
+    now_s: u64,
+) -> Result<Identity, DenyReason> {
+    check_record(record, prepared, peer, now_s)?;
     authorize_scopes(prepared.identity.clone(), required)
 }
 
-/// Status, expiry, validity window and address allow-list of a record whose holder is
-/// already proven.
+/// Status, expiry, validity window, address allow-list and workload binding of a record
+/// whose holder is already proven.
 fn check_record(
     record: &KeyLookup,
-    allowed: &AllowList,
-    client: Option<IpAddr>,
+    prepared: &PreparedRecord,
+    peer: Peer<'_>,
     now_s: u64,
 ) -> Result<(), DenyReason> {
     match record.status {
@@ -481,8 +560,11 @@ fn check_record(
     if record.not_before.is_some_and(|at| now_s < at) {
         return Err(DenyReason::NotYetValid);
     }
-    if !allowed.allows(client) {
+    if !prepared.allowed.allows(peer.client) {
         return Err(DenyReason::AddressNotAllowed);
+    }
+    if !prepared.principals.allows(peer.principal) {
+        return Err(DenyReason::PrincipalNotAllowed);
     }
     Ok(())
 }
@@ -529,13 +611,24 @@ pub fn authorize_token_record(
 /// [`authorize_token_record`] with the record already prepared.
 pub fn authorize_token_prepared(
     record: Option<(&KeyLookup, &PreparedRecord)>,
-    mut identity: Identity,
+    identity: Identity,
     required: &Requirement,
     client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
+    authorize_token_peer(record, identity, required, Peer::address(client), now_s)
+}
+
+/// [`authorize_token_prepared`] with the request's principal as well.
+pub fn authorize_token_peer(
+    record: Option<(&KeyLookup, &PreparedRecord)>,
+    mut identity: Identity,
+    required: &Requirement,
+    peer: Peer<'_>,
+    now_s: u64,
+) -> Result<Identity, DenyReason> {
     let (record, prepared) = record.ok_or(DenyReason::UnknownKey)?;
-    check_record(record, &prepared.allowed, client, now_s)?;
+    check_record(record, prepared, peer, now_s)?;
     identity.rate_limit = identity
         .rate_limit
         .or(record.rate_limit.filter(RateLimit::is_valid));
@@ -612,6 +705,8 @@ mod tests {
             allowed_cidrs: Vec::new(),
             not_before: None,
             not_after: None,
+            roles: Vec::new(),
+            allowed_principals: Vec::new(),
             owner: None,
             metadata: Default::default(),
         };
@@ -703,6 +798,83 @@ mod tests {
     }
 
     #[test]
+    fn keys_bound_to_workloads_need_one_of_their_principals() {
+        let (mut rec, d) = record(KeyStatus::Active, None);
+        rec.allowed_principals = vec![
+            "spiffe://td/ns/a/sa/x".into(),
+            "spiffe://td/ns/b/sa/*".into(),
+        ];
+        let prepared = PreparedRecord::of(&rec);
+        assert!(prepared.restricts_principals());
+        let peer = |principal| Peer {
+            client: None,
+            principal,
+        };
+        let decide =
+            |principal| authorize_proven_peer(&rec, &prepared, &req(&[]), peer(principal), 0);
+        assert!(decide(Some("spiffe://td/ns/a/sa/x")).is_ok());
+        assert!(decide(Some("spiffe://td/ns/b/sa/y")).is_ok());
+        for denied in [
+            None,
+            Some("spiffe://td/ns/a/sa/y"),
+            Some("spiffe://td/ns/b/sa/y/z"),
+        ] {
+            assert_eq!(
+                decide(denied),
+                Err(DenyReason::PrincipalNotAllowed),
+                "{denied:?}"
+            );
+        }
+        // Without a principal (the old entry points) a bound key is refused.
+        assert_eq!(
+            authorize_record(&rec, &d, &req(&[]), None, 0),
+            Err(DenyReason::PrincipalNotAllowed)
+        );
+        let token = authorize_token_peer(
+            Some((&rec, &prepared)),
+            token_identity(),
+            &req(&[]),
+            peer(Some("spiffe://td/ns/a/sa/x")),
+            0,
+        );
+        assert!(token.is_ok());
+        assert_eq!(
+            authorize_token_record(Some(&rec), token_identity(), &req(&[]), None, 0),
+            Err(DenyReason::PrincipalNotAllowed)
+        );
+        // Status and address come first; scopes after the binding.
+        let (mut revoked, _) = record(KeyStatus::Revoked, None);
+        revoked.allowed_principals = rec.allowed_principals.clone();
+        let prepared_revoked = PreparedRecord::of(&revoked);
+        assert_eq!(
+            authorize_proven_peer(&revoked, &prepared_revoked, &req(&[]), peer(None), 0),
+            Err(DenyReason::Revoked)
+        );
+        let write = req(&["demo:write"]);
+        assert_eq!(
+            authorize_proven_peer(&rec, &prepared, &write, peer(None), 0),
+            Err(DenyReason::PrincipalNotAllowed)
+        );
+        // An unbound key ignores the principal.
+        let (open, _) = record(KeyStatus::Active, None);
+        let open_prepared = PreparedRecord::of(&open);
+        assert!(!open_prepared.restricts_principals());
+        assert!(authorize_proven_peer(&open, &open_prepared, &req(&[]), peer(None), 0).is_ok());
+        let reason = DenyReason::PrincipalNotAllowed;
+        assert_eq!(
+            (reason.status(), reason.metric_name()),
+            (403, "principal_not_allowed")
+        );
+        assert_eq!(reason.www_authenticate(), None);
+        let body: serde_json::Value = serde_json::from_str(&reason.problem_json()).unwrap();
+        assert_eq!(body["type"], "urn:keygate:problem:principal-not-allowed");
+        let scope = DenyReason::PrincipalInsufficientScope(vec!["a:b".into()]);
+        assert_eq!(scope.status(), 403);
+        assert!(scope.problem_json().contains("workload identity lacks"));
+        assert_eq!(DenyReason::PrincipalRequired.status(), 403);
+    }
+
+    #[test]
     fn responses_follow_rfc6750_and_rfc9457() {
         let deny = DenyReason::InsufficientScope(vec!["demo:write".into()]);
         assert_eq!(deny.status(), 403);
@@ -752,6 +924,9 @@ mod tests {
             DenyReason::Binding(crate::binding::BindError::BadParameter { param: "t".into() }),
             DenyReason::ServiceUnavailable,
             DenyReason::Overloaded,
+            DenyReason::PrincipalRequired,
+            DenyReason::PrincipalInsufficientScope(vec![]),
+            DenyReason::PrincipalNotAllowed,
         ];
         for reason in all {
             let name = reason.metric_name();

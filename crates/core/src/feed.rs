@@ -19,12 +19,22 @@
 //! **Snapshots come in pages.** A cold follower's snapshot is paged like any other answer
 //! (no answer carries more than the key service's page limit); [`Follower`] assembles the pages
 //! and puts the set in force only once the last page is in, never half a set.
+//!
+//! **Role changes ride the same feed.** A change to a role (its scopes) is a
+//! [`RoleEvent`] (`role_changed`, the role's name and its new version) in the answer's `roles`
+//! list, numbered in the same sequence as revocations. The set keeps the newest version of
+//! each role it heard of, within the same window and bound ([`RevokedSet::roles_current`]); a
+//! cached key record that holds a role at an older version is looked up again before it
+//! decides. Role events travel beside `events`, not in it: a filter that predates roles
+//! ignores the member it does not know, where an unknown `kind` in `events` would make it
+//! refuse the whole answer.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::decision::DenyReason;
+use crate::wire::RoleRef;
 
 /// Path of the feed on the key service.
 pub const FEED_PATH: &str = "/v1/revocations";
@@ -108,6 +118,38 @@ pub struct FeedEvent {
     pub created_at: Option<u64>,
 }
 
+/// The kind of a [`RoleEvent`]: so far only one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleEventKind {
+    /// The role was created, changed or deleted: records holding it at an older version are
+    /// looked up again.
+    #[default]
+    RoleChanged,
+    /// A kind added later: ignored, so a newer key service never breaks this filter's feed.
+    #[serde(other)]
+    Other,
+}
+
+/// One change to a role, numbered in the sequence of the feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleEvent {
+    pub seq: u64,
+    #[serde(default)]
+    pub kind: RoleEventKind,
+    /// The role's name.
+    pub role: String,
+    /// The role's version after the change.
+    pub version: u64,
+    /// Unix seconds (key service clock) at which the change was committed.
+    #[serde(default)]
+    pub created_at: Option<u64>,
+}
+
+/// Most role versions a set keeps: past it the oldest are evicted, and records fetched before
+/// them are looked up again (as for revoked ids).
+pub const MAX_ROLE_VERSIONS: usize = 10_000;
+
 /// One answer of the feed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedResponse {
@@ -127,6 +169,9 @@ pub struct FeedResponse {
     /// fetched before it are not vouched for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub horizon: Option<u64>,
+    /// Role changes in this answer's range of sequence numbers (see the module's notes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<RoleEvent>,
 }
 
 /// Why an answer of the feed was not applied.
@@ -185,11 +230,22 @@ struct Entry {
     noted_at: u64,
 }
 
+/// The newest version of a role the set heard of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RoleEntry {
+    version: u64,
+    seq: u64,
+    /// As [`Entry::noted_at`].
+    noted_at: u64,
+}
+
 /// The revoked ids a follower has learnt, and up to which sequence number.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RevokedSet {
     seq: u64,
     ids: HashMap<String, Entry>,
+    /// Roles changed within the window: their newest version.
+    roles: HashMap<String, RoleEntry>,
     /// Key records fetched before this (Unix seconds) may predate a revocation the set does
     /// not hold; they must be looked up again before they decide.
     vouched_from_s: u64,
@@ -213,6 +269,9 @@ struct Encoded {
     entries: Vec<(String, u64, u8, u64, Option<u64>, u64)>,
     #[serde(default)]
     vouched_from: u64,
+    /// (role, version, seq, noted_at).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<(String, u64, u64, u64)>,
 }
 
 impl RevokedSet {
@@ -239,6 +298,21 @@ impl RevokedSet {
     /// True when `id` must be refused at `now_s`.
     pub fn is_revoked(&self, id: &str, now_s: u64) -> bool {
         self.refusal(id, now_s).is_some()
+    }
+
+    /// Whether a key record holding `roles` is current as far as the set knows: false when
+    /// the feed told of a newer version of one of them since the record was read.
+    pub fn roles_current(&self, roles: &[RoleRef]) -> bool {
+        roles.iter().all(|held| {
+            self.roles
+                .get(&held.name)
+                .is_none_or(|known| known.version <= held.version)
+        })
+    }
+
+    /// The newest version of `role` the set knows of, if it changed within the window.
+    pub fn role_version(&self, role: &str) -> Option<u64> {
+        self.roles.get(role).map(|e| e.version)
     }
 
     /// Whether a key record fetched at `fetched_at_ms` may decide with this set: false when a
@@ -274,7 +348,11 @@ impl RevokedSet {
         for event in &answer.events {
             self.note(event, now_s, limits);
         }
+        for event in &answer.roles {
+            self.note_role(event, now_s, limits);
+        }
         self.prune(now_s, limits);
+        self.evict_roles_past(MAX_ROLE_VERSIONS, now_s, limits);
         Ok(Applied {
             evicted: self.evict_past(limits, now_s),
         })
@@ -321,8 +399,60 @@ impl RevokedSet {
             .or_insert(entry);
     }
 
+    fn note_role(&mut self, event: &RoleEvent, now_s: u64, limits: &SetLimits) {
+        if event.kind != RoleEventKind::RoleChanged {
+            return;
+        }
+        let noted_at = event
+            .created_at
+            .map_or(now_s, |at| at.saturating_add(CLOCK_SKEW_S).min(now_s));
+        if noted_at.saturating_add(limits.window_s) < now_s {
+            return;
+        }
+        let entry = RoleEntry {
+            version: event.version,
+            seq: event.seq,
+            noted_at,
+        };
+        self.roles
+            .entry(event.role.clone())
+            .and_modify(|e| {
+                e.version = e.version.max(entry.version);
+                e.seq = e.seq.max(entry.seq);
+                e.noted_at = e.noted_at.max(entry.noted_at);
+            })
+            .or_insert(entry);
+    }
+
+    /// Keeps at most `max` role versions, evicting the oldest; records fetched before the
+    /// newest evicted change are no longer vouched for.
+    fn evict_roles_past(&mut self, max: usize, now_s: u64, limits: &SetLimits) {
+        let excess = self.roles.len().saturating_sub(max);
+        if excess == 0 {
+            return;
+        }
+        let mut by_age: Vec<(u64, u64, String)> = self
+            .roles
+            .iter()
+            .map(|(name, e)| (e.seq, e.noted_at, name.clone()))
+            .collect();
+        by_age.select_nth_unstable(excess - 1);
+        let mut newest_evicted = 0;
+        for (_, noted_at, name) in &by_age[..excess] {
+            newest_evicted = newest_evicted.max(*noted_at);
+            self.roles.remove(name);
+        }
+        self.distrust_before(newest_evicted, now_s, limits);
+    }
+
     /// Drops entries past the key's own expiry or past their window.
     fn prune(&mut self, now_s: u64, limits: &SetLimits) {
+        self.roles.retain(|_, e| {
+            if e.noted_at == 0 {
+                e.noted_at = now_s;
+            }
+            e.noted_at.saturating_add(limits.window_s) >= now_s
+        });
         self.ids.retain(|_, e| {
             if e.noted_at == 0 {
                 e.noted_at = now_s;
@@ -372,6 +502,11 @@ impl RevokedSet {
                 })
                 .collect(),
             vouched_from: self.vouched_from_s,
+            roles: self
+                .roles
+                .iter()
+                .map(|(name, e)| (name.clone(), e.version, e.seq, e.noted_at))
+                .collect(),
         };
         serde_json::to_vec(&encoded).unwrap_or_default()
     }
@@ -399,9 +534,22 @@ impl RevokedSet {
             };
             ids.insert(id, entry);
         }
+        let roles = encoded
+            .roles
+            .into_iter()
+            .map(|(name, version, seq, noted_at)| {
+                let entry = RoleEntry {
+                    version,
+                    seq,
+                    noted_at,
+                };
+                (name, entry)
+            })
+            .collect();
         Some(Self {
             seq: encoded.seq,
             ids,
+            roles,
             vouched_from_s: encoded.vouched_from,
         })
     }
@@ -588,6 +736,7 @@ mod tests {
             more,
             events,
             horizon: None,
+            roles: Vec::new(),
         }
     }
 
@@ -775,6 +924,7 @@ mod tests {
                     })
                     .collect(),
                 horizon: Some(now - 2_000),
+                roles: Vec::new(),
             })
             .collect()
     }
@@ -957,6 +1107,109 @@ mod tests {
         assert_eq!(parsed.events[0].kind, EventKind::Rotated);
         assert_eq!(parsed.events[0].created_at, None);
         assert!(!parsed.reset && parsed.horizon.is_none());
+    }
+
+    fn role(seq: u64, name: &str, version: u64, created_at: Option<u64>) -> RoleEvent {
+        RoleEvent {
+            seq,
+            kind: RoleEventKind::RoleChanged,
+            role: name.into(),
+            version,
+            created_at,
+        }
+    }
+
+    fn held(name: &str, version: u64) -> RoleRef {
+        RoleRef {
+            name: name.into(),
+            version,
+        }
+    }
+
+    #[test]
+    fn role_changes_make_records_holding_older_versions_stale() {
+        let mut set = RevokedSet::default();
+        let mut first = answer(3, true, false, vec![event(1, "k", 0, None)]);
+        first.roles = vec![role(2, "analyst", 2, None), role(3, "ops", 3, None)];
+        set.apply(&first, 100, &LIMITS).unwrap();
+        assert!(
+            set.is_revoked("k", 100),
+            "revocations still apply beside roles"
+        );
+        assert!(set.roles_current(&[]));
+        assert!(set.roles_current(&[held("analyst", 2), held("ops", 3)]));
+        assert!(set.roles_current(&[held("unheard-of", 1)]));
+        assert!(!set.roles_current(&[held("analyst", 1)]));
+        assert!(!set.roles_current(&[held("ops", 3), held("analyst", 1)]));
+        // A newer change; an older one arriving late never lowers the version.
+        let mut next = answer(5, false, false, vec![]);
+        next.roles = vec![role(5, "analyst", 5, None), role(4, "analyst", 4, None)];
+        set.apply(&next, 100, &LIMITS).unwrap();
+        assert_eq!(set.role_version("analyst"), Some(5));
+        assert!(!set.roles_current(&[held("analyst", 4)]));
+        assert!(set.roles_current(&[held("analyst", 5)]));
+        // Past the window, no record read before the change can still be in use.
+        set.apply(&answer(5, false, false, vec![]), 1_101, &LIMITS)
+            .unwrap();
+        assert_eq!(set.role_version("analyst"), None);
+        assert!(set.roles_current(&[held("analyst", 1)]));
+        // A snapshot starts over.
+        let mut reset = answer(9, true, false, vec![]);
+        reset.roles = vec![role(9, "ops", 9, Some(2_000))];
+        set.apply(&reset, 2_000, &LIMITS).unwrap();
+        assert_eq!(set.role_version("ops"), Some(9));
+        assert!(!set.roles_current(&[held("ops", 3)]));
+    }
+
+    #[test]
+    fn role_versions_are_bounded_and_evicting_stops_vouching() {
+        let mut set = RevokedSet::default();
+        let mut big = answer(1, true, false, vec![]);
+        big.roles = (0..MAX_ROLE_VERSIONS as u64 + 2)
+            .map(|i| role(i + 1, &format!("r{i}"), i + 1, Some(5_000)))
+            .collect();
+        set.apply(&big, 5_100, &LIMITS).unwrap();
+        assert_eq!(set.roles.len(), MAX_ROLE_VERSIONS);
+        assert_eq!(set.role_version("r0"), None, "the oldest left");
+        assert!(set
+            .role_version(&format!("r{}", MAX_ROLE_VERSIONS + 1))
+            .is_some());
+        // Records read before the evicted change (+ slack, + a lookup timeout) are looked up.
+        assert_eq!(set.vouched_from_s(), 5_000 + CLOCK_SKEW_S + 1);
+    }
+
+    #[test]
+    fn role_versions_survive_shared_data_and_old_filters_ignore_them() {
+        let mut set = RevokedSet::default();
+        let mut first = answer(2, true, false, vec![]);
+        first.roles = vec![role(2, "analyst", 2, None)];
+        set.apply(&first, 100, &LIMITS).unwrap();
+        let decoded = RevokedSet::decode(&set.encode()).unwrap();
+        assert_eq!(decoded, set);
+        assert!(!decoded.roles_current(&[held("analyst", 1)]));
+        // The wire form: role changes beside `events`, so an older filter (whose answer type
+        // has no `roles`) still reads the answer; a later role event kind is skipped.
+        let body = br#"{"seq": 7, "events": [], "roles": [
+            {"seq": 6, "kind": "role_changed", "role": "analyst", "version": 6},
+            {"seq": 7, "kind": "role_renamed_someday", "role": "ops", "version": 7}],
+            "a_member_from_the_future": true}"#;
+        let parsed = parse_feed_response(body).unwrap();
+        assert_eq!(parsed.roles.len(), 2);
+        let mut set = RevokedSet::default();
+        set.apply(&parsed, 100, &LIMITS).unwrap();
+        assert_eq!(set.role_version("analyst"), Some(6));
+        assert_eq!(set.role_version("ops"), None, "an unknown kind is ignored");
+        #[derive(Deserialize)]
+        struct OlderAnswer {
+            seq: u64,
+            #[allow(dead_code)]
+            events: Vec<FeedEvent>,
+        }
+        let older: OlderAnswer = serde_json::from_slice(body).unwrap();
+        assert_eq!(older.seq, 7);
+        // Whereas an unknown kind inside `events` breaks the whole answer for everyone.
+        let inside = br#"{"seq": 1, "events": [{"seq": 1, "id": "x", "kind": "role_changed", "effective_at": 0}]}"#;
+        assert_eq!(parse_feed_response(inside), Err(FeedError::Malformed));
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub trait Host {
 
     fn remove_request_header(&self, name: &str);
 
+    /// Replaces the current request's whole header map with `headers` (one call instead of
+    /// one per header).
+    fn set_request_headers(&self, headers: &[(&str, &[u8])]);
+
     /// Answers the current request from the filter.
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
 
@@ -81,6 +85,28 @@ pub trait Host {
 
     /// Sets an event's gauge.
     fn gauge(&self, event: Event, value: u64);
+
+    /// Adds `by` to the counter of denials for `reason` (`keygate.denied.<reason>`, or in
+    /// shadow mode `keygate.shadow.denied.<reason>`).
+    fn count_denial(&self, shadow: bool, reason: &'static str, by: u64);
+
+    /// Makes `context_id` the context later calls act on; fails when that request is gone.
+    fn set_effective_context(&self, context_id: u32) -> Result<(), HostError>;
+
+    /// Resumes the current (paused) request.
+    fn resume_request(&self);
+
+    /// Sets (replaces) a response header of the current request.
+    fn set_response_header(&self, name: &str, value: &str);
+
+    /// The current request's upstream response `:status`.
+    fn response_status(&self) -> Option<u32>;
+
+    /// Calls a host foreign function (such as Envoy's `verify_signature`).
+    fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, HostError>;
+
+    /// Sets the root context's tick period (zero: no ticks).
+    fn set_tick_period(&self, period: Duration);
 }
 
 /// Something worth counting (or, for gauges, reporting).

@@ -21,6 +21,7 @@ pub mod key;
 pub mod limits;
 pub mod machine;
 pub mod negative_cache;
+pub mod principal;
 pub mod route;
 pub mod scope;
 pub mod wire;

@@ -11,14 +11,37 @@
 //!   and what a request gets when the key service cannot answer;
 //! - [`rate`]: the shared token buckets and their fail-closed outcomes;
 //! - [`reply`]: denials as answered in enforce mode and reported in shadow mode;
-//! - [`usage`]: per-key usage counts, merged across workers and sent by one flusher.
+//! - [`usage`]: per-key usage counts, merged across workers and sent by one flusher;
+//! - [`state`]: what one worker keeps between requests, and what a request carries;
+//! - [`metrics`]: this worker's counters;
+//! - [`request`]: one request's headers evaluated: route, credential, stripping;
+//! - [`records`]: key records for requests: the worker's copies, the shared cache, lookups;
+//! - [`token`]: JWTs for requests: verification, the verified-token cache, JWKS waits;
+//! - [`answer`]: a decision applied (rate limit, identity headers, usage) or a denial sent;
+//! - [`host_crypto`]: signature checks by the host;
+//! - [`edits`]: a request's header edits, applied in as few host calls as possible;
+//! - [`worker`]: the worker as the filter's contexts see it: start, tick, callouts, requests.
 
+pub mod answer;
 pub mod callouts;
 pub mod degraded;
+pub mod edits;
 pub mod follower;
+pub mod host_crypto;
 pub mod jwks;
 pub mod lease;
 pub mod lookup;
+pub mod metrics;
 pub mod rate;
+pub mod records;
 pub mod reply;
+pub mod request;
+pub mod state;
+pub mod token;
 pub mod usage;
+pub mod worker;
+
+#[cfg(test)]
+mod hot_path_tests;
+#[cfg(test)]
+mod principal_tests;

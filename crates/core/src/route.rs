@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::binding::{
     decode_bound_value, is_scope_value, Attribute, BindError, Binding, Requirement,
 };
+use crate::principal::PrincipalMode;
 use crate::scope::{parse_scopes, Scope, ScopeError};
 use crate::wire::RateLimit;
 
@@ -69,6 +70,11 @@ pub struct RouteSpec {
     /// route, public ones included, so keys do not land in upstream logs).
     #[serde(default)]
     pub forward_credential: bool,
+    /// Whether the route takes workload identities: `none` (key only, the default),
+    /// `accept` (a mapped principal instead of a key) or `require` (a mapped principal and a
+    /// key). See [`crate::principal`].
+    #[serde(default)]
+    pub principal: PrincipalMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +110,8 @@ pub enum RouteError {
         "`{0}`: a parameter in a scope is a whole `:`-segment such as `datasets:{{dataset}}:read`"
     )]
     BadScopeTemplate(String),
+    #[error("a public route cannot take principals (`principal` needs `scopes`)")]
+    PublicWithPrincipal,
 }
 
 /// Whether decisions are enforced or only reported.
@@ -179,6 +187,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Keep the client's credential on the forwarded request.
     pub forward_credential: bool,
+    /// Whether the route takes workload identities.
+    pub principal: PrincipalMode,
 }
 
 impl Route {
@@ -221,6 +231,9 @@ impl Route {
             (false, true) => return Err(RouteError::NoPolicy),
             (false, false) => Policy::Scopes(parse_scopes(&plain)?.into()),
         };
+        if policy == Policy::Public && spec.principal != PrincipalMode::None {
+            return Err(RouteError::PublicWithPrincipal);
+        }
         Ok(Self {
             name: spec
                 .name
@@ -236,6 +249,7 @@ impl Route {
                 limit => limit,
             },
             forward_credential: spec.forward_credential,
+            principal: spec.principal,
         })
     }
 
@@ -674,6 +688,13 @@ impl RouteTable {
             routes,
             upper_case_patterns,
         })
+    }
+
+    /// The index of the first route that takes principals, if any.
+    pub fn first_taking_principals(&self) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.principal != PrincipalMode::None)
     }
 
     /// The first route matching `method`, `path` (query string ignored) and, for entries

@@ -50,6 +50,15 @@ pub struct KeyLookup {
     /// ... and from `not_after` on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<u64>,
+    /// The roles whose scopes are in `scopes`, at the version they had when the record was
+    /// read: a cached record holding a role the revocation feed says is newer is looked up
+    /// again before it decides. Absent from older key services: no role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<RoleRef>,
+    /// Workload identities (principals or `.../*` patterns) the request's verified peer
+    /// principal must match; empty: any request (see [`crate::principal`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_principals: Vec<String>,
     /// The key's owner, for routes that bind a path parameter to it (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
@@ -57,6 +66,13 @@ pub struct KeyLookup {
     /// the key service's metadata limits: 32 fields, 4 KiB).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// A role a key holds, at one version (a number that only grows with each change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRef {
+    pub name: String,
+    pub version: u64,
 }
 
 /// A token bucket: `requests_per_second` refill, up to `burst` requests at once.

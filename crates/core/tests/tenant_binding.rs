@@ -101,6 +101,8 @@ fn key(scopes: &[&str]) -> (KeyLookup, KeyDigest) {
         allowed_cidrs: Vec::new(),
         not_before: None,
         not_after: None,
+        roles: Vec::new(),
+        allowed_principals: Vec::new(),
         owner: Some("acme".into()),
         metadata: BTreeMap::new(),
     };

@@ -1,6 +1,6 @@
 //! The command line: `keygate serve`, `keygate keys
 //! create|list|show|update|revoke|rotate|expire|usage|import`, `keygate signing-keys
-//! list|rotate` and `keygate audit`.
+//! list|rotate`, `keygate roles create|list|show|update|delete` and `keygate audit`.
 //!
 //! The client commands are a thin client of the REST API; they never touch the database.
 //! Every client command takes `--json` (print the service's JSON answer instead of text);
@@ -35,15 +35,18 @@ mod import;
 mod keys;
 mod limits;
 pub mod print;
+mod roles;
 mod signing_keys;
 
 pub use args::{
     AuditArgs, Cli, ClientArgs, Command, CreateArgs, ImportArgs, KeysArgs, KeysCommand, LimitArgs,
-    ListArgs, RotateArgs, SigningKeysArgs, SigningKeysCommand, UpdateArgs, UsageArgs,
+    ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand, RotateArgs, SigningKeysArgs,
+    SigningKeysCommand, UpdateArgs, UsageArgs,
 };
 pub use audit::run_audit;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
 pub use keys::run_keys;
+pub use roles::run_roles;
 pub use signing_keys::run_signing_keys;
 
 #[cfg(test)]
@@ -115,6 +118,68 @@ mod tests {
             };
             assert!(keys.client.json);
         }
+    }
+
+    #[test]
+    fn parses_role_commands_and_key_roles() {
+        let cli = Cli::try_parse_from([
+            "keygate", "keys", "create", "--name", "n", "--role", "analyst", "--role", "ops",
+        ])
+        .unwrap();
+        let Command::Keys(KeysArgs {
+            command: KeysCommand::Create(create),
+            ..
+        }) = cli.command
+        else {
+            panic!("not keys create")
+        };
+        let body = create_body(create).unwrap();
+        assert_eq!(body["roles"], serde_json::json!(["analyst", "ops"]));
+        let cli = Cli::try_parse_from([
+            "keygate",
+            "roles",
+            "create",
+            "analyst",
+            "--scope",
+            "models:read",
+            "--scope",
+            "datasets:read",
+        ])
+        .unwrap();
+        let Command::Roles(RolesArgs {
+            command: RolesCommand::Create(role),
+            ..
+        }) = cli.command
+        else {
+            panic!("not roles create")
+        };
+        assert_eq!(role.name, "analyst");
+        assert_eq!(role.scopes, ["models:read", "datasets:read"]);
+        for argv in [
+            &["keygate", "roles", "list"][..],
+            &["keygate", "roles", "show", "analyst", "--json"],
+            &["keygate", "roles", "update", "analyst", "--clear-scopes"],
+            &["keygate", "roles", "delete", "analyst"],
+            &[
+                "keygate",
+                "keys",
+                "update",
+                "aaaaaaaaaaaaaaaa",
+                "--clear-roles",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
+        }
+        assert!(Cli::try_parse_from([
+            "keygate",
+            "keys",
+            "update",
+            "aaaaaaaaaaaaaaaa",
+            "--role",
+            "a",
+            "--clear-roles"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod legacy;
 pub mod lookup;
 pub mod metrics;
 pub mod problem;
+pub mod roles;
 pub mod signing_keys;
 pub mod state;
 pub mod usage;
@@ -53,6 +54,16 @@ pub fn app(state: AppState) -> Router {
             post(signing_keys::rotate_signing_key),
         )
         .route("/api/v1/audit", get(audit::list_audit))
+        .route(
+            "/api/v1/roles",
+            post(roles::create_role).get(roles::list_roles),
+        )
+        .route(
+            "/api/v1/roles/{name}",
+            get(roles::show_role)
+                .patch(roles::update_role)
+                .delete(roles::delete_role),
+        )
         .route(
             "/api/v1/auth/keys/import",
             post(legacy::import_keys).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use keygate_server::cli::{run_audit, run_keys, run_signing_keys, Cli, Command};
+use keygate_server::cli::{run_audit, run_keys, run_roles, run_signing_keys, Cli, Command};
 use keygate_server::config::ServeConfig;
 use keygate_server::serve;
 use tracing_subscriber::EnvFilter;
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Keys(args) => run_keys(args),
         Command::SigningKeys(args) => run_signing_keys(args),
         Command::Audit(args) => run_audit(args),
+        Command::Roles(args) => run_roles(args),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod feed;
 pub mod key;
 pub mod legacy;
+pub mod role;
 pub mod signing;
 pub mod usage;
 
@@ -15,5 +16,6 @@ pub use key::{
     KeyLimits, KeyPatch, KeyRecord, PageAfter, FORMAT_JWT, FORMAT_LEGACY, FORMAT_OPAQUE,
 };
 pub use legacy::{LegacyImportRow, LegacyOutcome};
+pub use role::{RolePatch, RoleRecord};
 pub use signing::SigningKeyRow;
 pub use usage::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};

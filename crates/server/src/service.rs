@@ -12,6 +12,7 @@ pub mod legacy;
 pub mod limits;
 pub mod metrics;
 pub mod retention;
+pub mod roles;
 pub mod signing;
 pub mod usage;
 pub mod validate;

@@ -24,6 +24,7 @@ mod keys;
 mod legacy;
 mod limits;
 mod postgres;
+mod roles;
 mod rows;
 mod seq;
 mod signal;

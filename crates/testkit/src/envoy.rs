@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::http::{http_ok, send};
 use crate::process::{envoy_bin, project_root, Proc};
+use crate::tls::CertFiles;
 
 const PLUGIN_CONFIG_MARKER: &str = "# KEYGATE-PLUGIN-CONFIG";
 const WASM_IN_TEMPLATE: &str = "filename: target/wasm32-wasip1/release/keygate.wasm";
@@ -188,6 +189,44 @@ pub fn with_key_service_tls(yaml: &str, ca: &Path) -> String {
     );
     out.extend(lines[at..].iter().map(|s| s.to_string()));
     replace_once(&join_lines(out), CA_IN_TEMPLATE, &ca.display().to_string())
+}
+
+/// `yaml` (rendered from envoy/envoy.yaml) with the listener speaking TLS and requiring a
+/// client certificate signed by `ca` (mTLS): `server` is the listener's certificate. The
+/// filter then reads the client's URI SAN (`connection.uri_san_peer_certificate`).
+pub fn with_listener_mtls(yaml: &str, ca: &Path, server: &CertFiles) -> String {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let chains = lines
+        .iter()
+        .position(|l| l.trim_start() == "filter_chains:")
+        .expect("the listener's `filter_chains:` in envoy/envoy.yaml");
+    let item = chains + 1;
+    assert!(
+        lines.get(item).map(|l| l.trim_start()) == Some("- filters:"),
+        "the listener's first filter chain must start with `- filters:`"
+    );
+    let indent = " ".repeat(indent_of(lines[item]));
+    let tls = format!(
+        r#"- transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+      require_client_certificate: true
+      common_tls_context:
+        tls_certificates:
+        - certificate_chain: {{ filename: "{cert}" }}
+          private_key: {{ filename: "{key}" }}
+        validation_context:
+          trusted_ca: {{ filename: "{ca}" }}
+  filters:"#,
+        cert = server.cert.display(),
+        key = server.key.display(),
+        ca = ca.display(),
+    );
+    let mut out: Vec<String> = lines[..item].iter().map(|s| s.to_string()).collect();
+    out.extend(tls.lines().map(|l| format!("{indent}{l}")));
+    out.extend(lines[item + 1..].iter().map(|s| s.to_string()));
+    join_lines(out)
 }
 
 // ── the proxy ────────────────────────────────────────────────────────────────────────────────

@@ -186,6 +186,57 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One HTTPS request trusting `ca`, presenting `client` (certificate and key PEM files) when
+/// given; `Err` on a transport (TLS) failure, else the reply.
+pub fn send_mtls(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    call(mtls_agent(ca, client).request(method, url), headers, None)
+}
+
+/// A client that trusts only `ca` and presents `client` (certificate, key) when given.
+pub fn mtls_agent(ca: &Path, client: Option<(&Path, &Path)>) -> ureq::Agent {
+    let Some((cert, key)) = client else {
+        return https_agent(ca);
+    };
+    let read =
+        |path: &Path| fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let chain = CertificateDer::pem_slice_iter(&read(cert))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("parsing the client certificate PEM");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&read(key))
+        .expect("parsing the client key PEM");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots_of(ca))
+    .with_client_auth_cert(chain, key)
+    .expect("the client certificate and key");
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(40))
+        .redirects(0)
+        .tls_config(Arc::new(config))
+        .build()
+}
+
+fn roots_of(ca: &Path) -> rustls::RootCertStore {
+    let pem = fs::read(ca).unwrap_or_else(|e| panic!("reading {}: {e}", ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .expect("parsing the CA PEM");
+    for cert in certs {
+        roots.add(cert).expect("adding the test CA");
+    }
+    roots
+}
+
 /// A client that trusts only `ca`.
 pub fn https_agent(ca: &Path) -> ureq::Agent {
     let pem = fs::read(ca).unwrap_or_else(|e| panic!("reading {}: {e}", ca.display()));

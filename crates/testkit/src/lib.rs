@@ -36,9 +36,10 @@ pub use assertions::{
 };
 pub use envoy::{
     default_plugin_config, envoy_template, parse_counter, render_envoy_config,
-    with_key_service_tls, with_routes_before_catch_all, with_service_endpoints, Envoy, Ports,
+    with_key_service_tls, with_listener_mtls, with_routes_before_catch_all, with_service_endpoints,
+    Envoy, Ports,
 };
-pub use http::{bearer, https_agent, send, send_raw, send_tls, Reply};
+pub use http::{bearer, https_agent, mtls_agent, send, send_mtls, send_raw, send_tls, Reply};
 pub use poll::{eventually, eventually_every, must, poll, poll_reply, wait_until};
 pub use postgres::{
     create_database, postgres_server_url, with_database, Backend, PgCluster, TestDb,
@@ -54,7 +55,7 @@ pub use service::{
 };
 pub use stack::{start_tls_stack, Cluster, Database, Echo, Options, Stack, StackBuilder};
 pub use time::{rfc3339, unix_now};
-pub use tls::{Pki, SERVICE_NAME};
+pub use tls::{CertFiles, MtlsPki, Pki, SERVICE_NAME};
 
 /// Makes a `sqlite::NAME` and a `postgres::NAME` `#[tokio::test]` of each
 /// `async fn NAME(Backend)`; with `db:` first, of each `async fn NAME(&TestDb)`, on a fresh

@@ -22,6 +22,8 @@ pub enum Effect {
     },
     SetRequestHeader(String, String),
     RemoveRequestHeader(String),
+    /// The whole request header map replaced.
+    SetRequestHeaders(Vec<(String, Vec<u8>)>),
     LocalReply {
         status: u32,
         headers: Vec<(String, String)>,
@@ -29,6 +31,15 @@ pub enum Effect {
     },
     Count(Event, u64),
     Gauge(Event, u64),
+    /// A denial counted: shadow mode, the reason's metric name, by how much.
+    CountDenial(bool, &'static str, u64),
+    SetEffectiveContext(u32),
+    ResumeRequest,
+    SetResponseHeader(String, String),
+    /// The upstream response's `:status` was read.
+    ResponseStatus,
+    ForeignFunction(String),
+    SetTickPeriod(Duration),
 }
 
 #[derive(Default)]
@@ -58,6 +69,14 @@ pub struct FakeHost {
     /// The callout answer being handled: `:status` and body.
     answer: RefCell<(Option<u32>, Option<Vec<u8>>)>,
     properties: RefCell<HashMap<Vec<String>, Vec<u8>>>,
+    /// The upstream response's `:status` (`None`: absent).
+    status: Cell<Option<u32>>,
+    /// Contexts that are gone: making one effective fails.
+    gone: RefCell<Vec<u32>>,
+    /// The name of every host call made, in order (reads included).
+    calls: RefCell<Vec<&'static str>>,
+    /// The answer of foreign functions (`Err`: the host has none).
+    foreign: RefCell<Option<Result<Vec<u8>, HostError>>>,
 }
 
 impl FakeHost {
@@ -105,6 +124,21 @@ impl FakeHost {
         self.properties.borrow_mut().insert(path, value.to_vec());
     }
 
+    /// Sets the upstream response's `:status` the filter reads.
+    pub fn set_response_status(&self, status: Option<u32>) {
+        self.status.set(status);
+    }
+
+    /// The request `context_id` ended: making it effective fails.
+    pub fn end_context(&self, context_id: u32) {
+        self.gone.borrow_mut().push(context_id);
+    }
+
+    /// What foreign functions answer (by default the host has none: `NotFound`).
+    pub fn answer_foreign(&self, answer: Result<Vec<u8>, HostError>) {
+        *self.foreign.borrow_mut() = Some(answer);
+    }
+
     /// A shared-data value, without its version.
     pub fn shared(&self, key: &str) -> Option<Vec<u8>> {
         self.get_shared(key).0
@@ -118,6 +152,16 @@ impl FakeHost {
     /// Every write to shared data so far (by every worker), in order.
     pub fn writes(&self) -> Vec<(String, Vec<u8>)> {
         self.process.store.borrow().writes.clone()
+    }
+
+    /// Takes the names of the host calls this worker made so far (the trait's method names),
+    /// in order.
+    pub fn take_calls(&self) -> Vec<&'static str> {
+        std::mem::take(&mut self.calls.borrow_mut())
+    }
+
+    fn call(&self, name: &'static str) {
+        self.calls.borrow_mut().push(name);
     }
 
     /// Takes this worker's effects so far.
@@ -178,14 +222,17 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 impl Host for FakeHost {
     fn now_ms(&self) -> u64 {
+        self.call("now_ms");
         self.process.now_ms.get()
     }
 
     fn log(&self, level: LogLevel, message: &str) {
+        self.call("log");
         self.push(Effect::Log(level, message.to_owned()));
     }
 
     fn get_shared(&self, key: &str) -> Versioned {
+        self.call("get_shared");
         match self.process.store.borrow().values.get(key) {
             Some((value, version)) => (Some(value.clone()), Some(*version)),
             None => (None, None),
@@ -193,6 +240,7 @@ impl Host for FakeHost {
     }
 
     fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        self.call("set_shared");
         let mut store = self.process.store.borrow_mut();
         let current = store.values.get(key).map(|(_, v)| *v);
         if let Some(cas) = cas {
@@ -221,6 +269,7 @@ impl Host for FakeHost {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, HostError> {
+        self.call("dispatch_http_call");
         if let Some(Err(err)) = self.dispatches.borrow_mut().pop_front() {
             return Err(err);
         }
@@ -237,29 +286,46 @@ impl Host for FakeHost {
     }
 
     fn call_response_status(&self) -> Option<u32> {
+        self.call("call_response_status");
         self.answer.borrow().0
     }
 
     fn call_response_body(&self, size: usize, max: usize) -> Option<Vec<u8>> {
+        self.call("call_response_body");
         let answer = self.answer.borrow();
         let body = answer.1.as_ref()?;
-        Some(body[..body.len().min(size).min(max)].to_vec())
+        // As in Envoy: no bytes to read is no buffer (`None`), never an empty one.
+        let body = &body[..body.len().min(size).min(max)];
+        (!body.is_empty()).then(|| body.to_vec())
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.call("property");
         let path: Vec<String> = path.iter().map(|p| (*p).to_owned()).collect();
         self.properties.borrow().get(&path).cloned()
     }
 
     fn set_request_header(&self, name: &str, value: &str) {
+        self.call("set_request_header");
         self.push(Effect::SetRequestHeader(name.to_owned(), value.to_owned()));
     }
 
     fn remove_request_header(&self, name: &str) {
+        self.call("remove_request_header");
         self.push(Effect::RemoveRequestHeader(name.to_owned()));
     }
 
+    fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
+        self.call("set_request_headers");
+        let headers = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+            .collect();
+        self.push(Effect::SetRequestHeaders(headers));
+    }
+
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.call("send_local_reply");
         self.push(Effect::LocalReply {
             status,
             headers: owned(headers),
@@ -268,11 +334,57 @@ impl Host for FakeHost {
     }
 
     fn count(&self, event: Event, by: u64) {
+        self.call("count");
         self.push(Effect::Count(event, by));
     }
 
     fn gauge(&self, event: Event, value: u64) {
+        self.call("gauge");
         self.push(Effect::Gauge(event, value));
+    }
+
+    fn count_denial(&self, shadow: bool, reason: &'static str, by: u64) {
+        self.call("count_denial");
+        self.push(Effect::CountDenial(shadow, reason, by));
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        self.call("set_effective_context");
+        self.push(Effect::SetEffectiveContext(context_id));
+        if self.gone.borrow().contains(&context_id) {
+            return Err(HostError::Refused("NotFound"));
+        }
+        Ok(())
+    }
+
+    fn resume_request(&self) {
+        self.call("resume_request");
+        self.push(Effect::ResumeRequest);
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) {
+        self.call("set_response_header");
+        self.push(Effect::SetResponseHeader(name.to_owned(), value.to_owned()));
+    }
+
+    fn response_status(&self) -> Option<u32> {
+        self.call("response_status");
+        self.push(Effect::ResponseStatus);
+        self.status.get()
+    }
+
+    fn call_foreign_function(&self, name: &str, _arguments: &[u8]) -> Result<Vec<u8>, HostError> {
+        self.call("call_foreign_function");
+        self.push(Effect::ForeignFunction(name.to_owned()));
+        self.foreign
+            .borrow()
+            .clone()
+            .unwrap_or(Err(HostError::Refused("NotFound")))
+    }
+
+    fn set_tick_period(&self, period: Duration) {
+        self.call("set_tick_period");
+        self.push(Effect::SetTickPeriod(period));
     }
 }
 
@@ -330,5 +442,16 @@ mod tests {
         host.answer(Some(200), Some(b"body"));
         assert_eq!(host.call_response_status(), Some(200));
         assert_eq!(host.call_response_body(4, 2), Some(b"bo".to_vec()));
+        assert_eq!(
+            host.call_response_body(0, 2),
+            None,
+            "nothing to read, as Envoy"
+        );
+        host.answer(Some(200), Some(b""));
+        assert_eq!(
+            host.call_response_body(0, 64),
+            None,
+            "an empty body, as Envoy"
+        );
     }
 }

@@ -7,10 +7,12 @@
 //!   since), `fail_closed` refuses every keyed request (503), `fail_open` keeps deciding.
 //! - A record the revoked set cannot vouch for (older than an id the set had to evict) is
 //!   never trusted from the cache, whatever the state.
+//! - A record holding a role the feed has told a newer version of is never trusted from the
+//!   cache either ([`RecordTrust::trusts`]).
 //! - When the key service cannot answer, a stale record that is still trusted and within its
 //!   staleness bound decides ([`Fallback::UseStale`]); otherwise the request fails closed.
 
-use crate::cache::Freshness;
+use crate::cache::{CacheEntry, Freshness};
 use crate::feed::{FeedPolicy, RevokedSet};
 
 /// What the feed lets cached records do right now.
@@ -75,6 +77,17 @@ impl RecordTrust<'_> {
         }
     }
 
+    /// Whether a cached `entry` may decide now: recent enough ([`Self::is_recent_enough`]) and
+    /// holding no role the feed has told a newer version of (such a record is looked up
+    /// again; if the key service cannot answer, the request fails closed).
+    pub fn trusts(&self, entry: &CacheEntry, now_ms: u64) -> bool {
+        self.is_recent_enough(entry.fetched_at_ms, now_ms)
+            && entry
+                .record
+                .as_ref()
+                .is_none_or(|record| self.set.is_none_or(|set| set.roles_current(&record.roles)))
+    }
+
     /// What a request gets when the key service could not answer, given the stale record
     /// held for it, if any (when it was fetched and how fresh it is).
     pub fn fallback(&self, stale: Option<(u64, Freshness)>, now_ms: u64) -> Fallback {
@@ -112,6 +125,7 @@ mod tests {
             more: false,
             events: Vec::new(),
             horizon: Some(horizon_s),
+            roles: Vec::new(),
         };
         let limits = SetLimits::for_records(100, 60_000, 1_000);
         assert!(set.apply(&answer, horizon_s + 3_600, &limits).is_ok());

@@ -530,6 +530,66 @@ mod tests {
     }
 
     #[test]
+    fn a_role_change_on_the_feed_makes_every_worker_look_up_records_holding_it() {
+        use crate::cache::CacheEntry;
+        use crate::wire::{KeyLookup, KeyStatus, RoleRef};
+        let setup = Setup::new();
+        let host_one = FakeHost::at(T0);
+        let host_two = host_one.worker();
+        let mut one = FeedView::new("w1".into());
+        let mut two = FeedView::new("w2".into());
+        one.on_start(&host_one, &setup.context());
+        two.on_start(&host_two, &setup.context());
+        one.on_tick(&host_one, &setup.context());
+        answer(&mut one, &host_one, &setup, &snapshot(3, false, &[]));
+        let record = |version| CacheEntry {
+            id: REVOKED.into(),
+            fetched_at_ms: T0,
+            record: Some(KeyLookup {
+                id: REVOKED.into(),
+                digest: "00".repeat(32),
+                subject: "s".into(),
+                scopes: vec!["models:read".into()],
+                status: KeyStatus::Active,
+                expires_at: None,
+                rate_limit: None,
+                allowed_cidrs: Vec::new(),
+                not_before: None,
+                not_after: None,
+                roles: vec![RoleRef {
+                    name: "analyst".into(),
+                    version,
+                }],
+                allowed_principals: Vec::new(),
+                owner: None,
+                metadata: Default::default(),
+            }),
+        };
+        let now = T0 + 500;
+        assert!(one.trust(&setup.settings).trusts(&record(3), now));
+        // The role changes: version 4 arrives on the long-poll.
+        let change = br#"{"seq":4,"events":[],"roles":[{"seq":4,"kind":"role_changed","role":"analyst","version":4,"created_at":1800000000}]}"#;
+        assert!(answer(&mut one, &host_one, &setup, change).is_some());
+        let trust = one.trust(&setup.settings);
+        assert!(!trust.trusts(&record(3), now), "held at an older version");
+        assert!(trust.trusts(&record(4), now), "read after the change");
+        // The other worker picks it up from shared data on its tick.
+        host_two.advance(1_000);
+        two.on_tick(&host_two, &setup.context());
+        assert!(!two.trust(&setup.settings).trusts(&record(3), now));
+        // A record without roles, or no record at all (unknown key), is not concerned.
+        let mut plain = record(3);
+        if let Some(r) = plain.record.as_mut() {
+            r.roles.clear();
+        }
+        assert!(two.trust(&setup.settings).trusts(&plain, now));
+        plain.record = None;
+        assert!(two.trust(&setup.settings).trusts(&plain, now));
+        // Without a feed, nothing tells of role changes: records decide until their TTL.
+        assert!(RecordTrust::NO_FEED.trusts(&record(3), now));
+    }
+
+    #[test]
     fn failures_back_off_and_keep_the_last_good_set() {
         let setup = Setup::new();
         let host = FakeHost::at(T0);

@@ -91,6 +91,9 @@ pub struct Pending<W, S> {
     pub waiters: Vec<W>,
     /// `Some` when this worker's callout is in flight; `None` while another worker holds the lease.
     pub token: Option<u32>,
+    /// This worker's callout holds the stripe's lease (a lookup made while the stripe was
+    /// held for another key id holds none, and must release none).
+    pub leased: bool,
     pub since_ms: u64,
     /// The record held before (expired but maybe within the staleness bound).
     pub stale: Option<S>,
@@ -102,6 +105,7 @@ impl<W, S> Pending<W, S> {
             target,
             waiters: vec![first],
             token: None,
+            leased: false,
             since_ms: now_ms,
             stale,
         }
@@ -109,8 +113,7 @@ impl<W, S> Pending<W, S> {
 }
 
 /// What the caller sees once a lookup was started (or restarted on the tick).
-// Returned once per lookup and unpacked at once: boxing the record would only add an
-// allocation.
+// Built once per lookup and unpacked at once: boxing the record would add an allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Begun<W, S> {
@@ -123,7 +126,7 @@ pub enum Begun<W, S> {
 }
 
 /// What the key service answered.
-// Returned once per callout and unpacked at once (as `Begun`).
+// Built once per lookup and unpacked at once: boxing the record would add an allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -325,10 +328,13 @@ impl<W, S> Lookups<W, S> {
                     self.in_flight += 1;
                 }
                 pending.token = Some(token);
+                pending.leased = leased;
                 Ok(None)
             }
             Err(err) => {
-                lease.release(host);
+                if leased {
+                    lease.release(host);
+                }
                 host.count(Event::CalloutFailure, 1);
                 host.log(
                     LogLevel::Warn,
@@ -358,7 +364,9 @@ impl<W, S> Lookups<W, S> {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
         let pending = self.pending.remove(&id)?;
-        SharedLease::new(&lease_key(slot_of(&id, &config.cache))).release(host);
+        if pending.leased {
+            SharedLease::new(&lease_key(slot_of(&id, &config.cache))).release(host);
+        }
 
         let status = host.call_response_status();
         let record = match status {
@@ -426,6 +434,8 @@ mod tests {
             allowed_cidrs: Vec::new(),
             not_before: None,
             not_after: None,
+            roles: Vec::new(),
+            allowed_principals: Vec::new(),
             owner: None,
             metadata: Default::default(),
         }
@@ -502,6 +512,7 @@ mod tests {
         }
     }
 
+    // Built once per lookup and unpacked at once: boxing the record would add an allocation.
     #[allow(clippy::large_enum_variant)]
     #[derive(Debug, PartialEq, Eq)]
     enum Asked {
@@ -743,6 +754,17 @@ mod tests {
         );
         assert_eq!(world.ask(&host, key, 1, Target::Id), Asked::Waiting);
         assert_eq!(host.dispatched().len(), 1);
+        assert_eq!(lease_of(&host, &world.config, &key), Some(stranger.clone()));
+        // Its answer releases nothing: the stripe stays the stranger's.
+        host.answer(Some(404), None);
+        assert!(world.answer(&host, key).is_some());
+        assert_eq!(lease_of(&host, &world.config, &key), Some(stranger.clone()));
+        // Nor does a refused callout made without the lease.
+        host.refuse_next_dispatch(HostError::Refused("BadArgument"));
+        assert!(matches!(
+            world.ask(&host, key, 2, Target::Id),
+            Asked::Failed(DenyReason::ServiceUnavailable, _)
+        ));
         assert_eq!(lease_of(&host, &world.config, &key), Some(stranger));
     }
 

@@ -149,6 +149,7 @@ pub fn counts_under_key(reason: &DenyReason) -> bool {
             | DenyReason::Expired
             | DenyReason::NotYetValid
             | DenyReason::AddressNotAllowed
+            | DenyReason::PrincipalNotAllowed
             | DenyReason::RateLimited { .. }
             | DenyReason::InsufficientScope(_)
     )

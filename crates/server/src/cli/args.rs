@@ -28,6 +28,8 @@ pub enum Command {
     SigningKeys(SigningKeysArgs),
     /// Show the management audit log, newest first.
     Audit(AuditArgs),
+    /// Manage roles: named scope sets that keys hold.
+    Roles(RolesArgs),
 }
 
 /// How the CLI reaches the key service; shared by every client command.
@@ -137,6 +139,9 @@ pub struct CreateArgs {
     pub algorithm: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// A role the key holds (repeat for several; opaque keys only).
+    #[arg(long = "role", value_name = "NAME")]
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +183,10 @@ pub struct LimitArgs {
     /// The key is refused from this time on (RFC 3339).
     #[arg(long, value_name = "RFC3339")]
     pub not_after: Option<String>,
+    /// A workload identity (mTLS peer URI SAN) the key is bound to, such as
+    /// spiffe://cluster.local/ns/payments/sa/api or .../sa/* (repeat for several).
+    #[arg(long = "allowed-principal", value_name = "PRINCIPAL")]
+    pub allowed_principals: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +218,63 @@ pub struct UpdateArgs {
     /// Remove not_after.
     #[arg(long, conflicts_with = "not_after")]
     pub clear_not_after: bool,
+    /// Unbind the key from workloads (any principal, or none, may use it).
+    #[arg(long, conflicts_with = "allowed_principals")]
+    pub clear_principals: bool,
+    /// Replace the roles the key holds with these (repeat for several).
+    #[arg(long = "role", value_name = "NAME")]
+    pub roles: Vec<String>,
+    /// Remove every role.
+    #[arg(long, conflicts_with = "roles")]
+    pub clear_roles: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RolesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: RolesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolesCommand {
+    /// Create a role.
+    Create(RoleArgs),
+    /// List every role.
+    List,
+    /// Show one role.
+    Show { name: String },
+    /// Change a role: every key holding it changes, within the revocation feed's latency.
+    Update(RoleUpdateArgs),
+    /// Delete a role (refused while a key that is not revoked holds it).
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RoleArgs {
+    /// 1-64 characters of a-z, 0-9, '-', '_', '.'.
+    pub name: String,
+    /// A scope the role grants (repeat for several).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// A description for people.
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RoleUpdateArgs {
+    pub name: String,
+    /// Replace the role's scopes with these (repeat for several).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Remove every scope.
+    #[arg(long, conflicts_with = "scopes")]
+    pub clear_scopes: bool,
+    /// New description.
+    #[arg(long)]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -119,5 +119,8 @@ pub fn create_body(create: CreateArgs) -> Result<Value, CliError> {
         body.insert("algorithm".into(), json!(algorithm));
     }
     create.limits.insert_into(&mut body)?;
+    if !create.roles.is_empty() {
+        body.insert("roles".into(), json!(create.roles));
+    }
     Ok(Value::Object(body))
 }

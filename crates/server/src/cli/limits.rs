@@ -47,6 +47,9 @@ impl LimitArgs {
         if let Some(at) = self.not_after {
             body.insert("not_after".into(), json!(at));
         }
+        if !self.allowed_principals.is_empty() {
+            body.insert("allowed_principals".into(), json!(self.allowed_principals));
+        }
         Ok(())
     }
 }
@@ -74,14 +77,21 @@ pub(super) fn update(client: &Client, args: UpdateArgs, json_output: bool) -> Re
         (args.clear_cidrs, "allowed_cidrs"),
         (args.clear_not_before, "not_before"),
         (args.clear_not_after, "not_after"),
+        (args.clear_principals, "allowed_principals"),
     ] {
         if clear {
             body.insert(field.into(), Value::Null);
         }
     }
+    if !args.roles.is_empty() {
+        body.insert("roles".into(), json!(args.roles));
+    }
+    if args.clear_roles {
+        body.insert("roles".into(), json!([]));
+    }
     if body.is_empty() {
         return Err(CliError::Usage(
-            "nothing to change: give --name, --scope, --metadata, a limit flag or a --clear-* flag"
+            "nothing to change: give --name, --scope, --metadata, --role, a limit flag or a --clear-* flag"
                 .into(),
         ));
     }

@@ -97,6 +97,14 @@ fn print_fields(key: &Value) {
     outln!("owner:        {}", or_dash("owner"));
     outln!("status:       {}", or_dash("status"));
     outln!("scopes:       {}", scopes_text(key));
+    if let Some(roles) = key
+        .get("roles")
+        .and_then(Value::as_array)
+        .filter(|roles| !roles.is_empty())
+    {
+        let names: Vec<&str> = roles.iter().filter_map(Value::as_str).collect();
+        outln!("roles:        {}", names.join(" "));
+    }
     outln!("created_at:   {}", or_dash("created_at"));
     outln!(
         "expires_at:   {}",
@@ -281,9 +289,23 @@ pub(super) fn print_limits(key: &Value) {
                     .join(" ")
             },
         );
+    let principals = key
+        .get("allowed_principals")
+        .and_then(Value::as_array)
+        .filter(|p| !p.is_empty())
+        .map_or_else(
+            || "any".to_owned(),
+            |p| {
+                p.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        );
     let or_dash = |field: &str| or_dash(text(key, field));
     outln!("rate_limit:   {rate}");
     outln!("allowed_from: {cidrs}");
+    outln!("principals:   {principals}");
     outln!("not_before:   {}", or_dash("not_before"));
     outln!("not_after:    {}", or_dash("not_after"));
 }

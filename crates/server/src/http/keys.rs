@@ -50,6 +50,8 @@ pub struct KeyView {
     /// Rate limit, allowed CIDRs and validity window (see [`crate::service::limits`]).
     #[serde(flatten)]
     pub limits: LimitsView,
+    /// Names of the roles the key holds (their scopes are not in `scopes`).
+    pub roles: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
@@ -74,6 +76,7 @@ impl KeyView {
             rotated_to: record.rotated_to,
             algorithm: record.algorithm,
             kid: record.signing_kid,
+            roles: record.roles,
             key: None,
         }
     }
@@ -91,6 +94,7 @@ pub struct LimitsView {
     pub allowed_cidrs: Vec<String>,
     pub not_before: Option<String>,
     pub not_after: Option<String>,
+    pub allowed_principals: Vec<String>,
 }
 
 impl LimitsView {
@@ -100,6 +104,7 @@ impl LimitsView {
             allowed_cidrs: limits.allowed_cidrs.clone(),
             not_before: limits.not_before.and_then(format_rfc3339),
             not_after: limits.not_after.and_then(format_rfc3339),
+            allowed_principals: limits.allowed_principals.clone(),
         }
     }
 }

@@ -22,6 +22,8 @@ impl ApiError {
             Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
                 StatusCode::CONFLICT
             }
+            Self::RoleNotFound => StatusCode::NOT_FOUND,
+            Self::RoleExists | Self::RoleInUse | Self::TooManyRoles => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -42,6 +44,10 @@ impl ApiError {
             Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
                 "key-not-rotatable"
             }
+            Self::RoleNotFound => "not-found",
+            Self::RoleExists => "role-exists",
+            Self::RoleInUse => "role-in-use",
+            Self::TooManyRoles => "too-many-roles",
             Self::Internal(_) => "internal",
             _ => "invalid-request",
         }

@@ -3,7 +3,7 @@
 //! unit-tested without a database. The wire types (an event, an answer) are the filter's own,
 //! [`keygate_core::feed`].
 
-pub use keygate_core::feed::{EventKind, FeedEvent, FeedResponse};
+pub use keygate_core::feed::{EventKind, FeedEvent, FeedResponse, RoleEvent, RoleEventKind};
 
 /// Most events in one answer; `more: true` says there are others.
 pub const FEED_LIMIT: usize = 1000;
@@ -108,38 +108,79 @@ pub fn plan(request: FeedRequest, state: FeedState, now: i64) -> FeedQuery {
     }
 }
 
-/// Rough upper bound of one event's size in an answer.
-fn event_bytes(event: &FeedEvent) -> usize {
-    // Field names, punctuation and five numbers of at most 20 digits; an id escaped in full.
-    200 + event.id.len() * 6
+/// One row of the feed: a key's event, or a role's change (sent apart, in `roles`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedItem {
+    Key(FeedEvent),
+    Role(RoleEvent),
+}
+
+impl FeedItem {
+    fn seq(&self) -> u64 {
+        match self {
+            Self::Key(event) => event.seq,
+            Self::Role(event) => event.seq,
+        }
+    }
+
+    /// Rough upper bound of the item's size in an answer.
+    fn bytes(&self) -> usize {
+        // Field names, punctuation and five numbers of at most 20 digits; a name escaped in
+        // full.
+        match self {
+            Self::Key(event) => 200 + event.id.len() * 6,
+            Self::Role(event) => 200 + event.role.len() * 6,
+        }
+    }
 }
 
 /// Builds an answer from the events the query selected, in sequence order; give the store's
 /// first `limit + 1` so `more` can be told. An answer stops at `limit` events or
 /// [`MAX_ANSWER_BYTES`], whichever comes first.
 pub fn page(
-    mut events: Vec<FeedEvent>,
+    events: Vec<FeedEvent>,
+    state: FeedState,
+    query: &FeedQuery,
+    horizon: Option<i64>,
+    limit: usize,
+) -> FeedResponse {
+    let items = events.into_iter().map(FeedItem::Key).collect();
+    page_items(items, state, query, horizon, limit)
+}
+
+/// [`page`] of key events and role changes together: both count towards the limits, and
+/// role changes go to the answer's `roles`.
+pub fn page_items(
+    mut items: Vec<FeedItem>,
     state: FeedState,
     query: &FeedQuery,
     horizon: Option<i64>,
     limit: usize,
 ) -> FeedResponse {
     let mut bytes = 0;
-    let fits = events
+    let fits = items
         .iter()
         .take(limit.max(1))
-        .take_while(|event| {
-            bytes += event_bytes(event);
+        .take_while(|item| {
+            bytes += item.bytes();
             bytes <= MAX_ANSWER_BYTES
         })
         .count()
         .max(1);
-    let more = events.len() > fits;
-    events.truncate(fits);
-    let seq = match (more, events.last()) {
-        (true, Some(last)) => last.seq,
+    let more = items.len() > fits;
+    items.truncate(fits);
+    let seq = match (more, items.last()) {
+        (true, Some(last)) => last.seq(),
         _ => state.last_seq,
     };
+    let mut events = Vec::with_capacity(items.len());
+    let mut roles = Vec::new();
+    for item in items {
+        match item {
+            FeedItem::Key(event) => events.push(event),
+            FeedItem::Role(event) => roles.push(event),
+        }
+    }
     FeedResponse {
         seq,
         reset: query.reset,
@@ -147,6 +188,7 @@ pub fn page(
         events,
         // Negative: before the epoch, so nothing is missing.
         horizon: horizon.map(unix_seconds),
+        roles,
     }
 }
 
@@ -293,6 +335,7 @@ mod tests {
                 created_at: Some(1_789_990_000),
             }],
             horizon: None,
+            roles: Vec::new(),
         };
         assert_eq!(
             serde_json::to_value(&feed).unwrap(),
@@ -306,5 +349,53 @@ mod tests {
             ..feed
         };
         assert_eq!(serde_json::to_value(&with_horizon).unwrap()["horizon"], 5);
+        let with_role = FeedResponse {
+            roles: vec![RoleEvent {
+                seq: 43,
+                kind: RoleEventKind::RoleChanged,
+                role: "analyst".into(),
+                version: 43,
+                created_at: Some(1_790_000_000),
+            }],
+            ..with_horizon
+        };
+        assert_eq!(
+            serde_json::to_value(&with_role).unwrap()["roles"],
+            serde_json::json!([{"seq": 43, "kind": "role_changed", "role": "analyst",
+                "version": 43, "created_at": 1_790_000_000}])
+        );
+    }
+
+    #[test]
+    fn role_changes_page_with_key_events_and_travel_apart() {
+        let state = FeedState {
+            last_seq: 3,
+            compacted_through: 0,
+        };
+        let query = plan(
+            FeedRequest {
+                since: 0,
+                window_s: None,
+            },
+            state,
+            NOW,
+        );
+        let role = |seq| {
+            FeedItem::Role(RoleEvent {
+                seq,
+                kind: RoleEventKind::RoleChanged,
+                role: "analyst".into(),
+                version: seq,
+                created_at: None,
+            })
+        };
+        let items = vec![FeedItem::Key(event(1)), role(2), FeedItem::Key(event(3))];
+        let first = page_items(items.clone(), state, &query, None, 2);
+        assert_eq!((first.seq, first.more), (2, true));
+        assert_eq!(first.events.len(), 1);
+        assert_eq!(first.roles.len(), 1);
+        let whole = page_items(items, state, &query, None, 10);
+        assert_eq!((whole.seq, whole.more), (3, false));
+        assert_eq!((whole.events.len(), whole.roles.len()), (2, 1));
     }
 }

@@ -40,6 +40,8 @@ pub struct KeyRecord {
     pub signing_kid: Option<String>,
     /// Rate limit, address allow-list and validity window, for the filter to enforce.
     pub limits: KeyLimits,
+    /// Names of the roles the key holds (see [`super::role`]).
+    pub roles: Vec<String>,
 }
 
 impl KeyRecord {
@@ -72,6 +74,9 @@ pub struct KeyLimits {
     pub not_before: Option<i64>,
     /// Unix seconds from which the key is refused.
     pub not_after: Option<i64>,
+    /// Workload identities (principals or `.../*` patterns) the request's peer principal
+    /// must match; empty: any request.
+    pub allowed_principals: Vec<String>,
 }
 
 /// Where a page of keys starts: after this (created_at, id).
@@ -91,6 +96,8 @@ pub struct KeyPatch {
     pub allowed_cidrs: Option<Vec<String>>,
     pub not_before: Option<Option<i64>>,
     pub not_after: Option<Option<i64>>,
+    pub roles: Option<Vec<String>>,
+    pub allowed_principals: Option<Vec<String>>,
 }
 
 impl KeyPatch {
@@ -117,6 +124,12 @@ impl KeyPatch {
         if let Some(not_after) = self.not_after {
             record.limits.not_after = not_after;
         }
+        if let Some(roles) = &self.roles {
+            record.roles.clone_from(roles);
+        }
+        if let Some(principals) = &self.allowed_principals {
+            record.limits.allowed_principals.clone_from(principals);
+        }
     }
 
     /// Names of the fields this patch sets or clears, for logs and the audit log.
@@ -134,6 +147,8 @@ impl KeyPatch {
         note(self.allowed_cidrs.is_some(), "allowed_cidrs");
         note(self.not_before.is_some(), "not_before");
         note(self.not_after.is_some(), "not_after");
+        note(self.roles.is_some(), "roles");
+        note(self.allowed_principals.is_some(), "allowed_principals");
         fields
     }
 }

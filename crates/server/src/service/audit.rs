@@ -298,7 +298,7 @@ pub struct AuditPage {
 }
 
 /// Every action the audit log records (the values `action` filters on).
-pub const ACTIONS: [&str; 8] = [
+pub const ACTIONS: [&str; 11] = [
     "create",
     "update",
     "rotate",
@@ -307,6 +307,9 @@ pub const ACTIONS: [&str; 8] = [
     "import",
     "signing_key_rotate",
     "admin_auth",
+    "role_create",
+    "role_update",
+    "role_delete",
 ];
 
 /// One page of the audit log, newest first, for `filter` (whose `limit` is the page size).

@@ -99,7 +99,7 @@ pub enum ApiError {
     RotateAlreadyRotated,
     #[error("action, target, actor and outcome filters must be at most 128 characters")]
     BadAuditFilter,
-    #[error("action must be one of create, update, rotate, revoke, expire, import, signing_key_rotate, admin_auth")]
+    #[error("action must be one of create, update, rotate, revoke, expire, import, signing_key_rotate, admin_auth, role_create, role_update, role_delete")]
     UnknownAuditAction,
     #[error("from and to must be RFC 3339 timestamps such as 2030-01-01T00:00:00Z")]
     BadAuditTime,
@@ -113,6 +113,10 @@ pub enum ApiError {
     TooManyCidrs,
     #[error("allowed_cidrs[{index}] ({entry:?}) is not an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or 2001:db8::/32")]
     BadCidr { index: usize, entry: String },
+    #[error("allowed_principals must have at most 64 entries")]
+    TooManyPrincipals,
+    #[error("allowed_principals[{index}] is not a principal such as spiffe://cluster.local/ns/payments/sa/api or a pattern ending in one whole '/*' segment: {reason}")]
+    BadPrincipal { index: usize, reason: String },
     #[error("rate_limit needs requests_per_second greater than 0 and at most 1000000, and burst from 1 to 1000000")]
     BadRateLimit,
     #[error("{0} must be an RFC 3339 timestamp such as 2030-01-01T00:00:00Z")]
@@ -131,6 +135,24 @@ pub enum ApiError {
     BadUsageRow { index: usize, reason: &'static str },
     #[error("{0}")]
     BadUsageQuery(&'static str),
+    #[error("a role name is 1 to 64 characters of a-z, 0-9, '-', '_' and '.', starting with a letter or digit")]
+    BadRoleName,
+    #[error("description must be at most 256 characters with no control characters")]
+    BadRoleDescription,
+    #[error("no role with this name")]
+    RoleNotFound,
+    #[error("a role with this name already exists")]
+    RoleExists,
+    #[error("the role is held by keys that are not revoked; remove it from them first (keygate keys update ID --role ...)")]
+    RoleInUse,
+    #[error("the key service holds at most 1000 roles")]
+    TooManyRoles,
+    #[error("a key holds at most 8 roles")]
+    TooManyKeyRoles,
+    #[error("roles names a role that does not exist: {0:?}")]
+    UnknownRole(String),
+    #[error("a JWT key carries its scopes in its signed token: it cannot hold roles")]
+    JwtRoles,
     #[error("internal error")]
     Internal(String),
 }
@@ -142,6 +164,11 @@ impl From<StoreError> for ApiError {
             StoreError::KeyRevoked => Self::RotateRevoked,
             StoreError::KeyExpired => Self::RotateExpired,
             StoreError::KeyAlreadyRotated => Self::RotateAlreadyRotated,
+            StoreError::RoleNotFound => Self::RoleNotFound,
+            StoreError::RoleExists => Self::RoleExists,
+            StoreError::RoleInUse => Self::RoleInUse,
+            StoreError::TooManyRoles => Self::TooManyRoles,
+            StoreError::UnknownRole(name) => Self::UnknownRole(name),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -118,7 +118,7 @@ pub async fn long_poll(
 
 /// An answer worth sending before the wait is over.
 fn is_news(page: &FeedResponse) -> bool {
-    page.reset || !page.events.is_empty() || page.horizon.is_some()
+    page.reset || !page.events.is_empty() || !page.roles.is_empty() || page.horizon.is_some()
 }
 
 /// Prunes the feed at `now`: deletes the events of keys past their own expiry (they can never

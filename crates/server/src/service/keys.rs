@@ -4,10 +4,11 @@
 use keygate_core::jwt::Algorithm;
 use keygate_core::key::{mint_opaque_key, KeyDigest, KeyId, ID_LEN, SECRET_LEN};
 use keygate_core::scope::Scope;
-use keygate_core::wire::{KeyLookup, KeyStatus};
+use keygate_core::wire::{KeyLookup, KeyStatus, RoleRef};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::model::role::effective_scopes;
 use crate::model::{KeyLimits, KeyRecord, PageAfter, FORMAT_JWT, FORMAT_OPAQUE};
 use crate::service::context::Service;
 use crate::service::error::ApiError;
@@ -58,6 +59,11 @@ pub struct CreateKeyRequest {
     pub not_before: Option<String>,
     #[serde(default)]
     pub not_after: Option<String>,
+    /// Names of roles the key holds (opaque keys only).
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+    #[serde(default)]
+    pub allowed_principals: Option<Vec<String>>,
 }
 
 /// What kind of key to mint.
@@ -78,6 +84,7 @@ pub struct ValidCreate {
     pub metadata: Map<String, Value>,
     pub format: KeyFormat,
     pub limits: KeyLimits,
+    pub roles: Vec<String>,
 }
 
 pub fn parse_algorithm(text: &str) -> Result<Algorithm, ApiError> {
@@ -124,8 +131,13 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         allowed_cidrs: request.allowed_cidrs,
         not_before: request.not_before,
         not_after: request.not_after,
+        allowed_principals: request.allowed_principals,
     }
     .validate()?;
+    let roles = crate::service::roles::validate_key_roles(&request.roles.unwrap_or_default())?;
+    if !roles.is_empty() && format != KeyFormat::Opaque {
+        return Err(ApiError::JwtRoles);
+    }
     Ok(ValidCreate {
         name: request.name,
         owner,
@@ -134,6 +146,7 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         metadata,
         format,
         limits,
+        roles,
     })
 }
 
@@ -145,6 +158,7 @@ struct KeyFields {
     metadata: Map<String, Value>,
     expires_at: Option<i64>,
     limits: KeyLimits,
+    roles: Vec<String>,
 }
 
 fn random_key_id() -> Result<KeyId, ApiError> {
@@ -181,6 +195,7 @@ async fn mint(
         algorithm: None,
         signing_kid: None,
         limits: fields.limits,
+        roles: fields.roles,
     };
     let plaintext = match format {
         KeyFormat::Opaque => {
@@ -261,6 +276,7 @@ pub async fn create(
         metadata: valid.metadata,
         expires_at: valid.expires_at,
         limits: valid.limits,
+        roles: valid.roles,
     };
     let (record, plaintext) = mint(service, valid.format, fields, now).await?;
     service.store().insert_key(&record).await?;
@@ -394,6 +410,7 @@ pub async fn rotate(
         metadata: old.metadata,
         expires_at: old.expires_at,
         limits: old.limits,
+        roles: old.roles,
     };
     let (mut successor, plaintext) = mint(service, format, fields, now).await?;
     successor.rotated_from = Some(old.id);
@@ -422,6 +439,17 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
         .iter()
         .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
         .collect();
+    // The roles the key holds, at their current version: their scopes join the key's own.
+    // A role that no longer exists adds nothing.
+    let roles = service.store().roles_named(&record.roles).await?;
+    let scopes = effective_scopes(&record.scopes, &roles);
+    let roles = roles
+        .into_iter()
+        .map(|role| RoleRef {
+            name: role.name,
+            version: role.version,
+        })
+        .collect();
     Ok(Some(KeyLookup {
         owner,
         metadata,
@@ -435,7 +463,7 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             .map(|end| u64::try_from(end).unwrap_or(0)),
         id: record.id,
         digest: record.digest,
-        scopes: record.scopes,
+        scopes,
         status,
         rate_limit: record.limits.rate_limit,
         allowed_cidrs: record.limits.allowed_cidrs,
@@ -447,6 +475,8 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             .limits
             .not_after
             .map(|t| u64::try_from(t).unwrap_or(0)),
+        roles,
+        allowed_principals: record.limits.allowed_principals,
     }))
 }
 
@@ -599,6 +629,7 @@ mod tests {
             algorithm: None,
             signing_kid: None,
             limits: Default::default(),
+            roles: Vec::new(),
         };
         let settings = JwtSettings {
             issuer: "https://keys.example".into(),

@@ -134,6 +134,20 @@ pub struct CreateLimits {
     pub not_before: Option<String>,
     #[serde(default)]
     pub not_after: Option<String>,
+    #[serde(default)]
+    pub allowed_principals: Option<Vec<String>>,
+}
+
+/// Checks an `allowed_principals` list: at most 64 entries, each a principal or a `.../*`
+/// pattern ([`keygate_core::principal`]), duplicates removed.
+pub fn validate_principals(items: &[String]) -> Result<Vec<String>, ApiError> {
+    keygate_core::principal::validate_key_principals(items).map_err(|(index, err)| match index {
+        None => ApiError::TooManyPrincipals,
+        Some(index) => ApiError::BadPrincipal {
+            index,
+            reason: err.to_string(),
+        },
+    })
 }
 
 impl CreateLimits {
@@ -151,6 +165,7 @@ impl CreateLimits {
                 .as_deref()
                 .map(|t| parse_time(t, "not_after"))
                 .transpose()?,
+            allowed_principals: validate_principals(&self.allowed_principals.unwrap_or_default())?,
         };
         check_window(limits.not_before, limits.not_after)?;
         Ok(limits)
@@ -184,6 +199,11 @@ pub struct UpdateKeyRequest {
     pub not_before: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     pub not_after: Option<Option<String>>,
+    /// Replaces the roles the key holds (`[]` or `null`: none).
+    #[serde(default, deserialize_with = "present")]
+    pub roles: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    pub allowed_principals: Option<Option<Vec<String>>>,
 }
 
 /// Checks an update request; answers the patch to apply.
@@ -227,6 +247,14 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
         .not_after
         .map(|t| t.as_deref().map(|t| parse_time(t, "not_after")).transpose())
         .transpose()?;
+    let roles = request
+        .roles
+        .map(|r| crate::service::roles::validate_key_roles(&r.unwrap_or_default()))
+        .transpose()?;
+    let allowed_principals = request
+        .allowed_principals
+        .map(|p| validate_principals(&p.unwrap_or_default()))
+        .transpose()?;
     Ok(KeyPatch {
         name,
         scopes,
@@ -235,6 +263,8 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
         allowed_cidrs,
         not_before,
         not_after,
+        roles,
+        allowed_principals,
     })
 }
 
@@ -249,7 +279,11 @@ pub async fn update(
     let patch = validate_update(request)?;
     *fields = patch.changed_fields();
     let changes_scopes = patch.scopes.is_some();
+    let changes_roles = patch.roles.as_ref().is_some_and(|roles| !roles.is_empty());
     let check = |record: &KeyRecord| {
+        if changes_roles && record.format == FORMAT_JWT {
+            return Err(ApiError::JwtRoles);
+        }
         if changes_scopes && record.format == FORMAT_JWT {
             // A JWT key carries its scopes in the signed token: changing the record would not
             // change what the token says.
@@ -268,6 +302,35 @@ pub async fn update(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn principals_are_checked_and_bad_entries_are_named() {
+        let ok = validate_principals(&[
+            "spiffe://cluster.local/ns/payments/sa/api".into(),
+            "spiffe://cluster.local/ns/ops/sa/*".into(),
+            "spiffe://cluster.local/ns/payments/sa/api".into(),
+        ])
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        match validate_principals(&["spiffe://td/a".into(), "spiffe://td/ns/*/sa/x".into()]) {
+            Err(ApiError::BadPrincipal { index, reason }) => {
+                assert_eq!(index, 1);
+                assert!(reason.contains("last path segment"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("spiffe://td/{i}")).collect();
+        assert!(matches!(
+            validate_principals(&many),
+            Err(ApiError::TooManyPrincipals)
+        ));
+        let request: UpdateKeyRequest =
+            serde_json::from_str(r#"{"allowed_principals": null}"#).unwrap();
+        let patch = validate_update(request).unwrap();
+        assert_eq!(patch.allowed_principals, Some(Vec::new()));
+        let request: UpdateKeyRequest = serde_json::from_str(r#"{"name": "x"}"#).unwrap();
+        assert_eq!(validate_update(request).unwrap().allowed_principals, None);
+    }
 
     #[test]
     fn cidrs_are_canonical_and_bad_entries_are_named() {

@@ -29,6 +29,16 @@ pub enum StoreError {
     SigningKeyNotFound,
     #[error("the revocation feed state row is missing (migrations not applied?)")]
     FeedStateMissing,
+    #[error("no such role")]
+    RoleNotFound,
+    #[error("a role with this name exists")]
+    RoleExists,
+    #[error("the role is held by keys")]
+    RoleInUse,
+    #[error("too many roles")]
+    TooManyRoles,
+    #[error("a role the key would hold does not exist")]
+    UnknownRole(String),
 }
 
 /// A stored non-negative number, or [`StoreError::Corrupt`] naming `column`.

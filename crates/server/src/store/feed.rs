@@ -7,7 +7,8 @@ use super::postgres;
 use super::seq::{committed_seq, feed_state_of, state_query};
 use super::sql::{Db, Sql, StoredRow, Tx};
 use crate::model::feed::{
-    self, EventKind, FeedEvent, FeedEventInput, FeedRequest, FeedResponse, FeedState,
+    self, EventKind, FeedEvent, FeedEventInput, FeedItem, FeedRequest, FeedResponse, FeedState,
+    RoleEvent, RoleEventKind,
 };
 
 const EVENT_COLUMNS: &str = "seq, key_id, kind, effective_at, key_expires_at, created_at";
@@ -46,7 +47,7 @@ impl KeyStore {
         .arg(query.until_from)
         .arg(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX));
         let rows = tx.fetch_all(&sql).await?;
-        let events = rows.iter().map(event_from_row).collect::<Result<_, _>>()?;
+        let items = rows.iter().map(item_from_row).collect::<Result<_, _>>()?;
         let first_retained_at = if query.behind_pruned {
             let sql = Sql::new(
                 "SELECT created_at FROM revocation_events WHERE seq > $1 ORDER BY seq LIMIT 1",
@@ -61,7 +62,7 @@ impl KeyStore {
         };
         tx.commit().await?;
         let horizon = query.horizon(first_retained_at, now);
-        Ok(feed::page(events, state, &query, horizon, limit))
+        Ok(feed::page_items(items, state, &query, horizon, limit))
     }
 
     /// Deletes the events of keys whose own expiry is before `expired_before`, and every event
@@ -192,7 +193,7 @@ pub(super) async fn insert_event(
 
 /// PostgreSQL: tells the other replicas about `seq` when the transaction commits. (SQLite has
 /// no other replicas.)
-async fn announce(tx: &mut Tx, seq: i64) -> Result<(), StoreError> {
+pub(super) async fn announce(tx: &mut Tx, seq: i64) -> Result<(), StoreError> {
     match tx {
         Tx::Postgres(pg) => postgres::notify(pg, seq).await,
         Tx::Sqlite(_) => Ok(()),
@@ -204,13 +205,31 @@ async fn select_feed_state(tx: &mut Tx) -> Result<FeedState, StoreError> {
     feed_state_of(row)
 }
 
-fn event_from_row(row: &StoredRow) -> Result<FeedEvent, StoreError> {
+/// The `kind` of a role change's row; its `key_id` is the role's name and its `seq` the
+/// role's new version.
+pub(super) const ROLE_CHANGED: &str = "role_changed";
+
+fn item_from_row(row: &StoredRow) -> Result<FeedItem, StoreError> {
     let kind: String = row.get("kind")?;
+    if kind == ROLE_CHANGED {
+        let seq = u64_of(row.get("seq")?, "revocation_events.seq")?;
+        return Ok(FeedItem::Role(RoleEvent {
+            seq,
+            kind: RoleEventKind::RoleChanged,
+            role: row.get("key_id")?,
+            version: seq,
+            created_at: Some(feed::unix_seconds(row.get("created_at")?)),
+        }));
+    }
+    event_from_row(row, &kind).map(FeedItem::Key)
+}
+
+fn event_from_row(row: &StoredRow, kind: &str) -> Result<FeedEvent, StoreError> {
     let until: Option<i64> = row.get("key_expires_at")?;
     Ok(FeedEvent {
         seq: u64_of(row.get("seq")?, "revocation_events.seq")?,
         id: row.get("key_id")?,
-        kind: EventKind::parse(&kind).ok_or(StoreError::Corrupt("revocation_events.kind"))?,
+        kind: EventKind::parse(kind).ok_or(StoreError::Corrupt("revocation_events.kind"))?,
         effective_at: feed::unix_seconds(row.get("effective_at")?),
         until: until.map(feed::unix_seconds),
         created_at: Some(feed::unix_seconds(row.get("created_at")?)),

@@ -6,7 +6,7 @@ use keygate_core::wire::KeyStatus;
 use super::error::StoreError;
 use super::feed::{begin_feed_write, insert_event, NewEvent};
 use super::handle::KeyStore;
-use super::rows::{encode_json_fields, key_from_row, LimitColumns, KEY_COLUMNS};
+use super::rows::{encode_json_fields, encode_roles, key_from_row, LimitColumns, KEY_COLUMNS};
 use super::sql::{Conn, Sql, Tx};
 use crate::model::feed::EventKind;
 use crate::model::{KeyRecord, PageAfter};
@@ -227,6 +227,8 @@ pub(super) async fn insert_key_with(tx: &mut Tx, key: &KeyRecord) -> Result<(), 
     }
     let (scopes, metadata) = encode_json_fields(key)?;
     let limits = LimitColumns::of(&key.limits)?;
+    super::roles::check_roles_exist(tx, &key.roles).await?;
+    let roles = encode_roles(&key.roles)?;
     let mut sql = Sql::new(format!("INSERT INTO keys ({KEY_COLUMNS}) VALUES "));
     sql.push_tuple([
         key.id.as_str().into(),
@@ -251,6 +253,8 @@ pub(super) async fn insert_key_with(tx: &mut Tx, key: &KeyRecord) -> Result<(), 
         limits.allowed_cidrs.into(),
         limits.not_before.into(),
         limits.not_after.into(),
+        roles.into(),
+        limits.allowed_principals.into(),
     ]);
     tx.execute(&sql).await?;
     Ok(())

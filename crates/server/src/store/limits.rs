@@ -2,7 +2,7 @@
 
 use super::error::StoreError;
 use super::handle::KeyStore;
-use super::rows::{encode_json_fields, key_from_row, LimitColumns, KEY_COLUMNS};
+use super::rows::{encode_json_fields, encode_roles, key_from_row, LimitColumns, KEY_COLUMNS};
 use super::sql::Sql;
 use crate::model::{KeyPatch, KeyRecord};
 
@@ -28,10 +28,14 @@ impl KeyStore {
         }
         let (scopes, metadata) = encode_json_fields(&record)?;
         let limits = LimitColumns::of(&record.limits)?;
+        if let Some(roles) = &patch.roles {
+            super::roles::check_roles_exist(&mut tx, roles).await?;
+        }
+        let roles = encode_roles(&record.roles)?;
         let update = Sql::new(
             "UPDATE keys SET name = $1, scopes = $2, metadata = $3, rate_limit_rps = $4, \
-             rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, not_after = $8 \
-             WHERE id = $9",
+             rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, not_after = $8, \
+             allowed_principals = $9, roles = $11 WHERE id = $10",
         )
         .arg(record.name.as_str())
         .arg(scopes)
@@ -41,7 +45,9 @@ impl KeyStore {
         .arg(limits.allowed_cidrs)
         .arg(limits.not_before)
         .arg(limits.not_after)
-        .arg(record.id.as_str());
+        .arg(limits.allowed_principals)
+        .arg(record.id.as_str())
+        .arg(roles);
         tx.execute(&update).await?;
         tx.commit().await?;
         Ok(Ok(record))

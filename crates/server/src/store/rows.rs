@@ -9,7 +9,7 @@ use crate::model::{KeyLimits, KeyRecord};
 pub(super) const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata, digest, format, \
      created_at, expires_at, grace_until, revoked_at, last_used_at, rotated_from, rotated_to, \
      algorithm, signing_kid, rate_limit_rps, rate_limit_burst, allowed_cidrs, not_before, \
-     not_after";
+     not_after, roles, allowed_principals";
 
 /// The limit columns of a key record, as bound into SQL.
 pub(super) struct LimitColumns {
@@ -18,6 +18,7 @@ pub(super) struct LimitColumns {
     pub allowed_cidrs: String,
     pub not_before: Option<i64>,
     pub not_after: Option<i64>,
+    pub allowed_principals: String,
 }
 
 impl LimitColumns {
@@ -29,6 +30,8 @@ impl LimitColumns {
                 .map_err(|_| StoreError::Corrupt("allowed_cidrs"))?,
             not_before: limits.not_before,
             not_after: limits.not_after,
+            allowed_principals: serde_json::to_string(&limits.allowed_principals)
+                .map_err(|_| StoreError::Corrupt("allowed_principals"))?,
         })
     }
 }
@@ -46,12 +49,15 @@ pub(super) fn limits_from_row(row: &StoredRow) -> Result<KeyLimits, StoreError> 
         _ => return Err(StoreError::Corrupt("keys.rate_limit_rps")),
     };
     let cidrs: String = row.get("allowed_cidrs")?;
+    let principals: String = row.get("allowed_principals")?;
     Ok(KeyLimits {
         rate_limit,
         allowed_cidrs: serde_json::from_str(&cidrs)
             .map_err(|_| StoreError::Corrupt("keys.allowed_cidrs"))?,
         not_before: row.get("not_before")?,
         not_after: row.get("not_after")?,
+        allowed_principals: serde_json::from_str(&principals)
+            .map_err(|_| StoreError::Corrupt("keys.allowed_principals"))?,
     })
 }
 
@@ -78,7 +84,19 @@ pub(super) fn key_from_row(row: &StoredRow) -> Result<KeyRecord, StoreError> {
         algorithm: row.get("algorithm")?,
         signing_kid: row.get("signing_kid")?,
         limits: limits_from_row(row)?,
+        roles: roles_from_row(row)?,
     })
+}
+
+/// The role names a key row holds.
+pub(super) fn roles_from_row(row: &StoredRow) -> Result<Vec<String>, StoreError> {
+    let roles: String = row.get("roles")?;
+    serde_json::from_str(&roles).map_err(|_| StoreError::Corrupt("keys.roles"))
+}
+
+/// The JSON text of a record's role names.
+pub(super) fn encode_roles(roles: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(roles).map_err(|_| StoreError::Corrupt("roles"))
 }
 
 /// The JSON texts of a record's scopes and metadata.

@@ -17,6 +17,7 @@ mod legacy;
 mod publish;
 mod readme;
 mod retention;
+mod roles;
 mod storage;
 mod transport;
 mod usage;

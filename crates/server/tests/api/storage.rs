@@ -56,6 +56,7 @@ pub fn record(n: usize, expires_at: Option<i64>) -> KeyRecord {
         algorithm: None,
         signing_kid: None,
         limits: Default::default(),
+        roles: Vec::new(),
     }
 }
 
@@ -692,6 +693,7 @@ async fn updates_apply_the_patch_or_nothing(db: &TestDb) {
         rate_limit: Some(Some(limit)),
         allowed_cidrs: Some(vec!["10.0.0.0/8".into()]),
         not_after: Some(Some(NOW + 50)),
+        allowed_principals: Some(vec!["spiffe://td/ns/a/sa/*".into()]),
         ..KeyPatch::default()
     };
     let refused = store
@@ -713,6 +715,7 @@ async fn updates_apply_the_patch_or_nothing(db: &TestDb) {
     assert_eq!(updated.limits.rate_limit, Some(limit));
     assert_eq!(updated.limits.allowed_cidrs, ["10.0.0.0/8"]);
     assert_eq!(updated.limits.not_after, Some(NOW + 50));
+    assert_eq!(updated.limits.allowed_principals, ["spiffe://td/ns/a/sa/*"]);
     assert_eq!(
         updated.scopes, keys[0].scopes,
         "what the patch does not name is kept"

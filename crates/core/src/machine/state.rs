@@ -1,6 +1,6 @@
 //! What one worker (one Envoy VM) keeps between requests and callouts, and what a request
-//! carries while it is decided or waits: the data, below the modules that work on it (the
-//! lookups, the JWT verifier, the answers), so none of them imports another in a circle.
+//! carries while it is decided or waits: the data, below the machines that work on it (the
+//! record lookups, the JWT path, the answers), so none of them imports another in a circle.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -9,28 +9,31 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::binding::Requirement;
-use keygate_core::cache::CacheEntry;
-use keygate_core::config::{FilterConfig, JwksSource, JwtSettings, RemoteJwks, Secrets};
-use keygate_core::credential::Source;
-use keygate_core::decision::{DenyReason, Identity, PreparedRecord};
-use keygate_core::fingerprint::{Fingerprint, Fingerprinter};
-use keygate_core::jwt::cache::TokenCache;
-use keygate_core::jwt::KeySet;
-use keygate_core::key::{KeyDigest, KeyId};
-use keygate_core::limits::{client_address, ForwardedFor};
-use keygate_core::machine::callouts::Callouts;
-use keygate_core::machine::follower::FeedView;
-use keygate_core::machine::jwks::KeyWait;
-use keygate_core::machine::lookup;
-use keygate_core::machine::usage::Usage;
-use keygate_core::negative_cache::NegativeCache;
-use keygate_core::route::Mode;
-use keygate_core::wire::RateLimit;
+use crate::binding::Requirement;
+use crate::cache::CacheEntry;
+use crate::config::{FilterConfig, JwksSource, JwtSettings, RemoteJwks, Secrets};
+use crate::credential::Source;
+use crate::decision::{DenyReason, Identity, PreparedRecord};
+use crate::fingerprint::{Fingerprint, Fingerprinter};
+use crate::jwt::cache::TokenCache;
+use crate::jwt::KeySet;
+use crate::key::{KeyDigest, KeyId};
+use crate::limits::{client_address, ForwardedFor};
+use crate::machine::callouts::Callouts;
+use crate::machine::follower::FeedView;
+use crate::machine::jwks::KeyWait;
+use crate::machine::lookup;
+use crate::negative_cache::NegativeCache;
+use crate::principal::{read_principal, PRINCIPAL_PROPERTY};
+use crate::route::Mode;
+use crate::wire::RateLimit;
 
-use crate::crypto::HostVerifier;
-use crate::host;
-use crate::metrics::Metrics;
+use crate::feed::FeedPolicy;
+use crate::host::Host;
+use crate::machine::degraded::RecordTrust;
+use crate::machine::host_crypto::HostCrypto;
+use crate::machine::metrics::Metrics;
+use crate::machine::usage::Usage as UsageCounts;
 
 /// What every context of one VM (one Envoy worker) shares.
 pub struct Shared {
@@ -42,12 +45,34 @@ pub struct Shared {
     pub lookups: RefCell<Lookups>,
     pub jwt: RefCell<JwtState>,
     pub feed: RefCell<FeedView>,
-    pub usage: RefCell<Usage>,
+    pub usage: RefCell<UsageCounts>,
     /// Every callout in flight on this worker, by token.
     pub callouts: RefCell<Callouts>,
     /// Per request (context id): what its response needs.
     pub notes: RefCell<HashMap<u32, Note>>,
     pub tick: Cell<Duration>,
+    /// The clock as read once in the current callback (see [`Shared::now`]).
+    pub clock: Cell<Option<u64>>,
+}
+
+impl Shared {
+    /// The host's clock, read at most once per callback: a request's evaluation, its answer
+    /// and its usage count share one reading (each read is a host call).
+    pub fn now(&self, host: &impl Host) -> u64 {
+        match self.clock.get() {
+            Some(now) => now,
+            None => {
+                let now = host.now_ms();
+                self.clock.set(Some(now));
+                now
+            }
+        }
+    }
+
+    /// A new callback from the host begins: the clock is read afresh when needed.
+    pub fn begin_callback(&self) {
+        self.clock.set(None);
+    }
 }
 
 /// How a decided request is forwarded: which credential sources to strip, and whether the
@@ -70,6 +95,10 @@ pub struct Forwarding {
     pub key_id: Option<KeyId>,
     /// The route forwards the client's credential upstream (`forward_credential`).
     pub forward_credential: bool,
+    /// The request's workload identity (verified peer certificate URI SAN); `None` until read
+    /// (a host call: read on routes that take principals, for keys bound to workloads, or
+    /// before the request is parked).
+    pub principal: Option<Option<String>>,
 }
 
 /// What a request leaves for its response: rate-limit headers and whose usage it is.
@@ -113,9 +142,9 @@ pub enum Step {
 }
 
 /// The client address of the current request (its context must be the effective one).
-pub fn client_now(forwarding: &Forwarding) -> Option<IpAddr> {
+pub fn client_now(host: &impl Host, forwarding: &Forwarding) -> Option<IpAddr> {
     forwarding.client.unwrap_or_else(|| {
-        let source = host::property(&["source", "address"]);
+        let source = host.property(&["source", "address"]);
         let source = source.as_deref().and_then(|s| std::str::from_utf8(s).ok());
         match &forwarding.forwarded_for {
             Some(forwarded_for) => forwarded_for.client(source),
@@ -124,10 +153,22 @@ pub fn client_now(forwarding: &Forwarding) -> Option<IpAddr> {
     })
 }
 
-/// Reads the client address now, before the request is parked and its context left.
-pub fn resolve_client(forwarding: &mut Forwarding) {
+/// The request's principal (its context must be the effective one).
+pub fn principal_now(host: &impl Host, forwarding: &Forwarding) -> Option<String> {
+    match &forwarding.principal {
+        Some(principal) => principal.clone(),
+        None => read_principal(host.property(&PRINCIPAL_PROPERTY).as_deref()),
+    }
+}
+
+/// Reads the client address and principal now, before the request is parked and its
+/// context left (its key record, unknown yet, may restrict either).
+pub fn resolve_client(host: &impl Host, forwarding: &mut Forwarding) {
     if forwarding.client.is_none() {
-        forwarding.client = Some(client_now(forwarding));
+        forwarding.client = Some(client_now(host, forwarding));
+    }
+    if forwarding.principal.is_none() {
+        forwarding.principal = Some(principal_now(host, forwarding));
     }
 }
 
@@ -234,7 +275,7 @@ pub struct JwtState {
     /// When the periodic JWKS work last ran.
     pub last_tick_ms: u64,
     /// The host's native signature check, when configured.
-    pub host_crypto: Option<HostVerifier>,
+    pub host_crypto: Option<HostCrypto>,
 }
 
 impl JwtState {
@@ -259,7 +300,7 @@ impl JwtState {
             issuers,
             cache: TokenCache::new(settings.cache_max_entries),
             last_tick_ms: 0,
-            host_crypto: settings.host_crypto.then(HostVerifier::default),
+            host_crypto: settings.host_crypto.then(HostCrypto::default),
         }
     }
 
@@ -277,4 +318,24 @@ impl JwtState {
             issuer.wait.forget(|w| w.context_id == context_id);
         }
     }
+}
+
+// The revocation feed, as the requests see it.
+
+/// Why `id` must be refused now, if it is on the revoked list.
+pub fn revocation(shared: &Shared, id: &str, now_ms: u64) -> Option<DenyReason> {
+    shared
+        .feed
+        .borrow()
+        .refusal(&shared.config.revocation_feed, id, now_ms)
+}
+
+/// What the feed lets cached records do now (see [`RecordTrust`]).
+pub fn with_trust<R>(shared: &Shared, f: impl FnOnce(RecordTrust<'_>) -> R) -> R {
+    f(shared.feed.borrow().trust(&shared.config.revocation_feed))
+}
+
+/// The policy in force for key records: `None` while the feed is live (or not used).
+pub fn degraded_policy(shared: &Shared) -> Option<FeedPolicy> {
+    with_trust(shared, |trust| trust.degraded_policy())
 }

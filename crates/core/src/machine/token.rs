@@ -2,54 +2,59 @@
 //! shared with the others through shared data), the verified-token cache, and requests that
 //! wait for a JWKS refetch after presenting an unknown `kid`.
 
-use keygate_core::binding::Attributes;
-use keygate_core::config::{JwksSource, Revocation};
-use keygate_core::decision::{authorize_scopes, header_safe, DenyReason, Identity};
-use keygate_core::jwt::cache::CachedToken;
-use keygate_core::jwt::{peek_issuer, verify_jwt_with, JwtError, NativeVerifier};
-use keygate_core::key::KeyId;
-use keygate_core::machine::jwks::{jwks_lease_key, load_shared, JwksFetcher};
-use keygate_core::machine::lease::SharedLease;
-use proxy_wasm::types::LogLevel;
+use crate::binding::Attributes;
+use crate::config::{JwksSource, Revocation};
+use crate::decision::{authorize_scopes, header_safe, DenyReason, Identity};
+use crate::host::LogLevel;
+use crate::jwt::cache::CachedToken;
+use crate::jwt::{peek_issuer, verify_jwt_with, JwtError, NativeVerifier};
+use crate::key::KeyId;
+use crate::machine::jwks::{jwks_lease_key, load_shared, JwksFetcher};
+use crate::machine::lease::SharedLease;
 
-use crate::answer::complete;
-use crate::host::{self, ProxyHost};
-use crate::lookup::resolve_record;
-use crate::metrics::Event;
-use crate::state::{JwtState, Presented, Proof, Shared, Step, TokenRequest, TokenWaiter};
+use crate::host::Event;
+use crate::host::Host;
+use crate::machine::answer::complete;
+use crate::machine::records::resolve_record;
+use crate::machine::state::{JwtState, Presented, Proof, Shared, Step, TokenRequest, TokenWaiter};
 
 /// How long a token without `exp` stays in the verified-token cache.
 const NO_EXPIRY_CACHE_S: u64 = 300;
 
 /// At configure: create the fetch leases (so taking one is a compare-and-swap) and load
 /// whatever JWKS another worker already fetched.
-pub fn on_start(shared: &Shared) {
+pub fn on_start(host: &impl Host, shared: &Shared) {
     let count = shared.jwt.borrow().issuers.len();
     for index in 0..count {
-        SharedLease::new(&jwks_lease_key(index)).create(&ProxyHost);
-        load_shared_jwks(shared, index);
+        SharedLease::new(&jwks_lease_key(index)).create(host);
+        load_shared_jwks(host, shared, index);
     }
 }
 
 /// Verifies a JWT (or finds it in the cache), then checks revocation and scopes.
-pub fn evaluate_token(shared: &Shared, context_id: u32, request: TokenRequest) -> Step {
-    let now_ms = host::now_ms();
+pub fn evaluate_token(
+    host: &impl Host,
+    shared: &Shared,
+    context_id: u32,
+    request: TokenRequest,
+) -> Step {
+    let now_ms = shared.now(host);
     let now_s = now_ms / 1000;
     let hash = shared.fingerprints.of(request.token.as_bytes());
     let hit = shared.jwt.borrow_mut().cache.get(&hash, now_s).cloned();
     let cached = match hit {
         Some(cached) => {
-            shared.metrics.count(Event::TokenCacheHit);
+            shared.metrics.count(host, Event::TokenCacheHit);
             cached
         }
-        None => match verify(shared, &request.token, now_ms) {
+        None => match verify(host, shared, &request.token, now_ms) {
             Verified::Token(cached) => {
                 shared.jwt.borrow_mut().cache.insert(hash, cached.clone());
                 cached
             }
             Verified::UnknownKid(issuer) => {
                 let mode = request.forwarding.mode;
-                if wait_for_keys(shared, issuer, context_id, request, now_ms) {
+                if wait_for_keys(host, shared, issuer, context_id, request, now_ms) {
                     return Step::Wait;
                 }
                 return Step::Deny(DenyReason::InvalidToken(JwtError::UnknownKeyId), None, mode);
@@ -60,10 +65,11 @@ pub fn evaluate_token(shared: &Shared, context_id: u32, request: TokenRequest) -
             }
         },
     };
-    decide_token(shared, context_id, cached, request)
+    decide_token(host, shared, context_id, cached, request)
 }
 
 fn decide_token(
+    host: &impl Host,
     shared: &Shared,
     context_id: u32,
     cached: CachedToken,
@@ -78,7 +84,7 @@ fn decide_token(
     let revoked = if cached.identity.key_id.is_empty() {
         None
     } else {
-        crate::feed::revocation(shared, &cached.identity.key_id, host::now_ms())
+        crate::machine::state::revocation(shared, &cached.identity.key_id, shared.now(host))
     };
     if let Some(reason) = revoked {
         let mode = request.forwarding.mode;
@@ -91,6 +97,7 @@ fn decide_token(
         ),
         Revocation::KeyService => match KeyId::parse(&cached.identity.key_id) {
             Ok(key_id) => resolve_record(
+                host,
                 shared,
                 context_id,
                 Presented {
@@ -125,16 +132,16 @@ fn select_issuer(shared: &Shared, token: &str) -> Option<usize> {
 
 /// Verifies a token; on an unknown `kid`, first picks up a JWKS that another worker may
 /// have fetched since this one last looked, and tries once more.
-fn verify(shared: &Shared, token: &str, now_ms: u64) -> Verified {
-    match verify_once(shared, token, now_ms) {
-        Verified::UnknownKid(index) if load_shared_jwks(shared, index) => {
-            verify_once(shared, token, now_ms)
+fn verify(host: &impl Host, shared: &Shared, token: &str, now_ms: u64) -> Verified {
+    match verify_once(host, shared, token, now_ms) {
+        Verified::UnknownKid(index) if load_shared_jwks(host, shared, index) => {
+            verify_once(host, shared, token, now_ms)
         }
         other => other,
     }
 }
 
-fn verify_once(shared: &Shared, token: &str, now_ms: u64) -> Verified {
+fn verify_once(host: &impl Host, shared: &Shared, token: &str, now_ms: u64) -> Verified {
     let Some(index) = select_issuer(shared, token) else {
         return Verified::Refused(JwtError::WrongIssuer);
     };
@@ -145,7 +152,8 @@ fn verify_once(shared: &Shared, token: &str, now_ms: u64) -> Verified {
     let Some(keys) = state.issuers.get(index).map(|i| &i.keys) else {
         return Verified::Refused(JwtError::WrongIssuer);
     };
-    let native = state.host_crypto.as_ref().map(|h| h as &dyn NativeVerifier);
+    let verifier = state.host_crypto.as_ref().map(|h| h.verifier(host));
+    let native = verifier.as_ref().map(|v| v as &dyn NativeVerifier);
     match verify_jwt_with(token, keys, &issuer.validation, now_ms / 1000, native) {
         Ok(verified) => {
             let now_s = now_ms / 1000;
@@ -191,6 +199,7 @@ fn issuer_is_remote(shared: &Shared, index: usize) -> bool {
 /// Parks a request whose `kid` is unknown while the issuer's JWKS is refetched. Returns
 /// false when no refetch may happen now (one was done too recently): the token is refused.
 fn wait_for_keys(
+    host: &impl Host,
     shared: &Shared,
     index: usize,
     context_id: u32,
@@ -205,13 +214,13 @@ fn wait_for_keys(
         return false;
     };
     issuer.wait.park(
-        &ProxyHost,
+        host,
         JwksFetcher { index, remote },
         &mut shared.callouts.borrow_mut(),
         now_ms,
         || {
             let mut request = request;
-            crate::state::resolve_client(&mut request.forwarding);
+            crate::machine::state::resolve_client(host, &mut request.forwarding);
             TokenWaiter {
                 context_id,
                 request,
@@ -222,7 +231,7 @@ fn wait_for_keys(
 
 /// A JWKS fetch answered: keep a good document (share it, load it), keep the old keys on a
 /// bad one. Then answer the requests that waited.
-pub fn on_response(shared: &Shared, index: usize, body_size: usize) {
+pub fn on_response(host: &impl Host, shared: &Shared, index: usize, body_size: usize) {
     let remote = shared
         .jwt
         .borrow()
@@ -234,23 +243,23 @@ pub fn on_response(shared: &Shared, index: usize, body_size: usize) {
             index,
             remote: &remote,
         };
-        if fetcher.on_response(&ProxyHost, body_size, host::now_ms()) {
-            load_shared_jwks(shared, index);
+        if fetcher.on_response(host, body_size, shared.now(host)) {
+            load_shared_jwks(host, shared, index);
         }
     }
-    retry_waiters(shared, index);
+    retry_waiters(host, shared, index);
 }
 
 /// Loads the issuer's JWKS from shared data when it changed since this worker last did.
 /// Returns true when new keys were loaded.
-fn load_shared_jwks(shared: &Shared, index: usize) -> bool {
+fn load_shared_jwks(host: &impl Host, shared: &Shared, index: usize) -> bool {
     let loaded = shared
         .jwt
         .borrow()
         .issuers
         .get(index)
         .and_then(|i| i.version);
-    let Some((keys, cas)) = load_shared(&ProxyHost, index, loaded) else {
+    let Some((keys, cas)) = load_shared(host, index, loaded) else {
         return false;
     };
     let mut state = shared.jwt.borrow_mut();
@@ -265,7 +274,7 @@ fn load_shared_jwks(shared: &Shared, index: usize) -> bool {
     let dropped = cache.drop_removed_keys(index, |kid| keys.get(kid).is_some());
     drop(state);
     if dropped > 0 {
-        host::log(
+        host.log(
             LogLevel::Info,
             &format!(
                 "JWKS of issuer {index}: dropped {dropped} cached token(s) of removed signing keys"
@@ -277,33 +286,33 @@ fn load_shared_jwks(shared: &Shared, index: usize) -> bool {
 
 /// Re-runs the requests that waited for an issuer's keys: they pass, fail, or go on to
 /// wait for a key record.
-fn retry_waiters(shared: &Shared, index: usize) {
+fn retry_waiters(host: &impl Host, shared: &Shared, index: usize) {
     let waiters = match shared.jwt.borrow_mut().issuers.get_mut(index) {
         Some(issuer) => issuer.wait.take(),
         None => return,
     };
-    let now_ms = host::now_ms();
+    let now_ms = shared.now(host);
     for waiter in waiters {
         let mode = waiter.request.forwarding.mode;
-        let step = match verify(shared, &waiter.request.token, now_ms) {
+        let step = match verify(host, shared, &waiter.request.token, now_ms) {
             Verified::Token(cached) => {
                 let hash = shared.fingerprints.of(waiter.request.token.as_bytes());
                 shared.jwt.borrow_mut().cache.insert(hash, cached.clone());
-                decide_token(shared, waiter.context_id, cached, waiter.request)
+                decide_token(host, shared, waiter.context_id, cached, waiter.request)
             }
             Verified::UnknownKid(_) => {
                 Step::Deny(DenyReason::InvalidToken(JwtError::UnknownKeyId), None, mode)
             }
             Verified::Refused(err) => Step::Deny(DenyReason::InvalidToken(err), None, mode),
         };
-        complete(shared, waiter.context_id, step);
+        complete(host, shared, waiter.context_id, step);
     }
 }
 
 /// Periodic work: pick up a JWKS another worker fetched, refresh a JWKS that is due, and
 /// give up on waiters whose fetch never came.
-pub fn on_tick(shared: &Shared) {
-    let now_ms = host::now_ms();
+pub fn on_tick(host: &impl Host, shared: &Shared) {
+    let now_ms = shared.now(host);
     {
         // Ticks come fast while the feed is followed; JWKS work needs them once a second
         // unless requests wait for keys.
@@ -326,12 +335,12 @@ pub fn on_tick(shared: &Shared) {
             let overdue = issuer.wait.overdue(&remote, now_ms);
             (remote, overdue)
         };
-        if load_shared_jwks(shared, index) {
-            retry_waiters(shared, index);
+        if load_shared_jwks(host, shared, index) {
+            retry_waiters(host, shared, index);
             continue;
         }
         if overdue {
-            retry_waiters(shared, index);
+            retry_waiters(host, shared, index);
         }
         if let Some(issuer) = shared.jwt.borrow_mut().issuers.get_mut(index) {
             let fetcher = JwksFetcher {
@@ -339,9 +348,7 @@ pub fn on_tick(shared: &Shared) {
                 remote: &remote,
             };
             let mut callouts = shared.callouts.borrow_mut();
-            issuer
-                .wait
-                .refresh(&ProxyHost, fetcher, &mut callouts, now_ms);
+            issuer.wait.refresh(host, fetcher, &mut callouts, now_ms);
         }
     }
 }

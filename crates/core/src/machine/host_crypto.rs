@@ -4,20 +4,35 @@
 
 use std::cell::Cell;
 
-use keygate_core::jwt::{Algorithm, NativeVerifier};
-use proxy_wasm::types::LogLevel;
-
-use crate::host;
+use crate::host::{Host, LogLevel};
+use crate::jwt::{Algorithm, NativeVerifier};
 
 const FUNCTION: &str = "verify_signature";
 
-/// Asks the host; remembers when the host cannot, so it asks no more.
-#[derive(Default)]
-pub struct HostVerifier {
+/// Whether the host's signature check is used: remembers when the host cannot, so it asks
+/// no more.
+#[derive(Debug, Default)]
+pub struct HostCrypto {
     unavailable: Cell<bool>,
 }
 
-impl NativeVerifier for HostVerifier {
+impl HostCrypto {
+    /// The verifier that asks `host`.
+    pub fn verifier<'a, H: Host>(&'a self, host: &'a H) -> HostVerifier<'a, H> {
+        HostVerifier {
+            host,
+            unavailable: &self.unavailable,
+        }
+    }
+}
+
+/// Asks the host (Envoy's `verify_signature`).
+pub struct HostVerifier<'a, H> {
+    host: &'a H,
+    unavailable: &'a Cell<bool>,
+}
+
+impl<H: Host> NativeVerifier for HostVerifier<'_, H> {
     fn verify(
         &self,
         _: Algorithm,
@@ -29,11 +44,11 @@ impl NativeVerifier for HostVerifier {
             return None;
         }
         let arguments = encode_arguments(spki_der, message, signature);
-        match host::call_foreign_function(FUNCTION, &arguments) {
+        match self.host.call_foreign_function(FUNCTION, &arguments) {
             Ok(answer) => Some(decode_result(&answer)),
             Err(err) => {
                 self.unavailable.set(true);
-                host::log(
+                self.host.log(
                     LogLevel::Warn,
                     &format!("host signature verification unavailable ({err:?}); verifying JWT signatures in Wasm"),
                 );
@@ -127,6 +142,28 @@ fn get_varint(bytes: &[u8], mut at: usize) -> Option<(u64, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::{Effect, FakeHost};
+
+    #[test]
+    fn asks_the_host_until_it_cannot() {
+        let host = FakeHost::at(0);
+        let crypto = HostCrypto::default();
+        host.answer_foreign(Ok(vec![0x08, 1]));
+        let verifier = crypto.verifier(&host);
+        assert_eq!(
+            verifier.verify(Algorithm::ES256, b"k", b"m", b"s"),
+            Some(true)
+        );
+        host.answer_foreign(Err(crate::host::HostError::Refused("NotFound")));
+        assert_eq!(verifier.verify(Algorithm::ES256, b"k", b"m", b"s"), None);
+        assert_eq!(verifier.verify(Algorithm::ES256, b"k", b"m", b"s"), None);
+        let asked = host
+            .take_effects()
+            .iter()
+            .filter(|e| matches!(e, Effect::ForeignFunction(_)))
+            .count();
+        assert_eq!(asked, 2, "not asked again once unavailable");
+    }
 
     #[test]
     fn encodes_the_arguments_message() {

@@ -7,24 +7,25 @@
 //! if the lease lapses. Waiting requests are answered in their own context once the record
 //! arrives, so no request waits on more than one callout.
 
-use keygate_core::binding::Requirement;
-use keygate_core::cache::{find_from, store, CacheEntry, Freshness, Placement, Stored};
-use keygate_core::decision::{
-    authorize_proven, authorize_token_prepared, DenyReason, Identity, PreparedRecord,
+use crate::binding::Requirement;
+use crate::cache::{find_from, store, CacheEntry, Freshness, Placement, Stored};
+use crate::decision::{
+    authorize_proven_peer, authorize_token_peer, DenyReason, Identity, Peer, PreparedRecord,
 };
-use keygate_core::feed::FeedPolicy;
-use keygate_core::key::{KeyDigest, KeyId};
-use keygate_core::machine::degraded::Fallback;
-use keygate_core::machine::lookup::{Answer, Begun, HostSlots, LookupContext, Pending, Target};
+use crate::feed::FeedPolicy;
+use crate::key::{KeyDigest, KeyId};
+use crate::machine::degraded::Fallback;
+use crate::machine::lookup::{Answer, Begun, HostSlots, LookupContext, Pending, Target};
 
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use crate::answer::complete;
-use crate::host::{self, ProxyHost};
-use crate::metrics::Event;
-use crate::state::{
-    client_now, resolve_client, Forwarding, Local, Presented, Proof, Shared, Step, Waiter,
+use crate::host::Event;
+use crate::host::Host;
+use crate::machine::answer::complete;
+use crate::machine::state::{
+    client_now, principal_now, resolve_client, Forwarding, Local, Presented, Proof, Shared, Step,
+    Waiter,
 };
 
 /// A request answered now, or paused until its record arrives.
@@ -37,6 +38,7 @@ pub enum Outcome {
 }
 
 fn decide(
+    host: &impl Host,
     shared: &Shared,
     entry: &Local,
     presented: &Presented,
@@ -52,40 +54,93 @@ fn decide(
             if !prepared.digest_matches(digest) {
                 return Err(DenyReason::DigestMismatch);
             }
-            let result = authorize_proven(
+            let principal = principal_for(host, prepared, &presented.forwarding);
+            let result = authorize_proven_peer(
                 record,
                 prepared,
                 &presented.required,
-                client_for(prepared, &presented.forwarding),
+                peer(host, prepared, &presented.forwarding, principal.as_deref()),
                 now_s,
             );
-            match crate::feed::revocation(shared, &record.id, now_ms) {
+            match crate::machine::state::revocation(shared, &record.id, now_ms) {
                 Some(reason) => Err(reason),
                 None => result,
             }
         }
-        (Proof::Token(identity), record) => authorize_token_prepared(
-            record,
-            identity.clone(),
-            &presented.required,
-            record.and_then(|(_, prepared)| client_for(prepared, &presented.forwarding)),
-            now_s,
-        ),
+        (Proof::Token(identity), record) => {
+            let principal = record
+                .and_then(|(_, prepared)| principal_for(host, prepared, &presented.forwarding));
+            authorize_token_peer(
+                record,
+                identity.clone(),
+                &presented.required,
+                Peer {
+                    client: record.and_then(|(_, prepared)| {
+                        client_for(host, prepared, &presented.forwarding)
+                    }),
+                    principal: principal.as_deref(),
+                },
+                now_s,
+            )
+        }
+    }
+}
+
+/// Reads the principal into `forwarding` when the record binds the key to workloads (so the
+/// decision and the identity header see the same one, read once).
+fn note_principal(
+    host: &impl Host,
+    prepared: Option<&PreparedRecord>,
+    forwarding: &mut Forwarding,
+) {
+    if forwarding.principal.is_none() && prepared.is_some_and(PreparedRecord::restricts_principals)
+    {
+        forwarding.principal = Some(principal_now(host, forwarding));
+    }
+}
+
+/// The principal, read only when the record binds the key to workloads.
+fn principal_for(
+    host: &impl Host,
+    prepared: &PreparedRecord,
+    forwarding: &Forwarding,
+) -> Option<String> {
+    if prepared.restricts_principals() {
+        principal_now(host, forwarding)
+    } else {
+        None
+    }
+}
+
+fn peer<'a>(
+    host: &impl Host,
+    prepared: &PreparedRecord,
+    forwarding: &Forwarding,
+    principal: Option<&'a str>,
+) -> Peer<'a> {
+    Peer {
+        client: client_for(host, prepared, forwarding),
+        principal,
     }
 }
 
 /// The client address, read only when the record restricts addresses.
-fn client_for(prepared: &PreparedRecord, forwarding: &Forwarding) -> Option<IpAddr> {
+fn client_for(
+    host: &impl Host,
+    prepared: &PreparedRecord,
+    forwarding: &Forwarding,
+) -> Option<IpAddr> {
     if prepared.restricts_addresses() {
-        client_now(forwarding)
+        client_now(host, forwarding)
     } else {
         None
     }
 }
 
 /// Answers a paused request with a decision.
-fn finish(shared: &Shared, waiter: Waiter, result: Result<Identity, DenyReason>) {
+fn finish(host: &impl Host, shared: &Shared, waiter: Waiter, result: Result<Identity, DenyReason>) {
     complete(
+        host,
         shared,
         waiter.context_id,
         Step::Decided(waiter.presented.forwarding, result),
@@ -94,17 +149,16 @@ fn finish(shared: &Shared, waiter: Waiter, result: Result<Identity, DenyReason>)
 
 /// While the revocation feed is not live, the default policy only trusts records fetched
 /// recently (a revocation may have been missed since). A record the revoked set cannot vouch
-/// for (older than an id it had to evict) is never trusted from the cache.
+/// for (older than an id it had to evict), or that holds a role the feed has told a newer
+/// version of, is never trusted from the cache.
 fn is_recent_enough(shared: &Shared, entry: &CacheEntry, now: u64) -> bool {
-    crate::feed::with_trust(shared, |trust| {
-        trust.is_recent_enough(entry.fetched_at_ms, now)
-    })
+    crate::machine::state::with_trust(shared, |trust| trust.trusts(entry, now))
 }
 
 /// The record for `id`: from this worker's copy while it is fresh, else from shared data
 /// (another worker may have fetched it), keeping a fresh one for next time.
-fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
-    let now = host::now_ms();
+fn read_entry(host: &impl Host, shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
+    let now = shared.now(host);
     let local = shared.lookups.borrow().local.get(id).cloned();
     let hint = local.as_ref().and_then(|l| l.slot);
     if let Some(entry) =
@@ -113,7 +167,7 @@ fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
         return Some(entry);
     }
     let placement = Placement::of(&shared.config.cache);
-    let (slot, entry) = find_from(&mut HostSlots(&ProxyHost), &placement, id, hint)?;
+    let (slot, entry) = find_from(&mut HostSlots(host), &placement, id, hint)?;
     let entry = Local::new(entry, Some(slot));
     if entry.freshness(now, &shared.config.cache) == Freshness::Fresh {
         remember(shared, id, &entry);
@@ -123,10 +177,15 @@ fn read_entry(shared: &Shared, id: &KeyId) -> Option<Rc<Local>> {
 
 /// Stores a record just fetched in shared data; the slot it went to. `in_use`: the key was
 /// asked for before this fetch (its entry is kept before those of keys seen once).
-fn write_shared_entry(shared: &Shared, entry: &CacheEntry, in_use: bool) -> Option<u32> {
+fn write_shared_entry(
+    host: &impl Host,
+    shared: &Shared,
+    entry: &CacheEntry,
+    in_use: bool,
+) -> Option<u32> {
     let cache = &shared.config.cache;
     match store(
-        &mut HostSlots(&ProxyHost),
+        &mut HostSlots(host),
         &Placement::of(cache),
         cache,
         entry,
@@ -142,21 +201,22 @@ fn write_shared_entry(shared: &Shared, entry: &CacheEntry, in_use: bool) -> Opti
 /// that text was proven before, else by its digest. `None` when this worker holds no record
 /// for `id` that may decide now (the caller takes the full path).
 pub fn decide_fresh(
+    host: &impl Host,
     shared: &Shared,
     id: &KeyId,
     credential: &str,
     required: &Requirement,
-    forwarding: &Forwarding,
+    forwarding: &mut Forwarding,
     now: u64,
 ) -> Option<Result<Identity, DenyReason>> {
     let local = shared.lookups.borrow().local.get(id).cloned()?;
     if local.entry.freshness(now, &shared.config.cache) != Freshness::Fresh
-        || crate::feed::degraded_policy(shared) == Some(FeedPolicy::FailClosed)
+        || crate::machine::state::degraded_policy(shared) == Some(FeedPolicy::FailClosed)
         || !is_recent_enough(shared, &local.entry, now)
     {
         return None;
     }
-    shared.metrics.count(Event::CacheHit);
+    shared.metrics.count(host, Event::CacheHit);
     let (Some(record), Some(prepared)) = (&local.entry.record, &local.prepared) else {
         return Some(Err(DenyReason::UnknownKey));
     };
@@ -168,15 +228,16 @@ pub fn decide_fresh(
         }
         local.proven.set(Some(fingerprint));
     }
-    if let Some(reason) = crate::feed::revocation(shared, &record.id, now) {
+    if let Some(reason) = crate::machine::state::revocation(shared, &record.id, now) {
         return Some(Err(reason));
     }
-    let client = client_for(prepared, forwarding);
-    Some(authorize_proven(
+    note_principal(host, Some(prepared), forwarding);
+    let principal = principal_for(host, prepared, forwarding);
+    Some(authorize_proven_peer(
         record,
         prepared,
         required,
-        client,
+        peer(host, prepared, forwarding, principal.as_deref()),
         now / 1000,
     ))
 }
@@ -193,10 +254,15 @@ fn remember(shared: &Shared, id: &KeyId, entry: &Rc<Local>) {
 }
 
 /// Decides from the cache when it can; otherwise starts or joins a lookup.
-pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcome {
-    let now = host::now_ms();
+pub fn resolve(
+    host: &impl Host,
+    shared: &Shared,
+    context_id: u32,
+    presented: Presented,
+) -> Outcome {
+    let now = shared.now(host);
     let id = presented.key_id;
-    let policy = crate::feed::degraded_policy(shared);
+    let policy = crate::machine::state::degraded_policy(shared);
     if policy == Some(FeedPolicy::FailClosed) {
         return Outcome::Now(presented.forwarding, Err(DenyReason::ServiceUnavailable));
     }
@@ -207,26 +273,28 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
             .legacy_unknown
             .contains(&id, now)
     {
-        shared.metrics.count(Event::CacheHit);
+        shared.metrics.count(host, Event::CacheHit);
         return Outcome::Now(presented.forwarding, Err(DenyReason::UnknownKey));
     }
-    let cached = read_entry(shared, &id).filter(|e| is_recent_enough(shared, e, now));
+    let cached = read_entry(host, shared, &id).filter(|e| is_recent_enough(shared, e, now));
     let stale = match cached
         .as_ref()
         .map(|e| (e, e.freshness(now, &shared.config.cache)))
     {
         Some((entry, Freshness::Fresh)) => {
-            shared.metrics.count(Event::CacheHit);
-            let result = decide(shared, entry, &presented, now);
+            shared.metrics.count(host, Event::CacheHit);
+            let mut presented = presented;
+            note_principal(host, entry.prepared.as_ref(), &mut presented.forwarding);
+            let result = decide(host, shared, entry, &presented, now);
             return Outcome::Now(presented.forwarding, result);
         }
         Some((_, Freshness::Stale)) => cached,
         _ => None,
     };
-    shared.metrics.count(Event::CacheMiss);
+    shared.metrics.count(host, Event::CacheMiss);
 
     let mut presented = presented;
-    resolve_client(&mut presented.forwarding);
+    resolve_client(host, &mut presented.forwarding);
     let waiter = Waiter {
         context_id,
         presented,
@@ -238,7 +306,7 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
         };
         let pending = Pending::new(target_of(&waiter.presented), waiter, now, stale);
         lookups.machine.start(
-            &ProxyHost,
+            host,
             context(shared),
             &mut shared.callouts.borrow_mut(),
             id,
@@ -254,7 +322,7 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
             let Some(waiter) = pending.waiters.pop() else {
                 return Outcome::Wait;
             };
-            let result = decide(shared, &entry, &waiter.presented, now);
+            let result = decide(host, shared, &entry, &waiter.presented, now);
             Outcome::Now(waiter.presented.forwarding, result)
         }
         Begun::Failed(reason, mut pending) => {
@@ -262,6 +330,7 @@ pub fn resolve(shared: &Shared, context_id: u32, presented: Presented) -> Outcom
                 return Outcome::Wait;
             };
             let result = fallback(
+                host,
                 shared,
                 pending.stale.as_ref(),
                 &waiter.presented,
@@ -289,13 +358,14 @@ fn context(shared: &Shared) -> LookupContext<'_> {
 }
 
 /// Creates every lease key, so that taking a lease is always a compare-and-swap.
-pub fn create_leases() {
-    keygate_core::machine::lookup::create_leases(&ProxyHost);
+pub fn create_leases(host: &impl Host) {
+    crate::machine::lookup::create_leases(host);
 }
 
 /// When the key service cannot answer: a stale record within the staleness bound still
 /// decides; otherwise the request fails closed with `reason` (503).
 fn fallback(
+    host: &impl Host,
     shared: &Shared,
     stale: Option<&Rc<Local>>,
     presented: &Presented,
@@ -303,21 +373,21 @@ fn fallback(
     reason: DenyReason,
 ) -> Result<Identity, DenyReason> {
     let held = stale.map(|e| (e.fetched_at_ms, e.freshness(now, &shared.config.cache)));
-    let choice = crate::feed::with_trust(shared, |trust| trust.fallback(held, now));
+    let choice = crate::machine::state::with_trust(shared, |trust| trust.fallback(held, now));
     match (choice, stale) {
         (Fallback::UseStale, Some(entry)) => {
-            shared.metrics.count(Event::StaleUsed);
-            decide(shared, entry, presented, now)
+            shared.metrics.count(host, Event::StaleUsed);
+            decide(host, shared, entry, presented, now)
         }
         _ => Err(reason),
     }
 }
 
 /// A lookup answered: cache it and answer everyone who waited for it.
-pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
-    let now = host::now_ms();
+pub fn on_response(host: &impl Host, shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
+    let now = shared.now(host);
     let answered = shared.lookups.borrow_mut().machine.on_response(
-        &ProxyHost,
+        host,
         &shared.config,
         id,
         legacy,
@@ -340,7 +410,7 @@ pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
                 .legacy_unknown
                 .insert(id, now + ttl);
             for waiter in pending.waiters {
-                finish(shared, waiter, Err(DenyReason::UnknownKey));
+                finish(host, shared, waiter, Err(DenyReason::UnknownKey));
             }
         }
         Answer::Record(record) => {
@@ -350,54 +420,69 @@ pub fn on_response(shared: &Shared, id: KeyId, legacy: bool, body_size: usize) {
                 record,
             };
             let in_use = pending.stale.is_some() || shared.lookups.borrow().local.contains_key(&id);
-            let stored_at = write_shared_entry(shared, &entry, in_use);
+            let stored_at = write_shared_entry(host, shared, &entry, in_use);
             let entry = Local::new(entry, stored_at);
             remember(shared, &id, &entry);
             for waiter in pending.waiters {
-                let result = decide(shared, &entry, &waiter.presented, now);
-                finish(shared, waiter, result);
+                let result = decide(host, shared, &entry, &waiter.presented, now);
+                finish(host, shared, waiter, result);
             }
         }
-        Answer::Failed => fail_all(shared, pending, now, DenyReason::ServiceUnavailable),
+        Answer::Failed => fail_all(host, shared, pending, now, DenyReason::ServiceUnavailable),
     }
 }
 
 /// Answers every waiter of a lookup that could not be done from the fallback.
-fn fail_all(shared: &Shared, pending: Pending<Waiter, Rc<Local>>, now: u64, reason: DenyReason) {
+fn fail_all(
+    host: &impl Host,
+    shared: &Shared,
+    pending: Pending<Waiter, Rc<Local>>,
+    now: u64,
+    reason: DenyReason,
+) {
     for waiter in pending.waiters {
         let result = fallback(
+            host,
             shared,
             pending.stale.as_ref(),
             &waiter.presented,
             now,
             reason.clone(),
         );
-        finish(shared, waiter, result);
+        finish(host, shared, waiter, result);
     }
 }
 
 /// Answers every waiter of a lookup from the record that arrived.
-fn decide_all(shared: &Shared, pending: Pending<Waiter, Rc<Local>>, entry: &Local, now: u64) {
+fn decide_all(
+    host: &impl Host,
+    shared: &Shared,
+    pending: Pending<Waiter, Rc<Local>>,
+    entry: &Local,
+    now: u64,
+) {
     for waiter in pending.waiters {
-        let result = decide(shared, entry, &waiter.presented, now);
-        finish(shared, waiter, result);
+        let result = decide(host, shared, entry, &waiter.presented, now);
+        finish(host, shared, waiter, result);
     }
 }
 
 /// Polls lookups another worker is doing: answer from the cache once it fills, take over
 /// when the lease lapses, give up after twice the lookup timeout.
-pub fn on_tick(shared: &Shared) {
-    let now = host::now_ms();
+pub fn on_tick(host: &impl Host, shared: &Shared) {
+    let now = shared.now(host);
     let remote = shared.lookups.borrow().machine.remote_waits();
     for (id, since_ms) in remote {
-        if let Some(entry) = read_entry(shared, &id).filter(|e| e.fetched_at_ms + 1 >= since_ms) {
+        if let Some(entry) =
+            read_entry(host, shared, &id).filter(|e| e.fetched_at_ms + 1 >= since_ms)
+        {
             if let Some(pending) = shared.lookups.borrow_mut().machine.remove(&id) {
-                decide_all(shared, pending, &entry, now);
+                decide_all(host, shared, pending, &entry, now);
             }
             continue;
         }
         let begun = shared.lookups.borrow_mut().machine.retry(
-            &ProxyHost,
+            host,
             context(shared),
             &mut shared.callouts.borrow_mut(),
             id,
@@ -407,16 +492,21 @@ pub fn on_tick(shared: &Shared) {
         match begun {
             None | Some(Begun::Waiting) => {}
             Some(Begun::Filled(entry, pending)) => {
-                decide_all(shared, pending, &Local::new(entry, None), now);
+                decide_all(host, shared, pending, &Local::new(entry, None), now);
             }
-            Some(Begun::Failed(reason, pending)) => fail_all(shared, pending, now, reason),
+            Some(Begun::Failed(reason, pending)) => fail_all(host, shared, pending, now, reason),
         }
     }
 }
 
 /// Looks the key record up (cache or callout) and decides from it.
-pub fn resolve_record(shared: &Shared, context_id: u32, presented: Presented) -> Step {
-    match resolve(shared, context_id, presented) {
+pub fn resolve_record(
+    host: &impl Host,
+    shared: &Shared,
+    context_id: u32,
+    presented: Presented,
+) -> Step {
+    match resolve(host, shared, context_id, presented) {
         Outcome::Wait => Step::Wait,
         Outcome::Now(forwarding, result) => Step::Decided(forwarding, result),
     }

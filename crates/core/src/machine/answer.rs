@@ -1,22 +1,23 @@
 //! Answering a decided request in its own context: allowed (rate limit, identity headers,
 //! usage), denied (enforce or shadow), or resumed after it waited.
 
-use keygate_core::config::FilterConfig;
-use keygate_core::credential::Source;
-use keygate_core::decision::{DenyReason, Identity};
-use keygate_core::key::KeyId;
-use keygate_core::machine::rate::{self, RateOutcome};
-use keygate_core::machine::reply::Replies;
-use keygate_core::machine::usage::counts_under_key;
-use keygate_core::route::Mode;
+use crate::config::FilterConfig;
+use crate::credential::Source;
+use crate::decision::{DenyReason, Identity};
+use crate::key::KeyId;
+use crate::machine::rate::{self, RateOutcome};
+use crate::machine::reply::Replies;
+use crate::machine::usage::counts_under_key;
+use crate::route::Mode;
 
-use crate::host::{self, ProxyHost};
-use crate::metrics::Event;
-use crate::state::{Forwarding, Note, Shared, Step};
+use crate::host::Event;
+use crate::host::Host;
+use crate::machine::state::{Forwarding, Note, Shared, Step};
 
 /// Applies a decision in the current effective context (the request `context_id`). Returns
 /// true when the request goes on upstream.
 pub fn apply(
+    host: &impl Host,
     shared: &Shared,
     context_id: u32,
     forwarding: &Forwarding,
@@ -25,15 +26,15 @@ pub fn apply(
     let key_label = forwarding.key_id.as_ref().map(KeyId::as_str);
     let identity = match result {
         Ok(identity) => identity,
-        Err(reason) => return deny(shared, &reason, key_label, forwarding.mode),
+        Err(reason) => return deny(host, shared, &reason, key_label, forwarding.mode),
     };
-    let now = host::now_ms();
+    let now = shared.now(host);
     // Every credential kind draws from a bucket: the key's, or (a token without a Keygate key
     // id) its issuer's and subject's.
     let limit = identity.rate_limit.or(forwarding.route_rate_limit);
     let mut ratelimit = None;
     if let Some(limit) = limit {
-        match rate::take(&ProxyHost, identity.bucket_owner, &limit, now) {
+        match rate::take(host, identity.bucket_owner, &limit, now) {
             RateOutcome::Allowed { policy, state } => ratelimit = Some((policy, state)),
             RateOutcome::Limited {
                 retry_after_s,
@@ -47,6 +48,7 @@ pub fn apply(
                     ("ratelimit", state),
                 ];
                 return deny_with(
+                    host,
                     shared,
                     &reason,
                     Some(&*identity.usage_key),
@@ -57,8 +59,9 @@ pub fn apply(
             // Fail closed: a request whose bucket cannot be read and written back is not
             // let through uncounted.
             RateOutcome::Contended => {
-                shared.metrics.count(Event::RateLimitContention);
+                shared.metrics.count(host, Event::RateLimitContention);
                 return deny(
+                    host,
                     shared,
                     &DenyReason::Overloaded,
                     Some(&*identity.usage_key),
@@ -72,19 +75,22 @@ pub fn apply(
     let shadow = forwarding.mode == Mode::Shadow;
     if shadow {
         // The upstream still authenticates as before: keep the credential.
-        replies(config).shadow_allow(&ProxyHost, false);
-        shared.metrics.count(Event::ShadowAllowed);
+        replies(config).shadow_allow(host, false);
+        shared.metrics.count(host, Event::ShadowAllowed);
     } else {
-        shared.metrics.count(Event::Allowed);
+        shared.metrics.count(host, Event::Allowed);
     }
     if !shadow && !forwarding.forward_credential {
-        strip_credential(shared, forwarding);
+        strip_credential(host, shared, forwarding);
     }
-    host::set_request_header(&ih.subject, &identity.subject);
-    host::set_request_header(&ih.scopes, &identity.scopes_header);
-    host::set_request_header(&ih.issuer, identity.issuer_name());
+    host.set_request_header(&ih.subject, &identity.subject);
+    host.set_request_header(&ih.scopes, &identity.scopes_header);
+    host.set_request_header(&ih.issuer, identity.issuer_name());
     if !identity.key_id.is_empty() {
-        host::set_request_header(&ih.key_id, &identity.key_id);
+        host.set_request_header(&ih.key_id, &identity.key_id);
+    }
+    if let Some(Some(principal)) = &forwarding.principal {
+        host.set_request_header(&ih.principal, principal);
     }
     // Usage is counted under the key id, or for a token of an outside issuer under a key
     // namespaced by its issuer and subject (never equal to a Keygate key id).
@@ -103,24 +109,24 @@ pub fn apply(
     true
 }
 
-fn strip_credential(shared: &Shared, forwarding: &Forwarding) {
+fn strip_credential(host: &impl Host, shared: &Shared, forwarding: &Forwarding) {
     let config = &shared.config;
     for source in &forwarding.sources {
         match source {
-            Source::Bearer => host::remove_request_header("authorization"),
+            Source::Bearer => host.remove_request_header("authorization"),
             Source::Header => {
                 if let Some(header) = &config.credential_sources.header {
-                    host::remove_request_header(header);
+                    host.remove_request_header(header);
                 }
             }
             Source::LegacyHeader => {
                 if let Some(header) = &config.credential_sources.legacy_header {
-                    host::remove_request_header(header);
+                    host.remove_request_header(header);
                 }
             }
             Source::QueryParam => {
                 if let Some(path) = &forwarding.stripped_path {
-                    host::set_request_header(":path", path);
+                    host.set_request_header(":path", path);
                 }
             }
         }
@@ -130,11 +136,18 @@ fn strip_credential(shared: &Shared, forwarding: &Forwarding) {
 /// Denies the request in the current effective context: in enforce mode sends the deny
 /// response (returns false); in shadow mode only reports the decision upstream and lets the
 /// request through (returns true).
-pub fn deny(shared: &Shared, reason: &DenyReason, key_id: Option<&str>, mode: Mode) -> bool {
-    deny_with(shared, reason, key_id, mode, &[])
+pub fn deny(
+    host: &impl Host,
+    shared: &Shared,
+    reason: &DenyReason,
+    key_id: Option<&str>,
+    mode: Mode,
+) -> bool {
+    deny_with(host, shared, reason, key_id, mode, &[])
 }
 
 fn deny_with(
+    host: &impl Host,
     shared: &Shared,
     reason: &DenyReason,
     key_id: Option<&str>,
@@ -147,14 +160,14 @@ fn deny_with(
         shared
             .usage
             .borrow_mut()
-            .denied(key_id, reason.metric_name(), host::now_ms());
+            .denied(key_id, reason.metric_name(), shared.now(host));
     }
     if mode == Mode::Shadow {
-        shared.metrics.count_shadow_denial(reason);
+        shared.metrics.count_shadow_denial(host, reason);
     } else {
-        shared.metrics.count_denial(reason);
+        shared.metrics.count_denial(host, reason);
     }
-    replies(&shared.config).deny(&ProxyHost, reason, key_id, mode, extra_headers)
+    replies(&shared.config).deny(host, reason, key_id, mode, extra_headers)
 }
 
 /// How denials are answered, from the configuration.
@@ -167,25 +180,25 @@ pub fn replies(config: &FilterConfig) -> Replies<'_> {
 
 /// Finishes a paused request in its own context: applies a decision and resumes it, or
 /// answers it, or (for [`Step::Wait`]) leaves it paused on the next thing it waits for.
-pub fn complete(shared: &Shared, context_id: u32, step: Step) {
+pub fn complete(host: &impl Host, shared: &Shared, context_id: u32, step: Step) {
     if matches!(step, Step::Wait) {
         return;
     }
-    if host::set_effective_context(context_id).is_err() {
+    if host.set_effective_context(context_id).is_err() {
         // The request is gone (client hung up); nothing to answer.
         return;
     }
     match step {
-        Step::Continue => host::resume_request(),
+        Step::Continue => host.resume_request(),
         Step::Wait => {}
         Step::Decided(forwarding, result) => {
-            if apply(shared, context_id, &forwarding, result) {
-                host::resume_request();
+            if apply(host, shared, context_id, &forwarding, result) {
+                host.resume_request();
             }
         }
         Step::Deny(reason, label, mode) => {
-            if deny(shared, &reason, label.as_deref(), mode) {
-                host::resume_request();
+            if deny(host, shared, &reason, label.as_deref(), mode) {
+                host.resume_request();
             }
         }
     }

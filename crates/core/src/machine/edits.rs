@@ -1,0 +1,280 @@
+//! A request's header edits, gathered while its headers are evaluated and applied in as few
+//! host calls as possible: one edit as itself, several as one replacement of the whole map
+//! (each host call crosses from Wasm into Envoy; re-serialising a map of a few dozen headers
+//! in Wasm costs less than a second crossing). A request answered by the filter (a local
+//! reply) goes nowhere upstream: its edits are dropped.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use crate::host::{Event, Host, HostError, LogLevel, Versioned};
+
+enum Edit {
+    Set(String, String),
+    Remove(String),
+}
+
+/// A [`Host`] that keeps the current request's header edits until [`Gathered::apply`]; every
+/// other call goes straight through (and so do edits made after another request's context
+/// was made effective: they are that request's).
+pub struct Gathered<'a, H> {
+    host: &'a H,
+    /// The request whose headers are edited.
+    context_id: u32,
+    edits: RefCell<Vec<Edit>>,
+    replied: Cell<bool>,
+    /// Another context was made effective meanwhile (the edits' request is made effective
+    /// again before they are applied).
+    switched: Cell<bool>,
+}
+
+impl<'a, H: Host> Gathered<'a, H> {
+    pub fn new(host: &'a H, context_id: u32) -> Self {
+        Self {
+            host,
+            context_id,
+            edits: RefCell::new(Vec::new()),
+            replied: Cell::new(false),
+            switched: Cell::new(false),
+        }
+    }
+
+    /// Applies the edits to the request whose headers (as read at its start) are `headers`.
+    pub fn apply(self, headers: &[(&str, &[u8])]) {
+        let edits = self.edits.into_inner();
+        if self.replied.get() || edits.is_empty() {
+            return;
+        }
+        if self.switched.get() && self.host.set_effective_context(self.context_id).is_err() {
+            return;
+        }
+        // Without the headers as read (a block the host serialised wrongly) the map cannot
+        // be rebuilt: the edits go one by one.
+        let one_by_one = edits.len() == 1 || headers.is_empty();
+        if one_by_one {
+            for edit in &edits {
+                match edit {
+                    Edit::Set(name, value) => self.host.set_request_header(name, value),
+                    Edit::Remove(name) => self.host.remove_request_header(name),
+                }
+            }
+            return;
+        }
+        {
+            {
+                let mut map: Vec<(&str, &[u8])> = headers.to_vec();
+                for edit in &edits {
+                    match edit {
+                        Edit::Set(name, value) => {
+                            map.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                            map.push((name, value.as_bytes()));
+                        }
+                        Edit::Remove(name) => map.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+                    }
+                }
+                self.host.set_request_headers(&map);
+            }
+        }
+    }
+}
+
+impl<H: Host> Host for Gathered<'_, H> {
+    fn now_ms(&self) -> u64 {
+        self.host.now_ms()
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        self.host.log(level, message);
+    }
+
+    fn get_shared(&self, key: &str) -> Versioned {
+        self.host.get_shared(key)
+    }
+
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        self.host.set_shared(key, value, cas)
+    }
+
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        self.host
+            .dispatch_http_call(cluster, headers, body, timeout)
+    }
+
+    fn call_response_status(&self) -> Option<u32> {
+        self.host.call_response_status()
+    }
+
+    fn call_response_body(&self, size: usize, max: usize) -> Option<Vec<u8>> {
+        self.host.call_response_body(size, max)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.host.property(path)
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        if self.switched.get() {
+            // Another request's edit, made in its own context.
+            return self.host.set_request_header(name, value);
+        }
+        self.edits
+            .borrow_mut()
+            .push(Edit::Set(name.to_owned(), value.to_owned()));
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        if self.switched.get() {
+            return self.host.remove_request_header(name);
+        }
+        self.edits.borrow_mut().push(Edit::Remove(name.to_owned()));
+    }
+
+    fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
+        self.edits.borrow_mut().clear();
+        self.host.set_request_headers(headers);
+    }
+
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.replied.set(true);
+        self.host.send_local_reply(status, headers, body);
+    }
+
+    fn count(&self, event: Event, by: u64) {
+        self.host.count(event, by);
+    }
+
+    fn gauge(&self, event: Event, value: u64) {
+        self.host.gauge(event, value);
+    }
+
+    fn count_denial(&self, shadow: bool, reason: &'static str, by: u64) {
+        self.host.count_denial(shadow, reason, by);
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> Result<(), HostError> {
+        self.switched.set(true);
+        self.host.set_effective_context(context_id)
+    }
+
+    fn resume_request(&self) {
+        self.host.resume_request();
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) {
+        self.host.set_response_header(name, value);
+    }
+
+    fn response_status(&self) -> Option<u32> {
+        self.host.response_status()
+    }
+
+    fn call_foreign_function(&self, name: &str, arguments: &[u8]) -> Result<Vec<u8>, HostError> {
+        self.host.call_foreign_function(name, arguments)
+    }
+
+    fn set_tick_period(&self, period: Duration) {
+        self.host.set_tick_period(period);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::{Effect, FakeHost};
+
+    const HEADERS: [(&str, &[u8]); 4] = [
+        (":path", b"/v1/x?api_key=s"),
+        ("x-api-key", b"secret"),
+        ("accept", b"*/*"),
+        ("x-keygate-subject", b"forged"),
+    ];
+
+    #[test]
+    fn several_edits_are_one_call() {
+        let host = FakeHost::at(0);
+        let gathered = Gathered::new(&host, 1);
+        gathered.remove_request_header("x-api-key");
+        gathered.set_request_header("x-keygate-subject", "team-a");
+        gathered.set_request_header(":path", "/v1/x");
+        assert!(host.take_calls().is_empty(), "nothing until applied");
+        gathered.apply(&HEADERS);
+        assert_eq!(host.take_calls(), ["set_request_headers"]);
+        let expected: Vec<(String, Vec<u8>)> = [
+            ("accept", b"*/*".as_slice()),
+            ("x-keygate-subject", b"team-a"),
+            (":path", b"/v1/x"),
+        ]
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+        .collect();
+        assert_eq!(host.take_effects(), [Effect::SetRequestHeaders(expected)]);
+    }
+
+    #[test]
+    fn one_edit_is_itself_and_none_is_nothing() {
+        let host = FakeHost::at(0);
+        let gathered = Gathered::new(&host, 1);
+        gathered.remove_request_header("x-api-key");
+        gathered.apply(&HEADERS);
+        assert_eq!(
+            host.take_effects(),
+            [Effect::RemoveRequestHeader("x-api-key".into())]
+        );
+        assert_eq!(host.take_calls(), ["remove_request_header"]);
+        Gathered::new(&host, 1).apply(&HEADERS);
+        assert!(host.take_calls().is_empty());
+    }
+
+    #[test]
+    fn without_the_headers_as_read_the_edits_go_one_by_one() {
+        let host = FakeHost::at(0);
+        let gathered = Gathered::new(&host, 1);
+        gathered.remove_request_header("x-api-key");
+        gathered.set_request_header("x-a", "1");
+        gathered.apply(&[]);
+        assert_eq!(
+            host.take_calls(),
+            ["remove_request_header", "set_request_header"]
+        );
+    }
+
+    #[test]
+    fn edits_go_to_their_own_request() {
+        let host = FakeHost::at(0);
+        let gathered = Gathered::new(&host, 7);
+        gathered.remove_request_header("x-api-key");
+        gathered.set_effective_context(3).unwrap();
+        gathered.set_request_header("x-a", "1");
+        gathered.apply(&HEADERS);
+        assert_eq!(
+            host.take_calls(),
+            [
+                "set_effective_context",
+                "set_request_header",
+                "set_effective_context",
+                "remove_request_header"
+            ],
+            "the other request's edit at once, in its context; ours in ours"
+        );
+        assert!(host
+            .take_effects()
+            .contains(&Effect::SetEffectiveContext(7)));
+    }
+
+    #[test]
+    fn a_local_reply_drops_the_edits() {
+        let host = FakeHost::at(0);
+        let gathered = Gathered::new(&host, 1);
+        gathered.remove_request_header("x-api-key");
+        gathered.set_request_header("x-a", "1");
+        gathered.send_local_reply(401, &[], b"");
+        gathered.apply(&HEADERS);
+        assert_eq!(host.take_calls(), ["send_local_reply"]);
+    }
+}

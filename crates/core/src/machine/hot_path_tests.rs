@@ -1,0 +1,199 @@
+//! The host calls of the cached path, call by call: one request with an opaque key whose
+//! record this worker holds, and one with a JWT found in the verified-token cache. Each host
+//! call crosses from Wasm into Envoy and is the cost of the cached path, so these lists are
+//! the regression guard: a new call on the hot path fails here first.
+
+use std::rc::Rc;
+
+use serde_json::json;
+
+use crate::config::FilterConfig;
+use crate::host::fake::{Effect, FakeHost};
+use crate::jwt::testing::key as signing_key;
+use crate::jwt::Algorithm;
+use crate::key::{mint_opaque_key, GatewayKey, KeyPrefix, MintedKey};
+use crate::machine::state::Shared;
+use crate::machine::worker;
+use crate::wire::{KeyLookup, KeyStatus};
+
+const GATEWAY_HEX: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+const SERVICE_TOKEN: &str = "service-token-service-token-service-token";
+const NOW_MS: u64 = 1_700_000_000_000;
+
+fn start(host: &FakeHost, extra: serde_json::Value) -> Rc<Shared> {
+    let mut config = json!({"routes": [{"prefix": "/", "scopes": ["a"]}]});
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        config.extend(extra.clone());
+    }
+    let config = FilterConfig::parse(config.to_string().as_bytes()).unwrap();
+    let secrets = config
+        .load_secrets(|var| {
+            Some(if var.contains("GATEWAY") {
+                GATEWAY_HEX.to_owned()
+            } else {
+                SERVICE_TOKEN.to_owned()
+            })
+        })
+        .unwrap();
+    worker::start(host, config, secrets, [7; 16])
+}
+
+fn minted() -> MintedKey {
+    mint_opaque_key(
+        &KeyPrefix::parse("kg_live_").unwrap(),
+        &GatewayKey::from_hex(GATEWAY_HEX).unwrap(),
+        [3; crate::key::ID_LEN],
+        [4; crate::key::SECRET_LEN],
+    )
+}
+
+fn record(key: &MintedKey) -> KeyLookup {
+    KeyLookup {
+        id: key.id.as_str().into(),
+        digest: key.digest.to_hex(),
+        subject: "team-a".into(),
+        scopes: vec!["a".into()],
+        status: KeyStatus::Active,
+        expires_at: None,
+        rate_limit: None,
+        allowed_cidrs: Vec::new(),
+        not_before: None,
+        not_after: None,
+        roles: Vec::new(),
+        allowed_principals: Vec::new(),
+        owner: None,
+        metadata: Default::default(),
+    }
+}
+
+/// The request headers the host was left with (the whole map, replaced in one call).
+fn forwarded(effects: &[Effect]) -> Vec<(String, String)> {
+    let replaced = effects.iter().find_map(|e| match e {
+        Effect::SetRequestHeaders(map) => Some(map),
+        _ => None,
+    });
+    replaced
+        .unwrap()
+        .iter()
+        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+/// One whole request: headers, then (when it went on) the response, then its end.
+fn request(host: &FakeHost, shared: &Shared, context_id: u32, credential: (&str, &str)) -> bool {
+    let headers: [(&str, &[u8]); 3] = [
+        (":method", b"GET"),
+        (":path", b"/v1/hello"),
+        (credential.0, credential.1.as_bytes()),
+    ];
+    let went_on = worker::on_request_headers(host, shared, context_id, &headers);
+    if went_on {
+        worker::on_response_headers(host, shared, context_id);
+    }
+    worker::on_log(shared, context_id);
+    went_on
+}
+
+/// The first request looks the record up; the callout is answered.
+fn warm_opaque(host: &FakeHost, shared: &Shared, key: &MintedKey) {
+    let headers: [(&str, &[u8]); 3] = [
+        (":method", b"GET"),
+        (":path", b"/v1/hello"),
+        ("x-api-key", key.plaintext.as_bytes()),
+    ];
+    assert!(!worker::on_request_headers(host, shared, 1, &headers));
+    let token = host
+        .dispatched()
+        .iter()
+        .find_map(|e| match e {
+            Effect::Dispatch { token, .. } => Some(*token),
+            _ => None,
+        })
+        .unwrap();
+    let body = serde_json::to_vec(&record(key)).unwrap();
+    host.answer(Some(200), Some(&body));
+    worker::on_call_response(host, shared, token, body.len());
+    assert!(host.take_effects().contains(&Effect::ResumeRequest));
+    worker::on_response_headers(host, shared, 1);
+    worker::on_log(shared, 1);
+    host.take_effects();
+    host.take_calls();
+}
+
+#[test]
+fn a_cached_opaque_key_makes_these_host_calls() {
+    let host = FakeHost::at(NOW_MS);
+    let shared = start(&host, json!({}));
+    let key = minted();
+    warm_opaque(&host, &shared, &key);
+
+    assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
+    let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+    assert_eq!(
+        forwarded(&host.take_effects()),
+        [
+            pair(":method", "GET"),
+            pair(":path", "/v1/hello"),
+            pair("x-keygate-subject", "team-a"),
+            pair("x-keygate-scopes", "a"),
+            pair("x-keygate-issuer", "keygate"),
+            pair("x-keygate-key-id", key.id.as_str()),
+        ],
+        "the key is stripped, the identity added"
+    );
+    // Before: now_ms, count, now_ms, count, remove_request_header, 4 × set_request_header,
+    // response_status (10, and the header read: 11 host calls).
+    assert_eq!(
+        host.take_calls(),
+        ["now_ms", "set_request_headers", "response_status"]
+    );
+    // The counts reach the host on the tick.
+    worker::on_tick(&host, &shared);
+    assert_eq!(host.counted(crate::host::Event::Allowed), 2);
+    assert_eq!(host.counted(crate::host::Event::CacheHit), 1);
+}
+
+#[test]
+fn a_cached_token_makes_these_host_calls() {
+    let host = FakeHost::at(NOW_MS);
+    let signer = signing_key(Algorithm::ES256);
+    let jwks = json!({"keys": [signer.public_jwk("k1")]});
+    let shared = start(
+        &host,
+        json!({"jwt": {"issuers": [{"issuer": "https://idp.example", "algorithms": ["ES256"], "jwks": {"inline": jwks}}]}}),
+    );
+    let claims = json!({
+        "iss": "https://idp.example",
+        "sub": "user-1",
+        "scope": "a",
+        "exp": NOW_MS / 1000 + 3600,
+    });
+    let token = signer.sign("k1", "JWT", &claims).unwrap();
+    let bearer = format!("Bearer {token}");
+    assert!(request(&host, &shared, 1, ("authorization", &bearer)));
+    host.take_effects();
+    host.take_calls();
+
+    assert!(request(&host, &shared, 2, ("authorization", &bearer)));
+    let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+    assert_eq!(
+        forwarded(&host.take_effects()),
+        [
+            pair(":method", "GET"),
+            pair(":path", "/v1/hello"),
+            pair("x-keygate-subject", "user-1"),
+            pair("x-keygate-scopes", "a"),
+            pair("x-keygate-issuer", "https://idp.example"),
+        ],
+        "the token is stripped, the identity added"
+    );
+    // Before: now_ms, count, now_ms, count, remove_request_header, 3 × set_request_header,
+    // response_status (9, and the header read: 10 host calls).
+    assert_eq!(
+        host.take_calls(),
+        ["now_ms", "set_request_headers", "response_status"]
+    );
+    worker::on_tick(&host, &shared);
+    assert_eq!(host.counted(crate::host::Event::TokenCacheHit), 1);
+    assert_eq!(host.counted(crate::host::Event::Allowed), 2);
+}

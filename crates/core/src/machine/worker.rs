@@ -1,0 +1,204 @@
+//! One worker (one Envoy VM), from the contexts' side: its start, its tick, the callout
+//! answers it routes, and a request's headers, response and end. The filter's contexts call
+//! these and nothing else.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::config::{FilterConfig, Secrets};
+use crate::fingerprint::Fingerprinter;
+use crate::host::Host;
+use crate::machine::answer::{apply, deny};
+use crate::machine::callouts::{Callout, Callouts};
+use crate::machine::edits::Gathered;
+use crate::machine::follower::{FeedContext, FeedView};
+use crate::machine::metrics::Metrics;
+use crate::machine::request::{evaluate, Headers};
+use crate::machine::state::{JwtState, Lookups, Shared, Step};
+use crate::machine::usage::{Reporting, Usage};
+use crate::machine::{rate, records, token};
+
+/// How often a worker looks at shared data while a request waits on another worker.
+pub const FAST_TICK: Duration = Duration::from_millis(10);
+/// How often a worker does its periodic work (JWKS refresh) otherwise.
+pub const SLOW_TICK: Duration = Duration::from_millis(1000);
+
+/// Starts a worker with a configuration: creates the shared-data leases and slots, loads what
+/// other workers already shared, and sets the tick.
+pub fn start(
+    host: &impl Host,
+    config: FilterConfig,
+    secrets: Secrets,
+    fingerprint_key: [u8; 16],
+) -> Rc<Shared> {
+    records::create_leases(host);
+    rate::create_slots(host);
+    let worker = crate::machine::follower::next_worker_id(host);
+    let jwt = JwtState::new(&config.jwt);
+    let lookups = Lookups::new(&config);
+    let shared = Rc::new(Shared {
+        config,
+        secrets,
+        metrics: Metrics::default(),
+        fingerprints: Fingerprinter::new(fingerprint_key),
+        lookups: RefCell::new(lookups),
+        jwt: RefCell::new(jwt),
+        feed: RefCell::new(FeedView::new(worker.clone())),
+        usage: RefCell::new(Usage::new(worker)),
+        callouts: RefCell::new(Callouts::default()),
+        notes: RefCell::new(HashMap::new()),
+        tick: Cell::new(Duration::ZERO),
+        clock: Cell::new(None),
+    });
+    token::on_start(host, &shared);
+    shared
+        .feed
+        .borrow_mut()
+        .on_start(host, &feed_context(&shared));
+    reschedule(host, &shared);
+    shared
+}
+
+/// The periodic work: the feed, usage, lookups waiting on other workers, JWKS.
+pub fn on_tick(host: &impl Host, shared: &Shared) {
+    shared.begin_callback();
+    let token = shared
+        .feed
+        .borrow_mut()
+        .on_tick(host, &feed_context(shared));
+    register(shared, token, Callout::Feed);
+    let token = shared.usage.borrow_mut().on_tick(host, &reporting(shared));
+    register(shared, token, Callout::Usage);
+    records::on_tick(host, shared);
+    token::on_tick(host, shared);
+    shared.metrics.flush(host);
+    reschedule(host, shared);
+}
+
+/// Sets the tick period the current state needs: fast while requests wait on another
+/// worker or while following the revocation feed (the tick is how a revocation reaches
+/// this worker), slow when only periodic work is due (counts to flush among it), off
+/// otherwise.
+pub fn reschedule(host: &impl Host, shared: &Shared) {
+    let waiting = shared.config.revocation_feed.enabled
+        || shared.lookups.borrow().has_remote_waits()
+        || shared.jwt.borrow().has_waiters();
+    let wanted = if waiting {
+        FAST_TICK
+    } else if shared.jwt.borrow().has_remote_issuers()
+        || shared.config.usage.enabled
+        || shared.metrics.has_pending()
+    {
+        SLOW_TICK
+    } else {
+        Duration::ZERO
+    };
+    if shared.tick.replace(wanted) != wanted {
+        host.set_tick_period(wanted);
+    }
+}
+
+/// Routes a callout answer to what waits on it (one map for every kind of callout).
+pub fn on_call_response(host: &impl Host, shared: &Shared, token_id: u32, body_size: usize) {
+    shared.begin_callback();
+    let callout = shared.callouts.borrow_mut().take(token_id);
+    match callout {
+        Some(Callout::Lookup { id, legacy }) => {
+            records::on_response(host, shared, id, legacy, body_size);
+        }
+        Some(Callout::Jwks(issuer)) => token::on_response(host, shared, issuer, body_size),
+        Some(Callout::Feed) => {
+            let token =
+                shared
+                    .feed
+                    .borrow_mut()
+                    .on_response(host, &feed_context(shared), body_size);
+            register(shared, token, Callout::Feed);
+        }
+        Some(Callout::Usage) => {
+            let token = shared
+                .usage
+                .borrow_mut()
+                .on_response(host, &reporting(shared));
+            register(shared, token, Callout::Usage);
+        }
+        None => {}
+    }
+    reschedule(host, shared);
+}
+
+/// A request's headers arrived: evaluates them and applies the answer. Returns true when
+/// the request goes on now, false when it is paused (waiting, or answered by the filter).
+pub fn on_request_headers(
+    host: &impl Host,
+    shared: &Shared,
+    context_id: u32,
+    headers: &Headers,
+) -> bool {
+    shared.begin_callback();
+    let gathered = Gathered::new(host, context_id);
+    let go_on = match evaluate(&gathered, shared, context_id, headers) {
+        Step::Continue => true,
+        Step::Wait => false,
+        Step::Decided(forwarding, result) => {
+            apply(&gathered, shared, context_id, &forwarding, result)
+        }
+        Step::Deny(reason, label, mode) => deny(&gathered, shared, &reason, label.as_deref(), mode),
+    };
+    gathered.apply(headers);
+    reschedule(host, shared);
+    go_on
+}
+
+/// The upstream's response headers: the rate-limit headers, and the status for usage.
+pub fn on_response_headers(host: &impl Host, shared: &Shared, context_id: u32) {
+    shared.begin_callback();
+    let Some(note) = shared.notes.borrow_mut().remove(&context_id) else {
+        return;
+    };
+    if let Some((policy, state)) = &note.ratelimit {
+        host.set_response_header("ratelimit-policy", policy);
+        host.set_response_header("ratelimit", state);
+    }
+    if !shared.config.usage.enabled {
+        return;
+    }
+    if let Some(status) = host.response_status() {
+        shared
+            .usage
+            .borrow_mut()
+            .status(&note.key_id, status, shared.now(host));
+    }
+}
+
+/// The request ended: forget whatever it left.
+pub fn on_log(shared: &Shared, context_id: u32) {
+    shared.notes.borrow_mut().remove(&context_id);
+    shared.lookups.borrow_mut().forget(context_id);
+    shared.jwt.borrow_mut().forget(context_id);
+}
+
+fn register(shared: &Shared, token: Option<u32>, callout: Callout) {
+    if let Some(token) = token {
+        shared.callouts.borrow_mut().insert(token, callout);
+    }
+}
+
+fn feed_context(shared: &Shared) -> FeedContext<'_> {
+    FeedContext {
+        settings: &shared.config.revocation_feed,
+        cache: &shared.config.cache,
+        key_service: &shared.config.key_service,
+        service_token: &shared.secrets.service_token,
+    }
+}
+
+fn reporting(shared: &Shared) -> Reporting<'_> {
+    Reporting {
+        settings: &shared.config.usage,
+        key_service: &shared.config.key_service,
+        service_token: &shared.secrets.service_token,
+    }
+}
