@@ -215,26 +215,27 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
     Step::Deny(DenyReason::MalformedKey, None, mode)
 }
 
+/// What [`route_policy`] finds.
+type RoutePolicy = (
+    Option<Requirement>,
+    Mode,
+    Option<RateLimit>,
+    bool,
+    PrincipalMode,
+);
+
 /// The policy for this request (`None`: public; else what the key must hold and be bound
-/// to, the path's parameters filled in), the mode it runs in, the route's default rate limit, whether
-/// it forwards the credential and whether it takes principals (never from metadata). Route
-/// metadata on the Envoy route wins; otherwise the filter's route table (entries by Envoy route
-/// name or by method and path, first match). No policy anywhere: denied.
+/// to, the path's parameters filled in), the mode it runs in, the route's default rate
+/// limit, whether it forwards the credential and whether it takes principals (never from
+/// metadata). Route metadata on the Envoy route wins; otherwise the filter's route table
+/// (entries by Envoy route name or by method and path, first match). No policy anywhere:
+/// denied.
 fn route_policy(
     host: &impl Host,
     shared: &Shared,
     method: &str,
     path: &str,
-) -> Result<
-    (
-        Option<Requirement>,
-        Mode,
-        Option<RateLimit>,
-        bool,
-        PrincipalMode,
-    ),
-    DenyReason,
-> {
+) -> Result<RoutePolicy, DenyReason> {
     let config = &shared.config;
     if config.route_metadata {
         let leaf = |name: &str| {
