@@ -48,6 +48,8 @@ fn fixture() -> &'static Fixture {
                 allowed_cidrs: Vec::new(),
                 not_before: None,
                 not_after: None,
+                roles: Vec::new(),
+                allowed_principals: Vec::new(),
                 owner: Some("acme".into()),
                 metadata: Default::default(),
             },
