@@ -57,6 +57,8 @@ fn record_for(id: &str, digest_hex: String) -> KeyLookup {
         global_limit: None,
         quota: None,
         pool: None,
+        owner: None,
+        metadata: Default::default(),
     }
 }
 
@@ -67,7 +69,8 @@ fn opaque_key(c: &mut Criterion) {
     let prefix = KeyPrefix::parse("kg_live_").unwrap();
     let minted = mint_opaque_key(&prefix, &gateway, [7; 10], [42; 32]);
     let record = record_for(&minted.id.to_string(), minted.digest.to_hex());
-    let required = demo_read();
+    let required =
+        keygate_core::binding::Requirement::from(std::sync::Arc::<[Scope]>::from(demo_read()));
     let key = minted.plaintext.clone();
 
     let mut group = c.benchmark_group("opaque_key");

@@ -148,15 +148,25 @@ const FLAG_ROLES: u8 = 4;
 const FLAG_FLEET: u8 = 8;
 /// The record ends with the workload identities the key is bound to.
 const FLAG_PRINCIPALS: u8 = 16;
+/// The record holds the key's owner and metadata (for routes that bind them).
+const FLAG_BINDING: u8 = 32;
 /// The flags that say which optional sections follow a record.
-const SECTIONS: u8 = FLAG_ROLES | FLAG_FLEET | FLAG_PRINCIPALS;
+const SECTIONS: u8 = FLAG_ROLES | FLAG_BINDING | FLAG_FLEET | FLAG_PRINCIPALS;
+
+fn has_binding(record: &KeyLookup) -> bool {
+    record.owner.is_some() || !record.metadata.is_empty()
+}
 
 /// The optional sections `record` is written with: each only when it has something to say,
-/// so a record without them is stored as filters that predate them read it.
+/// so a record without them is stored as filters that predate them read it. They follow
+/// the record in this order: roles, binding, fleet, principals.
 fn sections_of(record: &KeyLookup) -> u8 {
     let mut sections = 0;
     if !record.roles.is_empty() {
         sections |= FLAG_ROLES;
+    }
+    if has_binding(record) {
+        sections |= FLAG_BINDING;
     }
     if has_fleet(record) {
         sections |= FLAG_FLEET;
@@ -322,6 +332,21 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
             out.extend_from_slice(&role.version.to_le_bytes());
         }
     }
+    if sections & FLAG_BINDING != 0 {
+        match &record.owner {
+            Some(owner) => {
+                out.push(1);
+                put_str(out, owner);
+            }
+            None => out.push(0),
+        }
+        let pairs: Vec<String> = record
+            .metadata
+            .iter()
+            .flat_map(|(k, v)| [k.clone(), v.clone()])
+            .collect();
+        put_strs(out, &pairs);
+    }
     if sections & FLAG_FLEET != 0 {
         put_fleet(out, record);
     }
@@ -374,6 +399,24 @@ fn get_record(rest: &mut &[u8], sections: u8) -> Option<KeyLookup> {
     } else {
         Vec::new()
     };
+    let (owner, metadata) = if sections & FLAG_BINDING != 0 {
+        let owner = match take(rest, 1)?[0] {
+            0 => None,
+            1 => Some(get_str(rest)?),
+            _ => return None,
+        };
+        let pairs = get_strs(rest)?;
+        if pairs.len() % 2 != 0 {
+            return None;
+        }
+        let metadata = pairs
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect();
+        (owner, metadata)
+    } else {
+        (None, std::collections::BTreeMap::new())
+    };
     let mut record = KeyLookup {
         id,
         digest,
@@ -390,6 +433,8 @@ fn get_record(rest: &mut &[u8], sections: u8) -> Option<KeyLookup> {
         global_limit: None,
         quota: None,
         pool: None,
+        owner,
+        metadata,
     };
     if sections & FLAG_FLEET != 0 {
         get_fleet(rest, &mut record)?;
@@ -810,6 +855,8 @@ mod tests {
                 global_limit: None,
                 quota: None,
                 pool: None,
+                owner: None,
+                metadata: Default::default(),
             }),
         }
     }
@@ -907,6 +954,8 @@ mod tests {
                     burst: 3,
                 },
             })),
+            owner: Some("acme".into()),
+            metadata: [("tier".to_owned(), "gold".to_owned())].into_iter().collect(),
         }
     }
 
@@ -967,6 +1016,57 @@ mod tests {
         let mut lying = bytes.clone();
         lying[1] |= FLAG_ROLES;
         assert_eq!(CacheEntry::decode_for(&lying, &id(1)), None);
+    }
+
+    #[test]
+    fn owner_and_metadata_round_trip_behind_their_flag() {
+        // A record whose binding section would be its last.
+        let base = KeyLookup {
+            owner: None,
+            metadata: Default::default(),
+            global_limit: None,
+            quota: None,
+            pool: None,
+            allowed_principals: Vec::new(),
+            ..full_record()
+        };
+        let plain = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 1,
+            record: Some(base.clone()),
+        };
+        let mut record = base;
+        record.owner = Some("acme".into());
+        record.metadata.insert("tenant".into(), "t-1".into());
+        record.metadata.insert("region".into(), "eu".into());
+        let bound = CacheEntry {
+            record: Some(record),
+            ..plain.clone()
+        };
+        let bytes = bound.encode();
+        assert_ne!(bytes[1] & FLAG_BINDING, 0);
+        assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(bound.clone()));
+        // Without owner or metadata: no flag, and the format of entries written before.
+        let old = plain.encode();
+        assert_eq!(old[1] & FLAG_BINDING, 0);
+        assert_eq!(CacheEntry::decode_for(&old, &id(1)), Some(plain));
+        // Cut inside the binding section: refused.
+        for end in old.len()..bytes.len() {
+            assert_eq!(CacheEntry::decode_for(&bytes[..end], &id(1)), None, "{end}");
+        }
+        // A header that promises the section the bytes lack, or an unknown owner tag: refused.
+        let mut lying = old.clone();
+        lying[1] |= FLAG_BINDING;
+        assert_eq!(CacheEntry::decode_for(&lying, &id(1)), None);
+        let mut odd = lying.clone();
+        odd.extend_from_slice(&[2, 0, 0, 0, 0]);
+        assert_eq!(CacheEntry::decode_for(&odd, &id(1)), None);
+        // Principals stay last, after the binding section.
+        let mut both = bound.clone();
+        if let Some(record) = both.record.as_mut() {
+            record.allowed_principals = vec!["spiffe://example.org/ns/a/sa/b".into()];
+        }
+        assert_eq!(CacheEntry::decode_for(&both.encode(), &id(1)), Some(both));
     }
 
     #[test]

@@ -983,7 +983,12 @@ impl FilterConfig {
             1,
             3_600,
         )?;
-        let jwt = compile_jwt(&raw.jwt)?;
+        let mut jwt = compile_jwt(&raw.jwt)?;
+        // Claims that routes bind: every issuer's verifier keeps them.
+        let bound_claims = routes.bound_claims();
+        for issuer in &mut jwt.issuers {
+            issuer.validation.bound_claims.clone_from(&bound_claims);
+        }
         let revocation_feed = compile_feed(&raw.revocation_feed)?;
         header_name("shadow.decision_header", &raw.shadow.decision_header)?;
         let legacy = &raw.legacy_keys;

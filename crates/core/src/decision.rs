@@ -4,12 +4,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::binding::{Attributes, BindError, Requirement};
 use crate::credential::CredentialError;
 use crate::jwt::JwtError;
 use crate::key::KeyDigest;
 use crate::limits::{AllowList, BucketOwner};
 use crate::principal::PrincipalList;
-use crate::scope::{missing_scopes, Scope};
+use crate::scope::missing_scopes;
 use crate::wire::{KeyLookup, KeyStatus, RateLimit};
 
 /// The realm named in `WWW-Authenticate`.
@@ -44,6 +45,9 @@ pub enum DenyReason {
         retry_after_s: u64,
     },
     InsufficientScope(Vec<String>),
+    /// The route binds a path parameter to an attribute of the key, and the key's differs
+    /// (or it has none), or the path's value cannot be compared or put in a scope.
+    Binding(BindError),
     /// No route in the table matches the request.
     NoRoute,
     /// The path has a `;` path parameter (raw or percent-encoded), which servers behind
@@ -83,6 +87,7 @@ impl DenyReason {
             Self::AddressNotAllowed => 403,
             Self::BadRequest(_) | Self::PathParameter => 400,
             Self::InsufficientScope(_) | Self::NoRoute => 403,
+            Self::Binding(err) => err.status(),
             Self::ServiceUnavailable | Self::Overloaded => 503,
             Self::PrincipalRequired
             | Self::PrincipalInsufficientScope(_)
@@ -107,6 +112,9 @@ impl DenyReason {
             Self::AddressNotAllowed => "address_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::InsufficientScope(_) => "insufficient_scope",
+            Self::Binding(BindError::NotBound { .. }) => "not_bound",
+            Self::Binding(BindError::NoAttribute { .. }) => "no_bound_attribute",
+            Self::Binding(_) => "bad_path_value",
             Self::NoRoute => "no_route",
             Self::PathParameter => "path_parameter",
             Self::ServiceUnavailable => "service_unavailable",
@@ -119,7 +127,7 @@ impl DenyReason {
     }
 
     /// Every metric name, so a filter can define them all at start.
-    pub const METRIC_NAMES: [&'static str; 21] = [
+    pub const METRIC_NAMES: [&'static str; 24] = [
         "not_yet_valid",
         "address_not_allowed",
         "rate_limited",
@@ -137,6 +145,9 @@ impl DenyReason {
         "service_unavailable",
         "overloaded",
         "path_parameter",
+        "not_bound",
+        "no_bound_attribute",
+        "bad_path_value",
         "principal_required",
         "principal_insufficient_scope",
         "principal_not_allowed",
@@ -203,6 +214,20 @@ impl DenyReason {
                 format!(
                     "The API key lacks the scope(s) this route requires: {}.",
                     missing.join(" ")
+                ),
+            ),
+            Self::Binding(err @ (BindError::NotBound { .. } | BindError::NoAttribute { .. })) => (
+                "not-bound",
+                "Forbidden",
+                format!("{}.", capitalized(&err.to_string())),
+            ),
+            Self::Binding(err) => (
+                "bad-path-value",
+                "Invalid path value",
+                format!(
+                    "{}: it may not be percent-encoded twice, hold control characters or, \
+                     where a scope names it, characters other than A-Z a-z 0-9 . _ -.",
+                    capitalized(&err.to_string())
                 ),
             ),
             Self::PathParameter => (
@@ -283,6 +308,7 @@ impl DenyReason {
                 quoted_safe(&missing.join(" "))
             )),
             Self::NoRoute
+            | Self::Binding(_)
             | Self::PathParameter
             | Self::ServiceUnavailable
             | Self::Overloaded
@@ -356,6 +382,9 @@ pub struct Identity {
     pub usage_key: Arc<str>,
     /// The key's fleet-wide limits (global rate, quota, owner pool), if it has any.
     pub fleet: Option<Arc<crate::machine::fleet::FleetLimits>>,
+    /// What routes may bind: the key's owner and metadata, the token's claims (`None`:
+    /// nothing, and no allocation for keys without).
+    pub attributes: Option<Arc<Attributes>>,
 }
 
 impl Identity {
@@ -377,7 +406,14 @@ impl Identity {
             bucket_owner,
             usage_key,
             fleet: None,
+            attributes: None,
         }
+    }
+
+    /// The same identity, with these attributes for bound routes.
+    pub fn with_attributes(mut self, attributes: Attributes) -> Self {
+        self.attributes = (!attributes.is_empty()).then(|| Arc::new(attributes));
+        self
     }
 
     /// The same identity, vouched for by the token issuer `issuer`.
@@ -431,6 +467,10 @@ impl PreparedRecord {
             record.rate_limit.filter(RateLimit::is_valid),
         );
         identity.fleet = crate::machine::fleet::FleetLimits::of(record);
+        let identity = identity.with_attributes(Attributes::of_record(
+            record.owner.as_deref(),
+            &record.metadata,
+        ));
         Self {
             digest: KeyDigest::from_hex(&record.digest),
             identity,
@@ -464,7 +504,7 @@ impl PreparedRecord {
 pub fn authorize_record(
     record: &KeyLookup,
     presented: &KeyDigest,
-    required: &[Scope],
+    required: &Requirement,
     client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
@@ -481,7 +521,7 @@ pub fn authorize_record(
 pub fn authorize_proven(
     record: &KeyLookup,
     prepared: &PreparedRecord,
-    required: &[Scope],
+    required: &Requirement,
     client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
@@ -511,7 +551,7 @@ impl Peer<'_> {
 pub fn authorize_proven_peer(
     record: &KeyLookup,
     prepared: &PreparedRecord,
-    required: &[Scope],
+    required: &Requirement,
     peer: Peer<'_>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
@@ -549,16 +589,26 @@ fn check_record(
     Ok(())
 }
 
-/// Checks that an already authenticated identity (a verified JWT) holds the route's scopes.
-pub fn authorize_scopes(identity: Identity, required: &[Scope]) -> Result<Identity, DenyReason> {
-    let missing = missing_scopes(required, &identity.scopes);
-    if missing.is_empty() {
-        Ok(identity)
-    } else {
-        Err(DenyReason::InsufficientScope(
+/// Checks that an already authenticated identity (a verified JWT) holds the route's scopes
+/// (wildcards honoured) and, on a bound route, the attributes the path names.
+pub fn authorize_scopes(
+    identity: Identity,
+    required: &Requirement,
+) -> Result<Identity, DenyReason> {
+    let missing = missing_scopes(&required.scopes, &identity.scopes);
+    if !missing.is_empty() {
+        return Err(DenyReason::InsufficientScope(
             missing.iter().map(|s| s.as_str().to_owned()).collect(),
-        ))
+        ));
     }
+    if required.bindings.is_empty() {
+        return Ok(identity);
+    }
+    let none = Attributes::default();
+    required
+        .check_bindings(identity.attributes.as_deref().unwrap_or(&none))
+        .map_err(DenyReason::Binding)?;
+    Ok(identity)
 }
 
 /// Decides a verified JWT whose `jti` names a key record of the key service: the signature
@@ -567,7 +617,7 @@ pub fn authorize_scopes(identity: Identity, required: &[Scope]) -> Result<Identi
 pub fn authorize_token_record(
     record: Option<&KeyLookup>,
     identity: Identity,
-    required: &[Scope],
+    required: &Requirement,
     client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
@@ -582,7 +632,7 @@ pub fn authorize_token_record(
 pub fn authorize_token_prepared(
     record: Option<(&KeyLookup, &PreparedRecord)>,
     identity: Identity,
-    required: &[Scope],
+    required: &Requirement,
     client: Option<IpAddr>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
@@ -593,7 +643,7 @@ pub fn authorize_token_prepared(
 pub fn authorize_token_peer(
     record: Option<(&KeyLookup, &PreparedRecord)>,
     mut identity: Identity,
-    required: &[Scope],
+    required: &Requirement,
     peer: Peer<'_>,
     now_s: u64,
 ) -> Result<Identity, DenyReason> {
@@ -605,6 +655,21 @@ pub fn authorize_token_peer(
     if identity.fleet.is_none() {
         identity.fleet = prepared.identity.fleet.clone();
     }
+    // The record vouches for the owner and metadata; the token for its claims.
+    if !required.bindings.is_empty() {
+        let mut attributes = prepared
+            .identity
+            .attributes
+            .as_deref()
+            .cloned()
+            .unwrap_or_default();
+        attributes.claims = identity
+            .attributes
+            .as_deref()
+            .map(|a| a.claims.clone())
+            .unwrap_or_default();
+        identity = identity.with_attributes(attributes);
+    }
     authorize_scopes(identity, required)
 }
 
@@ -613,14 +678,20 @@ mod tests {
     use super::*;
     use crate::scope::parse_scopes;
 
+    fn req(scopes: &[&str]) -> Requirement {
+        Requirement::from(Arc::<[crate::scope::Scope]>::from(
+            parse_scopes(scopes).unwrap(),
+        ))
+    }
+
     fn token_identity() -> Identity {
         Identity::new("team-a", "aaaaaaaaaaaaaaaa", vec!["demo:read".into()], None)
     }
 
     #[test]
     fn token_records_decide_by_status_and_scopes() {
-        let read = parse_scopes(&["demo:read"]).unwrap();
-        let write = parse_scopes(&["demo:write"]).unwrap();
+        let read = req(&["demo:read"]);
+        let write = req(&["demo:write"]);
         let (active, _) = record(KeyStatus::Active, None);
         assert!(authorize_token_record(Some(&active), token_identity(), &read, None, 0).is_ok());
         assert_eq!(
@@ -662,6 +733,8 @@ mod tests {
             global_limit: None,
             quota: None,
             pool: None,
+            owner: None,
+            metadata: Default::default(),
         };
         (record, digest)
     }
@@ -669,14 +742,7 @@ mod tests {
     #[test]
     fn allows_an_active_key_with_the_scope() {
         let (rec, digest) = record(KeyStatus::Active, Some(2000));
-        let id = authorize_record(
-            &rec,
-            &digest,
-            &parse_scopes(&["demo:read"]).unwrap(),
-            None,
-            1000,
-        )
-        .unwrap();
+        let id = authorize_record(&rec, &digest, &req(&["demo:read"]), None, 1000).unwrap();
         assert_eq!(&*id.subject, "team-a");
         assert_eq!(&*id.scopes_header, "demo:read");
     }
@@ -686,7 +752,7 @@ mod tests {
         let (rec, _) = record(KeyStatus::Revoked, None);
         let other = KeyDigest::of(b"kg_test_other");
         assert_eq!(
-            authorize_record(&rec, &other, &[], None, 0),
+            authorize_record(&rec, &other, &req(&[]), None, 0),
             Err(DenyReason::DigestMismatch)
         );
     }
@@ -695,21 +761,21 @@ mod tests {
     fn refuses_revoked_expired_and_missing_scope() {
         let (rec, d) = record(KeyStatus::Revoked, None);
         assert_eq!(
-            authorize_record(&rec, &d, &[], None, 0),
+            authorize_record(&rec, &d, &req(&[]), None, 0),
             Err(DenyReason::Revoked)
         );
         let (rec, d) = record(KeyStatus::Expired, None);
         assert_eq!(
-            authorize_record(&rec, &d, &[], None, 0),
+            authorize_record(&rec, &d, &req(&[]), None, 0),
             Err(DenyReason::Expired)
         );
         let (rec, d) = record(KeyStatus::Active, Some(1000));
         assert_eq!(
-            authorize_record(&rec, &d, &[], None, 1000),
+            authorize_record(&rec, &d, &req(&[]), None, 1000),
             Err(DenyReason::Expired)
         );
         let (rec, d) = record(KeyStatus::Active, None);
-        let need = parse_scopes(&["demo:write", "demo:read"]).unwrap();
+        let need = req(&["demo:write", "demo:read"]);
         assert_eq!(
             authorize_record(&rec, &d, &need, None, 0),
             Err(DenyReason::InsufficientScope(vec!["demo:write".into()]))
@@ -729,24 +795,25 @@ mod tests {
         let local: Option<IpAddr> = "127.0.0.1".parse().ok();
         let foreign: Option<IpAddr> = "192.0.2.9".parse().ok();
         assert_eq!(
-            authorize_record(&rec, &d, &[], local, 99),
+            authorize_record(&rec, &d, &req(&[]), local, 99),
             Err(DenyReason::NotYetValid)
         );
         assert_eq!(
-            authorize_record(&rec, &d, &[], local, 200),
+            authorize_record(&rec, &d, &req(&[]), local, 200),
             Err(DenyReason::Expired)
         );
         assert_eq!(
-            authorize_record(&rec, &d, &[], foreign, 150),
+            authorize_record(&rec, &d, &req(&[]), foreign, 150),
             Err(DenyReason::AddressNotAllowed)
         );
         assert_eq!(
-            authorize_record(&rec, &d, &[], None, 150),
+            authorize_record(&rec, &d, &req(&[]), None, 150),
             Err(DenyReason::AddressNotAllowed)
         );
-        let ok = authorize_record(&rec, &d, &[], local, 150).unwrap();
+        let ok = authorize_record(&rec, &d, &req(&[]), local, 150).unwrap();
         assert_eq!(ok.rate_limit.map(|l| l.burst), Some(5));
-        let token = authorize_token_record(Some(&rec), token_identity(), &[], local, 150).unwrap();
+        let token =
+            authorize_token_record(Some(&rec), token_identity(), &req(&[]), local, 150).unwrap();
         assert_eq!(token.rate_limit.map(|l| l.burst), Some(5));
         assert_eq!(DenyReason::RateLimited { retry_after_s: 2 }.status(), 429);
         assert_eq!(DenyReason::AddressNotAllowed.status(), 403);
@@ -769,7 +836,8 @@ mod tests {
             client: None,
             principal,
         };
-        let decide = |principal| authorize_proven_peer(&rec, &prepared, &[], peer(principal), 0);
+        let decide =
+            |principal| authorize_proven_peer(&rec, &prepared, &req(&[]), peer(principal), 0);
         assert!(decide(Some("spiffe://td/ns/a/sa/x")).is_ok());
         assert!(decide(Some("spiffe://td/ns/b/sa/y")).is_ok());
         for denied in [
@@ -785,19 +853,19 @@ mod tests {
         }
         // Without a principal (the old entry points) a bound key is refused.
         assert_eq!(
-            authorize_record(&rec, &d, &[], None, 0),
+            authorize_record(&rec, &d, &req(&[]), None, 0),
             Err(DenyReason::PrincipalNotAllowed)
         );
         let token = authorize_token_peer(
             Some((&rec, &prepared)),
             token_identity(),
-            &[],
+            &req(&[]),
             peer(Some("spiffe://td/ns/a/sa/x")),
             0,
         );
         assert!(token.is_ok());
         assert_eq!(
-            authorize_token_record(Some(&rec), token_identity(), &[], None, 0),
+            authorize_token_record(Some(&rec), token_identity(), &req(&[]), None, 0),
             Err(DenyReason::PrincipalNotAllowed)
         );
         // Status and address come first; scopes after the binding.
@@ -805,10 +873,10 @@ mod tests {
         revoked.allowed_principals = rec.allowed_principals.clone();
         let prepared_revoked = PreparedRecord::of(&revoked);
         assert_eq!(
-            authorize_proven_peer(&revoked, &prepared_revoked, &[], peer(None), 0),
+            authorize_proven_peer(&revoked, &prepared_revoked, &req(&[]), peer(None), 0),
             Err(DenyReason::Revoked)
         );
-        let write = crate::scope::parse_scopes(&["demo:write"]).unwrap();
+        let write = req(&["demo:write"]);
         assert_eq!(
             authorize_proven_peer(&rec, &prepared, &write, peer(None), 0),
             Err(DenyReason::PrincipalNotAllowed)
@@ -817,7 +885,7 @@ mod tests {
         let (open, _) = record(KeyStatus::Active, None);
         let open_prepared = PreparedRecord::of(&open);
         assert!(!open_prepared.restricts_principals());
-        assert!(authorize_proven_peer(&open, &open_prepared, &[], peer(None), 0).is_ok());
+        assert!(authorize_proven_peer(&open, &open_prepared, &req(&[]), peer(None), 0).is_ok());
         let reason = DenyReason::PrincipalNotAllowed;
         assert_eq!(
             (reason.status(), reason.metric_name()),
@@ -877,6 +945,9 @@ mod tests {
             DenyReason::InsufficientScope(vec![]),
             DenyReason::NoRoute,
             DenyReason::PathParameter,
+            DenyReason::Binding(crate::binding::BindError::NotBound { param: "t".into() }),
+            DenyReason::Binding(crate::binding::BindError::NoAttribute { param: "t".into() }),
+            DenyReason::Binding(crate::binding::BindError::BadParameter { param: "t".into() }),
             DenyReason::ServiceUnavailable,
             DenyReason::Overloaded,
             DenyReason::PrincipalRequired,
@@ -951,6 +1022,63 @@ mod tests {
         assert_ne!(a.usage_key, b.usage_key);
         assert_eq!(a.bucket_owner, a_again.bucket_owner);
         assert_eq!(a.usage_key, a_again.usage_key);
+    }
+
+    fn bound_to(value: &str, attribute: crate::binding::Attribute, scopes: &[&str]) -> Requirement {
+        Requirement {
+            scopes: req(scopes).scopes,
+            bindings: vec![crate::binding::Binding {
+                param: "tenant".into(),
+                attribute,
+                value: value.into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn bound_routes_check_the_record_and_the_token() {
+        use crate::binding::Attribute;
+        let (mut rec, d) = record(KeyStatus::Active, None);
+        rec.owner = Some("acme".into());
+        rec.metadata.insert("team".into(), "red".into());
+        let acme = bound_to("acme", Attribute::Owner, &["demo:read"]);
+        assert!(authorize_record(&rec, &d, &acme, None, 0).is_ok());
+        let other = bound_to("globex", Attribute::Owner, &["demo:read"]);
+        let denied = authorize_record(&rec, &d, &other, None, 0).unwrap_err();
+        assert_eq!(denied.metric_name(), "not_bound");
+        assert_eq!(denied.status(), 403);
+        let body = denied.problem_json();
+        assert!(body.contains("not bound to this tenant"), "{body}");
+        assert!(!body.contains("acme"), "{body}");
+        // Scopes are reported first.
+        let both = bound_to("globex", Attribute::Owner, &["demo:write"]);
+        assert_eq!(
+            authorize_record(&rec, &d, &both, None, 0),
+            Err(DenyReason::InsufficientScope(vec!["demo:write".into()]))
+        );
+        let team = bound_to("red", Attribute::Metadata("team".into()), &[]);
+        assert!(authorize_record(&rec, &d, &team, None, 0).is_ok());
+        let claim = bound_to("acme", Attribute::Claim("org".into()), &[]);
+        assert_eq!(
+            authorize_record(&rec, &d, &claim, None, 0)
+                .unwrap_err()
+                .metric_name(),
+            "no_bound_attribute"
+        );
+        // A token: its claims, and its record's owner and metadata.
+        let token = token_identity().with_attributes(crate::binding::Attributes {
+            claims: [("org".to_owned(), "acme".to_owned())].into(),
+            ..Default::default()
+        });
+        assert!(authorize_scopes(token.clone(), &claim).is_ok());
+        assert!(authorize_scopes(token.clone(), &acme).is_err());
+        assert!(authorize_token_record(Some(&rec), token.clone(), &acme, None, 0).is_ok());
+        assert!(authorize_token_record(Some(&rec), token.clone(), &claim, None, 0).is_ok());
+        assert!(authorize_token_record(Some(&rec), token, &other, None, 0).is_err());
+        // Wildcard grants reach parameter scopes.
+        rec.scopes = vec!["datasets:*".into()];
+        let asset = req(&["datasets:x:read"]);
+        assert!(authorize_record(&rec, &d, &asset, None, 0).is_ok());
     }
 
     #[test]

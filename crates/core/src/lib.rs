@@ -7,6 +7,7 @@
 //! feature).
 
 pub mod base32;
+pub mod binding;
 pub mod cache;
 pub mod config;
 pub mod credential;

@@ -44,6 +44,8 @@ pub mod usage;
 pub mod worker;
 
 #[cfg(test)]
+mod binding_tests;
+#[cfg(test)]
 mod hot_path_tests;
 #[cfg(test)]
 mod principal_tests;

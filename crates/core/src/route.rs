@@ -18,6 +18,9 @@
 
 use serde::Deserialize;
 
+use crate::binding::{
+    decode_bound_value, is_scope_value, Attribute, BindError, Binding, Requirement,
+};
 use crate::principal::PrincipalMode;
 use crate::scope::{parse_scopes, Scope, ScopeError};
 use crate::wire::RateLimit;
@@ -54,9 +57,15 @@ pub struct RouteSpec {
     /// No key needed.
     #[serde(default)]
     pub public: bool,
-    /// Scopes required, all of them.
+    /// Scopes required, all of them. On a `path` template, a scope may name a parameter as
+    /// one whole `:`-segment (`datasets:{dataset}:read`): the request needs the scope for the
+    /// path's value.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Path parameters bound to an attribute of the key (`{"tenant": "owner"}`;
+    /// `metadata.<field>`, `claim.<name>`): the request passes only when they are equal.
+    #[serde(default)]
+    pub bind: std::collections::BTreeMap<String, String>,
     /// Forward the client's Keygate credential to the upstream (default: removed on every
     /// route, public ones included, so keys do not land in upstream logs).
     #[serde(default)]
@@ -96,6 +105,18 @@ pub enum RouteError {
     TooMany,
     #[error("`rate_limit` needs requests_per_second in (0, 1000000] and burst in 1..=1000000")]
     BadRateLimit,
+    #[error("`bind` and parameters in scopes need a `path` template")]
+    BindNeedsTemplate,
+    #[error("a public route cannot bind parameters")]
+    PublicWithBind,
+    #[error("`{0}` is not a `{{name}}` parameter of the path template (or it appears twice)")]
+    UnknownParameter(String),
+    #[error("`{0}`: bind a parameter to `owner`, `metadata.<field>` or `claim.<name>`")]
+    BadAttribute(String),
+    #[error(
+        "`{0}`: a parameter in a scope is a whole `:`-segment such as `datasets:{{dataset}}:read`"
+    )]
+    BadScopeTemplate(String),
     #[error("a public route cannot take principals (`principal` needs `scopes`)")]
     PublicWithPrincipal,
     #[error("`cost` must be in 1..=1000000")]
@@ -136,7 +157,23 @@ pub enum Policy {
 enum Segment {
     Literal(String),
     One,
+    /// A `{name}` segment: one segment, its value named.
+    Param(String),
     Rest,
+}
+
+/// A route's path-dependent demands: parameters in scopes and bindings. Parameters are
+/// path segment indexes (the template matched, so they are there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    scopes: Vec<Vec<ScopePart>>,
+    binds: Vec<(usize, std::sync::Arc<str>, Attribute)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ScopePart {
+    Literal(String),
+    Param(usize, std::sync::Arc<str>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +190,8 @@ pub struct Route {
     methods: Option<Vec<String>>,
     matcher: PathMatcher,
     pub policy: Policy,
+    /// Parameters in scopes and bindings, if the route has any.
+    pub guard: Option<std::sync::Arc<Guard>>,
     pub mode: Option<Mode>,
     pub rate_limit: Option<RateLimit>,
     /// Keep the client's credential on the forwarded request.
@@ -190,11 +229,18 @@ impl Route {
                 Some(list.clone())
             }
         };
-        let policy = match (spec.public, spec.scopes.is_empty()) {
+        if spec.scopes.len() > crate::scope::MAX_SCOPES {
+            return Err(RouteError::Scope(ScopeError::TooMany));
+        }
+        let (plain, templates): (Vec<&String>, Vec<&String>) =
+            spec.scopes.iter().partition(|s| !s.contains(['{', '}']));
+        let guard = compile_guard(&matcher, &templates, &spec.bind)?;
+        let policy = match (spec.public, spec.scopes.is_empty() && guard.is_none()) {
             (true, true) => Policy::Public,
+            (true, false) if spec.scopes.is_empty() => return Err(RouteError::PublicWithBind),
             (true, false) => return Err(RouteError::PublicWithScopes),
             (false, true) => return Err(RouteError::NoPolicy),
-            (false, false) => Policy::Scopes(parse_scopes(&spec.scopes)?.into()),
+            (false, false) => Policy::Scopes(parse_scopes(&plain)?.into()),
         };
         if policy == Policy::Public && spec.principal != PrincipalMode::None {
             return Err(RouteError::PublicWithPrincipal);
@@ -207,6 +253,7 @@ impl Route {
             methods,
             matcher,
             policy,
+            guard: guard.map(std::sync::Arc::new),
             mode: spec.mode,
             rate_limit: match spec.rate_limit {
                 Some(limit) if !limit.is_valid() => return Err(RouteError::BadRateLimit),
@@ -240,6 +287,146 @@ impl Route {
             PathMatcher::RouteName(name) => route_name == Some(name.as_str()),
         }
     }
+
+    /// What a request on `path` (which this route matched) must satisfy: `None` on a public
+    /// route; else the route's scopes with the path's parameters filled in and its bindings.
+    pub fn requirement(&self, path: &str) -> Result<Option<Requirement>, BindError> {
+        let scopes = match &self.policy {
+            Policy::Public => return Ok(None),
+            Policy::Scopes(scopes) => scopes,
+        };
+        let Some(guard) = &self.guard else {
+            return Ok(Some(Requirement::from(std::sync::Arc::clone(scopes))));
+        };
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+        let value = |index: usize, param: &std::sync::Arc<str>| {
+            segments
+                .get(index)
+                .and_then(|segment| decode_bound_value(segment))
+                .ok_or_else(|| BindError::BadParameter {
+                    param: std::sync::Arc::clone(param),
+                })
+        };
+        let mut all: Vec<Scope> = scopes.to_vec();
+        for parts in &guard.scopes {
+            let mut text = String::new();
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    text.push(':');
+                }
+                match part {
+                    ScopePart::Literal(literal) => text.push_str(literal),
+                    ScopePart::Param(index, param) => {
+                        let filled = value(*index, param)?;
+                        if !is_scope_value(&filled) {
+                            return Err(BindError::BadParameter {
+                                param: std::sync::Arc::clone(param),
+                            });
+                        }
+                        text.push_str(&filled);
+                    }
+                }
+            }
+            let scope = Scope::parse(&text).map_err(|_| BindError::BadParameter {
+                param: parts
+                    .iter()
+                    .find_map(|p| match p {
+                        ScopePart::Param(_, name) => Some(std::sync::Arc::clone(name)),
+                        ScopePart::Literal(_) => None,
+                    })
+                    .unwrap_or_else(|| "parameter".into()),
+            })?;
+            all.push(scope);
+        }
+        all.sort();
+        all.dedup();
+        let bindings = guard
+            .binds
+            .iter()
+            .map(|(index, param, attribute)| {
+                Ok(Binding {
+                    param: std::sync::Arc::clone(param),
+                    attribute: attribute.clone(),
+                    value: value(*index, param)?,
+                })
+            })
+            .collect::<Result<Vec<_>, BindError>>()?;
+        Ok(Some(Requirement {
+            scopes: all.into(),
+            bindings,
+        }))
+    }
+
+    /// The claim names this route binds (the JWT verifier keeps those claims).
+    pub fn bound_claims(&self) -> impl Iterator<Item = &str> {
+        self.guard.iter().flat_map(|guard| {
+            guard
+                .binds
+                .iter()
+                .filter_map(|(_, _, attribute)| match attribute {
+                    Attribute::Claim(name) => Some(name.as_str()),
+                    _ => None,
+                })
+        })
+    }
+}
+
+/// The parameters in scopes and the bindings of a route, checked against its template.
+fn compile_guard(
+    matcher: &PathMatcher,
+    templates: &[&String],
+    bind: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<Guard>, RouteError> {
+    if templates.is_empty() && bind.is_empty() {
+        return Ok(None);
+    }
+    let PathMatcher::Template(segments) = matcher else {
+        return Err(RouteError::BindNeedsTemplate);
+    };
+    // The segment index of a parameter named once in the template.
+    let index_of = |name: &str| -> Result<usize, RouteError> {
+        let mut found = segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Segment::Param(p) if p == name));
+        match (found.next(), found.next()) {
+            (Some((index, _)), None) => Ok(index),
+            _ => Err(RouteError::UnknownParameter(name.to_owned())),
+        }
+    };
+    let mut scopes = Vec::with_capacity(templates.len());
+    for template in templates {
+        let bad = || RouteError::BadScopeTemplate((*template).clone());
+        if template.len() > crate::scope::MAX_SCOPE_LEN {
+            return Err(RouteError::Scope(ScopeError::BadSyntax));
+        }
+        let mut parts = Vec::new();
+        for segment in template.split(':') {
+            match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(name) if !name.is_empty() && !name.contains(['{', '}']) => {
+                    parts.push(ScopePart::Param(index_of(name)?, name.into()));
+                }
+                Some(_) => return Err(bad()),
+                None if segment.contains(['{', '}']) => return Err(bad()),
+                None if segment.is_empty() => return Err(bad()),
+                None => {
+                    Scope::parse(segment)?;
+                    parts.push(ScopePart::Literal(segment.to_owned()));
+                }
+            }
+        }
+        scopes.push(parts);
+    }
+    let binds = bind
+        .iter()
+        .map(|(param, attribute)| {
+            let attribute = Attribute::parse(attribute)
+                .ok_or_else(|| RouteError::BadAttribute(attribute.clone()))?;
+            Ok((index_of(param)?, param.as_str().into(), attribute))
+        })
+        .collect::<Result<Vec<_>, RouteError>>()?;
+    Ok(Some(Guard { scopes, binds }))
 }
 
 fn check_pattern(pattern: &str) -> Result<(), RouteError> {
@@ -261,7 +448,9 @@ fn compile_template(template: &str) -> Result<Vec<Segment>, RouteError> {
             "**" if i == last => Ok(Segment::Rest),
             "**" => Err(RouteError::RestNotLast),
             "*" => Ok(Segment::One),
-            p if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => Ok(Segment::One),
+            p if p.starts_with('{') && p.ends_with('}') && p.len() > 2 => {
+                Ok(Segment::Param(p[1..p.len() - 1].to_owned()))
+            }
             p if p.contains(['{', '}', '*']) => Err(RouteError::BadPattern),
             p => Ok(Segment::Literal(p.to_owned())),
         })
@@ -276,7 +465,7 @@ fn template_matches(segments: &[Segment], path: &str, any_case: bool) -> bool {
     for segment in segments {
         match segment {
             Segment::Rest => return true,
-            Segment::One => match parts.next() {
+            Segment::One | Segment::Param(_) => match parts.next() {
                 Some(part) if !part.is_empty() => {}
                 _ => return false,
             },
@@ -547,7 +736,10 @@ impl RouteTable {
             .find(|r| r.matches(method, path, route_name, true))
         {
             // An earlier route matches in another case and asks for something else.
-            Some(any_case) if !std::ptr::eq(any_case, found) && any_case.policy != found.policy => {
+            Some(any_case)
+                if !std::ptr::eq(any_case, found)
+                    && (any_case.policy != found.policy || any_case.guard != found.guard) =>
+            {
                 match (&found.policy, &any_case.policy) {
                     // A path that matches a protected route in another case is not public.
                     (Policy::Public, _) => Some(any_case),
@@ -560,6 +752,19 @@ impl RouteTable {
             }
             _ => Some(found),
         }
+    }
+
+    /// The claim names routes bind (`claim.<name>`), each once.
+    pub fn bound_claims(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .routes
+            .iter()
+            .flat_map(Route::bound_claims)
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// True when some entry matches by Envoy route name (so the filter must read it).
@@ -865,6 +1070,168 @@ mod tests {
         );
         // Truncated pairs fall back to the string reading, which then fails the scope syntax.
         assert!(policy_from_metadata(Some(&list[..10]), None, None).is_err());
+    }
+
+    fn bound() -> RouteTable {
+        RouteTable::compile(&[
+            spec(
+                r#"{"path": "/v1/tenants/{tenant}/**", "scopes": ["datasets:read"], "bind": {"tenant": "owner"}}"#,
+            ),
+            spec(r#"{"path": "/v1/datasets/{dataset}", "scopes": ["datasets:{dataset}:read"]}"#),
+            spec(
+                r#"{"path": "/v1/orgs/{org}/{team}", "scopes": ["org:{org}:{team}"], "bind": {"org": "claim.org", "team": "metadata.team"}}"#,
+            ),
+            spec(r#"{"prefix": "/", "public": true}"#),
+        ])
+        .unwrap()
+    }
+
+    fn requirement(table: &RouteTable, path: &str) -> Result<Option<Requirement>, BindError> {
+        table
+            .find("GET", path, None)
+            .unwrap_or_else(|| panic!("{path}: no route"))
+            .requirement(path)
+    }
+
+    #[test]
+    fn bound_routes_fill_in_their_parameters() {
+        let t = bound();
+        let r = requirement(&t, "/v1/tenants/acme/x/y?q=1")
+            .unwrap()
+            .unwrap();
+        let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();
+        assert_eq!(scopes, ["datasets:read"]);
+        assert_eq!(r.bindings.len(), 1);
+        assert_eq!(r.bindings[0].value, "acme");
+        assert_eq!(r.bindings[0].attribute, Attribute::Owner);
+        let r = requirement(&t, "/v1/tenants/a%20b/x").unwrap().unwrap();
+        assert_eq!(r.bindings[0].value, "a b");
+        let r = requirement(&t, "/v1/datasets/x").unwrap().unwrap();
+        let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();
+        assert_eq!(scopes, ["datasets:x:read"]);
+        assert!(r.bindings.is_empty());
+        let r = requirement(&t, "/v1/orgs/o1/t1").unwrap().unwrap();
+        assert_eq!(r.scopes[0].as_str(), "org:o1:t1");
+        assert_eq!(r.bindings.len(), 2);
+        assert_eq!(t.routes[2].bound_claims().collect::<Vec<_>>(), ["org"]);
+        // A public route demands nothing; a route without a guard its scopes.
+        assert_eq!(requirement(&t, "/other"), Ok(None));
+    }
+
+    #[test]
+    fn a_parameter_value_never_forges_scope_syntax() {
+        let t = bound();
+        for path in [
+            "/v1/datasets/a%3Aread",
+            "/v1/datasets/%2A",
+            "/v1/datasets/a%2520b",
+            "/v1/datasets/a%20b",
+            "/v1/datasets/a%00",
+            "/v1/datasets/x*",
+            "/v1/datasets/x:y",
+            &format!("/v1/datasets/{}", "x".repeat(60)),
+        ] {
+            match requirement(&t, path) {
+                Err(BindError::BadParameter { param }) => assert_eq!(&*param, "dataset"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            requirement(&t, "/v1/tenants/a%2520b/x"),
+            Err(BindError::BadParameter { .. })
+        ));
+    }
+
+    #[test]
+    fn another_spelling_of_a_bound_route_is_never_public() {
+        let t = bound();
+        // Case: Express would serve these from the bound handler: the bound route decides.
+        let route = t.find("GET", "/V1/Tenants/acme/x", None).unwrap();
+        assert!(route.guard.is_some());
+        assert_eq!(
+            route
+                .requirement("/V1/Tenants/acme/x")
+                .unwrap()
+                .unwrap()
+                .bindings[0]
+                .value,
+            "acme"
+        );
+        for path in [
+            "/v1/tenants/%61cme/x",
+            "/v1//tenants/acme/x",
+            "/v1/tenants/../tenants/acme/x",
+            "/v1/tenants/acme%2fx",
+        ] {
+            assert!(t.find("GET", path, None).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn bind_and_parameter_scopes_are_checked_at_load() {
+        let cases = [
+            (
+                r#"{"prefix": "/t/", "scopes": ["a"], "bind": {"t": "owner"}}"#,
+                RouteError::BindNeedsTemplate,
+            ),
+            (
+                r#"{"prefix": "/t/", "scopes": ["a:{t}"]}"#,
+                RouteError::BindNeedsTemplate,
+            ),
+            (
+                r#"{"path": "/t/{t}", "public": true, "bind": {"t": "owner"}}"#,
+                RouteError::PublicWithBind,
+            ),
+            (
+                r#"{"path": "/t/{t}", "scopes": ["a"], "bind": {"x": "owner"}}"#,
+                RouteError::UnknownParameter("x".into()),
+            ),
+            (
+                r#"{"path": "/t/{t}/{t}", "scopes": ["a"], "bind": {"t": "owner"}}"#,
+                RouteError::UnknownParameter("t".into()),
+            ),
+            (
+                r#"{"path": "/t/*", "scopes": ["a"], "bind": {"*": "owner"}}"#,
+                RouteError::UnknownParameter("*".into()),
+            ),
+            (
+                r#"{"path": "/t/{t}", "scopes": ["a"], "bind": {"t": "subject"}}"#,
+                RouteError::BadAttribute("subject".into()),
+            ),
+            (
+                r#"{"path": "/t/{t}", "scopes": ["a"], "bind": {"t": "metadata.a.b"}}"#,
+                RouteError::BadAttribute("metadata.a.b".into()),
+            ),
+            (
+                r#"{"path": "/t/{t}", "scopes": ["a{t}"]}"#,
+                RouteError::BadScopeTemplate("a{t}".into()),
+            ),
+            (
+                r#"{"path": "/t/{t}", "scopes": ["a::{t}"]}"#,
+                RouteError::BadScopeTemplate("a::{t}".into()),
+            ),
+            (
+                r#"{"path": "/t/{t}", "scopes": ["a:{u}"]}"#,
+                RouteError::UnknownParameter("u".into()),
+            ),
+            (
+                r#"{"path": "/t/{t}", "scopes": ["a:*"]}"#,
+                RouteError::Scope(ScopeError::BadSyntax),
+            ),
+            (
+                r#"{"path": "/t/{t}", "scopes": ["a b:{t}"]}"#,
+                RouteError::Scope(ScopeError::BadSyntax),
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = RouteTable::compile(&[spec(json)]);
+            assert_eq!(err.err(), Some((0, expected)), "{json}");
+        }
+        // Bind alone protects a route.
+        let t =
+            RouteTable::compile(&[spec(r#"{"path": "/t/{t}", "bind": {"t": "owner"}}"#)]).unwrap();
+        let r = requirement(&t, "/t/x").unwrap().unwrap();
+        assert!(r.scopes.is_empty() && r.bindings.len() == 1);
     }
 
     #[test]

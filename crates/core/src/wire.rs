@@ -68,6 +68,13 @@ pub struct KeyLookup {
     /// The owner's pooled limit, shared by all of the owner's keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Box<crate::fleet::PoolRef>>,
+    /// The key's owner, for routes that bind a path parameter to it (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The key's string metadata fields, for routes that bind `metadata.<field>` (bounded by
+    /// the key service's metadata limits: 32 fields, 4 KiB).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// A role a key holds, at one version (a number that only grows with each change).

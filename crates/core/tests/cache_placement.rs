@@ -98,6 +98,8 @@ fn record(id: &KeyId) -> KeyLookup {
         global_limit: None,
         quota: None,
         pool: None,
+        owner: None,
+        metadata: Default::default(),
     }
 }
 
@@ -363,5 +365,7 @@ fn a_typical_entry_is_small() {
     );
     assert!(value < 200, "{value}");
     assert!(value < json);
-    assert!(heap < 1024, "{heap}");
+    // Roles, principals and the bound attributes (owner, metadata) each add inline fields to
+    // the record and its prepared form, though a typical key holds none of them.
+    assert!(heap < 1152, "{heap}");
 }

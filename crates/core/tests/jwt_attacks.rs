@@ -596,6 +596,7 @@ fn every_algorithm_round_trips_with_scopes_from_scope_and_scp() {
                     expires_at: Some(NOW + 600),
                     issued_at: Some(NOW - 10),
                     scopes: expected.clone(),
+                    claims: Default::default(),
                 },
                 "{kid}: {claims}"
             );

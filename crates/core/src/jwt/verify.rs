@@ -50,6 +50,9 @@ pub struct Validation {
     /// The longest token read, in bytes, checked before any decoding. Default 8192. It also
     /// bounds the decoded claims and the work an attacker can cause.
     pub max_token_bytes: usize,
+    /// Claims that routes bind a path parameter to (`claim.<name>`): kept, when they are
+    /// strings, in [`VerifiedToken::claims`]. Default none (the claims are not read again).
+    pub bound_claims: Vec<String>,
 }
 
 impl Validation {
@@ -65,6 +68,7 @@ impl Validation {
             max_lifetime_s: None,
             typ: None,
             max_token_bytes: 8192,
+            bound_claims: Vec::new(),
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct VerifiedToken {
     /// From `scope` (space-delimited, RFC 9068), or else `scp` (a space-delimited string or
     /// an array of strings). Each is an RFC 6749 scope-token; at most [`MAX_SCOPES`].
     pub scopes: Vec<String>,
+    /// The [`Validation::bound_claims`] the token has as strings (up to 256 bytes each).
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 /// Verifies a compact JWS against `keys` and `validation` at time `now_s` (seconds since the
@@ -215,7 +221,28 @@ pub fn verify_jwt_with(
         expires_at: numeric(&claims.exp, "exp")?,
         issued_at: numeric(&claims.iat, "iat")?,
         scopes: scopes(&claims.scope, &claims.scp)?,
+        claims: bound_claims(&buf, &validation.bound_claims),
     })
+}
+
+/// The string claims routes bind, read from the verified claims JSON (only when some route
+/// binds one). A claim that is absent, not a string or too long is left out: a route binding
+/// it denies.
+fn bound_claims(json: &[u8], names: &[String]) -> std::collections::BTreeMap<String, String> {
+    if names.is_empty() {
+        return std::collections::BTreeMap::new();
+    }
+    let Ok(all) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(json) else {
+        return std::collections::BTreeMap::new();
+    };
+    names
+        .iter()
+        .filter_map(|name| {
+            let value = all.get(name)?.as_str()?;
+            (!value.is_empty() && value.len() <= crate::binding::MAX_ATTRIBUTE_VALUE_LEN)
+                .then(|| (name.clone(), value.to_owned()))
+        })
+        .collect()
 }
 
 fn verify_natively(
@@ -725,8 +752,28 @@ mod tests {
                 expires_at: Some(NOW + 300),
                 issued_at: Some(NOW),
                 scopes: vec![],
+                claims: Default::default(),
             })
         );
+    }
+
+    #[test]
+    fn keeps_the_string_claims_routes_bind() {
+        let mut validation = validation();
+        validation.bound_claims = vec!["org".into(), "n".into(), "long".into(), "none".into()];
+        let claims = with(
+            with(with(claims(), "org", json!("acme")), "n", json!(7)),
+            "long",
+            json!("x".repeat(257)),
+        );
+        let verified = verify_jwt(&sign(&claims), &keys(), &validation, NOW).unwrap();
+        assert_eq!(
+            verified.claims.into_iter().collect::<Vec<_>>(),
+            [("org".to_owned(), "acme".to_owned())]
+        );
+        // Without bound claims, none are read.
+        let verified = verify_jwt(&sign(&claims), &keys(), &self::validation(), NOW).unwrap();
+        assert!(verified.claims.is_empty());
     }
 
     #[test]

@@ -564,6 +564,8 @@ mod tests {
                 global_limit: None,
                 quota: None,
                 pool: None,
+                owner: None,
+                metadata: Default::default(),
             }),
         };
         let now = T0 + 500;

@@ -64,6 +64,8 @@ fn record(key: &MintedKey) -> KeyLookup {
         global_limit: None,
         quota: None,
         pool: None,
+        owner: None,
+        metadata: Default::default(),
     }
 }
 

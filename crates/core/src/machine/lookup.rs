@@ -439,6 +439,8 @@ mod tests {
             global_limit: None,
             quota: None,
             pool: None,
+            owner: None,
+            metadata: Default::default(),
         }
     }
 

@@ -74,6 +74,8 @@ fn record(key: &MintedKey, allowed_principals: &[&str]) -> KeyLookup {
         global_limit: None,
         quota: None,
         pool: None,
+        owner: None,
+        metadata: Default::default(),
     }
 }
 

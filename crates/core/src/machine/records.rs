@@ -7,6 +7,7 @@
 //! if the lease lapses. Waiting requests are answered in their own context once the record
 //! arrives, so no request waits on more than one callout.
 
+use crate::binding::Requirement;
 use crate::cache::{find_from, store, CacheEntry, Freshness, Placement, Stored};
 use crate::decision::{
     authorize_proven_peer, authorize_token_peer, DenyReason, Identity, Peer, PreparedRecord,
@@ -15,7 +16,6 @@ use crate::feed::FeedPolicy;
 use crate::key::{KeyDigest, KeyId};
 use crate::machine::degraded::Fallback;
 use crate::machine::lookup::{Answer, Begun, HostSlots, LookupContext, Pending, Target};
-use crate::scope::Scope;
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -205,7 +205,7 @@ pub fn decide_fresh(
     shared: &Shared,
     id: &KeyId,
     credential: &str,
-    required: &[Scope],
+    required: &Requirement,
     forwarding: &mut Forwarding,
     now: u64,
 ) -> Option<Result<Identity, DenyReason>> {

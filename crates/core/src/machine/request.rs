@@ -1,6 +1,7 @@
 //! One request's headers, evaluated: the route's policy, the credential it presents, the
 //! credentials it must not carry upstream, and then the key record or the JWT path.
 
+use crate::binding::{Attributes, Requirement};
 use crate::config::FilterConfig;
 use crate::credential::{extract_credential, strip_query_param, CredentialError, Source};
 use crate::decision::DenyReason;
@@ -43,7 +44,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
             Err(reason) => return Step::Deny(reason, None, config.mode),
         };
     let required = match policy {
-        Policy::Public => {
+        None => {
             shared.metrics.count(host, Event::AllowedPublic);
             if mode == Mode::Shadow {
                 replies(config).shadow_allow(host, true);
@@ -52,7 +53,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
             }
             return Step::Continue;
         }
-        Policy::Scopes(scopes) => scopes,
+        Some(required) => required,
     };
     if mode == Mode::Enforce {
         strip_credential_lookalikes(host, config, headers);
@@ -66,7 +67,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
             principal_mode,
             &config.principals,
             principal.as_ref().and_then(|p| p.as_deref()),
-            &required,
+            &required.scopes,
             has_credential,
         )
     };
@@ -88,6 +89,13 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         Ok(extracted) => extracted,
         Err(CredentialError::Missing) => {
             return match principal_step(false) {
+                // A workload has no owner, metadata or claims: a bound route refuses it.
+                PrincipalStep::Allow(_) if !required.bindings.is_empty() => {
+                    match required.check_bindings(&Attributes::default()) {
+                        Err(err) => Step::Deny(DenyReason::Binding(err), None, mode),
+                        Ok(()) => Step::Deny(DenyReason::MissingCredential, None, mode),
+                    }
+                }
                 PrincipalStep::Allow(identity) => Step::Decided(
                     Forwarding {
                         mode,
@@ -211,17 +219,28 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
     Step::Deny(DenyReason::MalformedKey, None, mode)
 }
 
-/// The policy for this request, the mode it runs in, the route's default rate limit, whether
-/// it forwards the credential, whether it takes principals (never from metadata) and what it
-/// costs from a quota. Route metadata on the Envoy route wins; otherwise the filter's route
-/// table (entries by Envoy route name or by method and path, first match). No policy anywhere:
+/// What [`route_policy`] finds.
+type RoutePolicy = (
+    Option<Requirement>,
+    Mode,
+    Option<RateLimit>,
+    bool,
+    PrincipalMode,
+    u32,
+);
+
+/// The policy for this request (`None`: public; else what the key must hold and be bound
+/// to, the path's parameters filled in), the mode it runs in, the route's default rate
+/// limit, whether it forwards the credential, whether it takes principals (never from
+/// metadata) and what it costs from a quota. Route metadata on the Envoy route wins; otherwise the filter's route table
+/// (entries by Envoy route name or by method and path, first match). No policy anywhere:
 /// denied.
 fn route_policy(
     host: &impl Host,
     shared: &Shared,
     method: &str,
     path: &str,
-) -> Result<(Policy, Mode, Option<RateLimit>, bool, PrincipalMode, u32), DenyReason> {
+) -> Result<RoutePolicy, DenyReason> {
     let config = &shared.config;
     if config.route_metadata {
         let leaf = |name: &str| {
@@ -233,14 +252,18 @@ fn route_policy(
             leaf("mode").as_deref(),
         ) {
             Ok(Some((policy, mode))) => {
+                let required = match policy {
+                    Policy::Public => None,
+                    Policy::Scopes(scopes) => Some(Requirement::from(scopes)),
+                };
                 return Ok((
-                    policy,
+                    required,
                     mode.unwrap_or(config.mode),
                     None,
                     false,
                     PrincipalMode::None,
                     1,
-                ))
+                ));
             }
             Ok(None) => {}
             Err(err) => {
@@ -263,7 +286,7 @@ fn route_policy(
         .find(method, path, route_name.as_deref())
         .ok_or(DenyReason::NoRoute)?;
     Ok((
-        route.policy.clone(),
+        route.requirement(path).map_err(DenyReason::Binding)?,
         route.mode.unwrap_or(config.mode),
         route.rate_limit,
         route.forward_credential,

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::binding::Requirement;
 use crate::cache::CacheEntry;
 use crate::config::{FilterConfig, JwksSource, JwtSettings, RemoteJwks, Secrets};
 use crate::credential::Source;
@@ -26,7 +27,6 @@ use crate::machine::lookup;
 use crate::negative_cache::NegativeCache;
 use crate::principal::{read_principal, PRINCIPAL_PROPERTY};
 use crate::route::Mode;
-use crate::scope::Scope;
 use crate::wire::RateLimit;
 
 use crate::feed::FeedPolicy;
@@ -145,7 +145,7 @@ pub struct Presented {
     /// The key id; for a legacy key, an id derived from its digest (the cache slot's name).
     pub key_id: KeyId,
     pub proof: Proof,
-    pub required: std::sync::Arc<[Scope]>,
+    pub required: Requirement,
     pub forwarding: Forwarding,
     /// A legacy key: looked up by digest, not by id.
     pub legacy: bool,
@@ -273,7 +273,7 @@ impl Lookups {
 /// A JWT request, kept while it waits for its issuer's keys.
 pub struct TokenRequest {
     pub token: String,
-    pub required: std::sync::Arc<[Scope]>,
+    pub required: Requirement,
     pub forwarding: Forwarding,
 }
 

@@ -2,6 +2,7 @@
 //! shared with the others through shared data), the verified-token cache, and requests that
 //! wait for a JWKS refetch after presenting an unknown `kid`.
 
+use crate::binding::Attributes;
 use crate::config::{JwksSource, Revocation};
 use crate::decision::{authorize_scopes, header_safe, DenyReason, Identity};
 use crate::host::LogLevel;
@@ -171,7 +172,11 @@ fn verify_once(host: &impl Host, shared: &Shared, token: &str, now_ms: u64) -> V
                     verified.scopes,
                     None,
                 )
-                .issued_by(&header_safe(&verified.issuer)),
+                .issued_by(&header_safe(&verified.issuer))
+                .with_attributes(Attributes {
+                    claims: verified.claims,
+                    ..Attributes::default()
+                }),
                 issuer: index,
                 kid: verified.kid.into(),
                 valid_until_s,

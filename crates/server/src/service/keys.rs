@@ -437,6 +437,14 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
     };
     let status = record.status(service.now());
     tracing::debug!(key_id = %id, found = true, status = status.as_str(), "lookup");
+    // For routes that bind a path parameter to the owner or a metadata field: the owner, and
+    // the string metadata fields (bounded by the metadata limits, 32 fields and 4 KiB).
+    let owner = (!record.owner.is_empty()).then(|| record.owner.clone());
+    let metadata = record
+        .metadata
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+        .collect();
     // The roles the key holds, at their current version: their scopes join the key's own.
     // A role that no longer exists adds nothing.
     let roles = service.store().roles_named(&record.roles).await?;
@@ -459,6 +467,8 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
         })
     };
     Ok(Some(KeyLookup {
+        owner,
+        metadata,
         subject: if record.owner.is_empty() {
             record.id.clone()
         } else {

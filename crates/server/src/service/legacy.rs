@@ -12,7 +12,7 @@
 //! `GET /v1/legacy-keys/{sha256 hex}` (service token).
 
 use keygate_core::key::{KeyDigest, KeyId, ID_LEN};
-use keygate_core::scope::{parse_scopes, Scope, MAX_SCOPES};
+use keygate_core::scope::{parse_grant, parse_grants, MAX_SCOPES};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -354,9 +354,9 @@ pub fn validate_row(row: RawRow, now: i64) -> Result<ValidRow, String> {
         return Err(format!("at most {MAX_SCOPES} scopes are allowed"));
     }
     for (index, item) in items.iter().enumerate() {
-        Scope::parse(item).map_err(|reason| format!("scopes[{index}] is invalid: {reason}"))?;
+        parse_grant(item).map_err(|reason| format!("scopes[{index}] is invalid: {reason}"))?;
     }
-    let scopes = parse_scopes(&items)
+    let scopes = parse_grants(&items)
         .map_err(|reason| format!("scopes are invalid: {reason}"))?
         .iter()
         .map(|scope| scope.as_str().to_owned())

@@ -1,7 +1,7 @@
 //! Checks shared by the operations that take a key's name, scopes and metadata (create,
 //! update, import), and the one duration syntax of `expires_in`, `grace` and the CLI.
 
-use keygate_core::scope::{parse_scopes, Scope, MAX_SCOPES};
+use keygate_core::scope::{parse_grant, parse_grants, Scope, MAX_SCOPES};
 use serde_json::{Map, Value};
 
 use crate::service::error::ApiError;
@@ -49,14 +49,16 @@ pub fn duration_seconds(value: &Value) -> Option<i64> {
     }
 }
 
+/// A key's (or role's) granted scopes: plain scopes, or a prefix and a final `:*`
+/// (`models:*`); an ambiguous wildcard (`*`, `*:read`, `a:*:b`, `a*`) is refused.
 pub fn validate_scopes(items: &[String]) -> Result<Vec<Scope>, ApiError> {
     if items.len() > MAX_SCOPES {
         return Err(ApiError::TooManyScopes);
     }
     for (index, item) in items.iter().enumerate() {
-        Scope::parse(item).map_err(|reason| ApiError::BadScope { index, reason })?;
+        parse_grant(item).map_err(|reason| ApiError::BadScope { index, reason })?;
     }
-    parse_scopes(items).map_err(|_| ApiError::TooManyScopes)
+    parse_grants(items).map_err(|_| ApiError::TooManyScopes)
 }
 
 pub fn validate_metadata(metadata: Option<Value>) -> Result<Map<String, Value>, ApiError> {

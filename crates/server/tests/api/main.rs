@@ -10,6 +10,7 @@ extern crate keygate_testkit;
 
 mod audit;
 mod backends;
+mod binding;
 mod errors;
 mod feed;
 mod fleet;
