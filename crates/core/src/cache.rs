@@ -955,7 +955,9 @@ mod tests {
                 },
             })),
             owner: Some("acme".into()),
-            metadata: [("tier".to_owned(), "gold".to_owned())].into_iter().collect(),
+            metadata: [("tier".to_owned(), "gold".to_owned())]
+                .into_iter()
+                .collect(),
         }
     }
 

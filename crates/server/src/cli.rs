@@ -47,8 +47,8 @@ pub use args::{
 pub use audit::run_audit;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
 pub use keys::run_keys;
-pub use roles::run_roles;
 pub use pools::run_pools;
+pub use roles::run_roles;
 pub use signing_keys::run_signing_keys;
 
 #[cfg(test)]

@@ -1004,7 +1004,14 @@ mod tests {
         assert_eq!(names, ["key:abc", "pool:acme", "quota:abc"]);
         // The identity a record decides carries them.
         let prepared = crate::decision::PreparedRecord::of(&record);
-        let identity = crate::decision::authorize_proven(&record, &prepared, &crate::binding::Requirement::from(std::sync::Arc::from(Vec::new())), None, 0).unwrap();
+        let identity = crate::decision::authorize_proven(
+            &record,
+            &prepared,
+            &crate::binding::Requirement::from(std::sync::Arc::from(Vec::new())),
+            None,
+            0,
+        )
+        .unwrap();
         assert_eq!(identity.fleet, Some(limits));
         // An invalid quota is left out.
         record.quota = Some(crate::fleet::Quota {
