@@ -1,14 +1,17 @@
 //! Owners' pooled limits: `/api/v1/pools` (list) and `/api/v1/pools/{owner}` (set, show,
-//! delete). See [`crate::service::pools`].
+//! delete). See [`crate::service::pools`]. Setting and deleting a pool each record an audit
+//! entry (`pool_set`, `pool_delete`; the target is the owner, the detail the limit set).
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::Json;
 use keygate_core::wire::RateLimit;
 use serde::{Deserialize, Serialize};
 
-use crate::http::extract::{parse_json, read_body};
+use crate::http::audit::outcome_of;
+use crate::http::extract::{parse_json, read_body, Caller};
 use crate::http::state::AppState;
 use crate::model::Pool;
 use crate::service::error::ApiError;
@@ -33,15 +36,53 @@ impl PoolView {
     }
 }
 
+/// Records the audit entry of a pool change: `detail` for a change made, the outcome of a
+/// refused one.
+async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    action: &'static str,
+    owner: &str,
+    result: Result<Option<serde_json::Value>, &ApiError>,
+) {
+    // Only an owner that passes the check is copied into the log.
+    let target = pools::validate_owner(owner).ok().map(|()| owner.to_owned());
+    let (outcome, detail) = match result {
+        Ok(detail) => ("ok".to_owned(), detail),
+        Err(error) => {
+            let slug = match error.status() {
+                StatusCode::NOT_FOUND => "not-found",
+                StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+                status if status.is_server_error() => "internal",
+                _ => "invalid-request",
+            };
+            let outcome = outcome_of(error.status(), Some(&format!("urn:keygate:problem:{slug}")));
+            (outcome, None)
+        }
+    };
+    let entry = caller.entry(action, target, &outcome, detail);
+    crate::service::audit::record(state.store(), state.now(), entry).await;
+}
+
 pub async fn set_pool(
     State(state): State<AppState>,
+    caller: Caller,
     Path(owner): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PoolView>, ApiError> {
-    let body = read_body(body)?;
-    let request: PoolRequest = parse_json(&body)?;
-    let pool = pools::set(state.service(), owner, request).await?;
-    Ok(Json(PoolView::of(pool)))
+    let parsed = read_body(body).and_then(|body| parse_json::<PoolRequest>(&body));
+    let result = match parsed {
+        Ok(request) => pools::set(state.service(), owner.clone(), request).await,
+        Err(error) => Err(error),
+    };
+    let detail = result.as_ref().map(|pool| {
+        Some(serde_json::json!({
+            "requests_per_second": pool.limit.requests_per_second,
+            "burst": pool.limit.burst,
+        }))
+    });
+    audit(&state, &caller, "pool_set", &owner, detail).await;
+    Ok(Json(PoolView::of(result?)))
 }
 
 pub async fn show_pool(
@@ -55,9 +96,19 @@ pub async fn show_pool(
 
 pub async fn delete_pool(
     State(state): State<AppState>,
+    caller: Caller,
     Path(owner): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    pools::delete(state.service(), &owner).await?;
+    let result = pools::delete(state.service(), &owner).await;
+    audit(
+        &state,
+        &caller,
+        "pool_delete",
+        &owner,
+        result.as_ref().map(|()| None),
+    )
+    .await;
+    result?;
     Ok(Json(serde_json::json!({ "deleted": owner })))
 }
 

@@ -298,7 +298,7 @@ pub struct AuditPage {
 }
 
 /// Every action the audit log records (the values `action` filters on).
-pub const ACTIONS: [&str; 11] = [
+pub const ACTIONS: [&str; 13] = [
     "create",
     "update",
     "rotate",
@@ -310,6 +310,8 @@ pub const ACTIONS: [&str; 11] = [
     "role_create",
     "role_update",
     "role_delete",
+    "pool_set",
+    "pool_delete",
 ];
 
 /// One page of the audit log, newest first, for `filter` (whose `limit` is the page size).

@@ -336,6 +336,33 @@ async fn pools_are_set_shown_listed_and_deleted(backend: Backend) {
     h.send("GET", "/api/v1/pools", Some(SERVICE), None)
         .await
         .assert_problem(StatusCode::UNAUTHORIZED);
+    // Changes are audited, newest first; reads are not.
+    let page = h.admin("GET", "/api/v1/audit?target=team%20a", None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let entries = page.body["entries"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("pool_delete", "error: not-found (404)"),
+            ("pool_delete", "ok"),
+            ("pool_set", "ok"),
+        ]
+    );
+    assert_eq!(
+        entries[2]["detail"],
+        json!({"requests_per_second": 2.5, "burst": 3})
+    );
+    let refused = h.admin("GET", "/api/v1/audit?target=x", None).await;
+    assert_eq!(refused.body["entries"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
