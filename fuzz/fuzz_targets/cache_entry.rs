@@ -6,6 +6,7 @@
 //! `crates/core/src/machine/lookup.rs` reads an answer) and `keygate_core::decision::authorize_record`.
 #![no_main]
 
+use keygate_core::binding::Requirement;
 use keygate_core::cache::{CacheEntry, CachePolicy, Lease};
 use keygate_core::decision::authorize_record;
 use keygate_core::key::{KeyDigest, KeyId};
@@ -44,9 +45,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(record) = serde_json::from_slice::<KeyLookup>(data) {
         let presented = KeyDigest::of(b"kg_test_presented");
-        let Ok(required) = parse_scopes(&["demo:read"]) else {
+        let Ok(scopes) = parse_scopes(&["demo:read"]) else {
             return;
         };
+        let required = Requirement::from(std::sync::Arc::<[_]>::from(scopes));
         let client = "10.1.2.3".parse().ok();
         let decided = authorize_record(&record, &presented, &required, client, NOW_MS / 1000);
         if decided.is_ok() {
