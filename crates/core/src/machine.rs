@@ -49,3 +49,5 @@ mod binding_tests;
 mod hot_path_tests;
 #[cfg(test)]
 mod principal_tests;
+#[cfg(test)]
+mod test_support;

@@ -7,44 +7,21 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use crate::config::FilterConfig;
 use crate::host::fake::{Effect, FakeHost};
 use crate::jwt::testing::key as signing_key;
 use crate::jwt::Algorithm;
-use crate::key::{mint_opaque_key, GatewayKey, KeyPrefix, MintedKey};
+use crate::key::MintedKey;
 use crate::machine::state::Shared;
+use crate::machine::test_support::{minted, start_with, NOW_MS};
 use crate::machine::worker;
 use crate::wire::{KeyLookup, KeyStatus};
-
-const GATEWAY_HEX: &str = "0101010101010101010101010101010101010101010101010101010101010101";
-const SERVICE_TOKEN: &str = "service-token-service-token-service-token";
-const NOW_MS: u64 = 1_700_000_000_000;
 
 fn start(host: &FakeHost, extra: serde_json::Value) -> Rc<Shared> {
     let mut config = json!({"routes": [{"prefix": "/", "scopes": ["a"]}]});
     if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
         config.extend(extra.clone());
     }
-    let config = FilterConfig::parse(config.to_string().as_bytes()).unwrap();
-    let secrets = config
-        .load_secrets(|var| {
-            Some(if var.contains("GATEWAY") {
-                GATEWAY_HEX.to_owned()
-            } else {
-                SERVICE_TOKEN.to_owned()
-            })
-        })
-        .unwrap();
-    worker::start(host, config, secrets, [7; 16])
-}
-
-fn minted() -> MintedKey {
-    mint_opaque_key(
-        &KeyPrefix::parse("kg_live_").unwrap(),
-        &GatewayKey::from_hex(GATEWAY_HEX).unwrap(),
-        [3; crate::key::ID_LEN],
-        [4; crate::key::SECRET_LEN],
-    )
+    start_with(host, &config)
 }
 
 fn record(key: &MintedKey) -> KeyLookup {
