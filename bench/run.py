@@ -61,6 +61,10 @@ CONFIGS = {
     "H3": "H1 + credential header removed, 3 headers added",
     "H4": "H1 + response :status read",
     "H5": "H1 + H2 + H3 + H4 (the host calls of Keygate's cached path)",
+    "H6": "H1 + H3's edits in one replacement of the whole header map (as Keygate edits)",
+    "H7": "H1 + two response headers set (RateLimit-Policy and RateLimit)",
+    "K1": "B's unavoidable work alone: H1 + key parsed, HMAC tag, digest compared, H3 + H4",
+    "K2": "K1 with its edits in one replacement of the header map (H6's way)",
     "I": "Envoy api_key_auth (plaintext keys, client id forwarded) + RBAC on the id",
     "B0": "B with the baseline keygate.wasm",
     "C0": "C with the baseline keygate.wasm",
@@ -71,7 +75,20 @@ CONFIGS = {
 BASELINE = {"B0": "B", "C0": "C", "D0": "D"}
 # The floor filter's steps (its plugin configuration) for each floor configuration.
 FLOOR_STEPS = {"H1": "floor", "H2": "shared", "H3": "rewrite", "H4": "status",
-               "H5": "shared,rewrite,status"}
+               "H5": "shared,rewrite,status", "H6": "replace", "H7": "ratelimit",
+               "K1": "keygate,rewrite,status", "K2": "keygate,replace,status"}
+# Differences taken per repetition (configurations run interleaved, so each pair are
+# neighbours in time): (name, minuend, subtrahend, what it prices).
+PAIRED = [
+    ("B1 − B", "B1", "B", "spending from a fleet lease (goal ≤ 1.0)"),
+    ("H7 − H1", "H7", "H1", "two response headers: the RateLimit headers B1 adds to B"),
+    ("H6 − H3", "H6", "H3", "one replacement of the header map against five single edits"),
+    ("K1 − H1", "K1", "H1", "B's unavoidable work above the proxy-wasm floor (single edits)"),
+    ("K2 − H1", "K2", "H1", "the same with the edits in one replacement"),
+    ("B − K1", "B", "K1", "what Keygate adds to that work"),
+    ("B − K2", "B", "K2", "the same against K2"),
+    ("C − K1", "C", "K1", "Keygate's cached JWT path against the opaque floor"),
+]
 DEFAULT_CONFIGS = "A B B1 C D R E F G H H1 H2 H3 H4 H5 I"
 
 
@@ -547,7 +564,9 @@ def main() -> int:
         "F": (jwt_authn_filters(jwks_text, claims, cache=False), []),
         "G": ([ext_authz_filter(authz_port)], [cluster("authz", authz_port)]),
         "H": ([wasm_filter("empty", Path(args.empty_wasm), None, [])], []),
-        **{name: ([wasm_filter("floor", Path(args.floor_wasm), steps, [])], [])
+        # The K floors check keys minted under this run's gateway key (an ephemeral secret).
+        **{name: ([wasm_filter("floor", Path(args.floor_wasm),
+                               steps.replace("keygate", f"keygate={gateway_key}"), [])], [])
            for name, steps in FLOOR_STEPS.items()},
         "I": (api_key_auth_filters([(key, "bench-good"), (other_key["key"], "bench-noscope")],
                                    "bench-good"), []),
@@ -573,7 +592,10 @@ def main() -> int:
               ("good key", bearer(key), {200})],
         "H": [("no credential", {}, {200})],
         **{name: [("no credential", {}, {200}), ("good key", bearer(key), {200})]
-           for name in FLOOR_STEPS},
+           for name in FLOOR_STEPS if not name.startswith("K")},
+        **{name: [("no credential", {}, {401}), ("mistyped key", bearer(mistyped), {401}),
+                  ("good key", bearer(key), {200})]
+           for name in FLOOR_STEPS if name.startswith("K")},
         "I": [("no credential", {}, {401}), ("mistyped key", bearer(mistyped), {401}),
               ("key of another client", bearer(other_key["key"]), {403}),
               ("good key", bearer(key), {200})],
@@ -828,6 +850,10 @@ def add_overheads(sums: dict) -> None:
             pairs = zip(sm["_reps"], ref_reps)
             sm[field] = statistics.median(r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"]
                                           for r, q in pairs)
+    if "B" in sums and "B1" in sums:
+        pairs = zip(sums["B1"]["_reps"], sums["B"]["_reps"])
+        sums["B1"]["cpu_vs_b"] = statistics.median(
+            r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"] for r, q in pairs)
     for b0, base in BASELINE.items():
         if b0 in sums and base in sums:
             pairs = zip(sums[base]["_reps"], sums[b0]["_reps"])
@@ -835,6 +861,21 @@ def add_overheads(sums: dict) -> None:
                 r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"] for r, q in pairs)
     for sm in sums.values():
         sm.pop("_reps", None)
+
+
+def paired(sums: dict) -> list[str]:
+    """The PAIRED differences whose configurations ran: medians of per-repetition differences."""
+    out = []
+    for label, a, b, what in PAIRED:
+        if a in sums and b in sums:
+            pairs = zip(sums[a]["_reps"], sums[b]["_reps"])
+            d = statistics.median(r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"]
+                                  for r, q in pairs)
+            out.append(f"| {label} | {d:+.1f} | {what} |")
+    if not out:
+        return []
+    return ["", "Paired differences (Envoy CPU µs/req, median over the repetitions):", "",
+            "| difference | µs/req | prices |", "|---|---:|---|", *out, ""]
 
 
 def goals(sums: dict) -> list[str]:
@@ -847,7 +888,7 @@ def goals(sums: dict) -> list[str]:
             out.append(f"- {name} over H1: {d:+.1f} µs/req (goal ≤ 3.0): "
                        f"{'met' if d <= 3.0 else 'not met'}")
     if "B" in sums and "B1" in sums:
-        d = sums["B1"]["cpu_us_per_req"] - sums["B"]["cpu_us_per_req"]
+        d = sums["B1"]["cpu_vs_b"]
         out.append(f"- B1 (global limit) over B: {d:+.2f} µs/req (goal ≤ 1.0): "
                    f"{'met' if d <= 1.0 else 'not met'}")
     if "D" in sums and "F" in sums:
@@ -897,6 +938,7 @@ def render(report: dict, configs: list[str]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     sums = {n: summarize(report["configs"][n]["reps"]) for n in configs if report["configs"][n]["reps"]}
+    paired_lines = paired(sums)
     add_overheads(sums)
     for name, sm in sums.items():
         report["configs"][name]["summary"] = sm
@@ -915,6 +957,7 @@ def render(report: dict, configs: list[str]) -> str:
               "minus A's (no filter), H's (empty Wasm filter) or H1's (the proxy-wasm floor) in "
               "the same repetition (configurations run interleaved, so each difference compares "
               "neighbours in time); \"busy\" near 100% means Envoy's one CPU was the bottleneck."]
+    lines += paired_lines
     lines += goals(sums)
     if "G" in sums:
         g = [r.get("authz_cpu_us_per_req") for r in report["configs"]["G"]["reps"]]

@@ -9,11 +9,25 @@
 //!   own, which costs more than the call itself and would put the floor too high);
 //! - `shared`: one shared-data read of a ~300-byte value, as a cached record lookup (H2);
 //! - `rewrite`: remove the credential header and add three identity headers (H3);
-//! - `status`: read the response `:status`, as usage counting does (H4).
+//! - `status`: read the response `:status`, as usage counting does (H4);
+//! - `replace`: the edits of `rewrite` (and H1's one header) made as Keygate makes them, in one
+//!   replacement of the whole map (H6), to weigh one call against several;
+//! - `ratelimit`: set two response headers, as the `RateLimit-Policy` and `RateLimit` of a
+//!   limited key's allowed response (H7);
+//! - `keygate=<gateway key hex>`: the work no opaque-key filter can skip, done with Keygate's own
+//!   key code: parse the key (prefix, base32, CRC), check its HMAC tag, take its SHA-256
+//!   digest and compare it in constant time with the record held for its id (a worker-local
+//!   map, filled on first sight as a lookup would), and tell the upstream the record's identity
+//!   (configurations K1 and K2: Keygate's cached opaque path without anything else).
 //!
 //! An unknown step fails the configuration (Envoy refuses to start), so a typo cannot measure
 //! the wrong thing.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use keygate_core::key::{parse_opaque_key, GatewayKey, KeyDigest};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, Status};
@@ -26,7 +40,7 @@ const SHARED_BYTES: usize = 300;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(FloorRoot { steps: Steps::default() })
+        Box::new(FloorRoot { steps: Steps::default(), keys: None })
     });
 }}
 
@@ -34,27 +48,85 @@ proxy_wasm::main! {{
 struct Steps {
     shared: bool,
     rewrite: bool,
+    replace: bool,
     status: bool,
+    ratelimit: bool,
 }
 
 impl Steps {
-    fn parse(text: &str) -> Option<Self> {
+    /// The steps, and the gateway key of the `keygate` step.
+    fn parse(text: &str) -> Option<(Self, Option<GatewayKey>)> {
         let mut steps = Self::default();
+        let mut gateway = None;
         for word in text.split(|c: char| c == ',' || c.is_whitespace()) {
-            match word {
-                "" | "floor" => {}
-                "shared" => steps.shared = true,
-                "rewrite" => steps.rewrite = true,
-                "status" => steps.status = true,
-                _ => return None,
+            match word.split_once('=') {
+                Some(("keygate", hex)) => gateway = Some(GatewayKey::from_hex(hex).ok()?),
+                Some(_) => return None,
+                None => match word {
+                    "" | "floor" => {}
+                    "shared" => steps.shared = true,
+                    "rewrite" => steps.rewrite = true,
+                    "replace" => steps.replace = true,
+                    "status" => steps.status = true,
+                    "ratelimit" => steps.ratelimit = true,
+                    _ => return None,
+                },
             }
         }
-        Some(steps)
+        Some((steps, gateway))
+    }
+}
+
+/// The `keygate` step's state: the gateway key and the records seen, by key id.
+struct Keys {
+    gateway: GatewayKey,
+    records: RefCell<HashMap<String, Record>>,
+}
+
+/// What a cached record gives this floor: the digest to compare and the identity to send.
+struct Record {
+    digest: KeyDigest,
+    subject: String,
+    scopes: String,
+    key_id: String,
+}
+
+const PREFIXES: [&str; 2] = ["kg_live_", "kg_test_"];
+
+impl Keys {
+    /// The identity of a presented `Authorization: Bearer <key>`: `None` for anything but an
+    /// authentic key whose digest matches its record.
+    fn check(&self, authorization: &[u8]) -> Option<(String, String, String)> {
+        let text = std::str::from_utf8(authorization).ok()?;
+        let presented = text.strip_prefix("Bearer ")?;
+        let parsed = parse_opaque_key(presented, &PREFIXES).ok()?;
+        if !parsed.tag_is_authentic(&self.gateway) {
+            return None;
+        }
+        let digest = parsed.digest();
+        let id = parsed.id();
+        let mut records = self.records.borrow_mut();
+        let record = records
+            .entry(id.as_str().to_owned())
+            .or_insert_with(|| Record {
+                digest: digest.clone(),
+                subject: "bench-owner".to_owned(),
+                scopes: "demo:read".to_owned(),
+                key_id: id.as_str().to_owned(),
+            });
+        record.digest.ct_eq(&digest).then(|| {
+            (
+                record.subject.clone(),
+                record.scopes.clone(),
+                record.key_id.clone(),
+            )
+        })
     }
 }
 
 struct FloorRoot {
     steps: Steps,
+    keys: Option<Rc<Keys>>,
 }
 
 impl Context for FloorRoot {}
@@ -65,10 +137,16 @@ impl RootContext for FloorRoot {
             .get_plugin_configuration()
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default();
-        let Some(steps) = Steps::parse(&text) else {
-            proxy_wasm::hostcalls::log(LogLevel::Error, &format!("unknown step in {text:?}")).ok();
+        let Some((steps, gateway)) = Steps::parse(&text) else {
+            proxy_wasm::hostcalls::log(LogLevel::Error, "unknown step in the configuration").ok();
             return false;
         };
+        self.keys = gateway.map(|gateway| {
+            Rc::new(Keys {
+                gateway,
+                records: RefCell::new(HashMap::new()),
+            })
+        });
         if steps.shared {
             let value = vec![b'r'; SHARED_BYTES];
             if self
@@ -83,7 +161,10 @@ impl RootContext for FloorRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(FloorHttp { steps: self.steps }))
+        Some(Box::new(FloorHttp {
+            steps: self.steps,
+            keys: self.keys.clone(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -93,6 +174,7 @@ impl RootContext for FloorRoot {
 
 struct FloorHttp {
     steps: Steps,
+    keys: Option<Rc<Keys>>,
 }
 
 impl Context for FloorHttp {}
@@ -101,18 +183,47 @@ impl HttpContext for FloorHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // One read of the whole map.
         let block = request_header_block();
-        let mut found = header_in_block(&block, b"authorization").is_some_and(|v| !v.is_empty());
+        let authorization = header_in_block(&block, b"authorization");
+        let mut found = authorization.is_some_and(|v| !v.is_empty());
         if self.steps.shared {
             let (record, _cas) = self.get_shared_data(SHARED_KEY);
             found &= record.is_some_and(|r| r.len() == SHARED_BYTES);
         }
+        let identity = match &self.keys {
+            Some(keys) => {
+                let identity = authorization.and_then(|value| keys.check(value));
+                if identity.is_none() {
+                    // A filter that checks keys refuses the rest (the bench checks it does).
+                    self.send_http_response(401, vec![], None);
+                    return Action::Pause;
+                }
+                identity
+            }
+            None => None,
+        };
+        let (subject, scopes, key_id) = match &identity {
+            Some((subject, scopes, key_id)) => (subject.as_str(), scopes.as_str(), key_id.as_str()),
+            None => ("bench-owner", "demo:read", "kid_0123456789abcdef"),
+        };
         // One header out, derived from what was read.
-        self.add_http_request_header("x-floor-client", if found { "known" } else { "none" });
+        let client = if found { "known" } else { "none" };
+        if self.steps.replace {
+            // The whole map in one call: as read, without the credential, with the identity.
+            let mut map = block_pairs(&block);
+            map.retain(|(name, _)| *name != b"authorization");
+            map.push((b"x-floor-client", client.as_bytes()));
+            map.push((b"x-floor-key-id", key_id.as_bytes()));
+            map.push((b"x-floor-subject", subject.as_bytes()));
+            map.push((b"x-floor-scopes", scopes.as_bytes()));
+            set_request_header_map(&map);
+            return Action::Continue;
+        }
+        self.add_http_request_header("x-floor-client", client);
         if self.steps.rewrite {
             self.set_http_request_header("authorization", None);
-            self.add_http_request_header("x-floor-key-id", "kid_0123456789abcdef");
-            self.add_http_request_header("x-floor-subject", "bench-owner");
-            self.add_http_request_header("x-floor-scopes", "demo:read");
+            self.add_http_request_header("x-floor-key-id", key_id);
+            self.add_http_request_header("x-floor-subject", subject);
+            self.add_http_request_header("x-floor-scopes", scopes);
         }
         Action::Continue
     }
@@ -124,6 +235,10 @@ impl HttpContext for FloorHttp {
                 // Never true here; keeps the read from being a no-op to the reader.
                 self.set_http_response_header("x-floor-status", Some("599"));
             }
+        }
+        if self.steps.ratelimit {
+            self.set_http_response_header("ratelimit-policy", Some("\"keygate\";q=1000;w=1"));
+            self.set_http_response_header("ratelimit", Some("\"keygate\";r=999;t=0"));
         }
         Action::Continue
     }
@@ -139,7 +254,63 @@ mod ffi {
             return_map_data: *mut *mut u8,
             return_map_size: *mut usize,
         ) -> Status;
+        pub fn proxy_set_header_map_pairs(
+            map_type: MapType,
+            map_data: *const u8,
+            map_size: usize,
+        ) -> Status;
     }
+}
+
+/// Replaces the request header map with `pairs` in one host call (serialised as the host
+/// serialises maps: a count, the sizes, then each name and value NUL-terminated).
+fn set_request_header_map(pairs: &[(&[u8], &[u8])]) {
+    let mut out = Vec::with_capacity(
+        4 + pairs
+            .iter()
+            .map(|(n, v)| 10 + n.len() + v.len())
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (name, value) in pairs {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name);
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    // SAFETY: the host reads `out.len()` bytes from `out`, which lives across the call.
+    unsafe {
+        ffi::proxy_set_header_map_pairs(MapType::HttpRequestHeaders, out.as_ptr(), out.len());
+    }
+}
+
+/// Every (name, value) of a serialised block, in place; empty when it does not add up.
+fn block_pairs(block: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let word = |at: usize| -> Option<usize> {
+        let bytes = block.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes(bytes.try_into().ok()?) as usize)
+    };
+    let pairs = || -> Option<Vec<(&[u8], &[u8])>> {
+        let count = word(0)?;
+        let mut out = Vec::with_capacity(count + 4);
+        let mut sizes_at = 4usize;
+        let mut data_at = count.checked_mul(8)?.checked_add(4)?;
+        for _ in 0..count {
+            let (name_len, value_len) = (word(sizes_at)?, word(sizes_at + 4)?);
+            sizes_at += 8;
+            let name = block.get(data_at..data_at.checked_add(name_len)?)?;
+            data_at = data_at.checked_add(name_len + 1)?;
+            let value = block.get(data_at..data_at.checked_add(value_len)?)?;
+            data_at = data_at.checked_add(value_len + 1)?;
+            out.push((name, value));
+        }
+        Some(out)
+    };
+    pairs().unwrap_or_default()
 }
 
 /// The request headers as the host serialised them, in one buffer.

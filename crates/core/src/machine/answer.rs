@@ -158,12 +158,13 @@ fn fleet_check(
     limits: &FleetLimits,
     forwarding: &Forwarding,
 ) -> Verdict {
-    let (verdict, token) = shared.fleet.borrow_mut().check(
+    let (verdict, token) = shared.fleet.borrow_mut().check_at(
         host,
         &shared.fleet_asking(),
         limits,
         forwarding.cost,
         forwarding.fleet_may_wait,
+        shared.now(host),
     );
     if let Some(token) = token {
         shared.callouts.borrow_mut().insert(token, Callout::Lease);

@@ -45,6 +45,14 @@ pub const FLEET_WAYS: usize = 8;
 pub const MAX_WAITERS: usize = 1024;
 /// After a failed ask, the next one goes this much later (the fallback decides meanwhile).
 pub const FALLBACK_RETRY_MS: u64 = 1_000;
+/// Most tokens one worker takes from its Envoy's lease in one compare-and-swap beyond what the
+/// request spends: a batch is an eighth of the last grant, at most this. The tokens are already
+/// the Envoy's, so the fleet's bound is unchanged; a worker's requests spend them without a
+/// shared-data read or write.
+pub const STASH_BATCH_MAX: u64 = 64;
+/// Buckets one worker keeps a batch of tokens for at most; beyond, requests spend from the
+/// lease one by one.
+pub const STASH_MAX_BUCKETS: usize = 256;
 /// Longest bucket name kept (`pool:<owner>` with a long owner): longer ones are not limited
 /// fleet-wide (logged).
 pub const MAX_BUCKET_NAME: usize = crate::fleet::BUCKET_MAX_LEN;
@@ -387,6 +395,24 @@ pub struct Fleet<W> {
     /// [`Fleet::deferred`]).
     defer: bool,
     queued: Vec<(LeaseAsk, FleetBucket)>,
+    /// Tokens this worker took from its Envoy's leases ahead of its requests, by bucket name.
+    stash: HashMap<Arc<str>, Stash>,
+}
+
+/// Tokens one worker took from a bucket's lease in one batch (see [`STASH_BATCH_MAX`]): its
+/// requests spend them without touching shared data, until they run out or the lease they
+/// came from voids (then they go back, see [`Fleet::sweep`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Stash {
+    tokens: u64,
+    /// The lease's end: the tokens void then.
+    valid_until_ms: u64,
+    /// Spent from until then: the lease's last quarter, when an ask goes out ahead, is spent
+    /// through shared data (the asks are decided there).
+    use_until_ms: u64,
+    /// The lease's tokens left in shared data when these were taken (for `RateLimit`'s
+    /// remaining count).
+    shared_left: u64,
 }
 
 impl<W> Fleet<W> {
@@ -409,6 +435,7 @@ impl<W> Fleet<W> {
             waiters: Vec::new(),
             defer: false,
             queued: Vec::new(),
+            stash: HashMap::new(),
         }
     }
 
@@ -456,10 +483,22 @@ impl<W> Fleet<W> {
         cost: u32,
         may_wait: bool,
     ) -> (Verdict, Option<u32>) {
-        let now = host.now_ms();
+        self.check_at(host, asking, limits, cost, may_wait, host.now_ms())
+    }
+
+    /// [`Fleet::check`] at `now` (the time the caller read for this callback).
+    pub fn check_at(
+        &mut self,
+        host: &impl Host,
+        asking: &Asking,
+        limits: &FleetLimits,
+        cost: u32,
+        may_wait: bool,
+        now: u64,
+    ) -> (Verdict, Option<u32>) {
         let ask_until = now + asking.key_service.timeout_ms + ASK_GRACE_MS;
         let mut to_ask: Vec<(LeaseAsk, &FleetBucket)> = Vec::new();
-        let mut spent: Vec<(&FleetBucket, u64, bool)> = Vec::new();
+        let mut spent: Vec<(&FleetBucket, u64, Took)> = Vec::new();
         let mut ratelimit = None;
         let mut verdict = None;
         for bucket in &limits.buckets {
@@ -467,11 +506,35 @@ impl<W> Fleet<W> {
                 BucketLimit::Rate(_) => 1,
                 BucketLimit::Quota { .. } => u64::from(cost.max(1)),
             };
+            if let Some(left) = self.spend_stashed(&bucket.name, amount, now) {
+                spent.push((bucket, amount, Took::Stash));
+                if ratelimit.is_none() {
+                    if let BucketLimit::Rate(limit) = &bucket.limit {
+                        ratelimit = Some(ratelimit_headers(limit, left, 0));
+                    }
+                }
+                continue;
+            }
+            // What is left of this worker's batch goes back into the lease with this write.
+            let held = self.stash.remove(&bucket.name);
+            let room = self.stash.len() < STASH_MAX_BUCKETS;
             let result = update(host, &bucket.name, now, |state| {
+                if let Some(held) = held {
+                    fold_back(state, &held, now);
+                }
                 let (spent, ask) = spend(state, &bucket.limit, amount, may_wait, now, ask_until);
-                (spent, ask, state.gateways)
+                let batch = match spent {
+                    Spent::Lease(_) if room => take_batch(state),
+                    _ => 0,
+                };
+                let use_until = state.valid_until_ms.saturating_sub(state.lease_ms / 4);
+                (spent, ask, batch, (state.valid_until_ms, use_until))
             });
-            let Some((outcome, ask, _gateways)) = result else {
+            let Some((outcome, ask, batch, (valid_until_ms, use_until_ms))) = result else {
+                if let Some(held) = held {
+                    // Not written back: still this worker's.
+                    self.stash.insert(bucket.name.clone(), held);
+                }
                 host.count(Event::RateLimitContention, 1);
                 verdict = Some(Verdict::Limited {
                     reason: DenyReason::Overloaded,
@@ -482,9 +545,25 @@ impl<W> Fleet<W> {
             if let Some(ask) = ask {
                 to_ask.push((ask, bucket));
             }
+            if batch > 0 {
+                let left = match outcome {
+                    Spent::Lease(left) => left,
+                    _ => 0,
+                };
+                self.stash.insert(
+                    bucket.name.clone(),
+                    Stash {
+                        tokens: batch,
+                        valid_until_ms,
+                        use_until_ms,
+                        shared_left: left,
+                    },
+                );
+            }
             match outcome {
                 Spent::Lease(left) => {
-                    spent.push((bucket, amount, false));
+                    let left = left + batch;
+                    spent.push((bucket, amount, Took::Lease { batch }));
                     if ratelimit.is_none() {
                         if let BucketLimit::Rate(limit) = &bucket.limit {
                             ratelimit = Some(ratelimit_headers(limit, left, 0));
@@ -493,7 +572,7 @@ impl<W> Fleet<W> {
                 }
                 Spent::Fallback(left) => {
                     host.count(Event::FleetFallback, 1);
-                    spent.push((bucket, amount, true));
+                    spent.push((bucket, amount, Took::Fallback));
                     if ratelimit.is_none() {
                         if let BucketLimit::Rate(limit) = &bucket.limit {
                             ratelimit = Some(ratelimit_headers(limit, left, 0));
@@ -514,12 +593,26 @@ impl<W> Fleet<W> {
             None => Verdict::Allowed { ratelimit },
             Some(verdict) => {
                 // Not allowed: what was spent from the buckets before goes back.
-                for (bucket, amount, fallback) in spent {
+                for (bucket, amount, took) in spent {
+                    if took == Took::Stash {
+                        if let Some(stash) = self.stash.get_mut(&bucket.name) {
+                            stash.tokens += amount;
+                        }
+                        continue;
+                    }
+                    // A batch taken for this request goes back too.
+                    let batch = match took {
+                        Took::Lease { batch } if batch > 0 => self.stash.remove(&bucket.name),
+                        _ => None,
+                    };
                     let _ = update(host, &bucket.name, now, |state| {
-                        if fallback {
+                        if took == Took::Fallback {
                             state.fb_tokens += amount as f64;
                         } else if state.valid_until_ms > now {
                             state.tokens += amount;
+                        }
+                        if let Some(batch) = &batch {
+                            fold_back(state, batch, now);
                         }
                     });
                 }
@@ -536,6 +629,49 @@ impl<W> Fleet<W> {
         }
         let token = self.send(host, asking, to_ask);
         (verdict, token)
+    }
+
+    /// Spends `amount` from this worker's batch of `bucket`'s tokens when it holds enough
+    /// that are still valid; the tokens left (in the batch and, as last seen, in the lease).
+    fn spend_stashed(&mut self, bucket: &str, amount: u64, now: u64) -> Option<u64> {
+        let stash = self.stash.get_mut(bucket)?;
+        if stash.use_until_ms <= now || stash.tokens < amount {
+            return None;
+        }
+        stash.tokens -= amount;
+        Some(stash.tokens + stash.shared_left)
+    }
+
+    /// On the tick: batches whose lease voided give their tokens back to their bucket's state
+    /// (returned to the key service with its next ask), so that none is lost; empty ones are
+    /// dropped.
+    pub fn sweep(&mut self, host: &impl Host, now: u64) {
+        let void: Vec<(Arc<str>, u64)> = self
+            .stash
+            .iter()
+            .filter(|(_, stash)| stash.valid_until_ms <= now || stash.tokens == 0)
+            .map(|(name, stash)| (name.clone(), stash.tokens))
+            .collect();
+        for (name, tokens) in void {
+            self.stash.remove(&name);
+            if tokens == 0 {
+                continue;
+            }
+            let held = Stash {
+                tokens,
+                ..Stash::default()
+            };
+            let returned = update(host, &name, now, |state| fold_back(state, &held, now));
+            if returned.is_none() {
+                // Lost to contention: counted by the key service as spent (never an overshoot).
+                host.count(Event::RateLimitContention, 1);
+            }
+        }
+    }
+
+    /// Does this worker hold batches of tokens (which [`Fleet::sweep`] must see on the tick)?
+    pub fn has_stash(&self) -> bool {
+        !self.stash.is_empty()
     }
 
     /// Sends one ask for `leases`; on failure every bucket in it goes to the fallback.
@@ -777,6 +913,42 @@ fn spend(
         }
     });
     (outcome, ask)
+}
+
+/// Where a request's tokens came from (to give them back if a later bucket refuses it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Took {
+    Stash,
+    /// From the lease, with a batch of `batch` tokens taken for the worker beside.
+    Lease {
+        batch: u64,
+    },
+    Fallback,
+}
+
+/// A worker's batch goes back into its bucket's state: into the lease it came from while that
+/// is still running, otherwise to be returned to the key service with the next ask (a void
+/// lease's tokens are never spent).
+fn fold_back(state: &mut State, held: &Stash, now: u64) {
+    if held.valid_until_ms > now && held.valid_until_ms == state.valid_until_ms {
+        state.tokens = state.tokens.saturating_add(held.tokens);
+    } else {
+        state.to_return = state.to_return.saturating_add(held.tokens);
+    }
+}
+
+/// A worker's batch from a lease it just spent from: an eighth of the last grant, at most
+/// [`STASH_BATCH_MAX`], never more than the lease has left (and none from a small lease, so
+/// that a key's few tokens are not held by one worker while the other is refused).
+fn take_batch(state: &mut State) -> u64 {
+    let batch = (u64::from(state.last_grant) / 8)
+        .min(STASH_BATCH_MAX)
+        .min(state.tokens);
+    if batch < 2 {
+        return 0;
+    }
+    state.tokens -= batch;
+    batch
 }
 
 /// The local fallback: a token bucket of `limit ÷ gateways`, or for a quota a share of the
@@ -1409,6 +1581,113 @@ mod tests {
         ));
         let key = decode_slot(&host.shared(&slot_key("key:k1")).unwrap());
         assert_eq!(key[0].tokens, 40, "nothing kept from the key's lease");
+    }
+
+    /// A worker with a granted lease, `grant` tokens valid 10 s.
+    fn granted(setup: &Setup, host: &FakeHost, limits: &FleetLimits, grant_of: u32) -> Fleet<u32> {
+        let mut fleet: Fleet<u32> = Fleet::new(host, "gw".into());
+        let (_, token) = fleet.check(host, &setup.asking(), limits, 1, true);
+        answer(host, vec![grant("key:k1", grant_of, 10_000, 1)]);
+        fleet.on_response(host, token.unwrap(), BODY);
+        host.take_calls();
+        fleet
+    }
+
+    fn lease_tokens(host: &FakeHost) -> u64 {
+        decode_slot(&host.shared(&slot_key("key:k1")).unwrap())[0].tokens
+    }
+
+    #[test]
+    fn a_worker_spends_a_batch_without_touching_shared_data() {
+        let setup = Setup::new();
+        let host = FakeHost::at(T0);
+        let limits = global(1_000.0, 1_000);
+        let mut fleet = granted(&setup, &host, &limits, 800);
+        // The first request spends one token and takes a batch of 800 / 8 = 100, at most 64.
+        let (verdict, _) = fleet.check(&host, &setup.asking(), &limits, 1, true);
+        assert!(allowed(&verdict));
+        assert_eq!(host.take_calls(), ["now_ms", "get_shared", "set_shared"]);
+        assert_eq!(lease_tokens(&host), 800 - 1 - STASH_BATCH_MAX);
+        host.take_calls();
+        // The next 64 come from the batch: no shared-data read or write.
+        for _ in 0..STASH_BATCH_MAX {
+            let (verdict, token) = fleet.check_at(&host, &setup.asking(), &limits, 1, true, T0);
+            assert!(allowed(&verdict));
+            assert_eq!(token, None);
+        }
+        assert_eq!(host.take_calls(), Vec::<&str>::new());
+        // The batch is spent: the next request goes to the lease again.
+        fleet.check_at(&host, &setup.asking(), &limits, 1, true, T0);
+        assert_eq!(host.take_calls(), ["get_shared", "set_shared"]);
+        assert_eq!(lease_tokens(&host), 800 - 2 - 2 * STASH_BATCH_MAX);
+    }
+
+    #[test]
+    fn two_workers_never_spend_more_than_the_lease() {
+        let setup = Setup::new();
+        let one = FakeHost::at(T0);
+        let two = one.worker();
+        let limits = global(1_000.0, 1_000);
+        let mut f1 = granted(&setup, &one, &limits, 100);
+        let mut f2: Fleet<u32> = Fleet::new(&two, "gw".into());
+        let mut allowed_total = 0;
+        for round in 0..200 {
+            let (fleet, host) = if round % 3 == 0 {
+                (&mut f1, &one)
+            } else {
+                (&mut f2, &two)
+            };
+            let (verdict, _) = fleet.check(host, &setup.asking(), &limits, 1, false);
+            if allowed(&verdict) && host.counted(Event::FleetFallback) == 0 {
+                allowed_total += 1;
+            }
+        }
+        assert_eq!(
+            allowed_total, 100,
+            "exactly the lease, across both workers' batches"
+        );
+    }
+
+    #[test]
+    fn a_void_batch_goes_back_to_the_key_service() {
+        let setup = Setup::new();
+        let host = FakeHost::at(T0);
+        let limits = global(1_000.0, 1_000);
+        let mut fleet = granted(&setup, &host, &limits, 80);
+        fleet.check(&host, &setup.asking(), &limits, 1, true);
+        assert!(fleet.has_stash());
+        assert_eq!(lease_tokens(&host), 80 - 1 - 10);
+        // The lease ends with the batch unspent: the sweep puts it with the tokens to return.
+        host.advance(10_000);
+        fleet.sweep(&host, host.now_ms());
+        assert!(!fleet.has_stash());
+        let state = &decode_slot(&host.shared(&slot_key("key:k1")).unwrap())[0];
+        assert_eq!(state.to_return, 10);
+        // The next ask returns it, with the void lease's own 69.
+        let (_, token) = fleet.check(&host, &setup.asking(), &limits, 1, true);
+        assert!(token.is_some());
+        let ask = sent(&host).pop().unwrap();
+        assert_eq!(ask.leases[0].returned, 10 + 69);
+    }
+
+    #[test]
+    fn a_batch_is_not_spent_in_its_lease_last_quarter() {
+        let setup = Setup::new();
+        let host = FakeHost::at(T0);
+        let limits = global(1_000.0, 1_000);
+        let mut fleet = granted(&setup, &host, &limits, 800);
+        fleet.check(&host, &setup.asking(), &limits, 1, true);
+        // Past three quarters of the lease the request goes through shared data, where the
+        // ask ahead is decided; the batch folds back into the lease.
+        host.advance(7_600);
+        let before = lease_tokens(&host);
+        let (verdict, token) = fleet.check(&host, &setup.asking(), &limits, 1, true);
+        assert!(allowed(&verdict));
+        assert!(token.is_some(), "asked ahead");
+        assert_eq!(
+            lease_tokens(&host),
+            before + STASH_BATCH_MAX - 1 - STASH_BATCH_MAX
+        );
     }
 
     #[test]

@@ -181,7 +181,8 @@ fn a_cached_token_makes_these_host_calls() {
 /// A key with a fleet-wide limit: its first request waits for a lease; the ask goes out on
 /// the tick before any request's context is made effective (an ask sent from a request's
 /// context is dropped with it), and its answer resumes the request. The next request spends
-/// from the lease without a callout.
+/// from the lease without a callout, and the ones after it from the worker's batch, without
+/// shared data.
 #[test]
 fn a_fleet_limited_key_waits_for_a_lease_asked_on_the_tick() {
     use crate::fleet::{LeaseGrant, LeaseRequest, LeaseResponse};
@@ -245,7 +246,7 @@ fn a_fleet_limited_key_waits_for_a_lease_asked_on_the_tick() {
     let grant = LeaseResponse {
         leases: vec![LeaseGrant {
             bucket,
-            granted: 10,
+            granted: 800,
             valid_ms: 60_000,
             gateways: 1,
             remaining: None,
@@ -270,5 +271,19 @@ fn a_fleet_limited_key_waits_for_a_lease_asked_on_the_tick() {
     assert!(
         !effects.iter().any(|e| matches!(e, Effect::Dispatch { .. })),
         "spent from the lease: {effects:?}"
+    );
+    // That request took a batch of the lease for this worker: the next ones spend from it
+    // without a shared-data read or write (only the rate-limit headers are added).
+    host.take_calls();
+    assert!(request(&host, &shared, 3, ("x-api-key", &key.plaintext)));
+    assert_eq!(
+        host.take_calls(),
+        [
+            "now_ms",
+            "set_request_headers",
+            "set_response_header",
+            "set_response_header",
+            "response_status"
+        ]
     );
 }

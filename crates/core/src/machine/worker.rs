@@ -101,6 +101,7 @@ pub fn reschedule(host: &impl Host, shared: &Shared) {
     } else if shared.jwt.borrow().has_remote_issuers()
         || shared.config.usage.enabled
         || shared.metrics.has_pending()
+        || shared.fleet.borrow().has_stash()
     {
         SLOW_TICK
     } else {
@@ -224,9 +225,13 @@ fn fleet_flush(host: &impl Host, shared: &Shared) {
     register(shared, token, Callout::Lease);
 }
 
-/// On the tick: requests that wait for a lease are decided again (another worker's ask may
-/// have been answered), those past their wait by the fallback.
+/// On the tick: batches of tokens whose lease voided go back; requests that wait for a lease
+/// are decided again (another worker's ask may have been answered), those past their wait by
+/// the fallback.
 fn fleet_on_tick(host: &impl Host, shared: &Shared) {
+    if shared.fleet.borrow().has_stash() {
+        shared.fleet.borrow_mut().sweep(host, shared.now(host));
+    }
     if !shared.fleet.borrow().has_waiters() {
         return;
     }
