@@ -430,8 +430,8 @@ fn every_guide_is_run() {
 // ── troubleshooting: every deny reason ───────────────────────────────────────────────────────
 
 /// The problem types (`urn:keygate:problem:<code>`) the filter's deny answers can carry: the
-/// codes in `DenyReason::problem` (crates/core/src/decision.rs), each the first string of an
-/// arm `... => (`.
+/// codes in `DenyReason::problem` (crates/core/src/decision.rs), each the string that opens
+/// the tuple of an arm `... => ("code", ...`.
 fn problem_types_in_code() -> BTreeSet<String> {
     let path = project_root().join("crates/core/src/decision.rs");
     let source = std::fs::read_to_string(&path).unwrap();
@@ -442,13 +442,12 @@ fn problem_types_in_code() -> BTreeSet<String> {
     let end = body
         .find("\n    }\n")
         .unwrap_or_else(|| panic!("{}: `fn problem` has no end", path.display()));
-    let lines: Vec<&str> = body[..end].lines().collect();
-    let codes: BTreeSet<String> = lines
-        .windows(2)
-        .filter(|pair| pair[0].trim_end().ends_with("=> ("))
-        .filter_map(|pair| {
-            let code = pair[1].trim().strip_prefix('"')?.strip_suffix("\",")?;
-            Some(code.to_owned())
+    let codes: BTreeSet<String> = body[..end]
+        .split("=> (")
+        .skip(1)
+        .filter_map(|after| {
+            let rest = after.trim_start().strip_prefix('"')?;
+            rest.split_once('"').map(|(code, _)| code.to_owned())
         })
         .collect();
     assert!(
