@@ -515,3 +515,65 @@ fn troubleshooting_lists_exactly_the_deny_reasons_of_the_filter() {
          (urn:keygate:problem:...).\nMissing: {missing:?}\nUnknown: {unknown:?}"
     );
 }
+
+// ── links ────────────────────────────────────────────────────────────────────────────────────
+
+/// GitHub's anchor of a heading: lower case, punctuation other than `-` and `_` dropped,
+/// spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks).
+fn anchors(path: &Path) -> BTreeSet<String> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut in_code = false;
+    let mut anchors = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            anchors.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    anchors
+}
+
+#[test]
+fn guide_links_resolve() {
+    for page in pages() {
+        let name = name_of(&page);
+        let text = std::fs::read_to_string(&page).unwrap();
+        for (at, _) in text.match_indices("](") {
+            let target = &text[at + 2..];
+            let Some(end) = target.find(')') else {
+                continue;
+            };
+            let target = &target[..end];
+            if target.starts_with("http://") || target.starts_with("https://") {
+                continue;
+            }
+            let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let file = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            assert!(file.is_file(), "{name}: the link ({target}) names no file");
+            if !fragment.is_empty() {
+                let known = anchors(&file);
+                assert!(
+                    known.contains(fragment),
+                    "{name}: the link ({target}) names no heading; headings there: {known:?}"
+                );
+            }
+        }
+    }
+}
