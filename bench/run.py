@@ -49,6 +49,7 @@ CONFIGS = {
     "A": "no auth filter (the limit of this setup)",
     "B": "Keygate, opaque key, record cached",
     "B1": "B-global: B with a fleet-wide limit too high to refuse (spent from leases)",
+    "B2": "B1 with rate_limit_headers \"refusals\" (no RateLimit headers on allowed responses)",
     "C": "Keygate, one JWT ({alg}), verified-token cache hit",
     "D": "Keygate, 10k distinct JWTs ({alg}): the verify path (host crypto)",
     "R": "Keygate, same tokens as D, signatures verified in Wasm (Rust, host_crypto off)",
@@ -80,7 +81,8 @@ FLOOR_STEPS = {"H1": "floor", "H2": "shared", "H3": "rewrite", "H4": "status",
 # Differences taken per repetition (configurations run interleaved, so each pair are
 # neighbours in time): (name, minuend, subtrahend, what it prices).
 PAIRED = [
-    ("B1 − B", "B1", "B", "spending from a fleet lease (goal ≤ 1.0)"),
+    ("B1 − B", "B1", "B", "spending from a fleet lease, with the RateLimit headers"),
+    ("B2 − B", "B2", "B", "spending from a fleet lease, headers only on refusals"),
     ("H7 − H1", "H7", "H1", "two response headers: the RateLimit headers B1 adds to B"),
     ("H6 − H3", "H6", "H3", "one replacement of the header map against five single edits"),
     ("K1 − H1", "K1", "H1", "B's unavoidable work above the proxy-wasm floor (single edits)"),
@@ -89,7 +91,7 @@ PAIRED = [
     ("B − K2", "B", "K2", "the same against K2"),
     ("C − K1", "C", "K1", "Keygate's cached JWT path against the opaque floor"),
 ]
-DEFAULT_CONFIGS = "A B B1 C D R E F G H H1 H2 H3 H4 H5 I"
+DEFAULT_CONFIGS = "A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 I"
 
 
 def parse_configs(text: str) -> list[str]:
@@ -548,6 +550,8 @@ def main() -> int:
     envoy_env = dict(os.environ, KEYGATE_GATEWAY_KEY=gateway_key,
                      KEYGATE_SERVICE_TOKEN=service_token)
     keygate_json = json.dumps(keygate_plugin(jwks, claims), indent=2)
+    keygate_refusals_json = json.dumps({**keygate_plugin(jwks, claims),
+                                        "rate_limit_headers": "refusals"}, indent=2)
     rust_plugin = keygate_plugin(jwks, claims)
     rust_plugin["jwt"]["host_crypto"] = False
     keygate_rust_json = json.dumps(rust_plugin, indent=2)
@@ -557,6 +561,8 @@ def main() -> int:
         "A": ([], []),
         "B": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
         "B1": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
+        "B2": ([wasm_filter("keygate", Path(args.wasm), keygate_refusals_json, secrets_env)],
+               kg_clusters),
         "C": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
         "D": ([wasm_filter("keygate", Path(args.wasm), keygate_json, secrets_env)], kg_clusters),
         "R": ([wasm_filter("keygate", Path(args.wasm), keygate_rust_json, secrets_env)], kg_clusters),
@@ -603,6 +609,7 @@ def main() -> int:
     sample = [tokens[i] for i in sorted({1, len(tokens) // 2, len(tokens) - 1})]
     checks["B1"] = [("no credential", {}, {401}), ("good key with a global limit",
                                                  bearer(global_key), {200})]
+    checks["B2"] = checks["B1"]
     checks["D"] = checks["C"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
     checks["R"] = checks["D"]
     checks["F"] = checks["E"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
@@ -617,6 +624,7 @@ def main() -> int:
         "I": {"header": f"Authorization: Bearer {key}"},
         "B": {"header": f"Authorization: Bearer {key}"},
         "B1": {"header": f"Authorization: Bearer {global_key}"},
+        "B2": {"header": f"Authorization: Bearer {global_key}"},
         "C": {"header": f"Authorization: Bearer {good_jwt}"},
         "D": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "R": {"tokens_file": str(jwt_dir / "tokens.txt")},
@@ -850,10 +858,11 @@ def add_overheads(sums: dict) -> None:
             pairs = zip(sm["_reps"], ref_reps)
             sm[field] = statistics.median(r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"]
                                           for r, q in pairs)
-    if "B" in sums and "B1" in sums:
-        pairs = zip(sums["B1"]["_reps"], sums["B"]["_reps"])
-        sums["B1"]["cpu_vs_b"] = statistics.median(
-            r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"] for r, q in pairs)
+    for name in ("B1", "B2"):
+        if "B" in sums and name in sums:
+            pairs = zip(sums[name]["_reps"], sums["B"]["_reps"])
+            sums[name]["cpu_vs_b"] = statistics.median(
+                r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"] for r, q in pairs)
     for b0, base in BASELINE.items():
         if b0 in sums and base in sums:
             pairs = zip(sums[base]["_reps"], sums[b0]["_reps"])
@@ -887,10 +896,11 @@ def goals(sums: dict) -> list[str]:
             d = sums[name]["cpu_over_h1"]
             out.append(f"- {name} over H1: {d:+.1f} µs/req (goal ≤ 3.0): "
                        f"{'met' if d <= 3.0 else 'not met'}")
-    if "B" in sums and "B1" in sums:
-        d = sums["B1"]["cpu_vs_b"]
-        out.append(f"- B1 (global limit) over B: {d:+.2f} µs/req (goal ≤ 1.0): "
-                   f"{'met' if d <= 1.0 else 'not met'}")
+    for name in ("B1", "B2"):
+        if "B" in sums and name in sums:
+            d = sums[name]["cpu_vs_b"]
+            out.append(f"- {name} (global limit) over B: {d:+.2f} µs/req (goal ≤ 1.0): "
+                       f"{'met' if d <= 1.0 else 'not met'}")
     if "D" in sums and "F" in sums:
         r = sums["D"]["cpu_us_per_req"] / sums["F"]["cpu_us_per_req"]
         out.append(f"- D / F Envoy CPU per request: {r:.2f}× (goal ≤ 1.30): "

@@ -18,7 +18,7 @@
 # Run it on an idle machine: other load skews every number.
 #
 # Env: BENCH_DURATION (6), BENCH_REPS (5), BENCH_WARMUP (3),
-#      BENCH_CONFIGS ("A B C D R E F G H H1 H2 H3 H4 H5 I"),
+#      BENCH_CONFIGS ("A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 I"),
 #      BENCH_CACHE_KEYS ("10000 100000"; empty skips the curve), BENCH_CACHE_CAPACITY (the
 #      filter's default cache.max_entries unless set), BENCH_BASELINE_WASM (an earlier
 #      keygate.wasm: adds B0, C0, D0, which are B, C, D with it, to compare in the same run),
@@ -94,7 +94,7 @@ log "load average now: $load (the numbers are only comparable on an otherwise id
 args=(
   --wasm "$WASM" --empty-wasm "$EMPTY_WASM" --floor-wasm "$FLOOR_WASM" --keygate-bin "$KEYGATE_BIN" --envoy "$ENVOY_BIN"
   --tools-dir "$TOOLS"
-  --configs "${BENCH_CONFIGS:-A B C D R E F G H H1 H2 H3 H4 H5 I}"
+  --configs "${BENCH_CONFIGS:-A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 I}"
   --warmup "${BENCH_WARMUP:-3}" --duration "${BENCH_DURATION:-6}" --reps "${BENCH_REPS:-5}"
   --ks-duration "${BENCH_KS_DURATION:-5}"
   --label "${BENCH_LABEL:-}"

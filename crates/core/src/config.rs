@@ -460,6 +460,19 @@ struct RawConfig {
     principals: PrincipalsSpec,
     #[serde(default)]
     fleet: FleetSpec,
+    #[serde(default)]
+    rate_limit_headers: RateLimitHeaders,
+}
+
+/// Which responses of a rate-limited or fleet-limited key carry `RateLimit-Policy` and
+/// `RateLimit`: every one (`always`, the default), or only refusals (`refusals`: an allowed
+/// response then costs two header writes less, and tells the client nothing of its limit).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitHeaders {
+    #[default]
+    Always,
+    Refusals,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -878,6 +891,8 @@ pub struct FilterConfig {
     pub fleet: crate::machine::fleet::FleetSettings,
     /// Proxies in front of Envoy that append to `X-Forwarded-For` (0: the peer is the client).
     pub trusted_hops: u32,
+    /// Which responses carry the rate-limit headers.
+    pub rate_limit_headers: RateLimitHeaders,
     /// Client-sent request headers removed from every request (any spelling of an identity,
     /// decision or `x-keygate-` header; method-override headers unless configured otherwise).
     pub header_rules: HeaderRules,
@@ -1107,6 +1122,7 @@ impl FilterConfig {
                 max_batch_bytes: raw.usage.max_batch_bytes,
             },
             trusted_hops: raw.client_address.trusted_hops,
+            rate_limit_headers: raw.rate_limit_headers,
             header_rules,
             principals,
             fleet: crate::machine::fleet::FleetSettings {
@@ -1433,6 +1449,16 @@ mod tests {
             let err = with(patch).unwrap_err();
             assert_eq!(err.field, field, "{patch}: {err}");
         }
+    }
+
+    #[test]
+    fn rate_limit_headers_go_on_every_response_unless_told_refusals() {
+        let default = with(r#"{"routes": [{"prefix": "/", "scopes": ["a"]}]}"#).unwrap();
+        assert_eq!(default.rate_limit_headers, RateLimitHeaders::Always);
+        let refusals = with(r#"{"rate_limit_headers": "refusals"}"#).unwrap();
+        assert_eq!(refusals.rate_limit_headers, RateLimitHeaders::Refusals);
+        let err = with(r#"{"rate_limit_headers": "sometimes"}"#).unwrap_err();
+        assert_eq!(err.field, "rate_limit_headers", "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Answering a decided request in its own context: allowed (rate limit, identity headers,
 //! usage), denied (enforce or shadow), or resumed after it waited.
 
-use crate::config::FilterConfig;
+use crate::config::{FilterConfig, RateLimitHeaders};
 use crate::credential::Source;
 use crate::decision::{DenyReason, Identity};
 use crate::key::KeyId;
@@ -109,8 +109,10 @@ pub fn apply(
             }
         }
     }
-    let ratelimit = ratelimit.or(fleet_ratelimit);
     let config = &shared.config;
+    let ratelimit = ratelimit
+        .or(fleet_ratelimit)
+        .filter(|_| config.rate_limit_headers == RateLimitHeaders::Always);
     let ih = &config.identity_headers;
     let shadow = forwarding.mode == Mode::Shadow;
     if shadow {

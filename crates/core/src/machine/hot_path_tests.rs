@@ -185,11 +185,36 @@ fn a_cached_token_makes_these_host_calls() {
 /// shared data.
 #[test]
 fn a_fleet_limited_key_waits_for_a_lease_asked_on_the_tick() {
+    assert_eq!(
+        fleet_limited_requests(json!({})),
+        [
+            "now_ms",
+            "set_request_headers",
+            "set_response_header",
+            "set_response_header",
+            "response_status"
+        ]
+    );
+}
+
+/// With `rate_limit_headers: "refusals"` an allowed response carries no rate-limit headers:
+/// spending from the worker's batch then makes the same host calls as a key without limits.
+#[test]
+fn without_rate_limit_headers_on_allowed_responses_a_fleet_limited_key_costs_what_b_does() {
+    assert_eq!(
+        fleet_limited_requests(json!({"rate_limit_headers": "refusals"})),
+        ["now_ms", "set_request_headers", "response_status"]
+    );
+}
+
+/// The scenario above with `config` added to the filter's; the host calls of the third
+/// request (spent from the worker's batch).
+fn fleet_limited_requests(config: serde_json::Value) -> Vec<&'static str> {
     use crate::fleet::{LeaseGrant, LeaseRequest, LeaseResponse};
     use crate::wire::RateLimit;
 
     let host = FakeHost::at(NOW_MS);
-    let shared = start(&host, json!({}));
+    let shared = start(&host, config);
     let key = minted();
     let headers: [(&str, &[u8]); 3] = [
         (":method", b"GET"),
@@ -276,14 +301,5 @@ fn a_fleet_limited_key_waits_for_a_lease_asked_on_the_tick() {
     // without a shared-data read or write (only the rate-limit headers are added).
     host.take_calls();
     assert!(request(&host, &shared, 3, ("x-api-key", &key.plaintext)));
-    assert_eq!(
-        host.take_calls(),
-        [
-            "now_ms",
-            "set_request_headers",
-            "set_response_header",
-            "set_response_header",
-            "response_status"
-        ]
-    );
+    host.take_calls()
 }
