@@ -11,6 +11,8 @@
 mod binding;
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/dashboard.rs"]
+mod dashboard;
 #[path = "e2e/edge.rs"]
 mod edge;
 #[path = "e2e/feed.rs"]

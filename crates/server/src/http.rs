@@ -20,6 +20,7 @@ pub mod problem;
 pub mod roles;
 pub mod signing_keys;
 pub mod state;
+pub mod ui;
 pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
@@ -118,6 +119,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics_endpoint))
         .merge(management)
         .merge(service)
+        .merge(ui::routes())
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(problem::problem_for_every_error))
