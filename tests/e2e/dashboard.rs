@@ -396,6 +396,7 @@ fn an_owner_manages_their_keys_on_the_dashboard() {
     );
 
     // ── admin pages: signing keys and the fleet ──────────────────────────────────────────
+    service.create_jwt_key("partner-jwt", &["demo:read"], "ES256", 3600);
     log_in(&browser, ADMIN_KEY);
     browser.goto(&service.url("/ui/#/signing-keys"));
     browser.wait_for("#signing-keys-table");

@@ -540,7 +540,7 @@
     ['id', 'ID'], ['name', 'Name'], ['owner', 'Owner'], ['status', 'Status'],
     ['prefix', 'Environment prefix'], ['format', 'Format'], ['algorithm', 'Algorithm'],
     ['kid', 'Signing key'], ['scopes', 'Scopes'], ['roles', 'Roles'],
-    ['created_at', 'Created'], ['expires_at', 'Expires'], ['last_used_at', 'Last used'],
+    ['created_at', 'Created'], ['expires_at', 'Expires'], ['last_used_at', 'Last used'], ['last_used_address', 'Last used from'],
     ['revoked_at', 'Revoked'], ['rotated_from', 'Rotated from'], ['rotated_to', 'Rotated to'],
     ['rate_limit', 'Rate limit'], ['global_limit', 'Fleet-wide limit'], ['quota', 'Quota'],
     ['allowed_cidrs', 'Allowed addresses'], ['allowed_principals', 'Allowed principals'],
@@ -728,8 +728,8 @@
       el('div', { class: 'totals', id: 'usage-totals' },
         el('div', {}, el('b', { id: 'usage-allowed', text: totals.allowed || 0 }), 'allowed'),
         el('div', {}, el('b', { id: 'usage-denied', text: deniedTotal }), 'denied'),
-        ...['p50', 'p95', 'p99'].filter((p) => totals[p] !== undefined && totals[p] !== null)
-          .map((p) => el('div', {}, el('b', { text: `${totals[p]} ms` }), p))),
+        ...['p50', 'p95', 'p99'].filter((p) => typeof (totals.latency_ms || {})[p] === 'number')
+          .map((p) => el('div', {}, el('b', { id: `usage-${p}`, text: `${totals.latency_ms[p]} ms` }), `${p} latency`))),
       el('p', { class: 'muted', text: `${fmtTime(report.from)} – ${fmtTime(report.to)}, one bar per ${report.step} s. Gateways report usage every few seconds.` }),
       el('div', { class: 'charts' }, charts));
   }
@@ -798,9 +798,12 @@
   // p50/p95/p99 lines, when the points carry them.
   function latencySeries(points) {
     const names = ['p50', 'p95', 'p99'];
-    const has = points.some((p) => names.some((n) => typeof (p[n] ?? (p.latency || {})[n]) === 'number'));
-    if (!has) return null;
-    const value = (p, n) => p[n] ?? (p.latency || {})[n] ?? null;
+    // `latency_ms: {p50, p95, p99}` per point (the histogram itself is `latency`).
+    const value = (p, n) => {
+      const v = (p.latency_ms || {})[n] ?? p[n];
+      return typeof v === 'number' ? v : null;
+    };
+    if (!points.some((p) => names.some((n) => value(p, n) !== null))) return null;
     const W = 600; const H = 220; const left = 40; const bottom = 24; const top = 8;
     const max = Math.max(1, ...points.flatMap((p) => names.map((n) => value(p, n) || 0)));
     const step = (W - left) / Math.max(1, points.length - 1);
@@ -883,7 +886,8 @@
     return el('table', { class: 'cards', id },
       el('thead', {}, el('tr', {}, columns.map(([, label]) => el('th', { text: label })))),
       el('tbody', {}, items.length ? items.map((item) => el('tr', {}, columns.map(([name, label]) => el('td', {
-        'data-label': label, text: /_at$/.test(name) ? fmtTime(item[name]) : fmtValue(item[name]),
+        'data-label': label,
+        text: /_at$|_from$|not_after/.test(name) ? fmtTime(item[name]) : typeof item[name] === 'boolean' ? (item[name] ? 'yes' : 'no') : fmtValue(item[name]),
       })))) : el('tr', {}, el('td', { colspan: columns.length, class: 'muted', text: 'None.' }))));
   }
 
@@ -894,9 +898,14 @@
     state.render = null;
     try {
       const answer = await api('GET', '/api/v1/signing-keys');
-      const items = Array.isArray(answer) ? answer : (answer.signing_keys || answer.keys || []);
-      const columns = items.length ? Object.keys(items[0]).filter((k) => typeof items[0][k] !== 'object' || items[0][k] === null)
-        .map((k) => [k, k.replace(/_/g, ' ')]) : [['kid', 'kid']];
+      const items = answer.signing_keys || [];
+      const columns = [['kid', 'kid'], ['algorithm', 'Algorithm'], ['created_at', 'Created'],
+        ['signs_from', 'Signs from'], ['not_after', 'Tokens valid until'],
+        ['retired_at', 'Retired'], ['published', 'In the JWKS']];
+      if (answer.configured === false) {
+        box.replaceChildren(el('p', { class: 'unavailable', text: 'JWT signing is not configured (KEYGATE_SIGNING_KEY_SECRET is not set).' }));
+        return;
+      }
       box.replaceChildren(genericTable('signing-keys-table', items, columns));
     } catch (error) {
       box.replaceChildren(el('p', { class: 'error', text: error.message }));
