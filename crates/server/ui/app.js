@@ -16,7 +16,8 @@
   const MAX_LIST_PAGES = 10;
   const AUDIT_ACTIONS = ['create', 'update', 'rotate', 'revoke', 'expire', 'import',
     'signing_key_rotate', 'admin_auth', 'role_create', 'role_update', 'role_delete',
-    'pool_set', 'pool_delete', 'session.login', 'session.login_failed'];
+    'pool_set', 'pool_delete', 'session.login', 'session.login_failed', 'session.login_limited',
+    'session.logout'];
   const RANGES = [
     { label: 'Last hour', seconds: 3600, step: 60 },
     { label: 'Last 6 hours', seconds: 6 * 3600, step: 300 },
