@@ -36,7 +36,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The whole HTTP API, ready to serve or to test with `oneshot`.
 pub fn app(state: AppState) -> Router {
-    let management = Router::new()
+    // Owners may use these (each handler limits them to their own keys).
+    let managed = Router::new()
         .route(
             "/api/v1/auth/keys",
             post(keys::create_key).get(keys::list_keys),
@@ -50,12 +51,14 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/auth/keys/{id}/usage", get(usage::key_usage))
         .route("/api/v1/auth/keys/{id}/rotate", post(keys::rotate_key))
         .route("/api/v1/auth/keys/{id}/expire", post(keys::expire_key))
+        .route("/api/v1/audit", get(audit::list_audit));
+    // Admins only: an owner gets 403 `forbidden`.
+    let admin_only = Router::new()
         .route("/api/v1/signing-keys", get(signing_keys::list_signing_keys))
         .route(
             "/api/v1/signing-keys/rotate",
             post(signing_keys::rotate_signing_key),
         )
-        .route("/api/v1/audit", get(audit::list_audit))
         .route("/api/v1/pools", get(pools::list_pools))
         .route(
             "/api/v1/pools/{owner}",
@@ -77,13 +80,16 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/auth/keys/import",
             post(legacy::import_keys).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
         )
+        .route_layer(middleware::from_fn(extract::admin_only));
+    let management = managed
+        .merge(admin_only)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             audit::audit_management,
         ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            extract::require_admin,
+            extract::require_management,
         ));
     let service = Router::new()
         .route("/v1/keys/{id}", get(lookup::lookup_key))

@@ -3,6 +3,7 @@
 //! Nothing here knows of HTTP requests or answers; [`crate::http`] parses requests, calls
 //! these operations and answers their results. Every operation works with a [`context::Service`].
 
+pub mod access;
 pub mod audit;
 pub mod context;
 pub mod counters;

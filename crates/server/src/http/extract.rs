@@ -1,5 +1,6 @@
-//! What the handlers take from a request before their own work: the admin key and the
-//! service token (checked in constant time), the caller for the audit log, and a JSON body.
+//! What the handlers take from a request before their own work: the management caller
+//! ([`Access`]: an admin key or a management key, checked in constant time) and the service
+//! token, the caller for the audit log, and a JSON body.
 
 use std::net::SocketAddr;
 
@@ -24,36 +25,37 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Middleware: the admin key, checked before the handler reads anything of the request.
-pub async fn require_admin(
+/// Middleware of the management API: authenticates the caller before the handler reads
+/// anything of the request, and puts the [`Access`] in the request extensions. A bearer admin
+/// key or management key (see [`crate::service::access`]); refusals are audited as before.
+pub async fn require_management(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let Some(presented) = bearer_token(&parts.headers).map(|token| KeyDigest::of(token.as_bytes()))
-    else {
+    let Some(token) = bearer_token(&parts.headers) else {
         record_denied_admin(&state, &parts, "missing").await;
         return Err(ApiError::MissingCredential(Realm::Admin));
     };
-    let admins = state.store().active_admin_keys().await?;
-    // Compare against every admin digest so the time taken does not depend on which matched.
-    let matched = admins.iter().fold(None, |found, (id, digest)| {
-        if digest.ct_eq(&presented) {
-            Some(id)
-        } else {
-            found
-        }
-    });
-    let Some(admin_id) = matched else {
-        tracing::info!("management request with an invalid admin key refused");
+    let Some((access, _)) = crate::service::access::authenticate(state.service(), token).await?
+    else {
+        tracing::info!("management request with an invalid admin or management key refused");
         record_denied_admin(&state, &parts, "invalid").await;
         return Err(ApiError::InvalidCredential(Realm::Admin));
     };
     let mut request = Request::from_parts(parts, body);
-    let actor = AdminActor(admin_id.clone());
-    request.extensions_mut().insert(actor);
+    request.extensions_mut().insert(access);
     Ok(next.run(request).await)
+}
+
+/// Middleware of the admin-only management routes (inside [`require_management`]): an owner
+/// caller gets 403 `forbidden`.
+pub async fn admin_only(request: Request, next: Next) -> Result<Response, ApiError> {
+    match request.extensions().get::<Access>() {
+        Some(access) if access.is_admin() => Ok(next.run(request).await),
+        _ => Err(ApiError::Forbidden),
+    }
 }
 
 /// Middleware: the service token, checked before the handler reads anything of the request.
@@ -116,8 +118,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
 // ---------------------------------------------------------------------------------------------
 // The caller, for the audit log
 
-/// Who sent a management request: the admin key's id (set by the admin check once it
-/// matched) and the TCP peer (when the server runs with connect info).
+/// Who sent a management request: the admin or management key's id (from the [`Access`] the
+/// authentication set) and the TCP peer (when the server runs with connect info).
 ///
 /// Use it as a handler argument (it never rejects) and build entries with [`Caller::entry`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -129,7 +131,10 @@ pub struct Caller {
 impl Caller {
     /// The caller of a request whose parts are `parts`.
     pub fn of(parts: &Parts) -> Self {
-        let actor = parts.extensions.get::<AdminActor>().map(|a| a.0.clone());
+        let actor = parts
+            .extensions
+            .get::<Access>()
+            .map(|access| access.actor().to_owned());
         Self {
             actor,
             source: source_of(parts),
@@ -163,10 +168,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// The id of the admin key a management request authenticated with: a request extension set
-/// by the admin check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdminActor(pub String);
+pub use crate::service::access::Access;
+
+impl<S: Send + Sync> FromRequestParts<S> for Access {
+    type Rejection = ApiError;
+
+    /// The caller [`require_management`] authenticated; a route outside it is a bug, answered
+    /// as a missing credential.
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Access>()
+            .cloned()
+            .ok_or(ApiError::MissingCredential(Realm::Admin))
+    }
+}
 
 /// The TCP peer of a request, when the server was started with connect info.
 pub fn source_of(parts: &Parts) -> Option<String> {

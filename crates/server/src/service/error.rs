@@ -167,6 +167,14 @@ pub enum ApiError {
     BadLease(String),
     #[error("the lease counters are unavailable; enforce the local fallback and retry")]
     CountersUnavailable(String),
+    #[error("this operation is for admins only; an owner's management key cannot do it")]
+    Forbidden,
+    #[error("a request made with the session cookie must carry the X-CSRF-Token header of the session, and a same-origin Origin header if any")]
+    Csrf,
+    #[error("too many failed logins from this address; retry after {retry_after} seconds")]
+    TooManyLogins { retry_after: u64 },
+    #[error("too many live event subscribers; retry later")]
+    TooManySubscribers,
     #[error("internal error")]
     Internal(String),
 }

@@ -8,6 +8,7 @@
 #[macro_use]
 extern crate keygate_testkit;
 
+mod access;
 mod audit;
 mod backends;
 mod binding;
