@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pools;
 pub mod problem;
 pub mod roles;
+pub mod session;
 pub mod signing_keys;
 pub mod state;
 pub mod usage;
@@ -122,11 +123,18 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/.well-known/jwks.json", get(signing_keys::jwks))
         .route("/metrics", get(metrics::metrics_endpoint))
+        .route(
+            "/ui/api/session",
+            post(session::login)
+                .get(session::show)
+                .delete(session::logout),
+        )
         .merge(management)
         .merge(service)
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(problem::problem_for_every_error))
+        .layer(middleware::from_fn(session::no_store))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

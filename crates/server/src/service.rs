@@ -19,6 +19,8 @@ pub mod pools;
 pub mod redis_counters;
 pub mod retention;
 pub mod roles;
+pub mod session_config;
+pub mod sessions;
 pub mod signing;
 pub mod usage;
 pub mod validate;

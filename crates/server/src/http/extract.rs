@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use keygate_core::key::KeyDigest;
@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::http::state::AppState;
 use crate::service::audit::{AuditEntry, OTHER_SOURCE};
 use crate::service::error::{ApiError, Realm};
+use crate::service::sessions::{LiveSession, SESSION_COOKIE};
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -27,22 +28,40 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 /// Middleware of the management API: authenticates the caller before the handler reads
 /// anything of the request, and puts the [`Access`] in the request extensions. A bearer admin
-/// key or management key (see [`crate::service::access`]); refusals are audited as before.
+/// key or management key (see [`crate::service::access`]), else the session cookie of a login
+/// (with the CSRF check of [`check_csrf`]); refusals are audited as
+/// before.
 pub async fn require_management(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let Some(token) = bearer_token(&parts.headers) else {
-        record_denied_admin(&state, &parts, "missing").await;
-        return Err(ApiError::MissingCredential(Realm::Admin));
-    };
-    let Some((access, _)) = crate::service::access::authenticate(state.service(), token).await?
-    else {
-        tracing::info!("management request with an invalid admin or management key refused");
-        record_denied_admin(&state, &parts, "invalid").await;
-        return Err(ApiError::InvalidCredential(Realm::Admin));
+    let access = match bearer_token(&parts.headers) {
+        Some(token) => {
+            let found = crate::service::access::authenticate(state.service(), token).await?;
+            let Some((access, _)) = found else {
+                tracing::info!(
+                    "management request with an invalid admin or management key refused"
+                );
+                record_denied_admin(&state, &parts, "invalid").await;
+                return Err(ApiError::InvalidCredential(Realm::Admin));
+            };
+            access
+        }
+        None => {
+            let Some(cookie) = session_cookie(&parts.headers) else {
+                record_denied_admin(&state, &parts, "missing").await;
+                return Err(ApiError::MissingCredential(Realm::Admin));
+            };
+            let Some(session) = crate::service::sessions::resolve(state.service(), cookie).await?
+            else {
+                record_denied_admin(&state, &parts, "invalid").await;
+                return Err(ApiError::InvalidCredential(Realm::Admin));
+            };
+            check_csrf(&parts, &session)?;
+            session.access
+        }
     };
     let mut request = Request::from_parts(parts, body);
     request.extensions_mut().insert(access);
@@ -76,6 +95,73 @@ pub fn require_service_token(state: &AppState, headers: &HeaderMap) -> Result<()
     } else {
         tracing::info!("lookup with an invalid service token refused");
         Err(ApiError::InvalidCredential(Realm::Service))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The session cookie and its CSRF check
+
+/// The header a request made with the session cookie carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The session cookie of a request, if it sent one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+/// Refuses (403 `csrf`) a state-changing request made with the session cookie unless it
+/// carries the session's CSRF token and, when it has an `Origin`, a same-origin one (a browser
+/// that says `Sec-Fetch-Site: cross-site` is refused too).
+pub fn check_csrf(parts: &Parts, session: &LiveSession) -> Result<(), ApiError> {
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let token = parts
+        .headers
+        .get(CSRF_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if token.is_empty() || token.len() > 128 || !session.csrf_matches(token) {
+        tracing::info!("request with the session cookie refused: no or wrong CSRF token");
+        return Err(ApiError::Csrf);
+    }
+    if !same_origin(&parts.headers) {
+        tracing::info!("request with the session cookie refused: cross-site");
+        return Err(ApiError::Csrf);
+    }
+    Ok(())
+}
+
+/// Whether the request's `Origin` (if any) names the host it was sent to, and the browser
+/// does not call it cross-site.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if text(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site") {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some(origin) = origin.to_str().ok() else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    match (authority, text(header::HOST)) {
+        (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host),
+        _ => false,
     }
 }
 
@@ -190,6 +276,11 @@ pub fn source_of(parts: &Parts) -> Option<String> {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.to_string())
+}
+
+/// The address failed logins are counted under (see [`refusal_source`]).
+pub fn login_address(parts: &Parts) -> String {
+    refusal_source(parts)
 }
 
 /// The address a refusal is counted under: the peer's IP (no port, so one client is one

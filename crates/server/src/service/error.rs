@@ -99,7 +99,7 @@ pub enum ApiError {
     RotateAlreadyRotated,
     #[error("action, target, actor and outcome filters must be at most 128 characters")]
     BadAuditFilter,
-    #[error("action must be one of create, update, rotate, revoke, expire, import, signing_key_rotate, admin_auth, role_create, role_update, role_delete, pool_set, pool_delete")]
+    #[error("action must be one of create, update, rotate, revoke, expire, import, signing_key_rotate, admin_auth, role_create, role_update, role_delete, pool_set, pool_delete, session.login, session.login_failed, session.login_limited, session.logout")]
     UnknownAuditAction,
     #[error("from and to must be RFC 3339 timestamps such as 2030-01-01T00:00:00Z")]
     BadAuditTime,

@@ -20,6 +20,7 @@ mod publish;
 mod readme;
 mod retention;
 mod roles;
+mod sessions;
 mod storage;
 mod transport;
 mod usage;
