@@ -32,7 +32,22 @@ impl KeyStore {
         status: Option<KeyStatus>,
         now: i64,
     ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.list_keys_of(after, limit, status, None, now).await
+    }
+
+    /// Like [`list_keys`](Self::list_keys), of one owner's keys only when `owner` is given.
+    pub async fn list_keys_of(
+        &self,
+        after: Option<&PageAfter>,
+        limit: u32,
+        status: Option<KeyStatus>,
+        owner: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
         let mut sql = Sql::new(format!("SELECT {KEY_COLUMNS} FROM keys WHERE 1 = 1"));
+        if let Some(owner) = owner {
+            sql.push(" AND owner = ").push_bind(owner);
+        }
         if let Some(after) = after {
             let created_at = sql.param(after.created_at);
             sql.push(&format!(

@@ -8,6 +8,7 @@
 #[macro_use]
 extern crate keygate_testkit;
 
+mod access;
 mod audit;
 mod backends;
 mod binding;
@@ -19,6 +20,7 @@ mod publish;
 mod readme;
 mod retention;
 mod roles;
+mod sessions;
 mod storage;
 mod transport;
 mod usage;
