@@ -7,6 +7,7 @@
 //! to an RFC 9457 problem; every other file is one resource's handlers. [`app`] routes them.
 
 pub mod audit;
+pub mod events;
 pub mod extract;
 pub mod feed;
 pub mod health;
@@ -53,7 +54,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/auth/keys/{id}/usage", get(usage::key_usage))
         .route("/api/v1/auth/keys/{id}/rotate", post(keys::rotate_key))
         .route("/api/v1/auth/keys/{id}/expire", post(keys::expire_key))
-        .route("/api/v1/audit", get(audit::list_audit));
+        .route("/api/v1/audit", get(audit::list_audit))
+        .route("/api/v1/events", get(events::events));
     // Admins only: an owner gets 403 `forbidden`.
     let admin_only = Router::new()
         .route("/api/v1/signing-keys", get(signing_keys::list_signing_keys))

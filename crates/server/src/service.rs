@@ -8,6 +8,7 @@ pub mod audit;
 pub mod context;
 pub mod counters;
 pub mod error;
+pub mod events;
 pub mod feed;
 pub mod fleet_config;
 pub mod keys;

@@ -7,6 +7,7 @@ use keygate_core::key::{GatewayKey, KeyPrefix};
 use crate::clock::Clock;
 use crate::service::audit::RefusedAdmin;
 use crate::service::counters::{Counters, LeaseSettings, MemoryCounters};
+use crate::service::events::Events;
 use crate::service::feed::FeedCounters;
 use crate::service::metrics::Metrics;
 use crate::service::session_config::{AccessSettings, Sessions};
@@ -32,6 +33,8 @@ pub struct Service {
     lease_settings: LeaseSettings,
     /// Management-page sessions: their settings and the failed-login counts.
     sessions: Arc<Sessions>,
+    /// Live events for the management page.
+    events: Arc<Events>,
 }
 
 impl Service {
@@ -56,6 +59,7 @@ impl Service {
             counters: Arc::new(MemoryCounters::new()),
             lease_settings: LeaseSettings::default(),
             sessions: Arc::default(),
+            events: Arc::default(),
         }
     }
 
@@ -76,6 +80,11 @@ impl Service {
     /// Management-page sessions: their settings and the failed-login counts.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// Live events for the management page.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Sets how leases are sized.

@@ -293,6 +293,7 @@ pub async fn create(
     };
     let (record, plaintext) = mint(service, valid.format, fields, now).await?;
     service.store().insert_key(&record).await?;
+    service.events().key_created(&record);
     tracing::info!(key_id = %record.id, name = %record.name, format = %record.format, "key created");
     Ok((record, plaintext))
 }
@@ -366,6 +367,7 @@ pub async fn revoke(
         tracing::debug!(key_id = %record.id, "key already revoked");
     } else {
         service.metrics().count_key_revoked();
+        service.events().key_revoked(&record);
         tracing::info!(key_id = %record.id, "key revoked");
     }
     Ok(record)
@@ -380,6 +382,7 @@ pub async fn expire(
 ) -> Result<KeyRecord, ApiError> {
     show(service, access, id).await?;
     let record = service.store().expire_key(id.as_str(), now).await?;
+    service.events().key_expired(&record);
     tracing::info!(key_id = %record.id, "key expired now");
     Ok(record)
 }
@@ -438,6 +441,8 @@ pub async fn rotate(
         .store()
         .rotate_key(id.as_str(), &successor, now.saturating_add(grace), now)
         .await?;
+    service.events().key_rotated(&old, &new.id);
+    service.events().key_created(&new);
     tracing::info!(key_id = %old.id, successor = %new.id, grace, "key rotated");
     Ok((new, plaintext))
 }

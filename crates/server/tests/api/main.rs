@@ -13,6 +13,7 @@ mod audit;
 mod backends;
 mod binding;
 mod errors;
+mod events;
 mod feed;
 mod fleet;
 mod legacy;
