@@ -418,7 +418,8 @@ fn wait_counted(browser: &Browser, at_least: u64, timeout: Duration) -> u64 {
     loop {
         let count = browser
             .find("#usage-allowed")
-            .and_then(|e| e.text().trim().parse::<u64>().ok())
+            .and_then(|e| e.try_text())
+            .and_then(|t| t.trim().parse::<u64>().ok())
             .unwrap_or(0);
         if count >= at_least || started.elapsed() > timeout {
             return count;

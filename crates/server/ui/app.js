@@ -674,11 +674,12 @@
 
     const chartState = { range: 0 };
     const refreshUsage = () => drawUsage(usage, id, chartState);
-    // Live usage redraws the charts; an event about the key reloads the record too.
+    // An event about this key (or its usage) reloads the record and redraws the charts.
     state.render = {
       wants: (name, data) => (name === 'usage' ? data.key_id === id : data.id === id || data.new_id === id),
       refresh: async (names) => {
-        if ([...names].some((n) => n !== 'usage') && !(await load())) return;
+        // Usage moves `last_used_at` too: the record is reloaded either way.
+        if (!(await load())) return;
         await refreshUsage();
       },
     };

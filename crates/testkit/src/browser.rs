@@ -263,7 +263,8 @@ impl Browser {
     ) -> String {
         let started = Instant::now();
         loop {
-            let text = self.find(selector).map(|e| e.text());
+            // The page may redraw between finding the element and reading it.
+            let text = self.find(selector).and_then(|e| e.try_text());
             if let Some(text) = text.filter(|t| check(t)) {
                 return text;
             }
@@ -392,6 +393,14 @@ impl Element<'_> {
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// Its rendered text, or `None` when it left the page (redrawn) since it was found.
+    pub fn try_text(&self) -> Option<String> {
+        self.browser
+            .try_call("GET", &self.path("/text"), None)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
     }
 
     /// The DOM property `name` (e.g. `value`).
