@@ -278,7 +278,6 @@ fn an_owner_manages_their_keys_on_the_dashboard() {
     browser.wait_text("#key-rows", Duration::from_secs(5), |t| {
         t.contains("No key matches")
     });
-    photograph(&browser, "keys", WIDE);
     browser.goto(&service.url(&format!("/ui/#/key/{}", bobs_key.id)));
     browser.wait_text("h1", Duration::from_secs(10), |t| t.contains("not found"));
     let reply = api_as(
@@ -337,6 +336,7 @@ fn an_owner_manages_their_keys_on_the_dashboard() {
         &format!("tr[data-key-id=\"{}\"]", elsewhere.id),
         Duration::from_secs(10),
     );
+    photograph(&browser, "keys", WIDE);
 
     // ── a forged cross-site request with the session cookie is refused ───────────────────
     let session_id = cookie["value"].as_str().unwrap_or_default().to_string();
