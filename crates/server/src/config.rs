@@ -80,6 +80,8 @@ pub struct ServeArgs {
     pub retention: RetentionArgs,
     #[command(flatten)]
     pub fleet: crate::service::fleet_config::FleetArgs,
+    #[command(flatten)]
+    pub access: crate::service::sessions::AccessArgs,
     /// Seconds a new JWT signing key is published in the JWKS before it signs: more than the
     /// filters' `min_refetch_seconds` + `timeout_ms` of the JWKS (0-3660).
     #[arg(
@@ -107,6 +109,8 @@ pub struct ServeConfig {
     pub usage_max_body_bytes: usize,
     pub retention: RetentionSettings,
     pub fleet: crate::service::fleet_config::FleetSettings,
+    /// Management-page sessions and live events.
+    pub access: crate::service::sessions::AccessSettings,
 }
 
 /// Why the service refuses to start. Messages name the setting, never its value.
@@ -147,6 +151,8 @@ pub enum ConfigError {
     Retention(#[from] RetentionError),
     #[error("{0}")]
     Fleet(#[from] crate::service::fleet_config::FleetError),
+    #[error("{0}")]
+    Access(#[from] crate::service::sessions::AccessConfigError),
 }
 
 const MAX_CLAIM_CHARS: usize = 256;
@@ -214,6 +220,8 @@ impl ServeConfig {
         }
         let retention = RetentionSettings::from_args(&args.retention)?;
         let fleet = crate::service::fleet_config::FleetSettings::from_args(&args.fleet)?;
+        let access =
+            crate::service::sessions::AccessSettings::from_args(&args.access, tls.is_some())?;
         Ok(Self {
             listen,
             database: args.database,
@@ -237,6 +245,7 @@ impl ServeConfig {
             usage_max_body_bytes: args.usage_max_body_bytes,
             retention,
             fleet,
+            access,
         })
     }
 }
@@ -261,6 +270,7 @@ mod tests {
             usage_max_body_bytes: crate::service::usage::MAX_USAGE_BODY_BYTES,
             retention: RetentionArgs::default(),
             fleet: crate::service::fleet_config::FleetArgs::default(),
+            access: crate::service::sessions::AccessArgs::default(),
             signing_key_publish_delay: crate::service::signing::DEFAULT_PUBLISH_DELAY_S,
         }
     }

@@ -7,6 +7,7 @@
 //! to an RFC 9457 problem; every other file is one resource's handlers. [`app`] routes them.
 
 pub mod audit;
+pub mod events;
 pub mod extract;
 pub mod feed;
 pub mod health;
@@ -18,8 +19,10 @@ pub mod metrics;
 pub mod pools;
 pub mod problem;
 pub mod roles;
+pub mod session;
 pub mod signing_keys;
 pub mod state;
+pub mod ui;
 pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
@@ -36,7 +39,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The whole HTTP API, ready to serve or to test with `oneshot`.
 pub fn app(state: AppState) -> Router {
-    let management = Router::new()
+    // Owners may use these (each handler limits them to their own keys).
+    let managed = Router::new()
         .route(
             "/api/v1/auth/keys",
             post(keys::create_key).get(keys::list_keys),
@@ -50,12 +54,15 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/auth/keys/{id}/usage", get(usage::key_usage))
         .route("/api/v1/auth/keys/{id}/rotate", post(keys::rotate_key))
         .route("/api/v1/auth/keys/{id}/expire", post(keys::expire_key))
+        .route("/api/v1/audit", get(audit::list_audit))
+        .route("/api/v1/events", get(events::events));
+    // Admins only: an owner gets 403 `forbidden`.
+    let admin_only = Router::new()
         .route("/api/v1/signing-keys", get(signing_keys::list_signing_keys))
         .route(
             "/api/v1/signing-keys/rotate",
             post(signing_keys::rotate_signing_key),
         )
-        .route("/api/v1/audit", get(audit::list_audit))
         .route("/api/v1/pools", get(pools::list_pools))
         .route(
             "/api/v1/pools/{owner}",
@@ -77,13 +84,16 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/auth/keys/import",
             post(legacy::import_keys).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
         )
+        .route_layer(middleware::from_fn(extract::admin_only));
+    let management = managed
+        .merge(admin_only)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             audit::audit_management,
         ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            extract::require_admin,
+            extract::require_management,
         ));
     let service = Router::new()
         .route("/v1/keys/{id}", get(lookup::lookup_key))
@@ -116,11 +126,19 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/.well-known/jwks.json", get(signing_keys::jwks))
         .route("/metrics", get(metrics::metrics_endpoint))
+        .route(
+            "/ui/api/session",
+            post(session::login)
+                .get(session::show)
+                .delete(session::logout),
+        )
         .merge(management)
         .merge(service)
+        .merge(ui::routes())
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(problem::problem_for_every_error))
+        .layer(middleware::from_fn(session::no_store))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

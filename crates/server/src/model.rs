@@ -8,6 +8,7 @@ pub mod feed;
 pub mod key;
 pub mod legacy;
 pub mod role;
+pub mod session;
 pub mod signing;
 pub mod usage;
 

@@ -184,6 +184,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     )
     .with_jwt_issuer(jwt)
     .with_usage_body_limit(config.usage_max_body_bytes)
+    .with_access_settings(config.access)
     .with_counters(config.fleet.counters.clone(), config.fleet.lease);
     tracing::info!(
         counters = config.fleet.counters.kind(),

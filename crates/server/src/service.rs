@@ -3,10 +3,12 @@
 //! Nothing here knows of HTTP requests or answers; [`crate::http`] parses requests, calls
 //! these operations and answers their results. Every operation works with a [`context::Service`].
 
+pub mod access;
 pub mod audit;
 pub mod context;
 pub mod counters;
 pub mod error;
+pub mod events;
 pub mod feed;
 pub mod fleet_config;
 pub mod keys;
@@ -18,6 +20,8 @@ pub mod pools;
 pub mod redis_counters;
 pub mod retention;
 pub mod roles;
+pub mod session_config;
+pub mod sessions;
 pub mod signing;
 pub mod usage;
 pub mod validate;

@@ -28,6 +28,7 @@ mod postgres;
 mod roles;
 mod rows;
 mod seq;
+mod sessions;
 mod signal;
 mod signing;
 mod sql;

@@ -11,6 +11,8 @@
 //! - [`modules`]: a crate's module graph read from its sources (import cycles, layers).
 //! - [`Redis`]: a `redis-server` of its own per test; [`Cluster::extra_envoy`]: more Envoys
 //!   on the same key services (a fleet).
+//! - [`Browser`]: a headless Chromium over WebDriver (Debian's `chromium-driver`), for the
+//!   dashboard's tests.
 //! - Assertions on what Envoy answers: [`assert_denied`], [`assert_forwarded_with_identity`].
 //!
 //! Binaries come from `KEYGATE_WASM`, `KEYGATE_BIN`, `ENVOY_BIN` (defaults under the project
@@ -21,6 +23,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod assertions;
+mod browser;
 mod envoy;
 mod http;
 pub mod modules;
@@ -37,6 +40,7 @@ mod tls;
 pub use assertions::{
     assert_denied, assert_forwarded_with_identity, poll_status, IDENTITY_HEADERS,
 };
+pub use browser::{chromedriver_bin, chromium_bin, Browser, Element, LogEntry, BROWSER_TIMEOUT};
 pub use envoy::{
     default_plugin_config, envoy_template, parse_counter, render_envoy_config,
     with_key_service_tls, with_listener_mtls, with_routes_before_catch_all, with_service_endpoints,

@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::http::extract::{page_limit, Caller};
+use crate::http::extract::{page_limit, Access, Caller};
 use crate::http::state::AppState;
 use crate::model::AuditFilter;
 use crate::service::audit::{AuditPage, ACTIONS};
@@ -217,15 +217,20 @@ fn parse_params(params: AuditParams) -> Result<AuditFilter, ApiError> {
         to: time_filter(params.to)?,
         before,
         limit,
+        owner: None,
     })
 }
 
+/// `GET /api/v1/audit`: an owner caller sees only the entries whose target is one of its keys
+/// (filtered in the query, so pages stay full).
 pub async fn list_audit(
     State(state): State<AppState>,
+    access: Access,
     params: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
-    let filter = parse_params(params)?;
+    let mut filter = parse_params(params)?;
+    filter.owner = access.owner().map(str::to_owned);
     let service = state.service();
     let page = crate::service::audit::list(
         service.store(),

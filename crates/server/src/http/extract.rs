@@ -1,5 +1,6 @@
-//! What the handlers take from a request before their own work: the admin key and the
-//! service token (checked in constant time), the caller for the audit log, and a JSON body.
+//! What the handlers take from a request before their own work: the management caller
+//! ([`Access`]: an admin key or a management key, checked in constant time) and the service
+//! token, the caller for the audit log, and a JSON body.
 
 use std::net::SocketAddr;
 
@@ -7,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use keygate_core::key::KeyDigest;
@@ -16,6 +17,7 @@ use serde_json::Value;
 use crate::http::state::AppState;
 use crate::service::audit::{AuditEntry, OTHER_SOURCE};
 use crate::service::error::{ApiError, Realm};
+use crate::service::sessions::{LiveSession, SESSION_COOKIE};
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -24,36 +26,55 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Middleware: the admin key, checked before the handler reads anything of the request.
-pub async fn require_admin(
+/// Middleware of the management API: authenticates the caller before the handler reads
+/// anything of the request, and puts the [`Access`] in the request extensions. A bearer admin
+/// key or management key (see [`crate::service::access`]), else the session cookie of a login
+/// (with the CSRF check of [`check_csrf`]); refusals are audited as
+/// before.
+pub async fn require_management(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let Some(presented) = bearer_token(&parts.headers).map(|token| KeyDigest::of(token.as_bytes()))
-    else {
-        record_denied_admin(&state, &parts, "missing").await;
-        return Err(ApiError::MissingCredential(Realm::Admin));
-    };
-    let admins = state.store().active_admin_keys().await?;
-    // Compare against every admin digest so the time taken does not depend on which matched.
-    let matched = admins.iter().fold(None, |found, (id, digest)| {
-        if digest.ct_eq(&presented) {
-            Some(id)
-        } else {
-            found
+    let access = match bearer_token(&parts.headers) {
+        Some(token) => {
+            let found = crate::service::access::authenticate(state.service(), token).await?;
+            let Some((access, _)) = found else {
+                tracing::info!(
+                    "management request with an invalid admin or management key refused"
+                );
+                record_denied_admin(&state, &parts, "invalid").await;
+                return Err(ApiError::InvalidCredential(Realm::Admin));
+            };
+            access
         }
-    });
-    let Some(admin_id) = matched else {
-        tracing::info!("management request with an invalid admin key refused");
-        record_denied_admin(&state, &parts, "invalid").await;
-        return Err(ApiError::InvalidCredential(Realm::Admin));
+        None => {
+            let Some(cookie) = session_cookie(&parts.headers) else {
+                record_denied_admin(&state, &parts, "missing").await;
+                return Err(ApiError::MissingCredential(Realm::Admin));
+            };
+            let Some(session) = crate::service::sessions::resolve(state.service(), cookie).await?
+            else {
+                record_denied_admin(&state, &parts, "invalid").await;
+                return Err(ApiError::InvalidCredential(Realm::Admin));
+            };
+            check_csrf(&parts, &session)?;
+            session.access
+        }
     };
     let mut request = Request::from_parts(parts, body);
-    let actor = AdminActor(admin_id.clone());
-    request.extensions_mut().insert(actor);
+    request.extensions_mut().insert(access);
     Ok(next.run(request).await)
+}
+
+/// Middleware of the admin-only management routes (inside [`require_management`]): an owner
+/// caller gets 403 `forbidden`.
+pub async fn admin_only(request: Request, next: Next) -> Result<Response, ApiError> {
+    match request.extensions().get::<Access>() {
+        Some(access) if access.is_admin() => Ok(next.run(request).await),
+        _ => Err(ApiError::Forbidden),
+    }
 }
 
 /// Middleware: the service token, checked before the handler reads anything of the request.
@@ -74,6 +95,73 @@ pub fn require_service_token(state: &AppState, headers: &HeaderMap) -> Result<()
     } else {
         tracing::info!("lookup with an invalid service token refused");
         Err(ApiError::InvalidCredential(Realm::Service))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The session cookie and its CSRF check
+
+/// The header a request made with the session cookie carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The session cookie of a request, if it sent one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+/// Refuses (403 `csrf`) a state-changing request made with the session cookie unless it
+/// carries the session's CSRF token and, when it has an `Origin`, a same-origin one (a browser
+/// that says `Sec-Fetch-Site: cross-site` is refused too).
+pub fn check_csrf(parts: &Parts, session: &LiveSession) -> Result<(), ApiError> {
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let token = parts
+        .headers
+        .get(CSRF_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if token.is_empty() || token.len() > 128 || !session.csrf_matches(token) {
+        tracing::info!("request with the session cookie refused: no or wrong CSRF token");
+        return Err(ApiError::Csrf);
+    }
+    if !same_origin(&parts.headers) {
+        tracing::info!("request with the session cookie refused: cross-site");
+        return Err(ApiError::Csrf);
+    }
+    Ok(())
+}
+
+/// Whether the request's `Origin` (if any) names the host it was sent to, and the browser
+/// does not call it cross-site.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if text(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site") {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some(origin) = origin.to_str().ok() else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    match (authority, text(header::HOST)) {
+        (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host),
+        _ => false,
     }
 }
 
@@ -116,8 +204,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
 // ---------------------------------------------------------------------------------------------
 // The caller, for the audit log
 
-/// Who sent a management request: the admin key's id (set by the admin check once it
-/// matched) and the TCP peer (when the server runs with connect info).
+/// Who sent a management request: the admin or management key's id (from the [`Access`] the
+/// authentication set) and the TCP peer (when the server runs with connect info).
 ///
 /// Use it as a handler argument (it never rejects) and build entries with [`Caller::entry`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -129,7 +217,10 @@ pub struct Caller {
 impl Caller {
     /// The caller of a request whose parts are `parts`.
     pub fn of(parts: &Parts) -> Self {
-        let actor = parts.extensions.get::<AdminActor>().map(|a| a.0.clone());
+        let actor = parts
+            .extensions
+            .get::<Access>()
+            .map(|access| access.actor().to_owned());
         Self {
             actor,
             source: source_of(parts),
@@ -163,10 +254,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// The id of the admin key a management request authenticated with: a request extension set
-/// by the admin check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdminActor(pub String);
+pub use crate::service::access::Access;
+
+impl<S: Send + Sync> FromRequestParts<S> for Access {
+    type Rejection = ApiError;
+
+    /// The caller [`require_management`] authenticated; a route outside it is a bug, answered
+    /// as a missing credential.
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Access>()
+            .cloned()
+            .ok_or(ApiError::MissingCredential(Realm::Admin))
+    }
+}
 
 /// The TCP peer of a request, when the server was started with connect info.
 pub fn source_of(parts: &Parts) -> Option<String> {
@@ -174,6 +276,11 @@ pub fn source_of(parts: &Parts) -> Option<String> {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0.to_string())
+}
+
+/// The address failed logins are counted under (see [`refusal_source`]).
+pub fn login_address(parts: &Parts) -> String {
+    refusal_source(parts)
 }
 
 /// The address a refusal is counted under: the peer's IP (no port, so one client is one

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::http::audit::outcome_of;
-use crate::http::extract::{page_limit, parse_json, read_body, Caller};
+use crate::http::extract::{page_limit, parse_json, read_body, Access, Caller};
 use crate::http::state::AppState;
 use crate::model::KeyLimits;
 use crate::model::KeyRecord;
@@ -140,12 +140,13 @@ impl LimitsView {
 
 pub async fn create_key(
     State(state): State<AppState>,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     let body = read_body(body)?;
     let request: CreateKeyRequest = parse_json(&body)?;
     let now = state.now();
-    let (record, plaintext) = keys::create(state.service(), request, now).await?;
+    let (record, plaintext) = keys::create(state.service(), &access, request, now).await?;
     let view = KeyView::of(record, now).with_plaintext(plaintext);
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -176,6 +177,7 @@ fn parse_status(text: &str) -> Result<KeyStatus, ApiError> {
 
 pub async fn list_keys(
     State(state): State<AppState>,
+    access: Access,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<KeyPage>, ApiError> {
     let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
@@ -187,7 +189,8 @@ pub async fn list_keys(
         .transpose()?;
     let status = params.status.as_deref().map(parse_status).transpose()?;
     let now = state.now();
-    let (records, next_cursor) = keys::list(state.service(), after, limit, status, now).await?;
+    let (records, next_cursor) =
+        keys::list(state.service(), &access, after, limit, status, now).await?;
     let keys = records
         .into_iter()
         .map(|record| KeyView::of(record, now))
@@ -197,10 +200,11 @@ pub async fn list_keys(
 
 pub async fn show_key(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     let id = parse_key_id(&id)?;
-    let record = keys::show(state.service(), &id).await?;
+    let record = keys::show(state.service(), &access, &id).await?;
     let remaining = match &record.limits.quota {
         Some(quota) => {
             crate::service::leases::quota_remaining(state.service(), &record.id, quota).await
@@ -216,22 +220,24 @@ pub async fn show_key(
 
 pub async fn revoke_key(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     let id = parse_key_id(&id)?;
     let now = state.now();
-    let record = keys::revoke(state.service(), &id, now).await?;
+    let record = keys::revoke(state.service(), &access, &id, now).await?;
     Ok(Json(KeyView::of(record, now)))
 }
 
 /// `POST /api/v1/auth/keys/{id}/expire`: the key's own expiry becomes now (idempotent).
 pub async fn expire_key(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     let id = parse_key_id(&id)?;
     let now = state.now();
-    let record = keys::expire(state.service(), &id, now).await?;
+    let record = keys::expire(state.service(), &access, &id, now).await?;
     Ok(Json(KeyView::of(record, now)))
 }
 
@@ -246,6 +252,7 @@ struct RotateRequest {
 
 pub async fn rotate_key(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
@@ -258,7 +265,7 @@ pub async fn rotate_key(
     };
     let grace = keys::grace_seconds(request.grace.as_ref())?;
     let now = state.now();
-    let (new, plaintext) = keys::rotate(state.service(), &id, grace, now).await?;
+    let (new, plaintext) = keys::rotate(state.service(), &access, &id, grace, now).await?;
     let view = KeyView::of(new, now).with_plaintext(plaintext);
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -267,18 +274,20 @@ pub async fn rotate_key(
 /// (action `update`, with the names of the fields changed, never their values).
 pub async fn update_key(
     State(state): State<AppState>,
+    access: Access,
     caller: Caller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<KeyView>, ApiError> {
     let target = KeyId::parse(&id).ok().map(|id| id.to_string());
     let mut fields = Vec::new();
-    let result = apply_update(&state, &id, body, &mut fields).await;
+    let result = apply_update(&state, &access, &id, body, &mut fields).await;
     let outcome = match &result {
         Ok(_) => "ok".to_owned(),
         Err(error) => {
             let slug = match error.status() {
                 StatusCode::NOT_FOUND => "not-found",
+                StatusCode::FORBIDDEN => "forbidden",
                 StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
                 status if status.is_server_error() => "internal",
                 _ => "invalid-request",
@@ -294,6 +303,7 @@ pub async fn update_key(
 
 pub async fn apply_update(
     state: &AppState,
+    access: &Access,
     id: &str,
     body: Result<Bytes, BytesRejection>,
     fields: &mut Vec<&'static str>,
@@ -301,6 +311,12 @@ pub async fn apply_update(
     let id = KeyId::parse(id).map_err(|_| ApiError::BadKeyId)?;
     let body = read_body(body)?;
     let request: UpdateKeyRequest = parse_json(&body)?;
+    // An owner changes only its own keys (their owner never changes), and grants no
+    // `keygate:` scope.
+    keys::show(state.service(), access, &id).await?;
+    if let Some(Some(scopes)) = &request.scopes {
+        crate::service::access::check_grant(access, scopes)?;
+    }
     let now = state.now();
     let record = crate::service::limits::update(state.service(), &id, request, fields).await?;
     Ok(Json(KeyView::of(record, now)))

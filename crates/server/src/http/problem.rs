@@ -26,6 +26,9 @@ impl ApiError {
             }
             Self::RoleNotFound => StatusCode::NOT_FOUND,
             Self::RoleExists | Self::RoleInUse | Self::TooManyRoles => StatusCode::CONFLICT,
+            Self::Forbidden | Self::Csrf => StatusCode::FORBIDDEN,
+            Self::TooManyLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManySubscribers => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -52,6 +55,10 @@ impl ApiError {
             Self::RoleExists => "role-exists",
             Self::RoleInUse => "role-in-use",
             Self::TooManyRoles => "too-many-roles",
+            Self::Forbidden => "forbidden",
+            Self::Csrf => "csrf",
+            Self::TooManyLogins { .. } => "too-many-logins",
+            Self::TooManySubscribers => "too-many-subscribers",
             Self::Internal(_) => "internal",
             _ => "invalid-request",
         }
@@ -64,7 +71,7 @@ impl ApiError {
     fn detail(&self) -> String {
         match self {
             Self::MissingCredential(Realm::Admin) => {
-                "this endpoint needs an admin key: send Authorization: Bearer <admin key>".into()
+                "this endpoint needs an admin key: send Authorization: Bearer <admin key> (or a management key, or the session cookie of a login)".into()
             }
             Self::MissingCredential(Realm::Service) => {
                 "this endpoint needs the service token: send Authorization: Bearer <service token>"
@@ -87,6 +94,8 @@ fn title_of(status: StatusCode) -> &'static str {
         StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
         StatusCode::CONFLICT => "Conflict",
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::TOO_MANY_REQUESTS => "Too many requests",
         status if status.is_server_error() => "Internal server error",
         _ => "Invalid request",
     }
@@ -132,6 +141,9 @@ impl IntoResponse for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"keygate\", error=\"invalid_token\""),
                 );
+            }
+            Self::TooManyLogins { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }

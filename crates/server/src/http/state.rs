@@ -55,6 +55,16 @@ impl AppState {
         self
     }
 
+    /// Sets how management-page sessions and live events behave.
+    #[must_use]
+    pub fn with_access_settings(
+        mut self,
+        settings: crate::service::sessions::AccessSettings,
+    ) -> Self {
+        self.service = self.service.with_access_settings(settings);
+        self
+    }
+
     /// The operations' context.
     pub fn service(&self) -> &Service {
         &self.service

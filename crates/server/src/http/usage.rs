@@ -1,5 +1,5 @@
 //! Usage: `POST /v1/usage` (service token; the filter's batches) and
-//! `GET /api/v1/auth/keys/{id}/usage` (admin). See [`crate::service::usage`].
+//! `GET /api/v1/auth/keys/{id}/usage` (admin, or the key's owner). See [`crate::service::usage`].
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -10,7 +10,7 @@ use keygate_core::wire::UsageBatch;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::http::extract::{parse_json, require_service_token};
+use crate::http::extract::{parse_json, require_service_token, Access};
 use crate::http::state::AppState;
 use crate::service::error::ApiError;
 use crate::service::usage::{UsageRange, UsageReport};
@@ -45,11 +45,19 @@ pub struct UsageParams {
 /// `GET /api/v1/auth/keys/{id}/usage?from=&to=&step=` (admin).
 pub async fn key_usage(
     State(state): State<AppState>,
+    access: Access,
     Path(id): Path<String>,
     params: Result<Query<UsageParams>, QueryRejection>,
 ) -> Result<Json<UsageReport>, ApiError> {
     if !crate::service::usage::valid_key_id(&id) {
         return Err(ApiError::BadKeyId);
+    }
+    if let Some(owner) = access.owner() {
+        // Another owner's key (or an unknown id) answers as if absent.
+        let record = state.store().get_key(&id).await?;
+        if record.is_none_or(|record| record.owner != owner) {
+            return Err(ApiError::KeyNotFound);
+        }
     }
     let Query(params) = params.map_err(|_| ApiError::MalformedQuery)?;
     let range = UsageRange::parse(

@@ -39,6 +39,8 @@ pub struct AuditFilter {
     pub to: Option<i64>,
     pub before: Option<i64>,
     pub limit: u32,
+    /// Only rows whose target is a key of this owner (an owner caller's view).
+    pub owner: Option<String>,
 }
 
 /// Which audit rows a prune deletes.

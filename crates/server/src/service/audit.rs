@@ -298,7 +298,7 @@ pub struct AuditPage {
 }
 
 /// Every action the audit log records (the values `action` filters on).
-pub const ACTIONS: [&str; 13] = [
+pub const ACTIONS: [&str; 17] = [
     "create",
     "update",
     "rotate",
@@ -312,6 +312,10 @@ pub const ACTIONS: [&str; 13] = [
     "role_delete",
     "pool_set",
     "pool_delete",
+    "session.login",
+    "session.login_failed",
+    "session.login_limited",
+    "session.logout",
 ];
 
 /// One page of the audit log, newest first, for `filter` (whose `limit` is the page size).

@@ -7,8 +7,10 @@ use keygate_core::key::{GatewayKey, KeyPrefix};
 use crate::clock::Clock;
 use crate::service::audit::RefusedAdmin;
 use crate::service::counters::{Counters, LeaseSettings, MemoryCounters};
+use crate::service::events::Events;
 use crate::service::feed::FeedCounters;
 use crate::service::metrics::Metrics;
+use crate::service::session_config::{AccessSettings, Sessions};
 use crate::service::signing::{JwtIssuer, JwtSettings};
 use crate::store::KeyStore;
 
@@ -29,6 +31,10 @@ pub struct Service {
     /// The global counts of fleet-wide limits (in memory unless Redis is configured).
     counters: Arc<dyn Counters>,
     lease_settings: LeaseSettings,
+    /// Management-page sessions: their settings and the failed-login counts.
+    sessions: Arc<Sessions>,
+    /// Live events for the management page.
+    events: Arc<Events>,
 }
 
 impl Service {
@@ -52,6 +58,8 @@ impl Service {
             refused_admin: Arc::default(),
             counters: Arc::new(MemoryCounters::new()),
             lease_settings: LeaseSettings::default(),
+            sessions: Arc::default(),
+            events: Arc::default(),
         }
     }
 
@@ -60,6 +68,23 @@ impl Service {
     pub fn with_counters(mut self, counters: Arc<dyn Counters>) -> Self {
         self.counters = counters;
         self
+    }
+
+    /// Sets how management-page sessions and live events behave.
+    #[must_use]
+    pub fn with_access_settings(mut self, settings: AccessSettings) -> Self {
+        self.sessions = Arc::new(Sessions::new(settings));
+        self
+    }
+
+    /// Management-page sessions: their settings and the failed-login counts.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Live events for the management page.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Sets how leases are sized.

@@ -99,7 +99,7 @@ pub enum ApiError {
     RotateAlreadyRotated,
     #[error("action, target, actor and outcome filters must be at most 128 characters")]
     BadAuditFilter,
-    #[error("action must be one of create, update, rotate, revoke, expire, import, signing_key_rotate, admin_auth, role_create, role_update, role_delete, pool_set, pool_delete")]
+    #[error("action must be one of create, update, rotate, revoke, expire, import, signing_key_rotate, admin_auth, role_create, role_update, role_delete, pool_set, pool_delete, session.login, session.login_failed, session.login_limited, session.logout")]
     UnknownAuditAction,
     #[error("from and to must be RFC 3339 timestamps such as 2030-01-01T00:00:00Z")]
     BadAuditTime,
@@ -167,6 +167,14 @@ pub enum ApiError {
     BadLease(String),
     #[error("the lease counters are unavailable; enforce the local fallback and retry")]
     CountersUnavailable(String),
+    #[error("this operation is for admins only; an owner's management key cannot do it")]
+    Forbidden,
+    #[error("a request made with the session cookie must carry the X-CSRF-Token header of the session, and a same-origin Origin header if any")]
+    Csrf,
+    #[error("too many failed logins from this address; retry after {retry_after} seconds")]
+    TooManyLogins { retry_after: u64 },
+    #[error("too many live event subscribers; retry later")]
+    TooManySubscribers,
     #[error("internal error")]
     Internal(String),
 }

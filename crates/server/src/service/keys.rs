@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::model::role::effective_scopes;
 use crate::model::{KeyLimits, KeyRecord, PageAfter, FORMAT_JWT, FORMAT_OPAQUE};
+use crate::service::access::{check_grant, Access};
 use crate::service::context::Service;
 use crate::service::error::ApiError;
 use crate::service::limits::{CreateLimits, RateLimitRequest};
@@ -268,12 +269,18 @@ fn jwt_claims(record: &KeyRecord, settings: &JwtSettings) -> Value {
 }
 
 /// Creates a key: checks `request`, mints the key and stores its record. Answers the record
-/// and the plaintext, which is shown once.
+/// and the plaintext, which is shown once. An owner caller creates keys of its own owner
+/// only (the request's `owner` is replaced) and may not grant a `keygate:` scope.
 pub async fn create(
     service: &Service,
-    request: CreateKeyRequest,
+    access: &Access,
+    mut request: CreateKeyRequest,
     now: i64,
 ) -> Result<(KeyRecord, String), ApiError> {
+    check_grant(access, &request.scopes)?;
+    if let Some(owner) = access.owner() {
+        request.owner = Some(owner.to_owned());
+    }
     let valid = validate_create(request, now)?;
     let fields = KeyFields {
         name: valid.name,
@@ -286,6 +293,7 @@ pub async fn create(
     };
     let (record, plaintext) = mint(service, valid.format, fields, now).await?;
     service.store().insert_key(&record).await?;
+    service.events().key_created(&record);
     tracing::info!(key_id = %record.id, name = %record.name, format = %record.format, "key created");
     Ok((record, plaintext))
 }
@@ -310,6 +318,7 @@ pub fn decode_cursor(text: &str) -> Result<PageAfter, ApiError> {
 /// [`decode_cursor`]; of `status` if given), and the cursor of the next page if there is one.
 pub async fn list(
     service: &Service,
+    access: &Access,
     after: Option<PageAfter>,
     limit: u32,
     status: Option<KeyStatus>,
@@ -317,7 +326,7 @@ pub async fn list(
 ) -> Result<(Vec<KeyRecord>, Option<String>), ApiError> {
     let mut records = service
         .store()
-        .list_keys(after.as_ref(), limit + 1, status, now)
+        .list_keys_of(after.as_ref(), limit + 1, status, access.owner(), now)
         .await?;
     let more = records.len() > limit as usize;
     records.truncate(limit as usize);
@@ -334,35 +343,46 @@ pub fn parse_key_id(text: &str) -> Result<KeyId, ApiError> {
     KeyId::parse(text).map_err(|_| ApiError::BadKeyId)
 }
 
-/// The key with this id.
-pub async fn show(service: &Service, id: &KeyId) -> Result<KeyRecord, ApiError> {
-    service
+/// The key with this id, if `access` may see it (another owner's key answers
+/// [`ApiError::KeyNotFound`]).
+pub async fn show(service: &Service, access: &Access, id: &KeyId) -> Result<KeyRecord, ApiError> {
+    let record = service
         .store()
         .get_key(id.as_str())
         .await?
-        .ok_or(ApiError::KeyNotFound)
+        .ok_or(ApiError::KeyNotFound)?;
+    access.visible(record)
 }
 
 /// Revokes a key (idempotent).
-pub async fn revoke(service: &Service, id: &KeyId, now: i64) -> Result<KeyRecord, ApiError> {
-    let already = service
-        .store()
-        .get_key(id.as_str())
-        .await?
-        .is_some_and(|record| record.revoked_at.is_some());
+pub async fn revoke(
+    service: &Service,
+    access: &Access,
+    id: &KeyId,
+    now: i64,
+) -> Result<KeyRecord, ApiError> {
+    let already = show(service, access, id).await?.revoked_at.is_some();
     let record = service.store().revoke_key(id.as_str(), now).await?;
     if already {
         tracing::debug!(key_id = %record.id, "key already revoked");
     } else {
         service.metrics().count_key_revoked();
+        service.events().key_revoked(&record);
         tracing::info!(key_id = %record.id, "key revoked");
     }
     Ok(record)
 }
 
 /// The key's own expiry becomes now (idempotent).
-pub async fn expire(service: &Service, id: &KeyId, now: i64) -> Result<KeyRecord, ApiError> {
+pub async fn expire(
+    service: &Service,
+    access: &Access,
+    id: &KeyId,
+    now: i64,
+) -> Result<KeyRecord, ApiError> {
+    show(service, access, id).await?;
     let record = service.store().expire_key(id.as_str(), now).await?;
+    service.events().key_expired(&record);
     tracing::info!(key_id = %record.id, "key expired now");
     Ok(record)
 }
@@ -381,15 +401,12 @@ pub fn grace_seconds(grace: Option<&Value>) -> Result<i64, ApiError> {
 /// keeps working for `grace` seconds. Answers the successor and its plaintext.
 pub async fn rotate(
     service: &Service,
+    access: &Access,
     id: &KeyId,
     grace: i64,
     now: i64,
 ) -> Result<(KeyRecord, String), ApiError> {
-    let old = service
-        .store()
-        .get_key(id.as_str())
-        .await?
-        .ok_or(ApiError::KeyNotFound)?;
+    let old = show(service, access, id).await?;
     // Refuse early what the store would refuse, before signing a token for nothing.
     match old.status(now) {
         KeyStatus::Revoked => return Err(ApiError::RotateRevoked),
@@ -424,6 +441,8 @@ pub async fn rotate(
         .store()
         .rotate_key(id.as_str(), &successor, now.saturating_add(grace), now)
         .await?;
+    service.events().key_rotated(&old, &new.id);
+    service.events().key_created(&new);
     tracing::info!(key_id = %old.id, successor = %new.id, grace, "key rotated");
     Ok((new, plaintext))
 }

@@ -359,6 +359,7 @@ pub async fn update(
         .store()
         .update_key(id.as_str(), &patch, check)
         .await??;
+    service.events().key_updated(&record);
     tracing::info!(key_id = %record.id, fields = ?fields, "key updated");
     Ok(record)
 }

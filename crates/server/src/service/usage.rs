@@ -141,6 +141,12 @@ pub async fn ingest(service: &Service, mut batch: UsageBatch) -> Result<Value, A
             "usage rows for unknown key ids refused"
         );
     }
+    if applied && service.events().has_subscribers() {
+        let ids: Vec<&str> = batch.rows.iter().map(|row| row.key_id.as_str()).collect();
+        let owners = service.store().key_owners(&ids).await?;
+        let owner_of = |id: &str| owners.get(id).map_or("", String::as_str);
+        service.events().usage(&batch.rows, owner_of);
+    }
     if applied {
         tracing::debug!(batch_id = %batch.batch_id, rows = batch.rows.len(), "usage batch applied");
         Ok(serde_json::json!({

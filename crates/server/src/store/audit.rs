@@ -82,6 +82,11 @@ fn list_query(filter: &AuditFilter) -> Sql {
             sql.push(&format!(" AND {column} = ")).push_bind(value);
         }
     }
+    if let Some(owner) = &filter.owner {
+        sql.push(" AND target IN (SELECT id FROM keys WHERE owner = ")
+            .push_bind(owner)
+            .push(")");
+    }
     let ints = [
         ("at >=", filter.from),
         ("at <=", filter.to),

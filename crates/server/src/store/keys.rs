@@ -24,6 +24,26 @@ impl KeyStore {
         row.as_ref().map(key_from_row).transpose()
     }
 
+    /// The owners of the keys with these ids (`""` for a key without one); unknown ids are
+    /// left out.
+    pub async fn key_owners(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut owners = std::collections::BTreeMap::new();
+        for chunk in ids.chunks(500) {
+            let mut sql = Sql::new("SELECT id, owner FROM keys WHERE id IN ");
+            sql.push_tuple(chunk.iter().map(|id| (*id).into()));
+            for row in self.db.fetch_all(&sql).await? {
+                owners.insert(row.get("id")?, row.get("owner")?);
+            }
+        }
+        Ok(owners)
+    }
+
     /// Keys in creation order after `after`, at most `limit`, optionally of one status at `now`.
     pub async fn list_keys(
         &self,
@@ -32,7 +52,22 @@ impl KeyStore {
         status: Option<KeyStatus>,
         now: i64,
     ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.list_keys_of(after, limit, status, None, now).await
+    }
+
+    /// Like [`list_keys`](Self::list_keys), of one owner's keys only when `owner` is given.
+    pub async fn list_keys_of(
+        &self,
+        after: Option<&PageAfter>,
+        limit: u32,
+        status: Option<KeyStatus>,
+        owner: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
         let mut sql = Sql::new(format!("SELECT {KEY_COLUMNS} FROM keys WHERE 1 = 1"));
+        if let Some(owner) = owner {
+            sql.push(" AND owner = ").push_bind(owner);
+        }
         if let Some(after) = after {
             let created_at = sql.param(after.created_at);
             sql.push(&format!(

@@ -8,10 +8,12 @@
 #[macro_use]
 extern crate keygate_testkit;
 
+mod access;
 mod audit;
 mod backends;
 mod binding;
 mod errors;
+mod events;
 mod feed;
 mod fleet;
 mod legacy;
@@ -19,6 +21,7 @@ mod publish;
 mod readme;
 mod retention;
 mod roles;
+mod sessions;
 mod storage;
 mod transport;
 mod usage;
