@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod extract;
 pub mod feed;
+pub mod fleet;
 pub mod health;
 pub mod keys;
 pub mod leases;
@@ -56,6 +57,7 @@ pub fn app(state: AppState) -> Router {
             post(signing_keys::rotate_signing_key),
         )
         .route("/api/v1/audit", get(audit::list_audit))
+        .route("/api/v1/fleet", get(fleet::list_fleet))
         .route("/api/v1/pools", get(pools::list_pools))
         .route(
             "/api/v1/pools/{owner}",
