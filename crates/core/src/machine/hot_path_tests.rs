@@ -180,7 +180,7 @@ fn usage_rows_carry_route_latency_address_and_gateway() {
     let host = FakeHost::at(NOW_MS);
     host.set_property(&["source", "address"], b"198.51.100.9:4711");
     host.set_property(&["xds", "route_name"], b"envoy-hello");
-    host.set_property(&["node", "id"], b"edge-1");
+    host.set_property(&["xds", "node", "id"], b"edge-1");
     let shared = start(&host, json!({}));
     let key = minted();
     warm_opaque(&host, &shared, &key);

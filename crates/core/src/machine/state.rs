@@ -56,7 +56,7 @@ pub struct Shared {
     pub tick: Cell<Duration>,
     /// The clock as read once in the current callback (see [`Shared::now`]).
     pub clock: Cell<Option<u64>>,
-    /// This gateway's name: Envoy's `node.id`, read once on the first tick (`None`: absent
+    /// This gateway's name: Envoy's node id (`xds.node.id`), read once on the first tick (`None`: absent
     /// or not printable ASCII of at most 128 bytes). Sent with usage batches and feed
     /// requests.
     pub gateway: std::cell::OnceCell<Option<String>>,

@@ -11,7 +11,7 @@ use siphasher::sip128::SipHasher24;
 
 use crate::config::{FilterConfig, Secrets};
 use crate::fingerprint::Fingerprinter;
-use crate::host::Host;
+use crate::host::{Host, LogLevel};
 use crate::machine::answer::{apply, complete, deny};
 use crate::machine::callouts::{Callout, Callouts};
 use crate::machine::edits::Gathered;
@@ -74,9 +74,25 @@ pub fn on_tick(host: &impl Host, shared: &Shared) {
     // Read once, on the first tick (in the root context): the name this gateway gives
     // itself in usage batches and feed requests.
     if shared.config.usage.enabled || shared.config.revocation_feed.enabled {
-        shared
-            .gateway
-            .get_or_init(|| gateway_name(host.property(&["node", "id"]).as_deref()));
+        shared.gateway.get_or_init(|| {
+            // `xds.node` in recent Envoys; `node` in older ones.
+            let raw = host
+                .property(&["xds", "node", "id"])
+                .or_else(|| host.property(&["node", "id"]));
+            let name = gateway_name(raw.as_deref());
+            if name.is_none() {
+                host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "Envoy's node.id is absent or not 1 to 128 printable ASCII characters \
+                         ({:?}): this gateway stays anonymous in usage batches and feed requests",
+                        raw.as_deref()
+                            .map(|r| String::from_utf8_lossy(&r[..r.len().min(64)]))
+                    ),
+                );
+            }
+            name
+        });
     }
     // Before anything below resumes a request (which makes its context the effective one).
     fleet_flush(host, shared);
