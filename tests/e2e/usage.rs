@@ -3,7 +3,10 @@
 //!   (the 40,000-keys case, at a smaller scale under a lowered limit) is reported in batches
 //!   that fit, and reporting goes on afterwards;
 //! - a batch the key service refuses (413) is dropped and counted, never resent forever;
-//! - only proven keys get usage under their id, and only allowed requests mark a key used.
+//! - only proven keys get usage under their id, and only allowed requests mark a key used;
+//! - rows carry the route (the filter route's `name`, else Envoy's route name), an upstream
+//!   latency histogram (p50/p95/p99 in the usage API) and the client address of the key's
+//!   last use; the gateway names itself (`node.id`) and shows in `GET /api/v1/fleet`.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -250,4 +253,104 @@ fn only_proven_keys_get_usage_and_only_allowed_requests_mark_a_use() {
         Value::Null,
         "refused requests marked the key as used"
     );
+}
+
+/// Envoy routes `/v1/orders/` under its own route name, and the node names itself.
+const ORDERS_ROUTE: &str = "- name: envoy-orders
+  match: { prefix: \"/v1/orders/\" }
+  route: { cluster: echo, timeout: 15s }";
+
+#[test]
+fn usage_shows_routes_latency_the_last_address_and_the_gateway() {
+    let stack = Stack::start_with_yaml(
+        "usage-analytics",
+        |cfg| {
+            cfg["usage"] = json!({"enabled": true, "flush_seconds": 1});
+            // A named filter route first; `/v1/orders/` falls to the unnamed GET route.
+            let routes = cfg["routes"].as_array_mut().unwrap();
+            routes.insert(
+                0,
+                json!({"name": "named-read", "methods": ["GET"], "prefix": "/v1/named/",
+                       "scopes": ["demo:read"]}),
+            );
+        },
+        |yaml| {
+            let yaml = keygate_testkit::with_routes_before_catch_all(yaml, ORDERS_ROUTE);
+            format!("node:\n  id: edge-e2e\n  cluster: keygate\n{yaml}")
+        },
+    );
+    let service = &stack.service;
+    let from = unix_now() - 120;
+    let reader = service.create_key("reader", &["demo:read"]);
+    for _ in 0..5 {
+        assert_eq!(stack.get_with_key("/v1/named/x", &reader.key).status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(stack.get_with_key("/v1/orders/1", &reader.key).status, 200);
+    }
+
+    let mut totals = Value::Null;
+    let ok = poll(Duration::from_secs(30), || {
+        totals = usage_totals(service, &reader.id, from).1;
+        totals["routes"] == json!({"named-read": 5, "envoy-orders": 3})
+            && totals["status"]["2xx"] == 8
+    });
+    assert!(ok, "usage never showed both routes: {totals}");
+    println!("usage totals: {totals}");
+    // Every response was timed: the histogram holds 8, and the percentiles name a bucket
+    // bound (the echo upstream answers in well under 5 s).
+    let timed: u64 = totals["latency"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(timed, 8, "{totals}");
+    for p in ["p50", "p95", "p99"] {
+        assert!(totals["latency_ms"][p].is_u64(), "{p}: {totals}");
+    }
+
+    let key = admin_json(
+        service,
+        "GET",
+        &format!("/api/v1/auth/keys/{}", reader.id),
+        None,
+    )
+    .json();
+    assert!(key["last_used_at"].is_string(), "{key}");
+    assert_eq!(key["last_used_address"], "127.0.0.1", "{key}");
+
+    let mut fleet = Value::Null;
+    let seen = poll(Duration::from_secs(30), || {
+        fleet = admin_json(service, "GET", "/api/v1/fleet", None).json();
+        fleet.as_array().is_some_and(|gateways| {
+            gateways.iter().any(|g| {
+                g["gateway"] == "edge-e2e"
+                    && g["last_usage_batch_at"].is_string()
+                    && g["last_feed_sequence"].is_u64()
+            })
+        })
+    });
+    if !seen {
+        let info = send(
+            "GET",
+            &format!("http://127.0.0.1:{}/server_info", stack.ports.admin),
+            &[],
+            None,
+        );
+        let log = std::fs::read_to_string(stack.dir.path().join("envoy.log")).unwrap_or_default();
+        let keygate: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("keygate"))
+            .take(40)
+            .collect();
+        panic!(
+            "the gateway never showed in the fleet: {fleet}\nserver_info: {}\nlog: {}",
+            info.body
+                .find("\"node\"")
+                .map_or("", |at| &info.body[at..info.body.len().min(at + 300)]),
+            keygate.join("\n")
+        );
+    }
+    println!("fleet: {fleet}");
 }

@@ -200,6 +200,10 @@ pub struct Route {
     pub principal: PrincipalMode,
     /// What one request costs from a key's quota (1 unless configured).
     pub cost: u32,
+    /// `name`, shared: the route usage counts under when the entry was given a name.
+    pub label: std::sync::Arc<str>,
+    /// The entry was given a `name` (else `name` is `route[<index>]`).
+    pub named: bool,
 }
 
 impl Route {
@@ -245,11 +249,14 @@ impl Route {
         if policy == Policy::Public && spec.principal != PrincipalMode::None {
             return Err(RouteError::PublicWithPrincipal);
         }
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route[{index}]"));
         Ok(Self {
-            name: spec
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("route[{index}]")),
+            label: std::sync::Arc::from(name.as_str()),
+            named: spec.name.is_some(),
+            name,
             methods,
             matcher,
             policy,

@@ -123,6 +123,34 @@ pub struct UsageCounts {
     /// Upstream responses by class: `2xx`, `3xx`, `4xx`, `5xx`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub status: std::collections::BTreeMap<String, u64>,
+    /// Upstream latency (request let on → response headers) of the responses in `status`:
+    /// counts per bucket of [`LATENCY_BOUNDS_MS`] (index `i`: at most `LATENCY_BOUNDS_MS[i]`
+    /// ms and more than the bound before it; the last entry is above the last bound). Empty:
+    /// none measured (older filters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<u64>,
+}
+
+/// Upper bounds (milliseconds, inclusive) of the latency histogram's buckets; one more bucket
+/// holds everything above the last one (`+inf`). Fixed: the filter and the key service agree
+/// on them, and histograms merge by adding bucket by bucket.
+pub const LATENCY_BOUNDS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+/// Buckets in a latency histogram: one per bound and `+inf`.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// The bucket of a latency of `ms` milliseconds.
+pub fn latency_bucket(ms: u64) -> usize {
+    LATENCY_BOUNDS_MS
+        .iter()
+        .position(|bound| ms <= *bound)
+        .unwrap_or(LATENCY_BOUNDS_MS.len())
+}
+
+/// The name of bucket `index`: its upper bound in ms, or `inf`.
+pub fn latency_bucket_name(index: usize) -> String {
+    LATENCY_BOUNDS_MS
+        .get(index)
+        .map_or_else(|| "inf".to_owned(), |bound| bound.to_string())
 }
 
 impl UsageCounts {
@@ -133,6 +161,23 @@ impl UsageCounts {
         }
         for (k, v) in &other.status {
             *self.status.entry(k.clone()).or_default() += v;
+        }
+        if self.latency.len() < other.latency.len() {
+            self.latency
+                .resize(other.latency.len().min(LATENCY_BUCKETS), 0);
+        }
+        for (into, n) in self.latency.iter_mut().zip(&other.latency) {
+            *into += n;
+        }
+    }
+
+    /// Counts one upstream latency of `ms` milliseconds.
+    pub fn observe_latency(&mut self, ms: u64) {
+        if self.latency.len() < LATENCY_BUCKETS {
+            self.latency.resize(LATENCY_BUCKETS, 0);
+        }
+        if let Some(bucket) = self.latency.get_mut(latency_bucket(ms)) {
+            *bucket += 1;
         }
     }
 
@@ -150,6 +195,15 @@ pub struct UsageRow {
     #[serde(flatten)]
     pub counts: UsageCounts,
     pub last_used_at: u64,
+    /// The route the requests took: the filter's route `name`, or Envoy's route name
+    /// (`xds.route_name`), or `other` past the filter's per key and minute cap. Absent (older
+    /// filters): not broken down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The trusted client address of the last allowed request counted in `last_used_at`
+    /// (absent: not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
 }
 
 /// `POST /v1/usage` body. `batch_id` makes retries idempotent: the service applies a batch
@@ -158,4 +212,11 @@ pub struct UsageRow {
 pub struct UsageBatch {
     pub batch_id: String,
     pub rows: Vec<UsageRow>,
+    /// The gateway that sent it: Envoy's `node.id` (absent: older filters, or no node id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
+
+/// The request header that names the gateway on the revocation feed's requests (Envoy's
+/// `node.id`), as `gateway` does in a usage batch.
+pub const GATEWAY_HEADER: &str = "x-keygate-gateway";

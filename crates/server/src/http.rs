@@ -10,6 +10,7 @@ pub mod audit;
 pub mod events;
 pub mod extract;
 pub mod feed;
+pub mod fleet;
 pub mod health;
 pub mod keys;
 pub mod leases;
@@ -63,6 +64,7 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/signing-keys/rotate",
             post(signing_keys::rotate_signing_key),
         )
+        .route("/api/v1/fleet", get(fleet::list_fleet))
         .route("/api/v1/pools", get(pools::list_pools))
         .route(
             "/api/v1/pools/{owner}",

@@ -20,4 +20,5 @@ pub use key::{KeyQuota, Pool};
 pub use legacy::{LegacyImportRow, LegacyOutcome};
 pub use role::{RolePatch, RoleRecord};
 pub use signing::SigningKeyRow;
+pub use usage::{GatewayRow, GATEWAY_RETENTION_S, MAX_GATEWAYS};
 pub use usage::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};

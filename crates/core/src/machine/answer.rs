@@ -14,7 +14,8 @@ use crate::route::Mode;
 
 use crate::host::Event;
 use crate::host::Host;
-use crate::machine::state::{FleetWaiter, Forwarding, Note, Shared, Step};
+use crate::machine::state::{client_now, FleetWaiter, Forwarding, Note, RouteLabel, Shared, Step};
+use std::sync::Arc;
 
 /// Applies a decision in the current effective context (the request `context_id`). Returns
 /// true when the request goes on upstream.
@@ -136,19 +137,63 @@ pub fn apply(
     }
     // Usage is counted under the key id, or for a token of an outside issuer under a key
     // namespaced by its issuer and subject (never equal to a Keygate key id).
-    if config.usage.enabled {
-        shared.usage.borrow_mut().allowed(&identity.usage_key, now);
-    }
+    let route = if config.usage.enabled {
+        let (route, address) =
+            usage_route_and_address(host, shared, &identity.usage_key, forwarding, now);
+        shared
+            .usage
+            .borrow_mut()
+            .allowed(&identity.usage_key, &route, address, now);
+        route
+    } else {
+        Arc::from("")
+    };
     // The response needs this request only for usage (its status class) or for the
     // rate-limit headers: reading the status is a host call, skipped when neither applies.
     if config.usage.enabled || ratelimit.is_some() {
         let note = Note {
             key_id: identity.usage_key,
             ratelimit,
+            route,
+            sent_ms: now,
         };
         shared.notes.borrow_mut().insert(context_id, note);
     }
     true
+}
+
+/// The route and client address usage counts an allowed request under, with at most one
+/// host call (a property read): the route is known without one unless the matched route has
+/// no `name` (then Envoy's route name is read). The client address is the one the filter
+/// computed already (for an allow-list, or before the request waited); else it is read
+/// (`source.address`, with `X-Forwarded-For` under `trusted_hops`) once per key and minute
+/// on this worker, and only by a request whose route name took no read.
+fn usage_route_and_address(
+    host: &impl Host,
+    shared: &Shared,
+    usage_key: &str,
+    forwarding: &Forwarding,
+    now: u64,
+) -> (Arc<str>, Option<std::net::IpAddr>) {
+    let (route, route_read) = match &forwarding.route {
+        RouteLabel::Known(route) => (Arc::clone(route), false),
+        RouteLabel::Unread(fallback) => {
+            let route = host
+                .property(&["xds", "route_name"])
+                .and_then(|name| String::from_utf8(name).ok())
+                .filter(|name| !name.is_empty())
+                .map_or_else(|| Arc::clone(fallback), Arc::from);
+            (route, true)
+        }
+    };
+    let address = match forwarding.client {
+        Some(computed) => computed,
+        None if !route_read && shared.usage.borrow().wants_address(usage_key, now) => {
+            client_now(host, forwarding)
+        }
+        None => None,
+    };
+    (route, address)
 }
 
 /// Spends from the key's fleet buckets for the current request. An ask it needs is queued

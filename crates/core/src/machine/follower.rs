@@ -20,6 +20,7 @@ use crate::feed::{
 use crate::host::{Event, Host, LogLevel};
 use crate::machine::degraded::RecordTrust;
 use crate::machine::lease::{Reentry, SharedLease, Take};
+use crate::wire::GATEWAY_HEADER;
 
 pub const SET_KEY: &str = "keygate.feed.set";
 pub const STATUS_KEY: &str = "keygate.feed.status";
@@ -38,6 +39,8 @@ pub struct FeedContext<'a> {
     pub key_service: &'a KeyService,
     /// The bearer token of the feed's requests.
     pub service_token: &'a str,
+    /// This gateway's name (Envoy's `node.id`), sent in [`GATEWAY_HEADER`].
+    pub gateway: Option<&'a str>,
 }
 
 impl FeedContext<'_> {
@@ -241,13 +244,16 @@ impl FeedView {
             context.settings.path
         );
         let authorization = format!("Bearer {}", context.service_token);
-        let headers = [
+        let mut headers = vec![
             (":method", "GET"),
             (":path", path.as_str()),
             (":authority", key_service.authority.as_str()),
             ("authorization", authorization.as_str()),
             ("accept", "application/json"),
         ];
+        if let Some(gateway) = context.gateway {
+            headers.push((GATEWAY_HEADER, gateway));
+        }
         match host.dispatch_http_call(
             &key_service.cluster,
             &headers,
@@ -448,6 +454,7 @@ mod tests {
                 cache: &self.cache,
                 key_service: &self.key_service,
                 service_token: "svc",
+                gateway: Some("gw-1"),
             }
         }
     }
@@ -505,6 +512,13 @@ mod tests {
         // Worker one takes the lease; a cold follower asks for its snapshot without waiting.
         assert!(one.on_tick(&host_one, &setup.context()).is_some());
         assert!(last_poll(&host_one).contains("since=0&wait=0"));
+        let Some(Effect::Dispatch { headers, .. }) = host_one.dispatched().last().cloned() else {
+            panic!("no poll sent");
+        };
+        assert!(
+            headers.contains(&(GATEWAY_HEADER.to_owned(), "gw-1".to_owned())),
+            "the poll names its gateway: {headers:?}"
+        );
         assert_eq!(two.on_tick(&host_two, &setup.context()), None, "lease held");
         assert!(host_two.dispatched().is_empty());
 

@@ -100,10 +100,25 @@ fn warm_opaque(host: &FakeHost, shared: &Shared, key: &MintedKey) {
     host.take_calls();
 }
 
+/// The route table of these tests: named, so usage reads no route name.
+fn named_route() -> serde_json::Value {
+    json!({"routes": [{"name": "hello", "prefix": "/", "scopes": ["a"]}]})
+}
+
+/// The host calls of a second request with a cached opaque key, under `extra` config.
+fn cached_opaque_calls(extra: serde_json::Value) -> Vec<&'static str> {
+    let host = FakeHost::at(NOW_MS);
+    let shared = start(&host, extra);
+    let key = minted();
+    warm_opaque(&host, &shared, &key);
+    assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
+    host.take_calls()
+}
+
 #[test]
 fn a_cached_opaque_key_makes_these_host_calls() {
     let host = FakeHost::at(NOW_MS);
-    let shared = start(&host, json!({}));
+    let shared = start(&host, named_route());
     let key = minted();
     warm_opaque(&host, &shared, &key);
 
@@ -122,7 +137,8 @@ fn a_cached_opaque_key_makes_these_host_calls() {
         "the key is stripped, the identity added"
     );
     // Before: now_ms, count, now_ms, count, remove_request_header, 4 × set_request_header,
-    // response_status (10, and the header read: 11 host calls).
+    // response_status (10, and the header read: 11 host calls). Usage (on by default) read
+    // the client address on the key's first request of the minute, not on this one.
     assert_eq!(
         host.take_calls(),
         ["now_ms", "set_request_headers", "response_status"]
@@ -134,13 +150,116 @@ fn a_cached_opaque_key_makes_these_host_calls() {
 }
 
 #[test]
+fn usage_adds_no_host_call_on_an_unnamed_route_and_none_when_off() {
+    // A route without a `name` is counted as `route[<index>]`: no property read.
+    assert_eq!(
+        cached_opaque_calls(json!({})),
+        ["now_ms", "set_request_headers", "response_status"]
+    );
+    // Usage off: no route name, no address, and the response is not looked at.
+    let off = json!({"usage": {"enabled": false}});
+    assert_eq!(cached_opaque_calls(off), ["now_ms", "set_request_headers"]);
+    let mut off_named = named_route();
+    off_named["usage"] = json!({"enabled": false});
+    assert_eq!(
+        cached_opaque_calls(off_named),
+        ["now_ms", "set_request_headers"]
+    );
+}
+
+/// What usage reports for a cached key: the route, the upstream latency in its bucket, the
+/// client address and the gateway (`node.id`), in the batch the tick sends.
+#[test]
+fn usage_rows_carry_route_latency_address_and_gateway() {
+    use crate::wire::UsageBatch;
+    let host = FakeHost::at(NOW_MS);
+    host.set_property(&["source", "address"], b"198.51.100.9:4711");
+    // Envoy's route name is not read for a table route (it costs a host call per request).
+    host.set_property(&["xds", "route_name"], b"envoy-hello");
+    host.set_property(&["xds", "node", "id"], b"edge-1");
+    let shared = start(&host, json!({}));
+    let key = minted();
+    warm_opaque(&host, &shared, &key);
+    host.set_response_status(Some(200));
+    let headers: [(&str, &[u8]); 3] = [
+        (":method", b"GET"),
+        (":path", b"/v1/hello"),
+        ("x-api-key", key.plaintext.as_bytes()),
+    ];
+    for (context_id, latency_ms) in [(2, 30), (3, 3)] {
+        assert!(worker::on_request_headers(
+            &host, &shared, context_id, &headers
+        ));
+        host.advance(latency_ms);
+        worker::on_response_headers(&host, &shared, context_id);
+        worker::on_log(&shared, context_id);
+    }
+    host.take_effects();
+    worker::on_tick(&host, &shared);
+    let batch = host
+        .take_effects()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Dispatch {
+                body: Some(body), ..
+            } => serde_json::from_slice::<UsageBatch>(&body).ok(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(batch.gateway.as_deref(), Some("edge-1"));
+    let row = batch
+        .rows
+        .iter()
+        .find(|r| r.route.as_deref() == Some("route[0]"))
+        .unwrap();
+    // The warm request (no status: no latency) and the two timed ones.
+    assert_eq!(row.counts.allowed, 3);
+    assert_eq!(row.counts.status["2xx"], 2);
+    let mut latency = vec![0; crate::wire::LATENCY_BUCKETS];
+    latency[2] = 1; // 3 ms
+    latency[5] = 1; // 30 ms: above 25, at most 50
+    assert_eq!(row.counts.latency, latency);
+    // The address is the one the first request computed before it waited for its record.
+    assert_eq!(row.client_address.as_deref(), Some("198.51.100.9"));
+
+    // A named route: the address is read once in the minute.
+    let host = FakeHost::at(NOW_MS);
+    host.set_property(&["source", "address"], b"198.51.100.9:4711");
+    let shared = start(&host, named_route());
+    warm_opaque(&host, &shared, &key);
+    assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
+    host.take_effects();
+    worker::on_tick(&host, &shared);
+    let batch = host
+        .take_effects()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Dispatch {
+                body: Some(body), ..
+            } => serde_json::from_slice::<UsageBatch>(&body).ok(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(batch.rows.len(), 1);
+    assert_eq!(batch.rows[0].route.as_deref(), Some("hello"));
+    assert_eq!(
+        batch.rows[0].client_address.as_deref(),
+        Some("198.51.100.9")
+    );
+    assert_eq!(batch.rows[0].counts.allowed, 2);
+}
+
+#[test]
 fn a_cached_token_makes_these_host_calls() {
     let host = FakeHost::at(NOW_MS);
     let signer = signing_key(Algorithm::ES256);
     let jwks = json!({"keys": [signer.public_jwk("k1")]});
     let shared = start(
         &host,
-        json!({"jwt": {"issuers": [{"issuer": "https://idp.example", "algorithms": ["ES256"], "jwks": {"inline": jwks}}]}}),
+        json!({
+            "routes": [{"name": "hello", "prefix": "/", "scopes": ["a"]}],
+            "jwt": {"issuers": [{"issuer": "https://idp.example", "algorithms": ["ES256"], "jwks": {"inline": jwks}}]},
+        }),
     );
     let claims = json!({
         "iss": "https://idp.example",

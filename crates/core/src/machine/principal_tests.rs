@@ -19,7 +19,7 @@ const PAYMENTS: &str = "spiffe://cluster.local/ns/payments/sa/api";
 const BILLING: &str = "spiffe://cluster.local/ns/billing/sa/api";
 
 /// Routes: `/a/` accepts a principal instead of a key, `/r/` requires one, `/k/` takes keys
-/// only; payments workloads may read.
+/// only; payments workloads may read. The routes are named, so usage reads no route name.
 fn start(host: &FakeHost) -> Rc<Shared> {
     let config = json!({
         "principals": {"map": [
@@ -27,9 +27,9 @@ fn start(host: &FakeHost) -> Rc<Shared> {
             {"principal": BILLING, "scopes": ["other"]}
         ]},
         "routes": [
-            {"prefix": "/a/", "scopes": ["read"], "principal": "accept"},
-            {"prefix": "/r/", "scopes": ["read"], "principal": "require"},
-            {"prefix": "/k/", "scopes": ["read"]}
+            {"name": "a", "prefix": "/a/", "scopes": ["read"], "principal": "accept"},
+            {"name": "r", "prefix": "/r/", "scopes": ["read"], "principal": "require"},
+            {"name": "k", "prefix": "/k/", "scopes": ["read"]}
         ]
     });
     start_with(host, &config)

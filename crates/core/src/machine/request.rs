@@ -12,12 +12,18 @@ use crate::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, 
 use crate::limits::ForwardedFor;
 use crate::machine::answer::replies;
 use crate::machine::records::resolve_record;
-use crate::machine::state::{Forwarding, Presented, Proof, Shared, Step, TokenRequest};
+use crate::machine::state::{Forwarding, Presented, Proof, RouteLabel, Shared, Step, TokenRequest};
 use crate::principal::{
     read_principal, route_step, PrincipalMode, PrincipalStep, PRINCIPAL_PROPERTY,
 };
 use crate::route::{has_path_parameter, policy_from_metadata, Mode, Policy};
 use crate::wire::RateLimit;
+
+use std::sync::Arc;
+
+/// The route usage counts a request under whose policy came from Envoy route metadata, when
+/// Envoy gives the route no name.
+pub const METADATA_ROUTE: &str = "envoy";
 
 /// The request's headers as read at its start: (name, value) pairs.
 pub type Headers<'a> = [(&'a str, &'a [u8])];
@@ -38,7 +44,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         return Step::Deny(DenyReason::PathParameter, None, config.mode);
     }
 
-    let (policy, mode, route_rate_limit, forward_credential, principal_mode, cost) =
+    let (policy, mode, route_rate_limit, forward_credential, principal_mode, cost, route) =
         match route_policy(host, shared, method, path) {
             Ok(found) => found,
             Err(reason) => return Step::Deny(reason, None, config.mode),
@@ -109,6 +115,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
                         principal,
                         cost,
                         fleet_may_wait: true,
+                        route,
                     },
                     Ok(identity),
                 ),
@@ -151,6 +158,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         principal,
         cost,
         fleet_may_wait: true,
+        route,
     };
     let credential = extracted.credential;
 
@@ -227,6 +235,7 @@ type RoutePolicy = (
     bool,
     PrincipalMode,
     u32,
+    RouteLabel,
 );
 
 /// The policy for this request (`None`: public; else what the key must hold and be bound
@@ -263,6 +272,7 @@ fn route_policy(
                     false,
                     PrincipalMode::None,
                     1,
+                    RouteLabel::Unread(Arc::from(METADATA_ROUTE)),
                 ));
             }
             Ok(None) => {}
@@ -285,6 +295,14 @@ fn route_policy(
         .routes
         .find(method, path, route_name.as_deref())
         .ok_or(DenyReason::NoRoute)?;
+    // Usage's name for the route: its own name; else Envoy's when the table matched on it
+    // (read already); else `route[<index>]`. Never a host call of its own: a table route's
+    // label costs nothing on the cached path.
+    let label = match route_name {
+        _ if route.named => RouteLabel::Known(Arc::clone(&route.label)),
+        Some(name) => RouteLabel::Known(Arc::from(name)),
+        None => RouteLabel::Known(Arc::clone(&route.label)),
+    };
     Ok((
         route.requirement(path).map_err(DenyReason::Binding)?,
         route.mode.unwrap_or(config.mode),
@@ -292,6 +310,7 @@ fn route_policy(
         route.forward_credential,
         route.principal,
         route.cost,
+        label,
     ))
 }
 

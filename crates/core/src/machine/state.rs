@@ -56,6 +56,10 @@ pub struct Shared {
     pub tick: Cell<Duration>,
     /// The clock as read once in the current callback (see [`Shared::now`]).
     pub clock: Cell<Option<u64>>,
+    /// This gateway's name: Envoy's node id (`xds.node.id`), read once on the first tick (`None`: absent
+    /// or not printable ASCII of at most 128 bytes). Sent with usage batches and feed
+    /// requests.
+    pub gateway: std::cell::OnceCell<Option<String>>,
 }
 
 impl Shared {
@@ -115,6 +119,19 @@ pub struct Forwarding {
     pub cost: u32,
     /// The request may still wait for a fleet lease (false once it waited its time).
     pub fleet_may_wait: bool,
+    /// The route the request matched, as usage reports it.
+    pub route: RouteLabel,
+}
+
+/// The route a request is counted under in usage.
+#[derive(Clone, Debug)]
+pub enum RouteLabel {
+    /// Known without a host call: the route table entry's `name`, or the Envoy route name
+    /// the table already read to match.
+    Known(Arc<str>),
+    /// Envoy's route name (`xds.route_name`), read after the decision and only when usage is
+    /// reported; this when Envoy has none.
+    Unread(Arc<str>),
 }
 
 /// A request parked until its fleet bucket has a lease; decided again when it is woken.
@@ -128,6 +145,10 @@ pub struct FleetWaiter {
 pub struct Note {
     pub key_id: Arc<str>,
     pub ratelimit: Option<(String, String)>,
+    /// The route the usage is counted under (empty when usage is off).
+    pub route: Arc<str>,
+    /// When the request was let on upstream (ms): its latency ends at the response headers.
+    pub sent_ms: u64,
 }
 
 /// What proves the presented credential, once its key record is known.

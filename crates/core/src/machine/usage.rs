@@ -17,6 +17,8 @@
 //!   without moving it (0: no allowed request in that minute).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{KeyService, UsageSettings};
@@ -35,8 +37,18 @@ const TIMEOUT_MS: u64 = 5_000;
 pub const MAX_BATCH_ROWS: usize = USAGE_MAX_ROWS / 2;
 /// Room kept in a batch for its envelope (`{"batch_id": ..., "rows": [...]}`).
 const ENVELOPE_BYTES: usize = 256;
+/// Most distinct routes one key has rows for in one minute; the requests of further routes
+/// are counted under [`OTHER_ROUTE`].
+pub const MAX_ROUTES_PER_KEY_MINUTE: usize = 16;
+/// The route of the requests past [`MAX_ROUTES_PER_KEY_MINUTE`].
+pub const OTHER_ROUTE: &str = "other";
+/// Longest route name reported; a longer one is counted under [`OTHER_ROUTE`].
+pub const MAX_ROUTE_LEN: usize = 128;
 
-type Rows = BTreeMap<(String, u64), (UsageCounts, u64)>;
+/// One row's data: counts, last use (Unix seconds, 0: none) and the client address then.
+type Cell = (UsageCounts, u64, Option<String>);
+/// Rows by (key id, minute, route; "" when a row names none).
+type Rows = BTreeMap<(String, u64, String), Cell>;
 
 /// Where and how usage is reported: the filter's usage settings and the key service.
 #[derive(Clone, Copy, Debug)]
@@ -45,14 +57,19 @@ pub struct Reporting<'a> {
     pub key_service: &'a KeyService,
     /// The bearer token of `POST /v1/usage`.
     pub service_token: &'a str,
+    /// This gateway's name (Envoy's `node.id`), sent with every batch.
+    pub gateway: Option<&'a str>,
 }
+
+/// One route's counts in one minute: counts, last use and its client address.
+type LocalCell = (UsageCounts, u64, Option<IpAddr>);
 
 /// One worker's counts since its last merge, and its flusher state.
 #[derive(Default)]
 pub struct Usage {
-    /// key id → minute → (counts, last used): looked up by `&str`, so counting a request for
-    /// a key seen this second allocates nothing.
-    local: HashMap<String, HashMap<u64, (UsageCounts, u64)>>,
+    /// key id → minute → route → (counts, last used, address): looked up by `&str`, so
+    /// counting a request for a key and route seen this second allocates nothing.
+    local: HashMap<String, HashMap<u64, HashMap<Arc<str>, LocalCell>>>,
     last_merge_ms: u64,
     last_flush_ms: u64,
     /// A flush is in flight (this worker is the flusher).
@@ -63,6 +80,20 @@ pub struct Usage {
     worker: String,
 }
 
+/// The route a row is counted under: `route`, or [`OTHER_ROUTE`] when the key already has
+/// [`MAX_ROUTES_PER_KEY_MINUTE`] routes in the minute (or the name is too long).
+fn route_slot<'a, V>(routes: &HashMap<Arc<str>, V>, route: &'a str) -> &'a str {
+    if route.is_empty() {
+        route
+    } else if route.len() > MAX_ROUTE_LEN
+        || (!routes.contains_key(route) && routes.len() >= MAX_ROUTES_PER_KEY_MINUTE)
+    {
+        OTHER_ROUTE
+    } else {
+        route
+    }
+}
+
 impl Usage {
     pub fn new(worker: String) -> Self {
         Self {
@@ -71,56 +102,98 @@ impl Usage {
         }
     }
 
-    /// Counts into the row of `key_id` and the minute of `now_ms`; `used_at` (Unix seconds)
-    /// moves the row's last use, 0 leaves it.
+    /// Counts into the row of `key_id`, the minute of `now_ms` and `route`; `used_at` (Unix
+    /// seconds) moves the row's last use (with its `address`), 0 leaves it.
     fn update(
         &mut self,
         key_id: &str,
+        route: &str,
         now_ms: u64,
-        used_at: u64,
+        used: (u64, Option<IpAddr>),
         count: impl FnOnce(&mut UsageCounts),
     ) {
         let minute = now_ms / 60_000 * 60;
-        if let Some(per_key) = self.local.get_mut(key_id) {
-            let row = per_key.entry(minute).or_default();
-            count(&mut row.0);
-            row.1 = row.1.max(used_at);
-            return;
+        let per_key = match self.local.get_mut(key_id) {
+            Some(per_key) => per_key,
+            None => self.local.entry(key_id.to_owned()).or_default(),
+        };
+        let routes = per_key.entry(minute).or_default();
+        let slot = route_slot(routes, route);
+        let row = match routes.get_mut(slot) {
+            Some(row) => row,
+            None => routes.entry(Arc::from(slot)).or_default(),
+        };
+        count(&mut row.0);
+        if used.0 > 0 && used.0 >= row.1 {
+            row.1 = used.0;
+            if used.1.is_some() {
+                row.2 = used.1;
+            }
         }
-        let mut counts = UsageCounts::default();
-        count(&mut counts);
-        self.local.insert(
-            key_id.to_owned(),
-            HashMap::from([(minute, (counts, used_at))]),
-        );
     }
 
-    /// An allowed request: the only kind that moves the key's last use.
-    pub fn allowed(&mut self, key_id: &str, now_ms: u64) {
-        self.update(key_id, now_ms, now_ms / 1000, |c| c.allowed += 1);
+    /// Whether this worker counted no allowed request of `key_id` in the minute of `now_ms`
+    /// yet: the client address costs a host call, so it is read by the first allowed request
+    /// of a key in each minute (unless the filter computed it anyway).
+    pub fn wants_address(&self, key_id: &str, now_ms: u64) -> bool {
+        let minute = now_ms / 60_000 * 60;
+        !self
+            .local
+            .get(key_id)
+            .and_then(|minutes| minutes.get(&minute))
+            .is_some_and(|routes| routes.values().any(|cell| cell.1 > 0))
     }
 
-    /// A refused request of a proven key (see [`counts_under_key`]).
+    /// An allowed request on `route`, from `address` (as far as the filter knows it): the
+    /// only kind that moves the key's last use.
+    pub fn allowed(&mut self, key_id: &str, route: &str, address: Option<IpAddr>, now_ms: u64) {
+        self.update(key_id, route, now_ms, (now_ms / 1000, address), |c| {
+            c.allowed += 1
+        });
+    }
+
+    /// A refused request of a proven key (see [`counts_under_key`]); not broken down by route.
     pub fn denied(&mut self, key_id: &str, reason: &str, now_ms: u64) {
-        self.update(key_id, now_ms, 0, |c| bump(&mut c.denied, reason));
+        self.update(key_id, "", now_ms, (0, None), |c| {
+            bump(&mut c.denied, reason)
+        });
     }
 
-    pub fn status(&mut self, key_id: &str, status: u32, now_ms: u64) {
+    /// An upstream response on `route`, and its latency in ms when measured.
+    pub fn status(
+        &mut self,
+        key_id: &str,
+        route: &str,
+        status: u32,
+        latency_ms: Option<u64>,
+        now_ms: u64,
+    ) {
         let class = match status {
             200..=299 => "2xx",
             300..=399 => "3xx",
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.update(key_id, now_ms, 0, |c| bump(&mut c.status, class));
+        self.update(key_id, route, now_ms, (0, None), |c| {
+            bump(&mut c.status, class);
+            if let Some(ms) = latency_ms {
+                c.observe_latency(ms);
+            }
+        });
     }
 
     /// Puts rows back (shared data was too contended to take them).
     fn restore(&mut self, rows: Vec<UsageRow>) {
         for row in rows {
-            self.update(&row.key_id, row.minute * 1000, row.last_used_at, |c| {
-                c.merge(&row.counts)
-            });
+            let address = row.client_address.as_deref().and_then(|a| a.parse().ok());
+            let route = row.route.as_deref().unwrap_or_default();
+            self.update(
+                &row.key_id,
+                route,
+                row.minute * 1000,
+                (row.last_used_at, address),
+                |c| c.merge(&row.counts),
+            );
         }
     }
 
@@ -128,8 +201,14 @@ impl Usage {
     fn take_rows(&mut self) -> Rows {
         let mut rows = Rows::new();
         for (key_id, minutes) in self.local.drain() {
-            for (minute, (counts, last_used)) in minutes {
-                rows.insert((key_id.clone(), minute), (counts, last_used));
+            for (minute, routes) in minutes {
+                for (route, (counts, last_used, address)) in routes {
+                    let address = address.map(|a| a.to_string());
+                    rows.insert(
+                        (key_id.clone(), minute, route.to_string()),
+                        (counts, last_used, address),
+                    );
+                }
             }
         }
         rows
@@ -169,20 +248,41 @@ fn decode_rows(bytes: &[u8]) -> Vec<UsageRow> {
     serde_json::from_slice(bytes).unwrap_or_default()
 }
 
-/// Merges `rows` into `into`, keeping at most `max_rows` (key, minute) rows; returns how many
-/// rows had to be dropped.
+/// Merges `rows` into `into`, keeping at most `max_rows` (key, minute, route) rows and
+/// [`MAX_ROUTES_PER_KEY_MINUTE`] routes per key and minute (more go under [`OTHER_ROUTE`]);
+/// returns how many rows had to be dropped.
 fn merge(into: &mut Rows, rows: impl IntoIterator<Item = UsageRow>, max_rows: usize) -> u64 {
     let mut dropped = 0;
     for row in rows {
-        let slot = (row.key_id, row.minute);
+        let mut route = row.route.unwrap_or_default();
+        let exists = |into: &Rows, route: &str| {
+            into.contains_key(&(row.key_id.clone(), row.minute, route.to_owned()))
+        };
+        if !route.is_empty() && !exists(into, &route) {
+            let start = (row.key_id.clone(), row.minute, String::new());
+            let end = (row.key_id.clone(), row.minute + 1, String::new());
+            let routes = into
+                .range(start..end)
+                .filter(|((_, _, r), _)| !r.is_empty())
+                .count();
+            if routes >= MAX_ROUTES_PER_KEY_MINUTE || route.len() > MAX_ROUTE_LEN {
+                route = OTHER_ROUTE.to_owned();
+            }
+        }
+        let slot = (row.key_id, row.minute, route);
         let full = into.len() >= max_rows;
         match into.get_mut(&slot) {
             Some(existing) => {
                 existing.0.merge(&row.counts);
-                existing.1 = existing.1.max(row.last_used_at);
+                if row.last_used_at > 0 && row.last_used_at >= existing.1 {
+                    existing.1 = row.last_used_at;
+                    if row.client_address.is_some() {
+                        existing.2 = row.client_address;
+                    }
+                }
             }
             None if !full => {
-                into.insert(slot, (row.counts, row.last_used_at));
+                into.insert(slot, (row.counts, row.last_used_at, row.client_address));
             }
             None => dropped += 1,
         }
@@ -192,12 +292,16 @@ fn merge(into: &mut Rows, rows: impl IntoIterator<Item = UsageRow>, max_rows: us
 
 fn to_rows(rows: Rows) -> Vec<UsageRow> {
     rows.into_iter()
-        .map(|((key_id, minute), (counts, last_used_at))| UsageRow {
-            key_id,
-            minute,
-            counts,
-            last_used_at,
-        })
+        .map(
+            |((key_id, minute, route), (counts, last_used_at, client_address))| UsageRow {
+                key_id,
+                minute,
+                counts,
+                last_used_at,
+                route: (!route.is_empty()).then_some(route),
+                client_address,
+            },
+        )
         .collect()
 }
 
@@ -302,7 +406,11 @@ impl Usage {
                 self.backlog = more;
                 self.batches += 1;
                 let batch_id = format!("{}-{now}-{}", self.worker, self.batches);
-                let batch = UsageBatch { batch_id, rows };
+                let batch = UsageBatch {
+                    batch_id,
+                    rows,
+                    gateway: reporting.gateway.map(str::to_owned),
+                };
                 let _ = host.set_shared(
                     OUTBOX_KEY,
                     &serde_json::to_vec(&batch).unwrap_or_default(),
@@ -452,6 +560,8 @@ mod tests {
                 ..UsageCounts::default()
             },
             last_used_at: minute + 1,
+            route: None,
+            client_address: None,
         }
     }
 
@@ -466,7 +576,7 @@ mod tests {
             ),
             0
         );
-        assert_eq!(rows[&("a".to_owned(), 60)].0.allowed, 5);
+        assert_eq!(rows[&("a".to_owned(), 60, String::new())].0.allowed, 5);
         assert_eq!(
             merge(&mut rows, vec![row("c", 60, 1), row("a", 120, 1)], 2),
             2
@@ -485,9 +595,9 @@ mod tests {
     #[test]
     fn counts_land_in_their_minute_and_class() {
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k", 61_000);
-        usage.status("k", 204, 61_500);
-        usage.status("k", 503, 119_999);
+        usage.allowed("k", "r", None, 61_000);
+        usage.status("k", "r", 204, Some(3), 61_500);
+        usage.status("k", "r", 503, Some(7_000), 119_999);
         usage.denied("k", "rate_limited", 120_000);
         let rows = to_rows(usage.take_rows());
         assert_eq!(rows.len(), 2);
@@ -495,28 +605,83 @@ mod tests {
         assert_eq!(rows[0].counts.status["2xx"], 1);
         assert_eq!(rows[0].counts.status["5xx"], 1);
         assert_eq!(rows[1].counts.denied["rate_limited"], 1);
+        assert_eq!(rows[0].route.as_deref(), Some("r"));
+        assert_eq!(rows[1].route, None, "denials are not broken down by route");
+        let mut latency = vec![0; crate::wire::LATENCY_BUCKETS];
+        latency[2] = 1; // 3 ms: above 2, at most 5
+        latency[12] = 1; // 7 s: above the last bound
+        assert_eq!(rows[0].counts.latency, latency);
     }
 
     #[test]
     fn only_allowed_requests_move_the_last_use() {
+        let address: IpAddr = "203.0.113.7".parse().unwrap();
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k", 61_000);
+        usage.allowed("k", "r", Some(address), 61_000);
         usage.denied("k", "insufficient_scope", 65_000);
-        usage.status("k", 403, 66_000);
+        usage.status("k", "r", 403, None, 66_000);
         usage.denied("k", "expired", 125_000);
-        usage.status("k", 401, 126_000);
+        usage.status("k", "r", 401, None, 126_000);
         let rows = to_rows(usage.take_rows());
+        let find = |minute: u64, route: Option<&str>| {
+            rows.iter()
+                .find(|r| r.minute == minute && r.route.as_deref() == route)
+                .unwrap()
+        };
         assert_eq!(
-            rows[0].last_used_at, 61,
+            find(60, Some("r")).last_used_at,
+            61,
             "denials after the last allowed one"
         );
-        assert_eq!(rows[1].last_used_at, 0, "a minute of denials only");
-        // Put back after contention, a row keeps its last use.
+        assert_eq!(
+            find(60, Some("r")).client_address.as_deref(),
+            Some("203.0.113.7")
+        );
+        assert_eq!(find(60, None).last_used_at, 0, "denials only");
+        assert_eq!(find(120, None).last_used_at, 0, "a minute of denials only");
+        assert_eq!(find(120, Some("r")).last_used_at, 0);
+        assert_eq!(find(120, Some("r")).client_address, None);
+        // Put back after contention, a row keeps its last use and address.
         let mut usage = Usage::new("w1".into());
-        usage.restore(rows);
+        usage.restore(rows.clone());
         let again = to_rows(usage.take_rows());
-        assert_eq!(again[0].last_used_at, 61);
-        assert_eq!(again[1].last_used_at, 0);
+        assert_eq!(again, rows);
+    }
+
+    #[test]
+    fn routes_per_key_and_minute_are_capped() {
+        let mut usage = Usage::new("w1".into());
+        for i in 0..MAX_ROUTES_PER_KEY_MINUTE + 5 {
+            usage.allowed("k", &format!("route-{i}"), None, 61_000);
+        }
+        usage.allowed("k", &"x".repeat(MAX_ROUTE_LEN + 1), None, 61_000);
+        usage.allowed("j", "route-99", None, 61_000);
+        let rows = to_rows(usage.take_rows());
+        let of_k: Vec<&UsageRow> = rows.iter().filter(|r| r.key_id == "k").collect();
+        assert_eq!(of_k.len(), MAX_ROUTES_PER_KEY_MINUTE + 1);
+        let other = of_k
+            .iter()
+            .find(|r| r.route.as_deref() == Some(OTHER_ROUTE))
+            .unwrap();
+        assert_eq!(other.counts.allowed, 6, "5 past the cap and one too long");
+        assert_eq!(of_k.iter().map(|r| r.counts.allowed).sum::<u64>(), 22);
+        assert!(rows
+            .iter()
+            .any(|r| r.key_id == "j" && r.route.as_deref() == Some("route-99")));
+        // The shared queue caps them the same way across workers.
+        let mut shared = Rows::new();
+        let many = (0..MAX_ROUTES_PER_KEY_MINUTE + 3).map(|i| UsageRow {
+            route: Some(format!("w2-{i}")),
+            ..row("k", 60, 1)
+        });
+        assert_eq!(merge(&mut shared, many, 1_000), 0);
+        assert_eq!(shared.len(), MAX_ROUTES_PER_KEY_MINUTE + 1);
+        assert_eq!(
+            shared[&("k".to_owned(), 60, OTHER_ROUTE.to_owned())]
+                .0
+                .allowed,
+            3
+        );
     }
 
     #[test]
@@ -568,6 +733,7 @@ mod tests {
             let body = serde_json::to_vec(&UsageBatch {
                 batch_id: "w".repeat(128),
                 rows: batch.clone(),
+                gateway: Some("g".repeat(128)),
             })
             .unwrap();
             assert!(body.len() <= max, "{} > {max}", body.len());
@@ -632,6 +798,7 @@ mod tests {
                 settings: &self.settings,
                 key_service: &self.key_service,
                 service_token: "svc",
+                gateway: Some("gw-1"),
             }
         }
     }
@@ -656,9 +823,9 @@ mod tests {
         let host_one = FakeHost::at(T0);
         let host_two = host_one.worker();
         let (mut one, mut two) = (Usage::new("w1".into()), Usage::new("w2".into()));
-        one.allowed("k1", T0);
-        two.allowed("k1", T0);
-        two.allowed("k2", T0);
+        one.allowed("k1", "r", None, T0);
+        two.allowed("k1", "r", None, T0);
+        two.allowed("k2", "r", None, T0);
         // Worker two merges first and becomes the flusher; worker one merges, finds the
         // lease held and sends nothing.
         let token = two.on_tick(&host_two, &setup.reporting());
@@ -667,6 +834,7 @@ mod tests {
         assert!(host_one.dispatched().is_empty());
         let batch = sent_batch(&host_two.dispatched()[0]);
         assert_eq!(allowed_total(&batch), 2, "worker one's count merged later");
+        assert_eq!(batch.gateway.as_deref(), Some("gw-1"));
         // Answered: the outbox clears, and the rows worker one merged meanwhile go next time.
         host_two.answer(Some(200), None);
         assert_eq!(two.on_response(&host_two, &setup.reporting()), None);
@@ -684,13 +852,13 @@ mod tests {
         let setup = Setup::new(1_000);
         let host = FakeHost::at(T0);
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k1", T0);
+        usage.allowed("k1", "r", None, T0);
         assert!(usage.on_tick(&host, &setup.reporting()).is_some());
         let first = sent_batch(&host.take_effects()[0]);
         for failure in [Some(503), None, Some(429)] {
             host.answer(failure, None);
             assert_eq!(usage.on_response(&host, &setup.reporting()), None);
-            usage.allowed("k2", host.now_ms());
+            usage.allowed("k2", "r", None, host.now_ms());
             host.advance(10_000);
             assert!(usage.on_tick(&host, &setup.reporting()).is_some());
             let effects = host.take_effects();
@@ -719,7 +887,7 @@ mod tests {
         let setup = Setup::new(1_000);
         let host = FakeHost::at(T0);
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k1", T0);
+        usage.allowed("k1", "r", None, T0);
         host.refuse_next_dispatch(crate::host::HostError::Refused("BadArgument"));
         assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
         assert_eq!(host.counted(Event::UsageFlushFailure), 1);
@@ -736,7 +904,7 @@ mod tests {
         let host = FakeHost::at(T0);
         let mut usage = Usage::new("w1".into());
         for i in 0..10 {
-            usage.allowed(&format!("key{i:013}"), T0);
+            usage.allowed(&format!("key{i:013}"), "r", None, T0);
         }
         let mut sent = 0;
         let mut token = usage.on_tick(&host, &setup.reporting());
@@ -759,7 +927,7 @@ mod tests {
         // Someone else is the flusher: this worker only merges.
         SharedLease::new(LEASE_KEY).take(&host.worker(), "w9", T0 + 60_000, T0, Reentry::Renew);
         host.put_shared(PENDING_KEY, b"[]");
-        usage.allowed("k1", T0);
+        usage.allowed("k1", "r", None, T0);
         host.conflict_next_writes(8);
         assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
         assert_eq!(
@@ -772,7 +940,7 @@ mod tests {
         let pending = decode_rows(&host.shared(PENDING_KEY).unwrap());
         assert_eq!(pending.len(), 1, "the counts were kept, merged next tick");
         // One row at most may wait: a second key's row is dropped, and counted.
-        usage.allowed("k2", host.now_ms());
+        usage.allowed("k2", "r", None, host.now_ms());
         host.advance(1_000);
         usage.on_tick(&host, &setup.reporting());
         assert_eq!(host.counted(Event::UsageDropped), 1);
@@ -785,7 +953,7 @@ mod tests {
         setup.settings.enabled = false;
         let host = FakeHost::at(T0);
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k1", T0);
+        usage.allowed("k1", "r", None, T0);
         assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
         assert!(host.take_effects().is_empty());
         assert!(host.writes().is_empty());

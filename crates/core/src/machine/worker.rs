@@ -11,7 +11,7 @@ use siphasher::sip128::SipHasher24;
 
 use crate::config::{FilterConfig, Secrets};
 use crate::fingerprint::Fingerprinter;
-use crate::host::Host;
+use crate::host::{Host, LogLevel};
 use crate::machine::answer::{apply, complete, deny};
 use crate::machine::callouts::{Callout, Callouts};
 use crate::machine::edits::Gathered;
@@ -56,6 +56,7 @@ pub fn start(
         notes: RefCell::new(HashMap::new()),
         tick: Cell::new(Duration::ZERO),
         clock: Cell::new(None),
+        gateway: std::cell::OnceCell::new(),
     });
     token::on_start(host, &shared);
     shared
@@ -70,6 +71,29 @@ pub fn start(
 /// and the requests that wait for a lease.
 pub fn on_tick(host: &impl Host, shared: &Shared) {
     shared.begin_callback();
+    // Read once, on the first tick (in the root context): the name this gateway gives
+    // itself in usage batches and feed requests.
+    if shared.config.usage.enabled || shared.config.revocation_feed.enabled {
+        shared.gateway.get_or_init(|| {
+            // `xds.node` in recent Envoys; `node` in older ones.
+            let raw = host
+                .property(&["xds", "node", "id"])
+                .or_else(|| host.property(&["node", "id"]));
+            let name = gateway_name(raw.as_deref());
+            if name.is_none() {
+                host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "Envoy's node.id is absent or not 1 to 128 printable ASCII characters \
+                         ({:?}): this gateway stays anonymous in usage batches and feed requests",
+                        raw.as_deref()
+                            .map(|r| String::from_utf8_lossy(&r[..r.len().min(64)]))
+                    ),
+                );
+            }
+            name
+        });
+    }
     // Before anything below resumes a request (which makes its context the effective one).
     fleet_flush(host, shared);
     let token = shared
@@ -187,10 +211,12 @@ pub fn on_response_headers(host: &impl Host, shared: &Shared, context_id: u32) {
         return;
     }
     if let Some(status) = host.response_status() {
+        let now = shared.now(host);
+        let latency = now.saturating_sub(note.sent_ms);
         shared
             .usage
             .borrow_mut()
-            .status(&note.key_id, status, shared.now(host));
+            .status(&note.key_id, &note.route, status, Some(latency), now);
     }
 }
 
@@ -263,6 +289,7 @@ fn feed_context(shared: &Shared) -> FeedContext<'_> {
         cache: &shared.config.cache,
         key_service: &shared.config.key_service,
         service_token: &shared.secrets.service_token,
+        gateway: shared.gateway.get().and_then(Option::as_deref),
     }
 }
 
@@ -271,5 +298,13 @@ fn reporting(shared: &Shared) -> Reporting<'_> {
         settings: &shared.config.usage,
         key_service: &shared.config.key_service,
         service_token: &shared.secrets.service_token,
+        gateway: shared.gateway.get().and_then(Option::as_deref),
     }
+}
+
+/// Envoy's `node.id` as a gateway name: 1 to 128 printable ASCII characters, else none.
+pub fn gateway_name(node_id: Option<&[u8]>) -> Option<String> {
+    let id = std::str::from_utf8(node_id?).ok()?;
+    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| id.to_owned())
 }

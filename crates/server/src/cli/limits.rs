@@ -157,6 +157,7 @@ pub(super) fn usage(client: &Client, args: UsageArgs, json_output: bool) -> Resu
             &format!("/api/v1/auth/keys/{}", query_escape(&args.id)),
             None,
         )?;
+        outln!("\nlast used: {}", crate::cli::print::last_used_text(&key));
         if let Some(quota) = key.get("quota").filter(|q| !q.is_null()) {
             outln!("\n{}", crate::cli::print::quota_line(quota));
         }
@@ -200,6 +201,23 @@ pub fn bar(value: u64, max: u64, width: usize) -> String {
     out
 }
 
+/// The p50, p95 and p99 columns of a usage point: the bucket bound in ms, `>5000` above the
+/// last bound, `-` when nothing was measured.
+fn latency_columns(point: &Value) -> String {
+    let percentiles = point.get("latency_ms").filter(|p| p.is_object());
+    let column = |name: &str| match percentiles.and_then(|p| p.get(name)) {
+        None => "-".to_owned(),
+        Some(Value::Null) => format!(">{}", keygate_core::wire::LATENCY_BOUNDS_MS[11]),
+        Some(value) => value.to_string(),
+    };
+    format!(
+        "{:>7}  {:>7}  {:>7}",
+        column("p50"),
+        column("p95"),
+        column("p99")
+    )
+}
+
 /// The usage answer as a table and a bar chart of requests per step.
 pub fn render_usage(answer: &Value) -> String {
     use std::fmt::Write as _;
@@ -219,13 +237,13 @@ pub fn render_usage(answer: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<20}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
-        "TIME", "ALLOWED", "DENIED", "2XX", "3XX", "4XX", "5XX"
+        "{:<20}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>7}  {:>7}  {:>7}",
+        "TIME", "ALLOWED", "DENIED", "2XX", "3XX", "4XX", "5XX", "P50MS", "P95MS", "P99MS"
     );
     for point in &points {
         let _ = writeln!(
             out,
-            "{:<20}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "{:<20}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {}",
             text(point, "start"),
             count(point, "allowed"),
             sum(point, "denied"),
@@ -233,12 +251,13 @@ pub fn render_usage(answer: &Value) -> String {
             class(point, "3xx"),
             class(point, "4xx"),
             class(point, "5xx"),
+            latency_columns(point),
         );
     }
     if let Some(totals) = answer.get("totals") {
         let _ = writeln!(
             out,
-            "{:<20}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "{:<20}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {}",
             "TOTAL",
             count(totals, "allowed"),
             sum(totals, "denied"),
@@ -246,7 +265,16 @@ pub fn render_usage(answer: &Value) -> String {
             class(totals, "3xx"),
             class(totals, "4xx"),
             class(totals, "5xx"),
+            latency_columns(totals),
         );
+        if let Some(routes) = totals
+            .get("routes")
+            .and_then(Value::as_object)
+            .filter(|r| !r.is_empty())
+        {
+            let routes: Vec<String> = routes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(out, "allowed by route: {}", routes.join(", "));
+        }
         if let Some(denied) = totals
             .get("denied")
             .and_then(Value::as_object)
@@ -297,6 +325,31 @@ mod tests {
     }
 
     #[test]
+    fn usage_renders_routes_and_latency_percentiles() {
+        let answer = json!({
+            "key_id": "k", "from": "2030-01-01T00:00:00Z", "to": "2030-01-01T01:00:00Z",
+            "step": 3600,
+            "points": [
+                {"start": "2030-01-01T00:00:00Z", "allowed": 4, "denied": {}, "status": {"2xx": 4},
+                 "routes": {"hello": 3, "other": 1}, "latency": {"5": 2, "25": 1, "inf": 1},
+                 "latency_ms": {"p50": 5, "p95": null, "p99": null}}
+            ],
+            "totals": {"allowed": 4, "denied": {}, "status": {"2xx": 4},
+                       "routes": {"hello": 3, "other": 1},
+                       "latency": {"5": 2, "25": 1, "inf": 1},
+                       "latency_ms": {"p50": 5, "p95": null, "p99": null}}
+        });
+        let text = render_usage(&answer);
+        assert!(text.contains("P50MS"), "{text}");
+        assert!(
+            text.contains("allowed by route: hello=3, other=1"),
+            "{text}"
+        );
+        let total = text.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+        assert!(total.ends_with("5    >5000    >5000"), "{total:?}");
+    }
+
+    #[test]
     fn usage_renders_a_row_per_point_and_a_chart() {
         let answer = json!({
             "key_id": "k", "from": "2030-01-01T00:00:00Z", "to": "2030-01-01T02:00:00Z",
@@ -309,6 +362,7 @@ mod tests {
         });
         let text = render_usage(&answer);
         assert!(text.contains("denied by reason: revoked=1"), "{text}");
+        assert!(!text.contains("allowed by route"), "{text}");
         assert_eq!(text.matches('│').count(), 2);
         assert!(text.contains(&"█".repeat(60)));
     }

@@ -114,6 +114,7 @@ fn print_fields(key: &Value) {
         }
     );
     outln!("revoked_at:   {}", or_dash("revoked_at"));
+    outln!("last_used:    {}", last_used_text(key));
     outln!("rotated_from: {}", or_dash("rotated_from"));
     outln!("rotated_to:   {}", or_dash("rotated_to"));
     if key.get("algorithm").is_some() {
@@ -127,6 +128,15 @@ fn print_fields(key: &Value) {
     {
         Some(metadata) => outln!("metadata:     {metadata}"),
         None => outln!("metadata:     -"),
+    }
+}
+
+/// When and from where a key was last used: `2030-01-01T00:00:00Z from 203.0.113.7`, `-`.
+pub fn last_used_text(key: &Value) -> String {
+    match (text(key, "last_used_at"), text(key, "last_used_address")) {
+        ("", _) => "-".to_owned(),
+        (at, "") => at.to_owned(),
+        (at, address) => format!("{at} from {address}"),
     }
 }
 

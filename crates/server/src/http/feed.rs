@@ -52,6 +52,12 @@ pub async fn revocations(
         ),
     };
     let service = state.service();
+    if let Some(gateway) = headers
+        .get(keygate_core::wire::GATEWAY_HEADER)
+        .and_then(|value| value.to_str().ok())
+    {
+        crate::service::usage::gateway_polled(service, gateway, since).await?;
+    }
     let feed = long_poll(
         service.store(),
         service.clock(),

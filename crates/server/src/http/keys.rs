@@ -38,6 +38,8 @@ pub struct KeyView {
     /// The effective expiry: the own expiry or the end of the rotation grace, whichever first.
     pub expires_at: Option<String>,
     pub last_used_at: Option<String>,
+    /// The client address of the last allowed use (as the gateway saw it), if known.
+    pub last_used_address: Option<String>,
     pub revoked_at: Option<String>,
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
@@ -64,6 +66,7 @@ impl KeyView {
             expires_at: record.effective_expiry().and_then(format_rfc3339),
             created_at: format_rfc3339(record.created_at),
             last_used_at: record.last_used_at.and_then(format_rfc3339),
+            last_used_address: record.last_used_address,
             revoked_at: record.revoked_at.and_then(format_rfc3339),
             id: record.id,
             name: record.name,

@@ -42,6 +42,8 @@ pub struct KeyRecord {
     pub limits: KeyLimits,
     /// Names of the roles the key holds (see [`super::role`]).
     pub roles: Vec<String>,
+    /// The client address of the key's last allowed use, as the filter reported it.
+    pub last_used_address: Option<String>,
 }
 
 impl KeyRecord {

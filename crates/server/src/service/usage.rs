@@ -10,11 +10,14 @@
 
 use std::collections::BTreeMap;
 
-use keygate_core::wire::{UsageBatch, UsageRow, USAGE_BODY_LIMIT, USAGE_MAX_ROWS};
+use keygate_core::wire::{
+    latency_bucket_name, UsageBatch, UsageRow, LATENCY_BOUNDS_MS, LATENCY_BUCKETS,
+    USAGE_BODY_LIMIT, USAGE_MAX_ROWS,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{UsageCell, UsageDelta};
+use crate::model::{GatewayRow, UsageCell, UsageDelta};
 use crate::service::context::Service;
 use crate::service::error::ApiError;
 use crate::timestamp::{format_rfc3339, parse_rfc3339};
@@ -35,6 +38,28 @@ const MAX_NAMES_PER_ROW: usize = 64;
 const MAX_NAME_LEN: usize = 64;
 const MAX_KEY_ID_LEN: usize = 128;
 const MAX_BATCH_ID_LEN: usize = 128;
+/// Longest route name stored; a longer one, or one not printable ASCII, is stored as
+/// [`OTHER_ROUTE`].
+pub const MAX_ROUTE_LEN: usize = 128;
+/// Where routes past the filter's cap (and unprintable ones) are counted.
+pub const OTHER_ROUTE: &str = "other";
+/// Longest gateway name (Envoy node id) remembered; a longer one is not recorded.
+pub const MAX_GATEWAY_LEN: usize = 128;
+
+/// A gateway name: 1 to 128 printable ASCII characters.
+pub fn valid_gateway(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_GATEWAY_LEN && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The route a row is stored under: its name when printable (spaces allowed) and short.
+fn route_name(route: &str) -> &str {
+    let printable = route.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if route.is_empty() || route.len() > MAX_ROUTE_LEN || !printable {
+        OTHER_ROUTE
+    } else {
+        route
+    }
+}
 
 /// A usage key id: short printable text (whether the service knows it is checked apart).
 pub fn valid_key_id(text: &str) -> bool {
@@ -95,6 +120,15 @@ pub fn merge_batch(batch: &UsageBatch) -> Result<UsageDelta, ApiError> {
             }
             cells.push((kind, name.clone(), n));
         }
+        if counts.latency.len() > LATENCY_BUCKETS {
+            return Err(bad("latency has at most 13 buckets"));
+        }
+        if let Some(route) = &row.route {
+            cells.push(("route", route_name(route).to_owned(), counts.allowed));
+        }
+        for (index, n) in counts.latency.iter().enumerate() {
+            cells.push(("latency", latency_bucket_name(index), *n));
+        }
         let minute = to_i64(row.minute);
         for (kind, name, n) in cells {
             if n > MAX_ROW_COUNT {
@@ -114,6 +148,20 @@ pub fn merge_batch(batch: &UsageBatch) -> Result<UsageDelta, ApiError> {
             let at = to_i64(row.last_used_at);
             let last = delta.last_used.entry(row.key_id.clone()).or_insert(at);
             *last = (*last).max(at);
+            // An address that does not parse is not stored (the rest of the row counts).
+            let address = row
+                .client_address
+                .as_deref()
+                .and_then(|a| a.parse::<std::net::IpAddr>().ok());
+            if let Some(address) = address {
+                let entry = delta
+                    .last_used_address
+                    .entry(row.key_id.clone())
+                    .or_insert((at, address.to_string()));
+                if at > entry.0 {
+                    *entry = (at, address.to_string());
+                }
+            }
         }
     }
     Ok(delta)
@@ -133,6 +181,13 @@ pub async fn ingest(service: &Service, mut batch: UsageBatch) -> Result<Value, A
     service
         .metrics()
         .count_usage_batch(applied, batch.rows.len(), refused);
+    if let Some(gateway) = batch.gateway.as_deref().filter(|g| valid_gateway(g)) {
+        let rows = i64::try_from(batch.rows.len() + refused).unwrap_or(i64::MAX);
+        service
+            .store()
+            .gateway_reported(gateway, rows, service.now())
+            .await?;
+    }
     if refused > 0 {
         // Outside issuers' token ids land here too: worth a count, not a warning.
         tracing::info!(
@@ -175,15 +230,83 @@ pub struct UsageTotals {
     pub allowed: u64,
     pub denied: BTreeMap<String, u64>,
     pub status: BTreeMap<String, u64>,
+    /// Allowed requests per route (absent: none reported a route).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, u64>,
+    /// Upstream latency histogram: responses per bucket, by upper bound in ms (`inf`: above
+    /// the last bound). Absent: none measured.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latency: BTreeMap<String, u64>,
+    /// Percentiles of the latency histogram (absent: none measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Percentiles>,
+}
+
+/// Latency percentiles from a histogram: each is the upper bound (ms) of the bucket that
+/// holds it, or `null` when it lies above the last bound (5000 ms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: Option<u64>,
+    pub p95: Option<u64>,
+    pub p99: Option<u64>,
+}
+
+/// The percentiles of a histogram given as counts per bucket (the index of
+/// [`LATENCY_BOUNDS_MS`], then `+inf`); `None` when it is empty.
+pub fn percentiles(histogram: &[u64]) -> Option<Percentiles> {
+    let total: u64 = histogram.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    // The smallest bucket whose cumulative count reaches `q` of the total.
+    let at = |per_mille: u64| {
+        let rank = (u128::from(total) * u128::from(per_mille)).div_ceil(1000);
+        let mut seen: u128 = 0;
+        for (index, n) in histogram.iter().enumerate() {
+            seen += u128::from(*n);
+            if seen >= rank {
+                return LATENCY_BOUNDS_MS.get(index).copied();
+            }
+        }
+        None
+    };
+    Some(Percentiles {
+        p50: at(500),
+        p95: at(950),
+        p99: at(990),
+    })
+}
+
+/// The bucket index of a latency bucket name (`5`, `inf`).
+fn latency_index(name: &str) -> Option<usize> {
+    (0..LATENCY_BUCKETS).find(|index| latency_bucket_name(*index) == name)
 }
 
 impl UsageTotals {
     fn add(&mut self, kind: &str, name: &str, count: u64) {
-        match kind {
-            "allowed" => self.allowed = self.allowed.saturating_add(count),
-            "denied" => *self.denied.entry(name.to_owned()).or_default() += count,
-            _ => *self.status.entry(name.to_owned()).or_default() += count,
+        let into = match kind {
+            "allowed" => {
+                self.allowed = self.allowed.saturating_add(count);
+                return;
+            }
+            "denied" => &mut self.denied,
+            "route" => &mut self.routes,
+            "latency" => &mut self.latency,
+            _ => &mut self.status,
+        };
+        let cell = into.entry(name.to_owned()).or_default();
+        *cell = cell.saturating_add(count);
+    }
+
+    /// Computes `latency_ms` from `latency`.
+    fn finish(&mut self) {
+        let mut histogram = [0u64; LATENCY_BUCKETS];
+        for (name, n) in &self.latency {
+            if let Some(index) = latency_index(name) {
+                histogram[index] = histogram[index].saturating_add(*n);
+            }
         }
+        self.latency_ms = percentiles(&histogram);
     }
 
     /// Requests counted: allowed plus denied.
@@ -274,6 +397,10 @@ impl UsageRange {
                 totals.add(&cell.kind, &cell.name, count);
             }
         }
+        totals.finish();
+        for bucket in buckets.values_mut() {
+            bucket.finish();
+        }
         UsageReport {
             key_id,
             from: format_rfc3339(self.from).unwrap_or_default(),
@@ -308,6 +435,24 @@ pub async fn report(
     Ok(range.report(id, &cells))
 }
 
+/// The gateways seen lately, most recently seen first.
+pub async fn fleet(service: &Service) -> Result<Vec<GatewayRow>, ApiError> {
+    Ok(service.store().gateways(service.now()).await?)
+}
+
+/// Notes that `gateway` asked the revocation feed from `since` (a name that is not 1 to 128
+/// printable ASCII characters is not recorded).
+pub async fn gateway_polled(service: &Service, gateway: &str, since: u64) -> Result<(), ApiError> {
+    if !valid_gateway(gateway) {
+        return Ok(());
+    }
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    Ok(service
+        .store()
+        .gateway_polled(gateway, since, service.now())
+        .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,8 +466,11 @@ mod tests {
                 allowed,
                 denied: denied.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
                 status: BTreeMap::new(),
+                latency: Vec::new(),
             },
             last_used_at: minute + 30,
+            route: None,
+            client_address: None,
         }
     }
 
@@ -335,6 +483,7 @@ mod tests {
                 row("k", 60, 3, &[("revoked", 2)]),
                 row("j", 120, 0, &[]),
             ],
+            gateway: None,
         };
         let delta = merge_batch(&batch).unwrap();
         assert_eq!(delta.counts[&("k".into(), 60, "allowed", String::new())], 5);
@@ -351,10 +500,105 @@ mod tests {
     }
 
     #[test]
+    fn routes_latency_and_addresses_merge_into_the_delta() {
+        let mut first = row("k", 60, 2, &[]);
+        first.route = Some("hello".into());
+        first.counts.latency = vec![1, 0, 2];
+        first.client_address = Some("203.0.113.7".into());
+        let mut second = row("k", 60, 1, &[]);
+        second.route = Some("bad\u{7f}route".into());
+        second.last_used_at = 95;
+        second.client_address = Some("2001:db8::1".into());
+        let mut third = row("k", 120, 0, &[]);
+        third.route = Some("hello".into());
+        third.client_address = Some("not an address".into());
+        third.counts.latency = vec![0; LATENCY_BUCKETS];
+        third.counts.latency[LATENCY_BUCKETS - 1] = 4;
+        let batch = UsageBatch {
+            batch_id: "b".into(),
+            rows: vec![first, second, third],
+            gateway: Some("edge-1".into()),
+        };
+        let delta = merge_batch(&batch).unwrap();
+        let cell = |minute, kind, name: &str| {
+            delta
+                .counts
+                .get(&("k".to_owned(), minute, kind, name.to_owned()))
+                .copied()
+        };
+        assert_eq!(cell(60, "route", "hello"), Some(2));
+        assert_eq!(cell(60, "route", OTHER_ROUTE), Some(1), "unprintable");
+        assert_eq!(cell(60, "allowed", ""), Some(3));
+        assert_eq!(cell(60, "latency", "1"), Some(1));
+        assert_eq!(cell(60, "latency", "5"), Some(2));
+        assert_eq!(cell(60, "latency", "2"), None, "zeros are not stored");
+        assert_eq!(cell(120, "latency", "inf"), Some(4));
+        assert_eq!(cell(120, "route", "hello"), None, "no allowed requests");
+        assert_eq!(delta.last_used["k"], 95);
+        assert_eq!(delta.last_used_address["k"], (95, "2001:db8::1".to_owned()));
+        let mut too_long = row("k", 60, 1, &[]);
+        too_long.counts.latency = vec![0; LATENCY_BUCKETS + 1];
+        let batch = UsageBatch {
+            batch_id: "b".into(),
+            rows: vec![too_long],
+            gateway: None,
+        };
+        assert!(merge_batch(&batch).is_err());
+    }
+
+    #[test]
+    fn percentiles_come_from_the_merged_histogram() {
+        assert_eq!(percentiles(&[0; LATENCY_BUCKETS]), None);
+        // 100 responses: 50 at <=1 ms, 45 at <=10 ms, 4 at <=100 ms, 1 above 5 s.
+        let mut histogram = [0u64; LATENCY_BUCKETS];
+        histogram[0] = 50;
+        histogram[3] = 45;
+        histogram[6] = 4;
+        histogram[12] = 1;
+        let p = percentiles(&histogram).unwrap();
+        assert_eq!((p.p50, p.p95, p.p99), (Some(1), Some(10), Some(100)));
+        // 102 responses, 2 above the last bound: p99 lies above it.
+        histogram[12] = 2;
+        let p = percentiles(&histogram).unwrap();
+        assert_eq!((p.p50, p.p95, p.p99), (Some(10), Some(100), None));
+        // A report merges the points' histograms for the totals.
+        let range = UsageRange {
+            from: 0,
+            to: 120,
+            step: 60,
+        };
+        let cell = |bucket, kind: &str, name: &str, count| UsageCell {
+            bucket,
+            kind: kind.into(),
+            name: name.into(),
+            count,
+        };
+        let report = range.report(
+            "k".into(),
+            &[
+                cell(0, "latency", "5", 9),
+                cell(0, "route", "hello", 9),
+                cell(60, "latency", "500", 1),
+                cell(60, "route", "other", 1),
+            ],
+        );
+        let first = report.points[0].counts.latency_ms.unwrap();
+        assert_eq!((first.p50, first.p99), (Some(5), Some(5)));
+        let totals = report.totals.latency_ms.unwrap();
+        assert_eq!(
+            (totals.p50, totals.p95, totals.p99),
+            (Some(5), Some(500), Some(500))
+        );
+        assert_eq!(report.totals.routes["hello"], 9);
+        assert_eq!(report.totals.routes["other"], 1);
+    }
+
+    #[test]
     fn bad_rows_are_named() {
         let batch = UsageBatch {
             batch_id: "b".into(),
             rows: vec![row("k", 60, 1, &[]), row("k", 61, 1, &[])],
+            gateway: None,
         };
         assert!(matches!(
             merge_batch(&batch),
@@ -363,11 +607,13 @@ mod tests {
         let bad_name = UsageBatch {
             batch_id: "b".into(),
             rows: vec![row("k", 60, 1, &[("has space", 1)])],
+            gateway: None,
         };
         assert!(merge_batch(&bad_name).is_err());
         let no_id = UsageBatch {
             batch_id: String::new(),
             rows: vec![],
+            gateway: None,
         };
         assert!(matches!(merge_batch(&no_id), Err(ApiError::BadBatchId)));
     }

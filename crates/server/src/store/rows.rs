@@ -10,7 +10,7 @@ pub(super) const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata,
      created_at, expires_at, grace_until, revoked_at, last_used_at, rotated_from, rotated_to, \
      algorithm, signing_kid, rate_limit_rps, rate_limit_burst, allowed_cidrs, not_before, \
      not_after, roles, allowed_principals, global_rps, global_burst, quota_limit, quota_period, \
-     quota_anchor";
+     quota_anchor, last_used_address";
 
 /// The limit columns of a key record, as bound into SQL.
 pub(super) struct LimitColumns {
@@ -127,6 +127,7 @@ pub(super) fn key_from_row(row: &StoredRow) -> Result<KeyRecord, StoreError> {
         signing_kid: row.get("signing_kid")?,
         limits: limits_from_row(row)?,
         roles: roles_from_row(row)?,
+        last_used_address: row.get("last_used_address")?,
     })
 }
 

@@ -51,6 +51,7 @@ pub fn record(n: usize, expires_at: Option<i64>) -> KeyRecord {
         grace_until: None,
         revoked_at: None,
         last_used_at: None,
+        last_used_address: None,
         rotated_from: None,
         rotated_to: None,
         algorithm: None,

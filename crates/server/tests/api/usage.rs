@@ -20,6 +20,8 @@ on_both_backends!(
     metrics_expose_the_counters,
     metrics_labels_stay_bounded_whatever_clients_send,
     a_usage_post_without_the_service_token_is_refused_before_its_body_is_read,
+    usage_breaks_down_by_route_with_latency_percentiles_and_the_last_address,
+    the_fleet_lists_the_gateways_that_poll_and_report,
 );
 
 /// A request body that never ends: whoever waits for it waits forever.
@@ -649,4 +651,205 @@ async fn metrics_labels_stay_bounded_whatever_clients_send(backend: Backend) {
     assert_eq!(sample(&text, &other("other")), Some(300.0), "{text}");
     assert!(!text.contains("X0001"), "a method became a label: {text}");
     assert!(!text.contains("/junk/"), "a path became a label: {text}");
+}
+
+/// Rows with a route, a latency histogram and a client address: the usage API answers
+/// allowed requests per route and p50/p95/p99 per point and in total; the key shows its last
+/// use and the address it came from.
+async fn usage_breaks_down_by_route_with_latency_percentiles_and_the_last_address(
+    backend: Backend,
+) {
+    let h = harness(backend).await;
+    let id = h.create(json!({"name": "k", "scopes": []})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let minute = NOW - NOW.rem_euclid(3600) - 3600;
+    let with = |mut row: Value, route: &str, latency: Value, address: Option<&str>| {
+        row["route"] = json!(route);
+        row["latency"] = latency;
+        if let Some(address) = address {
+            row["client_address"] = json!(address);
+        }
+        row
+    };
+    // 13 buckets: <=1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 ms, above.
+    let batch = json!({"batch_id": "edge-1:1", "gateway": "edge-1", "rows": [
+        with(row(&id, minute, 8, json!({}), json!({"2xx": 8}), minute + 10), "hello",
+             json!([0, 0, 6, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Some("203.0.113.7")),
+        with(row(&id, minute, 2, json!({}), json!({"5xx": 2}), minute + 50), "orders",
+             json!([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]), Some("2001:db8::5")),
+        with(row(&id, minute + 60, 0, json!({"revoked": 1}), json!({}), 0), "orders",
+             json!([]), None),
+        // An older filter: no route, no latency, no address.
+        row(&id, minute + 60, 5, json!({}), json!({"2xx": 5}), minute + 100),
+    ]});
+    let answer = h.post_usage(&batch).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["rows"], 4);
+
+    let key = h.show(&id).await;
+    assert_eq!(key["last_used_at"], rfc3339(minute + 100));
+    assert_eq!(
+        key["last_used_address"], "2001:db8::5",
+        "the latest use that named an address, within a minute of the last use"
+    );
+    let listed = h.admin("GET", KEYS, None).await;
+    let listed = listed.body["keys"]
+        .as_array()
+        .or(listed.body.as_array())
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["last_used_address"], "2001:db8::5");
+
+    let query = format!(
+        "from={}&to={}&step=60",
+        rfc3339(minute),
+        rfc3339(minute + 180)
+    );
+    let report = h.usage(&id, &query).await;
+    assert_eq!(report.status, StatusCode::OK, "{}", report.body);
+    let points = report.body["points"].as_array().unwrap();
+    assert_eq!(points[0]["routes"], json!({"hello": 8, "orders": 2}));
+    assert_eq!(points[0]["latency"], json!({"5": 6, "10": 2, "inf": 2}));
+    assert_eq!(
+        points[0]["latency_ms"],
+        json!({"p50": 5, "p95": null, "p99": null}),
+        "2 of 10 above 5 s"
+    );
+    assert!(
+        points[1].get("routes").is_none(),
+        "denials and old rows have no route"
+    );
+    assert_eq!(points[1]["denied"], json!({"revoked": 1}));
+    assert_eq!(points[1]["allowed"], 5);
+    assert!(points[1].get("latency_ms").is_none(), "nothing measured");
+    assert_eq!(
+        points[2],
+        json!({"start": rfc3339(minute + 120), "allowed": 0, "denied": {}, "status": {}})
+    );
+    let totals = &report.body["totals"];
+    assert_eq!(totals["routes"], json!({"hello": 8, "orders": 2}));
+    assert_eq!(
+        totals["latency_ms"],
+        json!({"p50": 5, "p95": null, "p99": null})
+    );
+
+    // A second batch in the same minute merges its histogram: now 90 of 100 at <= 5 ms.
+    let more = json!({"batch_id": "edge-1:2", "gateway": "edge-1", "rows": [
+        with(row(&id, minute, 80, json!({}), json!({"2xx": 80}), minute + 20), "hello",
+             json!([0, 0, 80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None),
+        with(row(&id, minute, 10, json!({}), json!({"2xx": 10}), minute + 20), "hello",
+             json!([0, 0, 4, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0]), None),
+    ]});
+    assert_eq!(h.post_usage(&more).await.status, StatusCode::OK);
+    let report = h.usage(&id, &query).await;
+    let point = &report.body["points"][0];
+    assert_eq!(point["routes"], json!({"hello": 98, "orders": 2}));
+    assert_eq!(
+        point["latency_ms"],
+        json!({"p50": 5, "p95": 100, "p99": null}),
+        "{point}"
+    );
+    assert_eq!(
+        h.show(&id).await["last_used_address"],
+        "2001:db8::5",
+        "a batch without addresses leaves it"
+    );
+
+    // Bad latency (more than 13 buckets) is refused with the row named.
+    let bad = json!({"batch_id": "edge-1:3", "rows": [
+        with(row(&id, minute, 1, json!({}), json!({}), minute), "hello", json!(vec![0; 14]), None),
+    ]});
+    h.post_usage(&bad)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST);
+}
+
+/// Gateways name themselves in feed requests (`x-keygate-gateway`) and usage batches
+/// (`gateway`); `GET /api/v1/fleet` (admin) lists what each did last; unseen ones age out.
+async fn the_fleet_lists_the_gateways_that_poll_and_report(backend: Backend) {
+    let h = harness(backend).await;
+    let poll = |gateway: &'static str, since: u64| {
+        let request = Request::builder()
+            .uri(format!("/v1/revocations?since={since}&wait=0"))
+            .header(header::AUTHORIZATION, format!("Bearer {SERVICE}"))
+            .header(keygate_core::wire::GATEWAY_HEADER, gateway)
+            .body(Body::empty())
+            .unwrap();
+        app(h.state.clone()).oneshot(request)
+    };
+    assert_eq!(poll("edge-1", 0).await.unwrap().status(), StatusCode::OK);
+    h.clock.advance(5);
+    assert_eq!(poll("edge-1", 7).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        poll("bad gateway name", 0).await.unwrap().status(),
+        StatusCode::OK,
+        "an unusable name is not recorded, the poll is answered"
+    );
+    let batch = json!({"batch_id": "edge-2:1", "gateway": "edge-2", "rows": []});
+    assert_eq!(h.post_usage(&batch).await.status, StatusCode::OK);
+    let id = h.create(json!({"name": "k", "scopes": []})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let minute = NOW - NOW.rem_euclid(60);
+    h.clock.advance(5);
+    let batch = json!({"batch_id": "edge-1:1", "gateway": "edge-1", "rows": [
+        row(&id, minute, 1, json!({}), json!({}), minute + 1),
+        row("unknown-key-id-1", minute, 1, json!({}), json!({}), minute + 1),
+    ]});
+    assert_eq!(h.post_usage(&batch).await.status, StatusCode::OK);
+
+    let fleet = h.admin("GET", "/api/v1/fleet", None).await;
+    assert_eq!(fleet.status, StatusCode::OK, "{}", fleet.body);
+    assert_eq!(
+        fleet.body,
+        json!([
+            {"gateway": "edge-1", "last_feed_sequence": 7, "last_feed_at": rfc3339(NOW + 5),
+             "last_usage_batch_at": rfc3339(NOW + 10), "last_usage_rows": 2,
+             "last_seen_at": rfc3339(NOW + 10)},
+            {"gateway": "edge-2", "last_feed_sequence": null, "last_feed_at": null,
+             "last_usage_batch_at": rfc3339(NOW + 5), "last_usage_rows": 0,
+             "last_seen_at": rfc3339(NOW + 5)},
+        ])
+    );
+    // Admin only.
+    h.send("GET", "/api/v1/fleet", None, None)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+    h.send("GET", "/api/v1/fleet", Some(SERVICE), None)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+
+    // Seven days unseen: forgotten (once another gateway is noted).
+    h.clock.advance(7 * 86_400 + 1);
+    assert_eq!(poll("edge-3", 1).await.unwrap().status(), StatusCode::OK);
+    let fleet = h.admin("GET", "/api/v1/fleet", None).await;
+    let names: Vec<&str> = fleet
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["gateway"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["edge-3"]);
+
+    // Bounded: past 1000 gateways, the least recently seen go.
+    let store = h.state.store();
+    for n in 0..1_001 {
+        let now = NOW + 7 * 86_400 + 11 + n;
+        store
+            .gateway_reported(&format!("gw-{n:04}"), 1, now)
+            .await
+            .unwrap();
+    }
+    let all = store.gateways(NOW + 7 * 86_400 + 1_012).await.unwrap();
+    assert_eq!(all.len(), 1_000);
+    assert!(all
+        .iter()
+        .all(|g| g.gateway != "gw-0000" && g.gateway != "edge-3"));
 }
