@@ -794,7 +794,8 @@ def service_lookups(port: int, token: str) -> int:
 
 def run_criterion(args) -> list[dict]:
     since = time.time()
-    cmd = ["cargo", "bench", "-p", "keygate-core", "--bench", "hot_path", "--"] + args.criterion_args.split()
+    cmd = (["cargo", "bench", "-p", "keygate-core", "--bench", "hot_path", "--bench", "request_path",
+            "--"] + args.criterion_args.split())
     if args.load_cpu is not None:
         cmd = ["taskset", "-c", str(args.envoy_cpu)] + cmd
     log("criterion: " + " ".join(cmd))
@@ -1009,7 +1010,8 @@ def render(report: dict, configs: list[str]) -> str:
         lines += cache.render(report["cache_curve"])
     crit = report["criterion"]
     if crit:
-        lines += ["## Criterion micro-benchmarks (native, `crates/core/benches/hot_path.rs`)", "",
+        lines += ["## Criterion micro-benchmarks (native, `crates/core/benches/hot_path.rs` and "
+                  "`request_path.rs`)", "",
                   "| benchmark | median | 95% CI of the median | per second |", "|---|---:|---:|---:|"]
         for c in crit:
             lo, hi = c["median_ci_ns"]

@@ -6,7 +6,8 @@
 #        Wasm filter — wrk 1 thread x 32 connections, warm-up, then repetitions in alternating
 #        order; Envoy and wrk pinned to different CPUs with taskset when there are two
 #   key service lookups/s and creations/s (SQLite)
-#   criterion micro-benchmarks of the core (crates/core/benches/hot_path.rs, quick settings)
+#   criterion micro-benchmarks of the core (crates/core/benches/hot_path.rs and request_path.rs,
+#   quick settings)
 #
 #   the record-cache miss curve through Envoy (bench/cache.py): N valid keys minted, uniform
 #        traffic over them, one warm pass, then a measured pass; misses from the filter's counters
@@ -81,7 +82,7 @@ if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release --target wasm32-wasip1 --manifest-path bench/empty-filter/Cargo.toml
   cargo build --release --target wasm32-wasip1 --manifest-path bench/floor-filter/Cargo.toml
   if [[ "${BENCH_CRITERION:-1}" == 1 ]]; then
-    cargo bench -p keygate-core --bench hot_path --no-run
+    cargo bench -p keygate-core --bench hot_path --bench request_path --no-run
   fi
 fi
 for f in "$WASM" "$EMPTY_WASM" "$FLOOR_WASM" "$KEYGATE_BIN" "$TOOLS/gen-tokens" "$TOOLS/authz"; do
