@@ -296,8 +296,7 @@ fn usage_shows_routes_latency_the_last_address_and_the_gateway() {
         // The unnamed filter route counts under its place in the table (the demo table's
         // `GET /v1/` entry, third once `named-read` is first), not under Envoy's route name:
         // a table route's label never costs a host call.
-        totals["routes"] == json!({"named-read": 5, "route[2]": 3})
-            && totals["status"]["2xx"] == 8
+        totals["routes"] == json!({"named-read": 5, "route[2]": 3}) && totals["status"]["2xx"] == 8
     });
     assert!(ok, "usage never showed both routes: {totals}");
     println!("usage totals: {totals}");
