@@ -37,12 +37,7 @@ use keygate_testkit::{
 use serde_json::Value;
 
 use crate::cli::path_with_keygate;
-
-struct Block {
-    kind: Vec<String>,
-    code: String,
-    line: usize,
-}
+use crate::readme::{marked_blocks, Block};
 
 impl Block {
     fn is(&self, kind: &[&str]) -> bool {
@@ -72,41 +67,7 @@ fn name_of(page: &Path) -> String {
 
 /// Every fenced block of `page` with its marker; panics on a block without one.
 fn blocks(page: &Path) -> Vec<Block> {
-    let name = name_of(page);
-    let text = std::fs::read_to_string(page).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut blocks = Vec::new();
-    let mut unmarked = Vec::new();
-    let mut index = 0;
-    while index < lines.len() {
-        if !lines[index].starts_with("```") {
-            index += 1;
-            continue;
-        }
-        let start = index;
-        let marker = start
-            .checked_sub(1)
-            .map(|i| lines[i].trim())
-            .and_then(|line| line.strip_prefix("<!-- doc-test:"))
-            .and_then(|rest| rest.strip_suffix("-->"));
-        let end = (start + 1..lines.len())
-            .find(|&i| lines[i].starts_with("```"))
-            .unwrap_or_else(|| panic!("{name}:{}: unclosed block", start + 1));
-        match marker {
-            Some(marker) => blocks.push(Block {
-                kind: marker.split_whitespace().map(str::to_owned).collect(),
-                code: lines[start + 1..end].join("\n") + "\n",
-                line: start + 1,
-            }),
-            None => unmarked.push(start + 1),
-        }
-        index = end + 1;
-    }
-    assert!(
-        unmarked.is_empty(),
-        "{name}: blocks without a <!-- doc-test: ... --> marker at lines {unmarked:?}"
-    );
-    blocks
+    marked_blocks(&name_of(page), &std::fs::read_to_string(page).unwrap())
 }
 
 const RUNNABLE: [&[&str]; 3] = [

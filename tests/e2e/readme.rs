@@ -26,17 +26,23 @@ use keygate_testkit::{
     free_port, keygate_bin, project_root, wait_until, KeyService, Stack, TempDir, ADMIN_KEY,
 };
 
-struct Block {
+pub struct Block {
     /// The marker's words, e.g. `["sh", "service"]`.
-    kind: Vec<String>,
-    code: String,
-    line: usize,
+    pub kind: Vec<String>,
+    pub code: String,
+    pub line: usize,
 }
 
 /// Every fenced block of README.md with its marker; panics on a block without one.
 fn readme_blocks() -> Vec<Block> {
     let readme = std::fs::read_to_string(project_root().join("README.md")).unwrap();
-    let lines: Vec<&str> = readme.lines().collect();
+    marked_blocks("README.md", &readme)
+}
+
+/// Every fenced block of the page `name` (whose text is `text`) with its marker; panics on a
+/// block without one. The guides in `docs/` are read the same way.
+pub fn marked_blocks(name: &str, text: &str) -> Vec<Block> {
+    let lines: Vec<&str> = text.lines().collect();
     let mut blocks = Vec::new();
     let mut index = 0;
     let mut unmarked = Vec::new();
@@ -53,7 +59,7 @@ fn readme_blocks() -> Vec<Block> {
             .and_then(|rest| rest.strip_suffix("-->"));
         let end = (start + 1..lines.len())
             .find(|&i| lines[i].starts_with("```"))
-            .unwrap_or_else(|| panic!("README.md:{}: unclosed block", start + 1));
+            .unwrap_or_else(|| panic!("{name}:{}: unclosed block", start + 1));
         match marker {
             Some(marker) => blocks.push(Block {
                 kind: marker.split_whitespace().map(str::to_owned).collect(),
@@ -66,7 +72,7 @@ fn readme_blocks() -> Vec<Block> {
     }
     assert!(
         unmarked.is_empty(),
-        "README.md blocks without a <!-- doc-test: ... --> marker at lines {unmarked:?}"
+        "{name}: blocks without a <!-- doc-test: ... --> marker at lines {unmarked:?}"
     );
     blocks
 }
