@@ -36,8 +36,7 @@ use keygate_testkit::{
 };
 use serde_json::Value;
 
-use crate::cli::path_with_keygate;
-use crate::readme::{marked_blocks, Block};
+use crate::readme::{marked_blocks, promised_codes, run_block, Block};
 
 impl Block {
     fn is(&self, kind: &[&str]) -> bool {
@@ -235,7 +234,7 @@ impl Gateway {
 /// Runs one block; answers its stdout (asserts success).
 fn run(block: &Block, page: &str, dir: &Path, env: &[(&'static str, String)]) -> String {
     let kind: Vec<&str> = block.kind.iter().map(String::as_str).collect();
-    let mut command = match kind.as_slice() {
+    let command = match kind.as_slice() {
         ["sh", "gateway"] => {
             let mut command = Command::new("bash");
             command
@@ -259,40 +258,7 @@ fn run(block: &Block, page: &str, dir: &Path, env: &[(&'static str, String)]) ->
         }
         other => panic!("{page}:{}: not runnable: {other:?}", block.line),
     };
-    command
-        .current_dir(dir)
-        .env("PATH", path_with_keygate())
-        .env_remove("KEYGATE_ADMIN_KEY_FILE")
-        .stdin(Stdio::null());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let output = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{page}:{}: the block failed ({}):\n{}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
-        block.line,
-        output.status,
-        block.code,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-/// The status codes a shell block promises: the `# NNN` comment of each line that prints
-/// `%{http_code}`.
-fn promised_codes(code: &str) -> Vec<String> {
-    code.lines()
-        .filter(|line| line.contains("%{http_code}"))
-        .map(|line| {
-            let comment = line
-                .rsplit_once('#')
-                .map(|(_, comment)| comment.trim())
-                .unwrap_or_else(|| panic!("no `# NNN` comment on {line:?}"));
-            comment.chars().take(3).collect()
-        })
-        .collect()
+    run_block(command, page, block.line, &block.code, dir, env)
 }
 
 fn trimmed_lines(text: &str) -> Vec<&str> {

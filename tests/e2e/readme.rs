@@ -104,11 +104,22 @@ fn every_readme_block_is_marked_with_a_known_kind() {
 
 /// Runs `code` with bash in `dir` with `env`; answers stdout (asserts success).
 fn bash(code: &str, dir: &std::path::Path, env: &[(&str, String)], line: usize) -> String {
-    let script = format!("set -euo pipefail\n{code}");
     let mut command = Command::new("bash");
+    command.arg("-c").arg(format!("set -euo pipefail\n{code}"));
+    run_block(command, "README.md", line, code, dir, env)
+}
+
+/// Runs a doc block's `command` in `dir` with `env` and `keygate` on `PATH`; answers stdout
+/// (asserts success, naming `page:line` and the block's `code`). The guides run theirs so too.
+pub fn run_block(
+    mut command: Command,
+    page: &str,
+    line: usize,
+    code: &str,
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+) -> String {
     command
-        .arg("-c")
-        .arg(&script)
         .current_dir(dir)
         .env("PATH", path_with_keygate())
         .env_remove("KEYGATE_ADMIN_KEY_FILE")
@@ -120,7 +131,7 @@ fn bash(code: &str, dir: &std::path::Path, env: &[(&str, String)], line: usize) 
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "README.md:{line}: the block failed ({}):\n{code}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+        "{page}:{line}: the block failed ({}):\n{code}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
@@ -149,7 +160,7 @@ fn readme_service_blocks_run_against_a_key_service() {
 
 /// The status codes a gateway block promises: the `# NNN` comment of each line that prints
 /// `%{http_code}`.
-fn promised_codes(code: &str) -> Vec<String> {
+pub fn promised_codes(code: &str) -> Vec<String> {
     code.lines()
         .filter(|line| line.contains("%{http_code}"))
         .map(|line| {
