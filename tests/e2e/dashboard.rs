@@ -104,12 +104,12 @@ fn log_in(browser: &Browser, key: &str) {
     let field = browser.wait_for("#login-key");
     field.clear();
     field.type_text(key);
-    browser.wait_for("#login-submit").click();
+    browser.click("#login-submit");
     browser.wait_for("#keys-table");
 }
 
 fn log_out(browser: &Browser) {
-    browser.wait_for("#logout").click();
+    browser.click("#logout");
     browser.wait_for("#login-key");
 }
 
@@ -218,14 +218,14 @@ fn an_owner_manages_their_keys_on_the_dashboard() {
     browser.wait_for("#create-scopes").type_text("demo:read");
     browser.wait_for("#create-expires").type_text("30d");
     photograph(&browser, "create", WIDE);
-    browser.wait_for("#create-submit").click();
+    browser.click("#create-submit");
     let key = browser.wait_for("#one-time-key").text().trim().to_string();
     let id = browser.wait_for("#one-time-id").text().trim().to_string();
     assert!(
         key.starts_with(keygate_testkit::KEY_PREFIX),
         "one-time view shows {key:?}"
     );
-    browser.wait_for("#copy-key").click();
+    browser.click("#copy-key");
     photograph(&browser, "key-created", WIDE);
     let shown = api_as(
         service,
@@ -242,7 +242,7 @@ fn an_owner_manages_their_keys_on_the_dashboard() {
     );
     assert_eq!(shown.json()["name"], json!("alice-ci"));
 
-    browser.wait_for("#one-time-done").click();
+    browser.click("#one-time-done");
     browser.wait_for("#key-fields");
     assert!(
         !browser.source().contains(&key),
@@ -356,7 +356,7 @@ fn an_owner_manages_their_keys_on_the_dashboard() {
 
     // ── revoke on the page; Envoy refuses the key within a second ────────────────────────
     browser.goto(&service.url(&format!("/ui/#/key/{id}")));
-    browser.wait_for("#revoke").click();
+    browser.click("#revoke");
     let yes = browser.wait_for("#confirm-yes");
     let revoked_at = Instant::now();
     yes.click();
@@ -437,8 +437,8 @@ fn wait_counted(browser: &Browser, at_least: u64, timeout: Duration) -> u64 {
             return count;
         }
         if last_refresh.elapsed() > Duration::from_secs(5) {
-            if let Some(button) = browser.find("#usage-refresh") {
-                button.click();
+            if browser.find("#usage-refresh").is_some() {
+                browser.click("#usage-refresh");
             }
             last_refresh = Instant::now();
         }

@@ -579,6 +579,7 @@
     const title = el('h1', { text: 'Key' });
     show(title, problem, fields, actions, update, usage);
     let key = null;
+    let drawn = null; // what the action buttons were drawn for
 
     const load = async () => {
       try {
@@ -594,7 +595,13 @@
       }
       title.textContent = key.name;
       fields.replaceChildren(fieldList(key));
-      drawActions();
+      // Redraw the buttons only when what they depend on changed: a live usage event must
+      // not reset a grace period being typed or move a button under the pointer.
+      const now = `${key.status}\n${key.name}`;
+      if (now !== drawn) {
+        drawn = now;
+        drawActions();
+      }
       return true;
     };
 

@@ -254,6 +254,23 @@ impl Browser {
         }
     }
 
+    /// Waits for a displayed element matching `selector` and clicks it. A page that redraws
+    /// between the find and the click leaves a stale element; the click then goes to the
+    /// element that replaced it, as a person's click would.
+    pub fn click(&self, selector: &str) {
+        let started = Instant::now();
+        loop {
+            let element = self.wait_for(selector);
+            match self.try_call("POST", &element.path("/click"), Some(&json!({}))) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") && started.elapsed() < BROWSER_TIMEOUT => {
+                    sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("clicking `{selector}`: {e}"),
+            }
+        }
+    }
+
     /// Waits up to `timeout` until the text of `selector` satisfies `check`; answers it.
     pub fn wait_text(
         &self,
