@@ -25,4 +25,5 @@ pub mod negative_cache;
 pub mod principal;
 pub mod route;
 pub mod scope;
+pub mod signature;
 pub mod wire;
