@@ -34,6 +34,7 @@ pub mod jwks;
 pub mod lease;
 pub mod lookup;
 pub mod metrics;
+pub mod nonce;
 pub mod rate;
 pub mod records;
 pub mod reply;
