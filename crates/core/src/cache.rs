@@ -151,7 +151,9 @@ const FLAG_PRINCIPALS: u8 = 16;
 /// The record holds the key's owner and metadata (for routes that bind them).
 const FLAG_BINDING: u8 = 32;
 /// The flags that say which optional sections follow a record.
-const SECTIONS: u8 = FLAG_ROLES | FLAG_BINDING | FLAG_FLEET | FLAG_PRINCIPALS;
+const SECTIONS: u8 = FLAG_ROLES | FLAG_BINDING | FLAG_FLEET | FLAG_PRINCIPALS | FLAG_SIGNING;
+/// The record ends with the key's signing material (request signatures).
+const FLAG_SIGNING: u8 = 128;
 
 fn has_binding(record: &KeyLookup) -> bool {
     record.owner.is_some() || !record.metadata.is_empty()
@@ -170,6 +172,9 @@ fn sections_of(record: &KeyLookup) -> u8 {
     }
     if has_fleet(record) {
         sections |= FLAG_FLEET;
+    }
+    if record.signing.is_some() {
+        sections |= FLAG_SIGNING;
     }
     if !record.allowed_principals.is_empty() {
         sections |= FLAG_PRINCIPALS;
@@ -353,6 +358,11 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
     if sections & FLAG_PRINCIPALS != 0 {
         put_strs(out, &record.allowed_principals);
     }
+    if let (true, Some(signing)) = (sections & FLAG_SIGNING != 0, &record.signing) {
+        put_str(out, &signing.alg);
+        put_str(out, signing.public_key.as_deref().unwrap_or_default());
+        out.extend_from_slice(&signing.generation.to_le_bytes());
+    }
 }
 
 /// The roles at the end of a record whose header says it has some.
@@ -435,12 +445,22 @@ fn get_record(rest: &mut &[u8], sections: u8) -> Option<KeyLookup> {
         pool: None,
         owner,
         metadata,
+        signing: None,
     };
     if sections & FLAG_FLEET != 0 {
         get_fleet(rest, &mut record)?;
     }
     if sections & FLAG_PRINCIPALS != 0 {
         record.allowed_principals = get_strs(rest)?;
+    }
+    if sections & FLAG_SIGNING != 0 {
+        let alg = get_str(rest)?;
+        let public_key = get_str(rest)?;
+        record.signing = Some(crate::wire::SigningMaterial {
+            alg,
+            public_key: (!public_key.is_empty()).then_some(public_key),
+            generation: get_u32(rest)?,
+        });
     }
     Some(record)
 }
@@ -857,6 +877,7 @@ mod tests {
                 pool: None,
                 owner: None,
                 metadata: Default::default(),
+                signing: None,
             }),
         }
     }
@@ -958,6 +979,45 @@ mod tests {
             metadata: [("tier".to_owned(), "gold".to_owned())]
                 .into_iter()
                 .collect(),
+            signing: None,
+        }
+    }
+
+    #[test]
+    fn signing_material_round_trips_last_and_older_entries_decode_without_it() {
+        let older = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 7,
+            record: Some(full_record()),
+        };
+        for signing in [
+            crate::wire::SigningMaterial {
+                alg: "ed25519".into(),
+                public_key: Some("JrQLj5P_89iXES9-vFgrIy29clF9CC_oPPsw3c5D0bs".into()),
+                generation: 0,
+            },
+            crate::wire::SigningMaterial {
+                alg: "hmac-sha256".into(),
+                public_key: None,
+                generation: 3,
+            },
+        ] {
+            let mut record = full_record();
+            record.signing = Some(signing);
+            let signed = CacheEntry {
+                record: Some(record),
+                ..older.clone()
+            };
+            let bytes = signed.encode();
+            assert_eq!(CacheEntry::decode_for(&bytes, &id(1)), Some(signed.clone()));
+            let old_bytes = older.encode();
+            assert_eq!(old_bytes[1] & FLAG_SIGNING, 0);
+            assert_ne!(bytes[1] & FLAG_SIGNING, 0);
+            assert_eq!(&bytes[2..old_bytes.len()], &old_bytes[2..]);
+            assert_eq!(CacheEntry::decode_for(&old_bytes, &id(1)), Some(older.clone()));
+            for end in old_bytes.len()..bytes.len() {
+                assert_eq!(CacheEntry::decode_for(&bytes[..end], &id(1)), None, "cut at {end}");
+            }
         }
     }
 

@@ -735,6 +735,7 @@ mod tests {
             pool: None,
             owner: None,
             metadata: Default::default(),
+            signing: None,
         };
         (record, digest)
     }

@@ -75,6 +75,29 @@ pub struct KeyLookup {
     /// the key service's metadata limits: 32 fields, 4 KiB).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// The material the key's request signatures (RFC 9421) are verified with, for routes
+    /// that require them (absent: none registered; such routes refuse the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningMaterial>,
+}
+
+/// A key's signing material as key records carry it: a public key, or for `hmac-sha256`
+/// the generation of the secret both sides derive from the gateway key (never the secret).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningMaterial {
+    /// `ed25519`, `ecdsa-p256-sha256` or `hmac-sha256`.
+    pub alg: String,
+    /// Base64url (unpadded) of the raw public key: 32 bytes for Ed25519, a SEC1 point for
+    /// P-256. Absent for HMAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// For HMAC: which derived secret (a new one with each new registration).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// A role a key holds, at one version (a number that only grows with each change).

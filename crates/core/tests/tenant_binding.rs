@@ -108,6 +108,7 @@ fn key(scopes: &[&str]) -> (KeyLookup, KeyDigest) {
         global_limit: None,
         quota: None,
         pool: None,
+        signing: None,
     };
     (record, digest)
 }

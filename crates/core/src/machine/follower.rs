@@ -580,6 +580,7 @@ mod tests {
                 pool: None,
                 owner: None,
                 metadata: Default::default(),
+                signing: None,
             }),
         };
         let now = T0 + 500;

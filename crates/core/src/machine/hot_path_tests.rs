@@ -43,6 +43,7 @@ fn record(key: &MintedKey) -> KeyLookup {
         pool: None,
         owner: None,
         metadata: Default::default(),
+        signing: None,
     }
 }
 

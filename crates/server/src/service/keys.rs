@@ -516,6 +516,7 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
         global_limit: record.limits.global_limit,
         quota: record.limits.quota.map(|quota| quota.wire()),
         pool,
+        signing: None,
     }))
 }
 
