@@ -78,7 +78,11 @@ impl RootContext for KeygateRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
-        Some(Box::new(KeygateHttp { context_id, shared }))
+        Some(Box::new(KeygateHttp {
+            context_id,
+            shared,
+            reading_body: false,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -89,6 +93,8 @@ impl RootContext for KeygateRoot {
 pub struct KeygateHttp {
     context_id: u32,
     shared: Rc<Shared>,
+    /// A signed route's body is being read before the request is decided.
+    reading_body: bool,
 }
 
 impl Context for KeygateHttp {
@@ -98,10 +104,38 @@ impl Context for KeygateHttp {
 }
 
 impl HttpContext for KeygateHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let block = host::request_headers();
         let headers = block.pairs();
+        if !end_of_stream && worker::wants_body(&ProxyHost, &self.shared, &headers) {
+            self.reading_body = true;
+            return Action::Pause;
+        }
         if worker::on_request_headers(&ProxyHost, &self.shared, self.context_id, &headers) {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.reading_body {
+            return Action::Continue;
+        }
+        if body_size > self.shared.config.signatures.max_body_bytes {
+            self.reading_body = false;
+            worker::on_body_too_large(&ProxyHost, &self.shared);
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            // Envoy buffers the body until the stream ends.
+            return Action::Pause;
+        }
+        self.reading_body = false;
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let block = host::request_headers();
+        let headers = block.pairs();
+        if worker::on_request_body(&ProxyHost, &self.shared, self.context_id, &headers, &body) {
             Action::Continue
         } else {
             Action::Pause

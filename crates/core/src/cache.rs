@@ -456,11 +456,11 @@ fn get_record(rest: &mut &[u8], sections: u8) -> Option<KeyLookup> {
     if sections & FLAG_SIGNING != 0 {
         let alg = get_str(rest)?;
         let public_key = get_str(rest)?;
-        record.signing = Some(crate::wire::SigningMaterial {
+        record.signing = Some(Box::new(crate::wire::SigningMaterial {
             alg,
             public_key: (!public_key.is_empty()).then_some(public_key),
             generation: get_u32(rest)?,
-        });
+        }));
     }
     Some(record)
 }
@@ -1003,7 +1003,7 @@ mod tests {
             },
         ] {
             let mut record = full_record();
-            record.signing = Some(signing);
+            record.signing = Some(Box::new(signing));
             let signed = CacheEntry {
                 record: Some(record),
                 ..older.clone()
@@ -1014,9 +1014,16 @@ mod tests {
             assert_eq!(old_bytes[1] & FLAG_SIGNING, 0);
             assert_ne!(bytes[1] & FLAG_SIGNING, 0);
             assert_eq!(&bytes[2..old_bytes.len()], &old_bytes[2..]);
-            assert_eq!(CacheEntry::decode_for(&old_bytes, &id(1)), Some(older.clone()));
+            assert_eq!(
+                CacheEntry::decode_for(&old_bytes, &id(1)),
+                Some(older.clone())
+            );
             for end in old_bytes.len()..bytes.len() {
-                assert_eq!(CacheEntry::decode_for(&bytes[..end], &id(1)), None, "cut at {end}");
+                assert_eq!(
+                    CacheEntry::decode_for(&bytes[..end], &id(1)),
+                    None,
+                    "cut at {end}"
+                );
             }
         }
     }

@@ -462,6 +462,8 @@ struct RawConfig {
     fleet: FleetSpec,
     #[serde(default)]
     rate_limit_headers: RateLimitHeaders,
+    #[serde(default)]
+    signatures: crate::signature::SignatureSettings,
 }
 
 /// Which responses of a rate-limited or fleet-limited key carry `RateLimit-Policy` and
@@ -893,6 +895,8 @@ pub struct FilterConfig {
     pub trusted_hops: u32,
     /// Which responses carry the rate-limit headers.
     pub rate_limit_headers: RateLimitHeaders,
+    /// Request signatures (RFC 9421) on routes that require them.
+    pub signatures: crate::signature::SignatureSettings,
     /// Client-sent request headers removed from every request (any spelling of an identity,
     /// decision or `x-keygate-` header; method-override headers unless configured otherwise).
     pub header_rules: HeaderRules,
@@ -1071,6 +1075,9 @@ impl FilterConfig {
             return Err(error("fleet.path", ConfigProblem::BadPath));
         }
         in_range("fleet.max_wait_ms", raw.fleet.max_wait_ms, 0, 10_000)?;
+        if let Some((field, min, max)) = raw.signatures.out_of_range() {
+            return Err(error(field, ConfigProblem::OutOfRange { min, max }));
+        }
         in_range(
             "client_address.trusted_hops",
             u64::from(raw.client_address.trusted_hops),
@@ -1129,6 +1136,7 @@ impl FilterConfig {
                 path: raw.fleet.path,
                 max_wait_ms: raw.fleet.max_wait_ms,
             },
+            signatures: raw.signatures,
         })
     }
 
@@ -1334,6 +1342,14 @@ mod tests {
             (r#"{"usage": {"flush_seconds": 0}}"#, "usage.flush_seconds"),
             (r#"{"fleet": {"path": "v1/leases"}}"#, "fleet.path"),
             (r#"{"fleet": {"max_wait_ms": 10001}}"#, "fleet.max_wait_ms"),
+            (
+                r#"{"signatures": {"max_age_seconds": 0}}"#,
+                "signatures.max_age_seconds",
+            ),
+            (
+                r#"{"signatures": {"max_body_bytes": 16777217}}"#,
+                "signatures.max_body_bytes",
+            ),
             (
                 r#"{"routes": [{"prefix": "/", "scopes": ["a"], "cost": 0}]}"#,
                 "routes[0]",

@@ -69,6 +69,11 @@ pub enum DenyReason {
     QuotaExhausted {
         retry_after_s: u64,
     },
+    /// The route requires a request signature (RFC 9421) and the request's is missing or
+    /// does not verify with the key's signing material.
+    BadSignature(crate::signature::SignatureError),
+    /// A signed route's body is larger than the filter buffers (`signatures.max_body_bytes`).
+    BodyTooLarge,
 }
 
 impl DenyReason {
@@ -92,6 +97,8 @@ impl DenyReason {
             Self::PrincipalRequired
             | Self::PrincipalInsufficientScope(_)
             | Self::PrincipalNotAllowed => 403,
+            Self::BadSignature(_) => 401,
+            Self::BodyTooLarge => 413,
         }
     }
 
@@ -123,11 +130,13 @@ impl DenyReason {
             Self::PrincipalInsufficientScope(_) => "principal_insufficient_scope",
             Self::PrincipalNotAllowed => "principal_not_allowed",
             Self::QuotaExhausted { .. } => "quota_exhausted",
+            Self::BadSignature(_) => "bad_signature",
+            Self::BodyTooLarge => "body_too_large",
         }
     }
 
     /// Every metric name, so a filter can define them all at start.
-    pub const METRIC_NAMES: [&'static str; 24] = [
+    pub const METRIC_NAMES: [&'static str; 26] = [
         "not_yet_valid",
         "address_not_allowed",
         "rate_limited",
@@ -152,6 +161,8 @@ impl DenyReason {
         "principal_insufficient_scope",
         "principal_not_allowed",
         "quota_exhausted",
+        "bad_signature",
+        "body_too_large",
     ];
 
     fn problem(&self) -> (&'static str, &'static str, String) {
@@ -280,6 +291,20 @@ impl DenyReason {
                      It renews in {retry_after_s} s."
                 ),
             ),
+            Self::BadSignature(err) => (
+                "bad-signature",
+                "Invalid request signature",
+                format!(
+                    "{}. This route requires an HTTP message signature (RFC 9421) made with \
+                     the key's signing material: cover what Accept-Signature names.",
+                    capitalized(&err.to_string())
+                ),
+            ),
+            Self::BodyTooLarge => (
+                "body-too-large",
+                "Request body too large",
+                "The body of a signed request is larger than this route checks.".to_owned(),
+            ),
         }
     }
 
@@ -317,7 +342,9 @@ impl DenyReason {
             | Self::PrincipalInsufficientScope(_)
             | Self::PrincipalNotAllowed
             | Self::RateLimited { .. }
-            | Self::QuotaExhausted { .. } => None,
+            | Self::QuotaExhausted { .. }
+            | Self::BadSignature(_)
+            | Self::BodyTooLarge => None,
         }
     }
 
@@ -385,6 +412,8 @@ pub struct Identity {
     /// What routes may bind: the key's owner and metadata, the token's claims (`None`:
     /// nothing, and no allocation for keys without).
     pub attributes: Option<Arc<Attributes>>,
+    /// The key's request-signing material (signed routes), if it has any.
+    pub signing: Option<Arc<crate::signature::KeySigning>>,
 }
 
 impl Identity {
@@ -407,6 +436,7 @@ impl Identity {
             usage_key,
             fleet: None,
             attributes: None,
+            signing: None,
         }
     }
 
@@ -467,6 +497,10 @@ impl PreparedRecord {
             record.rate_limit.filter(RateLimit::is_valid),
         );
         identity.fleet = crate::machine::fleet::FleetLimits::of(record);
+        identity.signing = record
+            .signing
+            .as_ref()
+            .map(|wire| Arc::new(crate::signature::KeySigning::of(wire)));
         let identity = identity.with_attributes(Attributes::of_record(
             record.owner.as_deref(),
             &record.metadata,

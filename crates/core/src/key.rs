@@ -200,6 +200,16 @@ impl GatewayKey {
         Self::from_bytes(&bytes)
     }
 
+    /// HMAC-SHA256 under the gateway key of `parts`, in order: for secrets derived from it
+    /// (request-signature secrets, see `crate::signature::derive_hmac_secret`).
+    pub fn derive(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     fn tag(&self, prefix: &[u8], id: &[u8], secret: &[u8]) -> [u8; TAG_LEN] {
         let mut mac = self.mac.clone();
         mac.update(TAG_CONTEXT);

@@ -39,6 +39,7 @@ pub mod rate;
 pub mod records;
 pub mod reply;
 pub mod request;
+pub mod signed;
 pub mod state;
 pub mod token;
 pub mod usage;
@@ -50,5 +51,7 @@ mod binding_tests;
 mod hot_path_tests;
 #[cfg(test)]
 mod principal_tests;
+#[cfg(test)]
+mod signed_tests;
 #[cfg(test)]
 mod test_support;

@@ -79,6 +79,14 @@ pub struct RouteSpec {
     /// requests, whatever the cost.
     #[serde(default)]
     pub cost: Option<u32>,
+    /// `"required"`: a request must carry an HTTP message signature (RFC 9421) made with
+    /// the key's signing material (see [`crate::signature`]); absent or `"none"`: not checked.
+    #[serde(default)]
+    pub signature: Option<String>,
+    /// Components the signature must cover besides `@method`, `@authority`, `@path` and
+    /// `@query` (and `content-digest` when the request has a body).
+    #[serde(default)]
+    pub signature_components: Vec<String>,
 }
 
 /// Most a route's `cost` may be.
@@ -121,6 +129,10 @@ pub enum RouteError {
     PublicWithPrincipal,
     #[error("`cost` must be in 1..=1000000")]
     BadCost,
+    #[error("{0}")]
+    BadSignature(&'static str),
+    #[error("a public route cannot require a signature (it checks no key)")]
+    PublicWithSignature,
 }
 
 /// Whether decisions are enforced or only reported.
@@ -204,6 +216,8 @@ pub struct Route {
     pub label: std::sync::Arc<str>,
     /// The entry was given a `name` (else `name` is `route[<index>]`).
     pub named: bool,
+    /// The route requires request signatures.
+    pub signature: Option<std::sync::Arc<crate::signature::RouteSignature>>,
 }
 
 impl Route {
@@ -249,6 +263,14 @@ impl Route {
         if policy == Policy::Public && spec.principal != PrincipalMode::None {
             return Err(RouteError::PublicWithPrincipal);
         }
+        let signature = crate::signature::RouteSignature::compile(
+            spec.signature.as_deref(),
+            &spec.signature_components,
+        )
+        .map_err(RouteError::BadSignature)?;
+        if policy == Policy::Public && signature.is_some() {
+            return Err(RouteError::PublicWithSignature);
+        }
         let name = spec
             .name
             .clone()
@@ -273,6 +295,7 @@ impl Route {
                 Some(cost) if (1..=MAX_ROUTE_COST).contains(&cost) => cost,
                 Some(_) => return Err(RouteError::BadCost),
             },
+            signature: signature.map(std::sync::Arc::new),
         })
     }
 
@@ -631,6 +654,29 @@ pub fn policy_from_metadata(
     Ok(Some((policy, mode)))
 }
 
+/// A route's signature demand read from Envoy route metadata (`signature`,
+/// `signature_components`, as the host returns the leaves).
+pub fn signature_from_metadata(
+    signature: Option<&[u8]>,
+    components: Option<&[u8]>,
+) -> Result<Option<crate::signature::RouteSignature>, RouteError> {
+    let signature = match signature {
+        None => None,
+        Some(bytes) => Some(
+            std::str::from_utf8(bytes)
+                .map_err(|_| RouteError::BadSignature("`signature` must be a string"))?,
+        ),
+    };
+    let components = match components {
+        None => Vec::new(),
+        Some(bytes) => metadata_strings(bytes).ok_or(RouteError::BadSignature(
+            "`signature_components` must be a list of strings",
+        ))?,
+    };
+    crate::signature::RouteSignature::compile(signature, &components)
+        .map_err(RouteError::BadSignature)
+}
+
 /// A list in the proxy-wasm pairs format (elements are the keys), or a plain string split
 /// on spaces and commas.
 fn metadata_strings(bytes: &[u8]) -> Option<Vec<String>> {
@@ -772,6 +818,11 @@ impl RouteTable {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// Whether some route requires request signatures.
+    pub fn any_signature(&self) -> bool {
+        self.routes.iter().any(|r| r.signature.is_some())
     }
 
     /// True when some entry matches by Envoy route name (so the filter must read it).

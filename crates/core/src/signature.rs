@@ -185,19 +185,75 @@ impl Material {
     }
 }
 
-/// The secret a key signs with under `hmac-sha256`: derived from the filter's gateway key,
-/// the key id and the material's generation, so neither side stores it; a new generation
-/// (new material) gives a new secret.
-pub fn derive_hmac_secret(root: &[u8], key_id: &str, generation: u32) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(32));
-    if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(root) {
-        mac.update(b"keygate request signature hmac-sha256 v1\0");
-        mac.update(key_id.as_bytes());
-        mac.update(&[0]);
-        mac.update(&generation.to_be_bytes());
-        out.extend_from_slice(&mac.finalize().into_bytes());
+/// The secret a key signs with under `hmac-sha256`: derived from the gateway key (which
+/// the filter and the key service both hold), the key id and the material's generation, so
+/// neither side stores it; a new generation (new material) gives a new secret.
+pub fn derive_hmac_secret(
+    gateway: &crate::key::GatewayKey,
+    key_id: &str,
+    generation: u32,
+) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(
+        gateway
+            .derive(&[
+                b"keygate request signature hmac-sha256 v1\0",
+                key_id.as_bytes(),
+                &[0],
+                &generation.to_be_bytes(),
+            ])
+            .to_vec(),
+    )
+}
+
+/// A key's signing material as the filter holds it: read once per record.
+#[derive(Clone, Debug)]
+pub enum KeySigning {
+    Public(Material),
+    /// The secret is derived per request ([`derive_hmac_secret`]).
+    Hmac {
+        generation: u32,
+    },
+    /// Material the filter cannot use (unknown algorithm, bad key): signed routes refuse it.
+    Invalid,
+}
+
+impl PartialEq for KeySigning {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Public(a), Self::Public(b)) => match (a, b) {
+                (Material::Ed25519(a), Material::Ed25519(b)) => a == b,
+                (Material::P256 { spki: a, .. }, Material::P256 { spki: b, .. }) => a == b,
+                _ => false,
+            },
+            (Self::Hmac { generation: a }, Self::Hmac { generation: b }) => a == b,
+            (Self::Invalid, Self::Invalid) => true,
+            _ => false,
+        }
     }
-    out
+}
+
+impl Eq for KeySigning {}
+
+impl KeySigning {
+    pub fn of(wire: &crate::wire::SigningMaterial) -> Self {
+        match (SigningAlgorithm::from_name(&wire.alg), &wire.public_key) {
+            (Some(SigningAlgorithm::HmacSha256), None) => Self::Hmac {
+                generation: wire.generation,
+            },
+            (Some(alg), Some(key)) if alg != SigningAlgorithm::HmacSha256 => {
+                Material::public(alg, key).map_or(Self::Invalid, Self::Public)
+            }
+            _ => Self::Invalid,
+        }
+    }
+
+    pub fn algorithm(&self) -> Option<SigningAlgorithm> {
+        match self {
+            Self::Public(material) => Some(material.algorithm()),
+            Self::Hmac { .. } => Some(SigningAlgorithm::HmacSha256),
+            Self::Invalid => None,
+        }
+    }
 }
 
 /// Why a request's signature is refused. The `Display` is safe to show the client.
@@ -237,6 +293,126 @@ pub enum SignatureError {
     DigestMismatch,
     #[error("the key has no signing material")]
     NoMaterial,
+}
+
+/// The filter's `signatures` options: how request signatures are checked on routes that
+/// require them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignatureSettings {
+    /// The longest a signature is accepted after its `created`, in seconds (default 300).
+    /// Also how long its nonce is remembered.
+    pub max_age_seconds: u64,
+    /// Clock skew tolerated on `created` and `expires`, in seconds (default 30).
+    pub clock_skew_seconds: u64,
+    /// Refuse signatures without a `nonce` (default true). False accepts replays of a
+    /// signed request within its window.
+    pub require_nonce: bool,
+    /// Nonces remembered at once per Envoy (default 16384): when the store is full, signed
+    /// requests with new nonces are refused (503) until entries age out.
+    pub max_nonces: usize,
+    /// The largest body a signed route buffers to check its `Content-Digest`, in bytes
+    /// (default 65536); a larger body is refused with 413.
+    pub max_body_bytes: usize,
+    /// Read `signature` and `signature_components` from Envoy route metadata too (default
+    /// false: two more property reads per request on metadata routes).
+    pub route_metadata: bool,
+}
+
+impl Default for SignatureSettings {
+    fn default() -> Self {
+        Self {
+            max_age_seconds: 300,
+            clock_skew_seconds: 30,
+            require_nonce: true,
+            max_nonces: 16_384,
+            max_body_bytes: 65_536,
+            route_metadata: false,
+        }
+    }
+}
+
+impl SignatureSettings {
+    /// The first option out of its range: its name, minimum and maximum.
+    pub fn out_of_range(&self) -> Option<(&'static str, u64, u64)> {
+        [
+            (
+                "signatures.max_age_seconds",
+                self.max_age_seconds,
+                1,
+                86_400,
+            ),
+            (
+                "signatures.clock_skew_seconds",
+                self.clock_skew_seconds,
+                0,
+                600,
+            ),
+            (
+                "signatures.max_nonces",
+                self.max_nonces as u64,
+                64,
+                1_048_576,
+            ),
+            (
+                "signatures.max_body_bytes",
+                self.max_body_bytes as u64,
+                0,
+                16 * 1024 * 1024,
+            ),
+        ]
+        .into_iter()
+        .find(|(_, value, min, max)| !(*min..=*max).contains(value))
+        .map(|(name, _, min, max)| (name, min, max))
+    }
+
+    /// Nonces per shared-data slot.
+    pub fn nonces_per_slot(&self) -> usize {
+        self.max_nonces.div_ceil(crate::machine::nonce::NONCE_SLOTS)
+    }
+}
+
+/// The most components a route may require besides the minimum.
+pub const MAX_ROUTE_COMPONENTS: usize = 16;
+
+/// A route's demand for request signatures (`"signature": "required"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteSignature {
+    /// Components covered besides [`MINIMUM_COMPONENTS`] (`signature_components`).
+    pub extra_components: Vec<String>,
+}
+
+impl RouteSignature {
+    /// Reads `signature` (`required` or `none`) and `signature_components`; `Ok(None)`: the
+    /// route requires no signature.
+    pub fn compile(
+        signature: Option<&str>,
+        components: &[String],
+    ) -> Result<Option<Self>, &'static str> {
+        match signature {
+            Some("required") => {}
+            None | Some("none") if components.is_empty() => return Ok(None),
+            None | Some("none") => {
+                return Err("`signature_components` needs `signature: required`")
+            }
+            Some(_) => return Err("`signature` must be \"required\" or \"none\""),
+        }
+        if components.len() > MAX_ROUTE_COMPONENTS {
+            return Err("at most 16 `signature_components`");
+        }
+        let mut extra: Vec<String> = Vec::new();
+        for component in components {
+            if !is_supported_component(component) {
+                return Err("a signature component is a lower-case header name or one of @method @authority @scheme @target-uri @request-target @path @query");
+            }
+            if !MINIMUM_COMPONENTS.contains(&component.as_str()) && !extra.contains(component) {
+                extra.push(component.clone());
+            }
+        }
+        Ok(Some(Self {
+            extra_components: extra,
+        }))
+    }
 }
 
 /// What a signature must satisfy besides verifying.
@@ -333,7 +509,9 @@ pub fn verify_request(
             return Err(SignatureError::Malformed("a component is not a string"));
         };
         if !item.params.is_empty() || !is_supported_component(name) {
-            return Err(SignatureError::UnsupportedComponent(name.clone()));
+            // Echoed in the answer: bounded.
+            let shown: String = name.chars().take(64).collect();
+            return Err(SignatureError::UnsupportedComponent(shown));
         }
         if components.contains(&name.as_str()) {
             return Err(SignatureError::Malformed("a component is covered twice"));

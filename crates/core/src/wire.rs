@@ -78,7 +78,7 @@ pub struct KeyLookup {
     /// The material the key's request signatures (RFC 9421) are verified with, for routes
     /// that require them (absent: none registered; such routes refuse the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signing: Option<SigningMaterial>,
+    pub signing: Option<Box<SigningMaterial>>,
 }
 
 /// A key's signing material as key records carry it: a public key, or for `hmac-sha256`

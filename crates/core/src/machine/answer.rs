@@ -31,6 +31,13 @@ pub fn apply(
         Ok(identity) => identity,
         Err(reason) => return deny(host, shared, &reason, key_label, forwarding.mode),
     };
+    // A signed route: the signature is checked once the key is known (and proven).
+    if let Some(signed) = &forwarding.signature {
+        if let Err(reason) = crate::machine::signed::check(host, shared, signed, &identity) {
+            let accept = [("accept-signature", signed.accept_signature(Some(&identity)))];
+            return deny_with(host, shared, &reason, key_label, forwarding.mode, &accept);
+        }
+    }
     let now = shared.now(host);
     // Fleet-wide limits first: a request may wait for a lease, and is decided again then.
     let mut fleet_ratelimit = None;
@@ -42,11 +49,13 @@ pub fn apply(
                 return deny_with(host, shared, &reason, key, forwarding.mode, &headers);
             }
             Verdict::Wait => {
-                let waiter = Box::new(FleetWaiter {
+                let mut waiter = Box::new(FleetWaiter {
                     context_id,
                     forwarding: forwarding.clone(),
                     identity,
                 });
+                // Checked above (its nonce is spent): not again when the request is woken.
+                waiter.forwarding.signature = None;
                 return match shared
                     .fleet
                     .borrow_mut()

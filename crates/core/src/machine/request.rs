@@ -12,11 +12,15 @@ use crate::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, 
 use crate::limits::ForwardedFor;
 use crate::machine::answer::replies;
 use crate::machine::records::resolve_record;
+use crate::machine::signed::SignedRequest;
 use crate::machine::state::{Forwarding, Presented, Proof, RouteLabel, Shared, Step, TokenRequest};
 use crate::principal::{
     read_principal, route_step, PrincipalMode, PrincipalStep, PRINCIPAL_PROPERTY,
 };
-use crate::route::{has_path_parameter, policy_from_metadata, Mode, Policy};
+use crate::route::{
+    has_path_parameter, policy_from_metadata, signature_from_metadata, Mode, Policy,
+};
+use crate::signature::RouteSignature;
 use crate::wire::RateLimit;
 
 use std::sync::Arc;
@@ -29,6 +33,18 @@ pub const METADATA_ROUTE: &str = "envoy";
 pub type Headers<'a> = [(&'a str, &'a [u8])];
 
 pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &Headers) -> Step {
+    evaluate_with_body(host, shared, context_id, headers, None)
+}
+
+/// [`evaluate`] for a request whose body was read first (a signed route's, whose
+/// `Content-Digest` is checked against it).
+pub fn evaluate_with_body(
+    host: &impl Host,
+    shared: &Shared,
+    context_id: u32,
+    headers: &Headers,
+    body: Option<&[u8]>,
+) -> Step {
     let config = &shared.config;
     let mut method = "";
     let mut path = "";
@@ -44,7 +60,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         return Step::Deny(DenyReason::PathParameter, None, config.mode);
     }
 
-    let (policy, mode, route_rate_limit, forward_credential, principal_mode, cost, route) =
+    let (policy, mode, route_rate_limit, forward_credential, principal_mode, cost, route, signed) =
         match route_policy(host, shared, method, path) {
             Ok(found) => found,
             Err(reason) => return Step::Deny(reason, None, config.mode),
@@ -61,6 +77,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         }
         Some(required) => required,
     };
+    let signature = signed.map(|route| Box::new(SignedRequest::capture(&route, headers, body)));
     if mode == Mode::Enforce {
         strip_credential_lookalikes(host, config, headers);
     }
@@ -116,6 +133,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
                         cost,
                         fleet_may_wait: true,
                         route,
+                        signature,
                     },
                     Ok(identity),
                 ),
@@ -159,6 +177,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         cost,
         fleet_may_wait: true,
         route,
+        signature,
     };
     let credential = extracted.credential;
 
@@ -236,6 +255,7 @@ type RoutePolicy = (
     PrincipalMode,
     u32,
     RouteLabel,
+    Option<Arc<RouteSignature>>,
 );
 
 /// The policy for this request (`None`: public; else what the key must hold and be bound
@@ -265,6 +285,22 @@ fn route_policy(
                     Policy::Public => None,
                     Policy::Scopes(scopes) => Some(Requirement::from(scopes)),
                 };
+                let signed = match (&required, config.signatures.route_metadata) {
+                    (Some(_), true) => signature_from_metadata(
+                        leaf("signature").as_deref(),
+                        leaf("signature_components").as_deref(),
+                    )
+                    .map_err(|err| {
+                        host.log(
+                            LogLevel::Warn,
+                            &format!(
+                                "route metadata filter_metadata.keygate is invalid, denying: {err}"
+                            ),
+                        );
+                        DenyReason::NoRoute
+                    })?,
+                    _ => None,
+                };
                 return Ok((
                     required,
                     mode.unwrap_or(config.mode),
@@ -273,6 +309,7 @@ fn route_policy(
                     PrincipalMode::None,
                     1,
                     RouteLabel::Unread(Arc::from(METADATA_ROUTE)),
+                    signed.map(Arc::new),
                 ));
             }
             Ok(None) => {}
@@ -311,6 +348,7 @@ fn route_policy(
         route.principal,
         route.cost,
         label,
+        route.signature.clone(),
     ))
 }
 

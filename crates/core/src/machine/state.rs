@@ -60,6 +60,8 @@ pub struct Shared {
     /// or not printable ASCII of at most 128 bytes). Sent with usage batches and feed
     /// requests.
     pub gateway: std::cell::OnceCell<Option<String>>,
+    /// The host's native check of request signatures (ECDSA), when `jwt.host_crypto` allows.
+    pub signature_crypto: Option<HostCrypto>,
 }
 
 impl Shared {
@@ -121,6 +123,8 @@ pub struct Forwarding {
     pub fleet_may_wait: bool,
     /// The route the request matched, as usage reports it.
     pub route: RouteLabel,
+    /// On a route that requires request signatures: the request as its signature covers it.
+    pub signature: Option<Box<crate::machine::signed::SignedRequest>>,
 }
 
 /// The route a request is counted under in usage.

@@ -232,6 +232,7 @@ pub fn counts_under_key(reason: &DenyReason) -> bool {
             | DenyReason::RateLimited { .. }
             | DenyReason::QuotaExhausted { .. }
             | DenyReason::InsufficientScope(_)
+            | DenyReason::BadSignature(_)
     )
 }
 

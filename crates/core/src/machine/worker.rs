@@ -17,6 +17,7 @@ use crate::machine::callouts::{Callout, Callouts};
 use crate::machine::edits::Gathered;
 use crate::machine::fleet::Fleet;
 use crate::machine::follower::{FeedContext, FeedView};
+use crate::machine::host_crypto::HostCrypto;
 use crate::machine::metrics::Metrics;
 use crate::machine::request::{evaluate, Headers};
 use crate::machine::state::{FleetWaiter, JwtState, Lookups, Shared, Step};
@@ -40,6 +41,7 @@ pub fn start(
     rate::create_slots(host);
     let worker = crate::machine::follower::next_worker_id(host);
     let jwt = JwtState::new(&config.jwt);
+    let host_crypto = config.jwt.host_crypto;
     let lookups = Lookups::new(&config);
     let fleet = Fleet::new(host, gateway_candidate(&fingerprint_key)).deferred();
     let shared = Rc::new(Shared {
@@ -57,7 +59,11 @@ pub fn start(
         tick: Cell::new(Duration::ZERO),
         clock: Cell::new(None),
         gateway: std::cell::OnceCell::new(),
+        signature_crypto: host_crypto.then(HostCrypto::default),
     });
+    if shared.config.routes.any_signature() || shared.config.signatures.route_metadata {
+        crate::machine::nonce::create_slots(host);
+    }
     token::on_start(host, &shared);
     shared
         .feed
@@ -195,6 +201,57 @@ pub fn on_request_headers(
     gathered.apply(headers);
     reschedule(host, shared);
     go_on
+}
+
+/// Whether a request that has a body must be read whole before it is decided: its route
+/// requires a signature, whose `Content-Digest` is checked against the body. No host call
+/// unless some route requires signatures.
+pub fn wants_body(host: &impl Host, shared: &Shared, headers: &Headers) -> bool {
+    shared.begin_callback();
+    crate::machine::signed::route_wants_body(host, shared, headers)
+}
+
+/// A request whose body was read whole (after [`wants_body`]): decided as
+/// [`on_request_headers`] decides one, with its body. Returns true when it goes on.
+pub fn on_request_body(
+    host: &impl Host,
+    shared: &Shared,
+    context_id: u32,
+    headers: &Headers,
+    body: &[u8],
+) -> bool {
+    shared.begin_callback();
+    let gathered = Gathered::new(host, context_id);
+    let step = crate::machine::request::evaluate_with_body(
+        &gathered,
+        shared,
+        context_id,
+        headers,
+        Some(body),
+    );
+    let go_on = match step {
+        Step::Continue => true,
+        Step::Wait => false,
+        Step::Decided(forwarding, result) => {
+            apply(&gathered, shared, context_id, &forwarding, result)
+        }
+        Step::Deny(reason, label, mode) => deny(&gathered, shared, &reason, label.as_deref(), mode),
+    };
+    gathered.apply(headers);
+    reschedule(host, shared);
+    go_on
+}
+
+/// A signed route's body is over `signatures.max_body_bytes`: refused (413).
+pub fn on_body_too_large(host: &impl Host, shared: &Shared) {
+    shared.begin_callback();
+    deny(
+        host,
+        shared,
+        &crate::decision::DenyReason::BodyTooLarge,
+        None,
+        crate::route::Mode::Enforce,
+    );
 }
 
 /// The upstream's response headers: the rate-limit headers, and the status for usage.

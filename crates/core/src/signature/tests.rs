@@ -214,7 +214,8 @@ fn keys() -> Vec<(SigningKey, Material)> {
     let p = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
     let point = p.verifying_key().to_encoded_point(false);
     let p_material = Material::p256(point.as_bytes()).unwrap();
-    let secret = derive_hmac_secret(&[1u8; 32], KEY_ID, 1);
+    let gateway = crate::key::GatewayKey::from_bytes(&[1u8; 32]).unwrap();
+    let secret = derive_hmac_secret(&gateway, KEY_ID, 1);
     let h_material = Material::hmac(&secret).unwrap();
     vec![
         (SigningKey::Ed25519(ed), ed_material),
@@ -793,11 +794,36 @@ fn material_is_checked() {
     }
     assert_eq!(SigningAlgorithm::from_name("rsa-pss-sha512"), None);
     // Derivation: per key and generation.
-    let a = derive_hmac_secret(&[1; 32], "k1", 1);
+    let one = crate::key::GatewayKey::from_bytes(&[1; 32]).unwrap();
+    let two = crate::key::GatewayKey::from_bytes(&[2; 32]).unwrap();
+    let a = derive_hmac_secret(&one, "k1", 1);
     assert_eq!(a.len(), 32);
-    assert_ne!(*a, *derive_hmac_secret(&[1; 32], "k2", 1));
-    assert_ne!(*a, *derive_hmac_secret(&[1; 32], "k1", 2));
-    assert_ne!(*a, *derive_hmac_secret(&[2; 32], "k1", 1));
+    assert_eq!(*a, *derive_hmac_secret(&one, "k1", 1));
+    assert_ne!(*a, *derive_hmac_secret(&one, "k2", 1));
+    assert_ne!(*a, *derive_hmac_secret(&one, "k1", 2));
+    assert_ne!(*a, *derive_hmac_secret(&two, "k1", 1));
+    // Read from key records.
+    let wire = |alg: &str, key: Option<&str>, generation| crate::wire::SigningMaterial {
+        alg: alg.into(),
+        public_key: key.map(str::to_owned),
+        generation,
+    };
+    assert_eq!(
+        KeySigning::of(&wire("hmac-sha256", None, 4)),
+        KeySigning::Hmac { generation: 4 }
+    );
+    assert_eq!(
+        KeySigning::of(&wire("ed25519", Some(ED25519_PUBLIC), 0)).algorithm(),
+        Some(SigningAlgorithm::Ed25519)
+    );
+    for bad in [
+        wire("ed25519", None, 0),
+        wire("ed25519", Some("AAAA"), 0),
+        wire("hmac-sha256", Some(ED25519_PUBLIC), 0),
+        wire("rsa-pss-sha512", Some(ED25519_PUBLIC), 0),
+    ] {
+        assert_eq!(KeySigning::of(&bad), KeySigning::Invalid, "{bad:?}");
+    }
     assert_eq!(
         format!("{:?}", Material::hmac(&a).unwrap()),
         "Material(hmac-sha256)"
