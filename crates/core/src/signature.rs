@@ -766,6 +766,39 @@ pub enum SigningKey {
 }
 
 impl SigningKey {
+    /// A private key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`): Ed25519 or P-256.
+    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, MaterialError> {
+        use p256::pkcs8::DecodePrivateKey as _;
+        let body: String = pem
+            .lines()
+            .map(str::trim)
+            .skip_while(|line| *line != "-----BEGIN PRIVATE KEY-----")
+            .skip(1)
+            .take_while(|line| !line.starts_with("-----END"))
+            .collect();
+        let der = STANDARD
+            .decode(body.as_bytes())
+            .map_err(|_| MaterialError::BadPublicKey)?;
+        let der = Zeroizing::new(der);
+        if let Ok(key) = ed25519_dalek::SigningKey::from_pkcs8_der(&der) {
+            return Ok(Self::Ed25519(key));
+        }
+        p256::ecdsa::SigningKey::from_pkcs8_der(&der)
+            .map(Self::P256)
+            .map_err(|_| MaterialError::BadPublicKey)
+    }
+
+    /// The public half, as key records carry it (base64url of the raw key); `None` for HMAC.
+    pub fn public_key(&self) -> Option<String> {
+        match self {
+            Self::Ed25519(key) => Some(URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes())),
+            Self::P256(key) => {
+                Some(URL_SAFE_NO_PAD.encode(key.verifying_key().to_encoded_point(false).as_bytes()))
+            }
+            Self::Hmac(_) => None,
+        }
+    }
+
     pub fn algorithm(&self) -> SigningAlgorithm {
         match self {
             Self::Ed25519(_) => SigningAlgorithm::Ed25519,

@@ -37,18 +37,20 @@ mod limits;
 mod pools;
 pub mod print;
 mod roles;
+mod sign;
 mod signing_keys;
 
 pub use args::{
     AuditArgs, Cli, ClientArgs, Command, CreateArgs, ImportArgs, KeysArgs, KeysCommand, LimitArgs,
-    ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand, RotateArgs, SigningKeysArgs,
-    SigningKeysCommand, UpdateArgs, UsageArgs,
+    ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand, RotateArgs, SignArgs,
+    SigningKeysArgs, SigningKeysCommand, UpdateArgs, UsageArgs,
 };
 pub use audit::run_audit;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
 pub use keys::run_keys;
 pub use pools::run_pools;
 pub use roles::run_roles;
+pub use sign::run_sign;
 pub use signing_keys::run_signing_keys;
 
 #[cfg(test)]

@@ -848,3 +848,31 @@ fn accept_signature_tells_what_to_sign() {
     let parsed = sf::parse_dictionary(&accept_signature(&[], true, Some("k"), None)).unwrap();
     assert_eq!(parsed.len(), 1);
 }
+
+#[test]
+fn private_keys_load_from_pkcs8_pem() {
+    // RFC 9421 B.1.4's private key.
+    let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n";
+    let key = SigningKey::from_pkcs8_pem(pem).unwrap();
+    assert_eq!(key.algorithm(), SigningAlgorithm::Ed25519);
+    assert_eq!(key.public_key().unwrap(), ED25519_PUBLIC);
+    let p256 = {
+        use p256::pkcs8::EncodePrivateKey as _;
+        let key = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        key.to_pkcs8_pem(Default::default()).unwrap().to_string()
+    };
+    let key = SigningKey::from_pkcs8_pem(&p256).unwrap();
+    assert_eq!(key.algorithm(), SigningAlgorithm::EcdsaP256Sha256);
+    Material::public(
+        SigningAlgorithm::EcdsaP256Sha256,
+        &key.public_key().unwrap(),
+    )
+    .unwrap();
+    for bad in [
+        "",
+        "-----BEGIN PRIVATE KEY-----\n!!\n-----END PRIVATE KEY-----",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+    ] {
+        assert!(SigningKey::from_pkcs8_pem(bad).is_err());
+    }
+}

@@ -32,6 +32,43 @@ pub enum Command {
     Roles(RolesArgs),
     /// Manage owners' pooled limits (one fleet-wide rate limit shared by an owner's keys).
     Pools(PoolsArgs),
+    /// Print the headers that sign a request (HTTP Message Signatures, RFC 9421) for routes
+    /// that require signatures: `Signature-Input`, `Signature` and, with a body,
+    /// `Content-Digest`, one per line, for `curl -H`. Works offline.
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The request's method.
+    #[arg(long, short = 'X', default_value = "GET")]
+    pub method: String,
+    /// The request's URL as sent (`https://api.example.com/v1/pay?x=1`).
+    pub url: String,
+    /// The key's id (the `keyid` parameter).
+    #[arg(long)]
+    pub key_id: String,
+    /// A PKCS#8 PEM private key file (Ed25519 or P-256).
+    #[arg(long, value_name = "FILE", conflicts_with = "secret_file")]
+    pub private_key: Option<PathBuf>,
+    /// A file holding the base64 HMAC secret shown when `hmac-sha256` was registered.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// The body (covered by `Content-Digest`).
+    #[arg(long, short = 'd', conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// A file holding the body.
+    #[arg(long, value_name = "FILE")]
+    pub data_file: Option<PathBuf>,
+    /// A header the signature also covers, as `name: value` (repeat it; send it too).
+    #[arg(long, short = 'H', value_name = "NAME: VALUE")]
+    pub header: Vec<String>,
+    /// Seconds the signature is valid for (the `expires` parameter); absent: none.
+    #[arg(long)]
+    pub expires_in: Option<u64>,
+    /// The nonce (default: 16 random bytes, base64url).
+    #[arg(long)]
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Args)]
