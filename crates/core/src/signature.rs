@@ -898,5 +898,88 @@ pub fn sign_request(
     Ok((input, signature))
 }
 
+/// The longest public key text [`public_key_from_text`] reads, in bytes.
+pub const MAX_PUBLIC_KEY_TEXT: usize = 4096;
+
+/// Reads a public key given as SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`), as a
+/// JWK (`{"kty": "OKP", "crv": "Ed25519", ...}` or `{"kty": "EC", "crv": "P-256", ...}`) or
+/// as base64url of the raw key (then `alg` must say which): answers its algorithm and the
+/// base64url of its raw bytes, as key records carry it. `alg`, if given, must match the key.
+pub fn public_key_from_text(
+    alg: Option<SigningAlgorithm>,
+    text: &str,
+) -> Result<(SigningAlgorithm, String), MaterialError> {
+    use p256::pkcs8::DecodePublicKey as _;
+    let text = text.trim();
+    if text.is_empty() || text.len() > MAX_PUBLIC_KEY_TEXT {
+        return Err(MaterialError::BadPublicKey);
+    }
+    let material = if text.starts_with("-----BEGIN PUBLIC KEY-----") {
+        let body: String = text
+            .lines()
+            .map(str::trim)
+            .skip(1)
+            .take_while(|line| !line.starts_with("-----END"))
+            .collect();
+        let der = STANDARD
+            .decode(body.as_bytes())
+            .map_err(|_| MaterialError::BadPublicKey)?;
+        if let Ok(key) = ed25519_dalek::VerifyingKey::from_public_key_der(&der) {
+            Material::Ed25519(key)
+        } else {
+            let key = p256::ecdsa::VerifyingKey::from_public_key_der(&der)
+                .map_err(|_| MaterialError::BadPublicKey)?;
+            Material::p256(key.to_encoded_point(false).as_bytes())?
+        }
+    } else if text.starts_with('{') {
+        let jwk: serde_json::Value =
+            serde_json::from_str(text).map_err(|_| MaterialError::BadPublicKey)?;
+        let member = |name: &str| -> Result<Vec<u8>, MaterialError> {
+            let value = jwk
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .ok_or(MaterialError::BadPublicKey)?;
+            URL_SAFE_NO_PAD
+                .decode(value.trim_end_matches('='))
+                .map_err(|_| MaterialError::BadPublicKey)
+        };
+        if jwk.get("d").is_some() {
+            // A private JWK: refused, so that it is not stored by mistake.
+            return Err(MaterialError::BadPublicKey);
+        }
+        let kty = jwk.get("kty").and_then(serde_json::Value::as_str);
+        let crv = jwk.get("crv").and_then(serde_json::Value::as_str);
+        match (kty, crv) {
+            (Some("OKP"), Some("Ed25519")) => Material::ed25519(&member("x")?)?,
+            (Some("EC"), Some("P-256")) => {
+                let (x, y) = (member("x")?, member("y")?);
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(MaterialError::BadPublicKey);
+                }
+                let mut point = Vec::with_capacity(65);
+                point.push(4);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                Material::p256(&point)?
+            }
+            _ => return Err(MaterialError::UnknownAlgorithm),
+        }
+    } else {
+        Material::public(alg.ok_or(MaterialError::UnknownAlgorithm)?, text)?
+    };
+    let found = material.algorithm();
+    if alg.is_some_and(|alg| alg != found) {
+        return Err(MaterialError::BadPublicKey);
+    }
+    let raw = match &material {
+        Material::Ed25519(key) => URL_SAFE_NO_PAD.encode(key.as_bytes()),
+        Material::P256 { key, .. } => {
+            URL_SAFE_NO_PAD.encode(key.to_encoded_point(false).as_bytes())
+        }
+        Material::Hmac(_) => return Err(MaterialError::UnknownAlgorithm),
+    };
+    Ok((found, raw))
+}
+
 #[cfg(test)]
 mod tests;

@@ -28,7 +28,7 @@ pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::service::error::ApiError;
@@ -55,6 +55,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/auth/keys/{id}/usage", get(usage::key_usage))
         .route("/api/v1/auth/keys/{id}/rotate", post(keys::rotate_key))
         .route("/api/v1/auth/keys/{id}/expire", post(keys::expire_key))
+        .route(
+            "/api/v1/auth/keys/{id}/signing-material",
+            put(keys::set_signing_material).delete(keys::remove_signing_material),
+        )
         .route("/api/v1/audit", get(audit::list_audit))
         .route("/api/v1/events", get(events::events));
     // Admins only: an owner gets 403 `forbidden`.

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod feed;
 pub mod key;
 pub mod legacy;
+pub mod request_signing;
 pub mod role;
 pub mod session;
 pub mod signing;
@@ -18,6 +19,7 @@ pub use key::{
 };
 pub use key::{KeyQuota, Pool};
 pub use legacy::{LegacyImportRow, LegacyOutcome};
+pub use request_signing::RequestSigningRow;
 pub use role::{RolePatch, RoleRecord};
 pub use signing::SigningKeyRow;
 pub use usage::{GatewayRow, GATEWAY_RETENTION_S, MAX_GATEWAYS};

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pools;
 pub mod redis_counters;
+pub mod request_signing;
 pub mod retention;
 pub mod roles;
 pub mod session_config;

@@ -25,6 +25,7 @@ mod legacy;
 mod limits;
 mod pools;
 mod postgres;
+mod request_signing;
 mod roles;
 mod rows;
 mod seq;

@@ -876,3 +876,62 @@ fn private_keys_load_from_pkcs8_pem() {
         assert!(SigningKey::from_pkcs8_pem(bad).is_err());
     }
 }
+
+#[test]
+fn public_keys_read_from_pem_jwk_and_raw() {
+    let ed = SigningKey::from_pkcs8_pem(
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let raw = ed.public_key().unwrap();
+    let SigningKey::Ed25519(ref key) = ed else {
+        unreachable!()
+    };
+    use p256::pkcs8::EncodePublicKey as _;
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap();
+    assert_eq!(
+        public_key_from_text(None, &pem).unwrap(),
+        (SigningAlgorithm::Ed25519, raw.clone())
+    );
+    let jwk = format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{raw}"}}"#);
+    assert_eq!(
+        public_key_from_text(Some(SigningAlgorithm::Ed25519), &jwk)
+            .unwrap()
+            .1,
+        raw
+    );
+    assert_eq!(
+        public_key_from_text(Some(SigningAlgorithm::Ed25519), &raw)
+            .unwrap()
+            .1,
+        raw
+    );
+    // Wrong algorithm, no algorithm for raw text, private JWKs, garbage: refused.
+    assert!(public_key_from_text(Some(SigningAlgorithm::EcdsaP256Sha256), &pem).is_err());
+    assert!(public_key_from_text(None, &raw).is_err());
+    let private = format!(r#"{{"kty":"OKP","crv":"Ed25519","x":"{raw}","d":"{raw}"}}"#);
+    assert!(public_key_from_text(None, &private).is_err());
+    assert!(public_key_from_text(None, "-----BEGIN PUBLIC KEY-----\n!!\n").is_err());
+    assert!(public_key_from_text(None, &"a".repeat(MAX_PUBLIC_KEY_TEXT + 1)).is_err());
+
+    let p = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+    let point = p.verifying_key().to_encoded_point(false);
+    let raw = URL_SAFE_NO_PAD.encode(point.as_bytes());
+    let pem = p
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap();
+    assert_eq!(
+        public_key_from_text(None, &pem).unwrap(),
+        (SigningAlgorithm::EcdsaP256Sha256, raw.clone())
+    );
+    let jwk = format!(
+        r#"{{"kty":"EC","crv":"P-256","x":"{}","y":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+        URL_SAFE_NO_PAD.encode(point.y().unwrap())
+    );
+    assert_eq!(public_key_from_text(None, &jwk).unwrap().1, raw);
+}

@@ -175,6 +175,33 @@ pub enum KeysCommand {
     Usage(UsageArgs),
     /// Import legacy keys from CSV or JSON (plaintext keys are hashed before sending).
     Import(ImportArgs),
+    /// Register, replace or remove a key's request-signing material (signed routes).
+    #[command(name = "signing-material", subcommand)]
+    SigningMaterial(SigningMaterialCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningMaterialCommand {
+    /// Register or replace it: a public key file (PEM or JWK), or --hmac (the secret is
+    /// printed once).
+    Set(SigningMaterialArgs),
+    /// Remove it: signed routes then refuse the key.
+    Remove { id: String },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("material").required(true).multiple(false)))]
+pub struct SigningMaterialArgs {
+    pub id: String,
+    /// An Ed25519 public key file: PEM (BEGIN PUBLIC KEY) or JWK.
+    #[arg(long, value_name = "FILE", group = "material")]
+    pub ed25519_public_key: Option<std::path::PathBuf>,
+    /// A P-256 public key file: PEM (BEGIN PUBLIC KEY) or JWK.
+    #[arg(long, value_name = "FILE", group = "material")]
+    pub p256_public_key: Option<std::path::PathBuf>,
+    /// hmac-sha256: the service derives a secret for the key and prints it once.
+    #[arg(long, group = "material")]
+    pub hmac: bool,
 }
 
 #[derive(Debug, Args)]

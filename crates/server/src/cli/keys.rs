@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use serde_json::{json, Map, Value};
 
-use crate::cli::args::{CreateArgs, KeysArgs, KeysCommand};
-use crate::cli::client::{connect, parse_id, query_escape, CliError};
+use crate::cli::args::{CreateArgs, KeysArgs, KeysCommand, SigningMaterialCommand};
+use crate::cli::client::{connect, parse_id, query_escape, CliError, Client};
 use crate::cli::print::{print_key, print_minted, print_table, report};
 use crate::cli::{import, limits};
 use crate::service::validate::parse_duration;
@@ -85,6 +85,69 @@ fn execute(args: KeysArgs) -> Result<(), CliError> {
         KeysCommand::Update(update) => limits::update(&client, update, json_output)?,
         KeysCommand::Usage(usage) => limits::usage(&client, usage, json_output)?,
         KeysCommand::Import(args) => import::import(&client, args, json_output)?,
+        KeysCommand::SigningMaterial(command) => signing_material(&client, command, json_output)?,
+    }
+    Ok(())
+}
+
+/// `keys signing-material set|remove`: the answer of a set is printed as JSON (with an HMAC
+/// secret, the only time it is shown).
+fn signing_material(
+    client: &Client,
+    command: SigningMaterialCommand,
+    json_output: bool,
+) -> Result<(), CliError> {
+    match command {
+        SigningMaterialCommand::Set(args) => {
+            let id = parse_id(&args.id)?;
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path).map_err(|error| {
+                    CliError::Usage(format!("cannot read {}: {error}", path.display()))
+                })
+            };
+            let body = match (&args.ed25519_public_key, &args.p256_public_key, args.hmac) {
+                (Some(path), None, false) => json!({"alg": "ed25519", "public_key": read(path)?}),
+                (None, Some(path), false) => {
+                    json!({"alg": "ecdsa-p256-sha256", "public_key": read(path)?})
+                }
+                (None, None, true) => json!({"alg": "hmac-sha256"}),
+                _ => {
+                    return Err(CliError::Usage(
+                        "give one of --ed25519-public-key FILE, --p256-public-key FILE, --hmac"
+                            .into(),
+                    ))
+                }
+            };
+            let answer = client.call(
+                "PUT",
+                &format!("/api/v1/auth/keys/{id}/signing-material"),
+                Some(body),
+            )?;
+            if json_output {
+                println!("{answer}");
+            } else {
+                println!("alg: {}", answer["alg"].as_str().unwrap_or("-"));
+                if let Some(key) = answer["public_key"].as_str() {
+                    println!("public_key: {key}");
+                }
+                if let Some(secret) = answer["secret"].as_str() {
+                    println!("generation: {}", answer["generation"]);
+                    println!("secret: {secret}");
+                    eprintln!("The secret (base64) is shown only now: keep it for `keygate sign --secret-file`.");
+                }
+            }
+        }
+        SigningMaterialCommand::Remove { id } => {
+            let id = parse_id(&id)?;
+            client.call(
+                "DELETE",
+                &format!("/api/v1/auth/keys/{id}/signing-material"),
+                None,
+            )?;
+            if !json_output {
+                println!("signing material removed from {id}");
+            }
+        }
     }
     Ok(())
 }

@@ -56,6 +56,8 @@ fn action_of(method: &Method, route: &str) -> Option<&'static str> {
         ("POST", "/api/v1/auth/keys/{id}/expire") => Some("expire"),
         ("POST", "/api/v1/signing-keys/rotate") => Some("signing_key_rotate"),
         ("POST", "/api/v1/auth/keys/import") => Some("import"),
+        ("PUT", "/api/v1/auth/keys/{id}/signing-material") => Some("signing_material_set"),
+        ("DELETE", "/api/v1/auth/keys/{id}/signing-material") => Some("signing_material_remove"),
         _ => None,
     }
 }
@@ -87,6 +89,10 @@ fn note_from_body(action: &str, request_target: Option<String>, body: &Value) ->
                 "algorithm": text("algorithm"),
                 "retired_kid": text("retired_kid"),
             })),
+        },
+        "signing_material_set" => AuditNote {
+            target: request_target,
+            detail: Some(serde_json::json!({ "alg": text("alg") })),
         },
         _ => AuditNote {
             target: request_target,

@@ -19,6 +19,7 @@ use crate::model::KeyRecord;
 use crate::service::error::ApiError;
 use crate::service::keys::{self, parse_key_id, CreateKeyRequest};
 use crate::service::limits::UpdateKeyRequest;
+use crate::service::request_signing::{self, SigningMaterialRequest, SigningMaterialView};
 use crate::timestamp::format_rfc3339;
 
 /// A key as the management API shows it. `key` (the plaintext) is present only in the answer
@@ -56,6 +57,10 @@ pub struct KeyView {
     pub roles: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Request-signing material: its algorithm and public key (an HMAC secret only in the
+    /// answer that registers it). Shown by create and show.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_material: Option<SigningMaterialView>,
 }
 
 impl KeyView {
@@ -81,6 +86,7 @@ impl KeyView {
             kid: record.signing_kid,
             roles: record.roles,
             key: None,
+            signing_material: None,
         }
     }
 
@@ -147,10 +153,22 @@ pub async fn create_key(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     let body = read_body(body)?;
-    let request: CreateKeyRequest = parse_json(&body)?;
+    let mut request: CreateKeyRequest = parse_json(&body)?;
+    let material = request
+        .signing_material
+        .take()
+        .map(|material| request_signing::validate(&material))
+        .transpose()?;
     let now = state.now();
     let (record, plaintext) = keys::create(state.service(), &access, request, now).await?;
-    let view = KeyView::of(record, now).with_plaintext(plaintext);
+    let signing = match &material {
+        Some(material) => {
+            Some(request_signing::store(state.service(), &record.id, material).await?)
+        }
+        None => None,
+    };
+    let mut view = KeyView::of(record, now).with_plaintext(plaintext);
+    view.signing_material = signing;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -214,10 +232,12 @@ pub async fn show_key(
         }
         None => None,
     };
+    let signing = request_signing::shown(state.service(), &record.id).await?;
     let mut view = KeyView::of(record, state.now());
     if let Some(quota) = &mut view.limits.quota {
         quota.remaining = remaining;
     }
+    view.signing_material = signing;
     Ok(Json(view))
 }
 
@@ -323,4 +343,34 @@ pub async fn apply_update(
     let now = state.now();
     let record = crate::service::limits::update(state.service(), &id, request, fields).await?;
     Ok(Json(KeyView::of(record, now)))
+}
+
+/// `PUT /api/v1/auth/keys/{id}/signing-material`: registers or replaces the key's
+/// request-signing material (audited as `signing_material_set`); an HMAC secret is in this
+/// answer only.
+pub async fn set_signing_material(
+    State(state): State<AppState>,
+    access: Access,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SigningMaterialView>, ApiError> {
+    let id = parse_key_id(&id)?;
+    let body = read_body(body)?;
+    let request: SigningMaterialRequest = parse_json(&body)?;
+    let view = request_signing::set(state.service(), &access, &id, &request).await?;
+    Ok(Json(view))
+}
+
+/// `DELETE /api/v1/auth/keys/{id}/signing-material`: removes it (audited as
+/// `signing_material_remove`); signed routes then refuse the key.
+pub async fn remove_signing_material(
+    State(state): State<AppState>,
+    access: Access,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_key_id(&id)?;
+    request_signing::remove(state.service(), &access, &id).await?;
+    Ok(Json(
+        serde_json::json!({ "id": id.as_str(), "signing_material": null }),
+    ))
 }

@@ -175,6 +175,10 @@ pub enum ApiError {
     TooManyLogins { retry_after: u64 },
     #[error("too many live event subscribers; retry later")]
     TooManySubscribers,
+    #[error("{0}")]
+    BadSigningMaterial(String),
+    #[error("this key has no signing material")]
+    SigningMaterialNotFound,
     #[error("internal error")]
     Internal(String),
 }

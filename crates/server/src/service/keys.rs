@@ -69,6 +69,10 @@ pub struct CreateKeyRequest {
     pub global_limit: Option<RateLimitRequest>,
     #[serde(default)]
     pub quota: Option<crate::service::limits::QuotaRequest>,
+    /// Request-signing material to register with the key (see
+    /// [`crate::service::request_signing`]).
+    #[serde(default)]
+    pub signing_material: Option<crate::service::request_signing::SigningMaterialRequest>,
 }
 
 /// What kind of key to mint.
@@ -486,6 +490,7 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             })
         })
     };
+    let signing = crate::service::request_signing::wire(service, &record.id).await?;
     Ok(Some(KeyLookup {
         owner,
         metadata,
@@ -516,7 +521,7 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
         global_limit: record.limits.global_limit,
         quota: record.limits.quota.map(|quota| quota.wire()),
         pool,
-        signing: None,
+        signing,
     }))
 }
 

@@ -22,6 +22,7 @@ mod readme;
 mod retention;
 mod roles;
 mod sessions;
+mod signing_material;
 mod storage;
 mod transport;
 mod usage;
