@@ -116,6 +116,14 @@ if ! "$ROOT/.venv/bin/python" -c 'import requests' >/dev/null 2>&1; then
   "$ROOT/.venv/bin/pip" install --disable-pip-version-check --quiet "requests==$REQUESTS_VERSION" </dev/null ||
     die "pip install requests==$REQUESTS_VERSION into $ROOT/.venv failed"
 fi
+# The signed-requests interop test (tests/e2e/signatures.rs): PyPI's http-message-signatures.
+HTTP_MESSAGE_SIGNATURES_VERSION="3.0.0"
+if ! "$ROOT/.venv/bin/python" -c 'import http_message_signatures' >/dev/null 2>&1; then
+  say "pip install http-message-signatures==$HTTP_MESSAGE_SIGNATURES_VERSION into .venv/ (signature interop test)"
+  "$ROOT/.venv/bin/pip" install --disable-pip-version-check --quiet \
+    "http-message-signatures==$HTTP_MESSAGE_SIGNATURES_VERSION" </dev/null ||
+    die "pip install http-message-signatures==$HTTP_MESSAGE_SIGNATURES_VERSION into $ROOT/.venv failed"
+fi
 have node || die "node is missing after installing nodejs: the guides' JavaScript examples need it"
 node -e 'process.exit(typeof fetch === "function" ? 0 : 1)' ||
   die "node $(node --version) has no fetch: the guides' JavaScript examples need Node >= 20"
