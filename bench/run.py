@@ -255,6 +255,9 @@ def wasm_filter(name: str, wasm: Path, configuration: str | None, env_keys: list
         "name": name,
         "root_id": name,
         "failure_policy": "FAIL_CLOSED",
+        # As in envoy/envoy.yaml: a pause on the headers lets the body reach the filter
+        # (signed routes read it; Envoy 1.35+), so every filter runs under the same setting.
+        "allow_on_headers_stop_iteration": True,
         "vm_config": {
             "vm_id": name,
             "runtime": "envoy.wasm.runtime.v8",

@@ -4,6 +4,7 @@
 use std::rc::Rc;
 
 use keygate_core::config::FilterConfig;
+use keygate_core::machine::gate::{BodyStep, Stage};
 use keygate_core::machine::state::Shared;
 use keygate_core::machine::worker;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -81,7 +82,7 @@ impl RootContext for KeygateRoot {
         Some(Box::new(KeygateHttp {
             context_id,
             shared,
-            reading_body: false,
+            stage: Stage::Open,
         }))
     }
 
@@ -93,8 +94,9 @@ impl RootContext for KeygateRoot {
 pub struct KeygateHttp {
     context_id: u32,
     shared: Rc<Shared>,
-    /// A signed route's body is being read before the request is decided.
-    reading_body: bool,
+    /// Whether the body and trailers go on: held while the decision is pending (see
+    /// [`keygate_core::machine::gate`]), or read first on a signed route.
+    stage: Stage,
 }
 
 impl Context for KeygateHttp {
@@ -103,43 +105,65 @@ impl Context for KeygateHttp {
     }
 }
 
+impl KeygateHttp {
+    fn body_action(&mut self, step: BodyStep) -> Action {
+        match step {
+            BodyStep::Continue => Action::Continue,
+            BodyStep::Pause => Action::Pause,
+            BodyStep::TooLarge => {
+                worker::on_body_too_large(&ProxyHost, &self.shared);
+                Action::Pause
+            }
+            BodyStep::Decide(body_size) => {
+                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                let block = host::request_headers();
+                let headers = block.pairs();
+                let went_on = worker::on_request_body(
+                    &ProxyHost,
+                    &self.shared,
+                    self.context_id,
+                    &headers,
+                    &body,
+                );
+                self.stage = Stage::decided(went_on);
+                action(went_on)
+            }
+        }
+    }
+}
+
+fn action(go_on: bool) -> Action {
+    if go_on {
+        Action::Continue
+    } else {
+        Action::Pause
+    }
+}
+
 impl HttpContext for KeygateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let block = host::request_headers();
         let headers = block.pairs();
         if !end_of_stream && worker::wants_body(&ProxyHost, &self.shared, &headers) {
-            self.reading_body = true;
+            self.stage = Stage::ReadingBody(0);
             return Action::Pause;
         }
-        if worker::on_request_headers(&ProxyHost, &self.shared, self.context_id, &headers) {
-            Action::Continue
-        } else {
-            Action::Pause
-        }
+        let went_on =
+            worker::on_request_headers(&ProxyHost, &self.shared, self.context_id, &headers);
+        self.stage = Stage::decided(went_on);
+        action(went_on)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.reading_body {
-            return Action::Continue;
-        }
-        if body_size > self.shared.config.signatures.max_body_bytes {
-            self.reading_body = false;
-            worker::on_body_too_large(&ProxyHost, &self.shared);
-            return Action::Pause;
-        }
-        if !end_of_stream {
-            // Envoy buffers the body until the stream ends.
-            return Action::Pause;
-        }
-        self.reading_body = false;
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        let block = host::request_headers();
-        let headers = block.pairs();
-        if worker::on_request_body(&ProxyHost, &self.shared, self.context_id, &headers, &body) {
-            Action::Continue
-        } else {
-            Action::Pause
-        }
+        let step = self
+            .stage
+            .on_body(&self.shared, self.context_id, body_size, end_of_stream);
+        self.body_action(step)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let step = self.stage.on_trailers(&self.shared, self.context_id);
+        self.body_action(step)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -2,15 +2,19 @@
 //! `scripts/prereqs.sh`) signs requests with Ed25519, ECDSA P-256 and HMAC-SHA256 material
 //! registered through the key service (CLI, create, API); they pass a route with
 //! `"signature": "required"` through a real Envoy, while tampered, replayed, expired and
-//! wrongly attributed ones get 401 with `Accept-Signature`. One request is signed by
-//! `keygate sign`.
+//! wrongly attributed ones get 401 with `Accept-Signature`. Signed requests with a body pass
+//! (Envoy hands the body over because the filter config sets
+//! `allow_on_headers_stop_iteration`); a tampered body is 401 and one over the limit 413. A POST
+//! with a body on an unsigned route whose key needs a lookup is decided before anything goes
+//! upstream. One request is signed by `keygate sign`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keygate_testkit::{bearer, keygate_bin, send, Reply, Stack};
+use keygate_core::key::{mint_opaque_key, GatewayKey, KeyPrefix, ID_LEN};
+use keygate_testkit::{bearer, keygate_bin, send, Reply, Stack, KEY_PREFIX};
 use serde_json::{json, Value};
 
 /// Makes keys (`keys DIR`) or signs the cases read on stdin (`sign`), printing their headers.
@@ -152,14 +156,89 @@ fn assert_refused(reply: &Reply, what: &str) {
     );
 }
 
+/// `signatures.max_body_bytes` on the test's stack.
+const MAX_BODY: usize = 1024;
+
+/// The body of the signed POSTs.
+const PAY_BODY: &str = r#"{"amount": 10, "currency": "EUR"}"#;
+
+/// Requests Envoy sent to the echo upstream so far.
+fn upstream_requests(stack: &Stack) -> u64 {
+    stack
+        .envoy
+        .counter("cluster.echo.upstream_rq_total")
+        .unwrap_or(0)
+}
+
+/// On an unsigned route, a POST with a body whose key is not cached pauses on its headers for
+/// the lookup; with `allow_on_headers_stop_iteration` its body arrives meanwhile and must stay
+/// paused: a known key's request then goes on whole, an unknown key's never reaches upstream.
+fn unsigned_posts_with_a_body_are_decided_before_going_upstream(stack: &Stack) {
+    let body = r#"{"order": 1}"#;
+    // A key no request has used yet: its record is looked up while the body waits.
+    let fresh = stack.service.create_key("fresh", &["pay:write"]);
+    let reply = send(
+        "POST",
+        &stack.url("/orders/new"),
+        &[("authorization", &bearer(&fresh.key))],
+        Some(body),
+    );
+    assert_eq!(
+        reply.status, 200,
+        "first use of a key, with a body: {reply:?}"
+    );
+    assert_eq!(reply.json()["method"], "POST", "{reply:?}");
+    assert_eq!(
+        reply
+            .upstream_headers()
+            .get("content-length")
+            .and_then(Value::as_str),
+        Some(body.len().to_string().as_str()),
+        "{reply:?}"
+    );
+
+    // A well-formed key with an authentic tag (made with the gateway key) that the key service
+    // does not know: only the lookup can refuse it.
+    let gateway_key = GatewayKey::from_hex(stack.gateway_key().trim()).expect("gateway key");
+    let prefix = KeyPrefix::parse(KEY_PREFIX).expect("prefix");
+    let unknown = mint_opaque_key(&prefix, &gateway_key, [0x5a; ID_LEN], [0x17; 32]);
+    let before = upstream_requests(stack);
+    let lookups_before = stack.envoy.keygate_counter("cache_miss");
+    for _ in 0..3 {
+        let reply = send(
+            "POST",
+            &stack.url("/orders/new"),
+            &[("authorization", &bearer(&unknown.plaintext))],
+            Some(body),
+        );
+        assert_eq!(reply.status, 401, "unknown key with a body: {reply:?}");
+    }
+    assert_eq!(
+        upstream_requests(stack),
+        before,
+        "a request with an unknown key reached the upstream"
+    );
+    assert!(
+        stack.envoy.keygate_counter("cache_miss") > lookups_before,
+        "the unknown key was not looked up: {}",
+        stack.envoy.keygate_stats()
+    );
+}
+
 #[test]
 fn signed_requests_from_a_pypi_client_pass_and_tampered_ones_fail() {
     let python = python();
     let stack = Stack::start_with("signatures", |cfg| {
-        cfg["routes"].as_array_mut().expect("routes").insert(
+        let routes = cfg["routes"].as_array_mut().expect("routes");
+        routes.insert(
             0,
             json!({"prefix": "/signed/", "scopes": ["pay:write"], "signature": "required"}),
         );
+        routes.insert(
+            1,
+            json!({"methods": ["POST"], "prefix": "/orders/", "scopes": ["pay:write"]}),
+        );
+        cfg["signatures"] = json!({"max_body_bytes": MAX_BODY});
     });
     let dir = stack.dir.path().to_path_buf();
     let dir_text = dir.to_str().expect("UTF-8 path");
@@ -213,7 +292,7 @@ fn signed_requests_from_a_pypi_client_pass_and_tampered_ones_fail() {
         get["nonce"] = json!(format!("{alg}-get"));
         cases.push(get);
     }
-    // Ed25519 cases to tamper with: 3 path, 4 method, 5 expired, 6 another key's id.
+    // Ed25519 cases to tamper with: 3 path, 4 method, 5 body, 6 expired, 7 another key's id.
     let ed_case = |method: &str, path: &str, body: Option<&str>, nonce: &str| {
         json!({"alg": "ed25519", "key_id": ed.id, "pem": ed_pem, "created": t, "method": method,
                "url": url(path), "body": body, "nonce": nonce})
@@ -233,6 +312,19 @@ fn signed_requests_from_a_pypi_client_pass_and_tampered_ones_fail() {
     let mut wrong_id = ed_case("GET", "/signed/a", None, "t-keyid");
     wrong_id["key_id"] = json!(p256.id);
     cases.push(wrong_id);
+    // 8, 9, 10: POSTs with a body (and a Content-Digest covered by the signature), one per
+    // algorithm.
+    for (alg, id, pem) in [
+        ("ed25519", &ed.id, &ed_pem),
+        ("ecdsa-p256-sha256", &p256.id, &p_pem),
+        ("hmac-sha256", &hmac.id, &p_pem),
+    ] {
+        cases.push(
+            json!({"alg": alg, "key_id": id, "pem": pem, "secret": secret,
+            "created": t, "method": "POST", "url": url("/signed/pay"), "body": PAY_BODY,
+            "nonce": format!("{alg}-post")}),
+        );
+    }
     let signed: Vec<Value> = serde_json::from_str(&run_signer(
         &python,
         &["sign"],
@@ -240,9 +332,6 @@ fn signed_requests_from_a_pypi_client_pass_and_tampered_ones_fail() {
     ))
     .expect("signer output");
 
-    // Requests without a body only: on Envoy, a signed route's body is not read yet (a
-    // Wasm filter's StopIteration on headers becomes StopAll unless the plugin sets
-    // `allow_on_headers_stop_iteration`), so bodies are left to the core's unit tests.
     for (i, key) in [&ed, &p256, &hmac].iter().enumerate() {
         let s = Signed {
             key: &key.key,
@@ -273,13 +362,67 @@ fn signed_requests_from_a_pypi_client_pass_and_tampered_ones_fail() {
         "tampered method",
     );
     assert_refused(
-        &call(&stack, "GET", "/signed/a", None, &ed_signed(5)),
-        "expired",
+        &call(
+            &stack,
+            "POST",
+            "/signed/pay",
+            Some(r#"{"amount": 99}"#),
+            &ed_signed(5),
+        ),
+        "tampered body",
     );
     assert_refused(
         &call(&stack, "GET", "/signed/a", None, &ed_signed(6)),
+        "expired",
+    );
+    assert_refused(
+        &call(&stack, "GET", "/signed/a", None, &ed_signed(7)),
         "wrong keyid",
     );
+
+    // Signed POSTs with a body: read whole, checked against Content-Digest, forwarded whole.
+    for (i, key) in [(8, &ed), (9, &p256), (10, &hmac)] {
+        let s = Signed {
+            key: &key.key,
+            headers: signed[i].clone(),
+        };
+        let reply = call(&stack, "POST", "/signed/pay", Some(PAY_BODY), &s);
+        assert_eq!(
+            reply.status, 200,
+            "signed POST {}: {reply:?}",
+            cases[i]["alg"]
+        );
+        assert_eq!(reply.json()["method"], "POST", "{reply:?}");
+        let upstream = reply.upstream_headers();
+        assert_eq!(
+            upstream.get("content-length").and_then(Value::as_str),
+            Some(PAY_BODY.len().to_string().as_str()),
+            "the body went upstream whole: {reply:?}"
+        );
+        assert!(upstream.contains_key("content-digest"), "{reply:?}");
+    }
+    // The body itself changed after signing (headers as signed, digest of the old body).
+    assert_refused(
+        &call(
+            &stack,
+            "POST",
+            "/signed/pay",
+            Some(r#"{"amount": 10000}"#),
+            &ed_signed(8),
+        ),
+        "tampered body, digest as signed",
+    );
+    // A body over `signatures.max_body_bytes`: refused before any check.
+    let big = "x".repeat(MAX_BODY + 1);
+    let reply = call(&stack, "POST", "/signed/pay", Some(&big), &ed_signed(8));
+    assert_eq!(reply.status, 413, "over max_body_bytes: {reply:?}");
+    assert_eq!(
+        reply.json()["type"],
+        "urn:keygate:problem:body-too-large",
+        "{reply:?}"
+    );
+
+    unsigned_posts_with_a_body_are_decided_before_going_upstream(&stack);
     // Without a signature at all.
     assert_refused(&stack.get_with_key("/signed/a", &ed.key), "unsigned");
 

@@ -21,7 +21,8 @@
 //! - [`host_crypto`]: signature checks by the host;
 //! - [`edits`]: a request's header edits, applied in as few host calls as possible;
 //! - [`worker`]: the worker as the filter's contexts see it: start, tick, callouts, requests;
-//! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases.
+//! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases;
+//! - [`gate`]: a request's body and trailers held while its decision is pending.
 
 pub mod answer;
 pub mod callouts;
@@ -29,6 +30,7 @@ pub mod degraded;
 pub mod edits;
 pub mod fleet;
 pub mod follower;
+pub mod gate;
 pub mod host_crypto;
 pub mod jwks;
 pub mod lease;
@@ -47,6 +49,8 @@ pub mod worker;
 
 #[cfg(test)]
 mod binding_tests;
+#[cfg(test)]
+mod gate_tests;
 #[cfg(test)]
 mod hot_path_tests;
 #[cfg(test)]

@@ -7,6 +7,7 @@ use crate::decision::{DenyReason, Identity};
 use crate::key::KeyId;
 use crate::machine::callouts::Callout;
 use crate::machine::fleet::{FleetLimits, Verdict};
+use crate::machine::gate;
 use crate::machine::rate::{self, RateOutcome};
 use crate::machine::reply::Replies;
 use crate::machine::usage::counts_under_key;
@@ -308,16 +309,16 @@ pub fn complete(host: &impl Host, shared: &Shared, context_id: u32, step: Step) 
         return;
     }
     match step {
-        Step::Continue => host.resume_request(),
+        Step::Continue => gate::resume(host, shared, context_id),
         Step::Wait => {}
         Step::Decided(forwarding, result) => {
             if apply(host, shared, context_id, &forwarding, result) {
-                host.resume_request();
+                gate::resume(host, shared, context_id);
             }
         }
         Step::Deny(reason, label, mode) => {
             if deny(host, shared, &reason, label.as_deref(), mode) {
-                host.resume_request();
+                gate::resume(host, shared, context_id);
             }
         }
     }

@@ -62,6 +62,8 @@ pub struct Shared {
     pub gateway: std::cell::OnceCell<Option<String>>,
     /// The host's native check of request signatures (ECDSA), when `jwt.host_crypto` allows.
     pub signature_crypto: Option<HostCrypto>,
+    /// Requests resumed after a pause whose context has not yet seen its body go on.
+    pub resumed: RefCell<crate::machine::gate::Resumed>,
 }
 
 impl Shared {

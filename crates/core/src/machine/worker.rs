@@ -60,6 +60,7 @@ pub fn start(
         clock: Cell::new(None),
         gateway: std::cell::OnceCell::new(),
         signature_crypto: host_crypto.then(HostCrypto::default),
+        resumed: RefCell::default(),
     });
     if shared.config.routes.any_signature() || shared.config.signatures.route_metadata {
         crate::machine::nonce::create_slots(host);
@@ -280,6 +281,7 @@ pub fn on_response_headers(host: &impl Host, shared: &Shared, context_id: u32) {
 /// The request ended: forget whatever it left.
 pub fn on_log(shared: &Shared, context_id: u32) {
     shared.notes.borrow_mut().remove(&context_id);
+    shared.resumed.borrow_mut().forget(context_id);
     shared.lookups.borrow_mut().forget(context_id);
     shared.jwt.borrow_mut().forget(context_id);
     shared
