@@ -21,6 +21,8 @@ mod edge;
 mod feed;
 #[path = "e2e/fleet.rs"]
 mod fleet;
+#[path = "e2e/geo.rs"]
+mod geo;
 #[path = "e2e/jwt.rs"]
 mod jwt;
 #[path = "e2e/limits.rs"]

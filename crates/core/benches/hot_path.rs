@@ -59,6 +59,7 @@ fn record_for(id: &str, digest_hex: String) -> KeyLookup {
         pool: None,
         owner: None,
         metadata: Default::default(),
+        allowed_countries: Vec::new(),
     }
 }
 

@@ -135,6 +135,7 @@ fn cached_opaque(c: &mut Criterion) {
         pool: None,
         owner: None,
         metadata: Default::default(),
+        allowed_countries: Vec::new(),
     };
     *host.body.borrow_mut() = serde_json::to_vec(&record).unwrap();
     let bearer = format!("Bearer {}", key.plaintext);

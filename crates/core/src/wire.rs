@@ -75,6 +75,10 @@ pub struct KeyLookup {
     /// the key service's metadata limits: 32 fields, 4 KiB).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// ISO 3166-1 alpha-2 codes of the countries the key may be used from (the geoip
+    /// filter's country, see [`crate::geo`]); empty: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_countries: Vec<String>,
 }
 
 /// A role a key holds, at one version (a number that only grows with each change).

@@ -100,6 +100,7 @@ fn record(id: &KeyId) -> KeyLookup {
         pool: None,
         owner: None,
         metadata: Default::default(),
+        allowed_countries: Vec::new(),
     }
 }
 

@@ -108,6 +108,7 @@ fn key(scopes: &[&str]) -> (KeyLookup, KeyDigest) {
         global_limit: None,
         quota: None,
         pool: None,
+        allowed_countries: Vec::new(),
     };
     (record, digest)
 }

@@ -222,3 +222,24 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// The project's Python (`.venv/bin/python`, or `KEYGATE_PYTHON`), checked to import `module`
+/// (`make prereqs` installs what the tests use into `.venv/`). Panics, naming the fix, when
+/// it cannot.
+pub fn python_with(module: &str) -> PathBuf {
+    let python = std::env::var_os("KEYGATE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join(".venv/bin/python"));
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|out| out.status.success());
+    assert!(
+        ok,
+        "{} cannot `import {module}`: run `make prereqs` (it installs the tests' Python \
+         packages into .venv/), or point KEYGATE_PYTHON at a Python that has it",
+        python.display()
+    );
+    python
+}

@@ -51,6 +51,7 @@ fn record(key: &MintedKey) -> KeyLookup {
         global_limit: None,
         quota: None,
         pool: None,
+        allowed_countries: Vec::new(),
     }
 }
 

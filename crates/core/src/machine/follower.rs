@@ -580,6 +580,7 @@ mod tests {
                 pool: None,
                 owner: None,
                 metadata: Default::default(),
+                allowed_countries: Vec::new(),
             }),
         };
         let now = T0 + 500;

@@ -43,6 +43,7 @@ fn record(key: &MintedKey) -> KeyLookup {
         pool: None,
         owner: None,
         metadata: Default::default(),
+        allowed_countries: Vec::new(),
     }
 }
 
@@ -421,4 +422,76 @@ fn fleet_limited_requests(config: serde_json::Value) -> Vec<&'static str> {
     host.take_calls();
     assert!(request(&host, &shared, 3, ("x-api-key", &key.plaintext)));
     host.take_calls()
+}
+
+/// A key restricted to countries: the country is read from the header map the filter holds
+/// anyway (no host call); a request from elsewhere, or with no country, is refused.
+#[test]
+fn a_country_restricted_key_costs_no_host_call_and_refuses_other_countries() {
+    let host = FakeHost::at(NOW_MS);
+    let shared = start(&host, json!({"geo": {"country_header": "x-geo-country"}}));
+    let key = minted();
+    let headers: [(&str, &[u8]); 4] = [
+        (":method", b"GET"),
+        (":path", b"/v1/hello"),
+        ("x-api-key", key.plaintext.as_bytes()),
+        ("x-geo-country", b"DE"),
+    ];
+    assert!(!worker::on_request_headers(&host, &shared, 1, &headers));
+    let token = host
+        .dispatched()
+        .iter()
+        .find_map(|e| match e {
+            Effect::Dispatch { token, .. } => Some(*token),
+            _ => None,
+        })
+        .unwrap();
+    let mut restricted = record(&key);
+    restricted.allowed_countries = vec!["DE".into(), "AT".into()];
+    let body = serde_json::to_vec(&restricted).unwrap();
+    host.answer(Some(200), Some(&body));
+    worker::on_call_response(&host, &shared, token, body.len());
+    assert!(host.take_effects().contains(&Effect::ResumeRequest));
+    worker::on_response_headers(&host, &shared, 1);
+    worker::on_log(&shared, 1);
+    host.take_effects();
+    host.take_calls();
+
+    // From an allowed country: the cached path's host calls, nothing more.
+    let from = |context_id: u32, country: Option<&'static [u8]>| {
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            (":method", b"GET"),
+            (":path", b"/v1/hello"),
+            ("x-api-key", key.plaintext.as_bytes()),
+        ];
+        if let Some(country) = country {
+            headers.push(("x-geo-country", country));
+        }
+        let went_on = worker::on_request_headers(&host, &shared, context_id, &headers);
+        if went_on {
+            worker::on_response_headers(&host, &shared, context_id);
+        }
+        worker::on_log(&shared, context_id);
+        went_on
+    };
+    assert!(from(2, Some(b"at")));
+    assert_eq!(
+        host.take_calls(),
+        ["now_ms", "set_request_headers", "response_status"]
+    );
+    host.take_effects();
+    for (context_id, country) in [(3, Some(&b"US"[..])), (4, None), (5, Some(b"Germany"))] {
+        assert!(!from(context_id, country), "{country:?}");
+        let refused = host.take_effects().into_iter().find_map(|e| match e {
+            Effect::LocalReply { status, body, .. } => Some((status, body)),
+            _ => None,
+        });
+        let (status, body) = refused.unwrap();
+        assert_eq!(status, 403);
+        assert!(
+            String::from_utf8_lossy(&body).contains("country-not-allowed"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
 }

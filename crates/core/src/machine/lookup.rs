@@ -441,6 +441,7 @@ mod tests {
             pool: None,
             owner: None,
             metadata: Default::default(),
+            allowed_countries: Vec::new(),
         }
     }
 

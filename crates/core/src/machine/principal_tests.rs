@@ -54,6 +54,7 @@ fn record(key: &MintedKey, allowed_principals: &[&str]) -> KeyLookup {
         pool: None,
         owner: None,
         metadata: Default::default(),
+        allowed_countries: Vec::new(),
     }
 }
 

@@ -116,6 +116,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
                         cost,
                         fleet_may_wait: true,
                         route,
+                        country: None,
                     },
                     Ok(identity),
                 ),
@@ -159,6 +160,7 @@ pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &He
         cost,
         fleet_may_wait: true,
         route,
+        country: crate::geo::country_of(config.geo.as_ref(), headers.iter().copied()),
     };
     let credential = extracted.credential;
 

@@ -121,6 +121,9 @@ pub struct Forwarding {
     pub fleet_may_wait: bool,
     /// The route the request matched, as usage reports it.
     pub route: RouteLabel,
+    /// The country Envoy's geoip filter wrote into `geo.country_header` (read from the
+    /// headers at the request's start; `None` when absent, malformed or `geo` is off).
+    pub country: Option<crate::geo::Country>,
 }
 
 /// The route a request is counted under in usage.

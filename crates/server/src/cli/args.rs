@@ -217,6 +217,10 @@ pub struct LimitArgs {
     /// spiffe://cluster.local/ns/payments/sa/api or .../sa/* (repeat for several).
     #[arg(long = "allowed-principal", value_name = "PRINCIPAL")]
     pub allowed_principals: Vec<String>,
+    /// A country the key may be used from, as an ISO 3166-1 alpha-2 code such as DE (repeat
+    /// for several; needs Envoy's geoip filter, see the README).
+    #[arg(long = "allow-country", value_name = "CODE")]
+    pub allow_countries: Vec<String>,
     /// Fleet-wide rate limit such as 100/s, enforced across every Envoy through leases.
     #[arg(long, value_name = "N/UNIT")]
     pub global_rate: Option<String>,
@@ -263,6 +267,9 @@ pub struct UpdateArgs {
     /// Unbind the key from workloads (any principal, or none, may use it).
     #[arg(long, conflicts_with = "allowed_principals")]
     pub clear_principals: bool,
+    /// Remove the country restriction.
+    #[arg(long, conflicts_with = "allow_countries")]
+    pub clear_countries: bool,
     /// Replace the roles the key holds with these (repeat for several).
     #[arg(long = "role", value_name = "NAME")]
     pub roles: Vec<String>,

@@ -113,6 +113,10 @@ pub enum ApiError {
     TooManyCidrs,
     #[error("allowed_cidrs[{index}] ({entry:?}) is not an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or 2001:db8::/32")]
     BadCidr { index: usize, entry: String },
+    #[error("allowed_countries must have at most 250 entries")]
+    TooManyCountries,
+    #[error("allowed_countries[{index}] ({entry:?}) is not an ISO 3166-1 alpha-2 country code such as DE or US")]
+    BadCountry { index: usize, entry: String },
     #[error("allowed_principals must have at most 64 entries")]
     TooManyPrincipals,
     #[error("allowed_principals[{index}] is not a principal such as spiffe://cluster.local/ns/payments/sa/api or a pattern ending in one whole '/*' segment: {reason}")]

@@ -65,6 +65,9 @@ pub struct CreateKeyRequest {
     pub roles: Option<Vec<String>>,
     #[serde(default)]
     pub allowed_principals: Option<Vec<String>>,
+    /// ISO 3166-1 alpha-2 codes the key may be used from.
+    #[serde(default)]
+    pub allowed_countries: Option<Vec<String>>,
     #[serde(default)]
     pub global_limit: Option<RateLimitRequest>,
     #[serde(default)]
@@ -137,6 +140,7 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         not_before: request.not_before,
         not_after: request.not_after,
         allowed_principals: request.allowed_principals,
+        allowed_countries: request.allowed_countries,
         global_limit: request.global_limit,
         quota: request.quota,
     }
@@ -513,6 +517,7 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             .map(|t| u64::try_from(t).unwrap_or(0)),
         roles,
         allowed_principals: record.limits.allowed_principals,
+        allowed_countries: record.limits.allowed_countries,
         global_limit: record.limits.global_limit,
         quota: record.limits.quota.map(|quota| quota.wire()),
         pool,
