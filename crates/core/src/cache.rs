@@ -151,7 +151,7 @@ const FLAG_PRINCIPALS: u8 = 16;
 /// The record holds the key's owner and metadata (for routes that bind them).
 const FLAG_BINDING: u8 = 32;
 /// The record ends with the countries the key may be used from.
-const FLAG_COUNTRIES: u8 = 128;
+const FLAG_COUNTRIES: u8 = 64;
 /// The flags that say which optional sections follow a record.
 const SECTIONS: u8 = FLAG_ROLES | FLAG_BINDING | FLAG_FLEET | FLAG_PRINCIPALS | FLAG_COUNTRIES;
 
