@@ -459,6 +459,8 @@ struct RawConfig {
     #[serde(default)]
     principals: PrincipalsSpec,
     #[serde(default)]
+    threat: crate::machine::threat::ThreatSpec,
+    #[serde(default)]
     fleet: FleetSpec,
     #[serde(default)]
     rate_limit_headers: RateLimitHeaders,
@@ -898,6 +900,8 @@ pub struct FilterConfig {
     pub header_rules: HeaderRules,
     /// Workload identities → scopes (`principals.map`), for routes that take principals.
     pub principals: PrincipalMap,
+    /// Threat detection: failures counted per client address, blocks.
+    pub threat: crate::machine::threat::ThreatSettings,
 }
 
 impl FilterConfig {
@@ -1077,6 +1081,17 @@ impl FilterConfig {
             0,
             10,
         )?;
+        let t = &raw.threat;
+        in_range("threat.threshold", u64::from(t.threshold), 1, 10_000)?;
+        in_range("threat.window_seconds", t.window_seconds, 1, 86_400)?;
+        in_range("threat.block_seconds", t.block_seconds, 1, 7 * 86_400)?;
+        in_range(
+            "threat.max_addresses",
+            u64::from(t.max_addresses),
+            64,
+            262_144,
+        )?;
+        in_range("threat.max_blocks", u64::from(t.max_blocks), 1, 65_536)?;
         let mut credential_sources = raw.credential_sources;
         credential_sources.legacy_header = legacy.header.clone();
         let ih = &raw.identity_headers;
@@ -1129,6 +1144,7 @@ impl FilterConfig {
                 path: raw.fleet.path,
                 max_wait_ms: raw.fleet.max_wait_ms,
             },
+            threat: raw.threat.settings(),
         })
     }
 
