@@ -401,6 +401,46 @@ pub struct OperatorBlock {
     pub until: u64,
 }
 
+/// The operator blocks in force, as a feed answer carries them (member `blocks`, beside
+/// `events` and `roles`, so a filter that predates it ignores it). Sent when the follower
+/// asks with a `blocks=<version>` other than the current one: the whole list (it is bounded
+/// by the key service), and its version, a hash of the list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedBlocks {
+    pub version: u64,
+    pub list: Vec<OperatorBlock>,
+}
+
+impl FeedBlocks {
+    /// The list and its version (FNV-1a of its JSON; never 0, which means "none yet").
+    pub fn of(list: Vec<OperatorBlock>) -> Self {
+        let json = serde_json::to_vec(&list).unwrap_or_default();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in json {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        Self {
+            version: hash.max(1),
+            list,
+        }
+    }
+}
+
+/// The `blocks` member of a feed answer, when it has one.
+pub fn feed_blocks(body: &[u8]) -> Option<FeedBlocks> {
+    #[derive(Deserialize)]
+    struct Member {
+        #[serde(default)]
+        blocks: Option<FeedBlocks>,
+    }
+    // Most answers carry none: the body is parsed a second time only when it names it.
+    if !body.windows(9).any(|w| w == b"\"blocks\":") {
+        return None;
+    }
+    serde_json::from_slice::<Member>(body).ok()?.blocks
+}
+
 /// The follower writes the operator blocks the feed brought (at most `max_blocks`; the ones
 /// that end last are dropped past it).
 pub fn share_operator_blocks(
@@ -418,6 +458,49 @@ pub fn share_operator_blocks(
     if host.get_shared(OPERATOR_KEY).0.as_deref() != Some(encoded.as_slice()) {
         let _ = host.set_shared(OPERATOR_KEY, &encoded, None);
     }
+}
+
+/// The header of a feed request that reports automatic blocks: a JSON array of
+/// [`BlockReport`]s (at most [`MAX_REPORTS_PER_REQUEST`]).
+pub const BLOCKED_HEADER: &str = "x-keygate-blocked";
+/// Automatic blocks reported in one feed request at most (the rest go with the next ones).
+pub const MAX_REPORTS_PER_REQUEST: usize = 32;
+
+/// The automatic blocks of this Envoy (the shared list) the follower has not reported yet,
+/// as the [`BLOCKED_HEADER`] value; marks them reported. Best effort: a request that fails
+/// loses its reports (the blocks hold in the filter all the same).
+pub fn unreported(host: &impl Host, threat: &mut ThreatState, now_ms: u64) -> Option<String> {
+    let (value, _) = host.get_shared(AUTO_KEY);
+    let blocks = decode_blocks(value.as_deref().unwrap_or_default());
+    threat.reported.retain(|(_, until)| *until > now_ms);
+    let mut reports = Vec::new();
+    for (address, until) in blocks {
+        if until <= now_ms || threat.reported.contains(&(address, until)) {
+            continue;
+        }
+        if reports.len() >= MAX_REPORTS_PER_REQUEST || threat.reported.len() >= MAX_PENDING_REPORTS
+        {
+            break;
+        }
+        threat.reported.insert((address, until));
+        let v6 = std::net::Ipv6Addr::from(address);
+        let address = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+        reports.push(BlockReport {
+            address: address.to_string(),
+            until: until / 1000,
+            failures: threat.settings.threshold,
+        });
+    }
+    if reports.is_empty() {
+        return None;
+    }
+    serde_json::to_string(&reports).ok()
+}
+
+/// The follower got the operator blocks from the feed: shares them with every worker.
+pub fn take_operator_blocks(host: &impl Host, threat: &mut ThreatState, blocks: FeedBlocks) {
+    share_operator_blocks(host, &threat.settings, &blocks.list);
+    threat.feed_blocks_version = blocks.version;
 }
 
 /// One worker's copy of the blocks in force.
@@ -513,16 +596,21 @@ pub struct ThreatState {
     pub view: BlockView,
     /// The key of the counting table's hash (derived from the gateway key).
     pub hash_key: [u8; 16],
-    /// Automatic blocks not yet reported.
-    pub reports: Vec<BlockReport>,
+    pub settings: ThreatSettings,
+    /// The version of the operator blocks this worker last got from the feed (0: none).
+    pub feed_blocks_version: u64,
+    /// Automatic blocks this worker reported to the key service (as the follower).
+    pub reported: std::collections::HashSet<([u8; 16], u64)>,
 }
 
 impl ThreatState {
-    pub fn new(hash_key: [u8; 16]) -> RefCell<Self> {
+    pub fn new(hash_key: [u8; 16], settings: &ThreatSettings) -> RefCell<Self> {
         RefCell::new(Self {
             view: BlockView::default(),
             hash_key,
-            reports: Vec::new(),
+            settings: settings.clone(),
+            feed_blocks_version: 0,
+            reported: std::collections::HashSet::new(),
         })
     }
 }
@@ -626,13 +714,6 @@ pub fn record_failure(host: &impl Host, shared: &Shared, client: IpAddr) {
             );
             let mut threat = shared.threat.borrow_mut();
             threat.view.insert(client, until);
-            if threat.reports.len() < MAX_PENDING_REPORTS {
-                threat.reports.push(BlockReport {
-                    address: client.to_string(),
-                    until: until / 1000,
-                    failures: settings.threshold,
-                });
-            }
             host.gauge(Event::ThreatBlocks, threat.view.len() as u64);
         }
         Counted::AlreadyBlocked(until) => shared.threat.borrow_mut().view.insert(client, until),
@@ -643,6 +724,9 @@ pub fn record_failure(host: &impl Host, shared: &Shared, client: IpAddr) {
 
 /// On the tick: picks up the blocks other workers and the feed shared.
 pub fn on_tick(host: &impl Host, shared: &Shared) {
+    if !shared.config.threat.enabled && !shared.config.revocation_feed.enabled {
+        return;
+    }
     let now = shared.now(host);
     let mut threat = shared.threat.borrow_mut();
     let before = threat.view.len();
@@ -952,10 +1036,14 @@ mod tests {
             host.take_effects();
             assert!(!spray(&host, &shared, 22, "198.51.100.7"));
             assert_eq!(status_of(&host), Some((401, None)));
-            // The block was kept for the key service.
-            let reports = &shared.threat.borrow().reports;
+            // The block is reported once, with the feed's next request.
+            let mut threat = shared.threat.borrow_mut();
+            let reported = unreported(&host, &mut threat, NOW_MS).unwrap();
+            let reports: Vec<BlockReport> = serde_json::from_str(&reported).unwrap();
             assert_eq!(reports.len(), 1);
             assert_eq!(reports[0].address, "198.51.100.7");
+            assert_eq!(reports[0].until, NOW_MS / 1000 + 30);
+            assert_eq!(unreported(&host, &mut threat, NOW_MS), None);
         }
 
         #[test]
@@ -991,6 +1079,76 @@ mod tests {
             assert!(host
                 .take_effects()
                 .contains(&Effect::CountDenial(true, "blocked", 1)));
+        }
+
+        /// A feed request sent: its token, path and headers.
+        type FeedDispatch = (u32, String, Vec<(String, String)>);
+
+        fn feed_dispatch(host: &FakeHost) -> Option<FeedDispatch> {
+            host.dispatched().into_iter().rev().find_map(|e| match e {
+                Effect::Dispatch { token, headers, .. } => {
+                    let path = headers.iter().find(|(n, _)| n == ":path")?.1.clone();
+                    path.starts_with("/v1/revocations")
+                        .then(|| (token, path, headers.clone()))
+                }
+                _ => None,
+            })
+        }
+
+        #[test]
+        fn operator_blocks_arrive_with_the_feed_and_automatic_ones_leave_with_it() {
+            let host = FakeHost::at(NOW_MS);
+            host.set_property(&["source", "address"], b"203.0.113.5:5000");
+            let shared = start_with(
+                &host,
+                &json!({
+                    "routes": [{"prefix": "/", "scopes": ["a"]}],
+                    "threat": {"enabled": true, "threshold": 2, "block_seconds": 30},
+                }),
+            );
+            // Two failures from 203.0.113.5 block it (automatically).
+            spray(&host, &shared, 1, "");
+            spray(&host, &shared, 2, "");
+            worker::on_tick(&host, &shared);
+            let (token, path, headers) = feed_dispatch(&host).unwrap();
+            assert!(path.ends_with("&blocks=0"), "{path}");
+            let blocked = headers
+                .iter()
+                .find(|(n, _)| n == BLOCKED_HEADER)
+                .map(|(_, v)| v.clone())
+                .unwrap();
+            assert!(blocked.contains("\"address\":\"203.0.113.5\""), "{blocked}");
+            // The answer brings an operator block of 198.51.100.0/24.
+            let until = NOW_MS / 1000 + 60;
+            let body = format!(
+                r#"{{"seq":0,"reset":true,"events":[],"blocks":{{"version":7,"list":[{{"cidr":"198.51.100.0/24","until":{until}}}]}}}}"#
+            );
+            host.answer(Some(200), Some(body.as_bytes()));
+            host.take_effects();
+            worker::on_call_response(&host, &shared, token, body.len());
+            let (_, path, headers) = feed_dispatch(&host).unwrap();
+            assert!(path.ends_with("&blocks=7"), "{path}");
+            assert!(
+                headers.iter().all(|(n, _)| n != BLOCKED_HEADER),
+                "reported once"
+            );
+            // Every worker takes it on its tick.
+            let other_host = host.worker();
+            other_host.set_property(&["source", "address"], b"198.51.100.200:5000");
+            let other = start_with(
+                &other_host,
+                &json!({"routes": [{"prefix": "/", "scopes": ["a"]}]}),
+            );
+            worker::on_tick(&other_host, &other);
+            other_host.take_effects();
+            assert!(!spray(&other_host, &other, 1, ""));
+            assert_eq!(status_of(&other_host), Some((429, Some("60".into()))));
+            // It ends by itself.
+            other_host.advance(60_000);
+            worker::on_tick(&other_host, &other);
+            other_host.take_effects();
+            assert!(!spray(&other_host, &other, 2, ""));
+            assert_eq!(status_of(&other_host), Some((401, None)));
         }
     }
 }

@@ -40,6 +40,7 @@ pub fn start(
     rate::create_slots(host);
     threat::create_slots(host, &config.threat);
     let threat_key = secrets.gateway_key.derive(b"keygate threat table");
+    let shared_threat_settings = config.threat.clone();
     let worker = crate::machine::follower::next_worker_id(host);
     let jwt = JwtState::new(&config.jwt);
     let lookups = Lookups::new(&config);
@@ -59,7 +60,7 @@ pub fn start(
         tick: Cell::new(Duration::ZERO),
         clock: Cell::new(None),
         gateway: std::cell::OnceCell::new(),
-        threat: threat::ThreatState::new(threat_key),
+        threat: threat::ThreatState::new(threat_key, &shared_threat_settings),
     });
     threat::on_tick(host, &shared);
     token::on_start(host, &shared);
@@ -302,6 +303,7 @@ fn feed_context(shared: &Shared) -> FeedContext<'_> {
         key_service: &shared.config.key_service,
         service_token: &shared.secrets.service_token,
         gateway: shared.gateway.get().and_then(Option::as_deref),
+        threat: Some(&shared.threat),
     }
 }
 
