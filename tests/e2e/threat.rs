@@ -36,7 +36,13 @@ fn sprayed_key(n: u64) -> String {
     let mut id = [0u8; ID_LEN];
     id[..8].copy_from_slice(&n.to_be_bytes());
     let secret = [(n % 251) as u8; SECRET_LEN];
-    mint_opaque_key(&KeyPrefix::parse("kg_live_").unwrap(), &attacker, id, secret).plaintext
+    mint_opaque_key(
+        &KeyPrefix::parse("kg_live_").unwrap(),
+        &attacker,
+        id,
+        secret,
+    )
+    .plaintext
 }
 
 fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
@@ -68,7 +74,9 @@ fn flood(
     for n in 0..count {
         let reply = from(stack, address, &bad(n));
         match reply.status {
-            401 if blocked == 0 => before_block += 1,
+            // The other worker may answer one more after the first 429, before it takes the
+            // block from the shared table.
+            401 if blocked <= 1 => before_block += 1,
             429 => {
                 blocked += 1;
                 assert_eq!(
@@ -86,11 +94,15 @@ fn flood(
         }
         if n % 5 == 0 {
             let reply = from(stack, "198.51.100.10", good);
-            assert_eq!(reply.status, 200, "{kind}: the good client was refused: {reply:?}");
+            assert_eq!(
+                reply.status, 200,
+                "{kind}: the good client was refused: {reply:?}"
+            );
         }
     }
     // The first worker to count the threshold blocks the address; the other worker may let
-    // one more failure through before it takes the block (it takes it from the table then).
+    // one more failure through before it takes the block (it takes it from the table then);
+    // the loop above refuses any 401 after the second 429.
     assert!(
         (THRESHOLD..=THRESHOLD + 1).contains(&before_block),
         "{kind}: {before_block} failures answered before the block (threshold {THRESHOLD})"
@@ -166,7 +178,14 @@ fn sprays_and_bad_signature_floods_are_blocked_and_operator_blocks_travel_the_fe
         format!("Bearer {head}.{}", sig.into_iter().collect::<String>())
     };
     let jwt_before = stack.envoy.keygate_counter("denied.jwt_bad_signature");
-    let flood_before = flood(&stack, "203.0.113.77", THRESHOLD + 15, bad_jwt, &good, "bad JWT signatures");
+    let flood_before = flood(
+        &stack,
+        "203.0.113.77",
+        THRESHOLD + 15,
+        bad_jwt,
+        &good,
+        "bad JWT signatures",
+    );
     assert_eq!(
         stack.envoy.keygate_counter("denied.jwt_bad_signature") - jwt_before,
         flood_before,
@@ -174,7 +193,9 @@ fn sprays_and_bad_signature_floods_are_blocked_and_operator_blocks_travel_the_fe
     );
     assert!(stack.envoy.keygate_counter("threat.blocked") >= 2);
     assert!(stack.envoy.keygate_counter("denied.blocked") >= 2 * 15 - 2);
-    println!("threat: key spray refused 401 × {spray} then 429; JWT flood 401 × {flood_before} then 429");
+    println!(
+        "threat: key spray refused 401 × {spray} then 429; JWT flood 401 × {flood_before} then 429"
+    );
 
     // 3. The automatic blocks reach the key service with the feed's next request.
     assert!(
@@ -188,32 +209,69 @@ fn sprays_and_bad_signature_floods_are_blocked_and_operator_blocks_travel_the_fe
     );
 
     // 4. An operator block of a network reaches Envoy through the feed, and is lifted.
-    let added = stack
-        .service
-        .cli(&["blocks", "add", "192.0.2.0/24", "--expires-in", "1h", "--reason", "e2e", "--json"]);
+    let added = stack.service.cli(&[
+        "blocks",
+        "add",
+        "192.0.2.0/24",
+        "--expires-in",
+        "1h",
+        "--reason",
+        "e2e",
+        "--json",
+    ]);
     let added: Value = serde_json::from_str(added.trim()).expect("blocks add --json");
     let id = added["id"].as_str().expect("an id").to_owned();
     let start = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(5), || from(&stack, "192.0.2.55", &good).status == 429),
+        wait_until(Duration::from_secs(5), || from(&stack, "192.0.2.55", &good)
+            .status
+            == 429),
         "the operator block never reached Envoy"
     );
-    println!("threat: operator block in force at Envoy {} ms after it was added", start.elapsed().as_millis());
-    assert_eq!(from(&stack, "192.0.2.200", &good).status, 429, "the whole network");
-    assert_eq!(from(&stack, "192.0.3.1", &good).status, 200, "not its neighbour");
+    println!(
+        "threat: operator block in force at Envoy {} ms after it was added",
+        start.elapsed().as_millis()
+    );
+    assert_eq!(
+        from(&stack, "192.0.2.200", &good).status,
+        429,
+        "the whole network"
+    );
+    assert_eq!(
+        from(&stack, "192.0.3.1", &good).status,
+        200,
+        "not its neighbour"
+    );
     stack.service.cli(&["blocks", "remove", &id]);
     assert!(
-        wait_until(Duration::from_secs(5), || from(&stack, "192.0.2.55", &good).status == 200),
+        wait_until(Duration::from_secs(5), || from(&stack, "192.0.2.55", &good)
+            .status
+            == 200),
         "the removed block still refuses"
     );
     // One that ends by itself.
-    stack.service.cli(&["blocks", "add", "192.0.2.55", "--expires-in", "3s"]);
-    assert!(wait_until(Duration::from_secs(5), || from(&stack, "192.0.2.55", &good).status == 429));
+    stack
+        .service
+        .cli(&["blocks", "add", "192.0.2.55", "--expires-in", "3s"]);
+    assert!(wait_until(Duration::from_secs(5), || from(
+        &stack,
+        "192.0.2.55",
+        &good
+    )
+    .status
+        == 429));
     assert!(
-        wait_until(Duration::from_secs(8), || from(&stack, "192.0.2.55", &good).status == 200),
+        wait_until(Duration::from_secs(8), || from(&stack, "192.0.2.55", &good)
+            .status
+            == 200),
         "the expired block still refuses"
     );
-    let audit = admin_json(&stack.service, "GET", "/api/v1/audit?target=192.0.2.0/24", None);
+    let audit = admin_json(
+        &stack.service,
+        "GET",
+        "/api/v1/audit?target=192.0.2.0/24",
+        None,
+    );
     let actions: Vec<String> = audit.json()["entries"]
         .as_array()
         .unwrap()
@@ -241,10 +299,6 @@ fn sprays_and_bad_signature_floods_are_blocked_and_operator_blocks_travel_the_fe
     println!(
         "threat: Envoy CPU for {N} bad-signature requests: verified {} ticks ({:?} wall), \
          blocked {} ticks ({:?} wall); ticks are 1/{} s",
-        verified.0,
-        verified.1,
-        blocked.0,
-        blocked.1,
-        100
+        verified.0, verified.1, blocked.0, blocked.1, 100
     );
 }
