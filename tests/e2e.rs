@@ -35,6 +35,8 @@ mod readme;
 mod roles;
 #[path = "e2e/rollout.rs"]
 mod rollout;
+#[path = "e2e/threat.rs"]
+mod threat;
 #[path = "e2e/tls.rs"]
 mod tls;
 #[path = "e2e/usage.rs"]

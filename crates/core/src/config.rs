@@ -459,6 +459,8 @@ struct RawConfig {
     #[serde(default)]
     principals: PrincipalsSpec,
     #[serde(default)]
+    threat: crate::machine::threat::ThreatSpec,
+    #[serde(default)]
     fleet: FleetSpec,
     #[serde(default)]
     rate_limit_headers: RateLimitHeaders,
@@ -927,6 +929,8 @@ pub struct FilterConfig {
     /// Where the geoip country is read, for keys restricted to countries (`None`: such keys
     /// are refused).
     pub geo: Option<crate::geo::GeoSettings>,
+    /// Threat detection: failures counted per client address, blocks.
+    pub threat: crate::machine::threat::ThreatSettings,
 }
 
 impl FilterConfig {
@@ -1106,6 +1110,17 @@ impl FilterConfig {
             0,
             10,
         )?;
+        let t = &raw.threat;
+        in_range("threat.threshold", u64::from(t.threshold), 1, 10_000)?;
+        in_range("threat.window_seconds", t.window_seconds, 1, 86_400)?;
+        in_range("threat.block_seconds", t.block_seconds, 1, 7 * 86_400)?;
+        in_range(
+            "threat.max_addresses",
+            u64::from(t.max_addresses),
+            64,
+            262_144,
+        )?;
+        in_range("threat.max_blocks", u64::from(t.max_blocks), 1, 65_536)?;
         let mut credential_sources = raw.credential_sources;
         credential_sources.legacy_header = legacy.header.clone();
         let ih = &raw.identity_headers;
@@ -1179,6 +1194,7 @@ impl FilterConfig {
                 max_wait_ms: raw.fleet.max_wait_ms,
             },
             geo,
+            threat: raw.threat.settings(),
         })
     }
 

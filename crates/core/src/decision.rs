@@ -73,6 +73,11 @@ pub enum DenyReason {
     QuotaExhausted {
         retry_after_s: u64,
     },
+    /// The client address is blocked (too many authentication failures, or by an operator);
+    /// the block ends in this many seconds.
+    Blocked {
+        retry_after_s: u64,
+    },
 }
 
 impl DenyReason {
@@ -87,7 +92,7 @@ impl DenyReason {
             | Self::Revoked
             | Self::NotYetValid
             | Self::Expired => 401,
-            Self::RateLimited { .. } | Self::QuotaExhausted { .. } => 429,
+            Self::RateLimited { .. } | Self::QuotaExhausted { .. } | Self::Blocked { .. } => 429,
             Self::AddressNotAllowed | Self::CountryNotAllowed => 403,
             Self::BadRequest(_) | Self::PathParameter => 400,
             Self::InsufficientScope(_) | Self::NoRoute => 403,
@@ -128,11 +133,12 @@ impl DenyReason {
             Self::PrincipalInsufficientScope(_) => "principal_insufficient_scope",
             Self::PrincipalNotAllowed => "principal_not_allowed",
             Self::QuotaExhausted { .. } => "quota_exhausted",
+            Self::Blocked { .. } => "blocked",
         }
     }
 
     /// Every metric name, so a filter can define them all at start.
-    pub const METRIC_NAMES: [&'static str; 25] = [
+    pub const METRIC_NAMES: [&'static str; 26] = [
         "not_yet_valid",
         "address_not_allowed",
         "country_not_allowed",
@@ -158,6 +164,7 @@ impl DenyReason {
         "principal_insufficient_scope",
         "principal_not_allowed",
         "quota_exhausted",
+        "blocked",
     ];
 
     fn problem(&self) -> (&'static str, &'static str, String) {
@@ -291,6 +298,14 @@ impl DenyReason {
                      It renews in {retry_after_s} s."
                 ),
             ),
+            Self::Blocked { retry_after_s } => (
+                "address-blocked",
+                "Too many requests",
+                format!(
+                    "Requests from this address are blocked (repeated authentication failures \
+                     or an operator's block). Retry in {retry_after_s} s."
+                ),
+            ),
         }
     }
 
@@ -329,7 +344,8 @@ impl DenyReason {
             | Self::PrincipalInsufficientScope(_)
             | Self::PrincipalNotAllowed
             | Self::RateLimited { .. }
-            | Self::QuotaExhausted { .. } => None,
+            | Self::QuotaExhausted { .. }
+            | Self::Blocked { .. } => None,
         }
     }
 

@@ -200,6 +200,17 @@ impl GatewayKey {
         Self::from_bytes(&bytes)
     }
 
+    /// A 16-byte key for `context`, derived from this key (HMAC): the same in every worker
+    /// and every Envoy sharing the gateway key, unknown to clients.
+    pub fn derive(&self, context: &[u8]) -> [u8; 16] {
+        let mut mac = self.mac.clone();
+        mac.update(context);
+        let full = mac.finalize().into_bytes();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&full[..16]);
+        key
+    }
+
     fn tag(&self, prefix: &[u8], id: &[u8], secret: &[u8]) -> [u8; TAG_LEN] {
         let mut mac = self.mac.clone();
         mac.update(TAG_CONTEXT);

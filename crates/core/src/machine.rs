@@ -21,7 +21,8 @@
 //! - [`host_crypto`]: signature checks by the host;
 //! - [`edits`]: a request's header edits, applied in as few host calls as possible;
 //! - [`worker`]: the worker as the filter's contexts see it: start, tick, callouts, requests;
-//! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases.
+//! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases;
+//! - [`threat`]: authentication failures counted per client address, and blocked addresses.
 
 pub mod answer;
 pub mod callouts;
@@ -39,6 +40,7 @@ pub mod records;
 pub mod reply;
 pub mod request;
 pub mod state;
+pub mod threat;
 pub mod token;
 pub mod usage;
 pub mod worker;

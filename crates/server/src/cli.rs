@@ -30,6 +30,7 @@ macro_rules! out {
 
 pub mod args;
 mod audit;
+mod blocks;
 pub mod client;
 mod import;
 mod keys;
@@ -40,11 +41,12 @@ mod roles;
 mod signing_keys;
 
 pub use args::{
-    AuditArgs, Cli, ClientArgs, Command, CreateArgs, ImportArgs, KeysArgs, KeysCommand, LimitArgs,
-    ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand, RotateArgs, SigningKeysArgs,
-    SigningKeysCommand, UpdateArgs, UsageArgs,
+    AuditArgs, BlocksArgs, BlocksCommand, Cli, ClientArgs, Command, CreateArgs, ImportArgs,
+    KeysArgs, KeysCommand, LimitArgs, ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand,
+    RotateArgs, SigningKeysArgs, SigningKeysCommand, UpdateArgs, UsageArgs,
 };
 pub use audit::run_audit;
+pub use blocks::run_blocks;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
 pub use keys::run_keys;
 pub use pools::run_pools;

@@ -7,6 +7,7 @@
 //! to an RFC 9457 problem; every other file is one resource's handlers. [`app`] routes them.
 
 pub mod audit;
+pub mod blocks;
 pub mod events;
 pub mod extract;
 pub mod feed;
@@ -28,7 +29,7 @@ pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::service::error::ApiError;
@@ -82,6 +83,11 @@ pub fn app(state: AppState) -> Router {
                 .patch(roles::update_role)
                 .delete(roles::delete_role),
         )
+        .route(
+            "/api/v1/blocks",
+            post(blocks::add_block).get(blocks::list_blocks),
+        )
+        .route("/api/v1/blocks/{id}", delete(blocks::remove_block))
         .route(
             "/api/v1/auth/keys/import",
             post(legacy::import_keys).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),

@@ -4,6 +4,7 @@
 //! The lowest layer: it imports nothing from the crate but itself (and `keygate-core`).
 
 pub mod audit;
+pub mod block;
 pub mod feed;
 pub mod key;
 pub mod legacy;

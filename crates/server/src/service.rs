@@ -5,6 +5,8 @@
 
 pub mod access;
 pub mod audit;
+pub mod blocks;
+pub mod blocks_signal;
 pub mod context;
 pub mod counters;
 pub mod error;

@@ -17,6 +17,7 @@
 
 mod admin;
 mod audit;
+mod blocks;
 mod error;
 mod feed;
 mod handle;

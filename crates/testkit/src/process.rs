@@ -149,6 +149,11 @@ impl Proc {
         }
     }
 
+    /// The process id while the process runs (for `/proc/<pid>/stat` readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Panics (with the log tail) if the process has exited.
     pub fn assert_alive(&mut self) {
         if let Some(child) = self.child.as_mut() {

@@ -495,3 +495,39 @@ fn a_country_restricted_key_costs_no_host_call_and_refuses_other_countries() {
         );
     }
 }
+
+/// Threat detection adds no host call and no shared-data read to the cached path while no
+/// block is in force (the check is a branch on the worker's copy of the block list); while one
+/// is, it adds exactly one: the read of the client address (`source.address`). The block
+/// list is never read from shared data on a request, only on the tick.
+#[test]
+fn threat_detection_adds_nothing_without_blocks_and_one_property_read_with_them() {
+    let on = json!({"usage": {"enabled": false}, "threat": {"enabled": true}});
+    assert_eq!(cached_opaque_calls(on), ["now_ms", "set_request_headers"]);
+
+    let host = FakeHost::at(NOW_MS);
+    host.set_property(&["source", "address"], b"198.51.100.9:4711");
+    let shared = start(
+        &host,
+        json!({"usage": {"enabled": false}, "threat": {"enabled": true}}),
+    );
+    let key = minted();
+    warm_opaque(&host, &shared, &key);
+    // Another address is blocked (by an operator, through the feed's shared list).
+    crate::machine::threat::share_operator_blocks(
+        &host,
+        &shared.config.threat,
+        &[crate::machine::threat::OperatorBlock {
+            cidr: "203.0.113.0/24".into(),
+            until: NOW_MS / 1000 + 60,
+        }],
+    );
+    worker::on_tick(&host, &shared);
+    host.take_calls();
+    host.take_effects();
+    assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
+    assert_eq!(
+        host.take_calls(),
+        ["property", "now_ms", "set_request_headers"]
+    );
+}

@@ -30,6 +30,10 @@ pub type Headers<'a> = [(&'a str, &'a [u8])];
 
 pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     let config = &shared.config;
+    // A blocked client is refused before anything of its request is read.
+    if let Some(reason) = crate::machine::threat::refusal(host, shared, headers) {
+        return Step::Deny(reason, None, config.mode);
+    }
     let mut method = "";
     let mut path = "";
     for &(name, value) in headers {

@@ -60,6 +60,8 @@ pub struct Shared {
     /// or not printable ASCII of at most 128 bytes). Sent with usage batches and feed
     /// requests.
     pub gateway: std::cell::OnceCell<Option<String>>,
+    /// Threat detection: this worker's copy of the blocks in force, reports to send.
+    pub threat: RefCell<crate::machine::threat::ThreatState>,
 }
 
 impl Shared {

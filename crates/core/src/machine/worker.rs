@@ -21,7 +21,7 @@ use crate::machine::metrics::Metrics;
 use crate::machine::request::{evaluate, Headers};
 use crate::machine::state::{FleetWaiter, JwtState, Lookups, Shared, Step};
 use crate::machine::usage::{Reporting, Usage};
-use crate::machine::{rate, records, token};
+use crate::machine::{rate, records, threat, token};
 
 /// How often a worker looks at shared data while a request waits on another worker.
 pub const FAST_TICK: Duration = Duration::from_millis(10);
@@ -38,6 +38,9 @@ pub fn start(
 ) -> Rc<Shared> {
     records::create_leases(host);
     rate::create_slots(host);
+    threat::create_slots(host, &config.threat);
+    let threat_key = secrets.gateway_key.derive(b"keygate threat table");
+    let shared_threat_settings = config.threat.clone();
     let worker = crate::machine::follower::next_worker_id(host);
     let jwt = JwtState::new(&config.jwt);
     let lookups = Lookups::new(&config);
@@ -57,7 +60,9 @@ pub fn start(
         tick: Cell::new(Duration::ZERO),
         clock: Cell::new(None),
         gateway: std::cell::OnceCell::new(),
+        threat: threat::ThreatState::new(threat_key, &shared_threat_settings),
     });
+    threat::on_tick(host, &shared);
     token::on_start(host, &shared);
     shared
         .feed
@@ -105,6 +110,7 @@ pub fn on_tick(host: &impl Host, shared: &Shared) {
     register(shared, token, Callout::Usage);
     records::on_tick(host, shared);
     token::on_tick(host, shared);
+    threat::on_tick(host, shared);
     fleet_on_tick(host, shared);
     shared.metrics.flush(host);
     reschedule(host, shared);
@@ -126,6 +132,8 @@ pub fn reschedule(host: &impl Host, shared: &Shared) {
         || shared.config.usage.enabled
         || shared.metrics.has_pending()
         || shared.fleet.borrow().has_stash()
+        || shared.config.threat.enabled
+        || !shared.threat.borrow().view.is_empty()
     {
         SLOW_TICK
     } else {
@@ -190,7 +198,12 @@ pub fn on_request_headers(
         Step::Decided(forwarding, result) => {
             apply(&gathered, shared, context_id, &forwarding, result)
         }
-        Step::Deny(reason, label, mode) => deny(&gathered, shared, &reason, label.as_deref(), mode),
+        Step::Deny(reason, label, mode) => {
+            threat::after_denial(&gathered, shared, &reason, || {
+                threat::client_from_headers(&gathered, &shared.config, headers)
+            });
+            deny(&gathered, shared, &reason, label.as_deref(), mode)
+        }
     };
     gathered.apply(headers);
     reschedule(host, shared);
@@ -290,6 +303,7 @@ fn feed_context(shared: &Shared) -> FeedContext<'_> {
         key_service: &shared.config.key_service,
         service_token: &shared.secrets.service_token,
         gateway: shared.gateway.get().and_then(Option::as_deref),
+        threat: Some(&shared.threat),
     }
 }
 

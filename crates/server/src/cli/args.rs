@@ -32,6 +32,35 @@ pub enum Command {
     Roles(RolesArgs),
     /// Manage owners' pooled limits (one fleet-wide rate limit shared by an owner's keys).
     Pools(PoolsArgs),
+    /// Block and unblock client addresses or networks; list operator and automatic blocks.
+    Blocks(BlocksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BlocksArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: BlocksCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlocksCommand {
+    /// Block an address or a network (CIDR) at every Envoy, through the revocation feed.
+    Add {
+        /// An address (198.51.100.7) or a network (203.0.113.0/24).
+        cidr: String,
+        /// How long: seconds (3600) or a duration such as 90m, 12h or 7d (default 1h, at most 30d).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// Why, for the audit log and the list.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List the blocks in force: operator and automatic, newest first.
+    List,
+    /// Remove a block by its id (as `blocks list` shows it).
+    Remove { id: String },
 }
 
 #[derive(Debug, Args)]

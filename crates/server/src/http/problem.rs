@@ -24,7 +24,8 @@ impl ApiError {
             Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
                 StatusCode::CONFLICT
             }
-            Self::RoleNotFound => StatusCode::NOT_FOUND,
+            Self::RoleNotFound | Self::BlockNotFound => StatusCode::NOT_FOUND,
+            Self::TooManyBlocks => StatusCode::CONFLICT,
             Self::RoleExists | Self::RoleInUse | Self::TooManyRoles => StatusCode::CONFLICT,
             Self::Forbidden | Self::Csrf => StatusCode::FORBIDDEN,
             Self::TooManyLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -51,7 +52,8 @@ impl ApiError {
             Self::RotateRevoked | Self::RotateExpired | Self::RotateAlreadyRotated => {
                 "key-not-rotatable"
             }
-            Self::RoleNotFound => "not-found",
+            Self::RoleNotFound | Self::BlockNotFound => "not-found",
+            Self::TooManyBlocks => "too-many-blocks",
             Self::RoleExists => "role-exists",
             Self::RoleInUse => "role-in-use",
             Self::TooManyRoles => "too-many-roles",

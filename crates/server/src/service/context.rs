@@ -35,6 +35,8 @@ pub struct Service {
     sessions: Arc<Sessions>,
     /// Live events for the management page.
     events: Arc<Events>,
+    /// Wakes feed long-polls when operator blocks change.
+    blocks: Arc<crate::service::blocks_signal::BlocksSignal>,
 }
 
 impl Service {
@@ -60,7 +62,13 @@ impl Service {
             lease_settings: LeaseSettings::default(),
             sessions: Arc::default(),
             events: Arc::default(),
+            blocks: Arc::default(),
         }
+    }
+
+    /// Operator-block changes, for the feed's long-polls.
+    pub fn blocks(&self) -> &crate::service::blocks_signal::BlocksSignal {
+        &self.blocks
     }
 
     /// Keeps the counts of fleet-wide limits in `counters` (default: in memory).

@@ -179,6 +179,12 @@ pub enum ApiError {
     TooManyLogins { retry_after: u64 },
     #[error("too many live event subscribers; retry later")]
     TooManySubscribers,
+    #[error("{0}")]
+    BadBlock(&'static str),
+    #[error("no block with this id")]
+    BlockNotFound,
+    #[error("the key service holds at most 1000 operator blocks in force; remove some or let them expire")]
+    TooManyBlocks,
     #[error("internal error")]
     Internal(String),
 }

@@ -12,6 +12,7 @@ mod access;
 mod audit;
 mod backends;
 mod binding;
+mod blocks;
 mod errors;
 mod events;
 mod feed;
