@@ -34,6 +34,7 @@ mod signing;
 mod sql;
 mod sqlite;
 mod usage;
+mod webhooks;
 
 pub use error::StoreError;
 pub use handle::KeyStore;
