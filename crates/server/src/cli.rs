@@ -38,6 +38,7 @@ mod pools;
 pub mod print;
 mod roles;
 mod signing_keys;
+mod webhooks;
 
 pub use args::{
     AuditArgs, Cli, ClientArgs, Command, CreateArgs, ImportArgs, KeysArgs, KeysCommand, LimitArgs,
@@ -50,6 +51,7 @@ pub use keys::run_keys;
 pub use pools::run_pools;
 pub use roles::run_roles;
 pub use signing_keys::run_signing_keys;
+pub use webhooks::{run_webhooks, WebhooksArgs, WebhooksCommand};
 
 #[cfg(test)]
 mod tests {

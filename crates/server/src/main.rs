@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => run_audit(args),
         Command::Roles(args) => run_roles(args),
         Command::Pools(args) => run_pools(args),
+        Command::Webhooks(args) => keygate_server::cli::run_webhooks(args),
     }
 }
 

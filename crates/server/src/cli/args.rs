@@ -32,6 +32,8 @@ pub enum Command {
     Roles(RolesArgs),
     /// Manage owners' pooled limits (one fleet-wide rate limit shared by an owner's keys).
     Pools(PoolsArgs),
+    /// Manage webhooks on security events and their deliveries.
+    Webhooks(crate::cli::webhooks::WebhooksArgs),
 }
 
 #[derive(Debug, Args)]

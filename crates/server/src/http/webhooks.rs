@@ -3,7 +3,7 @@
 //! `/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver`. Admins only. Registering,
 //! removing and redelivering each record an audit entry (`webhook_create`,
 //! `webhook_delete`, `webhook_redeliver`; the target is the webhook id). The secret is in
-//! the answer to the registration only.
+//! the answer to the registration only. Removing answers the removed webhook.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -131,8 +131,9 @@ pub async fn delete_webhook(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let webhook = webhooks::show(state.service(), &id).await?;
     webhooks::remove(state.service(), &id).await?;
-    Ok(noted(StatusCode::NO_CONTENT, &id))
+    Ok(noted(Json(WebhookView::of(webhook, false)), &id))
 }
 
 /// The query of `GET /api/v1/webhooks/{id}/deliveries`.

@@ -282,7 +282,8 @@ async fn deliveries_are_signed_retried_redelivered_and_survive_a_stopped_replica
     let removed = h
         .admin("DELETE", &format!("/api/v1/webhooks/{webhook}"), None)
         .await;
-    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    assert_eq!(removed.status, StatusCode::OK);
+    assert_eq!(removed.body["id"], webhook.as_str());
     let gone = h
         .admin(
             "GET",
