@@ -84,6 +84,44 @@ fn verify(secret: &str, headers: &HeaderMap, body: &str) -> (Value, String) {
     (parsed, id)
 }
 
+/// Runs the README's Python check on a delivery; answers what it printed.
+fn readme_python_verifies(secret: &str, headers: &HeaderMap, body: &str, now: i64) -> bool {
+    use std::io::Write;
+    let block = crate::readme::readme_block(
+        "none (a receiver's check; crates/server/tests/api/alerts.rs runs it on a delivery)",
+    );
+    let script = format!(
+        "{block}\nimport json, sys\nd = json.load(sys.stdin)\n\
+         print(verify(d['secret'], d['headers'], d['body'].encode(), now=d['now']))\n"
+    );
+    let input = json!({
+        "secret": secret,
+        "headers": {"Keygate-Signature": headers["keygate-signature"].to_str().unwrap()},
+        "body": body,
+        "now": now,
+    });
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to run the README's webhook check");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "the README's check failed to run");
+    match String::from_utf8_lossy(&output.stdout).trim() {
+        "True" => true,
+        "False" => false,
+        other => panic!("the README's check printed {other:?}"),
+    }
+}
+
 async fn register(h: &Harness, url: &str, events: Value) -> (String, String) {
     let answer = h
         .admin(
@@ -157,6 +195,33 @@ async fn deliveries_are_signed_retried_redelivered_and_survive_a_stopped_replica
     assert_eq!(body["type"], "key.created");
     assert_eq!(body["subject"], key_id);
     assert_eq!(body["data"]["owner"], "team-a");
+    // The README's receiver check agrees; a changed body, another secret or an old
+    // timestamp fail it.
+    assert!(readme_python_verifies(
+        &secret,
+        &first[0].0,
+        &first[0].1,
+        NOW
+    ));
+    let tampered = first[0].1.replace("team-a", "team-b");
+    assert!(!readme_python_verifies(
+        &secret,
+        &first[0].0,
+        &tampered,
+        NOW
+    ));
+    assert!(!readme_python_verifies(
+        "whsec_other",
+        &first[0].0,
+        &first[0].1,
+        NOW
+    ));
+    assert!(!readme_python_verifies(
+        &secret,
+        &first[0].0,
+        &first[0].1,
+        NOW + 301
+    ));
     let listed = deliveries(&h, &webhook).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["id"], delivery_id.as_str());
