@@ -45,13 +45,14 @@ pub use args::{
     ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand, RotateArgs, SigningKeysArgs,
     SigningKeysCommand, UpdateArgs, UsageArgs,
 };
+pub use args::{WebhooksArgs, WebhooksCommand};
 pub use audit::run_audit;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
 pub use keys::run_keys;
 pub use pools::run_pools;
 pub use roles::run_roles;
 pub use signing_keys::run_signing_keys;
-pub use webhooks::{run_webhooks, WebhooksArgs, WebhooksCommand};
+pub use webhooks::run_webhooks;
 
 #[cfg(test)]
 mod tests {

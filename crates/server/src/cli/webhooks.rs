@@ -3,51 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::cli::args::ClientArgs;
+use crate::cli::args::{WebhooksArgs, WebhooksCommand};
 use crate::cli::client::{connect, query_escape, CliError};
 use crate::cli::print::{report, text};
-
-#[derive(Debug, Args)]
-pub struct WebhooksArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    #[command(subcommand)]
-    pub command: WebhooksCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum WebhooksCommand {
-    /// Register a webhook; prints its signing secret once.
-    Add {
-        /// Where deliveries are POSTed (http:// or https://).
-        url: String,
-        /// An event it receives (repeat, or `*` for all): key.created, key.rotated,
-        /// key.revoked, key.expiring, address.blocked, auth.failure_spike, key.new_country,
-        /// key.leaked.
-        #[arg(long = "event", required = true, value_name = "EVENT")]
-        events: Vec<String>,
-        #[arg(long)]
-        description: Option<String>,
-    },
-    /// List webhooks.
-    List,
-    /// Show a webhook.
-    Show { id: String },
-    /// Remove a webhook and its deliveries.
-    Remove { id: String },
-    /// List a webhook's deliveries, newest first.
-    Deliveries {
-        id: String,
-        /// At most this many (1-500).
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-    },
-    /// Send a delivery again now (same idempotency id).
-    Redeliver { id: String, delivery: String },
-}
 
 /// Runs a `webhooks` command and reports failures on stderr.
 pub fn run_webhooks(args: WebhooksArgs) -> ExitCode {
