@@ -7,6 +7,8 @@
 
 // Child modules of this crate root resolve next to it (`tests/`), where cargo would also take
 // `jwt.rs` for a test binary of its own: hence the explicit path.
+#[path = "e2e/alerts.rs"]
+mod alerts;
 #[path = "e2e/binding.rs"]
 mod binding;
 #[path = "e2e/cli.rs"]

@@ -39,12 +39,14 @@ mod pools;
 pub mod print;
 mod roles;
 mod signing_keys;
+mod webhooks;
 
 pub use args::{
     AuditArgs, BlocksArgs, BlocksCommand, Cli, ClientArgs, Command, CreateArgs, ImportArgs,
     KeysArgs, KeysCommand, LimitArgs, ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand,
     RotateArgs, SigningKeysArgs, SigningKeysCommand, UpdateArgs, UsageArgs,
 };
+pub use args::{WebhooksArgs, WebhooksCommand};
 pub use audit::run_audit;
 pub use blocks::run_blocks;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
@@ -52,6 +54,7 @@ pub use keys::run_keys;
 pub use pools::run_pools;
 pub use roles::run_roles;
 pub use signing_keys::run_signing_keys;
+pub use webhooks::run_webhooks;
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Roles(args) => run_roles(args),
         Command::Blocks(args) => run_blocks(args),
         Command::Pools(args) => run_pools(args),
+        Command::Webhooks(args) => keygate_server::cli::run_webhooks(args),
     }
 }
 

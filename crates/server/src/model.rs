@@ -12,6 +12,7 @@ pub mod role;
 pub mod session;
 pub mod signing;
 pub mod usage;
+pub mod webhook;
 
 pub use audit::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
 pub use key::{
@@ -23,3 +24,6 @@ pub use role::{RolePatch, RoleRecord};
 pub use signing::SigningKeyRow;
 pub use usage::{GatewayRow, GATEWAY_RETENTION_S, MAX_GATEWAYS};
 pub use usage::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};
+pub use webhook::{
+    AlertKind, AttemptOutcome, ClaimedDelivery, DeliveryRecord, DeliveryStatus, WebhookRecord,
+};

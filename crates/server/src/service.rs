@@ -4,6 +4,8 @@
 //! these operations and answers their results. Every operation works with a [`context::Service`].
 
 pub mod access;
+pub mod alert_config;
+pub mod alerts;
 pub mod audit;
 pub mod blocks;
 pub mod blocks_signal;
@@ -20,10 +22,13 @@ pub mod limits;
 pub mod metrics;
 pub mod pools;
 pub mod redis_counters;
+pub mod report_keys;
 pub mod retention;
 pub mod roles;
+pub mod secret_scanning;
 pub mod session_config;
 pub mod sessions;
 pub mod signing;
 pub mod usage;
 pub mod validate;
+pub mod webhooks;

@@ -35,6 +35,7 @@ mod signing;
 mod sql;
 mod sqlite;
 mod usage;
+mod webhooks;
 
 pub use error::StoreError;
 pub use handle::KeyStore;

@@ -34,6 +34,8 @@ pub enum Command {
     Pools(PoolsArgs),
     /// Block and unblock client addresses or networks; list operator and automatic blocks.
     Blocks(BlocksArgs),
+    /// Manage webhooks on security events and their deliveries.
+    Webhooks(WebhooksArgs),
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +91,45 @@ pub enum PoolsCommand {
     Delete { owner: String },
     /// List pooled limits.
     List,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhooksArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: WebhooksCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Register a webhook; prints its signing secret once.
+    Add {
+        /// Where deliveries are POSTed (http:// or https://).
+        url: String,
+        /// An event it receives (repeat, or `*` for all): key.created, key.rotated,
+        /// key.revoked, key.expiring, address.blocked, auth.failure_spike, key.new_country,
+        /// key.leaked.
+        #[arg(long = "event", required = true, value_name = "EVENT")]
+        events: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List webhooks.
+    List,
+    /// Show a webhook.
+    Show { id: String },
+    /// Remove a webhook and its deliveries.
+    Remove { id: String },
+    /// List a webhook's deliveries, newest first.
+    Deliveries {
+        id: String,
+        /// At most this many (1-500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Send a delivery again now (same idempotency id).
+    Redeliver { id: String, delivery: String },
 }
 
 /// How the CLI reaches the key service; shared by every client command.

@@ -56,6 +56,11 @@ fn action_of(method: &Method, route: &str) -> Option<&'static str> {
         ("POST", "/api/v1/auth/keys/{id}/expire") => Some("expire"),
         ("POST", "/api/v1/signing-keys/rotate") => Some("signing_key_rotate"),
         ("POST", "/api/v1/auth/keys/import") => Some("import"),
+        ("POST", "/api/v1/webhooks") => Some("webhook_create"),
+        ("DELETE", "/api/v1/webhooks/{id}") => Some("webhook_delete"),
+        ("POST", "/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver") => {
+            Some("webhook_redeliver")
+        }
         _ => None,
     }
 }

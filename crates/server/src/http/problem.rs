@@ -30,6 +30,11 @@ impl ApiError {
             Self::Forbidden | Self::Csrf => StatusCode::FORBIDDEN,
             Self::TooManyLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TooManySubscribers => StatusCode::SERVICE_UNAVAILABLE,
+            Self::WebhookNotFound | Self::DeliveryNotFound => StatusCode::NOT_FOUND,
+            Self::TooManyWebhooks => StatusCode::CONFLICT,
+            Self::SecretScanningNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadReportSignature => StatusCode::UNAUTHORIZED,
+            Self::TooManyReportedTokens => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -61,6 +66,11 @@ impl ApiError {
             Self::Csrf => "csrf",
             Self::TooManyLogins { .. } => "too-many-logins",
             Self::TooManySubscribers => "too-many-subscribers",
+            Self::WebhookNotFound | Self::DeliveryNotFound => "not-found",
+            Self::TooManyWebhooks => "too-many-webhooks",
+            Self::SecretScanningNotConfigured => "secret-scanning-not-configured",
+            Self::BadReportSignature => "unauthorized",
+            Self::TooManyReportedTokens => "payload-too-large",
             Self::Internal(_) => "internal",
             _ => "invalid-request",
         }

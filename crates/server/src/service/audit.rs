@@ -298,7 +298,7 @@ pub struct AuditPage {
 }
 
 /// Every action the audit log records (the values `action` filters on).
-pub const ACTIONS: [&str; 17] = [
+pub const ACTIONS: [&str; 21] = [
     "create",
     "update",
     "rotate",
@@ -316,6 +316,10 @@ pub const ACTIONS: [&str; 17] = [
     "session.login_failed",
     "session.login_limited",
     "session.logout",
+    "webhook_create",
+    "webhook_delete",
+    "webhook_redeliver",
+    "key_leaked",
 ];
 
 /// One page of the audit log, newest first, for `filter` (whose `limit` is the page size).

@@ -16,6 +16,7 @@ use crate::model::block::{
     normalize_cidr, BlockRecord, BlockSource, DEFAULT_BLOCK_SECONDS, MAX_BLOCK_SECONDS,
     MAX_OPERATOR_BLOCKS, MAX_REASON_CHARS, MAX_REPORTED_BLOCKS,
 };
+use crate::model::webhook::AlertKind;
 use crate::service::context::Service;
 use crate::service::error::ApiError;
 use crate::service::validate::valid_text;
@@ -74,7 +75,7 @@ pub async fn add(service: &Service, block: BlockRecord) -> Result<BlockRecord, A
     let block = service.store().insert_block(&block).await?;
     service.blocks().changed();
     tracing::info!(id = block.id, cidr = %block.cidr, expires_at = block.expires_at, "address blocked by an operator");
-    address_blocked(service, &block);
+    address_blocked(service, &block).await;
     Ok(block)
 }
 
@@ -132,16 +133,35 @@ pub async fn report(
         let block = service.store().insert_block(&block).await?;
         service.blocks().count_reported();
         tracing::warn!(cidr = %block.cidr, gateway = gateway.unwrap_or("-"), failures = report.failures, "address blocked automatically by a gateway");
-        address_blocked(service, &block);
+        address_blocked(service, &block).await;
         stored += 1;
     }
     Ok(stored)
 }
 
-/// An address was blocked (by an operator, or automatically by a filter). The place where
-/// security alerts (webhooks) hook in.
-pub fn address_blocked(service: &Service, block: &BlockRecord) {
-    let _ = (service, block);
+/// An address was blocked (by an operator, or automatically by a filter): the `address.blocked`
+/// webhook event, and for an automatic block also `auth.failure_spike` (what blocked it was a
+/// spike of authentication failures from that address). Never fails the block.
+pub async fn address_blocked(service: &Service, block: &BlockRecord) {
+    let data = serde_json::json!({
+        "cidr": block.cidr,
+        "source": block.source.as_str(),
+        "reason": block.reason,
+        "gateway": (block.source == BlockSource::Automatic).then_some(block.created_by.as_deref()).flatten(),
+        "failures": block.failures,
+        "expires_at": crate::timestamp::format_rfc3339(block.expires_at),
+    });
+    crate::service::alerts::raise(
+        service,
+        AlertKind::AddressBlocked,
+        &block.cidr,
+        data.clone(),
+    )
+    .await;
+    if block.source == BlockSource::Automatic {
+        crate::service::alerts::raise(service, AlertKind::AuthFailureSpike, &block.cidr, data)
+            .await;
+    }
 }
 
 /// The operator blocks in force, as the feed carries them.

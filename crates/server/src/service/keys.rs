@@ -299,6 +299,7 @@ pub async fn create(
     let (record, plaintext) = mint(service, valid.format, fields, now).await?;
     service.store().insert_key(&record).await?;
     service.events().key_created(&record);
+    crate::service::alerts::key_created(service, &record).await;
     tracing::info!(key_id = %record.id, name = %record.name, format = %record.format, "key created");
     Ok((record, plaintext))
 }
@@ -373,6 +374,7 @@ pub async fn revoke(
     } else {
         service.metrics().count_key_revoked();
         service.events().key_revoked(&record);
+        crate::service::alerts::key_revoked(service, &record).await;
         tracing::info!(key_id = %record.id, "key revoked");
     }
     Ok(record)
@@ -448,6 +450,7 @@ pub async fn rotate(
         .await?;
     service.events().key_rotated(&old, &new.id);
     service.events().key_created(&new);
+    crate::service::alerts::key_rotated(service, &old, &new.id).await;
     tracing::info!(key_id = %old.id, successor = %new.id, grace, "key rotated");
     Ok((new, plaintext))
 }

@@ -9,6 +9,7 @@
 extern crate keygate_testkit;
 
 mod access;
+mod alerts;
 mod audit;
 mod backends;
 mod binding;
