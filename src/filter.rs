@@ -4,6 +4,7 @@
 use std::rc::Rc;
 
 use keygate_core::config::FilterConfig;
+use keygate_core::geo::StripRole;
 use keygate_core::machine::gate::{BodyStep, Stage};
 use keygate_core::machine::state::Shared;
 use keygate_core::machine::worker;
@@ -15,6 +16,8 @@ use crate::host::{self, ProxyHost};
 #[derive(Default)]
 pub struct KeygateRoot {
     shared: Option<Rc<Shared>>,
+    /// Set in the strip role: the filter only removes these headers.
+    strip: Option<Rc<StripRole>>,
 }
 
 impl Context for KeygateRoot {
@@ -34,6 +37,27 @@ impl RootContext for KeygateRoot {
             );
             return false;
         };
+        match StripRole::parse(&raw) {
+            Ok(Some(role)) => {
+                host::log(
+                    LogLevel::Info,
+                    &format!(
+                        "configured in the strip role: removing {} from every request",
+                        role.headers.join(", ")
+                    ),
+                );
+                self.strip = Some(Rc::new(role));
+                return true;
+            }
+            Ok(None) => {}
+            Err(err) => {
+                host::log(
+                    LogLevel::Critical,
+                    &format!("refusing configuration: {err}"),
+                );
+                return false;
+            }
+        }
         let Some(fingerprint_key) = host::random_bytes::<16>() else {
             host::log(
                 LogLevel::Critical,
@@ -78,6 +102,9 @@ impl RootContext for KeygateRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if let Some(role) = &self.strip {
+            return Some(Box::new(StripHttp { role: role.clone() }));
+        }
         let shared = self.shared.clone()?;
         Some(Box::new(KeygateHttp {
             context_id,
@@ -173,5 +200,19 @@ impl HttpContext for KeygateHttp {
 
     fn on_log(&mut self) {
         worker::on_log(&self.shared, self.context_id);
+    }
+}
+
+/// The strip role's request: the listed headers removed, nothing else.
+pub struct StripHttp {
+    role: Rc<StripRole>,
+}
+
+impl Context for StripHttp {}
+
+impl HttpContext for StripHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.role.strip(&ProxyHost);
+        Action::Continue
     }
 }

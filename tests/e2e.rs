@@ -7,6 +7,8 @@
 
 // Child modules of this crate root resolve next to it (`tests/`), where cargo would also take
 // `jwt.rs` for a test binary of its own: hence the explicit path.
+#[path = "e2e/alerts.rs"]
+mod alerts;
 #[path = "e2e/binding.rs"]
 mod binding;
 #[path = "e2e/cli.rs"]
@@ -21,6 +23,8 @@ mod edge;
 mod feed;
 #[path = "e2e/fleet.rs"]
 mod fleet;
+#[path = "e2e/geo.rs"]
+mod geo;
 #[path = "e2e/jwt.rs"]
 mod jwt;
 #[path = "e2e/limits.rs"]
@@ -35,6 +39,8 @@ mod roles;
 mod rollout;
 #[path = "e2e/signatures.rs"]
 mod signatures;
+#[path = "e2e/threat.rs"]
+mod threat;
 #[path = "e2e/tls.rs"]
 mod tls;
 #[path = "e2e/usage.rs"]

@@ -1,8 +1,9 @@
 //! The filter's configuration JSON (written by an operator, but often templated from other
 //! inputs) and the route table compiled from it.
 //!
-//! Calls `keygate_core::config::FilterConfig::{parse, load_secrets}` and
-//! `keygate_core::route::RouteTable::find`.
+//! Calls `keygate_core::config::FilterConfig::{parse, load_secrets}`,
+//! `keygate_core::route::RouteTable::find` and `keygate_core::geo::StripRole::parse` (the
+//! strip role's configuration, tried first by the filter).
 #![no_main]
 
 use keygate_core::config::FilterConfig;
@@ -18,6 +19,9 @@ const REQUESTS: [(&str, &str); 6] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(Some(role)) = keygate_core::geo::StripRole::parse(data) {
+        assert!(!role.headers.is_empty());
+    }
     let Ok(config) = FilterConfig::parse(data) else {
         return;
     };

@@ -104,21 +104,7 @@ fn every_guide_block_is_marked_with_a_known_kind() {
 
 /// The Python that runs the guides' Python blocks: the project's virtualenv, with `requests`.
 fn python() -> PathBuf {
-    let python = std::env::var_os("KEYGATE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| project_root().join(".venv/bin/python"));
-    let ok = Command::new(&python)
-        .args(["-c", "import requests"])
-        .stdin(Stdio::null())
-        .output()
-        .is_ok_and(|out| out.status.success());
-    assert!(
-        ok,
-        "{} cannot `import requests`: run `make prereqs` (it installs requests into .venv/), \
-         or point KEYGATE_PYTHON at a Python that has it",
-        python.display()
-    );
-    python
+    keygate_testkit::python_with("requests")
 }
 
 /// `node`, version 20 or later (for `fetch`).

@@ -70,21 +70,7 @@ print(json.dumps(out))
 
 /// The virtualenv Python with `http-message-signatures` (`KEYGATE_PYTHON` overrides).
 fn python() -> PathBuf {
-    let python = std::env::var_os("KEYGATE_PYTHON").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-        PathBuf::from,
-    );
-    let ok = Command::new(&python)
-        .args(["-c", "import http_message_signatures, requests"])
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(
-        ok,
-        "{} cannot `import http_message_signatures`: run `make prereqs` (it installs the pinned \
-         http-message-signatures into .venv/), or set KEYGATE_PYTHON",
-        python.display()
-    );
-    python
+    keygate_testkit::python_with("http_message_signatures")
 }
 
 fn run_signer(python: &PathBuf, args: &[&str], stdin: &str) -> String {

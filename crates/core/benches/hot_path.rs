@@ -60,6 +60,7 @@ fn record_for(id: &str, digest_hex: String) -> KeyLookup {
         owner: None,
         metadata: Default::default(),
         signing: None,
+        allowed_countries: Vec::new(),
     }
 }
 

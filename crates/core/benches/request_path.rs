@@ -136,6 +136,7 @@ fn cached_opaque(c: &mut Criterion) {
         owner: None,
         metadata: Default::default(),
         signing: None,
+        allowed_countries: Vec::new(),
     };
     *host.body.borrow_mut() = serde_json::to_vec(&record).unwrap();
     let bearer = format!("Bearer {}", key.plaintext);

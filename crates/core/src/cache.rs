@@ -150,8 +150,11 @@ const FLAG_FLEET: u8 = 8;
 const FLAG_PRINCIPALS: u8 = 16;
 /// The record holds the key's owner and metadata (for routes that bind them).
 const FLAG_BINDING: u8 = 32;
+/// The record ends with the countries the key may be used from.
+const FLAG_COUNTRIES: u8 = 64;
 /// The flags that say which optional sections follow a record.
-const SECTIONS: u8 = FLAG_ROLES | FLAG_BINDING | FLAG_FLEET | FLAG_PRINCIPALS | FLAG_SIGNING;
+const SECTIONS: u8 =
+    FLAG_ROLES | FLAG_BINDING | FLAG_FLEET | FLAG_PRINCIPALS | FLAG_SIGNING | FLAG_COUNTRIES;
 /// The record ends with the key's signing material (request signatures).
 const FLAG_SIGNING: u8 = 128;
 
@@ -161,7 +164,7 @@ fn has_binding(record: &KeyLookup) -> bool {
 
 /// The optional sections `record` is written with: each only when it has something to say,
 /// so a record without them is stored as filters that predate them read it. They follow
-/// the record in this order: roles, binding, fleet, principals.
+/// the record in this order: roles, binding, fleet, principals, countries.
 fn sections_of(record: &KeyLookup) -> u8 {
     let mut sections = 0;
     if !record.roles.is_empty() {
@@ -178,6 +181,9 @@ fn sections_of(record: &KeyLookup) -> u8 {
     }
     if !record.allowed_principals.is_empty() {
         sections |= FLAG_PRINCIPALS;
+    }
+    if !record.allowed_countries.is_empty() {
+        sections |= FLAG_COUNTRIES;
     }
     sections
 }
@@ -363,6 +369,9 @@ fn put_record(out: &mut Vec<u8>, record: &KeyLookup) {
         put_str(out, signing.public_key.as_deref().unwrap_or_default());
         out.extend_from_slice(&signing.generation.to_le_bytes());
     }
+    if sections & FLAG_COUNTRIES != 0 {
+        put_strs(out, &record.allowed_countries);
+    }
 }
 
 /// The roles at the end of a record whose header says it has some.
@@ -446,6 +455,7 @@ fn get_record(rest: &mut &[u8], sections: u8) -> Option<KeyLookup> {
         owner,
         metadata,
         signing: None,
+        allowed_countries: Vec::new(),
     };
     if sections & FLAG_FLEET != 0 {
         get_fleet(rest, &mut record)?;
@@ -461,6 +471,9 @@ fn get_record(rest: &mut &[u8], sections: u8) -> Option<KeyLookup> {
             public_key: (!public_key.is_empty()).then_some(public_key),
             generation: get_u32(rest)?,
         }));
+    }
+    if sections & FLAG_COUNTRIES != 0 {
+        record.allowed_countries = get_strs(rest)?;
     }
     Some(record)
 }
@@ -878,6 +891,7 @@ mod tests {
                 owner: None,
                 metadata: Default::default(),
                 signing: None,
+                allowed_countries: Vec::new(),
             }),
         }
     }
@@ -980,15 +994,21 @@ mod tests {
                 .into_iter()
                 .collect(),
             signing: None,
+            allowed_countries: vec!["DE".into(), "FR".into()],
         }
     }
 
     #[test]
     fn signing_material_round_trips_last_and_older_entries_decode_without_it() {
+        // Without the countries, which follow the signing material.
+        let base = KeyLookup {
+            allowed_countries: Vec::new(),
+            ..full_record()
+        };
         let older = CacheEntry {
             id: id(1).to_string(),
             fetched_at_ms: 7,
-            record: Some(full_record()),
+            record: Some(base.clone()),
         };
         for signing in [
             crate::wire::SigningMaterial {
@@ -1002,7 +1022,7 @@ mod tests {
                 generation: 3,
             },
         ] {
-            let mut record = full_record();
+            let mut record = base.clone();
             record.signing = Some(Box::new(signing));
             let signed = CacheEntry {
                 record: Some(record),
@@ -1163,9 +1183,39 @@ mod tests {
     }
 
     #[test]
+    fn countries_round_trip_behind_their_flag_and_older_entries_decode_without_them() {
+        let mut record = full_record();
+        record.allowed_countries = Vec::new();
+        let older = CacheEntry {
+            id: id(1).to_string(),
+            fetched_at_ms: 7,
+            record: Some(record.clone()),
+        };
+        record.allowed_countries = vec!["DE".into()];
+        let restricted = CacheEntry {
+            record: Some(record),
+            ..older.clone()
+        };
+        let bytes = restricted.encode();
+        assert_eq!(
+            CacheEntry::decode_for(&bytes, &id(1)),
+            Some(restricted.clone())
+        );
+        let old_bytes = older.encode();
+        assert_eq!(old_bytes[1] & FLAG_COUNTRIES, 0);
+        assert_ne!(bytes[1] & FLAG_COUNTRIES, 0);
+        assert_eq!(&bytes[2..old_bytes.len()], &old_bytes[2..]);
+        assert_eq!(CacheEntry::decode_for(&old_bytes, &id(1)), Some(older));
+        for end in old_bytes.len()..bytes.len() {
+            assert_eq!(CacheEntry::decode_for(&bytes[..end], &id(1)), None);
+        }
+    }
+
+    #[test]
     fn workload_bindings_round_trip_and_older_entries_decode_without_them() {
         let mut record = full_record();
         record.allowed_principals = Vec::new();
+        record.allowed_countries = Vec::new();
         let older = CacheEntry {
             id: id(1).to_string(),
             fetched_at_ms: 7,

@@ -459,11 +459,14 @@ struct RawConfig {
     #[serde(default)]
     principals: PrincipalsSpec,
     #[serde(default)]
+    threat: crate::machine::threat::ThreatSpec,
+    #[serde(default)]
     fleet: FleetSpec,
     #[serde(default)]
     rate_limit_headers: RateLimitHeaders,
     #[serde(default)]
     signatures: crate::signature::SignatureSettings,
+    geo: Option<crate::geo::GeoSpec>,
 }
 
 /// Which responses of a rate-limited or fleet-limited key carry `RateLimit-Policy` and
@@ -633,6 +636,11 @@ pub enum ConfigProblem {
     Principals(PrincipalMapError),
     /// A route takes principals but `principals.map` is empty.
     NoPrincipalMap,
+    /// `role` names no role Keygate has (only `strip`).
+    UnknownRole,
+    /// A header the filter removes from every request or writes itself cannot carry the
+    /// geoip country.
+    ReservedHeader,
 }
 
 /// A configuration error naming the field (`routes[3].scopes`, `cache.ttl_seconds`).
@@ -688,11 +696,30 @@ impl fmt::Display for ConfigError {
             ConfigProblem::BadEnv(var) => {
                 write!(f, "`{field}`: environment variable {var} is not usable")
             }
+            ConfigProblem::UnknownRole => write!(
+                f,
+                "`{field}` must be \"strip\" (or absent for the authorizing filter)"
+            ),
+            ConfigProblem::ReservedHeader => write!(
+                f,
+                "`{field}` names a header Keygate removes or writes itself (an identity, \
+                 decision, credential or x-keygate- header)"
+            ),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+/// A configuration error for `field` (for the parsers beside this module's).
+pub(crate) fn config_error(field: impl Into<String>, problem: ConfigProblem) -> ConfigError {
+    error(field, problem)
+}
+
+/// Checks a header name option: lower case, 1 to 64 of a-z, 0-9 and '-'.
+pub(crate) fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    header_name(field, name)
+}
 
 fn error(field: impl Into<String>, problem: ConfigProblem) -> ConfigError {
     ConfigError {
@@ -902,6 +929,11 @@ pub struct FilterConfig {
     pub header_rules: HeaderRules,
     /// Workload identities → scopes (`principals.map`), for routes that take principals.
     pub principals: PrincipalMap,
+    /// Where the geoip country is read, for keys restricted to countries (`None`: such keys
+    /// are refused).
+    pub geo: Option<crate::geo::GeoSettings>,
+    /// Threat detection: failures counted per client address, blocks.
+    pub threat: crate::machine::threat::ThreatSettings,
 }
 
 impl FilterConfig {
@@ -1084,6 +1116,17 @@ impl FilterConfig {
             0,
             10,
         )?;
+        let t = &raw.threat;
+        in_range("threat.threshold", u64::from(t.threshold), 1, 10_000)?;
+        in_range("threat.window_seconds", t.window_seconds, 1, 86_400)?;
+        in_range("threat.block_seconds", t.block_seconds, 1, 7 * 86_400)?;
+        in_range(
+            "threat.max_addresses",
+            u64::from(t.max_addresses),
+            64,
+            262_144,
+        )?;
+        in_range("threat.max_blocks", u64::from(t.max_blocks), 1, 65_536)?;
         let mut credential_sources = raw.credential_sources;
         credential_sources.legacy_header = legacy.header.clone();
         let ih = &raw.identity_headers;
@@ -1098,6 +1141,26 @@ impl FilterConfig {
             ],
             raw.strip_method_override,
         );
+        let geo = match &raw.geo {
+            None => None,
+            Some(spec) => {
+                let name = spec.country_header.as_str();
+                header_name("geo.country_header", name)?;
+                let credential = [
+                    credential_sources.header.as_deref(),
+                    credential_sources.legacy_header.as_deref(),
+                ];
+                if header_rules.removes(name)
+                    || credential.contains(&Some(name))
+                    || (credential_sources.bearer && name == "authorization")
+                {
+                    return Err(error("geo.country_header", ConfigProblem::ReservedHeader));
+                }
+                Some(crate::geo::GeoSettings {
+                    country_header: name.to_owned(),
+                })
+            }
+        };
 
         Ok(Self {
             key_prefixes: raw.key_prefixes,
@@ -1137,6 +1200,8 @@ impl FilterConfig {
                 max_wait_ms: raw.fleet.max_wait_ms,
             },
             signatures: raw.signatures,
+            geo,
+            threat: raw.threat.settings(),
         })
     }
 

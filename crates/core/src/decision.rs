@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::binding::{Attributes, BindError, Requirement};
 use crate::credential::CredentialError;
+use crate::geo::{Country, CountryList};
 use crate::jwt::JwtError;
 use crate::key::KeyDigest;
 use crate::limits::{AllowList, BucketOwner};
@@ -40,6 +41,9 @@ pub enum DenyReason {
     NotYetValid,
     /// The client address is outside the key's allow-list.
     AddressNotAllowed,
+    /// The key is restricted to countries and the request's (from Envoy's geoip filter) is
+    /// not one of them, or unknown.
+    CountryNotAllowed,
     /// Over the key's (or route's) rate limit; a token is back in this many seconds.
     RateLimited {
         retry_after_s: u64,
@@ -74,6 +78,11 @@ pub enum DenyReason {
     BadSignature(crate::signature::SignatureError),
     /// A signed route's body is larger than the filter buffers (`signatures.max_body_bytes`).
     BodyTooLarge,
+    /// The client address is blocked (too many authentication failures, or by an operator);
+    /// the block ends in this many seconds.
+    Blocked {
+        retry_after_s: u64,
+    },
 }
 
 impl DenyReason {
@@ -88,8 +97,8 @@ impl DenyReason {
             | Self::Revoked
             | Self::NotYetValid
             | Self::Expired => 401,
-            Self::RateLimited { .. } | Self::QuotaExhausted { .. } => 429,
-            Self::AddressNotAllowed => 403,
+            Self::RateLimited { .. } | Self::QuotaExhausted { .. } | Self::Blocked { .. } => 429,
+            Self::AddressNotAllowed | Self::CountryNotAllowed => 403,
             Self::BadRequest(_) | Self::PathParameter => 400,
             Self::InsufficientScope(_) | Self::NoRoute => 403,
             Self::Binding(err) => err.status(),
@@ -117,6 +126,7 @@ impl DenyReason {
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
             Self::AddressNotAllowed => "address_not_allowed",
+            Self::CountryNotAllowed => "country_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::InsufficientScope(_) => "insufficient_scope",
             Self::Binding(BindError::NotBound { .. }) => "not_bound",
@@ -132,13 +142,15 @@ impl DenyReason {
             Self::QuotaExhausted { .. } => "quota_exhausted",
             Self::BadSignature(_) => "bad_signature",
             Self::BodyTooLarge => "body_too_large",
+            Self::Blocked { .. } => "blocked",
         }
     }
 
     /// Every metric name, so a filter can define them all at start.
-    pub const METRIC_NAMES: [&'static str; 26] = [
+    pub const METRIC_NAMES: [&'static str; 28] = [
         "not_yet_valid",
         "address_not_allowed",
+        "country_not_allowed",
         "rate_limited",
         "missing_credential",
         "conflicting_credentials",
@@ -163,6 +175,7 @@ impl DenyReason {
         "quota_exhausted",
         "bad_signature",
         "body_too_large",
+        "blocked",
     ];
 
     fn problem(&self) -> (&'static str, &'static str, String) {
@@ -213,6 +226,11 @@ impl DenyReason {
                 "address-not-allowed",
                 "Forbidden",
                 "The API key may not be used from this address.".to_owned(),
+            ),
+            Self::CountryNotAllowed => (
+                "country-not-allowed",
+                "Forbidden",
+                "The API key may not be used from this country.".to_owned(),
             ),
             Self::RateLimited { retry_after_s } => (
                 "rate-limited",
@@ -305,6 +323,14 @@ impl DenyReason {
                 "Request body too large",
                 "The body of a signed request is larger than this route checks.".to_owned(),
             ),
+            Self::Blocked { retry_after_s } => (
+                "address-blocked",
+                "Too many requests",
+                format!(
+                    "Requests from this address are blocked (repeated authentication failures \
+                     or an operator's block). Retry in {retry_after_s} s."
+                ),
+            ),
         }
     }
 
@@ -338,6 +364,7 @@ impl DenyReason {
             | Self::ServiceUnavailable
             | Self::Overloaded
             | Self::AddressNotAllowed
+            | Self::CountryNotAllowed
             | Self::PrincipalRequired
             | Self::PrincipalInsufficientScope(_)
             | Self::PrincipalNotAllowed
@@ -345,6 +372,7 @@ impl DenyReason {
             | Self::QuotaExhausted { .. }
             | Self::BadSignature(_)
             | Self::BodyTooLarge => None,
+            Self::Blocked { .. } => None,
         }
     }
 
@@ -486,6 +514,7 @@ pub struct PreparedRecord {
     identity: Identity,
     allowed: AllowList,
     principals: PrincipalList,
+    countries: CountryList,
 }
 
 impl PreparedRecord {
@@ -510,6 +539,7 @@ impl PreparedRecord {
             identity,
             allowed: AllowList::parse(&record.allowed_cidrs),
             principals: PrincipalList::parse(&record.allowed_principals),
+            countries: CountryList::parse(&record.allowed_countries),
         }
     }
 
@@ -563,12 +593,14 @@ pub fn authorize_proven(
 }
 
 /// What the request's connection says about who sent it: the client address (for
-/// `allowed_cidrs`) and the workload identity Envoy's TLS verified (for `allowed_principals`).
-/// Either is `None` when unknown or not read (nothing that needs it passes then).
+/// `allowed_cidrs`), the workload identity Envoy's TLS verified (for `allowed_principals`)
+/// and the country Envoy's geoip filter found (for `allowed_countries`).
+/// Each is `None` when unknown or not read (nothing that needs it passes then).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Peer<'a> {
     pub client: Option<IpAddr>,
     pub principal: Option<&'a str>,
+    pub country: Option<Country>,
 }
 
 impl Peer<'_> {
@@ -577,6 +609,7 @@ impl Peer<'_> {
         Self {
             client,
             principal: None,
+            country: None,
         }
     }
 }
@@ -593,8 +626,8 @@ pub fn authorize_proven_peer(
     authorize_scopes(prepared.identity.clone(), required)
 }
 
-/// Status, expiry, validity window, address allow-list and workload binding of a record
-/// whose holder is already proven.
+/// Status, expiry, validity window, address allow-list, workload binding and countries of a
+/// record whose holder is already proven.
 fn check_record(
     record: &KeyLookup,
     prepared: &PreparedRecord,
@@ -619,6 +652,9 @@ fn check_record(
     }
     if !prepared.principals.allows(peer.principal) {
         return Err(DenyReason::PrincipalNotAllowed);
+    }
+    if !prepared.countries.allows(peer.country) {
+        return Err(DenyReason::CountryNotAllowed);
     }
     Ok(())
 }
@@ -770,6 +806,7 @@ mod tests {
             owner: None,
             metadata: Default::default(),
             signing: None,
+            allowed_countries: Vec::new(),
         };
         (record, digest)
     }
@@ -859,6 +896,52 @@ mod tests {
     }
 
     #[test]
+    fn keys_restricted_to_countries_need_a_known_country_of_theirs() {
+        let (mut rec, d) = record(KeyStatus::Active, None);
+        rec.allowed_countries = vec!["DE".into(), "AT".into()];
+        let prepared = PreparedRecord::of(&rec);
+        let decide = |country: &[u8]| {
+            let peer = Peer {
+                country: Country::parse(country),
+                ..Peer::default()
+            };
+            authorize_proven_peer(&rec, &prepared, &req(&[]), peer, 0)
+        };
+        assert!(decide(b"DE").is_ok());
+        assert!(decide(b"at").is_ok());
+        for refused in [&b"US"[..], b"", b"Germany"] {
+            assert_eq!(
+                decide(refused),
+                Err(DenyReason::CountryNotAllowed),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(DenyReason::CountryNotAllowed.status(), 403);
+        // The secret is compared first: a wrong one learns nothing about the countries.
+        assert_eq!(
+            authorize_record(&rec, &KeyDigest::of(b"other"), &req(&[]), None, 0),
+            Err(DenyReason::DigestMismatch)
+        );
+        assert!(authorize_record(&rec, &d, &req(&[]), None, 0).is_err());
+        // A token whose record is restricted is held to it as well.
+        let identity = Identity::new("s", &rec.id, vec![], None);
+        let token = |country: &[u8]| {
+            authorize_token_peer(
+                Some((&rec, &prepared)),
+                identity.clone(),
+                &req(&[]),
+                Peer {
+                    country: Country::parse(country),
+                    ..Peer::default()
+                },
+                0,
+            )
+        };
+        assert!(token(b"AT").is_ok());
+        assert_eq!(token(b"FR"), Err(DenyReason::CountryNotAllowed));
+    }
+
+    #[test]
     fn keys_bound_to_workloads_need_one_of_their_principals() {
         let (mut rec, d) = record(KeyStatus::Active, None);
         rec.allowed_principals = vec![
@@ -870,6 +953,7 @@ mod tests {
         let peer = |principal| Peer {
             client: None,
             principal,
+            country: None,
         };
         let decide =
             |principal| authorize_proven_peer(&rec, &prepared, &req(&[]), peer(principal), 0);

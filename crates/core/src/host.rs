@@ -149,11 +149,21 @@ pub enum Event {
     FleetFallback,
     /// A lease ask that failed (no answer, timeout, error status, unreadable answer).
     FleetAskFailure,
+    /// Addresses blocked automatically (authentication failures past the threshold).
+    ThreatBlocked,
+    /// Requests refused because their client address is blocked.
+    ThreatRefused,
+    /// Failures not counted because the address's slot held only blocked addresses.
+    ThreatTableFull,
+    /// Failures (or blocks) not recorded because every compare-and-swap round was lost.
+    ThreatContention,
+    /// Gauge: blocks in force on this worker (automatic and operator).
+    ThreatBlocks,
 }
 
 impl Event {
     /// Every event, in declaration order (`event as usize` indexes it).
-    pub const ALL: [Event; 23] = [
+    pub const ALL: [Event; 28] = [
         Event::Allowed,
         Event::AllowedPublic,
         Event::CacheHit,
@@ -177,6 +187,11 @@ impl Event {
         Event::UsageRejected,
         Event::FleetFallback,
         Event::FleetAskFailure,
+        Event::ThreatBlocked,
+        Event::ThreatRefused,
+        Event::ThreatTableFull,
+        Event::ThreatContention,
+        Event::ThreatBlocks,
     ];
 
     /// The metric name on Envoy's `/stats` (under `wasmcustom.`).
@@ -205,10 +220,18 @@ impl Event {
             Event::UsageRejected => "keygate.usage.rejected",
             Event::FleetFallback => "keygate.fleet_fallback",
             Event::FleetAskFailure => "keygate.fleet.ask_failure",
+            Event::ThreatBlocked => "keygate.threat.blocked",
+            Event::ThreatRefused => "keygate.threat.refused",
+            Event::ThreatTableFull => "keygate.threat.table_full",
+            Event::ThreatContention => "keygate.threat.contention",
+            Event::ThreatBlocks => "keygate.threat.blocks",
         }
     }
 
     pub fn is_gauge(self) -> bool {
-        matches!(self, Event::FeedLive | Event::RevokedIds)
+        matches!(
+            self,
+            Event::FeedLive | Event::RevokedIds | Event::ThreatBlocks
+        )
     }
 }

@@ -210,6 +210,15 @@ impl GatewayKey {
         mac.finalize().into_bytes().into()
     }
 
+    /// A 16-byte key for `context`, derived from this key (HMAC): the same in every worker
+    /// and every Envoy sharing the gateway key, unknown to clients.
+    pub fn derive_16(&self, context: &[u8]) -> [u8; 16] {
+        let full = self.derive(&[context]);
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&full[..16]);
+        key
+    }
+
     fn tag(&self, prefix: &[u8], id: &[u8], secret: &[u8]) -> [u8; TAG_LEN] {
         let mut mac = self.mac.clone();
         mac.update(TAG_CONTEXT);

@@ -15,6 +15,7 @@ pub mod decision;
 pub mod feed;
 pub mod fingerprint;
 pub mod fleet;
+pub mod geo;
 pub mod headers;
 pub mod host;
 pub mod jwt;

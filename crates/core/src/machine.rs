@@ -23,6 +23,7 @@
 //! - [`worker`]: the worker as the filter's contexts see it: start, tick, callouts, requests;
 //! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases;
 //! - [`gate`]: a request's body and trailers held while its decision is pending.
+//! - [`threat`]: authentication failures counted per client address, and blocked addresses.
 
 pub mod answer;
 pub mod callouts;
@@ -43,6 +44,7 @@ pub mod reply;
 pub mod request;
 pub mod signed;
 pub mod state;
+pub mod threat;
 pub mod token;
 pub mod usage;
 pub mod worker;

@@ -79,6 +79,10 @@ pub struct KeyLookup {
     /// that require them (absent: none registered; such routes refuse the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<Box<SigningMaterial>>,
+    /// ISO 3166-1 alpha-2 codes of the countries the key may be used from (the geoip
+    /// filter's country, see [`crate::geo`]); empty: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_countries: Vec<String>,
 }
 
 /// A key's signing material as key records carry it: a public key, or for `hmac-sha256`

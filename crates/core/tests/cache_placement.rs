@@ -101,6 +101,7 @@ fn record(id: &KeyId) -> KeyLookup {
         owner: None,
         metadata: Default::default(),
         signing: None,
+        allowed_countries: Vec::new(),
     }
 }
 

@@ -109,6 +109,7 @@ fn key(scopes: &[&str]) -> (KeyLookup, KeyDigest) {
         quota: None,
         pool: None,
         signing: None,
+        allowed_countries: Vec::new(),
     };
     (record, digest)
 }

@@ -30,6 +30,7 @@ macro_rules! out {
 
 pub mod args;
 mod audit;
+mod blocks;
 pub mod client;
 mod import;
 mod keys;
@@ -39,19 +40,23 @@ pub mod print;
 mod roles;
 mod sign;
 mod signing_keys;
+mod webhooks;
 
 pub use args::{
-    AuditArgs, Cli, ClientArgs, Command, CreateArgs, ImportArgs, KeysArgs, KeysCommand, LimitArgs,
-    ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand, RotateArgs, SignArgs,
-    SigningKeysArgs, SigningKeysCommand, UpdateArgs, UsageArgs,
+    AuditArgs, BlocksArgs, BlocksCommand, Cli, ClientArgs, Command, CreateArgs, ImportArgs,
+    KeysArgs, KeysCommand, LimitArgs, ListArgs, RoleArgs, RoleUpdateArgs, RolesArgs, RolesCommand,
+    RotateArgs, SignArgs, SigningKeysArgs, SigningKeysCommand, UpdateArgs, UsageArgs,
 };
+pub use args::{WebhooksArgs, WebhooksCommand};
 pub use audit::run_audit;
+pub use blocks::run_blocks;
 pub use client::{CliError, DEFAULT_ADMIN_KEY_FILE};
 pub use keys::run_keys;
 pub use pools::run_pools;
 pub use roles::run_roles;
 pub use sign::run_sign;
 pub use signing_keys::run_signing_keys;
+pub use webhooks::run_webhooks;
 
 #[cfg(test)]
 mod tests {

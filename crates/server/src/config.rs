@@ -82,6 +82,13 @@ pub struct ServeArgs {
     pub fleet: crate::service::fleet_config::FleetArgs,
     #[command(flatten)]
     pub access: crate::service::sessions::AccessArgs,
+    #[command(flatten)]
+    pub alerts: crate::service::alerts::AlertArgs,
+    /// GitHub's secret-scanning public keys, saved from
+    /// https://api.github.com/meta/public_keys/secret_scanning (JSON): turns on
+    /// POST /api/v1/secret-scanning. Unset: that endpoint answers 503.
+    #[arg(long, env = "KEYGATE_SECRET_SCANNING_KEYS", value_name = "JSON FILE")]
+    pub secret_scanning_keys: Option<PathBuf>,
     /// Seconds a new JWT signing key is published in the JWKS before it signs: more than the
     /// filters' `min_refetch_seconds` + `timeout_ms` of the JWKS (0-3660).
     #[arg(
@@ -111,6 +118,10 @@ pub struct ServeConfig {
     pub fleet: crate::service::fleet_config::FleetSettings,
     /// Management-page sessions and live events.
     pub access: crate::service::sessions::AccessSettings,
+    /// Webhook delivery.
+    pub alerts: crate::service::alerts::AlertSettings,
+    /// The keys that may sign leaked-key reports (`None`: the endpoint is off).
+    pub report_keys: Option<crate::service::secret_scanning::ReportKeys>,
 }
 
 /// Why the service refuses to start. Messages name the setting, never its value.
@@ -153,6 +164,12 @@ pub enum ConfigError {
     Fleet(#[from] crate::service::fleet_config::FleetError),
     #[error("{0}")]
     Access(#[from] crate::service::sessions::AccessConfigError),
+    #[error("{0}")]
+    Alerts(#[from] crate::service::alerts::AlertConfigError),
+    #[error("--secret-scanning-keys / KEYGATE_SECRET_SCANNING_KEYS: cannot read {0}")]
+    UnreadableReportKeys(String),
+    #[error("--secret-scanning-keys / KEYGATE_SECRET_SCANNING_KEYS: {0}")]
+    BadReportKeys(#[from] crate::service::secret_scanning::ReportKeysError),
 }
 
 const MAX_CLAIM_CHARS: usize = 256;
@@ -222,6 +239,17 @@ impl ServeConfig {
         let fleet = crate::service::fleet_config::FleetSettings::from_args(&args.fleet)?;
         let access =
             crate::service::sessions::AccessSettings::from_args(&args.access, tls.is_some())?;
+        let alerts = crate::service::alerts::AlertSettings::from_args(&args.alerts)?;
+        let report_keys = match &args.secret_scanning_keys {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|_| ConfigError::UnreadableReportKeys(path.display().to_string()))?;
+                Some(crate::service::secret_scanning::ReportKeys::from_json(
+                    &text,
+                )?)
+            }
+        };
         Ok(Self {
             listen,
             database: args.database,
@@ -246,6 +274,8 @@ impl ServeConfig {
             retention,
             fleet,
             access,
+            alerts,
+            report_keys,
         })
     }
 }
@@ -271,6 +301,8 @@ mod tests {
             retention: RetentionArgs::default(),
             fleet: crate::service::fleet_config::FleetArgs::default(),
             access: crate::service::sessions::AccessArgs::default(),
+            alerts: crate::service::alerts::AlertArgs::default(),
+            secret_scanning_keys: None,
             signing_key_publish_delay: crate::service::signing::DEFAULT_PUBLISH_DELAY_S,
         }
     }

@@ -7,6 +7,7 @@
 //! to an RFC 9457 problem; every other file is one resource's handlers. [`app`] routes them.
 
 pub mod audit;
+pub mod blocks;
 pub mod events;
 pub mod extract;
 pub mod feed;
@@ -20,15 +21,17 @@ pub mod metrics;
 pub mod pools;
 pub mod problem;
 pub mod roles;
+pub mod secret_scanning;
 pub mod session;
 pub mod signing_keys;
 pub mod state;
 pub mod ui;
 pub mod usage;
+pub mod webhooks;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use crate::service::error::ApiError;
@@ -87,6 +90,27 @@ pub fn app(state: AppState) -> Router {
                 .delete(roles::delete_role),
         )
         .route(
+            "/api/v1/blocks",
+            post(blocks::add_block).get(blocks::list_blocks),
+        )
+        .route("/api/v1/blocks/{id}", delete(blocks::remove_block))
+        .route(
+            "/api/v1/webhooks",
+            post(webhooks::create_webhook).get(webhooks::list_webhooks),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::show_webhook).delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route(
             "/api/v1/auth/keys/import",
             post(legacy::import_keys).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
         )
@@ -132,6 +156,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/.well-known/jwks.json", get(signing_keys::jwks))
         .route("/metrics", get(metrics::metrics_endpoint))
+        // Authenticated by the report's own signature, not a bearer credential.
+        .route("/api/v1/secret-scanning", post(secret_scanning::report))
         .route(
             "/ui/api/session",
             post(session::login)

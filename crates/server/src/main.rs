@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keygate_server::cli::{
-    run_audit, run_keys, run_pools, run_roles, run_sign, run_signing_keys, Cli, Command,
+    run_audit, run_blocks, run_keys, run_pools, run_roles, run_sign, run_signing_keys, Cli, Command,
 };
 use keygate_server::config::ServeConfig;
 use keygate_server::serve;
@@ -18,8 +18,10 @@ fn main() -> ExitCode {
         Command::SigningKeys(args) => run_signing_keys(args),
         Command::Audit(args) => run_audit(args),
         Command::Roles(args) => run_roles(args),
+        Command::Blocks(args) => run_blocks(args),
         Command::Pools(args) => run_pools(args),
         Command::Sign(args) => run_sign(args),
+        Command::Webhooks(args) => keygate_server::cli::run_webhooks(args),
     }
 }
 

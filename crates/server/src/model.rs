@@ -4,6 +4,7 @@
 //! The lowest layer: it imports nothing from the crate but itself (and `keygate-core`).
 
 pub mod audit;
+pub mod block;
 pub mod feed;
 pub mod key;
 pub mod legacy;
@@ -12,6 +13,7 @@ pub mod role;
 pub mod session;
 pub mod signing;
 pub mod usage;
+pub mod webhook;
 
 pub use audit::{AuditClass, AuditFilter, AuditRow, NewAuditRow};
 pub use key::{
@@ -24,3 +26,6 @@ pub use role::{RolePatch, RoleRecord};
 pub use signing::SigningKeyRow;
 pub use usage::{GatewayRow, GATEWAY_RETENTION_S, MAX_GATEWAYS};
 pub use usage::{UsageCell, UsageDelta, BATCH_ID_RETENTION_S};
+pub use webhook::{
+    AlertKind, AttemptOutcome, ClaimedDelivery, DeliveryRecord, DeliveryStatus, WebhookRecord,
+};

@@ -185,7 +185,9 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     .with_jwt_issuer(jwt)
     .with_usage_body_limit(config.usage_max_body_bytes)
     .with_access_settings(config.access)
-    .with_counters(config.fleet.counters.clone(), config.fleet.lease);
+    .with_counters(config.fleet.counters.clone(), config.fleet.lease)
+    .with_alert_settings(config.alerts)
+    .with_report_keys(config.report_keys);
     tracing::info!(
         counters = config.fleet.counters.kind(),
         "fleet-wide limits counted"
@@ -200,6 +202,11 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
         )
         .await;
     });
+    // Delivers webhooks (and announces expiring keys) until the service stops.
+    let webhooks = tokio::spawn(crate::service::alerts::run_worker(
+        state.service().clone(),
+        crate::service::alerts::POLL_PERIOD,
+    ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -236,6 +243,7 @@ pub async fn run(config: ServeConfig) -> Result<(), ServeError> {
     compaction.abort();
     retention.abort();
     refused_flush.abort();
+    webhooks.abort();
     // Refusals counted since the last flush.
     let service = audit.service();
     service

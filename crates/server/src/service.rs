@@ -4,7 +4,11 @@
 //! these operations and answers their results. Every operation works with a [`context::Service`].
 
 pub mod access;
+pub mod alert_config;
+pub mod alerts;
 pub mod audit;
+pub mod blocks;
+pub mod blocks_signal;
 pub mod context;
 pub mod counters;
 pub mod error;
@@ -18,11 +22,14 @@ pub mod limits;
 pub mod metrics;
 pub mod pools;
 pub mod redis_counters;
+pub mod report_keys;
 pub mod request_signing;
 pub mod retention;
 pub mod roles;
+pub mod secret_scanning;
 pub mod session_config;
 pub mod sessions;
 pub mod signing;
 pub mod usage;
 pub mod validate;
+pub mod webhooks;

@@ -17,6 +17,7 @@
 
 mod admin;
 mod audit;
+mod blocks;
 mod error;
 mod feed;
 mod handle;
@@ -35,6 +36,7 @@ mod signing;
 mod sql;
 mod sqlite;
 mod usage;
+mod webhooks;
 
 pub use error::StoreError;
 pub use handle::KeyStore;

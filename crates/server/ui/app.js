@@ -446,6 +446,7 @@
     const rps = el('input', { id: 'create-rps', type: 'number', min: '0', step: 'any', placeholder: 'none' });
     const burst = el('input', { id: 'create-burst', type: 'number', min: '1', step: '1', placeholder: 'default' });
     const cidrs = el('textarea', { id: 'create-cidrs', placeholder: '10.0.0.0/8, 192.0.2.7/32' });
+    const countries = el('input', { id: 'create-countries', placeholder: 'DE AT CH' });
     const notBefore = el('input', { id: 'create-not-before', type: 'datetime-local' });
     const notAfter = el('input', { id: 'create-not-after', type: 'datetime-local' });
     format.addEventListener('change', () => { algorithm.disabled = format.value !== 'jwt'; });
@@ -458,6 +459,7 @@
         field('Expires in', expires), field('Format', format), field('JWT algorithm', algorithm),
         field('Rate limit (requests/s)', rps), field('Burst', burst),
         field('Allowed addresses (CIDRs)', cidrs, true),
+        field('Allowed countries (ISO codes)', countries),
         field('Valid from', notBefore), field('Valid until', notAfter)),
       problem, el('div', { class: 'row' }, submit));
 
@@ -479,6 +481,8 @@
         }
         const allow = words(cidrs.value);
         if (allow.length) request.allowed_cidrs = allow;
+        const from = words(countries.value);
+        if (from.length) request.allowed_countries = from;
         if (notBefore.value) request.not_before = rfc3339(notBefore.value);
         if (notAfter.value) request.not_after = rfc3339(notAfter.value);
         const created = await api('POST', '/api/v1/auth/keys', request);
@@ -544,7 +548,7 @@
     ['created_at', 'Created'], ['expires_at', 'Expires'], ['last_used_at', 'Last used'], ['last_used_address', 'Last used from'],
     ['revoked_at', 'Revoked'], ['rotated_from', 'Rotated from'], ['rotated_to', 'Rotated to'],
     ['rate_limit', 'Rate limit'], ['global_limit', 'Fleet-wide limit'], ['quota', 'Quota'],
-    ['allowed_cidrs', 'Allowed addresses'], ['allowed_principals', 'Allowed principals'],
+    ['allowed_cidrs', 'Allowed addresses'], ['allowed_countries', 'Allowed countries'], ['allowed_principals', 'Allowed principals'],
     ['not_before', 'Valid from'], ['not_after', 'Valid until'], ['metadata', 'Metadata'],
   ];
   const TIME_FIELDS = new Set(['created_at', 'expires_at', 'last_used_at', 'revoked_at', 'not_before', 'not_after']);
@@ -640,6 +644,7 @@
       const scopes = el('input', { id: 'update-scopes', value: (key.scopes || []).join(' ') });
       const rps = el('input', { id: 'update-rps', type: 'number', min: '0', step: 'any', value: key.rate_limit ? key.rate_limit.requests_per_second : '' });
       const cidrs = el('textarea', { id: 'update-cidrs' }, (key.allowed_cidrs || []).join(', '));
+      const countries = el('input', { id: 'update-countries', value: (key.allowed_countries || []).join(' ') });
       const toLocal = (t) => (t ? new Date(new Date(t).getTime() - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 16) : '');
       const notBefore = el('input', { id: 'update-not-before', type: 'datetime-local', value: toLocal(key.not_before) });
       const notAfter = el('input', { id: 'update-not-after', type: 'datetime-local', value: toLocal(key.not_after) });
@@ -649,6 +654,7 @@
           el('label', {}, 'Name', name), el('label', {}, 'Scopes', scopes),
           el('label', {}, 'Rate limit (requests/s, empty: none)', rps),
           el('label', { class: 'wide' }, 'Allowed addresses (CIDRs)', cidrs),
+          el('label', {}, 'Allowed countries (ISO codes, empty: anywhere)', countries),
           el('label', {}, 'Valid from', notBefore), el('label', {}, 'Valid until', notAfter)),
         el('div', { class: 'row' },
           el('button', { id: 'update-submit', type: 'submit', text: 'Save' }),
@@ -662,6 +668,7 @@
             scopes: words(scopes.value),
             rate_limit: rps.value ? { requests_per_second: Number(rps.value) } : null,
             allowed_cidrs: words(cidrs.value),
+            allowed_countries: words(countries.value),
             not_before: rfc3339(notBefore.value),
             not_after: rfc3339(notAfter.value),
           };

@@ -167,6 +167,43 @@ pub fn with_routes_before_catch_all(yaml: &str, routes: &str) -> String {
     join_lines(out)
 }
 
+/// `yaml` (a rendered `envoy/envoy.yaml`) with the filters of `envoy/geoip.yaml` (Keygate in the
+/// strip role, then Envoy's geoip filter) inserted before the Keygate filter, as the README
+/// says to: the fragment's wasm `filename` becomes `wasm`, its database `db`, and with
+/// `xff_hops` > 0 its commented `xff_config` line is switched on with that many hops.
+pub fn with_geoip(yaml: &str, wasm: &Path, db: &Path, xff_hops: u32) -> String {
+    let path = project_root().join("envoy/geoip.yaml");
+    let mut fragment =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    fragment = replace_once(
+        &fragment,
+        WASM_IN_TEMPLATE,
+        &format!("filename: {}", wasm.display()),
+    );
+    fragment = replace_once(
+        &fragment,
+        "country_db_path: /etc/keygate/GeoLite2-Country.mmdb",
+        &format!("country_db_path: {}", db.display()),
+    );
+    if xff_hops > 0 {
+        fragment = replace_once(
+            &fragment,
+            "# xff_config: { xff_num_trusted_hops: 1 }",
+            &format!("xff_config: {{ xff_num_trusted_hops: {xff_hops} }}"),
+        );
+    }
+    let lines: Vec<&str> = yaml.lines().collect();
+    let keygate = lines
+        .iter()
+        .position(|l| l.trim_start() == "- name: envoy.filters.http.wasm")
+        .unwrap_or_else(|| panic!("the rendered envoy.yaml has no wasm HTTP filter"));
+    let indent = " ".repeat(indent_of(lines[keygate]));
+    let mut out: Vec<String> = lines[..keygate].iter().map(|s| s.to_string()).collect();
+    out.extend(fragment.lines().map(|l| format!("{indent}{l}")));
+    out.extend(lines[keygate..].iter().map(|s| s.to_string()));
+    join_lines(out)
+}
+
 /// `yaml` (rendered from envoy/envoy.yaml) with the key-service cluster's commented-out
 /// `transport_socket` switched on and trusting `ca` (so the documented block is the one tested).
 pub fn with_key_service_tls(yaml: &str, ca: &Path) -> String {

@@ -42,7 +42,7 @@ pub use assertions::{
 };
 pub use browser::{chromedriver_bin, chromium_bin, Browser, Element, LogEntry, BROWSER_TIMEOUT};
 pub use envoy::{
-    default_plugin_config, envoy_template, parse_counter, render_envoy_config,
+    default_plugin_config, envoy_template, parse_counter, render_envoy_config, with_geoip,
     with_key_service_tls, with_listener_mtls, with_routes_before_catch_all, with_service_endpoints,
     Envoy, Ports,
 };
@@ -53,7 +53,8 @@ pub use postgres::{
     POSTGRES_URL_ENV,
 };
 pub use process::{
-    envoy_bin, free_port, keygate_bin, project_root, random_hex, tail, wasm_path, Proc, TempDir,
+    envoy_bin, free_port, keygate_bin, project_root, python_with, random_hex, tail, wasm_path,
+    Proc, TempDir,
 };
 pub use proxy::{FeedMode, FeedProxy};
 pub use redis::{redis_server_bin, Redis};

@@ -149,6 +149,11 @@ impl Proc {
         }
     }
 
+    /// The process id while the process runs (for `/proc/<pid>/stat` readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Panics (with the log tail) if the process has exited.
     pub fn assert_alive(&mut self) {
         if let Some(child) = self.child.as_mut() {
@@ -221,4 +226,25 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The project's Python (`.venv/bin/python`, or `KEYGATE_PYTHON`), checked to import `module`
+/// (`make prereqs` installs what the tests use into `.venv/`). Panics, naming the fix, when
+/// it cannot.
+pub fn python_with(module: &str) -> PathBuf {
+    let python = std::env::var_os("KEYGATE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join(".venv/bin/python"));
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|out| out.status.success());
+    assert!(
+        ok,
+        "{} cannot `import {module}`: run `make prereqs` (it installs the tests' Python \
+         packages into .venv/), or point KEYGATE_PYTHON at a Python that has it",
+        python.display()
+    );
+    python
 }

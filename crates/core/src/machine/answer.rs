@@ -30,7 +30,12 @@ pub fn apply(
     let key_label = forwarding.key_id.as_ref().map(KeyId::as_str);
     let identity = match result {
         Ok(identity) => identity,
-        Err(reason) => return deny(host, shared, &reason, key_label, forwarding.mode),
+        Err(reason) => {
+            crate::machine::threat::after_denial(host, shared, &reason, || {
+                client_now(host, forwarding)
+            });
+            return deny(host, shared, &reason, key_label, forwarding.mode);
+        }
     };
     // A signed route: the signature is checked once the key is known (and proven).
     if let Some(signed) = &forwarding.signature {

@@ -52,6 +52,7 @@ fn record(key: &MintedKey) -> KeyLookup {
         quota: None,
         pool: None,
         signing: None,
+        allowed_countries: Vec::new(),
     }
 }
 

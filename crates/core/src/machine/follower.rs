@@ -41,6 +41,9 @@ pub struct FeedContext<'a> {
     pub service_token: &'a str,
     /// This gateway's name (Envoy's `node.id`), sent in [`GATEWAY_HEADER`].
     pub gateway: Option<&'a str>,
+    /// Threat detection: the operator blocks the feed brings, the automatic blocks reported
+    /// with the feed's requests (`None`: neither).
+    pub threat: Option<&'a std::cell::RefCell<crate::machine::threat::ThreatState>>,
 }
 
 impl FeedContext<'_> {
@@ -239,10 +242,18 @@ impl FeedView {
     ) -> Option<u32> {
         let key_service = context.key_service;
         let window = context.limits().request_window_s();
-        let path = format!(
+        let mut path = format!(
             "{}?since={since}&wait={wait}&window={window}",
             context.settings.path
         );
+        // Operator blocks: asked for with the version this follower holds; automatic blocks
+        // of this Envoy not reported yet go along in a header.
+        let mut blocked = None;
+        if let Some(threat) = context.threat {
+            let mut threat = threat.borrow_mut();
+            path.push_str(&format!("&blocks={}", threat.feed_blocks_version));
+            blocked = crate::machine::threat::unreported(host, &mut threat, now);
+        }
         let authorization = format!("Bearer {}", context.service_token);
         let mut headers = vec![
             (":method", "GET"),
@@ -253,6 +264,9 @@ impl FeedView {
         ];
         if let Some(gateway) = context.gateway {
             headers.push((GATEWAY_HEADER, gateway));
+        }
+        if let Some(blocked) = &blocked {
+            headers.push((crate::machine::threat::BLOCKED_HEADER, blocked.as_str()));
         }
         match host.dispatch_http_call(
             &key_service.cluster,
@@ -307,17 +321,21 @@ impl FeedView {
             self.failed(host, now, &shown);
             return None;
         }
-        let answer = match host
-            .call_response_body(body_size, MAX_FEED_BODY)
-            .as_deref()
-            .map(parse_feed_response)
-        {
+        let body = host.call_response_body(body_size, MAX_FEED_BODY);
+        let answer = match body.as_deref().map(parse_feed_response) {
             Some(Ok(answer)) => answer,
             _ => {
                 self.failed(host, now, "the answer is not a feed document");
                 return None;
             }
         };
+        if let (Some(threat), Some(blocks)) = (
+            context.threat,
+            body.as_deref()
+                .and_then(crate::machine::threat::feed_blocks),
+        ) {
+            crate::machine::threat::take_operator_blocks(host, &mut threat.borrow_mut(), blocks);
+        }
         self.refresh(host, context, now);
         let accepted = self
             .follower
@@ -455,6 +473,7 @@ mod tests {
                 key_service: &self.key_service,
                 service_token: "svc",
                 gateway: Some("gw-1"),
+                threat: None,
             }
         }
     }
@@ -581,6 +600,7 @@ mod tests {
                 owner: None,
                 metadata: Default::default(),
                 signing: None,
+                allowed_countries: Vec::new(),
             }),
         };
         let now = T0 + 500;

@@ -43,6 +43,7 @@ fn record() -> KeyLookup {
         owner: None,
         metadata: Default::default(),
         signing: None,
+        allowed_countries: Vec::new(),
     }
 }
 

@@ -44,6 +44,7 @@ fn record(key: &MintedKey) -> KeyLookup {
         owner: None,
         metadata: Default::default(),
         signing: None,
+        allowed_countries: Vec::new(),
     }
 }
 
@@ -422,4 +423,112 @@ fn fleet_limited_requests(config: serde_json::Value) -> Vec<&'static str> {
     host.take_calls();
     assert!(request(&host, &shared, 3, ("x-api-key", &key.plaintext)));
     host.take_calls()
+}
+
+/// A key restricted to countries: the country is read from the header map the filter holds
+/// anyway (no host call); a request from elsewhere, or with no country, is refused.
+#[test]
+fn a_country_restricted_key_costs_no_host_call_and_refuses_other_countries() {
+    let host = FakeHost::at(NOW_MS);
+    let shared = start(&host, json!({"geo": {"country_header": "x-geo-country"}}));
+    let key = minted();
+    let headers: [(&str, &[u8]); 4] = [
+        (":method", b"GET"),
+        (":path", b"/v1/hello"),
+        ("x-api-key", key.plaintext.as_bytes()),
+        ("x-geo-country", b"DE"),
+    ];
+    assert!(!worker::on_request_headers(&host, &shared, 1, &headers));
+    let token = host
+        .dispatched()
+        .iter()
+        .find_map(|e| match e {
+            Effect::Dispatch { token, .. } => Some(*token),
+            _ => None,
+        })
+        .unwrap();
+    let mut restricted = record(&key);
+    restricted.allowed_countries = vec!["DE".into(), "AT".into()];
+    let body = serde_json::to_vec(&restricted).unwrap();
+    host.answer(Some(200), Some(&body));
+    worker::on_call_response(&host, &shared, token, body.len());
+    assert!(host.take_effects().contains(&Effect::ResumeRequest));
+    worker::on_response_headers(&host, &shared, 1);
+    worker::on_log(&shared, 1);
+    host.take_effects();
+    host.take_calls();
+
+    // From an allowed country: the cached path's host calls, nothing more.
+    let from = |context_id: u32, country: Option<&'static [u8]>| {
+        let mut headers: Vec<(&str, &[u8])> = vec![
+            (":method", b"GET"),
+            (":path", b"/v1/hello"),
+            ("x-api-key", key.plaintext.as_bytes()),
+        ];
+        if let Some(country) = country {
+            headers.push(("x-geo-country", country));
+        }
+        let went_on = worker::on_request_headers(&host, &shared, context_id, &headers);
+        if went_on {
+            worker::on_response_headers(&host, &shared, context_id);
+        }
+        worker::on_log(&shared, context_id);
+        went_on
+    };
+    assert!(from(2, Some(b"at")));
+    assert_eq!(
+        host.take_calls(),
+        ["now_ms", "set_request_headers", "response_status"]
+    );
+    host.take_effects();
+    for (context_id, country) in [(3, Some(&b"US"[..])), (4, None), (5, Some(b"Germany"))] {
+        assert!(!from(context_id, country), "{country:?}");
+        let refused = host.take_effects().into_iter().find_map(|e| match e {
+            Effect::LocalReply { status, body, .. } => Some((status, body)),
+            _ => None,
+        });
+        let (status, body) = refused.unwrap();
+        assert_eq!(status, 403);
+        assert!(
+            String::from_utf8_lossy(&body).contains("country-not-allowed"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
+
+/// Threat detection adds no host call and no shared-data read to the cached path while no
+/// block is in force (the check is a branch on the worker's copy of the block list); while one
+/// is, it adds exactly one: the read of the client address (`source.address`). The block
+/// list is never read from shared data on a request, only on the tick.
+#[test]
+fn threat_detection_adds_nothing_without_blocks_and_one_property_read_with_them() {
+    let on = json!({"usage": {"enabled": false}, "threat": {"enabled": true}});
+    assert_eq!(cached_opaque_calls(on), ["now_ms", "set_request_headers"]);
+
+    let host = FakeHost::at(NOW_MS);
+    host.set_property(&["source", "address"], b"198.51.100.9:4711");
+    let shared = start(
+        &host,
+        json!({"usage": {"enabled": false}, "threat": {"enabled": true}}),
+    );
+    let key = minted();
+    warm_opaque(&host, &shared, &key);
+    // Another address is blocked (by an operator, through the feed's shared list).
+    crate::machine::threat::share_operator_blocks(
+        &host,
+        &shared.config.threat,
+        &[crate::machine::threat::OperatorBlock {
+            cidr: "203.0.113.0/24".into(),
+            until: NOW_MS / 1000 + 60,
+        }],
+    );
+    worker::on_tick(&host, &shared);
+    host.take_calls();
+    host.take_effects();
+    assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
+    assert_eq!(
+        host.take_calls(),
+        ["property", "now_ms", "set_request_headers"]
+    );
 }

@@ -442,6 +442,7 @@ mod tests {
             owner: None,
             metadata: Default::default(),
             signing: None,
+            allowed_countries: Vec::new(),
         }
     }
 

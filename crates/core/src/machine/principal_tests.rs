@@ -55,6 +55,7 @@ fn record(key: &MintedKey, allowed_principals: &[&str]) -> KeyLookup {
         owner: None,
         metadata: Default::default(),
         signing: None,
+        allowed_countries: Vec::new(),
     }
 }
 

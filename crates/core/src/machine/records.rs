@@ -79,6 +79,7 @@ fn decide(
                         client_for(host, prepared, &presented.forwarding)
                     }),
                     principal: principal.as_deref(),
+                    country: presented.forwarding.country,
                 },
                 now_s,
             )
@@ -121,6 +122,7 @@ fn peer<'a>(
     Peer {
         client: client_for(host, prepared, forwarding),
         principal,
+        country: forwarding.country,
     }
 }
 

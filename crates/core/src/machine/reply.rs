@@ -56,6 +56,13 @@ impl Replies<'_> {
         if reason.status() == 503 {
             headers.push(("retry-after", retry_after.as_str()));
         }
+        let blocked_retry = match reason {
+            DenyReason::Blocked { retry_after_s } => Some(retry_after_s.to_string()),
+            _ => None,
+        };
+        if let Some(retry) = &blocked_retry {
+            headers.push(("retry-after", retry.as_str()));
+        }
         for (name, value) in extra_headers {
             headers.push((name, value.as_str()));
         }

@@ -46,6 +46,10 @@ pub fn evaluate_with_body(
     body: Option<&[u8]>,
 ) -> Step {
     let config = &shared.config;
+    // A blocked client is refused before anything of its request is read.
+    if let Some(reason) = crate::machine::threat::refusal(host, shared, headers) {
+        return Step::Deny(reason, None, config.mode);
+    }
     let mut method = "";
     let mut path = "";
     for &(name, value) in headers {
@@ -134,6 +138,7 @@ pub fn evaluate_with_body(
                         fleet_may_wait: true,
                         route,
                         signature,
+                        country: None,
                     },
                     Ok(identity),
                 ),
@@ -178,6 +183,7 @@ pub fn evaluate_with_body(
         fleet_may_wait: true,
         route,
         signature,
+        country: crate::geo::country_of(config.geo.as_ref(), headers.iter().copied()),
     };
     let credential = extracted.credential;
 

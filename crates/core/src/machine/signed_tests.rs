@@ -48,6 +48,7 @@ fn record(key: &MintedKey, signing: Option<SigningMaterial>) -> KeyLookup {
         owner: None,
         metadata: Default::default(),
         signing,
+        allowed_countries: Vec::new(),
     }
 }
 

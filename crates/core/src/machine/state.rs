@@ -64,6 +64,8 @@ pub struct Shared {
     pub signature_crypto: Option<HostCrypto>,
     /// Requests resumed after a pause whose context has not yet seen its body go on.
     pub resumed: RefCell<crate::machine::gate::Resumed>,
+    /// Threat detection: this worker's copy of the blocks in force, reports to send.
+    pub threat: RefCell<crate::machine::threat::ThreatState>,
 }
 
 impl Shared {
@@ -127,6 +129,9 @@ pub struct Forwarding {
     pub route: RouteLabel,
     /// On a route that requires request signatures: the request as its signature covers it.
     pub signature: Option<Box<crate::machine::signed::SignedRequest>>,
+    /// The country Envoy's geoip filter wrote into `geo.country_header` (read from the
+    /// headers at the request's start; `None` when absent, malformed or `geo` is off).
+    pub country: Option<crate::geo::Country>,
 }
 
 /// The route a request is counted under in usage.

@@ -22,7 +22,7 @@ use crate::machine::metrics::Metrics;
 use crate::machine::request::{evaluate, Headers};
 use crate::machine::state::{FleetWaiter, JwtState, Lookups, Shared, Step};
 use crate::machine::usage::{Reporting, Usage};
-use crate::machine::{rate, records, token};
+use crate::machine::{rate, records, threat, token};
 
 /// How often a worker looks at shared data while a request waits on another worker.
 pub const FAST_TICK: Duration = Duration::from_millis(10);
@@ -39,6 +39,9 @@ pub fn start(
 ) -> Rc<Shared> {
     records::create_leases(host);
     rate::create_slots(host);
+    threat::create_slots(host, &config.threat);
+    let threat_key = secrets.gateway_key.derive_16(b"keygate threat table");
+    let shared_threat_settings = config.threat.clone();
     let worker = crate::machine::follower::next_worker_id(host);
     let jwt = JwtState::new(&config.jwt);
     let host_crypto = config.jwt.host_crypto;
@@ -61,10 +64,12 @@ pub fn start(
         gateway: std::cell::OnceCell::new(),
         signature_crypto: host_crypto.then(HostCrypto::default),
         resumed: RefCell::default(),
+        threat: threat::ThreatState::new(threat_key, &shared_threat_settings),
     });
     if shared.config.routes.any_signature() || shared.config.signatures.route_metadata {
         crate::machine::nonce::create_slots(host);
     }
+    threat::on_tick(host, &shared);
     token::on_start(host, &shared);
     shared
         .feed
@@ -112,6 +117,7 @@ pub fn on_tick(host: &impl Host, shared: &Shared) {
     register(shared, token, Callout::Usage);
     records::on_tick(host, shared);
     token::on_tick(host, shared);
+    threat::on_tick(host, shared);
     fleet_on_tick(host, shared);
     shared.metrics.flush(host);
     reschedule(host, shared);
@@ -133,6 +139,8 @@ pub fn reschedule(host: &impl Host, shared: &Shared) {
         || shared.config.usage.enabled
         || shared.metrics.has_pending()
         || shared.fleet.borrow().has_stash()
+        || shared.config.threat.enabled
+        || !shared.threat.borrow().view.is_empty()
     {
         SLOW_TICK
     } else {
@@ -197,7 +205,12 @@ pub fn on_request_headers(
         Step::Decided(forwarding, result) => {
             apply(&gathered, shared, context_id, &forwarding, result)
         }
-        Step::Deny(reason, label, mode) => deny(&gathered, shared, &reason, label.as_deref(), mode),
+        Step::Deny(reason, label, mode) => {
+            threat::after_denial(&gathered, shared, &reason, || {
+                threat::client_from_headers(&gathered, &shared.config, headers)
+            });
+            deny(&gathered, shared, &reason, label.as_deref(), mode)
+        }
     };
     gathered.apply(headers);
     reschedule(host, shared);
@@ -349,6 +362,7 @@ fn feed_context(shared: &Shared) -> FeedContext<'_> {
         key_service: &shared.config.key_service,
         service_token: &shared.secrets.service_token,
         gateway: shared.gateway.get().and_then(Option::as_deref),
+        threat: Some(&shared.threat),
     }
 }
 

@@ -36,6 +36,10 @@ pub enum Command {
     /// that require signatures: `Signature-Input`, `Signature` and, with a body,
     /// `Content-Digest`, one per line, for `curl -H`. Works offline.
     Sign(SignArgs),
+    /// Block and unblock client addresses or networks; list operator and automatic blocks.
+    Blocks(BlocksArgs),
+    /// Manage webhooks on security events and their deliveries.
+    Webhooks(WebhooksArgs),
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +76,33 @@ pub struct SignArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BlocksArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: BlocksCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlocksCommand {
+    /// Block an address or a network (CIDR) at every Envoy, through the revocation feed.
+    Add {
+        /// An address (198.51.100.7) or a network (203.0.113.0/24).
+        cidr: String,
+        /// How long: seconds (3600) or a duration such as 90m, 12h or 7d (default 1h, at most 30d).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// Why, for the audit log and the list.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List the blocks in force: operator and automatic, newest first.
+    List,
+    /// Remove a block by its id (as `blocks list` shows it).
+    Remove { id: String },
+}
+
+#[derive(Debug, Args)]
 pub struct PoolsArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -97,6 +128,45 @@ pub enum PoolsCommand {
     Delete { owner: String },
     /// List pooled limits.
     List,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhooksArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: WebhooksCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Register a webhook; prints its signing secret once.
+    Add {
+        /// Where deliveries are POSTed (http:// or https://).
+        url: String,
+        /// An event it receives (repeat, or `*` for all): key.created, key.rotated,
+        /// key.revoked, key.expiring, address.blocked, auth.failure_spike, key.new_country,
+        /// key.leaked.
+        #[arg(long = "event", required = true, value_name = "EVENT")]
+        events: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List webhooks.
+    List,
+    /// Show a webhook.
+    Show { id: String },
+    /// Remove a webhook and its deliveries.
+    Remove { id: String },
+    /// List a webhook's deliveries, newest first.
+    Deliveries {
+        id: String,
+        /// At most this many (1-500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Send a delivery again now (same idempotency id).
+    Redeliver { id: String, delivery: String },
 }
 
 /// How the CLI reaches the key service; shared by every client command.
@@ -281,6 +351,10 @@ pub struct LimitArgs {
     /// spiffe://cluster.local/ns/payments/sa/api or .../sa/* (repeat for several).
     #[arg(long = "allowed-principal", value_name = "PRINCIPAL")]
     pub allowed_principals: Vec<String>,
+    /// A country the key may be used from, as an ISO 3166-1 alpha-2 code such as DE (repeat
+    /// for several; needs Envoy's geoip filter, see the README).
+    #[arg(long = "allow-country", value_name = "CODE")]
+    pub allow_countries: Vec<String>,
     /// Fleet-wide rate limit such as 100/s, enforced across every Envoy through leases.
     #[arg(long, value_name = "N/UNIT")]
     pub global_rate: Option<String>,
@@ -327,6 +401,9 @@ pub struct UpdateArgs {
     /// Unbind the key from workloads (any principal, or none, may use it).
     #[arg(long, conflicts_with = "allowed_principals")]
     pub clear_principals: bool,
+    /// Remove the country restriction.
+    #[arg(long, conflicts_with = "allow_countries")]
+    pub clear_countries: bool,
     /// Replace the roles the key holds with these (repeat for several).
     #[arg(long = "role", value_name = "NAME")]
     pub roles: Vec<String>,

@@ -50,6 +50,9 @@ impl LimitArgs {
         if !self.allowed_principals.is_empty() {
             body.insert("allowed_principals".into(), json!(self.allowed_principals));
         }
+        if !self.allow_countries.is_empty() {
+            body.insert("allowed_countries".into(), json!(self.allow_countries));
+        }
         if let Some(text) = self.global_rate {
             let rps = parse_rate(&text).ok_or_else(|| {
                 CliError::Usage(format!(
@@ -95,6 +98,7 @@ pub(super) fn update(client: &Client, args: UpdateArgs, json_output: bool) -> Re
         (args.clear_not_before, "not_before"),
         (args.clear_not_after, "not_after"),
         (args.clear_principals, "allowed_principals"),
+        (args.clear_countries, "allowed_countries"),
         (args.clear_global_rate, "global_limit"),
         (args.clear_quota, "quota"),
     ] {

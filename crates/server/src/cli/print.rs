@@ -286,35 +286,13 @@ pub(super) fn print_limits(key: &Value) {
             format!("{rate}/s, burst {}", r.get("burst").unwrap_or(&Value::Null))
         },
     );
-    let cidrs = key
-        .get("allowed_cidrs")
-        .and_then(Value::as_array)
-        .filter(|c| !c.is_empty())
-        .map_or_else(
-            || "any".to_owned(),
-            |c| {
-                c.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            },
-        );
-    let principals = key
-        .get("allowed_principals")
-        .and_then(Value::as_array)
-        .filter(|p| !p.is_empty())
-        .map_or_else(
-            || "any".to_owned(),
-            |p| {
-                p.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            },
-        );
+    let cidrs = list_or_any(key, "allowed_cidrs");
+    let principals = list_or_any(key, "allowed_principals");
+    let countries = list_or_any(key, "allowed_countries");
     let or_dash = |field: &str| or_dash(text(key, field));
     outln!("rate_limit:   {rate}");
     outln!("allowed_from: {cidrs}");
+    outln!("countries:    {countries}");
     outln!("principals:   {principals}");
     outln!("not_before:   {}", or_dash("not_before"));
     outln!("not_after:    {}", or_dash("not_after"));
@@ -350,4 +328,21 @@ pub fn quota_line(quota: &Value) -> String {
         text(quota, "window_start"),
         text(quota, "window_end"),
     )
+}
+
+/// A list member of the key as words, or `any` when it is absent or empty.
+fn list_or_any(key: &Value, field: &str) -> String {
+    key.get(field)
+        .and_then(Value::as_array)
+        .filter(|items| !items.is_empty())
+        .map_or_else(
+            || "any".to_owned(),
+            |items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        )
 }

@@ -58,6 +58,11 @@ fn action_of(method: &Method, route: &str) -> Option<&'static str> {
         ("POST", "/api/v1/auth/keys/import") => Some("import"),
         ("PUT", "/api/v1/auth/keys/{id}/signing-material") => Some("signing_material_set"),
         ("DELETE", "/api/v1/auth/keys/{id}/signing-material") => Some("signing_material_remove"),
+        ("POST", "/api/v1/webhooks") => Some("webhook_create"),
+        ("DELETE", "/api/v1/webhooks/{id}") => Some("webhook_delete"),
+        ("POST", "/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver") => {
+            Some("webhook_redeliver")
+        }
         _ => None,
     }
 }

@@ -107,6 +107,7 @@ pub struct LimitsView {
     /// Fleet-wide rate limit.
     pub global_limit: Option<RateLimit>,
     pub quota: Option<QuotaView>,
+    pub allowed_countries: Vec<String>,
 }
 
 /// A key's quota: its limit and period, the current window, and (on `GET` of one key) what
@@ -130,6 +131,7 @@ impl LimitsView {
             not_before: limits.not_before.and_then(format_rfc3339),
             not_after: limits.not_after.and_then(format_rfc3339),
             allowed_principals: limits.allowed_principals.clone(),
+            allowed_countries: limits.allowed_countries.clone(),
             global_limit: limits.global_limit,
             quota: limits.quota.map(|quota| {
                 let wire = quota.wire();

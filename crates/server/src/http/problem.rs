@@ -25,10 +25,17 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             Self::RoleNotFound | Self::SigningMaterialNotFound => StatusCode::NOT_FOUND,
+            Self::RoleNotFound | Self::BlockNotFound => StatusCode::NOT_FOUND,
+            Self::TooManyBlocks => StatusCode::CONFLICT,
             Self::RoleExists | Self::RoleInUse | Self::TooManyRoles => StatusCode::CONFLICT,
             Self::Forbidden | Self::Csrf => StatusCode::FORBIDDEN,
             Self::TooManyLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TooManySubscribers => StatusCode::SERVICE_UNAVAILABLE,
+            Self::WebhookNotFound | Self::DeliveryNotFound => StatusCode::NOT_FOUND,
+            Self::TooManyWebhooks => StatusCode::CONFLICT,
+            Self::SecretScanningNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadReportSignature => StatusCode::UNAUTHORIZED,
+            Self::TooManyReportedTokens => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -52,6 +59,8 @@ impl ApiError {
                 "key-not-rotatable"
             }
             Self::RoleNotFound | Self::SigningMaterialNotFound => "not-found",
+            Self::RoleNotFound | Self::BlockNotFound => "not-found",
+            Self::TooManyBlocks => "too-many-blocks",
             Self::RoleExists => "role-exists",
             Self::RoleInUse => "role-in-use",
             Self::TooManyRoles => "too-many-roles",
@@ -59,6 +68,11 @@ impl ApiError {
             Self::Csrf => "csrf",
             Self::TooManyLogins { .. } => "too-many-logins",
             Self::TooManySubscribers => "too-many-subscribers",
+            Self::WebhookNotFound | Self::DeliveryNotFound => "not-found",
+            Self::TooManyWebhooks => "too-many-webhooks",
+            Self::SecretScanningNotConfigured => "secret-scanning-not-configured",
+            Self::BadReportSignature => "unauthorized",
+            Self::TooManyReportedTokens => "payload-too-large",
             Self::Internal(_) => "internal",
             _ => "invalid-request",
         }

@@ -65,6 +65,23 @@ impl AppState {
         self
     }
 
+    /// Sets how webhooks are delivered.
+    #[must_use]
+    pub fn with_alert_settings(mut self, settings: crate::service::alerts::AlertSettings) -> Self {
+        self.service = self.service.with_alert_settings(settings);
+        self
+    }
+
+    /// Accepts leaked-key reports signed by these keys (`None`: the endpoint answers 503).
+    #[must_use]
+    pub fn with_report_keys(
+        mut self,
+        keys: Option<crate::service::secret_scanning::ReportKeys>,
+    ) -> Self {
+        self.service = self.service.with_report_keys(keys);
+        self
+    }
+
     /// The operations' context.
     pub fn service(&self) -> &Service {
         &self.service

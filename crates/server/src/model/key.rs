@@ -83,6 +83,9 @@ pub struct KeyLimits {
     pub global_limit: Option<RateLimit>,
     /// Quota (credits) per window, enforced through leases.
     pub quota: Option<KeyQuota>,
+    /// ISO 3166-1 alpha-2 codes (upper case) of the countries the key may be used from;
+    /// empty: anywhere.
+    pub allowed_countries: Vec<String>,
 }
 
 /// A key's quota: `limit` units per window of `period_s` seconds, windows counted from
@@ -137,6 +140,7 @@ pub struct KeyPatch {
     pub quota: Option<Option<(u64, u64)>>,
     /// The time of the change (Unix seconds), to anchor a new quota's windows.
     pub now: i64,
+    pub allowed_countries: Option<Vec<String>>,
 }
 
 impl KeyPatch {
@@ -172,6 +176,9 @@ impl KeyPatch {
         if let Some(global_limit) = self.global_limit {
             record.limits.global_limit = global_limit;
         }
+        if let Some(countries) = &self.allowed_countries {
+            record.limits.allowed_countries.clone_from(countries);
+        }
         if let Some(quota) = self.quota {
             record.limits.quota = quota.map(|(limit, period_s)| {
                 let anchor = match record.limits.quota {
@@ -206,6 +213,7 @@ impl KeyPatch {
         note(self.allowed_principals.is_some(), "allowed_principals");
         note(self.global_limit.is_some(), "global_limit");
         note(self.quota.is_some(), "quota");
+        note(self.allowed_countries.is_some(), "allowed_countries");
         fields
     }
 }

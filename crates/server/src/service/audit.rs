@@ -298,7 +298,7 @@ pub struct AuditPage {
 }
 
 /// Every action the audit log records (the values `action` filters on).
-pub const ACTIONS: [&str; 19] = [
+pub const ACTIONS: [&str; 25] = [
     "create",
     "update",
     "rotate",
@@ -318,6 +318,12 @@ pub const ACTIONS: [&str; 19] = [
     "session.logout",
     "signing_material_set",
     "signing_material_remove",
+    "webhook_create",
+    "webhook_delete",
+    "webhook_redeliver",
+    "key_leaked",
+    "block_add",
+    "block_remove",
 ];
 
 /// One page of the audit log, newest first, for `filter` (whose `limit` is the page size).

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use keygate_core::key::{GatewayKey, KeyPrefix};
 
 use crate::clock::Clock;
+use crate::service::alert_config::{AlertSettings, Alerts};
 use crate::service::audit::RefusedAdmin;
 use crate::service::counters::{Counters, LeaseSettings, MemoryCounters};
 use crate::service::events::Events;
 use crate::service::feed::FeedCounters;
 use crate::service::metrics::Metrics;
+use crate::service::report_keys::ReportKeys;
 use crate::service::session_config::{AccessSettings, Sessions};
 use crate::service::signing::{JwtIssuer, JwtSettings};
 use crate::store::KeyStore;
@@ -35,6 +37,12 @@ pub struct Service {
     sessions: Arc<Sessions>,
     /// Live events for the management page.
     events: Arc<Events>,
+    /// Wakes feed long-polls when operator blocks change.
+    blocks: Arc<crate::service::blocks_signal::BlocksSignal>,
+    /// Webhook settings and the delivery worker's wake-up.
+    alerts: Arc<Alerts>,
+    /// The keys that may sign leaked-key reports (`None`: the endpoint is off).
+    report_keys: Option<Arc<ReportKeys>>,
 }
 
 impl Service {
@@ -60,7 +68,15 @@ impl Service {
             lease_settings: LeaseSettings::default(),
             sessions: Arc::default(),
             events: Arc::default(),
+            blocks: Arc::default(),
+            alerts: Arc::default(),
+            report_keys: None,
         }
+    }
+
+    /// Operator-block changes, for the feed's long-polls.
+    pub fn blocks(&self) -> &crate::service::blocks_signal::BlocksSignal {
+        &self.blocks
     }
 
     /// Keeps the counts of fleet-wide limits in `counters` (default: in memory).
@@ -85,6 +101,35 @@ impl Service {
     /// Live events for the management page.
     pub fn events(&self) -> &Events {
         &self.events
+    }
+
+    /// Sets how webhooks are delivered (see [`crate::service::alerts`]).
+    #[must_use]
+    pub fn with_alert_settings(mut self, settings: AlertSettings) -> Self {
+        self.alerts = Arc::new(Alerts::new(settings));
+        self
+    }
+
+    /// Webhook settings and the delivery worker's wake-up.
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    /// The same, shared (for the delivery worker).
+    pub fn alerts_handle(&self) -> Arc<Alerts> {
+        self.alerts.clone()
+    }
+
+    /// Accepts leaked-key reports signed by these keys (see
+    /// [`crate::service::secret_scanning`]).
+    #[must_use]
+    pub fn with_report_keys(mut self, keys: Option<ReportKeys>) -> Self {
+        self.report_keys = keys.map(Arc::new);
+        self
+    }
+
+    pub fn report_keys(&self) -> Option<&ReportKeys> {
+        self.report_keys.as_deref()
     }
 
     /// Sets how leases are sized.

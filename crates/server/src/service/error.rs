@@ -99,7 +99,7 @@ pub enum ApiError {
     RotateAlreadyRotated,
     #[error("action, target, actor and outcome filters must be at most 128 characters")]
     BadAuditFilter,
-    #[error("action must be one of create, update, rotate, revoke, expire, import, signing_key_rotate, admin_auth, role_create, role_update, role_delete, pool_set, pool_delete, session.login, session.login_failed, session.login_limited, session.logout")]
+    #[error("action must be one of create, update, rotate, revoke, expire, import, signing_key_rotate, admin_auth, role_create, role_update, role_delete, pool_set, pool_delete, session.login, session.login_failed, session.login_limited, session.logout, webhook_create, webhook_delete, webhook_redeliver, key_leaked")]
     UnknownAuditAction,
     #[error("from and to must be RFC 3339 timestamps such as 2030-01-01T00:00:00Z")]
     BadAuditTime,
@@ -113,6 +113,10 @@ pub enum ApiError {
     TooManyCidrs,
     #[error("allowed_cidrs[{index}] ({entry:?}) is not an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or 2001:db8::/32")]
     BadCidr { index: usize, entry: String },
+    #[error("allowed_countries must have at most 250 entries")]
+    TooManyCountries,
+    #[error("allowed_countries[{index}] ({entry:?}) is not an ISO 3166-1 alpha-2 country code such as DE or US")]
+    BadCountry { index: usize, entry: String },
     #[error("allowed_principals must have at most 64 entries")]
     TooManyPrincipals,
     #[error("allowed_principals[{index}] is not a principal such as spiffe://cluster.local/ns/payments/sa/api or a pattern ending in one whole '/*' segment: {reason}")]
@@ -179,6 +183,26 @@ pub enum ApiError {
     BadSigningMaterial(String),
     #[error("this key has no signing material")]
     SigningMaterialNotFound,
+    #[error("{0}")]
+    BadBlock(&'static str),
+    #[error("no block with this id")]
+    BlockNotFound,
+    #[error("the key service holds at most 1000 operator blocks in force; remove some or let them expire")]
+    TooManyBlocks,
+    #[error("{0}")]
+    BadWebhook(String),
+    #[error("no webhook with this id")]
+    WebhookNotFound,
+    #[error("no delivery with this id for this webhook, or it is being sent right now")]
+    DeliveryNotFound,
+    #[error("the key service holds at most 100 webhooks")]
+    TooManyWebhooks,
+    #[error("secret scanning is not configured: give --secret-scanning-keys / KEYGATE_SECRET_SCANNING_KEYS")]
+    SecretScanningNotConfigured,
+    #[error("the report's Github-Public-Key-Identifier and Github-Public-Key-Signature do not verify against a configured key")]
+    BadReportSignature,
+    #[error("a report holds at most 1000 tokens")]
+    TooManyReportedTokens,
     #[error("internal error")]
     Internal(String),
 }

@@ -65,6 +65,9 @@ pub struct CreateKeyRequest {
     pub roles: Option<Vec<String>>,
     #[serde(default)]
     pub allowed_principals: Option<Vec<String>>,
+    /// ISO 3166-1 alpha-2 codes the key may be used from.
+    #[serde(default)]
+    pub allowed_countries: Option<Vec<String>>,
     #[serde(default)]
     pub global_limit: Option<RateLimitRequest>,
     #[serde(default)]
@@ -141,6 +144,7 @@ pub fn validate_create(request: CreateKeyRequest, now: i64) -> Result<ValidCreat
         not_before: request.not_before,
         not_after: request.not_after,
         allowed_principals: request.allowed_principals,
+        allowed_countries: request.allowed_countries,
         global_limit: request.global_limit,
         quota: request.quota,
     }
@@ -299,6 +303,7 @@ pub async fn create(
     let (record, plaintext) = mint(service, valid.format, fields, now).await?;
     service.store().insert_key(&record).await?;
     service.events().key_created(&record);
+    crate::service::alerts::key_created(service, &record).await;
     tracing::info!(key_id = %record.id, name = %record.name, format = %record.format, "key created");
     Ok((record, plaintext))
 }
@@ -373,6 +378,7 @@ pub async fn revoke(
     } else {
         service.metrics().count_key_revoked();
         service.events().key_revoked(&record);
+        crate::service::alerts::key_revoked(service, &record).await;
         tracing::info!(key_id = %record.id, "key revoked");
     }
     Ok(record)
@@ -448,6 +454,7 @@ pub async fn rotate(
         .await?;
     service.events().key_rotated(&old, &new.id);
     service.events().key_created(&new);
+    crate::service::alerts::key_rotated(service, &old, &new.id).await;
     tracing::info!(key_id = %old.id, successor = %new.id, grace, "key rotated");
     Ok((new, plaintext))
 }
@@ -518,6 +525,7 @@ pub async fn lookup(service: &Service, id: &KeyId) -> Result<Option<KeyLookup>, 
             .map(|t| u64::try_from(t).unwrap_or(0)),
         roles,
         allowed_principals: record.limits.allowed_principals,
+        allowed_countries: record.limits.allowed_countries,
         global_limit: record.limits.global_limit,
         quota: record.limits.quota.map(|quota| quota.wire()),
         pool,

@@ -169,9 +169,34 @@ pub struct CreateLimits {
     #[serde(default)]
     pub allowed_principals: Option<Vec<String>>,
     #[serde(default)]
+    pub allowed_countries: Option<Vec<String>>,
+    #[serde(default)]
     pub global_limit: Option<RateLimitRequest>,
     #[serde(default)]
     pub quota: Option<QuotaRequest>,
+}
+
+/// Checks an `allowed_countries` list: at most [`keygate_core::geo::MAX_COUNTRIES`] entries,
+/// each two letters (either case, stored upper case), duplicates removed.
+pub fn validate_countries(items: &[String]) -> Result<Vec<String>, ApiError> {
+    if items.len() > keygate_core::geo::MAX_COUNTRIES {
+        return Err(ApiError::TooManyCountries);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let country =
+            keygate_core::geo::Country::parse(item.trim().as_bytes()).ok_or_else(|| {
+                ApiError::BadCountry {
+                    index,
+                    entry: item.chars().take(16).collect(),
+                }
+            })?;
+        let code = country.to_string();
+        if !out.contains(&code) {
+            out.push(code);
+        }
+    }
+    Ok(out)
 }
 
 /// Checks an `allowed_principals` list: at most 64 entries, each a principal or a `.../*`
@@ -214,6 +239,7 @@ impl CreateLimits {
                 .map(|t| parse_time(t, "not_after"))
                 .transpose()?,
             allowed_principals: validate_principals(&self.allowed_principals.unwrap_or_default())?,
+            allowed_countries: validate_countries(&self.allowed_countries.unwrap_or_default())?,
         };
         check_window(limits.not_before, limits.not_after)?;
         Ok(limits)
@@ -252,6 +278,8 @@ pub struct UpdateKeyRequest {
     pub roles: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     pub allowed_principals: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    pub allowed_countries: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     pub global_limit: Option<Option<RateLimitRequest>>,
     #[serde(default, deserialize_with = "present")]
@@ -311,6 +339,10 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
         .global_limit
         .map(|r| r.map(validate_global_limit).transpose())
         .transpose()?;
+    let allowed_countries = request
+        .allowed_countries
+        .map(|c| validate_countries(&c.unwrap_or_default()))
+        .transpose()?;
     let quota = request
         .quota
         .map(|q| q.map(validate_quota).transpose())
@@ -328,6 +360,7 @@ pub fn validate_update(request: UpdateKeyRequest) -> Result<KeyPatch, ApiError> 
         global_limit,
         quota,
         now: 0,
+        allowed_countries,
     })
 }
 

@@ -296,6 +296,7 @@ pub(super) async fn insert_key_with(tx: &mut Tx, key: &KeyRecord) -> Result<(), 
         limits.quota_period.into(),
         limits.quota_anchor.into(),
         key.last_used_address.as_deref().into(),
+        limits.allowed_countries.into(),
     ]);
     tx.execute(&sql).await?;
     Ok(())

@@ -36,7 +36,8 @@ impl KeyStore {
             "UPDATE keys SET name = $1, scopes = $2, metadata = $3, rate_limit_rps = $4, \
              rate_limit_burst = $5, allowed_cidrs = $6, not_before = $7, not_after = $8, \
              allowed_principals = $9, roles = $11, global_rps = $12, global_burst = $13, \
-             quota_limit = $14, quota_period = $15, quota_anchor = $16 WHERE id = $10",
+             quota_limit = $14, quota_period = $15, quota_anchor = $16, \
+             allowed_countries = $17 WHERE id = $10",
         )
         .arg(record.name.as_str())
         .arg(scopes)
@@ -53,7 +54,8 @@ impl KeyStore {
         .arg(limits.global_burst)
         .arg(limits.quota_limit)
         .arg(limits.quota_period)
-        .arg(limits.quota_anchor);
+        .arg(limits.quota_anchor)
+        .arg(limits.allowed_countries);
         tx.execute(&update).await?;
         tx.commit().await?;
         Ok(Ok(record))

@@ -10,7 +10,7 @@ pub(super) const KEY_COLUMNS: &str = "id, prefix, name, owner, scopes, metadata,
      created_at, expires_at, grace_until, revoked_at, last_used_at, rotated_from, rotated_to, \
      algorithm, signing_kid, rate_limit_rps, rate_limit_burst, allowed_cidrs, not_before, \
      not_after, roles, allowed_principals, global_rps, global_burst, quota_limit, quota_period, \
-     quota_anchor, last_used_address";
+     quota_anchor, last_used_address, allowed_countries";
 
 /// The limit columns of a key record, as bound into SQL.
 pub(super) struct LimitColumns {
@@ -20,6 +20,7 @@ pub(super) struct LimitColumns {
     pub not_before: Option<i64>,
     pub not_after: Option<i64>,
     pub allowed_principals: String,
+    pub allowed_countries: String,
     pub global_rps: Option<f64>,
     pub global_burst: Option<i64>,
     pub quota_limit: Option<i64>,
@@ -38,6 +39,8 @@ impl LimitColumns {
             not_after: limits.not_after,
             allowed_principals: serde_json::to_string(&limits.allowed_principals)
                 .map_err(|_| StoreError::Corrupt("allowed_principals"))?,
+            allowed_countries: serde_json::to_string(&limits.allowed_countries)
+                .map_err(|_| StoreError::Corrupt("allowed_countries"))?,
             global_rps: limits.global_limit.map(|r| r.requests_per_second),
             global_burst: limits.global_limit.map(|r| i64::from(r.burst)),
             quota_limit: limits
@@ -67,6 +70,7 @@ pub(super) fn limits_from_row(row: &StoredRow) -> Result<KeyLimits, StoreError> 
     };
     let cidrs: String = row.get("allowed_cidrs")?;
     let principals: String = row.get("allowed_principals")?;
+    let countries: String = row.get("allowed_countries")?;
     let global_rps: Option<f64> = row.get("global_rps")?;
     let global_burst: Option<i64> = row.get("global_burst")?;
     let global_limit = match (global_rps, global_burst) {
@@ -100,6 +104,8 @@ pub(super) fn limits_from_row(row: &StoredRow) -> Result<KeyLimits, StoreError> 
         not_after: row.get("not_after")?,
         allowed_principals: serde_json::from_str(&principals)
             .map_err(|_| StoreError::Corrupt("keys.allowed_principals"))?,
+        allowed_countries: serde_json::from_str(&countries)
+            .map_err(|_| StoreError::Corrupt("keys.allowed_countries"))?,
     })
 }
 

@@ -9,9 +9,11 @@
 extern crate keygate_testkit;
 
 mod access;
+mod alerts;
 mod audit;
 mod backends;
 mod binding;
+mod blocks;
 mod errors;
 mod events;
 mod feed;

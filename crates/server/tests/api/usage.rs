@@ -22,6 +22,7 @@ on_both_backends!(
     a_usage_post_without_the_service_token_is_refused_before_its_body_is_read,
     usage_breaks_down_by_route_with_latency_percentiles_and_the_last_address,
     the_fleet_lists_the_gateways_that_poll_and_report,
+    countries_round_trip_to_the_lookup_and_bad_codes_are_refused,
 );
 
 /// A request body that never ends: whoever waits for it waits forever.
@@ -237,6 +238,64 @@ async fn patch_updates_and_clears_limits(backend: Backend) {
     assert!(entries
         .iter()
         .any(|e| e["outcome"].as_str().unwrap().starts_with("error")));
+}
+
+async fn countries_round_trip_to_the_lookup_and_bad_codes_are_refused(backend: Backend) {
+    let h = harness(backend).await;
+    let created = h
+        .create(json!({
+            "name": "dach", "scopes": [], "allowed_countries": ["de", " AT", "DE", "ch"],
+        }))
+        .await;
+    // Upper case, trimmed, duplicates removed, order kept.
+    assert_eq!(created["allowed_countries"], json!(["DE", "AT", "CH"]));
+    let id = created["id"].as_str().unwrap();
+    let lookup = h.lookup(id).await.body;
+    assert_eq!(lookup["allowed_countries"], created["allowed_countries"]);
+    let wire: keygate_core::wire::KeyLookup = serde_json::from_value(lookup).unwrap();
+    assert_eq!(wire.allowed_countries, ["DE", "AT", "CH"]);
+
+    let path = format!("{KEYS}/{id}");
+    let answer = h
+        .admin("PATCH", &path, Some(json!({"allowed_countries": ["us"]})))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["allowed_countries"], json!(["US"]));
+    let answer = h
+        .admin("PATCH", &path, Some(json!({"allowed_countries": null})))
+        .await;
+    assert_eq!(answer.body["allowed_countries"], json!([]));
+    let lookup = h.lookup(id).await.body;
+    assert!(lookup.get("allowed_countries").is_none(), "{lookup}");
+
+    let answer = h
+        .admin(
+            "POST",
+            KEYS,
+            Some(json!({"name": "x", "scopes": [], "allowed_countries": ["DE", "Germany"]})),
+        )
+        .await;
+    answer.assert_problem(StatusCode::BAD_REQUEST);
+    assert!(
+        answer.detail().contains("allowed_countries[1]") && answer.detail().contains("Germany"),
+        "{}",
+        answer.detail()
+    );
+    let many: Vec<String> = (0..251).map(|_| "DE".to_owned()).collect();
+    for bad in [json!(many), json!(["D"]), json!(["D1"]), json!(["DEU"])] {
+        let answer = h
+            .admin(
+                "POST",
+                KEYS,
+                Some(json!({"name": "x", "scopes": [], "allowed_countries": bad})),
+            )
+            .await;
+        answer.assert_problem(StatusCode::BAD_REQUEST);
+    }
+    let answer = h
+        .admin("PATCH", &path, Some(json!({"allowed_countries": ["XYZ"]})))
+        .await;
+    answer.assert_problem(StatusCode::BAD_REQUEST);
 }
 
 async fn bad_limits_are_refused_with_the_entry_named(backend: Backend) {
