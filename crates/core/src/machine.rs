@@ -22,9 +22,11 @@
 //! - [`edits`]: a request's header edits, applied in as few host calls as possible;
 //! - [`worker`]: the worker as the filter's contexts see it: start, tick, callouts, requests;
 //! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases;
-//! - [`threat`]: authentication failures counted per client address, and blocked addresses.
+//! - [`threat`]: authentication failures counted per client address, and blocked addresses;
+//! - [`blocking`]: threat detection as requests and the tick meet it.
 
 pub mod answer;
+pub mod blocking;
 pub mod callouts;
 pub mod degraded;
 pub mod edits;

@@ -31,7 +31,7 @@ pub type Headers<'a> = [(&'a str, &'a [u8])];
 pub fn evaluate(host: &impl Host, shared: &Shared, context_id: u32, headers: &Headers) -> Step {
     let config = &shared.config;
     // A blocked client is refused before anything of its request is read.
-    if let Some(reason) = crate::machine::threat::refusal(host, shared, headers) {
+    if let Some(reason) = crate::machine::blocking::refusal(host, shared, headers) {
         return Step::Deny(reason, None, config.mode);
     }
     let mut method = "";

@@ -62,7 +62,7 @@ pub fn start(
         gateway: std::cell::OnceCell::new(),
         threat: threat::ThreatState::new(threat_key, &shared_threat_settings),
     });
-    threat::on_tick(host, &shared);
+    crate::machine::blocking::on_tick(host, &shared);
     token::on_start(host, &shared);
     shared
         .feed
@@ -110,7 +110,7 @@ pub fn on_tick(host: &impl Host, shared: &Shared) {
     register(shared, token, Callout::Usage);
     records::on_tick(host, shared);
     token::on_tick(host, shared);
-    threat::on_tick(host, shared);
+    crate::machine::blocking::on_tick(host, shared);
     fleet_on_tick(host, shared);
     shared.metrics.flush(host);
     reschedule(host, shared);
@@ -199,7 +199,7 @@ pub fn on_request_headers(
             apply(&gathered, shared, context_id, &forwarding, result)
         }
         Step::Deny(reason, label, mode) => {
-            threat::after_denial(&gathered, shared, &reason, || {
+            crate::machine::blocking::after_denial(&gathered, shared, &reason, || {
                 threat::client_from_headers(&gathered, &shared.config, headers)
             });
             deny(&gathered, shared, &reason, label.as_deref(), mode)
