@@ -74,9 +74,9 @@ fn flood(
     for n in 0..count {
         let reply = from(stack, address, &bad(n));
         match reply.status {
-            // The other worker may answer one more after the first 429, before it takes the
-            // block from the shared table.
-            401 if blocked <= 1 => before_block += 1,
+            // The other worker may answer a few more after the first 429, before it takes
+            // the block (from the counting table on its next failure, or its next tick).
+            401 if blocked <= 3 => before_block += 1,
             429 => {
                 blocked += 1;
                 assert_eq!(
@@ -101,10 +101,10 @@ fn flood(
         }
     }
     // The first worker to count the threshold blocks the address; the other worker may let
-    // one more failure through before it takes the block (it takes it from the table then);
-    // the loop above refuses any 401 after the second 429.
+    // a few more failures through before it takes the block; the loop above refuses any 401
+    // after the fourth 429.
     assert!(
-        (THRESHOLD..=THRESHOLD + 1).contains(&before_block),
+        (THRESHOLD..=THRESHOLD + 3).contains(&before_block),
         "{kind}: {before_block} failures answered before the block (threshold {THRESHOLD})"
     );
     assert_eq!(before_block + blocked, count);

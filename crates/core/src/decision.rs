@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::binding::{Attributes, BindError, Requirement};
 use crate::credential::CredentialError;
-use crate::geo::{Country, CountryList};
+use crate::geo::Country;
 use crate::jwt::JwtError;
 use crate::key::KeyDigest;
 use crate::limits::{AllowList, BucketOwner};
@@ -514,7 +514,6 @@ pub struct PreparedRecord {
     identity: Identity,
     allowed: AllowList,
     principals: PrincipalList,
-    countries: CountryList,
 }
 
 impl PreparedRecord {
@@ -539,7 +538,6 @@ impl PreparedRecord {
             identity,
             allowed: AllowList::parse(&record.allowed_cidrs),
             principals: PrincipalList::parse(&record.allowed_principals),
-            countries: CountryList::parse(&record.allowed_countries),
         }
     }
 
@@ -653,7 +651,9 @@ fn check_record(
     if !prepared.principals.allows(peer.principal) {
         return Err(DenyReason::PrincipalNotAllowed);
     }
-    if !prepared.countries.allows(peer.country) {
+    // Read from the record on each request, not prepared: a few two-letter compares, only
+    // for restricted keys, where a prepared list would grow every cached record's copy.
+    if !crate::geo::countries_allow(&record.allowed_countries, peer.country) {
         return Err(DenyReason::CountryNotAllowed);
     }
     Ok(())

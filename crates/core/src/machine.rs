@@ -22,10 +22,12 @@
 //! - [`edits`]: a request's header edits, applied in as few host calls as possible;
 //! - [`worker`]: the worker as the filter's contexts see it: start, tick, callouts, requests;
 //! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases;
+//! - [`threat`]: authentication failures counted per client address, and blocked addresses;
+//! - [`blocking`]: threat detection as requests and the tick meet it;
 //! - [`gate`]: a request's body and trailers held while its decision is pending.
-//! - [`threat`]: authentication failures counted per client address, and blocked addresses.
 
 pub mod answer;
+pub mod blocking;
 pub mod callouts;
 pub mod degraded;
 pub mod edits;

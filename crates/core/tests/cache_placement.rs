@@ -367,7 +367,8 @@ fn a_typical_entry_is_small() {
     );
     assert!(value < 200, "{value}");
     assert!(value < json);
-    // Roles, principals and the bound attributes (owner, metadata) each add inline fields to
-    // the record and its prepared form, though a typical key holds none of them.
-    assert!(heap < 1152, "{heap}");
+    // Roles, principals, the bound attributes (owner, metadata), fleet limits and countries
+    // each add inline fields to the record and its prepared form, though a typical key holds
+    // none of them (1,156 bytes measured; the README's per-worker figures come from it).
+    assert!(heap < 1216, "{heap}");
 }

@@ -31,7 +31,7 @@ pub fn apply(
     let identity = match result {
         Ok(identity) => identity,
         Err(reason) => {
-            crate::machine::threat::after_denial(host, shared, &reason, || {
+            crate::machine::blocking::after_denial(host, shared, &reason, || {
                 client_now(host, forwarding)
             });
             return deny(host, shared, &reason, key_label, forwarding.mode);

@@ -78,11 +78,23 @@ fn request(host: &FakeHost, shared: &Shared, context_id: u32, credential: (&str,
 
 /// The first request looks the record up; the callout is answered.
 fn warm_opaque(host: &FakeHost, shared: &Shared, key: &MintedKey) {
-    let headers: [(&str, &[u8]); 3] = [
+    warm_with(host, shared, key, &record(key), &[]);
+}
+
+/// [`warm_opaque`] with the key service answering `answer`, and `extra` request headers.
+fn warm_with(
+    host: &FakeHost,
+    shared: &Shared,
+    key: &MintedKey,
+    answer: &KeyLookup,
+    extra: &[(&str, &[u8])],
+) {
+    let mut headers: Vec<(&str, &[u8])> = vec![
         (":method", b"GET"),
         (":path", b"/v1/hello"),
         ("x-api-key", key.plaintext.as_bytes()),
     ];
+    headers.extend_from_slice(extra);
     assert!(!worker::on_request_headers(host, shared, 1, &headers));
     let token = host
         .dispatched()
@@ -92,7 +104,7 @@ fn warm_opaque(host: &FakeHost, shared: &Shared, key: &MintedKey) {
             _ => None,
         })
         .unwrap();
-    let body = serde_json::to_vec(&record(key)).unwrap();
+    let body = serde_json::to_vec(answer).unwrap();
     host.answer(Some(200), Some(&body));
     worker::on_call_response(host, shared, token, body.len());
     assert!(host.take_effects().contains(&Effect::ResumeRequest));
@@ -432,30 +444,15 @@ fn a_country_restricted_key_costs_no_host_call_and_refuses_other_countries() {
     let host = FakeHost::at(NOW_MS);
     let shared = start(&host, json!({"geo": {"country_header": "x-geo-country"}}));
     let key = minted();
-    let headers: [(&str, &[u8]); 4] = [
-        (":method", b"GET"),
-        (":path", b"/v1/hello"),
-        ("x-api-key", key.plaintext.as_bytes()),
-        ("x-geo-country", b"DE"),
-    ];
-    assert!(!worker::on_request_headers(&host, &shared, 1, &headers));
-    let token = host
-        .dispatched()
-        .iter()
-        .find_map(|e| match e {
-            Effect::Dispatch { token, .. } => Some(*token),
-            _ => None,
-        })
-        .unwrap();
     let mut restricted = record(&key);
     restricted.allowed_countries = vec!["DE".into(), "AT".into()];
-    let body = serde_json::to_vec(&restricted).unwrap();
-    host.answer(Some(200), Some(&body));
-    worker::on_call_response(&host, &shared, token, body.len());
-    assert!(host.take_effects().contains(&Effect::ResumeRequest));
-    worker::on_response_headers(&host, &shared, 1);
-    worker::on_log(&shared, 1);
-    host.take_effects();
+    warm_with(
+        &host,
+        &shared,
+        &key,
+        &restricted,
+        &[("x-geo-country", b"DE")],
+    );
     host.take_calls();
 
     // From an allowed country: the cached path's host calls, nothing more.

@@ -47,7 +47,7 @@ pub fn evaluate_with_body(
 ) -> Step {
     let config = &shared.config;
     // A blocked client is refused before anything of its request is read.
-    if let Some(reason) = crate::machine::threat::refusal(host, shared, headers) {
+    if let Some(reason) = crate::machine::blocking::refusal(host, shared, headers) {
         return Step::Deny(reason, None, config.mode);
     }
     let mut method = "";

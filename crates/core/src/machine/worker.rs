@@ -69,7 +69,7 @@ pub fn start(
     if shared.config.routes.any_signature() || shared.config.signatures.route_metadata {
         crate::machine::nonce::create_slots(host);
     }
-    threat::on_tick(host, &shared);
+    crate::machine::blocking::on_tick(host, &shared);
     token::on_start(host, &shared);
     shared
         .feed
@@ -117,7 +117,7 @@ pub fn on_tick(host: &impl Host, shared: &Shared) {
     register(shared, token, Callout::Usage);
     records::on_tick(host, shared);
     token::on_tick(host, shared);
-    threat::on_tick(host, shared);
+    crate::machine::blocking::on_tick(host, shared);
     fleet_on_tick(host, shared);
     shared.metrics.flush(host);
     reschedule(host, shared);
@@ -206,7 +206,7 @@ pub fn on_request_headers(
             apply(&gathered, shared, context_id, &forwarding, result)
         }
         Step::Deny(reason, label, mode) => {
-            threat::after_denial(&gathered, shared, &reason, || {
+            crate::machine::blocking::after_denial(&gathered, shared, &reason, || {
                 threat::client_from_headers(&gathered, &shared.config, headers)
             });
             deny(&gathered, shared, &reason, label.as_deref(), mode)

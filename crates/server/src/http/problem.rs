@@ -25,7 +25,7 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             Self::RoleNotFound | Self::SigningMaterialNotFound => StatusCode::NOT_FOUND,
-            Self::RoleNotFound | Self::BlockNotFound => StatusCode::NOT_FOUND,
+            Self::BlockNotFound => StatusCode::NOT_FOUND,
             Self::TooManyBlocks => StatusCode::CONFLICT,
             Self::RoleExists | Self::RoleInUse | Self::TooManyRoles => StatusCode::CONFLICT,
             Self::Forbidden | Self::Csrf => StatusCode::FORBIDDEN,
@@ -59,7 +59,7 @@ impl ApiError {
                 "key-not-rotatable"
             }
             Self::RoleNotFound | Self::SigningMaterialNotFound => "not-found",
-            Self::RoleNotFound | Self::BlockNotFound => "not-found",
+            Self::BlockNotFound => "not-found",
             Self::TooManyBlocks => "too-many-blocks",
             Self::RoleExists => "role-exists",
             Self::RoleInUse => "role-in-use",
