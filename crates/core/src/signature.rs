@@ -308,7 +308,7 @@ pub struct SignatureSettings {
     /// Refuse signatures without a `nonce` (default true). False accepts replays of a
     /// signed request within its window.
     pub require_nonce: bool,
-    /// Nonces remembered at once per Envoy (default 16384): when the store is full, signed
+    /// Nonces remembered at once per Envoy (default 262144): when the store is full, signed
     /// requests with new nonces are refused (503) until entries age out.
     pub max_nonces: usize,
     /// The largest body a signed route buffers to check its `Content-Digest`, in bytes
@@ -325,7 +325,7 @@ impl Default for SignatureSettings {
             max_age_seconds: 300,
             clock_skew_seconds: 30,
             require_nonce: true,
-            max_nonces: 16_384,
+            max_nonces: 262_144,
             max_body_bytes: 65_536,
             route_metadata: false,
         }
@@ -366,9 +366,9 @@ impl SignatureSettings {
         .map(|(name, _, min, max)| (name, min, max))
     }
 
-    /// Nonces per shared-data slot.
-    pub fn nonces_per_slot(&self) -> usize {
-        self.max_nonces.div_ceil(crate::machine::nonce::NONCE_SLOTS)
+    /// How the nonces are spread over shared-data slots.
+    pub fn nonce_layout(&self) -> crate::machine::nonce::Layout {
+        crate::machine::nonce::Layout::for_capacity(self.max_nonces)
     }
 }
 

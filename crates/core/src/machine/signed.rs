@@ -161,13 +161,21 @@ pub fn check(
         return deny(err.clone());
     }
     if let Some(nonce) = &verified.nonce {
+        let secret = shared
+            .secrets
+            .gateway_key
+            .derive_16(b"keygate signature nonces");
+        let store = nonce::NonceStore {
+            layout: settings.nonce_layout(),
+            secret: &secret,
+        };
         match nonce::remember(
             host,
+            store,
             &identity.key_id,
             nonce,
             verified.until_s,
             now_s,
-            settings.nonces_per_slot(),
         ) {
             NonceOutcome::Fresh => {}
             NonceOutcome::Replayed => return deny(SignatureError::Replayed),

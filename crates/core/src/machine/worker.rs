@@ -67,7 +67,7 @@ pub fn start(
         threat: threat::ThreatState::new(threat_key, &shared_threat_settings),
     });
     if shared.config.routes.any_signature() || shared.config.signatures.route_metadata {
-        crate::machine::nonce::create_slots(host);
+        crate::machine::nonce::create_slots(host, shared.config.signatures.nonce_layout());
     }
     crate::machine::blocking::on_tick(host, &shared);
     token::on_start(host, &shared);
