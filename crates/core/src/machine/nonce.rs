@@ -227,7 +227,7 @@ mod tests {
             remember(&host, store(3), "k", &same_slot[3], 200, 101),
             NonceOutcome::Fresh
         );
-        let stored = host.shared(&slot_key(target as usize)).unwrap();
+        let stored = host.shared(&slot_key(target)).unwrap();
         assert_eq!(stored.len(), ENTRY, "expired entries are dropped on write");
     }
 
