@@ -67,6 +67,9 @@ CONFIGS = {
     "K1": "B's unavoidable work alone: H1 + key parsed, HMAC tag, digest compared, H3 + H4",
     "K2": "K1 with its edits in one replacement of the header map (H6's way)",
     "I": "Envoy api_key_auth (plaintext keys, client id forwarded) + RBAC on the id",
+    "S": "B on a route with \"signature\": \"required\": Ed25519 signature (verified in Wasm) and nonce checked",
+    "S2": "S with an ECDSA P-256 signature (Envoy's native crypto)",
+    "S3": "S with an hmac-sha256 signature",
     "B0": "B with the baseline keygate.wasm",
     "C0": "C with the baseline keygate.wasm",
     "D0": "D with the baseline keygate.wasm",
@@ -90,8 +93,14 @@ PAIRED = [
     ("B − K1", "B", "K1", "what Keygate adds to that work"),
     ("B − K2", "B", "K2", "the same against K2"),
     ("C − K1", "C", "K1", "Keygate's cached JWT path against the opaque floor"),
+    ("S − B", "S", "B", "a signed route: Ed25519 verify, signature base, nonce"),
+    ("S2 − B", "S2", "B", "a signed route with P-256 (host crypto)"),
+    ("S3 − B", "S3", "B", "a signed route with hmac-sha256"),
 ]
-DEFAULT_CONFIGS = "A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 I"
+# The signed-route configurations: the algorithm each key's material uses.
+SIGNED = {"S": "ed25519", "S2": "ecdsa-p256-sha256", "S3": "hmac-sha256"}
+SIGNED_PATH = "/v1/signed/bench"
+DEFAULT_CONFIGS = "A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 I S S2 S3"
 
 
 def parse_configs(text: str) -> list[str]:
@@ -371,6 +380,7 @@ def run_wrk(args, port: int, path: str, seconds: float, load: dict, method: str 
     env["BENCH_METHOD"] = method
     env["BENCH_HEADER"] = load.get("header", "")
     env["BENCH_TOKENS_FILE"] = load.get("tokens_file", "")
+    env["BENCH_SIGNED_FILE"] = load.get("signed_file", "")
     env["BENCH_BODY"] = load.get("body", "")
     # Continue the token cycle where this configuration's previous run stopped (plus a margin
     # for requests wrk sent but did not count), so no run starts on freshly cached tokens.
@@ -540,6 +550,13 @@ def main() -> int:
     # shows what spending from a lease costs per request.
     global_key = create_key("bench-global", ["demo:read"],
                             global_limit={"requests_per_second": 1000000, "burst": 1000000})["key"]
+    # S, S2, S3: keys with request-signing material (Ed25519 and P-256 public keys are made by
+    # gen-signed below, once the Envoy ports, which signatures cover, are known; the HMAC
+    # secret is the key service's).
+    signed_keys = {name: create_key(f"bench-signed-{name}", ["demo:read"],
+                                    **({"signing_material": {"alg": alg}} if alg == "hmac-sha256"
+                                       else {}))
+                   for name, alg in SIGNED.items() if name in configs}
     # A typo (one character changed): refused inline by the checksum.
     mistyped = key[:-1] + ("a" if key[-1] != "a" else "b")
     (work / "good.key").write_text(key)
@@ -558,6 +575,13 @@ def main() -> int:
     rust_plugin = keygate_plugin(jwks, claims)
     rust_plugin["jwt"]["host_crypto"] = False
     keygate_rust_json = json.dumps(rust_plugin, indent=2)
+    # The signed route: signatures made before the run stay valid through it (a long
+    # max_age), and every nonce of the run fits in the store (so none is refused as "full").
+    signed_plugin = keygate_plugin(jwks, claims)
+    signed_plugin["routes"].insert(0, {"prefix": "/v1/signed/", "scopes": ["demo:read"],
+                                       "signature": "required"})
+    signed_plugin["signatures"] = {"max_age_seconds": 86400, "max_nonces": 1048576}
+    keygate_signed_json = json.dumps(signed_plugin, indent=2)
     kg_clusters = [dict(cluster("keygate_service", ks_port), connect_timeout="0.25s")]
     secrets_env = ["KEYGATE_GATEWAY_KEY", "KEYGATE_SERVICE_TOKEN"]
     filters = {
@@ -580,6 +604,9 @@ def main() -> int:
         "I": (api_key_auth_filters([(key, "bench-good"), (other_key["key"], "bench-noscope")],
                                    "bench-good"), []),
     }
+    for name in SIGNED:
+        filters[name] = ([wasm_filter("keygate", Path(args.wasm), keygate_signed_json,
+                                      secrets_env)], kg_clusters)
     if args.baseline_wasm:
         for b0 in BASELINE:
             filters[b0] = ([wasm_filter("keygate", Path(args.baseline_wasm), keygate_json,
@@ -637,6 +664,9 @@ def main() -> int:
     }
     for b0, base in BASELINE.items():
         loads[b0] = {k: v for k, v in loads[base].items() if k != "sent"}
+    for name in SIGNED:
+        loads[name] = {"header": f"Authorization: Bearer {signed_keys.get(name, {}).get('key')}",
+                       "path": SIGNED_PATH}
 
     envoys: dict[str, dict] = {}
     for name in configs:
@@ -650,6 +680,35 @@ def main() -> int:
     for name in configs:
         e = envoys[name]
         wait_ready(e["admin"], "/ready", e["proc"], f"Envoy {name}")
+    # Signatures for S, S2, S3, over this run's authorities: one nonce per request, enough for
+    # the whole run at 10,000 requests/s; the first is the checks' and the run starts after it.
+    signed_count = int(10000 * (args.warmup + args.reps * args.duration + 5))
+    for name, alg in SIGNED.items():
+        if name not in configs:
+            continue
+        key_view = signed_keys[name]
+        out_dir = work / f"signed-{name}"
+        gen = [str(Path(args.tools_dir) / "gen-signed"), str(out_dir), str(signed_count), alg,
+               key_view["id"], f"127.0.0.1:{envoys[name]['listen']}", SIGNED_PATH]
+        if alg == "hmac-sha256":
+            gen.append(key_view["signing_material"]["secret"])
+        log(f"{name}: signing {signed_count} requests ({alg})")
+        subprocess.run(gen, check=True)
+        if alg != "hmac-sha256":
+            status, body = request(ks_port, "PUT",
+                                   f"/api/v1/auth/keys/{key_view['id']}/signing-material",
+                                   admin_auth, json.dumps({
+                                       "alg": alg,
+                                       "public_key": (out_dir / "public.txt").read_text()}))
+            if status != 200:
+                raise Abort(f"registering {name}'s signing material: {status} {body[:300]!r}")
+        first = (out_dir / "signed.txt").open().readline().rstrip("\n").split("\t")
+        signed_headers = {**bearer(key_view["key"]), "signature-input": first[0],
+                          "signature": first[1]}
+        checks[name] = [("no signature", bearer(key_view["key"]), {401}),
+                        ("signed", signed_headers, {200}),
+                        ("the same nonce again", signed_headers, {401})]
+        loads[name].update(signed_file=str(out_dir / "signed.txt"), sent=1)
     deadline = time.time() + 10
     while True:  # the authz server answers 401 to a request without credentials
         try:
@@ -664,7 +723,7 @@ def main() -> int:
     for name in configs:
         port = envoys[name]["listen"]
         for label, headers, expected in checks[name]:
-            status, body = request(port, "GET", PATH, headers)
+            status, body = request(port, "GET", loads.get(name, {}).get("path", PATH), headers)
             ok = status in expected
             report["configs"].setdefault(name, {"description": CONFIGS[name], "checks": [], "reps": []})
             report["configs"][name]["checks"].append({"check": label, "status": status,
@@ -679,7 +738,9 @@ def main() -> int:
     # Warm-up.
     for name in configs:
         log(f"{name}: warm-up {args.warmup:g} s")
-        check_wrk(f"{name} warm-up", run_wrk(args, envoys[name]["listen"], PATH, args.warmup, loads[name]))
+        check_wrk(f"{name} warm-up", run_wrk(args, envoys[name]["listen"],
+                                             loads[name].get("path", PATH), args.warmup,
+                                             loads[name]))
     counters_before = {n: envoy_counters(envoys[n]["admin"]) for n in configs}
 
     # Measured repetitions, alternating order.
@@ -690,7 +751,8 @@ def main() -> int:
             pid = e["proc"].pid
             authz_ticks = cpu_ticks(authz.pid)
             t0, ticks0 = time.time(), cpu_ticks(pid)
-            result = run_wrk(args, e["listen"], PATH, args.duration, loads[name])
+            result = run_wrk(args, e["listen"], loads[name].get("path", PATH), args.duration,
+                             loads[name])
             t1, ticks1 = time.time(), cpu_ticks(pid)
             check_wrk(name, result)
             cpu_s = (ticks1 - ticks0) / CLK_TCK

@@ -7,6 +7,9 @@
 --   BENCH_TOKENS_OFFSET  where in that file to start (the runner continues where the previous
 --                      run of the same configuration stopped, so a repetition does not start
 --                      with tokens the filter verified and cached moments ago)
+--   BENCH_SIGNED_FILE  optional file of signed requests, one a line "<Signature-Input>\t<Signature>",
+--                      cycled like BENCH_TOKENS_FILE (from BENCH_TOKENS_OFFSET) and sent with
+--                      BENCH_HEADER (the key); each line's nonce is meant to be sent once
 --   BENCH_BODY         optional request body (POST), with content-type application/json
 --   BENCH_MAX_REQUESTS optional: stop after this many responses (plus the few still in flight;
 --                      the cache curve's passes), whatever the -d duration
@@ -27,7 +30,13 @@ if body and body ~= "" then
   wrk.headers["Content-Type"] = "application/json"
 end
 
+local signed_file = os.getenv("BENCH_SIGNED_FILE")
 local tokens = nil
+local signed = false
+if signed_file and signed_file ~= "" then
+  tokens_file = signed_file
+  signed = true
+end
 if tokens_file and tokens_file ~= "" then
   tokens = {}
   for line in io.lines(tokens_file) do
@@ -41,7 +50,14 @@ if tokens then
   init = function(args)
     -- Pre-format every request once, so the hot loop only picks the next one.
     for i, token in ipairs(tokens) do
-      requests[i] = wrk.format(nil, nil, {["Authorization"] = "Bearer " .. token})
+      if signed then
+        local input, signature = token:match("^([^\t]+)\t(.+)$")
+        local headers = {["Signature-Input"] = input, ["Signature"] = signature}
+        for name, value in pairs(wrk.headers) do headers[name] = value end
+        requests[i] = wrk.format(nil, nil, headers)
+      else
+        requests[i] = wrk.format(nil, nil, {["Authorization"] = "Bearer " .. token})
+      end
     end
     index = index % #requests
   end
