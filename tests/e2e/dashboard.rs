@@ -8,6 +8,9 @@
 //! - a forged cross-site request with the session cookie (no CSRF token, or a foreign Origin)
 //!   is refused;
 //! - live events add a key minted elsewhere to the open list;
+//! - an admin adds and removes a block, a webhook (its secret shown once, its deliveries,
+//!   a redelivery) and a key's request-signing material on the page, each seen through the
+//!   API; an owner has neither Blocks nor Webhooks, and the API answers them 403;
 //! - the pages log no console errors and fit 1280 px and 390 px wide;
 //! - each page is photographed (into `target/screenshots/`, or `docs/screenshots/` for the
 //!   README with `make screenshots`).

@@ -7,6 +7,8 @@
 //   key's name or metadata holds can run as script.
 // - A freshly minted key is shown once, in the view that minted it; leaving that view drops
 //   the whole view from the DOM and forgets the key.
+// - Other secrets shown once (a webhook's signing secret, a key's hmac-sha256 secret) follow
+//   the same rule: only in their one-time box and a closure, never in a URL, dropped on leaving.
 'use strict';
 
 (() => {
