@@ -8,6 +8,9 @@
 //! - a forged cross-site request with the session cookie (no CSRF token, or a foreign Origin)
 //!   is refused;
 //! - live events add a key minted elsewhere to the open list;
+//! - an admin adds and removes a block, a webhook (its secret shown once, its deliveries,
+//!   a redelivery) and a key's request-signing material on the page, each seen through the
+//!   API; an owner has neither Blocks nor Webhooks, and the API answers them 403;
 //! - the pages log no console errors and fit 1280 px and 390 px wide;
 //! - each page is photographed (into `target/screenshots/`, or `docs/screenshots/` for the
 //!   README with `make screenshots`).
@@ -512,4 +515,347 @@ fn forged_requests_are_refused(service: &KeyService, session_id: &str) {
     );
     let reply = post(&[("x-csrf-token", csrf.as_str()), ("origin", origin.as_str())]);
     assert_eq!(reply.status, 201, "the page's own request: {reply:?}");
+}
+
+/// The RFC 8032 test vector 1 public key (a valid Ed25519 point), as base64url of its bytes.
+const ED25519_PUBLIC: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+/// The page's fingerprint of a raw public key given as base64url: `SHA256:` and the standard
+/// base64 (unpadded) of its SHA-256.
+fn fingerprint_of(raw: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .unwrap();
+    let digest = sha2::Sha256::digest(&bytes);
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    )
+}
+
+/// Clicks `selector` and confirms the dialog it opens.
+fn click_and_confirm(browser: &Browser, selector: &str) {
+    browser.click(selector);
+    browser.click("#confirm-yes");
+}
+
+/// An admin manages issue 15's operator objects on the page, each checked through the API:
+/// - a webhook added on the page (its secret shown once, never in the URL or a later view),
+///   its deliveries (a block's `address.blocked`, failing against a closed port) with the
+///   last error, a redelivery, and its removal behind a confirmation;
+/// - an operator block added on the page and listed by the API, then removed;
+/// - on a key: hmac-sha256 signing material (the secret shown once, and the right one), then
+///   an Ed25519 public key with its fingerprint, then removed;
+/// - an owner sees neither Blocks nor Webhooks and the API answers them 403; no console
+///   errors; the new pages fit 390 px.
+#[test]
+fn an_admin_manages_blocks_webhooks_and_signing_material_on_the_dashboard() {
+    let dir = TempDir::new("ui-operator");
+    let gateway_hex = random_hex(32);
+    let mut service = KeyService::start(dir.path(), &gateway_hex, &random_hex(32));
+    service.wait_ready();
+    let alice = management_key(&service, "alice");
+    let signer = service.create_key_from(&json!({
+        "name": "alice-signer",
+        "scopes": ["demo:read"],
+        "owner": "alice",
+    }));
+    let admin = |method: &str, path: &str, body: Option<&Value>| {
+        let body = body.map(Value::to_string);
+        send(
+            method,
+            &service.url(path),
+            &[
+                ("authorization", bearer(ADMIN_KEY).as_str()),
+                ("content-type", "application/json"),
+            ],
+            body.as_deref(),
+        )
+    };
+    // Nothing listens on a fresh free port: every delivery attempt fails with an error.
+    let hook_url = format!(
+        "http://127.0.0.1:{}/keygate-hook",
+        keygate_testkit::free_port()
+    );
+
+    let browser = Browser::start(WIDE.0, WIDE.1);
+    browser.goto(&service.url("/ui/"));
+    log_in(&browser, ADMIN_KEY);
+    for route in ["blocks", "webhooks"] {
+        assert!(
+            browser
+                .find(&format!("#nav a[data-route=\"{route}\"]"))
+                .is_some_and(|a| a.displayed()),
+            "an admin has no {route} entry in the nav"
+        );
+    }
+
+    // ── a webhook: added on the page, its secret shown once ──────────────────────────────
+    browser.click("#nav a[data-route=\"webhooks\"]");
+    browser.wait_for("#webhook-url").type_text(&hook_url);
+    browser.wait_for("#webhook-description").type_text("SIEM");
+    browser.click("#webhook-submit");
+    let secret = browser
+        .wait_for("#webhook-secret")
+        .text()
+        .trim()
+        .to_string();
+    let hook_id = browser
+        .wait_for("#webhook-once-id")
+        .text()
+        .trim()
+        .to_string();
+    assert!(
+        secret.starts_with("whsec_"),
+        "one-time view shows {secret:?}"
+    );
+    browser.click("#copy-webhook-secret");
+    assert!(
+        !browser.url().contains(&secret),
+        "the secret went into the URL"
+    );
+    let listed = admin("GET", "/api/v1/webhooks", None);
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let hooks = listed.json()["webhooks"].clone();
+    let hook = hooks
+        .as_array()
+        .and_then(|all| all.iter().find(|h| h["id"] == json!(hook_id)))
+        .unwrap_or_else(|| panic!("the page's webhook is not listed: {hooks}"));
+    assert_eq!(hook["url"], json!(hook_url), "{hook}");
+    assert_eq!(hook["description"], json!("SIEM"), "{hook}");
+    assert!(
+        hook["events"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!("address.blocked"))),
+        "all events by default: {hook}"
+    );
+    assert!(!listed.body.contains(&secret), "the list shows the secret");
+    browser.click("#webhook-once-done");
+    browser.wait_for("#webhook-fields");
+    assert!(
+        !browser.source().contains(&secret),
+        "the secret is still in the page after leaving the one-time view"
+    );
+
+    // ── a block: added on the page, listed by the API ────────────────────────────────────
+    browser.click("#nav a[data-route=\"blocks\"]");
+    browser.wait_for("#block-cidr").type_text("203.0.113.0/24");
+    let expires = browser.wait_for("#block-expires");
+    expires.clear();
+    expires.type_text("2h");
+    browser
+        .wait_for("#block-reason")
+        .type_text("credential stuffing");
+    browser.click("#block-submit");
+    browser.wait_text("#block-rows", Duration::from_secs(10), |t| {
+        t.contains("203.0.113.0/24") && t.contains("credential stuffing")
+    });
+    let blocks = admin("GET", "/api/v1/blocks", None);
+    assert_eq!(blocks.status, 200, "{blocks:?}");
+    let block = blocks.json()["blocks"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|b| b["cidr"] == json!("203.0.113.0/24"))
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("the page's block is not listed: {}", blocks.body));
+    assert_eq!(block["source"], json!("operator"), "{block}");
+    assert_eq!(block["reason"], json!("credential stuffing"), "{block}");
+    // Its length, by the browser's own date parser.
+    let lasts = |b: &Value| {
+        browser
+            .eval(
+                "return (Date.parse(arguments[0]) - Date.parse(arguments[1])) / 1000;",
+                &[b["expires_at"].clone(), b["created_at"].clone()],
+            )
+            .as_f64()
+    };
+    assert_eq!(lasts(&block), Some(7200.0), "a 2h block: {block}");
+    let block_id = block["id"].as_str().unwrap_or_default().to_string();
+    photograph(&browser, "blocks", WIDE);
+
+    // ── the webhook's deliveries: the block's alert, failing; redeliver it ──────────────
+    browser.goto(&service.url(&format!("/ui/#/webhook/{hook_id}")));
+    browser.wait_text("#delivery-rows", Duration::from_secs(10), |t| {
+        t.contains("address.blocked")
+    });
+    // The failed attempt's error shows (the view refreshes every 5 s).
+    browser.wait_text("#delivery-rows .last-error", Duration::from_secs(30), |t| {
+        !t.trim().is_empty() && t.trim() != "—"
+    });
+    photograph(&browser, "webhook", WIDE);
+    click_and_confirm(&browser, "#delivery-rows .redeliver");
+    browser.wait_text("#toasts", Duration::from_secs(10), |t| {
+        t.contains("Redelivery queued")
+    });
+    let audit = admin("GET", "/api/v1/audit?action=webhook_redeliver", None);
+    assert_eq!(audit.status, 200, "{audit:?}");
+    assert!(
+        audit.json()["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["target"] == json!(hook_id))),
+        "no redelivery audited: {}",
+        audit.body
+    );
+
+    // ── the list; remove the webhook behind a confirmation ───────────────────────────────
+    browser.goto(&service.url("/ui/#/webhooks"));
+    browser.wait_for(&format!("tr[data-webhook-id=\"{hook_id}\"]"));
+    photograph(&browser, "webhooks", WIDE);
+    browser.click(&format!("tr[data-webhook-id=\"{hook_id}\"] a"));
+    browser.wait_for("#webhook-fields");
+    click_and_confirm(&browser, "#webhook-remove");
+    browser.wait_for("#webhooks-table");
+    let gone = admin("GET", &format!("/api/v1/webhooks/{hook_id}"), None);
+    assert_eq!(gone.status, 404, "the removed webhook: {gone:?}");
+
+    // ── remove the block behind a confirmation ───────────────────────────────────────────
+    browser.goto(&service.url("/ui/#/blocks"));
+    let row = format!("tr[data-block-id=\"{block_id}\"]");
+    // Cancelling keeps it.
+    browser.click(&format!("{row} .remove-block"));
+    browser.click("#confirm-no");
+    assert!(
+        admin("GET", "/api/v1/blocks", None)
+            .body
+            .contains("203.0.113.0/24"),
+        "a cancelled removal removed the block"
+    );
+    click_and_confirm(&browser, &format!("{row} .remove-block"));
+    browser.wait_text("#block-rows", Duration::from_secs(10), |t| {
+        !t.contains("203.0.113.0/24")
+    });
+    let blocks = admin("GET", "/api/v1/blocks", None);
+    assert!(
+        !blocks.body.contains("203.0.113.0/24"),
+        "the block outlived its removal: {}",
+        blocks.body
+    );
+
+    // ── signing material on a key: hmac-sha256, shown once ───────────────────────────────
+    let key_path = format!("/api/v1/auth/keys/{}", signer.id);
+    browser.goto(&service.url(&format!("/ui/#/key/{}", signer.id)));
+    browser.wait_for("#signing-none");
+    browser.wait_for("#signing-alg").select("hmac-sha256");
+    browser.click("#signing-submit");
+    let hmac_secret = browser
+        .wait_for("#signing-secret")
+        .text()
+        .trim()
+        .to_string();
+    browser.wait_text("#signing-alg-shown", Duration::from_secs(10), |t| {
+        t == "hmac-sha256"
+    });
+    let shown = admin("GET", &key_path, None);
+    let material = shown.json()["signing_material"].clone();
+    assert_eq!(material["alg"], json!("hmac-sha256"), "{}", shown.body);
+    assert!(material.get("secret").is_none(), "{}", shown.body);
+    assert!(
+        !shown.body.contains(&hmac_secret),
+        "the key shows the secret"
+    );
+    let generation = material["generation"].as_u64().unwrap_or_default();
+    let gateway = keygate_core::key::GatewayKey::from_hex(&gateway_hex).unwrap();
+    let expected = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(
+            keygate_core::signature::derive_hmac_secret(
+                &gateway,
+                &signer.id,
+                u32::try_from(generation).unwrap(),
+            )
+            .as_slice(),
+        )
+    };
+    assert_eq!(hmac_secret, expected, "the page shows another secret");
+    browser.click("#copy-signing-secret");
+    photograph(&browser, "key-signing", WIDE);
+    browser.click("#signing-once-done");
+    assert!(
+        browser.find("#signing-secret").is_none() && !browser.source().contains(&hmac_secret),
+        "the HMAC secret is still in the page after 'I have stored it'"
+    );
+
+    // ── replace it with an Ed25519 public key (a confirmation), see its fingerprint ──────
+    browser.wait_for("#signing-alg").select("ed25519");
+    browser
+        .wait_for("#signing-public-key")
+        .type_text(ED25519_PUBLIC);
+    click_and_confirm(&browser, "#signing-submit");
+    let print = fingerprint_of(ED25519_PUBLIC);
+    browser.wait_text("#signing-fingerprint", Duration::from_secs(10), |t| {
+        t == print
+    });
+    let material = admin("GET", &key_path, None).json()["signing_material"].clone();
+    assert_eq!(material["alg"], json!("ed25519"), "{material}");
+    assert_eq!(material["public_key"], json!(ED25519_PUBLIC), "{material}");
+    assert!(
+        browser.find("#signing-secret").is_none(),
+        "a public key shows a secret"
+    );
+
+    // ── remove it behind a confirmation ──────────────────────────────────────────────────
+    click_and_confirm(&browser, "#signing-remove");
+    browser.wait_for("#signing-none");
+    let shown = admin("GET", &key_path, None);
+    assert!(
+        shown.json().get("signing_material").is_none(),
+        "the material outlived its removal: {}",
+        shown.body
+    );
+    let audit = admin("GET", &format!("/api/v1/audit?target={}", signer.id), None);
+    for action in ["signing_material_set", "signing_material_remove"] {
+        assert!(
+            audit.body.contains(action),
+            "{action} not audited: {}",
+            audit.body
+        );
+    }
+    // The deliveries view may have been polling the webhook as it was removed.
+    let expected_errors = vec![format!("/api/v1/webhooks/{hook_id}")];
+    assert_clean_console(&browser, &expected_errors, "on the admin's pages");
+
+    // ── the new pages at 390 px ──────────────────────────────────────────────────────────
+    browser.set_viewport(NARROW.0, NARROW.1);
+    for (hash, ready) in [("#/blocks", "#block-form"), ("#/webhooks", "#webhook-form")] {
+        browser.goto(&service.url(&format!("/ui/{hash}")));
+        browser.wait_for(ready);
+        sleep(Duration::from_millis(300));
+        assert_fits(&browser, NARROW.0, hash);
+    }
+    browser.set_viewport(WIDE.0, WIDE.1);
+
+    // ── an owner: no Blocks or Webhooks, and the API refuses them ────────────────────────
+    log_out(&browser);
+    log_in(&browser, &alice.key);
+    for route in ["blocks", "webhooks"] {
+        assert!(
+            !browser
+                .find(&format!("#nav a[data-route=\"{route}\"]"))
+                .is_some_and(|a| a.displayed()),
+            "an owner sees the {route} entry in the nav"
+        );
+    }
+    browser.goto(&service.url("/ui/#/blocks"));
+    browser.wait_for("#keys-table");
+    assert!(
+        browser.find("#block-form").is_none(),
+        "an owner got the blocks page"
+    );
+    for (method, path) in [
+        ("GET", "/api/v1/blocks"),
+        ("GET", "/api/v1/webhooks"),
+        ("POST", "/api/v1/blocks"),
+        ("POST", "/api/v1/webhooks"),
+    ] {
+        let reply = api_as(&service, &alice.key, method, path);
+        assert_eq!(reply.status, 403, "an owner's {method} {path}: {reply:?}");
+    }
+    // The owner has the signing panel on their own key.
+    browser.goto(&service.url(&format!("/ui/#/key/{}", signer.id)));
+    browser.wait_for("#signing-none");
+    assert_clean_console(&browser, &expected_errors, "as an owner");
 }

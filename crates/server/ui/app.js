@@ -7,6 +7,8 @@
 //   key's name or metadata holds can run as script.
 // - A freshly minted key is shown once, in the view that minted it; leaving that view drops
 //   the whole view from the DOM and forgets the key.
+// - Other secrets shown once (a webhook's signing secret, a key's hmac-sha256 secret) follow
+//   the same rule: only in their one-time box and a closure, never in a URL, dropped on leaving.
 'use strict';
 
 (() => {
@@ -17,7 +19,8 @@
   const AUDIT_ACTIONS = ['create', 'update', 'rotate', 'revoke', 'expire', 'import',
     'signing_key_rotate', 'admin_auth', 'role_create', 'role_update', 'role_delete',
     'pool_set', 'pool_delete', 'session.login', 'session.login_failed', 'session.login_limited',
-    'session.logout'];
+    'session.logout', 'signing_material_set', 'signing_material_remove', 'block_add', 'block_remove',
+    'webhook_create', 'webhook_delete', 'webhook_redeliver'];
   const RANGES = [
     { label: 'Last hour', seconds: 3600, step: 60 },
     { label: 'Last 6 hours', seconds: 6 * 3600, step: 300 },
@@ -498,6 +501,29 @@
     name.focus();
   }
 
+  // A "Copy to clipboard" button for the secret `get()` answers (null once forgotten); where the
+  // clipboard is refused (plain http off localhost) it selects the text of `code` instead.
+  function copyButton(id, get, code, status) {
+    return el('button', {
+      id, type: 'button', text: 'Copy to clipboard',
+      onclick: async () => {
+        const secret = get();
+        if (!secret) return;
+        try {
+          await navigator.clipboard.writeText(secret);
+          status.textContent = 'Copied.';
+        } catch (_) {
+          const range = document.createRange();
+          range.selectNodeContents(code);
+          const selection = window.getSelection();
+          selection.removeAllRanges();
+          selection.addRange(range);
+          status.textContent = 'Selected: press Ctrl+C (⌘C) to copy.';
+        }
+      },
+    });
+  }
+
   // The one-time view of a minted key: its plaintext lives only in this view's DOM and in this
   // closure; any navigation replaces the view and drops both.
   function showOnce(created, title) {
@@ -505,22 +531,7 @@
     delete created.key;
     const code = el('code', { id: 'one-time-key', text: secret });
     const copied = el('span', { class: 'muted', role: 'status' });
-    const copy = el('button', {
-      id: 'copy-key', type: 'button', text: 'Copy to clipboard',
-      onclick: async () => {
-        try {
-          await navigator.clipboard.writeText(secret);
-          copied.textContent = 'Copied.';
-        } catch (_) {
-          const range = document.createRange();
-          range.selectNodeContents(code);
-          const selection = window.getSelection();
-          selection.removeAllRanges();
-          selection.addRange(range);
-          copied.textContent = 'Selected: press Ctrl+C (⌘C) to copy.';
-        }
-      },
-    });
+    const copy = copyButton('copy-key', () => secret, code, copied);
     const done = el('a', { id: 'one-time-done', href: `#/key/${encodeURIComponent(created.id)}` },
       el('button', { type: 'button', class: 'secondary', text: 'I have stored it — show the key' }));
     show(
@@ -570,7 +581,8 @@
       rows.push(el('dt', { text: label }), el('dd', { 'data-field': name }, shown));
     };
     for (const [name, label] of DETAIL_FIELDS) add(name, label);
-    for (const name of Object.keys(key)) if (!seen.has(name) && name !== 'key') add(name, name);
+    // Signing material has its own panel (see drawSigning).
+    for (const name of Object.keys(key)) if (!seen.has(name) && name !== 'key' && name !== 'signing_material') add(name, name);
     return el('dl', { class: 'fields', id: 'key-fields' }, rows);
   }
 
@@ -581,7 +593,8 @@
     const update = el('div', { class: 'panel', id: 'key-update', hidden: true });
     const usage = el('section', { id: 'usage' });
     const title = el('h1', { text: 'Key' });
-    show(title, problem, fields, actions, update, usage);
+    const signing = signingPanel(id, () => load());
+    show(title, problem, fields, actions, update, signing.node, usage);
     let key = null;
     let drawn = null; // what the action buttons were drawn for
 
@@ -606,6 +619,7 @@
         drawn = now;
         drawActions();
       }
+      signing.draw(key);
       return true;
     };
 
@@ -944,13 +958,458 @@
     }
   }
 
+  // ── request-signing material (on the key detail view) ────────────────────────────────────
+
+  const SIGNING_ALGS = [
+    ['ed25519', 'Ed25519 public key'],
+    ['ecdsa-p256-sha256', 'ECDSA P-256 public key'],
+    ['hmac-sha256', 'hmac-sha256 (secret shown once)'],
+  ];
+
+  // `SHA256:<base64>` of a public key given as base64url of its raw bytes, or null where the
+  // browser has no WebCrypto (plain http off localhost).
+  async function fingerprint(raw) {
+    if (!raw || !(window.crypto && window.crypto.subtle)) return null;
+    try {
+      const b64 = raw.replace(/-/g, '+').replace(/_/g, '/');
+      const text = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+      const bytes = Uint8Array.from(text, (c) => c.charCodeAt(0));
+      const digest = new Uint8Array(await window.crypto.subtle.digest('SHA-256', bytes));
+      return `SHA256:${btoa(String.fromCharCode(...digest)).replace(/=+$/, '')}`;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  // The "Request signing" panel of key `id`: what is registered, register or replace, remove.
+  // `reload` reloads the key (which redraws the panel through `draw`). An HMAC secret lives only
+  // in its one-time box and this closure, until "I have stored it" or any navigation.
+  function signingPanel(id, reload) {
+    const path = `/api/v1/auth/keys/${encodeURIComponent(id)}/signing-material`;
+    const info = el('div', { id: 'signing-info' }, el('p', { class: 'muted', text: 'Loading…' }));
+    const once = el('div');
+    const problem = errorBox();
+    const alg = el('select', { id: 'signing-alg' }, SIGNING_ALGS.map(([v, t]) => el('option', { value: v, text: t })));
+    const publicKey = el('textarea', {
+      id: 'signing-public-key', spellcheck: 'false',
+      placeholder: '-----BEGIN PUBLIC KEY----- …, a public JWK, or base64url of the raw key',
+    });
+    const keyLabel = el('label', { class: 'wide' }, 'Public key (SubjectPublicKeyInfo PEM, JWK or base64url)', publicKey);
+    alg.addEventListener('change', () => { keyLabel.hidden = alg.value === 'hmac-sha256'; });
+    const submit = el('button', { id: 'signing-submit', type: 'submit', text: 'Register' });
+    const form = el('form', { id: 'signing-form', method: 'post' },
+      el('div', { class: 'form-grid' }, el('label', {}, 'Algorithm', alg), keyLabel),
+      problem, el('div', { class: 'row' }, submit));
+    let current = null;
+    let drawnFor;
+
+    const showSecret = (value) => {
+      let secret = value;
+      const code = el('code', { id: 'signing-secret', text: secret });
+      const status = el('span', { class: 'muted', role: 'status' });
+      const forget = () => { secret = null; once.replaceChildren(); };
+      once.replaceChildren(el('div', { class: 'panel secret', id: 'signing-once' },
+        el('p', { class: 'warning', text: 'Copy this HMAC secret now. It is shown only once: Keygate will not show it again (registering hmac-sha256 again makes a new one and ends this one).' }),
+        code,
+        el('div', { class: 'actions' },
+          copyButton('copy-signing-secret', () => secret, code, status),
+          el('button', { id: 'signing-once-done', type: 'button', class: 'secondary', text: 'I have stored it', onclick: forget }),
+          status)));
+      window.addEventListener('hashchange', forget, { once: true });
+    };
+
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      problem.hidden = true;
+      const body = { alg: alg.value };
+      if (alg.value !== 'hmac-sha256') {
+        if (!publicKey.value.trim()) {
+          showError(problem, new Error('Paste the public key (PEM, JWK or base64url).'));
+          return;
+        }
+        body.public_key = publicKey.value.trim();
+      }
+      if (current && !(await confirmAction('Replace signing material',
+        `Replace this key's ${current.alg} material? Requests signed with the old one are refused from then on.`))) return;
+      submit.disabled = true;
+      try {
+        const answer = await api('PUT', path, body);
+        publicKey.value = '';
+        if (answer && answer.secret) {
+          showSecret(answer.secret);
+          delete answer.secret;
+        }
+        toast('Signing material registered');
+        await reload();
+      } catch (error) {
+        showError(problem, error);
+      } finally {
+        submit.disabled = false;
+      }
+    });
+
+    const remove = async () => {
+      if (!current || !(await confirmAction('Remove signing material',
+        `Remove this key's ${current.alg} material? Routes that require signed requests refuse the key from then on.`))) return;
+      problem.hidden = true;
+      try {
+        await api('DELETE', path);
+        toast('Signing material removed');
+        await reload();
+      } catch (error) {
+        showError(problem, error);
+      }
+    };
+
+    // Redrawn only when the material changed: a live usage event must not touch it.
+    const draw = (key) => {
+      const material = key.signing_material || null;
+      const now = JSON.stringify(material);
+      if (now === drawnFor) return;
+      drawnFor = now;
+      current = material;
+      submit.textContent = material ? 'Replace' : 'Register';
+      if (!material) {
+        info.replaceChildren(el('p', { class: 'muted', id: 'signing-none', text: 'None registered: routes that require signed requests refuse this key.' }));
+        return;
+      }
+      const hmac = material.alg === 'hmac-sha256';
+      const print = el('dd', { class: 'mono', id: 'signing-fingerprint', text: hmac ? 'hmac-sha256' : '…' });
+      info.replaceChildren(
+        el('dl', { class: 'fields', id: 'signing-fields' },
+          el('dt', { text: 'Algorithm' }), el('dd', { class: 'mono', id: 'signing-alg-shown', text: material.alg }),
+          el('dt', { text: hmac ? 'Secret' : 'Public key fingerprint' }), print,
+          hmac ? [el('dt', { text: 'Generation' }), el('dd', { text: fmtValue(material.generation) })]
+            : [el('dt', { text: 'Public key (base64url)' }), el('dd', { class: 'mono', text: material.public_key })]),
+        el('div', { class: 'actions' },
+          el('button', { id: 'signing-remove', type: 'button', class: 'danger', text: 'Remove signing material', onclick: remove })));
+      if (hmac) print.textContent = 'hmac-sha256 (derived by Keygate, never shown again)';
+      else fingerprint(material.public_key).then((fp) => { print.textContent = fp || material.public_key; });
+    };
+
+    const node = el('section', { class: 'panel', id: 'key-signing' },
+      el('h2', { text: 'Request signing' }),
+      el('p', { class: 'muted', text: 'The material this key signs requests with on routes that require RFC 9421 signatures. Registering replaces what is there.' }),
+      info, once, form);
+    return { node, draw };
+  }
+
+  // ── admin: blocked addresses ─────────────────────────────────────────────────────────────
+
+  // Seconds from "90", "90s", "15m", "12h" or "7d".
+  function durationSeconds(text) {
+    const match = /^(\d+)\s*([smhd]?)$/i.exec(text.trim());
+    if (!match) throw new Error(`not a duration: ${text} (e.g. 15m, 12h, 7d)`);
+    return Number(match[1]) * { '': 1, s: 1, m: 60, h: 3600, d: 86400 }[match[2].toLowerCase()];
+  }
+
+  // Calls `refresh` every `ms` while `node` is on the page (views without live events).
+  function poll(node, refresh, ms) {
+    const timer = setInterval(() => {
+      if (!node.isConnected || !state.session) clearInterval(timer);
+      else refresh();
+    }, ms);
+  }
+
+  function renderBlocks() {
+    const cidr = el('input', { id: 'block-cidr', required: true, maxlength: 64, spellcheck: 'false', placeholder: '198.51.100.7 or 203.0.113.0/24' });
+    const expires = el('input', { id: 'block-expires', value: '1h', placeholder: '15m, 12h, 7d (at most 30d)' });
+    const until = el('input', { id: 'block-until', type: 'datetime-local' });
+    const reason = el('input', { id: 'block-reason', maxlength: 256, placeholder: 'credential stuffing' });
+    const submit = el('button', { id: 'block-submit', type: 'submit', text: 'Block' });
+    const problem = errorBox();
+    const form = el('form', { id: 'block-form', class: 'panel', method: 'post' },
+      el('h2', { text: 'Block an address or network' }),
+      el('div', { class: 'form-grid' },
+        el('label', {}, 'Address or CIDR', cidr),
+        el('label', {}, 'Expires in', expires),
+        el('label', {}, 'Or until', until),
+        el('label', {}, 'Reason', reason)),
+      problem, el('div', { class: 'row' }, submit));
+    const counts = el('p', { class: 'muted', id: 'blocks-counts' });
+    const rows = el('tbody', { id: 'block-rows' }, el('tr', {}, el('td', { colspan: 8, class: 'muted', text: 'Loading…' })));
+    const listProblem = errorBox();
+    let drawnFor = null;
+    let loading = false;
+    // One of the two: typing in one clears the other.
+    until.addEventListener('input', () => { if (until.value) expires.value = ''; });
+    expires.addEventListener('input', () => { if (expires.value) until.value = ''; });
+
+    const remove = async (block) => {
+      const text = block.source === 'automatic'
+        ? `Remove the record of the automatic block on ${block.cidr}? The Envoy that blocked it keeps it until it ends (${fmtTime(block.expires_at)}).`
+        : `Lift the block on ${block.cidr}? Every Envoy lets it through again within a second.`;
+      if (!(await confirmAction('Remove block', text))) return;
+      try {
+        await api('DELETE', `/api/v1/blocks/${encodeURIComponent(block.id)}`);
+        toast(`Block on ${block.cidr} removed`);
+        await refresh();
+      } catch (error) {
+        showError(listProblem, error);
+      }
+    };
+
+    const refresh = async () => {
+      if (loading) return;
+      loading = true;
+      try {
+        const answer = await api('GET', '/api/v1/blocks');
+        listProblem.hidden = true;
+        const blocks = answer.blocks || [];
+        const now = JSON.stringify(answer);
+        if (now === drawnFor) return;
+        drawnFor = now;
+        counts.textContent = `${answer.operator || 0} operator, ${answer.automatic || 0} automatic block${answer.automatic === 1 ? '' : 's'} in force. The list refreshes every 10 s.`;
+        rows.replaceChildren(...blocks.map((b) => el('tr', { 'data-block-id': b.id },
+          el('td', { 'data-label': 'Network', class: 'mono', text: b.cidr }),
+          el('td', { 'data-label': 'Source' }, badge(b.source)),
+          el('td', { 'data-label': 'Reason', text: b.reason || '—' }),
+          el('td', { 'data-label': 'By', class: 'mono', text: b.created_by || '—' }),
+          el('td', { 'data-label': 'Failures', class: 'num', text: fmtValue(b.failures) }),
+          el('td', { 'data-label': 'Since', text: fmtTime(b.created_at) }),
+          el('td', { 'data-label': 'Expires', text: fmtTime(b.expires_at) }),
+          el('td', { 'data-label': '' }, el('button', { type: 'button', class: 'danger remove-block', text: 'Remove', onclick: () => remove(b) })))));
+        if (!blocks.length) rows.append(el('tr', {}, el('td', { colspan: 8, class: 'muted', text: 'No blocks in force.' })));
+      } catch (error) {
+        if (rows.isConnected) showError(listProblem, error);
+      } finally {
+        loading = false;
+      }
+    };
+
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      problem.hidden = true;
+      let request;
+      try {
+        request = { cidr: cidr.value.trim() };
+        if (until.value && expires.value.trim()) throw new Error('Give either "Expires in" or "Or until", not both.');
+        if (until.value) {
+          request.expires_in_seconds = Math.ceil((new Date(rfc3339(until.value)).getTime() - Date.now()) / 1000);
+          if (request.expires_in_seconds < 1) throw new Error('"Or until" is in the past.');
+        } else if (expires.value.trim()) request.expires_in_seconds = durationSeconds(expires.value);
+        if (reason.value.trim()) request.reason = reason.value.trim();
+      } catch (error) {
+        showError(problem, error);
+        return;
+      }
+      submit.disabled = true;
+      try {
+        const block = await api('POST', '/api/v1/blocks', request);
+        toast(`${block.cidr} blocked until ${fmtTime(block.expires_at)}`);
+        cidr.value = '';
+        reason.value = '';
+        await refresh();
+      } catch (error) {
+        showError(problem, error);
+      } finally {
+        submit.disabled = false;
+      }
+    });
+
+    show(el('h1', { text: 'Blocked addresses' }),
+      el('p', { class: 'muted', text: 'Every request from a blocked address gets 429 at every Envoy, before any key is read. Operator blocks reach the Envoys through the revocation feed; automatic blocks are those Envoys reported after too many authentication failures. Every block ends by itself.' }),
+      form, counts, listProblem,
+      el('table', { class: 'cards', id: 'blocks-table' },
+        el('thead', {}, el('tr', {}, ['Network', 'Source', 'Reason', 'By', 'Failures', 'Since', 'Expires', ''].map((t) => el('th', { text: t })))),
+        rows),
+      el('div', { class: 'pager' }, el('button', { type: 'button', class: 'secondary', id: 'blocks-refresh', text: 'Refresh', onclick: () => { drawnFor = null; refresh(); } })));
+    state.render = null;
+    poll(rows, refresh, 10000);
+    return refresh();
+  }
+
+  // ── admin: webhooks ──────────────────────────────────────────────────────────────────────
+
+  // The events a webhook can ask for (`AlertKind` in the key service), in the API's order.
+  const WEBHOOK_EVENTS = ['key.created', 'key.rotated', 'key.revoked', 'key.expiring',
+    'address.blocked', 'auth.failure_spike', 'key.new_country', 'key.leaked'];
+
+  async function renderWebhooks() {
+    const url = el('input', { id: 'webhook-url', type: 'url', required: true, maxlength: 2048, spellcheck: 'false', placeholder: 'https://hooks.example.com/keygate' });
+    const description = el('input', { id: 'webhook-description', maxlength: 256, placeholder: 'SIEM' });
+    const all = el('input', { id: 'webhook-all', type: 'checkbox', checked: true });
+    const boxes = WEBHOOK_EVENTS.map((name) => el('input', { type: 'checkbox', class: 'webhook-event', value: name, disabled: true }));
+    all.addEventListener('change', () => { for (const box of boxes) box.disabled = all.checked; });
+    const submit = el('button', { id: 'webhook-submit', type: 'submit', text: 'Add webhook' });
+    const problem = errorBox();
+    const form = el('form', { id: 'webhook-form', class: 'panel', method: 'post' },
+      el('h2', { text: 'Add a webhook' }),
+      el('div', { class: 'form-grid' },
+        el('label', { class: 'wide' }, 'URL (http or https)', url),
+        el('label', {}, 'Description', description)),
+      el('fieldset', { class: 'events' }, el('legend', { text: 'Events' }),
+        el('label', { class: 'inline' }, all, 'all (*)'),
+        WEBHOOK_EVENTS.map((name, i) => el('label', { class: 'inline' }, boxes[i], name))),
+      problem, el('div', { class: 'row' }, submit));
+    const box = el('div', {}, el('p', { class: 'muted', text: 'Loading…' }));
+
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      problem.hidden = true;
+      const events = all.checked ? ['*'] : boxes.filter((b) => b.checked).map((b) => b.value);
+      if (!events.length) {
+        showError(problem, new Error('Pick at least one event (or all).'));
+        return;
+      }
+      const request = { url: url.value.trim(), events };
+      if (description.value.trim()) request.description = description.value.trim();
+      submit.disabled = true;
+      try {
+        const created = await api('POST', '/api/v1/webhooks', request);
+        showWebhookSecret(created);
+      } catch (error) {
+        showError(problem, error);
+        submit.disabled = false;
+      }
+    });
+
+    show(el('h1', { text: 'Webhooks' }),
+      el('p', { class: 'muted', text: 'Security events are posted to these URLs from a persisted outbox, signed with HMAC-SHA256 over the timestamp and the body, retried with back-off (at least once, with an idempotency id).' }),
+      form, box);
+    state.render = null;
+    try {
+      const answer = await api('GET', '/api/v1/webhooks');
+      const hooks = answer.webhooks || [];
+      box.replaceChildren(el('table', { class: 'cards', id: 'webhooks-table' },
+        el('thead', {}, el('tr', {}, ['URL', 'Events', 'Description', 'Created', ''].map((t) => el('th', { text: t })))),
+        el('tbody', { id: 'webhook-rows' }, hooks.length ? hooks.map((h) => el('tr', { 'data-webhook-id': h.id },
+          el('td', { 'data-label': 'URL', class: 'mono' }, el('a', { href: `#/webhook/${encodeURIComponent(h.id)}`, text: h.url })),
+          el('td', { 'data-label': 'Events', text: fmtValue(h.events) }),
+          el('td', { 'data-label': 'Description', text: h.description || '—' }),
+          el('td', { 'data-label': 'Created', text: fmtTime(h.created_at) }),
+          el('td', { 'data-label': '' }, el('a', { href: `#/webhook/${encodeURIComponent(h.id)}`, text: 'Deliveries' }))))
+          : el('tr', {}, el('td', { colspan: 5, class: 'muted', text: 'No webhooks yet.' })))));
+    } catch (error) {
+      box.replaceChildren(el('p', { class: 'error', text: error.message }));
+    }
+  }
+
+  // The one-time view of a new webhook's signing secret (as for a new key: only in this view's
+  // DOM and closure, gone at the next navigation).
+  function showWebhookSecret(created) {
+    let secret = created.secret;
+    delete created.secret;
+    const code = el('code', { id: 'webhook-secret', text: secret });
+    const copied = el('span', { class: 'muted', role: 'status' });
+    show(
+      el('h1', { text: 'Webhook added' }),
+      el('div', { class: 'panel secret', id: 'webhook-once' },
+        el('p', { class: 'warning', text: 'Copy this signing secret now. It is shown only once: Keygate signs every delivery with it but never shows it again.' }),
+        code,
+        el('div', { class: 'actions' },
+          copyButton('copy-webhook-secret', () => secret, code, copied),
+          el('a', { id: 'webhook-once-done', href: `#/webhook/${encodeURIComponent(created.id)}` },
+            el('button', { type: 'button', class: 'secondary', text: 'I have stored it — show the webhook' })),
+          copied),
+        el('dl', { class: 'fields' },
+          el('dt', { text: 'ID' }), el('dd', { class: 'mono', id: 'webhook-once-id', text: created.id }),
+          el('dt', { text: 'URL' }), el('dd', { class: 'mono', text: created.url }),
+          el('dt', { text: 'Events' }), el('dd', { text: fmtValue(created.events) }))),
+    );
+    state.render = null;
+    window.addEventListener('hashchange', () => { secret = null; }, { once: true });
+  }
+
+  async function renderWebhook(id) {
+    const base = `/api/v1/webhooks/${encodeURIComponent(id)}`;
+    const problem = errorBox();
+    const fields = el('div', { class: 'panel' }, el('p', { class: 'muted', text: 'Loading…' }));
+    const rows = el('tbody', { id: 'delivery-rows' }, el('tr', {}, el('td', { colspan: 9, class: 'muted', text: 'Loading…' })));
+    const title = el('h1', { text: 'Webhook' });
+    let drawnFor = null;
+    let loading = false;
+
+    const redeliver = async (d) => {
+      if (!(await confirmAction('Redeliver', `Send this ${d.event} delivery again now, with the same idempotency id?`))) return;
+      try {
+        await api('POST', `${base}/deliveries/${encodeURIComponent(d.id)}/redeliver`);
+        toast('Redelivery queued');
+        drawnFor = null;
+        await refresh();
+      } catch (error) {
+        showError(problem, error);
+      }
+    };
+
+    const refresh = async () => {
+      if (loading) return;
+      loading = true;
+      try {
+        const answer = await api('GET', `${base}/deliveries?limit=100`);
+        const deliveries = answer.deliveries || [];
+        const now = JSON.stringify(deliveries);
+        if (now === drawnFor) return;
+        drawnFor = now;
+        rows.replaceChildren(...deliveries.map((d) => el('tr', { 'data-delivery-id': d.id },
+          el('td', { 'data-label': 'Event', class: 'mono', text: d.event }),
+          el('td', { 'data-label': 'Status' }, badge(d.status)),
+          el('td', { 'data-label': 'Attempts', class: 'num', text: d.attempts }),
+          el('td', { 'data-label': 'Created', text: fmtTime(d.created_at) }),
+          el('td', { 'data-label': 'Next attempt', text: fmtTime(d.next_attempt_at) }),
+          el('td', { 'data-label': 'Last HTTP status', class: 'num', text: fmtValue(d.last_status) }),
+          el('td', { 'data-label': 'Last error', class: 'last-error', text: d.last_error || '—' }),
+          el('td', { 'data-label': 'Finished', text: fmtTime(d.finished_at) }),
+          el('td', { 'data-label': '' }, el('button', { type: 'button', class: 'secondary redeliver', text: 'Redeliver', onclick: () => redeliver(d) })))));
+        if (!deliveries.length) rows.append(el('tr', {}, el('td', { colspan: 9, class: 'muted', text: 'No deliveries yet.' })));
+      } catch (error) {
+        if (rows.isConnected) showError(problem, error);
+      } finally {
+        loading = false;
+      }
+    };
+
+    let hook;
+    try {
+      hook = await api('GET', base);
+    } catch (error) {
+      if (error.status === 404) {
+        show(el('h1', { text: 'Webhook not found' }), el('p', { class: 'muted' }, el('a', { href: '#/webhooks', text: 'All webhooks' })));
+        state.render = null;
+        return;
+      }
+      throw error;
+    }
+    title.textContent = `Webhook ${hook.id}`;
+    fields.replaceChildren(el('dl', { class: 'fields', id: 'webhook-fields' },
+      el('dt', { text: 'ID' }), el('dd', { class: 'mono', text: hook.id }),
+      el('dt', { text: 'URL' }), el('dd', { class: 'mono', 'data-field': 'url', text: hook.url }),
+      el('dt', { text: 'Events' }), el('dd', { text: fmtValue(hook.events) }),
+      el('dt', { text: 'Description' }), el('dd', { text: hook.description || '—' }),
+      el('dt', { text: 'Created' }), el('dd', { text: fmtTime(hook.created_at) })));
+    const remove = el('button', {
+      id: 'webhook-remove', type: 'button', class: 'danger', text: 'Remove webhook',
+      onclick: async () => {
+        if (!(await confirmAction('Remove webhook', `Remove the webhook to ${hook.url}? Its pending deliveries are dropped.`))) return;
+        try {
+          await api('DELETE', base);
+          toast('Webhook removed');
+          location.hash = '#/webhooks';
+        } catch (error) {
+          showError(problem, error);
+        }
+      },
+    });
+    show(title, problem, fields, el('div', { class: 'actions' }, remove),
+      el('h2', { text: 'Deliveries' }),
+      el('p', { class: 'muted', text: 'Newest first (the last 100); refreshed every 5 s.' }),
+      el('table', { class: 'cards', id: 'deliveries-table' },
+        el('thead', {}, el('tr', {}, ['Event', 'Status', 'Attempts', 'Created', 'Next attempt', 'Last HTTP status', 'Last error', 'Finished', '']
+          .map((t) => el('th', { text: t })))),
+        rows),
+      el('div', { class: 'pager' }, el('button', { type: 'button', class: 'secondary', id: 'deliveries-refresh', text: 'Refresh', onclick: () => { drawnFor = null; refresh(); } })));
+    state.render = null;
+    poll(rows, refresh, 5000);
+    await refresh();
+  }
+
   // ── routing ──────────────────────────────────────────────────────────────────────────────
 
   function route() {
     const hash = location.hash || '#/keys';
     const path = hash.replace(/^#\/?/, '').split('/');
     for (const link of document.querySelectorAll('#nav a')) {
-      link.classList.toggle('current', link.dataset.route === path[0]);
+      link.classList.toggle('current', link.dataset.route === (path[0] === 'webhook' ? 'webhooks' : path[0]));
     }
     state.render = null;
     if (!state.session) {
@@ -966,6 +1425,9 @@
       case 'audit': renderAudit(); break;
       case 'signing-keys': (isAdmin() ? renderSigningKeys() : renderKeys()).catch(fail); break;
       case 'fleet': (isAdmin() ? renderFleet() : renderKeys()).catch(fail); break;
+      case 'blocks': (isAdmin() ? renderBlocks() : renderKeys()).catch(fail); break;
+      case 'webhooks': (isAdmin() ? renderWebhooks() : renderKeys()).catch(fail); break;
+      case 'webhook': (isAdmin() ? renderWebhook(decodeURIComponent(path[1] || '')) : renderKeys()).catch(fail); break;
       default: renderKeys().catch(fail);
     }
   }
