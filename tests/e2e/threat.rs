@@ -3,8 +3,8 @@
 //! JWTs with bad signatures from one address each are blocked within the threshold while a
 //! good client from another address keeps getting 200s; operator blocks reach Envoy through
 //! the revocation feed and end when removed or expired; automatic blocks are reported to the
-//! key service. Also a short measurement (printed, not asserted) of Envoy's CPU for a flood
-//! answered with and without blocking.
+//! key service, and an operator lifts one at every worker. Also a short measurement (printed,
+//! not asserted) of Envoy's CPU for a flood answered with and without blocking.
 
 use std::fs;
 use std::thread::sleep;
@@ -300,5 +300,48 @@ fn sprays_and_bad_signature_floods_are_blocked_and_operator_blocks_travel_the_fe
         "threat: Envoy CPU for {N} bad-signature requests: verified {} ticks ({:?} wall), \
          blocked {} ticks ({:?} wall); ticks are 1/{} s",
         verified.0, verified.1, blocked.0, blocked.1, 100
+    );
+
+    // 6. An operator lifts the automatic block of the spraying address: every worker lets it
+    // through again (the good key from it gets 200), and it is no longer listed.
+    assert_eq!(from(&stack, "203.0.113.66", &good).status, 429);
+    let list = blocks_listed(&stack);
+    let id = list["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cidr"] == "203.0.113.66/32" && b["source"] == "automatic")
+        .map(|b| b["id"].to_string())
+        .expect("the automatic block is listed");
+    stack.service.cli(&["blocks", "remove", &id]);
+    let lifted = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || (0..4).all(|_| from(
+            &stack,
+            "203.0.113.66",
+            &good
+        )
+        .status
+            == 200)),
+        "the lifted block still refuses"
+    );
+    println!(
+        "threat: an automatic block lifted at Envoy {:?} after `blocks remove`",
+        lifted.elapsed()
+    );
+    assert!(!has_block(
+        &blocks_listed(&stack),
+        "203.0.113.66/32",
+        "automatic"
+    ));
+    // Its count starts anew: one more failure is a 401, not a block.
+    assert_eq!(
+        from(
+            &stack,
+            "203.0.113.66",
+            &format!("Bearer {}", sprayed_key(999))
+        )
+        .status,
+        401
     );
 }

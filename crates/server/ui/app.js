@@ -1137,7 +1137,7 @@
 
     const remove = async (block) => {
       const text = block.source === 'automatic'
-        ? `Remove the record of the automatic block on ${block.cidr}? The Envoy that blocked it keeps it until it ends (${fmtTime(block.expires_at)}).`
+        ? `Lift the automatic block on ${block.cidr}? Every Envoy lets it through again within a second, and its failure count starts again.`
         : `Lift the block on ${block.cidr}? Every Envoy lets it through again within a second.`;
       if (!(await confirmAction('Remove block', text))) return;
       try {

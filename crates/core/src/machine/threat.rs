@@ -54,6 +54,8 @@ pub const MAX_CAS_ROUNDS: usize = 16;
 pub const AUTO_KEY: &str = "keygate.threat.blocks";
 /// The operator blocks, as the revocation feed's follower last wrote them.
 pub const OPERATOR_KEY: &str = "keygate.threat.operator";
+/// The automatic blocks an operator lifted, as the revocation feed's follower last wrote them.
+pub const LIFTED_KEY: &str = "keygate.threat.lifted";
 /// Bytes of one counting entry: address, window index, two counts, end of block.
 const ENTRY_LEN: usize = 16 + 8 + 2 + 2 + 8;
 /// Bytes of one automatic block: address and end.
@@ -402,17 +404,26 @@ pub struct OperatorBlock {
 /// The operator blocks in force, as a feed answer carries them (member `blocks`, beside
 /// `events` and `roles`, so a filter that predates it ignores it). Sent when the follower
 /// asks with a `blocks=<version>` other than the current one: the whole list (it is bounded
-/// by the key service), and its version, a hash of the list.
+/// by the key service), the automatic blocks an operator lifted, and its version, a hash of
+/// both.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedBlocks {
     pub version: u64,
     pub list: Vec<OperatorBlock>,
+    /// Automatic blocks an operator removed before they ended: every automatic block of an
+    /// address in `cidr` that ends by `until` (Unix seconds) is lifted at every Envoy, and
+    /// the address's failure count starts again. Absent from older services' answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifted: Vec<OperatorBlock>,
 }
 
 impl FeedBlocks {
-    /// The list and its version (FNV-1a of its JSON; never 0, which means "none yet").
-    pub fn of(list: Vec<OperatorBlock>) -> Self {
-        let json = serde_json::to_vec(&list).unwrap_or_default();
+    /// The lists and their version (FNV-1a of their JSON; never 0, which means "none yet").
+    pub fn of(list: Vec<OperatorBlock>, lifted: Vec<OperatorBlock>) -> Self {
+        let mut json = serde_json::to_vec(&list).unwrap_or_default();
+        if !lifted.is_empty() {
+            json.extend(serde_json::to_vec(&lifted).unwrap_or_default());
+        }
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in json {
             hash ^= u64::from(byte);
@@ -421,6 +432,7 @@ impl FeedBlocks {
         Self {
             version: hash.max(1),
             list,
+            lifted,
         }
     }
 }
@@ -495,10 +507,91 @@ pub fn unreported(host: &impl Host, threat: &mut ThreatState, now_ms: u64) -> Op
     serde_json::to_string(&reports).ok()
 }
 
-/// The follower got the operator blocks from the feed: shares them with every worker.
+/// The follower got the operator blocks from the feed: shares them with every worker, and
+/// lifts the automatic blocks an operator removed.
 pub fn take_operator_blocks(host: &impl Host, threat: &mut ThreatState, blocks: FeedBlocks) {
     share_operator_blocks(host, &threat.settings, &blocks.list);
+    lift(host, &threat.settings, &blocks.lifted);
     threat.feed_blocks_version = blocks.version;
+}
+
+/// A lifted block as the filter checks it: the network, and the end (ms) of the last block
+/// it lifts. The key service keeps a block's end in seconds, so the whole second counts.
+fn lifted_of(blocks: &[OperatorBlock]) -> Vec<(Cidr, u64)> {
+    blocks
+        .iter()
+        .filter_map(|b| {
+            let until_ms = b.until.saturating_add(1).saturating_mul(1000);
+            Some((Cidr::parse(&b.cidr)?, until_ms))
+        })
+        .collect()
+}
+
+fn is_lifted(lifted: &[(Cidr, u64)], address: &[u8; 16], until_ms: u64) -> bool {
+    let v6 = std::net::Ipv6Addr::from(*address);
+    let address = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+    lifted
+        .iter()
+        .any(|(cidr, lifted_until)| until_ms <= *lifted_until && cidr.contains(address))
+}
+
+/// Lifts the automatic blocks an operator removed (at most `max_blocks` entries): shares the
+/// list for the workers' copies, drops the blocks from the shared list, and clears them from
+/// the counting table, so the next failure from such an address counts from zero. Done when
+/// the list changes (a scan of the table, so only then).
+pub fn lift(host: &impl Host, settings: &ThreatSettings, blocks: &[OperatorBlock]) {
+    let mut blocks = blocks.to_vec();
+    blocks.sort_by_key(|b| std::cmp::Reverse(b.until));
+    blocks.truncate(settings.max_blocks);
+    let Ok(encoded) = serde_json::to_vec(&blocks) else {
+        return;
+    };
+    if host.get_shared(LIFTED_KEY).0.as_deref() == Some(encoded.as_slice()) {
+        return;
+    }
+    let _ = host.set_shared(LIFTED_KEY, &encoded, None);
+    let lifted = lifted_of(&blocks);
+    if lifted.is_empty() {
+        return;
+    }
+    for _ in 0..MAX_CAS_ROUNDS {
+        let (value, cas) = host.get_shared(AUTO_KEY);
+        let list = decode_blocks(value.as_deref().unwrap_or_default());
+        let kept: Vec<_> = list
+            .iter()
+            .copied()
+            .filter(|(address, until)| !is_lifted(&lifted, address, *until))
+            .collect();
+        if kept.len() == list.len()
+            || host
+                .set_shared(AUTO_KEY, &encode_blocks(&kept), cas)
+                .is_ok()
+        {
+            break;
+        }
+    }
+    if !settings.enabled {
+        return;
+    }
+    for slot in 0..settings.slots {
+        let key = slot_key(slot);
+        for _ in 0..MAX_CAS_ROUNDS {
+            let (value, cas) = host.get_shared(&key);
+            let mut entries = decode_slot(value.as_deref().unwrap_or_default());
+            let mut changed = false;
+            for entry in entries.iter_mut() {
+                if entry.blocked_until_ms > 0
+                    && is_lifted(&lifted, &entry.address, entry.blocked_until_ms)
+                {
+                    *entry = Entry::new(entry.address, entry.window);
+                    changed = true;
+                }
+            }
+            if !changed || host.set_shared(&key, &encode_slot(&entries), cas).is_ok() {
+                break;
+            }
+        }
+    }
 }
 
 /// One worker's copy of the blocks in force.
@@ -508,8 +601,11 @@ pub struct BlockView {
     addresses: HashMap<[u8; 16], u64>,
     /// Operator blocks: network, until (ms).
     networks: Vec<(Cidr, u64)>,
+    /// Automatic blocks an operator lifted: network, end (ms) of the last block it lifts.
+    lifted: Vec<(Cidr, u64)>,
     auto_version: Option<u32>,
     operator_version: Option<u32>,
+    lifted_version: Option<u32>,
 }
 
 impl BlockView {
@@ -572,6 +668,21 @@ impl BlockView {
                 .iter()
                 .filter_map(|b| Some((Cidr::parse(&b.cidr)?, b.until.saturating_mul(1000))))
                 .collect();
+        }
+        let (value, version) = host.get_shared(LIFTED_KEY);
+        if version != self.lifted_version {
+            self.lifted_version = version;
+            let blocks: Vec<OperatorBlock> = value
+                .as_deref()
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .unwrap_or_default();
+            self.lifted = lifted_of(&blocks);
+        }
+        if !self.lifted.is_empty() {
+            let lifted = &self.lifted;
+            self.addresses
+                .retain(|address, until| !is_lifted(lifted, address, *until));
+            self.lifted.retain(|(_, until)| *until > now_ms);
         }
         self.addresses.retain(|_, until| *until > now_ms);
         self.networks.retain(|(_, until)| *until > now_ms);
@@ -1069,6 +1180,64 @@ mod tests {
             other_host.take_effects();
             assert!(!spray(&other_host, &other, 2, ""));
             assert_eq!(status_of(&other_host), Some((401, None)));
+        }
+
+        #[test]
+        fn an_automatic_block_an_operator_lifts_ends_at_every_worker_and_counts_anew() {
+            let host = FakeHost::at(NOW_MS);
+            host.set_property(&["source", "address"], b"203.0.113.5:5000");
+            let config = json!({
+                "routes": [{"prefix": "/", "scopes": ["a"]}],
+                "threat": {"enabled": true, "threshold": 2, "block_seconds": 300},
+            });
+            let shared = start_with(&host, &config);
+            let other_host = host.worker();
+            other_host.set_property(&["source", "address"], b"203.0.113.5:5000");
+            let other = start_with(&other_host, &config);
+            spray(&host, &shared, 1, "");
+            spray(&host, &shared, 2, "");
+            worker::on_tick(&host, &shared);
+            let (token, _, _) = feed_dispatch(&host).unwrap();
+            host.take_effects();
+            assert!(!spray(&host, &shared, 3, ""));
+            assert_eq!(status_of(&host).map(|s| s.0), Some(429));
+            // The other worker learns it on its tick.
+            worker::on_tick(&other_host, &other);
+            other_host.take_effects();
+            assert!(!spray(&other_host, &other, 1, ""));
+            assert_eq!(status_of(&other_host).map(|s| s.0), Some(429));
+            // The operator removed the block: the feed lifts it (its end, in seconds).
+            let until = (NOW_MS + 300_000) / 1000;
+            let body = format!(
+                r#"{{"seq":0,"reset":true,"events":[],"blocks":{{"version":9,"list":[],"lifted":[{{"cidr":"203.0.113.5/32","until":{until}}}]}}}}"#
+            );
+            host.answer(Some(200), Some(body.as_bytes()));
+            host.take_effects();
+            worker::on_call_response(&host, &shared, token, body.len());
+            host.advance(1_000);
+            other_host.advance(1_000);
+            worker::on_tick(&host, &shared);
+            worker::on_tick(&other_host, &other);
+            host.take_effects();
+            other_host.take_effects();
+            // Both workers refuse it as what it is again (401), and its count starts anew: one
+            // failure does not block it, the second does (a new block, which stays).
+            assert!(!spray(&other_host, &other, 2, ""));
+            assert_eq!(status_of(&other_host).map(|s| s.0), Some(401));
+            host.take_effects();
+            assert!(!spray(&host, &shared, 4, ""));
+            assert_eq!(status_of(&host).map(|s| s.0), Some(401));
+            host.take_effects();
+            assert!(!spray(&host, &shared, 5, ""));
+            assert_eq!(status_of(&host).map(|s| s.0), Some(429));
+            worker::on_tick(&host, &shared);
+            host.take_effects();
+            assert!(!spray(&host, &shared, 6, ""));
+            assert_eq!(
+                status_of(&host).map(|s| s.0),
+                Some(429),
+                "a new block is not lifted"
+            );
         }
     }
 }

@@ -125,7 +125,7 @@ pub async fn remove_block(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<BlockView>, ApiError> {
-    let result = blocks::remove(state.service(), &id).await;
+    let result = blocks::remove(state.service(), &id, state.now()).await;
     let target = result.as_ref().ok().map(|block| block.cidr.clone());
     audit(&state, &caller, "block_remove", target, &result).await;
     Ok(Json(BlockView::of(result?)))

@@ -84,7 +84,11 @@ pub async fn list(service: &Service, now: i64) -> Result<Vec<BlockRecord>, ApiEr
     Ok(service.store().list_blocks(now).await?)
 }
 
-pub async fn remove(service: &Service, id: &str) -> Result<BlockRecord, ApiError> {
+/// Removes block `id`. An operator block is deleted. An automatic block is lifted: every
+/// automatic block of its address is marked, and the revocation feed tells every filter to
+/// drop them and to count that address's failures from zero (the rows stay until they would
+/// have ended, and are no longer listed).
+pub async fn remove(service: &Service, id: &str, now: i64) -> Result<BlockRecord, ApiError> {
     let id: i64 = id
         .parse()
         .ok()
@@ -92,11 +96,27 @@ pub async fn remove(service: &Service, id: &str) -> Result<BlockRecord, ApiError
         .ok_or(ApiError::BlockNotFound)?;
     let block = service
         .store()
-        .delete_block(id)
+        .get_block(id)
         .await?
         .ok_or(ApiError::BlockNotFound)?;
+    match block.source {
+        BlockSource::Operator => {
+            service
+                .store()
+                .delete_block(id)
+                .await?
+                .ok_or(ApiError::BlockNotFound)?;
+            tracing::info!(id = block.id, cidr = %block.cidr, "address block removed");
+        }
+        BlockSource::Automatic => {
+            let lifted = service
+                .store()
+                .lift_automatic_blocks(&block.cidr, now)
+                .await?;
+            tracing::info!(id = block.id, cidr = %block.cidr, lifted, "automatic address block lifted");
+        }
+    }
     service.blocks().changed();
-    tracing::info!(id = block.id, cidr = %block.cidr, "address block removed");
     Ok(block)
 }
 
@@ -176,7 +196,17 @@ pub async fn feed_blocks(service: &Service, now: i64) -> Result<FeedBlocks, ApiE
             until: u64::try_from(block.expires_at).unwrap_or(0),
         })
         .collect();
-    Ok(FeedBlocks::of(list))
+    let lifted = service
+        .store()
+        .lifted_blocks(now)
+        .await?
+        .into_iter()
+        .map(|(cidr, until)| OperatorBlock {
+            cidr,
+            until: u64::try_from(until).unwrap_or(0),
+        })
+        .collect();
+    Ok(FeedBlocks::of(list, lifted))
 }
 
 #[cfg(test)]

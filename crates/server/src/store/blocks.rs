@@ -39,7 +39,7 @@ impl KeyStore {
     pub async fn list_blocks(&self, now: i64) -> Result<Vec<BlockRecord>, StoreError> {
         let sql = Sql::new(format!(
             "SELECT {BLOCK_COLUMNS} FROM address_blocks WHERE expires_at > $1 \
-             ORDER BY id DESC LIMIT $2"
+             AND lifted_at IS NULL ORDER BY id DESC LIMIT $2"
         ))
         .arg(now)
         .arg(limit(MAX_LISTED_BLOCKS));
@@ -68,6 +68,48 @@ impl KeyStore {
         .arg(now);
         let n: i64 = self.db.fetch_one(&sql).await?.get("n")?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// The automatic blocks an operator lifted that would still be in force at `now`: each
+    /// network once, with the latest end of its lifted blocks (at most
+    /// [`MAX_OPERATOR_BLOCKS`], the latest ending first).
+    pub async fn lifted_blocks(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = Sql::new(
+            "SELECT cidr, MAX(expires_at) AS until FROM address_blocks \
+             WHERE source = 'automatic' AND lifted_at IS NOT NULL AND expires_at > $1 \
+             GROUP BY cidr ORDER BY until DESC LIMIT $2",
+        )
+        .arg(now)
+        .arg(limit(MAX_OPERATOR_BLOCKS));
+        let rows = self.db.fetch_all(&sql).await?;
+        rows.iter()
+            .map(|row| Ok((row.get("cidr")?, row.get("until")?)))
+            .collect()
+    }
+
+    /// Lifts every automatic block of `cidr` in force at `now` (they stay, marked, until
+    /// they end); answers how many.
+    pub async fn lift_automatic_blocks(&self, cidr: &str, now: i64) -> Result<u64, StoreError> {
+        self.db
+            .execute(
+                &Sql::new(
+                    "UPDATE address_blocks SET lifted_at = $2 WHERE source = 'automatic' \
+                     AND cidr = $1 AND lifted_at IS NULL AND expires_at > $2",
+                )
+                .arg(cidr)
+                .arg(now),
+            )
+            .await
+    }
+
+    /// Block `id` if it is in force (not lifted), or `None`.
+    pub async fn get_block(&self, id: i64) -> Result<Option<BlockRecord>, StoreError> {
+        let sql = Sql::new(format!(
+            "SELECT {BLOCK_COLUMNS} FROM address_blocks WHERE id = $1 AND lifted_at IS NULL"
+        ))
+        .arg(id);
+        let row = self.db.fetch_optional(&sql).await?;
+        row.as_ref().map(block_from_row).transpose()
     }
 
     /// Deletes block `id`; answers it, or `None` when there is none.

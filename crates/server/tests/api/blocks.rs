@@ -19,6 +19,7 @@ on_both_backends!(
     operator_blocks_travel_the_feed_and_end_by_themselves,
     a_long_poll_is_woken_by_a_block,
     reported_automatic_blocks_are_listed_beside_operator_ones,
+    removing_an_automatic_block_lifts_it_through_the_feed,
 );
 
 impl Harness {
@@ -175,4 +176,56 @@ async fn reported_automatic_blocks_are_listed_beside_operator_ones(backend: Back
     // Automatic blocks stay out of the feed: each Envoy blocks on its own counts.
     let answer = h.blocks_feed("since=0&blocks=0", None).await;
     assert_eq!(answer["blocks"]["list"].as_array().unwrap().len(), 1);
+}
+
+async fn removing_an_automatic_block_lifts_it_through_the_feed(backend: Backend) {
+    let h = harness_on(backend, jwt_settings()).await;
+    // Two Envoys blocked the same address; another address stays blocked.
+    for (gateway, until) in [("edge-1", NOW + 300), ("edge-2", NOW + 400)] {
+        let report = json!([{"address": "198.51.100.7", "until": until, "failures": 50}]);
+        let (status, _) = h
+            .feed_with(
+                "/v1/revocations?since=0",
+                &[
+                    ("x-keygate-gateway", gateway),
+                    ("x-keygate-blocked", &report.to_string()),
+                ],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let report = json!([{"address": "198.51.100.9", "until": NOW + 300, "failures": 50}]);
+    h.blocks_feed("since=0", Some(&report.to_string())).await;
+    let before = h.blocks_feed("since=0&blocks=0", None).await;
+    assert!(before["blocks"].get("lifted").is_none(), "{before}");
+    let list = h.admin("GET", BLOCKS, None).await;
+    assert_eq!(list.body["automatic"], 3);
+    let id = list.body["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cidr"] == "198.51.100.7/32")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let removed = h.admin("DELETE", &format!("{BLOCKS}/{id}"), None).await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    assert_eq!(removed.body["cidr"], "198.51.100.7/32");
+    // Both blocks of that address are lifted (no longer listed); the other stays.
+    let list = h.admin("GET", BLOCKS, None).await;
+    assert_eq!(list.body["automatic"], 1, "{}", list.body);
+    assert_eq!(list.body["blocks"][0]["cidr"], "198.51.100.9/32");
+    let again = h.admin("DELETE", &format!("{BLOCKS}/{id}"), None).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    // The feed tells every filter, up to the later of the two ends, under a new version.
+    let version = before["blocks"]["version"].as_u64().unwrap();
+    let after = h
+        .blocks_feed(&format!("since=0&blocks={version}"), None)
+        .await;
+    assert_eq!(
+        after["blocks"]["lifted"],
+        json!([{"cidr": "198.51.100.7/32", "until": NOW + 400}]),
+        "{after}"
+    );
+    assert_ne!(after["blocks"]["version"].as_u64().unwrap(), version);
 }
