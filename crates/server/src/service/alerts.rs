@@ -251,6 +251,21 @@ async fn attempt(service: &Service, claimed: &ClaimedDelivery) -> AttemptOutcome
     let settings = service.alerts().settings().clone();
     let timestamp = service.now();
     let body = claimed.delivery.body.clone();
+    let secret = match crate::service::webhooks::open_secret(
+        service,
+        &claimed.delivery.webhook_id,
+        &claimed.secret,
+    ) {
+        Ok(secret) => secret,
+        Err(error) => {
+            tracing::error!(webhook = %claimed.delivery.webhook_id, "{error}");
+            return AttemptOutcome::Failed {
+                status: None,
+                error: error.to_owned(),
+                retry_at: None,
+            };
+        }
+    };
     let headers = vec![
         ("Content-Type", "application/json".to_owned()),
         ("Keygate-Webhook-Id", claimed.delivery.id.clone()),
@@ -258,7 +273,7 @@ async fn attempt(service: &Service, claimed: &ClaimedDelivery) -> AttemptOutcome
         ("Keygate-Webhook-Timestamp", timestamp.to_string()),
         (
             "Keygate-Signature",
-            signature_header(&claimed.secret, timestamp, &body),
+            signature_header(&secret, timestamp, &body),
         ),
     ];
     let url = claimed.url.clone();

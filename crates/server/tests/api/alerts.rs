@@ -165,6 +165,32 @@ async fn deliveries_are_signed_retried_redelivered_and_survive_a_stopped_replica
         .admin("GET", &format!("/api/v1/webhooks/{webhook}"), None)
         .await;
     assert!(shown.body.get("secret").is_none());
+    // Stored sealed, bound to its webhook: the row does not hold the secret.
+    let stored = h
+        .state
+        .service()
+        .store()
+        .get_webhook(&webhook)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.secret.starts_with("sealed1:"), "{}", stored.secret);
+    assert!(!stored.secret.contains(&secret[6..]));
+    assert_eq!(
+        *keygate_server::service::webhooks::open_secret(
+            h.state.service(),
+            &webhook,
+            &stored.secret
+        )
+        .unwrap(),
+        secret
+    );
+    assert!(keygate_server::service::webhooks::open_secret(
+        h.state.service(),
+        "another-webhook",
+        &stored.secret
+    )
+    .is_err());
     let bad = h
         .admin(
             "POST",
