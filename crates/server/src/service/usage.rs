@@ -471,6 +471,7 @@ mod tests {
             last_used_at: minute + 30,
             route: None,
             client_address: None,
+            countries: Vec::new(),
         }
     }
 
