@@ -1,7 +1,7 @@
 //! `key.new_country`, on both backends: usage rows carry the countries a key was used from;
 //! the key's first country is its baseline (no alert), each later new one raises exactly one
 //! signed `key.new_country` delivery, a repeat (or a resent batch) none; the usage report
-//! lists the countries seen.
+//! lists the countries seen; batches taken at once announce a country once.
 
 use keygate_server::service::alerts::deliver_once;
 
@@ -68,6 +68,25 @@ async fn a_second_country_raises_one_new_country_alert(backend: Backend) {
         json!({"id": id, "name": "ci", "owner": "team-a", "country": "US", "seen_before": ["DE"]})
     );
 
+    // Two batches at once with the same new country (as two replicas would take them): one
+    // delivery.
+    h.clock.advance(60);
+    let (one, two) = tokio::join!(
+        post("b6", vec![row(&id, minute + 240, &["JP"])]),
+        post("b7", vec![row(&id, minute + 240, &["JP", "US"])]),
+    );
+    assert_eq!(
+        (one["applied"].clone(), two["applied"].clone()),
+        (json!(true), json!(true))
+    );
+    let queued = deliveries(&h, &webhook).await;
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert_eq!(deliver_once(h.state.service()).await, 1);
+    let got = received.all();
+    let (body, _) = verify(&secret, &got[1].0, &got[1].1);
+    assert_eq!(body["data"]["country"], "JP");
+    assert_eq!(body["data"]["seen_before"], json!(["DE", "US"]));
+
     // Another key's first countries: both in one batch, the earlier minute is the baseline.
     post(
         "b5",
@@ -78,10 +97,10 @@ async fn a_second_country_raises_one_new_country_alert(backend: Backend) {
     )
     .await;
     let queued = deliveries(&h, &webhook).await;
-    assert_eq!(queued.len(), 2, "{queued:?}");
+    assert_eq!(queued.len(), 3, "{queued:?}");
     assert_eq!(deliver_once(h.state.service()).await, 1);
     let got = received.all();
-    let (body, _) = verify(&secret, &got[1].0, &got[1].1);
+    let (body, _) = verify(&secret, &got[2].0, &got[2].1);
     assert_eq!(body["data"]["country"], "FR");
     assert_eq!(body["data"]["seen_before"], json!(["AT"]));
     assert_eq!(body["data"]["owner"], Value::Null);
@@ -94,6 +113,7 @@ async fn a_second_country_raises_one_new_country_alert(backend: Backend) {
         json!([
             {"country": "DE", "first_seen_at": rfc3339(NOW)},
             {"country": "US", "first_seen_at": rfc3339(NOW + 120)},
+            {"country": "JP", "first_seen_at": rfc3339(NOW + 180)},
         ])
     );
 
@@ -106,5 +126,5 @@ async fn a_second_country_raises_one_new_country_alert(backend: Backend) {
             .await
             .assert_problem(StatusCode::BAD_REQUEST);
     }
-    assert_eq!(deliveries(&h, &webhook).await.len(), 2);
+    assert_eq!(deliveries(&h, &webhook).await.len(), 3);
 }
