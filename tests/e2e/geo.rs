@@ -1,16 +1,19 @@
 //! Geo-restrictions through a real Envoy: `envoy/geoip.yaml` (Keygate in the strip role, then
 //! Envoy's own geoip filter with a MaxMind database written by the test) in front of Keygate.
 //! A key restricted to countries passes from them, is refused elsewhere, and is refused when
-//! the country is unknown even if the client sends the country header itself.
+//! the country is unknown even if the client sends the country header itself. Usage rows
+//! carry the countries: a key used from Germany, then the United States produces one
+//! `key.new_country` webhook delivery (for the United States; Germany is its baseline).
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use keygate_testkit::{
-    admin_json, assert_denied, assert_forwarded_with_identity, bearer, python_with, wasm_path,
-    with_geoip, Reply, Stack, TempDir,
+    admin_json, assert_denied, assert_forwarded_with_identity, bearer, must, python_with,
+    wasm_path, with_geoip, Reply, Stack, TempDir, WebhookReceiver,
 };
 
 /// A MaxMind-format country database: 198.51.100.0/24 is Germany, 203.0.113.0/24 the United
@@ -66,9 +69,18 @@ fn keys_restricted_to_countries_pass_only_from_them() {
             cfg["geo"] = json!({"country_header": "x-geo-country"});
             // Envoy and Keygate both take the address the trusted proxy (one hop) saw.
             cfg["client_address"] = json!({"trusted_hops": 1});
+            cfg["usage"] = json!({"enabled": true, "flush_seconds": 1});
         },
         |yaml| with_geoip(yaml, &wasm, &db, 1),
     );
+    let hooks = WebhookReceiver::start();
+    let registered = admin_json(
+        &stack.service,
+        "POST",
+        "/api/v1/webhooks",
+        Some(&json!({"url": hooks.url(), "events": ["key.new_country"]})),
+    );
+    assert_eq!(registered.status, 201, "{}", registered.body);
     let restricted = stack.service.create_key_from(&json!({
         "name": "dach-only",
         "scopes": ["demo:read"],
@@ -153,6 +165,55 @@ fn keys_restricted_to_countries_pass_only_from_them() {
         country_seen_upstream(&upstream),
         Some("US"),
         "{upstream:#?}"
+    );
+
+    // A key used from Germany (its baseline), then from the United States: one
+    // `key.new_country` delivery, for the United States. The keys above were used from one
+    // country each (their baselines): no delivery for them.
+    let roaming = stack.service.create_key_from(&json!({
+        "name": "roaming",
+        "scopes": ["demo:read"],
+        "owner": "geo-owner",
+    }));
+    assert_forwarded_with_identity(
+        &from(&stack, &roaming.key, "198.51.100.7", &[]),
+        &roaming.id,
+    );
+    let usage_path = format!("/api/v1/auth/keys/{}/usage", roaming.id);
+    let countries =
+        || admin_json(&stack.service, "GET", &usage_path, None).json()["countries"].clone();
+    must(Duration::from_secs(15), "Germany recorded", || {
+        countries()[0]["country"] == "DE"
+    });
+    assert_forwarded_with_identity(&from(&stack, &roaming.key, "203.0.113.9", &[]), &roaming.id);
+    must(
+        Duration::from_secs(20),
+        "a key.new_country delivery",
+        || !hooks.of("key.new_country").is_empty(),
+    );
+    let delivered = hooks.of("key.new_country");
+    assert_eq!(delivered.len(), 1, "{delivered:#?}");
+    let body = &delivered[0].body;
+    assert_eq!(body["subject"], roaming.id.as_str());
+    assert_eq!(
+        body["data"],
+        json!({
+            "id": roaming.id, "name": "roaming", "owner": "geo-owner",
+            "country": "US", "seen_before": ["DE"],
+        })
+    );
+    assert!(delivered[0].header("keygate-signature").is_some());
+    // Seen again from the United States: nothing more; the CLI lists both countries.
+    assert_forwarded_with_identity(&from(&stack, &roaming.key, "203.0.113.9", &[]), &roaming.id);
+    let printed = stack.service.cli(&["keys", "usage", &roaming.id]);
+    assert!(printed.contains("countries seen: DE (since "), "{printed}");
+    assert!(printed.contains("US (since "), "{printed}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        hooks.of("key.new_country").len(),
+        1,
+        "{:#?}",
+        hooks.deliveries()
     );
 }
 

@@ -159,11 +159,13 @@ pub enum Event {
     ThreatContention,
     /// Gauge: blocks in force on this worker (automatic and operator).
     ThreatBlocks,
+    /// Countries a usage row could not carry (it held `MAX_ROW_COUNTRIES` already).
+    UsageCountriesDropped,
 }
 
 impl Event {
     /// Every event, in declaration order (`event as usize` indexes it).
-    pub const ALL: [Event; 28] = [
+    pub const ALL: [Event; 29] = [
         Event::Allowed,
         Event::AllowedPublic,
         Event::CacheHit,
@@ -192,6 +194,7 @@ impl Event {
         Event::ThreatTableFull,
         Event::ThreatContention,
         Event::ThreatBlocks,
+        Event::UsageCountriesDropped,
     ];
 
     /// The metric name on Envoy's `/stats` (under `wasmcustom.`).
@@ -225,6 +228,7 @@ impl Event {
             Event::ThreatTableFull => "keygate.threat.table_full",
             Event::ThreatContention => "keygate.threat.contention",
             Event::ThreatBlocks => "keygate.threat.blocks",
+            Event::UsageCountriesDropped => "keygate.usage.countries_dropped",
         }
     }
 

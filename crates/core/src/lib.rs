@@ -10,6 +10,7 @@ pub mod base32;
 pub mod binding;
 pub mod cache;
 pub mod config;
+pub mod country_set;
 pub mod credential;
 pub mod decision;
 pub mod feed;

@@ -231,7 +231,17 @@ pub struct UsageRow {
     /// (absent: not known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_address: Option<String>,
+    /// The countries (ISO 3166-1 alpha-2, upper case) the row's allowed requests came from, as
+    /// Envoy's geoip filter reported them: at most [`USAGE_MAX_ROW_COUNTRIES`], in the order
+    /// first seen. Empty (absent): `geo` is not configured, no country was known, or an older
+    /// filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub countries: Vec<String>,
 }
+
+/// Most countries the key service takes in one usage row (the filter sends at most
+/// [`crate::country_set::MAX_ROW_COUNTRIES`]); more is refused with 400.
+pub const USAGE_MAX_ROW_COUNTRIES: usize = 16;
 
 /// `POST /v1/usage` body. `batch_id` makes retries idempotent: the service applies a batch
 /// id once.

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod block;
+pub mod country;
 pub mod feed;
 pub mod key;
 pub mod legacy;

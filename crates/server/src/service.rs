@@ -11,6 +11,7 @@ pub mod blocks;
 pub mod blocks_signal;
 pub mod context;
 pub mod counters;
+pub mod countries;
 pub mod error;
 pub mod events;
 pub mod feed;

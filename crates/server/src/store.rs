@@ -18,6 +18,7 @@
 mod admin;
 mod audit;
 mod blocks;
+mod countries;
 mod error;
 mod feed;
 mod handle;

@@ -13,6 +13,7 @@
 //!   on the same key services (a fleet).
 //! - [`Browser`]: a headless Chromium over WebDriver (Debian's `chromium-driver`), for the
 //!   dashboard's tests.
+//! - [`WebhookReceiver`]: a local endpoint that records webhook deliveries.
 //! - Assertions on what Envoy answers: [`assert_denied`], [`assert_forwarded_with_identity`].
 //!
 //! Binaries come from `KEYGATE_WASM`, `KEYGATE_BIN`, `ENVOY_BIN` (defaults under the project
@@ -36,6 +37,7 @@ mod service;
 mod stack;
 mod time;
 mod tls;
+mod webhook;
 
 pub use assertions::{
     assert_denied, assert_forwarded_with_identity, poll_status, IDENTITY_HEADERS,
@@ -65,6 +67,7 @@ pub use service::{
 pub use stack::{start_tls_stack, Cluster, Database, Echo, Options, Stack, StackBuilder};
 pub use time::{rfc3339, unix_now};
 pub use tls::{CertFiles, MtlsPki, Pki, SERVICE_NAME};
+pub use webhook::{Delivery, WebhookReceiver};
 
 /// Makes a `sqlite::NAME` and a `postgres::NAME` `#[tokio::test]` of each
 /// `async fn NAME(Backend)`; with `db:` first, of each `async fn NAME(&TestDb)`, on a fresh

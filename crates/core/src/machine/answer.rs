@@ -155,10 +155,13 @@ pub fn apply(
     let route = if config.usage.enabled {
         let (route, address) =
             usage_route_and_address(host, shared, &identity.usage_key, forwarding, now);
-        shared
-            .usage
-            .borrow_mut()
-            .allowed(&identity.usage_key, &route, address, now);
+        shared.usage.borrow_mut().allowed(
+            &identity.usage_key,
+            &route,
+            address,
+            forwarding.country,
+            now,
+        );
         route
     } else {
         Arc::from("")

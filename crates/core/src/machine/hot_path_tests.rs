@@ -529,3 +529,86 @@ fn threat_detection_adds_nothing_without_blocks_and_one_property_read_with_them(
         ["property", "now_ms", "set_request_headers"]
     );
 }
+
+/// With `geo` configured, usage rows carry the countries the key was used from: read from the
+/// header map the filter holds anyway, so an unrestricted key's cached request makes exactly
+/// the calls it makes without `geo`.
+#[test]
+fn usage_countries_add_no_host_call() {
+    use crate::wire::UsageBatch;
+    let geo = json!({"geo": {"country_header": "x-geo-country"}});
+    let host = FakeHost::at(NOW_MS);
+    let shared = start(&host, geo.clone());
+    let key = minted();
+    warm_with(
+        &host,
+        &shared,
+        &key,
+        &record(&key),
+        &[("x-geo-country", b"de")],
+    );
+    let from = |context_id: u32, country: &'static [u8]| {
+        let headers: [(&str, &[u8]); 4] = [
+            (":method", b"GET"),
+            (":path", b"/v1/hello"),
+            ("x-api-key", key.plaintext.as_bytes()),
+            ("x-geo-country", country),
+        ];
+        assert!(worker::on_request_headers(
+            &host, &shared, context_id, &headers
+        ));
+        worker::on_response_headers(&host, &shared, context_id);
+        worker::on_log(&shared, context_id);
+        host.take_calls()
+    };
+    let calls = from(2, b"US");
+    assert_eq!(calls, ["now_ms", "set_request_headers", "response_status"]);
+    assert_eq!(
+        calls,
+        cached_opaque_calls(json!({})),
+        "the same as without geo"
+    );
+    assert_eq!(
+        from(3, b"Germany"),
+        calls,
+        "a malformed country: no country"
+    );
+    host.take_effects();
+    worker::on_tick(&host, &shared);
+    let batch = host
+        .take_effects()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Dispatch {
+                body: Some(body), ..
+            } => serde_json::from_slice::<UsageBatch>(&body).ok(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(batch.rows.len(), 1);
+    assert_eq!(batch.rows[0].counts.allowed, 3);
+    assert_eq!(batch.rows[0].countries, ["DE", "US"]);
+
+    // Without `geo`, the header is not a country: rows carry none.
+    let host = FakeHost::at(NOW_MS);
+    let shared = start(&host, json!({}));
+    warm_with(
+        &host,
+        &shared,
+        &key,
+        &record(&key),
+        &[("x-geo-country", b"DE")],
+    );
+    worker::on_tick(&host, &shared);
+    let body = host
+        .take_effects()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Dispatch {
+                body: Some(body), ..
+            } => Some(body),
+            _ => None,
+        })
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&body).contains("countries"));
+}

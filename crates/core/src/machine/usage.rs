@@ -15,6 +15,10 @@
 //!   counted (`keygate.usage.rejected`), and reporting goes on with the next one.
 //! - A row's `last_used_at` is the last *allowed* request: denials and upstream statuses count
 //!   without moving it (0: no allowed request in that minute).
+//! - With `geo` configured, a row also carries the countries its allowed requests came from
+//!   (read from the header map the filter holds anyway: no host call), at most
+//!   [`crate::country_set::MAX_ROW_COUNTRIES`] per row; a further country is dropped and counted
+//!   (`keygate.usage.countries_dropped`). The key service raises `key.new_country` from them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -22,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{KeyService, UsageSettings};
+use crate::country_set::CountrySet;
 use crate::decision::DenyReason;
+use crate::geo::Country;
 use crate::host::{Event, Host, LogLevel};
 use crate::machine::lease::{Reentry, SharedLease, Take};
 use crate::wire::{UsageBatch, UsageCounts, UsageRow, USAGE_MAX_ROWS};
@@ -45,8 +51,9 @@ pub const OTHER_ROUTE: &str = "other";
 /// Longest route name reported; a longer one is counted under [`OTHER_ROUTE`].
 pub const MAX_ROUTE_LEN: usize = 128;
 
-/// One row's data: counts, last use (Unix seconds, 0: none) and the client address then.
-type Cell = (UsageCounts, u64, Option<String>);
+/// One row's data: counts, last use (Unix seconds, 0: none), the client address then, and
+/// the countries of its allowed requests.
+type Cell = (UsageCounts, u64, Option<String>, CountrySet);
 /// Rows by (key id, minute, route; "" when a row names none).
 type Rows = BTreeMap<(String, u64, String), Cell>;
 
@@ -61,8 +68,9 @@ pub struct Reporting<'a> {
     pub gateway: Option<&'a str>,
 }
 
-/// One route's counts in one minute: counts, last use and its client address.
-type LocalCell = (UsageCounts, u64, Option<IpAddr>);
+/// One route's counts in one minute: counts, last use, its client address and the countries
+/// of its allowed requests.
+type LocalCell = (UsageCounts, u64, Option<IpAddr>, CountrySet);
 
 /// One worker's counts since its last merge, and its flusher state.
 #[derive(Default)]
@@ -78,6 +86,9 @@ pub struct Usage {
     backlog: bool,
     batches: u64,
     worker: String,
+    /// Countries not held because a row had [`crate::country_set::MAX_ROW_COUNTRIES`] already (counted on the
+    /// next merge).
+    countries_dropped: u64,
 }
 
 /// The route a row is counted under: `route`, or [`OTHER_ROUTE`] when the key already has
@@ -103,14 +114,15 @@ impl Usage {
     }
 
     /// Counts into the row of `key_id`, the minute of `now_ms` and `route`; `used_at` (Unix
-    /// seconds) moves the row's last use (with its `address`), 0 leaves it.
+    /// seconds) moves the row's last use (with its `address`), 0 leaves it. `count` answers
+    /// how many countries the row could not hold.
     fn update(
         &mut self,
         key_id: &str,
         route: &str,
         now_ms: u64,
         used: (u64, Option<IpAddr>),
-        count: impl FnOnce(&mut UsageCounts),
+        count: impl FnOnce(&mut UsageCounts, &mut CountrySet) -> u64,
     ) {
         let minute = now_ms / 60_000 * 60;
         let per_key = match self.local.get_mut(key_id) {
@@ -123,13 +135,14 @@ impl Usage {
             Some(row) => row,
             None => routes.entry(Arc::from(slot)).or_default(),
         };
-        count(&mut row.0);
+        let dropped = count(&mut row.0, &mut row.3);
         if used.0 > 0 && used.0 >= row.1 {
             row.1 = used.0;
             if used.1.is_some() {
                 row.2 = used.1;
             }
         }
+        self.countries_dropped += dropped;
     }
 
     /// Whether this worker counted no allowed request of `key_id` in the minute of `now_ms`
@@ -144,18 +157,27 @@ impl Usage {
             .is_some_and(|routes| routes.values().any(|cell| cell.1 > 0))
     }
 
-    /// An allowed request on `route`, from `address` (as far as the filter knows it): the
-    /// only kind that moves the key's last use.
-    pub fn allowed(&mut self, key_id: &str, route: &str, address: Option<IpAddr>, now_ms: u64) {
-        self.update(key_id, route, now_ms, (now_ms / 1000, address), |c| {
-            c.allowed += 1
+    /// An allowed request on `route`, from `address` and `country` (as far as the filter
+    /// knows them): the only kind that moves the key's last use and reports a country.
+    pub fn allowed(
+        &mut self,
+        key_id: &str,
+        route: &str,
+        address: Option<IpAddr>,
+        country: Option<Country>,
+        now_ms: u64,
+    ) {
+        self.update(key_id, route, now_ms, (now_ms / 1000, address), |c, set| {
+            c.allowed += 1;
+            u64::from(!country.is_none_or(|country| set.insert(country)))
         });
     }
 
     /// A refused request of a proven key (see [`counts_under_key`]); not broken down by route.
     pub fn denied(&mut self, key_id: &str, reason: &str, now_ms: u64) {
-        self.update(key_id, "", now_ms, (0, None), |c| {
-            bump(&mut c.denied, reason)
+        self.update(key_id, "", now_ms, (0, None), |c, _| {
+            bump(&mut c.denied, reason);
+            0
         });
     }
 
@@ -174,11 +196,12 @@ impl Usage {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.update(key_id, route, now_ms, (0, None), |c| {
+        self.update(key_id, route, now_ms, (0, None), |c, _| {
             bump(&mut c.status, class);
             if let Some(ms) = latency_ms {
                 c.observe_latency(ms);
             }
+            0
         });
     }
 
@@ -192,7 +215,10 @@ impl Usage {
                 route,
                 row.minute * 1000,
                 (row.last_used_at, address),
-                |c| c.merge(&row.counts),
+                |c, set| {
+                    c.merge(&row.counts);
+                    set.merge_codes(&row.countries)
+                },
             );
         }
     }
@@ -202,11 +228,11 @@ impl Usage {
         let mut rows = Rows::new();
         for (key_id, minutes) in self.local.drain() {
             for (minute, routes) in minutes {
-                for (route, (counts, last_used, address)) in routes {
+                for (route, (counts, last_used, address, countries)) in routes {
                     let address = address.map(|a| a.to_string());
                     rows.insert(
                         (key_id.clone(), minute, route.to_string()),
-                        (counts, last_used, address),
+                        (counts, last_used, address, countries),
                     );
                 }
             }
@@ -249,11 +275,19 @@ fn decode_rows(bytes: &[u8]) -> Vec<UsageRow> {
     serde_json::from_slice(bytes).unwrap_or_default()
 }
 
+/// What [`merge`] had to drop: rows (the queue was full), and countries (a row held
+/// [`crate::country_set::MAX_ROW_COUNTRIES`] already, or a code was malformed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Dropped {
+    rows: u64,
+    countries: u64,
+}
+
 /// Merges `rows` into `into`, keeping at most `max_rows` (key, minute, route) rows and
 /// [`MAX_ROUTES_PER_KEY_MINUTE`] routes per key and minute (more go under [`OTHER_ROUTE`]);
-/// returns how many rows had to be dropped.
-fn merge(into: &mut Rows, rows: impl IntoIterator<Item = UsageRow>, max_rows: usize) -> u64 {
-    let mut dropped = 0;
+/// returns what had to be dropped.
+fn merge(into: &mut Rows, rows: impl IntoIterator<Item = UsageRow>, max_rows: usize) -> Dropped {
+    let mut dropped = Dropped::default();
     for row in rows {
         let mut route = row.route.unwrap_or_default();
         let exists = |into: &Rows, route: &str| {
@@ -281,11 +315,15 @@ fn merge(into: &mut Rows, rows: impl IntoIterator<Item = UsageRow>, max_rows: us
                         existing.2 = row.client_address;
                     }
                 }
+                dropped.countries += existing.3.merge_codes(&row.countries);
             }
             None if !full => {
-                into.insert(slot, (row.counts, row.last_used_at, row.client_address));
+                let mut countries = CountrySet::default();
+                dropped.countries += countries.merge_codes(&row.countries);
+                let cell = (row.counts, row.last_used_at, row.client_address, countries);
+                into.insert(slot, cell);
             }
-            None => dropped += 1,
+            None => dropped.rows += 1,
         }
     }
     dropped
@@ -294,13 +332,16 @@ fn merge(into: &mut Rows, rows: impl IntoIterator<Item = UsageRow>, max_rows: us
 fn to_rows(rows: Rows) -> Vec<UsageRow> {
     rows.into_iter()
         .map(
-            |((key_id, minute, route), (counts, last_used_at, client_address))| UsageRow {
-                key_id,
-                minute,
-                counts,
-                last_used_at,
-                route: (!route.is_empty()).then_some(route),
-                client_address,
+            |((key_id, minute, route), (counts, last_used_at, client_address, countries))| {
+                UsageRow {
+                    key_id,
+                    minute,
+                    counts,
+                    last_used_at,
+                    route: (!route.is_empty()).then_some(route),
+                    client_address,
+                    countries: countries.codes(),
+                }
             },
         )
         .collect()
@@ -341,8 +382,12 @@ impl Usage {
             let dropped = merge(&mut rows, to_rows(local.clone()), max_rows);
             let encoded = serde_json::to_vec(&to_rows(rows)).unwrap_or_default();
             if host.set_shared(PENDING_KEY, &encoded, cas).is_ok() {
-                if dropped > 0 {
-                    host.count(Event::UsageDropped, dropped);
+                if dropped.rows > 0 {
+                    host.count(Event::UsageDropped, dropped.rows);
+                }
+                let countries = dropped.countries + std::mem::take(&mut self.countries_dropped);
+                if countries > 0 {
+                    host.count(Event::UsageCountriesDropped, countries);
                 }
                 return;
             }
@@ -563,6 +608,7 @@ mod tests {
             last_used_at: minute + 1,
             route: None,
             client_address: None,
+            countries: Vec::new(),
         }
     }
 
@@ -574,16 +620,17 @@ mod tests {
                 &mut rows,
                 vec![row("a", 60, 2), row("a", 60, 3), row("b", 60, 1)],
                 2
-            ),
+            )
+            .rows,
             0
         );
         assert_eq!(rows[&("a".to_owned(), 60, String::new())].0.allowed, 5);
         assert_eq!(
-            merge(&mut rows, vec![row("c", 60, 1), row("a", 120, 1)], 2),
+            merge(&mut rows, vec![row("c", 60, 1), row("a", 120, 1)], 2).rows,
             2
         );
         assert_eq!(
-            merge(&mut rows, vec![row("b", 60, 4)], 2),
+            merge(&mut rows, vec![row("b", 60, 4)], 2).rows,
             0,
             "existing rows still merge"
         );
@@ -596,7 +643,7 @@ mod tests {
     #[test]
     fn counts_land_in_their_minute_and_class() {
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k", "r", None, 61_000);
+        usage.allowed("k", "r", None, None, 61_000);
         usage.status("k", "r", 204, Some(3), 61_500);
         usage.status("k", "r", 503, Some(7_000), 119_999);
         usage.denied("k", "rate_limited", 120_000);
@@ -618,7 +665,7 @@ mod tests {
     fn only_allowed_requests_move_the_last_use() {
         let address: IpAddr = "203.0.113.7".parse().unwrap();
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k", "r", Some(address), 61_000);
+        usage.allowed("k", "r", Some(address), None, 61_000);
         usage.denied("k", "insufficient_scope", 65_000);
         usage.status("k", "r", 403, None, 66_000);
         usage.denied("k", "expired", 125_000);
@@ -653,10 +700,10 @@ mod tests {
     fn routes_per_key_and_minute_are_capped() {
         let mut usage = Usage::new("w1".into());
         for i in 0..MAX_ROUTES_PER_KEY_MINUTE + 5 {
-            usage.allowed("k", &format!("route-{i}"), None, 61_000);
+            usage.allowed("k", &format!("route-{i}"), None, None, 61_000);
         }
-        usage.allowed("k", &"x".repeat(MAX_ROUTE_LEN + 1), None, 61_000);
-        usage.allowed("j", "route-99", None, 61_000);
+        usage.allowed("k", &"x".repeat(MAX_ROUTE_LEN + 1), None, None, 61_000);
+        usage.allowed("j", "route-99", None, None, 61_000);
         let rows = to_rows(usage.take_rows());
         let of_k: Vec<&UsageRow> = rows.iter().filter(|r| r.key_id == "k").collect();
         assert_eq!(of_k.len(), MAX_ROUTES_PER_KEY_MINUTE + 1);
@@ -675,7 +722,7 @@ mod tests {
             route: Some(format!("w2-{i}")),
             ..row("k", 60, 1)
         });
-        assert_eq!(merge(&mut shared, many, 1_000), 0);
+        assert_eq!(merge(&mut shared, many, 1_000), Dropped::default());
         assert_eq!(shared.len(), MAX_ROUTES_PER_KEY_MINUTE + 1);
         assert_eq!(
             shared[&("k".to_owned(), 60, OTHER_ROUTE.to_owned())]
@@ -824,9 +871,9 @@ mod tests {
         let host_one = FakeHost::at(T0);
         let host_two = host_one.worker();
         let (mut one, mut two) = (Usage::new("w1".into()), Usage::new("w2".into()));
-        one.allowed("k1", "r", None, T0);
-        two.allowed("k1", "r", None, T0);
-        two.allowed("k2", "r", None, T0);
+        one.allowed("k1", "r", None, None, T0);
+        two.allowed("k1", "r", None, None, T0);
+        two.allowed("k2", "r", None, None, T0);
         // Worker two merges first and becomes the flusher; worker one merges, finds the
         // lease held and sends nothing.
         let token = two.on_tick(&host_two, &setup.reporting());
@@ -853,13 +900,13 @@ mod tests {
         let setup = Setup::new(1_000);
         let host = FakeHost::at(T0);
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k1", "r", None, T0);
+        usage.allowed("k1", "r", None, None, T0);
         assert!(usage.on_tick(&host, &setup.reporting()).is_some());
         let first = sent_batch(&host.take_effects()[0]);
         for failure in [Some(503), None, Some(429)] {
             host.answer(failure, None);
             assert_eq!(usage.on_response(&host, &setup.reporting()), None);
-            usage.allowed("k2", "r", None, host.now_ms());
+            usage.allowed("k2", "r", None, None, host.now_ms());
             host.advance(10_000);
             assert!(usage.on_tick(&host, &setup.reporting()).is_some());
             let effects = host.take_effects();
@@ -888,7 +935,7 @@ mod tests {
         let setup = Setup::new(1_000);
         let host = FakeHost::at(T0);
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k1", "r", None, T0);
+        usage.allowed("k1", "r", None, None, T0);
         host.refuse_next_dispatch(crate::host::HostError::Refused("BadArgument"));
         assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
         assert_eq!(host.counted(Event::UsageFlushFailure), 1);
@@ -905,7 +952,7 @@ mod tests {
         let host = FakeHost::at(T0);
         let mut usage = Usage::new("w1".into());
         for i in 0..10 {
-            usage.allowed(&format!("key{i:013}"), "r", None, T0);
+            usage.allowed(&format!("key{i:013}"), "r", None, None, T0);
         }
         let mut sent = 0;
         let mut token = usage.on_tick(&host, &setup.reporting());
@@ -928,7 +975,7 @@ mod tests {
         // Someone else is the flusher: this worker only merges.
         SharedLease::new(LEASE_KEY).take(&host.worker(), "w9", T0 + 60_000, T0, Reentry::Renew);
         host.put_shared(PENDING_KEY, b"[]");
-        usage.allowed("k1", "r", None, T0);
+        usage.allowed("k1", "r", None, None, T0);
         host.conflict_next_writes(8);
         assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
         assert_eq!(
@@ -941,11 +988,58 @@ mod tests {
         let pending = decode_rows(&host.shared(PENDING_KEY).unwrap());
         assert_eq!(pending.len(), 1, "the counts were kept, merged next tick");
         // One row at most may wait: a second key's row is dropped, and counted.
-        usage.allowed("k2", "r", None, host.now_ms());
+        usage.allowed("k2", "r", None, None, host.now_ms());
         host.advance(1_000);
         usage.on_tick(&host, &setup.reporting());
         assert_eq!(host.counted(Event::UsageDropped), 1);
         assert_eq!(decode_rows(&host.shared(PENDING_KEY).unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn rows_carry_the_countries_of_allowed_requests_bounded_and_counted() {
+        let country = |code: &str| Country::parse(code.as_bytes());
+        let setup = Setup::new(1_000);
+        let host = FakeHost::at(T0);
+        // Someone else is the flusher: these workers only merge into the shared queue.
+        SharedLease::new(LEASE_KEY).take(&host.worker(), "w9", T0 + 60_000, T0, Reentry::Renew);
+        let (mut one, mut two) = (Usage::new("w1".into()), Usage::new("w2".into()));
+        for code in ["DE", "US", "DE", "FR", "JP", "BR", "CN"] {
+            one.allowed("k", "r", None, country(code), T0);
+        }
+        one.allowed("k", "r", None, None, T0);
+        one.allowed("j", "r", None, None, T0);
+        // A denial reports no country.
+        one.denied("k", "expired", T0);
+        two.allowed("k", "r", None, country("AT"), T0);
+        two.allowed("k", "r2", None, country("AT"), T0);
+        assert_eq!(one.on_tick(&host, &setup.reporting()), None);
+        assert_eq!(host.counted(Event::UsageCountriesDropped), 2, "BR and CN");
+        let worker_two = host.worker();
+        assert_eq!(two.on_tick(&worker_two, &setup.reporting()), None);
+        assert_eq!(
+            worker_two.counted(Event::UsageCountriesDropped),
+            1,
+            "AT does not fit the shared row"
+        );
+        let pending = decode_rows(&host.shared(PENDING_KEY).unwrap());
+        let find = |key: &str, route: Option<&str>| {
+            pending
+                .iter()
+                .find(|r| r.key_id == key && r.route.as_deref() == route)
+                .unwrap()
+        };
+        assert_eq!(find("k", Some("r")).countries, ["DE", "US", "FR", "JP"]);
+        assert_eq!(find("k", Some("r")).counts.allowed, 9);
+        assert_eq!(find("k", Some("r2")).countries, ["AT"]);
+        assert!(find("k", None).countries.is_empty());
+        assert!(find("j", Some("r")).countries.is_empty());
+        // Without countries the row is what it was (no field), and an older row decodes.
+        let json = serde_json::to_string(find("j", Some("r"))).unwrap();
+        assert!(!json.contains("countries"), "{json}");
+        let old: UsageRow =
+            serde_json::from_str(r#"{"key_id":"k","minute":60,"allowed":1,"last_used_at":61}"#)
+                .unwrap();
+        assert!(old.countries.is_empty());
     }
 
     #[test]
@@ -954,7 +1048,7 @@ mod tests {
         setup.settings.enabled = false;
         let host = FakeHost::at(T0);
         let mut usage = Usage::new("w1".into());
-        usage.allowed("k1", "r", None, T0);
+        usage.allowed("k1", "r", None, None, T0);
         assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
         assert!(host.take_effects().is_empty());
         assert!(host.writes().is_empty());

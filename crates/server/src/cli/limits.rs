@@ -288,6 +288,23 @@ pub fn render_usage(answer: &Value) -> String {
             let _ = writeln!(out, "denied by reason: {}", reasons.join(", "));
         }
     }
+    if let Some(countries) = answer
+        .get("countries")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
+    {
+        let seen: Vec<String> = countries
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} (since {})",
+                    text(c, "country"),
+                    text(c, "first_seen_at")
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "countries seen: {}", seen.join(", "));
+    }
     let requests: Vec<u64> = points
         .iter()
         .map(|p| count(p, "allowed") + sum(p, "denied"))
@@ -351,6 +368,18 @@ mod tests {
         );
         let total = text.lines().find(|l| l.starts_with("TOTAL")).unwrap();
         assert!(total.ends_with("5    >5000    >5000"), "{total:?}");
+        let mut answer = answer;
+        answer["countries"] = json!([
+            {"country": "DE", "first_seen_at": "2030-01-01T00:00:00Z"},
+            {"country": "US", "first_seen_at": "2030-01-01T00:20:00Z"}
+        ]);
+        assert!(
+            render_usage(&answer).contains(
+                "countries seen: DE (since 2030-01-01T00:00:00Z), US (since 2030-01-01T00:20:00Z)"
+            ),
+            "{}",
+            render_usage(&answer)
+        );
     }
 
     #[test]
@@ -366,6 +395,7 @@ mod tests {
         });
         let text = render_usage(&answer);
         assert!(text.contains("denied by reason: revoked=1"), "{text}");
+        assert!(!text.contains("countries seen"), "{text}");
         assert!(!text.contains("allowed by route"), "{text}");
         assert_eq!(text.matches('│').count(), 2);
         assert!(text.contains(&"█".repeat(60)));

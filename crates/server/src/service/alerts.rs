@@ -2,8 +2,8 @@
 //!
 //! [`raise`] is the one entry point: the key operations call it (`key.created`,
 //! `key.rotated`, `key.revoked`, `key.leaked`), the expiry scan calls it (`key.expiring`),
-//! and threat blocking and geo-restrictions call it for `address.blocked`,
-//! `auth.failure_spike` and `key.new_country`. It writes one delivery per webhook that wants
+//! threat blocking calls it for `address.blocked` and `auth.failure_spike`, and usage
+//! ingestion for `key.new_country` ([`crate::service::countries`]). It writes one delivery per webhook that wants
 //! the event and wakes the worker; it never fails the operation that raised it (a failure is
 //! logged and counted).
 //!
@@ -180,6 +180,22 @@ pub async fn key_rotated(service: &Service, record: &KeyRecord, new_id: &str) {
         object.insert("new_id".into(), new_id.into());
     }
     raise(service, AlertKind::KeyRotated, &record.id, data).await;
+}
+
+/// `key.new_country` for `record`, used from `country` (upper-case ISO 3166-1 alpha-2) for the
+/// first time; `seen_before` are the countries it was used from until then, first seen first.
+pub async fn key_new_country(
+    service: &Service,
+    record: &KeyRecord,
+    country: &str,
+    seen_before: &[String],
+) {
+    let mut data = key_data(record);
+    if let Some(object) = data.as_object_mut() {
+        object.insert("country".into(), country.into());
+        object.insert("seen_before".into(), seen_before.into());
+    }
+    raise(service, AlertKind::KeyNewCountry, &record.id, data).await;
 }
 
 /// The `Keygate-Signature` header of `body` sent at `timestamp` under `secret`:

@@ -7,16 +7,21 @@
 //! (`{"applied": true, "rows": <stored>, "refused": <refused>}`). So no client-chosen id ever
 //! gets a usage row, and one stray row never costs the batch. A key's `last_used_at` moves
 //! only with rows that counted allowed requests.
+//!
+//! A row's `countries` (the geoip filter's countries of its allowed requests) are recorded per
+//! key and announced as `key.new_country` (see [`crate::service::countries`]); the usage
+//! report lists the countries a key was seen from.
 
 use std::collections::BTreeMap;
 
 use keygate_core::wire::{
     latency_bucket_name, UsageBatch, UsageRow, LATENCY_BOUNDS_MS, LATENCY_BUCKETS,
-    USAGE_BODY_LIMIT, USAGE_MAX_ROWS,
+    USAGE_BODY_LIMIT, USAGE_MAX_ROWS, USAGE_MAX_ROW_COUNTRIES,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::country::valid_country;
 use crate::model::{GatewayRow, UsageCell, UsageDelta};
 use crate::service::context::Service;
 use crate::service::error::ApiError;
@@ -123,6 +128,13 @@ pub fn merge_batch(batch: &UsageBatch) -> Result<UsageDelta, ApiError> {
         if counts.latency.len() > LATENCY_BUCKETS {
             return Err(bad("latency has at most 13 buckets"));
         }
+        if row.countries.len() > USAGE_MAX_ROW_COUNTRIES
+            || !row.countries.iter().all(|c| valid_country(c))
+        {
+            return Err(bad(
+                "countries are at most 16 ISO 3166-1 alpha-2 codes in upper case",
+            ));
+        }
         if let Some(route) = &row.route {
             cells.push(("route", route_name(route).to_owned(), counts.allowed));
         }
@@ -196,6 +208,8 @@ pub async fn ingest(service: &Service, mut batch: UsageBatch) -> Result<Value, A
             "usage rows for unknown key ids refused"
         );
     }
+    // Idempotent (a country is recorded once): a resent batch notes what a failure missed.
+    crate::service::countries::note(service, &batch.rows).await;
     if applied && service.events().has_subscribers() {
         let ids: Vec<&str> = batch.rows.iter().map(|row| row.key_id.as_str()).collect();
         let owners = service.store().key_owners(&ids).await?;
@@ -332,6 +346,17 @@ pub struct UsageReport {
     pub step: i64,
     pub points: Vec<UsagePoint>,
     pub totals: UsageTotals,
+    /// The countries the key was ever used from (with the geoip filter configured), first
+    /// seen first; absent: none recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub countries: Vec<UsageCountry>,
+}
+
+/// A country a key was used from, and when first (RFC 3339).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCountry {
+    pub country: String,
+    pub first_seen_at: String,
 }
 
 /// The range and step a usage query asks for: `from` aligned down to the step.
@@ -414,6 +439,7 @@ impl UsageRange {
                 })
                 .collect(),
             totals,
+            countries: Vec::new(),
         }
     }
 }
@@ -432,7 +458,16 @@ pub async fn report(
     let cells = store
         .usage_cells(&id, range.from, range.to, range.step)
         .await?;
-    Ok(range.report(id, &cells))
+    let countries = store.key_countries(&id).await?;
+    let mut report = range.report(id, &cells);
+    report.countries = countries
+        .into_iter()
+        .map(|seen| UsageCountry {
+            country: seen.country,
+            first_seen_at: format_rfc3339(seen.first_seen).unwrap_or_default(),
+        })
+        .collect();
+    Ok(report)
 }
 
 /// The gateways seen lately, most recently seen first.
@@ -471,6 +506,7 @@ mod tests {
             last_used_at: minute + 30,
             route: None,
             client_address: None,
+            countries: Vec::new(),
         }
     }
 
@@ -616,6 +652,29 @@ mod tests {
             gateway: None,
         };
         assert!(matches!(merge_batch(&no_id), Err(ApiError::BadBatchId)));
+        // Countries: upper-case ISO 3166-1 alpha-2 codes, at most 16 in a row.
+        let with = |countries: Vec<String>| UsageBatch {
+            batch_id: "b".into(),
+            rows: vec![UsageRow {
+                countries,
+                ..row("k", 60, 1, &[])
+            }],
+            gateway: None,
+        };
+        assert!(merge_batch(&with(vec!["DE".into(), "US".into()])).is_ok());
+        for bad in [vec!["de".to_owned()], vec!["DEU".into()], vec!["".into()]] {
+            assert!(
+                matches!(
+                    merge_batch(&with(bad.clone())),
+                    Err(ApiError::BadUsageRow { index: 0, .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let many = (0..17u8)
+            .map(|i| format!("A{}", char::from(b'A' + i)))
+            .collect();
+        assert!(merge_batch(&with(many)).is_err());
     }
 
     #[test]

@@ -25,20 +25,20 @@ on_both_backends!(
 
 /// What the receiver got: headers and body of each request.
 #[derive(Default)]
-struct Received {
+pub(crate) struct Received {
     requests: Mutex<Vec<(HeaderMap, String)>>,
     /// The status it answers (500 until told otherwise).
     status: AtomicU16,
 }
 
 impl Received {
-    fn all(&self) -> Vec<(HeaderMap, String)> {
+    pub(crate) fn all(&self) -> Vec<(HeaderMap, String)> {
         self.requests.lock().unwrap().clone()
     }
 }
 
 /// A local HTTP receiver on a free port; answers its URL and what it receives.
-async fn receiver(status: u16) -> (String, Arc<Received>) {
+pub(crate) async fn receiver(status: u16) -> (String, Arc<Received>) {
     let received = Arc::new(Received::default());
     received.status.store(status, Ordering::SeqCst);
     let shared = received.clone();
@@ -60,7 +60,7 @@ async fn receiver(status: u16) -> (String, Arc<Received>) {
 
 /// Checks a delivery as a receiver should: the signature over `t.body` under `secret`, and
 /// the idempotency id against the body's `id`. Answers the body and the id.
-fn verify(secret: &str, headers: &HeaderMap, body: &str) -> (Value, String) {
+pub(crate) fn verify(secret: &str, headers: &HeaderMap, body: &str) -> (Value, String) {
     let header = |name: &str| headers[name].to_str().unwrap().to_owned();
     let signature = header("keygate-signature");
     let (t, v1) = signature
@@ -122,7 +122,7 @@ fn readme_python_verifies(secret: &str, headers: &HeaderMap, body: &str, now: i6
     }
 }
 
-async fn register(h: &Harness, url: &str, events: Value) -> (String, String) {
+pub(crate) async fn register(h: &Harness, url: &str, events: Value) -> (String, String) {
     let answer = h
         .admin(
             "POST",
@@ -136,7 +136,7 @@ async fn register(h: &Harness, url: &str, events: Value) -> (String, String) {
     (answer.body["id"].as_str().unwrap().to_owned(), secret)
 }
 
-async fn deliveries(h: &Harness, webhook: &str) -> Vec<Value> {
+pub(crate) async fn deliveries(h: &Harness, webhook: &str) -> Vec<Value> {
     let answer = h
         .admin(
             "GET",

@@ -14,6 +14,7 @@ mod audit;
 mod backends;
 mod binding;
 mod blocks;
+mod countries;
 mod errors;
 mod events;
 mod feed;
