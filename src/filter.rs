@@ -182,14 +182,17 @@ impl HttpContext for KeygateHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let step = self
-            .stage
-            .on_body(&self.shared, self.context_id, body_size, end_of_stream);
+        let step = self.stage.on_body(
+            self.shared.gate(),
+            self.context_id,
+            body_size,
+            end_of_stream,
+        );
         self.body_action(step)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        let step = self.stage.on_trailers(&self.shared, self.context_id);
+        let step = self.stage.on_trailers(self.shared.gate(), self.context_id);
         self.body_action(step)
     }
 

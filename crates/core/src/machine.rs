@@ -24,7 +24,10 @@
 //! - [`fleet`]: fleet-wide limits, quotas and pools, spent locally from leases;
 //! - [`threat`]: authentication failures counted per client address, and blocked addresses;
 //! - [`blocking`]: threat detection as requests and the tick meet it;
-//! - [`gate`]: a request's body and trailers held while its decision is pending.
+//! - [`gate`]: a request's body and trailers held while its decision is pending;
+//! - [`signed_request`]: a request to a signed route as kept until its key is known;
+//! - [`signed`]: the request-signature check on signed routes;
+//! - [`nonce`]: the signatures' nonces seen within their window, shared by the workers.
 
 pub mod answer;
 pub mod blocking;
@@ -45,6 +48,7 @@ pub mod records;
 pub mod reply;
 pub mod request;
 pub mod signed;
+pub mod signed_request;
 pub mod state;
 pub mod threat;
 pub mod token;

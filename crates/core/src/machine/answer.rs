@@ -317,16 +317,16 @@ pub fn complete(host: &impl Host, shared: &Shared, context_id: u32, step: Step) 
         return;
     }
     match step {
-        Step::Continue => gate::resume(host, shared, context_id),
+        Step::Continue => gate::resume(host, shared.gate(), context_id),
         Step::Wait => {}
         Step::Decided(forwarding, result) => {
             if apply(host, shared, context_id, &forwarding, result) {
-                gate::resume(host, shared, context_id);
+                gate::resume(host, shared.gate(), context_id);
             }
         }
         Step::Deny(reason, label, mode) => {
             if deny(host, shared, &reason, label.as_deref(), mode) {
-                gate::resume(host, shared, context_id);
+                gate::resume(host, shared.gate(), context_id);
             }
         }
     }

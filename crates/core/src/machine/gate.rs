@@ -10,10 +10,10 @@
 //! takes that record. Without the flag (an older configuration) Envoy holds the body itself
 //! and hands it over after the resume: the record is taken then, and the body goes on.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 use crate::host::Host;
-use crate::machine::state::Shared;
 
 /// Resumed requests whose context has not yet taken the record (one per request, forgotten
 /// on its log): past this many, the oldest (lowest context id: Envoy numbers contexts in
@@ -56,9 +56,17 @@ impl Resumed {
 
 /// Resumes the current request (the caller made `context_id` effective), recording it first
 /// so the body callbacks that follow the resume go on.
-pub fn resume(host: &impl Host, shared: &Shared, context_id: u32) {
-    shared.resumed.borrow_mut().record(context_id);
+pub fn resume(host: &impl Host, gate: Gate<'_>, context_id: u32) {
+    gate.resumed.borrow_mut().record(context_id);
     host.resume_request();
+}
+
+/// What the body gate reads of the worker (`Shared::gate`): the requests it resumed, and the
+/// largest body a signed route reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Gate<'a> {
+    pub resumed: &'a RefCell<Resumed>,
+    pub max_body_bytes: usize,
 }
 
 /// Where one request stands, for its body and trailers callbacks.
@@ -103,15 +111,15 @@ impl Stage {
     /// A body callback: `body_size` bytes buffered so far, `end_of_stream` when they are all.
     pub fn on_body(
         &mut self,
-        shared: &Shared,
+        gate: Gate<'_>,
         context_id: u32,
         body_size: usize,
         end_of_stream: bool,
     ) -> BodyStep {
         match *self {
             Self::Open => BodyStep::Continue,
-            Self::Held => self.held(shared, context_id),
-            Self::ReadingBody(_) if body_size > shared.config.signatures.max_body_bytes => {
+            Self::Held => self.held(gate, context_id),
+            Self::ReadingBody(_) if body_size > gate.max_body_bytes => {
                 *self = Self::Held;
                 BodyStep::TooLarge
             }
@@ -128,10 +136,10 @@ impl Stage {
     }
 
     /// A trailers callback: the body (if it was being read) is whole.
-    pub fn on_trailers(&mut self, shared: &Shared, context_id: u32) -> BodyStep {
+    pub fn on_trailers(&mut self, gate: Gate<'_>, context_id: u32) -> BodyStep {
         match *self {
             Self::Open => BodyStep::Continue,
-            Self::Held => self.held(shared, context_id),
+            Self::Held => self.held(gate, context_id),
             Self::ReadingBody(size) => {
                 *self = Self::Held;
                 BodyStep::Decide(size)
@@ -139,8 +147,8 @@ impl Stage {
         }
     }
 
-    fn held(&mut self, shared: &Shared, context_id: u32) -> BodyStep {
-        if shared.resumed.borrow_mut().take(context_id) {
+    fn held(&mut self, gate: Gate<'_>, context_id: u32) -> BodyStep {
+        if gate.resumed.borrow_mut().take(context_id) {
             *self = Self::Open;
             BodyStep::Continue
         } else {

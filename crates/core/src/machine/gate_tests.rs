@@ -75,9 +75,9 @@ fn a_body_waits_for_the_lookup_and_goes_on_once_the_request_is_resumed() {
     let mut stage = Stage::decided(false);
     assert_eq!(stage, Stage::Held);
     // Body chunks and trailers while the lookup is pending: paused, however many.
-    assert_eq!(stage.on_body(&shared, 5, 10, false), BodyStep::Pause);
-    assert_eq!(stage.on_body(&shared, 5, 20, true), BodyStep::Pause);
-    assert_eq!(stage.on_trailers(&shared, 5), BodyStep::Pause);
+    assert_eq!(stage.on_body(shared.gate(), 5, 10, false), BodyStep::Pause);
+    assert_eq!(stage.on_body(shared.gate(), 5, 20, true), BodyStep::Pause);
+    assert_eq!(stage.on_trailers(shared.gate(), 5), BodyStep::Pause);
     assert_eq!(stage, Stage::Held);
 
     let body = serde_json::to_vec(&record()).unwrap();
@@ -89,12 +89,15 @@ fn a_body_waits_for_the_lookup_and_goes_on_once_the_request_is_resumed() {
 
     // Another request's body is not let through by this resume.
     let mut other = Stage::Held;
-    assert_eq!(other.on_body(&shared, 6, 10, true), BodyStep::Pause);
+    assert_eq!(other.on_body(shared.gate(), 6, 10, true), BodyStep::Pause);
 
-    assert_eq!(stage.on_body(&shared, 5, 20, true), BodyStep::Continue);
+    assert_eq!(
+        stage.on_body(shared.gate(), 5, 20, true),
+        BodyStep::Continue
+    );
     assert_eq!(stage, Stage::Open);
     assert!(shared.resumed.borrow().is_empty(), "the record is taken");
-    assert_eq!(stage.on_trailers(&shared, 5), BodyStep::Continue);
+    assert_eq!(stage.on_trailers(shared.gate(), 5), BodyStep::Continue);
 }
 
 #[test]
@@ -115,8 +118,8 @@ fn a_body_of_a_request_refused_after_its_lookup_never_goes_on() {
         "{effects:?}"
     );
     assert!(shared.resumed.borrow().is_empty());
-    assert_eq!(stage.on_body(&shared, 5, 20, true), BodyStep::Pause);
-    assert_eq!(stage.on_trailers(&shared, 5), BodyStep::Pause);
+    assert_eq!(stage.on_body(shared.gate(), 5, 20, true), BodyStep::Pause);
+    assert_eq!(stage.on_trailers(shared.gate(), 5), BodyStep::Pause);
 }
 
 #[test]
@@ -137,9 +140,15 @@ fn a_request_that_went_on_at_its_headers_passes_its_body() {
     let host = FakeHost::at(NOW_MS);
     let shared = start(&host);
     let mut stage = Stage::decided(true);
-    assert_eq!(stage.on_body(&shared, 1, 10, false), BodyStep::Continue);
-    assert_eq!(stage.on_body(&shared, 1, 10, true), BodyStep::Continue);
-    assert_eq!(stage.on_trailers(&shared, 1), BodyStep::Continue);
+    assert_eq!(
+        stage.on_body(shared.gate(), 1, 10, false),
+        BodyStep::Continue
+    );
+    assert_eq!(
+        stage.on_body(shared.gate(), 1, 10, true),
+        BodyStep::Continue
+    );
+    assert_eq!(stage.on_trailers(shared.gate(), 1), BodyStep::Continue);
     assert_eq!(Stage::default(), Stage::Open);
 }
 
@@ -148,12 +157,15 @@ fn a_signed_routes_body_is_read_whole_then_decided() {
     let host = FakeHost::at(NOW_MS);
     let shared = start(&host);
     let mut stage = Stage::ReadingBody(0);
-    assert_eq!(stage.on_body(&shared, 1, 40, false), BodyStep::Pause);
+    assert_eq!(stage.on_body(shared.gate(), 1, 40, false), BodyStep::Pause);
     assert_eq!(stage, Stage::ReadingBody(40));
-    assert_eq!(stage.on_body(&shared, 1, 100, true), BodyStep::Decide(100));
+    assert_eq!(
+        stage.on_body(shared.gate(), 1, 100, true),
+        BodyStep::Decide(100)
+    );
     // Held until the decision says otherwise.
     assert_eq!(stage, Stage::Held);
-    assert_eq!(stage.on_trailers(&shared, 1), BodyStep::Pause);
+    assert_eq!(stage.on_trailers(shared.gate(), 1), BodyStep::Pause);
 }
 
 #[test]
@@ -161,8 +173,8 @@ fn a_signed_routes_body_ending_in_trailers_is_decided_on_what_was_read() {
     let host = FakeHost::at(NOW_MS);
     let shared = start(&host);
     let mut stage = Stage::ReadingBody(0);
-    assert_eq!(stage.on_body(&shared, 1, 30, false), BodyStep::Pause);
-    assert_eq!(stage.on_trailers(&shared, 1), BodyStep::Decide(30));
+    assert_eq!(stage.on_body(shared.gate(), 1, 30, false), BodyStep::Pause);
+    assert_eq!(stage.on_trailers(shared.gate(), 1), BodyStep::Decide(30));
     assert_eq!(stage, Stage::Held);
 }
 
@@ -171,13 +183,19 @@ fn a_signed_routes_body_over_the_limit_is_refused_and_stays_paused() {
     let host = FakeHost::at(NOW_MS);
     let shared = start(&host);
     let mut stage = Stage::ReadingBody(0);
-    assert_eq!(stage.on_body(&shared, 1, 101, false), BodyStep::TooLarge);
+    assert_eq!(
+        stage.on_body(shared.gate(), 1, 101, false),
+        BodyStep::TooLarge
+    );
     assert_eq!(stage, Stage::Held);
-    assert_eq!(stage.on_body(&shared, 1, 150, true), BodyStep::Pause);
-    assert_eq!(stage.on_trailers(&shared, 1), BodyStep::Pause);
+    assert_eq!(stage.on_body(shared.gate(), 1, 150, true), BodyStep::Pause);
+    assert_eq!(stage.on_trailers(shared.gate(), 1), BodyStep::Pause);
     // Over the limit at the end of the stream too.
     let mut stage = Stage::ReadingBody(0);
-    assert_eq!(stage.on_body(&shared, 1, 101, true), BodyStep::TooLarge);
+    assert_eq!(
+        stage.on_body(shared.gate(), 1, 101, true),
+        BodyStep::TooLarge
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use crate::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, 
 use crate::limits::ForwardedFor;
 use crate::machine::answer::replies;
 use crate::machine::records::resolve_record;
-use crate::machine::signed::SignedRequest;
+use crate::machine::signed_request::SignedRequest;
 use crate::machine::state::{Forwarding, Presented, Proof, RouteLabel, Shared, Step, TokenRequest};
 use crate::principal::{
     read_principal, route_step, PrincipalMode, PrincipalStep, PRINCIPAL_PROPERTY,

@@ -2,21 +2,18 @@
 //! itself until its key is known, and the check once it is: the signature with the key's
 //! material, its nonce against the shared replay store, then the body's `Content-Digest`.
 
-use std::sync::Arc;
-
 use crate::decision::{DenyReason, Identity};
 use crate::host::Host;
 use crate::machine::nonce::{self, NonceOutcome};
-use crate::machine::request::Headers;
+use crate::machine::signed_request::SignedRequest;
 use crate::machine::state::Shared;
 use crate::signature::{
-    accept_signature, check_content_digest, derive_hmac_secret, verify_request, KeySigning,
-    Material, Policy, Request, RouteSignature, SignatureError,
+    derive_hmac_secret, verify_request, KeySigning, Material, Policy, Request, SignatureError,
 };
 
 /// Whether the route of a request with a body requires a signature (see
 /// [`crate::machine::worker::wants_body`]).
-pub fn route_wants_body(host: &impl Host, shared: &Shared, headers: &Headers) -> bool {
+pub fn route_wants_body(host: &impl Host, shared: &Shared, headers: &[(&str, &[u8])]) -> bool {
     let config = &shared.config;
     if !config.routes.any_signature() && !config.signatures.route_metadata {
         return false;
@@ -52,58 +49,6 @@ pub fn route_wants_body(host: &impl Host, shared: &Shared, headers: &Headers) ->
         .routes
         .find(method, path, route_name.as_deref())
         .is_some_and(|route| route.signature.is_some())
-}
-
-/// A request to a signed route, as read at its start.
-#[derive(Clone, Debug)]
-pub struct SignedRequest {
-    pub route: Arc<RouteSignature>,
-    method: String,
-    scheme: String,
-    authority: String,
-    target: String,
-    /// The request's headers (pseudo-headers included), as the signature covers them.
-    headers: Vec<(String, Vec<u8>)>,
-    /// The request had a body: `content-digest` must be covered. With the outcome of
-    /// checking the body against it (done when the body was read).
-    body: Option<Result<(), SignatureError>>,
-}
-
-impl SignedRequest {
-    /// Keeps what the signature check needs of a request to `route`, with its body (`None`:
-    /// the request has none).
-    pub fn capture(route: &Arc<RouteSignature>, headers: &Headers, body: Option<&[u8]>) -> Self {
-        let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        Self {
-            route: Arc::clone(route),
-            method: pseudo(":method"),
-            scheme: pseudo(":scheme"),
-            authority: pseudo(":authority"),
-            target: pseudo(":path"),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
-                .collect(),
-            body: body.map(|body| check_content_digest(headers, body)),
-        }
-    }
-
-    /// What a refused request is told to sign (`Accept-Signature`).
-    pub fn accept_signature(&self, identity: Option<&Identity>) -> String {
-        let signing = identity.and_then(|i| i.signing.as_deref());
-        accept_signature(
-            &self.route.extra_components,
-            self.body.is_some(),
-            identity.map(|i| &*i.key_id).filter(|id| !id.is_empty()),
-            signing.and_then(KeySigning::algorithm),
-        )
-    }
 }
 
 /// Checks the signed request made by `identity` (whose key is proven). The nonce is

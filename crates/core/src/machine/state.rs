@@ -69,6 +69,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// What the body gate reads of this worker.
+    pub fn gate(&self) -> crate::machine::gate::Gate<'_> {
+        crate::machine::gate::Gate {
+            resumed: &self.resumed,
+            max_body_bytes: self.config.signatures.max_body_bytes,
+        }
+    }
+
     /// The host's clock, read at most once per callback: a request's evaluation, its answer
     /// and its usage count share one reading (each read is a host call).
     pub fn now(&self, host: &impl Host) -> u64 {
@@ -128,7 +136,7 @@ pub struct Forwarding {
     /// The route the request matched, as usage reports it.
     pub route: RouteLabel,
     /// On a route that requires request signatures: the request as its signature covers it.
-    pub signature: Option<Box<crate::machine::signed::SignedRequest>>,
+    pub signature: Option<Box<crate::machine::signed_request::SignedRequest>>,
     /// The country Envoy's geoip filter wrote into `geo.country_header` (read from the
     /// headers at the request's start; `None` when absent, malformed or `geo` is off).
     pub country: Option<crate::geo::Country>,
