@@ -311,7 +311,7 @@ fn sprays_and_bad_signature_floods_are_blocked_and_operator_blocks_travel_the_fe
         .unwrap()
         .iter()
         .find(|b| b["cidr"] == "203.0.113.66/32" && b["source"] == "automatic")
-        .map(|b| b["id"].to_string())
+        .and_then(|b| b["id"].as_str().map(str::to_owned))
         .expect("the automatic block is listed");
     stack.service.cli(&["blocks", "remove", &id]);
     let lifted = Instant::now();

@@ -33,4 +33,5 @@ pub mod sessions;
 pub mod signing;
 pub mod usage;
 pub mod validate;
+pub mod webhook_secrets;
 pub mod webhooks;

@@ -267,7 +267,7 @@ async fn attempt(service: &Service, claimed: &ClaimedDelivery) -> AttemptOutcome
     let settings = service.alerts().settings().clone();
     let timestamp = service.now();
     let body = claimed.delivery.body.clone();
-    let secret = match crate::service::webhooks::open_secret(
+    let secret = match crate::service::webhook_secrets::open_secret(
         service,
         &claimed.delivery.webhook_id,
         &claimed.secret,

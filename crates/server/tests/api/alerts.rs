@@ -177,7 +177,7 @@ async fn deliveries_are_signed_retried_redelivered_and_survive_a_stopped_replica
     assert!(stored.secret.starts_with("sealed1:"), "{}", stored.secret);
     assert!(!stored.secret.contains(&secret[6..]));
     assert_eq!(
-        *keygate_server::service::webhooks::open_secret(
+        *keygate_server::service::webhook_secrets::open_secret(
             h.state.service(),
             &webhook,
             &stored.secret
@@ -185,7 +185,7 @@ async fn deliveries_are_signed_retried_redelivered_and_survive_a_stopped_replica
         .unwrap(),
         secret
     );
-    assert!(keygate_server::service::webhooks::open_secret(
+    assert!(keygate_server::service::webhook_secrets::open_secret(
         h.state.service(),
         "another-webhook",
         &stored.secret

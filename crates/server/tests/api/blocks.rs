@@ -206,8 +206,9 @@ async fn removing_an_automatic_block_lifts_it_through_the_feed(backend: Backend)
         .iter()
         .find(|b| b["cidr"] == "198.51.100.7/32")
         .unwrap()["id"]
-        .as_i64()
-        .unwrap();
+        .as_str()
+        .unwrap()
+        .to_owned();
     let removed = h.admin("DELETE", &format!("{BLOCKS}/{id}"), None).await;
     assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
     assert_eq!(removed.body["cidr"], "198.51.100.7/32");
