@@ -16,7 +16,9 @@
 //! - A row's `last_used_at` is the last *allowed* request: denials and upstream statuses count
 //!   without moving it (0: no allowed request in that minute).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::machine::fast_map::FastMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +71,7 @@ type LocalCell = (UsageCounts, u64, Option<IpAddr>);
 pub struct Usage {
     /// key id → minute → route → (counts, last used, address): looked up by `&str`, so
     /// counting a request for a key and route seen this second allocates nothing.
-    local: HashMap<String, HashMap<u64, HashMap<Arc<str>, LocalCell>>>,
+    local: FastMap<String, FastMap<u64, FastMap<Arc<str>, LocalCell>>>,
     last_merge_ms: u64,
     last_flush_ms: u64,
     /// A flush is in flight (this worker is the flusher).
@@ -82,7 +84,7 @@ pub struct Usage {
 
 /// The route a row is counted under: `route`, or [`OTHER_ROUTE`] when the key already has
 /// [`MAX_ROUTES_PER_KEY_MINUTE`] routes in the minute (or the name is too long).
-fn route_slot<'a, V>(routes: &HashMap<Arc<str>, V>, route: &'a str) -> &'a str {
+fn route_slot<'a, V>(routes: &FastMap<Arc<str>, V>, route: &'a str) -> &'a str {
     if route.is_empty() {
         route
     } else if route.len() > MAX_ROUTE_LEN
