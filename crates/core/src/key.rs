@@ -112,7 +112,13 @@ impl KeyId {
     pub fn parse(text: &str) -> Result<Self, KeyConfigError> {
         let mut bytes = [0u8; ID_LEN];
         base32::decode_into(text.as_bytes(), &mut bytes).ok_or(KeyConfigError::BadKeyId)?;
-        Ok(Self::from_bytes(bytes))
+        // `decode_into` admits only the canonical spelling (lowercase, its exact length, no
+        // stray trailing bits), which is what encoding the bytes would give back: kept as is.
+        let text: [u8; ID_TEXT_LEN] = text
+            .as_bytes()
+            .try_into()
+            .map_err(|_| KeyConfigError::BadKeyId)?;
+        Ok(Self(text))
     }
 
     pub fn as_str(&self) -> &str {
@@ -435,6 +441,30 @@ mod tests {
         assert_eq!(key_id_of(&key.plaintext, &["kg_live_"]), None);
         assert_eq!(key_id_of(&key.plaintext[..60], &["kg_test_"]), None);
         assert_eq!(key_id_of("kg_test_", &["kg_test_"]), None);
+    }
+
+    #[test]
+    fn a_parsed_key_id_is_its_canonical_text() {
+        for seed in 0..=255u8 {
+            let bytes = [
+                seed,
+                seed.wrapping_mul(7),
+                0,
+                255,
+                seed ^ 0x5a,
+                1,
+                2,
+                3,
+                seed,
+                9,
+            ];
+            let id = KeyId::from_bytes(bytes[..ID_LEN].try_into().unwrap());
+            assert_eq!(KeyId::parse(id.as_str()).unwrap(), id);
+        }
+        let id = minted().id;
+        assert!(KeyId::parse(&id.as_str().to_ascii_uppercase()).is_err());
+        assert!(KeyId::parse(&id.as_str()[1..]).is_err());
+        assert!(KeyId::parse(&format!("{}a", id.as_str())).is_err());
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod blocking;
 pub mod callouts;
 pub mod degraded;
 pub mod edits;
+pub mod fast_map;
 pub mod fleet;
 pub mod follower;
 pub mod gate;

@@ -2,7 +2,7 @@
 //! dispatches is registered here with its kind; the answer is routed by one lookup instead
 //! of asking each module in turn whether the token is its own.
 
-use std::collections::HashMap;
+use crate::machine::fast_map::FastMap;
 
 use crate::key::KeyId;
 
@@ -24,7 +24,7 @@ pub enum Callout {
 /// Callouts in flight on this worker.
 #[derive(Debug, Default)]
 pub struct Callouts {
-    pending: HashMap<u32, Callout>,
+    pending: FastMap<u32, Callout>,
 }
 
 impl Callouts {

@@ -5,13 +5,53 @@
 //! reply) goes nowhere upstream: its edits are dropped.
 
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 use std::time::Duration;
 
 use crate::host::{Event, Host, HostError, LogLevel, Versioned};
 
+/// One edit; its name and value are ranges of [`Edits::text`].
 enum Edit {
-    Set(String, String),
-    Remove(String),
+    Set(Range<usize>, Range<usize>),
+    Remove(Range<usize>),
+}
+
+/// The edits so far, their names and values kept in one buffer (a cached request makes four
+/// or five edits: one allocation for their text instead of one per name and value).
+#[derive(Default)]
+struct Edits {
+    list: Vec<Edit>,
+    text: String,
+}
+
+impl Edits {
+    fn keep(&mut self, part: &str) -> Range<usize> {
+        let start = self.text.len();
+        self.text.push_str(part);
+        start..self.text.len()
+    }
+
+    fn set(&mut self, name: &str, value: &str) {
+        if self.list.is_empty() {
+            self.list.reserve(6);
+            self.text.reserve(160);
+        }
+        let edit = Edit::Set(self.keep(name), self.keep(value));
+        self.list.push(edit);
+    }
+
+    fn remove(&mut self, name: &str) {
+        if self.list.is_empty() {
+            self.list.reserve(6);
+            self.text.reserve(160);
+        }
+        let edit = Edit::Remove(self.keep(name));
+        self.list.push(edit);
+    }
+
+    fn part(&self, range: &Range<usize>) -> &str {
+        self.text.get(range.clone()).unwrap_or_default()
+    }
 }
 
 /// A [`Host`] that keeps the current request's header edits until [`Gathered::apply`]; every
@@ -21,7 +61,7 @@ pub struct Gathered<'a, H> {
     host: &'a H,
     /// The request whose headers are edited.
     context_id: u32,
-    edits: RefCell<Vec<Edit>>,
+    edits: RefCell<Edits>,
     replied: Cell<bool>,
     /// Another context was made effective meanwhile (the edits' request is made effective
     /// again before they are applied).
@@ -33,7 +73,7 @@ impl<'a, H: Host> Gathered<'a, H> {
         Self {
             host,
             context_id,
-            edits: RefCell::new(Vec::new()),
+            edits: RefCell::new(Edits::default()),
             replied: Cell::new(false),
             switched: Cell::new(false),
         }
@@ -42,7 +82,7 @@ impl<'a, H: Host> Gathered<'a, H> {
     /// Applies the edits to the request whose headers (as read at its start) are `headers`.
     pub fn apply(self, headers: &[(&str, &[u8])]) {
         let edits = self.edits.into_inner();
-        if self.replied.get() || edits.is_empty() {
+        if self.replied.get() || edits.list.is_empty() {
             return;
         }
         if self.switched.get() && self.host.set_effective_context(self.context_id).is_err() {
@@ -50,31 +90,34 @@ impl<'a, H: Host> Gathered<'a, H> {
         }
         // Without the headers as read (a block the host serialised wrongly) the map cannot
         // be rebuilt: the edits go one by one.
-        let one_by_one = edits.len() == 1 || headers.is_empty();
+        let one_by_one = edits.list.len() == 1 || headers.is_empty();
         if one_by_one {
-            for edit in &edits {
+            for edit in &edits.list {
                 match edit {
-                    Edit::Set(name, value) => self.host.set_request_header(name, value),
-                    Edit::Remove(name) => self.host.remove_request_header(name),
+                    Edit::Set(name, value) => self
+                        .host
+                        .set_request_header(edits.part(name), edits.part(value)),
+                    Edit::Remove(name) => self.host.remove_request_header(edits.part(name)),
                 }
             }
             return;
         }
-        {
-            {
-                let mut map: Vec<(&str, &[u8])> = headers.to_vec();
-                for edit in &edits {
-                    match edit {
-                        Edit::Set(name, value) => {
-                            map.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-                            map.push((name, value.as_bytes()));
-                        }
-                        Edit::Remove(name) => map.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
-                    }
+        let mut map: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len() + edits.list.len());
+        map.extend_from_slice(headers);
+        for edit in &edits.list {
+            match edit {
+                Edit::Set(name, value) => {
+                    let name = edits.part(name);
+                    map.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                    map.push((name, edits.part(value).as_bytes()));
                 }
-                self.host.set_request_headers(&map);
+                Edit::Remove(name) => {
+                    let name = edits.part(name);
+                    map.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                }
             }
         }
+        self.host.set_request_headers(&map);
     }
 }
 
@@ -123,20 +166,21 @@ impl<H: Host> Host for Gathered<'_, H> {
             // Another request's edit, made in its own context.
             return self.host.set_request_header(name, value);
         }
-        self.edits
-            .borrow_mut()
-            .push(Edit::Set(name.to_owned(), value.to_owned()));
+        self.edits.borrow_mut().set(name, value);
     }
 
     fn remove_request_header(&self, name: &str) {
         if self.switched.get() {
             return self.host.remove_request_header(name);
         }
-        self.edits.borrow_mut().push(Edit::Remove(name.to_owned()));
+        self.edits.borrow_mut().remove(name);
     }
 
     fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
-        self.edits.borrow_mut().clear();
+        let mut edits = self.edits.borrow_mut();
+        edits.list.clear();
+        edits.text.clear();
+        drop(edits);
         self.host.set_request_headers(headers);
     }
 

@@ -4,6 +4,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+
+use crate::machine::fast_map::FastMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -52,7 +54,7 @@ pub struct Shared {
     /// Every callout in flight on this worker, by token.
     pub callouts: RefCell<Callouts>,
     /// Per request (context id): what its response needs.
-    pub notes: RefCell<HashMap<u32, Note>>,
+    pub notes: RefCell<FastMap<u32, Note>>,
     pub tick: Cell<Duration>,
     /// The clock as read once in the current callback (see [`Shared::now`]).
     pub clock: Cell<Option<u64>>,

@@ -20,7 +20,9 @@
 //!   [`crate::country_set::MAX_ROW_COUNTRIES`] per row; a further country is dropped and counted
 //!   (`keygate.usage.countries_dropped`). The key service raises `key.new_country` from them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::machine::fast_map::FastMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +79,7 @@ type LocalCell = (UsageCounts, u64, Option<IpAddr>, CountrySet);
 pub struct Usage {
     /// key id → minute → route → (counts, last used, address): looked up by `&str`, so
     /// counting a request for a key and route seen this second allocates nothing.
-    local: HashMap<String, HashMap<u64, HashMap<Arc<str>, LocalCell>>>,
+    local: FastMap<String, FastMap<u64, FastMap<Arc<str>, LocalCell>>>,
     last_merge_ms: u64,
     last_flush_ms: u64,
     /// A flush is in flight (this worker is the flusher).
@@ -93,7 +95,7 @@ pub struct Usage {
 
 /// The route a row is counted under: `route`, or [`OTHER_ROUTE`] when the key already has
 /// [`MAX_ROUTES_PER_KEY_MINUTE`] routes in the minute (or the name is too long).
-fn route_slot<'a, V>(routes: &HashMap<Arc<str>, V>, route: &'a str) -> &'a str {
+fn route_slot<'a, V>(routes: &FastMap<Arc<str>, V>, route: &'a str) -> &'a str {
     if route.is_empty() {
         route
     } else if route.len() > MAX_ROUTE_LEN

@@ -3,7 +3,6 @@
 //! these and nothing else.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use crate::host::{Host, LogLevel};
 use crate::machine::answer::{apply, complete, deny};
 use crate::machine::callouts::{Callout, Callouts};
 use crate::machine::edits::Gathered;
+use crate::machine::fast_map::FastMap;
 use crate::machine::fleet::Fleet;
 use crate::machine::follower::{FeedContext, FeedView};
 use crate::machine::host_crypto::HostCrypto;
@@ -58,7 +58,7 @@ pub fn start(
         usage: RefCell::new(Usage::new(worker)),
         fleet: RefCell::new(fleet),
         callouts: RefCell::new(Callouts::default()),
-        notes: RefCell::new(HashMap::new()),
+        notes: RefCell::new(FastMap::default()),
         tick: Cell::new(Duration::ZERO),
         clock: Cell::new(None),
         gateway: std::cell::OnceCell::new(),
