@@ -3,8 +3,9 @@
 //! JWTs with bad signatures from one address each are blocked within the threshold while a
 //! good client from another address keeps getting 200s; operator blocks reach Envoy through
 //! the revocation feed and end when removed or expired; automatic blocks are reported to the
-//! key service, and an operator lifts one at every worker. Also a short measurement (printed,
-//! not asserted) of Envoy's CPU for a flood answered with and without blocking.
+//! key service (raising signed `address.blocked` and `auth.failure_spike` webhooks), and an
+//! operator lifts one at every worker. Also a short measurement (printed, not asserted) of
+//! Envoy's CPU for a flood answered with and without blocking.
 
 use std::fs;
 use std::thread::sleep;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use keygate_core::key::{mint_opaque_key, GatewayKey, KeyPrefix, ID_LEN, SECRET_LEN};
 use serde_json::{json, Value};
 
-use keygate_testkit::{admin_json, Reply, Stack};
+use keygate_testkit::{admin_json, Reply, Stack, WebhookReceiver};
 
 const THRESHOLD: u64 = 20;
 
@@ -143,6 +144,15 @@ fn sprays_and_bad_signature_floods_are_blocked_and_operator_blocks_travel_the_fe
         });
         cfg["revocation_feed"]["wait_seconds"] = json!(2);
     });
+    // A webhook for the blocks' alerts.
+    let hooks = WebhookReceiver::start();
+    let registered = admin_json(
+        &stack.service,
+        "POST",
+        "/api/v1/webhooks",
+        Some(&json!({"url": hooks.url(), "events": ["address.blocked", "auth.failure_spike"]})),
+    );
+    assert_eq!(registered.status, 201, "{}", registered.body);
     let good = stack.service.create_key_from(&json!({
         "name": "good", "scopes": ["demo:read"], "owner": "threat-owner",
     }));
@@ -207,6 +217,28 @@ fn sprays_and_bad_signature_floods_are_blocked_and_operator_blocks_travel_the_fe
         "automatic blocks not reported: {}",
         blocks_listed(&stack)
     );
+    // Each reported block raised `address.blocked` and `auth.failure_spike`, signed.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            ["address.blocked", "auth.failure_spike"]
+                .iter()
+                .all(|event| {
+                    let cidrs: Vec<Value> = hooks
+                        .of(event)
+                        .iter()
+                        .map(|d| d.body["data"]["cidr"].clone())
+                        .collect();
+                    cidrs.contains(&json!("203.0.113.66/32"))
+                        && cidrs.contains(&json!("203.0.113.77/32"))
+                })
+        }),
+        "block alerts not delivered: {:#?}",
+        hooks.deliveries()
+    );
+    let spike = hooks.of("auth.failure_spike");
+    assert_eq!(spike[0].body["data"]["source"], "automatic");
+    assert_eq!(spike[0].body["data"]["failures"], THRESHOLD);
+    assert!(spike[0].header("keygate-signature").is_some());
 
     // 4. An operator block of a network reaches Envoy through the feed, and is lifted.
     let added = stack.service.cli(&[
