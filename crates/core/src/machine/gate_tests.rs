@@ -10,7 +10,7 @@ use crate::machine::gate::{BodyStep, Resumed, Stage, MAX_RESUMED};
 use crate::machine::state::Shared;
 use crate::machine::test_support::{minted, start_with, NOW_MS};
 use crate::machine::worker;
-use crate::wire::{KeyLookup, KeyStatus};
+use crate::wire::KeyLookup;
 
 fn start(host: &FakeHost) -> Rc<Shared> {
     start_with(
@@ -23,28 +23,7 @@ fn start(host: &FakeHost) -> Rc<Shared> {
 }
 
 fn record() -> KeyLookup {
-    let key = minted();
-    KeyLookup {
-        id: key.id.as_str().into(),
-        digest: key.digest.to_hex(),
-        subject: "team-a".into(),
-        scopes: vec!["a".into()],
-        status: KeyStatus::Active,
-        expires_at: None,
-        rate_limit: None,
-        allowed_cidrs: Vec::new(),
-        not_before: None,
-        not_after: None,
-        roles: Vec::new(),
-        allowed_principals: Vec::new(),
-        global_limit: None,
-        quota: None,
-        pool: None,
-        owner: None,
-        metadata: Default::default(),
-        signing: None,
-        allowed_countries: Vec::new(),
-    }
+    crate::machine::test_support::record_of(&minted())
 }
 
 /// A POST whose key is not cached: its headers pause for a lookup. Returns the callout token.

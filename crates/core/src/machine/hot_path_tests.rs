@@ -14,7 +14,7 @@ use crate::key::MintedKey;
 use crate::machine::state::Shared;
 use crate::machine::test_support::{minted, start_with, NOW_MS};
 use crate::machine::worker;
-use crate::wire::{KeyLookup, KeyStatus};
+use crate::wire::KeyLookup;
 
 fn start(host: &FakeHost, extra: serde_json::Value) -> Rc<Shared> {
     let mut config = json!({"routes": [{"prefix": "/", "scopes": ["a"]}]});
@@ -25,27 +25,7 @@ fn start(host: &FakeHost, extra: serde_json::Value) -> Rc<Shared> {
 }
 
 fn record(key: &MintedKey) -> KeyLookup {
-    KeyLookup {
-        id: key.id.as_str().into(),
-        digest: key.digest.to_hex(),
-        subject: "team-a".into(),
-        scopes: vec!["a".into()],
-        status: KeyStatus::Active,
-        expires_at: None,
-        rate_limit: None,
-        allowed_cidrs: Vec::new(),
-        not_before: None,
-        not_after: None,
-        roles: Vec::new(),
-        allowed_principals: Vec::new(),
-        global_limit: None,
-        quota: None,
-        pool: None,
-        owner: None,
-        metadata: Default::default(),
-        signing: None,
-        allowed_countries: Vec::new(),
-    }
+    crate::machine::test_support::record_of(key)
 }
 
 /// The request headers the host was left with (the whole map, replaced in one call).

@@ -14,7 +14,7 @@ use crate::machine::worker;
 use crate::signature::{
     content_digest, derive_hmac_secret, sign_request, Request, SignOptions, SigningKey,
 };
-use crate::wire::{KeyLookup, KeyStatus, SigningMaterial};
+use crate::wire::{KeyLookup, SigningMaterial};
 
 fn start(host: &FakeHost) -> Rc<Shared> {
     start_with(
@@ -28,27 +28,9 @@ fn start(host: &FakeHost) -> Rc<Shared> {
 }
 
 fn record(key: &MintedKey, signing: Option<SigningMaterial>) -> KeyLookup {
-    let signing = signing.map(Box::new);
     KeyLookup {
-        id: key.id.as_str().into(),
-        digest: key.digest.to_hex(),
-        subject: "team-a".into(),
-        scopes: vec!["a".into()],
-        status: KeyStatus::Active,
-        expires_at: None,
-        rate_limit: None,
-        allowed_cidrs: Vec::new(),
-        not_before: None,
-        not_after: None,
-        roles: Vec::new(),
-        allowed_principals: Vec::new(),
-        global_limit: None,
-        quota: None,
-        pool: None,
-        owner: None,
-        metadata: Default::default(),
-        signing,
-        allowed_countries: Vec::new(),
+        signing: signing.map(Box::new),
+        ..crate::machine::test_support::record_of(key)
     }
 }
 

@@ -1,5 +1,5 @@
 //! What the fake-host tests of the request machines share: the secrets, the clock, a worker
-//! started from a JSON config, and one minted opaque key.
+//! started from a JSON config, one minted opaque key, and its record.
 
 use std::rc::Rc;
 
@@ -8,6 +8,7 @@ use crate::host::fake::FakeHost;
 use crate::key::{mint_opaque_key, GatewayKey, KeyPrefix, MintedKey};
 use crate::machine::state::Shared;
 use crate::machine::worker;
+use crate::wire::{KeyLookup, KeyStatus};
 
 pub const GATEWAY_HEX: &str = "0101010101010101010101010101010101010101010101010101010101010101";
 pub const SERVICE_TOKEN: &str = "service-token-service-token-service-token";
@@ -36,4 +37,30 @@ pub fn minted() -> MintedKey {
         [3; crate::key::ID_LEN],
         [4; crate::key::SECRET_LEN],
     )
+}
+
+/// The record of `key` as the key service answers it: active, subject `team-a`, scope `a`,
+/// nothing else set.
+pub fn record_of(key: &MintedKey) -> KeyLookup {
+    KeyLookup {
+        id: key.id.as_str().into(),
+        digest: key.digest.to_hex(),
+        subject: "team-a".into(),
+        scopes: vec!["a".into()],
+        status: KeyStatus::Active,
+        expires_at: None,
+        rate_limit: None,
+        allowed_cidrs: Vec::new(),
+        not_before: None,
+        not_after: None,
+        roles: Vec::new(),
+        allowed_principals: Vec::new(),
+        global_limit: None,
+        quota: None,
+        pool: None,
+        owner: None,
+        metadata: Default::default(),
+        signing: None,
+        allowed_countries: Vec::new(),
+    }
 }
