@@ -98,7 +98,8 @@ pub enum BlocksCommand {
     },
     /// List the blocks in force: operator and automatic, newest first.
     List,
-    /// Remove a block by its id (as `blocks list` shows it).
+    /// Lift a block by its id (as `blocks list` shows it): an operator block is deleted, an
+    /// automatic one is lifted at every Envoy through the revocation feed.
     Remove { id: String },
 }
 
