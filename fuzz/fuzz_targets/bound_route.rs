@@ -52,6 +52,7 @@ fn fixture() -> &'static Fixture {
                 allowed_principals: Vec::new(),
                 owner: Some("acme".into()),
                 metadata: Default::default(),
+                signing: None,
                 allowed_countries: Vec::new(),
                 global_limit: None,
                 quota: None,
