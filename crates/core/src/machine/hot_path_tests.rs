@@ -14,7 +14,7 @@ use crate::key::MintedKey;
 use crate::machine::state::Shared;
 use crate::machine::test_support::{minted, start_with, NOW_MS};
 use crate::machine::worker;
-use crate::wire::KeyLookup;
+use crate::wire::{KeyLookup, UsageBatch};
 
 fn start(host: &FakeHost, extra: serde_json::Value) -> Rc<Shared> {
     let mut config = json!({"routes": [{"prefix": "/", "scopes": ["a"]}]});
@@ -26,6 +26,21 @@ fn start(host: &FakeHost, extra: serde_json::Value) -> Rc<Shared> {
 
 fn record(key: &MintedKey) -> KeyLookup {
     crate::machine::test_support::record_of(key)
+}
+
+/// The usage batch the next tick sends (effects before it are dropped).
+fn flushed_batch(host: &FakeHost, shared: &Shared) -> UsageBatch {
+    host.take_effects();
+    worker::on_tick(host, shared);
+    host.take_effects()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Dispatch {
+                body: Some(body), ..
+            } => serde_json::from_slice::<UsageBatch>(&body).ok(),
+            _ => None,
+        })
+        .unwrap()
 }
 
 /// The request headers the host was left with (the whole map, replaced in one call).
@@ -165,7 +180,6 @@ fn usage_adds_no_host_call_on_an_unnamed_route_and_none_when_off() {
 /// client address and the gateway (`node.id`), in the batch the tick sends.
 #[test]
 fn usage_rows_carry_route_latency_address_and_gateway() {
-    use crate::wire::UsageBatch;
     let host = FakeHost::at(NOW_MS);
     host.set_property(&["source", "address"], b"198.51.100.9:4711");
     // Envoy's route name is not read for a table route (it costs a host call per request).
@@ -188,18 +202,7 @@ fn usage_rows_carry_route_latency_address_and_gateway() {
         worker::on_response_headers(&host, &shared, context_id);
         worker::on_log(&shared, context_id);
     }
-    host.take_effects();
-    worker::on_tick(&host, &shared);
-    let batch = host
-        .take_effects()
-        .into_iter()
-        .find_map(|e| match e {
-            Effect::Dispatch {
-                body: Some(body), ..
-            } => serde_json::from_slice::<UsageBatch>(&body).ok(),
-            _ => None,
-        })
-        .unwrap();
+    let batch = flushed_batch(&host, &shared);
     assert_eq!(batch.gateway.as_deref(), Some("edge-1"));
     let row = batch
         .rows
@@ -222,18 +225,7 @@ fn usage_rows_carry_route_latency_address_and_gateway() {
     let shared = start(&host, named_route());
     warm_opaque(&host, &shared, &key);
     assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
-    host.take_effects();
-    worker::on_tick(&host, &shared);
-    let batch = host
-        .take_effects()
-        .into_iter()
-        .find_map(|e| match e {
-            Effect::Dispatch {
-                body: Some(body), ..
-            } => serde_json::from_slice::<UsageBatch>(&body).ok(),
-            _ => None,
-        })
-        .unwrap();
+    let batch = flushed_batch(&host, &shared);
     assert_eq!(batch.rows.len(), 1);
     assert_eq!(batch.rows[0].route.as_deref(), Some("hello"));
     assert_eq!(
@@ -515,7 +507,6 @@ fn threat_detection_adds_nothing_without_blocks_and_one_property_read_with_them(
 /// the calls it makes without `geo`.
 #[test]
 fn usage_countries_add_no_host_call() {
-    use crate::wire::UsageBatch;
     let geo = json!({"geo": {"country_header": "x-geo-country"}});
     let host = FakeHost::at(NOW_MS);
     let shared = start(&host, geo.clone());
@@ -553,18 +544,7 @@ fn usage_countries_add_no_host_call() {
         calls,
         "a malformed country: no country"
     );
-    host.take_effects();
-    worker::on_tick(&host, &shared);
-    let batch = host
-        .take_effects()
-        .into_iter()
-        .find_map(|e| match e {
-            Effect::Dispatch {
-                body: Some(body), ..
-            } => serde_json::from_slice::<UsageBatch>(&body).ok(),
-            _ => None,
-        })
-        .unwrap();
+    let batch = flushed_batch(&host, &shared);
     assert_eq!(batch.rows.len(), 1);
     assert_eq!(batch.rows[0].counts.allowed, 3);
     assert_eq!(batch.rows[0].countries, ["DE", "US"]);
