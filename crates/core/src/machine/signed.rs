@@ -106,13 +106,9 @@ pub fn check(
         return deny(err.clone());
     }
     if let Some(nonce) = &verified.nonce {
-        let secret = shared
-            .secrets
-            .gateway_key
-            .derive_16(b"keygate signature nonces");
         let store = nonce::NonceStore {
             layout: settings.nonce_layout(),
-            secret: &secret,
+            secret: &shared.nonce_key,
         };
         match nonce::remember(
             host,

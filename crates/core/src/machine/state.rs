@@ -68,6 +68,8 @@ pub struct Shared {
     pub resumed: RefCell<crate::machine::gate::Resumed>,
     /// Threat detection: this worker's copy of the blocks in force, reports to send.
     pub threat: RefCell<crate::machine::threat::ThreatState>,
+    /// The key of the signature nonces' fingerprints (derived from the gateway key once).
+    pub nonce_key: [u8; 16],
 }
 
 impl Shared {

@@ -41,6 +41,7 @@ pub fn start(
     rate::create_slots(host);
     threat::create_slots(host, &config.threat);
     let threat_key = secrets.gateway_key.derive_16(b"keygate threat table");
+    let nonce_key = secrets.gateway_key.derive_16(b"keygate signature nonces");
     let shared_threat_settings = config.threat.clone();
     let worker = crate::machine::follower::next_worker_id(host);
     let jwt = JwtState::new(&config.jwt);
@@ -65,6 +66,7 @@ pub fn start(
         signature_crypto: host_crypto.then(HostCrypto::default),
         resumed: RefCell::default(),
         threat: threat::ThreatState::new(threat_key, &shared_threat_settings),
+        nonce_key,
     });
     if shared.config.routes.any_signature() || shared.config.signatures.route_metadata {
         crate::machine::nonce::create_slots(host, shared.config.signatures.nonce_layout());
