@@ -66,6 +66,7 @@ CONFIGS = {
     "H7": "H1 + two response headers set (RateLimit-Policy and RateLimit)",
     "K1": "B's unavoidable work alone: H1 + key parsed, HMAC tag, digest compared, H3 + H4",
     "K2": "K1 with its edits in one replacement of the header map (H6's way)",
+    "K3": "C's unavoidable host work alone: H1 + H3 + H4 (credential removed, identity added, :status read)",
     "I": "Envoy api_key_auth (plaintext keys, client id forwarded) + RBAC on the id",
     "S": "B on a route with \"signature\": \"required\": Ed25519 signature (verified in Wasm) and nonce checked",
     "S2": "S with an ECDSA P-256 signature (Envoy's native crypto)",
@@ -80,7 +81,8 @@ BASELINE = {"B0": "B", "C0": "C", "D0": "D"}
 # The floor filter's steps (its plugin configuration) for each floor configuration.
 FLOOR_STEPS = {"H1": "floor", "H2": "shared", "H3": "rewrite", "H4": "status",
                "H5": "shared,rewrite,status", "H6": "replace", "H7": "ratelimit",
-               "K1": "keygate,rewrite,status", "K2": "keygate,replace,status"}
+               "K1": "keygate,rewrite,status", "K2": "keygate,replace,status",
+               "K3": "rewrite,status"}
 # Differences taken per repetition (configurations run interleaved, so each pair are
 # neighbours in time): (name, minuend, subtrahend, what it prices).
 PAIRED = [
@@ -93,6 +95,8 @@ PAIRED = [
     ("B − K1", "B", "K1", "what Keygate adds to that work"),
     ("B − K2", "B", "K2", "the same against K2"),
     ("C − K1", "C", "K1", "Keygate's cached JWT path against the opaque floor"),
+    ("K3 − H1", "K3", "H1", "the host calls every cached path makes, above the floor"),
+    ("C − K3", "C", "K3", "what Keygate's cached JWT path adds to them"),
     ("S − B", "S", "B", "a signed route: Ed25519 verify, signature base, nonce"),
     ("S2 − B", "S2", "B", "a signed route with P-256 (host crypto)"),
     ("S3 − B", "S3", "B", "a signed route with hmac-sha256"),
@@ -100,7 +104,7 @@ PAIRED = [
 # The signed-route configurations: the algorithm each key's material uses.
 SIGNED = {"S": "ed25519", "S2": "ecdsa-p256-sha256", "S3": "hmac-sha256"}
 SIGNED_PATH = "/v1/signed/bench"
-DEFAULT_CONFIGS = "A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 I S S2 S3"
+DEFAULT_CONFIGS = "A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 K3 I S S2 S3"
 
 
 def parse_configs(text: str) -> list[str]:
@@ -472,6 +476,9 @@ def main() -> int:
     p.add_argument("--out", default=str(BENCH / "results"))
     p.add_argument("--label", default="", help="a note printed in the report header")
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
+    p.add_argument("--profile", default="",
+                   help="configurations to sample with perf after the repetitions, e.g. "
+                        "\"H1 K1 B C\": where Envoy's CPU goes (Wasm code, Envoy, kernel)")
     args = p.parse_args()
 
     for tool in ("wrk", args.envoy):
@@ -628,10 +635,10 @@ def main() -> int:
               ("good key", bearer(key), {200})],
         "H": [("no credential", {}, {200})],
         **{name: [("no credential", {}, {200}), ("good key", bearer(key), {200})]
-           for name in FLOOR_STEPS if not name.startswith("K")},
+           for name, steps in FLOOR_STEPS.items() if "keygate" not in steps},
         **{name: [("no credential", {}, {401}), ("mistyped key", bearer(mistyped), {401}),
                   ("good key", bearer(key), {200})]
-           for name in FLOOR_STEPS if name.startswith("K")},
+           for name, steps in FLOOR_STEPS.items() if "keygate" in steps},
         "I": [("no credential", {}, {401}), ("mistyped key", bearer(mistyped), {401}),
               ("key of another client", bearer(other_key["key"]), {403}),
               ("good key", bearer(key), {200})],
@@ -768,6 +775,11 @@ def main() -> int:
                 f"{result['latency_us']['p50']} us, p99 {result['latency_us']['p99']} us, "
                 f"{result['envoy_cpu_us_per_req']:.1f} Envoy CPU us/req")
 
+    # Where the CPU goes: one more window per profiled configuration, sampled by perf.
+    profiled = [n for n in parse_configs(args.profile) if n in configs] if args.profile else []
+    if profiled:
+        report["profile"] = profile_configs(args, work, envoys, loads, profiled)
+
     # Sanity counters: no callouts while measuring; C hits the token cache, D does not.
     for name in configs:
         after = envoy_counters(envoys[name]["admin"])
@@ -839,6 +851,65 @@ def main() -> int:
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+# perf's names for where a sample landed, grouped. V8 compiles the module's functions (and the
+# wrappers between them and Envoy) into anonymous executable memory, so samples there are the
+# filter's own code; V8's runtime and builtins are inside the envoy binary.
+REGIONS = ("wasm", "envoy", "kernel", "libs")
+
+
+def region_of(dso: str) -> str:
+    if dso in ("[unknown]", "//anon", "[anon]") or dso.startswith(("[JIT]", "[anon")) \
+            or dso.startswith(("//anon", "jitted-", "/tmp/perf-")):
+        return "wasm"
+    if dso.startswith("[kernel") or dso in ("[vdso]", "[kernel.kallsyms]"):
+        return "kernel"
+    if Path(dso).name == "envoy":
+        return "envoy"
+    return "libs"
+
+
+def profile_configs(args, work: Path, envoys: dict, loads: dict, names: list[str]) -> dict:
+    """One extra measured window per configuration with `perf record -e cpu-clock` on its
+    Envoy: the share of samples in the Wasm module's compiled code, in the envoy binary (HTTP
+    handling, the host calls, V8's runtime), in the kernel (sockets) and in shared libraries,
+    each turned into µs per request with that window's Envoy CPU per request. Shares come from
+    one window each, so they do not depend on how fast the machine ran between windows."""
+    perf = shutil.which("perf")
+    if not perf:
+        raise Abort("--profile needs perf (Debian: apt-get install linux-perf)")
+    out: dict = {}
+    for name in names:
+        e = envoys[name]
+        data = work / f"perf-{name}.data"
+        rec = subprocess.Popen([perf, "record", "-q", "-e", "cpu-clock", "-F", "2000",
+                                "-p", str(e["proc"].pid), "-o", str(data)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.3)
+        ticks0 = cpu_ticks(e["proc"].pid)
+        result = run_wrk(args, e["listen"], loads[name].get("path", PATH), args.duration,
+                         loads[name])
+        ticks1 = cpu_ticks(e["proc"].pid)
+        rec.send_signal(signal.SIGINT)
+        _, err = rec.communicate(timeout=60)
+        check_wrk(f"{name} profile", result)
+        if rec.returncode not in (0, -signal.SIGINT) or not data.exists():
+            raise Abort(f"perf record on {name} failed: {err.decode(errors='replace')[-500:]}")
+        report = subprocess.run([perf, "report", "-i", str(data), "--stdio", "-q",
+                                 "--sort", "dso", "--percent-limit", "0"],
+                                capture_output=True, text=True, check=True).stdout
+        shares = dict.fromkeys(REGIONS, 0.0)
+        for line in report.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S.*?)\s*$", line)
+            if m:
+                shares[region_of(m.group(2))] += float(m.group(1)) / 100
+        us = (ticks1 - ticks0) / CLK_TCK * 1e6 / max(1, result["requests"])
+        out[name] = {"cpu_us_per_req": us, "shares": shares,
+                     "us_per_req": {r: us * shares[r] for r in REGIONS}}
+        log(f"{name} profile: {us:.1f} us/req; " + ", ".join(
+            f"{r} {us * shares[r]:.1f}" for r in REGIONS))
+    return out
 
 
 def envoy_counters(admin: int) -> dict:
@@ -936,23 +1007,30 @@ def add_overheads(sums: dict) -> None:
             pairs = zip(sums[base]["_reps"], sums[b0]["_reps"])
             sums[base]["cpu_vs_baseline"] = statistics.median(
                 r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"] for r, q in pairs)
-    for sm in sums.values():
-        sm.pop("_reps", None)
+
+
+def differences(sums: dict, a: str, b: str) -> list[float]:
+    """a − b in Envoy CPU µs/req, repetition by repetition (neighbours in time)."""
+    return [r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"]
+            for r, q in zip(sums[a]["_reps"], sums[b]["_reps"])]
 
 
 def paired(sums: dict) -> list[str]:
-    """The PAIRED differences whose configurations ran: medians of per-repetition differences."""
+    """The PAIRED differences whose configurations ran: the median of the per-repetition
+    differences, their standard deviation, and in how many repetitions a cost more than b."""
     out = []
     for label, a, b, what in PAIRED:
         if a in sums and b in sums:
-            pairs = zip(sums[a]["_reps"], sums[b]["_reps"])
-            d = statistics.median(r["envoy_cpu_us_per_req"] - q["envoy_cpu_us_per_req"]
-                                  for r, q in pairs)
-            out.append(f"| {label} | {d:+.1f} | {what} |")
+            d = differences(sums, a, b)
+            sd = statistics.stdev(d) if len(d) > 1 else 0.0
+            above = sum(1 for x in d if x > 0)
+            out.append(f"| {label} | {statistics.median(d):+.1f} | {sd:.1f} | {above} of {len(d)} "
+                       f"| {what} |")
     if not out:
         return []
-    return ["", "Paired differences (Envoy CPU µs/req, median over the repetitions):", "",
-            "| difference | µs/req | prices |", "|---|---:|---|", *out, ""]
+    return ["", "Paired differences (Envoy CPU µs/req, over the repetitions):", "",
+            "| difference | median | sd | repetitions above 0 | prices |",
+            "|---|---:|---:|---:|---|", *out, ""]
 
 
 def goals(sums: dict) -> list[str]:
@@ -964,6 +1042,14 @@ def goals(sums: dict) -> list[str]:
             d = sums[name]["cpu_over_h1"]
             out.append(f"- {name} over H1: {d:+.1f} µs/req (goal ≤ 3.0): "
                        f"{'met' if d <= 3.0 else 'not met'}")
+    # The floors of that goal: B and C cannot cost less than the least code doing their
+    # unavoidable work. In how many repetitions that floor alone exceeds H1 + 3 µs.
+    for floor, of in (("K1", "B"), ("K3", "C")):
+        if h1 and floor in sums:
+            d = differences(sums, floor, "H1")
+            over = sum(1 for x in d if x > 3.0)
+            out.append(f"- {of}'s floor, {floor} over H1: {statistics.median(d):+.1f} µs/req; "
+                       f"above 3.0 in {over} of {len(d)} repetitions")
     for name in ("B1", "B2"):
         if "B" in sums and name in sums:
             d = sums[name]["cpu_vs_b"]
@@ -984,6 +1070,32 @@ def goals(sums: dict) -> list[str]:
             out.append(f"- {name} over H1: {d:+.1f} µs/req ({'below' if d < 0 else 'above'} "
                        "the proxy-wasm floor)")
     return (["", "Goals (this run's medians):", ""] + out + [""]) if out else []
+
+
+def profile_lines(profile: dict, configs: dict, duration: float) -> list[str]:
+    """The perf shares, priced at each configuration's median Envoy CPU per request over the
+    repetitions (a share does not depend on how fast the machine ran; one window's µs/req
+    does), with the Wasm code's differences between the floor and Keygate's paths."""
+    lines = ["## Where Envoy's CPU goes (perf, one extra window each)", "",
+             "| config | Envoy CPU µs/req | in the Wasm module's code | in the envoy binary "
+             "| in the kernel | in shared libraries |", "|---|---:|---:|---:|---:|---:|"]
+    wasm_us = {}
+    for name, pr in profile.items():
+        us = configs[name].get("summary", {}).get("cpu_us_per_req", pr["cpu_us_per_req"])
+        wasm_us[name] = us * pr["shares"]["wasm"]
+        lines.append(f"| {name} | {us:.1f} | " + " | ".join(
+            f"{us * pr['shares'][r]:.1f} ({pr['shares'][r] * 100:.1f}%)" for r in REGIONS) + " |")
+    lines += ["", "`perf record -e cpu-clock` on the configuration's Envoy over one more "
+              f"{duration:g} s window; each share of the samples times the configuration's "
+              "median Envoy CPU per request. \"Wasm module's code\" is V8's compiled code in "
+              "anonymous memory (the module's functions and the wrappers around them); V8's "
+              "runtime, the host calls and HTTP handling are in the envoy binary."]
+    steps = [(a, b) for a, b in (("K1", "H1"), ("B", "K1"), ("C", "K1"), ("B", "H1"),
+                                 ("C", "H1")) if a in wasm_us and b in wasm_us]
+    if steps:
+        lines += ["", "Time in the Wasm module's code: " + "; ".join(
+            f"{a} − {b} {wasm_us[a] - wasm_us[b]:+.1f} µs/req" for a, b in steps) + "."]
+    return lines + [""]
 
 
 def render(report: dict, configs: list[str]) -> str:
@@ -1037,6 +1149,8 @@ def render(report: dict, configs: list[str]) -> str:
               "neighbours in time); \"busy\" near 100% means Envoy's one CPU was the bottleneck."]
     lines += paired_lines
     lines += goals(sums)
+    for sm in sums.values():
+        sm.pop("_reps", None)
     if "G" in sums:
         g = [r.get("authz_cpu_us_per_req") for r in report["configs"]["G"]["reps"]]
         g = [x for x in g if x is not None]
@@ -1071,6 +1185,8 @@ def render(report: dict, configs: list[str]) -> str:
                          f"{r['service_cpu_us_per_req']:.1f} | {r['service_cpu_busy'] * 100:.0f}% |")
         lines += ["", f"wrk 1 thread / {s['connections']} connections, one run of "
                   "the measured duration after a warm-up; key service pinned like Envoy.", ""]
+    if report.get("profile"):
+        lines += profile_lines(report["profile"], report["configs"], s["duration_s"])
     if report.get("cache_curve"):
         sys.modules.setdefault("run", sys.modules[__name__])
         import cache

@@ -18,14 +18,16 @@
 # Results: bench/results/<timestamp>.md (also printed) and <timestamp>.json (raw numbers).
 # Run it on an idle machine: other load skews every number.
 #
-# Env: BENCH_DURATION (6), BENCH_REPS (5), BENCH_WARMUP (3),
-#      BENCH_CONFIGS ("A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 I S S2 S3"),
+# Env: BENCH_DURATION (5), BENCH_REPS (7), BENCH_WARMUP (2),
+#      BENCH_CONFIGS ("A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 K3 I S S2 S3"),
 #      BENCH_CACHE_KEYS ("10000 100000"; empty skips the curve), BENCH_CACHE_CAPACITY (the
 #      filter's default cache.max_entries unless set), BENCH_BASELINE_WASM (an earlier
 #      keygate.wasm: adds B0, C0, D0, which are B, C, D with it, to compare in the same run),
 #      BENCH_KS_DURATION (5), BENCH_CRITERION (1; 0 skips the micro-benchmarks),
 #      BENCH_SKIP_BUILD=1 (reuse binaries), BENCH_LABEL (a note for the report header),
 #      BENCH_KEEP=1 (keep the work dir: Envoy configs and logs),
+#      BENCH_PROFILE ("H1 K1 B C": configurations sampled with perf in one more window each, to
+#      show where Envoy's CPU goes; empty skips it),
 #      CARGO_TARGET_DIR (default target/), ENVOY_BIN (default .venv/bin/envoy).
 set -euo pipefail
 
@@ -54,6 +56,14 @@ if ! command -v wrk >/dev/null 2>&1; then
   $SUDO apt-get install -y wrk >/dev/null 2>&1 \
     || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y wrk >/dev/null; } \
     || die "could not install wrk; install it (Debian/Ubuntu: apt-get install wrk) and retry"
+fi
+if [[ -n "${BENCH_PROFILE-H1 K1 B C}" ]] && ! command -v perf >/dev/null 2>&1; then
+  log "installing perf (apt-get install -y linux-perf)"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get install -y linux-perf >/dev/null 2>&1 \
+    || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y linux-perf >/dev/null; } \
+    || die "could not install perf; install it (Debian: apt-get install linux-perf) or set BENCH_PROFILE=\"\""
 fi
 command -v taskset >/dev/null 2>&1 || log "taskset not found: Envoy and wrk will not be pinned to CPUs"
 if [[ ! -x "$ENVOY_BIN" ]]; then
@@ -95,8 +105,8 @@ log "load average now: $load (the numbers are only comparable on an otherwise id
 args=(
   --wasm "$WASM" --empty-wasm "$EMPTY_WASM" --floor-wasm "$FLOOR_WASM" --keygate-bin "$KEYGATE_BIN" --envoy "$ENVOY_BIN"
   --tools-dir "$TOOLS"
-  --configs "${BENCH_CONFIGS:-A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 I S S2 S3}"
-  --warmup "${BENCH_WARMUP:-3}" --duration "${BENCH_DURATION:-6}" --reps "${BENCH_REPS:-5}"
+  --configs "${BENCH_CONFIGS:-A B B1 B2 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 K3 I S S2 S3}"
+  --warmup "${BENCH_WARMUP:-2}" --duration "${BENCH_DURATION:-5}" --reps "${BENCH_REPS:-7}"
   --ks-duration "${BENCH_KS_DURATION:-5}"
   --label "${BENCH_LABEL:-}"
   --cache-keys "${BENCH_CACHE_KEYS-10000 100000}"
@@ -105,4 +115,5 @@ args=(
 [[ -n "${BENCH_BASELINE_WASM:-}" ]] && args+=(--baseline-wasm "$BENCH_BASELINE_WASM")
 [[ "${BENCH_CRITERION:-1}" == 1 ]] && args+=(--criterion)
 [[ "${BENCH_KEEP:-0}" == 1 ]] && args+=(--keep)
+[[ -n "${BENCH_PROFILE-H1 K1 B C}" ]] && args+=(--profile "${BENCH_PROFILE-H1 K1 B C}")
 exec python3 "$ROOT/bench/run.py" "${args[@]}"

@@ -697,8 +697,8 @@ pub fn check_content_digest(headers: &[(&str, &[u8])], body: &[u8]) -> Result<()
             return Err(SignatureError::BadDigest);
         };
         let matches = match alg.as_str() {
-            "sha-256" => Sha256::digest(body).as_slice() == digest.as_slice(),
-            "sha-512" => Sha512::digest(body).as_slice() == digest.as_slice(),
+            "sha-256" => Sha256::digest(body)[..] == digest[..],
+            "sha-512" => Sha512::digest(body)[..] == digest[..],
             _ => continue,
         };
         if !matches {
