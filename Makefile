@@ -99,7 +99,7 @@ wasm-test: prereqs
 ## Benchmarks: Envoy configs A-I side by side (with the proxy-wasm floor H1 and its breakdown
 ## H2-H5), each one's Envoy CPU per request over A, H and H1; the record-cache miss curve at 10k
 ## and 100k keys; key service throughput; criterion micro-benchmarks
-## -> bench/results/<timestamp>.md (+ .json). BENCH_REPS (5), BENCH_CONFIGS, BENCH_CACHE_KEYS...
+## -> bench/results/<timestamp>.md (+ .json). BENCH_REPS (7), BENCH_CONFIGS, BENCH_CACHE_KEYS...
 ## (scripts/bench.sh lists them).
 bench: prereqs
 	scripts/bench.sh

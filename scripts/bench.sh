@@ -57,7 +57,7 @@ if ! command -v wrk >/dev/null 2>&1; then
     || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y wrk >/dev/null; } \
     || die "could not install wrk; install it (Debian/Ubuntu: apt-get install wrk) and retry"
 fi
-if [[ -n "${BENCH_PROFILE-H1 K1 B C}" ]] && ! command -v perf >/dev/null 2>&1; then
+if [[ -n "${BENCH_PROFILE-H1 K1 K3 B C}" ]] && ! command -v perf >/dev/null 2>&1; then
   log "installing perf (apt-get install -y linux-perf)"
   SUDO=""
   [[ $(id -u) -eq 0 ]] || SUDO="sudo"
@@ -115,5 +115,5 @@ args=(
 [[ -n "${BENCH_BASELINE_WASM:-}" ]] && args+=(--baseline-wasm "$BENCH_BASELINE_WASM")
 [[ "${BENCH_CRITERION:-1}" == 1 ]] && args+=(--criterion)
 [[ "${BENCH_KEEP:-0}" == 1 ]] && args+=(--keep)
-[[ -n "${BENCH_PROFILE-H1 K1 B C}" ]] && args+=(--profile "${BENCH_PROFILE-H1 K1 B C}")
+[[ -n "${BENCH_PROFILE-H1 K1 K3 B C}" ]] && args+=(--profile "${BENCH_PROFILE-H1 K1 K3 B C}")
 exec python3 "$ROOT/bench/run.py" "${args[@]}"
