@@ -14,6 +14,12 @@
 //!   replacement of the whole map (H6), to weigh one call against several;
 //! - `ratelimit`: set two response headers, as the `RateLimit-Policy` and `RateLimit` of a
 //!   limited key's allowed response (H7);
+//! - `repeat=<n>` (1–1000, default 1): make the host calls of `rewrite`, `replace` and `status`
+//!   n times per request, to price them above the noise of one measurement (K4 against K3, K6
+//!   against K5): each repeat after the first removes the (now absent) credential header and
+//!   replaces the three identity headers with the same values (`rewrite`), or replaces the
+//!   whole map with the same map again (`replace`), and reads the `:status` again, so the
+//!   request keeps the same headers;
 //! - `keygate=<gateway key hex>`: the work no opaque-key filter can skip, done with Keygate's own
 //!   key code and the way Keygate's cached path does it: read the key id from the key's text,
 //!   find the record held for it (a worker-local map, filled on first sight as a lookup
@@ -54,16 +60,24 @@ struct Steps {
     replace: bool,
     status: bool,
     ratelimit: bool,
+    /// How many times the `rewrite` and `status` calls are made (at least 1).
+    repeat: u32,
 }
 
 impl Steps {
     /// The steps, and the gateway key of the `keygate` step.
     fn parse(text: &str) -> Option<(Self, Option<GatewayKey>)> {
-        let mut steps = Self::default();
+        let mut steps = Self {
+            repeat: 1,
+            ..Self::default()
+        };
         let mut gateway = None;
         for word in text.split(|c: char| c == ',' || c.is_whitespace()) {
             match word.split_once('=') {
                 Some(("keygate", hex)) => gateway = Some(GatewayKey::from_hex(hex).ok()?),
+                Some(("repeat", n)) => {
+                    steps.repeat = n.parse().ok().filter(|n| (1..=1000).contains(n))?;
+                }
                 Some(_) => return None,
                 None => match word {
                     "" | "floor" => {}
@@ -235,7 +249,9 @@ impl HttpContext for FloorHttp {
             map.push((b"x-floor-key-id", key_id.as_bytes()));
             map.push((b"x-floor-subject", subject.as_bytes()));
             map.push((b"x-floor-scopes", scopes.as_bytes()));
-            set_request_header_map(&map);
+            for _ in 0..self.steps.repeat.max(1) {
+                set_request_header_map(&map);
+            }
             return Action::Continue;
         }
         self.add_http_request_header("x-floor-client", client);
@@ -244,16 +260,25 @@ impl HttpContext for FloorHttp {
             self.add_http_request_header("x-floor-key-id", key_id);
             self.add_http_request_header("x-floor-subject", subject);
             self.add_http_request_header("x-floor-scopes", scopes);
+            for _ in 1..self.steps.repeat {
+                self.set_http_request_header("authorization", None);
+                self.set_http_request_header("x-floor-key-id", Some(key_id));
+                self.set_http_request_header("x-floor-subject", Some(subject));
+                self.set_http_request_header("x-floor-scopes", Some(scopes));
+            }
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.steps.status {
-            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status");
-            if matches!(status, Ok(Some(ref s)) if s.as_slice() == b"599") {
-                // Never true here; keeps the read from being a no-op to the reader.
-                self.set_http_response_header("x-floor-status", Some("599"));
+            for _ in 0..self.steps.repeat.max(1) {
+                let status =
+                    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status");
+                if matches!(status, Ok(Some(ref s)) if s.as_slice() == b"599") {
+                    // Never true here; keeps the read from being a no-op to the reader.
+                    self.set_http_response_header("x-floor-status", Some("599"));
+                }
             }
         }
         if self.steps.ratelimit {
