@@ -88,10 +88,6 @@ impl Host for ProxyHost {
         remove_request_header(name);
     }
 
-    fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
-        let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, headers.to_vec());
-    }
-
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         send_local_reply(status, headers.to_vec(), body);
     }

@@ -10,8 +10,8 @@
 //! - `shared`: one shared-data read of a ~300-byte value, as a cached record lookup (H2);
 //! - `rewrite`: remove the credential header and add three identity headers (H3);
 //! - `status`: read the response `:status`, as usage counting does (H4);
-//! - `replace`: the edits of `rewrite` (and H1's one header) made as Keygate makes them, in one
-//!   replacement of the whole map (H6), to weigh one call against several;
+//! - `replace`: the edits of `rewrite` (and H1's one header) made in one replacement of the
+//!   whole map (H6), as Keygate made them until 2026-12-02, to weigh one call against several;
 //! - `ratelimit`: set two response headers, as the `RateLimit-Policy` and `RateLimit` of a
 //!   limited key's allowed response (H7);
 //! - `repeat=<n>` (1–1000, default 1): make the host calls of `rewrite`, `replace` and `status`

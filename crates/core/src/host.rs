@@ -73,10 +73,6 @@ pub trait Host {
 
     fn remove_request_header(&self, name: &str);
 
-    /// Replaces the current request's whole header map with `headers` (one call instead of
-    /// one per header).
-    fn set_request_headers(&self, headers: &[(&str, &[u8])]);
-
     /// Answers the current request from the filter.
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
 

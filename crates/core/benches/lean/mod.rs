@@ -67,10 +67,11 @@ impl Host for LeanHost {
     fn property(&self, _: &[&str]) -> Option<Vec<u8>> {
         None
     }
-    fn set_request_header(&self, _: &str, _: &str) {}
-    fn remove_request_header(&self, _: &str) {}
-    fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
-        black_box(headers);
+    fn set_request_header(&self, name: &str, value: &str) {
+        black_box((name, value));
+    }
+    fn remove_request_header(&self, name: &str) {
+        black_box(name);
     }
     fn send_local_reply(&self, _: u32, _: &[(&str, &str)], _: &[u8]) {}
     fn count(&self, _: Event, _: u64) {}

@@ -22,8 +22,6 @@ pub enum Effect {
     },
     SetRequestHeader(String, String),
     RemoveRequestHeader(String),
-    /// The whole request header map replaced.
-    SetRequestHeaders(Vec<(String, Vec<u8>)>),
     LocalReply {
         status: u32,
         headers: Vec<(String, String)>,
@@ -77,6 +75,37 @@ pub struct FakeHost {
     calls: RefCell<Vec<&'static str>>,
     /// The answer of foreign functions (`Err`: the host has none).
     foreign: RefCell<Option<Result<Vec<u8>, HostError>>>,
+}
+
+/// The request headers an upstream would get: `initial` (as the request arrived) with the
+/// header edits among `effects` made in order, as Envoy makes them (a set replaces the first
+/// header of that name in place, or appends one, and drops any other of that name; a removal
+/// drops every one).
+pub fn forwarded(initial: &[(&str, &[u8])], effects: &[Effect]) -> Vec<(String, String)> {
+    let mut map: Vec<(String, String)> = initial
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    for effect in effects {
+        match effect {
+            Effect::SetRequestHeader(name, value) => {
+                match map.iter().position(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                    Some(at) => {
+                        map[at].1.clone_from(value);
+                        let mut index = 0;
+                        map.retain(|(n, _)| {
+                            index += 1;
+                            index - 1 == at || !n.eq_ignore_ascii_case(name)
+                        });
+                    }
+                    None => map.push((name.clone(), value.clone())),
+                }
+            }
+            Effect::RemoveRequestHeader(name) => map.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+            _ => {}
+        }
+    }
+    map
 }
 
 impl FakeHost {
@@ -313,15 +342,6 @@ impl Host for FakeHost {
     fn remove_request_header(&self, name: &str) {
         self.call("remove_request_header");
         self.push(Effect::RemoveRequestHeader(name.to_owned()));
-    }
-
-    fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
-        self.call("set_request_headers");
-        let headers = headers
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
-            .collect();
-        self.push(Effect::SetRequestHeaders(headers));
     }
 
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {

@@ -16,6 +16,31 @@ use crate::machine::test_support::{minted, start_with, NOW_MS};
 use crate::machine::worker;
 use crate::wire::{KeyLookup, UsageBatch};
 
+/// A cached key's header edits, one host call each: the key removed, the subject, scopes,
+/// issuer and key id added (a token carries no Keygate key id: one fewer).
+const KEY_EDITS: [&str; 5] = [
+    "remove_request_header",
+    "set_request_header",
+    "set_request_header",
+    "set_request_header",
+    "set_request_header",
+];
+const TOKEN_EDITS: [&str; 4] = [
+    "remove_request_header",
+    "set_request_header",
+    "set_request_header",
+    "set_request_header",
+];
+
+/// `before`, then `edits`, then `after`: a request's host calls around its header edits.
+fn around(
+    before: &[&'static str],
+    edits: &[&'static str],
+    after: &[&'static str],
+) -> Vec<&'static str> {
+    [before, edits, after].concat()
+}
+
 fn start(host: &FakeHost, extra: serde_json::Value) -> Rc<Shared> {
     let mut config = json!({"routes": [{"prefix": "/", "scopes": ["a"]}]});
     if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
@@ -43,17 +68,14 @@ fn flushed_batch(host: &FakeHost, shared: &Shared) -> UsageBatch {
         .unwrap()
 }
 
-/// The request headers the host was left with (the whole map, replaced in one call).
-fn forwarded(effects: &[Effect]) -> Vec<(String, String)> {
-    let replaced = effects.iter().find_map(|e| match e {
-        Effect::SetRequestHeaders(map) => Some(map),
-        _ => None,
-    });
-    replaced
-        .unwrap()
-        .iter()
-        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect()
+/// The request headers an upstream would get from [`request`] with `credential`.
+fn forwarded(credential: (&str, &str), effects: &[Effect]) -> Vec<(String, String)> {
+    let initial: [(&str, &[u8]); 3] = [
+        (":method", b"GET"),
+        (":path", b"/v1/hello"),
+        (credential.0, credential.1.as_bytes()),
+    ];
+    crate::host::fake::forwarded(&initial, effects)
 }
 
 /// One whole request: headers, then (when it went on) the response, then its end.
@@ -134,7 +156,7 @@ fn a_cached_opaque_key_makes_these_host_calls() {
     assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
     let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
     assert_eq!(
-        forwarded(&host.take_effects()),
+        forwarded(("x-api-key", &key.plaintext), &host.take_effects()),
         [
             pair(":method", "GET"),
             pair(":path", "/v1/hello"),
@@ -150,7 +172,7 @@ fn a_cached_opaque_key_makes_these_host_calls() {
     // the client address on the key's first request of the minute, not on this one.
     assert_eq!(
         host.take_calls(),
-        ["now_ms", "set_request_headers", "response_status"]
+        around(&["now_ms"], &KEY_EDITS, &["response_status"])
     );
     // The counts reach the host on the tick.
     worker::on_tick(&host, &shared);
@@ -163,16 +185,19 @@ fn usage_adds_no_host_call_on_an_unnamed_route_and_none_when_off() {
     // A route without a `name` is counted as `route[<index>]`: no property read.
     assert_eq!(
         cached_opaque_calls(json!({})),
-        ["now_ms", "set_request_headers", "response_status"]
+        around(&["now_ms"], &KEY_EDITS, &["response_status"])
     );
     // Usage off: no route name, no address, and the response is not looked at.
     let off = json!({"usage": {"enabled": false}});
-    assert_eq!(cached_opaque_calls(off), ["now_ms", "set_request_headers"]);
+    assert_eq!(
+        cached_opaque_calls(off),
+        around(&["now_ms"], &KEY_EDITS, &[])
+    );
     let mut off_named = named_route();
     off_named["usage"] = json!({"enabled": false});
     assert_eq!(
         cached_opaque_calls(off_named),
-        ["now_ms", "set_request_headers"]
+        around(&["now_ms"], &KEY_EDITS, &[])
     );
 }
 
@@ -262,7 +287,7 @@ fn a_cached_token_makes_these_host_calls() {
     assert!(request(&host, &shared, 2, ("authorization", &bearer)));
     let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
     assert_eq!(
-        forwarded(&host.take_effects()),
+        forwarded(("authorization", &bearer), &host.take_effects()),
         [
             pair(":method", "GET"),
             pair(":path", "/v1/hello"),
@@ -276,7 +301,7 @@ fn a_cached_token_makes_these_host_calls() {
     // response_status (9, and the header read: 10 host calls).
     assert_eq!(
         host.take_calls(),
-        ["now_ms", "set_request_headers", "response_status"]
+        around(&["now_ms"], &TOKEN_EDITS, &["response_status"])
     );
     worker::on_tick(&host, &shared);
     assert_eq!(host.counted(crate::host::Event::TokenCacheHit), 1);
@@ -292,13 +317,15 @@ fn a_cached_token_makes_these_host_calls() {
 fn a_fleet_limited_key_waits_for_a_lease_asked_on_the_tick() {
     assert_eq!(
         fleet_limited_requests(json!({})),
-        [
-            "now_ms",
-            "set_request_headers",
-            "set_response_header",
-            "set_response_header",
-            "response_status"
-        ]
+        around(
+            &["now_ms"],
+            &KEY_EDITS,
+            &[
+                "set_response_header",
+                "set_response_header",
+                "response_status"
+            ]
+        )
     );
 }
 
@@ -308,7 +335,7 @@ fn a_fleet_limited_key_waits_for_a_lease_asked_on_the_tick() {
 fn without_rate_limit_headers_on_allowed_responses_a_fleet_limited_key_costs_what_b_does() {
     assert_eq!(
         fleet_limited_requests(json!({"rate_limit_headers": "refusals"})),
-        ["now_ms", "set_request_headers", "response_status"]
+        around(&["now_ms"], &KEY_EDITS, &["response_status"])
     );
 }
 
@@ -447,7 +474,7 @@ fn a_country_restricted_key_costs_no_host_call_and_refuses_other_countries() {
     assert!(from(2, Some(b"at")));
     assert_eq!(
         host.take_calls(),
-        ["now_ms", "set_request_headers", "response_status"]
+        around(&["now_ms"], &KEY_EDITS, &["response_status"])
     );
     host.take_effects();
     for (context_id, country) in [(3, Some(&b"US"[..])), (4, None), (5, Some(b"Germany"))] {
@@ -473,7 +500,10 @@ fn a_country_restricted_key_costs_no_host_call_and_refuses_other_countries() {
 #[test]
 fn threat_detection_adds_nothing_without_blocks_and_one_property_read_with_them() {
     let on = json!({"usage": {"enabled": false}, "threat": {"enabled": true}});
-    assert_eq!(cached_opaque_calls(on), ["now_ms", "set_request_headers"]);
+    assert_eq!(
+        cached_opaque_calls(on),
+        around(&["now_ms"], &KEY_EDITS, &[])
+    );
 
     let host = FakeHost::at(NOW_MS);
     host.set_property(&["source", "address"], b"198.51.100.9:4711");
@@ -498,7 +528,7 @@ fn threat_detection_adds_nothing_without_blocks_and_one_property_read_with_them(
     assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
     assert_eq!(
         host.take_calls(),
-        ["property", "now_ms", "set_request_headers"]
+        around(&["property", "now_ms"], &KEY_EDITS, &[])
     );
 }
 
@@ -533,7 +563,7 @@ fn usage_countries_add_no_host_call() {
         host.take_calls()
     };
     let calls = from(2, b"US");
-    assert_eq!(calls, ["now_ms", "set_request_headers", "response_status"]);
+    assert_eq!(calls, around(&["now_ms"], &KEY_EDITS, &["response_status"]));
     assert_eq!(
         calls,
         cached_opaque_calls(json!({})),

@@ -63,18 +63,11 @@ fn peer(host: &FakeHost, principal: &str) {
     host.set_property(&PRINCIPAL_PROPERTY, principal.as_bytes());
 }
 
-/// The request headers the host was left with (the whole map, replaced in one call).
-fn forwarded(effects: &[Effect]) -> Vec<(String, String)> {
-    effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::SetRequestHeaders(map) => Some(map),
-            _ => None,
-        })
-        .unwrap()
-        .iter()
-        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect()
+/// The request headers an upstream would get from [`request`] on `path` with `extra`.
+fn forwarded(path: &str, extra: &[(&str, &str)], effects: &[Effect]) -> Vec<(String, String)> {
+    let mut initial: Vec<(&str, &[u8])> = vec![(":method", b"GET"), (":path", path.as_bytes())];
+    initial.extend(extra.iter().map(|(n, v)| (*n, v.as_bytes())));
+    crate::host::fake::forwarded(&initial, effects)
 }
 
 /// The local reply's status, when the request was refused.
@@ -150,7 +143,7 @@ fn a_mapped_principal_passes_without_a_key_and_its_header_cannot_be_forged() {
     peer(&host, PAYMENTS);
     let forged = [("x-keygate-principal", "spiffe://forged")];
     assert!(request(&host, &shared, 1, "/a/x", &forged));
-    let headers = forwarded(&host.take_effects());
+    let headers = forwarded("/a/x", &forged, &host.take_effects());
     let principal: Vec<_> = headers
         .iter()
         .filter(|(n, _)| n == "x-keygate-principal")
@@ -212,7 +205,7 @@ fn a_key_bound_to_a_workload_passes_only_from_that_workload() {
     // Cached: the principal is read for the bound key, and carried upstream.
     let credential = [("x-api-key", key.plaintext.as_str())];
     assert!(request(&host, &shared, 2, "/k/x", &credential));
-    let headers = forwarded(&host.take_effects());
+    let headers = forwarded("/k/x", &credential, &host.take_effects());
     assert!(headers.contains(&("x-keygate-principal".to_owned(), PAYMENTS.to_owned())));
     assert_eq!(
         host.take_calls()
@@ -249,7 +242,7 @@ fn an_unbound_key_reads_no_principal_on_the_cached_path() {
     assert_eq!(warm(&host, &shared, &key, &record(&key, &[])), Ok(()));
     let credential = [("x-api-key", key.plaintext.as_str())];
     assert!(request(&host, &shared, 2, "/k/x", &credential));
-    let headers = forwarded(&host.take_effects());
+    let headers = forwarded("/k/x", &credential, &host.take_effects());
     assert!(!headers.iter().any(|(n, _)| n == "x-keygate-principal"));
     assert!(!host.take_calls().contains(&"property"));
 }

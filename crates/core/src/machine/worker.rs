@@ -214,7 +214,7 @@ pub fn on_request_headers(
             deny(&gathered, shared, &reason, label.as_deref(), mode)
         }
     };
-    gathered.apply(headers);
+    gathered.apply();
     reschedule(host, shared);
     go_on
 }
@@ -253,7 +253,7 @@ pub fn on_request_body(
         }
         Step::Deny(reason, label, mode) => deny(&gathered, shared, &reason, label.as_deref(), mode),
     };
-    gathered.apply(headers);
+    gathered.apply();
     reschedule(host, shared);
     go_on
 }
