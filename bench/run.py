@@ -54,6 +54,7 @@ CONFIGS = {
     "B4": "B with usage analytics off (no response :status read, no usage rows)",
     "C": "Keygate, one JWT ({alg}), verified-token cache hit",
     "D": "Keygate, 10k distinct JWTs ({alg}): the verify path (host crypto)",
+    "D1": "D with usage analytics off (D's 10,000 tokens have 10,000 subjects: a usage row each)",
     "R": "Keygate, same tokens as D, signatures verified in Wasm (Rust, host_crypto off)",
     "E": "Envoy jwt_authn ({alg}, jwt_cache_config) + RBAC on scope",
     "F": "Envoy jwt_authn without cache + RBAC, same tokens as D",
@@ -106,6 +107,7 @@ PAIRED = [
     ("B2 − B", "B2", "B", "spending from a fleet lease, headers only on refusals"),
     ("B − B3", "B", "B3", "following the revocation feed (a 10 ms tick instead of 1 s)"),
     ("B − B4", "B", "B4", "usage analytics (the :status read, the usage rows)"),
+    ("D − D1", "D", "D1", "usage analytics on the verify path: a usage row per subject"),
     ("H7 − H1", "H7", "H1", "two response headers: the RateLimit headers B1 adds to B"),
     ("H6 − H3", "H6", "H3", "one replacement of the header map against five single edits"),
     ("K1 − H1", "K1", "H1", "B's unavoidable work above the proxy-wasm floor (single edits)"),
@@ -122,7 +124,7 @@ PAIRED = [
 # The signed-route configurations: the algorithm each key's material uses.
 SIGNED = {"S": "ed25519", "S2": "ecdsa-p256-sha256", "S3": "hmac-sha256"}
 SIGNED_PATH = "/v1/signed/bench"
-DEFAULT_CONFIGS = "A B B1 B2 B3 B4 C D R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 K3 K4 K5 K6 I S S2 S3"
+DEFAULT_CONFIGS = "A B B1 B2 B3 B4 C D D1 R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 K3 K4 K5 K6 I S S2 S3"
 
 
 def parse_configs(text: str) -> list[str]:
@@ -626,6 +628,8 @@ def main() -> int:
                kg_clusters),
         "B4": ([wasm_filter("keygate", Path(args.wasm), keygate_nousage_json, secrets_env)],
                kg_clusters),
+        "D1": ([wasm_filter("keygate", Path(args.wasm), keygate_nousage_json, secrets_env)],
+               kg_clusters),
         "E": (jwt_authn_filters(jwks_text, claims, cache=True), []),
         "F": (jwt_authn_filters(jwks_text, claims, cache=False), []),
         "G": ([ext_authz_filter(authz_port)], [cluster("authz", authz_port)]),
@@ -675,7 +679,7 @@ def main() -> int:
     checks["B2"] = checks["B1"]
     checks["B3"] = checks["B4"] = checks["B"]
     checks["D"] = checks["C"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
-    checks["R"] = checks["D"]
+    checks["R"] = checks["D1"] = checks["D"]
     checks["F"] = checks["E"] + [(f"token #{i}", bearer(t), {200}) for i, t in enumerate(sample)]
     for b0, base in BASELINE.items():
         checks[b0] = checks[base]
@@ -694,6 +698,7 @@ def main() -> int:
         "C": {"header": f"Authorization: Bearer {good_jwt}"},
         "D": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "R": {"tokens_file": str(jwt_dir / "tokens.txt")},
+        "D1": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "E": {"header": f"Authorization: Bearer {good_jwt}"},
         "F": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "G": {"header": f"Authorization: Bearer {key}"},
@@ -1211,7 +1216,7 @@ def render(report: dict, configs: list[str]) -> str:
         if n in cnt:
             notes.append(f"{n}: keygate.cache_hit +{cnt[n].get('wasmcustom.keygate.cache_hit', 0):,}, "
                          f"cache_miss +{cnt[n].get('wasmcustom.keygate.cache_miss', 0)}")
-    for n in ("C", "D", "R", "C0", "D0"):
+    for n in ("C", "D", "D1", "R", "C0", "D0"):
         if n in cnt:
             notes.append(f"{n}: keygate.allowed +{cnt[n].get('wasmcustom.keygate.allowed', 0):,}, "
                          f"token_cache_hit +{cnt[n].get('wasmcustom.keygate.token_cache_hit', 0):,}")
