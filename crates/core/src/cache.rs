@@ -873,25 +873,9 @@ mod tests {
             id: id(1).to_string(),
             fetched_at_ms: 1_000,
             record: record.then(|| KeyLookup {
-                id: id(1).to_string(),
-                digest: "00".repeat(32),
                 subject: "s".into(),
                 scopes: vec![],
-                status: KeyStatus::Active,
-                expires_at: None,
-                rate_limit: None,
-                allowed_cidrs: Vec::new(),
-                not_before: None,
-                not_after: None,
-                roles: Vec::new(),
-                allowed_principals: Vec::new(),
-                global_limit: None,
-                quota: None,
-                pool: None,
-                owner: None,
-                metadata: Default::default(),
-                signing: None,
-                allowed_countries: Vec::new(),
+                ..KeyLookup::active(&id(1).to_string(), "00".repeat(32))
             }),
         }
     }

@@ -788,25 +788,10 @@ mod tests {
     fn record(status: KeyStatus, expires_at: Option<u64>) -> (KeyLookup, KeyDigest) {
         let digest = KeyDigest::of(b"kg_test_secret");
         let record = KeyLookup {
-            id: "aaaaaaaaaaaaaaaa".into(),
-            digest: digest.to_hex(),
-            subject: "team-a".into(),
             scopes: vec!["demo:read".into()],
             status,
             expires_at,
-            rate_limit: None,
-            allowed_cidrs: Vec::new(),
-            not_before: None,
-            not_after: None,
-            roles: Vec::new(),
-            allowed_principals: Vec::new(),
-            global_limit: None,
-            quota: None,
-            pool: None,
-            owner: None,
-            metadata: Default::default(),
-            signing: None,
-            allowed_countries: Vec::new(),
+            ..KeyLookup::active("aaaaaaaaaaaaaaaa", digest.to_hex())
         };
         (record, digest)
     }

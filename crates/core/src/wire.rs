@@ -85,6 +85,35 @@ pub struct KeyLookup {
     pub allowed_countries: Vec<String>,
 }
 
+#[cfg(test)]
+impl KeyLookup {
+    /// For tests: an active record of `id` with `digest`, subject `team-a`, scope `a`, nothing
+    /// else set (change fields with struct update syntax).
+    pub fn active(id: &str, digest: String) -> Self {
+        Self {
+            id: id.into(),
+            digest,
+            subject: "team-a".into(),
+            scopes: vec!["a".into()],
+            status: KeyStatus::Active,
+            expires_at: None,
+            rate_limit: None,
+            allowed_cidrs: Vec::new(),
+            not_before: None,
+            not_after: None,
+            roles: Vec::new(),
+            allowed_principals: Vec::new(),
+            global_limit: None,
+            quota: None,
+            pool: None,
+            owner: None,
+            metadata: Default::default(),
+            signing: None,
+            allowed_countries: Vec::new(),
+        }
+    }
+}
+
 /// A key's signing material as key records carry it: a public key, or for `hmac-sha256`
 /// the generation of the secret both sides derive from the gateway key (never the secret).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

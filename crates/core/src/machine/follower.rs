@@ -565,7 +565,7 @@ mod tests {
     #[test]
     fn a_role_change_on_the_feed_makes_every_worker_look_up_records_holding_it() {
         use crate::cache::CacheEntry;
-        use crate::wire::{KeyLookup, KeyStatus, RoleRef};
+        use crate::wire::{KeyLookup, RoleRef};
         let setup = Setup::new();
         let host_one = FakeHost::at(T0);
         let host_two = host_one.worker();
@@ -579,28 +579,13 @@ mod tests {
             id: REVOKED.into(),
             fetched_at_ms: T0,
             record: Some(KeyLookup {
-                id: REVOKED.into(),
-                digest: "00".repeat(32),
                 subject: "s".into(),
                 scopes: vec!["models:read".into()],
-                status: KeyStatus::Active,
-                expires_at: None,
-                rate_limit: None,
-                allowed_cidrs: Vec::new(),
-                not_before: None,
-                not_after: None,
                 roles: vec![RoleRef {
                     name: "analyst".into(),
                     version,
                 }],
-                allowed_principals: Vec::new(),
-                global_limit: None,
-                quota: None,
-                pool: None,
-                owner: None,
-                metadata: Default::default(),
-                signing: None,
-                allowed_countries: Vec::new(),
+                ..KeyLookup::active(REVOKED, "00".repeat(32))
             }),
         };
         let now = T0 + 500;

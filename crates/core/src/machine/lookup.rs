@@ -405,7 +405,6 @@ mod tests {
     use crate::cache::Lease;
     use crate::host::fake::{Effect, FakeHost};
     use crate::host::HostError;
-    use crate::wire::KeyStatus;
 
     const TOKEN: &str = "service-token";
 
@@ -423,27 +422,7 @@ mod tests {
     }
 
     fn record(id: &KeyId) -> KeyLookup {
-        KeyLookup {
-            id: id.as_str().into(),
-            digest: "ab".repeat(32),
-            subject: "team-a".into(),
-            scopes: vec!["a".into()],
-            status: KeyStatus::Active,
-            expires_at: None,
-            rate_limit: None,
-            allowed_cidrs: Vec::new(),
-            not_before: None,
-            not_after: None,
-            roles: Vec::new(),
-            allowed_principals: Vec::new(),
-            global_limit: None,
-            quota: None,
-            pool: None,
-            owner: None,
-            metadata: Default::default(),
-            signing: None,
-            allowed_countries: Vec::new(),
-        }
+        KeyLookup::active(id.as_str(), "ab".repeat(32))
     }
 
     type Machine = Lookups<u32, ()>;

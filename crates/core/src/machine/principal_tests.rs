@@ -13,7 +13,7 @@ use crate::machine::state::Shared;
 use crate::machine::test_support::{minted, start_with, NOW_MS};
 use crate::machine::worker;
 use crate::principal::PRINCIPAL_PROPERTY;
-use crate::wire::{KeyLookup, KeyStatus};
+use crate::wire::KeyLookup;
 
 const PAYMENTS: &str = "spiffe://cluster.local/ns/payments/sa/api";
 const BILLING: &str = "spiffe://cluster.local/ns/billing/sa/api";
@@ -37,25 +37,9 @@ fn start(host: &FakeHost) -> Rc<Shared> {
 
 fn record(key: &MintedKey, allowed_principals: &[&str]) -> KeyLookup {
     KeyLookup {
-        id: key.id.as_str().into(),
-        digest: key.digest.to_hex(),
-        subject: "team-a".into(),
         scopes: vec!["read".into()],
-        status: KeyStatus::Active,
-        expires_at: None,
-        rate_limit: None,
-        allowed_cidrs: Vec::new(),
-        not_before: None,
-        not_after: None,
-        roles: Vec::new(),
         allowed_principals: allowed_principals.iter().map(|p| (*p).to_owned()).collect(),
-        global_limit: None,
-        quota: None,
-        pool: None,
-        owner: None,
-        metadata: Default::default(),
-        signing: None,
-        allowed_countries: Vec::new(),
+        ..KeyLookup::active(key.id.as_str(), key.digest.to_hex())
     }
 }
 

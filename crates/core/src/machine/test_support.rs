@@ -8,7 +8,7 @@ use crate::host::fake::FakeHost;
 use crate::key::{mint_opaque_key, GatewayKey, KeyPrefix, MintedKey};
 use crate::machine::state::Shared;
 use crate::machine::worker;
-use crate::wire::{KeyLookup, KeyStatus};
+use crate::wire::KeyLookup;
 
 pub const GATEWAY_HEX: &str = "0101010101010101010101010101010101010101010101010101010101010101";
 pub const SERVICE_TOKEN: &str = "service-token-service-token-service-token";
@@ -42,25 +42,5 @@ pub fn minted() -> MintedKey {
 /// The record of `key` as the key service answers it: active, subject `team-a`, scope `a`,
 /// nothing else set.
 pub fn record_of(key: &MintedKey) -> KeyLookup {
-    KeyLookup {
-        id: key.id.as_str().into(),
-        digest: key.digest.to_hex(),
-        subject: "team-a".into(),
-        scopes: vec!["a".into()],
-        status: KeyStatus::Active,
-        expires_at: None,
-        rate_limit: None,
-        allowed_cidrs: Vec::new(),
-        not_before: None,
-        not_after: None,
-        roles: Vec::new(),
-        allowed_principals: Vec::new(),
-        global_limit: None,
-        quota: None,
-        pool: None,
-        owner: None,
-        metadata: Default::default(),
-        signing: None,
-        allowed_countries: Vec::new(),
-    }
+    KeyLookup::active(key.id.as_str(), key.digest.to_hex())
 }
