@@ -184,8 +184,9 @@ pub fn apply(
 /// host call (a property read): the route is known without one unless the matched route has
 /// no `name` (then Envoy's route name is read). The client address is the one the filter
 /// computed already (for an allow-list, or before the request waited); else it is read
-/// (`source.address`, with `X-Forwarded-For` under `trusted_hops`) once per key and minute
-/// on this worker, and only by a request whose route name took no read.
+/// (`source.address`, with `X-Forwarded-For` under `trusted_hops`) by a key's first request
+/// after the worker last handed its counts over (at most once a second per key and worker),
+/// and only by a request whose route name took no read.
 fn usage_route_and_address(
     host: &impl Host,
     shared: &Shared,

@@ -169,7 +169,7 @@ fn a_cached_opaque_key_makes_these_host_calls() {
     );
     // Before: now_ms, count, now_ms, count, remove_request_header, 4 × set_request_header,
     // response_status (10, and the header read: 11 host calls). Usage (on by default) read
-    // the client address on the key's first request of the minute, not on this one.
+    // the client address on the key's first request, not on this one.
     assert_eq!(
         host.take_calls(),
         around(&["now_ms"], &KEY_EDITS, &["response_status"])
@@ -601,4 +601,26 @@ fn usage_countries_add_no_host_call() {
         })
         .unwrap();
     assert!(!String::from_utf8_lossy(&body).contains("countries"));
+}
+
+/// The client address is read again by a key's first request after the worker handed its
+/// counts to shared data (once a second), not once per minute.
+#[test]
+fn usage_reads_the_address_again_after_each_hand_over() {
+    let host = FakeHost::at(NOW_MS);
+    let shared = start(&host, named_route());
+    let key = minted();
+    warm_opaque(&host, &shared, &key);
+    assert!(request(&host, &shared, 2, ("x-api-key", &key.plaintext)));
+    assert!(!host.take_calls().contains(&"property"));
+    host.advance(1_500);
+    worker::on_tick(&host, &shared);
+    host.take_calls();
+    assert!(request(&host, &shared, 3, ("x-api-key", &key.plaintext)));
+    assert_eq!(
+        host.take_calls(),
+        around(&["now_ms", "property"], &KEY_EDITS, &["response_status"])
+    );
+    assert!(request(&host, &shared, 4, ("x-api-key", &key.plaintext)));
+    assert!(!host.take_calls().contains(&"property"));
 }

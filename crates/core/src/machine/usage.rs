@@ -147,9 +147,10 @@ impl Usage {
         self.countries_dropped += dropped;
     }
 
-    /// Whether this worker counted no allowed request of `key_id` in the minute of `now_ms`
-    /// yet: the client address costs a host call, so it is read by the first allowed request
-    /// of a key in each minute (unless the filter computed it anyway).
+    /// Whether this worker holds no allowed request of `key_id` in the minute of `now_ms`
+    /// since it last handed its counts to shared data (once a second): the client address
+    /// costs a host call, so it is read by a key's first allowed request after each hand-over
+    /// (unless the filter computed it anyway), at most once a second per key and worker.
     pub fn wants_address(&self, key_id: &str, now_ms: u64) -> bool {
         let minute = now_ms / 60_000 * 60;
         !self
