@@ -432,9 +432,10 @@ pub struct Identity {
     /// Whose rate-limit bucket this identity draws from: the key id's, or (without one)
     /// the issuer's and subject's.
     pub bucket_owner: BucketOwner,
-    /// The key usage is counted under: the key id, or (without one) `sub:` and the bucket
-    /// owner in hex, which no Keygate key id can equal.
-    pub usage_key: Arc<str>,
+    /// The key usage is counted under: the key id. `None` without one (a token of an outside
+    /// issuer, a service principal): the key service keeps usage per Keygate key and would
+    /// refuse the row, so none is kept.
+    pub usage_key: Option<Arc<str>>,
     /// The key's fleet-wide limits (global rate, quota, owner pool), if it has any.
     pub fleet: Option<Arc<crate::machine::fleet::FleetLimits>>,
     /// What routes may bind: the key's owner and metadata, the token's claims (`None`:
@@ -488,13 +489,16 @@ impl Identity {
         self.issuer.as_deref().unwrap_or(KEYGATE_ISSUER)
     }
 
-    fn accounts(key_id: &Arc<str>, issuer: Option<&str>, subject: &str) -> (BucketOwner, Arc<str>) {
+    fn accounts(
+        key_id: &Arc<str>,
+        issuer: Option<&str>,
+        subject: &str,
+    ) -> (BucketOwner, Option<Arc<str>>) {
         if key_id.is_empty() {
             let owner = BucketOwner::subject(issuer.unwrap_or(KEYGATE_ISSUER), subject);
-            let usage_key = format!("sub:{}", owner.to_hex()).into();
-            (owner, usage_key)
+            (owner, None)
         } else {
-            (BucketOwner::key(key_id), Arc::clone(key_id))
+            (BucketOwner::key(key_id), Some(Arc::clone(key_id)))
         }
     }
 }
@@ -1099,7 +1103,7 @@ mod tests {
         let key = Identity::new("team-a", key_id, vec![], None);
         assert_eq!(key.issuer_name(), KEYGATE_ISSUER);
         assert_eq!(key.bucket_owner, BucketOwner::key(key_id));
-        assert_eq!(&*key.usage_key, key_id);
+        assert_eq!(key.usage_key.as_deref(), Some(key_id));
         // A Keygate JWT (its jti is a key id) shares the key's bucket and usage rows.
         let keygate_jwt = Identity::new("team-a", key_id, vec![], None).issued_by("keygate");
         assert_eq!(keygate_jwt.bucket_owner, key.bucket_owner);
@@ -1109,13 +1113,10 @@ mod tests {
             let outside = Identity::new(sub, "", vec![], None).issued_by("https://idp/");
             assert_eq!(outside.issuer_name(), "https://idp/");
             assert_ne!(outside.bucket_owner, key.bucket_owner);
-            assert_ne!(outside.usage_key, key.usage_key);
-            assert!(
-                outside.usage_key.starts_with("sub:"),
-                "{}",
-                outside.usage_key
+            assert_eq!(
+                outside.usage_key, None,
+                "no usage row the service would refuse"
             );
-            assert!(outside.usage_key.len() > key_id.len());
         }
         // The same subject at two issuers: two buckets; the same at one issuer: one bucket,
         // whatever the token (jti) it came in.
@@ -1123,9 +1124,7 @@ mod tests {
         let b = Identity::new("bob", "", vec![], None).issued_by("https://b/");
         let a_again = Identity::new("bob", "", vec!["x".into()], None).issued_by("https://a/");
         assert_ne!(a.bucket_owner, b.bucket_owner);
-        assert_ne!(a.usage_key, b.usage_key);
         assert_eq!(a.bucket_owner, a_again.bucket_owner);
-        assert_eq!(a.usage_key, a_again.usage_key);
     }
 
     fn bound_to(value: &str, attribute: crate::binding::Attribute, scopes: &[&str]) -> Requirement {

@@ -1,5 +1,6 @@
-//! The host that does nothing and the cached-opaque-key setup shared by the request-path
-//! benchmarks (`request_path.rs` with criterion, `request_loop.rs` plain, for Wasm runtimes).
+//! The host that does nothing and the cached-opaque-key and cached-token setups shared by the
+//! request-path benchmarks (`request_path.rs` with criterion, `request_loop.rs` plain, for Wasm
+//! runtimes).
 
 #![allow(dead_code)]
 
@@ -148,6 +149,59 @@ pub fn cached_opaque() -> (LeanHost, Rc<Shared>, String) {
     let size = host.body.borrow().len();
     worker::on_call_response(&host, &shared, token, size);
     worker::on_log(&shared, 1);
+    (host, shared, bearer)
+}
+
+/// A worker holding one verified ES256 token of an outside issuer (its first request verified
+/// it), and that token as a bearer value: every later request is a verified-token cache hit.
+pub fn cached_jwt() -> (LeanHost, Rc<Shared>, String) {
+    use keygate_core::jwt::{Algorithm, SigningKey};
+    use rand_core::SeedableRng as _;
+
+    let host = LeanHost::default();
+    host.now_ms.set(1_700_000_000_000);
+    let signer = SigningKey::generate(
+        Algorithm::ES256,
+        &mut rand_chacha::ChaCha20Rng::seed_from_u64(5),
+    )
+    .unwrap();
+    let config = FilterConfig::parse(
+        json!({
+            "routes": [{"prefix": "/", "scopes": ["demo:read"]}],
+            "jwt": {"issuers": [{
+                "issuer": "https://idp.example",
+                "algorithms": ["ES256"],
+                "jwks": {"inline": {"keys": [signer.public_jwk("k1")]}},
+            }]},
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let secrets = config
+        .load_secrets(|var| {
+            Some(if var.contains("GATEWAY") {
+                GATEWAY_HEX.to_owned()
+            } else {
+                "service-token-service-token-service-token".to_owned()
+            })
+        })
+        .unwrap();
+    let shared = worker::start(&host, config, secrets, [7; 16]);
+    let token = signer
+        .sign(
+            "k1",
+            "JWT",
+            &json!({
+                "iss": "https://idp.example",
+                "sub": "team-analytics",
+                "scope": "demo:read",
+                "exp": 1_700_000_000 + 3600,
+            }),
+        )
+        .unwrap();
+    let bearer = format!("Bearer {token}");
+    one_request(&host, &shared, &request_headers(&bearer), 1);
     (host, shared, bearer)
 }
 

@@ -51,7 +51,7 @@ pub fn apply(
         match fleet_check(host, shared, &limits, forwarding) {
             Verdict::Allowed { ratelimit } => fleet_ratelimit = ratelimit,
             Verdict::Limited { reason, headers } => {
-                let key = Some(&*identity.usage_key);
+                let key = identity.usage_key.as_deref();
                 return deny_with(host, shared, &reason, key, forwarding.mode, &headers);
             }
             Verdict::Wait => {
@@ -106,7 +106,7 @@ pub fn apply(
                     host,
                     shared,
                     &reason,
-                    Some(&*identity.usage_key),
+                    identity.usage_key.as_deref(),
                     forwarding.mode,
                     &extra,
                 );
@@ -119,7 +119,7 @@ pub fn apply(
                     host,
                     shared,
                     &DenyReason::Overloaded,
-                    Some(&*identity.usage_key),
+                    identity.usage_key.as_deref(),
                     forwarding.mode,
                 );
             }
@@ -150,27 +150,26 @@ pub fn apply(
     if let Some(Some(principal)) = &forwarding.principal {
         host.set_request_header(&ih.principal, principal);
     }
-    // Usage is counted under the key id, or for a token of an outside issuer under a key
-    // namespaced by its issuer and subject (never equal to a Keygate key id).
-    let route = if config.usage.enabled {
-        let (route, address) =
-            usage_route_and_address(host, shared, &identity.usage_key, forwarding, now);
-        shared.usage.borrow_mut().allowed(
-            &identity.usage_key,
-            &route,
-            address,
-            forwarding.country,
-            now,
-        );
-        route
-    } else {
-        Arc::from("")
+    // Usage is counted under the key id; a token of an outside issuer or a principal has
+    // none (the key service keeps usage per Keygate key).
+    let usage_key = identity.usage_key.filter(|_| config.usage.enabled);
+    let route = match &usage_key {
+        Some(usage_key) => {
+            let (route, address) =
+                usage_route_and_address(host, shared, usage_key, forwarding, now);
+            shared
+                .usage
+                .borrow_mut()
+                .allowed(usage_key, &route, address, forwarding.country, now);
+            route
+        }
+        None => Arc::from(""),
     };
     // The response needs this request only for usage (its status class) or for the
     // rate-limit headers: reading the status is a host call, skipped when neither applies.
-    if config.usage.enabled || ratelimit.is_some() {
+    if usage_key.is_some() || ratelimit.is_some() {
         let note = Note {
-            key_id: identity.usage_key,
+            key_id: usage_key,
             ratelimit,
             route,
             sent_ms: now,
@@ -184,9 +183,9 @@ pub fn apply(
 /// host call (a property read): the route is known without one unless the matched route has
 /// no `name` (then Envoy's route name is read). The client address is the one the filter
 /// computed already (for an allow-list, or before the request waited); else it is read
-/// (`source.address`, with `X-Forwarded-For` under `trusted_hops`) by a key's first request
-/// after the worker last handed its counts over (at most once a second per key and worker),
-/// and only by a request whose route name took no read.
+/// (`source.address`, with `X-Forwarded-For` under `trusted_hops`) by a key's first allowed
+/// request in each minute on each worker, and only by a request whose route name took no
+/// read.
 fn usage_route_and_address(
     host: &impl Host,
     shared: &Shared,

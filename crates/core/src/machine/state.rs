@@ -166,7 +166,8 @@ pub struct FleetWaiter {
 
 /// What a request leaves for its response: rate-limit headers and whose usage it is.
 pub struct Note {
-    pub key_id: Arc<str>,
+    /// The key usage counts the response under (`None`: no usage row).
+    pub key_id: Option<Arc<str>>,
     pub ratelimit: Option<(String, String)>,
     /// The route the usage is counted under (empty when usage is off).
     pub route: Arc<str>,

@@ -1,6 +1,9 @@
-//! The usage outbox: every worker counts per key and minute in memory, merges its counts into
-//! shared data once a second, and one flusher per Envoy (a lease) sends them to the key
-//! service every interval.
+//! The usage outbox: every worker counts per key, minute and route in memory and hands its
+//! rows over to shared data once an interval (`usage.flush_seconds`, or sooner when it holds
+//! `usage.max_rows` rows), encoded once, in the wire format; one flusher per Envoy (a lease)
+//! sends them to the key service every interval, in batches built from whole chunks without
+//! decoding a row (see [`log_len`]). So a row costs one encoding however many keys are in use,
+//! and counts reach the key service within two intervals.
 //!
 //! - Only keys whose holder is proven are counted under their id (see [`counts_under_key`]);
 //!   a denial that names an id the client chose is counted per reason only
@@ -35,11 +38,13 @@ use crate::host::{Event, Host, LogLevel};
 use crate::machine::lease::{Reentry, SharedLease, Take};
 use crate::wire::{UsageBatch, UsageCounts, UsageRow, USAGE_MAX_ROWS};
 
-const PENDING_KEY: &str = "keygate.usage.pending";
+/// The rows waiting, as a log (see [`log_len`]).
+const LOG_KEY: &str = "keygate.usage.log";
+/// Where filters before the log kept the rows waiting, as one JSON array: drained into the
+/// next batch, so nothing an older filter in this Envoy counted is stranded by an upgrade.
+const LEGACY_PENDING_KEY: &str = "keygate.usage.pending";
 const OUTBOX_KEY: &str = "keygate.usage.outbox";
 const LEASE_KEY: &str = "keygate.usage.lease";
-/// How often a worker merges its counts into shared data.
-const MERGE_EVERY_MS: u64 = 1_000;
 const TIMEOUT_MS: u64 = 5_000;
 /// Most rows in one batch: half of what the key service takes.
 pub const MAX_BATCH_ROWS: usize = USAGE_MAX_ROWS / 2;
@@ -50,6 +55,9 @@ const ENVELOPE_BYTES: usize = 256;
 pub const MAX_ROUTES_PER_KEY_MINUTE: usize = 16;
 /// The route of the requests past [`MAX_ROUTES_PER_KEY_MINUTE`].
 pub const OTHER_ROUTE: &str = "other";
+/// Most keys whose client address one worker remembers for the minute (about 80 bytes
+/// each); past it the worker forgets them all and reads each key's address again.
+pub const MAX_ADDRESSES: usize = 65_536;
 /// Longest route name reported; a longer one is counted under [`OTHER_ROUTE`].
 pub const MAX_ROUTE_LEN: usize = 128;
 
@@ -70,16 +78,26 @@ pub struct Reporting<'a> {
     pub gateway: Option<&'a str>,
 }
 
-/// One route's counts in one minute: counts, last use, its client address and the countries
-/// of its allowed requests.
-type LocalCell = (UsageCounts, u64, Option<IpAddr>, CountrySet);
+/// One route's counts in one minute on this worker.
+#[derive(Default)]
+struct LocalCell {
+    counts: UsageCounts,
+    /// The last allowed request since the last hand-over (Unix seconds; 0: none).
+    last_used: u64,
+    /// The client address of the last allowed request.
+    address: Option<IpAddr>,
+    /// The countries of the allowed requests since the last hand-over.
+    countries: CountrySet,
+}
 
 /// One worker's counts since its last merge, and its flusher state.
 #[derive(Default)]
 pub struct Usage {
-    /// key id → minute → route → (counts, last used, address): looked up by `&str`, so
-    /// counting a request for a key and route seen this second allocates nothing.
+    /// key id → minute → route → cell: looked up by `&str`, so counting a request for a key
+    /// and route seen since the last hand-over allocates nothing.
     local: FastMap<String, FastMap<u64, FastMap<Arc<str>, LocalCell>>>,
+    /// Rows in `local`.
+    local_rows: usize,
     last_merge_ms: u64,
     last_flush_ms: u64,
     /// A flush is in flight (this worker is the flusher).
@@ -88,6 +106,12 @@ pub struct Usage {
     backlog: bool,
     batches: u64,
     worker: String,
+    /// The minute (Unix minutes) of `addresses`.
+    addresses_minute: u64,
+    /// Per key, the client address its first allowed request in that minute read (`None`:
+    /// not known), at most [`MAX_ADDRESSES`] keys: kept across hand-overs, so the address is
+    /// read once per key and minute on each worker.
+    addresses: FastMap<String, Option<IpAddr>>,
     /// Countries not held because a row had [`crate::country_set::MAX_ROW_COUNTRIES`] already (counted on the
     /// next merge).
     countries_dropped: u64,
@@ -135,29 +159,53 @@ impl Usage {
         let slot = route_slot(routes, route);
         let row = match routes.get_mut(slot) {
             Some(row) => row,
-            None => routes.entry(Arc::from(slot)).or_default(),
+            None => {
+                self.local_rows += 1;
+                routes.entry(Arc::from(slot)).or_default()
+            }
         };
-        let dropped = count(&mut row.0, &mut row.3);
-        if used.0 > 0 && used.0 >= row.1 {
-            row.1 = used.0;
+        let dropped = count(&mut row.counts, &mut row.countries);
+        if used.0 > 0 && used.0 >= row.last_used {
+            row.last_used = used.0;
             if used.1.is_some() {
-                row.2 = used.1;
+                row.address = used.1;
             }
         }
         self.countries_dropped += dropped;
     }
 
-    /// Whether this worker holds no allowed request of `key_id` in the minute of `now_ms`
-    /// since it last handed its counts to shared data (once a second): the client address
-    /// costs a host call, so it is read by a key's first allowed request after each hand-over
-    /// (unless the filter computed it anyway), at most once a second per key and worker.
+    /// Whether this worker knows no client address of `key_id` in the minute of `now_ms`:
+    /// the address costs a host call, so it is read by a key's first allowed request in each
+    /// minute on each worker (unless the filter computed it anyway), and remembered.
     pub fn wants_address(&self, key_id: &str, now_ms: u64) -> bool {
-        let minute = now_ms / 60_000 * 60;
-        !self
-            .local
-            .get(key_id)
-            .and_then(|minutes| minutes.get(&minute))
-            .is_some_and(|routes| routes.values().any(|cell| cell.1 > 0))
+        now_ms / 60_000 != self.addresses_minute || !self.addresses.contains_key(key_id)
+    }
+
+    /// The client address of an allowed request of `key_id`: `read` now, or else the one
+    /// remembered for the key in this minute.
+    fn remember_address(
+        &mut self,
+        key_id: &str,
+        read: Option<IpAddr>,
+        now_ms: u64,
+    ) -> Option<IpAddr> {
+        let minute = now_ms / 60_000;
+        if minute != self.addresses_minute || self.addresses.len() >= MAX_ADDRESSES {
+            self.addresses.clear();
+            self.addresses_minute = minute;
+        }
+        match self.addresses.get_mut(key_id) {
+            Some(known) => {
+                if read.is_some() {
+                    *known = read;
+                }
+                *known
+            }
+            None => {
+                self.addresses.insert(key_id.to_owned(), read);
+                read
+            }
+        }
     }
 
     /// An allowed request on `route`, from `address` and `country` (as far as the filter
@@ -170,6 +218,7 @@ impl Usage {
         country: Option<Country>,
         now_ms: u64,
     ) {
+        let address = self.remember_address(key_id, address, now_ms);
         self.update(key_id, route, now_ms, (now_ms / 1000, address), |c, set| {
             c.allowed += 1;
             u64::from(!country.is_none_or(|country| set.insert(country)))
@@ -228,14 +277,19 @@ impl Usage {
 
     /// Takes the counts so far, as rows.
     fn take_rows(&mut self) -> Rows {
+        self.local_rows = 0;
         let mut rows = Rows::new();
         for (key_id, minutes) in self.local.drain() {
             for (minute, routes) in minutes {
-                for (route, (counts, last_used, address, countries)) in routes {
-                    let address = address.map(|a| a.to_string());
+                for (route, cell) in routes {
                     rows.insert(
                         (key_id.clone(), minute, route.to_string()),
-                        (counts, last_used, address, countries),
+                        (
+                            cell.counts,
+                            cell.last_used,
+                            cell.address.map(|a| a.to_string()),
+                            cell.countries,
+                        ),
                     );
                 }
             }
@@ -274,10 +328,6 @@ fn bump(counts: &mut BTreeMap<String, u64>, name: &str) {
     }
 }
 
-fn decode_rows(bytes: &[u8]) -> Vec<UsageRow> {
-    serde_json::from_slice(bytes).unwrap_or_default()
-}
-
 /// What [`merge`] had to drop: rows (the queue was full), and countries (a row held
 /// [`crate::country_set::MAX_ROW_COUNTRIES`] already, or a code was malformed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -292,22 +342,18 @@ struct Dropped {
 fn merge(into: &mut Rows, rows: impl IntoIterator<Item = UsageRow>, max_rows: usize) -> Dropped {
     let mut dropped = Dropped::default();
     for row in rows {
-        let mut route = row.route.unwrap_or_default();
-        let exists = |into: &Rows, route: &str| {
-            into.contains_key(&(row.key_id.clone(), row.minute, route.to_owned()))
-        };
-        if !route.is_empty() && !exists(into, &route) {
-            let start = (row.key_id.clone(), row.minute, String::new());
-            let end = (row.key_id.clone(), row.minute + 1, String::new());
+        let mut slot = (row.key_id, row.minute, row.route.unwrap_or_default());
+        if !slot.2.is_empty() && !into.contains_key(&slot) {
+            let start = (slot.0.clone(), slot.1, String::new());
+            let end = (slot.0.clone(), slot.1 + 1, String::new());
             let routes = into
                 .range(start..end)
                 .filter(|((_, _, r), _)| !r.is_empty())
                 .count();
-            if routes >= MAX_ROUTES_PER_KEY_MINUTE || route.len() > MAX_ROUTE_LEN {
-                route = OTHER_ROUTE.to_owned();
+            if routes >= MAX_ROUTES_PER_KEY_MINUTE || slot.2.len() > MAX_ROUTE_LEN {
+                slot.2 = OTHER_ROUTE.to_owned();
             }
         }
-        let slot = (row.key_id, row.minute, route);
         let full = into.len() >= max_rows;
         match into.get_mut(&slot) {
             Some(existing) => {
@@ -351,40 +397,59 @@ fn to_rows(rows: Rows) -> Vec<UsageRow> {
 }
 
 impl Usage {
-    /// Every tick: merge this worker's counts into shared data; the flusher sends a batch.
-    /// Returns the token of a batch sent now (its answer goes to [`Usage::on_response`]).
+    /// Every tick: hand this worker's counts over to shared data once an interval (or sooner
+    /// when it holds `usage.max_rows` rows); the flusher sends a batch. Returns the token of a
+    /// batch sent now (its answer goes to [`Usage::on_response`]).
     pub fn on_tick(&mut self, host: &impl Host, reporting: &Reporting) -> Option<u32> {
         let settings = reporting.settings;
         if !settings.enabled {
             return None;
         }
         let now = host.now_ms();
-        if now.saturating_sub(self.last_merge_ms) >= MERGE_EVERY_MS {
-            self.merge_into_shared(host, settings.max_rows, now);
+        if now.saturating_sub(self.last_merge_ms) >= settings.flush_ms
+            || self.local_rows >= settings.max_rows
+        {
+            self.hand_over(host, settings, now);
         }
-        if !self.sending && now.saturating_sub(self.last_flush_ms) >= settings.flush_ms {
+        if self.sending {
+            return None;
+        }
+        if now.saturating_sub(self.last_flush_ms) >= settings.flush_ms {
             return self.flush(host, reporting, now);
         }
         None
     }
 
-    fn merge_into_shared(&mut self, host: &impl Host, max_rows: usize, now: u64) {
+    /// Appends this worker's rows to the log in shared data, as chunks in the wire format.
+    fn hand_over(&mut self, host: &impl Host, settings: &UsageSettings, now: u64) {
         self.last_merge_ms = now;
-        let local = self.take_rows();
+        let local = to_rows(self.take_rows());
         if local.is_empty() {
             return;
         }
+        let max_rows = settings.max_rows;
+        let mine = chunks(&local, settings.max_batch_bytes);
         for _ in 0..8 {
-            let (current, cas) = host.get_shared(PENDING_KEY);
-            let mut rows = Rows::new();
-            merge(
-                &mut rows,
-                current.as_deref().map(decode_rows).unwrap_or_default(),
-                usize::MAX,
-            );
-            let dropped = merge(&mut rows, to_rows(local.clone()), max_rows);
-            let encoded = serde_json::to_vec(&to_rows(rows)).unwrap_or_default();
-            if host.set_shared(PENDING_KEY, &encoded, cas).is_ok() {
+            let (current, cas) = host.get_shared(LOG_KEY);
+            let current = current.unwrap_or_default();
+            let (log, dropped) = match log_len(&current) {
+                Some(held) if held + local.len() <= max_rows => (
+                    append(&current, held + local.len(), mine.iter().map(Chunk::line)),
+                    Dropped::default(),
+                ),
+                _ => {
+                    // Full (or unreadable): fold what waits and these rows into a row per
+                    // key, minute and route, dropping new rows past `max_rows`.
+                    let mut rows = Rows::new();
+                    merge(&mut rows, log_rows(&current), usize::MAX);
+                    let dropped = merge(&mut rows, local.iter().cloned(), max_rows);
+                    let folded = to_rows(rows);
+                    let folded_chunks = chunks(&folded, settings.max_batch_bytes);
+                    let log = append(b"", folded.len(), folded_chunks.iter().map(Chunk::line));
+                    (log, dropped)
+                }
+            };
+            if host.set_shared(LOG_KEY, &log, cas).is_ok() {
                 if dropped.rows > 0 {
                     host.count(Event::UsageDropped, dropped.rows);
                 }
@@ -396,37 +461,202 @@ impl Usage {
             }
         }
         // Contention beyond reason: keep the counts for the next tick.
-        self.restore(to_rows(local));
+        self.restore(local);
     }
 }
 
-/// Splits `rows` into a first batch of at most `max_bytes` of JSON (less the envelope) and
-/// [`MAX_BATCH_ROWS`] rows, and the rest. The first batch has at least one row when `rows`
-/// has any.
-fn split_batch(rows: Vec<UsageRow>, max_bytes: usize) -> (Vec<UsageRow>, Vec<UsageRow>) {
-    let budget = max_bytes.saturating_sub(ENVELOPE_BYTES);
-    let mut used: usize = 0;
-    let mut batch = Vec::new();
-    let mut rows = rows.into_iter();
-    for row in rows.by_ref() {
-        // The row's JSON and the comma before it.
-        let size = serde_json::to_vec(&row).map_or(usize::MAX, |json| json.len() + 1);
-        if !batch.is_empty()
-            && (used.saturating_add(size) > budget || batch.len() >= MAX_BATCH_ROWS)
-        {
-            let mut rest = vec![row];
-            rest.extend(rows);
-            return (batch, rest);
-        }
-        used = used.saturating_add(size);
-        batch.push(row);
+/// A JSON array of rows in the wire format that fits one batch, and how many rows it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Chunk {
+    rows: usize,
+    json: Vec<u8>,
+}
+
+impl Chunk {
+    /// As a line of the log holds it.
+    fn line(&self) -> (usize, &[u8]) {
+        (self.rows, &self.json)
     }
-    (batch, Vec::new())
+}
+
+/// `rows` as chunks of at most `max_bytes` of JSON (less a batch's envelope) and
+/// [`MAX_BATCH_ROWS`] rows; each row is encoded once, and a chunk holds one row at least.
+fn chunks(rows: &[UsageRow], max_bytes: usize) -> Vec<Chunk> {
+    let budget = max_bytes.saturating_sub(ENVELOPE_BYTES);
+    let mut out = Vec::new();
+    let mut current = Chunk {
+        rows: 0,
+        json: b"[".to_vec(),
+    };
+    let mut encoded = Vec::new();
+    for row in rows {
+        encoded.clear();
+        if serde_json::to_writer(&mut encoded, row).is_err() {
+            continue;
+        }
+        // The row, the comma before it and the closing bracket.
+        let fits = current.json.len() + encoded.len() + 2 <= budget;
+        if current.rows > 0 && (!fits || current.rows >= MAX_BATCH_ROWS) {
+            current.json.push(b']');
+            out.push(std::mem::replace(
+                &mut current,
+                Chunk {
+                    rows: 0,
+                    json: b"[".to_vec(),
+                },
+            ));
+        }
+        if current.rows > 0 {
+            current.json.push(b',');
+        }
+        current.json.extend_from_slice(&encoded);
+        current.rows += 1;
+    }
+    if current.rows > 0 {
+        current.json.push(b']');
+        out.push(current);
+    }
+    out
+}
+
+/// How many rows the log `log` holds, from its first line (`None`: not a log).
+///
+/// The rows waiting in shared data are a log: a first line with how many rows it holds, then
+/// one [`Chunk`] per line, as `<rows> <JSON array>` in the wire format
+/// (`3\n2 [{..},{..}]\n1 [{..}]`). A hand-over appends its chunks without reading what waits;
+/// the flusher sends whole chunks, so a batch is built without decoding a row (the key
+/// service adds up rows of the same key, minute and route). The log is folded (a row per key,
+/// minute and route) only when a hand-over would pass `usage.max_rows`. JSON holds no raw
+/// newline, so lines split the chunks.
+fn log_len(log: &[u8]) -> Option<usize> {
+    if log.is_empty() {
+        return Some(0);
+    }
+    let first = log.split(|&b| b == b'\n').next()?;
+    std::str::from_utf8(first).ok()?.parse().ok()
+}
+
+/// The chunks of `log`, in order; a malformed line is skipped.
+fn log_chunks(log: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    log.split(|&b| b == b'\n').skip(1).filter_map(|line| {
+        let space = line.iter().position(|&b| b == b' ')?;
+        let rows = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
+        let json = &line[space + 1..];
+        (json.first() == Some(&b'[')).then_some((rows, json))
+    })
+}
+
+/// The log of `held` rows: the chunks of `log` (or none: `b""`), then `more`.
+fn append<'a>(
+    log: &[u8],
+    held: usize,
+    more: impl IntoIterator<Item = (usize, &'a [u8])>,
+) -> Vec<u8> {
+    let body = log
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(&[][..], |at| &log[at..]);
+    let mut out = held.to_string().into_bytes();
+    out.extend_from_slice(body);
+    for (rows, json) in more {
+        out.extend_from_slice(format!("\n{rows} ").as_bytes());
+        out.extend_from_slice(json);
+    }
+    out
+}
+
+/// Every row in `log` (decoded: only to fold a full log).
+fn log_rows(log: &[u8]) -> Vec<UsageRow> {
+    log_chunks(log)
+        .flat_map(|(_, json)| serde_json::from_slice::<Vec<UsageRow>>(json).unwrap_or_default())
+        .collect()
+}
+
+/// Takes the rows an older filter in this Envoy left under [`LEGACY_PENDING_KEY`].
+fn take_legacy(host: &impl Host) -> Vec<UsageRow> {
+    let (current, cas) = host.get_shared(LEGACY_PENDING_KEY);
+    let rows: Vec<UsageRow> = current
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    if rows.is_empty() || host.set_shared(LEGACY_PENDING_KEY, b"[]", cas).is_err() {
+        return Vec::new();
+    }
+    rows
+}
+
+/// How many of `chunks` (from the first) go in one batch: at most `max_bytes` of JSON (less
+/// the envelope) and [`MAX_BATCH_ROWS`] rows, and one chunk at least.
+fn batch_size<'a>(chunks: impl IntoIterator<Item = (usize, &'a [u8])>, max_bytes: usize) -> usize {
+    let budget = max_bytes.saturating_sub(ENVELOPE_BYTES);
+    let (mut bytes, mut rows, mut taken) = (0usize, 0usize, 0usize);
+    for (n, json) in chunks {
+        let (more_bytes, more_rows) = (bytes + json.len(), rows + n);
+        if taken > 0 && (more_bytes > budget || more_rows > MAX_BATCH_ROWS) {
+            break;
+        }
+        (bytes, rows, taken) = (more_bytes, more_rows, taken + 1);
+    }
+    taken
+}
+
+/// The body of a batch: its id, the rows of `chunks`, and the gateway.
+fn batch_body(batch_id: &str, chunks: &[&[u8]], gateway: Option<&str>) -> Vec<u8> {
+    let quoted = |text: &str| serde_json::to_vec(text).unwrap_or_default();
+    let mut body = b"{\"batch_id\":".to_vec();
+    body.extend_from_slice(&quoted(batch_id));
+    body.extend_from_slice(b",\"rows\":[");
+    let mut first = true;
+    for json in chunks {
+        // A chunk's rows, without its brackets.
+        let rows = &json[1..json.len().saturating_sub(1).max(1)];
+        if rows.is_empty() {
+            continue;
+        }
+        if !first {
+            body.push(b',');
+        }
+        body.extend_from_slice(rows);
+        first = false;
+    }
+    body.push(b']');
+    if let Some(gateway) = gateway {
+        body.extend_from_slice(b",\"gateway\":");
+        body.extend_from_slice(&quoted(gateway));
+    }
+    body.push(b'}');
+    body
+}
+
+/// Takes one batch's chunks out of the log in shared data (compare-and-swap), with the rows
+/// an older filter left; answers them and whether chunks were left.
+fn take_pending(host: &impl Host, max_bytes: usize) -> Option<(Vec<Vec<u8>>, bool)> {
+    let legacy = chunks(&take_legacy(host), max_bytes);
+    for _ in 0..8 {
+        let (current, cas) = host.get_shared(LOG_KEY);
+        let current = current.unwrap_or_default();
+        let waiting: Vec<(usize, &[u8])> = legacy
+            .iter()
+            .map(Chunk::line)
+            .chain(log_chunks(&current))
+            .collect();
+        if waiting.is_empty() {
+            return None;
+        }
+        let taken = batch_size(waiting.iter().copied(), max_bytes);
+        let (batch, rest) = waiting.split_at(taken);
+        let held = rest.iter().map(|(n, _)| n).sum();
+        let left = append(b"", held, rest.iter().copied());
+        if host.set_shared(LOG_KEY, &left, cas).is_ok() {
+            let batch = batch.iter().map(|(_, json)| json.to_vec()).collect();
+            return Some((batch, !rest.is_empty()));
+        }
+    }
+    None
 }
 
 impl Usage {
-    /// Takes the flusher lease; moves pending counts into the outbox (unless a failed batch
-    /// waits there) and sends the outbox.
+    /// Takes the flusher lease; moves a batch of waiting chunks into the outbox (unless a
+    /// failed batch waits there) and sends the outbox.
     fn flush(&mut self, host: &impl Host, reporting: &Reporting, now: u64) -> Option<u32> {
         let until = now + reporting.settings.flush_ms + TIMEOUT_MS + 5_000;
         match SharedLease::new(LEASE_KEY).take(host, &self.worker, until, now, Reentry::Renew) {
@@ -437,43 +667,32 @@ impl Usage {
             }
             Take::Lost => return None,
         }
-        self.last_flush_ms = now;
 
-        let outbox = host
-            .get_shared(OUTBOX_KEY)
-            .0
-            .and_then(|bytes| serde_json::from_slice::<UsageBatch>(&bytes).ok())
-            .filter(|batch| !batch.rows.is_empty());
-        let batch = match outbox {
-            Some(batch) => batch,
+        // The outbox holds the body of the batch in flight or failed (`{}`: none).
+        let outbox = host.get_shared(OUTBOX_KEY).0.filter(|body| body.len() > 2);
+        self.last_flush_ms = now;
+        let body = match outbox {
+            Some(body) => body,
             None => {
-                let Some((rows, more)) = take_pending(host, reporting.settings.max_batch_bytes)
-                else {
+                let max_bytes = reporting.settings.max_batch_bytes;
+                let Some((chunks, more)) = take_pending(host, max_bytes) else {
                     self.backlog = false;
                     return None;
                 };
                 self.backlog = more;
                 self.batches += 1;
                 let batch_id = format!("{}-{now}-{}", self.worker, self.batches);
-                let batch = UsageBatch {
-                    batch_id,
-                    rows,
-                    gateway: reporting.gateway.map(str::to_owned),
-                };
-                let _ = host.set_shared(
-                    OUTBOX_KEY,
-                    &serde_json::to_vec(&batch).unwrap_or_default(),
-                    None,
-                );
-                batch
+                let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+                let body = batch_body(&batch_id, &chunks, reporting.gateway);
+                let _ = host.set_shared(OUTBOX_KEY, &body, None);
+                body
             }
         };
-        self.send(host, reporting, &batch)
+        self.send(host, reporting, &body)
     }
 
-    fn send(&mut self, host: &impl Host, reporting: &Reporting, batch: &UsageBatch) -> Option<u32> {
+    fn send(&mut self, host: &impl Host, reporting: &Reporting, body: &[u8]) -> Option<u32> {
         let key_service = reporting.key_service;
-        let body = serde_json::to_vec(batch).unwrap_or_default();
         let authorization = format!("Bearer {}", reporting.service_token);
         let length = body.len().to_string();
         let headers = [
@@ -487,7 +706,7 @@ impl Usage {
         match host.dispatch_http_call(
             &key_service.cluster,
             &headers,
-            Some(&body),
+            Some(body),
             Duration::from_millis(TIMEOUT_MS),
         ) {
             Ok(token) => {
@@ -504,28 +723,6 @@ impl Usage {
             }
         }
     }
-}
-
-/// Takes one batch of pending rows out of shared data (compare-and-swap), leaving the rest;
-/// answers the batch and whether rows were left.
-fn take_pending(host: &impl Host, max_bytes: usize) -> Option<(Vec<UsageRow>, bool)> {
-    for _ in 0..8 {
-        let (current, cas) = host.get_shared(PENDING_KEY);
-        let rows = current.as_deref().map(decode_rows).unwrap_or_default();
-        if rows.is_empty() {
-            return None;
-        }
-        let (batch, rest) = split_batch(rows, max_bytes);
-        let left = if rest.is_empty() {
-            b"[]".to_vec()
-        } else {
-            serde_json::to_vec(&rest).unwrap_or_default()
-        };
-        if host.set_shared(PENDING_KEY, &left, cas).is_ok() {
-            return Some((batch, !rest.is_empty()));
-        }
-    }
-    None
 }
 
 /// What becomes of a sent batch, from the key service's answer.
@@ -774,31 +971,60 @@ mod tests {
         let total = serde_json::to_vec(&rows).unwrap().len();
         assert!(total > crate::wire::USAGE_BODY_LIMIT);
         let max = crate::config::DEFAULT_USAGE_BATCH_BYTES;
-        let mut rest = rows;
-        let mut batches = 0;
-        let mut sent = 0;
+        let all = chunks(&rows, max);
+        assert!(all
+            .iter()
+            .all(|c| c.rows <= MAX_BATCH_ROWS && c.json.len() < max));
+        let mut rest: Vec<(usize, &[u8])> = all.iter().map(Chunk::line).collect();
+        let (mut batches, mut sent) = (0, Vec::new());
         while !rest.is_empty() {
-            let (batch, more) = split_batch(rest, max);
-            assert!(!batch.is_empty());
-            assert!(batch.len() <= MAX_BATCH_ROWS);
-            let body = serde_json::to_vec(&UsageBatch {
-                batch_id: "w".repeat(128),
-                rows: batch.clone(),
-                gateway: Some("g".repeat(128)),
-            })
-            .unwrap();
+            let taken = batch_size(rest.iter().copied(), max);
+            assert!(taken > 0);
+            let parts: Vec<&[u8]> = rest[..taken].iter().map(|(_, json)| *json).collect();
+            let body = batch_body(&"w".repeat(128), &parts, Some(&"g".repeat(128)));
             assert!(body.len() <= max, "{} > {max}", body.len());
-            sent += batch.len();
+            let batch: UsageBatch = serde_json::from_slice(&body).unwrap();
+            assert!(!batch.rows.is_empty() && batch.rows.len() <= MAX_BATCH_ROWS);
+            assert_eq!(batch.gateway.as_deref(), Some("g".repeat(128).as_str()));
+            sent.extend(batch.rows);
             batches += 1;
-            rest = more;
+            rest.drain(..taken);
         }
-        assert_eq!(sent, 40_000, "every row goes in some batch, once");
+        assert_eq!(sent, rows, "every row goes in some batch, once, in order");
         assert!(batches >= 8, "{batches}");
-        // A small limit still sends one row per batch at least.
-        let (one, rest) = split_batch(vec![row("a", 60, 1), row("b", 60, 1)], 10);
-        assert_eq!((one.len(), rest.len()), (1, 1));
-        let (all, none) = split_batch(vec![row("a", 60, 1)], 4096);
-        assert_eq!((all.len(), none.len()), (1, 0));
+        // A small limit still sends one row per chunk and batch at least.
+        let two = chunks(&[row("a", 60, 1), row("b", 60, 1)], 10);
+        assert_eq!(two.iter().map(|c| c.rows).collect::<Vec<_>>(), [1, 1]);
+        assert_eq!(batch_size(two.iter().map(Chunk::line), 10), 1);
+        let one = chunks(&[row("a", 60, 1)], 4096);
+        assert_eq!(one.len(), 1);
+        // Without a gateway, the body is what the wire type writes.
+        let body = batch_body("b-1", &[one[0].json.as_slice()], None);
+        let expected = UsageBatch {
+            batch_id: "b-1".into(),
+            rows: vec![row("a", 60, 1)],
+            gateway: None,
+        };
+        assert_eq!(body, serde_json::to_vec(&expected).unwrap());
+    }
+
+    #[test]
+    fn the_log_keeps_its_count_and_chunks() {
+        let rows = [row("a", 60, 1), row("b", 60, 2), row("c", 60, 3)];
+        let first = chunks(&rows[..2], 4096);
+        let log = append(b"", 2, first.iter().map(Chunk::line));
+        assert_eq!(log_len(&log), Some(2));
+        let second = chunks(&rows[2..], 4096);
+        let log = append(&log, 3, second.iter().map(Chunk::line));
+        assert_eq!(log_len(&log), Some(3));
+        assert_eq!(log_chunks(&log).count(), 2);
+        assert_eq!(log_rows(&log), rows);
+        assert_eq!(log_len(b""), Some(0));
+        assert_eq!(log_len(b"[]"), None, "not a log: folded");
+        // A malformed line is skipped, the rest still reads.
+        let mut broken = log.clone();
+        broken.extend_from_slice(b"\nx [1]\n2 {}");
+        assert_eq!(log_rows(&broken), rows);
     }
 
     #[test]
@@ -977,25 +1203,21 @@ mod tests {
         let mut usage = Usage::new("w1".into());
         // Someone else is the flusher: this worker only merges.
         SharedLease::new(LEASE_KEY).take(&host.worker(), "w9", T0 + 60_000, T0, Reentry::Renew);
-        host.put_shared(PENDING_KEY, b"[]");
+        host.put_shared(LOG_KEY, b"0");
         usage.allowed("k1", "r", None, None, T0);
         host.conflict_next_writes(8);
         assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
-        assert_eq!(
-            host.shared(PENDING_KEY),
-            Some(b"[]".to_vec()),
-            "nothing merged"
-        );
+        assert_eq!(host.shared(LOG_KEY), Some(b"0".to_vec()), "nothing merged");
         host.advance(1_000);
         assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
-        let pending = decode_rows(&host.shared(PENDING_KEY).unwrap());
+        let pending = log_rows(&host.shared(LOG_KEY).unwrap());
         assert_eq!(pending.len(), 1, "the counts were kept, merged next tick");
         // One row at most may wait: a second key's row is dropped, and counted.
         usage.allowed("k2", "r", None, None, host.now_ms());
         host.advance(1_000);
         usage.on_tick(&host, &setup.reporting());
         assert_eq!(host.counted(Event::UsageDropped), 1);
-        assert_eq!(decode_rows(&host.shared(PENDING_KEY).unwrap()).len(), 1);
+        assert_eq!(log_rows(&host.shared(LOG_KEY).unwrap()).len(), 1);
     }
 
     #[test]
@@ -1003,7 +1225,7 @@ mod tests {
         let country = |code: &str| Country::parse(code.as_bytes());
         let setup = Setup::new(1_000);
         let host = FakeHost::at(T0);
-        // Someone else is the flusher: these workers only merge into the shared queue.
+        // Someone else is the flusher: these workers only hand their rows over.
         SharedLease::new(LEASE_KEY).take(&host.worker(), "w9", T0 + 60_000, T0, Reentry::Renew);
         let (mut one, mut two) = (Usage::new("w1".into()), Usage::new("w2".into()));
         for code in ["DE", "US", "DE", "FR", "JP", "BR", "CN"] {
@@ -1019,20 +1241,25 @@ mod tests {
         assert_eq!(host.counted(Event::UsageCountriesDropped), 2, "BR and CN");
         let worker_two = host.worker();
         assert_eq!(two.on_tick(&worker_two, &setup.reporting()), None);
-        assert_eq!(
-            worker_two.counted(Event::UsageCountriesDropped),
-            1,
-            "AT does not fit the shared row"
-        );
-        let pending = decode_rows(&host.shared(PENDING_KEY).unwrap());
-        let find = |key: &str, route: Option<&str>| {
-            pending
+        // The lease runs out: worker one flushes the rows both handed over, as they are (the
+        // key service adds up rows of the same key, minute and route).
+        host.advance(61_000);
+        assert!(one.on_tick(&host, &setup.reporting()).is_some());
+        assert_eq!(host.counted(Event::UsageCountriesDropped), 2, "no more");
+        let batch = sent_batch(&host.dispatched()[0]);
+        let rows_of = |key: &str, route: Option<&str>| -> Vec<&UsageRow> {
+            batch
+                .rows
                 .iter()
-                .find(|r| r.key_id == key && r.route.as_deref() == route)
-                .unwrap()
+                .filter(|r| r.key_id == key && r.route.as_deref() == route)
+                .collect()
         };
-        assert_eq!(find("k", Some("r")).countries, ["DE", "US", "FR", "JP"]);
-        assert_eq!(find("k", Some("r")).counts.allowed, 9);
+        let find = |key: &str, route: Option<&str>| rows_of(key, route)[0];
+        let k_r = rows_of("k", Some("r"));
+        assert_eq!(k_r.len(), 2, "one row from each worker");
+        assert_eq!(k_r[0].countries, ["DE", "US", "FR", "JP"]);
+        assert_eq!(k_r[0].counts.allowed, 8);
+        assert_eq!(k_r[1].countries, ["AT"]);
         assert_eq!(find("k", Some("r2")).countries, ["AT"]);
         assert!(find("k", None).countries.is_empty());
         assert!(find("j", Some("r")).countries.is_empty());
@@ -1055,5 +1282,125 @@ mod tests {
         assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
         assert!(host.take_effects().is_empty());
         assert!(host.writes().is_empty());
+    }
+
+    /// The log in shared data: how many rows it holds, and its lines.
+    fn log_state(host: &FakeHost) -> (Option<usize>, usize) {
+        let log = host.shared(LOG_KEY).unwrap_or_default();
+        (log_len(&log), log.split(|&b| b == b'\n').count())
+    }
+
+    #[test]
+    fn hand_overs_append_chunks_that_the_flusher_sends_without_reading_them() {
+        let setup = Setup::new(1_000);
+        let host = FakeHost::at(T0);
+        SharedLease::new(LEASE_KEY).take(&host.worker(), "w9", T0 + 5_000, T0, Reentry::Renew);
+        let worker_two = host.worker();
+        let (mut one, mut two) = (Usage::new("w1".into()), Usage::new("w2".into()));
+        let address: IpAddr = "203.0.113.7".parse().unwrap();
+        one.allowed("k", "r", Some(address), None, T0);
+        two.allowed("k", "r", None, None, T0);
+        two.allowed("j", "r", None, None, T0);
+        assert_eq!(one.on_tick(&host, &setup.reporting()), None);
+        assert_eq!(two.on_tick(&worker_two, &setup.reporting()), None);
+        assert_eq!(log_state(&host), (Some(3), 3), "two chunks, three rows");
+        // Within the interval a worker keeps its counts.
+        host.advance(1_000);
+        one.allowed("k", "r", None, None, host.now_ms());
+        one.allowed("k", "r", None, None, host.now_ms());
+        assert_eq!(one.on_tick(&host, &setup.reporting()), None);
+        assert_eq!(log_state(&host), (Some(3), 3));
+        // The interval: worker one hands over one row for both, and (the lease ran out)
+        // flushes every chunk in one batch.
+        host.advance(9_000);
+        assert!(one.on_tick(&host, &setup.reporting()).is_some());
+        let batch = sent_batch(&host.dispatched()[0]);
+        assert_eq!(batch.rows.len(), 4);
+        let of_k: Vec<&UsageRow> = batch.rows.iter().filter(|r| r.key_id == "k").collect();
+        assert_eq!(
+            of_k.iter().map(|r| r.counts.allowed).collect::<Vec<_>>(),
+            [1, 1, 2]
+        );
+        assert_eq!(
+            of_k[2].client_address.as_deref(),
+            Some("203.0.113.7"),
+            "the address worker one remembered for the minute"
+        );
+        assert_eq!(log_state(&host), (Some(0), 1));
+    }
+
+    #[test]
+    fn a_full_log_is_folded_by_the_hand_over_that_would_pass_the_limit() {
+        let mut setup = Setup::new(3);
+        setup.settings.flush_ms = 1_000;
+        let host = FakeHost::at(T0);
+        SharedLease::new(LEASE_KEY).take(&host.worker(), "w9", T0 + 60_000, T0, Reentry::Renew);
+        let mut usage = Usage::new("w1".into());
+        for _ in 0..3 {
+            usage.allowed("k1", "r", None, None, host.now_ms());
+            usage.on_tick(&host, &setup.reporting());
+            host.advance(1_000);
+        }
+        assert_eq!(log_state(&host), (Some(3), 4));
+        usage.allowed("k1", "r", None, None, host.now_ms());
+        usage.on_tick(&host, &setup.reporting());
+        assert_eq!(log_state(&host), (Some(1), 2), "folded into one row");
+        host.advance(1_000);
+        usage.allowed("k2", "r", None, None, host.now_ms());
+        usage.allowed("k3", "r", None, None, host.now_ms());
+        usage.on_tick(&host, &setup.reporting());
+        assert_eq!(log_state(&host), (Some(3), 3));
+        host.advance(1_000);
+        usage.allowed("k4", "r", None, None, host.now_ms());
+        usage.allowed("k1", "r", None, None, host.now_ms());
+        usage.on_tick(&host, &setup.reporting());
+        assert_eq!(host.counted(Event::UsageDropped), 1, "k4: a fourth row");
+        let rows = log_rows(&host.shared(LOG_KEY).unwrap());
+        assert_eq!(rows.len(), 3);
+        let k1 = rows.iter().find(|r| r.key_id == "k1").unwrap();
+        assert_eq!(k1.counts.allowed, 5, "an existing row still merges");
+    }
+
+    #[test]
+    fn rows_an_older_filter_left_join_the_next_batch() {
+        let setup = Setup::new(1_000);
+        let host = FakeHost::at(T0);
+        let older = serde_json::to_vec(&vec![row("old", 60, 4)]).unwrap();
+        host.put_shared(LEGACY_PENDING_KEY, &older);
+        let mut usage = Usage::new("w1".into());
+        usage.allowed("new", "r", None, None, T0);
+        assert!(usage.on_tick(&host, &setup.reporting()).is_some());
+        let batch = sent_batch(&host.dispatched()[0]);
+        assert_eq!(allowed_total(&batch), 5);
+        assert!(batch.rows.iter().any(|r| r.key_id == "old"));
+        assert_eq!(host.shared(LEGACY_PENDING_KEY), Some(b"[]".to_vec()));
+    }
+
+    #[test]
+    fn the_address_is_read_once_per_key_and_minute_and_rows_carry_it() {
+        let address: IpAddr = "198.51.100.2".parse().unwrap();
+        let mut usage = Usage::new("w1".into());
+        assert!(usage.wants_address("k", T0));
+        usage.allowed("k", "r", Some(address), None, T0);
+        assert!(!usage.wants_address("k", T0));
+        assert!(usage.wants_address("j", T0), "per key");
+        let first = to_rows(usage.take_rows());
+        assert!(
+            !usage.wants_address("k", T0 + 1_000),
+            "kept across a hand-over"
+        );
+        usage.allowed("k", "r", None, None, T0 + 1_000);
+        let second = to_rows(usage.take_rows());
+        assert_eq!(first[0].client_address.as_deref(), Some("198.51.100.2"));
+        assert_eq!(second[0].client_address, first[0].client_address);
+        assert!(usage.wants_address("k", T0 + 60_000), "the next minute");
+        // Bounded: past MAX_ADDRESSES keys the worker forgets them and reads again.
+        for i in 0..MAX_ADDRESSES {
+            usage.allowed(&format!("k{i}"), "r", None, None, T0 + 60_000);
+        }
+        assert!(!usage.wants_address("k1", T0 + 60_000));
+        usage.allowed("one-more", "r", None, None, T0 + 60_000);
+        assert!(usage.wants_address("k1", T0 + 60_000));
+        assert!(usage.addresses.len() <= MAX_ADDRESSES);
     }
 }

@@ -280,16 +280,16 @@ pub fn on_response_headers(host: &impl Host, shared: &Shared, context_id: u32) {
         host.set_response_header("ratelimit-policy", policy);
         host.set_response_header("ratelimit", state);
     }
-    if !shared.config.usage.enabled {
+    let Some(key_id) = note.key_id.filter(|_| shared.config.usage.enabled) else {
         return;
-    }
+    };
     if let Some(status) = host.response_status() {
         let now = shared.now(host);
         let latency = now.saturating_sub(note.sent_ms);
         shared
             .usage
             .borrow_mut()
-            .status(&note.key_id, &note.route, status, Some(latency), now);
+            .status(&key_id, &note.route, status, Some(latency), now);
     }
 }
 
