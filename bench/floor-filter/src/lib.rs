@@ -26,7 +26,12 @@
 //!   would), and prove the key by a keyed fingerprint of its text against the one proven
 //!   before; a key not proven yet is parsed (prefix, base32, CRC), its HMAC tag checked and
 //!   its SHA-256 digest compared in constant time. Then tell the upstream the record's
-//!   identity (configurations K1 and K2: Keygate's cached opaque path without anything else).
+//!   identity (configurations K1 and K2: Keygate's cached opaque path without anything else);
+//! - `token`: the work no filter can skip for a bearer JWT it verified before: a keyed
+//!   fingerprint (SipHash-2-4, 128 bits, Keygate's own) of the token's text, found in a
+//!   worker-local map of the tokens seen (filled on first sight, where a filter would verify
+//!   the token), and the identity it holds told to the upstream; a request without a bearer
+//!   token is refused with 401 (configuration K8: C's cached path without anything else).
 //!
 //! An unknown step fails the configuration (Envoy refuses to start), so a typo cannot measure
 //! the wrong thing.
@@ -49,7 +54,7 @@ const SHARED_BYTES: usize = 300;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(FloorRoot { steps: Steps::default(), keys: None })
+        Box::new(FloorRoot { steps: Steps::default(), keys: None, tokens: None })
     });
 }}
 
@@ -60,6 +65,7 @@ struct Steps {
     replace: bool,
     status: bool,
     ratelimit: bool,
+    token: bool,
     /// How many times the `rewrite` and `status` calls are made (at least 1).
     repeat: u32,
 }
@@ -86,6 +92,7 @@ impl Steps {
                     "replace" => steps.replace = true,
                     "status" => steps.status = true,
                     "ratelimit" => steps.ratelimit = true,
+                    "token" => steps.token = true,
                     _ => return None,
                 },
             }
@@ -155,9 +162,33 @@ impl Keys {
     }
 }
 
+/// The `token` step's state: the fingerprint key and the identities of the tokens seen.
+struct Tokens {
+    fingerprints: Fingerprinter,
+    seen: RefCell<HashMap<Fingerprint, (String, String)>>,
+}
+
+impl Tokens {
+    /// The identity of a presented `Authorization: Bearer <token>` (`None` without one): the
+    /// one held for its fingerprint, or on first sight what a verification would give.
+    fn check(&self, authorization: &[u8]) -> Option<(String, String, String)> {
+        let token = authorization.strip_prefix(b"Bearer ")?;
+        if token.is_empty() {
+            return None;
+        }
+        let fingerprint = self.fingerprints.of(token);
+        let mut seen = self.seen.borrow_mut();
+        let (subject, scopes) = seen
+            .entry(fingerprint)
+            .or_insert_with(|| ("bench-user".to_owned(), "demo:read".to_owned()));
+        Some((subject.clone(), scopes.clone(), "https://idp.example".to_owned()))
+    }
+}
+
 struct FloorRoot {
     steps: Steps,
     keys: Option<Rc<Keys>>,
+    tokens: Option<Rc<Tokens>>,
 }
 
 impl Context for FloorRoot {}
@@ -181,6 +212,13 @@ impl RootContext for FloorRoot {
                 records: RefCell::new(HashMap::new()),
             })
         });
+        self.tokens = steps.token.then(|| {
+            // Any secret does here, as for the `keygate` step.
+            Rc::new(Tokens {
+                fingerprints: Fingerprinter::new([0x5a; 16]),
+                seen: RefCell::new(HashMap::new()),
+            })
+        });
         if steps.shared {
             let value = vec![b'r'; SHARED_BYTES];
             if self
@@ -198,6 +236,7 @@ impl RootContext for FloorRoot {
         Some(Box::new(FloorHttp {
             steps: self.steps,
             keys: self.keys.clone(),
+            tokens: self.tokens.clone(),
         }))
     }
 
@@ -209,6 +248,7 @@ impl RootContext for FloorRoot {
 struct FloorHttp {
     steps: Steps,
     keys: Option<Rc<Keys>>,
+    tokens: Option<Rc<Tokens>>,
 }
 
 impl Context for FloorHttp {}
@@ -223,9 +263,13 @@ impl HttpContext for FloorHttp {
             let (record, _cas) = self.get_shared_data(SHARED_KEY);
             found &= record.is_some_and(|r| r.len() == SHARED_BYTES);
         }
-        let identity = match &self.keys {
-            Some(keys) => {
-                let identity = authorization.and_then(|value| keys.check(value));
+        let checked = match (&self.keys, &self.tokens) {
+            (Some(keys), _) => Some(authorization.and_then(|value| keys.check(value))),
+            (None, Some(tokens)) => Some(authorization.and_then(|value| tokens.check(value))),
+            (None, None) => None,
+        };
+        let identity = match checked {
+            Some(identity) => {
                 if identity.is_none() {
                     // A filter that checks keys refuses the rest (the bench checks it does).
                     self.send_http_response(401, vec![], None);

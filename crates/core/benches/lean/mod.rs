@@ -92,17 +92,10 @@ impl Host for LeanHost {
     fn set_tick_period(&self, _: Duration) {}
 }
 
-/// A worker holding one opaque key's record (its first request looked it up), and the
-/// headers of a request presenting that key: every later request is a cache hit.
-pub fn cached_opaque() -> (LeanHost, Rc<Shared>, String) {
-    let host = LeanHost::default();
+/// A worker started on `host` (its clock set) with the filter configuration `config`.
+fn start(host: &LeanHost, config: serde_json::Value) -> Rc<Shared> {
     host.now_ms.set(1_700_000_000_000);
-    let config = FilterConfig::parse(
-        json!({"routes": [{"prefix": "/", "scopes": ["demo:read"]}]})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
+    let config = FilterConfig::parse(config.to_string().as_bytes()).unwrap();
     let secrets = config
         .load_secrets(|var| {
             Some(if var.contains("GATEWAY") {
@@ -112,7 +105,17 @@ pub fn cached_opaque() -> (LeanHost, Rc<Shared>, String) {
             })
         })
         .unwrap();
-    let shared = worker::start(&host, config, secrets, [7; 16]);
+    worker::start(host, config, secrets, [7; 16])
+}
+
+/// A worker holding one opaque key's record (its first request looked it up), and the
+/// headers of a request presenting that key: every later request is a cache hit.
+pub fn cached_opaque() -> (LeanHost, Rc<Shared>, String) {
+    let host = LeanHost::default();
+    let shared = start(
+        &host,
+        json!({"routes": [{"prefix": "/", "scopes": ["demo:read"]}]}),
+    );
     let key = mint_opaque_key(
         &KeyPrefix::parse("kg_live_").unwrap(),
         &GatewayKey::from_hex(GATEWAY_HEX).unwrap(),
@@ -159,13 +162,13 @@ pub fn cached_jwt() -> (LeanHost, Rc<Shared>, String) {
     use rand_core::SeedableRng as _;
 
     let host = LeanHost::default();
-    host.now_ms.set(1_700_000_000_000);
     let signer = SigningKey::generate(
         Algorithm::ES256,
         &mut rand_chacha::ChaCha20Rng::seed_from_u64(5),
     )
     .unwrap();
-    let config = FilterConfig::parse(
+    let shared = start(
+        &host,
         json!({
             "routes": [{"prefix": "/", "scopes": ["demo:read"]}],
             "jwt": {"issuers": [{
@@ -173,21 +176,8 @@ pub fn cached_jwt() -> (LeanHost, Rc<Shared>, String) {
                 "algorithms": ["ES256"],
                 "jwks": {"inline": {"keys": [signer.public_jwk("k1")]}},
             }]},
-        })
-        .to_string()
-        .as_bytes(),
-    )
-    .unwrap();
-    let secrets = config
-        .load_secrets(|var| {
-            Some(if var.contains("GATEWAY") {
-                GATEWAY_HEX.to_owned()
-            } else {
-                "service-token-service-token-service-token".to_owned()
-            })
-        })
-        .unwrap();
-    let shared = worker::start(&host, config, secrets, [7; 16]);
+        }),
+    );
     let token = signer
         .sign(
             "k1",

@@ -1,9 +1,10 @@
 //! The usage outbox: every worker counts per key, minute and route in memory and hands its
-//! rows over to shared data once an interval (`usage.flush_seconds`, or sooner when it holds
-//! `usage.max_rows` rows), encoded once, in the wire format; one flusher per Envoy (a lease)
-//! sends them to the key service every interval, in batches built from whole chunks without
-//! decoding a row (see [`log_len`]). So a row costs one encoding however many keys are in use,
-//! and counts reach the key service within two intervals.
+//! rows over to shared data, encoded once, in the wire format: every second while it holds at
+//! most [`HAND_OVER_ROWS`], else once an interval (`usage.flush_seconds`, or sooner when it
+//! holds `usage.max_rows` rows). One flusher per Envoy (a lease) sends them to the key service
+//! every interval, in batches built from whole chunks without decoding a row (see
+//! [`log_len`]). So a row costs one encoding however many keys are in use; counts reach the key
+//! service within a second and an interval, or two intervals while a worker has many keys.
 //!
 //! - Only keys whose holder is proven are counted under their id (see [`counts_under_key`]);
 //!   a denial that names an id the client chose is counted per reason only
@@ -46,6 +47,13 @@ const LEGACY_PENDING_KEY: &str = "keygate.usage.pending";
 const OUTBOX_KEY: &str = "keygate.usage.outbox";
 const LEASE_KEY: &str = "keygate.usage.lease";
 const TIMEOUT_MS: u64 = 5_000;
+/// How often a worker with few rows hands them over: counts then reach the key service
+/// within a second and an interval.
+const HAND_OVER_EVERY_MS: u64 = 1_000;
+/// Most rows a worker hands over every second; with more (many keys in use), it keeps them
+/// for an interval, so each key is one row per interval rather than one per second, and its
+/// counts reach the key service within two intervals.
+pub const HAND_OVER_ROWS: usize = 1_000;
 /// Most rows in one batch: half of what the key service takes.
 pub const MAX_BATCH_ROWS: usize = USAGE_MAX_ROWS / 2;
 /// Room kept in a batch for its envelope (`{"batch_id": ..., "rows": [...]}`).
@@ -397,16 +405,19 @@ fn to_rows(rows: Rows) -> Vec<UsageRow> {
 }
 
 impl Usage {
-    /// Every tick: hand this worker's counts over to shared data once an interval (or sooner
-    /// when it holds `usage.max_rows` rows); the flusher sends a batch. Returns the token of a
-    /// batch sent now (its answer goes to [`Usage::on_response`]).
+    /// Every tick: hand this worker's counts over to shared data once a second while it holds
+    /// at most [`HAND_OVER_ROWS`] rows, else once an interval (or as soon as it holds
+    /// `usage.max_rows`); the flusher sends a batch. Returns the token of a batch sent now
+    /// (its answer goes to [`Usage::on_response`]).
     pub fn on_tick(&mut self, host: &impl Host, reporting: &Reporting) -> Option<u32> {
         let settings = reporting.settings;
         if !settings.enabled {
             return None;
         }
         let now = host.now_ms();
-        if now.saturating_sub(self.last_merge_ms) >= settings.flush_ms
+        let since = now.saturating_sub(self.last_merge_ms);
+        if since >= settings.flush_ms
+            || (since >= HAND_OVER_EVERY_MS && self.local_rows <= HAND_OVER_ROWS)
             || self.local_rows >= settings.max_rows
         {
             self.hand_over(host, settings, now);
@@ -517,6 +528,14 @@ fn chunks(rows: &[UsageRow], max_bytes: usize) -> Vec<Chunk> {
         out.push(current);
     }
     out
+}
+
+/// Writes an empty log unless one exists, so every hand-over is a compare-and-swap (Envoy
+/// takes any write to a missing key: two workers' first hand-overs would race).
+pub fn create_log(host: &impl Host) {
+    if host.get_shared(LOG_KEY).1.is_none() {
+        let _ = host.set_shared(LOG_KEY, b"0", None);
+    }
 }
 
 /// How many rows the log `log` holds, from its first line (`None`: not a log).
@@ -1304,18 +1323,23 @@ mod tests {
         assert_eq!(one.on_tick(&host, &setup.reporting()), None);
         assert_eq!(two.on_tick(&worker_two, &setup.reporting()), None);
         assert_eq!(log_state(&host), (Some(3), 3), "two chunks, three rows");
-        // Within the interval a worker keeps its counts.
+        // With few rows a worker hands them over every second: one row for both requests.
         host.advance(1_000);
         one.allowed("k", "r", None, None, host.now_ms());
         one.allowed("k", "r", None, None, host.now_ms());
         assert_eq!(one.on_tick(&host, &setup.reporting()), None);
-        assert_eq!(log_state(&host), (Some(3), 3));
-        // The interval: worker one hands over one row for both, and (the lease ran out)
-        // flushes every chunk in one batch.
-        host.advance(9_000);
+        assert_eq!(log_state(&host), (Some(4), 4));
+        // Within the second it keeps them.
+        host.advance(500);
+        one.allowed("j", "r", None, None, host.now_ms());
+        assert_eq!(one.on_tick(&host, &setup.reporting()), None);
+        assert_eq!(log_state(&host), (Some(4), 4));
+        // The interval: worker one hands over, and (the lease ran out) flushes every chunk in
+        // one batch, without reading a row.
+        host.advance(8_500);
         assert!(one.on_tick(&host, &setup.reporting()).is_some());
         let batch = sent_batch(&host.dispatched()[0]);
-        assert_eq!(batch.rows.len(), 4);
+        assert_eq!(batch.rows.len(), 5);
         let of_k: Vec<&UsageRow> = batch.rows.iter().filter(|r| r.key_id == "k").collect();
         assert_eq!(
             of_k.iter().map(|r| r.counts.allowed).collect::<Vec<_>>(),
@@ -1327,6 +1351,28 @@ mod tests {
             "the address worker one remembered for the minute"
         );
         assert_eq!(log_state(&host), (Some(0), 1));
+    }
+
+    #[test]
+    fn a_worker_with_many_keys_hands_them_over_once_an_interval() {
+        let setup = Setup::new(100_000);
+        let host = FakeHost::at(T0);
+        SharedLease::new(LEASE_KEY).take(&host.worker(), "w9", T0 + 60_000, T0, Reentry::Renew);
+        let mut usage = Usage::new("w1".into());
+        assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
+        for i in 0..=HAND_OVER_ROWS {
+            usage.allowed(&format!("key{i}"), "r", None, None, T0);
+        }
+        host.advance(1_000);
+        assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
+        assert_eq!(log_state(&host).0, Some(0), "kept past the second");
+        host.advance(9_000);
+        assert_eq!(usage.on_tick(&host, &setup.reporting()), None);
+        assert_eq!(
+            log_state(&host).0,
+            Some(HAND_OVER_ROWS + 1),
+            "handed over at the interval"
+        );
     }
 
     #[test]
