@@ -74,7 +74,8 @@ CONFIGS = {
     "K5": "K3 with its edits in one replacement of the header map (H6's way)",
     "K6": "K5 with its two host calls made 21 times per request (K6 − K5 prices them 20 times over)",
     "K7": "H3 with its four header edits made 21 times per request (K7 − H3 prices them 20 times over)",
-    "K8": "C's unavoidable work alone: H1 + the token's keyed fingerprint found among the tokens seen, H3 (C's request)",
+    "K8": "C's unavoidable work alone: H1 + the token's keyed fingerprint found among the tokens seen and its expiry checked against the host clock, H3 (C's request)",
+    "K9": "K8 with its token step (fingerprint, lookup, clock read) made 21 times per request (K9 − K8 prices it 20 times over)",
     "I": "Envoy api_key_auth (plaintext keys, client id forwarded) + RBAC on the id",
     "S": "B on a route with \"signature\": \"required\": Ed25519 signature (verified in Wasm) and nonce checked",
     "S2": "S with an ECDSA P-256 signature (Envoy's native crypto)",
@@ -92,7 +93,8 @@ FLOOR_STEPS = {"H1": "floor", "H2": "shared", "H3": "rewrite", "H4": "status",
                "K1": "keygate,rewrite,status", "K2": "keygate,replace,status",
                "K3": "rewrite,status", "K4": "rewrite,status,repeat=21",
                "K5": "replace,status", "K6": "replace,status,repeat=21",
-               "K7": "rewrite,repeat=21", "K8": "token,rewrite"}
+               "K7": "rewrite,repeat=21", "K8": "token,rewrite",
+               "K9": "token,rewrite,lookups=21"}
 # Amplified prices: (name, minuend, subtrahend, divisor, what one unit is). The minuend makes
 # the subtrahend's extra host calls `divisor` more times per request, so the difference stands
 # well above the noise between windows and divides down to the price of one set.
@@ -105,6 +107,9 @@ SCALED = [
     ("(K7 − H3) / 20", "K7", "H3", 20,
      "H3's four edits once (credential removed, three identity headers): C's host work "
      "beyond H1's (a token of an outside issuer makes no usage row, so no :status read)"),
+    ("(K9 − K8) / 20", "K9", "K8", 20,
+     "K8's token step once: the token's keyed fingerprint, found among the tokens seen, "
+     "its expiry checked against the host clock"),
 ]
 # Differences taken per repetition (configurations run interleaved, so each pair are
 # neighbours in time): (name, minuend, subtrahend, what it prices).
@@ -133,7 +138,7 @@ PAIRED = [
 SIGNED = {"S": "ed25519", "S2": "ecdsa-p256-sha256", "S3": "hmac-sha256"}
 SIGNED_PATH = "/v1/signed/bench"
 DEFAULT_CONFIGS = ("A B B1 B2 B3 B4 C D D1 R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 K3 K4 K5 K6 K7 "
-                   "K8 I S S2 S3")
+                   "K8 K9 I S S2 S3")
 
 
 def parse_configs(text: str) -> list[str]:
@@ -708,6 +713,7 @@ def main() -> int:
         "B4": {"header": f"Authorization: Bearer {key}"},
         "C": {"header": f"Authorization: Bearer {good_jwt}"},
         "K8": {"header": f"Authorization: Bearer {good_jwt}"},
+        "K9": {"header": f"Authorization: Bearer {good_jwt}"},
         "D": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "R": {"tokens_file": str(jwt_dir / "tokens.txt")},
         "D1": {"tokens_file": str(jwt_dir / "tokens.txt")},
@@ -1115,6 +1121,19 @@ def goals(sums: dict) -> list[str]:
             out.append(f"- the host work beyond H1's ({how}), priced by {label}: "
                        f"{statistics.median(d):+.2f} µs/req; above 3.0 in {over} of {len(d)} "
                        f"repetitions")
+    # C's floor, priced per repetition from the amplified configurations: its token step
+    # ((K9 − K8) / 20) and three of the four edits (K7 − H3) / 20 prices (H1 already makes
+    # one header edit, so C's remove and two more adds are the rest).
+    if h1 and all(n in sums for n in ("K7", "H3", "K8", "K9")):
+        edits = [x / 20 for x in differences(sums, "K7", "H3")]
+        token = [x / 20 for x in differences(sums, "K9", "K8")]
+        floor = [t + 0.75 * e for t, e in zip(token, edits)]
+        over = sum(1 for x in floor if x > 3.0)
+        out.append(f"- C's floor above H1, priced: (K9 − K8) / 20 + ¾ (K7 − H3) / 20 = "
+                   f"{statistics.median(floor):+.2f} µs/req (token step "
+                   f"{statistics.median(token):+.2f}, three edits "
+                   f"{0.75 * statistics.median(edits):+.2f}); above 3.0 in {over} of "
+                   f"{len(floor)} repetitions, from {min(floor):+.2f} to {max(floor):+.2f}")
     for name in ("B1", "B2"):
         if "B" in sums and name in sums:
             d = sums[name]["cpu_vs_b"]

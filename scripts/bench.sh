@@ -19,7 +19,7 @@
 # Run it on an idle machine: other load skews every number.
 #
 # Env: BENCH_DURATION (5), BENCH_REPS (7), BENCH_WARMUP (2),
-#      BENCH_CONFIGS ("A B B1 B2 B3 B4 C D D1 R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 K3 K4 K5 K6 I S S2 S3"),
+#      BENCH_CONFIGS (every configuration: bench/run.py's DEFAULT_CONFIGS),
 #      BENCH_CACHE_KEYS ("10000 100000"; empty skips the curve), BENCH_CACHE_CAPACITY (the
 #      filter's default cache.max_entries unless set), BENCH_BASELINE_WASM (an earlier
 #      keygate.wasm: adds B0, C0, D0, which are B, C, D with it, to compare in the same run),
@@ -105,12 +105,12 @@ log "load average now: $load (the numbers are only comparable on an otherwise id
 args=(
   --wasm "$WASM" --empty-wasm "$EMPTY_WASM" --floor-wasm "$FLOOR_WASM" --keygate-bin "$KEYGATE_BIN" --envoy "$ENVOY_BIN"
   --tools-dir "$TOOLS"
-  --configs "${BENCH_CONFIGS:-A B B1 B2 B3 B4 C D D1 R E F G H H1 H2 H3 H4 H5 H6 H7 K1 K2 K3 K4 K5 K6 I S S2 S3}"
   --warmup "${BENCH_WARMUP:-2}" --duration "${BENCH_DURATION:-5}" --reps "${BENCH_REPS:-7}"
   --ks-duration "${BENCH_KS_DURATION:-5}"
   --label "${BENCH_LABEL:-}"
   --cache-keys "${BENCH_CACHE_KEYS-10000 100000}"
 )
+[[ -n "${BENCH_CONFIGS:-}" ]] && args+=(--configs "$BENCH_CONFIGS")
 [[ -n "${BENCH_CACHE_CAPACITY:-}" ]] && args+=(--cache-capacity "$BENCH_CACHE_CAPACITY")
 [[ -n "${BENCH_BASELINE_WASM:-}" ]] && args+=(--baseline-wasm "$BENCH_BASELINE_WASM")
 [[ "${BENCH_CRITERION:-1}" == 1 ]] && args+=(--criterion)

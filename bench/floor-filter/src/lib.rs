@@ -30,8 +30,13 @@
 //! - `token`: the work no filter can skip for a bearer JWT it verified before: a keyed
 //!   fingerprint (SipHash-2-4, 128 bits, Keygate's own) of the token's text, found in a
 //!   worker-local map of the tokens seen (filled on first sight, where a filter would verify
-//!   the token), and the identity it holds told to the upstream; a request without a bearer
-//!   token is refused with 401 (configuration K8: C's cached path without anything else).
+//!   the token), its expiry checked against the host's clock (one host call: a token verified
+//!   once must not outlive its `exp`), and the identity it holds told to the upstream; a
+//!   request without a bearer token is refused with 401 (configuration K8: C's cached path
+//!   without anything else);
+//! - `lookups=<n>` (1–1000, default 1): make the `token` step (fingerprint, lookup, clock
+//!   read) n times per request, to price it above the noise as `repeat` prices the edits (K9
+//!   against K8).
 //!
 //! An unknown step fails the configuration (Envoy refuses to start), so a typo cannot measure
 //! the wrong thing.
@@ -39,6 +44,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::{Duration, SystemTime};
 
 use keygate_core::fingerprint::{Fingerprint, Fingerprinter};
 use keygate_core::key::{key_id_of, parse_opaque_key, GatewayKey, KeyDigest};
@@ -68,6 +74,8 @@ struct Steps {
     token: bool,
     /// How many times the `rewrite` and `status` calls are made (at least 1).
     repeat: u32,
+    /// How many times the `token` step is made (at least 1).
+    lookups: u32,
 }
 
 impl Steps {
@@ -75,15 +83,15 @@ impl Steps {
     fn parse(text: &str) -> Option<(Self, Option<GatewayKey>)> {
         let mut steps = Self {
             repeat: 1,
+            lookups: 1,
             ..Self::default()
         };
         let mut gateway = None;
         for word in text.split(|c: char| c == ',' || c.is_whitespace()) {
             match word.split_once('=') {
                 Some(("keygate", hex)) => gateway = Some(GatewayKey::from_hex(hex).ok()?),
-                Some(("repeat", n)) => {
-                    steps.repeat = n.parse().ok().filter(|n| (1..=1000).contains(n))?;
-                }
+                Some(("repeat", n)) => steps.repeat = times(n)?,
+                Some(("lookups", n)) => steps.lookups = times(n)?,
                 Some(_) => return None,
                 None => match word {
                     "" | "floor" => {}
@@ -99,6 +107,11 @@ impl Steps {
         }
         Some((steps, gateway))
     }
+}
+
+/// A step's repeat count: 1 to 1000.
+fn times(n: &str) -> Option<u32> {
+    n.parse().ok().filter(|n| (1..=1000).contains(n))
 }
 
 /// The `keygate` step's state: the gateway key, the fingerprint key and the records seen, by
@@ -162,26 +175,44 @@ impl Keys {
     }
 }
 
-/// The `token` step's state: the fingerprint key and the identities of the tokens seen.
+/// The `token` step's state: the fingerprint key and the tokens seen.
 struct Tokens {
     fingerprints: Fingerprinter,
-    seen: RefCell<HashMap<Fingerprint, (String, String)>>,
+    seen: RefCell<HashMap<Fingerprint, Seen>>,
+}
+
+/// What a verification gave for a token: its identity and its expiry.
+struct Seen {
+    subject: String,
+    scopes: String,
+    expires: SystemTime,
 }
 
 impl Tokens {
-    /// The identity of a presented `Authorization: Bearer <token>` (`None` without one): the
-    /// one held for its fingerprint, or on first sight what a verification would give.
+    /// The identity of a presented `Authorization: Bearer <token>` (`None` without one, or
+    /// expired): the one held for its fingerprint, or on first sight what a verification
+    /// would give (a token of the bench's issuer, valid for a day).
     fn check(&self, authorization: &[u8]) -> Option<(String, String, String)> {
         let token = authorization.strip_prefix(b"Bearer ")?;
         if token.is_empty() {
             return None;
         }
         let fingerprint = self.fingerprints.of(token);
+        let now = hostcalls::get_current_time().ok()?;
         let mut seen = self.seen.borrow_mut();
-        let (subject, scopes) = seen
-            .entry(fingerprint)
-            .or_insert_with(|| ("bench-user".to_owned(), "demo:read".to_owned()));
-        Some((subject.clone(), scopes.clone(), "https://idp.example".to_owned()))
+        let seen = seen.entry(fingerprint).or_insert_with(|| Seen {
+            subject: "bench-user".to_owned(),
+            scopes: "demo:read".to_owned(),
+            expires: now + Duration::from_secs(86_400),
+        });
+        if now >= seen.expires {
+            return None;
+        }
+        Some((
+            seen.subject.clone(),
+            seen.scopes.clone(),
+            "https://idp.example".to_owned(),
+        ))
     }
 }
 
@@ -265,7 +296,14 @@ impl HttpContext for FloorHttp {
         }
         let checked = match (&self.keys, &self.tokens) {
             (Some(keys), _) => Some(authorization.and_then(|value| keys.check(value))),
-            (None, Some(tokens)) => Some(authorization.and_then(|value| tokens.check(value))),
+            (None, Some(tokens)) => Some(authorization.and_then(|value| {
+                // Each repeat after the first checks the same token again; `black_box` keeps
+                // the compiler from reusing the fingerprint it computed before.
+                (1..self.steps.lookups).for_each(|_| {
+                    std::hint::black_box(tokens.check(std::hint::black_box(value)));
+                });
+                tokens.check(value)
+            })),
             (None, None) => None,
         };
         let identity = match checked {

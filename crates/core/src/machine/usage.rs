@@ -1099,6 +1099,21 @@ mod tests {
         }
     }
 
+    /// The log is made when a worker starts only where usage is counted: with usage off,
+    /// nothing is written under its key.
+    #[test]
+    fn the_log_is_made_at_start_only_with_usage_on() {
+        for (enabled, log) in [(true, Some(b"0".to_vec())), (false, None)] {
+            let host = FakeHost::at(T0);
+            let config = serde_json::json!({
+                "routes": [{"prefix": "/", "scopes": ["a"]}],
+                "usage": {"enabled": enabled},
+            });
+            crate::machine::test_support::start_with(&host, &config);
+            assert_eq!(host.shared(LOG_KEY), log, "usage.enabled = {enabled}");
+        }
+    }
+
     /// The batch a dispatch carried.
     fn sent_batch(effect: &Effect) -> UsageBatch {
         let Effect::Dispatch { body, headers, .. } = effect else {

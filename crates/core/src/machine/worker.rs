@@ -39,7 +39,9 @@ pub fn start(
 ) -> Rc<Shared> {
     records::create_leases(host);
     rate::create_slots(host);
-    crate::machine::usage::create_log(host);
+    if config.usage.enabled {
+        crate::machine::usage::create_log(host);
+    }
     threat::create_slots(host, &config.threat);
     let threat_key = secrets.gateway_key.derive_16(b"keygate threat table");
     let nonce_key = secrets.gateway_key.derive_16(b"keygate signature nonces");
