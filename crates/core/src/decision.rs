@@ -432,10 +432,6 @@ pub struct Identity {
     /// Whose rate-limit bucket this identity draws from: the key id's, or (without one)
     /// the issuer's and subject's.
     pub bucket_owner: BucketOwner,
-    /// The key usage is counted under: the key id. `None` without one (a token of an outside
-    /// issuer, a service principal): the key service keeps usage per Keygate key and would
-    /// refuse the row, so none is kept.
-    pub usage_key: Option<Arc<str>>,
     /// The key's fleet-wide limits (global rate, quota, owner pool), if it has any.
     pub fleet: Option<Arc<crate::machine::fleet::FleetLimits>>,
     /// What routes may bind: the key's owner and metadata, the token's claims (`None`:
@@ -453,7 +449,7 @@ impl Identity {
         rate_limit: Option<RateLimit>,
     ) -> Self {
         let key_id: Arc<str> = key_id.into();
-        let (bucket_owner, usage_key) = Self::accounts(&key_id, None, subject);
+        let bucket_owner = Self::bucket_owner_of(&key_id, None, subject);
         Self {
             subject: subject.into(),
             key_id,
@@ -462,7 +458,6 @@ impl Identity {
             rate_limit,
             issuer: None,
             bucket_owner,
-            usage_key,
             fleet: None,
             attributes: None,
             signing: None,
@@ -477,10 +472,8 @@ impl Identity {
 
     /// The same identity, vouched for by the token issuer `issuer`.
     pub fn issued_by(mut self, issuer: &str) -> Self {
-        let (bucket_owner, usage_key) = Self::accounts(&self.key_id, Some(issuer), &self.subject);
+        self.bucket_owner = Self::bucket_owner_of(&self.key_id, Some(issuer), &self.subject);
         self.issuer = Some(issuer.into());
-        self.bucket_owner = bucket_owner;
-        self.usage_key = usage_key;
         self
     }
 
@@ -489,16 +482,18 @@ impl Identity {
         self.issuer.as_deref().unwrap_or(KEYGATE_ISSUER)
     }
 
-    fn accounts(
-        key_id: &Arc<str>,
-        issuer: Option<&str>,
-        subject: &str,
-    ) -> (BucketOwner, Option<Arc<str>>) {
+    /// The key usage is counted under: the key id. `None` without one (a token of an outside
+    /// issuer, a service principal): the key service keeps usage per Keygate key and would
+    /// refuse the row, so none is kept.
+    pub fn usage_key(&self) -> Option<&Arc<str>> {
+        (!self.key_id.is_empty()).then_some(&self.key_id)
+    }
+
+    fn bucket_owner_of(key_id: &str, issuer: Option<&str>, subject: &str) -> BucketOwner {
         if key_id.is_empty() {
-            let owner = BucketOwner::subject(issuer.unwrap_or(KEYGATE_ISSUER), subject);
-            (owner, None)
+            BucketOwner::subject(issuer.unwrap_or(KEYGATE_ISSUER), subject)
         } else {
-            (BucketOwner::key(key_id), Some(Arc::clone(key_id)))
+            BucketOwner::key(key_id)
         }
     }
 }
@@ -1103,18 +1098,19 @@ mod tests {
         let key = Identity::new("team-a", key_id, vec![], None);
         assert_eq!(key.issuer_name(), KEYGATE_ISSUER);
         assert_eq!(key.bucket_owner, BucketOwner::key(key_id));
-        assert_eq!(key.usage_key.as_deref(), Some(key_id));
+        assert_eq!(key.usage_key().map(|k| &**k), Some(key_id));
         // A Keygate JWT (its jti is a key id) shares the key's bucket and usage rows.
         let keygate_jwt = Identity::new("team-a", key_id, vec![], None).issued_by("keygate");
         assert_eq!(keygate_jwt.bucket_owner, key.bucket_owner);
-        assert_eq!(keygate_jwt.usage_key, key.usage_key);
+        assert_eq!(keygate_jwt.usage_key(), key.usage_key());
         // An outside token whose sub spells the key id, or the owner, shares neither.
         for sub in [key_id, "team-a"] {
             let outside = Identity::new(sub, "", vec![], None).issued_by("https://idp/");
             assert_eq!(outside.issuer_name(), "https://idp/");
             assert_ne!(outside.bucket_owner, key.bucket_owner);
             assert_eq!(
-                outside.usage_key, None,
+                outside.usage_key(),
+                None,
                 "no usage row the service would refuse"
             );
         }

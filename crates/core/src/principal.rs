@@ -546,7 +546,7 @@ mod tests {
                 assert_eq!(&*identity.scopes_header, "payments:read payments:write");
                 assert_eq!(identity.issuer_name(), PRINCIPAL_ISSUER);
                 assert!(identity.key_id.is_empty());
-                assert_eq!(identity.usage_key, None);
+                assert_eq!(identity.usage_key(), None);
             }
             other => panic!("{other:?}"),
         }

@@ -51,7 +51,7 @@ pub fn apply(
         match fleet_check(host, shared, &limits, forwarding) {
             Verdict::Allowed { ratelimit } => fleet_ratelimit = ratelimit,
             Verdict::Limited { reason, headers } => {
-                let key = identity.usage_key.as_deref();
+                let key = identity.usage_key().map(|k| &**k);
                 return deny_with(host, shared, &reason, key, forwarding.mode, &headers);
             }
             Verdict::Wait => {
@@ -106,7 +106,7 @@ pub fn apply(
                     host,
                     shared,
                     &reason,
-                    identity.usage_key.as_deref(),
+                    identity.usage_key().map(|k| &**k),
                     forwarding.mode,
                     &extra,
                 );
@@ -119,7 +119,7 @@ pub fn apply(
                     host,
                     shared,
                     &DenyReason::Overloaded,
-                    identity.usage_key.as_deref(),
+                    identity.usage_key().map(|k| &**k),
                     forwarding.mode,
                 );
             }
@@ -152,7 +152,10 @@ pub fn apply(
     }
     // Usage is counted under the key id; a token of an outside issuer or a principal has
     // none (the key service keeps usage per Keygate key).
-    let usage_key = identity.usage_key.filter(|_| config.usage.enabled);
+    let usage_key = identity
+        .usage_key()
+        .filter(|_| config.usage.enabled)
+        .cloned();
     let route = match &usage_key {
         Some(usage_key) => {
             let (route, address) =

@@ -98,7 +98,7 @@ struct LocalCell {
     countries: CountrySet,
 }
 
-/// One worker's counts since its last merge, and its flusher state.
+/// One worker's counts since its last hand-over, and its flusher state.
 #[derive(Default)]
 pub struct Usage {
     /// key id → minute → route → cell: looked up by `&str`, so counting a request for a key
@@ -106,7 +106,7 @@ pub struct Usage {
     local: FastMap<String, FastMap<u64, FastMap<Arc<str>, LocalCell>>>,
     /// Rows in `local`.
     local_rows: usize,
-    last_merge_ms: u64,
+    last_hand_over_ms: u64,
     last_flush_ms: u64,
     /// A flush is in flight (this worker is the flusher).
     sending: bool,
@@ -121,7 +121,7 @@ pub struct Usage {
     /// read once per key and minute on each worker.
     addresses: FastMap<String, Option<IpAddr>>,
     /// Countries not held because a row had [`crate::country_set::MAX_ROW_COUNTRIES`] already (counted on the
-    /// next merge).
+    /// next hand-over).
     countries_dropped: u64,
 }
 
@@ -415,7 +415,7 @@ impl Usage {
             return None;
         }
         let now = host.now_ms();
-        let since = now.saturating_sub(self.last_merge_ms);
+        let since = now.saturating_sub(self.last_hand_over_ms);
         if since >= settings.flush_ms
             || (since >= HAND_OVER_EVERY_MS && self.local_rows <= HAND_OVER_ROWS)
             || self.local_rows >= settings.max_rows
@@ -433,7 +433,7 @@ impl Usage {
 
     /// Appends this worker's rows to the log in shared data, as chunks in the wire format.
     fn hand_over(&mut self, host: &impl Host, settings: &UsageSettings, now: u64) {
-        self.last_merge_ms = now;
+        self.last_hand_over_ms = now;
         let local = to_rows(self.take_rows());
         if local.is_empty() {
             return;

@@ -283,7 +283,8 @@ pub fn on_response_headers(host: &impl Host, shared: &Shared, context_id: u32) {
         host.set_response_header("ratelimit-policy", policy);
         host.set_response_header("ratelimit", state);
     }
-    let Some(key_id) = note.key_id.filter(|_| shared.config.usage.enabled) else {
+    // A note names a key only where usage is on.
+    let Some(key_id) = note.key_id else {
         return;
     };
     if let Some(status) = host.response_status() {
