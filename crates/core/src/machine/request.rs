@@ -7,13 +7,12 @@ use crate::credential::{extract_credential, strip_query_param, CredentialError, 
 use crate::decision::DenyReason;
 use crate::headers::folds_to;
 use crate::host::{Event, Host, LogLevel};
-use crate::jwt::looks_like_jwt;
 use crate::key::{key_id_of, looks_like_opaque_key, parse_opaque_key, KeyDigest, KeyId};
 use crate::limits::ForwardedFor;
 use crate::machine::answer::replies;
 use crate::machine::records::resolve_record;
 use crate::machine::signed_request::SignedRequest;
-use crate::machine::state::{Forwarding, Presented, Proof, RouteLabel, Shared, Step, TokenRequest};
+use crate::machine::state::{Forwarding, Presented, Proof, RouteLabel, Shared, Step};
 use crate::principal::{
     read_principal, route_step, PrincipalMode, PrincipalStep, PRINCIPAL_PROPERTY,
 };
@@ -241,13 +240,10 @@ pub fn evaluate_with_body(
         };
         return resolve_record(host, shared, context_id, presented);
     }
-    if !config.jwt.issuers.is_empty() && looks_like_jwt(credential) {
-        let request = TokenRequest {
-            token: credential.to_owned(),
-            required,
-            forwarding,
-        };
-        return crate::machine::token::evaluate_token(host, shared, context_id, request);
+    if !config.jwt.issuers.is_empty() {
+        return crate::machine::token::evaluate_token(
+            host, shared, context_id, credential, required, forwarding,
+        );
     }
     Step::Deny(DenyReason::MalformedKey, None, mode)
 }

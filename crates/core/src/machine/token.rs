@@ -3,11 +3,12 @@
 //! wait for a JWKS refetch after presenting an unknown `kid`.
 
 use crate::binding::Attributes;
+use crate::binding::Requirement;
 use crate::config::{JwksSource, Revocation};
 use crate::decision::{authorize_scopes, header_safe, DenyReason, Identity};
 use crate::host::LogLevel;
 use crate::jwt::cache::CachedToken;
-use crate::jwt::{peek_issuer, verify_jwt_with, JwtError, NativeVerifier};
+use crate::jwt::{looks_like_jwt, peek_issuer, verify_jwt_with, JwtError, NativeVerifier};
 use crate::key::KeyId;
 use crate::machine::jwks::{jwks_lease_key, load_shared, JwksFetcher};
 use crate::machine::lease::SharedLease;
@@ -16,7 +17,9 @@ use crate::host::Event;
 use crate::host::Host;
 use crate::machine::answer::complete;
 use crate::machine::records::resolve_record;
-use crate::machine::state::{JwtState, Presented, Proof, Shared, Step, TokenRequest, TokenWaiter};
+use crate::machine::state::{
+    Forwarding, JwtState, Presented, Proof, Shared, Step, TokenRequest, TokenWaiter,
+};
 
 /// How long a token without `exp` stays in the verified-token cache.
 const NO_EXPIRY_CACHE_S: u64 = 300;
@@ -31,41 +34,52 @@ pub fn on_start(host: &impl Host, shared: &Shared) {
     }
 }
 
-/// Verifies a JWT (or finds it in the cache), then checks revocation and scopes.
+/// Finds a token in the verified-token cache, or else (when it has a JWT's shape: three
+/// base64url segments) verifies it; then checks revocation and scopes. Any other credential
+/// is a malformed key. A cached token was seen whole before, so its shape is not looked at
+/// again: on the cached path the token's bytes are read once, by its fingerprint.
 pub fn evaluate_token(
     host: &impl Host,
     shared: &Shared,
     context_id: u32,
-    request: TokenRequest,
+    token: &str,
+    required: Requirement,
+    forwarding: Forwarding,
 ) -> Step {
     let now_ms = shared.now(host);
-    let now_s = now_ms / 1000;
-    let hash = shared.fingerprints.of(request.token.as_bytes());
-    let hit = shared.jwt.borrow_mut().cache.get(&hash, now_s).cloned();
-    let cached = match hit {
-        Some(cached) => {
-            shared.metrics.count(host, Event::TokenCacheHit);
-            cached
+    let hash = shared.fingerprints.of(token.as_bytes());
+    let hit = shared
+        .jwt
+        .borrow_mut()
+        .cache
+        .get(&hash, now_ms / 1000)
+        .cloned();
+    if let Some(cached) = hit {
+        shared.metrics.count(host, Event::TokenCacheHit);
+        return decide_token(host, shared, context_id, cached, required, forwarding);
+    }
+    let mode = forwarding.mode;
+    if !looks_like_jwt(token) {
+        return Step::Deny(DenyReason::MalformedKey, None, mode);
+    }
+    match verify(host, shared, token, now_ms) {
+        Verified::Token(cached) => {
+            shared.jwt.borrow_mut().cache.insert(hash, cached.clone());
+            decide_token(host, shared, context_id, cached, required, forwarding)
         }
-        None => match verify(host, shared, &request.token, now_ms) {
-            Verified::Token(cached) => {
-                shared.jwt.borrow_mut().cache.insert(hash, cached.clone());
-                cached
+        Verified::UnknownKid(issuer) => {
+            let request = TokenRequest {
+                token: token.to_owned(),
+                required,
+                forwarding,
+            };
+            if wait_for_keys(host, shared, issuer, context_id, request, now_ms) {
+                return Step::Wait;
             }
-            Verified::UnknownKid(issuer) => {
-                let mode = request.forwarding.mode;
-                if wait_for_keys(host, shared, issuer, context_id, request, now_ms) {
-                    return Step::Wait;
-                }
-                return Step::Deny(DenyReason::InvalidToken(JwtError::UnknownKeyId), None, mode);
-            }
-            Verified::Refused(err) => {
-                let mode = request.forwarding.mode;
-                return Step::Deny(DenyReason::InvalidToken(err), None, mode);
-            }
-        },
-    };
-    decide_token(host, shared, context_id, cached, request)
+            Step::Deny(DenyReason::InvalidToken(JwtError::UnknownKeyId), None, mode)
+        }
+        Verified::Refused(err) => Step::Deny(DenyReason::InvalidToken(err), None, mode),
+    }
 }
 
 fn decide_token(
@@ -73,7 +87,8 @@ fn decide_token(
     shared: &Shared,
     context_id: u32,
     cached: CachedToken,
-    request: TokenRequest,
+    required: Requirement,
+    forwarding: Forwarding,
 ) -> Step {
     let revocation = shared
         .config
@@ -87,14 +102,14 @@ fn decide_token(
         crate::machine::state::revocation(shared, &cached.identity.key_id, shared.now(host))
     };
     if let Some(reason) = revoked {
-        let mode = request.forwarding.mode;
-        return Step::Deny(reason, Some(cached.identity.key_id.to_string()), mode);
+        return Step::Deny(
+            reason,
+            Some(cached.identity.key_id.to_string()),
+            forwarding.mode,
+        );
     }
     match revocation {
-        Revocation::None => Step::Decided(
-            request.forwarding,
-            authorize_scopes(cached.identity, &request.required),
-        ),
+        Revocation::None => Step::Decided(forwarding, authorize_scopes(cached.identity, &required)),
         Revocation::KeyService => match KeyId::parse(&cached.identity.key_id) {
             Ok(key_id) => resolve_record(
                 host,
@@ -103,13 +118,13 @@ fn decide_token(
                 Presented {
                     key_id,
                     proof: Proof::Token(cached.identity),
-                    required: request.required,
-                    forwarding: request.forwarding,
+                    required,
+                    forwarding,
                     legacy: false,
                 },
             ),
             // This issuer's tokens name a key record in `jti`; one without is not ours.
-            Err(_) => Step::Deny(DenyReason::UnknownKey, None, request.forwarding.mode),
+            Err(_) => Step::Deny(DenyReason::UnknownKey, None, forwarding.mode),
         },
     }
 }
@@ -298,7 +313,15 @@ fn retry_waiters(host: &impl Host, shared: &Shared, index: usize) {
             Verified::Token(cached) => {
                 let hash = shared.fingerprints.of(waiter.request.token.as_bytes());
                 shared.jwt.borrow_mut().cache.insert(hash, cached.clone());
-                decide_token(host, shared, waiter.context_id, cached, waiter.request)
+                let request = waiter.request;
+                decide_token(
+                    host,
+                    shared,
+                    waiter.context_id,
+                    cached,
+                    request.required,
+                    request.forwarding,
+                )
             }
             Verified::UnknownKid(_) => {
                 Step::Deny(DenyReason::InvalidToken(JwtError::UnknownKeyId), None, mode)
