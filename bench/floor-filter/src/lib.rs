@@ -37,6 +37,9 @@
 //! - `lookups=<n>` (1–1000, default 1): make the `token` step (fingerprint, lookup, clock
 //!   read) n times per request, to price it above the noise as `repeat` prices the edits (K9
 //!   against K8).
+//! - `tick=<ms>` (1–1000): set a tick of that period whose handler does nothing: what a
+//!   filter's timer costs Envoy before the filter does any work on it (H8, beside Keygate's
+//!   10 ms tick while it follows the revocation feed).
 //!
 //! An unknown step fails the configuration (Envoy refuses to start), so a typo cannot measure
 //! the wrong thing.
@@ -76,6 +79,8 @@ struct Steps {
     repeat: u32,
     /// How many times the `token` step is made (at least 1).
     lookups: u32,
+    /// A tick period in milliseconds (0: no tick).
+    tick_ms: u32,
 }
 
 impl Steps {
@@ -92,6 +97,7 @@ impl Steps {
                 Some(("keygate", hex)) => gateway = Some(GatewayKey::from_hex(hex).ok()?),
                 Some(("repeat", n)) => steps.repeat = times(n)?,
                 Some(("lookups", n)) => steps.lookups = times(n)?,
+                Some(("tick", n)) => steps.tick_ms = times(n)?,
                 Some(_) => return None,
                 None => match word {
                     "" | "floor" => {}
@@ -259,9 +265,14 @@ impl RootContext for FloorRoot {
                 return false;
             }
         }
+        if steps.tick_ms > 0 {
+            self.set_tick_period(Duration::from_millis(u64::from(steps.tick_ms)));
+        }
         self.steps = steps;
         true
     }
+
+    fn on_tick(&mut self) {}
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(FloorHttp {
