@@ -101,6 +101,12 @@ impl RootContext for KeygateRoot {
         }
     }
 
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Some(shared) = &self.shared {
+            worker::on_queue_ready(&ProxyHost, shared, queue_id);
+        }
+    }
+
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         if let Some(role) = &self.strip {
             return Some(Box::new(StripHttp { role: role.clone() }));

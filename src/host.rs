@@ -141,6 +141,29 @@ impl Host for ProxyHost {
     fn set_tick_period(&self, period: Duration) {
         let _ = hostcalls::set_tick_period(period);
     }
+
+    fn register_queue(&self, name: &str) -> Option<u32> {
+        hostcalls::register_shared_queue(name).ok()
+    }
+
+    fn post_to_queue(&self, name: &str, message: &[u8]) -> bool {
+        let queue = VM_ID.with(|vm_id| {
+            let vm_id = vm_id.get_or_init(|| {
+                property(&["plugin_vm_id"])
+                    .and_then(|id| String::from_utf8(id).ok())
+                    .unwrap_or_default()
+            });
+            hostcalls::resolve_shared_queue(vm_id, name)
+        });
+        match queue {
+            Ok(Some(queue)) => hostcalls::enqueue_shared_queue(queue, Some(message)).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn take_from_queue(&self, queue: u32) -> Option<Vec<u8>> {
+        hostcalls::dequeue_shared_queue(queue).ok().flatten()
+    }
 }
 
 /// Metric ids of denials by reason: (enforced, shadow).
@@ -155,6 +178,8 @@ thread_local! {
     static EVENT_IDS: Cell<[Option<u32>; Event::ALL.len()]> =
         const { Cell::new([None; Event::ALL.len()]) };
     static DENIAL_IDS: RefCell<DenialIds> = RefCell::new((HashMap::new(), HashMap::new()));
+    /// This plugin's VM id (`vm_config.vm_id`), read once: queues are named within it.
+    static VM_ID: std::cell::OnceCell<String> = const { std::cell::OnceCell::new() };
 }
 
 /// Defines every counter and gauge (`wasmcustom.keygate.*`) and keeps their ids.

@@ -233,6 +233,7 @@ fn key_service_restart_loses_nothing() {
     }
     cluster.wait_follower(Duration::from_secs(10));
     cluster.services[0].revoke(&keys[0].id);
+    let told_before = cluster.counter("feed.told");
     let revoked_at = Instant::now();
     assert_refused_within(
         &cluster,
@@ -241,6 +242,17 @@ fn key_service_restart_loses_nothing() {
         PROPAGATION_BOUND,
         "revoked while the follower is connected",
     );
+    // The workers that do not follow were told of the new set on their queues (Envoy's
+    // shared queues), not left to find it on their once-a-second tick.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while cluster.counter("feed.told") == told_before {
+        assert!(
+            Instant::now() < deadline,
+            "no worker was told of the new set on its queue\n{}",
+            cluster.envoy.keygate_stats()
+        );
+        sleep(Duration::from_millis(20));
+    }
     let events_before = cluster.counter("feed.events");
     let changes_before = cluster.counter("feed.state_change");
     let failures_before = cluster.counter("feed.failure");

@@ -103,6 +103,17 @@ pub trait Host {
 
     /// Sets the root context's tick period (zero: no ticks).
     fn set_tick_period(&self, period: Duration);
+
+    /// Registers a queue of this VM under `name`: a message another VM of the plugin posts to
+    /// it wakes this one (the root context's `on_queue_ready`). `None` when the host refused.
+    fn register_queue(&self, name: &str) -> Option<u32>;
+
+    /// Posts `message` to the queue a VM of this plugin registered as `name`. False when
+    /// there is no such queue (its VM is gone) or the host refused.
+    fn post_to_queue(&self, name: &str, message: &[u8]) -> bool;
+
+    /// Takes the next message of one of this VM's queues; `None` when it is empty.
+    fn take_from_queue(&self, queue: u32) -> Option<Vec<u8>>;
 }
 
 /// Something worth counting (or, for gauges, reporting).
@@ -157,11 +168,13 @@ pub enum Event {
     ThreatBlocks,
     /// Countries a usage row could not carry (it held `MAX_ROW_COUNTRIES` already).
     UsageCountriesDropped,
+    /// New revoked sets a worker loaded because the follower told it on its queue.
+    FeedTold,
 }
 
 impl Event {
     /// Every event, in declaration order (`event as usize` indexes it).
-    pub const ALL: [Event; 29] = [
+    pub const ALL: [Event; 30] = [
         Event::Allowed,
         Event::AllowedPublic,
         Event::CacheHit,
@@ -191,6 +204,7 @@ impl Event {
         Event::ThreatContention,
         Event::ThreatBlocks,
         Event::UsageCountriesDropped,
+        Event::FeedTold,
     ];
 
     /// The metric name on Envoy's `/stats` (under `wasmcustom.`).
@@ -225,6 +239,7 @@ impl Event {
             Event::ThreatContention => "keygate.threat.contention",
             Event::ThreatBlocks => "keygate.threat.blocks",
             Event::UsageCountriesDropped => "keygate.usage.countries_dropped",
+            Event::FeedTold => "keygate.feed.told",
         }
     }
 

@@ -90,6 +90,18 @@ impl Host for LeanHost {
         Err(HostError::Refused("NotFound"))
     }
     fn set_tick_period(&self, _: Duration) {}
+
+    fn register_queue(&self, _: &str) -> Option<u32> {
+        None
+    }
+
+    fn post_to_queue(&self, _: &str, _: &[u8]) -> bool {
+        false
+    }
+
+    fn take_from_queue(&self, _: u32) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A worker started on `host` (its clock set) with the filter configuration `config`.

@@ -38,6 +38,8 @@ pub enum Effect {
     ResponseStatus,
     ForeignFunction(String),
     SetTickPeriod(Duration),
+    /// A message posted to the queue of that name.
+    PostToQueue(String),
 }
 
 #[derive(Default)]
@@ -49,13 +51,19 @@ struct Store {
     writes: Vec<(String, Vec<u8>)>,
 }
 
-/// What every fake worker of one fake Envoy shares: shared data, the clock, callout tokens.
+/// What every fake worker of one fake Envoy shares: shared data, the clock, callout tokens
+/// and the workers' queues.
 #[derive(Default)]
 struct Process {
     store: RefCell<Store>,
     now_ms: Cell<u64>,
     next_token: Cell<u32>,
+    /// Registered queues by name.
+    queues: RefCell<HashMap<String, Queue>>,
 }
+
+/// A registered queue: its id and the messages waiting in it.
+type Queue = (u32, VecDeque<Vec<u8>>);
 
 /// One fake worker.
 #[derive(Default)]
@@ -75,6 +83,8 @@ pub struct FakeHost {
     calls: RefCell<Vec<&'static str>>,
     /// The answer of foreign functions (`Err`: the host has none).
     foreign: RefCell<Option<Result<Vec<u8>, HostError>>>,
+    /// This worker's host refuses to register queues.
+    no_queues: Cell<bool>,
 }
 
 /// The request headers an upstream would get: `initial` (as the request arrived) with the
@@ -185,6 +195,25 @@ impl FakeHost {
 
     /// Takes the names of the host calls this worker made so far (the trait's method names),
     /// in order.
+    /// Makes this worker's host refuse to register queues.
+    pub fn refuse_queues(&self) {
+        self.no_queues.set(true);
+    }
+
+    /// Drops the queue registered as `name`, as Envoy does with a VM that is gone.
+    pub fn drop_queue(&self, name: &str) {
+        self.process.queues.borrow_mut().remove(name);
+    }
+
+    /// How many messages wait in the queue registered as `name` (`None`: no such queue).
+    pub fn queued(&self, name: &str) -> Option<usize> {
+        self.process
+            .queues
+            .borrow()
+            .get(name)
+            .map(|(_, messages)| messages.len())
+    }
+
     pub fn take_calls(&self) -> Vec<&'static str> {
         std::mem::take(&mut self.calls.borrow_mut())
     }
@@ -405,6 +434,43 @@ impl Host for FakeHost {
     fn set_tick_period(&self, period: Duration) {
         self.call("set_tick_period");
         self.push(Effect::SetTickPeriod(period));
+    }
+
+    fn register_queue(&self, name: &str) -> Option<u32> {
+        self.call("register_queue");
+        if self.no_queues.get() {
+            return None;
+        }
+        let mut queues = self.process.queues.borrow_mut();
+        let id = queues.len() as u32 + 1;
+        Some(
+            queues
+                .entry(name.to_owned())
+                .or_insert_with(|| (id, VecDeque::new()))
+                .0,
+        )
+    }
+
+    fn post_to_queue(&self, name: &str, message: &[u8]) -> bool {
+        self.call("post_to_queue");
+        self.push(Effect::PostToQueue(name.to_owned()));
+        match self.process.queues.borrow_mut().get_mut(name) {
+            Some((_, messages)) => {
+                messages.push_back(message.to_vec());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn take_from_queue(&self, queue: u32) -> Option<Vec<u8>> {
+        self.call("take_from_queue");
+        self.process
+            .queues
+            .borrow_mut()
+            .values_mut()
+            .find(|(id, _)| *id == queue)
+            .and_then(|(_, messages)| messages.pop_front())
     }
 }
 

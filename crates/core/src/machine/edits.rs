@@ -196,6 +196,18 @@ impl<H: Host> Host for Gathered<'_, H> {
     fn set_tick_period(&self, period: Duration) {
         self.host.set_tick_period(period);
     }
+
+    fn register_queue(&self, name: &str) -> Option<u32> {
+        self.host.register_queue(name)
+    }
+
+    fn post_to_queue(&self, name: &str, message: &[u8]) -> bool {
+        self.host.post_to_queue(name, message)
+    }
+
+    fn take_from_queue(&self, queue: u32) -> Option<Vec<u8>> {
+        self.host.take_from_queue(queue)
+    }
 }
 
 #[cfg(test)]

@@ -642,3 +642,34 @@ fn usage_reads_the_address_once_per_key_and_minute() {
     assert!(request(&host, &shared, 5, ("x-api-key", &key.plaintext)));
     assert!(!host.take_calls().contains(&"property"));
 }
+
+/// The tick period a worker last set.
+fn tick_period(host: &FakeHost) -> Option<std::time::Duration> {
+    host.take_effects()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::SetTickPeriod(period) => Some(period),
+            _ => None,
+        })
+        .next_back()
+}
+
+/// Following the revocation feed (on by default) needs no fast tick: the follower tells the
+/// workers of a new set on their queues, so a worker ticks once a second. A timer firing
+/// every 10 ms costs Envoy CPU on every request, however little the tick does. A worker
+/// whose host gives no queue ticks every 10 ms, as before.
+#[test]
+fn following_the_feed_ticks_once_a_second_where_workers_have_queues() {
+    let config = json!({"routes": [{"name": "hello", "prefix": "/", "scopes": ["a"]}]});
+    let host = FakeHost::at(NOW_MS);
+    let shared = start_with(&host, &config);
+    assert!(shared.config.revocation_feed.enabled, "on by default");
+    assert_eq!(tick_period(&host), Some(worker::SLOW_TICK));
+    worker::on_tick(&host, &shared);
+    assert_eq!(tick_period(&host), None, "unchanged");
+
+    let without = host.worker();
+    without.refuse_queues();
+    start_with(&without, &config);
+    assert_eq!(tick_period(&without), Some(worker::FAST_TICK));
+}

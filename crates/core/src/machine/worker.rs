@@ -24,7 +24,8 @@ use crate::machine::state::{FleetWaiter, JwtState, Lookups, Shared, Step};
 use crate::machine::usage::{Reporting, Usage};
 use crate::machine::{rate, records, threat, token};
 
-/// How often a worker looks at shared data while a request waits on another worker.
+/// How often a worker looks at shared data while a request waits on another worker (and,
+/// on a host without shared queues, while it follows the revocation feed).
 pub const FAST_TICK: Duration = Duration::from_millis(10);
 /// How often a worker does its periodic work (JWKS refresh) otherwise.
 pub const SLOW_TICK: Duration = Duration::from_millis(1000);
@@ -129,18 +130,20 @@ pub fn on_tick(host: &impl Host, shared: &Shared) {
 }
 
 /// Sets the tick period the current state needs: fast while requests wait on another
-/// worker or while following the revocation feed (the tick is how a revocation reaches
-/// this worker), slow when only periodic work is due (counts to flush among it), off
-/// otherwise.
+/// worker (or while following the revocation feed without a queue to be told of new sets
+/// on), slow when only periodic work is due (counts to flush, the feed's lease and a lost
+/// message among it), off otherwise.
 pub fn reschedule(host: &impl Host, shared: &Shared) {
-    let waiting = shared.config.revocation_feed.enabled
+    let feed = shared.config.revocation_feed.enabled;
+    let waiting = (feed && !shared.feed.borrow().listens())
         || shared.lookups.borrow().has_remote_waits()
         || shared.jwt.borrow().has_waiters()
         || shared.fleet.borrow().has_waiters()
         || shared.fleet.borrow().has_queued();
     let wanted = if waiting {
         FAST_TICK
-    } else if shared.jwt.borrow().has_remote_issuers()
+    } else if feed
+        || shared.jwt.borrow().has_remote_issuers()
         || shared.config.usage.enabled
         || shared.metrics.has_pending()
         || shared.fleet.borrow().has_stash()
@@ -153,6 +156,20 @@ pub fn reschedule(host: &impl Host, shared: &Shared) {
     };
     if shared.tick.replace(wanted) != wanted {
         host.set_tick_period(wanted);
+    }
+}
+
+/// A message on one of this worker's queues: the follower tells of a new revoked set (and
+/// the operator blocks that came with it), which this worker loads now rather than on its
+/// next tick.
+pub fn on_queue_ready(host: &impl Host, shared: &Shared, queue: u32) {
+    shared.begin_callback();
+    let feed = shared
+        .feed
+        .borrow_mut()
+        .on_queue_ready(host, &feed_context(shared), queue);
+    if feed {
+        crate::machine::blocking::on_tick(host, shared);
     }
 }
 
