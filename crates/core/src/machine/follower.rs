@@ -620,15 +620,21 @@ mod tests {
         view.on_response(host, &setup.context(), body.len())
     }
 
-    #[test]
-    fn one_worker_follows_and_every_worker_refuses_what_it_shares() {
-        let setup = Setup::new();
+    /// Two workers of one Envoy, started.
+    fn two_workers(setup: &Setup) -> (FakeHost, FakeHost, FeedView, FeedView) {
         let host_one = FakeHost::at(T0);
         let host_two = host_one.worker();
         let mut one = FeedView::new(next_worker_id(&host_one));
         let mut two = FeedView::new(next_worker_id(&host_two));
         one.on_start(&host_one, &setup.context());
         two.on_start(&host_two, &setup.context());
+        (host_one, host_two, one, two)
+    }
+
+    #[test]
+    fn one_worker_follows_and_every_worker_refuses_what_it_shares() {
+        let setup = Setup::new();
+        let (host_one, host_two, mut one, mut two) = two_workers(&setup);
         assert!(
             one.trust(&setup.settings).degraded_policy().is_some(),
             "cold"
@@ -671,12 +677,7 @@ mod tests {
     #[test]
     fn the_follower_tells_every_worker_of_a_new_set_on_its_queue() {
         let setup = Setup::new();
-        let host_one = FakeHost::at(T0);
-        let host_two = host_one.worker();
-        let mut one = FeedView::new(next_worker_id(&host_one));
-        let mut two = FeedView::new(next_worker_id(&host_two));
-        one.on_start(&host_one, &setup.context());
-        two.on_start(&host_two, &setup.context());
+        let (host_one, host_two, mut one, mut two) = two_workers(&setup);
         assert!(one.listens() && two.listens());
         assert_eq!(
             host_one.shared(LISTENERS_KEY).unwrap(),
