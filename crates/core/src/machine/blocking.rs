@@ -55,7 +55,10 @@ pub fn record_failure(host: &impl Host, shared: &Shared, client: IpAddr) {
         Counted::Counted(_) => {}
         Counted::Blocked(until) => {
             host.count(Event::ThreatBlocked, 1);
-            if !add_block(host, settings, client, until, now) {
+            if add_block(host, settings, client, until, now) {
+                // The other workers take the block now rather than on their next tick.
+                crate::machine::follower::tell_workers(host);
+            } else {
                 host.count(Event::ThreatContention, 1);
             }
             host.log(

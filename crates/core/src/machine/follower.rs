@@ -37,8 +37,8 @@ pub const LISTENERS_KEY: &str = "keygate.feed.listeners";
 const MAX_LISTENERS: usize = 256;
 /// Most messages taken from a worker's queue at once (one reload covers them all).
 const MAX_TAKEN: usize = 64;
-/// The message that tells a worker a new set is in shared data.
-const NEW_SET: &[u8] = b"set";
+/// The message that tells a worker to look at shared data (its content is not read).
+const LOOK: &[u8] = b"look";
 /// Largest feed answer read (the key service's pages stay far below it).
 const MAX_FEED_BODY: usize = 8 * 1024 * 1024;
 /// Longest pause between attempts after failures.
@@ -132,7 +132,14 @@ fn listeners(value: Option<&[u8]>) -> Vec<&str> {
 /// not be written: the worker then finds new sets by ticking fast.
 fn listen(host: &impl Host, worker_id: &str) -> Option<u32> {
     let name = queue_name(worker_id);
-    let queue = host.register_queue(&name)?;
+    let Some(queue) = host.register_queue(&name) else {
+        host.log(
+            LogLevel::Warn,
+            "revocation feed: Envoy registered no shared queue for this worker; it looks for \
+             new revoked sets every 10 ms instead",
+        );
+        return None;
+    };
     for _ in 0..16 {
         let (value, cas) = host.get_shared(LISTENERS_KEY);
         let Some(cas) = cas else {
@@ -161,15 +168,16 @@ fn listen(host: &impl Host, worker_id: &str) -> Option<u32> {
     None
 }
 
-/// Tells every listed worker that a new set is in shared data. Names whose queue is gone
+/// Tells every listed worker to look at shared data now: a new revoked set (with the operator
+/// blocks that came with it), or a block another worker just added. Names whose queue is gone
 /// (their VM was retired) are dropped from the list, if no other worker wrote it meanwhile.
-fn tell_listeners(host: &impl Host) {
+pub fn tell_workers(host: &impl Host) {
     let (value, cas) = host.get_shared(LISTENERS_KEY);
     let names = listeners(value.as_deref());
     let told: Vec<&str> = names
         .iter()
         .copied()
-        .filter(|name| host.post_to_queue(name, NEW_SET))
+        .filter(|name| host.post_to_queue(name, LOOK))
         .collect();
     if told.len() < names.len() {
         if let Some(cas) = cas {
@@ -514,7 +522,7 @@ impl FeedView {
         self.generation = Some(status.generation);
         self.failures = 0;
         self.refresh(host, context, now);
-        tell_listeners(host);
+        tell_workers(host);
         let wait = if answer.more { 0 } else { settings.wait_s };
         self.renew_and_dispatch(host, context, since, wait, now)
     }
@@ -741,6 +749,10 @@ mod tests {
         view.on_start(&host, &setup.context());
         assert!(!view.listens());
         assert_eq!(host.shared(LISTENERS_KEY), None);
+        assert!(host
+            .logged(LogLevel::Warn)
+            .iter()
+            .any(|line| line.contains("no shared queue")));
 
         // Shared data that keeps changing: the worker gives up joining, and says so.
         let other = FakeHost::at(T0);

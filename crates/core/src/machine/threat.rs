@@ -1022,6 +1022,33 @@ mod tests {
             went_on
         }
 
+        /// A worker that blocks an address tells the others on their queues: they refuse it
+        /// at once, with no tick.
+        #[test]
+        fn a_block_reaches_the_other_workers_on_their_queues() {
+            let config = json!({
+                "routes": [{"prefix": "/", "scopes": ["a"]}],
+                "client_address": {"trusted_hops": 1},
+                "threat": {"enabled": true, "threshold": 3, "block_seconds": 30},
+            });
+            let host = FakeHost::at(NOW_MS);
+            host.set_property(&["source", "address"], b"10.0.0.1:5000");
+            let shared = start_with(&host, &config);
+            let other_host = host.worker();
+            other_host.set_property(&["source", "address"], b"10.0.0.1:5000");
+            let other = start_with(&other_host, &config);
+            for i in 0..3 {
+                assert!(!spray(&host, &shared, 10 + i, "198.51.100.7"));
+            }
+            assert_eq!(host.counted(Event::ThreatBlocked), 1);
+            assert_eq!(other_host.queued("keygate.feed.w2"), Some(1));
+            other_host.take_effects();
+            let queue = other_host.register_queue("keygate.feed.w2").unwrap();
+            worker::on_queue_ready(&other_host, &other, queue);
+            assert!(!spray(&other_host, &other, 30, "198.51.100.7"));
+            assert_eq!(status_of(&other_host), Some((429, Some("30".into()))));
+        }
+
         #[test]
         fn a_spraying_address_is_blocked_and_another_is_not() {
             let host = FakeHost::at(NOW_MS);
