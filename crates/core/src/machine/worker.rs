@@ -160,8 +160,8 @@ pub fn reschedule(host: &impl Host, shared: &Shared) {
 }
 
 /// A message on one of this worker's queues: the follower tells of a new revoked set (and
-/// the operator blocks that came with it), which this worker loads now rather than on its
-/// next tick.
+/// the operator blocks that came with it), or another worker of a block it added. This
+/// worker loads both now rather than on its next tick.
 pub fn on_queue_ready(host: &impl Host, shared: &Shared, queue: u32) {
     shared.begin_callback();
     let feed = shared
