@@ -2,7 +2,7 @@
 //! data, taken over when it lapses) long-polls the key service and writes the revoked set
 //! into shared data; every worker keeps a copy and checks each request's key id against it.
 //! A worker reloads its copy when the follower tells it, by a message on the worker's own
-//! shared queue, that a new set is in, and on its tick (once a second) in case a message was
+//! shared queue, that a new set is in, and on its tick (every 100 ms) in case a message was
 //! lost. A worker whose queue could not be registered ticks every 10 ms instead, as every
 //! worker did before queues: a timer that fires 100 times a second costs Envoy several µs of
 //! CPU per request (`make bench`, H8 against H1), however little the filter does on it.

@@ -29,6 +29,9 @@ use crate::machine::{rate, records, threat, token};
 pub const FAST_TICK: Duration = Duration::from_millis(10);
 /// How often a worker does its periodic work (JWKS refresh) otherwise.
 pub const SLOW_TICK: Duration = Duration::from_millis(1000);
+/// How often a worker told of new revoked sets on its queue still looks for one itself: the
+/// bound on a revocation's delay should a message be lost.
+pub const FEED_TICK: Duration = Duration::from_millis(100);
 
 /// Starts a worker with a configuration: creates the shared-data leases and slots, loads what
 /// other workers already shared, and sets the tick.
@@ -142,8 +145,9 @@ pub fn reschedule(host: &impl Host, shared: &Shared) {
         || shared.fleet.borrow().has_queued();
     let wanted = if waiting {
         FAST_TICK
-    } else if feed
-        || shared.jwt.borrow().has_remote_issuers()
+    } else if feed {
+        FEED_TICK
+    } else if shared.jwt.borrow().has_remote_issuers()
         || shared.config.usage.enabled
         || shared.metrics.has_pending()
         || shared.fleet.borrow().has_stash()
