@@ -24,10 +24,10 @@ export ENVOY_BIN
 FUZZ_SECONDS ?= 60
 
 .PHONY: help prereqs run smoke test lint build wasm server envoy wasm-target clean bench \
-	bench-cache bench-revocation validate-manifests wasm-test fuzz fuzz-ci screenshots
+	bench-cache bench-revocation bench-v8 validate-manifests wasm-test fuzz fuzz-ci screenshots
 
 help:
-	@echo "make run | test | lint | fuzz | smoke | screenshots | bench | bench-cache | bench-revocation | build | wasm | envoy | validate-manifests | prereqs | clean"
+	@echo "make run | test | lint | fuzz | smoke | screenshots | bench | bench-cache | bench-revocation | bench-v8 | build | wasm | envoy | validate-manifests | prereqs | clean"
 
 ## Installs what is missing (Debian packages, the wasm target, rustfmt/clippy, Envoy in .venv/).
 prereqs:
@@ -113,6 +113,12 @@ bench-cache: prereqs
 ## (p50/p99/max) -> bench/results/revocation-<timestamp>.md
 bench-revocation: prereqs
 	scripts/bench-revocation.sh
+
+## The filter's own code in V8 without Envoy: the cached JWT request (C) beside the floor (H1,
+## K8) in Node's V8, and C by Wasm function under V8's profiler -> bench/results/v8-<timestamp>.md
+## BENCH_BASELINE_WASM (an earlier keygate.wasm, as C0), BENCH_V8_ROUNDS (41).
+bench-v8: prereqs
+	scripts/bench-v8.sh
 
 ## Istio / Kubernetes manifests under deploy/ against their schemas (offline after first install).
 validate-manifests: prereqs

@@ -562,6 +562,10 @@ fn percent_decode_lossy(text: &str) -> String {
 /// takes.
 pub fn has_path_parameter(path: &str) -> bool {
     let path = path.split(['?', '#']).next().unwrap_or_default();
+    // Without `%` a path decodes to itself (the usual request: checked in one pass).
+    if !path.contains('%') {
+        return path.contains(';');
+    }
     decodings(path).any(|p| p.contains(';'))
 }
 
@@ -569,7 +573,34 @@ pub fn has_path_parameter(path: &str) -> bool {
 /// or `..` segments (raw or percent-encoded), a backslash, an encoded slash or a `;` path
 /// parameter: shapes that can make one route look like another.
 fn is_ambiguous(path: &str) -> bool {
+    if !path.contains('%') {
+        return is_ambiguous_plain(path.as_bytes());
+    }
     decodings(path).any(|p| is_ambiguous_once(&p))
+}
+
+/// [`is_ambiguous_once`] for a path without `%`, which decodes to itself and encodes
+/// nothing: a backslash, a `;`, `//`, or a `.` or `..` segment, found in one pass over its
+/// bytes (every cached request's path goes through here).
+fn is_ambiguous_plain(bytes: &[u8]) -> bool {
+    let dot_segment = |segment: &[u8]| segment == b"." || segment == b"..";
+    let mut segment_start = 0;
+    let mut previous = 0u8;
+    for (i, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'\\' | b';' => return true,
+            b'/' if previous == b'/' => return true,
+            b'/' => {
+                if dot_segment(bytes.get(segment_start..i).unwrap_or_default()) {
+                    return true;
+                }
+                segment_start = i + 1;
+            }
+            _ => {}
+        }
+        previous = byte;
+    }
+    dot_segment(bytes.get(segment_start..).unwrap_or_default())
 }
 
 fn is_ambiguous_once(path: &str) -> bool {
@@ -984,6 +1015,35 @@ mod tests {
         ] {
             assert!(t.find("GET", path, None).is_none(), "{path}");
         }
+    }
+
+    /// Every path of up to seven bytes over the bytes that make a path ambiguous (and two that
+    /// do not): the one-pass check agrees with the general one.
+    #[test]
+    fn the_one_pass_check_of_a_plain_path_agrees_with_the_general_one() {
+        const BYTES: [u8; 6] = [b'/', b'.', b'a', b'\\', b';', b'V'];
+        let mut paths = vec![Vec::new()];
+        let mut checked = 0;
+        for _ in 0..7 {
+            let mut longer = Vec::with_capacity(paths.len() * BYTES.len());
+            for path in &paths {
+                for byte in BYTES {
+                    let mut next = path.clone();
+                    next.push(byte);
+                    let text = std::str::from_utf8(&next).unwrap();
+                    assert_eq!(
+                        is_ambiguous_plain(&next),
+                        is_ambiguous_once(text),
+                        "{text:?}"
+                    );
+                    assert_eq!(is_ambiguous(text), is_ambiguous_once(text), "{text:?}");
+                    checked += 1;
+                    longer.push(next);
+                }
+            }
+            paths = longer;
+        }
+        assert_eq!(checked, (1..=7).map(|n| BYTES.len().pow(n)).sum::<usize>());
     }
 
     #[test]
