@@ -167,7 +167,7 @@ if (flag('--profile')) {
   console.log(`\n${summarise(profile)}`);
 }
 
-/// The profile's samples under `serve`, by function: the share in the module's code, then
+/// The profile's samples under `serve` (a request), by function: the share in the module's code, then
 /// the module's functions with the most samples of their own.
 function summarise(profile) {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
@@ -177,7 +177,8 @@ function summarise(profile) {
   for (const id of profile.samples) own.set(id, (own.get(id) ?? 0) + 1);
   const underServe = (id) => {
     for (let at = id; at !== undefined; at = parent.get(at)) {
-      if (byId.get(at).callFrame.functionName === 'serve') return true;
+      // `serve`, or `hot` where V8 inlined `serve` into it before the profiler started.
+      if (['serve', 'hot'].includes(byId.get(at).callFrame.functionName)) return true;
     }
     return false;
   };
@@ -193,7 +194,7 @@ function summarise(profile) {
     const name = readable(frame.functionName);
     functions.set(name, (functions.get(name) ?? 0) + count);
   }
-  const lines = [`C's requests under V8's sampling profiler: ${total} samples, ${(100 * inWasm / total).toFixed(0)}% in the module's code (the rest in the JavaScript host).`, '', '| share of C\'s request | the module\'s function (own samples) |', '|---:|---|'];
+  const lines = [`C's requests under V8's sampling profiler: ${total} samples, ${(100 * inWasm / total).toFixed(0)}% in the module's code (the rest in the JavaScript host). A \`wasm-to-js:<signature>\` line is V8's wrapper into the host for every import of that signature, named after one of them.`, '', '| share of C\'s request | the module\'s function (own samples) |', '|---:|---|'];
   for (const [name, count] of [...functions].sort((a, b) => b[1] - a[1]).slice(0, 30)) {
     lines.push(`| ${(100 * count / total).toFixed(1)}% | \`${name}\` |`);
   }
@@ -216,15 +217,18 @@ function readable(symbol) {
   }
   if (symbol.startsWith('_R')) {
     // v0 mangling: the identifiers are `<length><name>`; the last ones name the function.
+    // The crates' disambiguators (`Cs<base-62>_`) hold digits: dropped first.
+    const bare = symbol.replace(/Cs[0-9A-Za-z]*_/g, 'C');
     const names = [];
-    for (let at = 2; at < symbol.length;) {
-      const digits = /^\d+/.exec(symbol.slice(at));
+    for (let at = 2; at < bare.length;) {
+      const digits = /^\d+/.exec(bare.slice(at));
       if (!digits) {
         at += 1;
         continue;
       }
       at += digits[0].length;
-      names.push(symbol.slice(at, at + Number(digits[0])));
+      if (bare[at] === '_') at += 1; // the separator before a name that starts with `_`
+      names.push(bare.slice(at, at + Number(digits[0])));
       at += Number(digits[0]);
     }
     return names.slice(-2).join('::') || symbol;
