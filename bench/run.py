@@ -97,6 +97,15 @@ FLOOR_STEPS = {"H1": "floor", "H2": "shared", "H3": "rewrite", "H4": "status",
                "K5": "replace,status", "K6": "replace,status,repeat=21",
                "K7": "rewrite,repeat=21", "K8": "token,rewrite",
                "K9": "token,rewrite,lookups=21"}
+# The tight goal pass: the goals' configurations and their floors, and the differences it
+# reports (minuend, subtrahend, what the difference is).
+GOAL_PASS = ["H1", "K1", "B", "K8", "C"]
+GOAL_PAIRS = [("B", "H1", "the goal: B within 3 µs of H1"),
+              ("C", "H1", "the goal: C within 3 µs of H1"),
+              ("K1", "H1", "B's floor: its unavoidable work above the proxy-wasm floor"),
+              ("K8", "H1", "C's floor: its unavoidable work above the proxy-wasm floor"),
+              ("B", "K1", "what Keygate adds to B's unavoidable work"),
+              ("C", "K8", "what Keygate adds to C's unavoidable work")]
 # Amplified prices: (name, minuend, subtrahend, divisor, what one unit is). The minuend makes
 # the subtrahend's extra host calls `divisor` more times per request, so the difference stands
 # well above the noise between windows and divides down to the price of one set.
@@ -510,6 +519,10 @@ def main() -> int:
                    help="cache.max_entries for the curve (default: the filter's default)")
     p.add_argument("--criterion", action="store_true", help="run the criterion micro-benchmarks")
     p.add_argument("--criterion-args", default="--warm-up-time 1 --measurement-time 3")
+    p.add_argument("--goal-reps", type=int, default=21,
+                   help="repetitions of the tight goal pass (H1, K1, B, K8, C only); 0 skips it")
+    p.add_argument("--goal-duration", type=float, default=3,
+                   help="seconds per window in the tight goal pass")
     p.add_argument("--out", default=str(BENCH / "results"))
     p.add_argument("--label", default="", help="a note printed in the report header")
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
@@ -842,6 +855,13 @@ def main() -> int:
         report["configs"][name]["idle_cpu_ms_per_s"] = (
             idle_ticks / CLK_TCK * 1e3 / idle_s if idle_s > 1 else None)
 
+    # The goals again, in a tight pass: only the goals' configurations and their floors,
+    # alternating in short windows, so each pair of windows is seconds apart (in the main
+    # repetitions, with every configuration, a pair can be minutes apart).
+    goal_names = [n for n in GOAL_PASS if n in configs]
+    if args.goal_reps > 0 and "H1" in goal_names and len(goal_names) > 1:
+        report["goal_pass"] = goal_pass(args, envoys, loads, goal_names)
+
     # Where the CPU goes: one more window per profiled configuration, sampled by perf.
     profiled = [n for n in parse_configs(args.profile) if n in configs] if args.profile else []
     if profiled:
@@ -918,6 +938,46 @@ def main() -> int:
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def goal_pass(args, envoys: dict, loads: dict, names: list[str]) -> dict:
+    """Each of `names` measured args.goal_reps times for args.goal_duration seconds, in
+    alternating order: Envoy CPU µs per request, repetition by repetition."""
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    log(f"tight goal pass: {' '.join(names)}, {args.goal_reps} x {args.goal_duration:g} s")
+    for rep in range(args.goal_reps):
+        order = names if rep % 2 == 0 else list(reversed(names))
+        for name in order:
+            pid = envoys[name]["proc"].pid
+            ticks0 = cpu_ticks(pid)
+            result = run_wrk(args, envoys[name]["listen"], loads[name].get("path", PATH),
+                             args.goal_duration, loads[name])
+            ticks1 = cpu_ticks(pid)
+            check_wrk(f"{name} (goal pass)", result)
+            cpu[name].append((ticks1 - ticks0) / CLK_TCK * 1e6 / max(1, result["requests"]))
+    return {"reps": args.goal_reps, "duration_s": args.goal_duration, "cpu_us_per_req": cpu}
+
+
+def goal_pass_lines(goal: dict) -> list[str]:
+    """The tight goal pass: each pair's median difference, its spread, and in how many
+    repetitions it was above 0 and above the goal's 3 µs."""
+    cpu = goal["cpu_us_per_req"]
+    out = []
+    for a, b, what in GOAL_PAIRS:
+        if a in cpu and b in cpu:
+            d = [x - y for x, y in zip(cpu[a], cpu[b])]
+            sd = statistics.stdev(d) if len(d) > 1 else 0.0
+            out.append(f"| {a} − {b} | {statistics.median(d):+.1f} | {sd:.1f} | "
+                       f"{sum(1 for x in d if x > 0)} of {len(d)} | "
+                       f"{sum(1 for x in d if x > 3.0)} of {len(d)} | {what} |")
+    if not out:
+        return []
+    medians = ", ".join(f"{n} {statistics.median(v):.1f}" for n, v in cpu.items())
+    return ["", f"Goals, tight pass ({' '.join(cpu)} only, {goal['reps']} alternating repetitions "
+            f"of {goal['duration_s']:g} s, so each pair of windows is seconds apart; Envoy CPU "
+            f"µs/req, medians {medians}):", "",
+            "| difference | median | sd | repetitions above 0 | above 3 µs | what |",
+            "|---|---:|---:|---:|---:|---|", *out, ""]
 
 
 # perf's names for where a sample landed, grouped. V8 compiles the module's functions (and the
@@ -1249,6 +1309,8 @@ def render(report: dict, configs: list[str]) -> str:
               "neighbours in time); \"busy\" near 100% means Envoy's one CPU was the bottleneck."]
     lines += paired_lines
     lines += goals(sums)
+    if report.get("goal_pass"):
+        lines += goal_pass_lines(report["goal_pass"])
     for sm in sums.values():
         sm.pop("_reps", None)
     if "G" in sums:

@@ -19,6 +19,8 @@
 # Run it on an idle machine: other load skews every number.
 #
 # Env: BENCH_DURATION (5), BENCH_REPS (7), BENCH_WARMUP (2),
+#      BENCH_GOAL_REPS (21; 0 skips the tight goal pass: H1, K1, B, K8 and C alone, alternating
+#      in windows of BENCH_GOAL_DURATION, 3 s, after the main repetitions),
 #      BENCH_CONFIGS (every configuration: bench/run.py's DEFAULT_CONFIGS),
 #      BENCH_CACHE_KEYS ("10000 100000"; empty skips the curve), BENCH_CACHE_CAPACITY (the
 #      filter's default cache.max_entries unless set), BENCH_BASELINE_WASM (an earlier
@@ -106,6 +108,7 @@ args=(
   --wasm "$WASM" --empty-wasm "$EMPTY_WASM" --floor-wasm "$FLOOR_WASM" --keygate-bin "$KEYGATE_BIN" --envoy "$ENVOY_BIN"
   --tools-dir "$TOOLS"
   --warmup "${BENCH_WARMUP:-2}" --duration "${BENCH_DURATION:-5}" --reps "${BENCH_REPS:-7}"
+  --goal-reps "${BENCH_GOAL_REPS:-21}" --goal-duration "${BENCH_GOAL_DURATION:-3}"
   --ks-duration "${BENCH_KS_DURATION:-5}"
   --label "${BENCH_LABEL:-}"
   --cache-keys "${BENCH_CACHE_KEYS-10000 100000}"
