@@ -98,7 +98,8 @@ wasm-test: prereqs
 
 ## Benchmarks: Envoy configs A-I side by side (with the proxy-wasm floor H1 and its breakdown
 ## H2-H5), each one's Envoy CPU per request over A, H and H1; the record-cache miss curve at 10k
-## and 100k keys; key service throughput; criterion micro-benchmarks
+## and 100k keys; the goals again in a tight pass (H1 K1 B K8 C alone, BENCH_GOAL_REPS 21 x 3 s);
+## key service throughput; criterion micro-benchmarks
 ## -> bench/results/<timestamp>.md (+ .json). BENCH_REPS (7), BENCH_CONFIGS, BENCH_CACHE_KEYS...
 ## (scripts/bench.sh lists them).
 bench: prereqs
@@ -115,8 +116,9 @@ bench-revocation: prereqs
 	scripts/bench-revocation.sh
 
 ## The filter's own code in V8 without Envoy: the cached JWT request (C) beside the floor (H1,
-## K8) in Node's V8, and C by Wasm function under V8's profiler -> bench/results/v8-<timestamp>.md
-## BENCH_BASELINE_WASM (an earlier keygate.wasm, as C0), BENCH_V8_ROUNDS (41).
+## K8) in Node's V8, hot and with cold caches, and C by Wasm function under V8's profiler
+## -> bench/results/v8-<timestamp>.md. BENCH_BASELINE_WASM (an earlier keygate.wasm, as C0),
+## BENCH_V8_ROUNDS (41), BENCH_V8_EVICT_MIB (4).
 bench-v8: prereqs
 	scripts/bench-v8.sh
 
