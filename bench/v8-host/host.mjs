@@ -68,11 +68,11 @@ export class Module {
     this.printLog = log;
     this.logs = [];
     this.metrics = [];
-    this.calls = new Map();
     this.nextToken = 1;
     this.request = [];
     this.response = [];
     this.localReplies = 0;
+    this.lastLocalReply = null;
     this.unimplemented = new Set();
     this.counts = new Map(); // host call name -> calls, when `process.counting`
     const wasi = new WASI({ version: 'preview1', env, returnOnExit: true });
@@ -204,10 +204,6 @@ export class Module {
         map.push(...rest);
         return OK;
       },
-      proxy_set_header_map_pairs(_type, _ptr, _size) {
-        self.unimplemented.add('proxy_set_header_map_pairs');
-        return UNIMPLEMENTED;
-      },
       proxy_get_property(pathPtr, pathSize, retPtr, retSize) {
         const path = self.string(pathPtr, pathSize).split('\0').filter((s) => s).join('.');
         const known = { plugin_vm_id: self.vmId, plugin_root_id: self.vmId, plugin_name: self.vmId };
@@ -262,10 +258,8 @@ export class Module {
         if (!item) return 7; // Empty
         return self.give(item, retPtr, retSize);
       },
-      proxy_http_call(upPtr, upSize, _h, _hs, _b, _bs, _t, _ts, _timeout, retToken) {
-        const token = self.nextToken++;
-        self.calls.set(token, self.string(upPtr, upSize));
-        self.view().setUint32(retToken, token, true);
+      proxy_http_call(_up, _us, _h, _hs, _b, _bs, _t, _ts, _timeout, retToken) {
+        self.view().setUint32(retToken, self.nextToken++, true);
         return OK;
       },
       proxy_define_metric(type, namePtr, nameSize, retId) {

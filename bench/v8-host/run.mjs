@@ -97,6 +97,10 @@ if (proc.counting) {
   }
   process.exit(0);
 }
+if (only && !(only in modules)) {
+  console.error(`--only ${only}: no such module (${Object.keys(modules).join(', ')})`);
+  process.exit(2);
+}
 const names = only ? [only] : Object.keys(modules);
 let contextId = 10;
 /// ns per request over `n` requests back to back.
@@ -167,26 +171,21 @@ if (flag('--profile')) {
   console.log(`\n${summarise(profile)}`);
 }
 
-/// The profile's samples under `serve` (a request), by function: the share in the module's code, then
-/// the module's functions with the most samples of their own.
+/// The profile's samples, by function: the share in the module's code, then the module's
+/// functions with the most samples of their own. The profiler runs only around C's requests,
+/// so every sample but V8's own bookkeeping is a request's (matching frames by name would
+/// miss those V8 inlined into the loop before the profiler started).
 function summarise(profile) {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-  const parent = new Map();
-  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const own = new Map();
   for (const id of profile.samples) own.set(id, (own.get(id) ?? 0) + 1);
-  const underServe = (id) => {
-    for (let at = id; at !== undefined; at = parent.get(at)) {
-      // `serve`, or `hot` where V8 inlined `serve` into it before the profiler started.
-      if (['serve', 'hot'].includes(byId.get(at).callFrame.functionName)) return true;
-    }
-    return false;
-  };
+  const bookkeeping = ['(root)', '(program)', '(idle)'];
+  const isRequest = (id) => !bookkeeping.includes(byId.get(id).callFrame.functionName);
   let total = 0;
   let inWasm = 0;
   const functions = new Map();
   for (const [id, count] of own) {
-    if (!underServe(id)) continue;
+    if (!isRequest(id)) continue;
     total += count;
     const frame = byId.get(id).callFrame;
     if (!frame.url.startsWith('wasm')) continue;
