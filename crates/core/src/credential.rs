@@ -159,6 +159,15 @@ fn is_printable_ascii(bytes: &[u8]) -> bool {
     outside & HIGHS == 0 && words.remainder().iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
+/// The token of an `Authorization: Bearer <token>` value, checked as [`extract_credential`]
+/// checks every candidate; `Ok(None)` for another scheme.
+pub fn bearer_credential(value: &[u8], max_len: usize) -> Result<Option<&str>, CredentialError> {
+    match bearer_token(value)? {
+        Some(token) => validate(token, max_len).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// `Some(token)` for `Bearer <token>` (scheme case-insensitive), `None` for another scheme.
 fn bearer_token(value: &[u8]) -> Result<Option<&[u8]>, CredentialError> {
     const SCHEME: &[u8] = b"bearer";

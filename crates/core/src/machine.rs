@@ -17,6 +17,7 @@
 //! - [`request`]: one request's headers evaluated: route, credential, stripping;
 //! - [`records`]: key records for requests: the worker's copies, the shared cache, lookups;
 //! - [`token`]: JWTs for requests: verification, the verified-token cache, JWKS waits;
+//! - [`cached_token`]: a request with a token verified before, on a plain route, in one pass;
 //! - [`answer`]: a decision applied (rate limit, identity headers, usage) or a denial sent;
 //! - [`host_crypto`]: signature checks by the host;
 //! - [`edits`]: a request's header edits, applied in as few host calls as possible;
@@ -31,6 +32,7 @@
 
 pub mod answer;
 pub mod blocking;
+pub mod cached_token;
 pub mod callouts;
 pub mod degraded;
 pub mod edits;
@@ -58,6 +60,8 @@ pub mod worker;
 
 #[cfg(test)]
 mod binding_tests;
+#[cfg(test)]
+mod cached_token_tests;
 #[cfg(test)]
 mod gate_tests;
 #[cfg(test)]

@@ -70,6 +70,9 @@ pub struct Shared {
     pub threat: RefCell<crate::machine::threat::ThreatState>,
     /// The key of the signature nonces' fingerprints (derived from the gateway key once).
     pub nonce_key: [u8; 16],
+    /// Whether the configuration lets cached tokens take the one-pass path
+    /// ([`crate::machine::cached_token`]); `false` sends every request the general way.
+    pub cached_tokens: bool,
 }
 
 impl Shared {

@@ -22,7 +22,7 @@ use crate::machine::metrics::Metrics;
 use crate::machine::request::{evaluate, Headers};
 use crate::machine::state::{FleetWaiter, JwtState, Lookups, Shared, Step};
 use crate::machine::usage::{Reporting, Usage};
-use crate::machine::{rate, records, threat, token};
+use crate::machine::{cached_token, rate, records, threat, token};
 
 /// How often a worker looks at shared data while a request waits on another worker (and,
 /// on a host without shared queues, while it follows the revocation feed).
@@ -54,6 +54,7 @@ pub fn start(
     let jwt = JwtState::new(&config.jwt);
     let host_crypto = config.jwt.host_crypto;
     let lookups = Lookups::new(&config);
+    let cached_tokens = cached_token::applies(&config);
     let fleet = Fleet::new(host, gateway_candidate(&fingerprint_key)).deferred();
     let shared = Rc::new(Shared {
         config,
@@ -74,6 +75,7 @@ pub fn start(
         resumed: RefCell::default(),
         threat: threat::ThreatState::new(threat_key, &shared_threat_settings),
         nonce_key,
+        cached_tokens,
     });
     if shared.config.routes.any_signature() || shared.config.signatures.route_metadata {
         crate::machine::nonce::create_slots(host, shared.config.signatures.nonce_layout());
@@ -224,6 +226,24 @@ pub fn on_request_headers(
     headers: &Headers,
 ) -> bool {
     shared.begin_callback();
+    if let Some(went_on) = cached_token::decide(host, shared, headers) {
+        // It changed nothing but counts, which need the tick only if it was off.
+        if shared.tick.get().is_zero() {
+            reschedule(host, shared);
+        }
+        return went_on;
+    }
+    decide_in_full(host, shared, context_id, headers)
+}
+
+/// [`on_request_headers`] for a request the one-pass path handed back: the general path,
+/// which decides every request (the tests hold the one-pass path to it).
+pub(crate) fn decide_in_full(
+    host: &impl Host,
+    shared: &Shared,
+    context_id: u32,
+    headers: &Headers,
+) -> bool {
     let gathered = Gathered::new(host, context_id);
     let go_on = match evaluate(&gathered, shared, context_id, headers) {
         Step::Continue => true,
