@@ -208,10 +208,32 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never the same twice in a run, and below the kernel's
+    ephemeral range: a port the kernel picked (bind to 0) is free only until some process's
+    outgoing connection takes it, which with some 80 Envoys and their key-service connections
+    happened between the pick and Envoy's bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = max(1024, ephemeral_low - 12000), ephemeral_low - 1
+    for _ in range(10_000):
+        port = secrets.randbelow(high - low + 1) + low
+        if port in _GIVEN_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN_PORTS.add(port)
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def cpu_ticks(pid: int) -> int:

@@ -48,16 +48,15 @@ pub fn decide(host: &impl Host, shared: &Shared, headers: &Headers) -> Option<bo
         return None;
     }
     let (method, path, authorization) = scan(config, headers)?;
-    if has_path_parameter(path) {
+    // An opaque key leaves first, before the route is looked for: the general path looks
+    // for it again.
+    let max_len = config.max_credential_bytes.max(config.jwt.max_token_bytes);
+    let token = bearer_credential(authorization, max_len).ok()??;
+    if looks_like_opaque_key(token, &config.key_prefixes) || has_path_parameter(path) {
         return None;
     }
     let route = config.routes.find(method, path, None)?;
     let scopes = plain_scopes(config, route)?;
-    let max_len = config.max_credential_bytes.max(config.jwt.max_token_bytes);
-    let token = bearer_credential(authorization, max_len).ok()??;
-    if looks_like_opaque_key(token, &config.key_prefixes) {
-        return None;
-    }
     let now_ms = shared.now(host);
     let hash = shared.fingerprints.of(token.as_bytes());
     let mut jwt = shared.jwt.borrow_mut();
