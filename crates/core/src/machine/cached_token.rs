@@ -17,10 +17,9 @@
 
 use crate::config::{FilterConfig, Revocation};
 use crate::credential::bearer_credential;
-use crate::headers::folds_to;
 use crate::host::{Event, Host};
 use crate::key::looks_like_opaque_key;
-use crate::machine::request::Headers;
+use crate::machine::request::{folds_to_credential_header, Headers};
 use crate::machine::state::Shared;
 use crate::principal::PrincipalMode;
 use crate::route::{has_path_parameter, Mode, Policy, Route};
@@ -87,19 +86,16 @@ pub fn decide(host: &impl Host, shared: &Shared, headers: &Headers) -> Option<bo
 /// header the general path would remove or weigh as a credential: a reserved header, a
 /// credential header in any spelling, a second `Authorization`.
 fn scan<'a>(config: &FilterConfig, headers: &Headers<'a>) -> Option<(&'a str, &'a str, &'a [u8])> {
-    let sources = &config.credential_sources;
-    let credential_header = |name: &str| {
-        [&sources.header, &sources.legacy_header]
-            .into_iter()
-            .flatten()
-            .any(|header| folds_to(name, header))
-    };
     let (mut method, mut path, mut authorization) = (None, None, None);
     for &(name, value) in headers {
         match name {
             ":method" => method = Some(value),
             ":path" => path = Some(value),
-            name if config.header_rules.removes(name) || credential_header(name) => return None,
+            name if config.header_rules.removes(name)
+                || folds_to_credential_header(config, name) =>
+            {
+                return None
+            }
             "authorization" if authorization.is_none() => authorization = Some(value),
             "authorization" => return None,
             _ => {}

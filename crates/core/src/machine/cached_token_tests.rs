@@ -89,11 +89,7 @@ struct Outcome {
 fn decide(config: &Value, request: &Request, one_pass: bool) -> Outcome {
     let (host, shared) = warm(config, &request.cached);
     host.advance(request.later_ms);
-    let headers: Vec<(&str, &[u8])> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_slice()))
-        .collect();
+    let headers = request.pairs();
     let went_on = if one_pass {
         worker::on_request_headers(&host, &shared, 2, &headers)
     } else {
@@ -116,13 +112,19 @@ fn decide(config: &Value, request: &Request, one_pass: bool) -> Outcome {
 fn taken(config: &Value, request: &Request) -> bool {
     let (host, shared) = warm(config, &request.cached);
     host.advance(request.later_ms);
-    let headers: Vec<(&str, &[u8])> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_slice()))
-        .collect();
+    let headers = request.pairs();
     shared.begin_callback();
     cached_token::decide(&host, &shared, &headers).is_some()
+}
+
+impl Request {
+    /// The headers as the host hands them to a request.
+    fn pairs(&self) -> Vec<(&str, &[u8])> {
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect()
+    }
 }
 
 struct Request {

@@ -409,7 +409,7 @@ fn strip_unchecked_credentials(
 
 /// True when `name` is a credential header in a spelling an upstream framework folds into it
 /// (`X_Api_Key` for `x-api-key`), the exact spelling included.
-fn folds_to_credential_header(config: &FilterConfig, name: &str) -> bool {
+pub(crate) fn folds_to_credential_header(config: &FilterConfig, name: &str) -> bool {
     let sources = &config.credential_sources;
     [&sources.header, &sources.legacy_header]
         .into_iter()
