@@ -48,11 +48,18 @@ class EchoHandler(BaseHTTPRequestHandler):
         pass  # quiet: one line per request would drown the test logs
 
 
+class EchoServer(ThreadingHTTPServer):
+    # The listen backlog (socketserver's default is 5): a burst of new upstream connections
+    # from Envoy beyond it has its SYNs dropped and retried a second later, past the echo
+    # cluster's 1 s connect_timeout (a 503 that Keygate had nothing to do with).
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else int(os.environ.get("KEYGATE_ECHO_PORT", "8090"))
     host = os.environ.get("KEYGATE_ECHO_HOST", "127.0.0.1")
-    server = ThreadingHTTPServer((host, port), EchoHandler)
-    server.daemon_threads = True
+    server = EchoServer((host, port), EchoHandler)
     print(f"echo upstream listening on http://{host}:{port}", flush=True)
     try:
         server.serve_forever()

@@ -493,6 +493,24 @@ pub fn take_token(
     RateDecision::Contended
 }
 
+/// What a token bucket has left after an allowed request. Its `RateLimit-Policy` and
+/// `RateLimit` headers are written only for a response that carries them
+/// ([`RateLeft::headers`]; with `rate_limit_headers: "refusals"` none does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLeft {
+    pub limit: RateLimit,
+    pub remaining: u64,
+    /// Seconds until a token is back (0 while some are left).
+    pub reset_s: u64,
+}
+
+impl RateLeft {
+    /// `RateLimit-Policy` and `RateLimit` (see [`ratelimit_headers`]).
+    pub fn headers(&self) -> (String, String) {
+        ratelimit_headers(&self.limit, self.remaining, self.reset_s)
+    }
+}
+
 /// The IETF rate-limit headers (draft-ietf-httpapi-ratelimit-headers):
 /// `RateLimit-Policy: "keygate";q=<burst>;w=<window>` and
 /// `RateLimit: "keygate";r=<remaining>;t=<seconds until a token is back>`.

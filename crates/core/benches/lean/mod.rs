@@ -11,11 +11,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use keygate_core::config::FilterConfig;
+use keygate_core::fleet::{LeaseGrant, LeaseResponse};
 use keygate_core::host::{Event, Host, HostError, LogLevel, Versioned};
 use keygate_core::key::{mint_opaque_key, GatewayKey, KeyPrefix};
 use keygate_core::machine::state::Shared;
 use keygate_core::machine::worker;
-use keygate_core::wire::{KeyLookup, KeyStatus};
+use keygate_core::wire::{KeyLookup, KeyStatus, RateLimit};
 use serde_json::json;
 
 pub const GATEWAY_HEX: &str = "0101010101010101010101010101010101010101010101010101010101010101";
@@ -27,6 +28,10 @@ pub struct LeanHost {
     pub shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     pub next_token: Cell<u32>,
     pub body: RefCell<Vec<u8>>,
+    /// The id of the key whose record `body` holds.
+    pub record_id: RefCell<String>,
+    /// The token of the last lease ask.
+    pub lease_token: Cell<Option<u32>>,
 }
 
 impl Host for LeanHost {
@@ -52,10 +57,13 @@ impl Host for LeanHost {
     fn dispatch_http_call(
         &self,
         _: &str,
-        _: &[(&str, &str)],
+        headers: &[(&str, &str)],
         _: Option<&[u8]>,
         _: Duration,
     ) -> Result<u32, HostError> {
+        if headers.contains(&(":path", "/v1/leases")) {
+            self.lease_token.set(Some(self.next_token.get() + 1));
+        }
         self.next_token.set(self.next_token.get() + 1);
         Ok(self.next_token.get())
     }
@@ -123,11 +131,61 @@ fn start(host: &LeanHost, config: serde_json::Value) -> Rc<Shared> {
 /// A worker holding one opaque key's record (its first request looked it up), and the
 /// headers of a request presenting that key: every later request is a cache hit.
 pub fn cached_opaque() -> (LeanHost, Rc<Shared>, String) {
-    let host = LeanHost::default();
-    let shared = start(
-        &host,
+    cached_opaque_with(
         json!({"routes": [{"prefix": "/", "scopes": ["demo:read"]}]}),
+        None,
+    )
+}
+
+/// [`cached_opaque`] with a fleet-wide limit on the key, its lease granted (more tokens, valid
+/// longer, than any run spends): every later request is a cache hit spending from the lease.
+/// `refusals`: `rate_limit_headers: "refusals"` (no `RateLimit` headers on allowed responses).
+pub fn cached_opaque_fleet(refusals: bool) -> (LeanHost, Rc<Shared>, String) {
+    let which = if refusals { "refusals" } else { "always" };
+    let limit = RateLimit {
+        requests_per_second: 1e6,
+        burst: 1_000_000,
+    };
+    let (host, shared, bearer) = cached_opaque_with(
+        json!({
+            "routes": [{"prefix": "/", "scopes": ["demo:read"]}],
+            "rate_limit_headers": which,
+        }),
+        Some(limit),
     );
+    // The first request waits for the lease: the tick asks for it, the grant lets it go on.
+    worker::on_tick(&host, &shared);
+    let token = host.lease_token.get().expect("no lease asked for");
+    let key_id = host.record_id.borrow().clone();
+    *host.body.borrow_mut() = serde_json::to_vec(&LeaseResponse {
+        leases: vec![LeaseGrant {
+            bucket: format!("key:{key_id}"),
+            granted: u32::MAX,
+            valid_ms: u32::MAX,
+            gateways: 1,
+            remaining: None,
+        }],
+    })
+    .unwrap();
+    let size = host.body.borrow().len();
+    worker::on_call_response(&host, &shared, token, size);
+    // Spent from the lease from now on, with no callout.
+    let asked = host.next_token.get();
+    one_request(&host, &shared, &request_headers(&bearer), 2);
+    assert_eq!(
+        host.next_token.get(),
+        asked,
+        "a cached request made a callout"
+    );
+    (host, shared, bearer)
+}
+
+fn cached_opaque_with(
+    config: serde_json::Value,
+    global_limit: Option<RateLimit>,
+) -> (LeanHost, Rc<Shared>, String) {
+    let host = LeanHost::default();
+    let shared = start(&host, config);
     let key = mint_opaque_key(
         &KeyPrefix::parse("kg_live_").unwrap(),
         &GatewayKey::from_hex(GATEWAY_HEX).unwrap(),
@@ -147,7 +205,7 @@ pub fn cached_opaque() -> (LeanHost, Rc<Shared>, String) {
         not_after: None,
         roles: Vec::new(),
         allowed_principals: Vec::new(),
-        global_limit: None,
+        global_limit,
         quota: None,
         pool: None,
         owner: None,
@@ -156,6 +214,7 @@ pub fn cached_opaque() -> (LeanHost, Rc<Shared>, String) {
         allowed_countries: Vec::new(),
     };
     *host.body.borrow_mut() = serde_json::to_vec(&record).unwrap();
+    *host.record_id.borrow_mut() = record.id.to_string();
     let bearer = format!("Bearer {}", key.plaintext);
     let headers = request_headers(&bearer);
     // The first request looks the record up; the answer caches it.

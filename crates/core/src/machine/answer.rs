@@ -90,7 +90,7 @@ pub fn apply(
     let mut ratelimit = None;
     if let Some(limit) = limit {
         match rate::take(host, identity.bucket_owner, &limit, now) {
-            RateOutcome::Allowed { policy, state } => ratelimit = Some((policy, state)),
+            RateOutcome::Allowed(left) => ratelimit = Some(left),
             RateOutcome::Limited {
                 retry_after_s,
                 policy,
@@ -126,9 +126,11 @@ pub fn apply(
         }
     }
     let config = &shared.config;
+    // The headers are written only for a response that carries them.
     let ratelimit = ratelimit
         .or(fleet_ratelimit)
-        .filter(|_| config.rate_limit_headers == RateLimitHeaders::Always);
+        .filter(|_| config.rate_limit_headers == RateLimitHeaders::Always)
+        .map(|left| left.headers());
     let ih = &config.identity_headers;
     let shadow = forwarding.mode == Mode::Shadow;
     if shadow {

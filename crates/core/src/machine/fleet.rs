@@ -34,7 +34,7 @@ use std::time::Duration;
 use crate::config::KeyService;
 use crate::decision::DenyReason;
 use crate::host::{Event, Host, LogLevel};
-use crate::limits::ratelimit_headers;
+use crate::limits::{ratelimit_headers, RateLeft};
 use crate::wire::RateLimit;
 
 /// Shared-data slots holding bucket states.
@@ -83,11 +83,15 @@ pub struct FleetBucket {
     pub limit: BucketLimit,
 }
 
-/// Every fleet-wide bucket of a key, worked out once per record.
+/// Every fleet-wide bucket of a key, worked out once per record: at most
+/// [`MAX_KEY_BUCKETS`] (its global limit, its owner's pool, its quota).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetLimits {
-    pub buckets: Vec<FleetBucket>,
+    buckets: Vec<FleetBucket>,
 }
+
+/// Most buckets one key spends from (see [`FleetLimits::new`]).
+const MAX_KEY_BUCKETS: usize = 3;
 
 impl FleetLimits {
     /// The buckets of key `key_id`: its global limit, its quota and its owner's pool (each
@@ -173,8 +177,8 @@ pub struct Asking<'a> {
 /// What the fleet buckets decided for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Allowed; the headers of the first rate bucket (`RateLimit-Policy`, `RateLimit`).
-    Allowed { ratelimit: Option<(String, String)> },
+    /// Allowed; what the first rate bucket has left, for its `RateLimit` headers.
+    Allowed { ratelimit: Option<RateLeft> },
     /// Refused (429): a rate or quota denial and its headers.
     Limited {
         reason: DenyReason,
@@ -498,19 +502,26 @@ impl<W> Fleet<W> {
     ) -> (Verdict, Option<u32>) {
         let ask_until = now + asking.key_service.timeout_ms + ASK_GRACE_MS;
         let mut to_ask: Vec<(LeaseAsk, &FleetBucket)> = Vec::new();
-        let mut spent: Vec<(&FleetBucket, u64, Took)> = Vec::new();
+        // What each bucket gave, to give back if a later one refuses (on the stack: nothing
+        // is allocated for a request its worker's batches decide).
+        let mut spent: [Option<(&FleetBucket, u64, Took)>; MAX_KEY_BUCKETS] =
+            [None; MAX_KEY_BUCKETS];
         let mut ratelimit = None;
         let mut verdict = None;
-        for bucket in &limits.buckets {
+        for (i, bucket) in limits.buckets.iter().take(MAX_KEY_BUCKETS).enumerate() {
             let amount = match bucket.limit {
                 BucketLimit::Rate(_) => 1,
                 BucketLimit::Quota { .. } => u64::from(cost.max(1)),
             };
             if let Some(left) = self.spend_stashed(&bucket.name, amount, now) {
-                spent.push((bucket, amount, Took::Stash));
+                spent[i] = Some((bucket, amount, Took::Stash));
                 if ratelimit.is_none() {
                     if let BucketLimit::Rate(limit) = &bucket.limit {
-                        ratelimit = Some(ratelimit_headers(limit, left, 0));
+                        ratelimit = Some(RateLeft {
+                            limit: *limit,
+                            remaining: left,
+                            reset_s: 0,
+                        });
                     }
                 }
                 continue;
@@ -563,19 +574,27 @@ impl<W> Fleet<W> {
             match outcome {
                 Spent::Lease(left) => {
                     let left = left + batch;
-                    spent.push((bucket, amount, Took::Lease { batch }));
+                    spent[i] = Some((bucket, amount, Took::Lease { batch }));
                     if ratelimit.is_none() {
                         if let BucketLimit::Rate(limit) = &bucket.limit {
-                            ratelimit = Some(ratelimit_headers(limit, left, 0));
+                            ratelimit = Some(RateLeft {
+                                limit: *limit,
+                                remaining: left,
+                                reset_s: 0,
+                            });
                         }
                     }
                 }
                 Spent::Fallback(left) => {
                     host.count(Event::FleetFallback, 1);
-                    spent.push((bucket, amount, Took::Fallback));
+                    spent[i] = Some((bucket, amount, Took::Fallback));
                     if ratelimit.is_none() {
                         if let BucketLimit::Rate(limit) = &bucket.limit {
-                            ratelimit = Some(ratelimit_headers(limit, left, 0));
+                            ratelimit = Some(RateLeft {
+                                limit: *limit,
+                                remaining: left,
+                                reset_s: 0,
+                            });
                         }
                     }
                 }
@@ -593,7 +612,7 @@ impl<W> Fleet<W> {
             None => Verdict::Allowed { ratelimit },
             Some(verdict) => {
                 // Not allowed: what was spent from the buckets before goes back.
-                for (bucket, amount, took) in spent {
+                for (bucket, amount, took) in spent.into_iter().flatten() {
                     if took == Took::Stash {
                         if let Some(stash) = self.stash.get_mut(&bucket.name) {
                             stash.tokens += amount;
@@ -1278,11 +1297,12 @@ mod tests {
             };
             let (verdict, token) = fleet.check(host, &setup.asking(), &limits, 1, true);
             let Verdict::Allowed {
-                ratelimit: Some((policy, state)),
+                ratelimit: Some(rate),
             } = verdict
             else {
                 panic!("{verdict:?}");
             };
+            let (policy, state) = rate.headers();
             assert_eq!(policy, "\"keygate\";q=50;w=1");
             left.push((state, token.is_some()));
         }

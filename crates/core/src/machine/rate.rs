@@ -6,7 +6,8 @@
 
 use crate::host::Host;
 use crate::limits::{
-    bucket_key, ratelimit_headers, take_token, BucketOwner, RateDecision, SharedSlots, RATE_SLOTS,
+    bucket_key, ratelimit_headers, take_token, BucketOwner, RateDecision, RateLeft, SharedSlots,
+    RATE_SLOTS,
 };
 use crate::wire::RateLimit;
 
@@ -36,8 +37,8 @@ pub fn create_slots(host: &impl Host) {
 /// What the limiter decided for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RateOutcome {
-    /// Allowed; the `RateLimit-Policy` and `RateLimit` headers for the response.
-    Allowed { policy: String, state: String },
+    /// Allowed; what the bucket has left, for the response's `RateLimit` headers.
+    Allowed(RateLeft),
     /// Over the limit: refused (429) with these headers (`retry-after` in whole seconds,
     /// at least 1).
     Limited {
@@ -58,8 +59,11 @@ pub fn take(host: &impl Host, owner: BucketOwner, limit: &RateLimit, now_ms: u64
             } else {
                 (1.0 / limit.requests_per_second).ceil() as u64
             };
-            let (policy, state) = ratelimit_headers(limit, remaining, reset_s);
-            RateOutcome::Allowed { policy, state }
+            RateOutcome::Allowed(RateLeft {
+                limit: *limit,
+                remaining,
+                reset_s,
+            })
         }
         RateDecision::Limited { retry_after_ms } => {
             let retry_after_s = retry_after_ms.div_ceil(1000).max(1);
@@ -87,11 +91,16 @@ mod tests {
         }
     }
 
-    fn allowed(policy: &str, state: &str) -> RateOutcome {
-        RateOutcome::Allowed {
-            policy: policy.into(),
-            state: state.into(),
+    /// The headers of an allowed request's outcome (`None`: not allowed).
+    fn headers(outcome: RateOutcome) -> Option<(String, String)> {
+        match outcome {
+            RateOutcome::Allowed(left) => Some(left.headers()),
+            _ => None,
         }
+    }
+
+    fn allowed(policy: &str, state: &str) -> Option<(String, String)> {
+        Some((policy.into(), state.into()))
     }
 
     #[test]
@@ -102,12 +111,12 @@ mod tests {
         let owner = BucketOwner::key("k1");
         let limit = limit(1.0, 2);
         assert_eq!(
-            take(&one, owner, &limit, 1_000_000),
+            headers(take(&one, owner, &limit, 1_000_000)),
             allowed("\"keygate\";q=2;w=2", "\"keygate\";r=1;t=0")
         );
         // The bucket is empty after the other worker's take: a token is back in 1 s.
         assert_eq!(
-            take(&two, owner, &limit, 1_000_000),
+            headers(take(&two, owner, &limit, 1_000_000)),
             allowed("\"keygate\";q=2;w=2", "\"keygate\";r=0;t=1")
         );
         assert_eq!(
@@ -120,7 +129,7 @@ mod tests {
         );
         assert!(matches!(
             take(&two, owner, &limit, 1_001_000),
-            RateOutcome::Allowed { .. }
+            RateOutcome::Allowed(_)
         ));
     }
 
@@ -132,7 +141,7 @@ mod tests {
         let limit = limit(0.25, 1);
         assert!(matches!(
             take(&host, owner, &limit, 0),
-            RateOutcome::Allowed { .. }
+            RateOutcome::Allowed(_)
         ));
         assert!(matches!(
             take(&host, owner, &limit, 1),
@@ -152,7 +161,7 @@ mod tests {
         host.conflict_next_writes(MAX_CAS_ROUNDS - 1);
         assert!(matches!(
             take(&host, owner, &limit, 0),
-            RateOutcome::Allowed { .. }
+            RateOutcome::Allowed(_)
         ));
         host.conflict_next_writes(MAX_CAS_ROUNDS);
         let before = host.shared(&bucket_key(owner.slot()));
@@ -177,14 +186,14 @@ mod tests {
         for owner in colliding {
             assert!(matches!(
                 take(&host, owner, &limit, 0),
-                RateOutcome::Allowed { .. }
+                RateOutcome::Allowed(_)
             ));
         }
         assert_eq!(take(&host, target, &limit, 0), RateOutcome::Contended);
         // Once the others' buckets have refilled, their ways are free again.
         assert!(matches!(
             take(&host, target, &limit, 5_000),
-            RateOutcome::Allowed { .. }
+            RateOutcome::Allowed(_)
         ));
     }
 }
