@@ -83,6 +83,21 @@ pub struct FleetBucket {
     pub limit: BucketLimit,
 }
 
+impl FleetBucket {
+    /// What a rate bucket has left, `remaining` tokens, for its `RateLimit` headers (`None`
+    /// for a quota, whose headers are its own).
+    fn rate_left(&self, remaining: u64) -> Option<RateLeft> {
+        match &self.limit {
+            BucketLimit::Rate(limit) => Some(RateLeft {
+                limit: *limit,
+                remaining,
+                reset_s: 0,
+            }),
+            BucketLimit::Quota { .. } => None,
+        }
+    }
+}
+
 /// Every fleet-wide bucket of a key, worked out once per record: at most
 /// [`MAX_KEY_BUCKETS`] (its global limit, its owner's pool, its quota).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -515,15 +530,7 @@ impl<W> Fleet<W> {
             };
             if let Some(left) = self.spend_stashed(&bucket.name, amount, now) {
                 spent[i] = Some((bucket, amount, Took::Stash));
-                if ratelimit.is_none() {
-                    if let BucketLimit::Rate(limit) = &bucket.limit {
-                        ratelimit = Some(RateLeft {
-                            limit: *limit,
-                            remaining: left,
-                            reset_s: 0,
-                        });
-                    }
-                }
+                ratelimit = ratelimit.or_else(|| bucket.rate_left(left));
                 continue;
             }
             // What is left of this worker's batch goes back into the lease with this write.
@@ -575,28 +582,12 @@ impl<W> Fleet<W> {
                 Spent::Lease(left) => {
                     let left = left + batch;
                     spent[i] = Some((bucket, amount, Took::Lease { batch }));
-                    if ratelimit.is_none() {
-                        if let BucketLimit::Rate(limit) = &bucket.limit {
-                            ratelimit = Some(RateLeft {
-                                limit: *limit,
-                                remaining: left,
-                                reset_s: 0,
-                            });
-                        }
-                    }
+                    ratelimit = ratelimit.or_else(|| bucket.rate_left(left));
                 }
                 Spent::Fallback(left) => {
                     host.count(Event::FleetFallback, 1);
                     spent[i] = Some((bucket, amount, Took::Fallback));
-                    if ratelimit.is_none() {
-                        if let BucketLimit::Rate(limit) = &bucket.limit {
-                            ratelimit = Some(RateLeft {
-                                limit: *limit,
-                                remaining: left,
-                                reset_s: 0,
-                            });
-                        }
-                    }
+                    ratelimit = ratelimit.or_else(|| bucket.rate_left(left));
                 }
                 Spent::Refused(wait_ms) => {
                     verdict = Some(limited(&bucket.limit, wait_ms, now));
